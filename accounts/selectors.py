@@ -1,0 +1,32 @@
+"""Reads scoped to what a user may see."""
+
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.models import Account, Membership, User
+
+SESSION_ACCOUNT_KEY = "current_account"
+
+
+def memberships_of(user: User) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user).select_related("account").order_by("created_at")
+
+
+def accounts_visible_to(user: User) -> QuerySet[Account]:
+    return Account.objects.filter(memberships__user=user)
+
+
+def current_membership(request: HttpRequest) -> Membership | None:
+    """The membership the signed-in user is acting through (chosen account, else the first)."""
+    if not request.user.is_authenticated:
+        return None
+    cached = getattr(request, "_current_membership", None)
+    if cached is not None:
+        return cached
+    memberships = memberships_of(request.user)
+    chosen = request.session.get(SESSION_ACCOUNT_KEY)
+    membership = (chosen and memberships.filter(account__public_id=chosen).first()) or (
+        memberships.first()
+    )
+    request._current_membership = membership
+    return membership

@@ -1,0 +1,122 @@
+"""Sign-up, verification, sign-in, welcome email and password reset, end to end."""
+
+import re
+
+import pytest
+from allauth.account.models import EmailAddress
+from django.core import mail
+
+from accounts.models import Membership, User
+from tests.factories import PASSWORD, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+STRONG = "violet-kettle-harbor-91"
+
+
+def link_in(message) -> str:
+    return re.search(r"https?://[^/\s]+(/\S+)", message.body).group(1)
+
+
+def sign_up(client, email="dana@example.com", password1=STRONG, password2=STRONG):
+    return client.post(
+        "/accounts/signup/", {"email": email, "password1": password1, "password2": password2}
+    )
+
+
+def test_signup_verify_sign_in_and_welcome(client):
+    response = sign_up(client)
+    assert response.status_code == 302
+    user = User.objects.get(email="dana@example.com")
+    membership = Membership.objects.get(user=user)
+    assert membership.role == "owner"
+    assert len(mail.outbox) == 1
+    assert "confirm" in mail.outbox[0].subject.lower()
+
+    confirm_path = link_in(mail.outbox[0])
+    assert client.get(confirm_path).status_code == 200  # a page with a confirm button
+    response = client.post(confirm_path)
+    assert response.status_code == 302
+    assert EmailAddress.objects.get(user=user).verified
+    assert [m.subject for m in mail.outbox[1:]] == ["[ReqRun] Welcome to ReqRun"]
+
+    client.logout()
+    response = client.post(
+        "/accounts/login/", {"login": "dana@example.com", "password": STRONG}
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/app/"
+    assert client.get("/app/").status_code == 200
+
+    # The welcome email goes out once, even if the address is confirmed again.
+    client.post(confirm_path)
+    assert len([m for m in mail.outbox if "Welcome" in m.subject]) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [
+        ({"email": "not-an-email"}, "valid email"),
+        ({"password1": "short", "password2": "short"}, "too short"),
+        ({"password1": "12345678901", "password2": "12345678901"}, "entirely numeric"),
+        ({"password2": "something-else-77"}, "same password"),
+    ],
+)
+def test_bad_signup_gets_a_form_error_and_creates_nothing(client, fields, error):
+    response = sign_up(client, **fields)
+    assert response.status_code == 200
+    assert error in response.content.decode().lower()
+    assert not User.objects.exists()
+    assert mail.outbox == []
+
+
+def test_signup_with_a_taken_email_is_refused(client):
+    UserFactory(email="dana@example.com")
+    response = sign_up(client)
+    assert response.status_code == 200
+    assert "already registered" in response.content.decode()
+    assert User.objects.count() == 1
+
+
+def test_unverified_user_cannot_sign_in_and_is_told_why(client):
+    UserFactory(email="erin@example.com", verified=False)
+    EmailAddress.objects.create(
+        user=User.objects.get(email="erin@example.com"), email="erin@example.com",
+        verified=False, primary=True,
+    )
+    response = client.post(
+        "/accounts/login/", {"login": "erin@example.com", "password": PASSWORD}, follow=True
+    )
+    assert "verify your email" in response.content.decode().lower()
+    assert client.get("/app/").status_code == 302
+
+
+def test_a_reused_or_bad_verification_link_says_so(client):
+    sign_up(client)
+    confirm_path = link_in(mail.outbox[0])
+    client.post(confirm_path)
+
+    broken = confirm_path.rstrip("/") + "tampered/"
+    response = client.get(broken)
+    assert response.status_code == 200
+    assert "expired or is invalid" in response.content.decode()
+
+
+def test_password_reset_end_to_end(client):
+    UserFactory(email="fay@example.com")
+    response = client.post("/accounts/password/reset/", {"email": "fay@example.com"})
+    assert response.status_code == 302
+    reset_path = link_in(mail.outbox[0])
+
+    response = client.get(reset_path, follow=True)  # allauth swaps the key into the session
+    form_path = response.redirect_chain[-1][0] if response.redirect_chain else reset_path
+    new_password = "fresh-lantern-orbit-58"
+    response = client.post(form_path, {"password1": new_password, "password2": new_password})
+    assert response.status_code == 302
+
+    client.logout()
+    assert client.login(email="fay@example.com", password=new_password)
+
+    # The link is single-use.
+    response = client.get(reset_path, follow=True)
+    assert "bad token" in response.content.decode().lower()

@@ -1,0 +1,118 @@
+"""Shared fixtures: real servers come from `python -m devstack test`; these add a worker and users."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from tests.factories import AccountFactory, MembershipFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, message: str = ""):
+    """Poll `condition` until it returns something truthy; fail with `message` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(message or f"condition not met within {timeout}s")
+
+
+def test_database_url() -> str:
+    """The URL of pytest-django's test database, for processes the tests start."""
+    params = connection.settings_dict
+    return (
+        f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+    )
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess against the real broker and the test database."""
+
+    def __init__(self, *, concurrency: int = 8, extra_env: dict | None = None):
+        self.concurrency = concurrency
+        self.extra_env = extra_env or {}
+        self.process: subprocess.Popen | None = None
+        self.log_path = ROOT / ".data" / f"test-worker-{os.getpid()}.log"
+
+    def start(self) -> "WorkerProcess":
+        self.log_path.parent.mkdir(exist_ok=True)
+        env = {**os.environ, "DATABASE_URL": test_database_url(), **self.extra_env}
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "reqrun", "worker", "--pool", "threads",
+             "--concurrency", str(self.concurrency), "-Q", "requests,default",
+             "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would: no cleanup, no acks."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    worker = WorkerProcess().start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def alice(db):
+    """Owner of the account `alice_account`."""
+    return UserFactory(email="alice@example.com")
+
+
+@pytest.fixture
+def alice_account(alice):
+    account = AccountFactory(name="Alice's workspace")
+    MembershipFactory(user=alice, account=account, role="owner")
+    return account
+
+
+@pytest.fixture
+def bob(alice_account):
+    """A plain member of alice's account."""
+    user = UserFactory(email="bob@example.com")
+    MembershipFactory(user=user, account=alice_account, role="member")
+    return user
+
+
+@pytest.fixture
+def charlie(db):
+    """Another tenant entirely."""
+    user = UserFactory(email="charlie@example.com")
+    account = AccountFactory(name="Charlie's workspace")
+    MembershipFactory(user=user, account=account, role="owner")
+    return user
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Rate-limit windows live in the shared Redis cache; each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
