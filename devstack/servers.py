@@ -116,6 +116,7 @@ class EmbeddedRedis:
                 "--protected-mode", "yes",
             ],
             check=True,
+            start_new_session=True,  # Ctrl-C in `make run` must not reach it before the app stops
         )
         wait_for_port(self.port, timeout=15, what="Redis", log=self.log)
         return True
@@ -207,7 +208,7 @@ class EmbeddedPostgres:
         subprocess.run(
             [self._bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log),
              "-o", options, "-w", "-t", "60", "start"],
-            check=True, stdout=subprocess.DEVNULL, **as_user,
+            check=True, stdout=subprocess.DEVNULL, start_new_session=True, **as_user,
         )
         self._ensure_database()
         return True

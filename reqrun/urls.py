@@ -5,7 +5,6 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 
 from accounts import health
-from accounts import views as account_views
 
 urlpatterns = [
     path("", TemplateView.as_view(template_name="pages/landing.html"), name="home"),
@@ -17,10 +16,11 @@ urlpatterns = [
          name="legal-privacy"),
     path("legal/refunds", TemplateView.as_view(template_name="legal/refunds.html"),
          name="legal-refunds"),
-    path("pricing", TemplateView.as_view(template_name="pages/pricing.html"), name="pricing"),
     path("docs", TemplateView.as_view(template_name="pages/docs.html"), name="docs"),
     path("accounts/", include("allauth.urls")),
-    path("app/", account_views.dashboard, name="dashboard"),
-    path("app/switch-account", account_views.switch_account, name="switch-account"),
+    path("app/", include("accounts.urls")),
+    path("app/", include("projects.urls")),
+    path("", include("billing.urls")),
+    path("", include("requests_app.urls")),
     path("admin/", admin.site.urls),
 ]

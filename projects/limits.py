@@ -1,0 +1,109 @@
+"""One answer to "what may this account do": plan limits with per-account overrides."""
+
+from dataclasses import asdict, dataclass
+from datetime import date
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Account
+from projects.models import LIMIT_FIELDS, AccountPlan, MonthlyUsage, Plan
+
+DEFAULT_PLAN_CODE = "free"
+
+
+class LimitReached(Exception):
+    """Creating something would go over a plan limit; the message names the limit."""
+
+    def __init__(self, limit: str, value: int, message: str):
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
+
+
+@dataclass(frozen=True)
+class Limits:
+    plan_code: str
+    plan_name: str
+    projects: int
+    api_keys_per_project: int
+    monthly_requests: int
+    retention_days: int
+    pending_requests: int
+    concurrency: int
+    requests_per_minute: int
+    max_attempts: int
+    members: int
+
+    def as_dict(self) -> dict[str, int]:
+        values = asdict(self)
+        return {field: values[field] for field in LIMIT_FIELDS}
+
+
+def plan_state_of(account: Account) -> AccountPlan:
+    try:
+        return AccountPlan.objects.select_related("plan").get(account=account)
+    except AccountPlan.DoesNotExist:
+        plan = Plan.objects.get(code=DEFAULT_PLAN_CODE)
+        try:
+            with transaction.atomic():
+                return AccountPlan.objects.create(account=account, plan=plan)
+        except IntegrityError:  # created concurrently
+            return AccountPlan.objects.select_related("plan").get(account=account)
+
+
+def limits_for(account: Account) -> Limits:
+    state = plan_state_of(account)
+    values = {
+        field: getattr(state, field) if getattr(state, field) is not None
+        else getattr(state.plan, field)
+        for field in LIMIT_FIELDS
+    }
+    return Limits(plan_code=state.plan.code, plan_name=state.plan.name, **values)
+
+
+def set_plan(*, account: Account, plan_code: str) -> AccountPlan:
+    """Move the account to another plan; limits apply at once. Existing objects are kept."""
+    state = plan_state_of(account)
+    state.plan = Plan.objects.get(code=plan_code)
+    state.save(update_fields=["plan", "changed_at"])
+    return state
+
+
+def current_period_start(today: date | None = None) -> date:
+    today = today or timezone.now().date()
+    return today.replace(day=1)
+
+
+def next_period_start(start: date) -> date:
+    return (start.replace(day=28) + timezone.timedelta(days=4)).replace(day=1)
+
+
+def usage_row(account: Account, period_start: date | None = None) -> MonthlyUsage:
+    row, _ = MonthlyUsage.objects.get_or_create(
+        account=account, period_start=period_start or current_period_start()
+    )
+    return row
+
+
+def count_accepted_request(*, account: Account, limit: int) -> bool:
+    """Add one accepted request to this month's counter unless it is at `limit`.
+
+    One conditional UPDATE, so concurrent web processes can never overshoot the quota.
+    Call inside the accepting transaction: a refused or rolled-back request is not counted.
+    """
+    period = current_period_start()
+    usage_row(account, period)
+    updated = MonthlyUsage.objects.filter(
+        account=account, period_start=period, accepted_requests__lt=limit
+    ).update(accepted_requests=F("accepted_requests") + 1)
+    return updated == 1
+
+
+def ensure_below(limit_name: str, *, used: int, limit: int, noun: str) -> None:
+    if used >= limit:
+        raise LimitReached(
+            limit_name, limit,
+            f"Your plan allows {limit} {noun}. Upgrade on the pricing page to add more.",
+        )

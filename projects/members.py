@@ -1,0 +1,126 @@
+"""Team membership changes: invitations within the plan's member limit, roles, removal."""
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import send_mail
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from accounts.models import Account, Membership, User
+from accounts.services import record_audit_event
+from projects.limits import ensure_below, limits_for
+from projects.models import Invitation
+
+INVITATION_SALT = "reqrun.invitation"
+INVITATION_MAX_AGE = 7 * 24 * 3600
+
+
+class MembershipError(Exception):
+    """A membership change that is not allowed; the message says why."""
+
+
+def invitation_token(invitation: Invitation) -> str:
+    return signing.dumps(invitation.public_id, salt=INVITATION_SALT)
+
+
+@transaction.atomic
+def invite_member(
+    *, account: Account, email: str, role: str, actor: User, accept_url_base: str,
+    ip_address: str | None = None,
+) -> Invitation:
+    """Invite `email`; the signed link in the email is valid for seven days."""
+    Account.objects.select_for_update().get(pk=account.pk)
+    email = email.strip().lower()
+    if account.memberships.filter(user__email=email).exists():
+        raise MembershipError(f"{email} is already a member of this account.")
+    if role not in Membership.Role.values:
+        raise MembershipError("Choose owner, admin or member.")
+    limit = limits_for(account).members
+    pending = account.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True)
+    ensure_below("members", used=account.memberships.count() + pending.count(), limit=limit,
+                 noun="team member" if limit == 1 else "team members")
+    invitation = Invitation.objects.create(account=account, email=email, role=role,
+                                           invited_by=actor)
+    link = f"{accept_url_base.rstrip('/')}/{invitation_token(invitation)}/"
+    context = {"invitation": invitation, "link": link, "account": account, "inviter": actor}
+    send_mail(
+        subject=f"[ReqRun] You are invited to {account.name}",
+        message=render_to_string("projects/email/invitation.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[email],
+    )
+    record_audit_event(account=account, actor=actor, action="member_invited",
+                       target=f"{email} as {role}", ip_address=ip_address)
+    return invitation
+
+
+def invitation_from_token(token: str) -> Invitation:
+    try:
+        public_id = signing.loads(token, salt=INVITATION_SALT, max_age=INVITATION_MAX_AGE)
+    except signing.SignatureExpired as error:
+        raise MembershipError("This invitation has expired. Ask for a new one.") from error
+    except signing.BadSignature as error:
+        raise MembershipError("This invitation link is not valid.") from error
+    invitation = Invitation.objects.select_related("account").filter(public_id=public_id).first()
+    if invitation is None or invitation.revoked_at:
+        raise MembershipError("This invitation was withdrawn.")
+    if invitation.accepted_at:
+        raise MembershipError("This invitation has already been used.")
+    return invitation
+
+
+@transaction.atomic
+def accept_invitation(*, token: str, user: User, ip_address: str | None = None) -> Membership:
+    invitation = invitation_from_token(token)
+    Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if user.email.lower() != invitation.email:
+        raise MembershipError(
+            f"This invitation was sent to {invitation.email}. Sign in with that address to accept."
+        )
+    if invitation.account.memberships.filter(user=user).exists():
+        raise MembershipError("You are already a member of this account.")
+    membership = Membership.objects.create(
+        user=user, account=invitation.account, role=invitation.role
+    )
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["accepted_at"])
+    record_audit_event(account=invitation.account, actor=user, action="member_joined",
+                       target=f"{user.email} as {invitation.role}", ip_address=ip_address)
+    return membership
+
+
+def _ensure_another_owner(membership: Membership) -> None:
+    if membership.is_owner and not membership.account.memberships.filter(
+        role=Membership.Role.OWNER
+    ).exclude(pk=membership.pk).exists():
+        raise MembershipError(
+            "An account needs at least one owner: make someone else owner first."
+        )
+
+
+@transaction.atomic
+def change_role(
+    *, membership: Membership, role: str, actor: User, ip_address: str | None = None
+) -> Membership:
+    if role not in Membership.Role.values:
+        raise MembershipError("Choose owner, admin or member.")
+    Account.objects.select_for_update().get(pk=membership.account_id)
+    if role != Membership.Role.OWNER:
+        _ensure_another_owner(membership)
+    old_role = membership.role
+    membership.role = role
+    membership.save(update_fields=["role"])
+    record_audit_event(account=membership.account, actor=actor, action="role_changed",
+                       target=f"{membership.user.email}: {old_role} → {role}",
+                       ip_address=ip_address)
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, membership: Membership, actor: User, ip_address: str | None = None) -> None:
+    Account.objects.select_for_update().get(pk=membership.account_id)
+    _ensure_another_owner(membership)
+    record_audit_event(account=membership.account, actor=actor, action="member_removed",
+                       target=membership.user.email, ip_address=ip_address)
+    membership.delete()

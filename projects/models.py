@@ -1,0 +1,181 @@
+"""Plans and their limits, projects with their upstream, ReqRun API keys, invitations."""
+
+from functools import partial
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from accounts.ids import new_public_id
+from accounts.models import Account, Membership
+
+LIMIT_FIELDS = (
+    "projects",
+    "api_keys_per_project",
+    "monthly_requests",
+    "retention_days",
+    "pending_requests",
+    "concurrency",
+    "requests_per_minute",
+    "max_attempts",
+    "members",
+)
+
+
+class Plan(models.Model):
+    """A row per plan; operators edit limits in admin. Seeded by a data migration."""
+
+    code = models.SlugField(max_length=20, unique=True)
+    name = models.CharField(max_length=40)
+    price_cents_monthly = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty for 'contact us' plans."
+    )
+    paddle_price_id = models.CharField(max_length=64, blank=True)
+    self_serve = models.BooleanField(default=True, help_text="Can be bought from the pricing page.")
+    sort_order = models.PositiveSmallIntegerField(default=0)
+
+    projects = models.PositiveIntegerField()
+    api_keys_per_project = models.PositiveIntegerField()
+    monthly_requests = models.PositiveBigIntegerField()
+    retention_days = models.PositiveIntegerField()
+    pending_requests = models.PositiveIntegerField()
+    concurrency = models.PositiveIntegerField()
+    requests_per_minute = models.PositiveIntegerField()
+    max_attempts = models.PositiveSmallIntegerField()
+    members = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["sort_order"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AccountPlan(models.Model):
+    """Which plan an account is on, and any single limit an operator overrode for it."""
+
+    account = models.OneToOneField(Account, on_delete=models.CASCADE, related_name="plan_state")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    changed_at = models.DateTimeField(auto_now=True)
+
+    projects = models.PositiveIntegerField(null=True, blank=True)
+    api_keys_per_project = models.PositiveIntegerField(null=True, blank=True)
+    monthly_requests = models.PositiveBigIntegerField(null=True, blank=True)
+    retention_days = models.PositiveIntegerField(null=True, blank=True)
+    pending_requests = models.PositiveIntegerField(null=True, blank=True)
+    concurrency = models.PositiveIntegerField(null=True, blank=True)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    max_attempts = models.PositiveSmallIntegerField(null=True, blank=True)
+    members = models.PositiveIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.account} on {self.plan}"
+
+
+class MonthlyUsage(models.Model):
+    """The account's accepted-request counter for one calendar month (UTC)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="monthly_usage")
+    period_start = models.DateField()
+    accepted_requests = models.PositiveBigIntegerField(default=0)
+    notified_80_at = models.DateTimeField(null=True, blank=True)
+    notified_100_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "period_start"], name="one_usage_row_per_month"),
+        ]
+
+
+class Project(models.Model):
+    public_id = models.CharField(
+        max_length=40, unique=True, editable=False, default=partial(new_public_id, "prj")
+    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=80)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    upstream_base_url = models.URLField(max_length=500, default=settings.REQRUN_DEFAULT_UPSTREAM_URL)
+    provider_key_encrypted = models.BinaryField(null=True, blank=True, editable=False)
+    provider_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+
+    max_attempts = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Empty: the plan's maximum."
+    )
+    attempt_timeout_seconds = models.PositiveIntegerField(default=120)
+    deadline_seconds = models.PositiveIntegerField(
+        default=900, help_text="After this long from acceptance, no new attempt starts."
+    )
+    zero_retention = models.BooleanField(
+        default=False, help_text="Do not keep response bodies after delivery in wait mode."
+    )
+
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    suspension_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "name"], name="project_name_unique_in_account"),
+            models.CheckConstraint(condition=Q(attempt_timeout_seconds__gte=1),
+                                   name="attempt_timeout_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.public_id})"
+
+    @property
+    def is_suspended(self) -> bool:
+        return self.suspended_at is not None
+
+    @property
+    def has_provider_key(self) -> bool:
+        return bool(self.provider_key_encrypted)
+
+
+class ApiKey(models.Model):
+    """A ReqRun key `rr_<prefix>_<secret>`: only the prefix and SHA-256 of the secret are kept."""
+
+    public_id = models.CharField(
+        max_length=40, unique=True, editable=False, default=partial(new_public_id, "key")
+    )
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_sha256 = models.CharField(max_length=64, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (rr_{self.prefix}_…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Invitation(models.Model):
+    public_id = models.CharField(
+        max_length=40, unique=True, editable=False, default=partial(new_public_id, "inv")
+    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Membership.Role.choices,
+                            default=Membership.Role.MEMBER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.account}"

@@ -1,0 +1,183 @@
+"""State changes for projects, their upstream and provider key, and ReqRun API keys."""
+
+import hashlib
+import hmac
+import logging
+import secrets
+from datetime import timedelta
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Account, User
+from accounts.services import record_audit_event
+from projects import encryption
+from projects.limits import ensure_below, limits_for
+from projects.models import ApiKey, Project
+from projects.upstream_guard import validate_upstream_url
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX_BYTES = 6  # 12 hex characters, for lookup and display
+KEY_SECRET_BYTES = 24  # 192 bits of entropy
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+PROVIDER_KEY_MIN_LENGTH = 8
+
+
+class InvalidProviderKey(ValueError):
+    pass
+
+
+@transaction.atomic
+def create_project(
+    *, account: Account, name: str, actor: User | None = None, upstream_base_url: str = ""
+) -> Project:
+    Account.objects.select_for_update().get(pk=account.pk)  # serialise the limit check
+    limits = limits_for(account)
+    ensure_below("projects", used=account.projects.count(), limit=limits.projects,
+                 noun="project" if limits.projects == 1 else "projects")
+    project = Project(account=account, name=name.strip())
+    if upstream_base_url:
+        project.upstream_base_url = validate_upstream_url(upstream_base_url)
+    project.save()
+    record_audit_event(account=account, actor=actor, action="project_created",
+                       target=project.public_id)
+    return project
+
+
+def rename_project(*, project: Project, name: str) -> Project:
+    project.name = name.strip()
+    project.save(update_fields=["name"])
+    return project
+
+
+@transaction.atomic
+def delete_project(*, project: Project, actor: User | None = None, ip_address: str | None = None):
+    record_audit_event(account=project.account, actor=actor, action="project_deleted",
+                       target=f"{project.public_id} {project.name}", ip_address=ip_address)
+    project.delete()
+
+
+def update_upstream(
+    *, project: Project, base_url: str, max_attempts: int | None, attempt_timeout_seconds: int,
+    deadline_seconds: int, zero_retention: bool,
+) -> Project:
+    """Save the upstream and retry policy; max attempts never exceed the plan's cap."""
+    project.upstream_base_url = validate_upstream_url(base_url)
+    cap = limits_for(project.account).max_attempts
+    project.max_attempts = min(max_attempts, cap) if max_attempts else None
+    project.attempt_timeout_seconds = attempt_timeout_seconds
+    project.deadline_seconds = deadline_seconds
+    project.zero_retention = zero_retention
+    project.save()
+    return project
+
+
+def set_provider_key(
+    *, project: Project, provider_key: str, actor: User | None = None,
+    ip_address: str | None = None,
+) -> Project:
+    provider_key = provider_key.strip()
+    if len(provider_key) < PROVIDER_KEY_MIN_LENGTH or any(c.isspace() for c in provider_key):
+        raise InvalidProviderKey(
+            "That does not look like a provider API key: it should be one word of at least "
+            f"{PROVIDER_KEY_MIN_LENGTH} characters, such as sk-…"
+        )
+    action = "provider_key_changed" if project.has_provider_key else "provider_key_set"
+    project.provider_key_encrypted = encryption.encrypt(provider_key.encode())
+    project.provider_key_last4 = provider_key[-4:]
+    project.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
+    record_audit_event(account=project.account, actor=actor, action=action,
+                       target=project.public_id, ip_address=ip_address)
+    return project
+
+
+def remove_provider_key(
+    *, project: Project, actor: User | None = None, ip_address: str | None = None
+) -> Project:
+    project.provider_key_encrypted = None
+    project.provider_key_last4 = ""
+    project.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
+    record_audit_event(account=project.account, actor=actor, action="provider_key_removed",
+                       target=project.public_id, ip_address=ip_address)
+    return project
+
+
+def provider_key_of(project: Project) -> str | None:
+    if not project.provider_key_encrypted:
+        return None
+    return encryption.decrypt(project.provider_key_encrypted).decode()
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def create_api_key(
+    *, project: Project, name: str, actor: User | None = None, ip_address: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its full value, which is never available again."""
+    Project.objects.select_for_update().get(pk=project.pk)
+    limit = limits_for(project.account).api_keys_per_project
+    active = project.api_keys.filter(revoked_at__isnull=True).count()
+    ensure_below("api_keys_per_project", used=active, limit=limit,
+                 noun="API key per project" if limit == 1 else "API keys per project")
+    prefix = secrets.token_hex(KEY_PREFIX_BYTES)
+    secret = secrets.token_hex(KEY_SECRET_BYTES)
+    api_key = ApiKey.objects.create(
+        project=project, name=name.strip(), prefix=prefix, secret_sha256=_digest(secret),
+        created_by=actor,
+    )
+    record_audit_event(account=project.account, actor=actor, action="api_key_created",
+                       target=f"{api_key.public_id} {api_key.name}", ip_address=ip_address)
+    return api_key, f"rr_{prefix}_{secret}"
+
+
+def revoke_api_key(
+    *, api_key: ApiKey, actor: User | None = None, ip_address: str | None = None
+) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        record_audit_event(account=api_key.project.account, actor=actor,
+                           action="api_key_revoked",
+                           target=f"{api_key.public_id} {api_key.name}", ip_address=ip_address)
+    return api_key
+
+
+def parse_api_key(raw: str) -> tuple[str, str] | None:
+    parts = raw.split("_")
+    if len(parts) != 3 or parts[0] != "rr" or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+def authenticate_api_key(raw: str) -> ApiKey | None:
+    """The active key for `raw`, or None. Constant-time comparison of the secret's digest."""
+    parsed = parse_api_key(raw)
+    if parsed is None:
+        return None
+    prefix, secret = parsed
+    api_key = (
+        ApiKey.objects.select_related("project", "project__account")
+        .filter(prefix=prefix, revoked_at__isnull=True)
+        .first()
+    )
+    if api_key is None or not hmac.compare_digest(api_key.secret_sha256, _digest(secret)):
+        return None
+    touch_last_used(api_key)
+    return api_key
+
+
+def touch_last_used(api_key: ApiKey) -> None:
+    """Record use at most once a minute per key, so the hot path rarely writes."""
+    now = timezone.now()
+    if api_key.last_used_at and now - api_key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    ApiKey.objects.filter(
+        Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION),
+        pk=api_key.pk,
+    ).update(last_used_at=now)
+    api_key.last_used_at = now
