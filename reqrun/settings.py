@@ -50,7 +50,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "reqrun.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -82,7 +82,7 @@ WSGI_APPLICATION = "reqrun.wsgi.application"
 ASGI_APPLICATION = "reqrun.asgi.application"
 
 DATABASES = {"default": env.db_url("DATABASE_URL")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -184,13 +184,22 @@ if not REQRUN_ENCRYPTION_KEYS:
     )
 REQRUN_ALLOW_PRIVATE_UPSTREAMS = env.bool("REQRUN_ALLOW_PRIVATE_UPSTREAMS", default=False)
 REQRUN_DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
+# A worker's claim on an attempt lasts the attempt timeout plus this grace; after that the
+# sweeper assumes the worker died and retries the request.
+REQRUN_LEASE_GRACE_SECONDS = env.int("REQRUN_LEASE_GRACE_SECONDS", default=30)
+REQRUN_MAX_BODY_BYTES = env.int("REQRUN_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQRUN_MAX_BODY_BYTES + 1
 
 # Paddle billing; unset means billing is not configured.
 PADDLE_ENVIRONMENT = env.str("PADDLE_ENVIRONMENT", default="sandbox")
 PADDLE_API_KEY = env.str("PADDLE_API_KEY", default="")
 PADDLE_CLIENT_TOKEN = env.str("PADDLE_CLIENT_TOKEN", default="")
 PADDLE_WEBHOOK_SECRET = env.str("PADDLE_WEBHOOK_SECRET", default="")
-PADDLE_PRICES = env.dict("PADDLE_PRICES", default={})
+# `pro:pri_…,team:pri_…` (the documented form; `pro=pri_…` works too) → {"pro": "pri_…"}.
+PADDLE_PRICES = dict(
+    item.replace("=", ":", 1).split(":", 1)
+    for item in env.list("PADDLE_PRICES", default=[]) if ":" in item or "=" in item
+)
 PADDLE_API_BASE_URL = env.str("PADDLE_API_BASE_URL", default="")
 
 # Celery: JSON only, at-least-once delivery, the database is the source of truth.
@@ -209,8 +218,16 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 15 * 60}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_ROUTES = {"requests_app.tasks.execute_request": {"queue": "requests"}}
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "accounts.tasks.record_worker_heartbeat", "schedule": 60.0},
+    "billing-usage-notices": {"task": "billing.tasks.send_usage_notices", "schedule": 300.0},
+    "billing-sweep": {"task": "billing.tasks.sweep_billing", "schedule": 300.0},
+    "sweep-requests": {
+        "task": "requests_app.tasks.sweep_requests",
+        "schedule": env.float("REQRUN_SWEEP_INTERVAL_SECONDS", default=2.0),
+        "options": {"expires": 10},
+    },
 }
 
 REST_FRAMEWORK = {
@@ -220,6 +237,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "requests_app.errors.openai_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "ReqRun API",

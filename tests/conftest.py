@@ -116,3 +116,15 @@ def _fresh_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _plans(request):
+    """Transactional tests flush every table, the seeded plans included: put them back."""
+    if "transactional_db" in request.fixturenames or "live_server" in request.fixturenames:
+        from projects.models import Plan
+        from projects.plans import seed_plans
+
+        request.getfixturevalue("transactional_db")
+        if not Plan.objects.exists():
+            seed_plans(Plan)

@@ -1,0 +1,327 @@
+"""The /v1 API: OpenAI-compatible proxied endpoints, request status, usage.
+
+Views are async (adrf) so a caller waiting for its result costs a coroutine, not a
+thread. Each view does its database work in one hop to a thread pool (`in_thread`) —
+authentication included — rather than through DRF's per-step hops.
+"""
+
+import asyncio
+import json
+from functools import wraps
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.http import HttpResponse
+from rest_framework import status
+from rest_framework.response import Response
+
+from projects.limits import limits_for
+from projects.models import ApiKey
+from projects.services import provider_key_of
+from requests_app import ratelimit, selectors, services, upstream
+from requests_app.authentication import api_key_from_header
+from requests_app.errors import (
+    BodyTooLarge,
+    Conflict,
+    InvalidRequest,
+    RateLimited,
+    UpstreamError,
+    envelope,
+)
+from requests_app.models import Request, Status
+from requests_app.notifications import hub
+from requests_app.serializers import request_object
+
+DEFAULT_WAIT_SECONDS = 300
+MAX_WAIT_SECONDS = 600
+MAX_POLL_WAIT_SECONDS = 60
+# While the Redis subscriber is healthy a waiter re-reads the database only this often,
+# as a safety net; while it is down, more often.
+SAFETY_RECHECK_SECONDS = 30.0
+FALLBACK_RECHECK_SECONDS = 1.0
+
+
+def in_thread(function):
+    """Run sync ORM work in a pool thread, with Django's connection hygiene."""
+
+    @wraps(function)
+    def run(*args, **kwargs):
+        close_old_connections()
+        return function(*args, **kwargs)
+
+    return sync_to_async(run, thread_sensitive=False)
+
+
+class V1View(APIView):
+    """Base for /v1: our own auth hop, OpenAI error envelope, ReqRun rate-limit headers."""
+
+    authentication_classes = ()
+    permission_classes = ()
+    rate_state: ratelimit.RateLimitState | None = None
+
+    def authenticate_and_peek(self, request) -> ApiKey:
+        api_key = api_key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
+        self.rate_state = ratelimit.peek(
+            project_id=api_key.project_id,
+            limit=limits_for(api_key.project.account).requests_per_minute,
+        )
+        return api_key
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if self.rate_state is not None:
+            for name, value in self.rate_state.headers().items():
+                response[name] = value
+        return response
+
+
+def final_response(request: Request) -> HttpResponse:
+    """The upstream's final answer as if the client had called it, or ReqRun's own error."""
+    from projects import encryption
+
+    if request.response_body is not None and request.response_status_code is not None:
+        response = HttpResponse(encryption.decrypt(request.response_body),
+                                status=request.response_status_code,
+                                content_type="application/json")
+        for name, value in (request.response_headers or {}).items():
+            response[name] = value
+    else:
+        error = request.error or {}
+        if request.status == Status.CANCELED:
+            error = {"message": "The request was canceled before it finished.",
+                     "type": "invalid_request_error", "param": None, "code": "request_canceled"}
+            status_code = status.HTTP_409_CONFLICT
+        elif error.get("code") in ("timeout", "deadline_exceeded"):
+            status_code = status.HTTP_504_GATEWAY_TIMEOUT
+        else:
+            status_code = UpstreamError.status_code
+        response = HttpResponse(json.dumps({"error": error}), status=status_code,
+                                content_type="application/json")
+    response["ReqRun-Request-Id"] = request.public_id
+    response["ReqRun-Attempts"] = str(request.attempt_count)
+    return response
+
+
+def accepted_response(request: Request) -> Response:
+    response = Response(request_object(request), status=status.HTTP_202_ACCEPTED)
+    response["Location"] = f"/v1/requests/{request.public_id}"
+    response["ReqRun-Request-Id"] = request.public_id
+    response["ReqRun-Attempts"] = str(request.attempt_count)
+    return response
+
+
+def load_request(pk: int) -> Request:
+    return Request.objects.select_related("project").prefetch_related("attempts").get(pk=pk)
+
+
+async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -> Request:
+    """Wait for a terminal state: woken by Redis, re-reading the database only as a fallback."""
+    completion_hub = await hub()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        future = completion_hub.register(public_id)  # before reading: no notice is missed
+        try:
+            request = await in_thread(load_request)(request_pk)
+            remaining = deadline - loop.time()
+            if request.is_terminal or remaining <= 0:
+                return request
+            recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else (
+                FALLBACK_RECHECK_SECONDS)
+            try:
+                await asyncio.wait_for(future, min(remaining, recheck))
+            except TimeoutError:
+                pass
+        finally:
+            completion_hub.unregister(public_id, future)
+
+
+def parse_wait_budget(request) -> int:
+    if "respond-async" in request.META.get("HTTP_PREFER", ""):
+        return 0
+    raw = request.META.get("HTTP_REQRUN_WAIT")
+    if raw is None:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = -1
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(
+            f"ReqRun-Wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}.",
+            param="ReqRun-Wait", code="invalid_wait")
+    return seconds
+
+
+def parse_idempotency_key(request) -> str | None:
+    key = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters long.",
+                             param="Idempotency-Key", code="invalid_idempotency_key")
+    return key
+
+
+def parse_body(raw: bytes) -> dict:
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest(
+            "The request body is not valid JSON. Send a JSON object with "
+            "'Content-Type: application/json'.", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
+    return payload
+
+
+class ProxyView(V1View):
+    """POST to an OpenAI endpoint: record, run with retries, and wait for or return the id."""
+
+    endpoint = ""
+
+    def accept(self, request, body: bytes):
+        api_key = api_key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
+        limits = limits_for(api_key.project.account)
+        self.rate_state = ratelimit.hit(project_id=api_key.project_id,
+                                        limit=limits.requests_per_minute)
+        if not self.rate_state.allowed:
+            raise RateLimited(
+                f"Rate limit of {limits.requests_per_minute} requests per minute reached for "
+                "this project. Retry after the reset.",
+                headers={"Retry-After": str(self.rate_state.reset_seconds)})
+        if len(body) > settings.REQRUN_MAX_BODY_BYTES:
+            raise BodyTooLarge(
+                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes.")
+        payload = parse_body(body)
+        wait_seconds = parse_wait_budget(request)
+        if payload.get("stream"):
+            raise InvalidRequest(
+                "Streaming (stream: true) is not supported yet; send the request without it.",
+                param="stream", code="stream_not_supported")
+        idempotency_key = parse_idempotency_key(request)
+        if provider_key_of(api_key.project) is None:
+            raise InvalidRequest(
+                "This project has no provider key yet. Add one in the project's settings.",
+                code="provider_key_missing")
+        accepted = services.accept_request(
+            api_key=api_key, endpoint=self.endpoint, body=body, payload=payload,
+            idempotency_key=idempotency_key)
+        return accepted.outcome, load_request(accepted.request.pk), wait_seconds
+
+    async def post(self, request, *args, **kwargs):
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > settings.REQRUN_MAX_BODY_BYTES:
+            raise BodyTooLarge(
+                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes.")
+        outcome, record, wait_seconds = await in_thread(self.accept)(request, request.body)
+        if outcome == "replayed":
+            response = await in_thread(final_response)(record)
+            response["Idempotent-Replayed"] = "true"
+            return response
+        if wait_seconds and not record.is_terminal:
+            record = await wait_until_finished(record.pk, record.public_id, wait_seconds)
+        if record.is_terminal:
+            return await in_thread(final_response)(record)
+        return await in_thread(accepted_response)(record)
+
+
+def proxy_view(endpoint: str):
+    return ProxyView.as_view(endpoint=endpoint)
+
+
+class ModelsView(V1View):
+    """GET /v1/models and /v1/models/{id}: passed straight through, not recorded or counted."""
+
+    def fetch(self, request, model_id: str | None):
+        api_key = self.authenticate_and_peek(request)
+        provider_key = provider_key_of(api_key.project)
+        if provider_key is None:
+            raise InvalidRequest(
+                "This project has no provider key yet. Add one in the project's settings.",
+                code="provider_key_missing")
+        path = "/v1/models" + (f"/{model_id}" if model_id else "")
+        try:
+            answer = upstream.call(
+                method="GET", url=upstream.endpoint_url(api_key.project.upstream_base_url, path),
+                provider_key=provider_key, body=None,
+                timeout=api_key.project.attempt_timeout_seconds)
+        except Exception as error:
+            raise UpstreamError("Could not reach the upstream to list models.",
+                                code="upstream_unreachable") from error
+        response = HttpResponse(answer.body, status=answer.status_code,
+                                content_type="application/json")
+        for name, value in answer.headers.items():
+            response[name] = value
+        return response
+
+    async def get(self, request, model_id: str | None = None):
+        return await in_thread(self.fetch)(request, model_id)
+
+
+class RequestListView(V1View):
+    def list(self, request):
+        api_key = self.authenticate_and_peek(request)
+        page, has_more = selectors.list_requests(api_key.project, request.query_params)
+        data = [request_object(item) for item in page]
+        return Response({
+            "object": "list", "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        })
+
+    async def get(self, request):
+        return await in_thread(self.list)(request)
+
+
+class RequestDetailView(V1View):
+    def find(self, request, request_id: str) -> Request:
+        api_key = self.authenticate_and_peek(request)
+        return selectors.request_in_project(api_key.project, request_id)
+
+    async def get(self, request, request_id: str):
+        record = await in_thread(self.find)(request, request_id)
+        raw_wait = request.query_params.get("wait", "0")
+        if not raw_wait.isdigit() or int(raw_wait) > MAX_POLL_WAIT_SECONDS:
+            raise InvalidRequest(
+                f"'wait' must be a whole number of seconds from 0 to {MAX_POLL_WAIT_SECONDS}.",
+                param="wait")
+        if int(raw_wait) and not record.is_terminal:
+            record = await wait_until_finished(record.pk, record.public_id, int(raw_wait))
+        return Response(await in_thread(request_object)(record))
+
+
+class RequestCancelView(V1View):
+    def cancel(self, request, request_id: str):
+        record = selectors.request_in_project(
+            self.authenticate_and_peek(request).project, request_id)
+        if not services.cancel_request(request=record):
+            record = load_request(record.pk)
+            raise Conflict(
+                f"Request {request_id} already finished with status '{record.status}'; "
+                "there is nothing to cancel.", param="id",
+                request_object=request_object(record))
+        return Response(request_object(load_request(record.pk)))
+
+    async def post(self, request, request_id: str):
+        return await in_thread(self.cancel)(request, request_id)
+
+    def handle_exception(self, exc):
+        # A 409 carries the unchanged request object, as the API promises.
+        if isinstance(exc, Conflict) and exc.request_object is not None:
+            body = {**exc.request_object, **envelope(exc.message, error_type=exc.error_type,
+                                                     code=exc.code, param=exc.param)}
+            return Response(body, status=exc.status_code)
+        return super().handle_exception(exc)
+
+
+class UsageView(V1View):
+    def report(self, request):
+        account = self.authenticate_and_peek(request).project.account
+        return Response(selectors.usage_report(account))
+
+    async def get(self, request):
+        return await in_thread(self.report)(request)

@@ -1,0 +1,131 @@
+"""Typed API errors and the one exception handler that renders them in OpenAI's envelope."""
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(exceptions.APIException):
+    """An error with OpenAI's `type` and `code`, and optional extra response headers."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    error_type = "invalid_request_error"
+    code: str | None = None
+    param: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None, request_object: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.param = param
+        self.headers = headers or {}
+        self.request_object = request_object
+
+
+class InvalidRequest(ApiError):
+    pass
+
+
+class InvalidApiKey(ApiError):
+    status_code = status.HTTP_401_UNAUTHORIZED
+    code = "invalid_api_key"
+
+
+class Suspended(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    error_type = "permission_error"
+
+
+class NotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "request_already_finished"
+
+
+class BodyTooLarge(ApiError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "request_too_large"
+
+
+class IdempotencyMismatch(ApiError):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "idempotency_key_reused"
+
+
+class RateLimited(ApiError):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class PendingQueueFull(RateLimited):
+    code = "pending_queue_full"
+
+
+class QuotaExceeded(RateLimited):
+    error_type = "insufficient_quota"
+    code = "monthly_quota_exceeded"
+
+
+class UpstreamError(ApiError):
+    status_code = status.HTTP_502_BAD_GATEWAY
+    error_type = "upstream_error"
+
+
+def envelope(message: str, *, error_type: str, code: str | None = None,
+             param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+DRF_ERRORS = {
+    exceptions.NotAuthenticated: ("invalid_request_error", "invalid_api_key"),
+    exceptions.AuthenticationFailed: ("invalid_request_error", "invalid_api_key"),
+    exceptions.MethodNotAllowed: ("invalid_request_error", "method_not_allowed"),
+    exceptions.ParseError: ("invalid_request_error", "invalid_json"),
+    exceptions.UnsupportedMediaType: ("invalid_request_error", "unsupported_media_type"),
+    exceptions.NotFound: ("invalid_request_error", "not_found"),
+    exceptions.PermissionDenied: ("permission_error", "permission_denied"),
+    exceptions.Throttled: ("requests", "rate_limit_exceeded"),
+}
+
+
+def openai_exception_handler(exc, context):
+    """Every error under /v1, ours or DRF's, in OpenAI's envelope."""
+    if isinstance(exc, Http404):
+        exc = NotFound("No such object.")
+    if isinstance(exc, RequestDataTooBig):
+        exc = BodyTooLarge("The request body is too large.")
+    if isinstance(exc, ApiError):
+        response = Response(
+            envelope(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
+            status=exc.status_code,
+        )
+        for name, value in exc.headers.items():
+            response[name] = value
+        return response
+    if isinstance(exc, exceptions.APIException):
+        error_type, code = DRF_ERRORS.get(type(exc), ("invalid_request_error", None))
+        status_code = exc.status_code
+        if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
+            status_code = status.HTTP_401_UNAUTHORIZED
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        response = Response(envelope(detail, error_type=error_type, code=code), status=status_code)
+        if isinstance(exc, exceptions.Throttled) and exc.wait:
+            response["Retry-After"] = str(int(exc.wait))
+        return response
+    logger.exception("unhandled API error", extra={"view": type(context.get("view")).__name__})
+    return Response(
+        envelope("ReqRun had an internal error. It has been logged; please retry.",
+                 error_type="server_error", code="internal_error"),
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )

@@ -1,0 +1,209 @@
+"""Running a request against its upstream: claim, attempt, record, then finish or retry.
+
+A worker claims a request with one conditional UPDATE that moves it to `running`, bumps
+`attempt_count` (the fencing token) and sets a lease. Every later write names that attempt
+number, so a worker that lost its lease can no longer change the request. Short backoffs
+are slept in the worker; longer ones are written to `next_attempt_at` and dispatched by
+the sweeper.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+from django.conf import settings
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from projects import encryption
+from projects.services import provider_key_of
+from projects.upstream_guard import UpstreamNotAllowed
+from requests_app import retry_policy, upstream
+from requests_app.models import Attempt, Request, Status
+from requests_app.notifications import publish_finished
+from requests_app.usage import usage_from_body
+
+logger = logging.getLogger(__name__)
+
+INLINE_BACKOFF_MAX_SECONDS = 2.0
+RESPONSE_RETENTION = timedelta(hours=24)
+
+
+@dataclass
+class AttemptResult:
+    outcome: str
+    status_code: int | None = None
+    error_code: str | None = None
+    retry_after_ms: int | None = None
+    response: upstream.UpstreamResponse | None = None
+
+
+def lease_grace() -> timedelta:
+    return timedelta(seconds=settings.REQRUN_LEASE_GRACE_SECONDS)
+
+
+def claim_request(request_pk: int) -> tuple[Request, int] | None:
+    """Take the request for one attempt if it is due; None if someone else has it or it ended."""
+    now = timezone.now()
+    due = Request.objects.filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+        pk=request_pk, status__in=[Status.QUEUED, Status.RETRYING], cancel_requested=False,
+    )
+    expired = due.filter(deadline_at__lte=now).update(
+        status=Status.EXPIRED, finished_at=now, request_body=None, next_attempt_at=None,
+        error={"message": "The request's deadline passed before it could be run.",
+               "type": "upstream_error", "param": None, "code": "deadline_exceeded"},
+    )
+    if expired:
+        _announce(request_pk)
+        return None
+    request = Request.objects.select_related("project").filter(pk=request_pk).first()
+    if request is None:
+        return None
+    lease = timedelta(seconds=request.project.attempt_timeout_seconds) + lease_grace()
+    claimed = due.update(
+        status=Status.RUNNING, attempt_count=F("attempt_count") + 1, lease_until=now + lease,
+        started_at=Coalesce("started_at", now), next_attempt_at=None,
+    )
+    if not claimed:
+        return None
+    request.refresh_from_db()
+    return request, request.attempt_count
+
+
+def perform_attempt(request: Request, number: int) -> AttemptResult:
+    """Call the upstream once and record the attempt row; never raises for upstream faults."""
+    attempt = Attempt.objects.create(request=request, number=number, started_at=timezone.now())
+    started = time.monotonic()
+    result = _call_upstream(request)
+    attempt.finished_at = timezone.now()
+    attempt.latency_ms = int((time.monotonic() - started) * 1000)
+    attempt.outcome = result.outcome
+    attempt.status_code = result.status_code
+    attempt.error_code = result.error_code
+    attempt.retry_after_ms = result.retry_after_ms
+    attempt.save()
+    logger.info("attempt finished", extra={
+        "request_id": request.public_id, "attempt": number, "outcome": result.outcome,
+        "status_code": result.status_code, "latency_ms": attempt.latency_ms,
+    })
+    return result
+
+
+def _call_upstream(request: Request) -> AttemptResult:
+    provider_key = provider_key_of(request.project)
+    if provider_key is None:
+        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
+    try:
+        response = upstream.call(
+            method="POST",
+            url=upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
+            provider_key=provider_key,
+            body=encryption.decrypt(request.request_body),
+            timeout=request.project.attempt_timeout_seconds,
+        )
+    except UpstreamNotAllowed:
+        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="upstream_not_allowed")
+    except httpx.TimeoutException:
+        return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
+    except (httpx.TransportError, httpx.InvalidURL) as error:
+        return AttemptResult(Attempt.Outcome.CONNECTION_ERROR,
+                             error_code=type(error).__name__.lower()[:64])
+    retry_after = retry_policy.retry_after_ms(response.retry_after_header)
+    if 200 <= response.status_code < 300:
+        outcome = Attempt.Outcome.SUCCESS
+    elif retry_policy.is_retryable_status(response.status_code, response.body):
+        outcome = Attempt.Outcome.RETRYABLE_ERROR
+    else:
+        outcome = Attempt.Outcome.FATAL_ERROR
+    return AttemptResult(
+        outcome, status_code=response.status_code,
+        error_code=None if outcome == Attempt.Outcome.SUCCESS
+        else retry_policy.error_code_of(response.body),
+        retry_after_ms=retry_after, response=response,
+    )
+
+
+def _response_fields(response: upstream.UpstreamResponse | None) -> dict:
+    if response is None:
+        return {}
+    return {
+        "response_status_code": response.status_code,
+        "response_headers": response.headers,
+        "response_body": encryption.encrypt(response.body),
+        "response_expires_at": timezone.now() + RESPONSE_RETENTION,
+        "usage": usage_from_body(response.body) if response.status_code < 300 else None,
+    }
+
+
+def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
+    if result.error_code == "provider_key_missing":
+        message = "The project has no provider key. Set one in the project's settings."
+    elif result.error_code == "upstream_not_allowed":
+        message = "The upstream address is private, loopback or link-local, which is not allowed."
+    elif expired:
+        message = "The request's deadline passed before the upstream answered."
+    elif result.outcome == Attempt.Outcome.TIMEOUT:
+        message = "The upstream did not answer in time on any attempt."
+    else:
+        message = "Could not connect to the upstream on any attempt."
+    return {"message": message, "type": "upstream_error", "param": None,
+            "code": result.error_code or ("deadline_exceeded" if expired else None)}
+
+
+def finish_attempt(request: Request, number: int, result: AttemptResult) -> float | None:
+    """Write the attempt's consequence, fenced on its number; return a short wait to retry in."""
+    now = timezone.now()
+    fenced = Request.objects.filter(pk=request.pk, attempt_count=number, status=Status.RUNNING)
+    response_fields = _response_fields(result.response)
+    retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
+    if retryable and number < request.max_attempts:
+        delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
+        next_at = now + timedelta(seconds=delay)
+        if next_at < request.deadline_at:
+            fenced.update(status=Status.RETRYING, next_attempt_at=next_at, lease_until=None,
+                          **response_fields)
+            cancel_if_requested(request)
+            return delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
+        status = Status.EXPIRED
+    elif result.outcome == Attempt.Outcome.SUCCESS:
+        status = Status.SUCCEEDED
+    else:
+        status = Status.FAILED
+    error = None
+    if not response_fields:
+        error = _no_response_error(result, expired=status == Status.EXPIRED)
+    if fenced.update(status=status, finished_at=now, lease_until=None, request_body=None,
+                     error=error, **response_fields):
+        _announce(request.pk)
+    return None
+
+
+def cancel_if_requested(request: Request) -> None:
+    """A cancel that arrived while an attempt ran takes effect before the next one starts."""
+    if Request.objects.filter(pk=request.pk, status=Status.RETRYING, cancel_requested=True).update(
+        status=Status.CANCELED, finished_at=timezone.now(), next_attempt_at=None,
+        request_body=None,
+    ):
+        _announce(request.pk)
+
+
+def _announce(request_pk: int) -> None:
+    public_id = Request.objects.filter(pk=request_pk).values_list("public_id", flat=True).first()
+    if public_id:
+        logger.info("request finished", extra={"request_id": public_id})
+        publish_finished(public_id)
+
+
+def execute_request(request_pk: int) -> None:
+    """Run attempts until the request finishes or waits longer than a worker should hold it."""
+    while claim := claim_request(request_pk):
+        request, number = claim
+        result = perform_attempt(request, number)
+        delay = finish_attempt(request, number, result)
+        if delay is None:
+            return
+        time.sleep(delay)

@@ -1,0 +1,120 @@
+"""Request records and their attempts: the source of truth for every accepted call."""
+
+from functools import partial
+
+from django.db import models
+from django.db.models import Q
+
+from accounts.ids import new_public_id
+from accounts.models import Account
+from projects.models import ApiKey, Project
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+
+ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING, Status.RETRYING)
+TERMINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.EXPIRED)
+
+
+class Request(models.Model):
+    public_id = models.CharField(
+        max_length=40, unique=True, editable=False, default=partial(new_public_id, "req")
+    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="requests")
+    api_key = models.ForeignKey(ApiKey, null=True, on_delete=models.SET_NULL, related_name="+")
+
+    endpoint = models.CharField(max_length=64)
+    model = models.CharField(max_length=200, blank=True)
+    stream = models.BooleanField(default=False)
+    body_sha256 = models.CharField(max_length=64)
+    request_body = models.BinaryField(null=True, editable=False)  # encrypted
+
+    # Shown to the client; `idempotency_slot` holds the key only while it is remembered
+    # (24 h) and carries the uniqueness constraint.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    idempotency_slot = models.CharField(max_length=255, null=True, blank=True, editable=False)
+
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField()
+
+    # Execution bookkeeping. `attempt_count` is also the fencing token: a worker may only
+    # write the outcome of the attempt number it claimed.
+    attempt_count = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField()
+    lease_until = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    response_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_headers = models.JSONField(null=True, blank=True)
+    response_body = models.BinaryField(null=True, editable=False)  # encrypted, raw bytes
+    response_expires_at = models.DateTimeField(null=True, blank=True)
+    usage = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    partial = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-public_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "idempotency_slot"],
+                condition=Q(idempotency_slot__isnull=False),
+                name="one_request_per_idempotency_key",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["project", "-public_id"], name="request_project_newest"),
+            models.Index(fields=["account", "status"], name="request_account_status",
+                         condition=Q(status__in=["queued", "running", "retrying"])),
+            models.Index(fields=["status", "next_attempt_at"], name="request_due",
+                         condition=Q(status__in=["queued", "running", "retrying"])),
+            models.Index(fields=["project", "idempotency_key"], name="request_idempotency_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.public_id
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class Attempt(models.Model):
+    class Outcome(models.TextChoices):
+        SUCCESS = "success"
+        RETRYABLE_ERROR = "retryable_error"
+        FATAL_ERROR = "fatal_error"
+        TIMEOUT = "timeout"
+        CONNECTION_ERROR = "connection_error"
+
+    request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    retry_after_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["number"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "number"], name="one_row_per_attempt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}#{self.number}"

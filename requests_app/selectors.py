@@ -1,0 +1,94 @@
+"""Reads of request records, always scoped to a project or to a user's memberships."""
+
+from datetime import UTC, datetime
+
+from django.db.models import QuerySet
+
+from accounts.models import User
+from projects.models import Project
+from requests_app.errors import InvalidRequest, NotFound
+from requests_app.models import Request, Status
+
+MAX_PAGE = 100
+
+
+def requests_of(project: Project) -> QuerySet[Request]:
+    return (
+        Request.objects.filter(project=project)
+        .select_related("project")
+        .prefetch_related("attempts")
+    )
+
+
+def requests_visible_to(user: User) -> QuerySet[Request]:
+    return (
+        Request.objects.filter(account__memberships__user=user)
+        .select_related("project")
+        .prefetch_related("attempts")
+    )
+
+
+def request_in_project(project: Project, public_id: str) -> Request:
+    request = requests_of(project).filter(public_id=public_id).first()
+    if request is None:
+        raise NotFound(f"No request with id {public_id!r} in this project.", param="id")
+    return request
+
+
+def _positive_int(value: str, *, name: str, maximum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be a whole number.", param=name) from None
+    if not 1 <= number <= maximum:
+        raise InvalidRequest(f"'{name}' must be between 1 and {maximum}.", param=name)
+    return number
+
+
+def list_requests(project: Project, params) -> tuple[list[Request], bool]:
+    """Newest first, cursor-paginated by id (ids sort by creation time)."""
+    limit = _positive_int(params.get("limit", "20"), name="limit", maximum=MAX_PAGE)
+    requests = requests_of(project).order_by("-public_id")
+    status = params.get("status")
+    if status:
+        if status not in Status.values:
+            raise InvalidRequest(
+                f"Unknown status {status!r}; use one of {', '.join(Status.values)}.",
+                param="status")
+        requests = requests.filter(status=status)
+    if params.get("endpoint"):
+        requests = requests.filter(endpoint=params["endpoint"])
+    if params.get("idempotency_key"):
+        requests = requests.filter(idempotency_key=params["idempotency_key"])
+    if params.get("created_after"):
+        seconds = _positive_int(params["created_after"], name="created_after",
+                                maximum=2**40)
+        requests = requests.filter(created_at__gt=datetime.fromtimestamp(seconds, tz=UTC))
+    if params.get("after"):
+        requests = requests.filter(public_id__lt=params["after"])
+    page = list(requests[: limit + 1])
+    return page[:limit], len(page) > limit
+
+
+def usage_report(account) -> dict:
+    """The account's plan, limits and this period's use, for GET /v1/usage."""
+    from projects.limits import current_period_start, limits_for, next_period_start, usage_row
+
+    limits = limits_for(account)
+    period = current_period_start()
+    period_end = next_period_start(period)
+    return {
+        "object": "usage",
+        "plan": limits.plan_code,
+        "period_start": int(datetime(period.year, period.month, 1, tzinfo=UTC).timestamp()),
+        "period_end": int(
+            datetime(period_end.year, period_end.month, 1, tzinfo=UTC).timestamp()),
+        "limits": limits.as_dict(),
+        "used": {
+            "accepted_requests": usage_row(account, period).accepted_requests,
+            "pending": Request.objects.filter(
+                account=account, status__in=[Status.QUEUED, Status.RUNNING, Status.RETRYING]
+            ).count(),
+            "projects": account.projects.count(),
+        },
+    }

@@ -1,0 +1,132 @@
+"""Accepting and cancelling requests: the transactions that decide what gets run."""
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from projects import encryption
+from projects.limits import count_accepted_request, limits_for
+from projects.models import ApiKey
+from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
+from requests_app.models import ACTIVE_STATUSES, Request, Status
+from requests_app.notifications import publish_finished
+
+logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+PENDING_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Accepted:
+    request: Request
+    outcome: Literal["created", "replayed", "attached"]
+
+
+def _enqueue(request_pk: int) -> None:
+    from requests_app.tasks import execute_request
+
+    execute_request.delay(request_pk)
+
+
+def _remembered(*, api_key: ApiKey, idempotency_key: str) -> Request | None:
+    """The request holding this key in the project, releasing it if 24 h have passed."""
+    existing = Request.objects.filter(
+        project_id=api_key.project_id, idempotency_slot=idempotency_key
+    ).first()
+    if existing and existing.created_at < timezone.now() - IDEMPOTENCY_WINDOW:
+        Request.objects.filter(pk=existing.pk).update(idempotency_slot=None)
+        return None
+    return existing
+
+
+def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
+    if existing.body_sha256 != body_sha256 or existing.endpoint != endpoint:
+        raise IdempotencyMismatch(
+            "This Idempotency-Key was already used with a different request body. "
+            "Use a new key for a different request.",
+            param="Idempotency-Key",
+        )
+    return Accepted(existing, "replayed" if existing.is_terminal else "attached")
+
+
+def accept_request(
+    *, api_key: ApiKey, endpoint: str, body: bytes, payload: dict,
+    idempotency_key: str | None,
+) -> Accepted:
+    """Record a call before it is dispatched, within quota and the pending-queue cap.
+
+    One transaction counts the request against the monthly quota (a conditional UPDATE
+    that also serialises this account's accepts), checks the pending cap and inserts the
+    request; the task is enqueued only after commit, with the id alone.
+    """
+    project = api_key.project
+    account = project.account
+    body_sha256 = hashlib.sha256(body).hexdigest()
+    if idempotency_key:
+        existing = _remembered(api_key=api_key, idempotency_key=idempotency_key)
+        if existing:
+            return _same_call(existing, body_sha256, endpoint)
+
+    limits = limits_for(account)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            if not count_accepted_request(account=account, limit=limits.monthly_requests):
+                raise QuotaExceeded(
+                    f"This account has used its {limits.monthly_requests:,} requests for this "
+                    "month. Upgrade the plan or wait for the next period.",
+                    headers={"x-should-retry": "false"},
+                )
+            pending = Request.objects.filter(account=account, status__in=ACTIVE_STATUSES).count()
+            if pending >= limits.pending_requests:
+                raise PendingQueueFull(
+                    f"This account already has {pending:,} requests waiting or running "
+                    f"(plan limit {limits.pending_requests:,}). Retry when some have finished.",
+                    headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
+                )
+            request = Request.objects.create(
+                account=account, project=project, api_key=api_key, endpoint=endpoint,
+                model=str(payload.get("model", ""))[:200], stream=bool(payload.get("stream")),
+                body_sha256=body_sha256, request_body=encryption.encrypt(body),
+                idempotency_key=idempotency_key, idempotency_slot=idempotency_key,
+                deadline_at=now + timedelta(seconds=project.deadline_seconds),
+                max_attempts=min(project.max_attempts or limits.max_attempts,
+                                 limits.max_attempts),
+                dispatched_at=now,
+            )
+            transaction.on_commit(lambda: _enqueue(request.pk))
+    except IntegrityError:
+        # Another web process inserted the same key first: attach to its request.
+        existing = _remembered(api_key=api_key, idempotency_key=idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_call(existing, body_sha256, endpoint)
+    logger.info("request accepted", extra={"request_id": request.public_id,
+                                           "project_id": project.public_id,
+                                           "endpoint": endpoint})
+    return Accepted(request, "created")
+
+
+def cancel_request(*, request: Request) -> bool:
+    """Cancel a queued or retrying request now; a running one finishes its attempt only.
+
+    Returns False when the request had already finished.
+    """
+    now = timezone.now()
+    canceled = Request.objects.filter(
+        pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING]
+    ).update(status=Status.CANCELED, finished_at=now, cancel_requested=True,
+             request_body=None, next_attempt_at=None)
+    if canceled:
+        logger.info("request canceled", extra={"request_id": request.public_id})
+        publish_finished(request.public_id)
+        return True
+    return bool(
+        Request.objects.filter(pk=request.pk, status=Status.RUNNING).update(cancel_requested=True)
+    )

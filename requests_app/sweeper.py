@@ -1,0 +1,74 @@
+"""The periodic sweep that makes Postgres, not Redis, the source of truth for pending work.
+
+It dispatches retries whose backoff has elapsed, re-dispatches queued requests whose task
+the broker may have lost (a Redis restart), and recovers requests whose worker died
+mid-attempt (lease expired) by closing that attempt as `worker_lost` and retrying.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import F, Q
+from django.utils import timezone
+
+from requests_app.executor import AttemptResult, finish_attempt
+from requests_app.models import Attempt, Request, Status
+
+logger = logging.getLogger(__name__)
+
+REDISPATCH_AFTER = timedelta(seconds=60)
+BATCH_SIZE = 500
+
+
+@dataclass
+class SweepReport:
+    dispatched: int = 0
+    recovered: int = 0
+
+
+def _dispatch(pks: list[int]) -> int:
+    from requests_app.tasks import execute_request
+
+    Request.objects.filter(pk__in=pks).update(dispatched_at=timezone.now())
+    for pk in pks:
+        execute_request.delay(pk)
+    return len(pks)
+
+
+def recover_expired_leases(now) -> int:
+    """Requests whose worker vanished mid-attempt: close the attempt and schedule a retry."""
+    stale = (
+        Request.objects.select_related("project")
+        .filter(status=Status.RUNNING, lease_until__lt=now)
+        .order_by("lease_until")[:BATCH_SIZE]
+    )
+    recovered = 0
+    for request in stale:
+        Attempt.objects.filter(request=request, number=request.attempt_count,
+                               finished_at__isnull=True).update(
+            finished_at=now, outcome=Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"
+        )
+        finish_attempt(request, request.attempt_count,
+                       AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"))
+        recovered += 1
+        logger.warning("lease expired; attempt recovered", extra={
+            "request_id": request.public_id, "attempt": request.attempt_count})
+    return recovered
+
+
+def sweep() -> SweepReport:
+    now = timezone.now()
+    report = SweepReport(recovered=recover_expired_leases(now))
+    stale_dispatch = now - REDISPATCH_AFTER
+    due = Request.objects.filter(
+        Q(status=Status.RETRYING, next_attempt_at__lte=now)
+        & (Q(dispatched_at__lt=F("next_attempt_at")) | Q(dispatched_at__lt=stale_dispatch)
+           | Q(dispatched_at__isnull=True))
+        | Q(status=Status.QUEUED, dispatched_at__lt=stale_dispatch)
+    ).values_list("pk", flat=True)[:BATCH_SIZE]
+    report.dispatched = _dispatch(list(due))
+    if report.dispatched or report.recovered:
+        logger.info("sweep", extra={"dispatched": report.dispatched,
+                                    "recovered": report.recovered})
+    return report

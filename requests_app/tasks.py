@@ -1,0 +1,15 @@
+"""Thin Celery tasks: ids in, a service call, nothing else."""
+
+from celery import shared_task
+
+from requests_app import executor, sweeper
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, time_limit=3600, soft_time_limit=3500)
+def execute_request(request_pk: int) -> None:
+    executor.execute_request(request_pk)
+
+
+@shared_task(time_limit=120, soft_time_limit=100)
+def sweep_requests() -> None:
+    sweeper.sweep()

@@ -1,0 +1,25 @@
+"""Token usage as reported by the upstream, in one shape whatever the endpoint."""
+
+import json
+
+
+def usage_from_body(body: bytes) -> dict | None:
+    try:
+        usage = json.loads(body).get("usage")
+    except (ValueError, AttributeError):
+        return None
+    return normalise_usage(usage)
+
+
+def normalise_usage(usage) -> dict | None:
+    """Chat/completions report prompt/completion tokens; the Responses API input/output."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
+    total = usage.get("total_tokens")
+    if prompt is None and total is None:
+        return None
+    if total is None:
+        total = (prompt or 0) + (completion or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}

@@ -1,0 +1,113 @@
+"""The full stack for API tests: uvicorn serving the ASGI app, a real worker, a fake upstream."""
+
+import asyncio
+import socket
+import threading
+
+import openai
+import pytest
+import uvicorn
+
+from accounts.services import create_account
+from projects.limits import set_plan
+from projects.models import AccountPlan
+from projects.services import create_api_key, create_project, set_provider_key
+from tests.conftest import WorkerProcess
+from tests.factories import UserFactory
+from tests.fake_upstream import FakeUpstream
+
+
+class LiveServer:
+    """The project's ASGI application under uvicorn on a loopback port, in a thread."""
+
+    def __init__(self):
+        from reqrun.asgi import application
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port,
+                                log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        asyncio.run(self.server.serve())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.thread.start()
+        from tests.conftest import wait_until
+
+        wait_until(lambda: self.server.started, timeout=20, message="uvicorn did not start")
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_api(django_db_setup):
+    server = LiveServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def worker(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        process = WorkerProcess(concurrency=24, extra_env={"REQRUN_LEASE_GRACE_SECONDS": "1"})
+        process.start()
+    yield process
+    process.stop()
+
+
+class Tenant:
+    """An account with a project wired to the fake upstream and a fresh ReqRun key."""
+
+    def __init__(self, *, email: str, upstream_url: str, plan: str = "enterprise", **policy):
+        self.user = UserFactory(email=email)
+        self.account = create_account(owner=self.user)
+        set_plan(account=self.account, plan_code=plan)
+        self.project = create_project(account=self.account, name="Default",
+                                      upstream_base_url=upstream_url)
+        for field, value in policy.items():
+            setattr(self.project, field, value)
+        self.project.save()
+        set_provider_key(project=self.project, provider_key="sk-test-provider-key-1234")
+        self.api_key, self.raw_key = create_api_key(project=self.project, name="test")
+
+    def override(self, **limits):
+        AccountPlan.objects.filter(account=self.account).update(**limits)
+
+    def client(self, base_url: str, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{base_url}/v1", api_key=self.raw_key, max_retries=0,
+                             **kwargs)
+
+
+@pytest.fixture
+def tenant(transactional_db, fake_upstream, live_api, worker):
+    fake_upstream.reset()
+    return Tenant(email="alice@example.com", upstream_url=fake_upstream.base_url,
+                  attempt_timeout_seconds=5)
+
+
+@pytest.fixture
+def other_tenant(transactional_db, fake_upstream):
+    return Tenant(email="charlie@example.com", upstream_url=fake_upstream.base_url)
+
+
+@pytest.fixture
+def sdk(tenant, live_api) -> openai.OpenAI:
+    return tenant.client(live_api.url, timeout=60)

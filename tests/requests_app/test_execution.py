@@ -1,0 +1,175 @@
+"""End to end: the official SDK → ReqRun (uvicorn) → a real Celery worker → the fake upstream."""
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from requests_app.models import Attempt, Request
+
+CHAT = [{"role": "user", "content": "Say hello"}]
+
+
+def only_request() -> Request:
+    return Request.objects.prefetch_related("attempts").get()
+
+
+def outcomes(request: Request) -> list[tuple[str, int | None]]:
+    return [(a.outcome, a.status_code) for a in request.attempts.all()]
+
+
+def test_a_chat_completion_succeeds_through_reqrun(sdk, fake_upstream):
+    raw = sdk.chat.completions.with_raw_response.create(model="gpt-test", messages=CHAT)
+    completion = raw.parse()
+
+    assert completion.choices[0].message.content
+    request = only_request()
+    assert raw.headers["reqrun-request-id"] == request.public_id
+    assert raw.headers["reqrun-attempts"] == "1"
+    assert raw.headers["x-request-id"].startswith("req_fake_")
+    assert request.status == "succeeded"
+    assert request.usage["total_tokens"] == completion.usage.total_tokens
+    assert request.request_body is None  # dropped once terminal
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_transient_failures_are_retried_until_success(sdk):
+    completion = sdk.chat.completions.create(model="script:503,503,200", messages=CHAT)
+
+    assert completion.choices[0].message.content
+    assert outcomes(only_request()) == [
+        ("retryable_error", 503), ("retryable_error", 503), ("success", 200)]
+
+
+def test_retry_after_is_honoured(sdk):
+    sdk.chat.completions.create(model="script:429ra1,200", messages=CHAT)
+
+    first, second = only_request().attempts.all()
+    assert first.retry_after_ms == 1000
+    assert (second.started_at - first.finished_at).total_seconds() >= 0.95
+
+
+def test_a_bad_request_is_returned_unchanged_and_not_retried(sdk, fake_upstream):
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(model="script:400", messages=CHAT)
+
+    assert raised.value.status_code == 400
+    assert outcomes(only_request()) == [("fatal_error", 400)]
+    assert only_request().status == "failed"
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_insufficient_quota_is_not_retried(sdk, fake_upstream):
+    with pytest.raises(openai.RateLimitError) as raised:
+        sdk.chat.completions.create(model="script:429q", messages=CHAT)
+
+    assert raised.value.code == "insufficient_quota"
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_dropped_connections_and_timeouts_are_retried(sdk, tenant):
+    tenant.project.attempt_timeout_seconds = 1
+    tenant.project.save()
+
+    sdk.chat.completions.create(model="script:drop,hang,200", messages=CHAT)
+
+    assert [a.outcome for a in only_request().attempts.all()] == [
+        "connection_error", "timeout", "success"]
+
+
+def test_when_attempts_run_out_the_last_upstream_answer_is_returned(sdk, tenant):
+    tenant.project.max_attempts = 2
+    tenant.project.save()
+
+    with pytest.raises(openai.InternalServerError) as raised:
+        sdk.chat.completions.create(model="script:502,503", messages=CHAT)
+
+    assert raised.value.status_code == 503
+    assert only_request().status == "failed"
+    assert len(outcomes(only_request())) == 2
+
+
+def test_connection_errors_to_the_end_give_a_502_upstream_error(sdk, tenant):
+    tenant.project.max_attempts = 2
+    tenant.project.save()
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        sdk.chat.completions.create(model="script:drop", messages=CHAT)
+
+    assert raised.value.status_code == 502
+    assert raised.value.body["type"] == "upstream_error"
+
+
+def test_every_proxied_endpoint_reaches_its_upstream_path(sdk, fake_upstream):
+    sdk.completions.create(model="gpt-test", prompt="hi")
+    sdk.embeddings.create(model="emb-test", input="hi")
+    sdk.moderations.create(input="hi")
+    sdk.images.generate(model="img-test", prompt="a cat")
+    sdk.responses.create(model="gpt-test", input="hi")
+
+    for path in ("/v1/completions", "/v1/embeddings", "/v1/moderations",
+                 "/v1/images/generations", "/v1/responses"):
+        assert fake_upstream.count(path) == 1, path
+    assert Request.objects.filter(status="succeeded").count() == 5
+
+
+def test_models_are_passed_through_without_being_recorded(sdk):
+    models = sdk.models.list()
+    assert models.data
+    assert sdk.models.retrieve(models.data[0].id).id == models.data[0].id
+    assert not Request.objects.exists()
+
+
+def test_wait_budget_expiry_answers_202_and_the_request_still_succeeds(tenant, live_api):
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "ReqRun-Wait": "1"},
+        json={"model": "script:sleep2500,200", "messages": CHAT}, timeout=30,
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert response.headers["location"] == f"/v1/requests/{body['id']}"
+    assert body["status"] in ("queued", "running")
+
+    polled = httpx.get(f"{live_api.url}/v1/requests/{body['id']}?wait=30",
+                       headers={"Authorization": f"Bearer {tenant.raw_key}"}, timeout=40)
+    assert polled.json()["status"] == "succeeded"
+    assert polled.json()["response"]["status_code"] == 200
+
+
+def test_async_mode_accepts_at_once_and_long_polls_to_the_result(tenant, live_api):
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"}
+    started = time.monotonic()
+    response = httpx.post(f"{live_api.url}/v1/chat/completions", headers=headers,
+                          json={"model": "script:sleep1000,200", "messages": CHAT}, timeout=30)
+    assert response.status_code == 202
+    assert time.monotonic() - started < 1.0
+
+    polled = httpx.get(f"{live_api.url}/v1/requests/{response.json()['id']}?wait=20",
+                       headers=headers, timeout=30).json()
+    assert polled["status"] == "succeeded"
+    assert polled["attempts"][0]["outcome"] == "success"
+    assert polled["response"]["body"]["object"] == "chat.completion"
+    assert set(polled) >= {"id", "object", "status", "project", "endpoint", "model", "stream",
+                           "idempotency_key", "created_at", "started_at", "finished_at",
+                           "partial", "attempts", "usage", "response", "error"}
+
+
+def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, fake_upstream):
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"}
+    request_id = httpx.post(f"{live_api.url}/v1/chat/completions", headers=headers,
+                            json={"model": "script:503ra30,200", "messages": CHAT}).json()["id"]
+    from tests.conftest import wait_until
+
+    wait_until(lambda: Request.objects.get(public_id=request_id).status == "retrying")
+
+    canceled = httpx.post(f"{live_api.url}/v1/requests/{request_id}/cancel", headers=headers)
+    assert canceled.status_code == 200
+    assert canceled.json()["status"] == "canceled"
+
+    again = httpx.post(f"{live_api.url}/v1/requests/{request_id}/cancel", headers=headers)
+    assert again.status_code == 409
+    assert again.json()["status"] == "canceled"
+    assert fake_upstream.count("/v1/chat/completions") == 1
+    assert Attempt.objects.count() == 1
