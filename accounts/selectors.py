@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.models import Account, Membership, User
+from accounts.models import Account, AuditEvent, Membership, User
 
 SESSION_ACCOUNT_KEY = "current_account"
 
@@ -30,3 +30,12 @@ def current_membership(request: HttpRequest) -> Membership | None:
     )
     request._current_membership = membership
     return membership
+
+
+def membership_in(*, user: User, account: Account) -> Membership:
+    """The user's membership of an account they can see (fetched through a scoped selector)."""
+    return Membership.objects.select_related("account").get(user=user, account=account)
+
+
+def audit_events_of(account: Account) -> QuerySet[AuditEvent]:
+    return account.audit_events.select_related("actor").order_by("-created_at", "-pk")

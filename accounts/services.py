@@ -1,6 +1,8 @@
 """State changes for users, accounts and memberships."""
 
 import logging
+from datetime import datetime
+from typing import Protocol
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -29,6 +31,57 @@ def record_audit_event(
     return AuditEvent.objects.create(
         account=account, actor=actor, action=action, target=target[:200], ip_address=ip_address
     )
+
+
+class Suspendable(Protocol):
+    """An account or a project: operators suspend either, with a reason, and nothing is deleted."""
+
+    public_id: str
+    suspended_at: datetime | None
+    suspension_reason: str
+
+    def save(self, *, update_fields: list[str]) -> None: ...
+
+
+@transaction.atomic
+def set_suspension(
+    *, subject: Suspendable, account: Account, reason: str | None, actor: User | None = None,
+    ip_address: str | None = None,
+) -> None:
+    """Suspend `subject` for `reason`, or lift its suspension when `reason` is None; audited."""
+    if reason is not None:
+        reason = reason.strip()
+        if not reason:
+            raise ValueError("Give the reason for the suspension: the customer sees it.")
+        subject.suspended_at = subject.suspended_at or timezone.now()
+        subject.suspension_reason = reason
+        action, target = "suspended", f"{subject.public_id}: {reason}"
+    elif subject.suspended_at is None:
+        return
+    else:
+        subject.suspended_at = None
+        subject.suspension_reason = ""
+        action, target = "unsuspended", subject.public_id
+    subject.save(update_fields=["suspended_at", "suspension_reason"])
+    record_audit_event(account=account, actor=actor, action=action, target=target,
+                       ip_address=ip_address)
+    logger.info("suspension changed", extra={"subject_id": subject.public_id, "action": action})
+
+
+def suspend_account(
+    *, account: Account, reason: str, actor: User | None = None, ip_address: str | None = None
+) -> Account:
+    set_suspension(subject=account, account=account, reason=reason, actor=actor,
+                   ip_address=ip_address)
+    return account
+
+
+def unsuspend_account(
+    *, account: Account, actor: User | None = None, ip_address: str | None = None
+) -> Account:
+    set_suspension(subject=account, account=account, reason=None, actor=actor,
+                   ip_address=ip_address)
+    return account
 
 
 def send_welcome_email(*, user: User) -> bool:

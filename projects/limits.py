@@ -101,9 +101,10 @@ def count_accepted_request(*, account: Account, limit: int) -> bool:
     return updated == 1
 
 
-def ensure_below(limit_name: str, *, used: int, limit: int, noun: str) -> None:
+def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name: str = "") -> None:
     if used >= limit:
+        plan = f"The {plan_name} plan" if plan_name else "Your plan"
         raise LimitReached(
             limit_name, limit,
-            f"Your plan allows {limit} {noun}. Upgrade on the pricing page to add more.",
+            f"{plan} allows {limit} {noun}. Upgrade on the pricing page to add more.",
         )

@@ -1,5 +1,7 @@
 """Team membership changes: invitations within the plan's member limit, roles, removal."""
 
+from collections.abc import Callable
+
 from django.conf import settings
 from django.core import signing
 from django.core.mail import send_mail
@@ -11,6 +13,7 @@ from accounts.models import Account, Membership, User
 from accounts.services import record_audit_event
 from projects.limits import ensure_below, limits_for
 from projects.models import Invitation
+from projects.selectors import pending_invitations_of
 
 INVITATION_SALT = "reqrun.invitation"
 INVITATION_MAX_AGE = 7 * 24 * 3600
@@ -26,23 +29,28 @@ def invitation_token(invitation: Invitation) -> str:
 
 @transaction.atomic
 def invite_member(
-    *, account: Account, email: str, role: str, actor: User, accept_url_base: str,
+    *, account: Account, email: str, role: str, actor: User, link_for: Callable[[str], str],
     ip_address: str | None = None,
 ) -> Invitation:
-    """Invite `email`; the signed link in the email is valid for seven days."""
+    """Invite `email`; `link_for(token)` is the accept URL, valid for seven days."""
     Account.objects.select_for_update().get(pk=account.pk)
     email = email.strip().lower()
-    if account.memberships.filter(user__email=email).exists():
+    if account.memberships.filter(user__email__iexact=email).exists():
         raise MembershipError(f"{email} is already a member of this account.")
     if role not in Membership.Role.values:
         raise MembershipError("Choose owner, admin or member.")
-    limit = limits_for(account).members
-    pending = account.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True)
-    ensure_below("members", used=account.memberships.count() + pending.count(), limit=limit,
-                 noun="team member" if limit == 1 else "team members")
+    pending = pending_invitations_of(account)
+    if pending.filter(email=email).exists():
+        raise MembershipError(
+            f"{email} already has a pending invitation. Withdraw it first to send a new one."
+        )
+    limits = limits_for(account)
+    ensure_below("members", used=account.memberships.count() + pending.count(),
+                 limit=limits.members, plan_name=limits.plan_name,
+                 noun="team member" if limits.members == 1 else "team members")
     invitation = Invitation.objects.create(account=account, email=email, role=role,
                                            invited_by=actor)
-    link = f"{accept_url_base.rstrip('/')}/{invitation_token(invitation)}/"
+    link = link_for(invitation_token(invitation))
     context = {"invitation": invitation, "link": link, "account": account, "inviter": actor}
     send_mail(
         subject=f"[ReqRun] You are invited to {account.name}",
@@ -55,14 +63,35 @@ def invite_member(
     return invitation
 
 
-def invitation_from_token(token: str) -> Invitation:
+@transaction.atomic
+def revoke_invitation(
+    *, invitation: Invitation, actor: User, ip_address: str | None = None
+) -> Invitation:
+    """Withdraw a pending invitation: its link stops working."""
+    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    if invitation.accepted_at:
+        raise MembershipError(f"{invitation.email} has already joined; remove them instead.")
+    if invitation.revoked_at is None:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        record_audit_event(account=invitation.account, actor=actor,
+                           action="invitation_withdrawn", target=invitation.email,
+                           ip_address=ip_address)
+    return invitation
+
+
+def invitation_from_token(token: str, *, lock: bool = False) -> Invitation:
+    """The pending invitation a link points at, or MembershipError saying why it cannot be used."""
     try:
         public_id = signing.loads(token, salt=INVITATION_SALT, max_age=INVITATION_MAX_AGE)
     except signing.SignatureExpired as error:
         raise MembershipError("This invitation has expired. Ask for a new one.") from error
     except signing.BadSignature as error:
         raise MembershipError("This invitation link is not valid.") from error
-    invitation = Invitation.objects.select_related("account").filter(public_id=public_id).first()
+    invitations = Invitation.objects.select_related("account", "invited_by")
+    if lock:
+        invitations = invitations.select_for_update(of=("self",))
+    invitation = invitations.filter(public_id=public_id).first()
     if invitation is None or invitation.revoked_at:
         raise MembershipError("This invitation was withdrawn.")
     if invitation.accepted_at:
@@ -70,16 +99,21 @@ def invitation_from_token(token: str) -> Invitation:
     return invitation
 
 
-@transaction.atomic
-def accept_invitation(*, token: str, user: User, ip_address: str | None = None) -> Membership:
-    invitation = invitation_from_token(token)
-    Invitation.objects.select_for_update().get(pk=invitation.pk)
+def ensure_invitation_for(invitation: Invitation, user: User) -> None:
+    """Only the invited address may accept, and only once."""
     if user.email.lower() != invitation.email:
         raise MembershipError(
-            f"This invitation was sent to {invitation.email}. Sign in with that address to accept."
+            f"This invitation was sent to {invitation.email}, but you are signed in as "
+            f"{user.email}. Sign in with the invited address to accept."
         )
     if invitation.account.memberships.filter(user=user).exists():
         raise MembershipError("You are already a member of this account.")
+
+
+@transaction.atomic
+def accept_invitation(*, token: str, user: User, ip_address: str | None = None) -> Membership:
+    invitation = invitation_from_token(token, lock=True)  # a second accept waits, then fails
+    ensure_invitation_for(invitation, user)
     membership = Membership.objects.create(
         user=user, account=invitation.account, role=invitation.role
     )
@@ -106,6 +140,9 @@ def change_role(
     if role not in Membership.Role.values:
         raise MembershipError("Choose owner, admin or member.")
     Account.objects.select_for_update().get(pk=membership.account_id)
+    membership.refresh_from_db(fields=["role"])  # the owner check needs the role under the lock
+    if role == membership.role:
+        return membership
     if role != Membership.Role.OWNER:
         _ensure_another_owner(membership)
     old_role = membership.role
@@ -118,9 +155,13 @@ def change_role(
 
 
 @transaction.atomic
-def remove_member(*, membership: Membership, actor: User, ip_address: str | None = None) -> None:
+def remove_member(
+    *, membership: Membership, actor: User, ip_address: str | None = None
+) -> Membership:
     Account.objects.select_for_update().get(pk=membership.account_id)
+    membership.refresh_from_db(fields=["role"])
     _ensure_another_owner(membership)
     record_audit_event(account=membership.account, actor=actor, action="member_removed",
                        target=membership.user.email, ip_address=ip_address)
     membership.delete()
+    return membership

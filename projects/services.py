@@ -7,11 +7,11 @@ import secrets
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Account, User
-from accounts.services import record_audit_event
+from accounts.services import record_audit_event, set_suspension
 from projects import encryption
 from projects.limits import ensure_below, limits_for
 from projects.models import ApiKey, Project
@@ -29,26 +29,50 @@ class InvalidProviderKey(ValueError):
     pass
 
 
+class NameNotAvailable(ValueError):
+    """A project or key name is empty or already taken; the message says which."""
+
+
+def _available_name(name: str, *, taken: QuerySet, noun: str) -> str:
+    name = name.strip()
+    if not name:
+        raise NameNotAvailable(f"Give the {noun} a name.")
+    if taken.filter(name__iexact=name).exists():
+        raise NameNotAvailable(f"There is already a {noun} named “{name}”. Choose another name.")
+    return name
+
+
 @transaction.atomic
 def create_project(
-    *, account: Account, name: str, actor: User | None = None, upstream_base_url: str = ""
+    *, account: Account, name: str, actor: User | None = None, upstream_base_url: str = "",
+    ip_address: str | None = None,
 ) -> Project:
-    Account.objects.select_for_update().get(pk=account.pk)  # serialise the limit check
+    Account.objects.select_for_update().get(pk=account.pk)  # serialise the limit and name checks
     limits = limits_for(account)
     ensure_below("projects", used=account.projects.count(), limit=limits.projects,
-                 noun="project" if limits.projects == 1 else "projects")
-    project = Project(account=account, name=name.strip())
+                 noun="project" if limits.projects == 1 else "projects",
+                 plan_name=limits.plan_name)
+    project = Project(
+        account=account, name=_available_name(name, taken=account.projects.all(), noun="project")
+    )
     if upstream_base_url:
         project.upstream_base_url = validate_upstream_url(upstream_base_url)
     project.save()
     record_audit_event(account=account, actor=actor, action="project_created",
-                       target=project.public_id)
+                       target=f"{project.public_id} {project.name}", ip_address=ip_address)
     return project
 
 
-def rename_project(*, project: Project, name: str) -> Project:
-    project.name = name.strip()
+@transaction.atomic
+def rename_project(
+    *, project: Project, name: str, actor: User | None = None, ip_address: str | None = None
+) -> Project:
+    Account.objects.select_for_update().get(pk=project.account_id)
+    others = project.account.projects.exclude(pk=project.pk)
+    project.name = _available_name(name, taken=others, noun="project")
     project.save(update_fields=["name"])
+    record_audit_event(account=project.account, actor=actor, action="project_renamed",
+                       target=f"{project.public_id} {project.name}", ip_address=ip_address)
     return project
 
 
@@ -61,29 +85,42 @@ def delete_project(*, project: Project, actor: User | None = None, ip_address: s
 
 def update_upstream(
     *, project: Project, base_url: str, max_attempts: int | None, attempt_timeout_seconds: int,
-    deadline_seconds: int, zero_retention: bool,
+    deadline_seconds: int, zero_retention: bool, actor: User | None = None,
+    ip_address: str | None = None,
 ) -> Project:
     """Save the upstream and retry policy; max attempts never exceed the plan's cap."""
-    project.upstream_base_url = validate_upstream_url(base_url)
+    base_url = validate_upstream_url(base_url)
+    moved = base_url != project.upstream_base_url
+    project.upstream_base_url = base_url
     cap = limits_for(project.account).max_attempts
     project.max_attempts = min(max_attempts, cap) if max_attempts else None
     project.attempt_timeout_seconds = attempt_timeout_seconds
     project.deadline_seconds = deadline_seconds
     project.zero_retention = zero_retention
-    project.save()
+    project.save(update_fields=["upstream_base_url", "max_attempts", "attempt_timeout_seconds",
+                                "deadline_seconds", "zero_retention"])
+    if moved:  # where the provider key is sent is a security decision
+        record_audit_event(account=project.account, actor=actor, action="upstream_changed",
+                           target=f"{project.public_id} {base_url}", ip_address=ip_address)
     return project
 
 
-def set_provider_key(
-    *, project: Project, provider_key: str, actor: User | None = None,
-    ip_address: str | None = None,
-) -> Project:
+def check_provider_key(provider_key: str) -> str:
+    """The key without surrounding space, or InvalidProviderKey saying what is wrong."""
     provider_key = provider_key.strip()
     if len(provider_key) < PROVIDER_KEY_MIN_LENGTH or any(c.isspace() for c in provider_key):
         raise InvalidProviderKey(
             "That does not look like a provider API key: it should be one word of at least "
             f"{PROVIDER_KEY_MIN_LENGTH} characters, such as sk-…"
         )
+    return provider_key
+
+
+def set_provider_key(
+    *, project: Project, provider_key: str, actor: User | None = None,
+    ip_address: str | None = None,
+) -> Project:
+    provider_key = check_provider_key(provider_key)
     action = "provider_key_changed" if project.has_provider_key else "provider_key_set"
     project.provider_key_encrypted = encryption.encrypt(provider_key.encode())
     project.provider_key_last4 = provider_key[-4:]
@@ -96,6 +133,8 @@ def set_provider_key(
 def remove_provider_key(
     *, project: Project, actor: User | None = None, ip_address: str | None = None
 ) -> Project:
+    if not project.has_provider_key:
+        return project
     project.provider_key_encrypted = None
     project.provider_key_last4 = ""
     project.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
@@ -110,6 +149,47 @@ def provider_key_of(project: Project) -> str | None:
     return encryption.decrypt(project.provider_key_encrypted).decode()
 
 
+def rotate_provider_keys(*, batch_size: int = 500) -> int:
+    """Re-encrypt every stored provider key under the primary key; returns how many.
+
+    Batches of locked rows in primary-key order, so a concurrent `set_provider_key` is never
+    overwritten with an older value and no transaction holds the whole table.
+    """
+    rotated, last_pk = 0, 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Project.objects.select_for_update()
+                .filter(pk__gt=last_pk, provider_key_encrypted__isnull=False)
+                .order_by("pk")
+                .only("pk", "provider_key_encrypted")[:batch_size]
+            )
+            if not batch:
+                return rotated
+            for project in batch:
+                project.provider_key_encrypted = encryption.rotate(project.provider_key_encrypted)
+            Project.objects.bulk_update(batch, ["provider_key_encrypted"])
+        rotated += len(batch)
+        last_pk = batch[-1].pk
+        logger.info("provider keys rotated", extra={"count": rotated})
+
+
+def suspend_project(
+    *, project: Project, reason: str, actor: User | None = None, ip_address: str | None = None
+) -> Project:
+    set_suspension(subject=project, account=project.account, reason=reason, actor=actor,
+                   ip_address=ip_address)
+    return project
+
+
+def unsuspend_project(
+    *, project: Project, actor: User | None = None, ip_address: str | None = None
+) -> Project:
+    set_suspension(subject=project, account=project.account, reason=None, actor=actor,
+                   ip_address=ip_address)
+    return project
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -120,14 +200,17 @@ def create_api_key(
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its full value, which is never available again."""
     Project.objects.select_for_update().get(pk=project.pk)
-    limit = limits_for(project.account).api_keys_per_project
+    limits = limits_for(project.account)
+    limit = limits.api_keys_per_project
     active = project.api_keys.filter(revoked_at__isnull=True).count()
-    ensure_below("api_keys_per_project", used=active, limit=limit,
-                 noun="API key per project" if limit == 1 else "API keys per project")
+    ensure_below("api_keys_per_project", used=active, limit=limit, plan_name=limits.plan_name,
+                 noun="active API key per project" if limit == 1 else "active API keys per project")
+    name = _available_name(name, taken=project.api_keys.filter(revoked_at__isnull=True),
+                           noun="active API key")
     prefix = secrets.token_hex(KEY_PREFIX_BYTES)
     secret = secrets.token_hex(KEY_SECRET_BYTES)
     api_key = ApiKey.objects.create(
-        project=project, name=name.strip(), prefix=prefix, secret_sha256=_digest(secret),
+        project=project, name=name, prefix=prefix, secret_sha256=_digest(secret),
         created_by=actor,
     )
     record_audit_event(account=project.account, actor=actor, action="api_key_created",

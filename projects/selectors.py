@@ -1,0 +1,51 @@
+"""Reads for the dashboard, each scoped to the accounts the user is a member of: another
+tenant's objects are simply not in these querysets, so looking one up is a 404."""
+
+from django.db.models import Count, F, Q, QuerySet
+
+from accounts.models import Account, Membership, User
+from projects.models import ApiKey, Invitation, Project
+
+
+def projects_visible_to(user: User) -> QuerySet[Project]:
+    return Project.objects.filter(account__memberships__user=user).select_related("account")
+
+
+def api_keys_visible_to(user: User) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(project__account__memberships__user=user).select_related(
+        "project__account", "created_by"
+    )
+
+
+def members_visible_to(user: User) -> QuerySet[Membership]:
+    return Membership.objects.filter(
+        account__in=Account.objects.filter(memberships__user=user)
+    ).select_related("user", "account")
+
+
+def invitations_visible_to(user: User) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(account__memberships__user=user).select_related("account")
+
+
+def projects_of(account: Account) -> QuerySet[Project]:
+    """The account's projects with how many active API keys each has."""
+    return account.projects.annotate(
+        active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True))
+    ).order_by("created_at")
+
+
+def api_keys_of(project: Project) -> QuerySet[ApiKey]:
+    """Active keys first, newest first within each group."""
+    return project.api_keys.select_related("created_by").order_by(
+        F("revoked_at").desc(nulls_first=True), "-created_at"
+    )
+
+
+def members_of(account: Account) -> QuerySet[Membership]:
+    return account.memberships.select_related("user").order_by("created_at")
+
+
+def pending_invitations_of(account: Account) -> QuerySet[Invitation]:
+    return account.invitations.filter(
+        accepted_at__isnull=True, revoked_at__isnull=True
+    ).select_related("invited_by")
