@@ -1,16 +1,35 @@
-"""The signed-in home and account switching."""
+"""Account-level dashboard pages: switching account, the account page, the security log."""
 
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts.selectors import SESSION_ACCOUNT_KEY, memberships_of
+from accounts.access import Need, member_view
+from accounts.selectors import SESSION_ACCOUNT_KEY, audit_events_of, memberships_of
 
+SECURITY_LOG_PAGE_SIZE = 50
 
-@login_required
-def dashboard(request):
-    return render(request, "accounts/dashboard.html")
+ACTION_LABELS = {
+    "sign_in": "Signed in",
+    "project_created": "Project created",
+    "project_renamed": "Project renamed",
+    "project_deleted": "Project deleted",
+    "upstream_changed": "Upstream changed",
+    "provider_key_set": "Provider key set",
+    "provider_key_changed": "Provider key changed",
+    "provider_key_removed": "Provider key removed",
+    "api_key_created": "API key created",
+    "api_key_revoked": "API key revoked",
+    "member_invited": "Member invited",
+    "invitation_withdrawn": "Invitation withdrawn",
+    "member_joined": "Member joined",
+    "member_removed": "Member removed",
+    "role_changed": "Role changed",
+    "suspended": "Suspended",
+    "unsuspended": "Suspension lifted",
+}
 
 
 @login_required
@@ -21,3 +40,17 @@ def switch_account(request):
         raise Http404("No such account.")
     request.session[SESSION_ACCOUNT_KEY] = account_id
     return redirect("dashboard")
+
+
+@member_view()
+def account_page(request, membership):
+    return render(request, "accounts/account.html", {"membership": membership})
+
+
+@member_view(read=Need.OWN)
+def security_log(request, membership):
+    page = Paginator(audit_events_of(membership.account), SECURITY_LOG_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    events = [(event, ACTION_LABELS.get(event.action, event.action)) for event in page]
+    return render(request, "accounts/security_log.html", {"page": page, "events": events})

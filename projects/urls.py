@@ -1,1 +1,29 @@
-urlpatterns: list = []
+"""Dashboard URLs under /app/ for projects, API keys, members and invitations."""
+
+from django.urls import path
+
+from projects.views import api_keys, members, projects
+
+urlpatterns = [
+    path("", projects.dashboard, name="dashboard"),
+    path("projects/", projects.project_list, name="project-list"),
+    path("projects/<str:project_id>/", projects.project_detail, name="project-detail"),
+    path("projects/<str:project_id>/rename", projects.project_rename, name="project-rename"),
+    path("projects/<str:project_id>/upstream", projects.project_upstream,
+         name="project-upstream"),
+    path("projects/<str:project_id>/provider-key", projects.provider_key_set,
+         name="provider-key-set"),
+    path("projects/<str:project_id>/provider-key/remove", projects.provider_key_remove,
+         name="provider-key-remove"),
+    path("projects/<str:project_id>/delete", projects.project_delete, name="project-delete"),
+    path("projects/<str:project_id>/keys/", api_keys.api_key_list, name="api-key-list"),
+    path("projects/<str:project_id>/keys/<str:key_id>/revoke", api_keys.api_key_revoke,
+         name="api-key-revoke"),
+    path("members/", members.member_list, name="member-list"),
+    path("members/invite", members.member_invite, name="member-invite"),
+    path("members/role", members.member_role, name="member-role"),
+    path("members/remove", members.member_remove, name="member-remove"),
+    path("members/invitations/<str:invitation_id>/withdraw", members.invitation_revoke,
+         name="invitation-revoke"),
+    path("invitations/<str:token>/", members.invitation_accept, name="invitation-accept"),
+]
