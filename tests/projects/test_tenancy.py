@@ -1,0 +1,170 @@
+"""Tenancy by construction: another tenant's ids are 404 on every dashboard URL, and a
+plain member can read but every manage action is refused and changes nothing."""
+
+import pytest
+from django.urls import URLPattern, reverse
+
+from accounts.models import AuditEvent, Membership
+from accounts.urls import urlpatterns as account_urls
+from projects.models import ApiKey, Invitation, Project
+from projects.urls import urlpatterns as project_urls
+
+pytestmark = pytest.mark.django_db
+
+UPSTREAM = {"upstream_base_url": "http://127.0.0.1:9/v1", "max_attempts": "2",
+            "attempt_timeout_seconds": "30", "deadline_seconds": "60", "zero_retention": "on"}
+
+# Every URL that names one of alice's objects, with what a request to it carries.
+OBJECT_REQUESTS = [
+    ("project-detail", "get", {}),
+    ("project-rename", "post", {"name": "Taken over"}),
+    ("project-upstream", "post", UPSTREAM),
+    ("provider-key-set", "post", {"provider_key": "sk-someone-else-0000"}),
+    ("provider-key-remove", "post", {}),
+    ("project-delete", "get", {}),
+    ("project-delete", "post", {}),
+    ("api-key-list", "get", {}),
+    ("api-key-list", "post", {"name": "intruder"}),
+    ("api-key-revoke", "get", {}),
+    ("api-key-revoke", "post", {}),
+    ("member-role", "post", {"email": "bob@example.com", "role": "owner"}),
+    ("member-remove", "get", {"email": "bob@example.com"}),
+    ("member-remove", "post", {"email": "bob@example.com"}),
+    ("invitation-revoke", "post", {}),
+    ("switch-account", "post", {}),
+]
+# URLs about "the current account" (always one of the user's own) or carrying a token.
+ACCOUNT_LEVEL = {"dashboard", "project-list", "member-list", "member-invite", "account",
+                 "security-log", "invitation-accept"}
+MANAGE_REQUESTS = [
+    ("project-list", "post", {"name": "Second"}),
+    *[case for case in OBJECT_REQUESTS
+      if case[1] == "post" and case[0] not in ("switch-account",)],
+    ("member-invite", "post", {"email": "eve@example.com", "role": "admin"}),
+]
+READ_PAGES = {  # page: something of alice's account it shows
+    "dashboard": "Chatbot", "project-list": "Chatbot", "project-detail": "…7f3a",
+    "api-key-list": "production", "member-list": "alice@example.com",
+    "account": "Alice&#x27;s workspace",
+}
+
+
+def url_of(name, project, api_key, invitation, account):
+    kwargs = {"project_id": project.public_id, "key_id": api_key.public_id,
+              "invitation_id": invitation.public_id}
+    pattern = next(p for p in [*project_urls, *account_urls] if p.name == name)
+    needed = pattern.pattern.converters.keys()
+    return reverse(name, kwargs={key: kwargs[key] for key in needed})
+
+
+def send(client, method, url, data):
+    return client.get(url, data) if method == "get" else client.post(url, data)
+
+
+def snapshot(account):
+    """Everything a refused request must leave as it was."""
+    return {
+        "projects": list(Project.objects.filter(account=account).order_by("pk").values_list(
+            "public_id", "name", "upstream_base_url", "provider_key_encrypted",
+            "provider_key_last4", "max_attempts", "zero_retention")),
+        "keys": list(ApiKey.objects.filter(project__account=account).order_by("pk")
+                     .values_list("public_id", "name", "revoked_at")),
+        "members": list(Membership.objects.filter(account=account).order_by("pk")
+                        .values_list("user__email", "role")),
+        "invitations": list(Invitation.objects.filter(account=account).order_by("pk")
+                            .values_list("email", "accepted_at", "revoked_at")),
+        "audit": AuditEvent.objects.filter(account=account).exclude(action="sign_in").count(),
+    }
+
+
+@pytest.fixture
+def alice_objects(alice_account, alice_project, alice_key, alice_invitation, bob):
+    return alice_project, alice_key, alice_invitation, alice_account
+
+
+def test_every_dashboard_url_is_covered_here():
+    names = {p.name for p in [*project_urls, *account_urls] if isinstance(p, URLPattern)}
+    assert names == {name for name, _, _ in OBJECT_REQUESTS} | ACCOUNT_LEVEL
+
+
+@pytest.mark.parametrize(("name", "method", "data"), OBJECT_REQUESTS)
+def test_another_tenant_gets_404_and_changes_nothing(
+    charlie_client, alice_objects, name, method, data
+):
+    project, api_key, invitation, account = alice_objects
+    if name == "switch-account":
+        data = {"account": account.public_id}
+    before = snapshot(account)
+    response = send(charlie_client, method, url_of(name, *alice_objects), data)
+    assert response.status_code == 404
+    assert snapshot(account) == before
+
+
+def test_another_tenant_sees_only_their_own_account(charlie_client, alice_objects):
+    project, api_key, invitation, account = alice_objects
+    for name in ("dashboard", "project-list", "member-list"):
+        page = charlie_client.get(reverse(name)).content.decode()
+        assert project.name not in page and project.public_id not in page
+        assert "alice@example.com" not in page and "bob@example.com" not in page
+    charlie_client.post(reverse("project-list"), {"name": "Charlie's"})
+    assert list(account.projects.values_list("name", flat=True)) == ["Chatbot"]
+
+
+@pytest.mark.parametrize(("name", "shown"), READ_PAGES.items())
+def test_member_can_read(bob_client, alice_objects, name, shown):
+    response = bob_client.get(url_of(name, *alice_objects))
+    assert response.status_code == 200
+    assert shown in response.content.decode()
+
+
+@pytest.mark.parametrize(("name", "method", "data"), MANAGE_REQUESTS)
+def test_member_cannot_manage_and_nothing_changes(bob_client, alice_objects, name, method, data):
+    account = alice_objects[-1]
+    before = snapshot(account)
+    response = send(bob_client, method, url_of(name, *alice_objects), data)
+    assert response.status_code == 403
+    assert "Only owners" in response.content.decode()
+    assert snapshot(account) == before
+
+
+@pytest.mark.parametrize("name", ["project-delete", "api-key-revoke", "member-remove",
+                                  "security-log"])
+def test_member_does_not_get_manage_pages(bob_client, alice_objects, name):
+    response = bob_client.get(url_of(name, *alice_objects), {"email": "bob@example.com"})
+    assert response.status_code == 403
+
+
+def test_member_pages_hide_manage_controls(bob_client, alice_objects):
+    project = alice_objects[0]
+    settings_page = bob_client.get(reverse("project-detail", args=[project.public_id]))
+    assert b"Delete project" not in settings_page.content
+    assert b'name="provider_key"' not in settings_page.content
+    members_page = bob_client.get(reverse("member-list"))
+    assert b"Send invitation" not in members_page.content
+
+
+def test_admin_manages_projects_but_not_members(bob_client, bob, alice_objects):
+    project, api_key, invitation, account = alice_objects
+    Membership.objects.filter(user=bob).update(role=Membership.Role.ADMIN)
+    response = bob_client.post(reverse("project-rename", args=[project.public_id]),
+                               {"name": "Renamed by an admin"})
+    assert response.status_code == 302
+    project.refresh_from_db()
+    assert project.name == "Renamed by an admin"
+
+    before = snapshot(account)
+    response = bob_client.post(reverse("member-invite"), {"email": "eve@example.com",
+                                                          "role": "owner"})
+    assert response.status_code == 403
+    response = bob_client.post(reverse("member-role"), {"email": "bob@example.com",
+                                                        "role": "owner"})
+    assert response.status_code == 403
+    assert bob_client.get(reverse("security-log")).status_code == 403
+    assert snapshot(account) == before
+
+
+def test_signed_out_visitors_are_sent_to_sign_in(client, alice_objects):
+    for name, method, data in OBJECT_REQUESTS:
+        response = send(client, method, url_of(name, *alice_objects), data)
+        assert response.status_code == 302
+        assert response["Location"].startswith("/accounts/login/")
