@@ -1,0 +1,153 @@
+"""Operators' admin for plans, account plans and overrides, usage, projects, API keys and
+invitations. Provider key ciphertext and API key hashes are never displayed."""
+
+from django import forms
+from django.contrib import admin
+
+from accounts.admin import AccountAdmin as BaseAccountAdmin
+from accounts.admin import SuspensionActions
+from accounts.models import Account
+from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
+from projects.services import revoke_api_key, suspend_project, unsuspend_project
+from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = ["name", "code", "price_cents_monthly", "paddle_price_id", "self_serve",
+                    "projects", "api_keys_per_project", "monthly_requests", "members"]
+    search_fields = ["code", "name", "paddle_price_id"]
+    ordering = ["sort_order"]
+
+
+class AccountPlanInline(admin.StackedInline):
+    """The account's plan and any single limit overridden for it (empty: the plan's value)."""
+
+    model = AccountPlan
+    can_delete = False
+    extra = 0
+    min_num = 0
+    max_num = 1
+    fields = ["plan", "projects", "api_keys_per_project", "monthly_requests", "retention_days",
+              "pending_requests", "concurrency", "requests_per_minute", "max_attempts", "members"]
+
+
+# Account's admin lives in accounts, which cannot know about plans; add the plan inline here.
+admin.site.unregister(Account)
+
+
+@admin.register(Account)
+class AccountAdmin(BaseAccountAdmin):
+    inlines = [AccountPlanInline, *BaseAccountAdmin.inlines]
+
+
+@admin.register(AccountPlan)
+class AccountPlanAdmin(admin.ModelAdmin):
+    list_display = ["account", "plan", "changed_at"]
+    list_filter = ["plan"]
+    list_select_related = ["account", "plan"]
+    search_fields = ["account__public_id", "account__name", "account__memberships__user__email"]
+    autocomplete_fields = ["account"]
+
+
+@admin.register(MonthlyUsage)
+class MonthlyUsageAdmin(admin.ModelAdmin):
+    list_display = ["account", "period_start", "accepted_requests", "notified_80_at",
+                    "notified_100_at"]
+    list_select_related = ["account"]
+    search_fields = ["account__public_id", "account__name"]
+    date_hierarchy = "period_start"
+    readonly_fields = ["account", "period_start"]
+
+
+@admin.display(description="Key")
+def key_prefix(api_key: ApiKey) -> str:
+    """What identifies a key to people: its public prefix, never the hash."""
+    return f"rr_{api_key.prefix}_…"
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    fields = ["public_id", "name", key_prefix, "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False  # keys are created in the dashboard, where the full key is shown once
+
+
+class ProjectAdminForm(forms.ModelForm):
+    upstream_base_url = forms.CharField(max_length=500)
+
+    class Meta:
+        model = Project
+        fields = "__all__"
+
+    def clean_upstream_base_url(self) -> str:
+        try:
+            return validate_upstream_url(self.cleaned_data["upstream_base_url"])
+        except UpstreamNotAllowed as error:
+            raise forms.ValidationError(str(error)) from error
+
+
+@admin.register(Project)
+class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
+    form = ProjectAdminForm
+    list_display = ["public_id", "name", "account", "upstream_base_url", "provider_key",
+                    "created_at", "suspended_at"]
+    list_filter = [("suspended_at", admin.EmptyFieldListFilter), "zero_retention"]
+    list_select_related = ["account"]
+    search_fields = ["public_id", "name", "account__public_id", "account__name",
+                     "upstream_base_url"]
+    autocomplete_fields = ["account"]
+    # The ciphertext is never shown; the last four characters identify the key.
+    exclude = ["provider_key_encrypted"]
+    readonly_fields = ["public_id", "created_at", "provider_key", "suspended_at",
+                       "suspension_reason"]
+    inlines = [ApiKeyInline]
+
+    subject_keyword = "project"
+    suspend_service = staticmethod(suspend_project)
+    unsuspend_service = staticmethod(unsuspend_project)
+
+    @admin.display(description="Provider key")
+    def provider_key(self, project: Project) -> str:
+        return f"…{project.provider_key_last4}" if project.has_provider_key else "—"
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["public_id", "name", key_prefix, "project", "created_at",
+                    "last_used_at", "revoked_at"]
+    list_select_related = ["project", "project__account"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["public_id", "name", "prefix", "project__public_id",
+                     "project__account__public_id"]
+    exclude = ["secret_sha256"]
+    fields = ["public_id", "name", key_prefix, "project", "created_by", "created_at",
+              "last_used_at", "revoked_at"]
+    readonly_fields = ["public_id", key_prefix, "project", "created_by", "created_at",
+                       "last_used_at", "revoked_at"]
+    actions = ["revoke_selected"]
+
+    def has_add_permission(self, request):
+        return False  # created in the dashboard or by bootstrap_project: shown once, never here
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_selected(self, request, queryset):
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            revoke_api_key(api_key=api_key, actor=request.user,
+                           ip_address=request.META.get("REMOTE_ADDR"))
+        self.message_user(request, "Revoked; requests with those keys now get 401.")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = ["email", "account", "role", "invited_by", "created_at", "accepted_at",
+                    "revoked_at"]
+    list_select_related = ["account", "invited_by"]
+    list_filter = ["role"]
+    search_fields = ["email", "public_id", "account__public_id", "account__name"]
+    readonly_fields = ["public_id", "account", "email", "invited_by", "created_at",
+                       "accepted_at"]

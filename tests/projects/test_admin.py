@@ -1,0 +1,142 @@
+"""Operators' admin: every model searchable, plan overrides inline on the account, secrets
+never displayed, and suspension with a reason (audited, nothing deleted)."""
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
+
+from accounts.models import Account, AuditEvent, User
+from projects.limits import limits_for
+from projects.models import AccountPlan, ApiKey, Project
+from tests.factories import MonthlyUsageFactory
+from tests.projects.conftest import PROVIDER_KEY
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator_client(client):
+    operator = User.objects.create_superuser(email="ops@reqrun.com", password="ops-pass-9921")
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def everything(alice_account, alice_project, alice_key, alice_invitation, bob):
+    MonthlyUsageFactory(account=alice_account, accepted_requests=12)
+    limits_for(alice_account)  # creates the AccountPlan row
+    return alice_account
+
+
+@pytest.mark.parametrize("model", ["accounts.user", "accounts.account", "accounts.membership",
+                                   "accounts.auditevent", "projects.plan", "projects.accountplan",
+                                   "projects.monthlyusage", "projects.project", "projects.apikey",
+                                   "projects.invitation"])
+def test_every_model_has_a_searchable_admin(operator_client, everything, model):
+    url = reverse(f"admin:{model.replace('.', '_')}_changelist")
+    response = operator_client.get(url, {"q": "alice"})
+    assert response.status_code == 200
+    assert 'id="searchbar"' in response.content.decode()
+
+
+def test_secrets_are_never_displayed(operator_client, everything, alice_project, alice_key):
+    for url in (reverse("admin:projects_project_change", args=[alice_project.pk]),
+                reverse("admin:projects_project_changelist"),
+                reverse("admin:projects_apikey_change", args=[alice_key.pk]),
+                reverse("admin:projects_apikey_changelist")):
+        page = operator_client.get(url).content.decode()
+        assert PROVIDER_KEY not in page
+        assert "provider_key_encrypted" not in page
+        assert bytes(alice_project.provider_key_encrypted)[:20].decode() not in page
+        assert alice_key.secret_sha256 not in page
+        assert alice_key.raw_key.split("_")[2] not in page
+    assert "…7f3a" in operator_client.get(
+        reverse("admin:projects_project_change", args=[alice_project.pk])
+    ).content.decode()
+
+
+def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, everything, bob):
+    account = everything
+    url = reverse("admin:accounts_account_change", args=[account.pk])
+    page = operator_client.get(url).content.decode()
+    assert 'name="plan_state-0-plan"' in page and 'name="plan_state-0-projects"' in page
+
+    state = AccountPlan.objects.get(account=account)
+    memberships = list(account.memberships.order_by("pk"))
+    data = {
+        "name": account.name,
+        "plan_state-TOTAL_FORMS": "1", "plan_state-INITIAL_FORMS": "1",
+        "plan_state-MIN_NUM_FORMS": "0", "plan_state-MAX_NUM_FORMS": "1",
+        "plan_state-0-id": str(state.pk), "plan_state-0-account": str(account.pk),
+        "plan_state-0-plan": str(state.plan.pk), "plan_state-0-projects": "7",
+        "memberships-TOTAL_FORMS": str(len(memberships)),
+        "memberships-INITIAL_FORMS": str(len(memberships)),
+        "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000",
+    }
+    for number, membership in enumerate(memberships):
+        data |= {f"memberships-{number}-id": str(membership.pk),
+                 f"memberships-{number}-account": str(account.pk),
+                 f"memberships-{number}-user": str(membership.user_id),
+                 f"memberships-{number}-role": membership.role}
+    response = operator_client.post(url, data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    limits = limits_for(account)
+    assert (limits.plan_code, limits.projects, limits.api_keys_per_project) == ("free", 7, 2)
+
+
+def suspend(client, model, subject, reason):
+    return client.post(reverse(f"admin:{model}_changelist"), {
+        "action": "suspend_selected", ACTION_CHECKBOX_NAME: [subject.pk],
+        "apply": "yes", "reason": reason,
+    })
+
+
+def test_suspend_and_lift_an_account(operator_client, everything):
+    account = everything
+    response = operator_client.post(reverse("admin:accounts_account_changelist"), {
+        "action": "suspend_selected", ACTION_CHECKBOX_NAME: [account.pk],
+    })
+    assert response.status_code == 200 and 'name="reason"' in response.content.decode()
+    response = suspend(operator_client, "accounts_account", account, "")
+    assert "This field is required" in response.content.decode()
+    account.refresh_from_db()
+    assert not account.is_suspended
+
+    response = suspend(operator_client, "accounts_account", account, "Unpaid invoices")
+    assert response.status_code == 302
+    account.refresh_from_db()
+    assert account.is_suspended and account.suspension_reason == "Unpaid invoices"
+    event = AuditEvent.objects.get(account=account, action="suspended")
+    assert event.actor.email == "ops@reqrun.com"
+    assert event.target == f"{account.public_id}: Unpaid invoices"
+    assert Project.objects.filter(account=account).count() == 1  # nothing deleted
+    assert ApiKey.objects.filter(project__account=account, revoked_at__isnull=True).count() == 1
+
+    operator_client.post(reverse("admin:accounts_account_changelist"), {
+        "action": "unsuspend_selected", ACTION_CHECKBOX_NAME: [account.pk],
+    })
+    account.refresh_from_db()
+    assert not account.is_suspended and account.suspension_reason == ""
+    assert AuditEvent.objects.filter(account=account, action="unsuspended").exists()
+
+
+def test_suspended_project_shows_a_banner(operator_client, everything, alice_project, client):
+    suspend(operator_client, "projects_project", alice_project, "Abuse report #42")
+    alice_project.refresh_from_db()
+    assert alice_project.is_suspended
+    assert AuditEvent.objects.filter(
+        action="suspended", target=f"{alice_project.public_id}: Abuse report #42"
+    ).exists()
+    client.force_login(Account.objects.get(pk=everything.pk).memberships.get(role="owner").user)
+    for name in ("project-detail", "api-key-list"):
+        page = client.get(reverse(name, args=[alice_project.public_id])).content.decode()
+        assert "This project is suspended: Abuse report #42" in page
+
+
+def test_revoking_a_key_in_admin_is_audited(operator_client, everything, alice_key):
+    operator_client.post(reverse("admin:projects_apikey_changelist"), {
+        "action": "revoke_selected", ACTION_CHECKBOX_NAME: [alice_key.pk],
+    })
+    alice_key.refresh_from_db()
+    assert alice_key.revoked_at is not None
+    assert AuditEvent.objects.filter(action="api_key_revoked", actor__email="ops@reqrun.com")
