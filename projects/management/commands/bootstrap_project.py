@@ -1,0 +1,49 @@
+"""`manage.py bootstrap_project`: one JSON line on stdout with the ids and a new API key."""
+
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from projects.limits import LimitReached
+from projects.models import Plan
+from projects.onboarding import BootstrapError, bootstrap_project
+from projects.services import InvalidProviderKey, NameNotAvailable
+from projects.upstream_guard import UpstreamNotAllowed
+
+PLAN_CODES = ["free", "pro", "team", "enterprise"]
+
+
+class Command(BaseCommand):
+    help = (
+        "Create (or reuse) a verified user, their account on a plan, a project named "
+        '"Default" with the given upstream and provider key, and a new API key. Prints '
+        '{"account": …, "project": …, "api_key": …} as one JSON line on stdout.'
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--email", required=True)
+        parser.add_argument("--upstream-url", required=True,
+                            help="Base URL as the OpenAI SDK takes it, e.g. https://api.openai.com/v1")
+        parser.add_argument("--upstream-key", required=True, help="The provider API key.")
+        parser.add_argument("--plan", choices=PLAN_CODES,
+                            help="Put the account on this plan (default: keep it; new: free).")
+        parser.add_argument("--password", help="Set this password so the user can sign in.")
+
+    def handle(self, *args, **options):
+        try:
+            result = bootstrap_project(
+                email=options["email"], upstream_url=options["upstream_url"],
+                upstream_key=options["upstream_key"], plan_code=options["plan"],
+                password=options["password"],
+            )
+        except LimitReached as error:
+            raise CommandError(f"{error} Or run again with a larger --plan.") from error
+        except (BootstrapError, UpstreamNotAllowed, InvalidProviderKey, NameNotAvailable) as error:
+            raise CommandError(str(error)) from error
+        except Plan.DoesNotExist as error:
+            raise CommandError(f"There is no {options['plan']!r} plan; run migrate.") from error
+        self.stdout.write(json.dumps({
+            "account": result.account.public_id,
+            "project": result.project.public_id,
+            "api_key": result.api_key,
+        }))
