@@ -1,0 +1,169 @@
+"""Team members: invite by email, accept through the signed link, change roles, remove;
+bad links and last-owner changes are refused with a reason and change nothing."""
+
+import re
+import time
+
+import pytest
+from django.core import mail, signing
+from django.urls import reverse
+
+from accounts.models import AuditEvent, Membership
+from accounts.selectors import SESSION_ACCOUNT_KEY
+from projects.members import INVITATION_SALT, invitation_token
+from projects.models import Invitation
+from tests.factories import UserFactory
+from tests.projects.conftest import messages_of, signed_in
+
+pytestmark = pytest.mark.django_db
+
+
+def invite(client, email="dana@example.com", role="admin"):
+    return client.post(reverse("member-invite"), {"email": email, "role": role}, follow=True)
+
+
+def link_path(message) -> str:
+    return re.search(r"https?://[^/\s]+(/app/invitations/\S+/)", message.body).group(1)
+
+
+def roles(account):
+    return dict(account.memberships.values_list("user__email", "role"))
+
+
+def test_invitation_end_to_end(client, alice_client, alice_account, bob, on_pro, alice_project):
+    response = invite(alice_client)
+    assert "Invitation sent to dana@example.com" in " ".join(messages_of(response))
+    assert "dana@example.com" in response.content.decode()  # listed as pending
+    [email] = mail.outbox
+    assert email.to == ["dana@example.com"]
+    path = link_path(email)
+
+    dana = UserFactory(email="dana@example.com")
+    dana_client = signed_in(client, dana)
+    page = dana_client.get(path).content.decode()
+    assert "Join Alice&#x27;s workspace" in page and "as admin" in page
+    assert not alice_account.memberships.filter(user=dana).exists()
+
+    response = dana_client.post(path, follow=True)
+    assert response.redirect_chain[-1][0] == reverse("dashboard")
+    assert "You joined Alice's workspace as admin." in messages_of(response)
+    assert roles(alice_account)["dana@example.com"] == "admin"
+    assert dana_client.session[SESSION_ACCOUNT_KEY] == alice_account.public_id
+    assert "Chatbot" in response.content.decode()
+
+    reused = dana_client.post(path)
+    assert "This invitation has already been used." in reused.content.decode()
+    assert alice_account.memberships.filter(user=dana).count() == 1
+    actions = set(AuditEvent.objects.filter(account=alice_account)
+                  .values_list("action", "target"))
+    assert {("member_invited", "dana@example.com as admin"),
+            ("member_joined", "dana@example.com as admin")} <= actions
+
+
+class PastSigner(signing.TimestampSigner):
+    def timestamp(self):
+        return signing.b62_encode(int(time.time()) - 8 * 24 * 3600)
+
+
+@pytest.mark.parametrize(("make_token", "reason"), [
+    (lambda inv: PastSigner(salt=INVITATION_SALT).sign_object(inv.public_id),
+     "This invitation has expired. Ask for a new one."),
+    (lambda inv: invitation_token(inv)[:-2] + "xx", "This invitation link is not valid."),
+    (lambda inv: Invitation.objects.filter(pk=inv.pk).update(revoked_at="2026-01-01T00:00Z")
+     and invitation_token(inv), "This invitation was withdrawn."),
+])
+def test_unusable_invitation_links_say_why(client, alice_invitation, make_token, reason):
+    dana_client = signed_in(client, UserFactory(email="dana@example.com"))
+    path = reverse("invitation-accept", args=[make_token(alice_invitation)])
+    assert reason in dana_client.get(path).content.decode()
+    assert reason in dana_client.post(path).content.decode()
+    assert not Membership.objects.filter(user__email="dana@example.com",
+                                         account=alice_invitation.account).exists()
+
+
+def test_invitation_for_another_address_is_refused(charlie_client, alice_invitation):
+    path = reverse("invitation-accept", args=[invitation_token(alice_invitation)])
+    for response in (charlie_client.get(path), charlie_client.post(path)):
+        page = response.content.decode()
+        assert "This invitation was sent to dana@example.com, but you are signed in as " \
+               "charlie@example.com." in page
+    alice_invitation.refresh_from_db()
+    assert alice_invitation.accepted_at is None
+    assert not alice_invitation.account.memberships.filter(user__email="charlie@example.com")
+
+
+@pytest.mark.parametrize(("email", "error"), [
+    ("not-an-email", "Enter a valid email address."),
+    ("", "Enter the address to invite."),
+    ("BOB@example.com", "bob@example.com is already a member of this account."),
+    ("dana@example.com", "dana@example.com already has a pending invitation."),
+])
+def test_bad_invitations_are_refused(alice_client, bob, on_pro, alice_invitation, email, error):
+    response = invite(alice_client, email=email)
+    assert error in response.content.decode()
+    assert Invitation.objects.count() == 1
+    assert mail.outbox == []
+
+
+def test_member_limit_names_the_plan(alice_client, bob):
+    response = invite(alice_client)
+    page = response.content.decode()
+    assert "The Free plan allows 1 team member." in page
+    assert f'href="{reverse("pricing")}"' in page
+    assert not Invitation.objects.exists()
+
+
+def test_withdraw_invitation(alice_client, alice_invitation):
+    path = reverse("invitation-accept", args=[invitation_token(alice_invitation)])
+    response = alice_client.post(
+        reverse("invitation-revoke", args=[alice_invitation.public_id]), follow=True
+    )
+    assert "Invitation to dana@example.com withdrawn." in messages_of(response)
+    alice_invitation.refresh_from_db()
+    assert alice_invitation.revoked_at is not None
+    assert AuditEvent.objects.filter(action="invitation_withdrawn").exists()
+    assert "withdrawn" in alice_client.get(path).content.decode()
+
+
+def test_change_role(alice_client, alice_account, bob):
+    response = alice_client.post(reverse("member-role"),
+                                 {"email": "bob@example.com", "role": "admin"}, follow=True)
+    assert "bob@example.com is now admin." in messages_of(response)
+    assert roles(alice_account)["bob@example.com"] == "admin"
+    assert AuditEvent.objects.filter(action="role_changed",
+                                     target="bob@example.com: member → admin").exists()
+
+
+def test_last_owner_can_neither_step_down_nor_be_removed(alice_client, alice_account, bob):
+    before = roles(alice_account)
+    response = alice_client.post(reverse("member-role"),
+                                 {"email": "alice@example.com", "role": "member"}, follow=True)
+    assert "An account needs at least one owner" in " ".join(messages_of(response))
+    response = alice_client.post(reverse("member-remove"), {"email": "alice@example.com"},
+                                 follow=True)
+    assert "An account needs at least one owner" in " ".join(messages_of(response))
+    assert roles(alice_account) == before
+
+
+def test_remove_member_after_confirmation(alice_client, alice_account, bob, alice_project):
+    confirm = alice_client.get(reverse("member-remove"), {"email": "bob@example.com"})
+    assert "Remove bob@example.com from Alice&#x27;s workspace?" in confirm.content.decode()
+    assert "bob@example.com" in roles(alice_account)
+
+    response = alice_client.post(reverse("member-remove"), {"email": "bob@example.com"},
+                                 follow=True)
+    assert "bob@example.com was removed from Alice's workspace." in messages_of(response)
+    assert "bob@example.com" not in roles(alice_account)
+    assert AuditEvent.objects.filter(action="member_removed", target="bob@example.com").exists()
+
+    alice_client.force_login(bob)  # bob has lost access to the account's projects
+    assert alice_client.get(
+        reverse("project-detail", args=[alice_project.public_id])
+    ).status_code == 404
+
+
+def test_second_owner_lets_the_first_leave(alice_client, alice, alice_account, bob):
+    alice_client.post(reverse("member-role"), {"email": "bob@example.com", "role": "owner"})
+    response = alice_client.post(reverse("member-remove"), {"email": "alice@example.com"})
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard")
+    assert roles(alice_account) == {"bob@example.com": "owner"}
