@@ -38,7 +38,7 @@ def _available_name(name: str, *, taken: QuerySet, noun: str) -> str:
     if not name:
         raise NameNotAvailable(f"Give the {noun} a name.")
     if taken.filter(name__iexact=name).exists():
-        raise NameNotAvailable(f"There is already a {noun} named “{name}”. Choose another name.")
+        raise NameNotAvailable(f"Another {noun} is already named “{name}”. Choose another name.")
     return name
 
 
@@ -206,7 +206,7 @@ def create_api_key(
     ensure_below("api_keys_per_project", used=active, limit=limit, plan_name=limits.plan_name,
                  noun="active API key per project" if limit == 1 else "active API keys per project")
     name = _available_name(name, taken=project.api_keys.filter(revoked_at__isnull=True),
-                           noun="active API key")
+                           noun="API key")  # revoked keys free their name
     prefix = secrets.token_hex(KEY_PREFIX_BYTES)
     secret = secrets.token_hex(KEY_SECRET_BYTES)
     api_key = ApiKey.objects.create(
