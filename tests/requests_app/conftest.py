@@ -92,8 +92,8 @@ class Tenant:
         AccountPlan.objects.filter(account=self.account).update(**limits)
 
     def client(self, base_url: str, **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{base_url}/v1", api_key=self.raw_key, max_retries=0,
-                             **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=f"{base_url}/v1", api_key=self.raw_key, **kwargs)
 
 
 @pytest.fixture
