@@ -1,7 +1,10 @@
 """factory-boy factories for every model."""
 
+from datetime import timedelta
+
 import factory
 from allauth.account.models import EmailAddress
+from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership, User
 from projects.limits import current_period_start
@@ -110,3 +113,85 @@ class InvitationFactory(factory.django.DjangoModelFactory):
     email = factory.Sequence(lambda n: f"invitee{n}@example.com")
     role = Membership.Role.MEMBER
 
+
+# ---------- billing ----------
+
+
+def _plan(code: str):
+    from projects.models import Plan
+
+    return Plan.objects.get(code=code)
+
+
+def _days_from_now(days: int):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    return timezone.now() + timedelta(days=days)
+
+
+class SubscriptionFactory(factory.django.DjangoModelFactory):
+    """A live Pro subscription, as a webhook would have left it (the account's plan is not
+    changed: use billing.services.sync_account_plan or deliver events for that)."""
+
+    class Meta:
+        model = "billing.Subscription"
+
+    account = factory.SubFactory(AccountFactory)
+    paddle_subscription_id = factory.Sequence(lambda n: f"sub_01hv8factory{n:014d}")
+    paddle_customer_id = factory.Sequence(lambda n: f"ctm_01hv8factory{n:014d}")
+    status = "active"
+    plan = factory.LazyFunction(lambda: _plan("pro"))
+    price_id = "pri_01hv8pro0000000000000000"
+    current_period_start = factory.LazyFunction(lambda: _days_from_now(-3))
+    current_period_end = factory.LazyFunction(lambda: _days_from_now(27))
+    last_event_occurred_at = factory.LazyFunction(lambda: _days_from_now(0))
+
+
+class WebhookEventFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "billing.WebhookEvent"
+
+    event_id = factory.Sequence(lambda n: f"evt_01hv8factory{n:014d}")
+    event_type = "subscription.created"
+    occurred_at = factory.LazyFunction(lambda: _days_from_now(0))
+    payload = factory.LazyAttribute(
+        lambda event: {"event_id": event.event_id, "event_type": event.event_type, "data": {}}
+    )
+
+
+class InvoiceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "billing.Invoice"
+
+    account = factory.SubFactory(AccountFactory)
+    paddle_transaction_id = factory.Sequence(lambda n: f"txn_01hv8factory{n:014d}")
+    invoice_number = factory.Sequence(lambda n: f"325-{10000 + n}")
+    amount_minor = 2900
+    currency_code = "USD"
+    billed_at = factory.LazyFunction(lambda: _days_from_now(0))
+
+
+class RequestFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "requests_app.Request"
+
+    project = factory.SubFactory(ProjectFactory)
+    account = factory.SelfAttribute("project.account")
+    endpoint = "/v1/chat/completions"
+    model = "gpt-test"
+    body_sha256 = "0" * 64
+    deadline_at = factory.LazyFunction(lambda: timezone.now() + timedelta(minutes=15))
+    max_attempts = 3
+
+
+class AttemptFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "requests_app.Attempt"
+
+    request = factory.SubFactory(RequestFactory)
+    number = factory.Sequence(lambda n: n + 1)
+    started_at = factory.LazyFunction(timezone.now)
+    outcome = "success"
+    status_code = 200

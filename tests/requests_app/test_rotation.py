@@ -1,0 +1,45 @@
+from io import StringIO
+
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+from django.db import connection
+
+from projects import encryption
+from projects.services import provider_key_of, set_provider_key
+from requests_app.models import Request
+from tests.factories import ProjectFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def raw_column(table: str, column: str, pk: int) -> bytes:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {column} FROM {table} WHERE id = %s", [pk])  # noqa: S608
+        return bytes(cursor.fetchone()[0])
+
+
+def test_rotation_lets_the_old_key_be_dropped(settings):
+    old_key = settings.REQRUN_ENCRYPTION_KEYS[0]
+    project = ProjectFactory()
+    set_provider_key(project=project, provider_key="sk-live-rotation-secret")
+    request = Request.objects.create(
+        account=project.account, project=project, endpoint="/v1/chat/completions",
+        body_sha256="0" * 64, request_body=encryption.encrypt(b'{"prompt": "rotate me"}'),
+        response_body=encryption.encrypt(b'{"answer": 42}'), deadline_at=project.created_at,
+        max_attempts=1,
+    )
+    assert b"rotate me" not in raw_column("requests_app_request", "request_body", request.pk)
+
+    new_key = Fernet.generate_key().decode()
+    settings.REQRUN_ENCRYPTION_KEYS = [new_key, old_key]
+    out = StringIO()
+    call_command("rotate_encryption_keys", stdout=out)
+    assert "1 provider key(s) and 1 request record(s)" in out.getvalue()
+
+    settings.REQRUN_ENCRYPTION_KEYS = [new_key]
+    project.refresh_from_db()
+    request.refresh_from_db()
+    assert provider_key_of(project) == "sk-live-rotation-secret"
+    assert encryption.decrypt(request.request_body) == b'{"prompt": "rotate me"}'
+    assert encryption.decrypt(request.response_body) == b'{"answer": 42}'
