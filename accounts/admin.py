@@ -36,9 +36,12 @@ class SuspensionActions:
         form = SuspensionForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             for subject in queryset:
-                self.suspend_service(**{self.subject_keyword: subject},
-                                     reason=form.cleaned_data["reason"], actor=request.user,
-                                     ip_address=request.META.get("REMOTE_ADDR"))
+                self.suspend_service(
+                    **{self.subject_keyword: subject},
+                    reason=form.cleaned_data["reason"],
+                    actor=request.user,
+                    ip_address=request.META.get("REMOTE_ADDR"),
+                )
             self.message_user(request, f"Suspended {queryset.count()}.", messages.SUCCESS)
             return None
         context = {
@@ -55,10 +58,14 @@ class SuspensionActions:
     @admin.action(description="Lift the suspension of selected")
     def unsuspend_selected(self, request, queryset):
         for subject in queryset:
-            self.unsuspend_service(**{self.subject_keyword: subject}, actor=request.user,
-                                   ip_address=request.META.get("REMOTE_ADDR"))
-        self.message_user(request, f"Lifted the suspension of {queryset.count()}.",
-                          messages.SUCCESS)
+            self.unsuspend_service(
+                **{self.subject_keyword: subject},
+                actor=request.user,
+                ip_address=request.META.get("REMOTE_ADDR"),
+            )
+        self.message_user(
+            request, f"Lifted the suspension of {queryset.count()}.", messages.SUCCESS
+        )
 
 
 @admin.register(User)
@@ -116,4 +123,3 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
-

@@ -14,8 +14,17 @@ from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 
 @admin.register(Plan)
 class PlanAdmin(admin.ModelAdmin):
-    list_display = ["name", "code", "price_cents_monthly", "paddle_price_id", "self_serve",
-                    "projects", "api_keys_per_project", "monthly_requests", "members"]
+    list_display = [
+        "name",
+        "code",
+        "price_cents_monthly",
+        "paddle_price_id",
+        "self_serve",
+        "projects",
+        "api_keys_per_project",
+        "monthly_requests",
+        "members",
+    ]
     search_fields = ["code", "name", "paddle_price_id"]
     ordering = ["sort_order"]
 
@@ -28,8 +37,18 @@ class AccountPlanInline(admin.StackedInline):
     extra = 0
     min_num = 0
     max_num = 1
-    fields = ["plan", "projects", "api_keys_per_project", "monthly_requests", "retention_days",
-              "pending_requests", "concurrency", "requests_per_minute", "max_attempts", "members"]
+    fields = [
+        "plan",
+        "projects",
+        "api_keys_per_project",
+        "monthly_requests",
+        "retention_days",
+        "pending_requests",
+        "concurrency",
+        "requests_per_minute",
+        "max_attempts",
+        "members",
+    ]
 
 
 # Account's admin lives in accounts, which cannot know about plans; add the plan inline here.
@@ -52,8 +71,13 @@ class AccountPlanAdmin(admin.ModelAdmin):
 
 @admin.register(MonthlyUsage)
 class MonthlyUsageAdmin(admin.ModelAdmin):
-    list_display = ["account", "period_start", "accepted_requests", "notified_80_at",
-                    "notified_100_at"]
+    list_display = [
+        "account",
+        "period_start",
+        "accepted_requests",
+        "notified_80_at",
+        "notified_100_at",
+    ]
     list_select_related = ["account"]
     search_fields = ["account__public_id", "account__name"]
     date_hierarchy = "period_start"
@@ -82,7 +106,15 @@ class ProjectAdminForm(forms.ModelForm):
 
     class Meta:
         model = Project
-        fields = "__all__"
+        fields = [
+            "account",
+            "name",
+            "upstream_base_url",
+            "max_attempts",
+            "attempt_timeout_seconds",
+            "deadline_seconds",
+            "zero_retention",
+        ]
 
     def clean_upstream_base_url(self) -> str:
         try:
@@ -94,17 +126,34 @@ class ProjectAdminForm(forms.ModelForm):
 @admin.register(Project)
 class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
     form = ProjectAdminForm
-    list_display = ["public_id", "name", "account", "upstream_base_url", "provider_key",
-                    "created_at", "suspended_at"]
+    list_display = [
+        "public_id",
+        "name",
+        "account",
+        "upstream_base_url",
+        "provider_key",
+        "created_at",
+        "suspended_at",
+    ]
     list_filter = [("suspended_at", admin.EmptyFieldListFilter), "zero_retention"]
     list_select_related = ["account"]
-    search_fields = ["public_id", "name", "account__public_id", "account__name",
-                     "upstream_base_url"]
+    search_fields = [
+        "public_id",
+        "name",
+        "account__public_id",
+        "account__name",
+        "upstream_base_url",
+    ]
     autocomplete_fields = ["account"]
     # The ciphertext is never shown; the last four characters identify the key.
     exclude = ["provider_key_encrypted"]
-    readonly_fields = ["public_id", "created_at", "provider_key", "suspended_at",
-                       "suspension_reason"]
+    readonly_fields = [
+        "public_id",
+        "created_at",
+        "provider_key",
+        "suspended_at",
+        "suspension_reason",
+    ]
     inlines = [ApiKeyInline]
 
     subject_keyword = "project"
@@ -118,17 +167,44 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["public_id", "name", key_prefix, "project", "created_at",
-                    "last_used_at", "revoked_at"]
+    list_display = [
+        "public_id",
+        "name",
+        key_prefix,
+        "project",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     list_select_related = ["project", "project__account"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
-    search_fields = ["public_id", "name", "prefix", "project__public_id",
-                     "project__account__public_id"]
+    search_fields = [
+        "public_id",
+        "name",
+        "prefix",
+        "project__public_id",
+        "project__account__public_id",
+    ]
     exclude = ["secret_sha256"]
-    fields = ["public_id", "name", key_prefix, "project", "created_by", "created_at",
-              "last_used_at", "revoked_at"]
-    readonly_fields = ["public_id", key_prefix, "project", "created_by", "created_at",
-                       "last_used_at", "revoked_at"]
+    fields = [
+        "public_id",
+        "name",
+        key_prefix,
+        "project",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
+    readonly_fields = [
+        "public_id",
+        key_prefix,
+        "project",
+        "created_by",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    ]
     actions = ["revoke_selected"]
 
     def has_add_permission(self, request):
@@ -137,17 +213,24 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request, queryset):
         for api_key in queryset.filter(revoked_at__isnull=True):
-            revoke_api_key(api_key=api_key, actor=request.user,
-                           ip_address=request.META.get("REMOTE_ADDR"))
+            revoke_api_key(
+                api_key=api_key, actor=request.user, ip_address=request.META.get("REMOTE_ADDR")
+            )
         self.message_user(request, "Revoked; requests with those keys now get 401.")
 
 
 @admin.register(Invitation)
 class InvitationAdmin(admin.ModelAdmin):
-    list_display = ["email", "account", "role", "invited_by", "created_at", "accepted_at",
-                    "revoked_at"]
+    list_display = [
+        "email",
+        "account",
+        "role",
+        "invited_by",
+        "created_at",
+        "accepted_at",
+        "revoked_at",
+    ]
     list_select_related = ["account", "invited_by"]
     list_filter = ["role"]
     search_fields = ["email", "public_id", "account__public_id", "account__name"]
-    readonly_fields = ["public_id", "account", "email", "invited_by", "created_at",
-                       "accepted_at"]
+    readonly_fields = ["public_id", "account", "email", "invited_by", "created_at", "accepted_at"]

@@ -27,8 +27,7 @@ class ServiceForm(forms.Form):
         except REFUSALS as error:
             self.add_error(field, str(error))
         except LimitReached as error:
-            self.limit_reached = error  # the page links to pricing
-            self.add_error(None, str(error))
+            self.limit_reached = error  # shown with a link to pricing
         return None
 
 
@@ -52,7 +51,8 @@ class ApiKeyForm(NameForm):
 
 class UpstreamForm(ServiceForm):
     upstream_base_url = forms.CharField(
-        label="Upstream base URL", max_length=500,
+        label="Upstream base URL",
+        max_length=500,
         help_text="As the OpenAI SDK takes it; ReqRun appends the endpoint path.",
         widget=forms.URLInput(attrs={"placeholder": "https://api.openai.com/v1"}),
     )
@@ -63,7 +63,9 @@ class UpstreamForm(ServiceForm):
         label="Timeout per attempt (seconds)", min_value=1, max_value=600
     )
     deadline_seconds = forms.IntegerField(
-        label="Deadline (seconds)", min_value=1, max_value=86_400,
+        label="Deadline (seconds)",
+        min_value=1,
+        max_value=86_400,
         help_text="No new attempt starts this long after the request was accepted.",
     )
     zero_retention = forms.BooleanField(
@@ -71,32 +73,41 @@ class UpstreamForm(ServiceForm):
     )
 
     def __init__(self, *args, project: Project, max_attempts_cap: int, **kwargs):
-        kwargs.setdefault("initial", {
-            "upstream_base_url": project.upstream_base_url,
-            "max_attempts": project.max_attempts,
-            "attempt_timeout_seconds": project.attempt_timeout_seconds,
-            "deadline_seconds": project.deadline_seconds,
-            "zero_retention": project.zero_retention,
-        })
+        kwargs.setdefault(
+            "initial",
+            {
+                "upstream_base_url": project.upstream_base_url,
+                "max_attempts": project.max_attempts,
+                "attempt_timeout_seconds": project.attempt_timeout_seconds,
+                "deadline_seconds": project.deadline_seconds,
+                "zero_retention": project.zero_retention,
+            },
+        )
         super().__init__(*args, **kwargs)
         field = self.fields["max_attempts"]
         field.widget.attrs["max"] = max_attempts_cap
-        field.validators.append(MaxValueValidator(
-            max_attempts_cap, message=f"Your plan allows at most {max_attempts_cap} attempts.",
-        ))
+        field.validators.append(
+            MaxValueValidator(
+                max_attempts_cap,
+                message=f"Your plan allows at most {max_attempts_cap} attempts.",
+            )
+        )
         field.help_text = f"Empty: your plan's maximum ({max_attempts_cap})."
 
     def clean(self):
         cleaned = super().clean()
         timeout, deadline = cleaned.get("attempt_timeout_seconds"), cleaned.get("deadline_seconds")
         if timeout and deadline and deadline < timeout:
-            self.add_error("deadline_seconds", "The deadline must be at least one attempt's timeout.")
+            self.add_error(
+                "deadline_seconds", "The deadline must be at least one attempt's timeout."
+            )
         return cleaned
 
 
 class ProviderKeyForm(ServiceForm):
     provider_key = forms.CharField(
-        label="Provider API key", strip=True,
+        label="Provider API key",
+        strip=True,
         widget=forms.PasswordInput(attrs={"autocomplete": "off", "placeholder": "sk-…"}),
         error_messages={"required": "Paste the provider's API key."},
     )

@@ -56,7 +56,8 @@ def plan_state_of(account: Account) -> AccountPlan:
 def limits_for(account: Account) -> Limits:
     state = plan_state_of(account)
     values = {
-        field: getattr(state, field) if getattr(state, field) is not None
+        field: getattr(state, field)
+        if getattr(state, field) is not None
         else getattr(state.plan, field)
         for field in LIMIT_FIELDS
     }
@@ -105,6 +106,7 @@ def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name
     if used >= limit:
         plan = f"The {plan_name} plan" if plan_name else "Your plan"
         raise LimitReached(
-            limit_name, limit,
+            limit_name,
+            limit,
             f"{plan} allows {limit} {noun}. Upgrade on the pricing page to add more.",
         )

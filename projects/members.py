@@ -29,7 +29,12 @@ def invitation_token(invitation: Invitation) -> str:
 
 @transaction.atomic
 def invite_member(
-    *, account: Account, email: str, role: str, actor: User, link_for: Callable[[str], str],
+    *,
+    account: Account,
+    email: str,
+    role: str,
+    actor: User,
+    link_for: Callable[[str], str],
     ip_address: str | None = None,
 ) -> Invitation:
     """Invite `email`; `link_for(token)` is the accept URL, valid for seven days."""
@@ -45,11 +50,16 @@ def invite_member(
             f"{email} already has a pending invitation. Withdraw it first to send a new one."
         )
     limits = limits_for(account)
-    ensure_below("members", used=account.memberships.count() + pending.count(),
-                 limit=limits.members, plan_name=limits.plan_name,
-                 noun="team member" if limits.members == 1 else "team members")
-    invitation = Invitation.objects.create(account=account, email=email, role=role,
-                                           invited_by=actor)
+    ensure_below(
+        "members",
+        used=account.memberships.count() + pending.count(),
+        limit=limits.members,
+        plan_name=limits.plan_name,
+        noun="team member" if limits.members == 1 else "team members",
+    )
+    invitation = Invitation.objects.create(
+        account=account, email=email, role=role, invited_by=actor
+    )
     link = link_for(invitation_token(invitation))
     context = {"invitation": invitation, "link": link, "account": account, "inviter": actor}
     send_mail(
@@ -58,8 +68,13 @@ def invite_member(
         from_email=settings.DEFAULT_FROM_EMAIL,
         recipient_list=[email],
     )
-    record_audit_event(account=account, actor=actor, action="member_invited",
-                       target=f"{email} as {role}", ip_address=ip_address)
+    record_audit_event(
+        account=account,
+        actor=actor,
+        action="member_invited",
+        target=f"{email} as {role}",
+        ip_address=ip_address,
+    )
     return invitation
 
 
@@ -74,9 +89,13 @@ def revoke_invitation(
     if invitation.revoked_at is None:
         invitation.revoked_at = timezone.now()
         invitation.save(update_fields=["revoked_at"])
-        record_audit_event(account=invitation.account, actor=actor,
-                           action="invitation_withdrawn", target=invitation.email,
-                           ip_address=ip_address)
+        record_audit_event(
+            account=invitation.account,
+            actor=actor,
+            action="invitation_withdrawn",
+            target=invitation.email,
+            ip_address=ip_address,
+        )
     return invitation
 
 
@@ -119,18 +138,24 @@ def accept_invitation(*, token: str, user: User, ip_address: str | None = None) 
     )
     invitation.accepted_at = timezone.now()
     invitation.save(update_fields=["accepted_at"])
-    record_audit_event(account=invitation.account, actor=user, action="member_joined",
-                       target=f"{user.email} as {invitation.role}", ip_address=ip_address)
+    record_audit_event(
+        account=invitation.account,
+        actor=user,
+        action="member_joined",
+        target=f"{user.email} as {invitation.role}",
+        ip_address=ip_address,
+    )
     return membership
 
 
 def _ensure_another_owner(membership: Membership) -> None:
-    if membership.is_owner and not membership.account.memberships.filter(
-        role=Membership.Role.OWNER
-    ).exclude(pk=membership.pk).exists():
-        raise MembershipError(
-            "An account needs at least one owner: make someone else owner first."
-        )
+    if (
+        membership.is_owner
+        and not membership.account.memberships.filter(role=Membership.Role.OWNER)
+        .exclude(pk=membership.pk)
+        .exists()
+    ):
+        raise MembershipError("An account needs at least one owner: make someone else owner first.")
 
 
 @transaction.atomic
@@ -148,9 +173,13 @@ def change_role(
     old_role = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    record_audit_event(account=membership.account, actor=actor, action="role_changed",
-                       target=f"{membership.user.email}: {old_role} → {role}",
-                       ip_address=ip_address)
+    record_audit_event(
+        account=membership.account,
+        actor=actor,
+        action="role_changed",
+        target=f"{membership.user.email}: {old_role} → {role}",
+        ip_address=ip_address,
+    )
     return membership
 
 
@@ -161,7 +190,12 @@ def remove_member(
     Account.objects.select_for_update().get(pk=membership.account_id)
     membership.refresh_from_db(fields=["role"])
     _ensure_another_owner(membership)
-    record_audit_event(account=membership.account, actor=actor, action="member_removed",
-                       target=membership.user.email, ip_address=ip_address)
+    record_audit_event(
+        account=membership.account,
+        actor=actor,
+        action="member_removed",
+        target=membership.user.email,
+        ip_address=ip_address,
+    )
     membership.delete()
     return membership

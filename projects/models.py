@@ -83,8 +83,13 @@ class MonthlyUsage(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["account", "period_start"], name="one_usage_row_per_month"),
+            models.UniqueConstraint(
+                fields=["account", "period_start"], name="one_usage_row_per_month"
+            ),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.account} in {self.period_start:%Y-%m}"
 
 
 class Project(models.Model):
@@ -95,7 +100,9 @@ class Project(models.Model):
     name = models.CharField(max_length=80)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    upstream_base_url = models.URLField(max_length=500, default=settings.REQRUN_DEFAULT_UPSTREAM_URL)
+    upstream_base_url = models.URLField(
+        max_length=500, default=settings.REQRUN_DEFAULT_UPSTREAM_URL
+    )
     provider_key_encrypted = models.BinaryField(null=True, blank=True, editable=False)
     provider_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
 
@@ -116,9 +123,12 @@ class Project(models.Model):
     class Meta:
         ordering = ["created_at"]
         constraints = [
-            models.UniqueConstraint(fields=["account", "name"], name="project_name_unique_in_account"),
-            models.CheckConstraint(condition=Q(attempt_timeout_seconds__gte=1),
-                                   name="attempt_timeout_positive"),
+            models.UniqueConstraint(
+                fields=["account", "name"], name="project_name_unique_in_account"
+            ),
+            models.CheckConstraint(
+                condition=Q(attempt_timeout_seconds__gte=1), name="attempt_timeout_positive"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -143,8 +153,9 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=80)
     prefix = models.CharField(max_length=16, unique=True, editable=False)
     secret_sha256 = models.CharField(max_length=64, editable=False)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -166,10 +177,12 @@ class Invitation(models.Model):
     )
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
-    role = models.CharField(max_length=10, choices=Membership.Role.choices,
-                            default=Membership.Role.MEMBER)
-    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+    role = models.CharField(
+        max_length=10, choices=Membership.Role.choices, default=Membership.Role.MEMBER
+    )
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     accepted_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)

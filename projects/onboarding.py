@@ -54,7 +54,11 @@ def verified_user(*, email: str, password: str | None) -> User:
 
 @transaction.atomic
 def bootstrap_project(
-    *, email: str, upstream_url: str, upstream_key: str, plan_code: str | None = None,
+    *,
+    email: str,
+    upstream_url: str,
+    upstream_key: str,
+    plan_code: str | None = None,
     password: str | None = None,
 ) -> Bootstrapped:
     """Create or reuse everything; only the API key is always new. All or nothing."""
@@ -66,13 +70,17 @@ def bootstrap_project(
         set_plan(account=account, plan_code=plan_code)
     project = account.projects.filter(name=DEFAULT_PROJECT_NAME).first()
     if project is None:
-        project = services.create_project(account=account, name=DEFAULT_PROJECT_NAME,
-                                          upstream_base_url=upstream_url)
+        project = services.create_project(
+            account=account, name=DEFAULT_PROJECT_NAME, upstream_base_url=upstream_url
+        )
     else:
         services.update_upstream(
-            project=project, base_url=upstream_url, max_attempts=project.max_attempts,
+            project=project,
+            base_url=upstream_url,
+            max_attempts=project.max_attempts,
             attempt_timeout_seconds=project.attempt_timeout_seconds,
-            deadline_seconds=project.deadline_seconds, zero_retention=project.zero_retention,
+            deadline_seconds=project.deadline_seconds,
+            zero_retention=project.zero_retention,
         )
     services.set_provider_key(project=project, provider_key=upstream_key)
     _, raw_key = services.create_api_key(

@@ -44,22 +44,35 @@ def _available_name(name: str, *, taken: QuerySet, noun: str) -> str:
 
 @transaction.atomic
 def create_project(
-    *, account: Account, name: str, actor: User | None = None, upstream_base_url: str = "",
+    *,
+    account: Account,
+    name: str,
+    actor: User | None = None,
+    upstream_base_url: str = "",
     ip_address: str | None = None,
 ) -> Project:
     Account.objects.select_for_update().get(pk=account.pk)  # serialise the limit and name checks
     limits = limits_for(account)
-    ensure_below("projects", used=account.projects.count(), limit=limits.projects,
-                 noun="project" if limits.projects == 1 else "projects",
-                 plan_name=limits.plan_name)
+    ensure_below(
+        "projects",
+        used=account.projects.count(),
+        limit=limits.projects,
+        noun="project" if limits.projects == 1 else "projects",
+        plan_name=limits.plan_name,
+    )
     project = Project(
         account=account, name=_available_name(name, taken=account.projects.all(), noun="project")
     )
     if upstream_base_url:
         project.upstream_base_url = validate_upstream_url(upstream_base_url)
     project.save()
-    record_audit_event(account=account, actor=actor, action="project_created",
-                       target=f"{project.public_id} {project.name}", ip_address=ip_address)
+    record_audit_event(
+        account=account,
+        actor=actor,
+        action="project_created",
+        target=f"{project.public_id} {project.name}",
+        ip_address=ip_address,
+    )
     return project
 
 
@@ -71,21 +84,37 @@ def rename_project(
     others = project.account.projects.exclude(pk=project.pk)
     project.name = _available_name(name, taken=others, noun="project")
     project.save(update_fields=["name"])
-    record_audit_event(account=project.account, actor=actor, action="project_renamed",
-                       target=f"{project.public_id} {project.name}", ip_address=ip_address)
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="project_renamed",
+        target=f"{project.public_id} {project.name}",
+        ip_address=ip_address,
+    )
     return project
 
 
 @transaction.atomic
 def delete_project(*, project: Project, actor: User | None = None, ip_address: str | None = None):
-    record_audit_event(account=project.account, actor=actor, action="project_deleted",
-                       target=f"{project.public_id} {project.name}", ip_address=ip_address)
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="project_deleted",
+        target=f"{project.public_id} {project.name}",
+        ip_address=ip_address,
+    )
     project.delete()
 
 
 def update_upstream(
-    *, project: Project, base_url: str, max_attempts: int | None, attempt_timeout_seconds: int,
-    deadline_seconds: int, zero_retention: bool, actor: User | None = None,
+    *,
+    project: Project,
+    base_url: str,
+    max_attempts: int | None,
+    attempt_timeout_seconds: int,
+    deadline_seconds: int,
+    zero_retention: bool,
+    actor: User | None = None,
     ip_address: str | None = None,
 ) -> Project:
     """Save the upstream and retry policy; max attempts never exceed the plan's cap."""
@@ -97,11 +126,23 @@ def update_upstream(
     project.attempt_timeout_seconds = attempt_timeout_seconds
     project.deadline_seconds = deadline_seconds
     project.zero_retention = zero_retention
-    project.save(update_fields=["upstream_base_url", "max_attempts", "attempt_timeout_seconds",
-                                "deadline_seconds", "zero_retention"])
+    project.save(
+        update_fields=[
+            "upstream_base_url",
+            "max_attempts",
+            "attempt_timeout_seconds",
+            "deadline_seconds",
+            "zero_retention",
+        ]
+    )
     if moved:  # where the provider key is sent is a security decision
-        record_audit_event(account=project.account, actor=actor, action="upstream_changed",
-                           target=f"{project.public_id} {base_url}", ip_address=ip_address)
+        record_audit_event(
+            account=project.account,
+            actor=actor,
+            action="upstream_changed",
+            target=f"{project.public_id} {base_url}",
+            ip_address=ip_address,
+        )
     return project
 
 
@@ -117,7 +158,10 @@ def check_provider_key(provider_key: str) -> str:
 
 
 def set_provider_key(
-    *, project: Project, provider_key: str, actor: User | None = None,
+    *,
+    project: Project,
+    provider_key: str,
+    actor: User | None = None,
     ip_address: str | None = None,
 ) -> Project:
     provider_key = check_provider_key(provider_key)
@@ -125,8 +169,13 @@ def set_provider_key(
     project.provider_key_encrypted = encryption.encrypt(provider_key.encode())
     project.provider_key_last4 = provider_key[-4:]
     project.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
-    record_audit_event(account=project.account, actor=actor, action=action,
-                       target=project.public_id, ip_address=ip_address)
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action=action,
+        target=project.public_id,
+        ip_address=ip_address,
+    )
     return project
 
 
@@ -138,8 +187,13 @@ def remove_provider_key(
     project.provider_key_encrypted = None
     project.provider_key_last4 = ""
     project.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
-    record_audit_event(account=project.account, actor=actor, action="provider_key_removed",
-                       target=project.public_id, ip_address=ip_address)
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="provider_key_removed",
+        target=project.public_id,
+        ip_address=ip_address,
+    )
     return project
 
 
@@ -177,16 +231,18 @@ def rotate_provider_keys(*, batch_size: int = 500) -> int:
 def suspend_project(
     *, project: Project, reason: str, actor: User | None = None, ip_address: str | None = None
 ) -> Project:
-    set_suspension(subject=project, account=project.account, reason=reason, actor=actor,
-                   ip_address=ip_address)
+    set_suspension(
+        subject=project, account=project.account, reason=reason, actor=actor, ip_address=ip_address
+    )
     return project
 
 
 def unsuspend_project(
     *, project: Project, actor: User | None = None, ip_address: str | None = None
 ) -> Project:
-    set_suspension(subject=project, account=project.account, reason=None, actor=actor,
-                   ip_address=ip_address)
+    set_suspension(
+        subject=project, account=project.account, reason=None, actor=actor, ip_address=ip_address
+    )
     return project
 
 
@@ -203,18 +259,32 @@ def create_api_key(
     limits = limits_for(project.account)
     limit = limits.api_keys_per_project
     active = project.api_keys.filter(revoked_at__isnull=True).count()
-    ensure_below("api_keys_per_project", used=active, limit=limit, plan_name=limits.plan_name,
-                 noun="active API key per project" if limit == 1 else "active API keys per project")
-    name = _available_name(name, taken=project.api_keys.filter(revoked_at__isnull=True),
-                           noun="API key")  # revoked keys free their name
+    ensure_below(
+        "api_keys_per_project",
+        used=active,
+        limit=limit,
+        plan_name=limits.plan_name,
+        noun="active API key per project" if limit == 1 else "active API keys per project",
+    )
+    name = _available_name(
+        name, taken=project.api_keys.filter(revoked_at__isnull=True), noun="API key"
+    )  # revoked keys free their name
     prefix = secrets.token_hex(KEY_PREFIX_BYTES)
     secret = secrets.token_hex(KEY_SECRET_BYTES)
     api_key = ApiKey.objects.create(
-        project=project, name=name, prefix=prefix, secret_sha256=_digest(secret),
+        project=project,
+        name=name,
+        prefix=prefix,
+        secret_sha256=_digest(secret),
         created_by=actor,
     )
-    record_audit_event(account=project.account, actor=actor, action="api_key_created",
-                       target=f"{api_key.public_id} {api_key.name}", ip_address=ip_address)
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="api_key_created",
+        target=f"{api_key.public_id} {api_key.name}",
+        ip_address=ip_address,
+    )
     return api_key, f"rr_{prefix}_{secret}"
 
 
@@ -224,9 +294,13 @@ def revoke_api_key(
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
-        record_audit_event(account=api_key.project.account, actor=actor,
-                           action="api_key_revoked",
-                           target=f"{api_key.public_id} {api_key.name}", ip_address=ip_address)
+        record_audit_event(
+            account=api_key.project.account,
+            actor=actor,
+            action="api_key_revoked",
+            target=f"{api_key.public_id} {api_key.name}",
+            ip_address=ip_address,
+        )
     return api_key
 
 

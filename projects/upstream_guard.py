@@ -40,7 +40,9 @@ def validate_upstream_url(url: str) -> str:
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UpstreamNotAllowed("Enter a full base URL such as https://api.openai.com/v1.")
     if parts.username or parts.password or parts.query or parts.fragment:
-        raise UpstreamNotAllowed("The base URL must not contain credentials, a query or a fragment.")
+        raise UpstreamNotAllowed(
+            "The base URL must not contain credentials, a query or a fragment."
+        )
     if settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS:
         return url
     if parts.scheme != "https":

@@ -17,16 +17,24 @@ def api_key_list(request, membership, project):
     form = ApiKeyForm(request.POST or None)
     if form.is_valid():
         created = form.submit(
-            services.create_api_key, field="name", project=project,
-            name=form.cleaned_data["name"], actor=request.user, ip_address=client_ip(request),
+            services.create_api_key,
+            field="name",
+            project=project,
+            name=form.cleaned_data["name"],
+            actor=request.user,
+            ip_address=client_ip(request),
         )
         if created:
             api_key, raw_key = created
-            messages.success(request, f"API key “{api_key.name}” created. Copy it now: it is "
-                                      "not shown again.")
+            messages.success(
+                request, f"API key “{api_key.name}” created. Copy it now: it is not shown again."
+            )
             # Rendered, not redirected: the full key never goes into the session or a URL.
-            response = render(request, "projects/api_key_created.html",
-                              {"project": project, "api_key": api_key, "raw_key": raw_key})
+            response = render(
+                request,
+                "projects/api_key_created.html",
+                {"project": project, "api_key": api_key, "raw_key": raw_key},
+            )
             add_never_cache_headers(response)
             return response
     context = {
@@ -40,13 +48,14 @@ def api_key_list(request, membership, project):
 
 @project_view(read=Need.MANAGE)
 def api_key_revoke(request, membership, project, key_id):
-    api_key = get_object_or_404(api_keys_visible_to(request.user), project=project,
-                                public_id=key_id)
+    api_key = get_object_or_404(
+        api_keys_visible_to(request.user), project=project, public_id=key_id
+    )
     if request.method == "POST":
-        services.revoke_api_key(api_key=api_key, actor=request.user,
-                                ip_address=client_ip(request))
-        messages.success(request, f"API key “{api_key.name}” revoked: requests using it are "
-                                  "now refused with 401.")
+        services.revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
+        messages.success(
+            request,
+            f"API key “{api_key.name}” revoked: requests using it are now refused with 401.",
+        )
         return redirect("api-key-list", project_id=project.public_id)
-    return render(request, "projects/api_key_revoke.html",
-                  {"project": project, "api_key": api_key})
+    return render(request, "projects/api_key_revoke.html", {"project": project, "api_key": api_key})

@@ -28,8 +28,9 @@ def _members_page(request, membership, invite_form=None):
 
 
 def _member(membership, form: MemberForm):
-    return get_object_or_404(members_of(membership.account),
-                             user__email__iexact=form.cleaned_data["email"])
+    return get_object_or_404(
+        members_of(membership.account), user__email__iexact=form.cleaned_data["email"]
+    )
 
 
 @member_view()
@@ -42,15 +43,21 @@ def member_list(request, membership):
 def member_invite(request, membership):
     form = InviteForm(request.POST)
     if form.is_valid() and form.submit(
-        services.invite_member, field="email", account=membership.account,
-        email=form.cleaned_data["email"], role=form.cleaned_data["role"], actor=request.user,
+        services.invite_member,
+        field="email",
+        account=membership.account,
+        email=form.cleaned_data["email"],
+        role=form.cleaned_data["role"],
+        actor=request.user,
         link_for=lambda token: request.build_absolute_uri(
             reverse("invitation-accept", args=[token])
         ),
         ip_address=client_ip(request),
     ):
-        messages.success(request, f"Invitation sent to {form.cleaned_data['email']}; the link "
-                                  "works for seven days.")
+        messages.success(
+            request,
+            f"Invitation sent to {form.cleaned_data['email']}; the link works for seven days.",
+        )
         return redirect("member-list")
     return _members_page(request, membership, invite_form=form)
 
@@ -61,11 +68,16 @@ def member_role(request, membership):
     form = RoleForm(request.POST)
     if not form.is_valid():
         messages.error(request, "Choose owner, admin or member.")
-    elif form.submit(services.change_role, membership=_member(membership, form),
-                     role=form.cleaned_data["role"], actor=request.user,
-                     ip_address=client_ip(request)):
-        messages.success(request, f"{form.cleaned_data['email']} is now "
-                                  f"{form.cleaned_data['role']}.")
+    elif form.submit(
+        services.change_role,
+        membership=_member(membership, form),
+        role=form.cleaned_data["role"],
+        actor=request.user,
+        ip_address=client_ip(request),
+    ):
+        messages.success(
+            request, f"{form.cleaned_data['email']} is now {form.cleaned_data['role']}."
+        )
     else:
         messages.error(request, " ".join(form.non_field_errors()))
     return redirect("member-list")
@@ -78,10 +90,15 @@ def member_remove(request, membership):
         raise Http404("No such member.")
     member = _member(membership, form)
     if request.method == "POST":
-        if form.submit(services.remove_member, membership=member, actor=request.user,
-                       ip_address=client_ip(request)):
-            messages.success(request, f"{member.user.email} was removed from "
-                                      f"{membership.account.name}.")
+        if form.submit(
+            services.remove_member,
+            membership=member,
+            actor=request.user,
+            ip_address=client_ip(request),
+        ):
+            messages.success(
+                request, f"{member.user.email} was removed from {membership.account.name}."
+            )
             return redirect("dashboard" if member.user == request.user else "member-list")
         messages.error(request, " ".join(form.non_field_errors()))
         return redirect("member-list")
@@ -91,10 +108,12 @@ def member_remove(request, membership):
 @member_view(write=Need.OWN)
 @require_POST
 def invitation_revoke(request, membership, invitation_id):
-    invitation = get_object_or_404(pending_invitations_of(membership.account),
-                                   public_id=invitation_id)
-    services.revoke_invitation(invitation=invitation, actor=request.user,
-                               ip_address=client_ip(request))
+    invitation = get_object_or_404(
+        pending_invitations_of(membership.account), public_id=invitation_id
+    )
+    services.revoke_invitation(
+        invitation=invitation, actor=request.user, ip_address=client_ip(request)
+    )
     messages.success(request, f"Invitation to {invitation.email} withdrawn.")
     return redirect("member-list")
 
@@ -109,13 +128,15 @@ def invitation_accept(request, token):
         invitation, problem = None, str(error)
     if request.method == "POST" and problem is None:
         try:
-            joined = services.accept_invitation(token=token, user=request.user,
-                                                ip_address=client_ip(request))
+            joined = services.accept_invitation(
+                token=token, user=request.user, ip_address=client_ip(request)
+            )
         except services.MembershipError as error:
             problem = str(error)
         else:
             request.session[SESSION_ACCOUNT_KEY] = joined.account.public_id
             messages.success(request, f"You joined {joined.account.name} as {joined.role}.")
             return redirect("dashboard")
-    return render(request, "projects/invitation.html",
-                  {"invitation": invitation, "problem": problem})
+    return render(
+        request, "projects/invitation.html", {"invitation": invitation, "problem": problem}
+    )

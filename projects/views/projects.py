@@ -25,12 +25,19 @@ def project_list(request, membership):
     form = ProjectForm(request.POST or None)
     if form.is_valid():
         project = form.submit(
-            services.create_project, field="name", account=account,
-            name=form.cleaned_data["name"], actor=request.user, ip_address=client_ip(request),
+            services.create_project,
+            field="name",
+            account=account,
+            name=form.cleaned_data["name"],
+            actor=request.user,
+            ip_address=client_ip(request),
         )
         if project:
-            messages.success(request, f"Project “{project.name}” created. Add its provider key "
-                                      "next, then create an API key.")
+            messages.success(
+                request,
+                f"Project “{project.name}” created. Add its provider key "
+                "next, then create an API key.",
+            )
             return redirect("project-detail", project_id=project.public_id)
     context = {"form": form, "projects": projects_of(account), "limits": limits_for(account)}
     return render(request, "projects/project_list.html", context)
@@ -60,8 +67,12 @@ def project_detail(request, membership, project):
 def project_rename(request, membership, project):
     form = ProjectForm(request.POST)
     if form.is_valid() and form.submit(
-        services.rename_project, field="name", project=project, name=form.cleaned_data["name"],
-        actor=request.user, ip_address=client_ip(request),
+        services.rename_project,
+        field="name",
+        project=project,
+        name=form.cleaned_data["name"],
+        actor=request.user,
+        ip_address=client_ip(request),
     ):
         messages.success(request, f"Project renamed to “{project.name}”.")
         return redirect("project-detail", project_id=project.public_id)
@@ -74,13 +85,16 @@ def project_upstream(request, membership, project):
     cap = limits_for(project.account).max_attempts
     form = UpstreamForm(request.POST, project=project, max_attempts_cap=cap)
     if form.is_valid() and form.submit(
-        services.update_upstream, field="upstream_base_url", project=project,
+        services.update_upstream,
+        field="upstream_base_url",
+        project=project,
         base_url=form.cleaned_data["upstream_base_url"],
         max_attempts=form.cleaned_data["max_attempts"],
         attempt_timeout_seconds=form.cleaned_data["attempt_timeout_seconds"],
         deadline_seconds=form.cleaned_data["deadline_seconds"],
         zero_retention=form.cleaned_data["zero_retention"],
-        actor=request.user, ip_address=client_ip(request),
+        actor=request.user,
+        ip_address=client_ip(request),
     ):
         messages.success(request, "Upstream and retry policy saved.")
         return redirect("project-detail", project_id=project.public_id)
@@ -93,13 +107,17 @@ def provider_key_set(request, membership, project):
     replacing = project.has_provider_key
     form = ProviderKeyForm(request.POST)
     if form.is_valid() and form.submit(
-        services.set_provider_key, field="provider_key", project=project,
-        provider_key=form.cleaned_data["provider_key"], actor=request.user,
+        services.set_provider_key,
+        field="provider_key",
+        project=project,
+        provider_key=form.cleaned_data["provider_key"],
+        actor=request.user,
         ip_address=client_ip(request),
     ):
         verb = "replaced" if replacing else "saved"
-        messages.success(request, f"Provider key {verb}, encrypted; it ends in "
-                                  f"…{project.provider_key_last4}.")
+        messages.success(
+            request, f"Provider key {verb}, encrypted; it ends in …{project.provider_key_last4}."
+        )
         return redirect("project-detail", project_id=project.public_id)
     return _settings_page(request, project, provider_key_form=form)
 
@@ -107,18 +125,17 @@ def provider_key_set(request, membership, project):
 @project_view()
 @require_POST
 def provider_key_remove(request, membership, project):
-    services.remove_provider_key(project=project, actor=request.user,
-                                 ip_address=client_ip(request))
-    messages.success(request, "Provider key removed. Requests to this project fail until "
-                              "you add one again.")
+    services.remove_provider_key(project=project, actor=request.user, ip_address=client_ip(request))
+    messages.success(
+        request, "Provider key removed. Requests to this project fail until you add one again."
+    )
     return redirect("project-detail", project_id=project.public_id)
 
 
 @project_view(read=Need.MANAGE)
 def project_delete(request, membership, project):
     if request.method == "POST":
-        services.delete_project(project=project, actor=request.user,
-                                ip_address=client_ip(request))
+        services.delete_project(project=project, actor=request.user, ip_address=client_ip(request))
         messages.success(request, f"Project “{project.name}” and its API keys were deleted.")
         return redirect("project-list")
     return render(request, "projects/project_delete.html", {"project": project})

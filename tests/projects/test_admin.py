@@ -28,10 +28,21 @@ def everything(alice_account, alice_project, alice_key, alice_invitation, bob):
     return alice_account
 
 
-@pytest.mark.parametrize("model", ["accounts.user", "accounts.account", "accounts.membership",
-                                   "accounts.auditevent", "projects.plan", "projects.accountplan",
-                                   "projects.monthlyusage", "projects.project", "projects.apikey",
-                                   "projects.invitation"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "accounts.user",
+        "accounts.account",
+        "accounts.membership",
+        "accounts.auditevent",
+        "projects.plan",
+        "projects.accountplan",
+        "projects.monthlyusage",
+        "projects.project",
+        "projects.apikey",
+        "projects.invitation",
+    ],
+)
 def test_every_model_has_a_searchable_admin(operator_client, everything, model):
     url = reverse(f"admin:{model.replace('.', '_')}_changelist")
     response = operator_client.get(url, {"q": "alice"})
@@ -40,19 +51,24 @@ def test_every_model_has_a_searchable_admin(operator_client, everything, model):
 
 
 def test_secrets_are_never_displayed(operator_client, everything, alice_project, alice_key):
-    for url in (reverse("admin:projects_project_change", args=[alice_project.pk]),
-                reverse("admin:projects_project_changelist"),
-                reverse("admin:projects_apikey_change", args=[alice_key.pk]),
-                reverse("admin:projects_apikey_changelist")):
+    for url in (
+        reverse("admin:projects_project_change", args=[alice_project.pk]),
+        reverse("admin:projects_project_changelist"),
+        reverse("admin:projects_apikey_change", args=[alice_key.pk]),
+        reverse("admin:projects_apikey_changelist"),
+    ):
         page = operator_client.get(url).content.decode()
         assert PROVIDER_KEY not in page
         assert "provider_key_encrypted" not in page
         assert bytes(alice_project.provider_key_encrypted)[:20].decode() not in page
         assert alice_key.secret_sha256 not in page
         assert alice_key.raw_key.split("_")[2] not in page
-    assert "…7f3a" in operator_client.get(
-        reverse("admin:projects_project_change", args=[alice_project.pk])
-    ).content.decode()
+    assert (
+        "…7f3a"
+        in operator_client.get(
+            reverse("admin:projects_project_change", args=[alice_project.pk])
+        ).content.decode()
+    )
 
 
 def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, everything, bob):
@@ -65,19 +81,26 @@ def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, ev
     memberships = list(account.memberships.order_by("pk"))
     data = {
         "name": account.name,
-        "plan_state-TOTAL_FORMS": "1", "plan_state-INITIAL_FORMS": "1",
-        "plan_state-MIN_NUM_FORMS": "0", "plan_state-MAX_NUM_FORMS": "1",
-        "plan_state-0-id": str(state.pk), "plan_state-0-account": str(account.pk),
-        "plan_state-0-plan": str(state.plan.pk), "plan_state-0-projects": "7",
+        "plan_state-TOTAL_FORMS": "1",
+        "plan_state-INITIAL_FORMS": "1",
+        "plan_state-MIN_NUM_FORMS": "0",
+        "plan_state-MAX_NUM_FORMS": "1",
+        "plan_state-0-id": str(state.pk),
+        "plan_state-0-account": str(account.pk),
+        "plan_state-0-plan": str(state.plan.pk),
+        "plan_state-0-projects": "7",
         "memberships-TOTAL_FORMS": str(len(memberships)),
         "memberships-INITIAL_FORMS": str(len(memberships)),
-        "memberships-MIN_NUM_FORMS": "0", "memberships-MAX_NUM_FORMS": "1000",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
     }
     for number, membership in enumerate(memberships):
-        data |= {f"memberships-{number}-id": str(membership.pk),
-                 f"memberships-{number}-account": str(account.pk),
-                 f"memberships-{number}-user": str(membership.user_id),
-                 f"memberships-{number}-role": membership.role}
+        data |= {
+            f"memberships-{number}-id": str(membership.pk),
+            f"memberships-{number}-account": str(account.pk),
+            f"memberships-{number}-user": str(membership.user_id),
+            f"memberships-{number}-role": membership.role,
+        }
     response = operator_client.post(url, data)
     assert response.status_code == 302, response.content.decode()[:3000]
     limits = limits_for(account)
@@ -85,17 +108,26 @@ def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, ev
 
 
 def suspend(client, model, subject, reason):
-    return client.post(reverse(f"admin:{model}_changelist"), {
-        "action": "suspend_selected", ACTION_CHECKBOX_NAME: [subject.pk],
-        "apply": "yes", "reason": reason,
-    })
+    return client.post(
+        reverse(f"admin:{model}_changelist"),
+        {
+            "action": "suspend_selected",
+            ACTION_CHECKBOX_NAME: [subject.pk],
+            "apply": "yes",
+            "reason": reason,
+        },
+    )
 
 
 def test_suspend_and_lift_an_account(operator_client, everything):
     account = everything
-    response = operator_client.post(reverse("admin:accounts_account_changelist"), {
-        "action": "suspend_selected", ACTION_CHECKBOX_NAME: [account.pk],
-    })
+    response = operator_client.post(
+        reverse("admin:accounts_account_changelist"),
+        {
+            "action": "suspend_selected",
+            ACTION_CHECKBOX_NAME: [account.pk],
+        },
+    )
     assert response.status_code == 200 and 'name="reason"' in response.content.decode()
     response = suspend(operator_client, "accounts_account", account, "")
     assert "This field is required" in response.content.decode()
@@ -112,9 +144,13 @@ def test_suspend_and_lift_an_account(operator_client, everything):
     assert Project.objects.filter(account=account).count() == 1  # nothing deleted
     assert ApiKey.objects.filter(project__account=account, revoked_at__isnull=True).count() == 1
 
-    operator_client.post(reverse("admin:accounts_account_changelist"), {
-        "action": "unsuspend_selected", ACTION_CHECKBOX_NAME: [account.pk],
-    })
+    operator_client.post(
+        reverse("admin:accounts_account_changelist"),
+        {
+            "action": "unsuspend_selected",
+            ACTION_CHECKBOX_NAME: [account.pk],
+        },
+    )
     account.refresh_from_db()
     assert not account.is_suspended and account.suspension_reason == ""
     assert AuditEvent.objects.filter(account=account, action="unsuspended").exists()
@@ -134,9 +170,13 @@ def test_suspended_project_shows_a_banner(operator_client, everything, alice_pro
 
 
 def test_revoking_a_key_in_admin_is_audited(operator_client, everything, alice_key):
-    operator_client.post(reverse("admin:projects_apikey_changelist"), {
-        "action": "revoke_selected", ACTION_CHECKBOX_NAME: [alice_key.pk],
-    })
+    operator_client.post(
+        reverse("admin:projects_apikey_changelist"),
+        {
+            "action": "revoke_selected",
+            ACTION_CHECKBOX_NAME: [alice_key.pk],
+        },
+    )
     alice_key.refresh_from_db()
     assert alice_key.revoked_at is not None
     assert AuditEvent.objects.filter(action="api_key_revoked", actor__email="ops@reqrun.com")

@@ -15,8 +15,14 @@ from projects.services import authenticate_api_key, provider_key_of
 
 pytestmark = pytest.mark.django_db
 
-ARGS = ["--email", "Eve@Example.com", "--upstream-url", "http://127.0.0.1:9999/v1",
-        "--upstream-key", "sk-upstream-secret-1"]
+ARGS = [
+    "--email",
+    "Eve@Example.com",
+    "--upstream-url",
+    "http://127.0.0.1:9999/v1",
+    "--upstream-key",
+    "sk-upstream-secret-1",
+]
 
 
 def bootstrap(*extra):
@@ -55,11 +61,14 @@ def test_second_run_reuses_user_account_and_project_with_a_new_key():
     assert limits_for(Account.objects.get()).plan_code == "team"
 
 
-@pytest.mark.parametrize(("changes", "error"), [
-    ({"--email": "not-an-email"}, "is not a valid email address"),
-    ({"--upstream-url": "nonsense"}, "Enter a full base URL"),
-    ({"--upstream-key": "short"}, "does not look like a provider API key"),
-])
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"--email": "not-an-email"}, "is not a valid email address"),
+        ({"--upstream-url": "nonsense"}, "Enter a full base URL"),
+        ({"--upstream-key": "short"}, "does not look like a provider API key"),
+    ],
+)
 def test_bad_input_is_a_clear_error_and_creates_nothing(changes, error):
     args = list(ARGS)
     for flag, value in changes.items():

@@ -54,10 +54,11 @@ def test_invitation_end_to_end(client, alice_client, alice_account, bob, on_pro,
     reused = dana_client.post(path)
     assert "This invitation has already been used." in reused.content.decode()
     assert alice_account.memberships.filter(user=dana).count() == 1
-    actions = set(AuditEvent.objects.filter(account=alice_account)
-                  .values_list("action", "target"))
-    assert {("member_invited", "dana@example.com as admin"),
-            ("member_joined", "dana@example.com as admin")} <= actions
+    actions = set(AuditEvent.objects.filter(account=alice_account).values_list("action", "target"))
+    assert {
+        ("member_invited", "dana@example.com as admin"),
+        ("member_joined", "dana@example.com as admin"),
+    } <= actions
 
 
 class PastSigner(signing.TimestampSigner):
@@ -65,39 +66,55 @@ class PastSigner(signing.TimestampSigner):
         return signing.b62_encode(int(time.time()) - 8 * 24 * 3600)
 
 
-@pytest.mark.parametrize(("make_token", "reason"), [
-    (lambda inv: PastSigner(salt=INVITATION_SALT).sign_object(inv.public_id),
-     "This invitation has expired. Ask for a new one."),
-    (lambda inv: invitation_token(inv)[:-2] + "xx", "This invitation link is not valid."),
-    (lambda inv: Invitation.objects.filter(pk=inv.pk).update(revoked_at="2026-01-01T00:00Z")
-     and invitation_token(inv), "This invitation was withdrawn."),
-])
+@pytest.mark.parametrize(
+    ("make_token", "reason"),
+    [
+        (
+            lambda inv: PastSigner(salt=INVITATION_SALT).sign_object(inv.public_id),
+            "This invitation has expired. Ask for a new one.",
+        ),
+        (lambda inv: invitation_token(inv)[:-2] + "xx", "This invitation link is not valid."),
+        (
+            lambda inv: (
+                Invitation.objects.filter(pk=inv.pk).update(revoked_at="2026-01-01T00:00Z")
+                and invitation_token(inv)
+            ),
+            "This invitation was withdrawn.",
+        ),
+    ],
+)
 def test_unusable_invitation_links_say_why(client, alice_invitation, make_token, reason):
     dana_client = signed_in(client, UserFactory(email="dana@example.com"))
     path = reverse("invitation-accept", args=[make_token(alice_invitation)])
     assert reason in dana_client.get(path).content.decode()
     assert reason in dana_client.post(path).content.decode()
-    assert not Membership.objects.filter(user__email="dana@example.com",
-                                         account=alice_invitation.account).exists()
+    assert not Membership.objects.filter(
+        user__email="dana@example.com", account=alice_invitation.account
+    ).exists()
 
 
 def test_invitation_for_another_address_is_refused(charlie_client, alice_invitation):
     path = reverse("invitation-accept", args=[invitation_token(alice_invitation)])
     for response in (charlie_client.get(path), charlie_client.post(path)):
         page = response.content.decode()
-        assert "This invitation was sent to dana@example.com, but you are signed in as " \
-               "charlie@example.com." in page
+        assert (
+            "This invitation was sent to dana@example.com, but you are signed in as "
+            "charlie@example.com." in page
+        )
     alice_invitation.refresh_from_db()
     assert alice_invitation.accepted_at is None
     assert not alice_invitation.account.memberships.filter(user__email="charlie@example.com")
 
 
-@pytest.mark.parametrize(("email", "error"), [
-    ("not-an-email", "Enter a valid email address."),
-    ("", "Enter the address to invite."),
-    ("BOB@example.com", "bob@example.com is already a member of this account."),
-    ("dana@example.com", "dana@example.com already has a pending invitation."),
-])
+@pytest.mark.parametrize(
+    ("email", "error"),
+    [
+        ("not-an-email", "Enter a valid email address."),
+        ("", "Enter the address to invite."),
+        ("BOB@example.com", "bob@example.com is already a member of this account."),
+        ("dana@example.com", "dana@example.com already has a pending invitation."),
+    ],
+)
 def test_bad_invitations_are_refused(alice_client, bob, on_pro, alice_invitation, email, error):
     response = invite(alice_client, email=email)
     assert error in response.content.decode()
@@ -126,21 +143,25 @@ def test_withdraw_invitation(alice_client, alice_invitation):
 
 
 def test_change_role(alice_client, alice_account, bob):
-    response = alice_client.post(reverse("member-role"),
-                                 {"email": "bob@example.com", "role": "admin"}, follow=True)
+    response = alice_client.post(
+        reverse("member-role"), {"email": "bob@example.com", "role": "admin"}, follow=True
+    )
     assert "bob@example.com is now admin." in messages_of(response)
     assert roles(alice_account)["bob@example.com"] == "admin"
-    assert AuditEvent.objects.filter(action="role_changed",
-                                     target="bob@example.com: member → admin").exists()
+    assert AuditEvent.objects.filter(
+        action="role_changed", target="bob@example.com: member → admin"
+    ).exists()
 
 
 def test_last_owner_can_neither_step_down_nor_be_removed(alice_client, alice_account, bob):
     before = roles(alice_account)
-    response = alice_client.post(reverse("member-role"),
-                                 {"email": "alice@example.com", "role": "member"}, follow=True)
+    response = alice_client.post(
+        reverse("member-role"), {"email": "alice@example.com", "role": "member"}, follow=True
+    )
     assert "An account needs at least one owner" in " ".join(messages_of(response))
-    response = alice_client.post(reverse("member-remove"), {"email": "alice@example.com"},
-                                 follow=True)
+    response = alice_client.post(
+        reverse("member-remove"), {"email": "alice@example.com"}, follow=True
+    )
     assert "An account needs at least one owner" in " ".join(messages_of(response))
     assert roles(alice_account) == before
 
@@ -150,16 +171,18 @@ def test_remove_member_after_confirmation(alice_client, alice_account, bob, alic
     assert "Remove bob@example.com from Alice&#x27;s workspace?" in confirm.content.decode()
     assert "bob@example.com" in roles(alice_account)
 
-    response = alice_client.post(reverse("member-remove"), {"email": "bob@example.com"},
-                                 follow=True)
+    response = alice_client.post(
+        reverse("member-remove"), {"email": "bob@example.com"}, follow=True
+    )
     assert "bob@example.com was removed from Alice's workspace." in messages_of(response)
     assert "bob@example.com" not in roles(alice_account)
     assert AuditEvent.objects.filter(action="member_removed", target="bob@example.com").exists()
 
     alice_client.force_login(bob)  # bob has lost access to the account's projects
-    assert alice_client.get(
-        reverse("project-detail", args=[alice_project.public_id])
-    ).status_code == 404
+    assert (
+        alice_client.get(reverse("project-detail", args=[alice_project.public_id])).status_code
+        == 404
+    )
 
 
 def test_second_owner_lets_the_first_leave(alice_client, alice, alice_account, bob):

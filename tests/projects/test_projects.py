@@ -21,8 +21,7 @@ def settings_url(project, action="project-detail"):
 
 
 def test_create_project_then_settings_page(alice_client, alice_account):
-    response = alice_client.post(reverse("project-list"), {"name": "  Support bot  "},
-                                 follow=True)
+    response = alice_client.post(reverse("project-list"), {"name": "  Support bot  "}, follow=True)
     project = Project.objects.get(account=alice_account)
     assert project.name == "Support bot"
     assert project.public_id.startswith("prj_")
@@ -46,11 +45,14 @@ def test_free_plan_refuses_a_second_project_naming_the_limit(alice_client, alice
     assert Project.objects.count() == 1
 
 
-@pytest.mark.parametrize(("name", "error"), [
-    ("", "Give the project a name."),
-    ("   ", "Give the project a name."),
-    ("chatbot", "Another project is already named “chatbot”."),
-])
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("", "Give the project a name."),
+        ("   ", "Give the project a name."),
+        ("chatbot", "Another project is already named “chatbot”."),
+    ],
+)
 def test_bad_project_names_are_refused(alice_client, alice_account, alice_project, name, error):
     from projects.limits import set_plan
 
@@ -69,40 +71,52 @@ def test_rename(alice_client, alice_account, alice_project):
     alice_project.refresh_from_db()
     assert alice_project.name == "Chatbot"
 
-    response = alice_client.post(settings_url(other, "project-rename"), {"name": "Renamed"},
-                                 follow=True)
+    response = alice_client.post(
+        settings_url(other, "project-rename"), {"name": "Renamed"}, follow=True
+    )
     other.refresh_from_db()
     assert other.name == "Renamed"
     assert "Project renamed to “Renamed”." in messages_of(response)
 
 
 def test_upstream_and_retry_policy(alice_client, alice_project):
-    data = {"upstream_base_url": "http://127.0.0.1:8080/v1/", "max_attempts": "3",
-            "attempt_timeout_seconds": "20", "deadline_seconds": "120", "zero_retention": "on"}
-    response = alice_client.post(settings_url(alice_project, "project-upstream"), data,
-                                 follow=True)
+    data = {
+        "upstream_base_url": "http://127.0.0.1:8080/v1/",
+        "max_attempts": "3",
+        "attempt_timeout_seconds": "20",
+        "deadline_seconds": "120",
+        "zero_retention": "on",
+    }
+    response = alice_client.post(settings_url(alice_project, "project-upstream"), data, follow=True)
     assert "Upstream and retry policy saved." in messages_of(response)
     alice_project.refresh_from_db()
     assert alice_project.upstream_base_url == "http://127.0.0.1:8080/v1"
-    assert (alice_project.max_attempts, alice_project.attempt_timeout_seconds,
-            alice_project.deadline_seconds, alice_project.zero_retention) == (3, 20, 120, True)
+    assert (
+        alice_project.max_attempts,
+        alice_project.attempt_timeout_seconds,
+        alice_project.deadline_seconds,
+        alice_project.zero_retention,
+    ) == (3, 20, 120, True)
     assert AuditEvent.objects.filter(action="upstream_changed").exists()
 
 
-@pytest.mark.parametrize(("changes", "error"), [
-    ({"upstream_base_url": "not a url"}, "Enter a full base URL"),
-    ({"upstream_base_url": "ftp://example.com/v1"}, "Enter a full base URL"),
-    ({"upstream_base_url": "https://user:pw@example.com/v1"}, "must not contain credentials"),
-    ({"upstream_base_url": "http://api.example.com/v1"}, "must use https"),
-    ({"upstream_base_url": "https://127.0.0.1/v1"}, "private, loopback or link-local"),
-    ({"upstream_base_url": "https://10.1.2.3/v1"}, "private, loopback or link-local"),
-    ({"upstream_base_url": "https://169.254.169.254/v1"}, "private, loopback or link-local"),
-    ({"upstream_base_url": "https://[::1]/v1"}, "private, loopback or link-local"),
-    ({"max_attempts": "4"}, "Your plan allows at most 3 attempts."),
-    ({"max_attempts": "0"}, "greater than or equal to 1"),
-    ({"attempt_timeout_seconds": "0"}, "greater than or equal to 1"),
-    ({"attempt_timeout_seconds": "60", "deadline_seconds": "30"}, "at least one attempt"),
-])
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"upstream_base_url": "not a url"}, "Enter a full base URL"),
+        ({"upstream_base_url": "ftp://example.com/v1"}, "Enter a full base URL"),
+        ({"upstream_base_url": "https://user:pw@example.com/v1"}, "must not contain credentials"),
+        ({"upstream_base_url": "http://api.example.com/v1"}, "must use https"),
+        ({"upstream_base_url": "https://127.0.0.1/v1"}, "private, loopback or link-local"),
+        ({"upstream_base_url": "https://10.1.2.3/v1"}, "private, loopback or link-local"),
+        ({"upstream_base_url": "https://169.254.169.254/v1"}, "private, loopback or link-local"),
+        ({"upstream_base_url": "https://[::1]/v1"}, "private, loopback or link-local"),
+        ({"max_attempts": "4"}, "Your plan allows at most 3 attempts."),
+        ({"max_attempts": "0"}, "greater than or equal to 1"),
+        ({"attempt_timeout_seconds": "0"}, "greater than or equal to 1"),
+        ({"attempt_timeout_seconds": "60", "deadline_seconds": "30"}, "at least one attempt"),
+    ],
+)
 def test_bad_upstream_settings_are_refused(alice_client, alice_project, settings, changes, error):
     settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
     before = Project.objects.values().get(pk=alice_project.pk)
@@ -129,16 +143,20 @@ def test_provider_key_set_replace_remove(alice_client, alice, alice_account):
     project.refresh_from_db()
     assert not project.has_provider_key and project.provider_key_last4 == ""
     assert "No provider key yet" in response.content.decode()
-    actions = list(AuditEvent.objects.filter(account=alice_account, target=project.public_id)
-                   .order_by("created_at").values_list("action", flat=True))
+    actions = list(
+        AuditEvent.objects.filter(account=alice_account, target=project.public_id)
+        .order_by("created_at")
+        .values_list("action", flat=True)
+    )
     assert actions == ["provider_key_set", "provider_key_changed", "provider_key_removed"]
 
 
 @pytest.mark.parametrize("bad_key", ["", "short", "sk-has a space in it"])
 def test_bad_provider_key_is_refused(alice_client, alice_project, bad_key):
     before = bytes(Project.objects.get(pk=alice_project.pk).provider_key_encrypted)
-    response = alice_client.post(settings_url(alice_project, "provider-key-set"),
-                                 {"provider_key": bad_key})
+    response = alice_client.post(
+        settings_url(alice_project, "provider-key-set"), {"provider_key": bad_key}
+    )
     page = response.content.decode()
     assert "Paste the provider" in page or "does not look like a provider API key" in page
     alice_project.refresh_from_db()
@@ -148,8 +166,10 @@ def test_bad_provider_key_is_refused(alice_client, alice_project, bad_key):
 
 def test_provider_key_column_holds_no_plaintext(alice_project):
     with connection.cursor() as cursor:
-        cursor.execute("SELECT provider_key_encrypted, provider_key_last4 FROM projects_project "
-                       "WHERE id = %s", [alice_project.pk])
+        cursor.execute(
+            "SELECT provider_key_encrypted, provider_key_last4 FROM projects_project WHERE id = %s",
+            [alice_project.pk],
+        )
         ciphertext, last4 = cursor.fetchone()
     assert PROVIDER_KEY.encode() not in bytes(ciphertext)
     assert PROVIDER_KEY[:-4].encode() not in bytes(ciphertext)

@@ -28,4 +28,6 @@ def test_rotation_lets_the_old_key_leave_the_ring(settings):
 
     settings.REQRUN_ENCRYPTION_KEYS = [new]
     for number, project in enumerate(projects):
-        assert provider_key_of(Project.objects.get(pk=project.pk)) == f"sk-provider-key-{number:04d}"
+        assert (
+            provider_key_of(Project.objects.get(pk=project.pk)) == f"sk-provider-key-{number:04d}"
+        )

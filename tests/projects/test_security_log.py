@@ -10,9 +10,10 @@ pytestmark = pytest.mark.django_db
 
 
 def test_owner_sees_who_did_what_from_where(alice_client, alice_key, charlie):
-    alice_client.post(reverse("api-key-revoke", args=[alice_key.project.public_id,
-                                                      alice_key.public_id]),
-                      REMOTE_ADDR="203.0.113.7")
+    alice_client.post(
+        reverse("api-key-revoke", args=[alice_key.project.public_id, alice_key.public_id]),
+        REMOTE_ADDR="203.0.113.7",
+    )
     response = alice_client.get(reverse("security-log"))
     assert response.status_code == 200
     page = response.content.decode()

@@ -11,8 +11,13 @@ from projects.urls import urlpatterns as project_urls
 
 pytestmark = pytest.mark.django_db
 
-UPSTREAM = {"upstream_base_url": "http://127.0.0.1:9/v1", "max_attempts": "2",
-            "attempt_timeout_seconds": "30", "deadline_seconds": "60", "zero_retention": "on"}
+UPSTREAM = {
+    "upstream_base_url": "http://127.0.0.1:9/v1",
+    "max_attempts": "2",
+    "attempt_timeout_seconds": "30",
+    "deadline_seconds": "60",
+    "zero_retention": "on",
+}
 
 # Every URL that names one of alice's objects, with what a request to it carries.
 OBJECT_REQUESTS = [
@@ -34,24 +39,36 @@ OBJECT_REQUESTS = [
     ("switch-account", "post", {}),
 ]
 # URLs about "the current account" (always one of the user's own) or carrying a token.
-ACCOUNT_LEVEL = {"dashboard", "project-list", "member-list", "member-invite", "account",
-                 "security-log", "invitation-accept"}
+ACCOUNT_LEVEL = {
+    "dashboard",
+    "project-list",
+    "member-list",
+    "member-invite",
+    "account",
+    "security-log",
+    "invitation-accept",
+}
 MANAGE_REQUESTS = [
     ("project-list", "post", {"name": "Second"}),
-    *[case for case in OBJECT_REQUESTS
-      if case[1] == "post" and case[0] not in ("switch-account",)],
+    *[case for case in OBJECT_REQUESTS if case[1] == "post" and case[0] not in ("switch-account",)],
     ("member-invite", "post", {"email": "eve@example.com", "role": "admin"}),
 ]
 READ_PAGES = {  # page: something of alice's account it shows
-    "dashboard": "Chatbot", "project-list": "Chatbot", "project-detail": "…7f3a",
-    "api-key-list": "production", "member-list": "alice@example.com",
+    "dashboard": "Chatbot",
+    "project-list": "Chatbot",
+    "project-detail": "…7f3a",
+    "api-key-list": "production",
+    "member-list": "alice@example.com",
     "account": "Alice&#x27;s workspace",
 }
 
 
 def url_of(name, project, api_key, invitation, account):
-    kwargs = {"project_id": project.public_id, "key_id": api_key.public_id,
-              "invitation_id": invitation.public_id}
+    kwargs = {
+        "project_id": project.public_id,
+        "key_id": api_key.public_id,
+        "invitation_id": invitation.public_id,
+    }
     pattern = next(p for p in [*project_urls, *account_urls] if p.name == name)
     needed = pattern.pattern.converters.keys()
     return reverse(name, kwargs={key: kwargs[key] for key in needed})
@@ -64,15 +81,34 @@ def send(client, method, url, data):
 def snapshot(account):
     """Everything a refused request must leave as it was."""
     return {
-        "projects": list(Project.objects.filter(account=account).order_by("pk").values_list(
-            "public_id", "name", "upstream_base_url", "provider_key_encrypted",
-            "provider_key_last4", "max_attempts", "zero_retention")),
-        "keys": list(ApiKey.objects.filter(project__account=account).order_by("pk")
-                     .values_list("public_id", "name", "revoked_at")),
-        "members": list(Membership.objects.filter(account=account).order_by("pk")
-                        .values_list("user__email", "role")),
-        "invitations": list(Invitation.objects.filter(account=account).order_by("pk")
-                            .values_list("email", "accepted_at", "revoked_at")),
+        "projects": list(
+            Project.objects.filter(account=account)
+            .order_by("pk")
+            .values_list(
+                "public_id",
+                "name",
+                "upstream_base_url",
+                "provider_key_encrypted",
+                "provider_key_last4",
+                "max_attempts",
+                "zero_retention",
+            )
+        ),
+        "keys": list(
+            ApiKey.objects.filter(project__account=account)
+            .order_by("pk")
+            .values_list("public_id", "name", "revoked_at")
+        ),
+        "members": list(
+            Membership.objects.filter(account=account)
+            .order_by("pk")
+            .values_list("user__email", "role")
+        ),
+        "invitations": list(
+            Invitation.objects.filter(account=account)
+            .order_by("pk")
+            .values_list("email", "accepted_at", "revoked_at")
+        ),
         "audit": AuditEvent.objects.filter(account=account).exclude(action="sign_in").count(),
     }
 
@@ -127,8 +163,9 @@ def test_member_cannot_manage_and_nothing_changes(bob_client, alice_objects, nam
     assert snapshot(account) == before
 
 
-@pytest.mark.parametrize("name", ["project-delete", "api-key-revoke", "member-remove",
-                                  "security-log"])
+@pytest.mark.parametrize(
+    "name", ["project-delete", "api-key-revoke", "member-remove", "security-log"]
+)
 def test_member_does_not_get_manage_pages(bob_client, alice_objects, name):
     response = bob_client.get(url_of(name, *alice_objects), {"email": "bob@example.com"})
     assert response.status_code == 403
@@ -146,18 +183,21 @@ def test_member_pages_hide_manage_controls(bob_client, alice_objects):
 def test_admin_manages_projects_but_not_members(bob_client, bob, alice_objects):
     project, api_key, invitation, account = alice_objects
     Membership.objects.filter(user=bob).update(role=Membership.Role.ADMIN)
-    response = bob_client.post(reverse("project-rename", args=[project.public_id]),
-                               {"name": "Renamed by an admin"})
+    response = bob_client.post(
+        reverse("project-rename", args=[project.public_id]), {"name": "Renamed by an admin"}
+    )
     assert response.status_code == 302
     project.refresh_from_db()
     assert project.name == "Renamed by an admin"
 
     before = snapshot(account)
-    response = bob_client.post(reverse("member-invite"), {"email": "eve@example.com",
-                                                          "role": "owner"})
+    response = bob_client.post(
+        reverse("member-invite"), {"email": "eve@example.com", "role": "owner"}
+    )
     assert response.status_code == 403
-    response = bob_client.post(reverse("member-role"), {"email": "bob@example.com",
-                                                        "role": "owner"})
+    response = bob_client.post(
+        reverse("member-role"), {"email": "bob@example.com", "role": "owner"}
+    )
     assert response.status_code == 403
     assert bob_client.get(reverse("security-log")).status_code == 403
     assert snapshot(account) == before

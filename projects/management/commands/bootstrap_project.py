@@ -22,18 +22,26 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--email", required=True)
-        parser.add_argument("--upstream-url", required=True,
-                            help="Base URL as the OpenAI SDK takes it, e.g. https://api.openai.com/v1")
+        parser.add_argument(
+            "--upstream-url",
+            required=True,
+            help="Base URL as the OpenAI SDK takes it, e.g. https://api.openai.com/v1",
+        )
         parser.add_argument("--upstream-key", required=True, help="The provider API key.")
-        parser.add_argument("--plan", choices=PLAN_CODES,
-                            help="Put the account on this plan (default: keep it; new: free).")
+        parser.add_argument(
+            "--plan",
+            choices=PLAN_CODES,
+            help="Put the account on this plan (default: keep it; new: free).",
+        )
         parser.add_argument("--password", help="Set this password so the user can sign in.")
 
     def handle(self, *args, **options):
         try:
             result = bootstrap_project(
-                email=options["email"], upstream_url=options["upstream_url"],
-                upstream_key=options["upstream_key"], plan_code=options["plan"],
+                email=options["email"],
+                upstream_url=options["upstream_url"],
+                upstream_key=options["upstream_key"],
+                plan_code=options["plan"],
                 password=options["password"],
             )
         except LimitReached as error:
@@ -42,8 +50,12 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         except Plan.DoesNotExist as error:
             raise CommandError(f"There is no {options['plan']!r} plan; run migrate.") from error
-        self.stdout.write(json.dumps({
-            "account": result.account.public_id,
-            "project": result.project.public_id,
-            "api_key": result.api_key,
-        }))
+        self.stdout.write(
+            json.dumps(
+                {
+                    "account": result.account.public_id,
+                    "project": result.project.public_id,
+                    "api_key": result.api_key,
+                }
+            )
+        )
