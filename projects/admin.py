@@ -7,7 +7,15 @@ from django.contrib import admin
 from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.models import Account
-from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
+from projects.models import (
+    LIMIT_FIELDS,
+    AccountPlan,
+    ApiKey,
+    Invitation,
+    MonthlyUsage,
+    Plan,
+    Project,
+)
 from projects.services import revoke_api_key, suspend_project, unsuspend_project
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 
@@ -37,18 +45,7 @@ class AccountPlanInline(admin.StackedInline):
     extra = 0
     min_num = 0
     max_num = 1
-    fields = [
-        "plan",
-        "projects",
-        "api_keys_per_project",
-        "monthly_requests",
-        "retention_days",
-        "pending_requests",
-        "concurrency",
-        "requests_per_minute",
-        "max_attempts",
-        "members",
-    ]
+    fields = ["plan", *LIMIT_FIELDS]
 
 
 # Account's admin lives in accounts, which cannot know about plans; add the plan inline here.
@@ -196,15 +193,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "last_used_at",
         "revoked_at",
     ]
-    readonly_fields = [
-        "public_id",
-        key_prefix,
-        "project",
-        "created_by",
-        "created_at",
-        "last_used_at",
-        "revoked_at",
-    ]
+    readonly_fields = [field for field in fields if field != "name"]  # revoke with the action
     actions = ["revoke_selected"]
 
     def has_add_permission(self, request):

@@ -32,7 +32,7 @@ class ServiceForm(forms.Form):
 
 
 class NameForm(ServiceForm):
-    noun = "project"
+    noun: str  # what is being named, for the "required" message
     name = forms.CharField(max_length=80)
 
     def __init__(self, *args, **kwargs):
