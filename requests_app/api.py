@@ -13,7 +13,7 @@ from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from rest_framework import status
 from rest_framework.response import Response
 
@@ -33,7 +33,9 @@ from requests_app.errors import (
 from requests_app.models import Request, Status
 from requests_app.notifications import hub
 from requests_app.serializers import request_object
+from requests_app.streaming import error_event, mark_client_gone, read_entries
 
+STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 DEFAULT_WAIT_SECONDS = 300
 MAX_WAIT_SECONDS = 600
 MAX_POLL_WAIT_SECONDS = 60
@@ -138,6 +140,76 @@ async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -
             completion_hub.unregister(public_id, future)
 
 
+def stream_broken_event(record: Request) -> bytes:
+    error = record.error or {}
+    return error_event(error.get("message") or "The stream ended before the answer was complete.",
+                       error.get("code") or "stream_interrupted")
+
+
+async def client_went_away(record: Request) -> None:
+    """Tokens are money: tell the worker to abandon the upstream call, cancel what is queued."""
+    try:
+        await asyncio.shield(mark_client_gone(record.public_id))
+        await asyncio.shield(in_thread(services.cancel_request)(request=record))
+    except Exception:  # noqa: S110 - best effort while the connection is already gone
+        pass
+
+
+async def relay_chunks(record: Request, entries):
+    """Yield the upstream's bytes until a clean end; on a break, an error event and no [DONE]."""
+    try:
+        async for entry in entries:
+            kind = entry["kind"]
+            if kind == b"chunk":
+                yield entry["data"]
+            elif kind == b"end":
+                return
+            elif kind in (b"error", b"final", b"idle"):
+                current = await in_thread(load_request)(record.pk)
+                if kind == b"idle" and not current.is_terminal:
+                    continue
+                if current.status != Status.SUCCEEDED:
+                    yield stream_broken_event(current)
+                return
+    except asyncio.CancelledError:
+        await client_went_away(record)
+        raise
+
+
+async def relay_stream(record: Request, wait_seconds: int):
+    """Hold until the worker starts streaming, then relay; before that it is a normal wait."""
+    entries = read_entries(record.public_id)
+    deadline = asyncio.get_running_loop().time() + wait_seconds
+    start = None
+    try:
+        async for entry in entries:
+            if entry["kind"] == b"start":
+                start = entry
+                break
+            if entry["kind"] == b"final":
+                break
+            current = await in_thread(load_request)(record.pk)
+            if current.is_terminal:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                return await in_thread(accepted_response)(current)
+    except asyncio.CancelledError:
+        await client_went_away(record)
+        raise
+    if start is None:
+        return await in_thread(final_response)(await in_thread(load_request)(record.pk))
+    response = StreamingHttpResponse(relay_chunks(record, entries), status=int(start["status"]),
+                                     content_type="text/event-stream")
+    for name, value in json.loads(start["headers"]).items():
+        response[name] = value
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["ReqRun-Request-Id"] = record.public_id
+    response["ReqRun-Attempts"] = str(
+        await in_thread(lambda: Request.objects.get(pk=record.pk).attempt_count)())
+    return response
+
+
 def parse_wait_budget(request) -> int:
     if "respond-async" in request.META.get("HTTP_PREFER", ""):
         return 0
@@ -198,9 +270,14 @@ class ProxyView(V1View):
         payload = parse_body(body)
         wait_seconds = parse_wait_budget(request)
         if payload.get("stream"):
-            raise InvalidRequest(
-                "Streaming (stream: true) is not supported yet; send the request without it.",
-                param="stream", code="stream_not_supported")
+            if self.endpoint not in STREAMING_ENDPOINTS:
+                raise InvalidRequest(f"{self.endpoint} does not support stream: true.",
+                                     param="stream", code="stream_not_supported")
+            if wait_seconds == 0:
+                raise InvalidRequest(
+                    "stream: true cannot be combined with async mode (Prefer: respond-async "
+                    "or ReqRun-Wait: 0). Drop one of them.", param="stream",
+                    code="stream_with_async")
         idempotency_key = parse_idempotency_key(request)
         if provider_key_of(api_key.project) is None:
             raise InvalidRequest(
@@ -217,6 +294,8 @@ class ProxyView(V1View):
             raise BodyTooLarge(
                 f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes.")
         outcome, record, wait_seconds = await in_thread(self.accept)(request, request.body)
+        if record.stream and outcome != "replayed":
+            return await relay_stream(record, wait_seconds)
         if outcome == "replayed":
             response = await in_thread(final_response)(record)
             response["Idempotent-Replayed"] = "true"

@@ -9,7 +9,6 @@ the sweeper.
 
 import logging
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
@@ -24,7 +23,10 @@ from projects.upstream_guard import UpstreamNotAllowed
 from requests_app import retry_policy, upstream
 from requests_app.models import Attempt, Request, Status
 from requests_app.notifications import publish_finished
-from requests_app.usage import usage_from_body
+from requests_app.outcomes import AttemptResult
+from requests_app.stream_attempt import stream_attempt
+from requests_app.streaming import announce_final
+from requests_app.usage import usage_from_body, usage_from_event_stream
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +34,10 @@ INLINE_BACKOFF_MAX_SECONDS = 2.0
 RESPONSE_RETENTION = timedelta(hours=24)
 
 
-@dataclass
-class AttemptResult:
-    outcome: str
-    status_code: int | None = None
-    error_code: str | None = None
-    retry_after_ms: int | None = None
-    response: upstream.UpstreamResponse | None = None
-
-
-def lease_grace() -> timedelta:
-    return timedelta(seconds=settings.REQRUN_LEASE_GRACE_SECONDS)
+def lease_for(request: Request) -> timedelta:
+    """How long a claim lasts: the attempt timeout plus a grace for slow bookkeeping."""
+    return timedelta(seconds=request.project.attempt_timeout_seconds
+                     + settings.REQRUN_LEASE_GRACE_SECONDS)
 
 
 def claim_request(request_pk: int) -> tuple[Request, int] | None:
@@ -63,9 +58,9 @@ def claim_request(request_pk: int) -> tuple[Request, int] | None:
     request = Request.objects.select_related("project").filter(pk=request_pk).first()
     if request is None:
         return None
-    lease = timedelta(seconds=request.project.attempt_timeout_seconds) + lease_grace()
     claimed = due.update(
-        status=Status.RUNNING, attempt_count=F("attempt_count") + 1, lease_until=now + lease,
+        status=Status.RUNNING, attempt_count=F("attempt_count") + 1,
+        lease_until=now + lease_for(request),
         started_at=Coalesce("started_at", now), next_attempt_at=None,
     )
     if not claimed:
@@ -78,7 +73,7 @@ def perform_attempt(request: Request, number: int) -> AttemptResult:
     """Call the upstream once and record the attempt row; never raises for upstream faults."""
     attempt = Attempt.objects.create(request=request, number=number, started_at=timezone.now())
     started = time.monotonic()
-    result = _call_upstream(request)
+    result = _call_upstream(request, number)
     attempt.finished_at = timezone.now()
     attempt.latency_ms = int((time.monotonic() - started) * 1000)
     attempt.outcome = result.outcome
@@ -93,10 +88,14 @@ def perform_attempt(request: Request, number: int) -> AttemptResult:
     return result
 
 
-def _call_upstream(request: Request) -> AttemptResult:
+def _call_upstream(request: Request, number: int) -> AttemptResult:
     provider_key = provider_key_of(request.project)
     if provider_key is None:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
+    if request.stream:
+        return stream_attempt(request=request, number=number, provider_key=provider_key,
+                              body=encryption.decrypt(request.request_body),
+                              lease=lease_for(request))
     try:
         response = upstream.call(
             method="POST",
@@ -127,15 +126,21 @@ def _call_upstream(request: Request) -> AttemptResult:
     )
 
 
-def _response_fields(response: upstream.UpstreamResponse | None) -> dict:
+def _response_fields(response: upstream.UpstreamResponse | None, *, stream: bool) -> dict:
     if response is None:
         return {}
+    if response.status_code >= 300:
+        usage = None
+    elif stream:
+        usage = usage_from_event_stream(response.body)
+    else:
+        usage = usage_from_body(response.body)
     return {
         "response_status_code": response.status_code,
         "response_headers": response.headers,
         "response_body": encryption.encrypt(response.body),
         "response_expires_at": timezone.now() + RESPONSE_RETENTION,
-        "usage": usage_from_body(response.body) if response.status_code < 300 else None,
+        "usage": usage,
     }
 
 
@@ -158,8 +163,16 @@ def finish_attempt(request: Request, number: int, result: AttemptResult) -> floa
     """Write the attempt's consequence, fenced on its number; return a short wait to retry in."""
     now = timezone.now()
     fenced = Request.objects.filter(pk=request.pk, attempt_count=number, status=Status.RUNNING)
-    response_fields = _response_fields(result.response)
+    response_fields = _response_fields(result.response, stream=request.stream)
     retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
+    if result.client_gone:
+        return _finish(fenced, request, Status.CANCELED, response_fields,
+                       partial=result.stream_started)
+    if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
+        return _finish(fenced, request, Status.FAILED, response_fields, partial=True, error={
+            "message": "The upstream's stream broke off after it had started; the answer "
+                       "is incomplete.",
+            "type": "upstream_error", "param": None, "code": result.error_code})
     if retryable and number < request.max_attempts:
         delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
         next_at = now + timedelta(seconds=delay)
@@ -176,10 +189,14 @@ def finish_attempt(request: Request, number: int, result: AttemptResult) -> floa
     error = None
     if not response_fields:
         error = _no_response_error(result, expired=status == Status.EXPIRED)
-    if fenced.update(status=status, finished_at=now, lease_until=None, request_body=None,
-                     error=error, **response_fields):
+    return _finish(fenced, request, status, response_fields, error=error)
+
+
+def _finish(fenced, request: Request, status: str, response_fields: dict, *,
+            error: dict | None = None, partial: bool = False) -> None:
+    if fenced.update(status=status, finished_at=timezone.now(), lease_until=None,
+                     request_body=None, error=error, partial=partial, **response_fields):
         _announce(request.pk)
-    return None
 
 
 def cancel_if_requested(request: Request) -> None:
@@ -192,10 +209,13 @@ def cancel_if_requested(request: Request) -> None:
 
 
 def _announce(request_pk: int) -> None:
-    public_id = Request.objects.filter(pk=request_pk).values_list("public_id", flat=True).first()
-    if public_id:
+    row = Request.objects.filter(pk=request_pk).values_list("public_id", "stream").first()
+    if row:
+        public_id, stream = row
         logger.info("request finished", extra={"request_id": public_id})
         publish_finished(public_id)
+        if stream:
+            announce_final(public_id)
 
 
 def execute_request(request_pk: int) -> None:

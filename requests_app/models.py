@@ -57,6 +57,8 @@ class Request(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    # Set when a streamed answer's first bytes left for the client: no retry after this.
+    first_byte_at = models.DateTimeField(null=True, blank=True)
 
     response_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     response_headers = models.JSONField(null=True, blank=True)

@@ -23,3 +23,22 @@ def normalise_usage(usage) -> dict | None:
     if total is None:
         total = (prompt or 0) + (completion or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def usage_from_event_stream(body: bytes) -> dict | None:
+    """The usage in a relayed SSE stream: chat's usage chunk or `response.completed`."""
+    usage = None
+    for line in body.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        if event.get("usage"):
+            usage = event["usage"]
+        elif event.get("type") == "response.completed":
+            usage = (event.get("response") or {}).get("usage") or usage
+    return normalise_usage(usage)

@@ -129,7 +129,8 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
     [
         ({"content": b"{not json"}, 400, "invalid_json"),
         ({"content": b"[1, 2]"}, 400, "invalid_body"),
-        ({"json": {**CHAT, "stream": True}}, 400, "stream_not_supported"),
+        ({"json": {"model": "e", "input": "x", "stream": True}, "path": "/v1/embeddings"},
+         400, "stream_not_supported"),
         ({"json": CHAT, "headers": {"Idempotency-Key": "x" * 256}}, 400,
          "invalid_idempotency_key"),
         ({"json": CHAT, "headers": {"ReqRun-Wait": "601"}}, 400, "invalid_wait"),
