@@ -97,7 +97,7 @@ def run_processes(env: dict[str, str]) -> int:
     """Run every Procfile process in its own process group; stop all when one ends or on ^C."""
     children: dict[str, subprocess.Popen] = {}
     for name, command in read_procfile().items():
-        children[name] = subprocess.Popen(
+        children[name] = subprocess.Popen(  # noqa: S602 - Procfile lines are shell commands
             command, shell=True, env=env, cwd=ROOT, start_new_session=True
         )
         say(f"{name} started (pid {children[name].pid}): {command}")

@@ -179,8 +179,9 @@ X_FRAME_OPTIONS = "DENY"
 REQRUN_ENCRYPTION_KEYS = env.list("REQRUN_ENCRYPTION_KEYS", default=[])
 if not REQRUN_ENCRYPTION_KEYS:
     raise ImproperlyConfigured(
-        "REQRUN_ENCRYPTION_KEYS is not set: give one or more Fernet keys, primary first "
-        '(python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())").'
+        "REQRUN_ENCRYPTION_KEYS is not set: give one or more Fernet keys, primary first. "
+        "Make one with: python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())'"
     )
 REQRUN_ALLOW_PRIVATE_UPSTREAMS = env.bool("REQRUN_ALLOW_PRIVATE_UPSTREAMS", default=False)
 REQRUN_DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"

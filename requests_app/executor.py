@@ -8,6 +8,7 @@ the sweeper.
 """
 
 import logging
+import random
 import time
 from datetime import timedelta
 
@@ -17,10 +18,12 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.models import Account
 from projects import encryption
+from projects.limits import limits_for
 from projects.services import provider_key_of
 from projects.upstream_guard import UpstreamNotAllowed
-from requests_app import retry_policy, upstream
+from requests_app import concurrency, retry_policy, upstream
 from requests_app.models import Attempt, Request, Status
 from requests_app.notifications import publish_finished
 from requests_app.outcomes import AttemptResult
@@ -31,6 +34,7 @@ from requests_app.usage import usage_from_body, usage_from_event_stream
 logger = logging.getLogger(__name__)
 
 INLINE_BACKOFF_MAX_SECONDS = 2.0
+CAPACITY_RETRY_SECONDS = 1.0
 RESPONSE_RETENTION = timedelta(hours=24)
 
 
@@ -218,12 +222,44 @@ def _announce(request_pk: int) -> None:
             announce_final(public_id)
 
 
+def defer_for_capacity(request_pk: int) -> None:
+    """No free slot for this account: leave it queued and try again shortly, via the sweeper."""
+    delay = timedelta(seconds=CAPACITY_RETRY_SECONDS * (0.5 + random.random()))
+    Request.objects.filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()),
+        pk=request_pk, status__in=[Status.QUEUED, Status.RETRYING],
+    ).update(next_attempt_at=timezone.now() + delay)
+
+
 def execute_request(request_pk: int) -> None:
-    """Run attempts until the request finishes or waits longer than a worker should hold it."""
-    while claim := claim_request(request_pk):
-        request, number = claim
-        result = perform_attempt(request, number)
-        delay = finish_attempt(request, number, result)
+    """Run attempts until the request finishes or waits longer than a worker should hold it.
+
+    Each attempt first takes one of the account's concurrency slots; without one the
+    request goes back to wait, so one tenant's backlog never holds a worker.
+    """
+    while True:
+        row = Request.objects.filter(pk=request_pk).select_related("project").first()
+        if row is None or row.is_terminal:
+            return
+        lease = lease_for(row).total_seconds()
+        limit = limits_for_account_id(row.account_id).concurrency
+        if not concurrency.acquire(account_id=row.account_id, request_pk=request_pk,
+                                   limit=limit, lease_seconds=lease):
+            defer_for_capacity(request_pk)
+            return
+        try:
+            claim = claim_request(request_pk)
+            if claim is None:
+                return
+            request, number = claim
+            result = perform_attempt(request, number)
+            delay = finish_attempt(request, number, result)
+        finally:
+            concurrency.release(account_id=row.account_id, request_pk=request_pk)
         if delay is None:
             return
         time.sleep(delay)
+
+
+def limits_for_account_id(account_id: int):
+    return limits_for(Account(pk=account_id))

@@ -40,8 +40,10 @@ class Request(models.Model):
 
     # Shown to the client; `idempotency_slot` holds the key only while it is remembered
     # (24 h) and carries the uniqueness constraint.
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
-    idempotency_slot = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    # NULL, not "", means "no key": the API shows null and the partial unique index skips it.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    idempotency_slot = models.CharField(  # noqa: DJ001
+        max_length=255, null=True, blank=True, editable=False)
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -108,7 +110,7 @@ class Attempt(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)
     status_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    error_code = models.CharField(max_length=64, null=True, blank=True)
+    error_code = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001 - API null
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     retry_after_ms = models.PositiveIntegerField(null=True, blank=True)
 

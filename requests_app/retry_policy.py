@@ -18,7 +18,9 @@ def is_insufficient_quota(body: bytes) -> bool:
         error = json.loads(body).get("error") or {}
     except (ValueError, AttributeError):
         return False
-    return isinstance(error, dict) and "insufficient_quota" in (error.get("code"), error.get("type"))
+    if not isinstance(error, dict):
+        return False
+    return "insufficient_quota" in (error.get("code"), error.get("type"))
 
 
 def is_retryable_status(status_code: int, body: bytes) -> bool:

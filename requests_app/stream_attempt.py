@@ -12,7 +12,7 @@ from datetime import timedelta
 import httpx
 from django.utils import timezone
 
-from requests_app import retry_policy, upstream
+from requests_app import concurrency, retry_policy, upstream
 from requests_app.models import Attempt, Request, Status
 from requests_app.outcomes import AttemptResult
 from requests_app.streaming import StreamPublisher
@@ -48,6 +48,8 @@ class StreamRelay:
         Request.objects.filter(
             pk=self.request.pk, attempt_count=self.number, status=Status.RUNNING
         ).update(lease_until=timezone.now() + self.lease)
+        concurrency.renew(account_id=self.request.account_id, request_pk=self.request.pk,
+                          lease_seconds=self.lease.total_seconds())
 
     def _start(self, response: httpx.Response) -> None:
         self.publisher.start(response.status_code, upstream.forwarded_headers(response.headers))

@@ -61,12 +61,13 @@ def sweep() -> SweepReport:
     now = timezone.now()
     report = SweepReport(recovered=recover_expired_leases(now))
     stale_dispatch = now - REDISPATCH_AFTER
+    waiting = Q(status__in=[Status.QUEUED, Status.RETRYING])
     due = Request.objects.filter(
-        Q(status=Status.RETRYING, next_attempt_at__lte=now)
+        waiting & Q(next_attempt_at__lte=now)
         & (Q(dispatched_at__lt=F("next_attempt_at")) | Q(dispatched_at__lt=stale_dispatch)
            | Q(dispatched_at__isnull=True))
-        | Q(status=Status.QUEUED, dispatched_at__lt=stale_dispatch)
-    ).values_list("pk", flat=True)[:BATCH_SIZE]
+        | waiting & Q(next_attempt_at__isnull=True, dispatched_at__lt=stale_dispatch)
+    ).order_by("next_attempt_at").values_list("pk", flat=True)[:BATCH_SIZE]
     report.dispatched = _dispatch(list(due))
     if report.dispatched or report.recovered:
         logger.info("sweep", extra={"dispatched": report.dispatched,

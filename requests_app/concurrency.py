@@ -1,0 +1,49 @@
+"""Per-account limits on concurrent upstream calls, shared by every worker through Redis.
+
+Each running attempt holds a slot: a member of the account's sorted set, scored by when
+its lease runs out. Expired slots (a worker died) are dropped on the next acquire, so a
+dead worker's capacity comes back by itself. Work that finds no free slot is not refused:
+it is put back with a short delay and picked up again by the sweeper.
+"""
+
+import time
+
+from django.core.cache import cache
+
+SLOT_KEY_TTL_SECONDS = 3600
+
+ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
+
+
+def _redis():
+    return cache._cache.get_client(write=True)
+
+
+def _key(account_id: int) -> str:
+    return f"reqrun:slots:{account_id}"
+
+
+def acquire(*, account_id: int, request_pk: int, limit: int, lease_seconds: float) -> bool:
+    now = time.time()
+    return bool(_redis().eval(ACQUIRE, 1, _key(account_id), now, limit, request_pk,
+                              now + lease_seconds, SLOT_KEY_TTL_SECONDS))
+
+
+def renew(*, account_id: int, request_pk: int, lease_seconds: float) -> None:
+    _redis().zadd(_key(account_id), {str(request_pk): time.time() + lease_seconds}, xx=True)
+
+
+def release(*, account_id: int, request_pk: int) -> None:
+    _redis().zrem(_key(account_id), str(request_pk))
+
+
+def in_use(account_id: int) -> int:
+    return _redis().zcount(_key(account_id), time.time(), "+inf")
