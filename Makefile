@@ -27,5 +27,13 @@ check: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m devstack check
 	$(MAKE) test
 
+# Not a test: starts a throw-away stack, measures it against direct upstream calls, prints a
+# table and writes bench/results/<time>.json. `make bench BENCH_ARGS="--quick"` for a smoke run.
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .data
+
+chaos: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m tests.chaos $(CHAOS_ARGS)
