@@ -20,8 +20,8 @@ from rest_framework.response import Response
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.services import provider_key_of
-from requests_app import ratelimit, selectors, services, upstream
-from requests_app.authentication import api_key_from_header
+from requests_app import ratelimit, retention, selectors, services, upstream
+from requests_app.authentication import api_key_from_request
 from requests_app.errors import (
     BodyTooLarge,
     Conflict,
@@ -64,7 +64,7 @@ class V1View(APIView):
     rate_state: ratelimit.RateLimitState | None = None
 
     def authenticate_and_peek(self, request) -> ApiKey:
-        api_key = api_key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
+        api_key = api_key_from_request(request.META)
         self.rate_state = ratelimit.peek(
             project_id=api_key.project_id,
             limit=limits_for(api_key.project.account).requests_per_minute,
@@ -91,7 +91,13 @@ def final_response(request: Request) -> HttpResponse:
             response[name] = value
     else:
         error = request.error or {}
-        if request.status == Status.CANCELED:
+        if request.status == Status.SUCCEEDED or (request.response_status_code and not error):
+            error = {"message": "The response is no longer kept (zero retention or older than "
+                                "24 hours); the request's status and usage remain available.",
+                     "type": "invalid_request_error", "param": None,
+                     "code": "response_not_retained"}
+            status_code = status.HTTP_410_GONE
+        elif request.status == Status.CANCELED:
             error = {"message": "The request was canceled before it finished.",
                      "type": "invalid_request_error", "param": None, "code": "request_canceled"}
             status_code = status.HTTP_409_CONFLICT
@@ -103,6 +109,13 @@ def final_response(request: Request) -> HttpResponse:
                                 content_type="application/json")
     response["ReqRun-Request-Id"] = request.public_id
     response["ReqRun-Attempts"] = str(request.attempt_count)
+    return response
+
+
+def deliver_final_response(request: Request) -> HttpResponse:
+    """The final answer for a waiting caller; with zero retention no copy is kept after it."""
+    response = final_response(request)
+    retention.forget_delivered_response(request)
     return response
 
 
@@ -255,7 +268,7 @@ class ProxyView(V1View):
     endpoint = ""
 
     def accept(self, request, body: bytes):
-        api_key = api_key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
+        api_key = api_key_from_request(request.META)
         limits = limits_for(api_key.project.account)
         self.rate_state = ratelimit.hit(project_id=api_key.project_id,
                                         limit=limits.requests_per_minute)
@@ -303,7 +316,7 @@ class ProxyView(V1View):
         if wait_seconds and not record.is_terminal:
             record = await wait_until_finished(record.pk, record.public_id, wait_seconds)
         if record.is_terminal:
-            return await in_thread(final_response)(record)
+            return await in_thread(deliver_final_response)(record)
         return await in_thread(accepted_response)(record)
 
 
@@ -370,7 +383,14 @@ class RequestDetailView(V1View):
                 param="wait")
         if int(raw_wait) and not record.is_terminal:
             record = await wait_until_finished(record.pk, record.public_id, int(raw_wait))
-        return Response(await in_thread(request_object)(record))
+        return Response(await in_thread(self.serialise_once)(record))
+
+    @staticmethod
+    def serialise_once(record: Request) -> dict:
+        """Zero retention keeps an async result only until it has been fetched once."""
+        body = request_object(record)
+        retention.forget_delivered_response(record)
+        return body
 
 
 class RequestCancelView(V1View):

@@ -1,10 +1,17 @@
 """Bearer ReqRun keys for /v1: who is calling, and may their account and project call now."""
 
+from django.core.cache import cache
 from rest_framework.authentication import BaseAuthentication
 
 from projects.models import ApiKey
-from projects.services import authenticate_api_key
-from requests_app.errors import InvalidApiKey, Suspended
+from projects.services import authenticate_api_key, parse_api_key
+from requests_app.errors import InvalidApiKey, RateLimited, Suspended
+
+# Repeated bad keys from one address, or against one key prefix, are refused for a while:
+# guessing is slowed down without touching callers whose keys work.
+AUTH_FAILURE_WINDOW_SECONDS = 300
+MAX_AUTH_FAILURES_PER_IP = 30
+MAX_AUTH_FAILURES_PER_PREFIX = 10
 
 INVALID_KEY_MESSAGE = (
     "Incorrect API key provided. Use a ReqRun key (rr_…) from your project's API keys page "
@@ -30,11 +37,37 @@ def api_key_from_header(authorization: str) -> ApiKey:
     return api_key
 
 
+def _failure_keys(meta) -> list[tuple[str, int]]:
+    keys = [(f"authfail:ip:{meta.get('REMOTE_ADDR', '')}", MAX_AUTH_FAILURES_PER_IP)]
+    parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
+    if parsed:
+        keys.append((f"authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
+    return keys
+
+
+def api_key_from_request(meta) -> ApiKey:
+    """Authenticate a /v1 call, refusing for a while after repeated failures."""
+    counters = _failure_keys(meta)
+    current = cache.get_many([key for key, _ in counters])
+    if any(current.get(key, 0) >= limit for key, limit in counters):
+        raise RateLimited(
+            "Too many requests with an invalid API key. Check the key and retry later.",
+            code="too_many_auth_failures",
+            headers={"Retry-After": str(AUTH_FAILURE_WINDOW_SECONDS)})
+    try:
+        return api_key_from_header(meta.get("HTTP_AUTHORIZATION", ""))
+    except InvalidApiKey:
+        for key, _ in counters:
+            cache.add(key, 0, timeout=AUTH_FAILURE_WINDOW_SECONDS)
+            cache.incr(key)
+        raise
+
+
 class ApiKeyAuthentication(BaseAuthentication):
     """DRF authentication: `request.auth` is the ApiKey; `request.user` stays anonymous."""
 
     def authenticate(self, request):
-        return None, api_key_from_header(request.META.get("HTTP_AUTHORIZATION", ""))
+        return None, api_key_from_request(request.META)
 
     def authenticate_header(self, request):
         return 'Bearer realm="reqrun"'

@@ -1,0 +1,16 @@
+"""Run the retention purge by hand (beat runs it every few minutes)."""
+
+from django.core.management.base import BaseCommand
+
+from requests_app.retention import purge_expired_data
+
+
+class Command(BaseCommand):
+    help = "Drop response bodies older than 24 h and request records past the plan's retention."
+
+    def handle(self, *args, **options):
+        report = purge_expired_data()
+        self.stdout.write(
+            f"Dropped {report.response_bodies} response body(ies) and deleted "
+            f"{report.records} request record(s) past their retention window."
+        )

@@ -1,0 +1,76 @@
+"""Keeping data only as long as promised (PRODUCT §8).
+
+- request bodies: dropped when the request ends (the executor does it);
+- response bodies: kept 24 h after the end for replay and status, then dropped;
+  with zero retention, dropped once delivered (wait mode) or first fetched (async);
+- request and attempt records: kept for the plan's retention window, then deleted.
+Everything runs in small batches so no statement holds locks for long.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Account
+from projects.limits import limits_for
+from requests_app.models import TERMINAL_STATUSES, Request
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 1000
+
+
+@dataclass
+class PurgeReport:
+    response_bodies: int = 0
+    records: int = 0
+
+
+def purge_expired_response_bodies(now=None) -> int:
+    now = now or timezone.now()
+    purged = 0
+    while True:
+        pks = list(
+            Request.objects.filter(response_expires_at__lt=now, response_body__isnull=False)
+            .values_list("pk", flat=True)[:BATCH_SIZE]
+        )
+        if not pks:
+            return purged
+        purged += Request.objects.filter(pk__in=pks).update(response_body=None)
+
+
+def purge_expired_records(account: Account, now=None) -> int:
+    """Delete this account's finished requests (and their attempts) past its retention window."""
+    cutoff = (now or timezone.now()) - timedelta(days=limits_for(account).retention_days)
+    deleted = 0
+    while True:
+        pks = list(
+            Request.objects.filter(account=account, created_at__lt=cutoff,
+                                   status__in=TERMINAL_STATUSES)
+            .values_list("pk", flat=True)[:BATCH_SIZE]
+        )
+        if not pks:
+            return deleted
+        with transaction.atomic():
+            count, _ = Request.objects.filter(pk__in=pks, status__in=TERMINAL_STATUSES).delete()
+        deleted += len(pks) if count else 0
+
+
+def purge_expired_data(now=None) -> PurgeReport:
+    report = PurgeReport(response_bodies=purge_expired_response_bodies(now))
+    for account in Account.objects.filter(
+        pk__in=Request.objects.values("account_id").distinct()
+    ).iterator():
+        report.records += purge_expired_records(account, now)
+    logger.info("retention purge", extra={"response_bodies": report.response_bodies,
+                                          "records": report.records})
+    return report
+
+
+def forget_delivered_response(request: Request) -> None:
+    """Zero retention: once the answer has reached the client, keep no copy of it."""
+    if request.project.zero_retention and request.is_terminal:
+        Request.objects.filter(pk=request.pk).update(response_body=None)

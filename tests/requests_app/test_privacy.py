@@ -1,0 +1,160 @@
+"""Retention, zero retention, auth throttling, security headers and the upstream guard."""
+
+import socket
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from projects import encryption
+from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
+from requests_app.executor import execute_request
+from requests_app.models import Request
+from requests_app.retention import purge_expired_data
+from tests.factories import AccountPlanFactory, RequestFactory
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}
+
+
+@pytest.mark.django_db
+def test_purge_keeps_records_inside_the_window_and_deletes_those_past_it():
+    now = timezone.now()
+    inside = RequestFactory(status="succeeded")
+    AccountPlanFactory(account=inside.account)  # Free: 3-day retention
+    past = RequestFactory(status="succeeded", project=inside.project)
+    running = RequestFactory(status="running", project=inside.project)
+    window = timedelta(days=3)
+    Request.objects.filter(pk=inside.pk).update(created_at=now - window + timedelta(minutes=1))
+    Request.objects.filter(pk__in=[past.pk, running.pk]).update(
+        created_at=now - window - timedelta(minutes=1))
+
+    report = purge_expired_data(now)
+
+    assert report.records == 1
+    assert set(Request.objects.values_list("pk", flat=True)) == {inside.pk, running.pk}
+
+
+@pytest.mark.django_db
+def test_response_bodies_are_dropped_24_hours_after_the_end():
+    now = timezone.now()
+    kept = RequestFactory(status="succeeded", response_body=encryption.encrypt(b"{}"),
+                          response_expires_at=now + timedelta(minutes=1))
+    dropped = RequestFactory(status="succeeded", response_body=encryption.encrypt(b"{}"),
+                             response_expires_at=now - timedelta(minutes=1))
+
+    assert purge_expired_data(now).response_bodies == 1
+    kept.refresh_from_db()
+    dropped.refresh_from_db()
+    assert kept.response_body is not None
+    assert dropped.response_body is None
+    assert dropped.status == "succeeded"  # the record itself stays
+
+
+def test_zero_retention_keeps_no_response_after_delivery(tenant, live_api):
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    auth = {"Authorization": f"Bearer {tenant.raw_key}"}
+
+    waited = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT, headers=auth,
+                        timeout=30)
+    assert waited.status_code == 200
+    assert waited.json()["choices"]
+    record = Request.objects.get(public_id=waited.headers["reqrun-request-id"])
+    assert record.response_body is None
+    assert record.usage is not None  # metadata stays
+
+    queued = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT,
+                        headers={**auth, "Prefer": "respond-async"}).json()
+    first = httpx.get(f"{live_api.url}/v1/requests/{queued['id']}?wait=20", headers=auth,
+                      timeout=30).json()
+    assert first["response"]["status_code"] == 200  # async: kept until fetched once
+    second = httpx.get(f"{live_api.url}/v1/requests/{queued['id']}", headers=auth).json()
+    assert second["response"] is None
+
+
+def test_repeated_bad_keys_are_throttled_per_key_prefix(tenant, live_api):
+    prefix = tenant.raw_key.split("_")[1]
+    bad = {"Authorization": f"Bearer rr_{prefix}_{'0' * 48}"}
+    statuses = [httpx.get(f"{live_api.url}/v1/usage", headers=bad).status_code
+                for _ in range(11)]
+    assert statuses[:10] == [401] * 10
+    assert statuses[10] == 429
+    refused = httpx.get(f"{live_api.url}/v1/usage", headers=bad)
+    assert refused.json()["error"]["code"] == "too_many_auth_failures"
+    assert int(refused.headers["retry-after"]) > 0
+
+
+def test_security_headers_on_pages(client, settings):
+    settings.SECURE_HSTS_SECONDS = 31536000
+    response = client.get("/", secure=True)
+    assert response["Strict-Transport-Security"].startswith("max-age=31536000")
+    policy = response["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "script-src 'self' https://cdn.paddle.com" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "strict-origin-when-cross-origin"
+    assert response["X-Frame-Options"] == "DENY"
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/v1", "https://10.1.2.3/v1", "https://169.254.169.254/v1",
+    "https://[::1]/v1", "https://localhost/v1", "http://api.openai.com/v1",
+    "https://user:pass@api.example.com/v1",
+])
+def test_private_or_plain_upstreams_are_refused(settings, url):
+    settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
+    with pytest.raises(UpstreamNotAllowed):
+        validate_upstream_url(url)
+
+
+def test_a_dns_name_resolving_to_a_private_address_is_refused(settings):
+    settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
+    assert socket.gethostbyname("localhost").startswith("127.")
+    with pytest.raises(UpstreamNotAllowed, match="private"):
+        validate_upstream_url("https://localhost:8443/v1")
+
+
+def test_the_guard_holds_at_connect_time(tenant, settings, fake_upstream):
+    """A project saved while private upstreams were allowed cannot reach one once they are not."""
+    settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
+    record = RequestFactory(project=tenant.project, account=tenant.account,
+                            request_body=encryption.encrypt(b'{"model": "gpt-test"}'))
+
+    execute_request(record.pk)
+
+    record.refresh_from_db()
+    assert record.status == "failed"
+    assert record.attempts.get().error_code == "upstream_not_allowed"
+    assert fake_upstream.count() == 0
+
+
+def test_upstream_redirects_are_not_followed(tenant, live_api, fake_upstream):
+    fake_upstream.script("redirect-me", ["302"])
+    response = httpx.post(f"{live_api.url}/v1/chat/completions",
+                          json={**CHAT, "model": "redirect-me"},
+                          headers={"Authorization": f"Bearer {tenant.raw_key}"}, timeout=30)
+    assert response.status_code == 302
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_no_plaintext_secret_or_body_in_any_table(tenant, live_api):
+    sentinel = f"SENTINEL-{uuid.uuid4()}"
+    auth = {"Authorization": f"Bearer {tenant.raw_key}"}
+    httpx.post(f"{live_api.url}/v1/chat/completions", timeout=30, headers=auth,
+               json={"model": "gpt-test", "messages": [{"role": "user", "content": sentinel}]})
+    httpx.post(f"{live_api.url}/v1/chat/completions", headers={**auth, "Prefer":
+               "respond-async"}, json={"model": "script:503ra30",
+                                        "messages": [{"role": "user", "content": sentinel}]})
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        tables = [row[0] for row in cursor.fetchall()]
+        for table in tables:
+            cursor.execute(f'SELECT * FROM "{table}"')  # noqa: S608 - our own table names
+            dump = repr(cursor.fetchall())
+            for secret in (sentinel, tenant.raw_key, "sk-test-provider-key-1234"):
+                assert secret not in dump, f"{secret[:12]}… found in {table}"
