@@ -5,7 +5,9 @@
         foreground; Ctrl-C stops them all and the servers it started.
 `test`  starts a throw-away PostgreSQL + Redis pair, runs pytest against it, removes it.
 `env`   starts the ./.data/ servers and prints `export` lines, for running the Procfile
-        processes one by one in other terminals.
+        processes one by one in other terminals; `stop` stops them.
+`check` verifies migrations are up to date and `check --deploy` passes with production-like
+        settings.
 """
 
 from __future__ import annotations
@@ -167,6 +169,35 @@ def command_stop() -> int:
     return 0
 
 
+def production_like_env() -> dict[str, str]:
+    """Settings as a real deployment would have them, for `check --deploy`."""
+    return {
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(64),
+        "REQRUN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "ALLOWED_HOSTS": "reqrun.example.com",
+        "CSRF_TRUSTED_ORIGINS": "https://reqrun.example.com",
+        "EMAIL_URL": "smtp+tls://mailer:secret@smtp.example.com:587",
+        "SECURE_SSL_REDIRECT": "true",
+    }
+
+
+def command_check() -> int:
+    """Migrations up to date and a deployment check without warnings."""
+    directory = Path(tempfile.mkdtemp(prefix="reqrun-check-"))
+    try:
+        with ExitStack() as stack:
+            env = {**os.environ, **development_env()}
+            env.update(start_servers(stack, directory, free_port(), free_port()))
+            manage(env, "makemigrations", "--check", "--dry-run")
+            manage({**env, **production_like_env()}, "check", "--deploy", "--fail-level",
+                   "WARNING")
+        say("migrations and deployment checks passed")
+        return 0
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def command_test(pytest_args: list[str]) -> int:
     directory = Path(tempfile.mkdtemp(prefix="reqrun-test-"))
     try:
@@ -194,6 +225,8 @@ def main(argv: list[str]) -> int:
             return command_env()
         if command == "stop":
             return command_stop()
+        if command == "check":
+            return command_check()
     except ServerError as error:
         say(str(error))
         return 2

@@ -5,16 +5,11 @@ thread. Each view does its database work in one hop to a thread pool (`in_thread
 authentication included — rather than through DRF's per-step hops.
 """
 
-import asyncio
 import json
-from functools import wraps
 
 from adrf.views import APIView
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
-from django.http import HttpResponse, StreamingHttpResponse
-from rest_framework import status
+from django.http import HttpResponse
 from rest_framework.response import Response
 
 from projects.limits import limits_for
@@ -30,30 +25,22 @@ from requests_app.errors import (
     UpstreamError,
     envelope,
 )
-from requests_app.models import Request, Status
-from requests_app.notifications import hub
+from requests_app.models import Request
+from requests_app.responses import (
+    accepted_response,
+    deliver_final_response,
+    final_response,
+    in_thread,
+    load_request,
+    wait_until_finished,
+)
 from requests_app.serializers import request_object
-from requests_app.streaming import error_event, mark_client_gone, read_entries
+from requests_app.stream_relay import relay_stream
 
 STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 DEFAULT_WAIT_SECONDS = 300
 MAX_WAIT_SECONDS = 600
 MAX_POLL_WAIT_SECONDS = 60
-# While the Redis subscriber is healthy a waiter re-reads the database only this often,
-# as a safety net; while it is down, more often.
-SAFETY_RECHECK_SECONDS = 30.0
-FALLBACK_RECHECK_SECONDS = 1.0
-
-
-def in_thread(function):
-    """Run sync ORM work in a pool thread, with Django's connection hygiene."""
-
-    @wraps(function)
-    def run(*args, **kwargs):
-        close_old_connections()
-        return function(*args, **kwargs)
-
-    return sync_to_async(run, thread_sensitive=False)
 
 
 class V1View(APIView):
@@ -77,151 +64,6 @@ class V1View(APIView):
             for name, value in self.rate_state.headers().items():
                 response[name] = value
         return response
-
-
-def final_response(request: Request) -> HttpResponse:
-    """The upstream's final answer as if the client had called it, or ReqRun's own error."""
-    from projects import encryption
-
-    if request.response_body is not None and request.response_status_code is not None:
-        response = HttpResponse(encryption.decrypt(request.response_body),
-                                status=request.response_status_code,
-                                content_type="application/json")
-        for name, value in (request.response_headers or {}).items():
-            response[name] = value
-    else:
-        error = request.error or {}
-        if request.status == Status.SUCCEEDED or (request.response_status_code and not error):
-            error = {"message": "The response is no longer kept (zero retention or older than "
-                                "24 hours); the request's status and usage remain available.",
-                     "type": "invalid_request_error", "param": None,
-                     "code": "response_not_retained"}
-            status_code = status.HTTP_410_GONE
-        elif request.status == Status.CANCELED:
-            error = {"message": "The request was canceled before it finished.",
-                     "type": "invalid_request_error", "param": None, "code": "request_canceled"}
-            status_code = status.HTTP_409_CONFLICT
-        elif error.get("code") in ("timeout", "deadline_exceeded"):
-            status_code = status.HTTP_504_GATEWAY_TIMEOUT
-        else:
-            status_code = UpstreamError.status_code
-        response = HttpResponse(json.dumps({"error": error}), status=status_code,
-                                content_type="application/json")
-    response["ReqRun-Request-Id"] = request.public_id
-    response["ReqRun-Attempts"] = str(request.attempt_count)
-    return response
-
-
-def deliver_final_response(request: Request) -> HttpResponse:
-    """The final answer for a waiting caller; with zero retention no copy is kept after it."""
-    response = final_response(request)
-    retention.forget_delivered_response(request)
-    return response
-
-
-def accepted_response(request: Request) -> Response:
-    response = Response(request_object(request), status=status.HTTP_202_ACCEPTED)
-    response["Location"] = f"/v1/requests/{request.public_id}"
-    response["ReqRun-Request-Id"] = request.public_id
-    response["ReqRun-Attempts"] = str(request.attempt_count)
-    return response
-
-
-def load_request(pk: int) -> Request:
-    return Request.objects.select_related("project").prefetch_related("attempts").get(pk=pk)
-
-
-async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -> Request:
-    """Wait for a terminal state: woken by Redis, re-reading the database only as a fallback."""
-    completion_hub = await hub()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while True:
-        future = completion_hub.register(public_id)  # before reading: no notice is missed
-        try:
-            request = await in_thread(load_request)(request_pk)
-            remaining = deadline - loop.time()
-            if request.is_terminal or remaining <= 0:
-                return request
-            recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else (
-                FALLBACK_RECHECK_SECONDS)
-            try:
-                await asyncio.wait_for(future, min(remaining, recheck))
-            except TimeoutError:
-                pass
-        finally:
-            completion_hub.unregister(public_id, future)
-
-
-def stream_broken_event(record: Request) -> bytes:
-    error = record.error or {}
-    return error_event(error.get("message") or "The stream ended before the answer was complete.",
-                       error.get("code") or "stream_interrupted")
-
-
-async def client_went_away(record: Request) -> None:
-    """Tokens are money: tell the worker to abandon the upstream call, cancel what is queued."""
-    try:
-        await asyncio.shield(mark_client_gone(record.public_id))
-        await asyncio.shield(in_thread(services.cancel_request)(request=record))
-    except Exception:  # noqa: S110 - best effort while the connection is already gone
-        pass
-
-
-async def relay_chunks(record: Request, entries):
-    """Yield the upstream's bytes until a clean end; on a break, an error event and no [DONE]."""
-    try:
-        async for entry in entries:
-            kind = entry["kind"]
-            if kind == b"chunk":
-                yield entry["data"]
-            elif kind == b"end":
-                return
-            elif kind in (b"error", b"final", b"idle"):
-                current = await in_thread(load_request)(record.pk)
-                if kind == b"idle" and not current.is_terminal:
-                    continue
-                if current.status != Status.SUCCEEDED:
-                    yield stream_broken_event(current)
-                return
-    except asyncio.CancelledError:
-        await client_went_away(record)
-        raise
-
-
-async def relay_stream(record: Request, wait_seconds: int):
-    """Hold until the worker starts streaming, then relay; before that it is a normal wait."""
-    entries = read_entries(record.public_id)
-    deadline = asyncio.get_running_loop().time() + wait_seconds
-    start = None
-    try:
-        async for entry in entries:
-            if entry["kind"] == b"start":
-                start = entry
-                break
-            if entry["kind"] == b"final":
-                break
-            current = await in_thread(load_request)(record.pk)
-            if current.is_terminal:
-                break
-            if asyncio.get_running_loop().time() > deadline:
-                return await in_thread(accepted_response)(current)
-    except asyncio.CancelledError:
-        await client_went_away(record)
-        raise
-    if start is None:
-        return await in_thread(final_response)(await in_thread(load_request)(record.pk))
-    response = StreamingHttpResponse(relay_chunks(record, entries), status=int(start["status"]),
-                                     content_type="text/event-stream")
-    for name, value in json.loads(start["headers"]).items():
-        response[name] = value
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    response["ReqRun-Request-Id"] = record.public_id
-    response["ReqRun-Attempts"] = str(
-        await in_thread(lambda: Request.objects.get(pk=record.pk).attempt_count)())
-    return response
-
 
 def parse_wait_budget(request) -> int:
     if "respond-async" in request.META.get("HTTP_PREFER", ""):

@@ -1,0 +1,112 @@
+"""What a caller gets back: the upstream's final answer, a 202, or a wait until one is ready.
+
+Database work runs through `in_thread`: one hop to a thread pool per step, so a waiting
+caller costs a coroutine, not a thread.
+"""
+
+import asyncio
+import json
+from functools import wraps
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+from django.http import HttpResponse
+from rest_framework import status
+from rest_framework.response import Response
+
+from projects import encryption
+from requests_app import retention
+from requests_app.errors import UpstreamError
+from requests_app.models import Request, Status
+from requests_app.notifications import hub
+from requests_app.serializers import request_object
+
+# While the Redis subscriber is healthy a waiter re-reads the database only this often,
+# as a safety net; while it is down, more often.
+SAFETY_RECHECK_SECONDS = 30.0
+FALLBACK_RECHECK_SECONDS = 1.0
+
+
+def in_thread(function):
+    """Run sync ORM work in a pool thread, with Django's connection hygiene."""
+
+    @wraps(function)
+    def run(*args, **kwargs):
+        close_old_connections()
+        return function(*args, **kwargs)
+
+    return sync_to_async(run, thread_sensitive=False)
+
+
+def final_response(request: Request) -> HttpResponse:
+    """The upstream's final answer as if the client had called it, or ReqRun's own error."""
+    if request.response_body is not None and request.response_status_code is not None:
+        response = HttpResponse(encryption.decrypt(request.response_body),
+                                status=request.response_status_code,
+                                content_type="application/json")
+        for name, value in (request.response_headers or {}).items():
+            response[name] = value
+    else:
+        error = request.error or {}
+        if request.status == Status.SUCCEEDED or (request.response_status_code and not error):
+            error = {"message": "The response is no longer kept (zero retention or older than "
+                                "24 hours); the request's status and usage remain available.",
+                     "type": "invalid_request_error", "param": None,
+                     "code": "response_not_retained"}
+            status_code = status.HTTP_410_GONE
+        elif request.status == Status.CANCELED:
+            error = {"message": "The request was canceled before it finished.",
+                     "type": "invalid_request_error", "param": None, "code": "request_canceled"}
+            status_code = status.HTTP_409_CONFLICT
+        elif error.get("code") in ("timeout", "deadline_exceeded"):
+            status_code = status.HTTP_504_GATEWAY_TIMEOUT
+        else:
+            status_code = UpstreamError.status_code
+        response = HttpResponse(json.dumps({"error": error}), status=status_code,
+                                content_type="application/json")
+    response["ReqRun-Request-Id"] = request.public_id
+    response["ReqRun-Attempts"] = str(request.attempt_count)
+    return response
+
+
+def deliver_final_response(request: Request) -> HttpResponse:
+    """The final answer for a waiting caller; with zero retention no copy is kept after it."""
+    response = final_response(request)
+    retention.forget_delivered_response(request)
+    return response
+
+
+def accepted_response(request: Request) -> Response:
+    response = Response(request_object(request), status=status.HTTP_202_ACCEPTED)
+    response["Location"] = f"/v1/requests/{request.public_id}"
+    response["ReqRun-Request-Id"] = request.public_id
+    response["ReqRun-Attempts"] = str(request.attempt_count)
+    return response
+
+
+def load_request(pk: int) -> Request:
+    return Request.objects.select_related("project").prefetch_related("attempts").get(pk=pk)
+
+
+async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -> Request:
+    """Wait for a terminal state: woken by Redis, re-reading the database only as a fallback."""
+    completion_hub = await hub()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        future = completion_hub.register(public_id)  # before reading: no notice is missed
+        try:
+            request = await in_thread(load_request)(request_pk)
+            remaining = deadline - loop.time()
+            if request.is_terminal or remaining <= 0:
+                return request
+            recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else (
+                FALLBACK_RECHECK_SECONDS)
+            try:
+                await asyncio.wait_for(future, min(remaining, recheck))
+            except TimeoutError:
+                pass
+        finally:
+            completion_hub.unregister(public_id, future)
+
+
