@@ -1,0 +1,133 @@
+from django.contrib import admin, messages
+from django.db import transaction
+
+from billing.models import Invoice, Subscription, WebhookEvent
+from billing.tasks import process_webhook_event
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = [
+        "paddle_subscription_id",
+        "account",
+        "status",
+        "plan",
+        "current_period_end",
+        "scheduled_change_action",
+        "updated_at",
+    ]
+    list_filter = ["status", "plan", "scheduled_change_action"]
+    search_fields = [
+        "paddle_subscription_id",
+        "paddle_customer_id",
+        "account__public_id",
+        "account__name",
+    ]
+    list_select_related = ["account", "plan"]
+    # Paddle is the source of truth: change subscriptions there, never here.
+    readonly_fields = [field.name for field in Subscription._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+class ProcessingFilter(admin.SimpleListFilter):
+    title = "processing"
+    parameter_name = "processing"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("failed", "Failed (includes unknown accounts)"),
+            ("no_account", "No matching account"),
+            ("pending", "Not processed yet"),
+            ("done", "Processed"),
+        ]
+
+    def queryset(self, request, queryset):
+        if self.value() == "failed":
+            return queryset.filter(processed_at__isnull=True).exclude(error="")
+        if self.value() == "no_account":
+            return queryset.filter(account__isnull=True)
+        if self.value() == "pending":
+            return queryset.filter(processed_at__isnull=True, error="")
+        if self.value() == "done":
+            return queryset.filter(processed_at__isnull=False)
+        return queryset
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "event_id",
+        "event_type",
+        "occurred_at",
+        "received_at",
+        "processed_at",
+        "account",
+        "outcome",
+        "has_error",
+    ]
+    list_filter = [ProcessingFilter, "event_type"]
+    search_fields = ["event_id", "event_type", "account__public_id"]
+    list_select_related = ["account"]
+    date_hierarchy = "received_at"
+    actions = ["reprocess"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_fields(self, request, obj=None):
+        fields = [
+            "event_id",
+            "event_type",
+            "occurred_at",
+            "received_at",
+            "processed_at",
+            "account",
+            "outcome",
+            "error",
+        ]
+        # Payloads carry customers' names, emails and addresses.
+        return [*fields, "payload"] if request.user.is_superuser else fields
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
+
+    @admin.display(boolean=True, description="error")
+    def has_error(self, event: WebhookEvent) -> bool:
+        return bool(event.error)
+
+    def has_reprocess_permission(self, request) -> bool:
+        return request.user.has_perm("billing.change_webhookevent")
+
+    @admin.action(description="Reprocess selected events", permissions=["reprocess"])
+    def reprocess(self, request, queryset):
+        event_pks = list(queryset.values_list("pk", flat=True))
+        with transaction.atomic():
+            WebhookEvent.objects.filter(pk__in=event_pks).update(
+                processed_at=None, error="", outcome=""
+            )
+            for event_pk in event_pks:
+                transaction.on_commit(lambda pk=event_pk: process_webhook_event.delay(pk))
+        self.message_user(
+            request, f"{len(event_pks)} event(s) queued for processing.", messages.SUCCESS
+        )
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = ["paddle_transaction_id", "invoice_number", "account", "amount", "billed_at"]
+    search_fields = [
+        "paddle_transaction_id",
+        "invoice_number",
+        "paddle_subscription_id",
+        "account__public_id",
+    ]
+    list_select_related = ["account"]
+    readonly_fields = [field.name for field in Invoice._meta.fields]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,131 @@
+"""Paddle's view of an account: subscriptions, the raw webhook events that drive them, invoices."""
+
+from datetime import datetime, timedelta
+
+from django.db import models
+from django.db.models import Q
+
+from accounts.models import Account
+from projects.models import Plan
+
+# A past-due subscription keeps its plan this long while Paddle retries the payment.
+PAST_DUE_GRACE = timedelta(days=14)
+
+
+class Subscription(models.Model):
+    """A Paddle subscription as last reported by a webhook (or by Paddle's answer to our call)."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        TRIALING = "trialing", "Trialing"
+        PAST_DUE = "past_due", "Past due"
+        PAUSED = "paused", "Paused"
+        CANCELED = "canceled", "Canceled"
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="subscriptions")
+    paddle_subscription_id = models.CharField(max_length=64, unique=True)
+    paddle_customer_id = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices)
+    plan = models.ForeignKey(
+        Plan,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Empty when the price id maps to no plan (see PADDLE_PRICES).",
+    )
+    price_id = models.CharField(max_length=64, blank=True)
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    scheduled_change_action = models.CharField(max_length=20, blank=True)
+    scheduled_change_effective_at = models.DateTimeField(null=True, blank=True)
+    past_due_since = models.DateTimeField(null=True, blank=True)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    last_event_occurred_at = models.DateTimeField(
+        null=True, blank=True, help_text="Events that occurred before this change nothing."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.paddle_subscription_id} ({self.status})"
+
+    @property
+    def cancel_scheduled(self) -> bool:
+        return self.scheduled_change_action == "cancel" and self.status != self.Status.CANCELED
+
+    @property
+    def is_live(self) -> bool:
+        """Still billed (possibly with a scheduled cancellation): checkout must not sell another."""
+        return self.status in (self.Status.ACTIVE, self.Status.TRIALING, self.Status.PAST_DUE)
+
+    @property
+    def grace_ends_at(self) -> datetime | None:
+        return self.past_due_since + PAST_DUE_GRACE if self.past_due_since else None
+
+    def grants_access(self, now: datetime) -> bool:
+        """Paid-plan limits apply while active or trialing, and while past due within grace.
+        A scheduled cancellation keeps access: Paddle sends `canceled` when it takes effect."""
+        if self.status in (self.Status.ACTIVE, self.Status.TRIALING):
+            return True
+        return self.status == self.Status.PAST_DUE and (
+            self.grace_ends_at is None or now < self.grace_ends_at
+        )
+
+
+class WebhookEvent(models.Model):
+    """A verified Paddle notification, stored once under Paddle's event id before processing."""
+
+    event_id = models.CharField(max_length=64, unique=True)
+    event_type = models.CharField(max_length=64, db_index=True)
+    occurred_at = models.DateTimeField()
+    payload = models.JSONField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    account = models.ForeignKey(
+        Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-received_at"]
+        indexes = [
+            models.Index(
+                fields=["received_at"],
+                name="webhook_event_unprocessed",
+                condition=Q(processed_at__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"
+
+
+class Invoice(models.Model):
+    """A completed Paddle transaction; the PDF stays at Paddle and is fetched on demand."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="invoices")
+    paddle_transaction_id = models.CharField(max_length=64, unique=True)
+    paddle_subscription_id = models.CharField(max_length=64, blank=True)
+    invoice_number = models.CharField(max_length=64, blank=True)
+    amount_minor = models.BigIntegerField(help_text="Grand total in the currency's minor unit.")
+    currency_code = models.CharField(max_length=3)
+    billed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-billed_at", "-created_at"]
+
+    def __str__(self) -> str:
+        return self.invoice_number or self.paddle_transaction_id
+
+    @property
+    def amount(self) -> str:
+        """`29.00 USD`; Paddle's minor units have no decimals for JPY and KRW."""
+        if self.currency_code in ("JPY", "KRW"):
+            return f"{self.amount_minor} {self.currency_code}"
+        return f"{self.amount_minor / 100:,.2f} {self.currency_code}"

@@ -1,0 +1,250 @@
+"""The Paddle API through the official SDK: configuration, the HTTP session, and the few calls
+ReqRun makes. Every failure comes out as `PaddleError` with a message fit for the customer."""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from django.utils.dateparse import parse_datetime
+from paddle_billing import Client, Environment, Options
+from paddle_billing.Entities.Subscription import Subscription as PaddleSubscription
+from paddle_billing.Entities.Subscriptions import (
+    SubscriptionEffectiveFrom,
+    SubscriptionProrationBillingMode,
+    SubscriptionResumeEffectiveFrom,
+)
+from paddle_billing.Exceptions.ApiError import ApiError
+from paddle_billing.Resources.CustomerPortalSessions.Operations import (
+    CreateCustomerPortalSession,
+)
+from paddle_billing.Resources.Subscriptions.Operations import (
+    CancelSubscription,
+    ResumeSubscription,
+    UpdateSubscription,
+)
+from paddle_billing.Resources.Subscriptions.Operations.Update import SubscriptionUpdateItem
+
+logger = logging.getLogger(__name__)
+
+API_TIMEOUT_SECONDS = 10
+UNREACHABLE = "Paddle could not be reached, so nothing was changed. Please try again in a minute."
+
+
+class PaddleError(Exception):
+    """A Paddle API call failed; the message can be shown to the customer as is."""
+
+
+def environment() -> str:
+    return "production" if settings.PADDLE_ENVIRONMENT == "production" else "sandbox"
+
+
+def is_configured() -> bool:
+    """Checkout, API calls and webhook verification all need their credential."""
+    return bool(
+        settings.PADDLE_API_KEY and settings.PADDLE_CLIENT_TOKEN and settings.PADDLE_WEBHOOK_SECRET
+    )
+
+
+class PaddleSession(requests.Session):
+    """The SDK's HTTP session: auth headers, and `PADDLE_API_BASE_URL` (a stand-in server for
+    tests or staging) in place of the SDK's per-environment base URL when it is set."""
+
+    def __init__(self, *, api_key: str, sdk_base_url: str, base_url: str = ""):
+        super().__init__()
+        self.sdk_base_url = sdk_base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/")
+        self.headers.update(
+            {
+                "Authorization": f"Bearer {api_key}",
+                "Content-Type": "application/json",
+                "Paddle-Version": "1",
+            }
+        )
+
+    def request(self, method, url, *args, **kwargs):
+        if self.base_url and isinstance(url, str) and url.startswith(self.sdk_base_url):
+            url = self.base_url + url[len(self.sdk_base_url) :]
+        return super().request(method, url, *args, **kwargs)
+
+
+def client() -> Client:
+    sdk_environment = Environment(environment())
+    session = PaddleSession(
+        api_key=settings.PADDLE_API_KEY,
+        sdk_base_url=sdk_environment.base_url,
+        base_url=settings.PADDLE_API_BASE_URL,
+    )
+    return Client(
+        settings.PADDLE_API_KEY,
+        options=Options(sdk_environment),
+        http_client=session,
+        timeout=API_TIMEOUT_SECONDS,
+        logger=logging.getLogger("paddle_billing.client"),
+    )
+
+
+@dataclass(frozen=True)
+class SubscriptionState:
+    """The fields ReqRun keeps from a Paddle subscription, from a webhook or an API answer."""
+
+    subscription_id: str
+    customer_id: str
+    status: str
+    price_id: str
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    scheduled_change_action: str
+    scheduled_change_effective_at: datetime | None
+    canceled_at: datetime | None
+
+
+def state_from_entity(entity: PaddleSubscription) -> SubscriptionState:
+    period = entity.current_billing_period
+    change = entity.scheduled_change
+    return SubscriptionState(
+        subscription_id=entity.id,
+        customer_id=entity.customer_id,
+        status=str(entity.status.value),
+        price_id=entity.items[0].price.id if entity.items else "",
+        current_period_start=period.starts_at if period else None,
+        current_period_end=period.ends_at if period else None,
+        scheduled_change_action=str(change.action.value) if change else "",
+        scheduled_change_effective_at=change.effective_at if change else None,
+        canceled_at=entity.canceled_at,
+    )
+
+
+def state_from_payload(data: dict[str, Any]) -> SubscriptionState:
+    """From a webhook's `data` (a subscription entity as JSON); KeyError if it is not one."""
+    period = data.get("current_billing_period") or {}
+    change = data.get("scheduled_change") or {}
+    items = data.get("items") or []
+    return SubscriptionState(
+        subscription_id=str(data["id"]),
+        customer_id=str(data.get("customer_id") or ""),
+        status=str(data["status"]),
+        price_id=str(((items[0] or {}).get("price") or {}).get("id") or "") if items else "",
+        current_period_start=_datetime(period.get("starts_at")),
+        current_period_end=_datetime(period.get("ends_at")),
+        scheduled_change_action=str(change.get("action") or ""),
+        scheduled_change_effective_at=_datetime(change.get("effective_at")),
+        canceled_at=_datetime(data.get("canceled_at")),
+    )
+
+
+def _datetime(value: Any) -> datetime | None:
+    return parse_datetime(value) if isinstance(value, str) and value else None
+
+
+def _call(action: str, operation, *args: Any):
+    """Run one SDK call; turn every way it can fail into a `PaddleError` (logged without body)."""
+    if not is_configured():
+        raise PaddleError("Billing is not configured on this server.")
+    try:
+        return operation(*args)
+    except ApiError as error:
+        status = error.response.status_code if error.response is not None else None
+        logger.warning(
+            "paddle api error",
+            extra={"action": action, "status_code": status, "error_code": error.error_code},
+        )
+        if status is not None and status >= 500:
+            raise PaddleError(UNREACHABLE) from error
+        raise PaddleError(f"Paddle refused to {action}: {error.detail}") from error
+    except requests.HTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        logger.warning("paddle api error", extra={"action": action, "status_code": status})
+        if status is not None and status < 500:
+            raise PaddleError(f"Paddle refused to {action} (HTTP {status}).") from error
+        raise PaddleError(UNREACHABLE) from error
+    except requests.RequestException as error:
+        logger.warning(
+            "paddle api unreachable", extra={"action": action, "error": type(error).__name__}
+        )
+        raise PaddleError(UNREACHABLE) from error
+    except (KeyError, TypeError, ValueError) as error:
+        logger.warning(
+            "paddle api answer not understood",
+            extra={"action": action, "error": type(error).__name__},
+        )
+        raise PaddleError(
+            f"Paddle's answer could not be read, so we could not {action}."
+        ) from error
+
+
+def cancel_at_period_end(*, subscription_id: str) -> SubscriptionState:
+    entity = _call(
+        "cancel the subscription",
+        client().subscriptions.cancel,
+        subscription_id,
+        CancelSubscription(effective_from=SubscriptionEffectiveFrom.NextBillingPeriod),
+    )
+    return state_from_entity(entity)
+
+
+def remove_scheduled_change(*, subscription_id: str) -> SubscriptionState:
+    """Withdraw a scheduled cancellation: Paddle's documented way is `scheduled_change: null`."""
+    entity = _call(
+        "keep the subscription",
+        client().subscriptions.update,
+        subscription_id,
+        UpdateSubscription(scheduled_change=None),
+    )
+    return state_from_entity(entity)
+
+
+def resume_paused(*, subscription_id: str) -> SubscriptionState:
+    entity = _call(
+        "resume the subscription",
+        client().subscriptions.resume,
+        subscription_id,
+        ResumeSubscription(effective_from=SubscriptionResumeEffectiveFrom.Immediately),
+    )
+    return state_from_entity(entity)
+
+
+def change_price(*, subscription_id: str, price_id: str, upgrade: bool) -> SubscriptionState:
+    """Upgrades charge the prorated difference now; downgrades take effect at once with no
+    credit or refund for the rest of the period (the Refund Policy: no prorated refunds)."""
+    mode = (
+        SubscriptionProrationBillingMode.ProratedImmediately
+        if upgrade
+        else SubscriptionProrationBillingMode.DoNotBill
+    )
+    entity = _call(
+        "change the plan",
+        client().subscriptions.update,
+        subscription_id,
+        UpdateSubscription(
+            items=[SubscriptionUpdateItem(price_id=price_id, quantity=1)],
+            proration_billing_mode=mode,
+        ),
+    )
+    return state_from_entity(entity)
+
+
+def customer_portal_url(*, customer_id: str, subscription_id: str) -> str:
+    session = _call(
+        "open the customer portal",
+        client().customer_portal_sessions.create,
+        customer_id,
+        CreateCustomerPortalSession(subscription_ids=[subscription_id]),
+    )
+    return _checked_url(session.urls.general.overview, "open the customer portal")
+
+
+def invoice_pdf_url(*, transaction_id: str) -> str:
+    document = _call("fetch the invoice", client().transactions.get_invoice_pdf, transaction_id)
+    return _checked_url(document.url, "fetch the invoice")
+
+
+def _checked_url(url: str, action: str) -> str:
+    """We redirect the browser there, so only ever to an https URL."""
+    if urlsplit(url or "").scheme != "https":
+        logger.warning("paddle api answer not understood", extra={"action": action})
+        raise PaddleError(f"Paddle's answer could not be read, so we could not {action}.")
+    return url

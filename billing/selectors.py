@@ -1,0 +1,112 @@
+"""Reads for the pricing and billing pages, and for the sweeper."""
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from django.conf import settings
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from accounts.models import Account
+from billing.models import Invoice, Subscription, WebhookEvent
+from projects.limits import current_period_start, limits_for, next_period_start
+from projects.models import MonthlyUsage, Plan
+
+# A stored event still unprocessed after this long lost its task (Redis restart, worker kill).
+LOST_EVENT_AFTER = timedelta(minutes=2)
+
+LIMIT_ROWS = [
+    ("projects", "Projects", ""),
+    ("api_keys_per_project", "API keys per project", ""),
+    ("monthly_requests", "Accepted requests / month", ""),
+    ("retention_days", "Request-record retention", " days"),
+    ("pending_requests", "Pending queue cap", ""),
+    ("concurrency", "Concurrent upstream calls", ""),
+    ("requests_per_minute", "Rate limit (requests / minute)", ""),
+    ("max_attempts", "Max attempts per request", ""),
+    ("members", "Team members", ""),
+]
+
+
+@dataclass(frozen=True)
+class PlanOffer:
+    plan: Plan
+    price_id: str
+
+    @property
+    def price(self) -> str:
+        cents = self.plan.price_cents_monthly
+        if cents is None or not self.plan.self_serve:
+            return "Contact us"
+        return f"${cents // 100:,}" if cents % 100 == 0 else f"${cents / 100:,.2f}"
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    quota: int
+    period_start: date
+    period_end: date
+
+    @property
+    def percent(self) -> int:
+        return min(100, self.used * 100 // self.quota) if self.quota else 100
+
+
+def price_id_for(plan: Plan) -> str:
+    """PADDLE_PRICES (per environment) wins over the id stored on the plan in admin."""
+    return settings.PADDLE_PRICES.get(plan.code) or plan.paddle_price_id
+
+
+def plan_for_price(price_id: str) -> Plan | None:
+    if not price_id:
+        return None
+    for code, configured in settings.PADDLE_PRICES.items():
+        if configured == price_id:
+            return Plan.objects.filter(code=code).first()
+    return Plan.objects.filter(paddle_price_id=price_id).first()
+
+
+def plan_offers() -> list[PlanOffer]:
+    return [PlanOffer(plan=plan, price_id=price_id_for(plan)) for plan in Plan.objects.all()]
+
+
+def limit_table(offers: list[PlanOffer]) -> list[tuple[str, list[str]]]:
+    """Rows of the pricing table: a label and one formatted value per plan."""
+    return [
+        (label, [f"{getattr(offer.plan, field):,}{suffix}" for offer in offers])
+        for field, label, suffix in LIMIT_ROWS
+    ]
+
+
+def current_subscription(account: Account) -> Subscription | None:
+    """The subscription the billing page is about: the newest still billed, else the newest."""
+    subscriptions = account.subscriptions.select_related("plan").order_by("-created_at", "-pk")
+    return next((s for s in subscriptions if s.is_live), None) or subscriptions.first()
+
+
+def invoices_of(account: Account) -> QuerySet[Invoice]:
+    return account.invoices.all()
+
+
+def usage_of(account: Account) -> Usage:
+    period = current_period_start()
+    row = MonthlyUsage.objects.filter(account=account, period_start=period).first()
+    return Usage(
+        used=row.accepted_requests if row else 0,
+        quota=limits_for(account).monthly_requests,
+        period_start=period,
+        period_end=next_period_start(period),
+    )
+
+
+def lost_webhook_event_ids(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Events never processed and never failed (failures wait for an admin's reprocess)."""
+    now = now or timezone.now()
+    return list(
+        WebhookEvent.objects.filter(
+            processed_at__isnull=True, error="", received_at__lt=now - LOST_EVENT_AFTER
+        )
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:limit]
+    )

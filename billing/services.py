@@ -1,0 +1,305 @@
+"""State changes for billing: the plan an account's subscriptions pay for, the owner's actions
+on the billing page (through Paddle's API), usage notices and billing emails."""
+
+import logging
+from datetime import datetime
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import F, Q, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from accounts.models import Account, Membership, User
+from accounts.services import record_audit_event
+from billing import paddle
+from billing.models import PAST_DUE_GRACE, Invoice, Subscription
+from billing.paddle import SubscriptionState
+from billing.selectors import plan_for_price, price_id_for
+from projects.limits import (
+    DEFAULT_PLAN_CODE,
+    current_period_start,
+    next_period_start,
+    plan_state_of,
+    set_plan,
+)
+from projects.models import MonthlyUsage, Plan
+
+logger = logging.getLogger(__name__)
+
+
+class BillingError(Exception):
+    """An action the billing page cannot take; the message says why, nothing was changed."""
+
+
+# ---------- Subscription state and the account's plan ----------
+
+
+def apply_subscription_state(*, subscription: Subscription, state: SubscriptionState) -> None:
+    """Copy Paddle's view onto our row (the caller saves it)."""
+    now = timezone.now()
+    if state.status == Subscription.Status.PAST_DUE:
+        subscription.past_due_since = subscription.past_due_since or now
+    else:
+        subscription.past_due_since = None
+    subscription.status = state.status
+    subscription.paddle_customer_id = state.customer_id or subscription.paddle_customer_id
+    subscription.price_id = state.price_id
+    subscription.plan = plan_for_price(state.price_id)
+    subscription.current_period_start = state.current_period_start
+    subscription.current_period_end = state.current_period_end
+    subscription.scheduled_change_action = state.scheduled_change_action
+    subscription.scheduled_change_effective_at = state.scheduled_change_effective_at
+    subscription.canceled_at = state.canceled_at
+    if subscription.plan is None:
+        logger.warning(
+            "paddle price maps to no plan",
+            extra={"subscription_id": subscription.paddle_subscription_id},
+        )
+
+
+def entitled_plan_code(*, account: Account, now: datetime | None = None) -> str | None:
+    """The best plan among the subscriptions still granting access, Free when none does;
+    None when one of them pays for a price that maps to no plan (then we change nothing)."""
+    now = now or timezone.now()
+    granting = [
+        subscription
+        for subscription in account.subscriptions.select_related("plan")
+        if subscription.grants_access(now)
+    ]
+    if any(subscription.plan is None for subscription in granting):
+        return None
+    if not granting:
+        return DEFAULT_PLAN_CODE
+    return max(granting, key=lambda subscription: subscription.plan.sort_order).plan.code
+
+
+@transaction.atomic
+def sync_account_plan(*, account: Account, actor: User | None = None) -> str:
+    """Put the account on the plan its subscriptions pay for; limits apply at once and existing
+    projects and keys are kept (the downgrade rule). Plans operators assign that cannot be
+    bought (Enterprise) are never changed by billing. Returns the plan code now in force."""
+    Account.objects.select_for_update().filter(pk=account.pk).first()
+    current = plan_state_of(account).plan
+    target = entitled_plan_code(account=account)
+    if not current.self_serve or target is None or target == current.code:
+        return current.code
+    new = set_plan(account=account, plan_code=target).plan
+    record_audit_event(
+        account=account, actor=actor, action="plan_changed", target=f"{current.name} → {new.name}"
+    )
+    logger.info(
+        "plan changed",
+        extra={"account_id": account.public_id, "from_plan": current.code, "to_plan": new.code},
+    )
+    return new.code
+
+
+def enforce_past_due_grace(*, now: datetime | None = None) -> int:
+    """Accounts whose past-due grace ran out fall back to what they still pay for (often Free)."""
+    now = now or timezone.now()
+    account_ids = (
+        Subscription.objects.filter(
+            status=Subscription.Status.PAST_DUE, past_due_since__lt=now - PAST_DUE_GRACE
+        )
+        .values_list("account_id", flat=True)
+        .distinct()
+    )
+    accounts = list(Account.objects.filter(pk__in=account_ids))
+    for account in accounts:
+        sync_account_plan(account=account)
+    return len(accounts)
+
+
+# ---------- The owner's actions (Paddle API first, then our copy) ----------
+
+
+def _record_paddle_answer(
+    *,
+    subscription: Subscription,
+    state: SubscriptionState,
+    actor: User,
+    action: str,
+    ip_address: str | None,
+) -> Subscription:
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
+        apply_subscription_state(subscription=locked, state=state)
+        locked.save()
+        record_audit_event(
+            account=locked.account,
+            actor=actor,
+            action=action,
+            target=locked.paddle_subscription_id,
+            ip_address=ip_address,
+        )
+        sync_account_plan(account=locked.account, actor=actor)
+    return locked
+
+
+def cancel_subscription(
+    *, subscription: Subscription | None, actor: User, ip_address: str | None = None
+) -> Subscription:
+    """Cancel at the end of the billing period: the plan stays until then."""
+    if subscription is None or not subscription.is_live:
+        raise BillingError("There is no active subscription to cancel.")
+    if subscription.cancel_scheduled:
+        raise BillingError("This subscription is already set to end.")
+    state = paddle.cancel_at_period_end(subscription_id=subscription.paddle_subscription_id)
+    return _record_paddle_answer(
+        subscription=subscription,
+        state=state,
+        actor=actor,
+        action="subscription_cancel_scheduled",
+        ip_address=ip_address,
+    )
+
+
+def resume_subscription(
+    *, subscription: Subscription | None, actor: User, ip_address: str | None = None
+) -> Subscription:
+    """Withdraw a scheduled cancellation, or resume a paused subscription."""
+    if subscription is not None and subscription.cancel_scheduled:
+        state = paddle.remove_scheduled_change(subscription_id=subscription.paddle_subscription_id)
+    elif subscription is not None and subscription.status == Subscription.Status.PAUSED:
+        state = paddle.resume_paused(subscription_id=subscription.paddle_subscription_id)
+    else:
+        raise BillingError("There is no cancellation or pause to undo.")
+    return _record_paddle_answer(
+        subscription=subscription,
+        state=state,
+        actor=actor,
+        action="subscription_resumed",
+        ip_address=ip_address,
+    )
+
+
+def change_plan(
+    *,
+    subscription: Subscription | None,
+    plan_code: str,
+    actor: User,
+    ip_address: str | None = None,
+) -> Subscription:
+    """Move a live subscription to another self-serve plan's price."""
+    plan = Plan.objects.filter(code=plan_code, self_serve=True).first()
+    price_id = price_id_for(plan) if plan else ""
+    if plan is None or not price_id:
+        raise BillingError("That plan cannot be bought here.")
+    if subscription is None or not subscription.is_live:
+        raise BillingError("Subscribe from the pricing page first.")
+    if subscription.cancel_scheduled:
+        raise BillingError("Keep your subscription before changing its plan.")
+    if subscription.plan_id == plan.pk:
+        raise BillingError(f"You are already on {plan.name}.")
+    current_order = subscription.plan.sort_order if subscription.plan else -1
+    state = paddle.change_price(
+        subscription_id=subscription.paddle_subscription_id,
+        price_id=price_id,
+        upgrade=plan.sort_order > current_order,
+    )
+    return _record_paddle_answer(
+        subscription=subscription,
+        state=state,
+        actor=actor,
+        action="subscription_plan_changed",
+        ip_address=ip_address,
+    )
+
+
+def customer_portal_url(*, subscription: Subscription | None) -> str:
+    if subscription is None or not subscription.paddle_customer_id:
+        raise BillingError("There is no Paddle customer for this account yet.")
+    return paddle.customer_portal_url(
+        customer_id=subscription.paddle_customer_id,
+        subscription_id=subscription.paddle_subscription_id,
+    )
+
+
+def invoice_pdf_url(*, invoice: Invoice) -> str:
+    return paddle.invoice_pdf_url(transaction_id=invoice.paddle_transaction_id)
+
+
+# ---------- Emails ----------
+
+
+def owner_emails(account: Account) -> list[str]:
+    return list(
+        Membership.objects.filter(account=account, role=Membership.Role.OWNER).values_list(
+            "user__email", flat=True
+        )
+    )
+
+
+def email_owners(*, account: Account, subject: str, template: str, context: dict) -> None:
+    recipients = owner_emails(account)
+    if not recipients:
+        return
+    send_mail(
+        subject=f"[ReqRun] {subject}",
+        message=render_to_string(template, {"account": account, **context}),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=recipients,
+    )
+    logger.info("billing email sent", extra={"account_id": account.public_id, "template": template})
+
+
+def send_usage_notices(*, now: datetime | None = None) -> int:
+    """Email owners at 80 % and 100 % of the monthly quota, once each per period.
+
+    Each notice is claimed with one conditional UPDATE and sent in the same transaction: two
+    scanners never both send it, and a failed send releases the claim for the next scan."""
+    now = now or timezone.now()
+    period = current_period_start(now.date())
+    free_quota = Plan.objects.filter(code=DEFAULT_PLAN_CODE).values("monthly_requests")[:1]
+    rows = (
+        MonthlyUsage.objects.filter(period_start=period)
+        .annotate(
+            quota=Coalesce(
+                "account__plan_state__monthly_requests",
+                "account__plan_state__plan__monthly_requests",
+                Subquery(free_quota),
+            )
+        )
+        .alias(used_percent=F("accepted_requests") * 100)
+        .filter(quota__gt=0)
+        .filter(
+            Q(notified_80_at__isnull=True, used_percent__gte=F("quota") * 80)
+            | Q(notified_100_at__isnull=True, accepted_requests__gte=F("quota"))
+        )
+        .select_related("account")
+    )
+    return sum(_send_usage_notice(row=row, now=now) for row in rows)
+
+
+def _send_usage_notice(*, row: MonthlyUsage, now: datetime) -> int:
+    full = row.accepted_requests >= row.quota
+    with transaction.atomic():
+        if full:
+            # Reaching 100 % straight away also settles the 80 % notice: one email, not two.
+            claimed = MonthlyUsage.objects.filter(pk=row.pk, notified_100_at__isnull=True).update(
+                notified_100_at=now, notified_80_at=Coalesce("notified_80_at", Value(now))
+            )
+        else:
+            claimed = MonthlyUsage.objects.filter(pk=row.pk, notified_80_at__isnull=True).update(
+                notified_80_at=now
+            )
+        if not claimed:
+            return 0
+        email_owners(
+            account=row.account,
+            subject="You have used all of this month's requests"
+            if full
+            else "You have used 80% of this month's requests",
+            template="billing/email/usage_notice.txt",
+            context={
+                "used": row.accepted_requests,
+                "quota": row.quota,
+                "full": full,
+                "percent": min(100, row.accepted_requests * 100 // row.quota),
+                "resets_on": next_period_start(row.period_start),
+            },
+        )
+    return 1

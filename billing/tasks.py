@@ -1,0 +1,24 @@
+"""Celery tasks for billing: thin, ids only; the services hold the logic."""
+
+from celery import shared_task
+
+from billing import services, webhooks
+from billing.selectors import lost_webhook_event_ids
+
+
+@shared_task(time_limit=60, soft_time_limit=50)
+def process_webhook_event(event_pk: int) -> None:
+    webhooks.process_event(event_pk=event_pk)
+
+
+@shared_task(time_limit=300, soft_time_limit=280)
+def send_usage_notices() -> int:
+    return services.send_usage_notices()
+
+
+@shared_task(time_limit=300, soft_time_limit=280)
+def sweep_billing() -> None:
+    """Re-queue stored events whose task the broker lost, and end expired past-due grace."""
+    for event_pk in lost_webhook_event_ids():
+        process_webhook_event.delay(event_pk)
+    services.enforce_past_due_grace()

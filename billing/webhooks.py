@@ -1,0 +1,286 @@
+"""Paddle webhooks: verify the signature, store the raw event once, then (in a worker) apply it.
+
+Intake answers fast and does no billing work; processing is idempotent per event and ignores
+events older than the last one applied to the same subscription."""
+
+import json
+import logging
+import time
+import traceback
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from paddle_billing.Notifications import Secret, Verifier
+from paddle_billing.Notifications.PaddleSignature import PaddleSignature
+
+from accounts.models import Account
+from billing import paddle, services
+from billing.models import Invoice, Subscription, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+# Paddle signs each delivery attempt afresh; it recommends a five-second tolerance.
+SIGNATURE_TOLERANCE_SECONDS = 5
+
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "subscription.created",
+        "subscription.activated",
+        "subscription.updated",
+        "subscription.trialing",
+        "subscription.past_due",
+        "subscription.paused",
+        "subscription.resumed",
+        "subscription.canceled",
+    }
+)
+
+
+class WebhookRejected(Exception):
+    """The delivery is refused with `status_code`; nothing was stored."""
+
+    def __init__(self, status_code: int, reason: str):
+        super().__init__(reason)
+        self.status_code = status_code
+        self.reason = reason
+
+
+class UnknownAccount(Exception):
+    """No ReqRun account matches the event; it stays stored, unprocessed, listed in admin."""
+
+
+# ---------- Intake (web process) ----------
+
+
+def receive(*, request: HttpRequest) -> tuple[WebhookEvent, bool]:
+    """Verify and store one delivery; True when it is new and was queued for processing."""
+    if not paddle.is_configured():
+        raise WebhookRejected(503, "Billing is not configured.")
+    verify_signature(request)
+    envelope = parse_envelope(request.body)
+    with transaction.atomic():
+        event, created = WebhookEvent.objects.get_or_create(
+            event_id=envelope["event_id"], defaults=envelope
+        )
+        if created:
+            from billing.tasks import process_webhook_event  # the task module imports this one
+
+            transaction.on_commit(lambda: process_webhook_event.delay(event.pk))
+    logger.info(
+        "paddle webhook received",
+        extra={
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "duplicate": not created,
+        },
+    )
+    return event, created
+
+
+def verify_signature(request: HttpRequest) -> None:
+    header = request.headers.get("Paddle-Signature", "")
+    try:
+        timestamp, _ = PaddleSignature.parse(header) if header else (None, None)
+    except (ValueError, TypeError):
+        timestamp = None
+    if timestamp is None:
+        raise _rejected(403, "missing or malformed Paddle-Signature")
+    # Checked here as well as in the SDK: the SDK skips its check when TEST_MODE is set.
+    if abs(time.time() - timestamp) > SIGNATURE_TOLERANCE_SECONDS:
+        raise _rejected(403, "signature timestamp outside the tolerance")
+    try:
+        valid = Verifier(maximum_variance=SIGNATURE_TOLERANCE_SECONDS).verify(
+            request, Secret(settings.PADDLE_WEBHOOK_SECRET)
+        )
+    except (ValueError, TypeError, ConnectionRefusedError):
+        valid = False
+    if not valid:
+        raise _rejected(403, "signature does not match")
+
+
+def parse_envelope(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise _rejected(400, "body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise _rejected(400, "body is not a JSON object")
+    event_id, event_type = payload.get("event_id"), payload.get("event_type")
+    occurred_at = payload.get("occurred_at")
+    try:
+        occurred = parse_datetime(occurred_at) if isinstance(occurred_at, str) else None
+    except ValueError:
+        occurred = None
+    if not (
+        isinstance(event_id, str)
+        and 0 < len(event_id) <= 64
+        and isinstance(event_type, str)
+        and 0 < len(event_type) <= 64
+        and isinstance(payload.get("data"), dict)
+        and occurred is not None
+        and timezone.is_aware(occurred)
+    ):
+        raise _rejected(400, "not a Paddle event (event_id, event_type, occurred_at, data)")
+    return {
+        "event_id": event_id,
+        "event_type": event_type,
+        "occurred_at": occurred,
+        "payload": payload,
+    }
+
+
+def _rejected(status_code: int, reason: str) -> WebhookRejected:
+    # The reason only: never the body or the signature.
+    logger.warning("paddle webhook rejected", extra={"reason": reason, "status_code": status_code})
+    return WebhookRejected(status_code, reason)
+
+
+# ---------- Processing (worker) ----------
+
+
+def process_event(*, event_pk: int) -> None:
+    """Apply one stored event exactly once; a second run finds it processed and returns."""
+    with transaction.atomic():
+        event = WebhookEvent.objects.select_for_update().filter(pk=event_pk).first()
+        if event is None or event.processed_at is not None:
+            return
+        try:
+            with transaction.atomic():
+                outcome = _dispatch(event)
+        except UnknownAccount as error:
+            _record_failure(event, str(error))
+            return
+        except Exception as error:
+            # The traceback goes to the event (admins see it), not to the log with the payload.
+            _record_failure(event, traceback.format_exc(), error_type=type(error).__name__)
+            return
+        event.processed_at = timezone.now()
+        event.outcome = outcome[:200]
+        event.error = ""
+        event.save(update_fields=["processed_at", "outcome", "error", "account"])
+    logger.info(
+        "paddle event processed",
+        extra={
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "outcome": event.outcome,
+        },
+    )
+
+
+def _record_failure(event: WebhookEvent, error: str, *, error_type: str = "") -> None:
+    event.error = error
+    event.save(update_fields=["error", "account"])
+    logger.warning(
+        "paddle event not processed",
+        extra={
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "error": error_type or error[:200],
+        },
+    )
+
+
+def _dispatch(event: WebhookEvent) -> str:
+    data = event.payload["data"]
+    if event.event_type in SUBSCRIPTION_EVENTS:
+        return _apply_subscription_event(event, data)
+    if event.event_type == "transaction.completed":
+        return _record_invoice(event, data)
+    if event.event_type == "transaction.payment_failed":
+        return _payment_failed(event, data)
+    return "ignored: ReqRun does not act on this event type"
+
+
+def _account_for(event: WebhookEvent, *, custom_data: Any, subscription_id: str) -> Account:
+    """A subscription we know keeps its account; otherwise checkout's `customData.account_id`."""
+    known = (
+        Subscription.objects.filter(paddle_subscription_id=subscription_id).first()
+        if subscription_id
+        else None
+    )
+    account = known.account if known else None
+    account_id = custom_data.get("account_id") if isinstance(custom_data, dict) else None
+    if account is None and isinstance(account_id, str):
+        account = Account.objects.filter(public_id=account_id).first()
+    if account is None:
+        raise UnknownAccount(
+            f"No ReqRun account for this event (custom_data.account_id={account_id!r})."
+        )
+    event.account = account
+    return account
+
+
+def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
+    state = paddle.state_from_payload(data)
+    account = _account_for(
+        event, custom_data=data.get("custom_data"), subscription_id=state.subscription_id
+    )
+    Subscription.objects.get_or_create(
+        paddle_subscription_id=state.subscription_id,
+        defaults={"account": account, "status": state.status},
+    )
+    subscription = Subscription.objects.select_for_update().get(
+        paddle_subscription_id=state.subscription_id
+    )
+    last = subscription.last_event_occurred_at
+    if last is not None and event.occurred_at < last:
+        return "ignored: older than the last event applied to this subscription"
+    was_past_due = subscription.status == Subscription.Status.PAST_DUE
+    services.apply_subscription_state(subscription=subscription, state=state)
+    subscription.last_event_occurred_at = event.occurred_at
+    subscription.save()
+    plan_code = services.sync_account_plan(account=subscription.account)
+    if subscription.status == Subscription.Status.PAST_DUE and not was_past_due:
+        transaction.on_commit(
+            lambda: services.email_owners(
+                account=subscription.account,
+                subject="Your payment is past due",
+                template="billing/email/past_due.txt",
+                context={"subscription": subscription},
+            )
+        )
+    return f"applied: subscription {subscription.status}, account on {plan_code}"
+
+
+def _record_invoice(event: WebhookEvent, data: dict[str, Any]) -> str:
+    account = _account_for(
+        event,
+        custom_data=data.get("custom_data"),
+        subscription_id=data.get("subscription_id") or "",
+    )
+    totals = (data.get("details") or {}).get("totals") or {}
+    billed_at = data.get("billed_at") or data.get("updated_at")
+    Invoice.objects.update_or_create(
+        paddle_transaction_id=str(data["id"]),
+        defaults={
+            "account": account,
+            "paddle_subscription_id": data.get("subscription_id") or "",
+            "invoice_number": data.get("invoice_number") or "",
+            "amount_minor": int(totals.get("grand_total") or totals.get("total") or 0),
+            "currency_code": str(data.get("currency_code") or totals.get("currency_code") or ""),
+            "billed_at": parse_datetime(billed_at) if isinstance(billed_at, str) else None,
+        },
+    )
+    return "invoice recorded"
+
+
+def _payment_failed(event: WebhookEvent, data: dict[str, Any]) -> str:
+    account = _account_for(
+        event,
+        custom_data=data.get("custom_data"),
+        subscription_id=data.get("subscription_id") or "",
+    )
+    transaction.on_commit(
+        lambda: services.email_owners(
+            account=account,
+            subject="Your payment failed",
+            template="billing/email/payment_failed.txt",
+            context={"transaction_id": data.get("id", "")},
+        )
+    )
+    return "owners told the payment failed"
