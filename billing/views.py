@@ -1,0 +1,209 @@
+"""Pricing, the dashboard billing page and its owner-only actions, and Paddle's webhook.
+
+Members and admins see the billing page read-only (plan, status, dates, usage); invoices and
+every action are for owners, and answer 404 to anyone else."""
+
+from collections.abc import Callable
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.dateformat import format as format_date
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from accounts.models import Membership
+from accounts.selectors import current_membership
+from billing import paddle, services, webhooks
+from billing.models import Subscription
+from billing.paddle import PaddleError
+from billing.selectors import (
+    current_subscription,
+    invoices_of,
+    limit_table,
+    plan_offers,
+    usage_of,
+)
+from billing.services import BillingError
+from projects.limits import limits_for, plan_state_of
+
+
+def _plans_context(request: HttpRequest, membership: Membership | None) -> dict:
+    """What the plan cards need: offers, the current plan, and Paddle.js checkout settings
+    when this viewer can buy (an owner with billing configured and no live subscription)."""
+    offers = plan_offers()
+    subscription = current_subscription(membership.account) if membership else None
+    is_owner = bool(membership and membership.is_owner)
+    plan = plan_state_of(membership.account).plan if membership else None
+    live = subscription if subscription and subscription.is_live else None
+    can_checkout = (
+        is_owner
+        and live is None
+        and plan.self_serve
+        and paddle.is_configured()
+        and any(offer.price_id for offer in offers)
+    )
+    context = {
+        "offers": offers,
+        "configured": paddle.is_configured(),
+        "is_owner": is_owner,
+        "subscription": subscription,
+        "live_subscription": live,
+        "current_plan_code": plan.code if plan else None,
+        "operator_plan": bool(plan and not plan.self_serve),
+        "can_checkout": can_checkout,
+    }
+    if can_checkout:
+        context["checkout_config"] = {
+            "token": settings.PADDLE_CLIENT_TOKEN,
+            "environment": paddle.environment(),
+            "accountId": membership.account.public_id,
+            "email": request.user.email,
+            "successUrl": request.build_absolute_uri(reverse("billing")) + "?checkout=done",
+        }
+    return context
+
+
+def pricing(request: HttpRequest) -> HttpResponse:
+    context = _plans_context(request, current_membership(request))
+    context["limit_rows"] = limit_table(context["offers"])
+    return render(request, "pages/pricing.html", context)
+
+
+def _acting_membership(request: HttpRequest) -> Membership:
+    membership = current_membership(request)
+    if membership is None:
+        raise Http404("You are not a member of any account.")
+    return membership
+
+
+@login_required
+def billing(request: HttpRequest) -> HttpResponse:
+    membership = _acting_membership(request)
+    account = membership.account
+    context = _plans_context(request, membership)
+    context.update(
+        limits=limits_for(account),
+        usage=usage_of(account),
+        invoices=invoices_of(account) if membership.is_owner else None,
+        checkout_done=request.GET.get("checkout") == "done",
+    )
+    return render(request, "billing/billing.html", context)
+
+
+def owner_only(view: Callable) -> Callable:
+    """Signed in, owner of the current account; everyone else gets a 404."""
+
+    @login_required
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        membership = _acting_membership(request)
+        if not membership.is_owner:
+            raise Http404("Only owners manage billing.")
+        return view(request, membership, *args, **kwargs)
+
+    return wrapper
+
+
+def _ip(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _until(subscription: Subscription) -> str:
+    end = subscription.scheduled_change_effective_at or subscription.current_period_end
+    return format_date(end, "F j, Y") if end else "the end of the billing period"
+
+
+@require_POST
+@owner_only
+def cancel(request: HttpRequest, membership: Membership) -> HttpResponse:
+    try:
+        subscription = services.cancel_subscription(
+            subscription=current_subscription(membership.account),
+            actor=request.user,
+            ip_address=_ip(request),
+        )
+    except (BillingError, PaddleError) as error:
+        messages.error(request, str(error))
+    else:
+        plan = subscription.plan.name if subscription.plan else "Your plan"
+        messages.success(
+            request,
+            f"Your subscription is canceled at the end of the billing "
+            f"period: {plan} stays active until {_until(subscription)}.",
+        )
+    return redirect("billing")
+
+
+@require_POST
+@owner_only
+def resume(request: HttpRequest, membership: Membership) -> HttpResponse:
+    try:
+        services.resume_subscription(
+            subscription=current_subscription(membership.account),
+            actor=request.user,
+            ip_address=_ip(request),
+        )
+    except (BillingError, PaddleError) as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, "Your subscription continues; it renews as before.")
+    return redirect("billing")
+
+
+@require_POST
+@owner_only
+def change_plan(request: HttpRequest, membership: Membership) -> HttpResponse:
+    try:
+        subscription = services.change_plan(
+            subscription=current_subscription(membership.account),
+            plan_code=request.POST.get("plan", ""),
+            actor=request.user,
+            ip_address=_ip(request),
+        )
+    except (BillingError, PaddleError) as error:
+        messages.error(request, str(error))
+    else:
+        plan = subscription.plan.name if subscription.plan else "the new plan"
+        messages.success(request, f"Your subscription is now on {plan}.")
+    return redirect("billing")
+
+
+@require_POST
+@owner_only
+def portal(request: HttpRequest, membership: Membership) -> HttpResponse:
+    try:
+        url = services.customer_portal_url(subscription=current_subscription(membership.account))
+    except (BillingError, PaddleError) as error:
+        messages.error(request, str(error))
+        return redirect("billing")
+    return redirect(url)
+
+
+@owner_only
+def invoice_pdf(request: HttpRequest, membership: Membership, transaction_id: str) -> HttpResponse:
+    invoice = get_object_or_404(
+        invoices_of(membership.account), paddle_transaction_id=transaction_id
+    )
+    try:
+        url = services.invoice_pdf_url(invoice=invoice)
+    except PaddleError as error:
+        messages.error(request, str(error))
+        return redirect("billing")
+    return redirect(url)
+
+
+@csrf_exempt
+@require_POST
+def paddle_webhook(request: HttpRequest) -> HttpResponse:
+    try:
+        webhooks.receive(request=request)
+    except webhooks.WebhookRejected as rejection:
+        return HttpResponse(
+            rejection.reason, status=rejection.status_code, content_type="text/plain"
+        )
+    return HttpResponse("ok", content_type="text/plain")
