@@ -1,0 +1,162 @@
+"""A stand-in for Paddle's API on a loopback port: real HTTP, the documented response shapes,
+and scriptable failures. Tests point PADDLE_API_BASE_URL at it."""
+
+import json
+import re
+import socket
+import threading
+from copy import deepcopy
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tests.billing import payloads
+
+PORTAL_HOST = "https://customer-portal.paddle.com"
+INVOICE_HOST = "https://paddle-production-invoice-service-pdfs.s3.amazonaws.com"
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: dict | None
+    headers: dict
+
+
+@dataclass
+class Failure:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def paddle_error(status: int, code: str, detail: str) -> Failure:
+    body = {
+        "error": {
+            "type": "request_error" if status < 500 else "api_error",
+            "code": code,
+            "detail": detail,
+            "documentation_url": f"https://developer.paddle.com/errors/shared/{code}",
+        },
+        "meta": {"request_id": "7ef5ff71-5b0c-4b5a-9a8a-0b5c2b1c9c4d"},
+    }
+    return Failure(status, json.dumps(body).encode())
+
+
+@dataclass
+class PaddleAPIStub:
+    """Holds subscriptions by id; answers cancel, update, resume, portal and invoice calls."""
+
+    subscriptions: dict[str, dict] = field(default_factory=dict)
+    calls: list[Call] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def __post_init__(self):
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                stub._handle(self, "GET")
+
+            def do_POST(self):
+                stub._handle(self, "POST")
+
+            def do_PATCH(self):
+                stub._handle(self, "PATCH")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def fail_next(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+    def _handle(self, request: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(request.headers.get("Content-Length") or 0)
+        raw = request.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        path = request.path.split("?", 1)[0]
+        self.calls.append(Call(method, path, body, dict(request.headers)))
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self._send(request, failure.status, failure.body, failure.content_type)
+        status, answer = self._route(method, path, body or {})
+        self._send(request, status, json.dumps(answer).encode())
+
+    def _route(self, method: str, path: str, body: dict) -> tuple[int, dict]:
+        meta = {"request_id": "b1b2c3d4-0000-4000-8000-000000000000"}
+        if match := re.fullmatch(r"/subscriptions/([^/]+)(/cancel|/resume)?", path):
+            subscription_id, action = match.groups()
+            entity = self.subscriptions.get(subscription_id)
+            if entity is None:
+                return 404, json.loads(paddle_error(404, "entity_not_found", "Not found").body)
+            if method == "POST" and action == "/cancel":
+                entity = payloads.cancel_scheduled(entity)
+            elif method == "POST" and action == "/resume":
+                entity = payloads.subscription(
+                    account_id=(entity.get("custom_data") or {}).get("account_id"),
+                    subscription_id=subscription_id,
+                    price_id=entity["items"][0]["price"]["id"],
+                )
+            elif method == "PATCH":
+                entity = deepcopy(entity)
+                if "scheduled_change" in body:
+                    entity["scheduled_change"] = body["scheduled_change"]
+                if body.get("items"):
+                    entity["items"][0]["price"]["id"] = body["items"][0]["price_id"]
+            self.subscriptions[subscription_id] = entity
+            return 200, {"data": entity, "meta": meta}
+        if match := re.fullmatch(r"/customers/([^/]+)/portal-sessions", path):
+            customer_id = match.group(1)
+            return 201, {
+                "data": {
+                    "id": "cpls_01hv8xportal000000000000000",
+                    "customer_id": customer_id,
+                    "urls": {
+                        "general": {
+                            "overview": f"{PORTAL_HOST}/cpl_01hv8x?token=pga_{customer_id}"
+                        },
+                        "subscriptions": [
+                            {
+                                "id": subscription_id,
+                                "cancel_subscription": f"{PORTAL_HOST}/cancel",
+                                "update_subscription_payment_method": f"{PORTAL_HOST}/update",
+                            }
+                            for subscription_id in body.get("subscription_ids", [])
+                        ],
+                    },
+                    "created_at": payloads.iso(payloads.now()),
+                },
+                "meta": meta,
+            }
+        if match := re.fullmatch(r"/transactions/([^/]+)/invoice", path):
+            url = f"{INVOICE_HOST}/invoices/{match.group(1)}.pdf?X-Amz-Signature=abc"
+            return 200, {"data": {"url": url}, "meta": meta}
+        return 404, json.loads(paddle_error(404, "not_found", "No such route").body)
+
+    @staticmethod
+    def _send(request, status: int, body: bytes, content_type: str = "application/json"):
+        request.send_response(status)
+        request.send_header("Content-Type", content_type)
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on: connecting fails at once (a network error)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

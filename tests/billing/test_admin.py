@@ -1,0 +1,73 @@
+"""Operators see subscriptions and raw events in admin, and can reprocess an event."""
+
+import pytest
+
+from accounts.models import User
+from billing.models import WebhookEvent
+from billing.tasks import process_webhook_event
+from tests.billing import payloads
+from tests.factories import SubscriptionFactory, WebhookEventFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator(client):
+    user = User.objects.create_superuser("ops@example.com", "x")
+    client.force_login(user)
+    return client
+
+
+def test_admin_lists_subscriptions_and_events(operator):
+    subscription = SubscriptionFactory()
+    event = WebhookEventFactory(error="No ReqRun account for this event.")
+
+    assert (
+        subscription.paddle_subscription_id
+        in operator.get("/admin/billing/subscription/").content.decode()
+    )
+    events_page = operator.get("/admin/billing/webhookevent/?processing=no_account")
+    assert event.event_id in events_page.content.decode()
+    detail = operator.get(f"/admin/billing/webhookevent/{event.pk}/change/").content.decode()
+    assert "payload" in detail.lower()
+
+
+def test_staff_without_superuser_do_not_see_payloads(client):
+    from django.contrib.auth.models import Permission
+
+    staff = User.objects.create_user("staff@example.com", "x", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_webhookevent"))
+    event = WebhookEventFactory(payload={"data": {"email": "customer-secret@example.com"}})
+    client.force_login(staff)
+
+    page = client.get(f"/admin/billing/webhookevent/{event.pk}/change/").content.decode()
+
+    assert event.event_id in page
+    assert "customer-secret@example.com" not in page
+
+
+def test_reprocess_runs_a_failed_event_again(
+    operator, webhooks, django_capture_on_commit_callbacks
+):
+    payload = payloads.event("subscription.created", payloads.subscription(account_id="acc_notyet"))
+    event = webhooks.deliver(payload)
+    assert event.processed_at is None and event.error
+    # The operator fixes the cause: the account id in checkout was mistyped.
+    from tests.factories import AccountFactory
+
+    account = AccountFactory()
+    payload["data"]["custom_data"]["account_id"] = account.public_id
+    WebhookEvent.objects.filter(pk=event.pk).update(payload=payload)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        operator.post(
+            "/admin/billing/webhookevent/", {"action": "reprocess", "_selected_action": [event.pk]}
+        )
+    event.refresh_from_db()
+    assert event.error == ""
+    assert len(callbacks) == 1
+    process_webhook_event(event.pk)  # what the queued task runs
+
+    event.refresh_from_db()
+    assert event.processed_at is not None
+    assert event.account == account

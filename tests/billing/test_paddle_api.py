@@ -1,0 +1,221 @@
+"""Owner actions that call Paddle's API (a real HTTP stand-in on loopback): cancel at period
+end, keep, change plan, customer portal, invoice PDF — and what happens when Paddle fails."""
+
+import pytest
+from django.contrib.messages import get_messages
+
+from accounts.models import AuditEvent
+from billing.models import Invoice, Subscription
+from projects.limits import limits_for
+from tests.billing import payloads
+from tests.billing.paddle_stub import Failure, closed_port_url, paddle_error
+from tests.billing.payloads import PRICES
+from tests.factories import InvoiceFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def subscribed(webhooks, paddle_api, alice_account):
+    """Alice's account on Pro through a Paddle subscription both sides know about."""
+    entity = payloads.subscription(account_id=alice_account.public_id)
+    paddle_api.subscriptions[entity["id"]] = entity
+    webhooks.deliver(payloads.event("subscription.created", entity))
+    return Subscription.objects.get()
+
+
+@pytest.fixture
+def owner(client, alice):
+    client.force_login(alice)
+    return client
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def test_cancel_at_period_end_asks_paddle_and_keeps_the_plan(owner, subscribed, paddle_api):
+    response = owner.post("/app/billing/cancel")
+
+    assert response.status_code == 302
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/cancel")
+    assert call.body == {"effective_from": "next_billing_period"}
+    assert call.headers["Authorization"] == "Bearer pdl_sdbx_apikey_01hv8test"
+    subscribed.refresh_from_db()
+    assert subscribed.cancel_scheduled
+    assert subscribed.scheduled_change_effective_at == subscribed.current_period_end
+    assert limits_for(subscribed.account).plan_code == "pro"
+    assert AuditEvent.objects.filter(action="subscription_cancel_scheduled").exists()
+    end = subscribed.current_period_end
+    assert f"Pro stays active until {end:%B} {end.day}, {end.year}" in messages_of(response)[0]
+
+    page = owner.get("/app/billing/").content.decode()
+    assert "Canceled at the end of the billing period" in page
+    assert "Keep my subscription" in page
+
+
+def test_keep_withdraws_the_scheduled_cancellation(owner, subscribed, paddle_api):
+    owner.post("/app/billing/cancel")
+
+    owner.post("/app/billing/resume")
+
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == ("PATCH", f"/subscriptions/{payloads.SUBSCRIPTION_ID}")
+    assert call.body == {"scheduled_change": None}
+    subscribed.refresh_from_db()
+    assert not subscribed.cancel_scheduled
+    assert subscribed.status == "active"
+
+
+def test_resume_a_paused_subscription(owner, webhooks, subscribed, paddle_api, alice_account):
+    paused = payloads.subscription(
+        account_id=alice_account.public_id, status="paused", paused_at=payloads.now()
+    )
+    paddle_api.subscriptions[paused["id"]] = paused
+    webhooks.deliver(payloads.event("subscription.paused", paused))
+    assert limits_for(alice_account).plan_code == "free"
+
+    owner.post("/app/billing/resume")
+
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/resume")
+    assert call.body == {"effective_from": "immediately"}
+    assert limits_for(alice_account).plan_code == "pro"
+
+
+def test_change_plan_upgrades_with_proration(owner, subscribed, paddle_api):
+    owner.post("/app/billing/change-plan", {"plan": "team"})
+
+    call = paddle_api.calls[-1]
+    assert call.method == "PATCH"
+    assert call.body == {
+        "items": [{"price_id": PRICES["team"], "quantity": 1}],
+        "proration_billing_mode": "prorated_immediately",
+    }
+    assert limits_for(subscribed.account).plan_code == "team"
+
+
+def test_change_plan_to_an_unbuyable_plan_is_refused_without_calling_paddle(
+    owner, subscribed, paddle_api
+):
+    calls = len(paddle_api.calls)
+
+    response = owner.post("/app/billing/change-plan", {"plan": "enterprise"})
+
+    assert messages_of(response) == ["That plan cannot be bought here."]
+    assert len(paddle_api.calls) == calls
+
+
+def test_portal_button_redirects_to_a_fresh_portal_session(owner, subscribed, paddle_api):
+    response = owner.post("/app/billing/portal")
+
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == (
+        "POST",
+        f"/customers/{payloads.CUSTOMER_ID}/portal-sessions",
+    )
+    assert call.body == {"subscription_ids": [payloads.SUBSCRIPTION_ID]}
+    assert response.status_code == 302
+    assert response["Location"].startswith("https://customer-portal.paddle.com/")
+
+
+def test_invoice_link_redirects_to_the_pdf(owner, alice_account, paddle_settings, paddle_api):
+    invoice = InvoiceFactory(account=alice_account)
+
+    response = owner.get(f"/app/billing/invoices/{invoice.paddle_transaction_id}/pdf")
+
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == (
+        "GET",
+        f"/transactions/{invoice.paddle_transaction_id}/invoice",
+    )
+    assert response.status_code == 302
+    assert response["Location"].startswith("https://")
+    assert invoice.paddle_transaction_id in response["Location"]
+
+
+def test_another_tenants_invoice_is_a_404(
+    client, charlie, alice_account, paddle_settings, paddle_api
+):
+    invoice = InvoiceFactory(account=alice_account)
+    client.force_login(charlie)
+
+    response = client.get(f"/app/billing/invoices/{invoice.paddle_transaction_id}/pdf")
+
+    assert response.status_code == 404
+    assert paddle_api.calls == []
+
+
+FAILURES = {
+    "network error": None,
+    "4xx": paddle_error(
+        400, "subscription_locked_pending_changes", "Subscription has pending changes."
+    ),
+    "5xx": paddle_error(500, "internal_error", "Something went wrong."),
+    "bad gateway html": Failure(502, b"<html>Bad gateway</html>", "text/html"),
+    "unreadable answer": Failure(200, b'{"data": {"unexpected": true}}'),
+}
+
+
+@pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
+@pytest.mark.parametrize(
+    ("method", "path", "form"),
+    [
+        ("post", "/app/billing/cancel", {}),
+        ("post", "/app/billing/change-plan", {"plan": "team"}),
+        ("post", "/app/billing/portal", {}),
+    ],
+)
+def test_paddle_failures_show_a_message_and_change_nothing(
+    owner, subscribed, paddle_api, settings, failure, method, path, form
+):
+    if failure is None:
+        settings.PADDLE_API_BASE_URL = closed_port_url()
+    else:
+        paddle_api.fail_next(failure)
+    before = Subscription.objects.values().get()
+    audit_count = AuditEvent.objects.count()
+
+    response = getattr(owner, method)(path, form)
+
+    assert response.status_code == 302
+    assert response["Location"] == "/app/billing/"
+    [message] = messages_of(response)
+    assert "Paddle" in message
+    if failure is not None and failure.status == 400:
+        assert "Subscription has pending changes." in message
+    assert "Traceback" not in message
+    assert Subscription.objects.values().get() == before
+    assert AuditEvent.objects.count() == audit_count
+    assert limits_for(subscribed.account).plan_code == "pro"
+
+
+@pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
+def test_invoice_pdf_failures_show_a_message(
+    owner, alice_account, paddle_settings, paddle_api, settings, failure
+):
+    invoice = InvoiceFactory(account=alice_account)
+    if failure is None:
+        settings.PADDLE_API_BASE_URL = closed_port_url()
+    else:
+        paddle_api.fail_next(failure)
+
+    response = owner.get(f"/app/billing/invoices/{invoice.paddle_transaction_id}/pdf")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/app/billing/"
+    assert "Paddle" in messages_of(response)[0]
+    assert Invoice.objects.count() == 1
+
+
+def test_actions_say_billing_is_not_configured(owner, subscribed, settings, paddle_api):
+    settings.PADDLE_API_KEY = ""
+    calls = len(paddle_api.calls)
+
+    response = owner.post("/app/billing/cancel")
+
+    assert messages_of(response) == ["Billing is not configured on this server."]
+    assert len(paddle_api.calls) == calls
+    subscribed.refresh_from_db()
+    assert not subscribed.cancel_scheduled

@@ -1,0 +1,170 @@
+"""The pricing page and the dashboard billing page: who sees what, and checkout wiring."""
+
+import json
+import re
+
+import pytest
+
+from billing.models import Subscription
+from projects.limits import usage_row
+from tests.billing import payloads
+from tests.factories import InvoiceFactory, SubscriptionFactory
+
+pytestmark = pytest.mark.django_db
+
+PADDLE_JS = "https://cdn.paddle.com/paddle/v2/paddle.js"
+
+
+def checkout_config(html: str) -> dict:
+    match = re.search(
+        r'<script id="paddle-checkout-config" type="application/json">(.*?)</script>', html, re.S
+    )
+    return json.loads(match.group(1))
+
+
+def test_pricing_lists_plans_from_the_database(client, paddle_settings):
+    html = client.get("/pricing").content.decode()
+
+    for name in ("Free", "Pro", "Team", "Enterprise"):
+        assert name in html
+    assert "$29" in html and "$199" in html
+    assert "Contact us" in html
+    assert "500,000" in html and "5,000,000" in html  # monthly requests in the limits table
+    assert "Sign up to upgrade" in html
+    assert PADDLE_JS not in html  # anonymous visitors cannot buy: no checkout script
+
+
+def test_pricing_prices_follow_plan_rows(client, paddle_settings):
+    from projects.models import Plan
+
+    Plan.objects.filter(code="pro").update(price_cents_monthly=3900)
+
+    assert "$39" in client.get("/pricing").content.decode()
+
+
+def test_an_owner_gets_paddle_checkout(client, alice, alice_account, paddle_settings):
+    client.force_login(alice)
+
+    html = client.get("/pricing").content.decode()
+
+    assert html.count(PADDLE_JS) == 1
+    assert f'data-paddle-price="{payloads.PRICES["pro"]}"' in html
+    assert f'data-paddle-price="{payloads.PRICES["team"]}"' in html
+    config = checkout_config(html)
+    assert config["token"] == paddle_settings.PADDLE_CLIENT_TOKEN
+    assert config["environment"] == "sandbox"
+    assert config["accountId"] == alice_account.public_id
+    assert config["email"] == "alice@example.com"
+    assert config["successUrl"].endswith("/app/billing/?checkout=done")
+
+
+def test_production_environment_reaches_the_checkout(client, alice, alice_account, paddle_settings):
+    paddle_settings.PADDLE_ENVIRONMENT = "production"
+    client.force_login(alice)
+
+    assert checkout_config(client.get("/pricing").content.decode())["environment"] == "production"
+
+
+def test_members_cannot_buy(client, bob, paddle_settings):
+    client.force_login(bob)
+
+    html = client.get("/pricing").content.decode()
+
+    assert PADDLE_JS not in html
+    assert "data-paddle-price" not in html
+    assert "Only account owners can change the plan." in html
+
+
+def test_a_subscriber_switches_plans_instead_of_buying_twice(
+    client, alice, alice_account, paddle_settings
+):
+    SubscriptionFactory(account=alice_account)
+    client.force_login(alice)
+
+    html = client.get("/pricing").content.decode()
+
+    assert PADDLE_JS not in html
+    assert "Switch to Team" in html
+
+
+def test_without_paddle_settings_pages_say_billing_is_not_configured(client, alice, alice_account):
+    assert client.get("/pricing").status_code == 200
+    assert "Billing is not configured" in client.get("/pricing").content.decode()
+
+    client.force_login(alice)
+    for url in ("/pricing", "/app/billing/"):
+        response = client.get(url)
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert "Billing is not configured" in html
+        assert PADDLE_JS not in html
+
+
+def test_owner_sees_plan_status_renewal_usage_and_invoices(
+    client, alice, alice_account, paddle_settings
+):
+    subscription = SubscriptionFactory(account=alice_account)
+    InvoiceFactory(account=alice_account, invoice_number="325-10566", amount_minor=2900)
+    row = usage_row(alice_account)
+    row.accepted_requests = 9_000
+    row.save()
+    client.force_login(alice)
+
+    html = client.get("/app/billing/").content.decode()
+
+    assert "Renews on" in html
+    assert f"{subscription.current_period_end:%B} {subscription.current_period_end.day}" in html
+    assert "9,000 of 10,000 accepted requests" in html  # the factory leaves the plan on Free
+    assert 'class="quota-bar quota-bar-warning"' in html
+    assert 'style="width: 90%"' in html
+    assert "325-10566" in html and "29.00 USD" in html
+    assert "Cancel at period end" in html
+    assert "Payment method and billing details" in html
+
+
+def test_a_member_sees_a_read_only_page(client, bob, alice_account, paddle_settings):
+    SubscriptionFactory(account=alice_account)
+    invoice = InvoiceFactory(account=alice_account, invoice_number="325-10566")
+    client.force_login(bob)
+
+    response = client.get("/app/billing/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Only owners can change the plan" in html
+    assert "accepted requests" in html
+    assert "325-10566" not in html
+    assert "/app/billing/cancel" not in html
+    for path in (
+        "/app/billing/cancel",
+        "/app/billing/resume",
+        "/app/billing/portal",
+        "/app/billing/change-plan",
+    ):
+        assert client.post(path, {"plan": "team"}).status_code == 404
+    pdf = f"/app/billing/invoices/{invoice.paddle_transaction_id}/pdf"
+    assert client.get(pdf).status_code == 404
+    assert not Subscription.objects.get().cancel_scheduled
+
+
+def test_charlie_sees_only_his_own_account(client, charlie, alice_account, paddle_settings):
+    SubscriptionFactory(account=alice_account)
+    invoice = InvoiceFactory(account=alice_account, invoice_number="325-10566")
+    client.force_login(charlie)
+
+    html = client.get("/app/billing/").content.decode()
+
+    assert "325-10566" not in html
+    assert "Renews on" not in html
+    pdf = f"/app/billing/invoices/{invoice.paddle_transaction_id}/pdf"
+    assert client.get(pdf).status_code == 404
+    # Charlie's own (empty) billing: cancelling does nothing to alice's subscription.
+    client.post("/app/billing/cancel")
+    assert not Subscription.objects.get().cancel_scheduled
+
+
+def test_billing_needs_a_signed_in_user(client):
+    response = client.get("/app/billing/")
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/")

@@ -1,0 +1,81 @@
+"""Usage notice emails at 80 % and 100 % of the monthly quota, once each per period."""
+
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.utils import timezone
+
+from billing.services import send_usage_notices
+from billing.tasks import send_usage_notices as send_usage_notices_task
+from projects.limits import current_period_start, set_plan, usage_row
+from projects.models import MonthlyUsage
+
+pytestmark = pytest.mark.django_db
+
+
+def use(account, requests: int, period_start=None) -> MonthlyUsage:
+    row = usage_row(account, period_start)
+    MonthlyUsage.objects.filter(pk=row.pk).update(accepted_requests=requests)
+    row.refresh_from_db()
+    return row
+
+
+def subjects() -> list[str]:
+    return [message.subject for message in mail.outbox]
+
+
+def test_80_then_100_percent_each_email_the_owners_once(alice_account, bob):
+    use(alice_account, 7_999)  # Free: 10,000 a month
+    assert send_usage_notices() == 0
+
+    use(alice_account, 8_000)
+    assert send_usage_notices() == 1
+    assert send_usage_notices() == 0
+    assert subjects() == ["[ReqRun] You have used 80% of this month's requests"]
+    assert mail.outbox[0].to == ["alice@example.com"]
+    assert "8,000 of the 10,000" in mail.outbox[0].body
+
+    use(alice_account, 10_000)
+    assert send_usage_notices_task() == 1  # the beat task runs the same service
+    send_usage_notices()
+    assert subjects()[1:] == ["[ReqRun] You have used all of this month's requests"]
+    row = usage_row(alice_account)
+    assert row.notified_80_at is not None and row.notified_100_at is not None
+
+
+def test_jumping_straight_to_100_percent_sends_one_email(alice_account):
+    use(alice_account, 12_000)
+
+    send_usage_notices()
+    send_usage_notices()
+
+    assert subjects() == ["[ReqRun] You have used all of this month's requests"]
+
+
+def test_the_quota_of_the_current_plan_counts(alice_account):
+    set_plan(account=alice_account, plan_code="pro")  # 500,000 a month
+    use(alice_account, 10_000)
+
+    assert send_usage_notices() == 0
+    assert mail.outbox == []
+
+
+def test_a_new_period_notifies_again(alice_account):
+    last_month = current_period_start() - timedelta(days=1)
+    old = use(alice_account, 9_000, current_period_start(last_month))
+    MonthlyUsage.objects.filter(pk=old.pk).update(notified_80_at=timezone.now())
+
+    use(alice_account, 9_000)
+    send_usage_notices()
+
+    assert subjects() == ["[ReqRun] You have used 80% of this month's requests"]
+
+
+def test_a_claimed_notice_is_not_sent_again_by_a_concurrent_scan(alice_account):
+    row = use(alice_account, 9_000)
+    # Another scanner claimed the notice between our read and our claim.
+    MonthlyUsage.objects.filter(pk=row.pk).update(notified_80_at=timezone.now())
+
+    assert send_usage_notices() == 0
+    assert mail.outbox == []

@@ -1,0 +1,176 @@
+"""Webhook intake: only verified, well-formed Paddle events are stored, each exactly once."""
+
+import json
+import logging
+import time
+
+import pytest
+
+from billing.models import Subscription, WebhookEvent
+from tests.billing import payloads
+from tests.billing.conftest import WEBHOOK_URL
+
+pytestmark = pytest.mark.django_db
+
+SENTINEL = "sentinel-7c1f0e-never-logged"
+
+
+def subscription_created(account_id="acc_nobody"):
+    return payloads.event("subscription.created", payloads.subscription(account_id=account_id))
+
+
+def assert_nothing_stored():
+    assert WebhookEvent.objects.count() == 0
+    assert Subscription.objects.count() == 0
+
+
+def test_a_signed_event_is_stored_and_left_for_the_worker(webhooks, alice_account):
+    payload = subscription_created(alice_account.public_id)
+
+    response = webhooks.post(payload)
+
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get(event_id=payload["event_id"])
+    assert event.event_type == "subscription.created"
+    assert event.payload == payload
+    assert event.processed_at is None  # processing happens after commit, in a worker
+    assert not Subscription.objects.exists()
+
+
+def test_a_redelivered_event_is_answered_200_and_stored_once(webhooks, alice_account):
+    payload = subscription_created(alice_account.public_id)
+
+    first = webhooks.post(payload)
+    webhooks.process(payload["event_id"])
+    second = webhooks.post(payload)  # Paddle signs each delivery afresh
+
+    assert first.status_code == second.status_code == 200
+    assert WebhookEvent.objects.filter(event_id=payload["event_id"]).count() == 1
+    assert Subscription.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "",  # unsigned
+        "ts=notanumber;h1=abc",
+        "garbage",
+        "ts=1;h1=abc;extra=1",
+    ],
+)
+def test_unsigned_or_malformed_signatures_are_refused(webhooks, signature):
+    response = webhooks.post(subscription_created(), signature=signature or "")
+
+    assert response.status_code == 403
+    assert_nothing_stored()
+
+
+def test_a_signature_made_with_another_secret_is_refused(webhooks):
+    response = webhooks.post(subscription_created(), secret="pdl_ntfset_someone_else")
+
+    assert response.status_code == 403
+    assert b"Traceback" not in response.content
+    assert_nothing_stored()
+
+
+def test_a_body_changed_after_signing_is_refused(webhooks):
+    payload = subscription_created()
+    signature = payloads.sign(payloads.encode(payload))
+    payload["data"]["custom_data"] = {"account_id": "acc_attacker"}
+
+    response = webhooks.post(payload, signature=signature)
+
+    assert response.status_code == 403
+    assert_nothing_stored()
+
+
+@pytest.mark.parametrize("offset", [-60, -6, 60])
+def test_timestamps_outside_the_tolerance_are_refused(webhooks, offset):
+    response = webhooks.post(subscription_created(), timestamp=int(time.time()) + offset)
+
+    assert response.status_code == 403
+    assert_nothing_stored()
+
+
+def envelope(**fields) -> bytes:
+    base = {
+        "event_id": "evt_1",
+        "event_type": "subscription.created",
+        "occurred_at": "2024-04-12T10:18:49.621022Z",
+        "data": {},
+    }
+    return json.dumps(
+        {key: value for key, value in {**base, **fields}.items() if value is not None}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event_id": "evt_1", "event_type": "subscription.created", ',
+        b"[1, 2, 3]",
+        envelope(event_id=None),
+        envelope(event_id=7),
+        envelope(occurred_at="yesterday"),
+        envelope(occurred_at="2024-04-12T10:18:49"),  # no time zone
+        envelope(data=[]),
+        b"\xff\xfe not utf-8",
+    ],
+    ids=[
+        "truncated",
+        "array",
+        "no event id",
+        "numeric event id",
+        "bad time",
+        "naive time",
+        "data not an object",
+        "not utf-8",
+    ],
+)
+def test_signed_but_malformed_bodies_are_refused(webhooks, body):
+    response = webhooks.post(body=body)
+
+    assert 400 <= response.status_code < 500
+    assert b"Traceback" not in response.content
+    assert_nothing_stored()
+
+
+def test_an_unknown_event_type_is_stored_answered_200_and_ignored(webhooks):
+    payload = payloads.event("adjustment.created", {"id": "adj_01hv8test"})
+
+    event = webhooks.deliver(payload)
+
+    assert event.processed_at is not None
+    assert event.outcome.startswith("ignored")
+    assert event.error == ""
+
+
+def test_only_post_is_accepted(client, paddle_settings):
+    assert client.get(WEBHOOK_URL).status_code == 405
+
+
+def test_without_paddle_settings_the_webhook_refuses_everything(webhooks, settings):
+    settings.PADDLE_WEBHOOK_SECRET = ""
+    settings.PADDLE_API_KEY = ""
+    settings.PADDLE_CLIENT_TOKEN = ""
+
+    response = webhooks.post(subscription_created())
+
+    assert response.status_code == 503
+    assert_nothing_stored()
+
+
+def test_rejected_and_accepted_bodies_never_reach_the_logs(webhooks, alice_account, caplog):
+    payload = subscription_created(alice_account.public_id)
+    payload["data"]["custom_data"]["note"] = SENTINEL
+    caplog.set_level(logging.DEBUG)
+
+    webhooks.post(payload, secret="wrong")
+    webhooks.post(body=b'{"broken": "' + SENTINEL.encode())
+    webhooks.post(payload, timestamp=int(time.time()) - 3600)
+    webhooks.post(payload)
+    webhooks.process(payload["event_id"])
+
+    logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert "paddle webhook rejected" in logged
+    assert SENTINEL not in logged
