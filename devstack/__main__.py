@@ -29,7 +29,7 @@ from cryptography.fernet import Fernet
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / ".data"
+DATA = Path(os.environ.get("REQRUN_DEV_DATA_DIR", ROOT / ".data"))
 DEV_PG_PORT = int(os.environ.get("REQRUN_DEV_PG_PORT", "54329"))
 DEV_REDIS_PORT = int(os.environ.get("REQRUN_DEV_REDIS_PORT", "63799"))
 
