@@ -16,11 +16,12 @@ urlpatterns = [
          name="legal-privacy"),
     path("legal/refunds", TemplateView.as_view(template_name="legal/refunds.html"),
          name="legal-refunds"),
-    path("docs", TemplateView.as_view(template_name="pages/docs.html"), name="docs"),
     path("accounts/", include("allauth.urls")),
     path("app/", include("accounts.urls")),
     path("app/", include("projects.urls")),
+    path("app/", include("privacy.urls")),
     path("", include("billing.urls")),
+    path("", include("requests_app.dashboard_urls")),
     path("", include("requests_app.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,238 @@
+"""Reads for the dashboard's request pages and usage page, scoped to the user's memberships.
+
+The requests list pages by keyset on `public_id` (ids sort by creation time), so a page
+costs one index range scan whatever the table's size: no OFFSET and no COUNT(*).
+"""
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from django.db.models import BigIntegerField, Count, Q, QuerySet, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, TruncDate
+from django.utils import timezone
+
+from accounts.models import Account, User
+from projects import encryption
+from projects.limits import current_period_start, limits_for, next_period_start, usage_row
+from projects.models import Project
+from requests_app.models import Request, Status
+
+PAGE_SIZE = 50
+# A body larger than this is cut on the detail page; the API returns it whole.
+BODY_DISPLAY_LIMIT = 64 * 1024
+LIST_COLUMNS = (
+    "public_id",
+    "status",
+    "endpoint",
+    "model",
+    "stream",
+    "idempotency_key",
+    "attempt_count",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "response_status_code",
+    "partial",
+)
+
+
+def request_for_user(user: User, public_id: str) -> QuerySet[Request]:
+    """The request with that id if the user is a member of its account (else empty)."""
+    return (
+        Request.objects.filter(account__memberships__user=user, public_id=public_id)
+        .select_related("project", "project__account")
+        .prefetch_related("attempts")
+    )
+
+
+@dataclass
+class RequestPage:
+    requests: list[Request]
+    newer: str | None = None  # cursor for ?before= (the first row shown), if newer rows exist
+    older: str | None = None  # cursor for ?after= (the last row shown), if older rows exist
+
+
+def filtered_requests(
+    project: Project, *, status: str = "", endpoint: str = "", search: str = ""
+) -> QuerySet[Request]:
+    requests = Request.objects.filter(project=project).only(*LIST_COLUMNS)
+    if status:
+        requests = requests.filter(status=status)
+    if endpoint:
+        requests = requests.filter(endpoint=endpoint)
+    if search:
+        requests = requests.filter(Q(public_id=search) | Q(idempotency_key=search))
+    return requests
+
+
+def request_page(
+    requests: QuerySet[Request], *, after: str = "", before: str = "", size: int = PAGE_SIZE
+) -> RequestPage:
+    """One page, newest first: older than `after`, or newer than `before`, or the newest."""
+    if before:
+        rows = list(requests.filter(public_id__gt=before).order_by("public_id")[: size + 1])
+        more_newer = len(rows) > size
+        rows = rows[:size][::-1]
+        more_older = requests.filter(public_id__lte=before).exists()
+    else:
+        window = requests.filter(public_id__lt=after) if after else requests
+        rows = list(window.order_by("-public_id")[: size + 1])
+        more_older = len(rows) > size
+        rows = rows[:size]
+        more_newer = bool(after) and requests.filter(public_id__gte=after).exists()
+    if not rows:
+        return RequestPage(requests=[])
+    return RequestPage(
+        requests=rows,
+        newer=rows[0].public_id if more_newer else None,
+        older=rows[-1].public_id if more_older else None,
+    )
+
+
+def has_requests(project: Project) -> bool:
+    return Request.objects.filter(project=project).exists()
+
+
+# ----- one request -------------------------------------------------------------------
+
+
+@dataclass
+class Body:
+    """A stored body as the detail page shows it: pretty JSON, or text, possibly cut."""
+
+    text: str
+    is_json: bool
+    truncated: bool
+
+
+def readable_body(encrypted: bytes | memoryview | None) -> Body | None:
+    if encrypted is None:
+        return None
+    raw = encryption.decrypt(bytes(encrypted))
+    try:
+        text, is_json = json.dumps(json.loads(raw), indent=2, ensure_ascii=False), True
+    except ValueError:
+        text, is_json = raw.decode(errors="replace"), False
+    truncated = len(text) > BODY_DISPLAY_LIMIT
+    return Body(text=text[:BODY_DISPLAY_LIMIT], is_json=is_json, truncated=truncated)
+
+
+def response_is_retained(request: Request) -> bool:
+    return request.response_body is not None and (
+        request.response_expires_at is None or request.response_expires_at > timezone.now()
+    )
+
+
+@dataclass
+class TimelineEntry:
+    attempt: object
+    backoff_ms: int | None  # time waited since the previous attempt ended
+    asked_ms: int | None  # the wait the previous attempt's upstream answer asked for
+
+
+def attempt_timeline(request: Request) -> list[TimelineEntry]:
+    entries, previous = [], None
+    for attempt in request.attempts.all():
+        backoff = asked = None
+        if previous is not None and previous.finished_at and attempt.started_at:
+            waited = (attempt.started_at - previous.finished_at).total_seconds()
+            backoff, asked = max(0, int(waited * 1000)), previous.retry_after_ms
+        entries.append(TimelineEntry(attempt=attempt, backoff_ms=backoff, asked_ms=asked))
+        previous = attempt
+    return entries
+
+
+# ----- usage -------------------------------------------------------------------------
+
+
+# Token counts come from the upstream's answer: sum only the ones that are whole numbers.
+TOKENS = Coalesce(
+    Sum(
+        Cast(KT("usage__total_tokens"), BigIntegerField()),
+        filter=Q(usage__total_tokens__regex=r"^[0-9]{1,15}$"),
+    ),
+    0,
+)
+
+
+@dataclass
+class Day:
+    day: date
+    requests: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class UsageReport:
+    period_start: date
+    period_end: date  # exclusive: the day the quota resets
+    days: list[Day]
+    projects: list[dict]
+    accepted_requests: int
+    monthly_limit: int
+    plan_name: str
+    retention_days: int
+    totals: dict = field(default_factory=dict)
+
+    @property
+    def percent(self) -> int:
+        if not self.monthly_limit:
+            return 100
+        return min(100, round(100 * self.accepted_requests / self.monthly_limit))
+
+
+def _period_bounds(period_start: date) -> tuple[datetime, datetime, date]:
+    period_end = next_period_start(period_start)
+    start = datetime(period_start.year, period_start.month, period_start.day, tzinfo=UTC)
+    end = datetime(period_end.year, period_end.month, period_end.day, tzinfo=UTC)
+    return start, end, period_end
+
+
+def usage_report(account: Account) -> UsageReport:
+    """This period's requests and tokens per day and per project, from the request rows.
+
+    Rows older than the plan's retention window are purged, so early days of the period
+    can read zero on short-retention plans; the quota figure comes from the counter.
+    """
+    period_start = current_period_start()
+    start, end, period_end = _period_bounds(period_start)
+    in_period = Request.objects.filter(account=account, created_at__gte=start, created_at__lt=end)
+    per_day = {
+        row["day"]: row
+        for row in in_period.annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("day")
+        .annotate(requests=Count("pk"), tokens=TOKENS)
+    }
+    days = []
+    day = period_start
+    while day < period_end:
+        row = per_day.get(day, {})
+        days.append(Day(day=day, requests=row.get("requests", 0), tokens=row.get("tokens", 0)))
+        day += timedelta(days=1)
+    projects = list(
+        in_period.values("project__public_id", "project__name")
+        .annotate(
+            requests=Count("pk"),
+            tokens=TOKENS,
+            succeeded=Count("pk", filter=Q(status=Status.SUCCEEDED)),
+            failed=Count("pk", filter=Q(status__in=[Status.FAILED, Status.EXPIRED])),
+        )
+        .order_by("-requests", "project__name")
+    )
+    limits = limits_for(account)
+    return UsageReport(
+        period_start=period_start,
+        period_end=period_end,
+        days=days,
+        projects=projects,
+        accepted_requests=usage_row(account, period_start).accepted_requests,
+        monthly_limit=limits.monthly_requests,
+        plan_name=limits.plan_name,
+        retention_days=limits.retention_days,
+        totals={
+            "requests": sum(d.requests for d in days),
+            "tokens": sum(d.tokens for d in days),
+        },
+    )

@@ -1,0 +1,19 @@
+"""Dashboard pages for requests and usage under /app/, the docs, and the OpenAPI schema."""
+
+from django.urls import path
+from drf_spectacular.views import SpectacularJSONAPIView
+
+from requests_app import views
+from requests_app.schema import SCHEMA_URL
+
+urlpatterns = [
+    path("app/requests/", views.requests_home, name="requests-home"),
+    path("app/projects/<str:project_id>/requests/", views.request_list, name="request-list"),
+    path("app/requests/<str:request_id>/", views.request_detail, name="request-detail"),
+    path("app/requests/<str:request_id>/cancel", views.request_cancel, name="request-cancel"),
+    path("app/usage/", views.usage, name="usage"),
+    path("docs", views.docs_quickstart, name="docs"),
+    path("docs/api", views.docs_api, name="docs-api"),
+    path("docs/errors", views.docs_errors, name="docs-errors"),
+    path(SCHEMA_URL.lstrip("/"), SpectacularJSONAPIView.as_view(), name="openapi-schema"),
+]

@@ -1,0 +1,257 @@
+"""Every `error.code` ReqRun itself answers with, what it means and what the caller should do.
+
+The errors page of the docs and the OpenAPI schema are both built from this list; a test
+checks that every code raised in `requests_app` appears here.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    code: str
+    status: int
+    type: str
+    meaning: str
+    action: str
+    retry: bool = False
+
+
+ERROR_CODES: tuple[ErrorCode, ...] = (
+    ErrorCode(
+        "invalid_api_key",
+        401,
+        "invalid_request_error",
+        "No `Authorization: Bearer rr_…` header, or the key is unknown or revoked.",
+        "Use an active ReqRun key from the project's API keys page (not your provider key).",
+    ),
+    ErrorCode(
+        "too_many_auth_failures",
+        429,
+        "requests",
+        "Too many calls with invalid keys from this address or for this key prefix.",
+        "Fix the key, then retry after the `Retry-After` seconds.",
+        retry=True,
+    ),
+    ErrorCode(
+        "account_suspended",
+        403,
+        "permission_error",
+        "An operator suspended the account; the dashboard shows the reason.",
+        "Contact support@reqrun.com. Retrying does not help.",
+    ),
+    ErrorCode(
+        "project_suspended",
+        403,
+        "permission_error",
+        "An operator suspended this project; other projects keep working.",
+        "Contact support@reqrun.com. Retrying does not help.",
+    ),
+    ErrorCode(
+        "not_found",
+        404,
+        "invalid_request_error",
+        "No such path, or no request with that id in the key's project.",
+        "Check the URL and that the key belongs to the project that made the request.",
+    ),
+    ErrorCode(
+        "method_not_allowed",
+        405,
+        "invalid_request_error",
+        "The path exists but not for this HTTP method.",
+        "See the API reference for the methods each path takes.",
+    ),
+    ErrorCode(
+        "request_too_large",
+        413,
+        "invalid_request_error",
+        "The body is larger than ReqRun accepts (10 MB by default).",
+        "Send a smaller body.",
+    ),
+    ErrorCode(
+        "unsupported_media_type",
+        415,
+        "invalid_request_error",
+        "The body is not sent as `application/json`.",
+        "Send JSON with `Content-Type: application/json`, as the OpenAI SDKs do.",
+    ),
+    ErrorCode(
+        "invalid_json",
+        400,
+        "invalid_request_error",
+        "The body is not valid JSON.",
+        "Send a JSON object; check the encoding and quoting.",
+    ),
+    ErrorCode(
+        "invalid_body",
+        400,
+        "invalid_request_error",
+        "The body is valid JSON but not an object (an array, a string…).",
+        "Send a JSON object, as the OpenAI API expects.",
+    ),
+    ErrorCode(
+        "stream_not_supported",
+        400,
+        "invalid_request_error",
+        "`stream: true` on an endpoint that cannot stream (embeddings, images, moderations).",
+        "Drop `stream`.",
+    ),
+    ErrorCode(
+        "stream_with_async",
+        400,
+        "invalid_request_error",
+        "`stream: true` together with `Prefer: respond-async` or `ReqRun-Wait: 0`.",
+        "Stream in wait mode, or run async without `stream` and poll for the result.",
+    ),
+    ErrorCode(
+        "invalid_idempotency_key",
+        400,
+        "invalid_request_error",
+        "The `Idempotency-Key` header is empty or longer than 255 characters.",
+        "Send 1 to 255 characters, e.g. a UUID per logical operation.",
+    ),
+    ErrorCode(
+        "invalid_wait",
+        400,
+        "invalid_request_error",
+        "`ReqRun-Wait` is not a whole number of seconds from 0 to 600.",
+        "Send a whole number from 0 (async) to 600.",
+    ),
+    ErrorCode(
+        "provider_key_missing",
+        400,
+        "invalid_request_error",
+        "The project has no provider key, so ReqRun cannot call the upstream. (If the key "
+        "is removed while a request waits, that request fails with 502 `upstream_error`.)",
+        "Add the provider key in the project's settings.",
+    ),
+    ErrorCode(
+        "idempotency_key_reused",
+        422,
+        "invalid_request_error",
+        "This `Idempotency-Key` was used in the last 24 hours with a different body or endpoint.",
+        "Use a new key for a different request; reuse a key only to retry the same call.",
+    ),
+    ErrorCode(
+        "rate_limit_exceeded",
+        429,
+        "requests",
+        "The project sent more requests this minute than the plan's rate limit. The upstream's "
+        "own 429s are returned unchanged with their own codes.",
+        "Wait `Retry-After` seconds; watch `ReqRun-RateLimit-Remaining`. The OpenAI SDKs "
+        "retry this for you.",
+        retry=True,
+    ),
+    ErrorCode(
+        "pending_queue_full",
+        429,
+        "requests",
+        "The account has as many requests queued or running as its plan's pending cap.",
+        "Retry after `Retry-After` seconds, when some have finished; or upgrade.",
+        retry=True,
+    ),
+    ErrorCode(
+        "monthly_quota_exceeded",
+        429,
+        "insufficient_quota",
+        "The account has used this month's accepted requests (`x-should-retry: false`).",
+        "Upgrade the plan or wait for the next period; retrying does not help.",
+    ),
+    ErrorCode(
+        "request_already_finished",
+        409,
+        "invalid_request_error",
+        "Cancel was called on a request that had already finished; the body carries the "
+        "unchanged request object.",
+        "Nothing to do: read the request's final status.",
+    ),
+    ErrorCode(
+        "request_canceled",
+        409,
+        "invalid_request_error",
+        "The request was canceled (from the API, the dashboard, or because a streaming client "
+        "went away) before it finished.",
+        "Send it again, with a new Idempotency-Key if you use one.",
+    ),
+    ErrorCode(
+        "response_not_retained",
+        410,
+        "invalid_request_error",
+        "The request finished but its response body is gone: kept 24 hours, or not kept past "
+        "delivery with zero retention. Status and usage remain.",
+        "Store results on your side when you receive them.",
+    ),
+    ErrorCode(
+        "timeout",
+        504,
+        "upstream_error",
+        "Every attempt timed out waiting for the upstream.",
+        "Raise the project's per-attempt timeout, or retry later.",
+        retry=True,
+    ),
+    ErrorCode(
+        "deadline_exceeded",
+        504,
+        "upstream_error",
+        "The project's overall deadline passed before an attempt succeeded (request `expired`).",
+        "Raise the deadline in the project's settings, or retry later.",
+        retry=True,
+    ),
+    ErrorCode(
+        "upstream_not_allowed",
+        502,
+        "upstream_error",
+        "The upstream base URL resolves to a private, loopback or link-local address.",
+        "Use a public https upstream URL.",
+    ),
+    ErrorCode(
+        "upstream_unreachable",
+        502,
+        "upstream_error",
+        "`GET /v1/models` could not reach the upstream.",
+        "Check the project's upstream URL; retry later.",
+        retry=True,
+    ),
+    ErrorCode(
+        "connecterror",
+        502,
+        "upstream_error",
+        "No attempt could connect to the upstream. The code names the last transport error "
+        "(`connecterror`, `readerror`, `remoteprotocolerror`, `worker_lost`, …).",
+        "Check the upstream URL and the provider's status; retry later.",
+        retry=True,
+    ),
+    ErrorCode(
+        "stream_interrupted",
+        200,
+        "upstream_error",
+        "Sent as an SSE `event: error` when a stream broke after it started (also "
+        "`stream_incomplete`, `timeout`). The request is `failed` with `partial: true`; "
+        "no `[DONE]` follows.",
+        "Discard the partial answer and send the request again.",
+        retry=True,
+    ),
+    ErrorCode(
+        "internal_error",
+        500,
+        "server_error",
+        "A bug in ReqRun. It has been logged.",
+        "Retry; if it persists, write to support@reqrun.com with the `ReqRun-Request-Id`.",
+        retry=True,
+    ),
+)
+
+# Codes an attempt or a stream can end with, covered by a catalogue entry above.
+TRANSPORT_CODES = (
+    "connecterror",
+    "readerror",
+    "writeerror",
+    "remoteprotocolerror",
+    "localprotocolerror",
+    "readtimeout",
+    "connecttimeout",
+    "worker_lost",
+    "stream_incomplete",
+    "invalid_event_stream",
+    "client_disconnected",
+)

@@ -1,0 +1,117 @@
+"""The docs (quickstart, API reference, errors), the OpenAPI schema, sign-up and account pages."""
+
+import re
+from pathlib import Path
+
+import pytest
+from django.urls import URLPattern, reverse
+from openapi_spec_validator import validate
+
+from requests_app.error_catalog import ERROR_CODES, TRANSPORT_CODES
+from requests_app.urls import urlpatterns as v1_urls
+from tests.factories import ProjectFactory
+
+pytestmark = pytest.mark.django_db
+
+APP = Path(__file__).resolve().parents[2] / "requests_app"
+
+
+def v1_paths() -> set[str]:
+    paths = set()
+    for pattern in v1_urls:
+        assert isinstance(pattern, URLPattern)
+        route = str(pattern.pattern)
+        paths.add("/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route))
+    return paths
+
+
+def test_the_schema_is_valid_openapi_describing_every_v1_endpoint(client):
+    response = client.get("/v1/openapi.json")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("application/vnd.oai.openapi+json")
+    schema = response.json()
+    validate(schema)
+    assert set(schema["paths"]) == v1_paths()
+    assert schema["components"]["securitySchemes"]["ReqRunKey"]["scheme"] == "bearer"
+    assert schema["security"] == [{"ReqRunKey": []}]
+    chat = schema["paths"]["/v1/chat/completions"]["post"]
+    assert {"200", "202", "401", "422", "429"} <= set(chat["responses"])
+    assert chat["responses"]["429"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert {p["name"] for p in chat["parameters"]} >= {"Idempotency-Key", "ReqRun-Wait", "Prefer"}
+    listing = schema["paths"]["/v1/requests"]["get"]["responses"]["200"]
+    assert listing["content"]["application/json"]["schema"]["$ref"].endswith("/RequestList")
+    request_object = schema["components"]["schemas"]["RequestObject"]
+    assert "queued" in request_object["properties"]["status"]["enum"]
+    assert schema["servers"] == [{"url": "http://testserver"}]
+
+
+def test_every_error_code_the_api_raises_is_documented(client):
+    raised = set()
+    dashboard = {"forms.py", "views.py", "dashboard_selectors.py", "dashboard_urls.py"}
+    for source in (path for path in APP.glob("*.py") if path.name not in dashboard):
+        raised |= set(re.findall(r'\bcode="([a-z_]+)"', source.read_text()))
+        raised |= set(re.findall(r'^\s+code = "([a-z_]+)"', source.read_text(), re.M))
+        raised |= set(re.findall(r'"code": "([a-z_]+)"', source.read_text()))
+    documented = {entry.code for entry in ERROR_CODES} | set(TRANSPORT_CODES)
+    assert raised - documented == set()
+
+    page = client.get(reverse("docs-errors")).content.decode()
+    for entry in ERROR_CODES:
+        assert f'id="{entry.code}"' in page
+
+
+def test_the_api_reference_is_built_from_the_schema(client):
+    page = client.get(reverse("docs-api")).content.decode()
+
+    for path in v1_paths():
+        assert path in page
+    assert 'id="object-RequestObject"' in page
+    assert "/v1/openapi.json" in page
+    assert "`" not in page.split("<main", 1)[1]  # code spans are rendered, not raw backticks
+
+
+def test_the_quickstart_uses_this_servers_base_url(client):
+    page = client.get(reverse("docs")).content.decode()
+
+    assert 'base_url="http://testserver/v1"' in page
+    assert 'baseURL: "http://testserver/v1"' in page
+    assert "curl http://testserver/v1/chat/completions" in page
+    assert "Idempotency-Key" in page and "respond-async" in page and "stream=True" in page
+
+
+def test_the_quickstart_links_a_signed_in_users_project(client, alice, alice_account):
+    project = ProjectFactory(account=alice_account, name="Chatbot")
+    client.force_login(alice)
+
+    page = client.get(reverse("docs")).content.decode()
+
+    assert reverse("api-key-list", args=[project.public_id]) in page
+
+
+def test_sign_up_says_what_the_user_accepts(client):
+    page = client.get(reverse("account_signup")).content.decode()
+
+    assert "By signing up you accept" in page
+    for name in ("legal-terms", "legal-privacy", "legal-refunds"):
+        assert f'href="{reverse(name)}"' in page
+    assert '<label for="id_email"' in page  # every field is labelled
+
+
+def test_the_account_page_links_profile_security_and_sessions(client, alice, alice_account):
+    client.force_login(alice)
+
+    page = client.get(reverse("account")).content.decode()
+
+    for name in (
+        "account_email",
+        "account_change_password",
+        "usersessions_list",
+        "security-log",
+        "member-list",
+        "usage",
+    ):
+        assert f'href="{reverse(name)}"' in page
+    assert client.get(reverse("usersessions_list")).status_code == 200
