@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "projects",
     "requests_app",
     "billing",
+    "privacy",
 ]
 
 MIDDLEWARE = [
@@ -243,6 +244,8 @@ CELERY_BEAT_SCHEDULE = {
     "billing-usage-notices": {"task": "billing.tasks.send_usage_notices", "schedule": 300.0},
     "billing-sweep": {"task": "billing.tasks.sweep_billing", "schedule": 300.0},
     "purge-expired-data": {"task": "requests_app.tasks.purge_expired_data", "schedule": 600.0},
+    # Expires exports after seven days, re-queues lost ones, finishes account deletions.
+    "privacy-sweep": {"task": "privacy.tasks.sweep_privacy", "schedule": 60.0},
     "sweep-requests": {
         "task": "requests_app.tasks.sweep_requests",
         "schedule": env.float("REQRUN_SWEEP_INTERVAL_SECONDS", default=2.0),

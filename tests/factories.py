@@ -195,3 +195,24 @@ class AttemptFactory(factory.django.DjangoModelFactory):
     started_at = factory.LazyFunction(timezone.now)
     outcome = "success"
     status_code = 200
+
+
+# ---------- privacy ----------
+
+
+class AccountExportFactory(factory.django.DjangoModelFactory):
+    """An export waiting for a worker; pass `status`, `content`, `expires_at` for others."""
+
+    class Meta:
+        model = "privacy.AccountExport"
+
+    account = factory.SubFactory(AccountFactory)
+    site_url = "http://testserver/"
+
+
+class AccountDeletionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "privacy.AccountDeletion"
+
+    account = factory.SubFactory(AccountFactory)
+    purge_after = factory.LazyFunction(timezone.now)

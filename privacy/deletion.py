@@ -1,0 +1,201 @@
+"""Deleting an account: closed at once by its owner, its data purged once nothing runs.
+
+Closing happens in the owner's request. The Paddle subscription is canceled first, and a
+Paddle error stops everything there. Then, in one transaction, the API keys are revoked,
+pending invitations withdrawn, exports in progress stopped, every membership removed, and
+the owner's login deleted unless they belong to another account.
+
+A worker then purges: it cancels the account's requests, waits until no attempt is still
+running (an attempt already talking to the upstream finishes and its caller gets an answer,
+rather than the rows vanishing under it), and deletes every row of the account. The only
+trace left is one log line of metadata. Paddle webhooks arriving afterwards name an account
+that no longer exists, so billing stores them unapplied and nothing comes back.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Account, Membership
+from billing.paddle import PaddleError
+from billing.services import BillingError, cancel_subscription
+from privacy.models import AccountDeletion, AccountExport
+from projects.models import ApiKey
+from requests_app.models import ACTIVE_STATUSES, Request, Status
+from requests_app.services import cancel_request
+
+logger = logging.getLogger(__name__)
+
+# Callers woken by the cancellations read their answer in this time, before the rows go.
+PURGE_GRACE = timedelta(seconds=5)
+PURGE_BATCH_SIZE = 1000
+
+
+class DeletionRefused(Exception):
+    """The account cannot be deleted now; the message says why. Nothing was changed."""
+
+
+class WrongPassword(DeletionRefused):
+    pass
+
+
+@dataclass(frozen=True)
+class ClosedAccount:
+    account_id: str
+    login_deleted: bool
+
+
+def deletion_blocker(membership: Membership) -> str | None:
+    """Why this member cannot delete the account, or None if they can."""
+    if not membership.is_owner:
+        return "Only owners of this account can delete it."
+    others = membership.account.memberships.exclude(pk=membership.pk)
+    if others.exists() and not others.filter(role=Membership.Role.OWNER).exists():
+        count = others.count()
+        people = "1 other person uses" if count == 1 else f"{count} other people use"
+        return (
+            f"You are the only owner of this account, and {people} it. Before deleting it, "
+            "remove them on the Members page — or, to leave the account to them, make one of "
+            "them an owner and ask them to remove you."
+        )
+    return None
+
+
+def _cancel_subscriptions(*, membership: Membership, ip_address: str | None) -> None:
+    """Stop billing first: if Paddle says no, nothing of ours has changed yet."""
+    for subscription in membership.account.subscriptions.all():
+        if not subscription.is_live or subscription.cancel_scheduled:
+            continue  # nothing more will be charged
+        try:
+            cancel_subscription(
+                subscription=subscription, actor=membership.user, ip_address=ip_address
+            )
+        except (PaddleError, BillingError) as error:
+            raise DeletionRefused(f"{error} Your account was not deleted.") from error
+
+
+def close_account(
+    *, membership: Membership, password: str, ip_address: str | None = None
+) -> ClosedAccount:
+    """Delete `membership.account` on its owner's word (their password), as described above.
+
+    The purge is queued after commit; the caller signs the user out.
+    """
+    user, account = membership.user, membership.account
+    if not user.check_password(password):
+        raise WrongPassword("That password is not correct. Nothing was deleted.")
+    if reason := deletion_blocker(membership):
+        raise DeletionRefused(reason)
+    _cancel_subscriptions(membership=membership, ip_address=ip_address)
+    now = timezone.now()
+    with transaction.atomic():
+        Account.objects.select_for_update().get(pk=account.pk)
+        # Checked again under the lock: a second click, or a member who joined meanwhile.
+        membership = Membership.objects.select_related("account").filter(pk=membership.pk).first()
+        if membership is None:
+            raise DeletionRefused("You are no longer a member of this account.")
+        if reason := deletion_blocker(membership):
+            raise DeletionRefused(reason)
+        deletion, _ = AccountDeletion.objects.get_or_create(
+            account=account, defaults={"purge_after": now + PURGE_GRACE}
+        )
+        ApiKey.objects.filter(project__account=account, revoked_at__isnull=True).update(
+            revoked_at=now
+        )
+        account.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True).update(
+            revoked_at=now
+        )
+        account.exports.filter(
+            status__in=[AccountExport.Status.PENDING, AccountExport.Status.RUNNING]
+        ).update(status=AccountExport.Status.FAILED, error="The account was deleted.")
+        account.memberships.all().delete()
+        login_deleted = not Membership.objects.filter(user=user).exists()
+        if login_deleted:
+            user.delete()
+        transaction.on_commit(lambda: _enqueue_purge(deletion.pk))
+    logger.info(
+        "account closed",
+        extra={"account_id": account.public_id, "login_deleted": login_deleted},
+    )
+    return ClosedAccount(account_id=account.public_id, login_deleted=login_deleted)
+
+
+def _enqueue_purge(deletion_pk: int) -> None:
+    from privacy.tasks import purge_deleted_account  # the task module imports this one
+
+    purge_deleted_account.apply_async((deletion_pk,), countdown=PURGE_GRACE.total_seconds())
+
+
+def cancel_active_requests(account: Account) -> int:
+    """Queued and retrying requests end now; running ones finish their attempt only."""
+    canceled = 0
+    active = Request.objects.filter(
+        account=account, status__in=ACTIVE_STATUSES, cancel_requested=False
+    ).only("pk", "public_id")
+    for request in active.iterator(chunk_size=PURGE_BATCH_SIZE):
+        canceled += cancel_request(request=request)
+    return canceled
+
+
+def attempt_running(account: Account, *, now: datetime) -> bool:
+    """An attempt still holds a live lease (a worker whose lease ran out is presumed dead)."""
+    return Request.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__gt=now),
+        account=account,
+        status=Status.RUNNING,
+    ).exists()
+
+
+def _delete_requests(account: Account) -> int:
+    """In batches, so no statement holds locks on the requests table for long."""
+    deleted = 0
+    while pks := list(
+        Request.objects.filter(account=account).values_list("pk", flat=True)[:PURGE_BATCH_SIZE]
+    ):
+        with transaction.atomic():
+            Request.objects.filter(pk__in=pks).delete()
+        deleted += len(pks)
+    return deleted
+
+
+def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> bool:
+    """Finish a deletion if nothing of the account still runs; True once the account is gone.
+
+    Safe to run any number of times, concurrently too: a second run finds less, or nothing.
+    """
+    deletion = AccountDeletion.objects.select_related("account").filter(pk=deletion_pk).first()
+    if deletion is None:
+        return True
+    account = deletion.account
+    cancel_active_requests(account)
+    now = now or timezone.now()
+    if now < deletion.purge_after or attempt_running(account, now=now):
+        return False
+    requests = _delete_requests(account)
+    projects = account.projects.count()
+    with transaction.atomic():
+        account.delete()  # everything else of it goes with it (CASCADE)
+    # The only record left of the account: metadata, no names or addresses.
+    logger.info(
+        "account deleted",
+        extra={
+            "account_id": account.public_id,
+            "closed_at": deletion.requested_at.isoformat(),
+            "requests_deleted": requests,
+            "projects_deleted": projects,
+        },
+    )
+    return True
+
+
+def due_deletions(*, now: datetime | None = None) -> list[int]:
+    now = now or timezone.now()
+    return list(
+        AccountDeletion.objects.filter(purge_after__lte=now)
+        .order_by("purge_after")
+        .values_list("pk", flat=True)[:100]
+    )

@@ -1,0 +1,253 @@
+"""Account exports: asking for one, building it in a worker, downloading it, expiring it.
+
+An export is built once per request: asking again while one is pending or running returns
+that one. The finished file is gzip-compressed JSON encrypted with the key ring, stored in
+the database (never on a path a web server serves) and wiped after seven days.
+"""
+
+import gzip
+import io
+import logging
+import zlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.models import Account, User
+from accounts.services import record_audit_event
+from privacy import document
+from privacy.models import EXPORT_LIFETIME, AccountExport
+from projects import encryption
+
+logger = logging.getLogger(__name__)
+
+Status = AccountExport.Status
+IN_PROGRESS = (Status.PENDING, Status.RUNNING)
+# A build holds its claim this long (past the task's time limit); after that it is presumed
+# lost with its worker and marked failed.
+BUILD_STALE_AFTER = timedelta(minutes=20)
+# An export still pending after this long lost its task in the broker: queue it again.
+ENQUEUE_LOST_AFTER = timedelta(minutes=2)
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
+
+
+class ExportUnavailable(Exception):
+    """The export cannot be downloaded (not ready, failed or expired); the message says why."""
+
+
+def _enqueue(export_pk: int) -> None:
+    from privacy.tasks import build_export  # the task module imports this one
+
+    build_export.delay(export_pk)
+
+
+def request_export(
+    *, account: Account, actor: User, site_url: str, ip_address: str | None = None
+) -> tuple[AccountExport, bool]:
+    """Queue an export of `account`; the one already in progress if there is one.
+
+    Returns the export and whether it is new. `site_url` is where the email's link points.
+    """
+    try:
+        with transaction.atomic():
+            Account.objects.select_for_update().get(pk=account.pk)
+            existing = account.exports.filter(status__in=IN_PROGRESS).first()
+            if existing is not None:
+                return existing, False
+            export = AccountExport.objects.create(
+                account=account, requested_by=actor, site_url=site_url
+            )
+            record_audit_event(
+                account=account,
+                actor=actor,
+                action="export",
+                target=f"{export.public_id} requested",
+                ip_address=ip_address,
+            )
+            transaction.on_commit(lambda: _enqueue(export.pk))
+    except IntegrityError:  # one in progress was created meanwhile: the constraint holds
+        return account.exports.get(status__in=IN_PROGRESS), False
+    logger.info(
+        "export requested", extra={"account_id": account.public_id, "export_id": export.public_id}
+    )
+    return export, True
+
+
+class _CountingWriter(io.TextIOBase):
+    """Text in, gzip-compressed UTF-8 out; counts the uncompressed bytes."""
+
+    def __init__(self, sink: gzip.GzipFile):
+        self.sink = sink
+        self.size = 0
+
+    def write(self, text: str) -> int:
+        data = text.encode()
+        self.sink.write(data)
+        self.size += len(data)
+        return len(text)
+
+
+def _set_progress(export_pk: int, started_at: datetime, percent: int) -> None:
+    AccountExport.objects.filter(pk=export_pk, status=Status.RUNNING, started_at=started_at).update(
+        progress=percent
+    )
+
+
+def build_export(*, export_pk: int) -> AccountExport | None:
+    """Build a pending export. A second run (redelivered task) finds it claimed and returns.
+
+    The claim sets `started_at`, and every later write names it, so a build presumed lost
+    can no longer overwrite the export.
+    """
+    started_at = timezone.now()
+    claimed = AccountExport.objects.filter(pk=export_pk, status=Status.PENDING).update(
+        status=Status.RUNNING, started_at=started_at, progress=0
+    )
+    if not claimed:
+        return None
+    export = AccountExport.objects.select_related("account", "requested_by").get(pk=export_pk)
+    buffer = io.BytesIO()
+    last = {"percent": 0}
+
+    def on_progress(percent: int) -> None:
+        if percent > last["percent"]:
+            last["percent"] = percent
+            _set_progress(export_pk, started_at, percent)
+
+    try:
+        with gzip.GzipFile(fileobj=buffer, mode="wb") as compressed:
+            writer = _CountingWriter(compressed)
+            document.write_export(
+                account=export.account, out=writer, now=started_at, on_progress=on_progress
+            )
+        content = encryption.encrypt(buffer.getvalue())
+    except Exception as error:
+        # The type only: the document is the customer's data and never reaches a log.
+        logger.warning(
+            "export failed", extra={"export_id": export.public_id, "error": type(error).__name__}
+        )
+        AccountExport.objects.filter(
+            pk=export_pk, status=Status.RUNNING, started_at=started_at
+        ).update(
+            status=Status.FAILED,
+            finished_at=timezone.now(),
+            error="The export could not be built. Request a new one; if it fails again, "
+            "contact support@reqrun.com.",
+        )
+        return None
+    finished_at = timezone.now()
+    ready = AccountExport.objects.filter(
+        pk=export_pk, status=Status.RUNNING, started_at=started_at
+    ).update(
+        status=Status.READY,
+        progress=100,
+        content=content,
+        size_bytes=writer.size,
+        finished_at=finished_at,
+        expires_at=finished_at + EXPORT_LIFETIME,
+    )
+    if not ready:
+        return None
+    export.refresh_from_db()
+    logger.info(
+        "export ready",
+        extra={"export_id": export.public_id, "size_bytes": writer.size},
+    )
+    send_ready_email(export=export)
+    return export
+
+
+def send_ready_email(*, export: AccountExport) -> bool:
+    """Tell whoever asked that the export can be downloaded, with a link; False if nobody."""
+    if export.requested_by is None:
+        return False
+    path = reverse("privacy-export-download", kwargs={"export_id": export.public_id})
+    context = {
+        "export": export,
+        "account": export.account,
+        "link": export.site_url.rstrip("/") + path,
+    }
+    send_mail(
+        subject="[ReqRun] Your account export is ready",
+        message=render_to_string("privacy/email/export_ready.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[export.requested_by.email],
+    )
+    return True
+
+
+def expire_exports(*, now: datetime | None = None) -> int:
+    """Delete the file of every export past its seven days; the row stays, marked expired."""
+    now = now or timezone.now()
+    expired = AccountExport.objects.filter(status=Status.READY, expires_at__lte=now).update(
+        status=Status.EXPIRED, content=None
+    )
+    if expired:
+        logger.info("exports expired", extra={"count": expired})
+    return expired
+
+
+def recover_exports(*, now: datetime | None = None) -> list[int]:
+    """Fail builds presumed lost with their worker; return the pending ones to queue again."""
+    now = now or timezone.now()
+    AccountExport.objects.filter(
+        status=Status.RUNNING, started_at__lt=now - BUILD_STALE_AFTER
+    ).update(
+        status=Status.FAILED,
+        finished_at=now,
+        error="The export was interrupted. Request a new one.",
+    )
+    return list(
+        AccountExport.objects.filter(
+            status=Status.PENDING, created_at__lt=now - ENQUEUE_LOST_AFTER
+        ).values_list("pk", flat=True)[:100]
+    )
+
+
+def _decompressed(compressed: bytes) -> Iterator[bytes]:
+    inflater = zlib.decompressobj(wbits=31)  # 31: a gzip stream
+    for start in range(0, len(compressed), DOWNLOAD_CHUNK_BYTES):
+        if chunk := inflater.decompress(compressed[start : start + DOWNLOAD_CHUNK_BYTES]):
+            yield chunk
+    if tail := inflater.flush():
+        yield tail
+
+
+def open_export(
+    *, export: AccountExport, actor: User, ip_address: str | None = None
+) -> Iterator[bytes]:
+    """The export's JSON, in chunks, for download; audited. ExportUnavailable if it cannot be."""
+    now = timezone.now()
+    if export.status == Status.READY and export.expires_at and export.expires_at <= now:
+        expire_exports(now=now)  # on access too, not only when the sweep comes round
+        export.refresh_from_db()
+    if export.status == Status.EXPIRED:
+        raise ExportUnavailable(
+            "This export expired: exports are kept for seven days. Request a new one."
+        )
+    if export.status == Status.FAILED:
+        raise ExportUnavailable(export.error or "This export failed. Request a new one.")
+    if export.status != Status.READY or export.content is None:
+        raise ExportUnavailable("This export is not ready yet. You will get an email when it is.")
+    try:
+        compressed = encryption.decrypt(export.content)
+    except encryption.InvalidToken as error:  # its key was dropped from the ring
+        raise ExportUnavailable(
+            "This export can no longer be read because the encryption keys changed. "
+            "Request a new one."
+        ) from error
+    record_audit_event(
+        account=export.account,
+        actor=actor,
+        action="export",
+        target=f"{export.public_id} downloaded",
+        ip_address=ip_address,
+    )
+    logger.info("export downloaded", extra={"export_id": export.public_id})
+    return _decompressed(compressed)

@@ -1,0 +1,34 @@
+"""Thin Celery tasks for exports and deletions: ids in, a service call, nothing else."""
+
+from celery import shared_task
+
+from privacy import deletion, services
+
+# Queued when an account is closed, the purge usually succeeds at once; while an attempt is
+# still running it is retried this often, a few times, and then left to the sweep (which
+# queues it without follow-ups, once a minute).
+PURGE_RETRY_SECONDS = 5
+PURGE_RETRIES = 24
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, time_limit=900, soft_time_limit=840)
+def build_export(export_pk: int) -> None:
+    services.build_export(export_pk=export_pk)
+
+
+@shared_task(bind=True, acks_late=True, time_limit=900, soft_time_limit=840)
+def purge_deleted_account(self, deletion_pk: int, follow_up: bool = True) -> None:
+    if deletion.purge_deleted_account(deletion_pk=deletion_pk):
+        return
+    if follow_up and self.request.retries < PURGE_RETRIES:
+        raise self.retry(countdown=PURGE_RETRY_SECONDS, max_retries=PURGE_RETRIES)
+
+
+@shared_task(time_limit=120, soft_time_limit=100)
+def sweep_privacy() -> None:
+    """Expire old exports, queue again what the broker lost, finish pending deletions."""
+    services.expire_exports()
+    for export_pk in services.recover_exports():
+        build_export.delay(export_pk)
+    for deletion_pk in deletion.due_deletions():
+        purge_deleted_account.delay(deletion_pk, follow_up=False)
