@@ -198,6 +198,21 @@ def command_check() -> int:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def stop_child_on_termination(child: subprocess.Popen) -> None:
+    """On SIGTERM (a CI timeout, `kill`), stop the child and unwind so the servers stop too."""
+
+    def terminate(signum, frame):
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def command_test(pytest_args: list[str]) -> int:
     directory = Path(tempfile.mkdtemp(prefix="reqrun-test-"))
     try:
@@ -207,9 +222,10 @@ def command_test(pytest_args: list[str]) -> int:
                    "SECURE_SSL_REDIRECT": "false"}
             env.update(start_servers(stack, directory, free_port(), free_port()))
             manage(env, "collectstatic", "--no-input", "-v", "0")
-            return subprocess.run(
-                [sys.executable, "-m", "pytest", *pytest_args], env=env, cwd=ROOT
-            ).returncode
+            pytest = subprocess.Popen([sys.executable, "-m", "pytest", *pytest_args], env=env,
+                                      cwd=ROOT)
+            stop_child_on_termination(pytest)
+            return pytest.wait()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
