@@ -127,7 +127,8 @@ def close_account(
 def _enqueue_purge(deletion_pk: int) -> None:
     from privacy.tasks import purge_deleted_account  # the task module imports this one
 
-    purge_deleted_account.apply_async((deletion_pk,), countdown=PURGE_GRACE.total_seconds())
+    # At once: its first run cancels the requests, its retries delete once they may.
+    purge_deleted_account.delay(deletion_pk)
 
 
 def cancel_active_requests(account: Account) -> int:

@@ -130,10 +130,11 @@ def test_progress_is_recorded_while_the_export_is_built(alice_client, filled, mo
     with CaptureQueriesContext(connection) as queries:
         services.build_export(export_pk=export.pk)
 
+    progress_update = re.compile(r'UPDATE "privacy_accountexport" SET "progress" = (\d+)')
     updates = [
         int(match[1])
         for query in queries.captured_queries
-        if (match := re.search(r'UPDATE "privacy_accountexport" SET "progress" = (\d+)', query["sql"]))
+        if (match := progress_update.search(query["sql"]))
     ]
     assert updates[0] == document.SECTIONS_DONE_PERCENT
     assert len(updates) >= 3 and updates == sorted(updates) and updates[-1] < 100
