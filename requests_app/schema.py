@@ -9,7 +9,12 @@ postprocessing hook. `reference()` flattens the schema for the docs' API referen
 from functools import cache
 
 from drf_spectacular.extensions import OpenApiViewExtension
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 
 from requests_app.error_catalog import ERROR_CODES
 from requests_app.models import Attempt, Status
@@ -331,20 +336,6 @@ def proxy_schema(endpoint: str):
 
 
 OPERATIONS = {
-    "ModelsView": extend_schema(
-        summary="List the upstream's models, or get one",
-        description="Passed straight through to the upstream with the project's provider key; "
-        "not recorded and not counted against the quota.",
-        tags=["Models"],
-        auth=BEARER,
-        responses={
-            200: ref("OpenAIResponse"),
-            400: error("`provider_key_missing`"),
-            **COMMON_ERRORS,
-            502: error("`upstream_unreachable`"),
-        },
-        parameters=RATE_LIMIT_HEADERS,
-    ),
     "RequestListView": extend_schema(
         operation_id="list_requests",
         summary="List requests",
@@ -416,8 +407,19 @@ OPERATIONS = {
 }
 
 
-def _described(view_class, decorator):
-    return decorator(type(view_class.__name__, (view_class,), {"__module__": __name__}))
+# The HTTP method each view class answers (ProxyView: POST; ModelsView: below).
+METHODS = {
+    "RequestListView": "get",
+    "RequestDetailView": "get",
+    "RequestCancelView": "post",
+    "UsageView": "get",
+}
+
+
+def _described(view_class, method: str, decorator):
+    """A subclass of the view whose handler carries the schema, as @extend_schema would."""
+    subclass = type(view_class.__name__, (view_class,), {"__module__": __name__})
+    return extend_schema_view(**{method: decorator})(subclass)
 
 
 class ProxyViewSchema(OpenApiViewExtension):
@@ -425,12 +427,45 @@ class ProxyViewSchema(OpenApiViewExtension):
 
     def view_replacement(self):
         endpoint = self.target_callback.initkwargs.get("endpoint", "")
-        return _described(self.target, proxy_schema(endpoint))
+        return _described(self.target, "post", proxy_schema(endpoint))
+
+
+class ModelsViewSchema(OpenApiViewExtension):
+    """One view class serves /v1/models and /v1/models/{id}: tell them apart by callback."""
+
+    target_class = "requests_app.api.ModelsView"
+
+    def view_replacement(self):
+        from requests_app.urls import urlpatterns
+
+        route = next(str(p.pattern) for p in urlpatterns if p.callback is self.target_callback)
+        listing = route.endswith("models")
+        return _described(
+            self.target,
+            "get",
+            extend_schema(
+                operation_id="list_models" if listing else "retrieve_model",
+                summary="List the upstream's models"
+                if listing
+                else "Get one of the upstream's models",
+                description="Passed straight through to the upstream with the project's provider "
+                "key; not recorded and not counted against the quota.",
+                tags=["Models"],
+                auth=BEARER,
+                responses={
+                    200: ref("OpenAIResponse"),
+                    400: error("`provider_key_missing`"),
+                    **COMMON_ERRORS,
+                    502: error("`upstream_unreachable`"),
+                },
+                parameters=RATE_LIMIT_HEADERS,
+            ),
+        )
 
 
 def _extension(view_name: str) -> type[OpenApiViewExtension]:
     def view_replacement(self):
-        return _described(self.target, OPERATIONS[view_name])
+        return _described(self.target, METHODS[view_name], OPERATIONS[view_name])
 
     return type(
         f"{view_name}Schema",
@@ -442,7 +477,7 @@ def _extension(view_name: str) -> type[OpenApiViewExtension]:
     )
 
 
-EXTENSIONS = [ProxyViewSchema, *(_extension(name) for name in OPERATIONS)]
+EXTENSIONS = [ProxyViewSchema, ModelsViewSchema, *(_extension(name) for name in OPERATIONS)]
 
 
 def v1_endpoints(endpoints):

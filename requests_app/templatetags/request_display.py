@@ -65,11 +65,12 @@ def _nice_ceiling(value: int) -> int:
     return 10 * exponent
 
 
-def _short(number: int) -> str:
+def _short(number: float) -> str:
+    """Axis labels: 2.5, 40, 1.2k, 3M."""
     for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "k")):
         if number >= size:
             return f"{number / size:.3g}{suffix}"
-    return str(number)
+    return f"{number:g}"
 
 
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 200, 44, 22, 8
@@ -79,7 +80,7 @@ WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 720, 200, 44, 22, 8
 def bar_chart(days, field: str, noun: str, chart_id: str):
     """A server-rendered SVG bar chart of `field` per day: no JavaScript, scales to its box."""
     values = [getattr(day, field) for day in days]
-    top = _nice_ceiling(max(values, default=0))
+    top = _nice_ceiling(max([*values, 2]))  # at least 2: the middle gridline stays whole
     plot_width, plot_height = WIDTH - LEFT, HEIGHT - TOP - BOTTOM
     slot = plot_width / max(len(days), 1)
     today = timezone.now().date()
@@ -101,7 +102,7 @@ def bar_chart(days, field: str, noun: str, chart_id: str):
             }
         )
     gridlines = [
-        {"y": round(TOP + plot_height * (1 - fraction), 1), "label": _short(round(top * fraction))}
+        {"y": round(TOP + plot_height * (1 - fraction), 1), "label": _short(top * fraction)}
         for fraction in (0, 0.5, 1)
     ]
     return {

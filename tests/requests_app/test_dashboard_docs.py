@@ -115,3 +115,11 @@ def test_the_account_page_links_profile_security_and_sessions(client, alice, ali
     ):
         assert f'href="{reverse(name)}"' in page
     assert client.get(reverse("usersessions_list")).status_code == 200
+
+
+def test_the_schema_generates_without_warnings(tmp_path):
+    from django.core.management import call_command
+
+    call_command("spectacular", "--fail-on-warn", "--validate", "--file", tmp_path / "s.yaml")
+
+    assert "/v1/chat/completions" in (tmp_path / "s.yaml").read_text()
