@@ -118,59 +118,68 @@ def _until(subscription: Subscription) -> str:
     return format_date(end, "F j, Y") if end else "the end of the billing period"
 
 
-@require_POST
-@owner_only
-def cancel(request: HttpRequest, membership: Membership) -> HttpResponse:
+def _change_subscription(
+    request: HttpRequest,
+    membership: Membership,
+    service: Callable[..., Subscription],
+    success: Callable[[Subscription], str],
+    **fields,
+) -> HttpResponse:
+    """Run one owner action on the current subscription; a refusal (ours or Paddle's) is shown
+    as a message and nothing changed."""
     try:
-        subscription = services.cancel_subscription(
+        subscription = service(
             subscription=current_subscription(membership.account),
             actor=request.user,
             ip_address=_ip(request),
+            **fields,
         )
     except (BillingError, PaddleError) as error:
         messages.error(request, str(error))
     else:
-        plan = subscription.plan.name if subscription.plan else "Your plan"
-        messages.success(
-            request,
-            f"Your subscription is canceled at the end of the billing "
-            f"period: {plan} stays active until {_until(subscription)}.",
-        )
+        messages.success(request, success(subscription))
     return redirect("billing")
+
+
+def _plan_name(subscription: Subscription) -> str:
+    return subscription.plan.name if subscription.plan else "your plan"
+
+
+@require_POST
+@owner_only
+def cancel(request: HttpRequest, membership: Membership) -> HttpResponse:
+    return _change_subscription(
+        request,
+        membership,
+        services.cancel_subscription,
+        lambda subscription: (
+            "Your subscription is canceled at the end of the billing period: "
+            f"{_plan_name(subscription)} stays active until {_until(subscription)}."
+        ),
+    )
 
 
 @require_POST
 @owner_only
 def resume(request: HttpRequest, membership: Membership) -> HttpResponse:
-    try:
-        services.resume_subscription(
-            subscription=current_subscription(membership.account),
-            actor=request.user,
-            ip_address=_ip(request),
-        )
-    except (BillingError, PaddleError) as error:
-        messages.error(request, str(error))
-    else:
-        messages.success(request, "Your subscription continues; it renews as before.")
-    return redirect("billing")
+    return _change_subscription(
+        request,
+        membership,
+        services.resume_subscription,
+        lambda subscription: "Your subscription continues; it renews as before.",
+    )
 
 
 @require_POST
 @owner_only
 def change_plan(request: HttpRequest, membership: Membership) -> HttpResponse:
-    try:
-        subscription = services.change_plan(
-            subscription=current_subscription(membership.account),
-            plan_code=request.POST.get("plan", ""),
-            actor=request.user,
-            ip_address=_ip(request),
-        )
-    except (BillingError, PaddleError) as error:
-        messages.error(request, str(error))
-    else:
-        plan = subscription.plan.name if subscription.plan else "the new plan"
-        messages.success(request, f"Your subscription is now on {plan}.")
-    return redirect("billing")
+    return _change_subscription(
+        request,
+        membership,
+        services.change_plan,
+        lambda subscription: f"Your subscription is now on {_plan_name(subscription)}.",
+        plan_code=request.POST.get("plan", ""),
+    )
 
 
 @require_POST

@@ -69,7 +69,7 @@ def receive(*, request: HttpRequest) -> tuple[WebhookEvent, bool]:
         if created:
             from billing.tasks import process_webhook_event  # the task module imports this one
 
-            transaction.on_commit(lambda: process_webhook_event.delay(event.pk))
+            transaction.on_commit(lambda: process_webhook_event.delay(event.pk), robust=True)
     logger.info(
         "paddle webhook received",
         extra={
