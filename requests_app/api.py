@@ -6,6 +6,7 @@ authentication included — rather than through DRF's per-step hops.
 """
 
 import json
+from urllib.parse import quote
 
 from adrf.views import APIView
 from django.conf import settings
@@ -176,7 +177,7 @@ class ModelsView(V1View):
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing")
-        path = "/v1/models" + (f"/{model_id}" if model_id else "")
+        path = "/v1/models" + (f"/{quote(model_id, safe='')}" if model_id else "")
         try:
             answer = upstream.call(
                 method="GET", url=upstream.endpoint_url(api_key.project.upstream_base_url, path),
