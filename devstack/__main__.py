@@ -219,7 +219,7 @@ def command_test(pytest_args: list[str]) -> int:
         with ExitStack() as stack:
             # Production settings (DEBUG off), except that the test client speaks plain http.
             env = {**os.environ, **development_env(), "DEBUG": "false",
-                   "SECURE_SSL_REDIRECT": "false"}
+                   "SECURE_SSL_REDIRECT": "false", "STATIC_ROOT": str(directory / "static")}
             env.update(start_servers(stack, directory, free_port(), free_port()))
             manage(env, "collectstatic", "--no-input", "-v", "0")
             pytest = subprocess.Popen([sys.executable, "-m", "pytest", *pytest_args], env=env,
