@@ -1,4 +1,4 @@
-"""Chaos run: load through ReqRun while workers are SIGKILLed, Redis restarts and the upstream flaps.
+"""Chaos run: load through ReqRun while workers die, Redis restarts and the upstream flaps.
 
     python -m tests.chaos [--duration 120] [--rate 20] [--kill-every 4] [--workers 2]
 

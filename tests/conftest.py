@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers come from `python -m devstack test`; these add a worker and users."""
+"""Shared fixtures: devstack starts the real servers; these add a worker and the usual users."""
 
 import os
 import signal
