@@ -1,0 +1,524 @@
+"""`make bench` (`python -m bench.run [--quick] [...]`): what ReqRun adds over the upstream.
+
+Starts the stack in a throw-away directory (bench/stack.py), three fake upstreams (0 ms,
+200 ms, 2 s) and one enterprise tenant per upstream, then runs rounds of batches from a
+separate load-generator process (bench/load.py). In each round every scenario runs
+direct-to-upstream and through ReqRun back to back, in alternating order, so whatever
+else the machine is doing lands on both sides. Prints a table and writes JSON to
+bench/results/. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from bench import procstat, report
+from bench.stack import PROVIDER_KEY, Stack, StackError, bootstrap, spawn, start
+from devstack.__main__ import say
+
+FAST, SLOW, SLEEPY = 0, 200, 2000  # upstream delays, ms
+CPU_GROUPS = ("web", "worker", "beat", "postgres", "redis", "upstreams", "load")
+BODY = json.dumps(
+    {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Say hello to the benchmark in five words."},
+        ],
+    }
+)
+DRAIN_TIMEOUT_SECONDS = 120
+WAITERS_TIMEOUT_SECONDS = 180
+
+
+class BenchInterrupted(Exception):
+    """Ctrl-C, SIGTERM or the overall time limit: stop everything and exit non-zero."""
+
+
+@dataclass
+class Config:
+    rounds: int
+    seconds: float  # each c=1 and c=50 (0 ms) batch
+    slow_seconds: float  # each c=50 batch against the 200 ms upstream
+    async_seconds: float
+    warmup: float  # discarded at the start of every batch
+    concurrency: int
+    waiters: int
+    web_workers: int
+    worker_concurrency: int
+    time_limit: int
+    quick: bool
+    strict: bool
+    keep: bool
+    profile: str
+
+
+def parse_args(argv: list[str]) -> Config:
+    def default(name: str, value):
+        return type(value)(os.environ.get(f"BENCH_{name.upper()}", value))
+
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of ~1.5 minutes")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--seconds", type=float, help="c=1 and c=50 batch length (default 4)")
+    parser.add_argument("--slow-seconds", type=float, help="200 ms upstream batch (default 5)")
+    parser.add_argument("--async-seconds", type=float, help="async accept batch (default 3)")
+    parser.add_argument("--warmup", type=float, help="discarded per batch (default 0.5 s)")
+    parser.add_argument("--concurrency", type=int, default=default("concurrency", 50))
+    parser.add_argument("--waiters", type=int, help="wait-mode requests held at once (500)")
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=default("web_workers", 1),
+        help="uvicorn --workers (default 1)",
+    )
+    parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=default("worker_concurrency", 100),
+        help="Celery worker threads, WORKER_CONCURRENCY (default 100)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=int,
+        default=default("time_limit", 600),
+        help="abort the whole run after this many seconds (default 600)",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the throw-away directory (process logs) and print it",
+    )
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("BENCH_PROFILE", ""),
+        metavar="DIR",
+        help="py-spy the web and worker during the c=50 "
+        "through batches of round 1 and write collapsed stacks to DIR",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0", "false")
+
+    def pick(name: str, full, short):
+        """The flag if given, else BENCH_<NAME>, else the full or quick default."""
+        given = getattr(args, name)
+        return given if given is not None else default(name, short if quick else full)
+
+    return Config(
+        rounds=pick("rounds", 3, 1),
+        seconds=pick("seconds", 4.0, 3.0),
+        slow_seconds=pick("slow_seconds", 5.0, 3.0),
+        async_seconds=pick("async_seconds", 3.0, 2.0),
+        warmup=pick("warmup", 0.5, 0.3),
+        concurrency=args.concurrency,
+        waiters=pick("waiters", 500, 100),
+        web_workers=args.web_workers,
+        worker_concurrency=args.worker_concurrency,
+        time_limit=args.time_limit,
+        quick=quick,
+        strict=args.strict,
+        keep=args.keep,
+        profile=args.profile,
+    )
+
+
+class Bench:
+    def __init__(self, config: Config, stack: Stack, exit_stack: ExitStack) -> None:
+        self.config = config
+        self.stack = stack
+        self.keys = {
+            delay: bootstrap(stack, email=f"bench-{delay}ms@example.com", upstream_url=url)
+            for delay, url in stack.upstreams.items()
+        }
+        self.load = spawn(
+            exit_stack,
+            stack,
+            "load",
+            [sys.executable, "-m", "bench.load"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    # ------------------------------------------------------------------ one batch
+
+    def batch(
+        self,
+        side: str,
+        delay: int,
+        *,
+        concurrency: int,
+        seconds: float = 0.0,
+        total: int = 0,
+        respond_async: bool = False,
+        timeout: float = 60.0,
+    ) -> dict:
+        if side == "direct":
+            url = self.stack.upstreams[delay] + "/chat/completions"
+            headers = {"Authorization": f"Bearer {PROVIDER_KEY}"}
+        else:
+            url = self.stack.web_url + "/v1/chat/completions"
+            headers = {"Authorization": f"Bearer {self.keys[delay]}"}
+        headers["Content-Type"] = "application/json"
+        if respond_async:
+            headers["Prefer"] = "respond-async"
+        command = {
+            "url": url,
+            "headers": headers,
+            "body": BODY,
+            "concurrency": concurrency,
+            "duration": seconds,
+            "warmup": self.config.warmup if seconds else 0.0,
+            "total": total,
+            "timeout": timeout,
+            "expect": 202 if respond_async else 200,
+        }
+        opened_before = self.stack.connections_opened()
+        cpu_before = self._cpu()
+        busy_before, began = procstat.machine_busy_seconds(), time.monotonic()
+        self.load.popen.stdin.write(json.dumps(command) + "\n")
+        self.load.popen.stdin.flush()
+        line = self.load.popen.stdout.readline()
+        if not line:
+            raise StackError(f"the load generator died. Log tail:\n{self.load.log_tail()}")
+        result = json.loads(line)
+        result["cpu_s"] = {group: after - cpu_before[group] for group, after in self._cpu().items()}
+        # CPU the rest of the machine took meanwhile: other people's work is noise here.
+        result["cpu_s"]["other"] = (
+            procstat.machine_busy_seconds() - busy_before - sum(result["cpu_s"].values())
+        )
+        result["elapsed_s"] = time.monotonic() - began
+        # Less the one connection the reading itself opens.
+        result["connections_opened"] = {
+            server: count - opened_before[server] - 1
+            for server, count in self.stack.connections_opened().items()
+        }
+        self.stack.check_alive()
+        return result
+
+    def _cpu(self) -> dict[str, float]:
+        return {group: procstat.cpu_seconds(self.stack.pids(group)) for group in CPU_GROUPS}
+
+    def pending(self, delay: int) -> int:
+        response = httpx.get(
+            self.stack.web_url + "/v1/usage",
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.keys[delay]}"},
+        )
+        response.raise_for_status()
+        return response.json()["used"]["pending"]
+
+    # ------------------------------------------------------------------ scenarios
+
+    def warm_up(self) -> None:
+        """Open connections and fill caches in every process before anything is measured."""
+        for delay in (FAST, SLOW):
+            for side in ("direct", "through"):
+                self.batch(side, delay, concurrency=1, seconds=0.5)
+                self.batch(side, delay, concurrency=self.config.concurrency, seconds=1.0)
+
+    def async_round(self) -> dict:
+        started = time.monotonic()
+        result = self.batch(
+            "through",
+            FAST,
+            concurrency=self.config.concurrency,
+            seconds=self.config.async_seconds,
+            respond_async=True,
+        )
+        deadline = started + DRAIN_TIMEOUT_SECONDS
+        while (left := self.pending(FAST)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        result["drain_s"] = time.monotonic() - started
+        result["left_pending"] = left
+        return result
+
+    def waiters(self) -> dict:
+        """N wait-mode requests at once against the 2 s upstream: all must be served."""
+        n = self.config.waiters
+        direct = self.batch(
+            "direct", SLEEPY, concurrency=n, total=n, timeout=WAITERS_TIMEOUT_SECONDS
+        )
+        web = self.stack.pids("web")
+        before = procstat.rss_bytes(web)
+        with procstat.PeakMemory(web) as memory:
+            through = self.batch(
+                "through", SLEEPY, concurrency=n, total=n, timeout=WAITERS_TIMEOUT_SECONDS
+            )
+        return {
+            "direct": direct,
+            "through": through,
+            "web_rss_before": before,
+            "web_peak_rss": memory.peak,
+        }
+
+    def run(self) -> dict:
+        c = self.config
+        paired = [
+            ("c1_fast", FAST, 1, c.seconds),
+            ("c50_fast", FAST, c.concurrency, c.seconds),
+            ("c50_slow", SLOW, c.concurrency, c.slow_seconds),
+        ]
+        batches: dict = {name: {"direct": [], "through": []} for name, *_ in paired}
+        batches["async_accept"] = []
+        say("warming up")
+        self.warm_up()
+        for number in range(c.rounds):
+            # ABBA: the side that went second last round goes first now.
+            sides = ("direct", "through") if number % 2 == 0 else ("through", "direct")
+            for name, delay, concurrency, seconds in paired:
+                for side in sides:
+                    profiling = bool(c.profile) and number == 0 and side == "through"
+                    with Profiler(
+                        self.stack,
+                        c.profile,
+                        name,
+                        seconds + c.warmup,
+                        enabled=profiling and concurrency > 1,
+                    ):
+                        batches[name][side].append(
+                            self.batch(side, delay, concurrency=concurrency, seconds=seconds)
+                        )
+            batches["async_accept"].append(self.async_round())
+            say(f"round {number + 1}/{c.rounds} done")
+        say(f"{c.waiters} waiters against the 2 s upstream")
+        batches["waiters"] = self.waiters()
+        return batches
+
+
+class Profiler:
+    """py-spy on the web and worker trees for one batch (when --profile DIR is given)."""
+
+    def __init__(
+        self, stack: Stack, directory: str, label: str, seconds: float, *, enabled: bool
+    ) -> None:
+        self.commands: list[list[str]] = []
+        self.running: list[subprocess.Popen] = []
+        if not enabled:
+            return
+        py_spy = shutil.which("py-spy", path=stack.env["PATH"])
+        if py_spy is None:
+            raise StackError("--profile needs py-spy: .venv/bin/pip install py-spy")
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for name in ("web", "worker"):
+            output = Path(directory) / f"{label}-{name}.txt"
+            self.commands.append(
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(stack.pids(name)[0]),
+                    "--subprocesses",
+                    "--gil",  # only the thread holding the GIL: where Python spends CPU
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--duration",
+                    str(math.ceil(seconds)),
+                    "--nonblocking",
+                    "--output",
+                    str(output),
+                ]
+            )
+
+    def __enter__(self) -> Profiler:
+        self.running = [
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for command in self.commands
+        ]
+        if self.running:
+            time.sleep(0.5)  # attached before the batch starts
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in self.running:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+# ---------------------------------------------------------------------- figures
+
+
+def _merged(batches: list[dict]) -> list[float]:
+    return [value for batch in batches for value in batch["latencies_ms"]]
+
+
+def _paired(side_batches: dict) -> dict:
+    direct = report.latency_summary(_merged(side_batches["direct"]))
+    through = report.latency_summary(_merged(side_batches["through"]))
+    return {
+        "direct": direct,
+        "through": through,
+        "added_p50": through["p50"] - direct["p50"],
+        "added_p99": through["p99"] - direct["p99"],
+        "direct_rps": _mean([b["rps"] for b in side_batches["direct"]]),
+        "through_rps": _mean([b["rps"] for b in side_batches["through"]]),
+        "per_round_rps": {
+            side: [round(b["rps"], 1) for b in side_batches[side]] for side in ("direct", "through")
+        },
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _cpu_per_request(batches: list[dict]) -> dict:
+    requests = sum(batch["all_answered"] for batch in batches)
+    return {
+        group: 1000 * sum(batch["cpu_s"][group] for batch in batches) / max(1, requests)
+        for group in CPU_GROUPS
+    }
+
+
+def _connections_per_request(batches: list[dict]) -> dict:
+    requests = sum(batch["all_answered"] for batch in batches)
+    return {
+        server: sum(batch["connections_opened"][server] for batch in batches) / max(1, requests)
+        for server in ("postgres", "redis")
+    }
+
+
+def _unexpected(batches: list[dict], expected: int) -> dict:
+    found: dict[str, int] = {}
+    for batch in batches:
+        for outcome, count in batch["outcomes"].items():
+            if outcome != str(expected):
+                found[outcome] = found.get(outcome, 0) + count
+    return found
+
+
+def figures(config: Config, batches: dict) -> tuple[dict, dict]:
+    c1, fast, slow = (_paired(batches[name]) for name in ("c1_fast", "c50_fast", "c50_slow"))
+    c1["verdict_p50"] = report.verdict(c1["added_p50"], report.TARGET_ADDED_P50_C1)
+    slow["verdict_p50"] = report.verdict(slow["added_p50"], report.TARGET_ADDED_P50_C50)
+    slow["verdict_p99"] = report.verdict(slow["added_p99"], report.TARGET_ADDED_P99_C50)
+    for scenario, name in ((c1, "c1_fast"), (fast, "c50_fast"), (slow, "c50_slow")):
+        scenario["cpu_ms_per_request"] = _cpu_per_request(batches[name]["through"])
+        scenario["connections_per_request"] = _connections_per_request(batches[name]["through"])
+    accepts = batches["async_accept"]
+    accepted = sum(batch["all_answered"] for batch in accepts)
+    drain_s = sum(batch["drain_s"] for batch in accepts)
+    waiters = batches["waiters"]
+    all_served = waiters["through"]["ok"] == config.waiters
+    errors = {
+        name: _unexpected(batches[name]["direct"] + batches[name]["through"], 200)
+        for name in ("c1_fast", "c50_fast", "c50_slow")
+    }
+    errors["async_accept"] = _unexpected(accepts, 202)
+    errors["waiters"] = _unexpected([waiters["direct"], waiters["through"]], 200)
+    every_batch = [waiters["direct"], waiters["through"], *accepts] + [
+        batch
+        for name in ("c1_fast", "c50_fast", "c50_slow")
+        for side in batches[name].values()
+        for batch in side
+    ]
+    return {
+        "other_cpu_share": sum(batch["cpu_s"]["other"] for batch in every_batch)
+        / sum(batch["elapsed_s"] * (os.cpu_count() or 1) for batch in every_batch),
+        "c1_fast": c1,
+        "c50_fast": fast,
+        "c50_slow": slow,
+        "async_accept": {
+            "rps": _mean([batch["rps"] for batch in accepts]),
+            "latency": report.latency_summary(_merged(accepts)),
+            "accepted": accepted,
+            "drain_s": drain_s,
+            "drain_rps": accepted / drain_s if drain_s else math.nan,
+            "left_pending": sum(batch["left_pending"] for batch in accepts),
+            "cpu_ms_per_request": _cpu_per_request(accepts),
+        },
+        "waiters": {
+            "direct": {"ok": waiters["direct"]["ok"], "wall_s": waiters["direct"]["wall_s"]},
+            "through": {
+                "ok": waiters["through"]["ok"],
+                "wall_s": waiters["through"]["wall_s"],
+                "latency": report.latency_summary(waiters["through"]["latencies_ms"]),
+            },
+            "web_rss_before_mb": waiters["web_rss_before"] / 2**20,
+            "web_peak_rss_mb": waiters["web_peak_rss"] / 2**20,
+            "verdict": "PASS" if all_served else "MISS",
+        },
+    }, errors
+
+
+def main(argv: list[str]) -> int:
+    config = parse_args(argv)
+    directory = Path(tempfile.mkdtemp(prefix="reqrun-bench-"))
+
+    def interrupt(signum, frame):
+        raise BenchInterrupted(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(config.time_limit)
+    began = time.monotonic()
+    try:
+        with ExitStack() as exit_stack:
+            stack = start(
+                exit_stack,
+                directory,
+                delays=[FAST, SLOW, SLEEPY],
+                web_workers=config.web_workers,
+                worker_concurrency=config.worker_concurrency,
+            )
+            try:
+                batches = Bench(config, stack, exit_stack).run()
+            finally:
+                # A second Ctrl-C must not cut the clean-up short and leave orphans.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                say("stopping the stack")
+        scenarios, errors = figures(config, batches)
+        results = {
+            "config": asdict(config),
+            "machine": report.machine(),
+            "duration_s": time.monotonic() - began,
+            "scenarios": scenarios,
+            "errors": errors,
+        }
+        print(report.render(results))
+        path = report.write(results)
+        print(f"results: bench/results/{path.name} · whole run {results['duration_s']:.0f} s")
+        missed = "MISS" in (
+            scenarios["c1_fast"]["verdict_p50"],
+            scenarios["c50_slow"]["verdict_p50"],
+            scenarios["c50_slow"]["verdict_p99"],
+            scenarios["waiters"]["verdict"],
+        )
+        return 1 if missed and config.strict else 0
+    except (KeyboardInterrupt, BenchInterrupted) as stop:
+        say(f"interrupted ({str(stop) or 'Ctrl-C'}); everything the bench started is stopped")
+        return 130
+    except StackError as error:
+        say(str(error))
+        return 2
+    finally:
+        signal.alarm(0)
+        if config.keep:
+            say(f"logs kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
