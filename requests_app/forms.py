@@ -1,6 +1,7 @@
 """The requests list's filters: parsed from the query string, and never a reason for a 500."""
 
 import re
+from urllib.parse import urlencode
 
 from django import forms
 
@@ -63,6 +64,17 @@ class RequestFilterForm(forms.Form):
             "endpoint": data.get("endpoint", ""),
             "search": (data.get("q") or "").strip(),
         }
+
+    def page_link(self, **cursor: str) -> str:
+        """`?status=…&after=req_…`: another page with the same filters."""
+        filters = self.filters()
+        query = {
+            "status": filters["status"],
+            "endpoint": filters["endpoint"],
+            "q": filters["search"],
+            **cursor,
+        }
+        return "?" + urlencode({key: value for key, value in query.items() if value})
 
     def cursor(self) -> dict:
         if self.non_field_errors():

@@ -48,7 +48,7 @@ def request_list(request, membership, project):
     form = RequestFilterForm(request.GET)
     form.is_valid()
     for problem in form.problems():
-        messages.error(request, f"{problem} Showing the newest requests instead.")
+        messages.error(request, f"{problem} It was ignored.")
     filters = form.filters()
     page = selectors.request_page(selectors.filtered_requests(project, **filters), **form.cursor())
     context = {
@@ -57,15 +57,8 @@ def request_list(request, membership, project):
         "form": form,
         "page": page,
         "filtered": any(filters.values()),
-        "filter_query": {
-            key: value
-            for key, value in [
-                ("status", filters["status"]),
-                ("endpoint", filters["endpoint"]),
-                ("q", filters["search"]),
-            ]
-            if value
-        },
+        "newer_link": form.page_link(before=page.newer) if page.newer else None,
+        "older_link": form.page_link(after=page.older) if page.older else None,
         "any_requests": bool(page.requests) or selectors.has_requests(project),
     }
     return render(request, "requests_app/request_list.html", context)

@@ -1,6 +1,9 @@
 """A newcomer's first minutes, in a real browser: sign up → first API call → see it traced."""
 
+import os
 import re
+import subprocess
+import sys
 
 import openai
 import pytest
@@ -20,6 +23,13 @@ def confirmation_path() -> str:
         message="no confirmation email was sent",
     )
     return re.search(r"https?://[^/\s]+(/accounts/confirm-email/\S+)", message.body).group(1)
+
+
+def run_python(program: str, *, api_key: str) -> str:
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=90, env={**os.environ, "REQRUN_API_KEY": api_key})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_sign_up_to_first_traced_request(
@@ -104,10 +114,15 @@ def test_sign_up_to_first_traced_request(
     assert page.get_by_role("link", name="Chatbot").is_visible()
     visitor.shot("usage")
 
-    # The docs show this server's base URL.
+    # The docs show this server's base URL, and their Python snippets run as printed.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Docs").click()
     assert page.locator("#base-url").inner_text() == f"{app_server.url}/v1"
     visitor.shot("docs")
+    snippet = {name: page.locator(f"#code-{name}").inner_text()
+               for name in ("python", "idempotency", "async", "stream")}
+    for program in (snippet["python"] + "\n" + snippet["idempotency"], snippet["async"],
+                    snippet["python"] + "\n" + snippet["stream"]):
+        assert "Hello" in run_python(program, api_key=raw_key)
 
     # The legal pages open from the footer.
     for link, heading in [
