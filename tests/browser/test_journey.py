@@ -26,8 +26,13 @@ def confirmation_path() -> str:
 
 
 def run_python(program: str, *, api_key: str) -> str:
-    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                          timeout=90, env={**os.environ, "REQRUN_API_KEY": api_key})
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "REQRUN_API_KEY": api_key},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -118,10 +123,15 @@ def test_sign_up_to_first_traced_request(
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Docs").click()
     assert page.locator("#base-url").inner_text() == f"{app_server.url}/v1"
     visitor.shot("docs")
-    snippet = {name: page.locator(f"#code-{name}").inner_text()
-               for name in ("python", "idempotency", "async", "stream")}
-    for program in (snippet["python"] + "\n" + snippet["idempotency"], snippet["async"],
-                    snippet["python"] + "\n" + snippet["stream"]):
+    snippet = {
+        name: page.locator(f"#code-{name}").inner_text()
+        for name in ("python", "idempotency", "async", "stream")
+    }
+    for program in (
+        snippet["python"] + "\n" + snippet["idempotency"],
+        snippet["async"],
+        snippet["python"] + "\n" + snippet["stream"],
+    ):
         assert "Hello" in run_python(program, api_key=raw_key)
 
     # The legal pages open from the footer.
