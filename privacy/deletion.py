@@ -7,9 +7,10 @@ the owner's login deleted unless they belong to another account.
 
 A worker then purges: it cancels the account's requests, waits until no attempt is still
 running (an attempt already talking to the upstream finishes and its caller gets an answer,
-rather than the rows vanishing under it), and deletes every row of the account. The only
-trace left is one log line of metadata. Paddle webhooks arriving afterwards name an account
-that no longer exists, so billing stores them unapplied and nothing comes back.
+rather than the rows vanishing under it), and deletes every row of the account. What is
+left: one log line of metadata, and billing's stored Paddle events, detached from the
+account. Webhooks arriving afterwards name an account that no longer exists, so billing
+stores them unapplied and nothing comes back.
 """
 
 import logging

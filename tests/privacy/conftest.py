@@ -23,30 +23,11 @@ from tests.factories import (
     RequestFactory,
     SubscriptionFactory,
 )
+from tests.projects.conftest import alice_client, bob_client, charlie_client  # noqa: F401
 
 PROVIDER_KEY = "sk-SENTINEL-provider-key-never-exported-k9x4"
 PROMPT = "PROMPT-SENTINEL-never-exported"
 ANSWER = "ANSWER-SENTINEL-never-exported"
-
-
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
-def alice_client(client, alice, alice_account):
-    return signed_in(client, alice)
-
-
-@pytest.fixture
-def bob_client(client, bob):
-    return signed_in(client, bob)
-
-
-@pytest.fixture
-def charlie_client(client, charlie):
-    return signed_in(client, charlie)
 
 
 @dataclass
