@@ -11,7 +11,8 @@ from django.core import mail
 
 from tests.conftest import wait_until
 
-pytestmark = [pytest.mark.browser, pytest.mark.worker]
+# The first browser test may include installing Chromium through apt-get.
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.timeout(900)]
 
 PASSWORD = "violet-kettle-harbor-91"
 

@@ -19,7 +19,8 @@ from tests.factories import (
     UserFactory,
 )
 
-pytestmark = pytest.mark.browser
+# The first browser test may include installing Chromium through apt-get.
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 PHONE = 375
 PUBLIC_PAGES = [
