@@ -81,6 +81,9 @@ class Request(models.Model):
         ]
         indexes = [
             models.Index(fields=["project", "-public_id"], name="request_project_newest"),
+            models.Index(fields=["project", "status", "-public_id"],
+                         name="request_project_status_newest"),
+            models.Index(fields=["account", "created_at"], name="request_account_created"),
             models.Index(fields=["account", "status"], name="request_account_status",
                          condition=Q(status__in=["queued", "running", "retrying"])),
             models.Index(fields=["status", "next_attempt_at"], name="request_due",
