@@ -35,9 +35,25 @@
     });
   }
 
-  if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", enableCopyButtons);
-  } else {
+  // Times are rendered relative ("3 minutes ago") with UTC on hover; with JavaScript the
+  // hover shows the reader's own time zone instead.
+  function localiseTimes() {
+    document.querySelectorAll("time[datetime]").forEach(function (element) {
+      var when = new Date(element.getAttribute("datetime"));
+      if (!isNaN(when)) {
+        element.title = when.toLocaleString(undefined, { timeZoneName: "short" });
+      }
+    });
+  }
+
+  function ready() {
     enableCopyButtons();
+    localiseTimes();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", ready);
+  } else {
+    ready();
   }
 })();
