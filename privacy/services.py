@@ -113,11 +113,12 @@ def build_export(*, export_pk: int) -> AccountExport | None:
         return None
     export = AccountExport.objects.select_related("account", "requested_by").get(pk=export_pk)
     buffer = io.BytesIO()
-    last = {"percent": 0}
+    shown = 0
 
     def on_progress(percent: int) -> None:
-        if percent > last["percent"]:
-            last["percent"] = percent
+        nonlocal shown
+        if percent > shown:
+            shown = percent
             _set_progress(export_pk, started_at, percent)
 
     try:
@@ -159,7 +160,13 @@ def build_export(*, export_pk: int) -> AccountExport | None:
         "export ready",
         extra={"export_id": export.public_id, "size_bytes": writer.size},
     )
-    send_ready_email(export=export)
+    try:
+        send_ready_email(export=export)
+    except OSError as error:  # the mail server: the export stays listed on the page
+        logger.warning(
+            "export email not sent",
+            extra={"export_id": export.public_id, "error": type(error).__name__},
+        )
     return export
 
 
