@@ -86,8 +86,15 @@ WSGI_APPLICATION = "reqrun.wsgi.application"
 ASGI_APPLICATION = "reqrun.asgi.application"
 
 DATABASES = {"default": env.db_url("DATABASE_URL")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A psycopg connection pool per process. Under ASGI, Django binds connections to the async
+# context, so without a pool every request would open (and leak) a new connection; with it,
+# closing a connection hands it back. The pool replaces persistent connections.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+    "max_size": env.int("DB_POOL_MAX_SIZE", default=40),
+    "timeout": env.float("DB_POOL_TIMEOUT", default=30.0),
+}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,11 +1,11 @@
 """Bearer ReqRun keys for /v1: who is calling, and may their account and project call now."""
 
-from django.core.cache import cache
 from rest_framework.authentication import BaseAuthentication
 
 from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key
 from requests_app.errors import InvalidApiKey, RateLimited, Suspended
+from requests_app.redis_client import client
 
 # Repeated bad keys from one address, or against one key prefix, are refused for a while:
 # guessing is slowed down without touching callers whose keys work.
@@ -38,18 +38,18 @@ def api_key_from_header(authorization: str) -> ApiKey:
 
 
 def _failure_keys(meta) -> list[tuple[str, int]]:
-    keys = [(f"authfail:ip:{meta.get('REMOTE_ADDR', '')}", MAX_AUTH_FAILURES_PER_IP)]
+    keys = [(f"reqrun:authfail:ip:{meta.get('REMOTE_ADDR', '')}", MAX_AUTH_FAILURES_PER_IP)]
     parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
     if parsed:
-        keys.append((f"authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
+        keys.append((f"reqrun:authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
     return keys
 
 
 def api_key_from_request(meta) -> ApiKey:
     """Authenticate a /v1 call, refusing for a while after repeated failures."""
     counters = _failure_keys(meta)
-    current = cache.get_many([key for key, _ in counters])
-    if any(current.get(key, 0) >= limit for key, limit in counters):
+    current = client().mget([key for key, _ in counters])
+    if any(int(value or 0) >= limit for value, (_, limit) in zip(current, counters, strict=True)):
         raise RateLimited(
             "Too many requests with an invalid API key. Check the key and retry later.",
             code="too_many_auth_failures",
@@ -57,9 +57,11 @@ def api_key_from_request(meta) -> ApiKey:
     try:
         return api_key_from_header(meta.get("HTTP_AUTHORIZATION", ""))
     except InvalidApiKey:
-        for key, _ in counters:
-            cache.add(key, 0, timeout=AUTH_FAILURE_WINDOW_SECONDS)
-            cache.incr(key)
+        with client().pipeline(transaction=False) as pipe:
+            for key, _ in counters:
+                pipe.incr(key)
+                pipe.expire(key, AUTH_FAILURE_WINDOW_SECONDS)  # sliding: each failure extends it
+            pipe.execute()
         raise
 
 

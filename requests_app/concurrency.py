@@ -8,7 +8,7 @@ it is put back with a short delay and picked up again by the sweeper.
 
 import time
 
-from django.core.cache import cache
+from requests_app.redis_client import client
 
 SLOT_KEY_TTL_SECONDS = 3600
 
@@ -23,27 +23,23 @@ return 0
 """
 
 
-def _redis():
-    return cache._cache.get_client(write=True)
-
-
 def _key(account_id: int) -> str:
     return f"reqrun:slots:{account_id}"
 
 
 def acquire(*, account_id: int, request_pk: int, limit: int, lease_seconds: float) -> bool:
     now = time.time()
-    return bool(_redis().eval(ACQUIRE, 1, _key(account_id), now, limit, request_pk,
+    return bool(client().eval(ACQUIRE, 1, _key(account_id), now, limit, request_pk,
                               now + lease_seconds, SLOT_KEY_TTL_SECONDS))
 
 
 def renew(*, account_id: int, request_pk: int, lease_seconds: float) -> None:
-    _redis().zadd(_key(account_id), {str(request_pk): time.time() + lease_seconds}, xx=True)
+    client().zadd(_key(account_id), {str(request_pk): time.time() + lease_seconds}, xx=True)
 
 
 def release(*, account_id: int, request_pk: int) -> None:
-    _redis().zrem(_key(account_id), str(request_pk))
+    client().zrem(_key(account_id), str(request_pk))
 
 
 def in_use(account_id: int) -> int:
-    return _redis().zcount(_key(account_id), time.time(), "+inf")
+    return client().zcount(_key(account_id), time.time(), "+inf")

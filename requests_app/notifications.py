@@ -14,21 +14,16 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from requests_app.redis_client import client
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "reqrun:request-finished"
 SUBSCRIBE_WAIT_SECONDS = 2.0
 
-_publisher: redis.Redis | None = None
-
-
 def publish_finished(public_id: str) -> None:
-    global _publisher
-    if _publisher is None:
-        _publisher = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2,
-                                          socket_connect_timeout=2)
     try:
-        _publisher.publish(CHANNEL, public_id)
+        client().publish(CHANNEL, public_id)
     except redis.RedisError:
         # Waiters notice through their database fallback; nothing is lost.
         logger.warning("completion notice not published", extra={"request_id": public_id})

@@ -3,7 +3,7 @@
 import time
 from dataclasses import dataclass
 
-from django.core.cache import cache
+from requests_app.redis_client import client
 
 WINDOW_SECONDS = 60
 
@@ -31,21 +31,23 @@ def _window() -> tuple[int, int]:
 
 
 def _key(project_id: int, window: int) -> str:
-    return f"ratelimit:{project_id}:{window}"
+    return f"reqrun:ratelimit:{project_id}:{window}"
 
 
 def hit(*, project_id: int, limit: int) -> RateLimitState:
     """Count one request in this window; shared by every web process through Redis."""
     window, reset = _window()
     key = _key(project_id, window)
-    cache.add(key, 0, timeout=WINDOW_SECONDS + 5)
-    used = cache.incr(key)
+    with client().pipeline(transaction=False) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, WINDOW_SECONDS + 5)  # the key is per window; no NX on Redis 6
+        used, _ = pipe.execute()
     return RateLimitState(limit=limit, remaining=max(0, limit - used), reset_seconds=reset,
                           allowed=used <= limit)
 
 
 def peek(*, project_id: int, limit: int) -> RateLimitState:
     window, reset = _window()
-    used = cache.get(_key(project_id, window)) or 0
+    used = int(client().get(_key(project_id, window)) or 0)
     return RateLimitState(limit=limit, remaining=max(0, limit - used), reset_seconds=reset,
                           allowed=used < limit)

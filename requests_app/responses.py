@@ -16,7 +16,7 @@ from rest_framework.response import Response
 
 from projects import encryption
 from requests_app import retention
-from requests_app.errors import UpstreamError
+from requests_app.errors import NotFound, UpstreamError
 from requests_app.models import Request, Status
 from requests_app.notifications import hub
 from requests_app.serializers import request_object
@@ -32,8 +32,10 @@ def in_thread(function):
 
     @wraps(function)
     def run(*args, **kwargs):
-        close_old_connections()
-        return function(*args, **kwargs)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            close_old_connections()  # hands the connection back to the pool
 
     return sync_to_async(run, thread_sensitive=False)
 
@@ -85,7 +87,11 @@ def accepted_response(request: Request) -> Response:
 
 
 def load_request(pk: int) -> Request:
-    return Request.objects.select_related("project").prefetch_related("attempts").get(pk=pk)
+    request = (Request.objects.select_related("project").prefetch_related("attempts")
+               .filter(pk=pk).first())
+    if request is None:  # deleted meanwhile, with its account
+        raise NotFound("This request no longer exists.", param="id")
+    return request
 
 
 async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -> Request:

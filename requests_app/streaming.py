@@ -17,12 +17,11 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from requests_app.redis_client import client
+
 STREAM_TTL_SECONDS = 600
 READ_BLOCK_MS = 5000
 CANCEL_TTL_SECONDS = 600
-
-_sync_client: redis.Redis | None = None
-
 
 def stream_key(public_id: str) -> str:
     return f"reqrun:stream:{public_id}"
@@ -30,14 +29,6 @@ def stream_key(public_id: str) -> str:
 
 def cancel_key(public_id: str) -> str:
     return f"reqrun:stream-cancel:{public_id}"
-
-
-def sync_client() -> redis.Redis:
-    global _sync_client
-    if _sync_client is None:
-        _sync_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5,
-                                            socket_connect_timeout=2)
-    return _sync_client
 
 
 def error_event(message: str, code: str) -> bytes:
@@ -52,7 +43,7 @@ class StreamPublisher:
     def __init__(self, public_id: str):
         self.key = stream_key(public_id)
         self.cancel = cancel_key(public_id)
-        self.client = sync_client()
+        self.client = client()
 
     def send(self, kind: str, **fields) -> None:
         with self.client.pipeline(transaction=False) as pipe:
