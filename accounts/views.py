@@ -29,6 +29,8 @@ ACTION_LABELS = {
     "role_changed": "Role changed",
     "suspended": "Suspended",
     "unsuspended": "Suspension lifted",
+    "plan_changed": "Plan changed",
+    "export": "Data export",
 }
 
 

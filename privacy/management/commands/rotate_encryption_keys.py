@@ -2,20 +2,24 @@
 
 from django.core.management.base import BaseCommand
 
+from privacy.services import rotate_exports
 from projects.services import rotate_provider_keys
 from requests_app.services import rotate_request_bodies
 
 
 class Command(BaseCommand):
     help = (
-        "Re-encrypt provider keys and stored request/response bodies under the first key of "
+        "Re-encrypt provider keys, stored request/response bodies and export files under the "
+        "first key of "
         "REQRUN_ENCRYPTION_KEYS. Afterwards older keys can be removed from the list."
     )
 
     def handle(self, *args, **options):
         keys = rotate_provider_keys()
         bodies = rotate_request_bodies()
+        exports = rotate_exports()
         self.stdout.write(
-            f"Re-encrypted {keys} provider key(s) and {bodies} request record(s) under the "
-            "primary key. Older keys can now be removed from REQRUN_ENCRYPTION_KEYS."
+            f"Re-encrypted {keys} provider key(s) and {bodies} request record(s) and "
+            f"{exports} export file(s) under the primary key. Older keys can now be removed "
+            "from REQRUN_ENCRYPTION_KEYS."
         )
