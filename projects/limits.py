@@ -95,11 +95,16 @@ def count_accepted_request(*, account: Account, limit: int) -> bool:
     Call inside the accepting transaction: a refused or rolled-back request is not counted.
     """
     period = current_period_start()
-    usage_row(account, period)
-    updated = MonthlyUsage.objects.filter(
-        account=account, period_start=period, accepted_requests__lt=limit
-    ).update(accepted_requests=F("accepted_requests") + 1)
-    return updated == 1
+    this_month = MonthlyUsage.objects.filter(account=account, period_start=period)
+    if this_month.filter(accepted_requests__lt=limit).update(
+        accepted_requests=F("accepted_requests") + 1
+    ):
+        return True
+    if this_month.exists():
+        return False  # at the limit
+    usage_row(account, period)  # the month's first request: create the row, then count
+    return bool(this_month.filter(accepted_requests__lt=limit).update(
+        accepted_requests=F("accepted_requests") + 1))
 
 
 def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name: str = "") -> None:

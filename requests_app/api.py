@@ -141,7 +141,9 @@ class ProxyView(V1View):
                 code="provider_key_missing")
         accepted = services.accept_request(
             api_key=api_key, endpoint=self.endpoint, body=body, payload=payload,
-            idempotency_key=idempotency_key)
+            idempotency_key=idempotency_key, limits=limits)
+        if accepted.outcome == "created":  # fresh from the insert, project already loaded
+            return accepted.outcome, accepted.request, wait_seconds
         return accepted.outcome, load_request(accepted.request.pk), wait_seconds
 
     async def post(self, request, *args, **kwargs):

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import httpx
 from django.conf import settings
-from django.db.models import F, Q
+from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -44,33 +44,36 @@ def lease_for(request: Request) -> timedelta:
                      + settings.REQRUN_LEASE_GRACE_SECONDS)
 
 
-def claim_request(request_pk: int) -> tuple[Request, int] | None:
-    """Take the request for one attempt if it is due; None if someone else has it or it ended."""
+def claim_request(request: Request) -> tuple[Request, int] | None:
+    """Take the request for one attempt if it is due; None if someone else has it or it ended.
+
+    `request` is a fresh read; the claim is conditioned on its attempt count, so the number
+    returned is exactly the attempt this worker now owns.
+    """
     now = timezone.now()
     due = Request.objects.filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-        pk=request_pk, status__in=[Status.QUEUED, Status.RETRYING], cancel_requested=False,
+        pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING], cancel_requested=False,
     )
-    expired = due.filter(deadline_at__lte=now).update(
-        status=Status.EXPIRED, finished_at=now, request_body=None, next_attempt_at=None,
-        error={"message": "The request's deadline passed before it could be run.",
-               "type": "upstream_error", "param": None, "code": "deadline_exceeded"},
-    )
-    if expired:
-        _announce(request_pk)
+    if request.deadline_at <= now:
+        if due.update(
+            status=Status.EXPIRED, finished_at=now, request_body=None, next_attempt_at=None,
+            error={"message": "The request's deadline passed before it could be run.",
+                   "type": "upstream_error", "param": None, "code": "deadline_exceeded"},
+        ):
+            _announce(request)
         return None
-    request = Request.objects.select_related("project").filter(pk=request_pk).first()
-    if request is None:
-        return None
-    claimed = due.update(
-        status=Status.RUNNING, attempt_count=F("attempt_count") + 1,
-        lease_until=now + lease_for(request),
+    number = request.attempt_count + 1
+    claimed = due.filter(attempt_count=request.attempt_count).update(
+        status=Status.RUNNING, attempt_count=number, lease_until=now + lease_for(request),
         started_at=Coalesce("started_at", now), next_attempt_at=None,
     )
     if not claimed:
         return None
-    request.refresh_from_db()
-    return request, request.attempt_count
+    request.status = Status.RUNNING
+    request.attempt_count = number
+    request.started_at = request.started_at or now
+    return request, number
 
 
 def perform_attempt(request: Request, number: int) -> AttemptResult:
@@ -200,7 +203,7 @@ def _finish(fenced, request: Request, status: str, response_fields: dict, *,
             error: dict | None = None, partial: bool = False) -> None:
     if fenced.update(status=status, finished_at=timezone.now(), lease_until=None,
                      request_body=None, error=error, partial=partial, **response_fields):
-        _announce(request.pk)
+        _announce(request)
 
 
 def cancel_if_requested(request: Request) -> None:
@@ -209,17 +212,14 @@ def cancel_if_requested(request: Request) -> None:
         status=Status.CANCELED, finished_at=timezone.now(), next_attempt_at=None,
         request_body=None,
     ):
-        _announce(request.pk)
+        _announce(request)
 
 
-def _announce(request_pk: int) -> None:
-    row = Request.objects.filter(pk=request_pk).values_list("public_id", "stream").first()
-    if row:
-        public_id, stream = row
-        logger.info("request finished", extra={"request_id": public_id})
-        publish_finished(public_id)
-        if stream:
-            announce_final(public_id)
+def _announce(request: Request) -> None:
+    logger.info("request finished", extra={"request_id": request.public_id})
+    publish_finished(request.public_id)
+    if request.stream:
+        announce_final(request.public_id)
 
 
 def defer_for_capacity(request_pk: int) -> None:
@@ -239,8 +239,8 @@ def execute_request(request_pk: int) -> None:
     """
     while True:
         row = Request.objects.filter(pk=request_pk).select_related("project").first()
-        if row is None or row.is_terminal:
-            return
+        if row is None or row.status not in (Status.QUEUED, Status.RETRYING):
+            return  # finished, or another worker holds it
         lease = lease_for(row).total_seconds()
         limit = limits_for_account_id(row.account_id).concurrency
         if not concurrency.acquire(account_id=row.account_id, request_pk=request_pk,
@@ -248,7 +248,7 @@ def execute_request(request_pk: int) -> None:
             defer_for_capacity(request_pk)
             return
         try:
-            claim = claim_request(request_pk)
+            claim = claim_request(row)
             if claim is None:
                 return
             request, number = claim

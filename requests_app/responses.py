@@ -87,8 +87,7 @@ def accepted_response(request: Request) -> Response:
 
 
 def load_request(pk: int) -> Request:
-    request = (Request.objects.select_related("project").prefetch_related("attempts")
-               .filter(pk=pk).first())
+    request = Request.objects.select_related("project").filter(pk=pk).first()
     if request is None:  # deleted meanwhile, with its account
         raise NotFound("This request no longer exists.", param="id")
     return request

@@ -11,7 +11,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from projects import encryption
-from projects.limits import count_accepted_request, limits_for
+from projects.limits import Limits, count_accepted_request, limits_for
 from projects.models import ApiKey
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
 from requests_app.models import ACTIVE_STATUSES, Request, Status
@@ -58,7 +58,7 @@ def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
 
 def accept_request(
     *, api_key: ApiKey, endpoint: str, body: bytes, payload: dict,
-    idempotency_key: str | None,
+    idempotency_key: str | None, limits: Limits | None = None,
 ) -> Accepted:
     """Record a call before it is dispatched, within quota and the pending-queue cap.
 
@@ -74,7 +74,7 @@ def accept_request(
         if existing:
             return _same_call(existing, body_sha256, endpoint)
 
-    limits = limits_for(account)
+    limits = limits or limits_for(account)
     now = timezone.now()
     try:
         with transaction.atomic():
