@@ -195,6 +195,7 @@ def render(results: dict) -> str:
     lines = [
         f"ReqRun bench · {results['machine']['cpus']} CPUs · web workers "
         f"{config['web_workers']} · worker threads {config['worker_concurrency']} · "
+        f"DB pool {config['db_pool_max_size']} · "
         f"{config['rounds']} rounds{' · quick' if config['quick'] else ''} · other processes "
         f"took {100 * s['other_cpu_share']:.0f}% of the CPUs meanwhile",
         "  ".join(str(cell).ljust(width) for cell, width in zip(header, widths, strict=True)),

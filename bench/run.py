@@ -60,6 +60,7 @@ class Config:
     waiters: int
     web_workers: int
     worker_concurrency: int
+    db_pool_max_size: int
     time_limit: int
     quick: bool
     strict: bool
@@ -91,6 +92,13 @@ def parse_args(argv: list[str]) -> Config:
         type=int,
         default=default("worker_concurrency", 100),
         help="Celery worker threads, WORKER_CONCURRENCY (default 100)",
+    )
+    parser.add_argument(
+        "--db-pool-max-size",
+        type=int,
+        default=default("db_pool_max_size", 0),
+        help="DB_POOL_MAX_SIZE per process (default: worker threads + 10, so no worker "
+        "thread waits for a database connection)",
     )
     parser.add_argument(
         "--time-limit",
@@ -129,6 +137,7 @@ def parse_args(argv: list[str]) -> Config:
         waiters=pick("waiters", 500, 100),
         web_workers=args.web_workers,
         worker_concurrency=args.worker_concurrency,
+        db_pool_max_size=args.db_pool_max_size or args.worker_concurrency + 10,
         time_limit=args.time_limit,
         quick=quick,
         strict=args.strict,
@@ -374,6 +383,7 @@ def main(argv: list[str]) -> int:
                 delays=[FAST, SLOW, SLEEPY],
                 web_workers=config.web_workers,
                 worker_concurrency=config.worker_concurrency,
+                db_pool_max_size=config.db_pool_max_size,
             )
             try:
                 batches = Bench(config, stack, exit_stack).run()

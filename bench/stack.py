@@ -90,7 +90,9 @@ class Stack:
                 )
 
 
-def bench_env(*, web_port: int, worker_concurrency: int, directory: Path) -> dict[str, str]:
+def bench_env(
+    *, web_port: int, worker_concurrency: int, db_pool_max_size: int, directory: Path
+) -> dict[str, str]:
     """Production settings (DEBUG off) with throw-away secrets, over plain loopback http."""
     venv_bin = str(Path(sys.executable).parent)
     return {
@@ -105,6 +107,9 @@ def bench_env(*, web_port: int, worker_concurrency: int, directory: Path) -> dic
         "REQRUN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "PORT": str(web_port),
         "WORKER_CONCURRENCY": str(worker_concurrency),
+        # A worker thread keeps its connection through the upstream call: a smaller pool
+        # than the thread count caps the calls in flight at the pool size.
+        "DB_POOL_MAX_SIZE": str(db_pool_max_size),
         "CELERY_BEAT_SCHEDULE": str(directory / "celerybeat-schedule"),
     }
 
@@ -201,11 +206,17 @@ def start(
     delays: list[int],
     web_workers: int,
     worker_concurrency: int,
+    db_pool_max_size: int,
 ) -> Stack:
     web_port = free_port()
     stack = Stack(
         directory,
-        bench_env(web_port=web_port, worker_concurrency=worker_concurrency, directory=directory),
+        bench_env(
+            web_port=web_port,
+            worker_concurrency=worker_concurrency,
+            db_pool_max_size=db_pool_max_size,
+            directory=directory,
+        ),
     )
     stack.web_url = f"http://127.0.0.1:{web_port}"
     # Always throw-away servers: a benchmark must not write into anyone's database.
