@@ -25,7 +25,11 @@ def create_account(*, owner: User, name: str = "") -> Account:
 
 
 def record_audit_event(
-    *, account: Account, actor: User | None, action: str, target: str = "",
+    *,
+    account: Account,
+    actor: User | None,
+    action: str,
+    target: str = "",
     ip_address: str | None = None,
 ) -> AuditEvent:
     return AuditEvent.objects.create(
@@ -45,7 +49,11 @@ class Suspendable(Protocol):
 
 @transaction.atomic
 def set_suspension(
-    *, subject: Suspendable, account: Account, reason: str | None, actor: User | None = None,
+    *,
+    subject: Suspendable,
+    account: Account,
+    reason: str | None,
+    actor: User | None = None,
     ip_address: str | None = None,
 ) -> None:
     """Suspend `subject` for `reason`, or lift its suspension when `reason` is None; audited."""
@@ -63,24 +71,27 @@ def set_suspension(
         subject.suspension_reason = ""
         action, target = "unsuspended", subject.public_id
     subject.save(update_fields=["suspended_at", "suspension_reason"])
-    record_audit_event(account=account, actor=actor, action=action, target=target,
-                       ip_address=ip_address)
+    record_audit_event(
+        account=account, actor=actor, action=action, target=target, ip_address=ip_address
+    )
     logger.info("suspension changed", extra={"subject_id": subject.public_id, "action": action})
 
 
 def suspend_account(
     *, account: Account, reason: str, actor: User | None = None, ip_address: str | None = None
 ) -> Account:
-    set_suspension(subject=account, account=account, reason=reason, actor=actor,
-                   ip_address=ip_address)
+    set_suspension(
+        subject=account, account=account, reason=reason, actor=actor, ip_address=ip_address
+    )
     return account
 
 
 def unsuspend_account(
     *, account: Account, actor: User | None = None, ip_address: str | None = None
 ) -> Account:
-    set_suspension(subject=account, account=account, reason=None, actor=actor,
-                   ip_address=ip_address)
+    set_suspension(
+        subject=account, account=account, reason=None, actor=actor, ip_address=ip_address
+    )
     return account
 
 

@@ -190,8 +190,7 @@ def command_check() -> int:
             env = {**os.environ, **development_env()}
             env.update(start_servers(stack, directory, free_port(), free_port()))
             manage(env, "makemigrations", "--check", "--dry-run")
-            manage({**env, **production_like_env()}, "check", "--deploy", "--fail-level",
-                   "WARNING")
+            manage({**env, **production_like_env()}, "check", "--deploy", "--fail-level", "WARNING")
         say("migrations and deployment checks passed")
         return 0
     finally:
@@ -218,12 +217,18 @@ def command_test(pytest_args: list[str]) -> int:
     try:
         with ExitStack() as stack:
             # Production settings (DEBUG off), except that the test client speaks plain http.
-            env = {**os.environ, **development_env(), "DEBUG": "false",
-                   "SECURE_SSL_REDIRECT": "false", "STATIC_ROOT": str(directory / "static")}
+            env = {
+                **os.environ,
+                **development_env(),
+                "DEBUG": "false",
+                "SECURE_SSL_REDIRECT": "false",
+                "STATIC_ROOT": str(directory / "static"),
+            }
             env.update(start_servers(stack, directory, free_port(), free_port()))
             manage(env, "collectstatic", "--no-input", "-v", "0")
-            pytest = subprocess.Popen([sys.executable, "-m", "pytest", *pytest_args], env=env,
-                                      cwd=ROOT)
+            pytest = subprocess.Popen(
+                [sys.executable, "-m", "pytest", *pytest_args], env=env, cwd=ROOT
+            )
             stop_child_on_termination(pytest)
             return pytest.wait()
     finally:

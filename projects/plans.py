@@ -8,23 +8,58 @@ PLANS = [
     ("free", "Free", 0, True, 1, 2, 10_000, 3, 100, 4, 60, 3, 1),
     ("pro", "Pro", 2900, True, 5, 10, 500_000, 14, 5_000, 32, 1_200, 6, 3),
     ("team", "Team", 19900, True, 25, 50, 5_000_000, 30, 50_000, 128, 6_000, 10, 25),
-    ("enterprise", "Enterprise", None, False, 1_000, 1_000, 100_000_000, 90, 1_000_000, 1_000,
-     600_000, 10, 1_000),
+    (
+        "enterprise",
+        "Enterprise",
+        None,
+        False,
+        1_000,
+        1_000,
+        100_000_000,
+        90,
+        1_000_000,
+        1_000,
+        600_000,
+        10,
+        1_000,
+    ),
 ]
 
 
 def seed_plans(plan_model) -> None:
     """Create or refresh the plan rows; takes the model so migrations can pass theirs."""
     for order, row in enumerate(PLANS):
-        (code, name, cents, self_serve, projects, keys, monthly, retention, pending,
-         concurrency, rpm, attempts, members) = row
+        (
+            code,
+            name,
+            cents,
+            self_serve,
+            projects,
+            keys,
+            monthly,
+            retention,
+            pending,
+            concurrency,
+            rpm,
+            attempts,
+            members,
+        ) = row
         plan_model.objects.update_or_create(
             code=code,
             defaults=dict(
-                name=name, price_cents_monthly=cents, self_serve=self_serve, sort_order=order,
+                name=name,
+                price_cents_monthly=cents,
+                self_serve=self_serve,
+                sort_order=order,
                 paddle_price_id=settings.PADDLE_PRICES.get(code, ""),
-                projects=projects, api_keys_per_project=keys, monthly_requests=monthly,
-                retention_days=retention, pending_requests=pending, concurrency=concurrency,
-                requests_per_minute=rpm, max_attempts=attempts, members=members,
+                projects=projects,
+                api_keys_per_project=keys,
+                monthly_requests=monthly,
+                retention_days=retention,
+                pending_requests=pending,
+                concurrency=concurrency,
+                requests_per_minute=rpm,
+                max_attempts=attempts,
+                members=members,
             ),
         )

@@ -187,19 +187,21 @@ CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 # Our own origin, plus Paddle.js and its checkout frames on the pages that sell; inline style
 # attributes only (progress bars), never inline scripts.
-CONTENT_SECURITY_POLICY = "; ".join([
-    "default-src 'self'",
-    "script-src 'self' https://cdn.paddle.com",
-    "style-src 'self' https://cdn.paddle.com",
-    "style-src-attr 'unsafe-inline'",
-    "img-src 'self' data: https://*.paddle.com",
-    "connect-src 'self' https://*.paddle.com",
-    "frame-src https://*.paddle.com",
-    "frame-ancestors 'none'",
-    "base-uri 'self'",
-    "form-action 'self'",
-    "object-src 'none'",
-])
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self' https://cdn.paddle.com",
+        "style-src 'self' https://cdn.paddle.com",
+        "style-src-attr 'unsafe-inline'",
+        "img-src 'self' data: https://*.paddle.com",
+        "connect-src 'self' https://*.paddle.com",
+        "frame-src https://*.paddle.com",
+        "frame-ancestors 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "object-src 'none'",
+    ]
+)
 
 # Upstreams and secrets at rest.
 REQRUN_ENCRYPTION_KEYS = env.list("REQRUN_ENCRYPTION_KEYS", default=[])
@@ -225,7 +227,8 @@ PADDLE_WEBHOOK_SECRET = env.str("PADDLE_WEBHOOK_SECRET", default="")
 # `pro:pri_…,team:pri_…` (the documented form; `pro=pri_…` works too) → {"pro": "pri_…"}.
 PADDLE_PRICES = dict(
     item.replace("=", ":", 1).split(":", 1)
-    for item in env.list("PADDLE_PRICES", default=[]) if ":" in item or "=" in item
+    for item in env.list("PADDLE_PRICES", default=[])
+    if ":" in item or "=" in item
 )
 PADDLE_API_BASE_URL = env.str("PADDLE_API_BASE_URL", default="")
 

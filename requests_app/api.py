@@ -66,6 +66,7 @@ class V1View(APIView):
                 response[name] = value
         return response
 
+
 def parse_wait_budget(request) -> int:
     if "respond-async" in request.META.get("HTTP_PREFER", ""):
         return 0
@@ -79,7 +80,9 @@ def parse_wait_budget(request) -> int:
     if not 0 <= seconds <= MAX_WAIT_SECONDS:
         raise InvalidRequest(
             f"ReqRun-Wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}.",
-            param="ReqRun-Wait", code="invalid_wait")
+            param="ReqRun-Wait",
+            code="invalid_wait",
+        )
     return seconds
 
 
@@ -88,8 +91,11 @@ def parse_idempotency_key(request) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 255:
-        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters long.",
-                             param="Idempotency-Key", code="invalid_idempotency_key")
+        raise InvalidRequest(
+            "Idempotency-Key must be 1 to 255 characters long.",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
     return key
 
 
@@ -99,7 +105,9 @@ def parse_body(raw: bytes) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(
             "The request body is not valid JSON. Send a JSON object with "
-            "'Content-Type: application/json'.", code="invalid_json") from None
+            "'Content-Type: application/json'.",
+            code="invalid_json",
+        ) from None
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
     return payload
@@ -113,35 +121,49 @@ class ProxyView(V1View):
     def accept(self, request, body: bytes):
         api_key = api_key_from_request(request.META)
         limits = limits_for(api_key.project.account)
-        self.rate_state = ratelimit.hit(project_id=api_key.project_id,
-                                        limit=limits.requests_per_minute)
+        self.rate_state = ratelimit.hit(
+            project_id=api_key.project_id, limit=limits.requests_per_minute
+        )
         if not self.rate_state.allowed:
             raise RateLimited(
                 f"Rate limit of {limits.requests_per_minute} requests per minute reached for "
                 "this project. Retry after the reset.",
-                headers={"Retry-After": str(self.rate_state.reset_seconds)})
+                headers={"Retry-After": str(self.rate_state.reset_seconds)},
+            )
         if len(body) > settings.REQRUN_MAX_BODY_BYTES:
             raise BodyTooLarge(
-                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes.")
+                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes."
+            )
         payload = parse_body(body)
         wait_seconds = parse_wait_budget(request)
         if payload.get("stream"):
             if self.endpoint not in STREAMING_ENDPOINTS:
-                raise InvalidRequest(f"{self.endpoint} does not support stream: true.",
-                                     param="stream", code="stream_not_supported")
+                raise InvalidRequest(
+                    f"{self.endpoint} does not support stream: true.",
+                    param="stream",
+                    code="stream_not_supported",
+                )
             if wait_seconds == 0:
                 raise InvalidRequest(
                     "stream: true cannot be combined with async mode (Prefer: respond-async "
-                    "or ReqRun-Wait: 0). Drop one of them.", param="stream",
-                    code="stream_with_async")
+                    "or ReqRun-Wait: 0). Drop one of them.",
+                    param="stream",
+                    code="stream_with_async",
+                )
         idempotency_key = parse_idempotency_key(request)
         if provider_key_of(api_key.project) is None:
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
-                code="provider_key_missing")
+                code="provider_key_missing",
+            )
         accepted = services.accept_request(
-            api_key=api_key, endpoint=self.endpoint, body=body, payload=payload,
-            idempotency_key=idempotency_key, limits=limits)
+            api_key=api_key,
+            endpoint=self.endpoint,
+            body=body,
+            payload=payload,
+            idempotency_key=idempotency_key,
+            limits=limits,
+        )
         if accepted.outcome == "created":  # fresh from the insert, project already loaded
             return accepted.outcome, accepted.request, wait_seconds
         return accepted.outcome, load_request(accepted.request.pk), wait_seconds
@@ -150,7 +172,8 @@ class ProxyView(V1View):
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit() and int(length) > settings.REQRUN_MAX_BODY_BYTES:
             raise BodyTooLarge(
-                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes.")
+                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes."
+            )
         outcome, record, wait_seconds = await in_thread(self.accept)(request, request.body)
         if record.stream and outcome != "replayed":
             return await relay_stream(record, wait_seconds)
@@ -178,18 +201,24 @@ class ModelsView(V1View):
         if provider_key is None:
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
-                code="provider_key_missing")
+                code="provider_key_missing",
+            )
         path = "/v1/models" + (f"/{quote(model_id, safe='')}" if model_id else "")
         try:
             answer = upstream.call(
-                method="GET", url=upstream.endpoint_url(api_key.project.upstream_base_url, path),
-                provider_key=provider_key, body=None,
-                timeout=api_key.project.attempt_timeout_seconds)
+                method="GET",
+                url=upstream.endpoint_url(api_key.project.upstream_base_url, path),
+                provider_key=provider_key,
+                body=None,
+                timeout=api_key.project.attempt_timeout_seconds,
+            )
         except Exception as error:
-            raise UpstreamError("Could not reach the upstream to list models.",
-                                code="upstream_unreachable") from error
-        response = HttpResponse(answer.body, status=answer.status_code,
-                                content_type="application/json")
+            raise UpstreamError(
+                "Could not reach the upstream to list models.", code="upstream_unreachable"
+            ) from error
+        response = HttpResponse(
+            answer.body, status=answer.status_code, content_type="application/json"
+        )
         for name, value in answer.headers.items():
             response[name] = value
         return response
@@ -203,12 +232,15 @@ class RequestListView(V1View):
         api_key = self.authenticate_and_peek(request)
         page, has_more = selectors.list_requests(api_key.project, request.query_params)
         data = [request_object(item) for item in page]
-        return Response({
-            "object": "list", "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        })
+        return Response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": has_more,
+            }
+        )
 
     async def get(self, request):
         return await in_thread(self.list)(request)
@@ -225,7 +257,8 @@ class RequestDetailView(V1View):
         if not raw_wait.isdigit() or int(raw_wait) > MAX_POLL_WAIT_SECONDS:
             raise InvalidRequest(
                 f"'wait' must be a whole number of seconds from 0 to {MAX_POLL_WAIT_SECONDS}.",
-                param="wait")
+                param="wait",
+            )
         if int(raw_wait) and not record.is_terminal:
             record = await wait_until_finished(record.pk, record.public_id, int(raw_wait))
         return Response(await in_thread(self.serialise_once)(record))
@@ -241,13 +274,16 @@ class RequestDetailView(V1View):
 class RequestCancelView(V1View):
     def cancel(self, request, request_id: str):
         record = selectors.request_in_project(
-            self.authenticate_and_peek(request).project, request_id)
+            self.authenticate_and_peek(request).project, request_id
+        )
         if not services.cancel_request(request=record):
             record = load_request(record.pk)
             raise Conflict(
                 f"Request {request_id} already finished with status '{record.status}'; "
-                "there is nothing to cancel.", param="id",
-                request_object=request_object(record))
+                "there is nothing to cancel.",
+                param="id",
+                request_object=request_object(record),
+            )
         return Response(request_object(load_request(record.pk)))
 
     async def post(self, request, request_id: str):
@@ -256,8 +292,10 @@ class RequestCancelView(V1View):
     def handle_exception(self, exc):
         # A 409 carries the unchanged request object, as the API promises.
         if isinstance(exc, Conflict) and exc.request_object is not None:
-            body = {**exc.request_object, **envelope(exc.message, error_type=exc.error_type,
-                                                     code=exc.code, param=exc.param)}
+            body = {
+                **exc.request_object,
+                **envelope(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
+            }
             return Response(body, status=exc.status_code)
         return super().handle_exception(exc)
 

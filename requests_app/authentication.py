@@ -29,11 +29,13 @@ def api_key_from_header(authorization: str) -> ApiKey:
         raise InvalidApiKey(INVALID_KEY_MESSAGE)
     account = api_key.project.account
     if account.is_suspended:
-        raise Suspended("This account is suspended. Contact support@reqrun.com.",
-                        code="account_suspended")
+        raise Suspended(
+            "This account is suspended. Contact support@reqrun.com.", code="account_suspended"
+        )
     if api_key.project.is_suspended:
-        raise Suspended("This project is suspended. Contact support@reqrun.com.",
-                        code="project_suspended")
+        raise Suspended(
+            "This project is suspended. Contact support@reqrun.com.", code="project_suspended"
+        )
     return api_key
 
 
@@ -53,7 +55,8 @@ def api_key_from_request(meta) -> ApiKey:
         raise RateLimited(
             "Too many requests with an invalid API key. Check the key and retry later.",
             code="too_many_auth_failures",
-            headers={"Retry-After": str(AUTH_FAILURE_WINDOW_SECONDS)})
+            headers={"Retry-After": str(AUTH_FAILURE_WINDOW_SECONDS)},
+        )
     try:
         return api_key_from_header(meta.get("HTTP_AUTHORIZATION", ""))
     except InvalidApiKey:

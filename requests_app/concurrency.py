@@ -29,8 +29,18 @@ def _key(account_id: int) -> str:
 
 def acquire(*, account_id: int, request_pk: int, limit: int, lease_seconds: float) -> bool:
     now = time.time()
-    return bool(client().eval(ACQUIRE, 1, _key(account_id), now, limit, request_pk,
-                              now + lease_seconds, SLOT_KEY_TTL_SECONDS))
+    return bool(
+        client().eval(
+            ACQUIRE,
+            1,
+            _key(account_id),
+            now,
+            limit,
+            request_pk,
+            now + lease_seconds,
+            SLOT_KEY_TTL_SECONDS,
+        )
+    )
 
 
 def renew(*, account_id: int, request_pk: int, lease_seconds: float) -> None:

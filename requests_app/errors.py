@@ -18,8 +18,15 @@ class ApiError(exceptions.APIException):
     code: str | None = None
     param: str | None = None
 
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None, request_object: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        request_object: dict | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code or self.code
@@ -82,8 +89,9 @@ class UpstreamError(ApiError):
     error_type = "upstream_error"
 
 
-def envelope(message: str, *, error_type: str, code: str | None = None,
-             param: str | None = None) -> dict:
+def envelope(
+    message: str, *, error_type: str, code: str | None = None, param: str | None = None
+) -> dict:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -125,7 +133,10 @@ def openai_exception_handler(exc, context):
         return response
     logger.exception("unhandled API error", extra={"view": type(context.get("view")).__name__})
     return Response(
-        envelope("ReqRun had an internal error. It has been logged; please retry.",
-                 error_type="server_error", code="internal_error"),
+        envelope(
+            "ReqRun had an internal error. It has been logged; please retry.",
+            error_type="server_error",
+            code="internal_error",
+        ),
         status=status.HTTP_500_INTERNAL_SERVER_ERROR,
     )

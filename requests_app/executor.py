@@ -40,8 +40,9 @@ RESPONSE_RETENTION = timedelta(hours=24)
 
 def lease_for(request: Request) -> timedelta:
     """How long a claim lasts: the attempt timeout plus a grace for slow bookkeeping."""
-    return timedelta(seconds=request.project.attempt_timeout_seconds
-                     + settings.REQRUN_LEASE_GRACE_SECONDS)
+    return timedelta(
+        seconds=request.project.attempt_timeout_seconds + settings.REQRUN_LEASE_GRACE_SECONDS
+    )
 
 
 def claim_request(request: Request) -> tuple[Request, int] | None:
@@ -53,20 +54,32 @@ def claim_request(request: Request) -> tuple[Request, int] | None:
     now = timezone.now()
     due = Request.objects.filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-        pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING], cancel_requested=False,
+        pk=request.pk,
+        status__in=[Status.QUEUED, Status.RETRYING],
+        cancel_requested=False,
     )
     if request.deadline_at <= now:
         if due.update(
-            status=Status.EXPIRED, finished_at=now, request_body=None, next_attempt_at=None,
-            error={"message": "The request's deadline passed before it could be run.",
-                   "type": "upstream_error", "param": None, "code": "deadline_exceeded"},
+            status=Status.EXPIRED,
+            finished_at=now,
+            request_body=None,
+            next_attempt_at=None,
+            error={
+                "message": "The request's deadline passed before it could be run.",
+                "type": "upstream_error",
+                "param": None,
+                "code": "deadline_exceeded",
+            },
         ):
             _announce(request)
         return None
     number = request.attempt_count + 1
     claimed = due.filter(attempt_count=request.attempt_count).update(
-        status=Status.RUNNING, attempt_count=number, lease_until=now + lease_for(request),
-        started_at=Coalesce("started_at", now), next_attempt_at=None,
+        status=Status.RUNNING,
+        attempt_count=number,
+        lease_until=now + lease_for(request),
+        started_at=Coalesce("started_at", now),
+        next_attempt_at=None,
     )
     if not claimed:
         return None
@@ -88,10 +101,16 @@ def perform_attempt(request: Request, number: int) -> AttemptResult:
     attempt.error_code = result.error_code
     attempt.retry_after_ms = result.retry_after_ms
     attempt.save()
-    logger.info("attempt finished", extra={
-        "request_id": request.public_id, "attempt": number, "outcome": result.outcome,
-        "status_code": result.status_code, "latency_ms": attempt.latency_ms,
-    })
+    logger.info(
+        "attempt finished",
+        extra={
+            "request_id": request.public_id,
+            "attempt": number,
+            "outcome": result.outcome,
+            "status_code": result.status_code,
+            "latency_ms": attempt.latency_ms,
+        },
+    )
     return result
 
 
@@ -100,9 +119,13 @@ def _call_upstream(request: Request, number: int) -> AttemptResult:
     if provider_key is None:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
     if request.stream:
-        return stream_attempt(request=request, number=number, provider_key=provider_key,
-                              body=encryption.decrypt(request.request_body),
-                              lease=lease_for(request))
+        return stream_attempt(
+            request=request,
+            number=number,
+            provider_key=provider_key,
+            body=encryption.decrypt(request.request_body),
+            lease=lease_for(request),
+        )
     try:
         response = upstream.call(
             method="POST",
@@ -116,8 +139,9 @@ def _call_upstream(request: Request, number: int) -> AttemptResult:
     except httpx.TimeoutException:
         return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
     except (httpx.TransportError, httpx.InvalidURL) as error:
-        return AttemptResult(Attempt.Outcome.CONNECTION_ERROR,
-                             error_code=type(error).__name__.lower()[:64])
+        return AttemptResult(
+            Attempt.Outcome.CONNECTION_ERROR, error_code=type(error).__name__.lower()[:64]
+        )
     retry_after = retry_policy.retry_after_ms(response.retry_after_header)
     if 200 <= response.status_code < 300:
         outcome = Attempt.Outcome.SUCCESS
@@ -126,10 +150,13 @@ def _call_upstream(request: Request, number: int) -> AttemptResult:
     else:
         outcome = Attempt.Outcome.FATAL_ERROR
     return AttemptResult(
-        outcome, status_code=response.status_code,
-        error_code=None if outcome == Attempt.Outcome.SUCCESS
+        outcome,
+        status_code=response.status_code,
+        error_code=None
+        if outcome == Attempt.Outcome.SUCCESS
         else retry_policy.error_code_of(response.body),
-        retry_after_ms=retry_after, response=response,
+        retry_after_ms=retry_after,
+        response=response,
     )
 
 
@@ -162,8 +189,12 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
         message = "The upstream did not answer in time on any attempt."
     else:
         message = "Could not connect to the upstream on any attempt."
-    return {"message": message, "type": "upstream_error", "param": None,
-            "code": result.error_code or ("deadline_exceeded" if expired else None)}
+    return {
+        "message": message,
+        "type": "upstream_error",
+        "param": None,
+        "code": result.error_code or ("deadline_exceeded" if expired else None),
+    }
 
 
 def finish_attempt(request: Request, number: int, result: AttemptResult) -> float | None:
@@ -173,19 +204,31 @@ def finish_attempt(request: Request, number: int, result: AttemptResult) -> floa
     response_fields = _response_fields(result.response, stream=request.stream)
     retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
     if result.client_gone:
-        return _finish(fenced, request, Status.CANCELED, response_fields,
-                       partial=result.stream_started)
+        return _finish(
+            fenced, request, Status.CANCELED, response_fields, partial=result.stream_started
+        )
     if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
-        return _finish(fenced, request, Status.FAILED, response_fields, partial=True, error={
-            "message": "The upstream's stream broke off after it had started; the answer "
-                       "is incomplete.",
-            "type": "upstream_error", "param": None, "code": result.error_code})
+        return _finish(
+            fenced,
+            request,
+            Status.FAILED,
+            response_fields,
+            partial=True,
+            error={
+                "message": "The upstream's stream broke off after it had started; the answer "
+                "is incomplete.",
+                "type": "upstream_error",
+                "param": None,
+                "code": result.error_code,
+            },
+        )
     if retryable and number < request.max_attempts:
         delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
         next_at = now + timedelta(seconds=delay)
         if next_at < request.deadline_at:
-            fenced.update(status=Status.RETRYING, next_attempt_at=next_at, lease_until=None,
-                          **response_fields)
+            fenced.update(
+                status=Status.RETRYING, next_attempt_at=next_at, lease_until=None, **response_fields
+            )
             cancel_if_requested(request)
             return delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
         status = Status.EXPIRED
@@ -199,17 +242,33 @@ def finish_attempt(request: Request, number: int, result: AttemptResult) -> floa
     return _finish(fenced, request, status, response_fields, error=error)
 
 
-def _finish(fenced, request: Request, status: str, response_fields: dict, *,
-            error: dict | None = None, partial: bool = False) -> None:
-    if fenced.update(status=status, finished_at=timezone.now(), lease_until=None,
-                     request_body=None, error=error, partial=partial, **response_fields):
+def _finish(
+    fenced,
+    request: Request,
+    status: str,
+    response_fields: dict,
+    *,
+    error: dict | None = None,
+    partial: bool = False,
+) -> None:
+    if fenced.update(
+        status=status,
+        finished_at=timezone.now(),
+        lease_until=None,
+        request_body=None,
+        error=error,
+        partial=partial,
+        **response_fields,
+    ):
         _announce(request)
 
 
 def cancel_if_requested(request: Request) -> None:
     """A cancel that arrived while an attempt ran takes effect before the next one starts."""
     if Request.objects.filter(pk=request.pk, status=Status.RETRYING, cancel_requested=True).update(
-        status=Status.CANCELED, finished_at=timezone.now(), next_attempt_at=None,
+        status=Status.CANCELED,
+        finished_at=timezone.now(),
+        next_attempt_at=None,
         request_body=None,
     ):
         _announce(request)
@@ -227,7 +286,8 @@ def defer_for_capacity(request_pk: int) -> None:
     delay = timedelta(seconds=CAPACITY_RETRY_SECONDS * (0.5 + random.random()))
     Request.objects.filter(
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()),
-        pk=request_pk, status__in=[Status.QUEUED, Status.RETRYING],
+        pk=request_pk,
+        status__in=[Status.QUEUED, Status.RETRYING],
     ).update(next_attempt_at=timezone.now() + delay)
 
 
@@ -243,8 +303,9 @@ def execute_request(request_pk: int) -> None:
             return  # finished, or another worker holds it
         lease = lease_for(row).total_seconds()
         limit = limits_for_account_id(row.account_id).concurrency
-        if not concurrency.acquire(account_id=row.account_id, request_pk=request_pk,
-                                   limit=limit, lease_seconds=lease):
+        if not concurrency.acquire(
+            account_id=row.account_id, request_pk=request_pk, limit=limit, lease_seconds=lease
+        ):
             defer_for_capacity(request_pk)
             return
         try:

@@ -43,7 +43,8 @@ class Request(models.Model):
     # NULL, not "", means "no key": the API shows null and the partial unique index skips it.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     idempotency_slot = models.CharField(  # noqa: DJ001
-        max_length=255, null=True, blank=True, editable=False)
+        max_length=255, null=True, blank=True, editable=False
+    )
 
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -81,13 +82,20 @@ class Request(models.Model):
         ]
         indexes = [
             models.Index(fields=["project", "-public_id"], name="request_project_newest"),
-            models.Index(fields=["project", "status", "-public_id"],
-                         name="request_project_status_newest"),
+            models.Index(
+                fields=["project", "status", "-public_id"], name="request_project_status_newest"
+            ),
             models.Index(fields=["account", "created_at"], name="request_account_created"),
-            models.Index(fields=["account", "status"], name="request_account_status",
-                         condition=Q(status__in=["queued", "running", "retrying"])),
-            models.Index(fields=["status", "next_attempt_at"], name="request_due",
-                         condition=Q(status__in=["queued", "running", "retrying"])),
+            models.Index(
+                fields=["account", "status"],
+                name="request_account_status",
+                condition=Q(status__in=["queued", "running", "retrying"]),
+            ),
+            models.Index(
+                fields=["status", "next_attempt_at"],
+                name="request_due",
+                condition=Q(status__in=["queued", "running", "retrying"]),
+            ),
             models.Index(fields=["project", "idempotency_key"], name="request_idempotency_key"),
         ]
 

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "reqrun:request-finished"
 SUBSCRIBE_WAIT_SECONDS = 2.0
 
+
 def publish_finished(public_id: str) -> None:
     try:
         client().publish(CHANNEL, public_id)
@@ -70,8 +71,9 @@ class CompletionHub:
     async def _listen(self) -> None:
         delay = 0.5
         while True:
-            client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2,
-                                             health_check_interval=15)
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=15
+            )
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)

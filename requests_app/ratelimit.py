@@ -42,12 +42,14 @@ def hit(*, project_id: int, limit: int) -> RateLimitState:
         pipe.incr(key)
         pipe.expire(key, WINDOW_SECONDS + 5)  # the key is per window; no NX on Redis 6
         used, _ = pipe.execute()
-    return RateLimitState(limit=limit, remaining=max(0, limit - used), reset_seconds=reset,
-                          allowed=used <= limit)
+    return RateLimitState(
+        limit=limit, remaining=max(0, limit - used), reset_seconds=reset, allowed=used <= limit
+    )
 
 
 def peek(*, project_id: int, limit: int) -> RateLimitState:
     window, reset = _window()
     used = int(client().get(_key(project_id, window)) or 0)
-    return RateLimitState(limit=limit, remaining=max(0, limit - used), reset_seconds=reset,
-                          allowed=used < limit)
+    return RateLimitState(
+        limit=limit, remaining=max(0, limit - used), reset_seconds=reset, allowed=used < limit
+    )

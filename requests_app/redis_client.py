@@ -15,6 +15,10 @@ def client() -> redis.Redis:
     global _client
     if _client is None:
         _client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2,
-            health_check_interval=30, max_connections=500)
+            settings.REDIS_URL,
+            socket_timeout=5,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            max_connections=500,
+        )
     return _client

@@ -43,29 +43,39 @@ def in_thread(function):
 def final_response(request: Request) -> HttpResponse:
     """The upstream's final answer as if the client had called it, or ReqRun's own error."""
     if request.response_body is not None and request.response_status_code is not None:
-        response = HttpResponse(encryption.decrypt(request.response_body),
-                                status=request.response_status_code,
-                                content_type="application/json")
+        response = HttpResponse(
+            encryption.decrypt(request.response_body),
+            status=request.response_status_code,
+            content_type="application/json",
+        )
         for name, value in (request.response_headers or {}).items():
             response[name] = value
     else:
         error = request.error or {}
         if request.status == Status.SUCCEEDED or (request.response_status_code and not error):
-            error = {"message": "The response is no longer kept (zero retention or older than "
-                                "24 hours); the request's status and usage remain available.",
-                     "type": "invalid_request_error", "param": None,
-                     "code": "response_not_retained"}
+            error = {
+                "message": "The response is no longer kept (zero retention or older than "
+                "24 hours); the request's status and usage remain available.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "response_not_retained",
+            }
             status_code = status.HTTP_410_GONE
         elif request.status == Status.CANCELED:
-            error = {"message": "The request was canceled before it finished.",
-                     "type": "invalid_request_error", "param": None, "code": "request_canceled"}
+            error = {
+                "message": "The request was canceled before it finished.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_canceled",
+            }
             status_code = status.HTTP_409_CONFLICT
         elif error.get("code") in ("timeout", "deadline_exceeded"):
             status_code = status.HTTP_504_GATEWAY_TIMEOUT
         else:
             status_code = UpstreamError.status_code
-        response = HttpResponse(json.dumps({"error": error}), status=status_code,
-                                content_type="application/json")
+        response = HttpResponse(
+            json.dumps({"error": error}), status=status_code, content_type="application/json"
+        )
     response["ReqRun-Request-Id"] = request.public_id
     response["ReqRun-Attempts"] = str(request.attempt_count)
     return response
@@ -105,13 +115,12 @@ async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -
             remaining = deadline - loop.time()
             if request.is_terminal or remaining <= 0:
                 return request
-            recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else (
-                FALLBACK_RECHECK_SECONDS)
+            recheck = (
+                SAFETY_RECHECK_SECONDS if completion_hub.healthy else (FALLBACK_RECHECK_SECONDS)
+            )
             try:
                 await asyncio.wait_for(future, min(remaining, recheck))
             except TimeoutError:
                 pass
         finally:
             completion_hub.unregister(public_id, future)
-
-

@@ -34,8 +34,9 @@ def purge_expired_response_bodies(now=None) -> int:
     purged = 0
     while True:
         pks = list(
-            Request.objects.filter(response_expires_at__lt=now, response_body__isnull=False)
-            .values_list("pk", flat=True)[:BATCH_SIZE]
+            Request.objects.filter(
+                response_expires_at__lt=now, response_body__isnull=False
+            ).values_list("pk", flat=True)[:BATCH_SIZE]
         )
         if not pks:
             return purged
@@ -48,9 +49,9 @@ def purge_expired_records(account: Account, now=None) -> int:
     deleted = 0
     while True:
         pks = list(
-            Request.objects.filter(account=account, created_at__lt=cutoff,
-                                   status__in=TERMINAL_STATUSES)
-            .values_list("pk", flat=True)[:BATCH_SIZE]
+            Request.objects.filter(
+                account=account, created_at__lt=cutoff, status__in=TERMINAL_STATUSES
+            ).values_list("pk", flat=True)[:BATCH_SIZE]
         )
         if not pks:
             return deleted
@@ -65,8 +66,10 @@ def purge_expired_data(now=None) -> PurgeReport:
         pk__in=Request.objects.values("account_id").distinct()
     ).iterator():
         report.records += purge_expired_records(account, now)
-    logger.info("retention purge", extra={"response_bodies": report.response_bodies,
-                                          "records": report.records})
+    logger.info(
+        "retention purge",
+        extra={"response_bodies": report.response_bodies, "records": report.records},
+    )
     return report
 
 

@@ -53,16 +53,15 @@ def list_requests(project: Project, params) -> tuple[list[Request], bool]:
     if status:
         if status not in Status.values:
             raise InvalidRequest(
-                f"Unknown status {status!r}; use one of {', '.join(Status.values)}.",
-                param="status")
+                f"Unknown status {status!r}; use one of {', '.join(Status.values)}.", param="status"
+            )
         requests = requests.filter(status=status)
     if params.get("endpoint"):
         requests = requests.filter(endpoint=params["endpoint"])
     if params.get("idempotency_key"):
         requests = requests.filter(idempotency_key=params["idempotency_key"])
     if params.get("created_after"):
-        seconds = _positive_int(params["created_after"], name="created_after",
-                                maximum=2**40)
+        seconds = _positive_int(params["created_after"], name="created_after", maximum=2**40)
         requests = requests.filter(created_at__gt=datetime.fromtimestamp(seconds, tz=UTC))
     if params.get("after"):
         requests = requests.filter(public_id__lt=params["after"])
@@ -81,8 +80,7 @@ def usage_report(account) -> dict:
         "object": "usage",
         "plan": limits.plan_code,
         "period_start": int(datetime(period.year, period.month, 1, tzinfo=UTC).timestamp()),
-        "period_end": int(
-            datetime(period_end.year, period_end.month, 1, tzinfo=UTC).timestamp()),
+        "period_end": int(datetime(period_end.year, period_end.month, 1, tzinfo=UTC).timestamp()),
         "limits": limits.as_dict(),
         "used": {
             "accepted_requests": usage_row(account, period).accepted_requests,

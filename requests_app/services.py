@@ -57,8 +57,13 @@ def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
 
 
 def accept_request(
-    *, api_key: ApiKey, endpoint: str, body: bytes, payload: dict,
-    idempotency_key: str | None, limits: Limits | None = None,
+    *,
+    api_key: ApiKey,
+    endpoint: str,
+    body: bytes,
+    payload: dict,
+    idempotency_key: str | None,
+    limits: Limits | None = None,
 ) -> Accepted:
     """Record a call before it is dispatched, within quota and the pending-queue cap.
 
@@ -92,13 +97,18 @@ def accept_request(
                     headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
                 )
             request = Request.objects.create(
-                account=account, project=project, api_key=api_key, endpoint=endpoint,
-                model=str(payload.get("model", ""))[:200], stream=bool(payload.get("stream")),
-                body_sha256=body_sha256, request_body=encryption.encrypt(body),
-                idempotency_key=idempotency_key, idempotency_slot=idempotency_key,
+                account=account,
+                project=project,
+                api_key=api_key,
+                endpoint=endpoint,
+                model=str(payload.get("model", ""))[:200],
+                stream=bool(payload.get("stream")),
+                body_sha256=body_sha256,
+                request_body=encryption.encrypt(body),
+                idempotency_key=idempotency_key,
+                idempotency_slot=idempotency_key,
                 deadline_at=now + timedelta(seconds=project.deadline_seconds),
-                max_attempts=min(project.max_attempts or limits.max_attempts,
-                                 limits.max_attempts),
+                max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
                 dispatched_at=now,
             )
             transaction.on_commit(lambda: _enqueue(request.pk))
@@ -108,9 +118,14 @@ def accept_request(
         if existing is None:
             raise
         return _same_call(existing, body_sha256, endpoint)
-    logger.info("request accepted", extra={"request_id": request.public_id,
-                                           "project_id": project.public_id,
-                                           "endpoint": endpoint})
+    logger.info(
+        "request accepted",
+        extra={
+            "request_id": request.public_id,
+            "project_id": project.public_id,
+            "endpoint": endpoint,
+        },
+    )
     return Accepted(request, "created")
 
 
@@ -122,8 +137,13 @@ def cancel_request(*, request: Request) -> bool:
     now = timezone.now()
     canceled = Request.objects.filter(
         pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING]
-    ).update(status=Status.CANCELED, finished_at=now, cancel_requested=True,
-             request_body=None, next_attempt_at=None)
+    ).update(
+        status=Status.CANCELED,
+        finished_at=now,
+        cancel_requested=True,
+        request_body=None,
+        next_attempt_at=None,
+    )
     if canceled:
         logger.info("request canceled", extra={"request_id": request.public_id})
         publish_finished(request.public_id)

@@ -48,23 +48,32 @@ class StreamRelay:
         Request.objects.filter(
             pk=self.request.pk, attempt_count=self.number, status=Status.RUNNING
         ).update(lease_until=timezone.now() + self.lease)
-        concurrency.renew(account_id=self.request.account_id, request_pk=self.request.pk,
-                          lease_seconds=self.lease.total_seconds())
+        concurrency.renew(
+            account_id=self.request.account_id,
+            request_pk=self.request.pk,
+            lease_seconds=self.lease.total_seconds(),
+        )
 
     def _start(self, response: httpx.Response) -> None:
         self.publisher.start(response.status_code, upstream.forwarded_headers(response.headers))
         Request.objects.filter(pk=self.request.pk, attempt_count=self.number).update(
-            first_byte_at=timezone.now())
+            first_byte_at=timezone.now()
+        )
         self.started = True
 
-    def result(self, outcome: str, *, status_code: int | None, error_code: str | None = None,
-               **extra):
+    def result(
+        self, outcome: str, *, status_code: int | None, error_code: str | None = None, **extra
+    ):
         body = bytes(self.delivered)
         return AttemptResult(
-            outcome, status_code=status_code, error_code=error_code,
-            response=upstream.UpstreamResponse(status_code or 200, {"content-type":
-                                               "text/event-stream"}, body, httpx.Headers()),
-            stream_started=self.started, **extra,
+            outcome,
+            status_code=status_code,
+            error_code=error_code,
+            response=upstream.UpstreamResponse(
+                status_code or 200, {"content-type": "text/event-stream"}, body, httpx.Headers()
+            ),
+            stream_started=self.started,
+            **extra,
         )
 
     def relay(self, response: httpx.Response):
@@ -73,11 +82,15 @@ class StreamRelay:
             retryable = retry_policy.is_retryable_status(response.status_code, body)
             return AttemptResult(
                 Attempt.Outcome.RETRYABLE_ERROR if retryable else Attempt.Outcome.FATAL_ERROR,
-                status_code=response.status_code, error_code=retry_policy.error_code_of(body),
+                status_code=response.status_code,
+                error_code=retry_policy.error_code_of(body),
                 retry_after_ms=retry_policy.retry_after_ms(response.headers),
                 response=upstream.UpstreamResponse(
-                    response.status_code, upstream.forwarded_headers(response.headers), body,
-                    response.headers),
+                    response.status_code,
+                    upstream.forwarded_headers(response.headers),
+                    body,
+                    response.headers,
+                ),
             )
         last_renew = time.monotonic()
         watcher = threading.Thread(target=self._watch_client, args=(response,), daemon=True)
@@ -99,9 +112,11 @@ class StreamRelay:
         for chunk in response.iter_raw():
             if not self.started:
                 if not looks_like_sse(chunk.split(b"\n", 1)[0]):
-                    return AttemptResult(Attempt.Outcome.FATAL_ERROR,
-                                         status_code=response.status_code,
-                                         error_code="invalid_event_stream")
+                    return AttemptResult(
+                        Attempt.Outcome.FATAL_ERROR,
+                        status_code=response.status_code,
+                        error_code="invalid_event_stream",
+                    )
                 self._start(response)
             self.delivered += chunk
             self.publisher.chunk(chunk)
@@ -110,28 +125,40 @@ class StreamRelay:
                 last_renew = now
                 self._renew_lease()
         if self.client_left:
-            return self.result(Attempt.Outcome.FATAL_ERROR, status_code=200,
-                               error_code="client_disconnected", client_gone=True)
+            return self.result(
+                Attempt.Outcome.FATAL_ERROR,
+                status_code=200,
+                error_code="client_disconnected",
+                client_gone=True,
+            )
         if not completed(self.request.endpoint, bytes(self.delivered)):
-            return self.result(Attempt.Outcome.CONNECTION_ERROR, status_code=200,
-                               error_code="stream_incomplete")
+            return self.result(
+                Attempt.Outcome.CONNECTION_ERROR, status_code=200, error_code="stream_incomplete"
+            )
         self.publisher.send("end")
         return self.result(Attempt.Outcome.SUCCESS, status_code=response.status_code)
 
 
-def stream_attempt(*, request: Request, number: int, provider_key: str, body: bytes,
-                   lease: timedelta):
+def stream_attempt(
+    *, request: Request, number: int, provider_key: str, body: bytes, lease: timedelta
+):
     relay = StreamRelay(request=request, number=number, lease=lease)
     if relay.publisher.client_gone():
-        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="client_disconnected",
-                             client_gone=True)
+        return AttemptResult(
+            Attempt.Outcome.FATAL_ERROR, error_code="client_disconnected", client_gone=True
+        )
     timeout = request.project.attempt_timeout_seconds  # also the inter-chunk timeout
     try:
         with upstream.client().stream(
-            "POST", upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
-            content=body, timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={"Authorization": f"Bearer {provider_key}",
-                     "Content-Type": "application/json", "Accept": "text/event-stream"},
+            "POST",
+            upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
+            content=body,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            headers={
+                "Authorization": f"Bearer {provider_key}",
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+            },
         ) as response:
             return relay.relay(response)
     except httpx.TimeoutException:
@@ -139,8 +166,12 @@ def stream_attempt(*, request: Request, number: int, provider_key: str, body: by
     except (httpx.TransportError, httpx.StreamClosed) as error:
         outcome, code = Attempt.Outcome.CONNECTION_ERROR, type(error).__name__.lower()[:64]
     if relay.client_left or relay.publisher.client_gone():
-        return relay.result(Attempt.Outcome.FATAL_ERROR, status_code=200,
-                            error_code="client_disconnected", client_gone=True)
+        return relay.result(
+            Attempt.Outcome.FATAL_ERROR,
+            status_code=200,
+            error_code="client_disconnected",
+            client_gone=True,
+        )
     if relay.started:
         return relay.result(outcome, status_code=200, error_code=code)
     return AttemptResult(outcome, error_code=code)

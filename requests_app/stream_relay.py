@@ -16,8 +16,10 @@ from requests_app.streaming import error_event, mark_client_gone, read_entries
 
 def stream_broken_event(record: Request) -> bytes:
     error = record.error or {}
-    return error_event(error.get("message") or "The stream ended before the answer was complete.",
-                       error.get("code") or "stream_interrupted")
+    return error_event(
+        error.get("message") or "The stream ended before the answer was complete.",
+        error.get("code") or "stream_interrupted",
+    )
 
 
 async def client_went_away(record: Request) -> None:
@@ -72,15 +74,15 @@ async def relay_stream(record: Request, wait_seconds: int):
         raise
     if start is None:
         return await in_thread(final_response)(await in_thread(load_request)(record.pk))
-    response = StreamingHttpResponse(relay_chunks(record, entries), status=int(start["status"]),
-                                     content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        relay_chunks(record, entries), status=int(start["status"]), content_type="text/event-stream"
+    )
     for name, value in json.loads(start["headers"]).items():
         response[name] = value
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["ReqRun-Request-Id"] = record.public_id
     response["ReqRun-Attempts"] = str(
-        await in_thread(lambda: Request.objects.get(pk=record.pk).attempt_count)())
+        await in_thread(lambda: Request.objects.get(pk=record.pk).attempt_count)()
+    )
     return response
-
-

@@ -23,6 +23,7 @@ STREAM_TTL_SECONDS = 600
 READ_BLOCK_MS = 5000
 CANCEL_TTL_SECONDS = 600
 
+
 def stream_key(public_id: str) -> str:
     return f"reqrun:stream:{public_id}"
 
@@ -32,8 +33,7 @@ def cancel_key(public_id: str) -> str:
 
 
 def error_event(message: str, code: str) -> bytes:
-    payload = {"error": {"message": message, "type": "upstream_error", "param": None,
-                         "code": code}}
+    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
     return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 
@@ -80,7 +80,8 @@ def async_client() -> aioredis.Redis:
     client = _async_clients.get(loop)
     if client is None:
         client = _async_clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, max_connections=2000, socket_connect_timeout=2)
+            settings.REDIS_URL, max_connections=2000, socket_connect_timeout=2
+        )
     return client
 
 

@@ -45,15 +45,21 @@ def recover_expired_leases(now) -> int:
     )
     recovered = 0
     for request in stale:
-        Attempt.objects.filter(request=request, number=request.attempt_count,
-                               finished_at__isnull=True).update(
+        Attempt.objects.filter(
+            request=request, number=request.attempt_count, finished_at__isnull=True
+        ).update(
             finished_at=now, outcome=Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"
         )
-        finish_attempt(request, request.attempt_count,
-                       AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"))
+        finish_attempt(
+            request,
+            request.attempt_count,
+            AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"),
+        )
         recovered += 1
-        logger.warning("lease expired; attempt recovered", extra={
-            "request_id": request.public_id, "attempt": request.attempt_count})
+        logger.warning(
+            "lease expired; attempt recovered",
+            extra={"request_id": request.public_id, "attempt": request.attempt_count},
+        )
     return recovered
 
 
@@ -62,14 +68,21 @@ def sweep() -> SweepReport:
     report = SweepReport(recovered=recover_expired_leases(now))
     stale_dispatch = now - REDISPATCH_AFTER
     waiting = Q(status__in=[Status.QUEUED, Status.RETRYING])
-    due = Request.objects.filter(
-        waiting & Q(next_attempt_at__lte=now)
-        & (Q(dispatched_at__lt=F("next_attempt_at")) | Q(dispatched_at__lt=stale_dispatch)
-           | Q(dispatched_at__isnull=True))
-        | waiting & Q(next_attempt_at__isnull=True, dispatched_at__lt=stale_dispatch)
-    ).order_by("next_attempt_at").values_list("pk", flat=True)[:BATCH_SIZE]
+    due = (
+        Request.objects.filter(
+            waiting
+            & Q(next_attempt_at__lte=now)
+            & (
+                Q(dispatched_at__lt=F("next_attempt_at"))
+                | Q(dispatched_at__lt=stale_dispatch)
+                | Q(dispatched_at__isnull=True)
+            )
+            | waiting & Q(next_attempt_at__isnull=True, dispatched_at__lt=stale_dispatch)
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:BATCH_SIZE]
+    )
     report.dispatched = _dispatch(list(due))
     if report.dispatched or report.recovered:
-        logger.info("sweep", extra={"dispatched": report.dispatched,
-                                    "recovered": report.recovered})
+        logger.info("sweep", extra={"dispatched": report.dispatched, "recovered": report.recovered})
     return report

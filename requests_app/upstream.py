@@ -69,8 +69,9 @@ def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
-def call(*, method: str, url: str, provider_key: str, body: bytes | None,
-         timeout: float) -> UpstreamResponse:
+def call(
+    *, method: str, url: str, provider_key: str, body: bytes | None, timeout: float
+) -> UpstreamResponse:
     headers = {"Authorization": f"Bearer {provider_key}", "Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = "application/json"

@@ -52,22 +52,64 @@ class Stack:
 
     def spawn(self, name: str, *command: str) -> subprocess.Popen:
         log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_worker(self) -> subprocess.Popen:
-        return self.spawn("worker", sys.executable, "-m", "celery", "-A", "reqrun", "worker",
-                          "--pool", "threads", "--concurrency", "16", "-Q", "requests,default",
-                          "--without-gossip", "--without-mingle", "--loglevel", "WARNING")
+        return self.spawn(
+            "worker",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "reqrun",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            "16",
+            "-Q",
+            "requests,default",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
+        )
 
     def start(self) -> None:
         port = int(self.env["PORT"])
-        self.web = self.spawn("web", sys.executable, "-m", "uvicorn", "reqrun.asgi:application",
-                              "--host", "127.0.0.1", "--port", str(port), "--log-level",
-                              "warning")
-        self.beat = self.spawn("beat", sys.executable, "-m", "celery", "-A", "reqrun", "beat",
-                               "--loglevel", "WARNING", "--schedule",
-                               str(self.directory / "beat-schedule"))
+        self.web = self.spawn(
+            "web",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "reqrun.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        )
+        self.beat = self.spawn(
+            "beat",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "reqrun",
+            "beat",
+            "--loglevel",
+            "WARNING",
+            "--schedule",
+            str(self.directory / "beat-schedule"),
+        )
         self.workers = [self.start_worker() for _ in range(self.worker_count)]
         wait_for_port(port, timeout=30, what="web", log=self.directory / "web.log")
 
@@ -93,29 +135,53 @@ class Stack:
 
 def bootstrap(env: dict, upstream_url: str) -> str:
     output = subprocess.run(
-        [sys.executable, "manage.py", "bootstrap_project", "--email", "chaos@example.com",
-         "--upstream-url", upstream_url, "--upstream-key", "sk-chaos-provider-key",
-         "--plan", "enterprise"],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+        [
+            sys.executable,
+            "manage.py",
+            "bootstrap_project",
+            "--email",
+            "chaos@example.com",
+            "--upstream-url",
+            upstream_url,
+            "--upstream-key",
+            "sk-chaos-provider-key",
+            "--plan",
+            "enterprise",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(output)["api_key"]
 
 
-def send_load(base_url: str, api_key: str, *, duration: float, rate: float,
-              chaos) -> dict[str, str]:
+def send_load(
+    base_url: str, api_key: str, *, duration: float, rate: float, chaos
+) -> dict[str, str]:
     """Accepted request id per idempotency key; refused or failed sends are not accepted."""
     accepted: dict[str, str] = {}
     client = httpx.Client(timeout=10)
 
     def send(n: int) -> None:
         key = f"chaos-{n}"
-        body = {"model": random.choice(MODELS), "user": key,
-                "messages": [{"role": "user", "content": f"chaos {n}"}]}
+        body = {
+            "model": random.choice(MODELS),
+            "user": key,
+            "messages": [{"role": "user", "content": f"chaos {n}"}],
+        }
         for _ in range(5):  # a client retry reuses the key, so it can never run twice
             try:
                 response = client.post(
-                    f"{base_url}/v1/chat/completions", json=body,
-                    headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": key,
-                             "Prefer": "respond-async"})
+                    f"{base_url}/v1/chat/completions",
+                    json=body,
+                    headers={
+                        "Authorization": f"Bearer {api_key}",
+                        "Idempotency-Key": key,
+                        "Prefer": "respond-async",
+                    },
+                )
             except httpx.TransportError:
                 time.sleep(0.5)
                 continue
@@ -136,8 +202,14 @@ def send_load(base_url: str, api_key: str, *, duration: float, rate: float,
     return accepted
 
 
-def run(*, duration: float = 120, rate: float = 20, kill_every: float = 4, workers: int = 2,
-        settle_timeout: float = 180) -> dict:
+def run(
+    *,
+    duration: float = 120,
+    rate: float = 20,
+    kill_every: float = 4,
+    workers: int = 2,
+    settle_timeout: float = 180,
+) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="reqrun-chaos-"))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, True)
@@ -147,18 +219,28 @@ def run(*, duration: float = 120, rate: float = 20, kill_every: float = 4, worke
         stack.callback(pg.stop)
         redis.start()
         stack.callback(redis.stop)
-        env = {**os.environ, **development_env(), "DEBUG": "false",
-               "SECURE_SSL_REDIRECT": "false", "DATABASE_URL": pg.url, "REDIS_URL": redis.url,
-               "PORT": str(free_port()), "REQRUN_LEASE_GRACE_SECONDS": "2",
-               "REQRUN_SWEEP_INTERVAL_SECONDS": "1", "LOG_LEVEL": "WARNING"}
-        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
-                       check=True)
+        env = {
+            **os.environ,
+            **development_env(),
+            "DEBUG": "false",
+            "SECURE_SSL_REDIRECT": "false",
+            "DATABASE_URL": pg.url,
+            "REDIS_URL": redis.url,
+            "PORT": str(free_port()),
+            "REQRUN_LEASE_GRACE_SECONDS": "2",
+            "REQRUN_SWEEP_INTERVAL_SECONDS": "1",
+            "LOG_LEVEL": "WARNING",
+        }
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
+        )
         upstream = stack.enter_context(FakeUpstream())
         api_key = bootstrap(env, upstream.base_url)
         # Keep attempts short so a killed worker's lease runs out quickly.
         with psycopg.connect(pg.url, autocommit=True) as connection:
             connection.execute(
-                "UPDATE projects_project SET attempt_timeout_seconds = 5, max_attempts = 10")
+                "UPDATE projects_project SET attempt_timeout_seconds = 5, max_attempts = 10"
+            )
         processes = Stack(directory, env, workers)
         stack.callback(processes.stop)
         processes.start()
@@ -190,8 +272,9 @@ def executed(step: str | None) -> bool:
     return step is not None and (step == "200" or step.startswith("sleep"))
 
 
-def settle(base_url: str, api_key: str, accepted: dict[str, str], upstream: FakeUpstream,
-           timeout: float) -> dict:
+def settle(
+    base_url: str, api_key: str, accepted: dict[str, str], upstream: FakeUpstream, timeout: float
+) -> dict:
     """Wait for every accepted request to end, then count outcomes and duplicates."""
     auth = {"Authorization": f"Bearer {api_key}"}
     final: dict[str, dict] = {}
@@ -209,7 +292,8 @@ def settle(base_url: str, api_key: str, accepted: dict[str, str], upstream: Fake
                     final[key] = body
             time.sleep(1)
     successes = Counter(
-        (record.body or {}).get("user") for record in upstream.requests
+        (record.body or {}).get("user")
+        for record in upstream.requests
         if record.path == "/v1/chat/completions" and executed(record.step)
     )
     duplicates = []
@@ -217,10 +301,16 @@ def settle(base_url: str, api_key: str, accepted: dict[str, str], upstream: Fake
         if key in accepted and count > 1:
             attempts = final.get(key, {}).get("attempts", [])
             explained = any(a["error_code"] == "worker_lost" for a in attempts)
-            duplicates.append({"idempotency_key": key, "request": accepted[key],
-                               "upstream_executions": count,
-                               "explanation": "attempt in flight when its worker was killed"
-                               if explained else "UNEXPLAINED"})
+            duplicates.append(
+                {
+                    "idempotency_key": key,
+                    "request": accepted[key],
+                    "upstream_executions": count,
+                    "explanation": "attempt in flight when its worker was killed"
+                    if explained
+                    else "UNEXPLAINED",
+                }
+            )
     statuses = Counter(body["status"] for body in final.values())
     return {
         "accepted": len(accepted),
@@ -235,12 +325,23 @@ def settle(base_url: str, api_key: str, accepted: dict[str, str], upstream: Fake
 
 
 def print_report(report: dict) -> None:
-    for name in ("accepted", "succeeded", "failed", "other_terminal", "lost", "worker_kills",
-                 "redis_restarts", "duplicate_executions", "unexplained_duplicates"):
+    for name in (
+        "accepted",
+        "succeeded",
+        "failed",
+        "other_terminal",
+        "lost",
+        "worker_kills",
+        "redis_restarts",
+        "duplicate_executions",
+        "unexplained_duplicates",
+    ):
         print(f"{name:>24}: {report[name]}")
     for duplicate in report["duplicates"]:
-        print(f"  duplicate {duplicate['request']} ({duplicate['idempotency_key']}): "
-              f"{duplicate['upstream_executions']} executions — {duplicate['explanation']}")
+        print(
+            f"  duplicate {duplicate['request']} ({duplicate['idempotency_key']}): "
+            f"{duplicate['upstream_executions']} executions — {duplicate['explanation']}"
+        )
 
 
 def main() -> int:
@@ -250,8 +351,9 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=4, help="seconds between kills")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    report = run(duration=args.duration, rate=args.rate, kill_every=args.kill_every,
-                 workers=args.workers)
+    report = run(
+        duration=args.duration, rate=args.rate, kill_every=args.kill_every, workers=args.workers
+    )
     print_report(report)
     return 0 if report["lost"] == 0 and report["unexplained_duplicates"] == 0 else 1
 

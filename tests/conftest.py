@@ -29,9 +29,7 @@ def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, messag
 def test_database_url() -> str:
     """The URL of pytest-django's test database, for processes the tests start."""
     params = connection.settings_dict
-    return (
-        f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
-    )
+    return f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
 
 
 class WorkerProcess:
@@ -48,10 +46,28 @@ class WorkerProcess:
         env = {**os.environ, "DATABASE_URL": test_database_url(), **self.extra_env}
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "reqrun", "worker", "--pool", "threads",
-             "--concurrency", str(self.concurrency), "-Q", "requests,default",
-             "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "reqrun",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(self.concurrency),
+                "-Q",
+                "requests,default",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self

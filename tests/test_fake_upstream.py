@@ -90,8 +90,10 @@ def test_script_key_header_and_programmatic_scripts(server: FakeUpstream) -> Non
     url = f"{server.base_url}/chat/completions"
 
     quota = post(server, "gpt-4o")
-    walked = [httpx.post(url, json={"model": f"script:500,{n}", **CHAT}, headers=keyed)
-              for n in (409, 408)]
+    walked = [
+        httpx.post(url, json={"model": f"script:500,{n}", **CHAT}, headers=keyed)
+        for n in (409, 408)
+    ]
 
     assert quota.json()["error"]["code"] == "insufficient_quota"
     assert post(server, "gpt-4o").status_code == 200
@@ -113,14 +115,19 @@ def test_drop_and_hang_fail_at_the_transport(server: FakeUpstream) -> None:
     with pytest.raises(httpx.TransportError):
         post(server, "script:drop")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.base_url}/chat/completions", json={"model": "script:hang"},
-                   headers=AUTH, timeout=0.2)
+        httpx.post(
+            f"{server.base_url}/chat/completions",
+            json={"model": "script:hang"},
+            headers=AUTH,
+            timeout=0.2,
+        )
     assert [request.step for request in server.requests] == ["drop", "hang"]
 
 
 def test_streaming_chat_yields_chunks_and_usage(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            stream_options={"include_usage": True}, **CHAT)
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", stream=True, stream_options={"include_usage": True}, **CHAT
+    )
     chunks = list(stream)
 
     contents = [chunk.choices[0].delta.content for chunk in chunks[:-1]]
@@ -164,7 +171,9 @@ def test_count_by_path_and_predicate(server: FakeUpstream, client: openai.OpenAI
 def test_cli_serves_until_sigterm() -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--delay-ms", "0"],
-        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         line = process.stdout.readline()

@@ -9,5 +9,6 @@ def test_a_task_round_trips_through_a_real_worker(celery_worker):
 
     record_worker_heartbeat.delay()
 
-    wait_until(lambda: cache.get(WORKER_HEARTBEAT_KEY), timeout=60,
-               message="the worker never ran the task")
+    wait_until(
+        lambda: cache.get(WORKER_HEARTBEAT_KEY), timeout=60, message="the worker never ran the task"
+    )

@@ -20,16 +20,28 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def test_run_serves_health_and_ctrl_c_stops_every_process(tmp_path):
     port = free_port()
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if key not in ("DATABASE_URL", "REDIS_URL")  # the launcher starts its own servers
     }
-    env.update(PORT=str(port), REQRUN_DEV_DATA_DIR=str(tmp_path / "data"),
-               REQRUN_DEV_PG_PORT=str(free_port()), REQRUN_DEV_REDIS_PORT=str(free_port()),
-               WORKER_CONCURRENCY="2", CELERY_BEAT_SCHEDULE=str(tmp_path / "beat"))
-    launcher = subprocess.Popen([sys.executable, "-m", "devstack", "run"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+    env.update(
+        PORT=str(port),
+        REQRUN_DEV_DATA_DIR=str(tmp_path / "data"),
+        REQRUN_DEV_PG_PORT=str(free_port()),
+        REQRUN_DEV_REDIS_PORT=str(free_port()),
+        WORKER_CONCURRENCY="2",
+        CELERY_BEAT_SCHEDULE=str(tmp_path / "beat"),
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
+
         def healthy():
             try:
                 return httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
@@ -38,8 +50,11 @@ def test_run_serves_health_and_ctrl_c_stops_every_process(tmp_path):
 
         wait_until(healthy, timeout=120, interval=0.5, message="make run never served /healthz")
         started = psutil.Process(launcher.pid).children(recursive=True)
-        server_pids = [p.pid for p in psutil.process_iter(["cmdline"])
-                       if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+        server_pids = [
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+        ]
         assert len(started) >= 3 and server_pids
 
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends

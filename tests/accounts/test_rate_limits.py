@@ -11,13 +11,13 @@ pytestmark = pytest.mark.django_db
 def test_repeated_failed_logins_lock_the_address_out_for_a_while(client):
     UserFactory(email="gil@example.com")
     for _ in range(5):
-        response = client.post("/accounts/login/",
-                               {"login": "gil@example.com", "password": "wrong-password"})
+        response = client.post(
+            "/accounts/login/", {"login": "gil@example.com", "password": "wrong-password"}
+        )
         assert response.status_code == 200
         assert "not correct" in response.content.decode()
 
-    response = client.post("/accounts/login/",
-                           {"login": "gil@example.com", "password": PASSWORD})
+    response = client.post("/accounts/login/", {"login": "gil@example.com", "password": PASSWORD})
 
     assert "too many failed login attempts" in response.content.decode().lower()
     assert "_auth_user_id" not in client.session

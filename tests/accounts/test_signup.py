@@ -41,9 +41,7 @@ def test_signup_verify_sign_in_and_welcome(client):
     assert [m.subject for m in mail.outbox[1:]] == ["[ReqRun] Welcome to ReqRun"]
 
     client.logout()
-    response = client.post(
-        "/accounts/login/", {"login": "dana@example.com", "password": STRONG}
-    )
+    response = client.post("/accounts/login/", {"login": "dana@example.com", "password": STRONG})
     assert response.status_code == 302
     assert response["Location"] == "/app/"
     assert client.get("/app/").status_code == 200
@@ -81,8 +79,10 @@ def test_signup_with_a_taken_email_is_refused(client):
 def test_unverified_user_cannot_sign_in_and_is_told_why(client):
     UserFactory(email="erin@example.com", verified=False)
     EmailAddress.objects.create(
-        user=User.objects.get(email="erin@example.com"), email="erin@example.com",
-        verified=False, primary=True,
+        user=User.objects.get(email="erin@example.com"),
+        email="erin@example.com",
+        verified=False,
+        primary=True,
     )
     response = client.post(
         "/accounts/login/", {"login": "erin@example.com", "password": PASSWORD}, follow=True

@@ -159,17 +159,27 @@ async def _read_request(reader: asyncio.StreamReader) -> _HttpRequest | None:
     return _HttpRequest(method, target.split("?", 1)[0], headers, body, keep_alive)
 
 
-def _head(status: int, rid: int, content_type: str, length: int | None, keep_alive: bool,
-          extra: Iterable[tuple[str, str]] = ()) -> bytes:
+def _head(
+    status: int,
+    rid: int,
+    content_type: str,
+    length: int | None,
+    keep_alive: bool,
+    extra: Iterable[tuple[str, str]] = (),
+) -> bytes:
     """Status line and headers; ``length=None`` means a chunked body."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
-    lines = [f"HTTP/1.1 {status} {reason}", f"content-type: {content_type}",
-             "transfer-encoding: chunked" if length is None else f"content-length: {length}",
-             f"x-request-id: req_fake_{rid}", "x-ratelimit-limit-requests: 10000",
-             "x-ratelimit-remaining-requests: 9999"]
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        f"content-type: {content_type}",
+        "transfer-encoding: chunked" if length is None else f"content-length: {length}",
+        f"x-request-id: req_fake_{rid}",
+        "x-ratelimit-limit-requests: 10000",
+        "x-ratelimit-remaining-requests: 9999",
+    ]
     if not keep_alive:
         lines.append("connection: close")
     lines += [f"{name}: {value}" for name, value in extra]
@@ -195,8 +205,9 @@ def _json_object(raw: bytes) -> dict[str, Any] | None:
 class FakeUpstream:
     """The fake API: ``start()`` serves it from a daemon thread, ``serve()`` in a running loop."""
 
-    def __init__(self, delay_ms: int = 0, host: str = "127.0.0.1", port: int = 0,
-                 record: bool = True) -> None:
+    def __init__(
+        self, delay_ms: int = 0, host: str = "127.0.0.1", port: int = 0, record: bool = True
+    ) -> None:
         self.delay_ms = delay_ms  # added before answering every POST
         self.host = host
         self.port = port
@@ -225,13 +236,17 @@ class FakeUpstream:
         with self._lock:
             return list(self._records)
 
-    def count(self, path: str | None = None,
-              predicate: Callable[[RecordedRequest], bool] | None = None) -> int:
+    def count(
+        self, path: str | None = None, predicate: Callable[[RecordedRequest], bool] | None = None
+    ) -> int:
         """Recorded requests to ``path`` ("/v1/x" or "/x") that match ``predicate``."""
         wanted = path if path is None or path.startswith("/v1") else "/v1" + path
-        return sum(1 for request in self.requests
-                   if (wanted is None or request.path == wanted)
-                   and (predicate is None or predicate(request)))
+        return sum(
+            1
+            for request in self.requests
+            if (wanted is None or request.path == wanted)
+            and (predicate is None or predicate(request))
+        )
 
     def reset(self) -> None:
         """Forget recorded requests, counts, scripts and script positions."""
@@ -288,16 +303,18 @@ class FakeUpstream:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    async def serve(self, on_ready: Callable[[], None] = lambda: None,
-                    stop_on_signals: bool = False) -> None:
+    async def serve(
+        self, on_ready: Callable[[], None] = lambda: None, stop_on_signals: bool = False
+    ) -> None:
         """Serve until ``stop()`` (or SIGINT/SIGTERM when ``stop_on_signals``)."""
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         if stop_on_signals:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._loop.add_signal_handler(signum, self._stopping.set)
-        server = await asyncio.start_server(self._handle_connection, self.host, self.port,
-                                            backlog=4096, reuse_address=True)
+        server = await asyncio.start_server(
+            self._handle_connection, self.host, self.port, backlog=4096, reuse_address=True
+        )
         self.port = server.sockets[0].getsockname()[1]
         on_ready()
         await self._stopping.wait()
@@ -308,15 +325,20 @@ class FakeUpstream:
 
     # ---------------------------------------------------------- request handling
 
-    async def _handle_connection(self, reader: asyncio.StreamReader,
-                                 writer: asyncio.StreamWriter) -> None:
+    async def _handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self._connections.add(writer)
         try:
             while (request := await _read_request(reader)) is not None:
                 if not await self._respond(request, reader, writer):
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError):
+        except (
+            ConnectionError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ):
             pass  # the client went away or sent malformed HTTP: just close
         except asyncio.CancelledError:
             pass  # shutdown; re-raising makes Python 3.11's stream callback log a traceback
@@ -324,8 +346,9 @@ class FakeUpstream:
             self._connections.discard(writer)
             writer.close()
 
-    async def _respond(self, request: _HttpRequest, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> bool:
+    async def _respond(
+        self, request: _HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Answer one request; returns whether the connection may be kept open."""
         rid = next(self._ids)
         keep_alive = request.keep_alive
@@ -354,8 +377,9 @@ class FakeUpstream:
             await _hold(reader)
             return False
         if step.status != 200:
-            return await self._send_json(writer, rid, step.status, _step_error(step),
-                                         keep_alive, step.headers)
+            return await self._send_json(
+                writer, rid, step.status, _step_error(step), keep_alive, step.headers
+            )
         call = Call(rid, body, prompt_tokens=max(1, len(request.body) // 4))
         if body.get("stream") is True and request.path in STREAM_ROUTES:
             events = STREAM_ROUTES[request.path](call)
@@ -388,7 +412,8 @@ class FakeUpstream:
         if token == "sk-bad":
             return 401, error_body(401, "Incorrect API key provided: sk-bad.")
         known = (request.method == "POST" and request.path in JSON_ROUTES) or (
-            request.method == "GET" and MODELS_PATH.fullmatch(request.path))
+            request.method == "GET" and MODELS_PATH.fullmatch(request.path)
+        )
         if not known:
             return 404, error_body(404, f"Invalid URL ({request.method} {request.path})")
         if request.method == "POST" and body is None:
@@ -424,18 +449,35 @@ class FakeUpstream:
             if isinstance(model, str):
                 self._model_counts[model] += 1
             if self.record:
-                self._records.append(RecordedRequest(request.method, request.path,
-                                                     request.headers, body, time.time(), step))
+                self._records.append(
+                    RecordedRequest(
+                        request.method, request.path, request.headers, body, time.time(), step
+                    )
+                )
 
-    async def _send_json(self, writer: asyncio.StreamWriter, rid: int, status: int, payload: dict,
-                         keep_alive: bool, extra: Iterable[tuple[str, str]] = ()) -> bool:
+    async def _send_json(
+        self,
+        writer: asyncio.StreamWriter,
+        rid: int,
+        status: int,
+        payload: dict,
+        keep_alive: bool,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> bool:
         data = json.dumps(payload).encode()
         writer.write(_head(status, rid, "application/json", len(data), keep_alive, extra) + data)
         await writer.drain()
         return keep_alive
 
-    async def _send_stream(self, step: Step, events: list[bytes], rid: int, keep_alive: bool,
-                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _send_stream(
+        self,
+        step: Step,
+        events: list[bytes],
+        rid: int,
+        keep_alive: bool,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         extra = [("cache-control", "no-cache")]
         writer.write(_head(200, rid, "text/event-stream; charset=utf-8", None, keep_alive, extra))
         if step.action == "garbage":

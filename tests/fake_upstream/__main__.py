@@ -14,8 +14,9 @@ from tests.fake_upstream import FakeUpstream
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fake_upstream",
-                                     description="OpenAI-compatible fake upstream LLM API.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fake_upstream", description="OpenAI-compatible fake upstream LLM API."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--delay-ms", type=int, default=0, help="added before every POST answer")

@@ -14,7 +14,11 @@ from typing import Any
 REPLY_PIECES = ("Hello", " from", " fake", " upstream")
 REPLY = "".join(REPLY_PIECES)
 MODEL_IDS = (
-    "gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "gpt-image-1", "omni-moderation-latest",
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "gpt-image-1",
+    "omni-moderation-latest",
 )
 MODELS_PATH = re.compile(r"/v1/models(/[^/]+)?")
 TINY_PNG_B64 = (
@@ -39,8 +43,12 @@ def error_body(
     """The OpenAI error envelope, with a type/code typical for ``status`` unless given."""
     fallback = ("server_error" if status >= 500 else "invalid_request_error", None)
     default_kind, default_code = _ERROR_KINDS.get(status, fallback)
-    error = {"message": message, "type": kind or default_kind, "param": None,
-             "code": code or default_code}
+    error = {
+        "message": message,
+        "type": kind or default_kind,
+        "param": None,
+        "code": code or default_code,
+    }
     return {"error": error}
 
 
@@ -59,8 +67,11 @@ class Call:
 
     def usage(self) -> dict[str, int]:
         output = len(REPLY_PIECES)
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": output,
-                "total_tokens": self.prompt_tokens + output}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": output,
+            "total_tokens": self.prompt_tokens + output,
+        }
 
     def inputs(self) -> int:
         value = self.body.get("input")
@@ -80,14 +91,25 @@ def _sse(data: Any, event: str | None = None) -> bytes:
 def _chat(call: Call) -> dict:
     message = {"role": "assistant", "content": REPLY, "refusal": None}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
-    return {"id": f"chatcmpl-fake{call.rid}", "object": "chat.completion", "created": call.created,
-            "model": call.model, "system_fingerprint": "fp_fake", "choices": [choice],
-            "usage": call.usage()}
+    return {
+        "id": f"chatcmpl-fake{call.rid}",
+        "object": "chat.completion",
+        "created": call.created,
+        "model": call.model,
+        "system_fingerprint": "fp_fake",
+        "choices": [choice],
+        "usage": call.usage(),
+    }
 
 
 def _chat_stream(call: Call) -> list[bytes]:
-    base = {"id": f"chatcmpl-fake{call.rid}", "object": "chat.completion.chunk",
-            "created": call.created, "model": call.model, "system_fingerprint": "fp_fake"}
+    base = {
+        "id": f"chatcmpl-fake{call.rid}",
+        "object": "chat.completion.chunk",
+        "created": call.created,
+        "model": call.model,
+        "system_fingerprint": "fp_fake",
+    }
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -103,16 +125,33 @@ def _chat_stream(call: Call) -> list[bytes]:
 
 def _completion(call: Call) -> dict:
     choice = {"index": 0, "text": REPLY, "logprobs": None, "finish_reason": "stop"}
-    return {"id": f"cmpl-fake{call.rid}", "object": "text_completion", "created": call.created,
-            "model": call.model, "choices": [choice], "usage": call.usage()}
+    return {
+        "id": f"cmpl-fake{call.rid}",
+        "object": "text_completion",
+        "created": call.created,
+        "model": call.model,
+        "choices": [choice],
+        "usage": call.usage(),
+    }
 
 
 def _completion_stream(call: Call) -> list[bytes]:
-    base = {"id": f"cmpl-fake{call.rid}", "object": "text_completion", "created": call.created,
-            "model": call.model}
+    base = {
+        "id": f"cmpl-fake{call.rid}",
+        "object": "text_completion",
+        "created": call.created,
+        "model": call.model,
+    }
     pieces = [(piece, None) for piece in REPLY_PIECES] + [("", "stop")]
-    events = [_sse({**base, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                         "finish_reason": finish}]}) for text, finish in pieces]
+    events = [
+        _sse(
+            {
+                **base,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
+        )
+        for text, finish in pieces
+    ]
     if call.include_usage():
         events.append(_sse({**base, "choices": [], "usage": call.usage()}))
     return [*events, _sse("[DONE]")]
@@ -120,21 +159,42 @@ def _completion_stream(call: Call) -> list[bytes]:
 
 def _message_item(call: Call) -> dict:
     content = [{"type": "output_text", "text": REPLY, "annotations": []}]
-    return {"type": "message", "id": f"msg_fake{call.rid}", "status": "completed",
-            "role": "assistant", "content": content}
+    return {
+        "type": "message",
+        "id": f"msg_fake{call.rid}",
+        "status": "completed",
+        "role": "assistant",
+        "content": content,
+    }
 
 
 def _response(call: Call, status: str = "completed") -> dict:
     done = status == "completed"
     usage = call.usage()
-    return {"id": f"resp_fake{call.rid}", "object": "response", "created_at": call.created,
-            "status": status, "model": call.model, "output": [_message_item(call)] if done else [],
-            "usage": {"input_tokens": usage["prompt_tokens"],
-                      "output_tokens": usage["completion_tokens"],
-                      "total_tokens": usage["total_tokens"]} if done else None,
-            "error": None, "incomplete_details": None, "instructions": None, "metadata": {},
-            "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "temperature": 1.0,
-            "top_p": 1.0}
+    return {
+        "id": f"resp_fake{call.rid}",
+        "object": "response",
+        "created_at": call.created,
+        "status": status,
+        "model": call.model,
+        "output": [_message_item(call)] if done else [],
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+        }
+        if done
+        else None,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "metadata": {},
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
 
 
 def _response_stream(call: Call) -> list[bytes]:
@@ -152,8 +212,10 @@ def _response_stream(call: Call) -> list[bytes]:
         ("response.output_item.done", {"output_index": 0, "item": _message_item(call)}),
         ("response.completed", {"response": _response(call)}),
     ]
-    return [_sse({"type": kind, "sequence_number": number, **data}, event=kind)
-            for number, (kind, data) in enumerate(events)]
+    return [
+        _sse({"type": kind, "sequence_number": number, **data}, event=kind)
+        for number, (kind, data) in enumerate(events)
+    ]
 
 
 def _embeddings(call: Call) -> dict:
@@ -179,8 +241,11 @@ def _images(call: Call) -> dict:
 
 def _moderations(call: Call) -> dict:
     categories = ("harassment", "hate", "self-harm", "sexual", "violence")
-    result = {"flagged": False, "categories": dict.fromkeys(categories, False),
-              "category_scores": dict.fromkeys(categories, 0.0001)}
+    result = {
+        "flagged": False,
+        "categories": dict.fromkeys(categories, False),
+        "category_scores": dict.fromkeys(categories, 0.0001),
+    }
     model = str(call.body.get("model", "omni-moderation-latest"))
     return {"id": f"modr-fake{call.rid}", "model": model, "results": [result] * call.inputs()}
 

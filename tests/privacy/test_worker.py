@@ -17,7 +17,8 @@ from tests.conftest import wait_until
 from tests.factories import PASSWORD, UserFactory
 from tests.fake_upstream import FakeUpstream
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+# Transactional tests get the seeded plans back from the autouse `_plans` fixture.
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 def test_an_export_is_built_by_a_real_worker(celery_worker, client):

@@ -27,8 +27,9 @@ class LiveServer:
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         sock.close()
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -80,8 +81,9 @@ class Tenant:
         self.user = UserFactory(email=email)
         self.account = create_account(owner=self.user)
         set_plan(account=self.account, plan_code=plan)
-        self.project = create_project(account=self.account, name="Default",
-                                      upstream_base_url=upstream_url)
+        self.project = create_project(
+            account=self.account, name="Default", upstream_base_url=upstream_url
+        )
         for field, value in policy.items():
             setattr(self.project, field, value)
         self.project.save()
@@ -99,8 +101,9 @@ class Tenant:
 @pytest.fixture
 def tenant(transactional_db, fake_upstream, live_api, worker):
     fake_upstream.reset()
-    return Tenant(email="alice@example.com", upstream_url=fake_upstream.base_url,
-                  attempt_timeout_seconds=5)
+    return Tenant(
+        email="alice@example.com", upstream_url=fake_upstream.base_url, attempt_timeout_seconds=5
+    )
 
 
 @pytest.fixture

@@ -17,8 +17,10 @@ CHAT = [{"role": "user", "content": "durable"}]
 
 def async_post(live_api, tenant, model: str) -> str:
     response = httpx.post(
-        f"{live_api.url}/v1/chat/completions", json={"model": model, "messages": CHAT},
-        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"})
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": model, "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+    )
     assert response.status_code == 202
     return response.json()["id"]
 
@@ -35,17 +37,24 @@ def test_a_worker_killed_mid_attempt_is_recovered_by_the_sweeper(
     tenant.project.attempt_timeout_seconds = 3  # lease: 3 s + 1 s grace in the test worker
     tenant.project.save()
     public_id = async_post(live_api, tenant, "script:hang,200")
-    wait_until(lambda: fake_upstream.count("/v1/chat/completions") == 1,
-               message="the attempt never reached the upstream")
+    wait_until(
+        lambda: fake_upstream.count("/v1/chat/completions") == 1,
+        message="the attempt never reached the upstream",
+    )
 
     worker.kill()
     worker.start()
-    request = wait_until(lambda: finished(public_id), timeout=60,
-                         message="the request never finished after the worker died")
+    request = wait_until(
+        lambda: finished(public_id),
+        timeout=60,
+        message="the request never finished after the worker died",
+    )
 
     assert request.status == "succeeded"
     assert [(a.outcome, a.error_code) for a in request.attempts.all()] == [
-        ("connection_error", "worker_lost"), ("success", None)]
+        ("connection_error", "worker_lost"),
+        ("success", None),
+    ]
     # The one duplicate upstream execution is the attempt that was in flight at the kill.
     assert fake_upstream.count("/v1/chat/completions") == 2
 
@@ -56,10 +65,12 @@ def test_a_task_lost_by_the_broker_is_dispatched_again(tenant, live_api, worker)
     cache._cache.get_client().flushdb()  # the broker forgets the queued task, as a restart would
     worker.start()
     Request.objects.filter(public_id=public_id).update(
-        dispatched_at=timezone.now() - timedelta(minutes=5))
+        dispatched_at=timezone.now() - timedelta(minutes=5)
+    )
 
-    request = wait_until(lambda: finished(public_id), timeout=60,
-                         message="the lost request was never run")
+    request = wait_until(
+        lambda: finished(public_id), timeout=60, message="the lost request was never run"
+    )
     assert request.status == "succeeded"
     assert request.attempts.count() == 1
 
@@ -69,11 +80,17 @@ def test_no_prompt_or_key_reaches_any_log(tenant, live_api, worker, caplog):
     caplog.set_level(logging.DEBUG)
     worker_log_start = worker.log_path.stat().st_size
     for model in ("gpt-test", "script:503,200", "script:400"):
-        httpx.post(f"{live_api.url}/v1/chat/completions",
-                   json={"model": model, "messages": [{"role": "user", "content": sentinel}]},
-                   headers={"Authorization": f"Bearer {tenant.raw_key}"}, timeout=60)
-    httpx.post(f"{live_api.url}/v1/chat/completions", content=sentinel.encode(),
-               headers={"Authorization": f"Bearer {tenant.raw_key}"})
+        httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": sentinel}]},
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+            timeout=60,
+        )
+    httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        content=sentinel.encode(),
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
 
     web_text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     with open(worker.log_path, "rb") as log:

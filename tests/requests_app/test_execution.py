@@ -39,7 +39,10 @@ def test_transient_failures_are_retried_until_success(sdk):
 
     assert completion.choices[0].message.content
     assert outcomes(only_request()) == [
-        ("retryable_error", 503), ("retryable_error", 503), ("success", 200)]
+        ("retryable_error", 503),
+        ("retryable_error", 503),
+        ("success", 200),
+    ]
 
 
 def test_retry_after_is_honoured(sdk):
@@ -75,7 +78,10 @@ def test_dropped_connections_and_timeouts_are_retried(sdk, tenant):
     sdk.chat.completions.create(model="script:drop,hang,200", messages=CHAT)
 
     assert [a.outcome for a in only_request().attempts.all()] == [
-        "connection_error", "timeout", "success"]
+        "connection_error",
+        "timeout",
+        "success",
+    ]
 
 
 def test_when_attempts_run_out_the_last_upstream_answer_is_returned(sdk, tenant):
@@ -108,8 +114,13 @@ def test_every_proxied_endpoint_reaches_its_upstream_path(sdk, fake_upstream):
     sdk.images.generate(model="img-test", prompt="a cat")
     sdk.responses.create(model="gpt-test", input="hi")
 
-    for path in ("/v1/completions", "/v1/embeddings", "/v1/moderations",
-                 "/v1/images/generations", "/v1/responses"):
+    for path in (
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/responses",
+    ):
         assert fake_upstream.count(path) == 1, path
     assert Request.objects.filter(status="succeeded").count() == 5
 
@@ -125,15 +136,19 @@ def test_wait_budget_expiry_answers_202_and_the_request_still_succeeds(tenant, l
     response = httpx.post(
         f"{live_api.url}/v1/chat/completions",
         headers={"Authorization": f"Bearer {tenant.raw_key}", "ReqRun-Wait": "1"},
-        json={"model": "script:sleep2500,200", "messages": CHAT}, timeout=30,
+        json={"model": "script:sleep2500,200", "messages": CHAT},
+        timeout=30,
     )
     assert response.status_code == 202
     body = response.json()
     assert response.headers["location"] == f"/v1/requests/{body['id']}"
     assert body["status"] in ("queued", "running")
 
-    polled = httpx.get(f"{live_api.url}/v1/requests/{body['id']}?wait=30",
-                       headers={"Authorization": f"Bearer {tenant.raw_key}"}, timeout=40)
+    polled = httpx.get(
+        f"{live_api.url}/v1/requests/{body['id']}?wait=30",
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=40,
+    )
     assert polled.json()["status"] == "succeeded"
     assert polled.json()["response"]["status_code"] == 200
 
@@ -141,25 +156,48 @@ def test_wait_budget_expiry_answers_202_and_the_request_still_succeeds(tenant, l
 def test_async_mode_accepts_at_once_and_long_polls_to_the_result(tenant, live_api):
     headers = {"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"}
     started = time.monotonic()
-    response = httpx.post(f"{live_api.url}/v1/chat/completions", headers=headers,
-                          json={"model": "script:sleep1000,200", "messages": CHAT}, timeout=30)
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        headers=headers,
+        json={"model": "script:sleep1000,200", "messages": CHAT},
+        timeout=30,
+    )
     assert response.status_code == 202
     assert time.monotonic() - started < 1.0
 
-    polled = httpx.get(f"{live_api.url}/v1/requests/{response.json()['id']}?wait=20",
-                       headers=headers, timeout=30).json()
+    polled = httpx.get(
+        f"{live_api.url}/v1/requests/{response.json()['id']}?wait=20", headers=headers, timeout=30
+    ).json()
     assert polled["status"] == "succeeded"
     assert polled["attempts"][0]["outcome"] == "success"
     assert polled["response"]["body"]["object"] == "chat.completion"
-    assert set(polled) >= {"id", "object", "status", "project", "endpoint", "model", "stream",
-                           "idempotency_key", "created_at", "started_at", "finished_at",
-                           "partial", "attempts", "usage", "response", "error"}
+    assert set(polled) >= {
+        "id",
+        "object",
+        "status",
+        "project",
+        "endpoint",
+        "model",
+        "stream",
+        "idempotency_key",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "partial",
+        "attempts",
+        "usage",
+        "response",
+        "error",
+    }
 
 
 def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, fake_upstream):
     headers = {"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"}
-    request_id = httpx.post(f"{live_api.url}/v1/chat/completions", headers=headers,
-                            json={"model": "script:503ra30,200", "messages": CHAT}).json()["id"]
+    request_id = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        headers=headers,
+        json={"model": "script:503ra30,200", "messages": CHAT},
+    ).json()["id"]
     from tests.conftest import wait_until
 
     wait_until(lambda: Request.objects.get(public_id=request_id).status == "retrying")

@@ -19,14 +19,18 @@ def test_a_flooding_tenant_cannot_delay_another(tenant, other_tenant, live_api):
             f"{live_api.url}/v1/chat/completions",
             json={"model": "sleep-2000", "messages": CHAT, "n": n},
             headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
-            timeout=30).status_code
+            timeout=30,
+        ).status_code
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         assert set(pool.map(enqueue, range(200))) == {202}
 
     response = httpx.post(
-        f"{live_api.url}/v1/chat/completions", json={"model": "gpt-test", "messages": CHAT},
-        headers={"Authorization": f"Bearer {other_tenant.raw_key}"}, timeout=60)
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": CHAT},
+        headers={"Authorization": f"Bearer {other_tenant.raw_key}"},
+        timeout=60,
+    )
 
     assert response.status_code == 200
     theirs = Request.objects.get(public_id=response.headers["reqrun-request-id"])
@@ -35,5 +39,8 @@ def test_a_flooding_tenant_cannot_delay_another(tenant, other_tenant, live_api):
     assert concurrency.in_use(tenant.account.pk) <= 2
     flood = Request.objects.filter(account=tenant.account)
     assert flood.filter(status="running").count() <= 2
-    wait_until(lambda: flood.filter(status="succeeded").count() >= 2, timeout=30,
-               message="tenant A's backlog made no progress")
+    wait_until(
+        lambda: flood.filter(status="succeeded").count() >= 2,
+        timeout=30,
+        message="tenant A's backlog made no progress",
+    )

@@ -15,7 +15,10 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 def post(live_api, tenant, json=None, content=None, headers=None, path="/v1/chat/completions"):
     return httpx.post(
-        f"{live_api.url}{path}", json=json, content=content, timeout=60,
+        f"{live_api.url}{path}",
+        json=json,
+        content=content,
+        timeout=60,
         headers={"Authorization": f"Bearer {tenant.raw_key}", **(headers or {})},
     )
 
@@ -45,9 +48,12 @@ def test_concurrent_calls_with_one_key_execute_upstream_once(tenant, live_api, f
     body = {**CHAT, "model": "script:sleep700,200"}
 
     with ThreadPoolExecutor(max_workers=20) as pool:
-        responses = list(pool.map(
-            lambda _: post(live_api, tenant, json=body, headers={"Idempotency-Key": "same"}),
-            range(20)))
+        responses = list(
+            pool.map(
+                lambda _: post(live_api, tenant, json=body, headers={"Idempotency-Key": "same"}),
+                range(20),
+            )
+        )
 
     assert {r.status_code for r in responses} == {200}
     assert len({r.headers["reqrun-request-id"] for r in responses}) == 1
@@ -58,8 +64,9 @@ def test_concurrent_calls_with_one_key_execute_upstream_once(tenant, live_api, f
 
 def test_the_same_key_with_another_body_is_refused(tenant, live_api):
     post(live_api, tenant, json=CHAT, headers={"Idempotency-Key": "k1"})
-    response = post(live_api, tenant, json={**CHAT, "model": "other"},
-                    headers={"Idempotency-Key": "k1"})
+    response = post(
+        live_api, tenant, json={**CHAT, "model": "other"}, headers={"Idempotency-Key": "k1"}
+    )
 
     assert_openai_error(response, 422, "idempotency_key_reused")
     assert Request.objects.count() == 1
@@ -97,8 +104,12 @@ def test_sdk_sees_quota_refusal_as_rate_limit_error_without_retrying(tenant, liv
 
 def test_pending_queue_cap_refuses_with_retry_after(tenant, live_api):
     tenant.override(pending_requests=1)
-    held = post(live_api, tenant, json={**CHAT, "model": "script:sleep3000,200"},
-                headers={"Prefer": "respond-async"})
+    held = post(
+        live_api,
+        tenant,
+        json={**CHAT, "model": "script:sleep3000,200"},
+        headers={"Prefer": "respond-async"},
+    )
     assert held.status_code == 202
 
     response = post(live_api, tenant, json=CHAT, headers={"Prefer": "respond-async"})
@@ -129,10 +140,12 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
     [
         ({"content": b"{not json"}, 400, "invalid_json"),
         ({"content": b"[1, 2]"}, 400, "invalid_body"),
-        ({"json": {"model": "e", "input": "x", "stream": True}, "path": "/v1/embeddings"},
-         400, "stream_not_supported"),
-        ({"json": CHAT, "headers": {"Idempotency-Key": "x" * 256}}, 400,
-         "invalid_idempotency_key"),
+        (
+            {"json": {"model": "e", "input": "x", "stream": True}, "path": "/v1/embeddings"},
+            400,
+            "stream_not_supported",
+        ),
+        ({"json": CHAT, "headers": {"Idempotency-Key": "x" * 256}}, 400, "invalid_idempotency_key"),
         ({"json": CHAT, "headers": {"ReqRun-Wait": "601"}}, 400, "invalid_wait"),
         ({"json": CHAT, "headers": {"ReqRun-Wait": "soon"}}, 400, "invalid_wait"),
         ({"content": b"{" + b" " * (10 * 1024 * 1024) + b"}"}, 413, "request_too_large"),
@@ -147,9 +160,17 @@ def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, stat
     assert usage_row(tenant.account).accepted_requests == 0
 
 
-@pytest.mark.parametrize("authorization", [
-    None, "Bearer", "Bearer not-a-key", "Basic abc", "Bearer rr_abc", "Bearer rr_abc_def",
-])
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        "Bearer",
+        "Bearer not-a-key",
+        "Basic abc",
+        "Bearer rr_abc",
+        "Bearer rr_abc_def",
+    ],
+)
 def test_missing_or_malformed_keys_get_401(live_api, tenant, authorization):
     headers = {"Authorization": authorization} if authorization else {}
     response = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT, headers=headers)
@@ -159,8 +180,9 @@ def test_missing_or_malformed_keys_get_401(live_api, tenant, authorization):
 
 def test_right_prefix_wrong_secret_and_revoked_keys_get_401(live_api, tenant, sdk):
     prefix = tenant.raw_key.split("_")[1]
-    wrong = httpx.get(f"{live_api.url}/v1/usage",
-                      headers={"Authorization": f"Bearer rr_{prefix}_{'0' * 48}"})
+    wrong = httpx.get(
+        f"{live_api.url}/v1/usage", headers={"Authorization": f"Bearer rr_{prefix}_{'0' * 48}"}
+    )
     assert_openai_error(wrong, 401, "invalid_api_key")
 
     revoke_api_key(api_key=tenant.api_key)
@@ -182,47 +204,64 @@ def test_suspended_account_and_project_get_403(live_api, tenant):
 
 def test_another_tenants_request_is_404(live_api, tenant, other_tenant):
     theirs = post(live_api, other_tenant, json=CHAT).headers["reqrun-request-id"]
-    for method, path in [("GET", f"/v1/requests/{theirs}"),
-                         ("POST", f"/v1/requests/{theirs}/cancel"),
-                         ("GET", "/v1/requests/req_unknown")]:
-        response = httpx.request(method, f"{live_api.url}{path}",
-                                 headers={"Authorization": f"Bearer {tenant.raw_key}"})
+    for method, path in [
+        ("GET", f"/v1/requests/{theirs}"),
+        ("POST", f"/v1/requests/{theirs}/cancel"),
+        ("GET", "/v1/requests/req_unknown"),
+    ]:
+        response = httpx.request(
+            method, f"{live_api.url}{path}", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+        )
         assert_openai_error(response, 404, "not_found")
-    listed = httpx.get(f"{live_api.url}/v1/requests",
-                       headers={"Authorization": f"Bearer {tenant.raw_key}"}).json()
+    listed = httpx.get(
+        f"{live_api.url}/v1/requests", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+    ).json()
     assert listed["data"] == []
 
 
 def test_list_paginates_newest_first_and_filters(live_api, tenant):
-    ids = [post(live_api, tenant, json=CHAT, headers={"Idempotency-Key": f"k{n}"})
-           .headers["reqrun-request-id"] for n in range(5)]
+    ids = [
+        post(live_api, tenant, json=CHAT, headers={"Idempotency-Key": f"k{n}"}).headers[
+            "reqrun-request-id"
+        ]
+        for n in range(5)
+    ]
     auth = {"Authorization": f"Bearer {tenant.raw_key}"}
 
     page = httpx.get(f"{live_api.url}/v1/requests?limit=2", headers=auth).json()
     assert page["object"] == "list"
     assert [r["id"] for r in page["data"]] == ids[::-1][:2]
     assert page["has_more"] is True
-    rest = httpx.get(f"{live_api.url}/v1/requests?limit=10&after={page['last_id']}",
-                     headers=auth).json()
+    rest = httpx.get(
+        f"{live_api.url}/v1/requests?limit=10&after={page['last_id']}", headers=auth
+    ).json()
     assert [r["id"] for r in rest["data"]] == ids[::-1][2:]
     assert rest["has_more"] is False
 
     by_key = httpx.get(f"{live_api.url}/v1/requests?idempotency_key=k3", headers=auth).json()
     assert [r["id"] for r in by_key["data"]] == [ids[3]]
-    assert httpx.get(f"{live_api.url}/v1/requests?status=failed", headers=auth).json()[
-        "data"] == []
+    assert httpx.get(f"{live_api.url}/v1/requests?status=failed", headers=auth).json()["data"] == []
     bad = httpx.get(f"{live_api.url}/v1/requests?limit=0", headers=auth)
     assert_openai_error(bad, 400, None)
 
 
 def test_usage_reports_plan_limits_and_use(live_api, tenant):
     post(live_api, tenant, json=CHAT)
-    usage = httpx.get(f"{live_api.url}/v1/usage",
-                      headers={"Authorization": f"Bearer {tenant.raw_key}"}).json()
+    usage = httpx.get(
+        f"{live_api.url}/v1/usage", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+    ).json()
     assert usage["plan"] == "enterprise"
     assert usage["limits"]["monthly_requests"] == 100_000_000
     assert set(usage["limits"]) == {
-        "projects", "api_keys_per_project", "monthly_requests", "retention_days",
-        "pending_requests", "concurrency", "requests_per_minute", "max_attempts", "members"}
+        "projects",
+        "api_keys_per_project",
+        "monthly_requests",
+        "retention_days",
+        "pending_requests",
+        "concurrency",
+        "requests_per_minute",
+        "max_attempts",
+        "members",
+    }
     assert usage["used"] == {"accepted_requests": 1, "pending": 0, "projects": 1}
     assert usage["period_start"] < usage["period_end"]

@@ -29,7 +29,8 @@ def test_purge_keeps_records_inside_the_window_and_deletes_those_past_it():
     window = timedelta(days=3)
     Request.objects.filter(pk=inside.pk).update(created_at=now - window + timedelta(minutes=1))
     Request.objects.filter(pk__in=[past.pk, running.pk]).update(
-        created_at=now - window - timedelta(minutes=1))
+        created_at=now - window - timedelta(minutes=1)
+    )
 
     report = purge_expired_data(now)
 
@@ -40,10 +41,16 @@ def test_purge_keeps_records_inside_the_window_and_deletes_those_past_it():
 @pytest.mark.django_db
 def test_response_bodies_are_dropped_24_hours_after_the_end():
     now = timezone.now()
-    kept = RequestFactory(status="succeeded", response_body=encryption.encrypt(b"{}"),
-                          response_expires_at=now + timedelta(minutes=1))
-    dropped = RequestFactory(status="succeeded", response_body=encryption.encrypt(b"{}"),
-                             response_expires_at=now - timedelta(minutes=1))
+    kept = RequestFactory(
+        status="succeeded",
+        response_body=encryption.encrypt(b"{}"),
+        response_expires_at=now + timedelta(minutes=1),
+    )
+    dropped = RequestFactory(
+        status="succeeded",
+        response_body=encryption.encrypt(b"{}"),
+        response_expires_at=now - timedelta(minutes=1),
+    )
 
     assert purge_expired_data(now).response_bodies == 1
     kept.refresh_from_db()
@@ -58,18 +65,21 @@ def test_zero_retention_keeps_no_response_after_delivery(tenant, live_api):
     tenant.project.save()
     auth = {"Authorization": f"Bearer {tenant.raw_key}"}
 
-    waited = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT, headers=auth,
-                        timeout=30)
+    waited = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT, headers=auth, timeout=30)
     assert waited.status_code == 200
     assert waited.json()["choices"]
     record = Request.objects.get(public_id=waited.headers["reqrun-request-id"])
     assert record.response_body is None
     assert record.usage is not None  # metadata stays
 
-    queued = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT,
-                        headers={**auth, "Prefer": "respond-async"}).json()
-    first = httpx.get(f"{live_api.url}/v1/requests/{queued['id']}?wait=20", headers=auth,
-                      timeout=30).json()
+    queued = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=CHAT,
+        headers={**auth, "Prefer": "respond-async"},
+    ).json()
+    first = httpx.get(
+        f"{live_api.url}/v1/requests/{queued['id']}?wait=20", headers=auth, timeout=30
+    ).json()
     assert first["response"]["status_code"] == 200  # async: kept until fetched once
     second = httpx.get(f"{live_api.url}/v1/requests/{queued['id']}", headers=auth).json()
     assert second["response"] is None
@@ -78,8 +88,7 @@ def test_zero_retention_keeps_no_response_after_delivery(tenant, live_api):
 def test_repeated_bad_keys_are_throttled_per_key_prefix(tenant, live_api):
     prefix = tenant.raw_key.split("_")[1]
     bad = {"Authorization": f"Bearer rr_{prefix}_{'0' * 48}"}
-    statuses = [httpx.get(f"{live_api.url}/v1/usage", headers=bad).status_code
-                for _ in range(11)]
+    statuses = [httpx.get(f"{live_api.url}/v1/usage", headers=bad).status_code for _ in range(11)]
     assert statuses[:10] == [401] * 10
     assert statuses[10] == 429
     refused = httpx.get(f"{live_api.url}/v1/usage", headers=bad)
@@ -100,11 +109,18 @@ def test_security_headers_on_pages(client, settings):
     assert response["X-Frame-Options"] == "DENY"
 
 
-@pytest.mark.parametrize("url", [
-    "https://127.0.0.1/v1", "https://10.1.2.3/v1", "https://169.254.169.254/v1",
-    "https://[::1]/v1", "https://localhost/v1", "http://api.openai.com/v1",
-    "https://user:pass@api.example.com/v1",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/v1",
+        "https://10.1.2.3/v1",
+        "https://169.254.169.254/v1",
+        "https://[::1]/v1",
+        "https://localhost/v1",
+        "http://api.openai.com/v1",
+        "https://user:pass@api.example.com/v1",
+    ],
+)
 def test_private_or_plain_upstreams_are_refused(settings, url):
     settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
     with pytest.raises(UpstreamNotAllowed):
@@ -121,8 +137,11 @@ def test_a_dns_name_resolving_to_a_private_address_is_refused(settings):
 def test_the_guard_holds_at_connect_time(tenant, settings, fake_upstream):
     """A project saved while private upstreams were allowed cannot reach one once they are not."""
     settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
-    record = RequestFactory(project=tenant.project, account=tenant.account,
-                            request_body=encryption.encrypt(b'{"model": "gpt-test"}'))
+    record = RequestFactory(
+        project=tenant.project,
+        account=tenant.account,
+        request_body=encryption.encrypt(b'{"model": "gpt-test"}'),
+    )
 
     execute_request(record.pk)
 
@@ -134,9 +153,12 @@ def test_the_guard_holds_at_connect_time(tenant, settings, fake_upstream):
 
 def test_upstream_redirects_are_not_followed(tenant, live_api, fake_upstream):
     fake_upstream.script("redirect-me", ["302"])
-    response = httpx.post(f"{live_api.url}/v1/chat/completions",
-                          json={**CHAT, "model": "redirect-me"},
-                          headers={"Authorization": f"Bearer {tenant.raw_key}"}, timeout=30)
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={**CHAT, "model": "redirect-me"},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
     assert response.status_code == 302
     assert fake_upstream.count("/v1/chat/completions") == 1
 
@@ -144,11 +166,17 @@ def test_upstream_redirects_are_not_followed(tenant, live_api, fake_upstream):
 def test_no_plaintext_secret_or_body_in_any_table(tenant, live_api):
     sentinel = f"SENTINEL-{uuid.uuid4()}"
     auth = {"Authorization": f"Bearer {tenant.raw_key}"}
-    httpx.post(f"{live_api.url}/v1/chat/completions", timeout=30, headers=auth,
-               json={"model": "gpt-test", "messages": [{"role": "user", "content": sentinel}]})
-    httpx.post(f"{live_api.url}/v1/chat/completions", headers={**auth, "Prefer":
-               "respond-async"}, json={"model": "script:503ra30",
-                                        "messages": [{"role": "user", "content": sentinel}]})
+    httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        timeout=30,
+        headers=auth,
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": sentinel}]},
+    )
+    httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        headers={**auth, "Prefer": "respond-async"},
+        json={"model": "script:503ra30", "messages": [{"role": "user", "content": sentinel}]},
+    )
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")

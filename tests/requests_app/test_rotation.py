@@ -24,9 +24,13 @@ def test_rotation_lets_the_old_key_be_dropped(settings):
     project = ProjectFactory()
     set_provider_key(project=project, provider_key="sk-live-rotation-secret")
     request = Request.objects.create(
-        account=project.account, project=project, endpoint="/v1/chat/completions",
-        body_sha256="0" * 64, request_body=encryption.encrypt(b'{"prompt": "rotate me"}'),
-        response_body=encryption.encrypt(b'{"answer": 42}'), deadline_at=project.created_at,
+        account=project.account,
+        project=project,
+        endpoint="/v1/chat/completions",
+        body_sha256="0" * 64,
+        request_body=encryption.encrypt(b'{"prompt": "rotate me"}'),
+        response_body=encryption.encrypt(b'{"answer": 42}'),
+        deadline_at=project.created_at,
         max_attempts=1,
     )
     assert b"rotate me" not in raw_column("requests_app_request", "request_body", request.pk)

@@ -18,8 +18,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_v1_never_answers_5xx_and_errors_use_the_envelope(case, live_api, tenant):
     response = case.call(
         base_url=live_api.url,

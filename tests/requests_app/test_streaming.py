@@ -16,18 +16,25 @@ def only_request() -> Request:
     """The one request, once terminal: the client can see the stream end before the worker
     has written the outcome."""
     return wait_until(
-        lambda: Request.objects.prefetch_related("attempts").filter(
-            status__in=["succeeded", "failed", "canceled", "expired"]).first(),
-        timeout=30, message="the request never reached a terminal state")
+        lambda: (
+            Request.objects.prefetch_related("attempts")
+            .filter(status__in=["succeeded", "failed", "canceled", "expired"])
+            .first()
+        ),
+        timeout=30,
+        message="the request never reached a terminal state",
+    )
 
 
 def test_a_streamed_chat_answer_arrives_in_chunks_and_ends_normally(sdk):
     stream = sdk.chat.completions.create(
-        model="gpt-test", messages=CHAT, stream=True, stream_options={"include_usage": True})
+        model="gpt-test", messages=CHAT, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
 
-    contents = [c.choices[0].delta.content for c in chunks if c.choices and
-                c.choices[0].delta.content]
+    contents = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert len(contents) >= 3
     request = only_request()
     assert request.status == "succeeded"
@@ -39,18 +46,17 @@ def test_a_streamed_chat_answer_arrives_in_chunks_and_ends_normally(sdk):
 
 def test_the_async_client_streams_too(tenant, live_api):
     async def consume():
-        client = openai.AsyncOpenAI(base_url=f"{live_api.url}/v1", api_key=tenant.raw_key,
-                                    max_retries=0)
-        stream = await client.chat.completions.create(model="gpt-test", messages=CHAT,
-                                                      stream=True)
+        client = openai.AsyncOpenAI(
+            base_url=f"{live_api.url}/v1", api_key=tenant.raw_key, max_retries=0
+        )
+        stream = await client.chat.completions.create(model="gpt-test", messages=CHAT, stream=True)
         return [chunk async for chunk in stream]
 
     assert len(asyncio.run(consume())) >= 3
 
 
 def test_a_503_before_the_first_byte_is_retried_invisibly(sdk):
-    chunks = list(sdk.chat.completions.create(model="script:503,200", messages=CHAT,
-                                              stream=True))
+    chunks = list(sdk.chat.completions.create(model="script:503,200", messages=CHAT, stream=True))
     assert chunks
     assert [a.outcome for a in only_request().attempts.all()] == ["retryable_error", "success"]
 
@@ -58,8 +64,7 @@ def test_a_503_before_the_first_byte_is_retried_invisibly(sdk):
 def test_a_stream_cut_midway_raises_in_the_client_and_is_recorded_partial(sdk, fake_upstream):
     received = []
     with pytest.raises(openai.APIError):
-        for chunk in sdk.chat.completions.create(model="script:cut2", messages=CHAT,
-                                                 stream=True):
+        for chunk in sdk.chat.completions.create(model="script:cut2", messages=CHAT, stream=True):
             received.append(chunk)
 
     assert len(received) == 2
@@ -101,7 +106,8 @@ def test_a_replayed_stream_streams_the_stored_result_again(tenant, live_api, fak
             f"{live_api.url}/v1/chat/completions",
             json={"model": "gpt-test", "messages": CHAT, "stream": True},
             headers={"Authorization": f"Bearer {tenant.raw_key}", "Idempotency-Key": "s1"},
-            timeout=30)
+            timeout=30,
+        )
 
     first, second = call(), call()
     assert second.headers["idempotent-replayed"] == "true"
@@ -115,21 +121,28 @@ def test_stream_with_async_mode_is_refused(tenant, live_api):
     response = httpx.post(
         f"{live_api.url}/v1/chat/completions",
         json={"model": "gpt-test", "messages": CHAT, "stream": True},
-        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"})
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "stream_with_async"
     assert not Request.objects.exists()
 
 
 def test_a_client_that_disconnects_cancels_the_upstream_call(tenant, live_api):
-    with httpx.Client(timeout=30) as client, client.stream(
-        "POST", f"{live_api.url}/v1/chat/completions",
-        json={"model": "script:stall1", "messages": CHAT, "stream": True},
-        headers={"Authorization": f"Bearer {tenant.raw_key}"},
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": "script:stall1", "messages": CHAT, "stream": True},
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        ) as response,
+    ):
         next(response.iter_raw())  # the first chunk, then hang up
 
     request = wait_until(
-        lambda: Request.objects.filter(status="canceled").first(), timeout=30,
-        message="the request was not canceled after the client left")
+        lambda: Request.objects.filter(status="canceled").first(),
+        timeout=30,
+        message="the request was not canceled after the client left",
+    )
     assert request.partial is True
