@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import httpx
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -92,6 +93,9 @@ def claim_request(request: Request) -> tuple[Request, int] | None:
 def perform_attempt(request: Request, number: int) -> AttemptResult:
     """Call the upstream once and record the attempt row; never raises for upstream faults."""
     attempt = Attempt.objects.create(request=request, number=number, started_at=timezone.now())
+    # Hand the database connection back to the pool while the upstream works: a slow LLM
+    # call must not pin a connection for its whole duration.
+    close_old_connections()
     started = time.monotonic()
     result = _call_upstream(request, number)
     attempt.finished_at = timezone.now()
