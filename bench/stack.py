@@ -107,8 +107,8 @@ def bench_env(
         "REQRUN_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         "PORT": str(web_port),
         "WORKER_CONCURRENCY": str(worker_concurrency),
-        # A worker thread keeps its connection through the upstream call: a smaller pool
-        # than the thread count caps the calls in flight at the pool size.
+        # Never fewer pooled connections than worker threads: the pool must not be what
+        # caps the calls in flight.
         "DB_POOL_MAX_SIZE": str(db_pool_max_size),
         "CELERY_BEAT_SCHEDULE": str(directory / "celerybeat-schedule"),
     }
