@@ -53,12 +53,14 @@ def _connections_per_request(batches: list[dict]) -> dict:
 
 
 def _unexpected(batches: list[dict], expected: int) -> dict:
-    found: dict[str, int] = {}
+    """How many answers were not `expected`, by status or error, and what the first few said."""
+    counts: dict[str, int] = {}
     for batch in batches:
         for outcome, count in batch["outcomes"].items():
             if outcome != str(expected):
-                found[outcome] = found.get(outcome, 0) + count
-    return found
+                counts[outcome] = counts.get(outcome, 0) + count
+    examples = [surprise for batch in batches for surprise in batch["surprises"]][:3]
+    return {"counts": counts, "examples": examples} if counts or examples else {}
 
 
 def figures(waiters_wanted: int, batches: dict) -> tuple[dict, dict]:

@@ -28,22 +28,30 @@ from collections import Counter
 
 import httpx
 
+MAX_SURPRISES = 5  # unexpected answers kept per batch, with what they said
 
-async def _send(client: httpx.AsyncClient, batch: dict) -> tuple[int | str, float, float]:
+
+async def _send(
+    client: httpx.AsyncClient, batch: dict, surprises: list[dict]
+) -> tuple[int | str, float, float]:
     started = time.perf_counter()
     try:
         response = await client.post(
             batch["url"], content=batch["body"], headers=batch["headers"], timeout=batch["timeout"]
         )
         outcome: int | str = response.status_code
+        detail = response.text[:300]
     except httpx.HTTPError as error:
-        outcome = type(error).__name__
+        outcome, detail = type(error).__name__, str(error)[:300]
+    if outcome != batch["expect"] and len(surprises) < MAX_SURPRISES:
+        surprises.append({"outcome": outcome, "detail": detail})
     return outcome, started, time.perf_counter()
 
 
 async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []
+    surprises: list[dict] = []
     finished_in_window = 0
     answered = 0  # warm-up included: what the server side did work for
     begin = time.perf_counter()
@@ -54,7 +62,7 @@ async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
     async def closed_loop(client: httpx.AsyncClient) -> None:
         nonlocal finished_in_window, answered
         while time.perf_counter() < window_end:
-            outcome, started, ended = await _send(client, batch)
+            outcome, started, ended = await _send(client, batch, surprises)
             answered += 1
             if started >= window_start:
                 outcomes[str(outcome)] += 1
@@ -63,7 +71,7 @@ async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
                 finished_in_window += 1
 
     async def one_shot(client: httpx.AsyncClient) -> None:
-        outcome, started, ended = await _send(client, batch)
+        outcome, started, ended = await _send(client, batch, surprises)
         outcomes[str(outcome)] += 1
         latencies.append((ended - started) * 1000)
 
@@ -76,6 +84,7 @@ async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
         window = window_end - window_start
     return {
         "outcomes": dict(outcomes),
+        "surprises": surprises,
         "ok": outcomes[str(batch["expect"])],
         "all_answered": answered,
         "latencies_ms": latencies,

@@ -212,9 +212,11 @@ def render(results: dict) -> str:
                 for i, (cell, width) in enumerate(zip(row, widths, strict=True))
             ).rstrip()
         )
-    failures = {name: outcome for name, outcome in results["errors"].items() if outcome}
-    if failures:
-        lines.append("unexpected answers: " + json.dumps(failures))
+    for name, unexpected in results["errors"].items():
+        if unexpected:
+            lines.append(f"unexpected answers in {name}: {json.dumps(unexpected['counts'])}")
+            for example in unexpected["examples"][:1]:
+                lines.append(f"  e.g. {example['outcome']}: {example['detail']}")
     return "\n".join(lines)
 
 
