@@ -31,6 +31,7 @@ check: $(STAMP)
 # table and writes bench/results/<time>.json. `make bench BENCH_ARGS="--quick"` for a smoke run.
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run $(BENCH_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.streams $(BENCH_STREAM_ARGS)
 
 clean:
 	rm -rf $(VENV) .data
