@@ -99,6 +99,13 @@ def parse_idempotency_key(request) -> str | None:
     return key
 
 
+def ensure_body_size(length: int) -> None:
+    if length > settings.REQRUN_MAX_BODY_BYTES:
+        raise BodyTooLarge(
+            f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes."
+        )
+
+
 def parse_body(raw: bytes) -> dict:
     try:
         payload = json.loads(raw)
@@ -130,10 +137,7 @@ class ProxyView(V1View):
                 "this project. Retry after the reset.",
                 headers={"Retry-After": str(self.rate_state.reset_seconds)},
             )
-        if len(body) > settings.REQRUN_MAX_BODY_BYTES:
-            raise BodyTooLarge(
-                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes."
-            )
+        ensure_body_size(len(body))
         payload = parse_body(body)
         wait_seconds = parse_wait_budget(request)
         if payload.get("stream"):
@@ -151,7 +155,7 @@ class ProxyView(V1View):
                     code="stream_with_async",
                 )
         idempotency_key = parse_idempotency_key(request)
-        if provider_key_of(api_key.project) is None:
+        if not api_key.project.has_provider_key:  # no need to decrypt it just to check
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",
@@ -170,10 +174,8 @@ class ProxyView(V1View):
 
     async def post(self, request, *args, **kwargs):
         length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > settings.REQRUN_MAX_BODY_BYTES:
-            raise BodyTooLarge(
-                f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes."
-            )
+        if length.isdigit():
+            ensure_body_size(int(length))  # before reading a body we would refuse anyway
         outcome, record, wait_seconds = await in_thread(self.accept)(request, request.body)
         if record.stream and outcome != "replayed":
             return await relay_stream(record, wait_seconds)

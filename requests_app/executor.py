@@ -19,7 +19,6 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.models import Account
 from projects import encryption
 from projects.limits import limits_for
 from projects.services import provider_key_of
@@ -302,11 +301,11 @@ def execute_request(request_pk: int) -> None:
     request goes back to wait, so one tenant's backlog never holds a worker.
     """
     while True:
-        row = Request.objects.filter(pk=request_pk).select_related("project").first()
+        row = Request.objects.filter(pk=request_pk).select_related("project", "account").first()
         if row is None or row.status not in (Status.QUEUED, Status.RETRYING):
             return  # finished, or another worker holds it
         lease = lease_for(row).total_seconds()
-        limit = limits_for_account_id(row.account_id).concurrency
+        limit = limits_for(row.account).concurrency
         if not concurrency.acquire(
             account_id=row.account_id, request_pk=request_pk, limit=limit, lease_seconds=lease
         ):
@@ -324,7 +323,3 @@ def execute_request(request_pk: int) -> None:
         if delay is None:
             return
         time.sleep(delay)
-
-
-def limits_for_account_id(account_id: int):
-    return limits_for(Account(pk=account_id))
