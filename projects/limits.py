@@ -95,19 +95,16 @@ def count_accepted_request(*, account: Account, limit: int) -> bool:
     Call inside the accepting transaction: a refused or rolled-back request is not counted.
     """
     period = current_period_start()
-    this_month = MonthlyUsage.objects.filter(account=account, period_start=period)
-    if this_month.filter(accepted_requests__lt=limit).update(
-        accepted_requests=F("accepted_requests") + 1
-    ):
-        return True
-    if this_month.exists():
-        return False  # at the limit
-    usage_row(account, period)  # the month's first request: create the row, then count
-    return bool(
-        this_month.filter(accepted_requests__lt=limit).update(
-            accepted_requests=F("accepted_requests") + 1
-        )
+    below_limit = MonthlyUsage.objects.filter(
+        account=account, period_start=period, accepted_requests__lt=limit
     )
+    if below_limit.update(accepted_requests=F("accepted_requests") + 1):
+        return True
+    # Nothing was counted: the account is at the limit, or this month's row does not exist
+    # yet, or a concurrent first request is creating it. get_or_create waits for that
+    # insert, so the second UPDATE sees the committed row and answers for certain.
+    usage_row(account, period)
+    return bool(below_limit.update(accepted_requests=F("accepted_requests") + 1))
 
 
 def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name: str = "") -> None:
