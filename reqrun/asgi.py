@@ -1,4 +1,11 @@
-"""ASGI entry point: the web process runs under uvicorn so waiting requests cost a coroutine."""
+"""ASGI entry point: the web process runs under uvicorn so waiting requests cost a coroutine.
+
+Two Django handlers share the process. `/v1` goes through `ApiHandler`, whose middleware
+list is `settings.API_MIDDLEWARE`: an API call carries no session, CSRF token, messages or
+allauth state, and the browser stack contains sync-only middleware (allauth's user
+sessions) that would put every call, waiting ones included, on a thread of its own.
+Everything else goes through the usual handler and `settings.MIDDLEWARE`.
+"""
 
 import os
 
@@ -6,4 +13,14 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reqrun.settings")
 
-application = get_asgi_application()
+browser_application = get_asgi_application()  # sets Django up before the imports below
+
+from reqrun.handlers import ApiHandler, is_api_path  # noqa: E402
+
+api_application = ApiHandler()
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and is_api_path(scope["path"]):
+        return await api_application(scope, receive, send)
+    return await browser_application(scope, receive, send)

@@ -64,6 +64,13 @@ MIDDLEWARE = [
     "allauth.usersessions.middleware.UserSessionsMiddleware",
 ]
 
+# /v1 is served by its own handler (reqrun/asgi.py) with only these: an API call needs no
+# session, CSRF, messages or allauth state.
+API_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "reqrun.middleware.ContentSecurityPolicyMiddleware",
+]
+
 ROOT_URLCONF = "reqrun.urls"
 
 TEMPLATES = [

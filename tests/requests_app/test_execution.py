@@ -1,12 +1,15 @@
 """End to end: the official SDK → ReqRun (uvicorn) → a real Celery worker → the fake upstream."""
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
 from requests_app.models import Attempt, Request
+from tests.conftest import wait_until
 
 CHAT = [{"role": "user", "content": "Say hello"}]
 
@@ -151,6 +154,38 @@ def test_wait_budget_expiry_answers_202_and_the_request_still_succeeds(tenant, l
     )
     assert polled.json()["status"] == "succeeded"
     assert polled.json()["response"]["status_code"] == 200
+
+
+def test_waiting_callers_hold_no_thread_and_no_browser_state(tenant, live_api, fake_upstream):
+    # uvicorn serves the API in this process: while 30 callers wait on a slow upstream, the
+    # only new threads are the 30 client threads below, not one per waiting request.
+    waiting = 30
+    before = threading.active_count()
+    seen = []
+
+    def call(_):
+        return httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+            json={"model": "sleep-1500", "messages": CHAT},
+            timeout=30,
+        )
+
+    with ThreadPoolExecutor(max_workers=waiting) as pool:
+        calls = pool.map(call, range(waiting))
+        wait_until(
+            lambda: fake_upstream.count("/chat/completions") >= waiting // 2,
+            timeout=20,
+            message="the calls did not reach the upstream",
+        )
+        seen.append(threading.active_count() - before - waiting)
+        responses = list(calls)
+
+    assert {response.status_code for response in responses} == {200}
+    assert seen[0] < 10, f"{seen[0]} extra threads while {waiting} callers waited"
+    response = responses[0]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "set-cookie" not in response.headers  # no session or CSRF cookie on the API
 
 
 def test_async_mode_accepts_at_once_and_long_polls_to_the_result(tenant, live_api):
