@@ -12,6 +12,9 @@ from projects.models import LIMIT_FIELDS, AccountPlan, MonthlyUsage, Plan
 
 DEFAULT_PLAN_CODE = "free"
 
+# select_related() path from an Account to what limits_for() reads, to load both in one query.
+PLAN_STATE_RELATED = "plan_state__plan"
+
 
 class LimitReached(Exception):
     """Creating something would go over a plan limit; the message names the limit."""
@@ -53,8 +56,16 @@ def plan_state_of(account: Account) -> AccountPlan:
             return AccountPlan.objects.select_related("plan").get(account=account)
 
 
-def limits_for(account: Account) -> Limits:
-    state = plan_state_of(account)
+def limits_for(account: Account, *, preloaded: bool = False) -> Limits:
+    """The account's limits, read now.
+
+    `preloaded=True` is for hot paths that have just read the account in the same query as
+    its plan (`select_related(PLAN_STATE_RELATED)` from the account): no further query.
+    """
+    try:
+        state = account.plan_state if preloaded else plan_state_of(account)
+    except AccountPlan.DoesNotExist:
+        state = plan_state_of(account)
     values = {
         field: getattr(state, field)
         if getattr(state, field) is not None

@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts.models import Account, User
 from accounts.services import record_audit_event, set_suspension
 from projects import encryption
-from projects.limits import ensure_below, limits_for
+from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import ApiKey, Project
 from projects.upstream_guard import validate_upstream_url
 
@@ -318,7 +318,9 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
         return None
     prefix, secret = parsed
     api_key = (
-        ApiKey.objects.select_related("project", "project__account")
+        ApiKey.objects.select_related(
+            "project", "project__account", f"project__account__{PLAN_STATE_RELATED}"
+        )
         .filter(prefix=prefix, revoked_at__isnull=True)
         .first()
     )

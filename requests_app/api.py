@@ -55,7 +55,7 @@ class V1View(APIView):
         api_key = api_key_from_request(request.META)
         self.rate_state = ratelimit.peek(
             project_id=api_key.project_id,
-            limit=limits_for(api_key.project.account).requests_per_minute,
+            limit=limits_for(api_key.project.account, preloaded=True).requests_per_minute,
         )
         return api_key
 
@@ -127,7 +127,7 @@ class ProxyView(V1View):
 
     def accept(self, request, body: bytes):
         api_key = api_key_from_request(request.META)
-        limits = limits_for(api_key.project.account)
+        limits = limits_for(api_key.project.account, preloaded=True)
         self.rate_state = ratelimit.hit(
             project_id=api_key.project_id, limit=limits.requests_per_minute
         )

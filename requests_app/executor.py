@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from projects import encryption
-from projects.limits import limits_for
+from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.upstream_guard import UpstreamNotAllowed
 from requests_app import concurrency, retry_policy, upstream
@@ -301,11 +301,15 @@ def execute_request(request_pk: int) -> None:
     request goes back to wait, so one tenant's backlog never holds a worker.
     """
     while True:
-        row = Request.objects.filter(pk=request_pk).select_related("project", "account").first()
+        row = (
+            Request.objects.filter(pk=request_pk)
+            .select_related("project", "account", f"account__{PLAN_STATE_RELATED}")
+            .first()
+        )
         if row is None or row.status not in (Status.QUEUED, Status.RETRYING):
             return  # finished, or another worker holds it
         lease = lease_for(row).total_seconds()
-        limit = limits_for(row.account).concurrency
+        limit = limits_for(row.account, preloaded=True).concurrency
         if not concurrency.acquire(
             account_id=row.account_id, request_pk=request_pk, limit=limit, lease_seconds=lease
         ):

@@ -7,7 +7,8 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from projects.models import ApiKey
+from projects.limits import limits_for
+from projects.models import AccountPlan, ApiKey
 from projects.services import authenticate_api_key
 from tests.factories import ApiKeyFactory
 from tests.projects.conftest import messages_of
@@ -92,3 +93,16 @@ def test_revoke_after_confirmation(alice_client, alice_key):
         ("api_key_created", "alice@example.com"),
         ("api_key_revoked", "alice@example.com"),
     ]
+
+
+def test_a_key_brings_its_project_account_and_current_limits_in_one_query(
+    alice_key, django_assert_num_queries
+):
+    AccountPlan.objects.filter(account=alice_key.project.account).update(requests_per_minute=7)
+    authenticate_api_key(alice_key.raw_key)  # the first use records last_used_at
+
+    with django_assert_num_queries(1):
+        api_key = authenticate_api_key(alice_key.raw_key)
+        limits = limits_for(api_key.project.account, preloaded=True)
+
+    assert (limits.plan_code, limits.requests_per_minute) == ("free", 7)
