@@ -14,7 +14,7 @@ from datetime import timedelta
 
 import httpx
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -89,32 +89,52 @@ def claim_request(request: Request) -> tuple[Request, int] | None:
     return request, number
 
 
-def perform_attempt(request: Request, number: int) -> AttemptResult:
-    """Call the upstream once and record the attempt row; never raises for upstream faults."""
+def perform_attempt(request: Request, number: int) -> tuple[Attempt, AttemptResult]:
+    """Open the attempt's row, then call the upstream once; never raises for upstream faults."""
     attempt = Attempt.objects.create(request=request, number=number, started_at=timezone.now())
     # Hand the database connection back to the pool while the upstream works: a slow LLM
     # call must not pin a connection for its whole duration.
     close_old_connections()
     started = time.monotonic()
     result = _call_upstream(request, number)
-    attempt.finished_at = timezone.now()
     attempt.latency_ms = int((time.monotonic() - started) * 1000)
-    attempt.outcome = result.outcome
-    attempt.status_code = result.status_code
-    attempt.error_code = result.error_code
-    attempt.retry_after_ms = result.retry_after_ms
-    attempt.save()
-    logger.info(
-        "attempt finished",
-        extra={
-            "request_id": request.public_id,
-            "attempt": number,
-            "outcome": result.outcome,
-            "status_code": result.status_code,
-            "latency_ms": attempt.latency_ms,
-        },
-    )
-    return result
+    return attempt, result
+
+
+def conclude_attempt(request: Request, attempt: Attempt, result: AttemptResult) -> float | None:
+    """Record the attempt's result and its consequence in one transaction.
+
+    Only while the attempt's row is still open: when this worker outlived its lease, the
+    sweeper has closed the row as `worker_lost` and scheduled the retry, and this late
+    result is dropped rather than written over that record. The sweeper closes the row
+    in a transaction of its own, so exactly one of them decides what the attempt was.
+    """
+    with transaction.atomic():
+        recorded = Attempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(
+            finished_at=timezone.now(),
+            latency_ms=attempt.latency_ms,
+            outcome=result.outcome,
+            status_code=result.status_code,
+            error_code=result.error_code,
+            retry_after_ms=result.retry_after_ms,
+        )
+        if not recorded:
+            logger.warning(
+                "attempt outlived its lease; its result is dropped",
+                extra={"request_id": request.public_id, "attempt": attempt.number},
+            )
+            return None
+        logger.info(
+            "attempt finished",
+            extra={
+                "request_id": request.public_id,
+                "attempt": attempt.number,
+                "outcome": result.outcome,
+                "status_code": result.status_code,
+                "latency_ms": attempt.latency_ms,
+            },
+        )
+        return finish_attempt(request, attempt.number, result)
 
 
 def _call_upstream(request: Request, number: int) -> AttemptResult:
@@ -278,7 +298,12 @@ def cancel_if_requested(request: Request) -> None:
 
 
 def _announce(request: Request) -> None:
+    """Tell waiters once the change is committed, so what they read is the final state."""
     logger.info("request finished", extra={"request_id": request.public_id})
+    transaction.on_commit(lambda: _publish(request))
+
+
+def _publish(request: Request) -> None:
     publish_finished(request.public_id)
     if request.stream:
         announce_final(request.public_id)
@@ -301,12 +326,13 @@ def execute_request(request_pk: int) -> None:
     request goes back to wait, so one tenant's backlog never holds a worker.
     """
     while True:
-        row = (
-            Request.objects.filter(pk=request_pk)
-            .select_related("project", "account", f"account__{PLAN_STATE_RELATED}")
-            .first()
-        )
-        if row is None or row.status not in (Status.QUEUED, Status.RETRYING):
+        try:
+            row = Request.objects.select_related(
+                "project", "account", f"account__{PLAN_STATE_RELATED}"
+            ).get(pk=request_pk)
+        except Request.DoesNotExist:
+            return  # deleted with its account
+        if row.status not in (Status.QUEUED, Status.RETRYING):
             return  # finished, or another worker holds it
         lease = lease_for(row).total_seconds()
         limit = limits_for(row.account, preloaded=True).concurrency
@@ -320,8 +346,8 @@ def execute_request(request_pk: int) -> None:
             if claim is None:
                 return
             request, number = claim
-            result = perform_attempt(request, number)
-            delay = finish_attempt(request, number, result)
+            attempt, result = perform_attempt(request, number)
+            delay = conclude_attempt(request, attempt, result)
         finally:
             concurrency.release(account_id=row.account_id, request_pk=request_pk)
         if delay is None:

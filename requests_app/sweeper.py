@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -45,16 +46,20 @@ def recover_expired_leases(now) -> int:
     )
     recovered = 0
     for request in stale:
-        Attempt.objects.filter(
-            request=request, number=request.attempt_count, finished_at__isnull=True
-        ).update(
-            finished_at=now, outcome=Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"
-        )
-        finish_attempt(
-            request,
-            request.attempt_count,
-            AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"),
-        )
+        # One transaction, as the worker's own conclusion (executor.conclude_attempt): if
+        # the worker recorded its result first, the request is no longer running this
+        # attempt and the fenced finish below changes nothing.
+        with transaction.atomic():
+            Attempt.objects.filter(
+                request=request, number=request.attempt_count, finished_at__isnull=True
+            ).update(
+                finished_at=now, outcome=Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"
+            )
+            finish_attempt(
+                request,
+                request.attempt_count,
+                AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"),
+            )
         recovered += 1
         logger.warning(
             "lease expired; attempt recovered",

@@ -309,6 +309,9 @@ def settle(
                     "explanation": "attempt in flight when its worker was killed"
                     if explained
                     else "UNEXPLAINED",
+                    "attempts": [
+                        f"{a['outcome']}/{a['status_code']}/{a['error_code']}" for a in attempts
+                    ],
                 }
             )
     statuses = Counter(body["status"] for body in final.values())
@@ -340,7 +343,8 @@ def print_report(report: dict) -> None:
     for duplicate in report["duplicates"]:
         print(
             f"  duplicate {duplicate['request']} ({duplicate['idempotency_key']}): "
-            f"{duplicate['upstream_executions']} executions — {duplicate['explanation']}"
+            f"{duplicate['upstream_executions']} executions — {duplicate['explanation']}; "
+            f"attempts: {', '.join(duplicate['attempts']) or 'none'}"
         )
 
 

@@ -1,6 +1,7 @@
 """No accepted request is lost: worker SIGKILL mid-attempt, a broker that forgot its tasks."""
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -56,6 +57,39 @@ def test_a_worker_killed_mid_attempt_is_recovered_by_the_sweeper(
         ("success", None),
     ]
     # The one duplicate upstream execution is the attempt that was in flight at the kill.
+    assert fake_upstream.count("/v1/chat/completions") == 2
+
+
+def test_a_worker_that_outlives_its_lease_cannot_overwrite_the_recovery(
+    tenant, live_api, worker, fake_upstream
+):
+    public_id = async_post(live_api, tenant, "script:sleep2000,200")
+    wait_until(
+        lambda: fake_upstream.count("/v1/chat/completions") == 1,
+        message="the attempt never reached the upstream",
+    )
+    slow_answer_at = time.monotonic() + 2.0
+    # The worker is alive but slow: its lease runs out while the upstream still works, and
+    # the sweeper closes the attempt and schedules a retry before the worker comes back.
+    Request.objects.filter(public_id=public_id).update(
+        lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    sweep()
+
+    request = wait_until(
+        lambda: finished(public_id),
+        timeout=60,
+        message="the request never finished after its lease was recovered",
+    )
+    time.sleep(max(0.0, slow_answer_at - time.monotonic()) + 1.5)  # the slow worker is back
+    request.refresh_from_db()
+
+    assert request.status == "succeeded"
+    assert [(a.number, a.outcome, a.error_code) for a in request.attempts.order_by("number")] == [
+        (1, "connection_error", "worker_lost"),  # the late answer did not overwrite this
+        (2, "success", None),
+    ]
+    assert request.attempt_count == 2
     assert fake_upstream.count("/v1/chat/completions") == 2
 
 
