@@ -317,14 +317,13 @@ def authenticate_api_key(raw: str) -> ApiKey | None:
     if parsed is None:
         return None
     prefix, secret = parsed
-    api_key = (
-        ApiKey.objects.select_related(
+    try:  # get(), not first(): the prefix is unique, and an ORDER BY is work for nothing
+        api_key = ApiKey.objects.select_related(
             "project", "project__account", f"project__account__{PLAN_STATE_RELATED}"
-        )
-        .filter(prefix=prefix, revoked_at__isnull=True)
-        .first()
-    )
-    if api_key is None or not hmac.compare_digest(api_key.secret_sha256, _digest(secret)):
+        ).get(prefix=prefix, revoked_at__isnull=True)
+    except ApiKey.DoesNotExist:
+        return None
+    if not hmac.compare_digest(api_key.secret_sha256, _digest(secret)):
         return None
     touch_last_used(api_key)
     return api_key

@@ -67,7 +67,7 @@ MIDDLEWARE = [
 # /v1 is served by its own handler (reqrun/asgi.py) with only these: an API call needs no
 # session, CSRF, messages or allauth state.
 API_MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    "reqrun.middleware.SecurityMiddleware",
     "reqrun.middleware.ContentSecurityPolicyMiddleware",
 ]
 
@@ -304,5 +304,9 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # Celery's two lines per task (received, succeeded) repeat what the executor's
+        # "attempt finished" / "request finished" lines say with the request id.
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.worker.strategy": {"level": "WARNING"},
     },
 }

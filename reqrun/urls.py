@@ -7,6 +7,7 @@ from django.views.generic import TemplateView
 from accounts import health
 
 urlpatterns = [
+    path("", include("requests_app.urls")),  # /v1 first: the hot path resolves at once
     path("", TemplateView.as_view(template_name="pages/landing.html"), name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
@@ -27,6 +28,5 @@ urlpatterns = [
     path("app/", include("privacy.urls")),
     path("", include("billing.urls")),
     path("", include("requests_app.dashboard_urls")),
-    path("", include("requests_app.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -97,10 +97,10 @@ def accepted_response(request: Request) -> Response:
 
 
 def load_request(pk: int) -> Request:
-    request = Request.objects.select_related("project").filter(pk=pk).first()
-    if request is None:  # deleted meanwhile, with its account
-        raise NotFound("This request no longer exists.", param="id")
-    return request
+    try:
+        return Request.objects.select_related("project").get(pk=pk)
+    except Request.DoesNotExist:  # deleted meanwhile, with its account
+        raise NotFound("This request no longer exists.", param="id") from None
 
 
 async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -> Request:
