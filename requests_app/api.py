@@ -13,6 +13,7 @@ from django.conf import settings
 from django.http import HttpResponse
 from rest_framework.response import Response
 
+from accounts.ids import new_public_id
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.services import provider_key_of
@@ -27,6 +28,7 @@ from requests_app.errors import (
     envelope,
 )
 from requests_app.models import Request
+from requests_app.notifications import hub
 from requests_app.responses import (
     accepted_response,
     deliver_final_response,
@@ -125,7 +127,7 @@ class ProxyView(V1View):
 
     endpoint = ""
 
-    def accept(self, request, body: bytes):
+    def accept(self, request, body: bytes, public_id: str):
         api_key = api_key_from_request(request.META)
         limits = limits_for(api_key.project.account, preloaded=True)
         self.rate_state = ratelimit.hit(
@@ -167,6 +169,7 @@ class ProxyView(V1View):
             payload=payload,
             idempotency_key=idempotency_key,
             limits=limits,
+            public_id=public_id,
         )
         if accepted.outcome == "created":  # fresh from the insert, project already loaded
             return accepted.outcome, accepted.request, wait_seconds
@@ -176,7 +179,20 @@ class ProxyView(V1View):
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit():
             ensure_body_size(int(length))  # before reading a body we would refuse anyway
-        outcome, record, wait_seconds = await in_thread(self.accept)(request, request.body)
+        # The id is chosen here and its completion notice awaited before the request exists,
+        # so no notice can be missed and the wait needs no first database read.
+        public_id = new_public_id("req")
+        completion_hub = await hub()
+        notice = completion_hub.register(public_id)
+        try:
+            return await self.respond(request, public_id, notice)
+        finally:
+            completion_hub.unregister(public_id, notice)
+
+    async def respond(self, request, public_id: str, notice):
+        outcome, record, wait_seconds = await in_thread(self.accept)(
+            request, request.body, public_id
+        )
         if record.stream and outcome != "replayed":
             return await relay_stream(record, wait_seconds)
         if outcome == "replayed":
@@ -184,7 +200,12 @@ class ProxyView(V1View):
             response["Idempotent-Replayed"] = "true"
             return response
         if wait_seconds and not record.is_terminal:
-            record = await wait_until_finished(record.pk, record.public_id, wait_seconds)
+            record = await wait_until_finished(
+                record.pk,
+                record.public_id,
+                wait_seconds,
+                notice=notice if outcome == "created" else None,  # attached: another id
+            )
         if record.is_terminal:
             return await in_thread(deliver_final_response)(record)
         return await in_thread(accepted_response)(record)

@@ -103,23 +103,28 @@ def load_request(pk: int) -> Request:
         raise NotFound("This request no longer exists.", param="id") from None
 
 
-async def wait_until_finished(request_pk: int, public_id: str, seconds: float) -> Request:
-    """Wait for a terminal state: woken by Redis, re-reading the database only as a fallback."""
+async def wait_until_finished(
+    request_pk: int, public_id: str, seconds: float, *, notice: asyncio.Future | None = None
+) -> Request:
+    """Wait for a terminal state: woken by Redis, re-reading the database only as a fallback.
+
+    `notice` is a future its caller registered before the request was created; then the
+    state before it fires is known (not finished) and the first read is skipped.
+    """
     completion_hub = await hub()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
-        future = completion_hub.register(public_id)  # before reading: no notice is missed
+        future = notice or completion_hub.register(public_id)  # before reading: none missed
         try:
-            request = await in_thread(load_request)(request_pk)
-            remaining = deadline - loop.time()
-            if request.is_terminal or remaining <= 0:
-                return request
-            recheck = (
-                SAFETY_RECHECK_SECONDS if completion_hub.healthy else (FALLBACK_RECHECK_SECONDS)
-            )
+            if notice is None:
+                request = await in_thread(load_request)(request_pk)
+                if request.is_terminal or deadline - loop.time() <= 0:
+                    return request
+            notice = None
+            recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else FALLBACK_RECHECK_SECONDS
             try:
-                await asyncio.wait_for(future, min(remaining, recheck))
+                await asyncio.wait_for(future, max(0.0, min(deadline - loop.time(), recheck)))
             except TimeoutError:
                 pass
         finally:

@@ -64,6 +64,7 @@ def accept_request(
     payload: dict,
     idempotency_key: str | None,
     limits: Limits | None = None,
+    public_id: str | None = None,
 ) -> Accepted:
     """Record a call before it is dispatched, within quota and the pending-queue cap.
 
@@ -97,6 +98,7 @@ def accept_request(
                     headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
                 )
             request = Request.objects.create(
+                **({"public_id": public_id} if public_id else {}),
                 account=account,
                 project=project,
                 api_key=api_key,
