@@ -6,8 +6,8 @@ from enum import Enum
 from functools import wraps
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
 
 from accounts.models import Membership
 from accounts.selectors import current_membership
@@ -48,10 +48,14 @@ def client_ip(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+class NoAccount(Exception):
+    """The signed-in user belongs to no account (theirs was deleted, or they were removed)."""
+
+
 def load_current_membership(request: HttpRequest, kwargs: dict) -> tuple[Membership, dict]:
     membership = current_membership(request)
     if membership is None:
-        raise Http404("You are not a member of any account.")
+        raise NoAccount
     return membership, kwargs
 
 
@@ -70,7 +74,10 @@ def member_view(
         @login_required
         @wraps(view)
         def wrapper(request: HttpRequest, **kwargs) -> HttpResponse:
-            membership, objects = load(request, kwargs)
+            try:
+                membership, objects = load(request, kwargs)
+            except NoAccount:
+                return redirect("no-account")
             need = need_for(request, read=read, write=write)
             if not allows(membership, need):
                 return refuse(request, need)

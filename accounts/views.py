@@ -1,5 +1,6 @@
 """Account-level dashboard pages: switching account, the account page, the security log."""
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404
@@ -7,7 +8,13 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.access import Need, member_view
-from accounts.selectors import SESSION_ACCOUNT_KEY, audit_events_of, memberships_of
+from accounts.selectors import (
+    SESSION_ACCOUNT_KEY,
+    audit_events_of,
+    current_membership,
+    memberships_of,
+)
+from accounts.services import create_account
 
 SECURITY_LOG_PAGE_SIZE = 50
 
@@ -42,6 +49,19 @@ def switch_account(request):
         raise Http404("No such account.")
     request.session[SESSION_ACCOUNT_KEY] = account_id
     return redirect("dashboard")
+
+
+@login_required
+def no_account(request):
+    """Where a signed-in user without any account lands: join by invitation, or start one."""
+    if current_membership(request) is not None:
+        return redirect("dashboard")
+    if request.method == "POST":
+        account = create_account(owner=request.user)
+        request.session[SESSION_ACCOUNT_KEY] = account.public_id
+        messages.success(request, f"Account “{account.name}” created on the Free plan.")
+        return redirect("dashboard")
+    return render(request, "accounts/no_account.html")
 
 
 @member_view()

@@ -47,6 +47,7 @@ ACCOUNT_LEVEL = {
     "account",
     "security-log",
     "invitation-accept",
+    "no-account",
 }
 MANAGE_REQUESTS = [
     ("project-list", "post", {"name": "Second"}),
@@ -208,3 +209,22 @@ def test_signed_out_visitors_are_sent_to_sign_in(client, alice_objects):
         response = send(client, method, url_of(name, *alice_objects), data)
         assert response.status_code == 302
         assert response["Location"].startswith("/accounts/login/")
+
+
+def test_a_user_left_without_an_account_is_offered_a_new_one(client, bob, alice_objects):
+    Membership.objects.filter(user=bob).delete()  # removed from alice's account
+    client.force_login(bob)
+
+    for name in ("dashboard", "project-list", "account"):
+        response = client.get(reverse(name))
+        assert response.status_code == 302
+        assert response["Location"] == reverse("no-account")
+    page = client.get(reverse("no-account")).content.decode()
+    assert "not a member of any ReqRun account" in page
+
+    response = client.post(reverse("no-account"), follow=True)
+    membership = Membership.objects.get(user=bob)
+    assert membership.role == Membership.Role.OWNER
+    assert membership.account != alice_objects[-1]
+    assert response.redirect_chain[-1][0] == reverse("dashboard")
+    assert client.get(reverse("no-account"))["Location"] == reverse("dashboard")
