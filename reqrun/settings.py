@@ -225,6 +225,8 @@ REQRUN_DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 REQRUN_LEASE_GRACE_SECONDS = env.int("REQRUN_LEASE_GRACE_SECONDS", default=30)
 REQRUN_MAX_BODY_BYTES = env.int("REQRUN_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQRUN_MAX_BODY_BYTES + 1
+# An upstream answer above this is dropped (502 upstream_response_too_large), not buffered.
+REQRUN_MAX_RESPONSE_BYTES = env.int("REQRUN_MAX_RESPONSE_BYTES", default=64 * 1024 * 1024)
 
 # Paddle billing; unset means billing is not configured.
 PADDLE_ENVIRONMENT = env.str("PADDLE_ENVIRONMENT", default="sandbox")

@@ -205,6 +205,14 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Use a public https upstream URL.",
     ),
     ErrorCode(
+        "upstream_response_too_large",
+        502,
+        "upstream_error",
+        "The upstream's answer was larger than 64 MiB. It is neither stored nor relayed, and "
+        "the call is not retried.",
+        "Ask for a smaller answer (fewer choices, a lower `max_tokens`, fewer images).",
+    ),
+    ErrorCode(
         "upstream_unreachable",
         502,
         "upstream_error",

@@ -159,6 +159,8 @@ def _call_upstream(request: Request, number: int) -> AttemptResult:
         )
     except UpstreamNotAllowed:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="upstream_not_allowed")
+    except upstream.ResponseTooLarge:
+        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large")
     except httpx.TimeoutException:
         return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
     except (httpx.TransportError, httpx.InvalidURL) as error:
@@ -206,6 +208,11 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
         message = "The project has no provider key. Set one in the project's settings."
     elif result.error_code == "upstream_not_allowed":
         message = "The upstream address is private, loopback or link-local, which is not allowed."
+    elif result.error_code == "upstream_response_too_large":
+        message = (
+            f"The upstream's answer was larger than {settings.REQRUN_MAX_RESPONSE_BYTES:,} bytes; "
+            "ReqRun neither keeps nor relays it."
+        )
     elif expired:
         message = "The request's deadline passed before the upstream answered."
     elif result.outcome == Attempt.Outcome.TIMEOUT:

@@ -1,17 +1,19 @@
 """The HTTP client that calls upstream providers: pooled, no redirects, guarded at connect time."""
 
 import threading
+import time
 from dataclasses import dataclass
 
 import httpcore
 import httpx
+from django.conf import settings
 
 from projects.upstream_guard import check_address
 
 # Response headers that describe the customer's provider key; clients keep seeing them.
 FORWARDED_RESPONSE_HEADERS = ("x-request-id", "content-type", "openai-processing-ms")
 FORWARDED_RESPONSE_PREFIXES = ("x-ratelimit-",)
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 
 class GuardedBackend(httpcore.SyncBackend):
@@ -69,18 +71,43 @@ def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
+class ResponseTooLarge(Exception):
+    """The answer passed REQRUN_MAX_RESPONSE_BYTES; it is neither kept nor relayed."""
+
+
 def call(
     *, method: str, url: str, provider_key: str, body: bytes | None, timeout: float
 ) -> UpstreamResponse:
+    """One call, read within `timeout` seconds in all and at most REQRUN_MAX_RESPONSE_BYTES.
+
+    httpx's timeouts bound each read, so an upstream trickling a byte at a time could hold
+    an attempt far past its timeout (and its lease); the whole answer is held to it here.
+    """
+    deadline = time.monotonic() + timeout
     headers = {"Authorization": f"Bearer {provider_key}", "Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = "application/json"
-    response = client().request(
-        method, url, content=body, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
-    )
+    with client().stream(
+        method,
+        url,
+        content=body,
+        headers=headers,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
+    ) as response:
+        chunks, size, limit = [], 0, settings.REQRUN_MAX_RESPONSE_BYTES
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ResponseTooLarge(f"more than {limit} bytes")
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    "the answer did not finish within the attempt timeout",
+                    request=response.request,
+                )
+            chunks.append(chunk)
     return UpstreamResponse(
         status_code=response.status_code,
         headers=forwarded_headers(response.headers),
-        body=response.content[:MAX_RESPONSE_BYTES],
+        body=b"".join(chunks),
         retry_after_header=response.headers,
     )

@@ -29,7 +29,7 @@ The last step of a sequence repeats once it is exhausted. Steps:
     hang             never answer; hold the connection until the client leaves (10 min cap)
     cut<N>           stream N SSE events, then close mid-body (non-stream: half the body)
     stall<N>         stream N SSE events, then hang (non-stream: headers only, then hang)
-    slowchunks<MS>   MS ms between SSE events
+    slowchunks<MS>   MS ms between SSE events (non-stream: between 16-byte pieces of the JSON)
     garbage          200 with junk bytes instead of SSE (non-stream: instead of JSON)
 
 In tests: ``with FakeUpstream() as server: OpenAI(base_url=server.base_url, ...)``.
@@ -398,6 +398,13 @@ class FakeUpstream:
             await writer.drain()
             await _hold(reader)
             return False
+        if step.action == "slowchunks":
+            writer.write(head)
+            for start in range(0, len(data), 16):
+                await asyncio.sleep(step.n / 1000)
+                writer.write(data[start : start + 16])
+                await writer.drain()
+            return keep_alive
         writer.write(head + data)
         await writer.drain()
         return keep_alive

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from requests_app import upstream
 from requests_app.models import Attempt, Request
 from tests.conftest import wait_until
 
@@ -85,6 +86,32 @@ def test_dropped_connections_and_timeouts_are_retried(sdk, tenant):
         "timeout",
         "success",
     ]
+
+
+def test_an_answer_trickling_past_the_attempt_timeout_is_cut_off_and_retried(sdk, tenant):
+    tenant.project.attempt_timeout_seconds = 2
+    tenant.project.save()
+
+    # Every 16 bytes arrive within the timeout, the whole answer would take ~6 s.
+    sdk.chat.completions.create(model="script:slowchunks300,200", messages=CHAT)
+
+    first, second = only_request().attempts.all()
+    assert (first.outcome, first.error_code) == ("timeout", "timeout")
+    assert first.latency_ms < 3500
+    assert second.outcome == "success"
+
+
+def test_an_oversized_answer_is_refused_without_buffering_it(fake_upstream, settings):
+    settings.REQRUN_MAX_RESPONSE_BYTES = 100  # any chat completion is longer
+
+    with pytest.raises(upstream.ResponseTooLarge):
+        upstream.call(
+            method="POST",
+            url=f"{fake_upstream.base_url}/chat/completions",
+            provider_key="sk-test",
+            body=b'{"model": "gpt-test", "messages": []}',
+            timeout=5,
+        )
 
 
 def test_when_attempts_run_out_the_last_upstream_answer_is_returned(sdk, tenant):
