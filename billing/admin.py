@@ -89,6 +89,8 @@ class WebhookEventAdmin(admin.ModelAdmin):
             "account",
             "outcome",
             "error",
+            "failures",
+            "retry_at",
         ]
         # Payloads carry customers' names, emails and addresses.
         return [*fields, "payload"] if request.user.is_superuser else fields
@@ -108,7 +110,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
         event_pks = list(queryset.values_list("pk", flat=True))
         with transaction.atomic():
             WebhookEvent.objects.filter(pk__in=event_pks).update(
-                processed_at=None, error="", outcome=""
+                processed_at=None, error="", outcome="", failures=0, retry_at=None
             )
             for event_pk in event_pks:
                 transaction.on_commit(lambda pk=event_pk: process_webhook_event.delay(pk))

@@ -87,6 +87,9 @@ class WebhookEvent(models.Model):
     processed_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=200, blank=True)
     error = models.TextField(blank=True)
+    failures = models.PositiveSmallIntegerField(default=0)
+    # When a failed event is tried again by the billing sweep; empty once retries run out.
+    retry_at = models.DateTimeField(null=True, blank=True)
     account = models.ForeignKey(
         Account, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Account
@@ -100,12 +100,14 @@ def usage_of(account: Account) -> Usage:
     )
 
 
-def lost_webhook_event_ids(*, now: datetime | None = None, limit: int = 500) -> list[int]:
-    """Events never processed and never failed (failures wait for an admin's reprocess)."""
+def webhook_event_ids_to_retry(*, now: datetime | None = None, limit: int = 500) -> list[int]:
+    """Unprocessed events due another try: never tried for a while (their task was lost),
+    or failed and due by their retry schedule. Failures past the schedule wait for admin."""
     now = now or timezone.now()
     return list(
         WebhookEvent.objects.filter(
-            processed_at__isnull=True, error="", received_at__lt=now - LOST_EVENT_AFTER
+            Q(error="", received_at__lt=now - LOST_EVENT_AFTER) | Q(retry_at__lte=now),
+            processed_at__isnull=True,
         )
         .order_by("received_at")
         .values_list("pk", flat=True)[:limit]

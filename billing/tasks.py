@@ -3,7 +3,7 @@
 from celery import shared_task
 
 from billing import services, webhooks
-from billing.selectors import lost_webhook_event_ids
+from billing.selectors import webhook_event_ids_to_retry
 
 
 @shared_task(time_limit=60, soft_time_limit=50)
@@ -18,7 +18,7 @@ def send_usage_notices() -> int:
 
 @shared_task(time_limit=300, soft_time_limit=280)
 def sweep_billing() -> None:
-    """Re-queue stored events whose task the broker lost, and end expired past-due grace."""
-    for event_pk in lost_webhook_event_ids():
+    """Re-queue events whose task was lost or whose retry is due; end expired grace periods."""
+    for event_pk in webhook_event_ids_to_retry():
         process_webhook_event.delay(event_pk)
     services.enforce_past_due_grace()

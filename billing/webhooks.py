@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import traceback
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -25,6 +26,15 @@ logger = logging.getLogger(__name__)
 
 # Paddle signs each delivery attempt afresh; it recommends a five-second tolerance.
 SIGNATURE_TOLERANCE_SECONDS = 5
+# A failed event is tried again after these waits (the billing sweep runs every 5 minutes),
+# then left for an admin's "Reprocess" with its reason.
+RETRY_DELAYS = (
+    timedelta(minutes=5),
+    timedelta(minutes=30),
+    timedelta(hours=2),
+    timedelta(hours=12),
+    timedelta(hours=24),
+)
 
 SUBSCRIPTION_EVENTS = frozenset(
     {
@@ -173,13 +183,19 @@ def process_event(*, event_pk: int) -> None:
 
 
 def _record_failure(event: WebhookEvent, error: str, *, error_type: str = "") -> None:
+    """Keep the reason and schedule another try: an event that arrived before the one that
+    introduces its account, or met a passing fault, usually succeeds later by itself."""
     event.error = error
-    event.save(update_fields=["error", "account"])
+    event.failures += 1
+    delays = RETRY_DELAYS[event.failures - 1 :]
+    event.retry_at = timezone.now() + delays[0] if delays else None
+    event.save(update_fields=["error", "failures", "retry_at", "account"])
     logger.warning(
         "paddle event not processed",
         extra={
             "event_id": event.event_id,
             "event_type": event.event_type,
+            "failures": event.failures,
             "error": error_type or error[:200],
         },
     )

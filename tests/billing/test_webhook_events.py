@@ -4,9 +4,12 @@ from datetime import timedelta
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from accounts.models import AuditEvent
 from billing.models import Invoice, Subscription, WebhookEvent
+from billing.selectors import webhook_event_ids_to_retry
+from billing.webhooks import RETRY_DELAYS, process_event
 from projects.limits import limits_for, set_plan
 from tests.billing import payloads
 from tests.billing.payloads import PRICES
@@ -297,3 +300,52 @@ def test_a_failing_event_keeps_its_error_and_can_be_reprocessed(webhooks, alice_
     assert event.processed_at is None
     assert "KeyError" in event.error
     assert WebhookEvent.objects.filter(processed_at__isnull=True).exclude(error="").count() == 1
+
+
+def test_a_failed_event_is_retried_on_a_schedule_then_left_for_an_admin(webhooks, alice_account):
+    payload = payloads.event(
+        "subscription.created", payloads.subscription(account_id="acc_not_created_yet")
+    )
+    event = webhooks.deliver(payload)
+    assert (event.processed_at, event.failures) == (None, 1)
+    assert "acc_not_created_yet" in event.error or "account" in event.error.lower()
+
+    assert event.pk not in webhook_event_ids_to_retry()  # not before its first wait
+    waits = [event.retry_at - timezone.now()]
+    for _ in RETRY_DELAYS:
+        assert event.pk in webhook_event_ids_to_retry(now=event.retry_at)
+        process_event(event_pk=event.pk)  # what the billing sweep queues when it is due
+        event.refresh_from_db()
+        if event.retry_at:
+            waits.append(event.retry_at - timezone.now())
+    assert [round(wait / timedelta(minutes=1)) for wait in waits] == [5, 30, 120, 720, 1440]
+    assert (event.failures, event.retry_at) == (len(RETRY_DELAYS) + 1, None)
+    assert event.pk not in webhook_event_ids_to_retry(now=timezone.now() + timedelta(days=30))
+
+
+def test_an_event_that_failed_before_its_account_was_known_succeeds_on_retry(
+    webhooks, alice_account
+):
+    subscription = payloads.subscription(account_id=alice_account.public_id)
+    early = webhooks.deliver(
+        payloads.event("subscription.updated", {**subscription, "custom_data": None})
+    )
+    assert early.processed_at is None and early.failures == 1
+
+    deliver_subscription(webhooks, alice_account, "subscription.created")
+    process_event(event_pk=early.pk)  # what the billing sweep does once retry_at is due
+
+    early.refresh_from_db()
+    assert early.processed_at is not None and early.error == ""
+    assert early.account == alice_account
+
+
+def test_an_event_whose_task_was_lost_is_queued_again(webhooks, alice_account):
+    event = WebhookEvent.objects.create(
+        event_id="evt_lost",
+        event_type="subscription.created",
+        occurred_at=timezone.now(),
+        payload={},
+    )
+    assert event.pk not in webhook_event_ids_to_retry()
+    assert event.pk in webhook_event_ids_to_retry(now=timezone.now() + timedelta(minutes=3))
