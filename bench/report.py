@@ -214,7 +214,10 @@ def render(results: dict) -> str:
         )
     for name, unexpected in results["errors"].items():
         if unexpected:
-            lines.append(f"unexpected answers in {name}: {json.dumps(unexpected['counts'])}")
+            counted = json.dumps(unexpected["counts"]) if unexpected["counts"] else "none counted"
+            lines.append(
+                f"unexpected answers in {name}: {counted} (warm-up ones are shown, not counted)"
+            )
             for example in unexpected["examples"][:1]:
                 lines.append(f"  e.g. {example['outcome']}: {example['detail']}")
     return "\n".join(lines)
