@@ -37,6 +37,11 @@ ACTION_LABELS = {
     "suspended": "Suspended",
     "unsuspended": "Suspension lifted",
     "plan_changed": "Plan changed",
+    "subscription_plan_changed": "Subscription plan changed",
+    "subscription_cancel_scheduled": "Subscription set to end",
+    "subscription_resumed": "Subscription resumed",
+    "subscription_canceled": "Subscription canceled",
+    "reauthenticate": "Password confirmed",
     "export": "Data export",
 }
 

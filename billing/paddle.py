@@ -186,6 +186,17 @@ def cancel_at_period_end(*, subscription_id: str) -> SubscriptionState:
     return state_from_entity(entity)
 
 
+def cancel_now(*, subscription_id: str) -> SubscriptionState:
+    """End the subscription today (also a paused one, which could otherwise resume)."""
+    entity = _call(
+        "cancel the subscription",
+        client().subscriptions.cancel,
+        subscription_id,
+        CancelSubscription(effective_from=SubscriptionEffectiveFrom.Immediately),
+    )
+    return state_from_entity(entity)
+
+
 def remove_scheduled_change(*, subscription_id: str) -> SubscriptionState:
     """Withdraw a scheduled cancellation: Paddle's documented way is `scheduled_change: null`."""
     entity = _call(

@@ -157,6 +157,23 @@ def cancel_subscription(
     )
 
 
+def end_subscription_now(
+    *, subscription: Subscription, actor: User, ip_address: str | None = None
+) -> Subscription:
+    """Cancel at once, for an account being deleted: nothing is left to keep a plan for, and
+    a paused subscription must not resume later. No refund (Refund Policy)."""
+    if subscription.status == Subscription.Status.CANCELED:
+        raise BillingError("This subscription has already ended.")
+    state = paddle.cancel_now(subscription_id=subscription.paddle_subscription_id)
+    return _record_paddle_answer(
+        subscription=subscription,
+        state=state,
+        actor=actor,
+        action="subscription_canceled",
+        ip_address=ip_address,
+    )
+
+
 def resume_subscription(
     *, subscription: Subscription | None, actor: User, ip_address: str | None = None
 ) -> Subscription:

@@ -1,7 +1,7 @@
 """Deleting an account: closed at once by its owner, its data purged once nothing runs.
 
-Closing happens in the owner's request. The Paddle subscription is canceled first, and a
-Paddle error stops everything there. Then, in one transaction, the API keys are revoked,
+Closing happens in the owner's request. The Paddle subscription is canceled first, at once,
+and a Paddle error stops everything there. Then, in one transaction, the API keys are revoked,
 pending invitations withdrawn, exports in progress stopped, every membership removed, and
 the owner's login deleted unless they belong to another account.
 
@@ -22,8 +22,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account, Membership
+from billing.models import Subscription
 from billing.paddle import PaddleError
-from billing.services import BillingError, cancel_subscription
+from billing.services import BillingError, end_subscription_now
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
 from requests_app.models import ACTIVE_STATUSES, Request, Status
@@ -67,12 +68,14 @@ def deletion_blocker(membership: Membership) -> str | None:
 
 
 def _cancel_subscriptions(*, membership: Membership, ip_address: str | None) -> None:
-    """Stop billing first: if Paddle says no, nothing of ours has changed yet."""
-    for subscription in membership.account.subscriptions.all():
-        if not subscription.is_live or subscription.cancel_scheduled:
-            continue  # nothing more will be charged
+    """Stop billing first: if Paddle says no, nothing of ours has changed yet.
+
+    Every subscription that has not ended is canceled at once, paused ones and ones already
+    set to end included: a paused subscription could resume by itself later."""
+    subscriptions = membership.account.subscriptions.exclude(status=Subscription.Status.CANCELED)
+    for subscription in subscriptions:
         try:
-            cancel_subscription(
+            end_subscription_now(
                 subscription=subscription, actor=membership.user, ip_address=ip_address
             )
         except (PaddleError, BillingError) as error:

@@ -29,7 +29,7 @@ class DeletionSummary:
     projects: int
     active_api_keys: int
     other_members: list[str]
-    live_subscription: Subscription | None
+    subscription_to_cancel: Subscription | None
     other_accounts: int
 
 
@@ -45,9 +45,9 @@ def deletion_summary(membership: Membership) -> DeletionSummary:
             .order_by("created_at")
             .values_list("user__email", flat=True)
         ),
-        live_subscription=next(
-            (sub for sub in account.subscriptions.select_related("plan") if sub.is_live), None
-        ),
+        subscription_to_cancel=account.subscriptions.select_related("plan")
+        .exclude(status=Subscription.Status.CANCELED)
+        .first(),
         other_accounts=Membership.objects.filter(user=membership.user)
         .exclude(pk=membership.pk)
         .count(),

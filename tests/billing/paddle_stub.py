@@ -102,7 +102,10 @@ class PaddleAPIStub:
             if entity is None:
                 return 404, json.loads(paddle_error(404, "entity_not_found", "Not found").body)
             if method == "POST" and action == "/cancel":
-                entity = payloads.cancel_scheduled(entity)
+                if body.get("effective_from") == "immediately":
+                    entity = payloads.canceled_now(entity)
+                else:
+                    entity = payloads.cancel_scheduled(entity)
             elif method == "POST" and action == "/resume":
                 entity = payloads.subscription(
                     account_id=(entity.get("custom_data") or {}).get("account_id"),

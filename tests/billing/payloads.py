@@ -89,6 +89,18 @@ def cancel_scheduled(entity: dict) -> dict:
     }
 
 
+def canceled_now(entity: dict) -> dict:
+    """The same subscription after a cancellation effective immediately."""
+    return {
+        **entity,
+        "status": "canceled",
+        "canceled_at": iso(now()),
+        "next_billed_at": None,
+        "paused_at": None,
+        "scheduled_change": None,
+    }
+
+
 def _item(price_id: str, start: datetime, next_billed: datetime | None) -> dict:
     stamp = iso(start)
     return {

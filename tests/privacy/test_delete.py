@@ -96,13 +96,13 @@ def test_deleting_an_account_end_to_end(
     response = post_delete(alice_client, alice_account)
 
     assert response.status_code == 302 and response["Location"] == reverse("home")
-    # Paddle was told first: the subscription is canceled at the end of its period.
+    # Paddle was told first: the subscription ends now, not at the end of its period.
     [call] = paddle_api.calls
     assert (call.method, call.path) == (
         "POST",
         f"/subscriptions/{filled.subscription.paddle_subscription_id}/cancel",
     )
-    assert call.body["effective_from"] == "next_billing_period"
+    assert call.body["effective_from"] == "immediately"
     # Closed at once: keys revoked, nobody has access, the login is gone, signed out.
     assert not ApiKey.objects.filter(project__account=alice_account, revoked_at=None).exists()
     assert not Membership.objects.filter(account=alice_account).exists()
@@ -217,11 +217,31 @@ def test_a_paddle_error_changes_nothing(
     assert "_auth_user_id" in alice_client.session
 
 
-def test_an_already_ending_subscription_is_not_canceled_again(
+@pytest.mark.parametrize(
+    "change",
+    [{"scheduled_change_action": "cancel"}, {"status": "paused"}],
+    ids=["set-to-end", "paused"],
+)
+def test_a_subscription_set_to_end_or_paused_is_ended_at_once(
+    alice_client, alice, alice_account, paddle_settings, paddle_api, change
+):
+    # Neither charges today, but one would run to the period's end and the other could
+    # resume by itself: both are canceled now.
+    filled = fill(alice_account, alice, paddle_api=paddle_api)
+    Subscription.objects.filter(pk=filled.subscription.pk).update(**change)
+    assert "canceled at Paddle first" in alice_client.get(DELETE_URL).content.decode()
+
+    assert post_delete(alice_client, alice_account).status_code == 302
+
+    [call] = paddle_api.calls
+    assert call.path.endswith("/cancel") and call.body["effective_from"] == "immediately"
+
+
+def test_an_ended_subscription_is_not_canceled_again(
     alice_client, alice, alice_account, paddle_settings, paddle_api
 ):
     filled = fill(alice_account, alice, paddle_api=paddle_api)
-    Subscription.objects.filter(pk=filled.subscription.pk).update(scheduled_change_action="cancel")
+    Subscription.objects.filter(pk=filled.subscription.pk).update(status="canceled")
     assert post_delete(alice_client, alice_account).status_code == 302
     assert paddle_api.calls == []
 
