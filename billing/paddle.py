@@ -176,23 +176,17 @@ def _call(action: str, operation, *args: Any):
         ) from error
 
 
-def cancel_at_period_end(*, subscription_id: str) -> SubscriptionState:
+def cancel(*, subscription_id: str, at_once: bool = False) -> SubscriptionState:
+    """At the end of the billing period, or `at_once` (which also ends a paused one)."""
     entity = _call(
         "cancel the subscription",
         client().subscriptions.cancel,
         subscription_id,
-        CancelSubscription(effective_from=SubscriptionEffectiveFrom.NextBillingPeriod),
-    )
-    return state_from_entity(entity)
-
-
-def cancel_now(*, subscription_id: str) -> SubscriptionState:
-    """End the subscription today (also a paused one, which could otherwise resume)."""
-    entity = _call(
-        "cancel the subscription",
-        client().subscriptions.cancel,
-        subscription_id,
-        CancelSubscription(effective_from=SubscriptionEffectiveFrom.Immediately),
+        CancelSubscription(
+            effective_from=SubscriptionEffectiveFrom.Immediately
+            if at_once
+            else SubscriptionEffectiveFrom.NextBillingPeriod
+        ),
     )
     return state_from_entity(entity)
 

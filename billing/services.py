@@ -140,36 +140,31 @@ def _record_paddle_answer(
 
 
 def cancel_subscription(
-    *, subscription: Subscription | None, actor: User, ip_address: str | None = None
+    *,
+    subscription: Subscription | None,
+    actor: User,
+    ip_address: str | None = None,
+    at_once: bool = False,
 ) -> Subscription:
-    """Cancel at the end of the billing period: the plan stays until then."""
-    if subscription is None or not subscription.is_live:
+    """Cancel at the end of the billing period: the plan stays until then.
+
+    `at_once` is for an account being deleted: nothing is left to keep a plan for, and a
+    paused or already-ending subscription is ended too (a paused one could resume by
+    itself). No refund either way (Refund Policy).
+    """
+    if at_once:
+        if subscription is None or subscription.status == Subscription.Status.CANCELED:
+            raise BillingError("This subscription has already ended.")
+    elif subscription is None or not subscription.is_live:
         raise BillingError("There is no active subscription to cancel.")
-    if subscription.cancel_scheduled:
+    elif subscription.cancel_scheduled:
         raise BillingError("This subscription is already set to end.")
-    state = paddle.cancel_at_period_end(subscription_id=subscription.paddle_subscription_id)
+    state = paddle.cancel(subscription_id=subscription.paddle_subscription_id, at_once=at_once)
     return _record_paddle_answer(
         subscription=subscription,
         state=state,
         actor=actor,
-        action="subscription_cancel_scheduled",
-        ip_address=ip_address,
-    )
-
-
-def end_subscription_now(
-    *, subscription: Subscription, actor: User, ip_address: str | None = None
-) -> Subscription:
-    """Cancel at once, for an account being deleted: nothing is left to keep a plan for, and
-    a paused subscription must not resume later. No refund (Refund Policy)."""
-    if subscription.status == Subscription.Status.CANCELED:
-        raise BillingError("This subscription has already ended.")
-    state = paddle.cancel_now(subscription_id=subscription.paddle_subscription_id)
-    return _record_paddle_answer(
-        subscription=subscription,
-        state=state,
-        actor=actor,
-        action="subscription_canceled",
+        action="subscription_canceled" if at_once else "subscription_cancel_scheduled",
         ip_address=ip_address,
     )
 

@@ -24,7 +24,7 @@ from django.utils import timezone
 from accounts.models import Account, Membership
 from billing.models import Subscription
 from billing.paddle import PaddleError
-from billing.services import BillingError, end_subscription_now
+from billing.services import BillingError, cancel_subscription
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
 from requests_app.models import ACTIVE_STATUSES, Request, Status
@@ -75,8 +75,11 @@ def _cancel_subscriptions(*, membership: Membership, ip_address: str | None) -> 
     subscriptions = membership.account.subscriptions.exclude(status=Subscription.Status.CANCELED)
     for subscription in subscriptions:
         try:
-            end_subscription_now(
-                subscription=subscription, actor=membership.user, ip_address=ip_address
+            cancel_subscription(
+                subscription=subscription,
+                actor=membership.user,
+                ip_address=ip_address,
+                at_once=True,
             )
         except (PaddleError, BillingError) as error:
             raise DeletionRefused(f"{error} Your account was not deleted.") from error
