@@ -1,5 +1,6 @@
 """End to end: the official SDK → ReqRun (uvicorn) → a real Celery worker → the fake upstream."""
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -209,7 +210,9 @@ def test_waiting_callers_hold_no_thread_and_no_browser_state(tenant, live_api, f
         responses = list(calls)
 
     assert {response.status_code for response in responses} == {200}
-    assert seen[0] < 10, f"{seen[0]} extra threads while {waiting} callers waited"
+    # At most the loop's default executor (where `in_thread` runs ORM work) and a few more.
+    pool_threads = min(32, (os.cpu_count() or 1) + 4)
+    assert seen[0] <= pool_threads + 3, f"{seen[0]} extra threads while {waiting} callers waited"
     response = responses[0]
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "set-cookie" not in response.headers  # no session or CSRF cookie on the API
