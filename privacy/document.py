@@ -17,7 +17,7 @@ from accounts.models import Account
 from billing.models import Invoice, Subscription
 from projects.limits import limits_for
 from projects.models import ApiKey, Project
-from requests_app.models import Request
+from requests_app.models import DailyUsage, Request
 from requests_app.serializers import request_object
 
 FORMAT = "reqrun.account_export"
@@ -156,6 +156,22 @@ def audit_events_section(account: Account) -> list[dict]:
     ]
 
 
+def daily_usage_section(account: Account) -> list[dict]:
+    """Per-day totals kept for request records already past the retention window."""
+    rows = DailyUsage.objects.filter(account=account).select_related("project")
+    return [
+        {
+            "day": row.day.isoformat(),
+            "project": row.project.public_id,
+            "requests": row.requests,
+            "tokens": row.tokens,
+            "succeeded": row.succeeded,
+            "failed": row.failed,
+        }
+        for row in rows.order_by("day", "project__public_id")
+    ]
+
+
 def sections(account: Account, *, generated_at: datetime) -> dict[str, Any]:
     """Everything but the requests, in the order it is written."""
     return {
@@ -168,6 +184,7 @@ def sections(account: Account, *, generated_at: datetime) -> dict[str, Any]:
         "invitations": invitations_section(account),
         "projects": projects_section(account),
         "monthly_usage": usage_section(account),
+        "daily_usage_of_purged_requests": daily_usage_section(account),
         "subscriptions": [
             subscription_entry(subscription)
             for subscription in account.subscriptions.select_related("plan")

@@ -8,16 +8,16 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from django.db.models import BigIntegerField, Count, Q, QuerySet, Sum
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, TruncDate
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Account, User
 from projects import encryption
 from projects.limits import current_period_start, limits_for, next_period_start, usage_row
 from projects.models import Project
-from requests_app.models import Request, Status
+from requests_app.models import DailyUsage, Request
+from requests_app.usage import REQUEST_TOTALS, TOKENS
 
 PAGE_SIZE = 50
 # A body larger than this is cut on the detail page; the API returns it whole.
@@ -147,16 +147,6 @@ def attempt_timeline(request: Request) -> list[TimelineEntry]:
 # ----- usage -------------------------------------------------------------------------
 
 
-# Token counts come from the upstream's answer: sum only the ones that are whole numbers.
-TOKENS = Coalesce(
-    Sum(
-        Cast(KT("usage__total_tokens"), BigIntegerField()),
-        filter=Q(usage__total_tokens__regex=r"^[0-9]{1,15}$"),
-    ),
-    0,
-)
-
-
 @dataclass
 class Day:
     day: date
@@ -191,35 +181,48 @@ def _period_bounds(period_start: date) -> tuple[datetime, datetime, date]:
 
 
 def usage_report(account: Account) -> UsageReport:
-    """This period's requests and tokens per day and per project, from the request rows.
+    """This period's requests and tokens per day and per project.
 
-    Rows older than the plan's retention window are purged, so early days of the period
-    can read zero on short-retention plans; the quota figure comes from the counter.
+    Days whose request records are still kept are counted from the rows; days already past
+    the plan's retention window from the DailyUsage totals the purge kept for them (the
+    purge moves a row's counts there in the transaction that deletes it, so nothing is
+    counted twice). The quota figure comes from the monthly counter.
     """
     period_start = current_period_start()
     start, end, period_end = _period_bounds(period_start)
     in_period = Request.objects.filter(account=account, created_at__gte=start, created_at__lt=end)
-    per_day = {
-        row["day"]: row
-        for row in in_period.annotate(day=TruncDate("created_at", tzinfo=UTC))
+    kept = DailyUsage.objects.filter(account=account, day__gte=period_start, day__lt=period_end)
+    per_day: dict[date, Day] = {}
+    rows = [
+        *in_period.annotate(day=TruncDate("created_at", tzinfo=UTC))
         .values("day")
-        .annotate(requests=Count("pk"), tokens=TOKENS)
-    }
+        .annotate(requests=Count("pk"), tokens=TOKENS),
+        *kept.values("day").annotate(requests=Sum("requests"), tokens=Sum("tokens")),
+    ]
+    for row in rows:
+        day = per_day.setdefault(row["day"], Day(day=row["day"]))
+        day.requests += row["requests"]
+        day.tokens += row["tokens"]
     days = []
     day = period_start
     while day < period_end:
-        row = per_day.get(day, {})
-        days.append(Day(day=day, requests=row.get("requests", 0), tokens=row.get("tokens", 0)))
+        days.append(per_day.get(day, Day(day=day)))
         day += timedelta(days=1)
-    projects = list(
-        in_period.values("project__public_id", "project__name")
-        .annotate(
-            requests=Count("pk"),
-            tokens=TOKENS,
-            succeeded=Count("pk", filter=Q(status=Status.SUCCEEDED)),
-            failed=Count("pk", filter=Q(status__in=[Status.FAILED, Status.EXPIRED])),
+    per_project: dict[str, dict] = {}
+    rows = [
+        *in_period.values("project__public_id", "project__name").annotate(**REQUEST_TOTALS),
+        *kept.values("project__public_id", "project__name").annotate(
+            **{name: Sum(name) for name in REQUEST_TOTALS}
+        ),
+    ]
+    for row in rows:
+        totals = per_project.setdefault(
+            row["project__public_id"], {**row, **dict.fromkeys(REQUEST_TOTALS, 0)}
         )
-        .order_by("-requests", "project__name")
+        for name in REQUEST_TOTALS:
+            totals[name] += row[name]
+    projects = sorted(
+        per_project.values(), key=lambda project: (-project["requests"], project["project__name"])
     )
     limits = limits_for(account)
     return UsageReport(

@@ -133,3 +133,24 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.number}"
+
+
+class DailyUsage(models.Model):
+    """Counts kept for a project's day once its request records are purged (retention), so
+    the usage page still shows the whole period. Added to in the purge's own transaction."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+    requests = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveBigIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "day"], name="one_usage_row_per_day"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project_id} on {self.day}"

@@ -3,20 +3,24 @@
 - request bodies: dropped when the request ends (the executor does it);
 - response bodies: kept 24 h after the end for replay and status, then dropped;
   with zero retention, dropped once delivered (wait mode) or first fetched (async);
-- request and attempt records: kept for the plan's retention window, then deleted.
+- request and attempt records: kept for the plan's retention window, then deleted; their
+  per-day counts (requests, tokens, succeeded, failed) stay in DailyUsage for the usage page.
 Everything runs in small batches so no statement holds locks for long.
 """
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Account
 from projects.limits import limits_for
-from requests_app.models import TERMINAL_STATUSES, Request
+from requests_app.models import TERMINAL_STATUSES, DailyUsage, Request
+from requests_app.usage import REQUEST_TOTALS
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +60,28 @@ def purge_expired_records(account: Account, now=None) -> int:
         if not pks:
             return deleted
         with transaction.atomic():
-            count, _ = Request.objects.filter(pk__in=pks, status__in=TERMINAL_STATUSES).delete()
+            batch = Request.objects.filter(pk__in=pks, status__in=TERMINAL_STATUSES)
+            keep_daily_totals(batch)
+            count, _ = batch.delete()
         deleted += len(pks) if count else 0
+
+
+def keep_daily_totals(requests) -> None:
+    """Add these requests to their project's DailyUsage rows before they are deleted."""
+    groups = (
+        requests.annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("account_id", "project_id", "day")
+        .annotate(**REQUEST_TOTALS)
+    )
+    for group in groups:
+        row, _ = DailyUsage.objects.get_or_create(
+            project_id=group["project_id"],
+            day=group["day"],
+            defaults={"account_id": group["account_id"]},
+        )
+        DailyUsage.objects.filter(pk=row.pk).update(
+            **{name: F(name) + group[name] for name in REQUEST_TOTALS}
+        )
 
 
 def purge_expired_data(now=None) -> PurgeReport:

@@ -1,6 +1,29 @@
-"""Token usage as reported by the upstream, in one shape whatever the endpoint."""
+"""Token usage as reported by the upstream, in one shape whatever the endpoint, and the
+totals the usage page and the retention rollup count over request rows."""
 
 import json
+
+from django.db.models import BigIntegerField, Count, Q, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
+
+from requests_app.models import Status
+
+# Token counts come from the upstream's answer: sum only the ones that are whole numbers.
+TOKENS = Coalesce(
+    Sum(
+        Cast(KT("usage__total_tokens"), BigIntegerField()),
+        filter=Q(usage__total_tokens__regex=r"^[0-9]{1,15}$"),
+    ),
+    0,
+)
+
+REQUEST_TOTALS = {
+    "requests": Count("pk"),
+    "tokens": TOKENS,
+    "succeeded": Count("pk", filter=Q(status=Status.SUCCEEDED)),
+    "failed": Count("pk", filter=Q(status__in=[Status.FAILED, Status.EXPIRED])),
+}
 
 
 def usage_from_body(body: bytes) -> dict | None:

@@ -4,7 +4,7 @@ with its link, who may download, and the seven-day expiry."""
 import hashlib
 import json
 import re
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 from django.core import mail
@@ -17,6 +17,7 @@ from accounts.models import AuditEvent
 from privacy import document, services
 from privacy.models import AccountExport
 from projects.limits import set_plan
+from requests_app.models import DailyUsage
 from tests.factories import AccountExportFactory, AccountFactory, RequestFactory
 from tests.privacy.conftest import ANSWER, PROMPT, PROVIDER_KEY
 
@@ -50,6 +51,9 @@ def downloaded(client, export: AccountExport) -> tuple[dict, bytes]:
 
 
 def test_the_export_holds_the_account_and_no_secret(alice_client, alice, bob, filled):
+    DailyUsage.objects.create(  # the totals kept for an older, purged day
+        account=filled.account, project=filled.project, day=date(2026, 1, 2), requests=4, tokens=9
+    )
     export = request_and_build(alice_client)
     assert export.status == "ready" and export.progress == 100
     data, raw = downloaded(alice_client, export)
@@ -82,6 +86,16 @@ def test_the_export_holds_the_account_and_no_secret(alice_client, alice, bob, fi
     assert "response" not in request
     assert [attempt["number"] for attempt in request["attempts"]] == [1]
     assert data["monthly_usage"][0]["accepted_requests"] == 1
+    assert data["daily_usage_of_purged_requests"] == [
+        {
+            "day": "2026-01-02",
+            "project": filled.project.public_id,
+            "requests": 4,
+            "tokens": 9,
+            "succeeded": 0,
+            "failed": 0,
+        }
+    ]
     assert data["subscriptions"][0]["paddle_subscription_id"] == (
         filled.subscription.paddle_subscription_id
     )

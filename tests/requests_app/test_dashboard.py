@@ -10,6 +10,7 @@ from django.utils import timezone
 from projects import encryption
 from projects.limits import usage_row
 from requests_app.models import Request
+from requests_app.retention import purge_expired_data
 from tests.factories import AttemptFactory, ProjectFactory, RequestFactory
 
 pytestmark = pytest.mark.django_db
@@ -335,6 +336,30 @@ def test_usage_counts_requests_and_tokens_per_day_and_project(
     assert report.period_end.strftime("%B") in page  # the reset date
     assert page.count('<svg class="usage-chart"') == 2
     assert "4 requests" in page  # the bar's hover title
+
+
+def test_usage_still_counts_requests_whose_records_were_purged(
+    client, alice, alice_account, project
+):
+    other = ProjectFactory(account=alice_account, name="Batch jobs")
+    for tokens in (10, 20):
+        RequestFactory(project=project, status="succeeded", usage={"total_tokens": tokens})
+    RequestFactory(project=other, status="failed")
+
+    purge_expired_data(timezone.now() + timedelta(days=4))  # past Free's 3 days of records
+    purge_expired_data(timezone.now() + timedelta(days=4))  # a second run adds nothing
+    assert not Request.objects.filter(account=alice_account).exists()
+    RequestFactory(project=project, status="succeeded", usage={"total_tokens": 5})  # still kept
+    client.force_login(alice)
+
+    report = client.get(reverse("usage")).context["report"]
+
+    today = next(day for day in report.days if day.day == timezone.now().date())
+    assert (today.requests, today.tokens) == (4, 35)
+    by_project = {row["project__name"]: row for row in report.projects}
+    assert [name for name in by_project] == ["Chatbot", "Batch jobs"]
+    assert (by_project["Chatbot"]["requests"], by_project["Chatbot"]["succeeded"]) == (3, 3)
+    assert (by_project["Batch jobs"]["requests"], by_project["Batch jobs"]["failed"]) == (1, 1)
 
 
 def test_usage_without_requests_says_what_to_do(client, alice, project):
