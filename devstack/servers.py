@@ -127,7 +127,11 @@ class EmbeddedRedis:
             check=True,
             start_new_session=True,  # Ctrl-C in `make run` must not reach it before the app stops
         )
-        wait_for_port(self.port, timeout=15, what="Redis", log=self.log)
+        try:
+            wait_for_port(self.port, timeout=15, what="Redis", log=self.log)
+        except ServerError:
+            self.stop()  # a daemon that came up too late must not outlive the caller
+            raise
         return True
 
     def stop(self) -> None:
