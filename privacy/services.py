@@ -262,19 +262,4 @@ def open_export(
 
 def rotate_exports(*, batch_size: int = 100) -> int:
     """Re-encrypt finished export files under the primary key; returns how many."""
-    rotated, last_pk = 0, 0
-    while True:
-        with transaction.atomic():
-            batch = list(
-                AccountExport.objects.select_for_update(skip_locked=True)
-                .filter(pk__gt=last_pk, content__isnull=False)
-                .order_by("pk")
-                .only("pk", "content")[:batch_size]
-            )
-            if not batch:
-                return rotated
-            for export in batch:
-                export.content = encryption.rotate(export.content)
-            AccountExport.objects.bulk_update(batch, ["content"])
-        rotated += len(batch)
-        last_pk = batch[-1].pk
+    return encryption.rotate_stored(AccountExport, ["content"], batch_size=batch_size)

@@ -9,8 +9,9 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.db import models, transaction
 
-__all__ = ["InvalidToken", "decrypt", "encrypt", "rotate"]
+__all__ = ["InvalidToken", "decrypt", "encrypt", "rotate", "rotate_stored"]
 
 
 @lru_cache(maxsize=4)
@@ -32,3 +33,34 @@ def decrypt(token: bytes) -> bytes:
 
 def rotate(token: bytes) -> bytes:
     return key_ring().rotate(bytes(token))
+
+
+def rotate_stored(model: type[models.Model], fields: list[str], *, batch_size: int) -> int:
+    """Re-encrypt `fields` of every row that has one under the primary key; returns the rows.
+
+    Batches of locked rows in primary-key order: no transaction holds the table for long,
+    and a row written meanwhile (a new provider key, a finished request) waits for its
+    batch rather than being overwritten with an older value or skipped, which would leave
+    it readable only with the key about to be dropped.
+    """
+    stored = models.Q()
+    for field in fields:
+        stored |= models.Q(**{f"{field}__isnull": False})
+    rotated, last_pk = 0, 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                model.objects.select_for_update()
+                .filter(stored, pk__gt=last_pk)
+                .order_by("pk")
+                .only("pk", *fields)[:batch_size]
+            )
+            if not batch:
+                return rotated
+            for row in batch:
+                for field in fields:
+                    if (token := getattr(row, field)) is not None:
+                        setattr(row, field, rotate(token))
+            model.objects.bulk_update(batch, fields)
+        rotated += len(batch)
+        last_pk = batch[-1].pk

@@ -204,28 +204,10 @@ def provider_key_of(project: Project) -> str | None:
 
 
 def rotate_provider_keys(*, batch_size: int = 500) -> int:
-    """Re-encrypt every stored provider key under the primary key; returns how many.
-
-    Batches of locked rows in primary-key order, so a concurrent `set_provider_key` is never
-    overwritten with an older value and no transaction holds the whole table.
-    """
-    rotated, last_pk = 0, 0
-    while True:
-        with transaction.atomic():
-            batch = list(
-                Project.objects.select_for_update()
-                .filter(pk__gt=last_pk, provider_key_encrypted__isnull=False)
-                .order_by("pk")
-                .only("pk", "provider_key_encrypted")[:batch_size]
-            )
-            if not batch:
-                return rotated
-            for project in batch:
-                project.provider_key_encrypted = encryption.rotate(project.provider_key_encrypted)
-            Project.objects.bulk_update(batch, ["provider_key_encrypted"])
-        rotated += len(batch)
-        last_pk = batch[-1].pk
-        logger.info("provider keys rotated", extra={"count": rotated})
+    """Re-encrypt every stored provider key under the primary key; returns how many."""
+    rotated = encryption.rotate_stored(Project, ["provider_key_encrypted"], batch_size=batch_size)
+    logger.info("provider keys rotated", extra={"count": rotated})
+    return rotated
 
 
 def suspend_project(

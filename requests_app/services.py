@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Literal
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from projects import encryption
@@ -156,28 +155,7 @@ def cancel_request(*, request: Request) -> bool:
 
 
 def rotate_request_bodies(*, batch_size: int = 500) -> int:
-    """Re-encrypt stored request and response bodies under the primary key; returns how many.
-
-    Batches of locked rows in primary-key order, so no transaction holds the table for long
-    and a worker finishing a request meanwhile is not overwritten with an older value.
-    """
-    rotated, last_pk = 0, 0
-    with_bodies = Q(request_body__isnull=False) | Q(response_body__isnull=False)
-    while True:
-        with transaction.atomic():
-            batch = list(
-                Request.objects.select_for_update(skip_locked=True)
-                .filter(with_bodies, pk__gt=last_pk)
-                .order_by("pk")
-                .only("pk", "request_body", "response_body")[:batch_size]
-            )
-            if not batch:
-                return rotated
-            for request in batch:
-                if request.request_body is not None:
-                    request.request_body = encryption.rotate(request.request_body)
-                if request.response_body is not None:
-                    request.response_body = encryption.rotate(request.response_body)
-            Request.objects.bulk_update(batch, ["request_body", "response_body"])
-        rotated += len(batch)
-        last_pk = batch[-1].pk
+    """Re-encrypt stored request and response bodies under the primary key; returns how many."""
+    return encryption.rotate_stored(
+        Request, ["request_body", "response_body"], batch_size=batch_size
+    )

@@ -1,14 +1,16 @@
+import threading
 from io import StringIO
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from projects import encryption
 from projects.services import provider_key_of, set_provider_key
 from requests_app.models import Request
-from tests.factories import ProjectFactory
+from requests_app.services import rotate_request_bodies
+from tests.factories import ProjectFactory, RequestFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -47,3 +49,33 @@ def test_rotation_lets_the_old_key_be_dropped(settings):
     assert provider_key_of(project) == "sk-live-rotation-secret"
     assert encryption.decrypt(request.request_body) == b'{"prompt": "rotate me"}'
     assert encryption.decrypt(request.response_body) == b'{"answer": 42}'
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_locked_during_rotation_is_waited_for_not_skipped(settings):
+    old_key = settings.REQRUN_ENCRYPTION_KEYS[0]
+    project = ProjectFactory()
+    busy = RequestFactory(project=project, request_body=encryption.encrypt(b"busy"))
+    settings.REQRUN_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old_key]
+    locked, release = threading.Event(), threading.Event()
+
+    def worker_holding_the_row():  # e.g. a worker concluding an attempt on it
+        try:
+            with transaction.atomic():
+                Request.objects.select_for_update().get(pk=busy.pk)
+                locked.set()
+                release.wait(timeout=10)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=worker_holding_the_row)
+    holder.start()
+    assert locked.wait(timeout=10)
+    threading.Timer(0.5, release.set).start()
+
+    assert rotate_request_bodies() == 1
+    holder.join(timeout=10)
+
+    settings.REQRUN_ENCRYPTION_KEYS = settings.REQRUN_ENCRYPTION_KEYS[:1]
+    busy.refresh_from_db()
+    assert encryption.decrypt(busy.request_body) == b"busy"
