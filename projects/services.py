@@ -11,6 +11,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Account, User
+from accounts.prepared import PreparedGet
 from accounts.services import record_audit_event, set_suspension
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
@@ -293,16 +294,24 @@ def parse_api_key(raw: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+# Every /v1 call starts here: the key with its project, account and plan in one query,
+# compiled once (the prefix is unique).
+ACTIVE_KEY_BY_PREFIX: PreparedGet[ApiKey] = PreparedGet(
+    lambda prefix: ApiKey.objects.select_related(
+        "project", "project__account", f"project__account__{PLAN_STATE_RELATED}"
+    ).filter(prefix=prefix, revoked_at__isnull=True),
+    prefix="",
+)
+
+
 def authenticate_api_key(raw: str) -> ApiKey | None:
     """The active key for `raw`, or None. Constant-time comparison of the secret's digest."""
     parsed = parse_api_key(raw)
     if parsed is None:
         return None
     prefix, secret = parsed
-    try:  # get(), not first(): the prefix is unique, and an ORDER BY is work for nothing
-        api_key = ApiKey.objects.select_related(
-            "project", "project__account", f"project__account__{PLAN_STATE_RELATED}"
-        ).get(prefix=prefix, revoked_at__isnull=True)
+    try:
+        api_key = ACTIVE_KEY_BY_PREFIX.get(prefix=prefix)
     except ApiKey.DoesNotExist:
         return None
     if not hmac.compare_digest(api_key.secret_sha256, _digest(secret)):

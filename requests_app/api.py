@@ -31,7 +31,7 @@ from requests_app.models import Request
 from requests_app.notifications import hub
 from requests_app.responses import (
     accepted_response,
-    deliver_final_response,
+    deliver,
     final_response,
     in_thread,
     load_request,
@@ -205,9 +205,10 @@ class ProxyView(V1View):
                 record.public_id,
                 wait_seconds,
                 notice=notice if outcome == "created" else None,  # attached: another id
+                record=record,
             )
         if record.is_terminal:
-            return await in_thread(deliver_final_response)(record)
+            return await deliver(record)
         return await in_thread(accepted_response)(record)
 
 

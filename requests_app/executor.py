@@ -19,13 +19,14 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from accounts.prepared import PreparedGet
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.upstream_guard import UpstreamNotAllowed
 from requests_app import concurrency, retry_policy, upstream
 from requests_app.models import Attempt, Request, Status
-from requests_app.notifications import publish_finished
+from requests_app.notifications import answer_of, publish_finished
 from requests_app.outcomes import AttemptResult
 from requests_app.stream_attempt import stream_attempt
 from requests_app.streaming import announce_final
@@ -36,6 +37,15 @@ logger = logging.getLogger(__name__)
 INLINE_BACKOFF_MAX_SECONDS = 2.0
 CAPACITY_RETRY_SECONDS = 1.0
 RESPONSE_RETENTION = timedelta(hours=24)
+
+
+# The request with its project and the account's plan, read before each attempt.
+REQUEST_TO_RUN: PreparedGet[Request] = PreparedGet(
+    lambda pk: Request.objects.select_related(
+        "project", "account", f"account__{PLAN_STATE_RELATED}"
+    ).filter(pk=pk),
+    pk=0,
+)
 
 
 def lease_for(request: Request) -> timedelta:
@@ -281,16 +291,20 @@ def _finish(
     error: dict | None = None,
     partial: bool = False,
 ) -> None:
-    if fenced.update(
-        status=status,
-        finished_at=timezone.now(),
-        lease_until=None,
-        request_body=None,
-        error=error,
-        partial=partial,
+    final = {
+        "status": status,
+        "finished_at": timezone.now(),
+        "lease_until": None,
+        "request_body": None,
+        "error": error,
+        "partial": partial,
         **response_fields,
-    ):
-        _announce(request)
+    }
+    if fenced.update(**final):
+        # `request` was read at the start of this attempt, so with these writes it is the row.
+        for field, value in final.items():
+            setattr(request, field, value)
+        _announce(request, answer=answer_of(request))
 
 
 def cancel_if_requested(request: Request) -> None:
@@ -304,14 +318,14 @@ def cancel_if_requested(request: Request) -> None:
         _announce(request)
 
 
-def _announce(request: Request) -> None:
+def _announce(request: Request, *, answer: dict | None = None) -> None:
     """Tell waiters once the change is committed, so what they read is the final state."""
     logger.info("request finished", extra={"request_id": request.public_id})
-    transaction.on_commit(lambda: _publish(request))
+    transaction.on_commit(lambda: _publish(request, answer))
 
 
-def _publish(request: Request) -> None:
-    publish_finished(request.public_id)
+def _publish(request: Request, answer: dict | None) -> None:
+    publish_finished(request.public_id, answer)
     if request.stream:
         announce_final(request.public_id)
 
@@ -334,9 +348,7 @@ def execute_request(request_pk: int) -> None:
     """
     while True:
         try:
-            row = Request.objects.select_related(
-                "project", "account", f"account__{PLAN_STATE_RELATED}"
-            ).get(pk=request_pk)
+            row = REQUEST_TO_RUN.get(pk=request_pk)
         except Request.DoesNotExist:
             return  # deleted with its account
         if row.status not in (Status.QUEUED, Status.RETRYING):

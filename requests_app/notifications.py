@@ -1,12 +1,14 @@
 """Completion notices over Redis pub/sub, so waiting callers wake the moment a request ends.
 
-Workers publish a request's id on one channel when it becomes terminal. Each web process
+Workers publish a request's id on one channel when it becomes terminal, with the final
+answer when it is small (its body stays encrypted as stored). Each web process
 holds ONE subscriber connection (per event loop) and hands each notice to the coroutines
 waiting on that id. Waiters register before they read the database, so a notice published
 in between is never missed; when Redis is away they fall back to reading the database.
 """
 
 import asyncio
+import json
 import logging
 import weakref
 
@@ -14,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from requests_app.models import Request
 from requests_app.redis_client import client
 
 logger = logging.getLogger(__name__)
@@ -22,9 +25,35 @@ CHANNEL = "reqrun:request-finished"
 SUBSCRIBE_WAIT_SECONDS = 2.0
 
 
-def publish_finished(public_id: str) -> None:
+# A final answer rides along with its notice when it is at most this big (ciphertext), so
+# a waiting caller is answered without reading the database; larger ones are read there.
+ANSWER_IN_NOTICE_MAX_BYTES = 64 * 1024
+ANSWER_FIELDS = ("status", "attempt_count", "response_status_code", "response_headers", "error")
+
+
+def answer_of(request: Request) -> dict | None:
+    """What a waiting caller's response is built from, as the notice carries it, or None."""
+    body = request.response_body
+    if body is not None and len(body) > ANSWER_IN_NOTICE_MAX_BYTES:
+        return None
+    answer = {field: getattr(request, field) for field in ANSWER_FIELDS}
+    answer["response_body"] = None if body is None else bytes(body).decode("ascii")
+    return answer
+
+
+def apply_answer(request: Request, answer: dict) -> None:
+    """Bring `request` to its final state from a notice instead of reading it back."""
+    for field in ANSWER_FIELDS:
+        setattr(request, field, answer[field])
+    body = answer["response_body"]
+    request.response_body = None if body is None else body.encode("ascii")
+
+
+def publish_finished(public_id: str, answer: dict | None = None) -> None:
+    """Tell waiters `public_id` ended; `answer` (see `answer_of`) spares them a read."""
+    message = public_id if answer is None else f"{public_id}\n{json.dumps(answer)}"
     try:
-        client().publish(CHANNEL, public_id)
+        client().publish(CHANNEL, message)
     except redis.RedisError:
         # Waiters notice through their database fallback; nothing is lost.
         logger.warning("completion notice not published", extra={"request_id": public_id})
@@ -63,10 +92,15 @@ class CompletionHub:
             if not futures:
                 del self.waiters[public_id]
 
-    def _wake(self, public_id: str) -> None:
+    def _wake(self, public_id: str, answer: dict | None = None) -> None:
         for future in self.waiters.pop(public_id, ()):
             if not future.done():
-                future.set_result(True)
+                future.set_result(answer)
+
+    def _deliver(self, message: bytes) -> None:
+        public_id, _, answer = message.decode().partition("\n")
+        if public_id in self.waiters:  # most notices are for other processes' callers
+            self._wake(public_id, json.loads(answer) if answer else None)
 
     async def _listen(self) -> None:
         delay = 0.5
@@ -81,7 +115,7 @@ class CompletionHub:
                     delay = 0.5
                     async for message in pubsub.listen():
                         if message["type"] == "message":
-                            self._wake(message["data"].decode())
+                            self._deliver(message["data"])
             except (redis.RedisError, OSError):
                 logger.warning("completion subscriber lost its Redis connection; reconnecting")
             finally:

@@ -14,16 +14,19 @@ from django.http import HttpResponse
 from rest_framework import status
 from rest_framework.response import Response
 
+from accounts.prepared import PreparedGet
 from projects import encryption
 from requests_app import retention
 from requests_app.errors import NotFound, UpstreamError
 from requests_app.models import Request, Status
-from requests_app.notifications import hub
+from requests_app.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub
 from requests_app.serializers import request_object
 
 # While the Redis subscriber is healthy a waiter re-reads the database only this often,
 # as a safety net; while it is down, more often.
 SAFETY_RECHECK_SECONDS = 30.0
+# Answers up to this size are decrypted on the event loop rather than in a thread.
+INLINE_ANSWER_BYTES = ANSWER_IN_NOTICE_MAX_BYTES
 FALLBACK_RECHECK_SECONDS = 1.0
 
 
@@ -96,20 +99,44 @@ def accepted_response(request: Request) -> Response:
     return response
 
 
+REQUEST_WITH_PROJECT: PreparedGet[Request] = PreparedGet(
+    lambda pk: Request.objects.select_related("project").filter(pk=pk), pk=0
+)
+
+
 def load_request(pk: int) -> Request:
     try:
-        return Request.objects.select_related("project").get(pk=pk)
+        return REQUEST_WITH_PROJECT.get(pk=pk)
     except Request.DoesNotExist:  # deleted meanwhile, with its account
         raise NotFound("This request no longer exists.", param="id") from None
 
 
+async def deliver(request: Request) -> HttpResponse:
+    """`deliver_final_response`, built on the event loop when that is cheap and safe.
+
+    Only zero retention writes (it forgets the answer) and only a large body takes long to
+    decrypt; those go to a thread, everything else is answered without a hop.
+    """
+    body = request.response_body
+    if request.project.zero_retention or (body is not None and len(body) > INLINE_ANSWER_BYTES):
+        return await in_thread(deliver_final_response)(request)
+    return final_response(request)
+
+
 async def wait_until_finished(
-    request_pk: int, public_id: str, seconds: float, *, notice: asyncio.Future | None = None
+    request_pk: int,
+    public_id: str,
+    seconds: float,
+    *,
+    notice: asyncio.Future | None = None,
+    record: Request | None = None,
 ) -> Request:
     """Wait for a terminal state: woken by Redis, re-reading the database only as a fallback.
 
     `notice` is a future its caller registered before the request was created; then the
-    state before it fires is known (not finished) and the first read is skipped.
+    state before it fires is known (not finished) and the first read is skipped. With
+    `record` (the caller's copy of this request), a notice that carries the final answer
+    is applied to it and returned, with no read at all.
     """
     completion_hub = await hub()
     loop = asyncio.get_running_loop()
@@ -124,8 +151,13 @@ async def wait_until_finished(
             notice = None
             recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else FALLBACK_RECHECK_SECONDS
             try:
-                await asyncio.wait_for(future, max(0.0, min(deadline - loop.time(), recheck)))
+                answer = await asyncio.wait_for(
+                    future, max(0.0, min(deadline - loop.time(), recheck))
+                )
             except TimeoutError:
-                pass
+                continue
+            if answer is not None and record is not None:
+                apply_answer(record, answer)
+                return record
         finally:
             completion_hub.unregister(public_id, future)

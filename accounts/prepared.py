@@ -1,0 +1,85 @@
+"""Lookups on the hottest paths, compiled to SQL once instead of on every call.
+
+Django turns a queryset into SQL each time it is evaluated. For the reads that every /v1
+call and every attempt makes (the API key with its project, account and plan; the
+request a worker is about to run), that compilation cost more CPU than PostgreSQL spent
+answering. A `PreparedGet` builds its queryset once, with placeholder values, and keeps
+the compiled SQL; each call runs that SQL with the real values and builds the instances,
+`select_related` objects included, the way Django's own `ModelIterable` does.
+
+Only `.get()`-shaped lookups whose parameters are plain values (ids, prefixes) belong
+here: the values are sent as given, without the field's own conversion.
+"""
+
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from django.db import connections
+from django.db.models import Model, QuerySet
+from django.db.models.query import get_related_populators
+
+M = TypeVar("M", bound=Model)
+
+
+class PreparedGet(Generic[M]):
+    """`PreparedGet(lambda pk: Request.objects.filter(pk=pk), pk=0)` then `.get(pk=42)`.
+
+    `build` receives one placeholder per keyword; each placeholder's example value only
+    fixes its type (an int for an id, a str for a prefix) and must not equal any other
+    parameter of the query.
+    """
+
+    def __init__(self, build: Callable[..., QuerySet], **examples: object) -> None:
+        self.build = build
+        self.examples = examples
+        # Compiled per thread: a compiler holds the database connection of its thread.
+        self.local = threading.local()
+
+    def _compiled(self):
+        compiled = getattr(self.local, "compiled", None)
+        if compiled is None:
+            compiled = self.local.compiled = self._compile()
+        return compiled
+
+    def _compile(self):
+        placeholders = {
+            name: (-7_310_000 - index if isinstance(value, int) else f"\x00{name}-{index}")
+            for index, (name, value) in enumerate(self.examples.items())
+        }
+        queryset = self.build(**placeholders)
+        compiler = queryset.query.get_compiler(using=queryset.db)
+        sql, params = compiler.as_sql()
+        positions = {}
+        for name, placeholder in placeholders.items():
+            found = [index for index, param in enumerate(params) if param == placeholder]
+            if len(found) != 1:
+                raise ValueError(f"placeholder {name!r} appears {len(found)} times in the query")
+            positions[name] = found[0]
+        klass_info, select = compiler.klass_info, compiler.select
+        model_fields = klass_info["select_fields"]
+        start, end = model_fields[0], model_fields[-1] + 1
+        init_list = [column[0].target.attname for column in select[start:end]]
+        return queryset, compiler, sql, list(params), positions, (start, end), init_list
+
+    def get(self, **values: object) -> M:
+        """The one matching instance; `DoesNotExist` / `MultipleObjectsReturned` as `.get()`."""
+        queryset, compiler, sql, params, positions, (start, end), init_list = self._compiled()
+        params = params.copy()
+        for name, position in positions.items():
+            params[position] = values[name]
+        model = queryset.model
+        with connections[queryset.db].cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchmany(2)
+        if not rows:
+            raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
+        if len(rows) > 1:
+            raise model.MultipleObjectsReturned(
+                f"get() returned more than one {model._meta.object_name}."
+            )
+        (row,) = compiler.results_iter(results=[rows])
+        instance = model.from_db(queryset.db, init_list, row[start:end])
+        for populator in get_related_populators(compiler.klass_info, compiler.select, queryset.db):
+            populator.populate(row, instance)
+        return instance

@@ -1,0 +1,94 @@
+"""PreparedGet: the hot lookups compiled once must answer exactly as the ORM does."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from accounts.prepared import PreparedGet
+from projects.limits import PLAN_STATE_RELATED, plan_state_of
+from projects.models import AccountPlan, ApiKey
+from requests_app.models import Request
+from tests.factories import ApiKeyFactory, RequestFactory
+
+pytestmark = pytest.mark.django_db
+
+KEY_WITH_PLAN = PreparedGet(
+    lambda prefix: ApiKey.objects.select_related(
+        "project", "project__account", f"project__account__{PLAN_STATE_RELATED}"
+    ).filter(prefix=prefix, revoked_at__isnull=True),
+    prefix="",
+)
+
+
+def test_same_instance_and_related_objects_as_the_orm_in_one_query(django_assert_num_queries):
+    key = ApiKeyFactory()
+    plan_state_of(key.project.account)
+    AccountPlan.objects.filter(account=key.project.account).update(requests_per_minute=7)
+    expected = ApiKey.objects.get(pk=key.pk)
+
+    with django_assert_num_queries(1):
+        found = KEY_WITH_PLAN.get(prefix=key.prefix)
+        # Everything select_related named is already there: no further query.
+        plan_state = found.project.account.plan_state
+        assert plan_state.plan.code == "free"
+
+    assert found.pk == expected.pk
+    assert found.secret_sha256 == expected.secret_sha256
+    assert found.created_at == expected.created_at  # converters applied: aware datetime
+    assert found.project.public_id == key.project.public_id
+    assert plan_state.requests_per_minute == 7
+    assert found._state.adding is False and found._state.db == "default"
+
+
+def test_values_change_between_calls_and_filters_still_apply():
+    first, second = ApiKeyFactory(), ApiKeyFactory()
+    assert KEY_WITH_PLAN.get(prefix=first.prefix).pk == first.pk
+    assert KEY_WITH_PLAN.get(prefix=second.prefix).pk == second.pk
+    ApiKey.objects.filter(pk=first.pk).update(revoked_at=second.created_at)
+    with pytest.raises(ApiKey.DoesNotExist):
+        KEY_WITH_PLAN.get(prefix=first.prefix)
+    with pytest.raises(ApiKey.DoesNotExist):
+        KEY_WITH_PLAN.get(prefix="no-such-prefix")
+
+
+def test_json_fields_are_decoded_like_the_orm_does():
+    request = RequestFactory(response_headers={"x-request-id": "abc"}, usage={"total_tokens": 3})
+    lookup = PreparedGet(lambda pk: Request.objects.filter(pk=pk), pk=0)
+    found = lookup.get(pk=request.pk)
+    assert found.response_headers == {"x-request-id": "abc"}
+    assert found.usage == {"total_tokens": 3}
+    assert found.project_id == request.project_id
+
+
+def test_more_than_one_row_is_an_error_as_with_get():
+    first = RequestFactory()
+    RequestFactory(project=first.project, account=first.account)
+    by_project = PreparedGet(lambda project: Request.objects.filter(project_id=project), project=0)
+    with pytest.raises(Request.MultipleObjectsReturned):
+        by_project.get(project=first.project_id)
+
+
+def test_a_placeholder_that_cannot_be_found_is_refused_at_compile_time():
+    RequestFactory()
+    ignores_its_value = PreparedGet(lambda pk: Request.objects.all(), pk=0)
+    with pytest.raises(ValueError, match="appears 0 times"):
+        ignores_its_value.get(pk=1)
+
+
+def test_each_thread_compiles_against_its_own_connection(transactional_db):
+    key = ApiKeyFactory()
+    found, connections_used = [], set()
+
+    def look_up():
+        found.append(KEY_WITH_PLAN.get(prefix=key.prefix).pk)
+        connections_used.add(id(KEY_WITH_PLAN.local.compiled[1].connection))
+        connection.close()
+
+    threads = [threading.Thread(target=look_up) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert found == [key.pk] * 3
+    assert len(connections_used) == 3
