@@ -64,9 +64,7 @@ def test_the_answer_in_the_notice_is_the_stored_answer_and_stays_encrypted(tenan
         assert replayed.headers[header] == waited.headers[header]
 
 
-def test_a_large_answer_is_not_put_in_the_notice_and_is_read_from_the_database(
-    tenant, live_api
-):
+def test_a_large_answer_is_not_put_in_the_notice_and_is_read_from_the_database(tenant, live_api):
     with Notices() as notices:
         response = httpx.post(
             f"{live_api.url}/v1/embeddings",
