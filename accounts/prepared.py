@@ -8,14 +8,15 @@ the compiled SQL; each call runs that SQL with the real values and builds the in
 `select_related` objects included, the way Django's own `ModelIterable` does.
 
 Only `.get()`-shaped lookups whose parameters are plain values (ids, prefixes) belong
-here: the values are sent as given, without the field's own conversion.
+here: the values are sent as given, without the field's own conversion. `insert` does the
+same for a new row.
 """
 
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from django.db import connections
+from django.db import connections, router
 from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
 
@@ -83,3 +84,35 @@ class PreparedGet(Generic[M]):
         for populator in get_related_populators(compiler.klass_info, compiler.select, queryset.db):
             populator.populate(row, instance)
         return instance
+
+
+_INSERT_SQL: dict[type[Model], str] = {}
+
+
+def insert(instance: Model) -> None:
+    """Save a new row with one `INSERT … RETURNING` of its primary key.
+
+    What `Model.objects.create()` does for models without save signals or overridden
+    `save()`, minus the per-call SQL compilation: `pre_save` still fills `auto_now_add`
+    fields and each value is prepared by its field.
+    """
+    model = type(instance)
+    connection = connections[router.db_for_write(model)]
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    sql = _INSERT_SQL.get(model)
+    if sql is None:
+        quote = connection.ops.quote_name
+        sql = _INSERT_SQL[model] = (
+            f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - names from _meta
+            f"({', '.join(quote(field.column) for field in fields)}) "
+            f"VALUES ({', '.join(['%s'] * len(fields))}) "
+            f"RETURNING {quote(model._meta.pk.column)}"
+        )
+    values = [
+        field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        instance.pk = cursor.fetchone()[0]
+    instance._state.adding = False
+    instance._state.db = connection.alias

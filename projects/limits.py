@@ -3,8 +3,7 @@
 from dataclasses import asdict, dataclass
 from datetime import date
 
-from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import Account
@@ -106,16 +105,27 @@ def count_accepted_request(*, account: Account, limit: int) -> bool:
     Call inside the accepting transaction: a refused or rolled-back request is not counted.
     """
     period = current_period_start()
-    below_limit = MonthlyUsage.objects.filter(
-        account=account, period_start=period, accepted_requests__lt=limit
-    )
-    if below_limit.update(accepted_requests=F("accepted_requests") + 1):
+    if _count_below(account.pk, period, limit):
         return True
     # Nothing was counted: the account is at the limit, or this month's row does not exist
     # yet, or a concurrent first request is creating it. get_or_create waits for that
     # insert, so the second UPDATE sees the committed row and answers for certain.
     usage_row(account, period)
-    return bool(below_limit.update(accepted_requests=F("accepted_requests") + 1))
+    return _count_below(account.pk, period, limit)
+
+
+# Runs on every accepted request: plain SQL, as the ORM would compile it on each call.
+COUNT_BELOW_LIMIT_SQL = (
+    f"UPDATE {MonthlyUsage._meta.db_table} "  # noqa: S608 - the table name from _meta
+    "SET accepted_requests = accepted_requests + 1 "
+    "WHERE account_id = %s AND period_start = %s AND accepted_requests < %s"
+)
+
+
+def _count_below(account_id: int, period: date, limit: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(COUNT_BELOW_LIMIT_SQL, [account_id, period, limit])
+        return cursor.rowcount == 1
 
 
 def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name: str = "") -> None:

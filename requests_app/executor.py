@@ -14,9 +14,8 @@ from datetime import timedelta
 
 import httpx
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.prepared import PreparedGet
@@ -55,21 +54,38 @@ def lease_for(request: Request) -> timedelta:
     )
 
 
-def claim_request(request: Request) -> tuple[Request, int] | None:
-    """Take the request for one attempt if it is due; None if someone else has it or it ended.
+# The claim and the attempt's row in one statement, run before every attempt. Plain SQL:
+# the ORM would compile both on every call, and they are a round trip apart.
+CLAIM_SQL = f"""
+WITH claimed AS (
+    UPDATE {Request._meta.db_table}
+    SET status = %s, attempt_count = attempt_count + 1, lease_until = %s,
+        started_at = COALESCE(started_at, %s), next_attempt_at = NULL
+    WHERE id = %s AND attempt_count = %s AND status IN (%s, %s) AND NOT cancel_requested
+        AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
+    RETURNING id, attempt_count
+)
+INSERT INTO {Attempt._meta.db_table} (request_id, number, started_at, outcome)
+SELECT id, attempt_count, %s, '' FROM claimed
+RETURNING id
+"""  # noqa: S608 - table names from _meta, values bound
 
-    `request` is a fresh read; the claim is conditioned on its attempt count, so the number
-    returned is exactly the attempt this worker now owns.
+
+def claim_request(request: Request) -> Attempt | None:
+    """Take the request for one attempt if it is due, and open the attempt's row.
+
+    None if someone else has it, it was canceled, or it ended. `request` is a fresh read;
+    the claim is conditioned on its attempt count, so the attempt returned is exactly the
+    one this worker now owns (its number is the fencing token for every later write).
     """
     now = timezone.now()
-    due = Request.objects.filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-        pk=request.pk,
-        status__in=[Status.QUEUED, Status.RETRYING],
-        cancel_requested=False,
-    )
     if request.deadline_at <= now:
-        if due.update(
+        expired = Request.objects.filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+            pk=request.pk,
+            status__in=[Status.QUEUED, Status.RETRYING],
+            cancel_requested=False,
+        ).update(
             status=Status.EXPIRED,
             finished_at=now,
             request_body=None,
@@ -80,35 +96,35 @@ def claim_request(request: Request) -> tuple[Request, int] | None:
                 "param": None,
                 "code": "deadline_exceeded",
             },
-        ):
+        )
+        if expired:
             _announce(request)
         return None
-    number = request.attempt_count + 1
-    claimed = due.filter(attempt_count=request.attempt_count).update(
-        status=Status.RUNNING,
-        attempt_count=number,
-        lease_until=now + lease_for(request),
-        started_at=Coalesce("started_at", now),
-        next_attempt_at=None,
-    )
-    if not claimed:
+    params = [Status.RUNNING, now + lease_for(request), now, request.pk, request.attempt_count]
+    params += [Status.QUEUED, Status.RETRYING, now, now]
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIM_SQL, params)
+        opened = cursor.fetchone()
+    if opened is None:
         return None
+    number = request.attempt_count + 1
     request.status = Status.RUNNING
     request.attempt_count = number
     request.started_at = request.started_at or now
-    return request, number
+    attempt = Attempt(id=opened[0], request=request, number=number, started_at=now)
+    attempt._state.adding = False
+    return attempt
 
 
-def perform_attempt(request: Request, number: int) -> tuple[Attempt, AttemptResult]:
-    """Open the attempt's row, then call the upstream once; never raises for upstream faults."""
-    attempt = Attempt.objects.create(request=request, number=number, started_at=timezone.now())
+def perform_attempt(request: Request, attempt: Attempt) -> AttemptResult:
+    """Call the upstream once for the claimed attempt; never raises for upstream faults."""
     # Hand the database connection back to the pool while the upstream works: a slow LLM
     # call must not pin a connection for its whole duration.
     close_old_connections()
     started = time.monotonic()
-    result = _call_upstream(request, number)
+    result = _call_upstream(request, attempt.number)
     attempt.latency_ms = int((time.monotonic() - started) * 1000)
-    return attempt, result
+    return result
 
 
 def conclude_attempt(request: Request, attempt: Attempt, result: AttemptResult) -> float | None:
@@ -361,12 +377,11 @@ def execute_request(request_pk: int) -> None:
             defer_for_capacity(request_pk)
             return
         try:
-            claim = claim_request(row)
-            if claim is None:
+            attempt = claim_request(row)
+            if attempt is None:
                 return
-            request, number = claim
-            attempt, result = perform_attempt(request, number)
-            delay = conclude_attempt(request, attempt, result)
+            result = perform_attempt(row, attempt)
+            delay = conclude_attempt(row, attempt, result)
         finally:
             concurrency.release(account_id=row.account_id, request_pk=request_pk)
         if delay is None:

@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from accounts.prepared import PreparedGet
+from accounts.prepared import PreparedGet, insert
 from projects.limits import PLAN_STATE_RELATED, plan_state_of
 from projects.models import AccountPlan, ApiKey
 from requests_app.models import Request
@@ -92,3 +92,20 @@ def test_each_thread_compiles_against_its_own_connection(transactional_db):
         thread.join()
     assert found == [key.pk] * 3
     assert len(connections_used) == 3
+
+
+def test_insert_stores_what_create_would_and_sets_the_primary_key():
+    template = RequestFactory.build(project=ApiKeyFactory().project)
+    template.account = template.project.account
+    template.usage = {"total_tokens": 5}
+    template.request_body = b"\x00secret"
+    insert(template)
+
+    assert template.pk is not None and template._state.adding is False
+    assert template.created_at is not None  # auto_now_add filled by pre_save
+    stored = Request.objects.get(pk=template.pk)
+    assert stored.public_id == template.public_id
+    assert stored.created_at == template.created_at
+    assert stored.usage == {"total_tokens": 5}
+    assert bytes(stored.request_body) == b"\x00secret"
+    assert stored.status == "queued" and stored.attempt_count == 0  # model defaults
