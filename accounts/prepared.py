@@ -116,3 +116,41 @@ def insert(instance: Model) -> None:
         instance.pk = cursor.fetchone()[0]
     instance._state.adding = False
     instance._state.db = connection.alias
+
+
+_UPDATE_SQL: dict[tuple, str] = {}
+
+
+def update_rows(model: type[Model], *, where: dict[str, object], values: dict[str, object]) -> int:
+    """`model.objects.filter(**where).update(**values)` for equality filters; the row count.
+
+    A None in `where` means IS NULL. The SQL is built once per shape (model, filtered
+    fields, updated fields) and each value is prepared by its own field.
+    """
+    connection = connections[router.db_for_write(model)]
+    meta = model._meta
+    shape = (model, tuple((name, value is None) for name, value in where.items()), tuple(values))
+    sql = _UPDATE_SQL.get(shape)
+    if sql is None:
+        quote = connection.ops.quote_name
+        assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in values)
+        conditions = " AND ".join(
+            f"{quote(meta.get_field(name).column)} IS NULL"
+            if is_null
+            else f"{quote(meta.get_field(name).column)} = %s"
+            for name, is_null in shape[1]
+        )
+        sql = _UPDATE_SQL[shape] = (
+            f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {conditions}"  # noqa: S608 - names from _meta
+        )
+    params = [
+        meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()
+    ]
+    params += [
+        meta.get_field(name).get_db_prep_value(value, connection, prepared=False)
+        for name, value in where.items()
+        if value is not None
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount

@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.prepared import PreparedGet
+from accounts.prepared import PreparedGet, update_rows
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
@@ -136,13 +136,17 @@ def conclude_attempt(request: Request, attempt: Attempt, result: AttemptResult) 
     in a transaction of its own, so exactly one of them decides what the attempt was.
     """
     with transaction.atomic():
-        recorded = Attempt.objects.filter(pk=attempt.pk, finished_at__isnull=True).update(
-            finished_at=timezone.now(),
-            latency_ms=attempt.latency_ms,
-            outcome=result.outcome,
-            status_code=result.status_code,
-            error_code=result.error_code,
-            retry_after_ms=result.retry_after_ms,
+        recorded = update_rows(
+            Attempt,
+            where={"id": attempt.pk, "finished_at": None},
+            values={
+                "finished_at": timezone.now(),
+                "latency_ms": attempt.latency_ms,
+                "outcome": result.outcome,
+                "status_code": result.status_code,
+                "error_code": result.error_code,
+                "retry_after_ms": result.retry_after_ms,
+            },
         )
         if not recorded:
             logger.warning(
@@ -256,7 +260,12 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
 def finish_attempt(request: Request, number: int, result: AttemptResult) -> float | None:
     """Write the attempt's consequence, fenced on its number; return a short wait to retry in."""
     now = timezone.now()
-    fenced = Request.objects.filter(pk=request.pk, attempt_count=number, status=Status.RUNNING)
+
+    def fenced(**values) -> int:
+        """Write to the request only while this attempt still owns it."""
+        where = {"id": request.pk, "attempt_count": number, "status": Status.RUNNING}
+        return update_rows(Request, where=where, values=values)
+
     response_fields = _response_fields(result.response, stream=request.stream)
     retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
     if result.client_gone:
@@ -282,7 +291,7 @@ def finish_attempt(request: Request, number: int, result: AttemptResult) -> floa
         delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
         next_at = now + timedelta(seconds=delay)
         if next_at < request.deadline_at:
-            fenced.update(
+            fenced(
                 status=Status.RETRYING, next_attempt_at=next_at, lease_until=None, **response_fields
             )
             cancel_if_requested(request)
@@ -316,7 +325,7 @@ def _finish(
         "partial": partial,
         **response_fields,
     }
-    if fenced.update(**final):
+    if fenced(**final):
         # `request` was read at the start of this attempt, so with these writes it is the row.
         for field, value in final.items():
             setattr(request, field, value)
