@@ -121,15 +121,27 @@ def insert(instance: Model) -> None:
 _UPDATE_SQL: dict[tuple, str] = {}
 
 
-def update_rows(model: type[Model], *, where: dict[str, object], values: dict[str, object]) -> int:
-    """`model.objects.filter(**where).update(**values)` for equality filters; the row count.
+def update_statement(
+    model: type[Model],
+    *,
+    where: dict[str, object],
+    values: dict[str, object],
+    returning: str | None = None,
+) -> tuple[str, list]:
+    """The SQL and parameters of `model.objects.filter(**where).update(**values)`.
 
-    A None in `where` means IS NULL. The SQL is built once per shape (model, filtered
-    fields, updated fields) and each value is prepared by its own field.
+    For equality filters only; a None in `where` means IS NULL. The SQL is built once per
+    shape (model, filtered fields, updated fields) and each value is prepared by its own
+    field. `returning` names one column to return, so the statement can serve as a CTE.
     """
     connection = connections[router.db_for_write(model)]
     meta = model._meta
-    shape = (model, tuple((name, value is None) for name, value in where.items()), tuple(values))
+    shape = (
+        model,
+        tuple((name, value is None) for name, value in where.items()),
+        tuple(values),
+        returning,
+    )
     sql = _UPDATE_SQL.get(shape)
     if sql is None:
         quote = connection.ops.quote_name
@@ -140,9 +152,10 @@ def update_rows(model: type[Model], *, where: dict[str, object], values: dict[st
             else f"{quote(meta.get_field(name).column)} = %s"
             for name, is_null in shape[1]
         )
-        sql = _UPDATE_SQL[shape] = (
-            f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {conditions}"  # noqa: S608 - names from _meta
-        )
+        sql = f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {conditions}"  # noqa: S608 - names from _meta
+        if returning:
+            sql += f" RETURNING {quote(meta.get_field(returning).column)}"
+        _UPDATE_SQL[shape] = sql
     params = [
         meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()
     ]
@@ -151,6 +164,16 @@ def update_rows(model: type[Model], *, where: dict[str, object], values: dict[st
         for name, value in where.items()
         if value is not None
     ]
-    with connection.cursor() as cursor:
+    return sql, params
+
+
+def update_rows(model: type[Model], *, where: dict[str, object], values: dict[str, object]) -> int:
+    """`model.objects.filter(**where).update(**values)` (see `update_statement`); the count."""
+    return execute(model, *update_statement(model, where=where, values=values))
+
+
+def execute(model: type[Model], sql: str, params: list) -> int:
+    """Run one write statement on `model`'s database; the number of rows it changed."""
+    with connections[router.db_for_write(model)].cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount

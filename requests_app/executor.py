@@ -18,7 +18,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.prepared import PreparedGet, update_rows
+from accounts.prepared import PreparedGet, execute, update_rows, update_statement
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
@@ -128,43 +128,45 @@ def perform_attempt(request: Request, attempt: Attempt) -> AttemptResult:
 
 
 def conclude_attempt(request: Request, attempt: Attempt, result: AttemptResult) -> float | None:
-    """Record the attempt's result and its consequence in one transaction.
+    """Record the attempt's result and its consequence for the request in one statement.
 
     Only while the attempt's row is still open: when this worker outlived its lease, the
     sweeper has closed the row as `worker_lost` and scheduled the retry, and this late
-    result is dropped rather than written over that record. The sweeper closes the row
+    result is dropped rather than written over that record. The attempt's row is closed
+    in a CTE of the statement that writes the request, and the sweeper closes and finishes
     in a transaction of its own, so exactly one of them decides what the attempt was.
     """
-    with transaction.atomic():
-        recorded = update_rows(
-            Attempt,
-            where={"id": attempt.pk, "finished_at": None},
-            values={
-                "finished_at": timezone.now(),
-                "latency_ms": attempt.latency_ms,
-                "outcome": result.outcome,
-                "status_code": result.status_code,
-                "error_code": result.error_code,
-                "retry_after_ms": result.retry_after_ms,
-            },
+    closing = update_statement(
+        Attempt,
+        where={"id": attempt.pk, "finished_at": None},
+        values={
+            "finished_at": timezone.now(),
+            "latency_ms": attempt.latency_ms,
+            "outcome": result.outcome,
+            "status_code": result.status_code,
+            "error_code": result.error_code,
+            "retry_after_ms": result.retry_after_ms,
+        },
+        returning="id",
+    )
+    written, delay = finish_attempt(request, attempt.number, result, closing=closing)
+    if not written:
+        logger.warning(
+            "attempt outlived its lease; its result is dropped",
+            extra={"request_id": request.public_id, "attempt": attempt.number},
         )
-        if not recorded:
-            logger.warning(
-                "attempt outlived its lease; its result is dropped",
-                extra={"request_id": request.public_id, "attempt": attempt.number},
-            )
-            return None
-        logger.info(
-            "attempt finished",
-            extra={
-                "request_id": request.public_id,
-                "attempt": attempt.number,
-                "outcome": result.outcome,
-                "status_code": result.status_code,
-                "latency_ms": attempt.latency_ms,
-            },
-        )
-        return finish_attempt(request, attempt.number, result)
+        return None
+    logger.info(
+        "attempt finished",
+        extra={
+            "request_id": request.public_id,
+            "attempt": attempt.number,
+            "outcome": result.outcome,
+            "status_code": result.status_code,
+            "latency_ms": attempt.latency_ms,
+        },
+    )
+    return delay
 
 
 def _call_upstream(request: Request, number: int) -> AttemptResult:
@@ -257,14 +259,30 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     }
 
 
-def finish_attempt(request: Request, number: int, result: AttemptResult) -> float | None:
-    """Write the attempt's consequence, fenced on its number; return a short wait to retry in."""
+def finish_attempt(
+    request: Request, number: int, result: AttemptResult, *, closing: tuple[str, list] | None = None
+) -> tuple[bool, float | None]:
+    """Write the attempt's consequence, fenced on its number.
+
+    Returns whether it was written and, for a retry due soon, the wait before it. With
+    `closing` (an UPDATE … RETURNING of the attempt's row), the request is written only
+    if that statement changes the row, in one statement with it.
+    """
     now = timezone.now()
 
-    def fenced(**values) -> int:
+    def fenced(**values) -> bool:
         """Write to the request only while this attempt still owns it."""
         where = {"id": request.pk, "attempt_count": number, "status": Status.RUNNING}
-        return update_rows(Request, where=where, values=values)
+        if closing is None:
+            return bool(update_rows(Request, where=where, values=values))
+        sql, params = update_statement(Request, where=where, values=values)
+        return bool(
+            execute(
+                Request,
+                f"WITH closed AS ({closing[0]}) {sql} AND EXISTS (SELECT 1 FROM closed)",  # noqa: S608
+                [*closing[1], *params],
+            )
+        )
 
     response_fields = _response_fields(result.response, stream=request.stream)
     retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
@@ -291,11 +309,12 @@ def finish_attempt(request: Request, number: int, result: AttemptResult) -> floa
         delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
         next_at = now + timedelta(seconds=delay)
         if next_at < request.deadline_at:
-            fenced(
+            if not fenced(
                 status=Status.RETRYING, next_attempt_at=next_at, lease_until=None, **response_fields
-            )
+            ):
+                return False, None
             cancel_if_requested(request)
-            return delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
+            return True, delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
         status = Status.EXPIRED
     elif result.outcome == Attempt.Outcome.SUCCESS:
         status = Status.SUCCEEDED
@@ -315,7 +334,7 @@ def _finish(
     *,
     error: dict | None = None,
     partial: bool = False,
-) -> None:
+) -> tuple[bool, None]:
     final = {
         "status": status,
         "finished_at": timezone.now(),
@@ -325,11 +344,13 @@ def _finish(
         "partial": partial,
         **response_fields,
     }
-    if fenced(**final):
-        # `request` was read at the start of this attempt, so with these writes it is the row.
-        for field, value in final.items():
-            setattr(request, field, value)
-        _announce(request, answer=answer_of(request))
+    if not fenced(**final):
+        return False, None
+    # `request` was read at the start of this attempt, so with these writes it is the row.
+    for field, value in final.items():
+        setattr(request, field, value)
+    _announce(request, answer=answer_of(request))
+    return True, None
 
 
 def cancel_if_requested(request: Request) -> None:
