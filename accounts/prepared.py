@@ -14,13 +14,25 @@ same for a new row.
 
 import threading
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from django.db import connections, router
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 from django.db.models.query import get_related_populators
+from django.db.models.sql.compiler import SQLCompiler
 
 M = TypeVar("M", bound=Model)
+
+
+class _Compiled(NamedTuple):
+    queryset: QuerySet
+    compiler: SQLCompiler
+    sql: str
+    params: list
+    positions: dict[str, int]  # where each placeholder's value goes in `params`
+    model_columns: slice  # the queried model's own columns within a row
+    init_list: list[str]
+    related_populators: list
 
 
 class PreparedGet(Generic[M]):
@@ -37,13 +49,13 @@ class PreparedGet(Generic[M]):
         # Compiled per thread: a compiler holds the database connection of its thread.
         self.local = threading.local()
 
-    def _compiled(self):
+    def _compiled(self) -> _Compiled:
         compiled = getattr(self.local, "compiled", None)
         if compiled is None:
             compiled = self.local.compiled = self._compile()
         return compiled
 
-    def _compile(self):
+    def _compile(self) -> _Compiled:
         placeholders = {
             name: (-7_310_000 - index if isinstance(value, int) else f"\x00{name}-{index}")
             for index, (name, value) in enumerate(self.examples.items())
@@ -57,21 +69,30 @@ class PreparedGet(Generic[M]):
             if len(found) != 1:
                 raise ValueError(f"placeholder {name!r} appears {len(found)} times in the query")
             positions[name] = found[0]
-        klass_info, select = compiler.klass_info, compiler.select
-        model_fields = klass_info["select_fields"]
-        start, end = model_fields[0], model_fields[-1] + 1
-        init_list = [column[0].target.attname for column in select[start:end]]
-        return queryset, compiler, sql, list(params), positions, (start, end), init_list
+        model_fields = compiler.klass_info["select_fields"]
+        model_columns = slice(model_fields[0], model_fields[-1] + 1)
+        return _Compiled(
+            queryset=queryset,
+            compiler=compiler,
+            sql=sql,
+            params=list(params),
+            positions=positions,
+            model_columns=model_columns,
+            init_list=[column[0].target.attname for column in compiler.select[model_columns]],
+            related_populators=get_related_populators(
+                compiler.klass_info, compiler.select, queryset.db
+            ),
+        )
 
     def get(self, **values: object) -> M:
         """The one matching instance; `DoesNotExist` / `MultipleObjectsReturned` as `.get()`."""
-        queryset, compiler, sql, params, positions, (start, end), init_list = self._compiled()
-        params = params.copy()
-        for name, position in positions.items():
+        compiled = self._compiled()
+        params = compiled.params.copy()
+        for name, position in compiled.positions.items():
             params[position] = values[name]
-        model = queryset.model
-        with connections[queryset.db].cursor() as cursor:
-            cursor.execute(sql, params)
+        model, db = compiled.queryset.model, compiled.queryset.db
+        with connections[db].cursor() as cursor:
+            cursor.execute(compiled.sql, params)
             rows = cursor.fetchmany(2)
         if not rows:
             raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
@@ -79,14 +100,14 @@ class PreparedGet(Generic[M]):
             raise model.MultipleObjectsReturned(
                 f"get() returned more than one {model._meta.object_name}."
             )
-        (row,) = compiler.results_iter(results=[rows])
-        instance = model.from_db(queryset.db, init_list, row[start:end])
-        for populator in get_related_populators(compiler.klass_info, compiler.select, queryset.db):
+        (row,) = compiled.compiler.results_iter(results=[rows])
+        instance = model.from_db(db, compiled.init_list, row[compiled.model_columns])
+        for populator in compiled.related_populators:
             populator.populate(row, instance)
         return instance
 
 
-_INSERT_SQL: dict[type[Model], str] = {}
+_INSERT_SQL: dict[type[Model], tuple[str, list[Field]]] = {}
 
 
 def insert(instance: Model) -> None:
@@ -98,16 +119,17 @@ def insert(instance: Model) -> None:
     """
     model = type(instance)
     connection = connections[router.db_for_write(model)]
-    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-    sql = _INSERT_SQL.get(model)
-    if sql is None:
+    if model not in _INSERT_SQL:
         quote = connection.ops.quote_name
-        sql = _INSERT_SQL[model] = (
+        fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+        _INSERT_SQL[model] = (
             f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - names from _meta
             f"({', '.join(quote(field.column) for field in fields)}) "
             f"VALUES ({', '.join(['%s'] * len(fields))}) "
-            f"RETURNING {quote(model._meta.pk.column)}"
+            f"RETURNING {quote(model._meta.pk.column)}",
+            fields,
         )
+    sql, fields = _INSERT_SQL[model]
     values = [
         field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields
     ]

@@ -25,8 +25,6 @@ from requests_app.serializers import request_object
 # While the Redis subscriber is healthy a waiter re-reads the database only this often,
 # as a safety net; while it is down, more often.
 SAFETY_RECHECK_SECONDS = 30.0
-# Answers up to this size are decrypted on the event loop rather than in a thread.
-INLINE_ANSWER_BYTES = ANSWER_IN_NOTICE_MAX_BYTES
 FALLBACK_RECHECK_SECONDS = 1.0
 
 
@@ -114,11 +112,13 @@ def load_request(pk: int) -> Request:
 async def deliver(request: Request) -> HttpResponse:
     """`deliver_final_response`, built on the event loop when that is cheap and safe.
 
-    Only zero retention writes (it forgets the answer) and only a large body takes long to
-    decrypt; those go to a thread, everything else is answered without a hop.
+    Only zero retention writes (it forgets the answer) and only a body larger than a notice
+    may carry takes long to decrypt; those go to a thread, the rest is answered without a hop.
     """
     body = request.response_body
-    if request.project.zero_retention or (body is not None and len(body) > INLINE_ANSWER_BYTES):
+    if request.project.zero_retention or (
+        body is not None and len(body) > ANSWER_IN_NOTICE_MAX_BYTES
+    ):
         return await in_thread(deliver_final_response)(request)
     return final_response(request)
 

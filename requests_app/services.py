@@ -32,9 +32,10 @@ class Accepted:
 # Every accept counts the account's unfinished requests; plain SQL, as the ORM would
 # compile it each time. The statuses are written out, not bound, so that even a prepared
 # statement's generic plan can use the partial index request_account_status.
+_ACTIVE_LITERALS = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
 PENDING_COUNT_SQL = (
     f"SELECT count(*) FROM {Request._meta.db_table} "  # noqa: S608 - constants only
-    f"WHERE account_id = %s AND status IN ({', '.join(repr(str(s)) for s in ACTIVE_STATUSES)})"
+    f"WHERE account_id = %s AND status IN ({_ACTIVE_LITERALS})"
 )
 
 
