@@ -1,0 +1,90 @@
+"""Every kind of email ReqRun sends, in one registry: the privacy policy lists it and a test
+holds it equal to the email templates in the code."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class EmailKind:
+    name: str
+    # Our own templates by path; allauth's by the prefix it adds `_subject.txt`/`_message.txt` to.
+    templates: tuple[str, ...]
+    recipients: str
+    sent_when: str
+
+
+EMAIL_KINDS: dict[str, EmailKind] = {
+    "verification": EmailKind(
+        "Email address verification",
+        ("account/email/email_confirmation_signup", "account/email/email_confirmation"),
+        "the address being verified",
+        "at sign-up, and again when you ask for a new link or sign in before verifying",
+    ),
+    "password_reset": EmailKind(
+        "Password reset",
+        ("account/email/password_reset_key",),
+        "the address the reset was asked for",
+        "when someone asks to reset the password of that address",
+    ),
+    "welcome": EmailKind(
+        "Welcome",
+        ("accounts/email/welcome.txt",),
+        "the new user",
+        "once, after the address is verified",
+    ),
+    "invitation": EmailKind(
+        "Team invitation",
+        ("projects/email/invitation.txt",),
+        "the invited address, which may not belong to a ReqRun user yet",
+        "when an owner or admin invites someone to an account",
+    ),
+    "usage_notice": EmailKind(
+        "Usage notice",
+        ("billing/email/usage_notice.txt",),
+        "the account's owners",
+        "when the account reaches 80 % and 100 % of its monthly requests, once each per month",
+    ),
+    "payment_failed": EmailKind(
+        "Payment failed",
+        ("billing/email/payment_failed.txt",),
+        "the account's owners",
+        "when Paddle tells us a payment for the subscription failed",
+    ),
+    "past_due": EmailKind(
+        "Payment past due",
+        ("billing/email/past_due.txt",),
+        "the account's owners",
+        "when the subscription becomes past due, with the date the paid plan ends if unpaid",
+    ),
+    "export_ready": EmailKind(
+        "Account export ready",
+        ("privacy/email/export_ready.txt",),
+        "the owner who asked for the export",
+        "when an account export has been built and can be downloaded",
+    ),
+}
+
+# allauth sends these only when it must not reveal whether an address has an account.
+ENUMERATION_SAFE_EMAIL_KINDS: dict[str, EmailKind] = {
+    "unknown_account": EmailKind(
+        "No account at this address",
+        ("account/email/unknown_account",),
+        "an address that has no ReqRun account",
+        "when someone asks for a password reset for it",
+    ),
+    "account_already_exists": EmailKind(
+        "Account already exists",
+        ("account/email/account_already_exists",),
+        "an address that already has a ReqRun account",
+        "when someone tries to sign up with it again",
+    ),
+}
+
+
+def email_kinds() -> dict[str, EmailKind]:
+    """The kinds this deployment sends, given how allauth is configured."""
+    if getattr(settings, "ACCOUNT_PREVENT_ENUMERATION", True):
+        return {**EMAIL_KINDS, **ENUMERATION_SAFE_EMAIL_KINDS}
+    return dict(EMAIL_KINDS)
