@@ -7,7 +7,7 @@ from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, Permis
 from django.db import models
 from django.utils import timezone
 
-from accounts.ids import new_public_id
+from core.ids import new_public_id
 
 
 class UserManager(BaseUserManager):

@@ -27,8 +27,8 @@ from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
+from requests_app.engine.accept import cancel_request
 from requests_app.models import ACTIVE_STATUSES, Request, Status
-from requests_app.services import cancel_request
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from accounts.models import Account
 from billing.models import Invoice, Subscription
 from projects.limits import limits_for
 from projects.models import ApiKey, Project
+from requests_app.api.serializers import request_object
 from requests_app.models import DailyUsage, Request
-from requests_app.serializers import request_object
 
 FORMAT = "reqrun.account_export"
 FORMAT_VERSION = 1

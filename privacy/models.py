@@ -8,8 +8,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from accounts.ids import new_public_id
 from accounts.models import Account
+from core.ids import new_public_id
 
 EXPORT_LIFETIME = timedelta(days=7)
 

@@ -6,8 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from accounts.ids import new_public_id
 from accounts.models import Account, Membership
+from core.ids import new_public_id
 
 LIMIT_FIELDS = (
     "projects",

@@ -11,8 +11,8 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Account, User
-from accounts.prepared import PreparedGet
 from accounts.services import record_audit_event, set_suspension
+from core.prepared import PreparedGet
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import ApiKey, Project

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.usersessions",
+    "core",
     "accounts",
     "projects",
     "requests_app",
@@ -264,7 +265,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 15 * 60}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ROUTES = {"requests_app.tasks.execute_request": {"queue": "requests"}}
 CELERY_BEAT_SCHEDULE = {
-    "worker-heartbeat": {"task": "accounts.tasks.record_worker_heartbeat", "schedule": 60.0},
+    "worker-heartbeat": {"task": "core.tasks.record_worker_heartbeat", "schedule": 60.0},
     "billing-usage-notices": {"task": "billing.tasks.send_usage_notices", "schedule": 300.0},
     "billing-sweep": {"task": "billing.tasks.sweep_billing", "schedule": 300.0},
     "purge-expired-data": {"task": "requests_app.tasks.purge_expired_data", "schedule": 600.0},
@@ -291,11 +292,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "OpenAI-compatible reliability layer: queueing, retries, idempotency, status.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    # The /v1 views have no serializers: requests_app.schema describes them.
-    "PREPROCESSING_HOOKS": ["requests_app.schema.v1_endpoints"],
+    # The /v1 views have no serializers: requests_app.api.schema describes them.
+    "PREPROCESSING_HOOKS": ["requests_app.api.schema.v1_endpoints"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "requests_app.schema.add_components",
+        "requests_app.api.schema.add_components",
     ],
 }
 

@@ -4,10 +4,10 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import TemplateView
 
-from accounts import health
+from core import health
 
 urlpatterns = [
-    path("", include("requests_app.urls")),  # /v1 first: the hot path resolves at once
+    path("", include("requests_app.api.urls")),  # /v1 first: the hot path resolves at once
     path("", TemplateView.as_view(template_name="pages/landing.html"), name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
@@ -27,6 +27,6 @@ urlpatterns = [
     path("app/", include("projects.urls")),
     path("app/", include("privacy.urls")),
     path("", include("billing.urls")),
-    path("", include("requests_app.dashboard_urls")),
+    path("", include("requests_app.dashboard.urls")),
     path("admin/", admin.site.urls),
 ]

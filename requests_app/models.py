@@ -5,8 +5,8 @@ from functools import partial
 from django.db import models
 from django.db.models import Q
 
-from accounts.ids import new_public_id
 from accounts.models import Account
+from core.ids import new_public_id
 from projects.models import ApiKey, Project
 
 

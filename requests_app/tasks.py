@@ -2,7 +2,8 @@
 
 from celery import shared_task
 
-from requests_app import executor, retention, sweeper
+from requests_app.engine import executor, retention
+from requests_app.engine import recovery as sweeper
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True, time_limit=3600, soft_time_limit=3500)

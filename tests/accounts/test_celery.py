@@ -1,6 +1,6 @@
 from django.core.cache import cache
 
-from accounts.tasks import WORKER_HEARTBEAT_KEY, record_worker_heartbeat
+from core.tasks import WORKER_HEARTBEAT_KEY, record_worker_heartbeat
 from tests.conftest import wait_until
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from accounts.prepared import PreparedGet, insert, update_rows
+from core.prepared import PreparedGet, insert, update_rows
 from projects.limits import PLAN_STATE_RELATED, plan_state_of
 from projects.models import AccountPlan, ApiKey
 from requests_app.models import Request

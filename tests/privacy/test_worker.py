@@ -11,8 +11,8 @@ from accounts.models import Account
 from accounts.services import create_account
 from privacy.models import AccountExport
 from projects.services import create_api_key, create_project, set_provider_key
+from requests_app.engine.accept import accept_request
 from requests_app.models import Attempt, Request
-from requests_app.services import accept_request
 from tests.conftest import wait_until
 from tests.factories import PASSWORD, UserFactory
 from tests.fake_upstream import FakeUpstream

@@ -8,16 +8,16 @@ import time
 import httpx
 
 from projects import encryption
-from requests_app.models import Request, Status
-from requests_app.notifications import (
+from requests_app.api.responses import final_response, wait_until_finished
+from requests_app.engine.notifications import (
     ANSWER_IN_NOTICE_MAX_BYTES,
     CHANNEL,
     answer_of,
     hub,
     publish_finished,
 )
-from requests_app.redis_client import client
-from requests_app.responses import final_response, wait_until_finished
+from requests_app.engine.redis_client import client
+from requests_app.models import Request, Status
 from tests.fake_upstream.payloads import REPLY
 
 CHAT = [{"role": "user", "content": "Say hello"}]

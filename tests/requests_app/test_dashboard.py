@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from projects import encryption
 from projects.limits import usage_row
+from requests_app.engine.retention import purge_expired_data
 from requests_app.models import Request
-from requests_app.retention import purge_expired_data
 from tests.factories import AttemptFactory, ProjectFactory, RequestFactory
 
 pytestmark = pytest.mark.django_db

@@ -7,8 +7,8 @@ import pytest
 from django.urls import URLPattern, reverse
 from openapi_spec_validator import validate
 
+from requests_app.api.urls import urlpatterns as v1_urls
 from requests_app.error_catalog import ERROR_CODES, TRANSPORT_CODES
-from requests_app.urls import urlpatterns as v1_urls
 from tests.factories import ProjectFactory
 
 pytestmark = pytest.mark.django_db

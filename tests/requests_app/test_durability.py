@@ -9,8 +9,8 @@ import httpx
 from django.core.cache import cache
 from django.utils import timezone
 
+from requests_app.engine.recovery import sweep
 from requests_app.models import Request
-from requests_app.sweeper import sweep
 from tests.conftest import wait_until
 
 CHAT = [{"role": "user", "content": "durable"}]

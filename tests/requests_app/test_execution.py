@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from requests_app import upstream
+from requests_app.engine import upstream
 from requests_app.models import Attempt, Request
 from tests.conftest import wait_until
 

@@ -4,7 +4,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from requests_app import concurrency
+from requests_app.engine import concurrency
 from requests_app.models import Request
 from tests.conftest import wait_until
 

@@ -11,9 +11,9 @@ from django.utils import timezone
 
 from projects import encryption
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
-from requests_app.executor import execute_request
+from requests_app.engine.executor import execute_request
+from requests_app.engine.retention import purge_expired_data
 from requests_app.models import Request
-from requests_app.retention import purge_expired_data
 from tests.factories import AccountPlanFactory, RequestFactory
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}

@@ -8,8 +8,8 @@ from django.db import connection, transaction
 
 from projects import encryption
 from projects.services import provider_key_of, set_provider_key
+from requests_app.engine.accept import rotate_request_bodies
 from requests_app.models import Request
-from requests_app.services import rotate_request_bodies
 from tests.factories import ProjectFactory, RequestFactory
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from requests_app.schema import SCHEMA_URL
+from requests_app.api.schema import SCHEMA_URL
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand
 
 from privacy.services import rotate_exports
 from projects.services import rotate_provider_keys
-from requests_app.services import rotate_request_bodies
+from requests_app.engine.accept import rotate_request_bodies
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from requests_app.retention import purge_expired_data
+from requests_app.engine.retention import purge_expired_data
 
 
 class Command(BaseCommand):

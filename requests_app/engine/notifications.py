@@ -16,8 +16,8 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from requests_app.engine.redis_client import client
 from requests_app.models import Request
-from requests_app.redis_client import client
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from requests_app.upstream import UpstreamResponse
+from requests_app.engine.upstream import UpstreamResponse
 
 
 @dataclass

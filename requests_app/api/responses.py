@@ -14,13 +14,13 @@ from django.http import HttpResponse
 from rest_framework import status
 from rest_framework.response import Response
 
-from accounts.prepared import PreparedGet
+from core.prepared import PreparedGet
 from projects import encryption
-from requests_app import retention
+from requests_app.api.serializers import request_object
+from requests_app.engine import retention
+from requests_app.engine.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub
 from requests_app.errors import NotFound, UpstreamError
 from requests_app.models import Request, Status
-from requests_app.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub
-from requests_app.serializers import request_object
 
 # While the Redis subscriber is healthy a waiter re-reads the database only this often,
 # as a safety net; while it is down, more often.

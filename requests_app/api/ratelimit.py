@@ -3,7 +3,7 @@
 import time
 from dataclasses import dataclass
 
-from requests_app.redis_client import client
+from requests_app.engine.redis_client import client
 
 WINDOW_SECONDS = 60
 

@@ -1,4 +1,4 @@
-"""Operational tasks for the accounts room."""
+"""Operational tasks that serve every app: the worker heartbeat /readyz reads."""
 
 import time
 

@@ -12,10 +12,10 @@ from datetime import timedelta
 import httpx
 from django.utils import timezone
 
-from requests_app import concurrency, retry_policy, upstream
+from requests_app.engine import concurrency, retry_policy, upstream
+from requests_app.engine.outcomes import AttemptResult
+from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Attempt, Request, Status
-from requests_app.outcomes import AttemptResult
-from requests_app.streaming import StreamPublisher
 
 SSE_FIELD_PREFIXES = (b"data:", b"event:", b"id:", b"retry:", b":")
 CANCEL_CHECK_SECONDS = 0.25

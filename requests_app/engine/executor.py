@@ -18,18 +18,18 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.prepared import PreparedGet, execute, update_rows, update_statement
+from core.prepared import PreparedGet, execute, update_rows, update_statement
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.upstream_guard import UpstreamNotAllowed
-from requests_app import concurrency, retry_policy, upstream
+from requests_app.engine import concurrency, retry_policy, upstream
+from requests_app.engine.notifications import answer_of, publish_finished
+from requests_app.engine.outcomes import AttemptResult
+from requests_app.engine.stream_attempt import stream_attempt
+from requests_app.engine.streams import announce_final
+from requests_app.engine.usage import usage_from_body, usage_from_event_stream
 from requests_app.models import Attempt, Request, Status
-from requests_app.notifications import answer_of, publish_finished
-from requests_app.outcomes import AttemptResult
-from requests_app.stream_attempt import stream_attempt
-from requests_app.streaming import announce_final
-from requests_app.usage import usage_from_body, usage_from_event_stream
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import json
 
 from django.http import StreamingHttpResponse
 
-from requests_app import services
+from requests_app.api.responses import accepted_response, final_response, in_thread, load_request
+from requests_app.engine import accept as services
+from requests_app.engine.streams import error_event, mark_client_gone, read_entries
 from requests_app.models import Request, Status
-from requests_app.responses import accepted_response, final_response, in_thread, load_request
-from requests_app.streaming import error_event, mark_client_gone, read_entries
 
 
 def stream_broken_event(record: Request) -> bytes:

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from requests_app.executor import AttemptResult, finish_attempt
+from requests_app.engine.executor import AttemptResult, finish_attempt
 from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)

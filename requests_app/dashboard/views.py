@@ -15,11 +15,11 @@ from accounts.selectors import current_membership, membership_in
 from projects.limits import limits_for
 from projects.selectors import projects_of
 from projects.views.access import project_view
-from requests_app import dashboard_selectors as selectors
-from requests_app import services
+from requests_app.api.schema import SCHEMA_URL, reference
+from requests_app.dashboard import selectors
+from requests_app.dashboard.forms import PROXIED_ENDPOINTS, RequestFilterForm
+from requests_app.engine import accept as services
 from requests_app.error_catalog import ERROR_CODES
-from requests_app.forms import PROXIED_ENDPOINTS, RequestFilterForm
-from requests_app.schema import SCHEMA_URL, reference
 
 
 def load_request(request: HttpRequest, kwargs: dict) -> tuple[Membership, dict]:

@@ -8,7 +8,7 @@ it is put back with a short delay and picked up again by the sweeper.
 
 import time
 
-from requests_app.redis_client import client
+from requests_app.engine.redis_client import client
 
 SLOT_KEY_TTL_SECONDS = 3600
 

@@ -3,8 +3,8 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularJSONAPIView
 
-from requests_app import views
-from requests_app.schema import SCHEMA_URL
+from requests_app.api.schema import SCHEMA_URL
+from requests_app.dashboard import views
 
 urlpatterns = [
     path("app/requests/", views.requests_home, name="requests-home"),

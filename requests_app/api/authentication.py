@@ -4,8 +4,8 @@ from rest_framework.authentication import BaseAuthentication
 
 from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key
+from requests_app.engine.redis_client import client
 from requests_app.errors import InvalidApiKey, RateLimited, Suspended
-from requests_app.redis_client import client
 
 # Repeated bad keys from one address, or against one key prefix, are refused for a while:
 # guessing is slowed down without touching callers whose keys work.

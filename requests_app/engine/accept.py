@@ -9,13 +9,13 @@ from typing import Literal
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from accounts.prepared import insert
+from core.prepared import insert
 from projects import encryption
 from projects.limits import Limits, count_accepted_request, limits_for
 from projects.models import ApiKey
+from requests_app.engine.notifications import publish_finished
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
 from requests_app.models import ACTIVE_STATUSES, Request, Status
-from requests_app.notifications import publish_finished
 
 logger = logging.getLogger(__name__)
 

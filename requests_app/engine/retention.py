@@ -19,8 +19,8 @@ from django.utils import timezone
 
 from accounts.models import Account
 from projects.limits import limits_for
+from requests_app.engine.usage import REQUEST_TOTALS
 from requests_app.models import TERMINAL_STATUSES, DailyUsage, Request
-from requests_app.usage import REQUEST_TOTALS
 
 logger = logging.getLogger(__name__)
 

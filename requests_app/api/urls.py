@@ -1,6 +1,6 @@
 from django.urls import path
 
-from requests_app import api
+from requests_app.api import views as api
 
 urlpatterns = [
     path("v1/chat/completions", api.proxy_view("/v1/chat/completions")),

@@ -13,12 +13,25 @@ from django.conf import settings
 from django.http import HttpResponse
 from rest_framework.response import Response
 
-from accounts.ids import new_public_id
+from core.ids import new_public_id
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.services import provider_key_of
-from requests_app import ratelimit, retention, selectors, services, upstream
-from requests_app.authentication import api_key_from_request
+from requests_app.api import ratelimit, selectors
+from requests_app.api.authentication import api_key_from_request
+from requests_app.api.responses import (
+    accepted_response,
+    deliver,
+    final_response,
+    in_thread,
+    load_request,
+    wait_until_finished,
+)
+from requests_app.api.serializers import request_object
+from requests_app.api.stream_relay import relay_stream
+from requests_app.engine import accept as services
+from requests_app.engine import retention, upstream
+from requests_app.engine.notifications import hub
 from requests_app.errors import (
     BodyTooLarge,
     Conflict,
@@ -28,17 +41,6 @@ from requests_app.errors import (
     envelope,
 )
 from requests_app.models import Request
-from requests_app.notifications import hub
-from requests_app.responses import (
-    accepted_response,
-    deliver,
-    final_response,
-    in_thread,
-    load_request,
-    wait_until_finished,
-)
-from requests_app.serializers import request_object
-from requests_app.stream_relay import relay_stream
 
 STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 DEFAULT_WAIT_SECONDS = 300

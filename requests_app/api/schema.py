@@ -423,7 +423,7 @@ def _described(view_class, method: str, decorator):
 
 
 class ProxyViewSchema(OpenApiViewExtension):
-    target_class = "requests_app.api.ProxyView"
+    target_class = "requests_app.api.views.ProxyView"
 
     def view_replacement(self):
         endpoint = self.target_callback.initkwargs.get("endpoint", "")
@@ -433,10 +433,10 @@ class ProxyViewSchema(OpenApiViewExtension):
 class ModelsViewSchema(OpenApiViewExtension):
     """One view class serves /v1/models and /v1/models/{id}: tell them apart by callback."""
 
-    target_class = "requests_app.api.ModelsView"
+    target_class = "requests_app.api.views.ModelsView"
 
     def view_replacement(self):
-        from requests_app.urls import urlpatterns
+        from requests_app.api.urls import urlpatterns
 
         route = next(str(p.pattern) for p in urlpatterns if p.callback is self.target_callback)
         listing = route.endswith("models")
@@ -471,7 +471,7 @@ def _extension(view_name: str) -> type[OpenApiViewExtension]:
         f"{view_name}Schema",
         (OpenApiViewExtension,),
         {
-            "target_class": f"requests_app.api.{view_name}",
+            "target_class": f"requests_app.api.views.{view_name}",
             "view_replacement": view_replacement,
         },
     )

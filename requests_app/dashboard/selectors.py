@@ -16,8 +16,8 @@ from accounts.models import Account, User
 from projects import encryption
 from projects.limits import current_period_start, limits_for, next_period_start, usage_row
 from projects.models import Project
+from requests_app.engine.usage import REQUEST_TOTALS, TOKENS
 from requests_app.models import DailyUsage, Request
-from requests_app.usage import REQUEST_TOTALS, TOKENS
 
 PAGE_SIZE = 50
 # A body larger than this is cut on the detail page; the API returns it whole.

@@ -8,7 +8,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 
-from accounts.tasks import WORKER_HEARTBEAT_KEY
+from core.tasks import WORKER_HEARTBEAT_KEY
 
 
 def healthz(request):

@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from requests_app.redis_client import client
+from requests_app.engine.redis_client import client
 
 STREAM_TTL_SECONDS = 600
 READ_BLOCK_MS = 5000
