@@ -1,13 +1,23 @@
-"""Operators' admin for users, accounts, memberships and the audit trail, and the
-suspension actions (with a reason, audited) shared with projects."""
+"""Operators' admin for users, accounts, memberships and the audit trail, the
+suspension actions (with a reason, audited) shared with projects, and the admin's door:
+allauth's rate-limited sign-in plus a second factor passed in this session."""
 
 from collections.abc import Callable
 
+from allauth.account.authentication import get_authentication_records
+from allauth.mfa.models import Authenticator
+from allauth.mfa.utils import is_mfa_enabled
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.views import redirect_to_login
+from django.shortcuts import redirect, render
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 
 from accounts.models import Account, AuditEvent, Membership, User
 from accounts.services import suspend_account, unsuspend_account
@@ -123,3 +133,58 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# Recovery codes alone are not a second factor: allauth deletes them with the last one.
+SECOND_FACTORS = [Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN]
+
+
+def passed_second_factor(request) -> bool:
+    """Whether this session's sign-in (or a later re-authentication) included a code."""
+    records = get_authentication_records(request, request.user)
+    return any(record.get("method") == "mfa" for record in records)
+
+
+def operator_may_enter(request) -> bool:
+    """The admin opens for active staff who have a second factor and passed it in this
+    session; a session that merely has a staff user in it (a password alone, a session
+    from before the authenticator was added) does not open it."""
+    user = request.user
+    return (
+        user.is_active
+        and user.is_staff
+        and is_mfa_enabled(user, SECOND_FACTORS)
+        and passed_second_factor(request)
+    )
+
+
+@never_cache
+def operator_login(request, extra_context=None):
+    """The admin has no password form of its own: everyone signs in through allauth
+    (rate-limited, verified email, the second-factor step), then comes back here."""
+    next_url = request.GET.get(REDIRECT_FIELD_NAME, "")
+    if not url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        next_url = reverse("admin:index")
+    user = request.user
+    if not user.is_authenticated:
+        return redirect_to_login(next_url, reverse("account_login"))
+    if not (user.is_active and user.is_staff):
+        reason = "The admin is for ReqRun's operators."
+        return render(request, "accounts/forbidden.html", {"reason": reason}, status=403)
+    if not is_mfa_enabled(user, SECOND_FACTORS):
+        messages.warning(
+            request,
+            "The admin needs two-factor sign-in. Set up an authenticator app, "
+            "then open the admin again.",
+        )
+        return redirect("mfa_activate_totp")
+    if not passed_second_factor(request):
+        return redirect_to_login(next_url, reverse("mfa_reauthenticate"))
+    return redirect(next_url)
+
+
+# Every admin view checks site.has_permission and sends refusals to site.login.
+admin.site.has_permission = operator_may_enter
+admin.site.login = operator_login

@@ -1,5 +1,6 @@
 """Account-level dashboard pages: switching account, the account page, the security log."""
 
+from allauth.mfa.utils import is_mfa_enabled
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -71,7 +72,11 @@ def no_account(request):
 
 @member_view()
 def account_page(request, membership):
-    return render(request, "accounts/account.html", {"membership": membership})
+    return render(
+        request,
+        "accounts/account.html",
+        {"membership": membership, "two_factor_enabled": is_mfa_enabled(request.user)},
+    )
 
 
 @member_view(read=Need.OWN)

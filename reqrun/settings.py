@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
     "allauth.usersessions",
     "core",
     "accounts",
@@ -157,6 +158,10 @@ ACCOUNT_RATE_LIMITS = {
 }
 LOGIN_REDIRECT_URL = "/app/"
 LOGIN_URL = "/accounts/login/"
+# Two-factor sign-in: offered to everyone, required of staff before the admin opens
+# (accounts/admin.py). Failed codes count against ACCOUNT_RATE_LIMITS["login_failed"].
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = "ReqRun"
 
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)

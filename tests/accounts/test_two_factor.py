@@ -1,0 +1,205 @@
+"""Two-factor sign-in: offered to every dashboard user, required of staff before the admin
+opens, and the admin's sign-in is allauth's (rate-limited) one."""
+
+import time
+
+import pytest
+from allauth.mfa import app_settings as mfa_settings
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import (
+    TOTP,
+    format_hotp_value,
+    generate_totp_secret,
+    hotp_value,
+)
+from allauth.mfa.utils import decrypt
+from django.urls import reverse
+
+from tests.factories import PASSWORD, UserFactory
+
+ADMIN_INDEX_TITLE = "Site administration"
+
+
+def current_code(secret: str) -> str:
+    """The authenticator app's code now, never one about to roll over mid-request."""
+    period = mfa_settings.TOTP_PERIOD
+    if period - time.time() % period < 2:
+        time.sleep(2)
+    return format_hotp_value(hotp_value(secret, int(time.time()) // period))
+
+
+def stored_secret(user) -> str:
+    authenticator = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP)
+    return decrypt(authenticator.data["secret"])
+
+
+def sign_in_with_password(client, user, *, next_url: str = ""):
+    query = f"?next={next_url}" if next_url else ""
+    return client.post(f"/accounts/login/{query}", {"login": user.email, "password": PASSWORD})
+
+
+def confirm_password(client, *, next_url: str):
+    return client.post(
+        f"{reverse('account_reauthenticate')}?next={next_url}", {"password": PASSWORD}, follow=True
+    )
+
+
+@pytest.fixture
+def operator(db):
+    return UserFactory(email="olga@example.com", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def operator_with_totp(operator):
+    TOTP.activate(operator, generate_totp_secret())
+    return operator
+
+
+def test_admin_login_is_allauths_sign_in(client):
+    response = client.get("/admin/login/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/login/?next=/admin/"
+
+
+def test_admin_login_keeps_where_the_operator_was_going(client):
+    response = client.get("/admin/accounts/account/", follow=True)
+
+    assert response.redirect_chain[-1][0] == "/accounts/login/?next=/admin/accounts/account/"
+    assert ADMIN_INDEX_TITLE not in response.content.decode()
+
+
+def test_admin_login_takes_no_password_itself(client, operator):
+    response = client.post(
+        "/admin/login/?next=/admin/", {"username": operator.email, "password": PASSWORD}
+    )
+
+    assert response["Location"] == "/accounts/login/?next=/admin/"
+    assert "_auth_user_id" not in client.session
+
+
+def test_staff_without_second_factor_is_sent_to_set_one_up(client, operator):
+    sign_in_with_password(client, operator, next_url="/admin/")
+
+    response = client.get("/admin/", follow=True)
+
+    hops = [url for url, _ in response.redirect_chain]
+    assert hops[:2] == ["/admin/login/?next=/admin/", reverse("mfa_activate_totp")]
+    body = response.content.decode()
+    assert ADMIN_INDEX_TITLE not in body
+    assert "The admin needs two-factor sign-in" in body
+    # allauth asks for the password again before a new authenticator is added.
+    response = confirm_password(client, next_url=reverse("mfa_activate_totp"))
+    assert response.status_code == 200
+    assert "Activate Authenticator App" in response.content.decode()
+    # Every admin page is closed, not only the index.
+    assert client.get("/admin/accounts/user/").status_code == 302
+    assert client.get("/admin/accounts/user/")["Location"].startswith("/admin/login/")
+
+
+def test_staff_with_totp_reaches_the_admin_after_the_code(client, operator_with_totp):
+    response = sign_in_with_password(client, operator_with_totp, next_url="/admin/")
+    assert response["Location"] == reverse("mfa_authenticate")
+    # The password alone signs nobody in.
+    assert "_auth_user_id" not in client.session
+    assert ADMIN_INDEX_TITLE not in client.get("/admin/", follow=True).content.decode()
+
+    response = client.post(
+        reverse("mfa_authenticate"), {"code": current_code(stored_secret(operator_with_totp))}
+    )
+    assert response["Location"] == "/admin/"
+
+    response = client.get("/admin/")
+    assert response.status_code == 200
+    assert ADMIN_INDEX_TITLE in response.content.decode()
+
+
+def test_a_wrong_code_does_not_open_the_admin(client, operator_with_totp):
+    sign_in_with_password(client, operator_with_totp, next_url="/admin/")
+    secret = stored_secret(operator_with_totp)
+    wrong = f"{(int(current_code(secret)) + 1) % 10**6:06d}"
+
+    response = client.post(reverse("mfa_authenticate"), {"code": wrong})
+
+    assert response.status_code == 200
+    assert "_auth_user_id" not in client.session
+    assert ADMIN_INDEX_TITLE not in client.get("/admin/", follow=True).content.decode()
+
+
+def test_a_session_that_skipped_the_code_is_asked_for_it(client, operator_with_totp):
+    # A session signed in without the second factor (here: directly, as a session from
+    # before the authenticator was added would be) does not open the admin...
+    client.force_login(operator_with_totp)
+
+    response = client.get("/admin/", follow=True)
+
+    assert response.redirect_chain[-1][0] == f"{reverse('mfa_reauthenticate')}?next=/admin/"
+    assert ADMIN_INDEX_TITLE not in response.content.decode()
+
+    # ...until the code is entered.
+    response = client.post(
+        f"{reverse('mfa_reauthenticate')}?next=/admin/",
+        {"code": current_code(stored_secret(operator_with_totp))},
+    )
+    assert response["Location"] == "/admin/"
+    assert ADMIN_INDEX_TITLE in client.get("/admin/").content.decode()
+
+
+def test_non_staff_user_is_refused_the_admin(client, alice_account, alice):
+    sign_in_with_password(client, alice)
+
+    response = client.get("/admin/", follow=True)
+
+    assert response.status_code == 403
+    assert ADMIN_INDEX_TITLE not in response.content.decode()
+
+
+def test_account_page_links_to_two_factor_setup(client, alice_account, alice):
+    client.force_login(alice)
+
+    body = client.get(reverse("account")).content.decode()
+
+    assert f'href="{reverse("mfa_index")}"' in body
+    assert "Set up two-factor sign-in" in body
+
+
+def test_account_page_says_when_two_factor_is_on(client, alice_account, alice):
+    TOTP.activate(alice, generate_totp_secret())
+    client.force_login(alice)
+
+    body = client.get(reverse("account")).content.decode()
+
+    assert "Manage two-factor sign-in" in body
+
+
+def test_activating_totp_names_reqrun_and_hands_out_recovery_codes(client, alice_account, alice):
+    sign_in_with_password(client, alice)
+    confirm_password(client, next_url=reverse("mfa_activate_totp"))
+
+    page = client.get(reverse("mfa_activate_totp"))
+    assert page.status_code == 200
+    assert "issuer=ReqRun" in page.context["totp_url"]
+    secret = page.context["form"].secret
+
+    response = client.post(reverse("mfa_activate_totp"), {"code": current_code(secret)})
+
+    assert response["Location"] == reverse("mfa_view_recovery_codes")
+    assert stored_secret(alice) == secret
+    assert Authenticator.objects.filter(user=alice, type=Authenticator.Type.RECOVERY_CODES).exists()
+    codes = client.get(reverse("mfa_view_recovery_codes")).context["unused_codes"]
+    assert len(codes) == mfa_settings.RECOVERY_CODE_COUNT
+
+
+def test_a_recovery_code_stands_in_for_the_app(client, alice_account, alice):
+    sign_in_with_password(client, alice)
+    confirm_password(client, next_url=reverse("mfa_activate_totp"))
+    secret = client.get(reverse("mfa_activate_totp")).context["form"].secret
+    client.post(reverse("mfa_activate_totp"), {"code": current_code(secret)})
+    recovery_code = client.get(reverse("mfa_view_recovery_codes")).context["unused_codes"][0]
+    client.post(reverse("account_logout"))
+
+    assert sign_in_with_password(client, alice)["Location"] == reverse("mfa_authenticate")
+    response = client.post(reverse("mfa_authenticate"), {"code": recovery_code})
+
+    assert response["Location"] == "/app/"
+    assert client.get(reverse("account")).status_code == 200
