@@ -58,6 +58,13 @@ EMAIL_KINDS: dict[str, EmailKind] = {
         "the account's owners",
         "when the subscription becomes past due, with the date the paid plan ends if unpaid",
     ),
+    "upstream_host_changed": EmailKind(
+        "Upstream host changed",
+        ("projects/email/upstream_host_changed.txt",),
+        "the account's owners",
+        "when a project's upstream is moved to another host, naming who moved it and from "
+        "which IP address, and whether the stored provider key was cleared",
+    ),
     "export_ready": EmailKind(
         "Account export ready",
         ("privacy/email/export_ready.txt",),

@@ -5,23 +5,17 @@ from django.urls import include, path
 from django.views.generic import TemplateView
 
 from core import health
+from privacy import legal
 
 urlpatterns = [
     path("", include("requests_app.api.urls")),  # /v1 first: the hot path resolves at once
     path("", TemplateView.as_view(template_name="pages/landing.html"), name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("legal/terms", TemplateView.as_view(template_name="legal/terms.html"), name="legal-terms"),
-    path(
-        "legal/privacy",
-        TemplateView.as_view(template_name="legal/privacy.html"),
-        name="legal-privacy",
-    ),
-    path(
-        "legal/refunds",
-        TemplateView.as_view(template_name="legal/refunds.html"),
-        name="legal-refunds",
-    ),
+    path("legal/terms", legal.terms, name="legal-terms"),
+    path("legal/privacy", legal.privacy_policy, name="legal-privacy"),
+    path("legal/refunds", legal.refunds, name="legal-refunds"),
+    path(".well-known/security.txt", legal.security_txt, name="security-txt"),
     path("accounts/", include("allauth.urls")),
     path("app/", include("accounts.urls")),
     path("app/", include("projects.urls")),
