@@ -1,7 +1,13 @@
 from django.contrib import admin, messages
 from django.db import transaction
 
-from billing.models import Invoice, Subscription, WebhookEvent
+from billing.models import (
+    BillingCustomer,
+    CheckoutTransaction,
+    Invoice,
+    Subscription,
+    WebhookEvent,
+)
 from billing.tasks import process_webhook_event
 
 
@@ -38,6 +44,7 @@ class ProcessingFilter(admin.SimpleListFilter):
     def lookups(self, request, model_admin):
         return [
             ("failed", "Failed (includes unknown accounts)"),
+            ("admin", "Left for an admin (refused, mismatched or out of retries)"),
             ("no_account", "No matching account"),
             ("pending", "Not processed yet"),
             ("done", "Processed"),
@@ -46,6 +53,10 @@ class ProcessingFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         if self.value() == "failed":
             return queryset.filter(processed_at__isnull=True).exclude(error="")
+        if self.value() == "admin":
+            return queryset.filter(processed_at__isnull=True, retry_at__isnull=True).exclude(
+                error=""
+            )
         if self.value() == "no_account":
             return queryset.filter(account__isnull=True)
         if self.value() == "pending":
@@ -65,7 +76,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
         "processed_at",
         "account",
         "outcome",
-        "has_error",
+        "reason",
     ]
     list_filter = [ProcessingFilter, "event_type"]
     search_fields = ["event_id", "event_type", "account__public_id"]
@@ -92,15 +103,17 @@ class WebhookEventAdmin(admin.ModelAdmin):
             "failures",
             "retry_at",
         ]
-        # Payloads carry customers' names, emails and addresses.
+        # Unprocessed payloads carry customers' names, emails and addresses.
         return [*fields, "payload"] if request.user.is_superuser else fields
 
     def get_readonly_fields(self, request, obj=None):
         return self.get_fields(request, obj)
 
-    @admin.display(boolean=True, description="error")
-    def has_error(self, event: WebhookEvent) -> bool:
-        return bool(event.error)
+    @admin.display(description="error")
+    def reason(self, event: WebhookEvent) -> str:
+        """Our own reasons are one line; for a traceback its last line names the exception."""
+        lines = event.error.strip().splitlines()
+        return lines[-1][:160] if lines else ""
 
     def has_reprocess_permission(self, request) -> bool:
         return request.user.has_perm("billing.change_webhookevent")
@@ -130,6 +143,41 @@ class InvoiceAdmin(admin.ModelAdmin):
     ]
     list_select_related = ["account"]
     readonly_fields = [field.name for field in Invoice._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(BillingCustomer)
+class BillingCustomerAdmin(admin.ModelAdmin):
+    list_display = ["paddle_customer_id", "account", "created_at"]
+    search_fields = ["paddle_customer_id", "account__public_id", "account__name"]
+    list_select_related = ["account"]
+    # Created by checkout only: a customer typed in here would bypass the binding.
+    readonly_fields = [field.name for field in BillingCustomer._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(CheckoutTransaction)
+class CheckoutTransactionAdmin(admin.ModelAdmin):
+    list_display = [
+        "paddle_transaction_id",
+        "account",
+        "paddle_customer_id",
+        "price_id",
+        "paddle_subscription_id",
+        "created_at",
+    ]
+    search_fields = [
+        "paddle_transaction_id",
+        "paddle_customer_id",
+        "paddle_subscription_id",
+        "account__public_id",
+    ]
+    list_select_related = ["account"]
+    readonly_fields = [field.name for field in CheckoutTransaction._meta.fields]
 
     def has_add_permission(self, request):
         return False

@@ -1,4 +1,5 @@
-"""Paddle's view of an account: subscriptions, the raw webhook events that drive them, invoices."""
+"""Paddle's view of an account: its Paddle customer, the checkout transactions ReqRun created,
+subscriptions, the webhook events that drive them, invoices."""
 
 from datetime import datetime, timedelta
 
@@ -10,6 +11,42 @@ from projects.models import Plan
 
 # A past-due subscription keeps its plan this long while Paddle retries the payment.
 PAST_DUE_GRACE = timedelta(days=14)
+
+
+class BillingCustomer(models.Model):
+    """The Paddle customer ReqRun created for an account: one per account, never taken from a
+    webhook or the browser. Checkout, subscriptions and portal sessions are bound to it."""
+
+    account = models.OneToOneField(
+        Account, on_delete=models.CASCADE, related_name="billing_customer"
+    )
+    paddle_customer_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.paddle_customer_id
+
+
+class CheckoutTransaction(models.Model):
+    """A Paddle transaction ReqRun created for checkout. A new subscription is attached to an
+    account only through one of these (by the subscription's `transaction_id`, or by a
+    transaction event naming the subscription)."""
+
+    account = models.ForeignKey(
+        Account, on_delete=models.CASCADE, related_name="checkout_transactions"
+    )
+    paddle_transaction_id = models.CharField(max_length=64, unique=True)
+    paddle_customer_id = models.CharField(max_length=64)
+    price_id = models.CharField(max_length=64)
+    # Learnt from Paddle's events once the checkout is paid.
+    paddle_subscription_id = models.CharField(max_length=64, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.paddle_transaction_id
 
 
 class Subscription(models.Model):
@@ -77,7 +114,9 @@ class Subscription(models.Model):
 
 
 class WebhookEvent(models.Model):
-    """A verified Paddle notification, stored once under Paddle's event id before processing."""
+    """A verified Paddle notification, stored once under Paddle's event id before processing;
+    its payload is cut down to what accounting needs once processed, and the row is purged
+    after `billing.event_retention.EVENT_RETENTION`."""
 
     event_id = models.CharField(max_length=64, unique=True)
     event_type = models.CharField(max_length=64, db_index=True)

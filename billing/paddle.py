@@ -11,6 +11,7 @@ import requests
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 from paddle_billing import Client, Environment, Options
+from paddle_billing.Entities.Shared import CustomData
 from paddle_billing.Entities.Subscription import Subscription as PaddleSubscription
 from paddle_billing.Entities.Subscriptions import (
     SubscriptionEffectiveFrom,
@@ -21,12 +22,15 @@ from paddle_billing.Exceptions.ApiError import ApiError
 from paddle_billing.Resources.CustomerPortalSessions.Operations import (
     CreateCustomerPortalSession,
 )
+from paddle_billing.Resources.Customers.Operations import CreateCustomer, ListCustomers
 from paddle_billing.Resources.Subscriptions.Operations import (
     CancelSubscription,
     ResumeSubscription,
     UpdateSubscription,
 )
 from paddle_billing.Resources.Subscriptions.Operations.Update import SubscriptionUpdateItem
+from paddle_billing.Resources.Transactions.Operations import CreateTransaction
+from paddle_billing.Resources.Transactions.Operations.Create import TransactionCreateItem
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,10 @@ UNREACHABLE = "Paddle could not be reached, so nothing was changed. Please try a
 
 class PaddleError(Exception):
     """A Paddle API call failed; the message can be shown to the customer as is."""
+
+    def __init__(self, message: str, *, error_code: str = ""):
+        super().__init__(message)
+        self.error_code = error_code
 
 
 def environment() -> str:
@@ -154,7 +162,9 @@ def _call(action: str, operation, *args: Any):
         )
         if status is not None and status >= 500:
             raise PaddleError(UNREACHABLE) from error
-        raise PaddleError(f"Paddle refused to {action}: {error.detail}") from error
+        raise PaddleError(
+            f"Paddle refused to {action}: {error.detail}", error_code=error.error_code or ""
+        ) from error
     except requests.HTTPError as error:
         status = error.response.status_code if error.response is not None else None
         logger.warning("paddle api error", extra={"action": action, "status_code": status})
@@ -174,6 +184,40 @@ def _call(action: str, operation, *args: Any):
         raise PaddleError(
             f"Paddle's answer could not be read, so we could not {action}."
         ) from error
+
+
+CUSTOMER_EXISTS = "customer_already_exists"
+
+
+def create_customer(*, email: str, account_id: str) -> str:
+    """A new Paddle customer for one account; `PaddleError` with `error_code` CUSTOMER_EXISTS
+    when Paddle already has a customer with this email."""
+    customer = _call(
+        "set up billing",
+        client().customers.create,
+        CreateCustomer(email=email, custom_data=CustomData({"account_id": account_id})),
+    )
+    return customer.id
+
+
+def customer_ids_with_email(*, email: str) -> list[str]:
+    customers = _call("set up billing", client().customers.list, ListCustomers(emails=[email]))
+    return [customer.id for customer in customers.items]
+
+
+def create_checkout_transaction(*, customer_id: str, price_id: str, account_id: str) -> str:
+    """A transaction for one price, billed to the account's customer, with the account in
+    `custom_data`; Paddle.js opens it by id. Returns the transaction id."""
+    created = _call(
+        "start the checkout",
+        client().transactions.create,
+        CreateTransaction(
+            items=[TransactionCreateItem(price_id=price_id, quantity=1)],
+            customer_id=customer_id,
+            custom_data=CustomData({"account_id": account_id}),
+        ),
+    )
+    return created.id
 
 
 def cancel(*, subscription_id: str, at_once: bool = False) -> SubscriptionState:
@@ -232,12 +276,12 @@ def change_price(*, subscription_id: str, price_id: str, upgrade: bool) -> Subsc
     return state_from_entity(entity)
 
 
-def customer_portal_url(*, customer_id: str, subscription_id: str) -> str:
+def customer_portal_url(*, customer_id: str, subscription_ids: list[str]) -> str:
     session = _call(
         "open the customer portal",
         client().customer_portal_sessions.create,
         customer_id,
-        CreateCustomerPortalSession(subscription_ids=[subscription_id]),
+        CreateCustomerPortalSession(subscription_ids=subscription_ids),
     )
     return _checked_url(session.urls.general.overview, "open the customer portal")
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import Account, Membership, User
 from accounts.services import record_audit_event
 from billing import paddle
-from billing.models import PAST_DUE_GRACE, Invoice, Subscription
+from billing.models import PAST_DUE_GRACE, BillingCustomer, Invoice, Subscription
 from billing.paddle import SubscriptionState
 from billing.selectors import plan_for_price, price_id_for
 from projects.limits import (
@@ -221,12 +221,24 @@ def change_plan(
     )
 
 
-def customer_portal_url(*, subscription: Subscription | None) -> str:
-    if subscription is None or not subscription.paddle_customer_id:
+def customer_portal_url(*, account: Account) -> str:
+    """Only for the customer ReqRun created for this account, never one a webhook named."""
+    customer = BillingCustomer.objects.filter(account=account).first()
+    if customer is None:
         raise BillingError("There is no Paddle customer for this account yet.")
+    subscription_ids = list(
+        account.subscriptions.filter(
+            paddle_customer_id=customer.paddle_customer_id,
+            status__in=[
+                Subscription.Status.ACTIVE,
+                Subscription.Status.TRIALING,
+                Subscription.Status.PAST_DUE,
+                Subscription.Status.PAUSED,
+            ],
+        ).values_list("paddle_subscription_id", flat=True)
+    )
     return paddle.customer_portal_url(
-        customer_id=subscription.paddle_customer_id,
-        subscription_id=subscription.paddle_subscription_id,
+        customer_id=customer.paddle_customer_id, subscription_ids=subscription_ids
     )
 
 

@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from billing import services, webhooks
+from billing.event_retention import purge_old_events
 from billing.selectors import webhook_event_ids_to_retry
 
 
@@ -18,7 +19,9 @@ def send_usage_notices() -> int:
 
 @shared_task(time_limit=300, soft_time_limit=280)
 def sweep_billing() -> None:
-    """Re-queue events whose task was lost or whose retry is due; end expired grace periods."""
+    """Re-queue events whose task was lost or whose retry is due; end expired grace periods;
+    delete events past their retention."""
     for event_pk in webhook_event_ids_to_retry():
         process_webhook_event.delay(event_pk)
     services.enforce_past_due_grace()
+    purge_old_events()

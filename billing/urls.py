@@ -9,6 +9,7 @@ urlpatterns = [
     path("app/billing/cancel", views.cancel, name="billing-cancel"),
     path("app/billing/resume", views.resume, name="billing-resume"),
     path("app/billing/change-plan", views.change_plan, name="billing-change-plan"),
+    path("app/billing/checkout", views.start_checkout, name="billing-checkout"),
     path("app/billing/portal", views.portal, name="billing-portal"),
     path(
         "app/billing/invoices/<str:transaction_id>/pdf", views.invoice_pdf, name="billing-invoice"

@@ -9,7 +9,8 @@ from functools import wraps
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.dateformat import format as format_date
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.models import Membership
 from accounts.selectors import current_membership
-from billing import paddle, services, webhooks
+from billing import checkout, paddle, services, webhooks
 from billing.models import Subscription
 from billing.paddle import PaddleError
 from billing.selectors import (
@@ -58,11 +59,12 @@ def _plans_context(request: HttpRequest, membership: Membership | None) -> dict:
         "can_checkout": can_checkout,
     }
     if can_checkout:
+        # No account or customer here: the server creates the transaction (see `start_checkout`).
         context["checkout_config"] = {
             "token": settings.PADDLE_CLIENT_TOKEN,
             "environment": paddle.environment(),
-            "accountId": membership.account.public_id,
-            "email": request.user.email,
+            "checkoutUrl": reverse("billing-checkout"),
+            "csrfToken": get_token(request),
             "successUrl": request.build_absolute_uri(reverse("billing")) + "?checkout=done",
         }
     return context
@@ -184,9 +186,22 @@ def change_plan(request: HttpRequest, membership: Membership) -> HttpResponse:
 
 @require_POST
 @owner_only
+def start_checkout(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """Paddle.js asks for a transaction to open; the account and customer come from here."""
+    try:
+        created = checkout.start_checkout(
+            account=membership.account, plan_code=request.POST.get("plan", ""), actor=request.user
+        )
+    except (BillingError, PaddleError) as error:
+        return JsonResponse({"error": str(error)}, status=400)
+    return JsonResponse({"transaction_id": created.paddle_transaction_id})
+
+
+@require_POST
+@owner_only
 def portal(request: HttpRequest, membership: Membership) -> HttpResponse:
     try:
-        url = services.customer_portal_url(subscription=current_subscription(membership.account))
+        url = services.customer_portal_url(account=membership.account)
     except (BillingError, PaddleError) as error:
         messages.error(request, str(error))
         return redirect("billing")

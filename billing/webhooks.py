@@ -1,7 +1,9 @@
 """Paddle webhooks: verify the signature, store the raw event once, then (in a worker) apply it.
 
 Intake answers fast and does no billing work; processing is idempotent per event and ignores
-events older than the last one applied to the same subscription."""
+events older than the last one applied to the same subscription. A new subscription is attached
+to an account only through a checkout transaction ReqRun created for that account, and only
+when its customer is the account's own; `custom_data` is never trusted for that."""
 
 import json
 import logging
@@ -20,7 +22,8 @@ from paddle_billing.Notifications.PaddleSignature import PaddleSignature
 
 from accounts.models import Account
 from billing import paddle, services
-from billing.models import Invoice, Subscription, WebhookEvent
+from billing.event_retention import accounting_record
+from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription, WebhookEvent
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,13 @@ class WebhookRejected(Exception):
 
 
 class UnknownAccount(Exception):
-    """No ReqRun account matches the event; it stays stored, unprocessed, listed in admin."""
+    """No ReqRun account matches the event yet; it stays stored, unprocessed, and is retried
+    (the event that introduces its subscription may come later), then listed in admin."""
+
+
+class LeftForAdmin(Exception):
+    """The event must not change anything and will not by waiting: it stays unprocessed with
+    the reason, without retries, for an admin to look at."""
 
 
 # ---------- Intake (web process) ----------
@@ -161,6 +170,9 @@ def process_event(*, event_pk: int) -> None:
         try:
             with transaction.atomic():
                 outcome = _dispatch(event)
+        except LeftForAdmin as error:
+            _record_failure(event, str(error), retry=False)
+            return
         except UnknownAccount as error:
             _record_failure(event, str(error))
             return
@@ -171,7 +183,8 @@ def process_event(*, event_pk: int) -> None:
         event.processed_at = timezone.now()
         event.outcome = outcome[:200]
         event.error = ""
-        event.save(update_fields=["processed_at", "outcome", "error", "account"])
+        event.payload = accounting_record(event.payload)
+        event.save(update_fields=["processed_at", "outcome", "error", "account", "payload"])
     logger.info(
         "paddle event processed",
         extra={
@@ -182,14 +195,18 @@ def process_event(*, event_pk: int) -> None:
     )
 
 
-def _record_failure(event: WebhookEvent, error: str, *, error_type: str = "") -> None:
+def _record_failure(
+    event: WebhookEvent, error: str, *, error_type: str = "", retry: bool = True
+) -> None:
     """Keep the reason and schedule another try: an event that arrived before the one that
-    introduces its account, or met a passing fault, usually succeeds later by itself."""
+    introduces its account, or met a passing fault, usually succeeds later by itself. The
+    payload is cut down as for a processed event; what processing reads is kept."""
     event.error = error
     event.failures += 1
-    delays = RETRY_DELAYS[event.failures - 1 :]
+    delays = RETRY_DELAYS[event.failures - 1 :] if retry else ()
     event.retry_at = timezone.now() + delays[0] if delays else None
-    event.save(update_fields=["error", "failures", "retry_at", "account"])
+    event.payload = accounting_record(event.payload)
+    event.save(update_fields=["error", "failures", "retry_at", "account", "payload"])
     logger.warning(
         "paddle event not processed",
         extra={
@@ -212,30 +229,94 @@ def _dispatch(event: WebhookEvent) -> str:
     return "ignored: ReqRun does not act on this event type"
 
 
-def _account_for(event: WebhookEvent, *, custom_data: Any, subscription_id: str) -> Account:
-    """A subscription we know keeps its account; otherwise checkout's `customData.account_id`."""
+def _account_for_subscription(
+    event: WebhookEvent, state: paddle.SubscriptionState, data
+) -> Account:
+    """The account of a known subscription; else the account of the ReqRun-created checkout
+    transaction it came from (its `transaction_id`, or a transaction event that named it)."""
+    known = Subscription.objects.filter(paddle_subscription_id=state.subscription_id).first()
+    if known is not None:
+        account = known.account
+        _check_customer(event, account, state.customer_id, fallback=known.paddle_customer_id)
+        return account
+    transaction_id = data.get("transaction_id")
+    checkout = None
+    if isinstance(transaction_id, str) and transaction_id:
+        checkout = CheckoutTransaction.objects.filter(paddle_transaction_id=transaction_id).first()
+        if checkout is None:
+            raise LeftForAdmin(
+                f"Refused: subscription {state.subscription_id} comes from transaction "
+                f"{transaction_id}, which ReqRun did not create; nothing was changed."
+            )
+    else:
+        checkout = CheckoutTransaction.objects.filter(
+            paddle_subscription_id=state.subscription_id
+        ).first()
+    if checkout is None:
+        raise UnknownAccount(
+            f"No ReqRun account for this event: no checkout transaction ReqRun created names "
+            f"subscription {state.subscription_id} (custom_data is not trusted)."
+        )
+    _check_customer(
+        event, checkout.account, state.customer_id, fallback=checkout.paddle_customer_id
+    )
+    if not checkout.paddle_subscription_id:
+        checkout.paddle_subscription_id = state.subscription_id
+        checkout.save(update_fields=["paddle_subscription_id"])
+    return checkout.account
+
+
+def _account_for_transaction(event: WebhookEvent, data: dict[str, Any]) -> Account:
+    """The account of the transaction's known subscription, else of the checkout transaction
+    ReqRun created (which then learns its subscription)."""
+    subscription_id = data.get("subscription_id") or ""
     known = (
         Subscription.objects.filter(paddle_subscription_id=subscription_id).first()
         if subscription_id
         else None
     )
-    account = known.account if known else None
-    account_id = custom_data.get("account_id") if isinstance(custom_data, dict) else None
-    if account is None and isinstance(account_id, str):
-        account = Account.objects.filter(public_id=account_id).first()
-    if account is None:
+    if known is not None:
+        event.account = known.account
+        return known.account
+    checkout = CheckoutTransaction.objects.filter(paddle_transaction_id=str(data["id"])).first()
+    if checkout is None:
         raise UnknownAccount(
-            f"No ReqRun account for this event (custom_data.account_id={account_id!r})."
+            f"No ReqRun account for this event: transaction {data['id']} was not created by "
+            f"ReqRun and names no known subscription (custom_data is not trusted)."
         )
+    _check_customer(
+        event,
+        checkout.account,
+        str(data.get("customer_id") or ""),
+        fallback=checkout.paddle_customer_id,
+    )
+    if subscription_id and not checkout.paddle_subscription_id:
+        checkout.paddle_subscription_id = subscription_id
+        checkout.save(update_fields=["paddle_subscription_id"])
+    return checkout.account
+
+
+def _check_customer(
+    event: WebhookEvent, account: Account, customer_id: str, *, fallback: str
+) -> None:
+    """The event's customer must be the one ReqRun created for the account (or, for accounts
+    from before that, the one its subscription was bound to)."""
     event.account = account
-    return account
+    stored = (
+        BillingCustomer.objects.filter(account=account)
+        .values_list("paddle_customer_id", flat=True)
+        .first()
+    ) or fallback
+    if stored and customer_id != stored:
+        raise LeftForAdmin(
+            f"Customer mismatch: the event's customer {customer_id or '(none)'} is not "
+            f"{account.public_id}'s Paddle customer {stored}; nothing was changed."
+        )
 
 
 def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
     state = paddle.state_from_payload(data)
-    account = _account_for(
-        event, custom_data=data.get("custom_data"), subscription_id=state.subscription_id
-    )
+    account = _account_for_subscription(event, state, data)
     Subscription.objects.get_or_create(
         paddle_subscription_id=state.subscription_id,
         defaults={"account": account, "status": state.status},
@@ -264,11 +345,7 @@ def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
 
 
 def _record_invoice(event: WebhookEvent, data: dict[str, Any]) -> str:
-    account = _account_for(
-        event,
-        custom_data=data.get("custom_data"),
-        subscription_id=data.get("subscription_id") or "",
-    )
+    account = _account_for_transaction(event, data)
     totals = (data.get("details") or {}).get("totals") or {}
     billed_at = data.get("billed_at") or data.get("updated_at")
     Invoice.objects.update_or_create(
@@ -286,11 +363,7 @@ def _record_invoice(event: WebhookEvent, data: dict[str, Any]) -> str:
 
 
 def _payment_failed(event: WebhookEvent, data: dict[str, Any]) -> str:
-    account = _account_for(
-        event,
-        custom_data=data.get("custom_data"),
-        subscription_id=data.get("subscription_id") or "",
-    )
+    account = _account_for_transaction(event, data)
     transaction.on_commit(
         lambda: services.email_owners(
             account=account,

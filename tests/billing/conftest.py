@@ -2,7 +2,9 @@
 
 import pytest
 
-from billing.models import WebhookEvent
+from accounts.models import Account, Membership
+from billing.checkout import start_checkout
+from billing.models import CheckoutTransaction, WebhookEvent
 from billing.tasks import process_webhook_event
 from tests.billing import payloads
 from tests.billing.paddle_stub import PaddleAPIStub
@@ -69,3 +71,15 @@ class Webhooks:
 @pytest.fixture
 def webhooks(paddle_settings, client, django_capture_on_commit_callbacks):
     return Webhooks(client, django_capture_on_commit_callbacks)
+
+
+@pytest.fixture
+def check_out(paddle_settings):
+    """What the checkout endpoint does for an account's owner, through the Paddle stand-in:
+    the account's customer (created once) and a recorded transaction for `plan`."""
+
+    def check_out(account: Account, plan: str = "pro") -> CheckoutTransaction:
+        owner = Membership.objects.filter(account=account, role="owner").first().user
+        return start_checkout(account=account, plan_code=plan, actor=owner)
+
+    return check_out

@@ -1,6 +1,7 @@
 """A stand-in for Paddle's API on a loopback port: real HTTP, the documented response shapes,
 and scriptable failures. Tests point PADDLE_API_BASE_URL at it."""
 
+import itertools
 import json
 import re
 import socket
@@ -8,6 +9,7 @@ import threading
 from copy import deepcopy
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from tests.billing import payloads
 
@@ -45,8 +47,12 @@ def paddle_error(status: int, code: str, detail: str) -> Failure:
 
 @dataclass
 class PaddleAPIStub:
-    """Holds subscriptions by id; answers cancel, update, resume, portal and invoice calls."""
+    """Holds customers, transactions and subscriptions by id; answers customer and transaction
+    creation (one customer per email, as Paddle), cancel, update, resume, portal and invoice
+    calls. The first customer created gets `payloads.CUSTOMER_ID`."""
 
+    customers: dict[str, dict] = field(default_factory=dict)
+    transactions: dict[str, dict] = field(default_factory=dict)
     subscriptions: dict[str, dict] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
@@ -67,6 +73,7 @@ class PaddleAPIStub:
             def log_message(self, *args):
                 pass
 
+        self.numbers = itertools.count(1)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -86,16 +93,29 @@ class PaddleAPIStub:
         length = int(request.headers.get("Content-Length") or 0)
         raw = request.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
-        path = request.path.split("?", 1)[0]
+        url = urlsplit(request.path)
+        path = url.path
         self.calls.append(Call(method, path, body, dict(request.headers)))
         if self.failures:
             failure = self.failures.pop(0)
             return self._send(request, failure.status, failure.body, failure.content_type)
-        status, answer = self._route(method, path, body or {})
+        status, answer = self._route(method, path, body or {}, parse_qs(url.query))
         self._send(request, status, json.dumps(answer).encode())
 
-    def _route(self, method: str, path: str, body: dict) -> tuple[int, dict]:
+    def calls_to(self, method: str, path: str) -> list[Call]:
+        return [call for call in self.calls if (call.method, call.path) == (method, path)]
+
+    def _route(self, method: str, path: str, body: dict, query: dict) -> tuple[int, dict]:
         meta = {"request_id": "b1b2c3d4-0000-4000-8000-000000000000"}
+        if path == "/customers" and method == "POST":
+            return self._create_customer(body, meta)
+        if path == "/customers" and method == "GET":
+            emails = ",".join(query.get("email", [])).split(",")
+            found = [entity for entity in self.customers.values() if entity["email"] in emails]
+            pagination = {"per_page": 50, "next": None, "has_more": False, "estimated_total": 1}
+            return 200, {"data": found, "meta": {**meta, "pagination": pagination}}
+        if path == "/transactions" and method == "POST":
+            return self._create_transaction(body, meta)
         if match := re.fullmatch(r"/subscriptions/([^/]+)(/cancel|/resume)?", path):
             subscription_id, action = match.groups()
             entity = self.subscriptions.get(subscription_id)
@@ -147,6 +167,36 @@ class PaddleAPIStub:
             url = f"{INVOICE_HOST}/invoices/{match.group(1)}.pdf?X-Amz-Signature=abc"
             return 200, {"data": {"url": url}, "meta": meta}
         return 404, json.loads(paddle_error(404, "not_found", "No such route").body)
+
+    def _create_customer(self, body: dict, meta: dict) -> tuple[int, dict]:
+        email = body.get("email") or ""
+        taken = next((c for c in self.customers.values() if c["email"] == email), None)
+        if taken is not None:
+            detail = f"customer email conflicts with customer of id {taken['id']}"
+            return 409, json.loads(paddle_error(409, "customer_already_exists", detail).body)
+        number = next(self.numbers)
+        customer_id = payloads.CUSTOMER_ID if not self.customers else f"ctm_01hv8stub{number:016d}"
+        account_id = (body.get("custom_data") or {}).get("account_id")
+        entity = payloads.customer(customer_id=customer_id, email=email, account_id=account_id)
+        self.customers[customer_id] = entity
+        return 201, {"data": entity, "meta": meta}
+
+    def _create_transaction(self, body: dict, meta: dict) -> tuple[int, dict]:
+        if body.get("customer_id") not in self.customers:
+            return 404, json.loads(paddle_error(404, "entity_not_found", "No customer").body)
+        transaction_id = f"txn_01hv8stub{next(self.numbers):016d}"
+        entity = payloads.transaction(
+            account_id=None,
+            status="ready",
+            transaction_id=transaction_id,
+            subscription_id=None,
+            invoice_number=None,
+            customer_id=body["customer_id"],
+            price_id=body["items"][0]["price_id"],
+        )
+        entity.update(custom_data=body.get("custom_data"), billed_at=None, origin="api")
+        self.transactions[transaction_id] = entity
+        return 201, {"data": entity, "meta": meta}
 
     @staticmethod
     def _send(request, status: int, body: bytes, content_type: str = "application/json"):

@@ -14,7 +14,9 @@ WEBHOOK_SECRET = "pdl_ntfset_01hv8xtest_signing_secret_for_tests"
 PRICES = {"pro": "pri_01hv8pro0000000000000000", "team": "pri_01hv8team000000000000000"}
 PRICE_CENTS = {PRICES["pro"]: "2900", PRICES["team"]: "19900"}
 SUBSCRIPTION_ID = "sub_01hv8x29kz0t586xy6zn1a62ny"
+# The stand-in API gives the first customer it creates this id (see paddle_stub).
 CUSTOMER_ID = "ctm_01hv8wt8nffez4p2t6tx2ytzsf"
+OTHER_CUSTOMER_ID = "ctm_01hv8someoneelse000000000"
 
 _counter = itertools.count(1)
 
@@ -38,13 +40,15 @@ def subscription(
     scheduled_change: dict | None = None,
     canceled_at: datetime | None = None,
     paused_at: datetime | None = None,
+    transaction_id: str | None = None,
 ) -> dict:
-    """A subscription entity as Paddle sends it."""
+    """A subscription entity as Paddle sends it; `subscription.created` also names the
+    transaction the subscription came from (`transaction_id`)."""
     start = period_start or now().replace(microsecond=0) - timedelta(days=3)
     end = start + timedelta(days=30)
     created = start.isoformat().replace("+00:00", "Z")
     live = status in ("active", "trialing", "past_due")
-    return {
+    entity = {
         "id": subscription_id,
         "status": status,
         "customer_id": customer_id,
@@ -74,6 +78,9 @@ def subscription(
         },
         "import_meta": None,
     }
+    if transaction_id:
+        entity["transaction_id"] = transaction_id
+    return entity
 
 
 def cancel_scheduled(entity: dict) -> dict:
@@ -112,37 +119,45 @@ def _item(price_id: str, start: datetime, next_billed: datetime | None) -> dict:
         "previously_billed_at": stamp,
         "next_billed_at": iso(next_billed) if next_billed else None,
         "trial_dates": None,
-        "price": {
-            "id": price_id,
-            "product_id": "pro_01hv8wr4gh5k7bbx9n2fzpmxyz",
-            "type": "standard",
-            "name": "Monthly",
-            "description": "Monthly plan",
-            "tax_mode": "account_setting",
-            "billing_cycle": {"frequency": 1, "interval": "month"},
-            "trial_period": None,
-            "unit_price": {"amount": PRICE_CENTS.get(price_id, "2900"), "currency_code": "USD"},
-            "unit_price_overrides": [],
-            "custom_data": None,
-            "quantity": {"minimum": 1, "maximum": 1},
-            "status": "active",
-            "created_at": stamp,
-            "updated_at": stamp,
-            "import_meta": None,
-        },
-        "product": {
-            "id": "pro_01hv8wr4gh5k7bbx9n2fzpmxyz",
-            "name": "ReqRun",
-            "type": "standard",
-            "tax_category": "saas",
-            "description": None,
-            "image_url": None,
-            "custom_data": None,
-            "status": "active",
-            "created_at": stamp,
-            "updated_at": stamp,
-            "import_meta": None,
-        },
+        "price": _price(price_id, stamp),
+        "product": _product(stamp),
+    }
+
+
+def _price(price_id: str, stamp: str) -> dict:
+    return {
+        "id": price_id,
+        "product_id": "pro_01hv8wr4gh5k7bbx9n2fzpmxyz",
+        "type": "standard",
+        "name": "Monthly",
+        "description": "Monthly plan",
+        "tax_mode": "account_setting",
+        "billing_cycle": {"frequency": 1, "interval": "month"},
+        "trial_period": None,
+        "unit_price": {"amount": PRICE_CENTS.get(price_id, "2900"), "currency_code": "USD"},
+        "unit_price_overrides": [],
+        "custom_data": None,
+        "quantity": {"minimum": 1, "maximum": 1},
+        "status": "active",
+        "created_at": stamp,
+        "updated_at": stamp,
+        "import_meta": None,
+    }
+
+
+def _product(stamp: str) -> dict:
+    return {
+        "id": "pro_01hv8wr4gh5k7bbx9n2fzpmxyz",
+        "name": "ReqRun",
+        "type": "standard",
+        "tax_category": "saas",
+        "description": None,
+        "image_url": None,
+        "custom_data": None,
+        "status": "active",
+        "created_at": stamp,
+        "updated_at": stamp,
+        "import_meta": None,
     }
 
 
@@ -155,13 +170,16 @@ def transaction(
     grand_total: str = "2900",
     invoice_number: str | None = "325-10566",
     billed_at: datetime | None = None,
+    customer_id: str = CUSTOMER_ID,
+    price_id: str = PRICES["pro"],
 ) -> dict:
-    """A transaction entity as Paddle sends it (the fields ReqRun reads, and their neighbours)."""
+    """A transaction entity as Paddle sends it and as its API answers (complete enough for
+    the SDK to read it)."""
     billed = iso(billed_at or now())
     return {
         "id": transaction_id,
         "status": status,
-        "customer_id": CUSTOMER_ID,
+        "customer_id": customer_id,
         "address_id": "add_01hv8wt8pbmk1ty3zy5xxrqd1z",
         "business_id": None,
         "custom_data": {"account_id": account_id} if account_id else None,
@@ -177,8 +195,17 @@ def transaction(
         "created_at": billed,
         "updated_at": billed,
         "billed_at": billed,
-        "items": [{"price_id": PRICES["pro"], "quantity": 1}],
+        "items": [
+            {
+                "price_id": price_id,
+                "price": _price(price_id, billed),
+                "quantity": 1,
+                "proration": None,
+            }
+        ],
         "details": {
+            "tax_rates_used": [],
+            "line_items": [],
             "totals": {
                 "subtotal": grand_total,
                 "discount": "0",
@@ -190,10 +217,29 @@ def transaction(
                 "fee": None,
                 "earnings": None,
                 "currency_code": "USD",
+                "credit_to_balance": "0",
+                "grand_total_tax": "0",
             },
         },
         "payments": [],
         "checkout": {"url": "https://reqrun.example/pricing?_ptxn=" + transaction_id},
+    }
+
+
+def customer(*, customer_id: str, email: str, account_id: str | None = None) -> dict:
+    """A customer entity as Paddle's API answers and its `customer.*` events carry."""
+    stamp = iso(now())
+    return {
+        "id": customer_id,
+        "name": None,
+        "email": email,
+        "marketing_consent": False,
+        "status": "active",
+        "locale": "en",
+        "custom_data": {"account_id": account_id} if account_id else None,
+        "created_at": stamp,
+        "updated_at": stamp,
+        "import_meta": None,
     }
 
 

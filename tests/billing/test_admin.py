@@ -3,7 +3,6 @@
 import pytest
 
 from accounts.models import User
-from billing.models import WebhookEvent
 from billing.tasks import process_webhook_event
 from tests.billing import payloads
 from tests.factories import SubscriptionFactory, WebhookEventFactory
@@ -32,6 +31,27 @@ def test_admin_lists_subscriptions_and_events(operator):
     assert "payload" in detail.lower()
 
 
+def test_events_left_for_an_admin_are_listed_with_their_reason(
+    operator, webhooks, alice_account, check_out
+):
+    checkout = check_out(alice_account)
+    mismatched = payloads.subscription(
+        account_id=alice_account.public_id,
+        transaction_id=checkout.paddle_transaction_id,
+        customer_id=payloads.OTHER_CUSTOMER_ID,
+    )
+    event = webhooks.deliver(payloads.event("subscription.created", mismatched))
+    waiting = webhooks.deliver(
+        payloads.event("subscription.updated", payloads.subscription(account_id=None))
+    )
+
+    page = operator.get("/admin/billing/webhookevent/?processing=admin").content.decode()
+
+    assert event.event_id in page
+    assert "Customer mismatch" in page
+    assert waiting.event_id not in page  # still on its retry schedule
+
+
 def test_staff_without_superuser_do_not_see_payloads(client):
     from django.contrib.auth.models import Permission
 
@@ -47,17 +67,22 @@ def test_staff_without_superuser_do_not_see_payloads(client):
 
 
 def test_reprocess_runs_a_failed_event_again(
-    operator, webhooks, django_capture_on_commit_callbacks
+    operator, webhooks, check_out, alice_account, django_capture_on_commit_callbacks
 ):
-    payload = payloads.event("subscription.created", payloads.subscription(account_id="acc_notyet"))
+    # An update for a subscription ReqRun cannot place yet fails...
+    payload = payloads.event(
+        "subscription.updated", payloads.subscription(account_id=alice_account.public_id)
+    )
     event = webhooks.deliver(payload)
     assert event.processed_at is None and event.error
-    # The operator fixes the cause: the account id in checkout was mistyped.
-    from tests.factories import AccountFactory
-
-    account = AccountFactory()
-    payload["data"]["custom_data"]["account_id"] = account.public_id
-    WebhookEvent.objects.filter(pk=event.pk).update(payload=payload)
+    # ...until the transaction event of alice's checkout names that subscription.
+    checkout = check_out(alice_account)
+    webhooks.deliver(
+        payloads.event(
+            "transaction.completed",
+            payloads.transaction(account_id=None, transaction_id=checkout.paddle_transaction_id),
+        )
+    )
 
     with django_capture_on_commit_callbacks() as callbacks:
         operator.post(
@@ -70,4 +95,4 @@ def test_reprocess_runs_a_failed_event_again(
 
     event.refresh_from_db()
     assert event.processed_at is not None
-    assert event.account == account
+    assert event.account == alice_account

@@ -16,9 +16,13 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def subscribed(webhooks, paddle_api, alice_account):
-    """Alice's account on Pro through a Paddle subscription both sides know about."""
-    entity = payloads.subscription(account_id=alice_account.public_id)
+def subscribed(webhooks, paddle_api, alice_account, check_out):
+    """Alice's account on Pro through a Paddle subscription both sides know about, bought
+    through a checkout transaction ReqRun created."""
+    checkout = check_out(alice_account)
+    entity = payloads.subscription(
+        account_id=alice_account.public_id, transaction_id=checkout.paddle_transaction_id
+    )
     paddle_api.subscriptions[entity["id"]] = entity
     webhooks.deliver(payloads.event("subscription.created", entity))
     return Subscription.objects.get()

@@ -7,7 +7,7 @@ from django.core import mail
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from billing.models import Invoice, Subscription, WebhookEvent
+from billing.models import CheckoutTransaction, Invoice, Subscription, WebhookEvent
 from billing.selectors import webhook_event_ids_to_retry
 from billing.webhooks import RETRY_DELAYS, process_event
 from projects.limits import limits_for, set_plan
@@ -17,7 +17,20 @@ from tests.billing.payloads import PRICES
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def alice_checkout(check_out, alice_account) -> CheckoutTransaction:
+    """Alice opened checkout: her account's Paddle customer and the transaction ReqRun made."""
+    return check_out(alice_account)
+
+
+def checkout_transaction_id(account) -> str:
+    return CheckoutTransaction.objects.filter(account=account).first().paddle_transaction_id
+
+
 def deliver_subscription(webhooks, account, event_type, *, occurred_at=None, **fields):
+    if event_type == "subscription.created":
+        # Paddle names the transaction a subscription came from in `subscription.created`.
+        fields.setdefault("transaction_id", checkout_transaction_id(account))
     data = payloads.subscription(account_id=account.public_id, **fields)
     return webhooks.deliver(payloads.event(event_type, data, occurred_at=occurred_at))
 
@@ -48,8 +61,13 @@ def test_subscription_created_puts_the_account_on_the_paid_plan(webhooks, alice_
 
 
 @pytest.mark.parametrize("event_type", ["subscription.activated", "subscription.trialing"])
-def test_activated_and_trialing_grant_the_plan(webhooks, alice_account, event_type):
+def test_activated_and_trialing_grant_the_plan(webhooks, alice_account, alice_checkout, event_type):
     status = "trialing" if event_type.endswith("trialing") else "active"
+    # The checkout's transaction event names the subscription before these arrive.
+    paid = payloads.transaction(
+        account_id=None, transaction_id=alice_checkout.paddle_transaction_id
+    )
+    webhooks.deliver(payloads.event("transaction.completed", paid))
 
     deliver_subscription(
         webhooks, alice_account, event_type, status=status, price_id=PRICES["team"]
@@ -71,8 +89,12 @@ def test_an_upgrade_raises_the_limits_at_once(webhooks, alice_account):
     assert limits.monthly_requests == 5_000_000
 
 
-def test_a_period_end_cancellation_keeps_the_plan_until_canceled(webhooks, alice_account):
-    created = payloads.subscription(account_id=alice_account.public_id)
+def test_a_period_end_cancellation_keeps_the_plan_until_canceled(
+    webhooks, alice_account, alice_checkout
+):
+    created = payloads.subscription(
+        account_id=alice_account.public_id, transaction_id=alice_checkout.paddle_transaction_id
+    )
     webhooks.deliver(payloads.event("subscription.created", created))
 
     webhooks.deliver(payloads.event("subscription.updated", payloads.cancel_scheduled(created)))
@@ -185,7 +207,9 @@ def test_an_out_of_date_event_changes_nothing(webhooks, alice_account):
     assert limits_for(alice_account).plan_code == "free"
 
 
-def test_events_applied_out_of_order_end_in_the_latest_state(webhooks, alice_account):
+def test_events_applied_out_of_order_end_in_the_latest_state(
+    webhooks, alice_account, alice_checkout
+):
     now = payloads.now()
     activated = payloads.event(
         "subscription.activated",
@@ -194,12 +218,19 @@ def test_events_applied_out_of_order_end_in_the_latest_state(webhooks, alice_acc
     )
     created = payloads.event(
         "subscription.created",
-        payloads.subscription(account_id=alice_account.public_id, status="trialing"),
+        payloads.subscription(
+            account_id=alice_account.public_id,
+            status="trialing",
+            transaction_id=alice_checkout.paddle_transaction_id,
+        ),
         occurred_at=now - timedelta(seconds=1),
     )
 
-    webhooks.deliver(activated)
+    # `activated` names no transaction: it waits until `created` binds the subscription.
+    early = webhooks.deliver(activated)
+    assert early.processed_at is None and not Subscription.objects.exists()
     webhooks.deliver(created)
+    process_event(event_pk=early.pk)  # its retry, from the billing sweep
 
     assert subscription_row().status == "active"
 
@@ -224,7 +255,8 @@ def test_an_event_for_an_unknown_account_is_kept_for_admins(webhooks):
 
     assert event.processed_at is None
     assert event.account is None
-    assert "acc_doesnotexist" in event.error
+    assert "No ReqRun account" in event.error
+    assert event.retry_at is not None  # the transaction event naming it may still come
     assert not Subscription.objects.exists()
 
 
@@ -253,8 +285,12 @@ def test_an_enterprise_account_is_never_moved_by_billing(webhooks, alice_account
     assert limits_for(alice_account).plan_code == "enterprise"
 
 
-def test_transaction_completed_records_an_invoice(webhooks, alice_account):
-    data = payloads.transaction(account_id=alice_account.public_id, grand_total="2900")
+def test_transaction_completed_records_an_invoice(webhooks, alice_account, alice_checkout):
+    data = payloads.transaction(
+        account_id=alice_account.public_id,
+        grand_total="2900",
+        transaction_id=alice_checkout.paddle_transaction_id,
+    )
 
     webhooks.deliver(payloads.event("transaction.completed", data))
     webhooks.deliver(payloads.event("transaction.completed", data))  # a second event, same txn
@@ -277,9 +313,12 @@ def test_a_renewal_without_custom_data_finds_the_account_by_subscription(webhook
     assert Invoice.objects.get().account == alice_account
 
 
-def test_transaction_payment_failed_emails_the_owner(webhooks, alice_account, bob):
+def test_transaction_payment_failed_emails_the_owner(webhooks, alice_account, alice_checkout, bob):
     data = payloads.transaction(
-        account_id=alice_account.public_id, status="past_due", invoice_number=None
+        account_id=alice_account.public_id,
+        status="past_due",
+        invoice_number=None,
+        transaction_id=alice_checkout.paddle_transaction_id,
     )
 
     event = webhooks.deliver(payloads.event("transaction.payment_failed", data))

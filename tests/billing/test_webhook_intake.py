@@ -37,8 +37,9 @@ def test_a_signed_event_is_stored_and_left_for_the_worker(webhooks, alice_accoun
     assert not Subscription.objects.exists()
 
 
-def test_a_redelivered_event_is_answered_200_and_stored_once(webhooks, alice_account):
+def test_a_redelivered_event_is_answered_200_and_stored_once(webhooks, alice_account, check_out):
     payload = subscription_created(alice_account.public_id)
+    payload["data"]["transaction_id"] = check_out(alice_account).paddle_transaction_id
 
     first = webhooks.post(payload)
     webhooks.process(payload["event_id"])

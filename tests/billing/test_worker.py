@@ -14,15 +14,20 @@ from tests.factories import AccountFactory, MembershipFactory, UserFactory
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_webhook_is_processed_by_a_real_worker(celery_worker, webhooks):
+def test_a_webhook_is_processed_by_a_real_worker(celery_worker, webhooks, check_out):
     # The worker has its own settings: it maps the price through the plan row.
     Plan.objects.filter(code="team").update(paddle_price_id=payloads.PRICES["team"])
     owner = UserFactory(email="dana@example.com")
     account = AccountFactory()
     MembershipFactory(user=owner, account=account, role="owner")
+    checkout = check_out(account, plan="team")
     payload = payloads.event(
         "subscription.created",
-        payloads.subscription(account_id=account.public_id, price_id=payloads.PRICES["team"]),
+        payloads.subscription(
+            account_id=account.public_id,
+            price_id=payloads.PRICES["team"],
+            transaction_id=checkout.paddle_transaction_id,
+        ),
     )
 
     response = webhooks.post(payload)
