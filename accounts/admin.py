@@ -19,6 +19,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 
+from accounts.access import client_ip
 from accounts.models import Account, AuditEvent, Membership, User
 from accounts.services import suspend_account, unsuspend_account
 
@@ -50,7 +51,7 @@ class SuspensionActions:
                     **{self.subject_keyword: subject},
                     reason=form.cleaned_data["reason"],
                     actor=request.user,
-                    ip_address=request.META.get("REMOTE_ADDR"),
+                    ip_address=client_ip(request),
                 )
             self.message_user(request, f"Suspended {queryset.count()}.", messages.SUCCESS)
             return None
@@ -71,7 +72,7 @@ class SuspensionActions:
             self.unsuspend_service(
                 **{self.subject_keyword: subject},
                 actor=request.user,
-                ip_address=request.META.get("REMOTE_ADDR"),
+                ip_address=client_ip(request),
             )
         self.message_user(
             request, f"Lifted the suspension of {queryset.count()}.", messages.SUCCESS

@@ -37,5 +37,13 @@ def membership_in(*, user: User, account: Account) -> Membership:
     return Membership.objects.select_related("account").get(user=user, account=account)
 
 
+def owner_emails(account: Account) -> list[str]:
+    return list(
+        account.memberships.filter(role=Membership.Role.OWNER)
+        .order_by("created_at")
+        .values_list("user__email", flat=True)
+    )
+
+
 def audit_events_of(account: Account) -> QuerySet[AuditEvent]:
     return account.audit_events.select_related("actor").order_by("-created_at", "-pk")

@@ -11,6 +11,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership, User
+from accounts.selectors import owner_emails
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,27 @@ def unsuspend_account(
         subject=account, account=account, reason=None, actor=actor, ip_address=ip_address
     )
     return account
+
+
+def mail_owners_on_commit(*, account: Account, subject: str, template: str, context: dict) -> None:
+    """Tell the account's owners about a security-relevant change, once it is committed."""
+
+    def send() -> None:
+        recipients = owner_emails(account)
+        body = render_to_string(template, {**context, "account": account})
+        for recipient in recipients:  # one message each: owners do not see each other's address
+            send_mail(
+                subject=f"[ReqRun] {subject}",
+                message=body,
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                recipient_list=[recipient],
+            )
+        logger.info(
+            "owners notified",
+            extra={"account_id": account.public_id, "template": template, "count": len(recipients)},
+        )
+
+    transaction.on_commit(send)
 
 
 def send_welcome_email(*, user: User) -> bool:

@@ -3,6 +3,7 @@
 from allauth.account.signals import email_confirmed, user_logged_in, user_signed_up
 from django.dispatch import receiver
 
+from accounts.access import client_ip
 from accounts.selectors import memberships_of
 from accounts.services import create_account, record_audit_event, send_welcome_email
 
@@ -21,7 +22,7 @@ def welcome_after_verification(sender, request, email_address, **kwargs):
 
 @receiver(user_logged_in)
 def audit_sign_in(sender, request, user, **kwargs):
-    ip_address = request.META.get("REMOTE_ADDR") if request else None
+    ip_address = client_ip(request) if request else None
     for membership in memberships_of(user):
         record_audit_event(
             account=membership.account, actor=user, action="sign_in", ip_address=ip_address

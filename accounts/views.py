@@ -25,6 +25,7 @@ ACTION_LABELS = {
     "project_renamed": "Project renamed",
     "project_deleted": "Project deleted",
     "upstream_changed": "Upstream changed",
+    "upstream_host_changed": "Upstream host changed",
     "provider_key_set": "Provider key set",
     "provider_key_changed": "Provider key changed",
     "provider_key_removed": "Provider key removed",

@@ -4,6 +4,7 @@ invitations. Provider key ciphertext and API key hashes are never displayed."""
 from django import forms
 from django.contrib import admin
 
+from accounts.access import client_ip
 from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.models import Account
@@ -16,7 +17,12 @@ from projects.models import (
     Plan,
     Project,
 )
-from projects.services import revoke_api_key, suspend_project, unsuspend_project
+from projects.services import (
+    record_upstream_move,
+    revoke_api_key,
+    suspend_project,
+    unsuspend_project,
+)
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 
 
@@ -161,6 +167,17 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
     def provider_key(self, project: Project) -> str:
         return f"…{project.provider_key_last4}" if project.has_provider_key else "—"
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        old_base_url = form.initial.get("upstream_base_url", "")
+        if change and obj.upstream_base_url != old_base_url:  # same rule as the dashboard
+            record_upstream_move(
+                project=obj,
+                old_base_url=old_base_url,
+                actor=request.user,
+                ip_address=client_ip(request),
+            )
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
@@ -202,9 +219,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request, queryset):
         for api_key in queryset.filter(revoked_at__isnull=True):
-            revoke_api_key(
-                api_key=api_key, actor=request.user, ip_address=request.META.get("REMOTE_ADDR")
-            )
+            revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))
         self.message_user(request, "Revoked; requests with those keys now get 401.")
 
 

@@ -11,7 +11,7 @@ from accounts.models import Membership
 from projects.limits import LimitReached
 from projects.members import MembershipError
 from projects.models import Project
-from projects.services import InvalidProviderKey, NameNotAvailable
+from projects.services import InvalidProviderKey, NameNotAvailable, check_provider_key
 from projects.upstream_guard import UpstreamNotAllowed
 
 REFUSALS = (NameNotAvailable, UpstreamNotAllowed, InvalidProviderKey, MembershipError)
@@ -71,6 +71,16 @@ class UpstreamForm(ServiceForm):
     zero_retention = forms.BooleanField(
         required=False, help_text="Do not keep response bodies after delivery in wait mode."
     )
+    provider_key = forms.CharField(
+        label="Provider API key for a new host",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "placeholder": "sk-…"}),
+        help_text="Changing the host (scheme, name or port) removes the stored provider key, "
+        "so it is never sent somewhere new unasked, and the account's owners are emailed. "
+        "Enter the key for the new host here to keep requests working; a change of path "
+        "keeps the stored key.",
+    )
 
     def __init__(self, *args, project: Project, max_attempts_cap: int, **kwargs):
         kwargs.setdefault(
@@ -93,6 +103,15 @@ class UpstreamForm(ServiceForm):
             )
         )
         field.help_text = f"Empty: your plan's maximum ({max_attempts_cap})."
+
+    def clean_provider_key(self) -> str:
+        provider_key = self.cleaned_data["provider_key"]
+        if not provider_key:
+            return ""
+        try:
+            return check_provider_key(provider_key)
+        except InvalidProviderKey as error:
+            raise forms.ValidationError(str(error)) from error
 
     def clean(self):
         cleaned = super().clean()

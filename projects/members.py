@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core import signing
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import transaction
 from django.template.loader import render_to_string
@@ -17,10 +18,30 @@ from projects.selectors import pending_invitations_of
 
 INVITATION_SALT = "reqrun.invitation"
 INVITATION_MAX_AGE = 7 * 24 * 3600
+# Invitations send email to any address: an account may send this many per window, counted
+# in the shared cache (Redis) so the limit holds across web processes.
+INVITATIONS_PER_WINDOW = 20
+INVITATION_WINDOW_SECONDS = 3600
 
 
 class MembershipError(Exception):
     """A membership change that is not allowed; the message says why."""
+
+
+def _count_invitation(account: Account) -> None:
+    """Count one invitation email against the account's window, or refuse it. Callers hold
+    the account's row lock, so an account's invitations are counted one at a time."""
+    key = f"invitations-sent:{account.public_id}"
+    try:
+        sent = cache.incr(key)
+    except ValueError:  # no window open yet (or it just ended): this invitation opens one
+        cache.set(key, 1, timeout=INVITATION_WINDOW_SECONDS)
+        sent = 1
+    if sent > INVITATIONS_PER_WINDOW:
+        raise MembershipError(
+            f"This account has sent {INVITATIONS_PER_WINDOW} invitations within the hour, "
+            "the most allowed. Try again later."
+        )
 
 
 def invitation_token(invitation: Invitation) -> str:
@@ -57,6 +78,7 @@ def invite_member(
         plan_name=limits.plan_name,
         noun="team member" if limits.members == 1 else "team members",
     )
+    _count_invitation(account)
     invitation = Invitation.objects.create(
         account=account, email=email, role=role, invited_by=actor
     )

@@ -5,13 +5,14 @@ import hmac
 import logging
 import secrets
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Account, User
-from accounts.services import record_audit_event, set_suspension
+from accounts.services import mail_owners_on_commit, record_audit_event, set_suspension
 from core.prepared import PreparedGet
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
@@ -24,6 +25,7 @@ KEY_PREFIX_BYTES = 6  # 12 hex characters, for lookup and display
 KEY_SECRET_BYTES = 24  # 192 bits of entropy
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 PROVIDER_KEY_MIN_LENGTH = 8
+DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 class InvalidProviderKey(ValueError):
@@ -107,6 +109,71 @@ def delete_project(*, project: Project, actor: User | None = None, ip_address: s
     project.delete()
 
 
+def upstream_origin(base_url: str) -> str:
+    """Scheme, host and port of a base URL: where the provider key is sent."""
+    parts = urlsplit(base_url)
+    scheme = parts.scheme.lower()
+    port = parts.port or DEFAULT_PORTS.get(scheme)
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
+
+
+def record_upstream_move(
+    *,
+    project: Project,
+    old_base_url: str,
+    actor: User | None = None,
+    ip_address: str | None = None,
+) -> bool:
+    """Audit a saved change of `project`'s base URL. A new host (scheme, name or port) clears
+    the stored provider key, so whoever may edit the upstream cannot have ReqRun send the key
+    to a server they control, and the account's owners are told by email. True if it did."""
+    old_origin, new_origin = (
+        upstream_origin(old_base_url),
+        upstream_origin(project.upstream_base_url),
+    )
+    if old_origin == new_origin:
+        record_audit_event(
+            account=project.account,
+            actor=actor,
+            action="upstream_changed",
+            target=f"{project.public_id} {project.upstream_base_url}",
+            ip_address=ip_address,
+        )
+        return False
+    had_key = project.has_provider_key
+    project.provider_key_encrypted = None
+    project.provider_key_last4 = ""
+    project.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="upstream_host_changed",
+        target=f"{project.public_id} {old_origin} → {new_origin}"
+        + (", provider key cleared" if had_key else ""),
+        ip_address=ip_address,
+    )
+    mail_owners_on_commit(
+        account=project.account,
+        subject=f"Upstream host changed for project {project.name}",
+        template="projects/email/upstream_host_changed.txt",
+        context={
+            "project": project,
+            "old_origin": old_origin,
+            "new_origin": new_origin,
+            "actor": actor,
+            "ip_address": ip_address,
+            "had_key": had_key,
+            "changed_at": timezone.now(),
+        },
+    )
+    logger.info(
+        "upstream host changed",
+        extra={"project_id": project.public_id, "provider_key_cleared": had_key},
+    )
+    return True
+
+
+@transaction.atomic
 def update_upstream(
     *,
     project: Project,
@@ -115,12 +182,17 @@ def update_upstream(
     attempt_timeout_seconds: int,
     deadline_seconds: int,
     zero_retention: bool,
+    provider_key: str = "",
     actor: User | None = None,
     ip_address: str | None = None,
 ) -> Project:
-    """Save the upstream and retry policy; max attempts never exceed the plan's cap."""
+    """Save the upstream and retry policy; max attempts never exceed the plan's cap. A new
+    host clears the stored provider key (`record_upstream_move`); `provider_key`, if given,
+    is stored afterwards, so a host change and the key for it can be saved together."""
     base_url = validate_upstream_url(base_url)
-    moved = base_url != project.upstream_base_url
+    if provider_key:
+        provider_key = check_provider_key(provider_key)
+    old_base_url = project.upstream_base_url
     project.upstream_base_url = base_url
     cap = limits_for(project.account).max_attempts
     project.max_attempts = min(max_attempts, cap) if max_attempts else None
@@ -136,13 +208,13 @@ def update_upstream(
             "zero_retention",
         ]
     )
-    if moved:  # where the provider key is sent is a security decision
-        record_audit_event(
-            account=project.account,
-            actor=actor,
-            action="upstream_changed",
-            target=f"{project.public_id} {base_url}",
-            ip_address=ip_address,
+    if base_url != old_base_url:
+        record_upstream_move(
+            project=project, old_base_url=old_base_url, actor=actor, ip_address=ip_address
+        )
+    if provider_key:
+        set_provider_key(
+            project=project, provider_key=provider_key, actor=actor, ip_address=ip_address
         )
     return project
 

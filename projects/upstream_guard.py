@@ -2,7 +2,8 @@
 
 Checked twice: when the URL is saved (literal IPs and what the name resolves to now) and
 again at connect time by the executor (`check_address`), so a DNS answer that changes
-later cannot point ReqRun at an internal service.
+later cannot point ReqRun at an internal service. An IPv6 address that embeds an IPv4 one
+(mapped, compatible, NAT64, 6to4, Teredo) is judged by the IPv4 address it reaches.
 """
 
 import ipaddress
@@ -16,10 +17,35 @@ class UpstreamNotAllowed(ValueError):
     """The upstream URL or the address it resolved to is not allowed."""
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel reaches.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d, deprecated but still routed
+IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT, RFC 2765
+# Never public: NAT64 for an operator's own network (RFC 8215), and site-local addresses,
+# deprecated but still treated as global by Python's ipaddress.
+NOT_PUBLIC_IPV6 = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, compatible, translated, NAT64,
+    6to4, Teredo's client), or None."""
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    if any(ip in network for network in (NAT64, IPV4_COMPATIBLE, IPV4_TRANSLATED)):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in NOT_PUBLIC_IPV6):
+            return False
+        ip = embedded_ipv4(ip) or ip
     return ip.is_global and not ip.is_multicast
 
 

@@ -20,6 +20,14 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Addresses or networks of the proxies in front (comma-separated; `*` trusts every peer, only
+# for platforms where nothing but their router can reach the app). Only these may tell us the
+# client's address in X-Forwarded-For; the Procfile passes the same list to uvicorn.
+REQRUN_TRUSTED_PROXIES = env.list("REQRUN_TRUSTED_PROXIES", default=["127.0.0.1"])
+# allauth's own X-Forwarded-For parsing counts hops without looking at the peer, so it stays
+# off: accounts.adapter hands allauth the address from accounts.access.client_ip instead.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
 
 for required in ("DATABASE_URL", "REDIS_URL"):
     if not env.str(required, default=""):
@@ -141,8 +149,14 @@ ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_UNIQUE_EMAIL = True
-# The Foundation issue asks for a form error on a taken email, which reveals that it exists.
-ACCOUNT_PREVENT_ENUMERATION = False
+# Sign-up with a taken email and password reset for an unknown one answer like any other;
+# the mailbox's owner learns the truth by email (allauth's "account already exists" and
+# "unknown account" messages).
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_EMAIL_UNKNOWN_ACCOUNTS = True
+# Rate limits, sessions and audit events read the client's address through
+# accounts.access.client_ip, which believes X-Forwarded-For only from REQRUN_TRUSTED_PROXIES.
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[ReqRun] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http" if DEBUG else "https"
@@ -163,6 +177,12 @@ LOGIN_URL = "/accounts/login/"
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "ReqRun"
 
+if not DEBUG and not env.str("EMAIL_URL", default=""):
+    raise ImproperlyConfigured(
+        "EMAIL_URL is not set: with DEBUG off, verification and password-reset emails must be "
+        "delivered, not written to the log. Set EMAIL_URL, e.g. "
+        "smtp+tls://user:password@smtp.example.com:587 (DEBUG=true uses the console)."
+    )
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="ReqRun <no-reply@reqrun.com>")

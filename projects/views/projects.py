@@ -82,6 +82,7 @@ def project_rename(request, membership, project):
 @project_view()
 @require_POST
 def project_upstream(request, membership, project):
+    had_key = project.has_provider_key
     cap = limits_for(project.account).max_attempts
     form = UpstreamForm(request.POST, project=project, max_attempts_cap=cap)
     if form.is_valid() and form.submit(
@@ -93,10 +94,17 @@ def project_upstream(request, membership, project):
         attempt_timeout_seconds=form.cleaned_data["attempt_timeout_seconds"],
         deadline_seconds=form.cleaned_data["deadline_seconds"],
         zero_retention=form.cleaned_data["zero_retention"],
+        provider_key=form.cleaned_data["provider_key"],
         actor=request.user,
         ip_address=client_ip(request),
     ):
         messages.success(request, "Upstream and retry policy saved.")
+        if had_key and not project.has_provider_key:
+            messages.warning(
+                request,
+                "The upstream's host changed, so the stored provider key was removed. "
+                "Enter the key for the new host to send requests again.",
+            )
         return redirect("project-detail", project_id=project.public_id)
     return _settings_page(request, project, upstream_form=form)
 

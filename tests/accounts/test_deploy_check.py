@@ -41,3 +41,31 @@ def test_debug_is_off_unless_asked_for():
         text=True,
     )
     assert result.stdout.split() == ["False", "True"], result.stderr
+
+
+def start_django(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env={**env, "DJANGO_SETTINGS_MODULE": "reqrun.settings"},
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_without_email_settings_production_refuses_to_start():
+    env = {key: value for key, value in os.environ.items() if key != "EMAIL_URL"}
+
+    refused = start_django({**env, "DEBUG": "false"})
+    assert refused.returncode != 0
+    assert "ImproperlyConfigured: EMAIL_URL is not set" in refused.stderr
+
+    assert start_django({**env, "DEBUG": "true"}).returncode == 0  # development: the console
+    with_email = start_django({**os.environ, **production_like_env()})
+    assert with_email.returncode == 0, with_email.stderr
+
+
+def test_a_mistyped_trusted_proxy_list_refuses_to_start():
+    result = start_django({**os.environ, "REQRUN_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/33"})
+    assert result.returncode != 0
+    assert "REQRUN_TRUSTED_PROXIES: '10.0.0.0/33'" in result.stderr

@@ -68,12 +68,19 @@ def test_bad_signup_gets_a_form_error_and_creates_nothing(client, fields, error)
     assert mail.outbox == []
 
 
-def test_signup_with_a_taken_email_is_refused(client):
+def test_signup_with_a_taken_email_answers_like_a_new_one(client):
+    fresh = sign_up(client, email="new@example.com")
     UserFactory(email="dana@example.com")
-    response = sign_up(client)
-    assert response.status_code == 200
-    assert "already registered" in response.content.decode()
-    assert User.objects.count() == 1
+    mail.outbox.clear()
+
+    taken = sign_up(client)
+
+    assert (taken.status_code, taken["Location"]) == (fresh.status_code, fresh["Location"])
+    assert "already registered" not in taken.content.decode()
+    assert User.objects.filter(email="dana@example.com").count() == 1
+    # The mailbox's owner is told, not the person at the form.
+    assert [m.to for m in mail.outbox] == [["dana@example.com"]]
+    assert "already" in mail.outbox[0].body.lower()
 
 
 def test_unverified_user_cannot_sign_in_and_is_told_why(client):
@@ -120,3 +127,17 @@ def test_password_reset_end_to_end(client):
     # The link is single-use.
     response = client.get(reset_path, follow=True)
     assert "bad token" in response.content.decode().lower()
+
+
+def test_password_reset_for_an_unknown_email_answers_like_a_known_one(client):
+    UserFactory(email="fay@example.com")
+    known = client.post("/accounts/password/reset/", {"email": "fay@example.com"}, follow=True)
+    unknown = client.post("/accounts/password/reset/", {"email": "nobody@example.com"}, follow=True)
+
+    assert unknown.status_code == known.status_code == 200
+    assert unknown.redirect_chain == known.redirect_chain
+    assert unknown.content == known.content
+    # Only the mailbox learns whether it has an account: a link for one, a note for the other.
+    assert [m.to for m in mail.outbox] == [["fay@example.com"], ["nobody@example.com"]]
+    assert "/accounts/password/reset/key/" in mail.outbox[0].body
+    assert "/accounts/password/reset/key/" not in mail.outbox[1].body

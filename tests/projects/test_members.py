@@ -6,11 +6,13 @@ import time
 
 import pytest
 from django.core import mail, signing
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
 from accounts.selectors import SESSION_ACCOUNT_KEY
-from projects.members import INVITATION_SALT, invitation_token
+from projects.limits import set_plan
+from projects.members import INVITATION_SALT, INVITATIONS_PER_WINDOW, invitation_token
 from projects.models import Invitation
 from tests.factories import UserFactory
 from tests.projects.conftest import messages_of, signed_in
@@ -190,3 +192,24 @@ def test_second_owner_lets_the_first_leave(alice_client, alice, alice_account, b
     response = alice_client.post(reverse("member-remove"), {"email": "alice@example.com"})
     assert response.status_code == 302 and response["Location"] == reverse("dashboard")
     assert roles(alice_account) == {"bob@example.com": "owner"}
+
+
+def test_invitations_beyond_the_hourly_limit_get_a_form_error(alice_client, alice_account, charlie):
+    set_plan(account=alice_account, plan_code="enterprise")  # the member limit is not what stops
+    for number in range(INVITATIONS_PER_WINDOW):
+        response = invite(alice_client, email=f"guest{number}@example.com")
+        assert f"Invitation sent to guest{number}@example.com" in " ".join(messages_of(response))
+
+    response = invite(alice_client, email="one-too-many@example.com")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert f"This account has sent {INVITATIONS_PER_WINDOW} invitations within the hour" in page
+    assert not Invitation.objects.filter(email="one-too-many@example.com").exists()
+    assert len(mail.outbox) == INVITATIONS_PER_WINDOW
+
+    # The allowance is per account: charlie's account still invites.
+    charlie_account = charlie.memberships.get().account
+    set_plan(account=charlie_account, plan_code="pro")
+    response = invite(signed_in(Client(), charlie), email="one-too-many@example.com")
+    assert "Invitation sent to one-too-many@example.com" in " ".join(messages_of(response))

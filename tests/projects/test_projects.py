@@ -97,7 +97,8 @@ def test_upstream_and_retry_policy(alice_client, alice_project):
         alice_project.deadline_seconds,
         alice_project.zero_retention,
     ) == (3, 20, 120, True)
-    assert AuditEvent.objects.filter(action="upstream_changed").exists()
+    # Another host: the stored key is not sent there (tests/projects/test_upstream_host.py).
+    assert AuditEvent.objects.filter(action="upstream_host_changed").exists()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,184 @@
+"""The client's address comes from X-Forwarded-For only when the peer is a trusted proxy
+(REQRUN_TRUSTED_PROXIES): for audit events, allauth's login limits and, through the
+Procfile's uvicorn, every other per-address limit. A malformed header never breaks a page."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from django.conf import settings
+from django.test import RequestFactory
+
+from accounts.access import client_ip
+from accounts.models import AuditEvent
+from devstack.__main__ import read_procfile
+from devstack.servers import free_port
+from tests.conftest import test_database_url as database_url_for_subprocesses
+from tests.conftest import wait_until
+from tests.factories import PASSWORD, AccountFactory, MembershipFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def address_of(remote_addr: str, forwarded_for: str | None = None) -> str | None:
+    headers = {"HTTP_X_FORWARDED_FOR": forwarded_for} if forwarded_for is not None else {}
+    return client_ip(RequestFactory().get("/", REMOTE_ADDR=remote_addr, **headers))
+
+
+def test_a_forged_header_from_an_untrusted_peer_is_ignored():
+    assert address_of("203.0.113.9", "198.51.100.7") == "203.0.113.9"
+    assert address_of("203.0.113.9", "127.0.0.1") == "203.0.113.9"
+
+
+def test_the_header_is_honoured_from_a_trusted_proxy(settings):
+    assert address_of("127.0.0.1", "198.51.100.7") == "198.51.100.7"
+    assert address_of("127.0.0.1") == "127.0.0.1"  # no header: the proxy's own request
+    # Hops left of the one our proxy wrote are the client's own claims.
+    assert address_of("127.0.0.1", "10.0.0.1, 198.51.100.7") == "198.51.100.7"
+    # A chain of trusted proxies: the first untrusted hop from the right is the client.
+    settings.REQRUN_TRUSTED_PROXIES = ["127.0.0.1", "10.0.0.0/8"]
+    assert address_of("10.1.2.3", "6.6.6.6, 198.51.100.7, 10.9.9.9") == "198.51.100.7"
+    assert address_of("10.1.2.3", "[2001:db8::7]:4431") == "2001:db8::7"
+    assert address_of("::ffff:127.0.0.1", "198.51.100.8:80") == "198.51.100.8"
+
+
+@pytest.mark.parametrize(
+    "header", ["not-an-address", "198.51.100.7, garbage", "", " , ", "[::1", "1.2.3.4.5", "%"]
+)
+def test_a_malformed_header_falls_back_to_the_trusted_peer(header):
+    assert address_of("127.0.0.1", header) == "127.0.0.1"
+
+
+def sign_in(client, email, password=PASSWORD, **extra):
+    return client.post("/accounts/login/", {"login": email, "password": password}, **extra)
+
+
+@pytest.fixture
+def gil():
+    user = UserFactory(email="gil@example.com")
+    MembershipFactory(user=user, account=AccountFactory(), role="owner")
+    return user
+
+
+def test_the_audited_sign_in_address_trusts_only_proxies(client, gil):
+    response = sign_in(
+        client, "gil@example.com", REMOTE_ADDR="203.0.113.21", HTTP_X_FORWARDED_FOR="192.0.2.66"
+    )
+    assert response.status_code == 302
+    client.logout()
+    sign_in(client, "gil@example.com", HTTP_X_FORWARDED_FOR="198.51.100.21")  # from 127.0.0.1
+
+    assert list(
+        AuditEvent.objects.filter(action="sign_in")
+        .order_by("pk")
+        .values_list("ip_address", flat=True)
+    ) == ["203.0.113.21", "198.51.100.21"]
+
+
+def locked_out(response) -> bool:
+    return "too many failed login attempts" in response.content.decode().lower()
+
+
+def fail_logins(client, count, **extra):
+    # A different (unknown) email each time, so only the per-address limit is in play.
+    for number in range(count):
+        response = sign_in(client, f"nobody{number}@example.com", "wrong-password-1", **extra)
+        assert not locked_out(response)
+
+
+def test_a_forged_header_does_not_escape_the_login_limit(client):
+    fail_logins(client, 10, REMOTE_ADDR="203.0.113.30", HTTP_X_FORWARDED_FOR="192.0.2.1")
+    # Rotating the claimed address changes nothing: the peer is what counts.
+    response = sign_in(
+        client,
+        "next@example.com",
+        "x",
+        REMOTE_ADDR="203.0.113.30",
+        HTTP_X_FORWARDED_FOR="192.0.2.2",
+    )
+    assert locked_out(response)
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_login_limit(client):
+    fail_logins(client, 10, HTTP_X_FORWARDED_FOR="198.51.100.40")  # all through 127.0.0.1
+    assert locked_out(sign_in(client, "a@example.com", "x", HTTP_X_FORWARDED_FOR="198.51.100.40"))
+    # Another client behind the same proxy is not locked out by the first one's failures.
+    assert not locked_out(
+        sign_in(client, "b@example.com", "x", HTTP_X_FORWARDED_FOR="198.51.100.41")
+    )
+
+
+def test_a_malformed_header_is_not_a_server_error(client, gil):
+    for header in ("garbage", "198.51.100.7,,[", "\u00e9\u00e9, 1.2.3"):
+        response = sign_in(client, "gil@example.com", "wrong", HTTP_X_FORWARDED_FOR=header)
+        assert response.status_code == 200
+        assert (
+            client.get("/accounts/password/reset/", HTTP_X_FORWARDED_FOR=header).status_code == 200
+        )
+
+
+@pytest.fixture
+def procfile_web():
+    """The Procfile's `web` line, as an operator runs it, on a free loopback port."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "DATABASE_URL": database_url_for_subprocesses()}
+    env.pop("REQRUN_TRUSTED_PROXIES", None)  # the default: only 127.0.0.1 is a proxy
+    process = subprocess.Popen(  # noqa: S602 - a Procfile line is a shell command
+        read_procfile()["web"],
+        shell=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return httpx.get(f"{base_url}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=60, interval=0.2, message="the web process never started")
+        yield base_url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def bad_key_statuses(base_url: str, *, source: str, count: int) -> list[int]:
+    """`count` calls with a bad ReqRun key from `source`, each claiming another address."""
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(transport=transport, base_url=base_url) as http:
+        return [
+            http.get(
+                "/v1/models",
+                headers={"Authorization": "Bearer not-a-key", "X-Forwarded-For": f"192.0.2.{n}"},
+            ).status_code
+            for n in range(count)
+        ]
+
+
+@pytest.mark.timeout(120)
+def test_the_web_process_believes_forwarded_for_only_from_trusted_proxies(procfile_web):
+    store = redis.Redis.from_url(settings.REDIS_URL)
+    store.delete(*[f"reqrun:authfail:ip:{a}" for a in ("127.0.0.1", "127.0.0.77")])
+    store.delete(*[f"reqrun:authfail:ip:192.0.2.{n}" for n in range(40)])
+
+    # 127.0.0.77 is not a trusted proxy: its claimed addresses are ignored, so the lockout
+    # for repeated bad keys from one address catches it.
+    statuses = bad_key_statuses(procfile_web, source="127.0.0.77", count=35)
+    assert statuses[:30] == [401] * 30
+    assert statuses[30:] == [429] * 5
+
+    # From the trusted proxy each forwarded client counts on its own.
+    store.delete(*[f"reqrun:authfail:ip:192.0.2.{n}" for n in range(40)])
+    assert bad_key_statuses(procfile_web, source="127.0.0.1", count=35) == [401] * 35
