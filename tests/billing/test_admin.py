@@ -1,19 +1,27 @@
 """Operators see subscriptions and raw events in admin, and can reprocess an event."""
 
 import pytest
+from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from django.urls import reverse
 
-from accounts.models import User
 from billing.tasks import process_webhook_event
+from tests.accounts.test_two_factor import current_code, sign_in_with_password, stored_secret
 from tests.billing import payloads
-from tests.factories import SubscriptionFactory, WebhookEventFactory
+from tests.factories import SubscriptionFactory, UserFactory, WebhookEventFactory
 
 pytestmark = pytest.mark.django_db
 
 
+def sign_in_to_admin(client, user) -> None:
+    """Password and authenticator code, as the admin requires of staff."""
+    TOTP.activate(user, generate_totp_secret())
+    sign_in_with_password(client, user, next_url="/admin/")
+    client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(user))})
+
+
 @pytest.fixture
-def operator(client):
-    user = User.objects.create_superuser("ops@example.com", "x")
-    client.force_login(user)
+def operator(client, db):
+    sign_in_to_admin(client, UserFactory(email="ops@example.com", is_staff=True, is_superuser=True))
     return client
 
 
@@ -55,10 +63,10 @@ def test_events_left_for_an_admin_are_listed_with_their_reason(
 def test_staff_without_superuser_do_not_see_payloads(client):
     from django.contrib.auth.models import Permission
 
-    staff = User.objects.create_user("staff@example.com", "x", is_staff=True)
+    staff = UserFactory(email="staff@example.com", is_staff=True)
     staff.user_permissions.add(Permission.objects.get(codename="view_webhookevent"))
     event = WebhookEventFactory(payload={"data": {"email": "customer-secret@example.com"}})
-    client.force_login(staff)
+    sign_in_to_admin(client, staff)
 
     page = client.get(f"/admin/billing/webhookevent/{event.pk}/change/").content.decode()
 
