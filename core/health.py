@@ -1,14 +1,11 @@
 """Liveness and readiness probes for load balancers and orchestrators."""
 
-import time
-
 import redis
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 
-from core.tasks import WORKER_HEARTBEAT_KEY
+from core import heartbeats
 
 
 def healthz(request):
@@ -16,6 +13,11 @@ def healthz(request):
 
 
 def readyz(request):
+    """200 when PostgreSQL and Redis answer and the sweeper and a worker ran recently.
+
+    503 names what is down: `postgres`, `redis`, `sweeper` (beat or the sweep is not
+    running, so scheduled retries and lost requests wait forever) or `worker`.
+    """
     down = []
     try:
         with connection.cursor() as cursor:
@@ -32,6 +34,14 @@ def readyz(request):
         down.append("redis")
     if down:
         return JsonResponse({"status": "unavailable", "down": down}, status=503)
-    heartbeat = cache.get(WORKER_HEARTBEAT_KEY)
-    worker_seen = round(time.time() - heartbeat) if heartbeat else None
-    return JsonResponse({"status": "ok", "worker_last_seen_seconds_ago": worker_seen})
+    beats = heartbeats.current()
+    ages = {
+        f"{beat.name}_last_seen_seconds_ago": None
+        if beat.age_seconds is None
+        else round(beat.age_seconds)
+        for beat in beats
+    }
+    down = [beat.name for beat in beats if beat.stale]
+    if down:
+        return JsonResponse({"status": "unavailable", "down": down, **ages}, status=503)
+    return JsonResponse({"status": "ok", **ages})

@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "django_celery_beat",
     "rest_framework",
     "adrf",
     "drf_spectacular",
@@ -286,9 +287,30 @@ CELERY_TASK_TIME_LIMIT = 15 * 60
 CELERY_TASK_SOFT_TIME_LIMIT = 14 * 60
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 15 * 60}
+# After a Redis loss, reconnect for as long as it takes (never give up and idle), and notice a
+# dead connection through keepalive and periodic health checks rather than a hung read
+# (broker_heartbeat is AMQP-only; on Redis, health_check_interval plays its part).
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_CONNECTION_TIMEOUT = 5
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 15 * 60,
+    "socket_keepalive": True,
+    "socket_connect_timeout": 5,
+    # A publish on a half-open connection fails after this instead of waiting forever.
+    "socket_timeout": 10,
+    "health_check_interval": 10,
+}
+# The schedule lives in PostgreSQL (django-celery-beat), so beat needs no local file; the
+# entries below are installed into it each time beat starts.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# core.watchdog: every INTERVAL a worker sends itself a canary through Redis; one not consumed
+# within TIMEOUT means the worker's consumer is gone, and the process exits to be restarted.
+REQRUN_WATCHDOG_INTERVAL_SECONDS = env.float("REQRUN_WATCHDOG_INTERVAL_SECONDS", default=10.0)
+REQRUN_WATCHDOG_TIMEOUT_SECONDS = env.float("REQRUN_WATCHDOG_TIMEOUT_SECONDS", default=60.0)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ROUTES = {"requests_app.tasks.execute_request": {"queue": "requests"}}
+REQRUN_SWEEP_INTERVAL_SECONDS = env.float("REQRUN_SWEEP_INTERVAL_SECONDS", default=2.0)
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "core.tasks.record_worker_heartbeat", "schedule": 60.0},
     "billing-usage-notices": {"task": "billing.tasks.send_usage_notices", "schedule": 300.0},
@@ -298,7 +320,7 @@ CELERY_BEAT_SCHEDULE = {
     "privacy-sweep": {"task": "privacy.tasks.sweep_privacy", "schedule": 60.0},
     "sweep-requests": {
         "task": "requests_app.tasks.sweep_requests",
-        "schedule": env.float("REQRUN_SWEEP_INTERVAL_SECONDS", default=2.0),
+        "schedule": REQRUN_SWEEP_INTERVAL_SECONDS,
         "options": {"expires": 10},
     },
 }

@@ -1,6 +1,18 @@
-import pytest
+import time
 
+import pytest
+from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from django.urls import reverse
+
+from core import heartbeats
 from devstack.servers import EmbeddedRedis, free_port
+from tests.accounts.test_two_factor import current_code, sign_in_with_password, stored_secret
+from tests.factories import UserFactory
+
+
+def record_every_heartbeat():
+    for name in heartbeats.WATCHED:
+        heartbeats.record(name)
 
 
 def test_healthz_answers_when_the_process_is_up(client):
@@ -10,14 +22,83 @@ def test_healthz_answers_when_the_process_is_up(client):
 
 
 @pytest.mark.django_db
-def test_readyz_checks_postgres_and_redis(client):
+def test_readyz_checks_postgres_redis_and_the_heartbeats(client):
+    record_every_heartbeat()
+
     response = client.get("/readyz")
+
     assert response.status_code == 200
-    assert response.json()["status"] == "ok"
+    body = response.json()
+    assert body["status"] == "ok"
+    assert 0 <= body["sweeper_last_seen_seconds_ago"] < 5
+    assert 0 <= body["worker_last_seen_seconds_ago"] < 5
+
+
+@pytest.mark.django_db
+def test_readyz_names_the_sweeper_when_it_never_ran(client):
+    heartbeats.record(heartbeats.WORKER)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["down"] == ["sweeper"]
+    assert response.json()["sweeper_last_seen_seconds_ago"] is None
+
+
+@pytest.mark.django_db
+def test_readyz_names_the_sweeper_when_it_stopped_several_intervals_ago(client, settings):
+    settings.REQRUN_SWEEP_INTERVAL_SECONDS = 2
+    heartbeats.record(heartbeats.WORKER)
+    heartbeats.record(heartbeats.SWEEPER, at=time.time() - 25)
+    assert client.get("/readyz").status_code == 200  # a few slow sweeps are not an outage
+
+    heartbeats.record(heartbeats.SWEEPER, at=time.time() - 31)
+
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["down"] == ["sweeper"]
+    assert 31 <= response.json()["sweeper_last_seen_seconds_ago"] < 35
+
+
+@pytest.mark.django_db
+def test_the_sweeper_allowance_grows_with_its_interval(client, settings):
+    settings.REQRUN_SWEEP_INTERVAL_SECONDS = 10
+    heartbeats.record(heartbeats.WORKER)
+    heartbeats.record(heartbeats.SWEEPER, at=time.time() - 90)
+    assert client.get("/readyz").status_code == 200
+
+    heartbeats.record(heartbeats.SWEEPER, at=time.time() - 110)
+    assert client.get("/readyz").json()["down"] == ["sweeper"]
+
+
+@pytest.mark.django_db
+def test_readyz_names_the_worker_when_its_heartbeat_is_stale(client, settings):
+    settings.REQRUN_WATCHDOG_TIMEOUT_SECONDS = 60
+    heartbeats.record(heartbeats.SWEEPER)
+    heartbeats.record(heartbeats.WORKER, at=time.time() - 300)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["down"] == ["worker"]
+    assert 300 <= response.json()["worker_last_seen_seconds_ago"] < 305
+
+
+@pytest.mark.django_db
+def test_the_sweep_records_its_heartbeat(client):
+    from requests_app.engine.recovery import sweep
+
+    heartbeats.record(heartbeats.WORKER)
+    assert client.get("/readyz").json()["down"] == ["sweeper"]
+
+    sweep()
+
+    assert client.get("/readyz").status_code == 200
 
 
 @pytest.mark.django_db
 def test_readyz_names_redis_when_it_is_stopped(client, settings, tmp_path):
+    record_every_heartbeat()
     redis = EmbeddedRedis(tmp_path, free_port())
     redis.start()
     settings.REDIS_URL = redis.url
@@ -28,6 +109,25 @@ def test_readyz_names_redis_when_it_is_stopped(client, settings, tmp_path):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "down": ["redis"]}
+
+
+@pytest.fixture
+def operator_client(client, db):
+    """A staff member signed in with password and authenticator code, as the admin requires."""
+    operator = UserFactory(email="olga@example.com", is_staff=True, is_superuser=True)
+    TOTP.activate(operator, generate_totp_secret())
+    sign_in_with_password(client, operator, next_url="/admin/")
+    client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(operator))})
+    return client
+
+
+def test_the_admin_index_shows_when_the_sweeper_and_workers_last_ran(operator_client):
+    heartbeats.record(heartbeats.WORKER, at=time.time() - 5)
+
+    page = operator_client.get("/admin/").content.decode()
+
+    assert "Sweeper" in page and "never seen" in page
+    assert "Workers" in page and "5 seconds ago" in page
 
 
 def test_health_endpoints_are_not_redirected_to_https(client, settings):
