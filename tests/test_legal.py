@@ -79,7 +79,7 @@ def test_every_registered_email_template_exists():
 
 
 def test_signing_up_sends_a_registered_verification_email(client, mailoutbox):
-    client.post(
+    response = client.post(
         "/accounts/signup/",
         {
             "email": "newcomer@example.com",
@@ -87,6 +87,7 @@ def test_signing_up_sends_a_registered_verification_email(client, mailoutbox):
             "password2": "a-long-pass-99",
         },
     )
+    assert response.status_code == 302, response.content.decode()[:500]
     [message] = mailoutbox
     assert message.to == ["newcomer@example.com"]
     [template] = [t for t in EMAIL_KINDS["verification"].templates if t.endswith("_signup")]
