@@ -91,7 +91,7 @@ def test_staff_without_second_factor_is_sent_to_set_one_up(client, operator):
     # allauth asks for the password again before a new authenticator is added.
     response = confirm_password(client, next_url=reverse("mfa_activate_totp"))
     assert response.status_code == 200
-    assert "Activate Authenticator App" in response.content.decode()
+    assert "Activate an authenticator app" in response.content.decode()
     # Every admin page is closed, not only the index.
     assert client.get("/admin/accounts/user/").status_code == 302
     assert client.get("/admin/accounts/user/")["Location"].startswith("/admin/login/")
