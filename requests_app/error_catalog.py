@@ -262,4 +262,21 @@ TRANSPORT_CODES = (
     "stream_incomplete",
     "invalid_event_stream",
     "client_disconnected",
+    "lease_lost",
 )
+
+
+def status_of(code: str | None, default: int = 502) -> int:
+    """The HTTP status ReqRun answers with for `code` (the catalogue is the one table)."""
+    for entry in ERROR_CODES:
+        if entry.code == code:
+            return entry.status
+    return default
+
+
+def error_object(code: str, message: str | None = None) -> dict:
+    """An OpenAI-style error object for a catalogued code, in the catalogue's own words."""
+    entry = next((entry for entry in ERROR_CODES if entry.code == code), None)
+    if entry is None:
+        return {"message": message or code, "type": "upstream_error", "param": None, "code": code}
+    return {"message": message or entry.meaning, "type": entry.type, "param": None, "code": code}

@@ -19,6 +19,8 @@ from projects import encryption
 from requests_app.api.serializers import request_object
 from requests_app.engine import retention
 from requests_app.engine.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub
+from requests_app.engine.streams import error_event
+from requests_app.error_catalog import status_of
 from requests_app.errors import NotFound, UpstreamError
 from requests_app.models import Request, Status
 
@@ -41,42 +43,76 @@ def in_thread(function):
     return sync_to_async(run, thread_sensitive=False)
 
 
+def _json(payload: dict, status_code: int, headers: dict | None = None) -> HttpResponse:
+    response = HttpResponse(
+        payload if isinstance(payload, bytes) else json.dumps(payload),
+        status=status_code,
+        content_type="application/json",
+    )
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def _error_status(error: dict) -> int:
+    code = error.get("code")
+    if error.get("type") == "upstream_error":
+        return 504 if code in ("timeout", "deadline_exceeded") else UpstreamError.status_code
+    return status_of(code, UpstreamError.status_code)
+
+
+def _truncated_stream(request: Request) -> HttpResponse:
+    """What was delivered of a stream that did not finish, ended by its recorded error."""
+    delivered = b"" if request.response_body is None else encryption.decrypt(request.response_body)
+    error = request.error or {
+        "message": "The request was canceled while it streamed; the answer is incomplete.",
+        "code": "request_canceled",
+    }
+    event = error_event(error.get("message") or "", error.get("code") or "stream_interrupted")
+    return HttpResponse(delivered + event, status=200, content_type="text/event-stream")
+
+
 def final_response(request: Request) -> HttpResponse:
-    """The upstream's final answer as if the client had called it, or ReqRun's own error."""
-    if request.response_body is not None and request.response_status_code is not None:
-        response = HttpResponse(
+    """How the request ended, as the caller (or a replay) gets it: the upstream's final
+    answer as if the client had called it, a truncated stream ending in its error event, or
+    ReqRun's own error. A replay never presents a failed or canceled request as a success."""
+    error = request.error or {}
+    stored = request.response_body is not None and request.response_status_code is not None
+    if request.stream and request.partial:
+        response = _truncated_stream(request)
+    elif request.status == Status.CANCELED:
+        response = _json(
+            {
+                "error": {
+                    "message": "The request was canceled before it finished.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "request_canceled",
+                }
+            },
+            status.HTTP_409_CONFLICT,
+        )
+    elif stored:
+        response = _json(
             encryption.decrypt(request.response_body),
-            status=request.response_status_code,
-            content_type="application/json",
+            request.response_status_code,
+            request.response_headers,
         )
-        for name, value in (request.response_headers or {}).items():
-            response[name] = value
+    elif request.status == Status.SUCCEEDED or (request.response_status_code and not error):
+        response = _json(
+            {
+                "error": {
+                    "message": "The response is no longer kept (zero retention or older than "
+                    "24 hours); the request's status and usage remain available.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "response_not_retained",
+                }
+            },
+            status.HTTP_410_GONE,
+        )
     else:
-        error = request.error or {}
-        if request.status == Status.SUCCEEDED or (request.response_status_code and not error):
-            error = {
-                "message": "The response is no longer kept (zero retention or older than "
-                "24 hours); the request's status and usage remain available.",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "response_not_retained",
-            }
-            status_code = status.HTTP_410_GONE
-        elif request.status == Status.CANCELED:
-            error = {
-                "message": "The request was canceled before it finished.",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "request_canceled",
-            }
-            status_code = status.HTTP_409_CONFLICT
-        elif error.get("code") in ("timeout", "deadline_exceeded"):
-            status_code = status.HTTP_504_GATEWAY_TIMEOUT
-        else:
-            status_code = UpstreamError.status_code
-        response = HttpResponse(
-            json.dumps({"error": error}), status=status_code, content_type="application/json"
-        )
+        response = _json({"error": error}, _error_status(error))
     response["ReqRun-Request-Id"] = request.public_id
     response["ReqRun-Attempts"] = str(request.attempt_count)
     return response

@@ -1,17 +1,29 @@
 """Serving a streamed request: hold the client until the worker's first bytes, then relay.
 
-See docs/durability-and-streaming.md for the design.
+A reader relays exactly one attempt: the one whose `start` it saw. Anything from another
+attempt, a request that ended without a clean end, or silence longer than an attempt may
+legitimately stay silent ends the stream with an OpenAI-style error event, never `[DONE]`.
+Several callers may read one request (the same Idempotency-Key); the upstream call is
+abandoned only when the last of them has left. See docs/durability-and-streaming.md.
 """
 
 import asyncio
 import json
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from requests_app.api.responses import accepted_response, final_response, in_thread, load_request
-from requests_app.engine import accept as services
-from requests_app.engine.streams import error_event, mark_client_gone, read_entries
+from requests_app.api.responses import (
+    accepted_response,
+    deliver_final_response,
+    in_thread,
+    load_request,
+)
+from requests_app.engine import accept
+from requests_app.engine.streams import error_event, read_entries, reader_joined, reader_left
 from requests_app.models import Request, Status
+
+STREAM_STALLED = "stream_stalled"
 
 
 def stream_broken_event(record: Request) -> bytes:
@@ -22,38 +34,81 @@ def stream_broken_event(record: Request) -> bytes:
     )
 
 
-async def client_went_away(record: Request) -> None:
-    """Tokens are money: tell the worker to abandon the upstream call, cancel what is queued."""
-    try:
-        await asyncio.shield(mark_client_gone(record.public_id))
-        await asyncio.shield(in_thread(services.cancel_request)(request=record))
-    except Exception:  # noqa: S110 - best effort while the connection is already gone
-        pass
+def silence_limit(record: Request) -> float:
+    """The longest a healthy attempt can stay silent: its timeout, plus the lease's grace."""
+    return record.project.attempt_timeout_seconds + settings.REQRUN_LEASE_GRACE_SECONDS
 
 
-async def relay_chunks(record: Request, entries):
-    """Yield the upstream's bytes until a clean end; on a break, an error event and no [DONE]."""
+class Reader:
+    """One caller reading one request's stream; leaves exactly once."""
+
+    def __init__(self, record: Request):
+        self.record = record
+        self.present = False
+
+    async def join(self) -> None:
+        await reader_joined(self.record.public_id)
+        self.present = True
+
+    async def leave(self, *, abandoned: bool) -> None:
+        """Tokens are money: the last caller to hang up stops the upstream call and cancels
+        what is still queued; a caller who leaves while others read changes nothing."""
+        if not self.present:
+            return
+        self.present = False
+        try:
+            last = await asyncio.shield(reader_left(self.record.public_id, abandoned=abandoned))
+            if last:
+                await asyncio.shield(in_thread(accept.cancel_request)(request=self.record))
+        except Exception:  # noqa: S110 - best effort while the connection is already gone
+            pass
+
+
+async def relay_chunks(reader: Reader, entries, attempt: bytes):
+    """Yield one attempt's bytes until its clean end; otherwise an error event, no [DONE]."""
+    record = reader.record
+    loop = asyncio.get_running_loop()
+    last_heard = loop.time()
     try:
         async for entry in entries:
             kind = entry["kind"]
+            if kind in (b"start", b"chunk", b"end") and entry.get("attempt") != attempt:
+                yield error_event(
+                    f"The stream of request {record.public_id} was interrupted; the answer "
+                    "is incomplete.",
+                    "stream_interrupted",
+                )
+                return
             if kind == b"chunk":
+                last_heard = loop.time()
                 yield entry["data"]
             elif kind == b"end":
                 return
-            elif kind in (b"error", b"final", b"idle"):
+            elif kind in (b"final", b"idle"):
                 current = await in_thread(load_request)(record.pk)
                 if kind == b"idle" and not current.is_terminal:
-                    continue
+                    if loop.time() - last_heard < silence_limit(record):
+                        continue
+                    yield error_event(
+                        f"Request {record.public_id} sent nothing for too long; the answer is "
+                        "incomplete.",
+                        STREAM_STALLED,
+                    )
+                    return
                 if current.status != Status.SUCCEEDED:
                     yield stream_broken_event(current)
                 return
     except asyncio.CancelledError:
-        await client_went_away(record)
+        await reader.leave(abandoned=True)
         raise
+    finally:
+        await reader.leave(abandoned=False)
 
 
 async def relay_stream(record: Request, wait_seconds: int):
     """Hold until the worker starts streaming, then relay; before that it is a normal wait."""
+    reader = Reader(record)
+    await reader.join()
     entries = read_entries(record.public_id)
     deadline = asyncio.get_running_loop().time() + wait_seconds
     start = None
@@ -68,21 +123,23 @@ async def relay_stream(record: Request, wait_seconds: int):
             if current.is_terminal:
                 break
             if asyncio.get_running_loop().time() > deadline:
+                await reader.leave(abandoned=False)
                 return await in_thread(accepted_response)(current)
     except asyncio.CancelledError:
-        await client_went_away(record)
+        await reader.leave(abandoned=True)
         raise
     if start is None:
-        return await in_thread(final_response)(await in_thread(load_request)(record.pk))
+        await reader.leave(abandoned=False)
+        return await in_thread(deliver_final_response)(await in_thread(load_request)(record.pk))
     response = StreamingHttpResponse(
-        relay_chunks(record, entries), status=int(start["status"]), content_type="text/event-stream"
+        relay_chunks(reader, entries, start["attempt"]),
+        status=int(start["status"]),
+        content_type="text/event-stream",
     )
     for name, value in json.loads(start["headers"]).items():
         response[name] = value
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["ReqRun-Request-Id"] = record.public_id
-    response["ReqRun-Attempts"] = str(
-        await in_thread(lambda: Request.objects.get(pk=record.pk).attempt_count)()
-    )
+    response["ReqRun-Attempts"] = start["attempt"].decode()
     return response

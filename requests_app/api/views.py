@@ -29,8 +29,7 @@ from requests_app.api.responses import (
 )
 from requests_app.api.serializers import request_object
 from requests_app.api.stream_relay import relay_stream
-from requests_app.engine import accept as services
-from requests_app.engine import retention, upstream
+from requests_app.engine import accept, retention, upstream
 from requests_app.engine.notifications import hub
 from requests_app.errors import (
     BodyTooLarge,
@@ -132,6 +131,17 @@ class ProxyView(V1View):
     def accept(self, request, body: bytes, public_id: str):
         api_key = api_key_from_request(request.META)
         limits = limits_for(api_key.project.account, preloaded=True)
+        idempotency_key = parse_idempotency_key(request)
+        if idempotency_key:  # a client retry of a known call: no limit applies to it
+            repeated = accept.remembered_call(
+                api_key=api_key, endpoint=self.endpoint, body=body, idempotency_key=idempotency_key
+            )
+            if repeated is not None:
+                self.rate_state = ratelimit.peek(
+                    project_id=api_key.project_id, limit=limits.requests_per_minute
+                )
+                record = load_request(repeated.request.pk)
+                return repeated.outcome, record, parse_wait_budget(request)
         self.rate_state = ratelimit.hit(
             project_id=api_key.project_id, limit=limits.requests_per_minute
         )
@@ -158,13 +168,12 @@ class ProxyView(V1View):
                     param="stream",
                     code="stream_with_async",
                 )
-        idempotency_key = parse_idempotency_key(request)
         if not api_key.project.has_provider_key:  # no need to decrypt it just to check
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",
             )
-        accepted = services.accept_request(
+        accepted = accept.accept_request(
             api_key=api_key,
             endpoint=self.endpoint,
             body=body,
@@ -258,6 +267,7 @@ class RequestListView(V1View):
         api_key = self.authenticate_and_peek(request)
         page, has_more = selectors.list_requests(api_key.project, request.query_params)
         data = [request_object(item) for item in page]
+        retention.forget_shown_responses(page)  # zero retention: shown once, then gone
         return Response(
             {
                 "object": "list",
@@ -302,7 +312,7 @@ class RequestCancelView(V1View):
         record = selectors.request_in_project(
             self.authenticate_and_peek(request).project, request_id
         )
-        if not services.cancel_request(request=record):
+        if not accept.cancel_request(request=record):
             record = load_request(record.pk)
             raise Conflict(
                 f"Request {request_id} already finished with status '{record.status}'; "

@@ -18,7 +18,7 @@ from projects.views.access import project_view
 from requests_app.api.schema import SCHEMA_URL, reference
 from requests_app.dashboard import selectors
 from requests_app.dashboard.forms import PROXIED_ENDPOINTS, RequestFilterForm
-from requests_app.engine import accept as services
+from requests_app.engine import accept, retention
 from requests_app.error_catalog import ERROR_CODES
 
 
@@ -75,7 +75,9 @@ def request_detail(request, membership, record):
         "response_body": selectors.readable_body(record.response_body) if response_kept else None,
         "response_kept": response_kept,
     }
-    return render(request, "requests_app/request_detail.html", context)
+    page = render(request, "requests_app/request_detail.html", context)
+    retention.forget_shown_responses([record])  # zero retention: shown once, then gone
+    return page
 
 
 @request_view
@@ -83,7 +85,7 @@ def request_detail(request, membership, record):
 def request_cancel(request, membership, record):
     if record.is_terminal:
         messages.info(request, f"This request already finished ({record.status}).")
-    elif services.cancel_request(request=record):
+    elif accept.cancel_request(request=record):
         messages.success(
             request,
             "Cancel requested: a queued or retrying request stops now; a running attempt "

@@ -14,6 +14,7 @@ from projects import encryption
 from projects.limits import Limits, count_accepted_request, limits_for
 from projects.models import ApiKey
 from requests_app.engine.notifications import publish_finished
+from requests_app.engine.streams import announce_final
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
 from requests_app.models import ACTIVE_STATUSES, Request, Status
 
@@ -52,6 +53,13 @@ def _enqueue(request_pk: int) -> None:
     execute_request.delay(request_pk)
 
 
+def _enqueue_after_commit(request_pk: int) -> None:
+    """The task is published once the request is durable. A broker that fails the publish
+    never turns an accepted request into an error: it is logged, the caller gets its usual
+    answer, and the sweeper dispatches the request (it looks for undispatched ones)."""
+    transaction.on_commit(lambda: _enqueue(request_pk), robust=True)
+
+
 def _remembered(*, api_key: ApiKey, idempotency_key: str) -> Request | None:
     """The request holding this key in the project, releasing it if 24 h have passed."""
     existing = Request.objects.filter(
@@ -61,6 +69,17 @@ def _remembered(*, api_key: ApiKey, idempotency_key: str) -> Request | None:
         Request.objects.filter(pk=existing.pk).update(idempotency_slot=None)
         return None
     return existing
+
+
+def remembered_call(
+    *, api_key: ApiKey, endpoint: str, body: bytes, idempotency_key: str
+) -> Accepted | None:
+    """The request a keyed call repeats, if any: it is replayed or attached to without
+    counting against any limit, so a client retry is never refused with a 429."""
+    existing = _remembered(api_key=api_key, idempotency_key=idempotency_key)
+    if existing is None:
+        return None
+    return _same_call(existing, hashlib.sha256(body).hexdigest(), endpoint)
 
 
 def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
@@ -131,7 +150,7 @@ def accept_request(
                 dispatched_at=now,
             )
             insert(request)
-            transaction.on_commit(lambda: _enqueue(request.pk))
+            _enqueue_after_commit(request.pk)
     except IntegrityError:
         # Another web process inserted the same key first: attach to its request.
         existing = _remembered(api_key=api_key, idempotency_key=idempotency_key or "")
@@ -149,28 +168,38 @@ def accept_request(
     return Accepted(request, "created")
 
 
+CANCEL_SQL = f"""
+UPDATE {Request._meta.db_table}
+SET cancel_requested = TRUE,
+    status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END,
+    finished_at = CASE WHEN status IN (%s, %s) THEN %s ELSE finished_at END,
+    request_body = CASE WHEN status IN (%s, %s) THEN NULL ELSE request_body END,
+    next_attempt_at = CASE WHEN status IN (%s, %s) THEN NULL ELSE next_attempt_at END
+WHERE id = %s AND status IN (%s, %s, %s)
+RETURNING status
+"""  # noqa: S608 - table name from _meta, values bound
+
+
 def cancel_request(*, request: Request) -> bool:
     """Cancel a queued or retrying request now; a running one finishes its attempt only.
 
-    Returns False when the request had already finished.
+    One statement, so a request moving between running and retrying meanwhile is still
+    caught. Returns False when the request had already finished.
     """
-    now = timezone.now()
-    canceled = Request.objects.filter(
-        pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING]
-    ).update(
-        status=Status.CANCELED,
-        finished_at=now,
-        cancel_requested=True,
-        request_body=None,
-        next_attempt_at=None,
-    )
-    if canceled:
+    waiting = [Status.QUEUED, Status.RETRYING]
+    params = [*waiting, Status.CANCELED, *waiting, timezone.now(), *waiting, *waiting]
+    params += [request.pk, *ACTIVE_STATUSES]
+    with connection.cursor() as cursor:
+        cursor.execute(CANCEL_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    if row[0] == Status.CANCELED:
         logger.info("request canceled", extra={"request_id": request.public_id})
         publish_finished(request.public_id)
-        return True
-    return bool(
-        Request.objects.filter(pk=request.pk, status=Status.RUNNING).update(cancel_requested=True)
-    )
+        if request.stream:
+            announce_final(request.public_id)
+    return True
 
 
 def rotate_request_bodies(*, batch_size: int = 500) -> int:

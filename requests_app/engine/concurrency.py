@@ -1,12 +1,15 @@
 """Per-account limits on concurrent upstream calls, shared by every worker through Redis.
 
 Each running attempt holds a slot: a member of the account's sorted set, scored by when
-its lease runs out. Expired slots (a worker died) are dropped on the next acquire, so a
-dead worker's capacity comes back by itself. Work that finds no free slot is not refused:
-it is put back with a short delay and picked up again by the sweeper.
+its lease runs out and named by a token of that attempt's own (`slot_token`), so a
+duplicate or late task for the same request can never free or renew another attempt's
+slot. Expired slots (a worker died) are dropped on the next acquire, so a dead worker's
+capacity comes back by itself. Work that finds no free slot is not refused: it is put
+back with a short delay and picked up again by the sweeper.
 """
 
 import time
+import uuid
 
 from requests_app.engine.redis_client import client
 
@@ -14,7 +17,7 @@ SLOT_KEY_TTL_SECONDS = 3600
 
 ACQUIRE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   return 1
@@ -27,7 +30,11 @@ def _key(account_id: int) -> str:
     return f"reqrun:slots:{account_id}"
 
 
-def acquire(*, account_id: int, request_pk: int, limit: int, lease_seconds: float) -> bool:
+def slot_token(request_pk: int) -> str:
+    return f"{request_pk}:{uuid.uuid4().hex[:12]}"
+
+
+def acquire(*, account_id: int, token: str, limit: int, lease_seconds: float) -> bool:
     now = time.time()
     return bool(
         client().eval(
@@ -36,19 +43,19 @@ def acquire(*, account_id: int, request_pk: int, limit: int, lease_seconds: floa
             _key(account_id),
             now,
             limit,
-            request_pk,
+            token,
             now + lease_seconds,
             SLOT_KEY_TTL_SECONDS,
         )
     )
 
 
-def renew(*, account_id: int, request_pk: int, lease_seconds: float) -> None:
-    client().zadd(_key(account_id), {str(request_pk): time.time() + lease_seconds}, xx=True)
+def renew(*, account_id: int, token: str, lease_seconds: float) -> None:
+    client().zadd(_key(account_id), {token: time.time() + lease_seconds}, xx=True)
 
 
-def release(*, account_id: int, request_pk: int) -> None:
-    client().zrem(_key(account_id), str(request_pk))
+def release(*, account_id: int, token: str) -> None:
+    client().zrem(_key(account_id), token)
 
 
 def in_use(account_id: int) -> int:

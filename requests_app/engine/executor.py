@@ -12,9 +12,8 @@ import random
 import time
 from datetime import timedelta
 
-import httpx
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -22,13 +21,13 @@ from core.prepared import PreparedGet, execute, update_rows, update_statement
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
-from projects.upstream_guard import UpstreamNotAllowed
 from requests_app.engine import concurrency, retry_policy, upstream
 from requests_app.engine.notifications import answer_of, publish_finished
-from requests_app.engine.outcomes import AttemptResult
+from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.stream_attempt import stream_attempt
 from requests_app.engine.streams import announce_final
 from requests_app.engine.usage import usage_from_body, usage_from_event_stream
+from requests_app.error_catalog import error_object
 from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
@@ -116,13 +115,23 @@ def claim_request(request: Request) -> Attempt | None:
     return attempt
 
 
-def perform_attempt(request: Request, attempt: Attempt) -> AttemptResult:
-    """Call the upstream once for the claimed attempt; never raises for upstream faults."""
+INTERNAL_ERROR = AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="internal_error")
+
+
+def perform_attempt(request: Request, attempt: Attempt, *, slot: str) -> AttemptResult:
+    """Call the upstream once for the claimed attempt; never raises.
+
+    Whatever goes wrong, ours or the upstream's, comes back as a result to record, so no
+    attempt is left `running` until its lease runs out.
+    """
     # Hand the database connection back to the pool while the upstream works: a slow LLM
     # call must not pin a connection for its whole duration.
     close_old_connections()
     started = time.monotonic()
-    result = _call_upstream(request, attempt.number)
+    try:
+        result = _call_upstream(request, attempt.number, slot)
+    except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
+        result = upstream.classify(error=error)
     attempt.latency_ms = int((time.monotonic() - started) * 1000)
     return result
 
@@ -169,94 +178,83 @@ def conclude_attempt(request: Request, attempt: Attempt, result: AttemptResult) 
     return delay
 
 
-def _call_upstream(request: Request, number: int) -> AttemptResult:
+def _call_upstream(request: Request, number: int, slot: str) -> AttemptResult:
     provider_key = provider_key_of(request.project)
     if provider_key is None:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
+    body = encryption.decrypt(request.request_body)
     if request.stream:
         return stream_attempt(
             request=request,
             number=number,
             provider_key=provider_key,
-            body=encryption.decrypt(request.request_body),
+            body=body,
             lease=lease_for(request),
+            slot=slot,
         )
     try:
-        response = upstream.call(
+        answer = upstream.call(
             method="POST",
             url=upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
             provider_key=provider_key,
-            body=encryption.decrypt(request.request_body),
+            body=body,
             timeout=request.project.attempt_timeout_seconds,
         )
-    except UpstreamNotAllowed:
-        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="upstream_not_allowed")
-    except upstream.ResponseTooLarge:
-        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large")
-    except httpx.TimeoutException:
-        return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
-    except (httpx.TransportError, httpx.InvalidURL) as error:
-        return AttemptResult(
-            Attempt.Outcome.CONNECTION_ERROR, error_code=type(error).__name__.lower()[:64]
-        )
-    retry_after = retry_policy.retry_after_ms(response.retry_after_header)
-    if 200 <= response.status_code < 300:
-        outcome = Attempt.Outcome.SUCCESS
-    elif retry_policy.is_retryable_status(response.status_code, response.body):
-        outcome = Attempt.Outcome.RETRYABLE_ERROR
-    else:
-        outcome = Attempt.Outcome.FATAL_ERROR
-    return AttemptResult(
-        outcome,
-        status_code=response.status_code,
-        error_code=None
-        if outcome == Attempt.Outcome.SUCCESS
-        else retry_policy.error_code_of(response.body),
-        retry_after_ms=retry_after,
-        response=response,
-    )
+    except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
+        return upstream.classify(error=error)
+    return upstream.classify(answer=answer)
 
 
-def _response_fields(response: upstream.UpstreamResponse | None, *, stream: bool) -> dict:
+def _response_fields(request: Request, response: UpstreamResponse | None) -> dict:
     if response is None:
         return {}
     if response.status_code >= 300:
         usage = None
-    elif stream:
+    elif request.stream:
         usage = usage_from_event_stream(response.body)
     else:
         usage = usage_from_body(response.body)
+    # A stream has already reached its readers through Redis; with zero retention no copy
+    # of it is kept at all (a plain answer is kept until the waiting caller has it).
+    keep = not (request.stream and request.project.zero_retention)
     return {
         "response_status_code": response.status_code,
         "response_headers": response.headers,
-        "response_body": encryption.encrypt(response.body),
+        "response_body": encryption.encrypt(response.body) if keep else None,
         "response_expires_at": timezone.now() + RESPONSE_RETENTION,
         "usage": usage,
     }
 
 
+NO_RESPONSE_MESSAGES = {
+    "provider_key_missing": "The project has no provider key. Set one in the project's settings.",
+    "upstream_not_allowed": "The upstream address is private, loopback or link-local, which is "
+    "not allowed.",
+    "internal_error": "ReqRun could not run this request because of an internal error; it has "
+    "been logged. Retry, and write to support@reqrun.com with the ReqRun-Request-Id if it "
+    "persists.",
+    "worker_lost": "The worker running this request was lost on every attempt.",
+}
+
+
 def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
-    if result.error_code == "provider_key_missing":
-        message = "The project has no provider key. Set one in the project's settings."
-    elif result.error_code == "upstream_not_allowed":
-        message = "The upstream address is private, loopback or link-local, which is not allowed."
-    elif result.error_code == "upstream_response_too_large":
+    code = result.error_code or ("deadline_exceeded" if expired else None)
+    if result.error_code == "upstream_response_too_large":
         message = (
             f"The upstream's answer was larger than {settings.REQRUN_MAX_RESPONSE_BYTES:,} bytes; "
             "ReqRun neither keeps nor relays it."
         )
+    elif result.error_code in NO_RESPONSE_MESSAGES:
+        message = NO_RESPONSE_MESSAGES[result.error_code]
     elif expired:
         message = "The request's deadline passed before the upstream answered."
     elif result.outcome == Attempt.Outcome.TIMEOUT:
         message = "The upstream did not answer in time on any attempt."
     else:
         message = "Could not connect to the upstream on any attempt."
-    return {
-        "message": message,
-        "type": "upstream_error",
-        "param": None,
-        "code": result.error_code or ("deadline_exceeded" if expired else None),
-    }
+    if code in ("internal_error",):
+        return error_object(code, message)
+    return {"message": message, "type": "upstream_error", "param": None, "code": code}
 
 
 def finish_attempt(
@@ -284,7 +282,7 @@ def finish_attempt(
             )
         )
 
-    response_fields = _response_fields(result.response, stream=request.stream)
+    response_fields = _response_fields(request, result.response)
     retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
     if result.client_gone:
         return _finish(
@@ -298,8 +296,8 @@ def finish_attempt(
             response_fields,
             partial=True,
             error={
-                "message": "The upstream's stream broke off after it had started; the answer "
-                "is incomplete.",
+                "message": "The stream broke off after it had started; the answer is "
+                "incomplete. Discard it and send the request again.",
                 "type": "upstream_error",
                 "param": None,
                 "code": result.error_code,
@@ -401,8 +399,9 @@ def execute_request(request_pk: int) -> None:
             return  # finished, or another worker holds it
         lease = lease_for(row).total_seconds()
         limit = limits_for(row.account, preloaded=True).concurrency
+        slot = concurrency.slot_token(request_pk)
         if not concurrency.acquire(
-            account_id=row.account_id, request_pk=request_pk, limit=limit, lease_seconds=lease
+            account_id=row.account_id, token=slot, limit=limit, lease_seconds=lease
         ):
             defer_for_capacity(request_pk)
             return
@@ -410,10 +409,16 @@ def execute_request(request_pk: int) -> None:
             attempt = claim_request(row)
             if attempt is None:
                 return
-            result = perform_attempt(row, attempt)
-            delay = conclude_attempt(row, attempt, result)
+            result = perform_attempt(row, attempt, slot=slot)
+            try:
+                delay = conclude_attempt(row, attempt, result)
+            except DatabaseError:
+                # The result itself could not be stored (a value the database refuses):
+                # record the attempt as our own error rather than leave it running.
+                logger.error("attempt result refused", extra={"request_id": row.public_id})
+                delay = conclude_attempt(row, attempt, INTERNAL_ERROR)
         finally:
-            concurrency.release(account_id=row.account_id, request_pk=request_pk)
+            concurrency.release(account_id=row.account_id, token=slot)
         if delay is None:
             return
         time.sleep(delay)

@@ -1,8 +1,16 @@
-"""What one attempt came to, as the executor and the stream relay report it."""
+"""What one attempt came to: the upstream's answer as read, and the attempt's result."""
 
 from dataclasses import dataclass
 
-from requests_app.engine.upstream import UpstreamResponse
+import httpx
+
+
+@dataclass
+class UpstreamResponse:
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+    retry_after_header: httpx.Headers
 
 
 @dataclass
@@ -13,4 +21,4 @@ class AttemptResult:
     retry_after_ms: int | None = None
     response: UpstreamResponse | None = None
     stream_started: bool = False  # bytes reached the client: never retry
-    client_gone: bool = False  # the streaming client disconnected: cancel
+    client_gone: bool = False  # every streaming reader disconnected: cancel

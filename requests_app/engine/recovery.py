@@ -2,7 +2,8 @@
 
 It dispatches retries whose backoff has elapsed, re-dispatches queued requests whose task
 the broker may have lost (a Redis restart), and recovers requests whose worker died
-mid-attempt (lease expired) by closing that attempt as `worker_lost` and retrying.
+mid-attempt (lease expired) by closing that attempt as `worker_lost` and retrying it, or,
+when a stream had already sent bytes to a client, failing it as partial.
 """
 
 import logging
@@ -14,7 +15,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core import heartbeats
-from requests_app.engine.executor import AttemptResult, finish_attempt
+from requests_app.engine.executor import finish_attempt
+from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,12 @@ def recover_expired_leases(now) -> int:
             finish_attempt(
                 request,
                 request.attempt_count,
-                AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"),
+                AttemptResult(
+                    Attempt.Outcome.CONNECTION_ERROR,
+                    error_code="worker_lost",
+                    # Bytes already reached a client: this request can only fail as partial.
+                    stream_started=request.first_byte_at is not None,
+                ),
             )
         recovered += 1
         logger.warning(

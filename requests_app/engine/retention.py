@@ -99,5 +99,17 @@ def purge_expired_data(now=None) -> PurgeReport:
 
 def forget_delivered_response(request: Request) -> None:
     """Zero retention: once the answer has reached the client, keep no copy of it."""
-    if request.project.zero_retention and request.is_terminal:
-        Request.objects.filter(pk=request.pk).update(response_body=None)
+    forget_shown_responses([request])
+
+
+def forget_shown_responses(requests) -> None:
+    """Zero retention: answers just shown (API, list, dashboard) are not kept past it."""
+    shown = [
+        request.pk
+        for request in requests
+        if request.project.zero_retention
+        and request.is_terminal
+        and request.response_body is not None
+    ]
+    if shown:
+        Request.objects.filter(pk__in=shown).update(response_body=None)

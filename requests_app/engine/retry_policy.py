@@ -1,6 +1,7 @@
 """Which upstream answers are worth retrying, and how long to wait before the next try."""
 
 import json
+import math
 import random
 from email.utils import parsedate_to_datetime
 
@@ -40,12 +41,20 @@ def error_code_of(body: bytes) -> str | None:
     return None
 
 
+def _clamped_ms(seconds: float) -> int | None:
+    """A hint as whole milliseconds within [0, cap]; None for NaN. Upstreams send odd values
+    (negative, huge, fractional) and none of them may reach the database unchecked."""
+    if math.isnan(seconds):
+        return None
+    return int(max(0.0, min(seconds, RETRY_AFTER_CAP_SECONDS)) * 1000)
+
+
 def retry_after_ms(headers) -> int | None:
-    """`retry-after-ms` (OpenAI) or `Retry-After` (seconds or an HTTP date), capped."""
+    """`retry-after-ms` (OpenAI) or `Retry-After` (seconds or an HTTP date), within [0, cap]."""
     value = headers.get("retry-after-ms")
     if value:
         try:
-            return int(min(float(value), RETRY_AFTER_CAP_SECONDS * 1000))
+            return _clamped_ms(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
@@ -58,7 +67,7 @@ def retry_after_ms(headers) -> int | None:
             seconds = (parsedate_to_datetime(value) - timezone.now()).total_seconds()
         except (TypeError, ValueError):
             return None
-    return int(max(0.0, min(seconds, RETRY_AFTER_CAP_SECONDS)) * 1000)
+    return _clamped_ms(seconds)
 
 
 def backoff_seconds(attempt_number: int, retry_after: int | None) -> float:

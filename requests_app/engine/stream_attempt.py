@@ -1,8 +1,14 @@
 """One streamed attempt: relay the upstream's SSE through Redis as it arrives.
 
 Before the first bytes leave, a failure is an ordinary attempt outcome and may be retried.
-After that, nothing is retried: a cut, a stall past the inter-chunk timeout, or a client
-that went away ends the attempt, and the caller records what was delivered.
+After that, nothing is retried: a cut, a stall past the inter-chunk timeout, an answer over
+the size cap, the request's deadline, a lost lease or every reader gone ends the attempt,
+and the conclusion records what was delivered as partial.
+
+A watcher thread runs beside the relay from before the upstream answers: it renews the
+lease (and the concurrency slot) so a long stream is never mistaken for a dead worker,
+stops the relay when the renewal finds the lease taken (the sweeper recovered the request),
+and stops it when the last reader has left or the deadline has passed.
 """
 
 import threading
@@ -10,15 +16,17 @@ import time
 from datetime import timedelta
 
 import httpx
+from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
-from requests_app.engine import concurrency, retry_policy, upstream
-from requests_app.engine.outcomes import AttemptResult
+from requests_app.engine import concurrency, upstream
+from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Attempt, Request, Status
 
 SSE_FIELD_PREFIXES = (b"data:", b"event:", b"id:", b"retry:", b":")
-CANCEL_CHECK_SECONDS = 0.25
+WATCH_SECONDS = 0.25
 LEASE_RENEW_SECONDS = 5.0
 
 
@@ -33,82 +41,85 @@ def completed(endpoint: str, body: bytes) -> bool:
     return b"data: [DONE]" in body
 
 
+class Stopped(Exception):
+    """The watcher ended the relay; `code` says why."""
+
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
 class StreamRelay:
-    def __init__(self, *, request: Request, number: int, lease: timedelta):
+    def __init__(self, *, request: Request, number: int, lease: timedelta, slot: str):
         self.request = request
         self.number = number
         self.lease = lease
-        self.publisher = StreamPublisher(request.public_id)
+        self.slot = slot
+        self.publisher = StreamPublisher(request.public_id, number)
         self.delivered = bytearray()
         self.started = False
+        self.stop_reason: str | None = None
+        self.response: httpx.Response | None = None
         self.finished = threading.Event()
-        self.client_left = False
 
-    def _renew_lease(self) -> None:
-        Request.objects.filter(
+    # The watcher thread --------------------------------------------------------------
+
+    def watch(self) -> None:
+        renewed = time.monotonic()
+        try:
+            while not self.finished.wait(WATCH_SECONDS):
+                if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
+                    renewed = time.monotonic()
+                    if not self._renew_lease():
+                        self._stop("lease_lost")
+                        return
+                if timezone.now() >= self.request.deadline_at:
+                    self._stop("deadline_exceeded")
+                    return
+                if self.publisher.client_gone():
+                    self._stop("client_disconnected")
+                    return
+        finally:
+            connection.close()  # this thread's own connection
+
+    def _stop(self, reason: str) -> None:
+        self.stop_reason = reason
+        if self.response is not None:
+            self.response.close()
+
+    def _renew_lease(self) -> bool:
+        """Extend the lease while this attempt still owns the request; False if it does not."""
+        renewed = Request.objects.filter(
             pk=self.request.pk, attempt_count=self.number, status=Status.RUNNING
         ).update(lease_until=timezone.now() + self.lease)
-        concurrency.renew(
-            account_id=self.request.account_id,
-            request_pk=self.request.pk,
-            lease_seconds=self.lease.total_seconds(),
-        )
+        if renewed:
+            concurrency.renew(
+                account_id=self.request.account_id,
+                token=self.slot,
+                lease_seconds=self.lease.total_seconds(),
+            )
+        return bool(renewed)
+
+    # The relay -----------------------------------------------------------------------
 
     def _start(self, response: httpx.Response) -> None:
+        # Recorded before the first bytes leave: from here on no worker and no sweeper
+        # may retry this request, even if this process dies the next instant.
+        marked = Request.objects.filter(
+            pk=self.request.pk, attempt_count=self.number, status=Status.RUNNING
+        ).update(first_byte_at=timezone.now())
+        if not marked:
+            raise Stopped("lease_lost")
         self.publisher.start(response.status_code, upstream.forwarded_headers(response.headers))
-        Request.objects.filter(pk=self.request.pk, attempt_count=self.number).update(
-            first_byte_at=timezone.now()
-        )
         self.started = True
 
-    def result(
-        self, outcome: str, *, status_code: int | None, error_code: str | None = None, **extra
-    ):
-        body = bytes(self.delivered)
-        return AttemptResult(
-            outcome,
-            status_code=status_code,
-            error_code=error_code,
-            response=upstream.UpstreamResponse(
-                status_code or 200, {"content-type": "text/event-stream"}, body, httpx.Headers()
-            ),
-            stream_started=self.started,
-            **extra,
-        )
-
-    def relay(self, response: httpx.Response):
+    def relay(self, response: httpx.Response) -> AttemptResult:
+        self.response = response
+        if self.stop_reason:
+            raise Stopped(self.stop_reason)
         if not 200 <= response.status_code < 300:
-            body = response.read()
-            retryable = retry_policy.is_retryable_status(response.status_code, body)
-            return AttemptResult(
-                Attempt.Outcome.RETRYABLE_ERROR if retryable else Attempt.Outcome.FATAL_ERROR,
-                status_code=response.status_code,
-                error_code=retry_policy.error_code_of(body),
-                retry_after_ms=retry_policy.retry_after_ms(response.headers),
-                response=upstream.UpstreamResponse(
-                    response.status_code,
-                    upstream.forwarded_headers(response.headers),
-                    body,
-                    response.headers,
-                ),
-            )
-        last_renew = time.monotonic()
-        watcher = threading.Thread(target=self._watch_client, args=(response,), daemon=True)
-        watcher.start()
-        try:
-            return self._relay_body(response, last_renew)
-        finally:
-            self.finished.set()
-
-    def _watch_client(self, response: httpx.Response) -> None:
-        """Abandon the upstream call as soon as the client leaves, even mid-wait for a chunk."""
-        while not self.finished.wait(CANCEL_CHECK_SECONDS):
-            if self.publisher.client_gone():
-                self.client_left = True
-                response.close()
-                return
-
-    def _relay_body(self, response: httpx.Response, last_renew: float) -> AttemptResult:
+            return upstream.classify(answer=upstream.read_answer(response))
+        limit = settings.REQRUN_MAX_RESPONSE_BYTES
         for chunk in response.iter_raw():
             if not self.started:
                 if not looks_like_sse(chunk.split(b"\n", 1)[0]):
@@ -118,60 +129,68 @@ class StreamRelay:
                         error_code="invalid_event_stream",
                     )
                 self._start(response)
+            if len(self.delivered) + len(chunk) > limit:
+                return self.result(
+                    Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
+                )
             self.delivered += chunk
             self.publisher.chunk(chunk)
-            now = time.monotonic()
-            if now - last_renew > LEASE_RENEW_SECONDS:
-                last_renew = now
-                self._renew_lease()
-        if self.client_left:
-            return self.result(
-                Attempt.Outcome.FATAL_ERROR,
-                status_code=200,
-                error_code="client_disconnected",
-                client_gone=True,
-            )
+        if self.stop_reason:
+            raise Stopped(self.stop_reason)
         if not completed(self.request.endpoint, bytes(self.delivered)):
-            return self.result(
-                Attempt.Outcome.CONNECTION_ERROR, status_code=200, error_code="stream_incomplete"
-            )
+            return self.result(Attempt.Outcome.CONNECTION_ERROR, error_code="stream_incomplete")
         self.publisher.send("end")
-        return self.result(Attempt.Outcome.SUCCESS, status_code=response.status_code)
+        return self.result(Attempt.Outcome.SUCCESS)
+
+    def result(self, outcome: str, *, error_code: str | None = None) -> AttemptResult:
+        """An outcome once bytes have left: what was delivered, never to be retried."""
+        body = bytes(self.delivered)
+        return AttemptResult(
+            outcome,
+            status_code=200,
+            error_code=error_code,
+            response=UpstreamResponse(
+                200, {"content-type": "text/event-stream"}, body, httpx.Headers()
+            ),
+            stream_started=self.started,
+            client_gone=error_code == "client_disconnected",
+        )
+
+    def stopped(self, code: str) -> AttemptResult:
+        outcome = {
+            "client_disconnected": Attempt.Outcome.FATAL_ERROR,
+            "deadline_exceeded": Attempt.Outcome.TIMEOUT,
+        }.get(code, Attempt.Outcome.CONNECTION_ERROR)
+        if self.started:
+            return self.result(outcome, error_code=code)
+        return AttemptResult(outcome, error_code=code, client_gone=code == "client_disconnected")
 
 
 def stream_attempt(
-    *, request: Request, number: int, provider_key: str, body: bytes, lease: timedelta
-):
-    relay = StreamRelay(request=request, number=number, lease=lease)
+    *, request: Request, number: int, provider_key: str, body: bytes, lease: timedelta, slot: str
+) -> AttemptResult:
+    """Run one streamed attempt to its result; never raises."""
+    relay = StreamRelay(request=request, number=number, lease=lease, slot=slot)
     if relay.publisher.client_gone():
-        return AttemptResult(
-            Attempt.Outcome.FATAL_ERROR, error_code="client_disconnected", client_gone=True
-        )
-    timeout = request.project.attempt_timeout_seconds  # also the inter-chunk timeout
+        return relay.stopped("client_disconnected")
+    watcher = threading.Thread(target=relay.watch, daemon=True)
+    watcher.start()
     try:
-        with upstream.client().stream(
-            "POST",
-            upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
-            content=body,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            headers={
-                "Authorization": f"Bearer {provider_key}",
-                "Content-Type": "application/json",
-                "Accept": "text/event-stream",
-            },
+        with upstream.open_stream(
+            url=upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
+            provider_key=provider_key,
+            body=body,
+            timeout=request.project.attempt_timeout_seconds,  # also between two chunks
         ) as response:
             return relay.relay(response)
-    except httpx.TimeoutException:
-        outcome, code = Attempt.Outcome.TIMEOUT, "timeout"
-    except (httpx.TransportError, httpx.StreamClosed) as error:
-        outcome, code = Attempt.Outcome.CONNECTION_ERROR, type(error).__name__.lower()[:64]
-    if relay.client_left or relay.publisher.client_gone():
-        return relay.result(
-            Attempt.Outcome.FATAL_ERROR,
-            status_code=200,
-            error_code="client_disconnected",
-            client_gone=True,
-        )
-    if relay.started:
-        return relay.result(outcome, status_code=200, error_code=code)
-    return AttemptResult(outcome, error_code=code)
+    except Stopped as stop:
+        return relay.stopped(stop.code)
+    except Exception as error:  # noqa: BLE001 - every fault is an outcome, see classify()
+        if relay.stop_reason:  # the watcher closed the connection under the relay
+            return relay.stopped(relay.stop_reason)
+        result = upstream.classify(error=error)
+        if relay.started:
+            return relay.result(result.outcome, error_code=result.error_code)
+        return result
+    finally:
+        relay.finished.set()

@@ -1,12 +1,17 @@
 """The relay between the worker that streams from the upstream and the web process serving SSE.
 
 One Redis stream per request carries entries of kind:
-  start  — the upstream answered 2xx and its first bytes follow (no retries from here on)
-  chunk  — raw bytes of the upstream's event stream, relayed as they arrive
-  end    — the upstream finished cleanly
-  error  — the stream broke after it started; the client gets an error event, never [DONE]
-  final  — the request ended without streaming (e.g. an error answer): serve the record
-Entries persist until the key expires, so a reader that starts late still sees everything.
+  start  — attempt N's upstream answered 2xx and its first bytes follow (no retries from here)
+  chunk  — raw bytes of attempt N's event stream, encrypted with the key ring
+  end    — attempt N finished cleanly
+  final  — the request ended (any way): its record says how
+Every entry names its attempt, so a reader that has started relaying attempt N refuses
+anything from another attempt: one client never receives two attempts spliced together.
+The stream is capped (MAXLEN), its expiry is refreshed on every write and shortened once
+the request has ended, and its bytes are ciphertext, so Redis never holds a readable answer.
+
+Readers register while they read: a streaming request is abandoned (its upstream call
+stopped, the request canceled) only when the last of its readers has left.
 """
 
 import asyncio
@@ -17,37 +22,50 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from projects import encryption
 from requests_app.engine.redis_client import client
 
 STREAM_TTL_SECONDS = 600
+FINISHED_TTL_SECONDS = 60  # long enough for a reader that is still draining the last entries
+STREAM_MAX_ENTRIES = 100_000
 READ_BLOCK_MS = 5000
-CANCEL_TTL_SECONDS = 600
+READERS_TTL_SECONDS = 3600
 
 
 def stream_key(public_id: str) -> str:
     return f"reqrun:stream:{public_id}"
 
 
-def cancel_key(public_id: str) -> str:
-    return f"reqrun:stream-cancel:{public_id}"
+def readers_key(public_id: str) -> str:
+    return f"reqrun:stream-readers:{public_id}"
 
 
-def error_event(message: str, code: str) -> bytes:
-    payload = {"error": {"message": message, "type": "upstream_error", "param": None, "code": code}}
+def abandoned_key(public_id: str) -> str:
+    return f"reqrun:stream-abandoned:{public_id}"
+
+
+def error_event(message: str, code: str, error_type: str = "upstream_error") -> bytes:
+    payload = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 
 class StreamPublisher:
-    """Worker side: append entries for one request's stream."""
+    """Worker side: append one attempt's entries to its request's stream."""
 
-    def __init__(self, public_id: str):
+    def __init__(self, public_id: str, attempt: int):
         self.key = stream_key(public_id)
-        self.cancel = cancel_key(public_id)
+        self.abandoned = abandoned_key(public_id)
+        self.attempt = str(attempt)
         self.client = client()
 
     def send(self, kind: str, **fields) -> None:
         with self.client.pipeline(transaction=False) as pipe:
-            pipe.xadd(self.key, {"kind": kind, **fields})
+            pipe.xadd(
+                self.key,
+                {"kind": kind, "attempt": self.attempt, **fields},
+                maxlen=STREAM_MAX_ENTRIES,
+                approximate=True,
+            )
             pipe.expire(self.key, STREAM_TTL_SECONDS)
             pipe.execute()
 
@@ -55,16 +73,19 @@ class StreamPublisher:
         self.send("start", status=str(status_code), headers=json.dumps(headers))
 
     def chunk(self, data: bytes) -> None:
-        self.client.xadd(self.key, {"kind": "chunk", "data": data})
+        self.send("chunk", data=encryption.encrypt(data))
 
     def client_gone(self) -> bool:
-        return bool(self.client.exists(self.cancel))
+        return bool(self.client.exists(self.abandoned))
 
 
 def announce_final(public_id: str) -> None:
-    """Tell a waiting stream reader that the request ended without (or after) its stream."""
+    """Tell stream readers the request has ended; the stream itself is kept only briefly."""
     try:
-        StreamPublisher(public_id).send("final")
+        with client().pipeline(transaction=False) as pipe:
+            pipe.xadd(stream_key(public_id), {"kind": "final", "attempt": "0"})
+            pipe.expire(stream_key(public_id), FINISHED_TTL_SECONDS)
+            pipe.execute()
     except redis.RedisError:
         pass  # the reader notices through its database check
 
@@ -86,7 +107,8 @@ def async_client() -> aioredis.Redis:
 
 
 async def read_entries(public_id: str):
-    """Web side: yield each entry as a dict of str → bytes; {"kind": b"idle"} on silence."""
+    """Web side: yield each entry as a dict of str → bytes (chunks decrypted);
+    {"kind": b"idle"} on silence."""
     key = stream_key(public_id)
     last_id = "0-0"
     client = async_client()
@@ -102,8 +124,24 @@ async def read_entries(public_id: str):
             continue
         for entry_id, fields in answer[0][1]:
             last_id = entry_id
-            yield {name.decode(): value for name, value in fields.items()}
+            entry = {name.decode(): value for name, value in fields.items()}
+            if entry["kind"] == b"chunk":
+                entry["data"] = encryption.decrypt(entry["data"])
+            yield entry
 
 
-async def mark_client_gone(public_id: str) -> None:
-    await async_client().set(cancel_key(public_id), 1, ex=CANCEL_TTL_SECONDS)
+async def reader_joined(public_id: str) -> None:
+    async with async_client().pipeline(transaction=False) as pipe:
+        pipe.incr(readers_key(public_id))
+        pipe.expire(readers_key(public_id), READERS_TTL_SECONDS)
+        await pipe.execute()
+
+
+async def reader_left(public_id: str, *, abandoned: bool) -> bool:
+    """Unregister a reader; True when it was the last one and it left before the end, in
+    which case the worker is told to stop the upstream call."""
+    remaining = await async_client().decr(readers_key(public_id))
+    if remaining > 0 or not abandoned:
+        return False
+    await async_client().set(abandoned_key(public_id), 1, ex=STREAM_TTL_SECONDS)
+    return True

@@ -1,14 +1,25 @@
-"""The HTTP client that calls upstream providers: pooled, no redirects, guarded at connect time."""
+"""The one HTTP client that calls upstream providers, and the one `classify()` of what it got.
 
+Pooled, no redirects, guarded at connect time. `call()` reads a whole answer, `open_stream()`
+hands a streamed one to the relay; whatever either returns or raises becomes an
+`AttemptResult` through `classify()`, so plain and streamed attempts judge answers alike.
+"""
+
+import logging
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 import httpcore
 import httpx
 from django.conf import settings
 
-from projects.upstream_guard import check_address
+from projects.upstream_guard import UpstreamNotAllowed, check_address
+from requests_app.engine import retry_policy
+from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
+from requests_app.models import Attempt
+
+logger = logging.getLogger(__name__)
 
 # Response headers that describe the customer's provider key; clients keep seeing them.
 FORWARDED_RESPONSE_HEADERS = ("x-request-id", "content-type", "openai-processing-ms")
@@ -28,14 +39,6 @@ class GuardedBackend(httpcore.SyncBackend):
             stream.close()
             raise
         return stream
-
-
-@dataclass
-class UpstreamResponse:
-    status_code: int
-    headers: dict[str, str]
-    body: bytes
-    retry_after_header: httpx.Headers
 
 
 _client: httpx.Client | None = None
@@ -75,6 +78,17 @@ class ResponseTooLarge(Exception):
     """The answer passed REQRUN_MAX_RESPONSE_BYTES; it is neither kept nor relayed."""
 
 
+def _headers(provider_key: str, body: bytes | None, accept: str) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {provider_key}", "Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+def _timeout(seconds: float) -> httpx.Timeout:
+    return httpx.Timeout(seconds, connect=min(seconds, CONNECT_TIMEOUT_SECONDS))
+
+
 def call(
     *, method: str, url: str, provider_key: str, body: bytes | None, timeout: float
 ) -> UpstreamResponse:
@@ -84,15 +98,12 @@ def call(
     an attempt far past its timeout (and its lease); the whole answer is held to it here.
     """
     deadline = time.monotonic() + timeout
-    headers = {"Authorization": f"Bearer {provider_key}", "Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
     with client().stream(
         method,
         url,
         content=body,
-        headers=headers,
-        timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT_SECONDS)),
+        headers=_headers(provider_key, body, "application/json"),
+        timeout=_timeout(timeout),
     ) as response:
         chunks, size, limit = [], 0, settings.REQRUN_MAX_RESPONSE_BYTES
         for chunk in response.iter_bytes():
@@ -110,4 +121,69 @@ def call(
         headers=forwarded_headers(response.headers),
         body=b"".join(chunks),
         retry_after_header=response.headers,
+    )
+
+
+def read_answer(response: httpx.Response) -> UpstreamResponse:
+    """A streamed call's answer that turned out not to be a stream (an error status)."""
+    return UpstreamResponse(
+        response.status_code, forwarded_headers(response.headers), response.read(), response.headers
+    )
+
+
+@contextmanager
+def open_stream(*, url: str, provider_key: str, body: bytes, timeout: float):
+    """A streamed call; `timeout` also bounds the silence between two chunks."""
+    with client().stream(
+        "POST",
+        url,
+        content=body,
+        headers=_headers(provider_key, body, "text/event-stream"),
+        timeout=_timeout(timeout),
+    ) as response:
+        yield response
+
+
+def classify(
+    *, answer: UpstreamResponse | None = None, error: BaseException | None = None
+) -> AttemptResult:
+    """Any answer or exception of one attempt as its recorded result; never raises.
+
+    2xx is a success; the retryable statuses and transport faults may be retried; anything
+    else, including an exception nobody foresaw, ends the attempt as a fatal or internal
+    error rather than leaving it running until its lease runs out.
+    """
+    if error is not None:
+        if isinstance(error, UpstreamNotAllowed):
+            return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="upstream_not_allowed")
+        if isinstance(error, ResponseTooLarge):
+            return AttemptResult(
+                Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
+            )
+        if isinstance(error, httpx.TimeoutException):
+            return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
+        if isinstance(error, httpx.RequestError | httpx.InvalidURL | httpx.StreamError):
+            return AttemptResult(
+                Attempt.Outcome.CONNECTION_ERROR, error_code=type(error).__name__.lower()[:64]
+            )
+        # A fault of ours is not retried (it would only repeat). Only the exception's type is
+        # logged: its message may quote the payload.
+        logger.error("attempt raised", extra={"exception": type(error).__name__})
+        return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="internal_error")
+    assert answer is not None
+    retry_after = retry_policy.retry_after_ms(answer.retry_after_header)
+    if 200 <= answer.status_code < 300:
+        return AttemptResult(
+            Attempt.Outcome.SUCCESS,
+            status_code=answer.status_code,
+            retry_after_ms=retry_after,
+            response=answer,
+        )
+    retryable = retry_policy.is_retryable_status(answer.status_code, answer.body)
+    return AttemptResult(
+        Attempt.Outcome.RETRYABLE_ERROR if retryable else Attempt.Outcome.FATAL_ERROR,
+        status_code=answer.status_code,
+        error_code=retry_policy.error_code_of(answer.body),
+        retry_after_ms=retry_after,
+        response=answer,
     )

@@ -24,6 +24,7 @@ The last step of a sequence repeats once it is exhausted. Steps:
     NNN              status NNN (200-599) with an OpenAI error envelope
     429q             429 insufficient_quota
     NNNra<S>         status NNN with ``Retry-After: S``; NNNram<MS> with ``retry-after-ms: MS``
+                     (S and MS may be negative, as a broken upstream might send)
     sleep<MS>        wait MS ms, then succeed
     drop             read the request, then close the socket without a response
     hang             never answer; hold the connection until the client leaves (10 min cap)
@@ -67,7 +68,7 @@ __all__ = ["FakeUpstream", "RecordedRequest", "Step", "parse_step"]
 
 MAX_HOLD_SECONDS = 600.0
 _STEP_RE = re.compile(
-    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|ra(?P<ms>m?)(?P<after>\d+))?"
+    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|ra(?P<ms>m?)(?P<after>-?\d+))?"
     r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage)"
 )
 _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")
@@ -388,7 +389,7 @@ class FakeUpstream:
             data = JUNK
         else:
             data = json.dumps(JSON_ROUTES[request.path](call)).encode()
-        head = _head(200, rid, "application/json", len(data), keep_alive)
+        head = _head(200, rid, "application/json", len(data), keep_alive, step.headers)
         if step.action == "cut":
             writer.write(head + data[: len(data) // 2])
             await writer.drain()

@@ -1,0 +1,233 @@
+"""Every fault ends honestly: a recorded outcome, never a spliced stream, a stranded request
+or a replay that hides how the request ended."""
+
+import json
+import threading
+import uuid
+
+import httpx
+
+from projects.models import Project
+from requests_app.engine.recovery import sweep
+from requests_app.models import Request
+from tests.conftest import wait_until
+
+CHAT = [{"role": "user", "content": "faults"}]
+
+
+def terminal(public_id: str | None = None, *, sweeping: bool = False) -> Request | None:
+    if sweeping:
+        sweep()
+    requests = Request.objects.prefetch_related("attempts")
+    request = requests.get(public_id=public_id) if public_id else requests.first()
+    return request if request and request.is_terminal else None
+
+
+def headers_for(tenant, **extra) -> dict:
+    return {"Authorization": f"Bearer {tenant.raw_key}", **extra}
+
+
+class StreamReader(threading.Thread):
+    """A streaming caller in a thread: everything it received, and whether it left early."""
+
+    def __init__(self, live_api, tenant, body: dict, *, key: str | None = None, leave_after=None):
+        super().__init__(daemon=True)
+        self.url = f"{live_api.url}/v1/chat/completions"
+        self.headers = headers_for(tenant, **({"Idempotency-Key": key} if key else {}))
+        self.body = body
+        self.leave_after = leave_after
+        self.received = b""
+        self.status_code = None
+        self.first_chunk = threading.Event()
+
+    def run(self):
+        with httpx.stream(
+            "POST", self.url, json=self.body, headers=self.headers, timeout=90
+        ) as response:
+            self.status_code = response.status_code
+            for chunk in response.iter_raw():
+                self.received += chunk
+                self.first_chunk.set()
+                if self.leave_after and self.received.count(b"data:") >= self.leave_after:
+                    return  # the caller hangs up mid-stream
+        self.first_chunk.set()
+
+
+def test_a_worker_lost_after_the_first_byte_ends_the_stream_with_an_error_never_a_splice(
+    tenant, live_api, worker, fake_upstream
+):
+    tenant.project.attempt_timeout_seconds = 3  # lease: 3 s + 1 s grace in the test worker
+    tenant.project.save()
+    reader = StreamReader(
+        live_api, tenant, {"model": "script:stall2,200", "messages": CHAT, "stream": True}
+    )
+    reader.start()
+    assert reader.first_chunk.wait(30), "no bytes reached the client"
+    request = wait_until(lambda: Request.objects.filter(first_byte_at__isnull=False).first())
+
+    worker.kill()  # mid-stream, after the client has the first bytes
+    worker.start()
+    request = wait_until(
+        lambda: terminal(request.public_id, sweeping=True),
+        timeout=60,
+        message="the request never ended after its worker died",
+    )
+    reader.join(60)
+
+    assert request.status == "failed"
+    assert request.partial is True
+    assert [(a.outcome, a.error_code) for a in request.attempts.all()] == [
+        ("connection_error", "worker_lost")
+    ]
+    assert b"event: error" in reader.received
+    assert b"[DONE]" not in reader.received
+    assert fake_upstream.count("/v1/chat/completions") == 1  # never a second attempt
+
+
+def test_a_negative_retry_hint_on_a_success_is_clamped_not_stranded(sdk, fake_upstream):
+    answer = sdk.chat.completions.create(model="script:200ram-1000", messages=CHAT)
+
+    assert answer.choices
+    request = wait_until(terminal, message="the request never ended")
+    assert request.status == "succeeded"
+    assert [(a.outcome, a.retry_after_ms) for a in request.attempts.all()] == [("success", 0)]
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_an_exception_inside_an_attempt_is_a_recorded_outcome_not_a_stranded_request(
+    tenant, live_api
+):
+    # A provider key that no longer decrypts (a key ring set up wrong) makes the attempt
+    # raise inside the worker, before any upstream call.
+    Project.objects.filter(pk=tenant.project.pk).update(provider_key_encrypted=b"not-a-token")
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": CHAT},
+        headers=headers_for(tenant, **{"ReqRun-Wait": "30"}),
+        timeout=60,
+    )
+
+    assert response.status_code == 500  # ours, and said so: not retried, not left running
+    assert response.json()["error"]["code"] == "internal_error"
+    request = terminal(response.headers["ReqRun-Request-Id"])
+    assert request.status == "failed"
+    assert [(a.outcome, a.error_code) for a in request.attempts.all()] == [
+        ("fatal_error", "internal_error")
+    ]
+    assert request.attempts.get().finished_at is not None
+
+
+def test_a_replayed_truncated_stream_ends_with_its_recorded_error(tenant, live_api):
+    key = f"replay-{uuid.uuid4()}"
+    body = {"model": "script:cut2", "messages": CHAT, "stream": True}
+    first = StreamReader(live_api, tenant, body, key=key)
+    first.run()
+    assert b"event: error" in first.received
+    wait_until(lambda: terminal(), message="the request never ended")
+
+    replay = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=body,
+        headers=headers_for(tenant, **{"Idempotency-Key": key}),
+        timeout=30,
+    )
+
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert b"event: error" in replay.content
+    assert b"[DONE]" not in replay.content
+    assert Request.objects.count() == 1
+
+
+def test_a_replayed_canceled_request_says_it_was_canceled(tenant, live_api, worker):
+    key = f"canceled-{uuid.uuid4()}"
+    body = {"model": "gpt-test", "messages": CHAT}
+    worker.stop()  # nothing runs it, so it can be canceled while queued
+    try:
+        accepted = httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json=body,
+            headers=headers_for(tenant, **{"Idempotency-Key": key, "Prefer": "respond-async"}),
+        )
+        public_id = accepted.json()["id"]
+        canceled = httpx.post(
+            f"{live_api.url}/v1/requests/{public_id}/cancel", headers=headers_for(tenant)
+        )
+        assert canceled.json()["status"] == "canceled"
+    finally:
+        worker.start()
+
+    replay = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=body,
+        headers=headers_for(tenant, **{"Idempotency-Key": key}),
+        timeout=30,
+    )
+
+    assert replay.status_code == 409
+    assert replay.json()["error"]["code"] == "request_canceled"
+    assert replay.headers["Idempotent-Replayed"] == "true"
+
+
+def test_an_attached_caller_leaving_does_not_cancel_the_original_callers_stream(tenant, live_api):
+    key = f"attached-{uuid.uuid4()}"
+    body = {"model": "script:slowchunks300", "messages": CHAT, "stream": True}
+    original = StreamReader(live_api, tenant, body, key=key)
+    original.start()
+    assert original.first_chunk.wait(30)
+    attached = StreamReader(live_api, tenant, body, key=key, leave_after=1)
+    attached.run()  # reads one event, then hangs up
+    original.join(60)
+
+    assert original.received.rstrip().endswith(b"data: [DONE]")
+    request = wait_until(lambda: terminal(), message="the request never ended")
+    assert request.status == "succeeded"
+    assert request.partial is False
+
+
+def test_zero_retention_keeps_no_streamed_answer(tenant, live_api):
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    reader = StreamReader(live_api, tenant, {"model": "gpt-test", "messages": CHAT, "stream": True})
+    reader.run()
+    assert reader.received.rstrip().endswith(b"data: [DONE]")
+
+    request = wait_until(lambda: terminal(), message="the request never ended")
+    assert request.status == "succeeded"
+    assert request.response_body is None
+
+
+def test_zero_retention_forgets_an_answer_once_the_list_has_shown_it(tenant, live_api):
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    accepted = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": CHAT},
+        headers=headers_for(tenant, Prefer="respond-async"),
+    )
+    public_id = accepted.json()["id"]
+    wait_until(lambda: terminal(public_id), message="the request never ended")
+
+    listed = httpx.get(f"{live_api.url}/v1/requests", headers=headers_for(tenant)).json()
+    shown = listed["data"][0]["response"]
+    again = httpx.get(f"{live_api.url}/v1/requests", headers=headers_for(tenant)).json()
+
+    assert shown["status_code"] == 200
+    assert again["data"][0]["response"] is None
+    assert Request.objects.get(public_id=public_id).response_body is None
+
+
+def test_streamed_bytes_in_redis_are_not_plain_text(tenant, live_api):
+    from requests_app.engine.redis_client import client
+    from requests_app.engine.streams import stream_key
+
+    reader = StreamReader(live_api, tenant, {"model": "gpt-test", "messages": CHAT, "stream": True})
+    reader.run()
+    request = wait_until(lambda: terminal(), message="the request never ended")
+
+    entries = client().xrange(stream_key(request.public_id))
+    stored = b"".join(value for _, fields in entries for value in fields.values())
+    first_event = json.loads(reader.received.split(b"data: ")[1].split(b"\n")[0])
+
+    assert any(fields[b"kind"] == b"chunk" for _, fields in entries)
+    assert b"data: " not in stored
+    assert first_event["id"].encode() not in stored
