@@ -21,6 +21,7 @@ from core.prepared import PreparedGet, execute, update_rows, update_statement
 from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
+from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine import concurrency, retry_policy, upstream
 from requests_app.engine.notifications import answer_of, publish_finished
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
@@ -374,6 +375,40 @@ def _publish(request: Request, answer: dict | None) -> None:
         announce_final(request.public_id)
 
 
+SUSPENSION_RECHECK = timedelta(seconds=30)
+
+
+def hold_if_suspended(request: Request) -> bool:
+    """An operator's suspension holds the account's queued work: nothing is sent upstream,
+    the request is looked at again shortly (so lifting the suspension resumes it), and once
+    the suspension has lasted SUSPENSION_CANCEL_AFTER_DAYS the request is canceled with the
+    suspension's error code. Returns whether the request is held."""
+    suspended_at = request.account.suspended_at or request.project.suspended_at
+    if suspended_at is None:
+        return False
+    now = timezone.now()
+    waiting = Request.objects.filter(pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING])
+    if suspended_at > now - timedelta(days=SUSPENSION_CANCEL_AFTER_DAYS):
+        waiting.update(next_attempt_at=now + SUSPENSION_RECHECK)
+        return True
+    subject = "account" if request.account.suspended_at else "project"
+    error = error_object(
+        f"{subject}_suspended",
+        f"The {subject} was suspended for {SUSPENSION_CANCEL_AFTER_DAYS} days while this request "
+        "waited, so it was canceled without being sent. Contact support@reqrun.com.",
+    )
+    if waiting.update(
+        status=Status.CANCELED,
+        finished_at=now,
+        request_body=None,
+        next_attempt_at=None,
+        error=error,
+    ):
+        logger.info("held request canceled", extra={"request_id": request.public_id})
+        _announce(request)
+    return True
+
+
 def defer_for_capacity(request_pk: int) -> None:
     """No free slot for this account: leave it queued and try again shortly, via the sweeper."""
     delay = timedelta(seconds=CAPACITY_RETRY_SECONDS * (0.5 + random.random()))
@@ -397,6 +432,8 @@ def execute_request(request_pk: int) -> None:
             return  # deleted with its account
         if row.status not in (Status.QUEUED, Status.RETRYING):
             return  # finished, or another worker holds it
+        if hold_if_suspended(row):
+            return
         lease = lease_for(row).total_seconds()
         limit = limits_for(row.account, preloaded=True).concurrency
         slot = concurrency.slot_token(request_pk)

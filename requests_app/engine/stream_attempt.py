@@ -70,7 +70,9 @@ class StreamRelay:
             while not self.finished.wait(WATCH_SECONDS):
                 if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
                     renewed = time.monotonic()
-                    if not self._renew_lease():
+                    owned = self._renew_lease()
+                    connection.close()  # back to the pool: a stream holds no connection
+                    if not owned:
                         self._stop("lease_lost")
                         return
                 if timezone.now() >= self.request.deadline_at:
@@ -108,6 +110,7 @@ class StreamRelay:
         marked = Request.objects.filter(
             pk=self.request.pk, attempt_count=self.number, status=Status.RUNNING
         ).update(first_byte_at=timezone.now())
+        connection.close()  # back to the pool for the rest of the stream
         if not marked:
             raise Stopped("lease_lost")
         self.publisher.start(response.status_code, upstream.forwarded_headers(response.headers))

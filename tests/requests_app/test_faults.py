@@ -4,10 +4,13 @@ or a replay that hides how the request ended."""
 import json
 import threading
 import uuid
+from datetime import timedelta
 
 import httpx
+from django.utils import timezone
 
 from projects.models import Project
+from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
 from tests.conftest import wait_until
@@ -231,3 +234,63 @@ def test_streamed_bytes_in_redis_are_not_plain_text(tenant, live_api):
     assert any(fields[b"kind"] == b"chunk" for _, fields in entries)
     assert b"data: " not in stored
     assert first_event["id"].encode() not in stored
+
+
+def test_a_suspended_accounts_queued_request_is_held_then_resumed_when_lifted(
+    tenant, live_api, worker, fake_upstream
+):
+    from accounts.services import suspend_account, unsuspend_account
+
+    worker.stop()
+    accepted = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": CHAT},
+        headers=headers_for(tenant, Prefer="respond-async"),
+    )
+    public_id = accepted.json()["id"]
+    suspend_account(account=tenant.account, reason="Unpaid invoices")
+    worker.start()
+    wait_until(
+        lambda: Request.objects.filter(public_id=public_id, next_attempt_at__isnull=False).exists(),
+        timeout=60,
+        message="the worker never looked at the held request",
+    )
+    sweep()
+
+    assert Request.objects.get(public_id=public_id).status == "queued"
+    assert fake_upstream.count("/v1/chat/completions") == 0  # not sent while suspended
+
+    unsuspend_account(account=tenant.account)
+    Request.objects.filter(public_id=public_id).update(next_attempt_at=timezone.now())
+    request = wait_until(
+        lambda: terminal(public_id, sweeping=True), timeout=60, message="never resumed"
+    )
+    assert request.status == "succeeded"
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_a_request_held_past_the_suspension_period_is_canceled_with_its_reason(
+    tenant, live_api, worker, fake_upstream
+):
+    from accounts.services import suspend_account
+
+    worker.stop()
+    accepted = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": CHAT},
+        headers=headers_for(tenant, Prefer="respond-async"),
+    )
+    public_id = accepted.json()["id"]
+    suspend_account(account=tenant.account, reason="Abuse report")
+    type(tenant.account).objects.filter(pk=tenant.account.pk).update(
+        suspended_at=timezone.now() - timedelta(days=SUSPENSION_CANCEL_AFTER_DAYS, hours=1)
+    )
+    worker.start()
+
+    request = wait_until(
+        lambda: terminal(public_id, sweeping=True), timeout=60, message="never canceled"
+    )
+    assert request.status == "canceled"
+    assert request.error["code"] == "account_suspended"
+    assert request.attempts.count() == 0
+    assert fake_upstream.count("/v1/chat/completions") == 0
