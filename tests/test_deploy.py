@@ -9,7 +9,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import threading
+import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,10 +20,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import redis
 from django.db import connection
 
+from core import watchdog
 from devstack.servers import free_port
-from tests.conftest import wait_until
+from tests.conftest import WorkerProcess, wait_until
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +33,8 @@ VENV_BIN = ROOT / ".venv" / "bin"
 NOT_DEPLOYED = shutil.ignore_patterns(
     ".venv", ".data", ".git", "__pycache__", "staticfiles", "*.egg-info", "node_modules"
 )
+
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
 
@@ -125,7 +132,7 @@ def deploy(tmp_path, django_db_setup, django_db_blocker):
         env = {
             key: value
             for key, value in os.environ.items()
-            if key not in ("STATIC_ROOT", "PYTHONPATH", "CELERY_BEAT_SCHEDULE")
+            if key not in ("STATIC_ROOT", "PYTHONPATH")
         }
         env.update(
             DATABASE_URL=database_url,
@@ -190,7 +197,7 @@ def test_a_fresh_deploy_runs_a_retry_scheduled_in_the_database(deploy):
 
         def finished():
             body = httpx.get(f"{base_url}/v1/requests/{request_id}", headers=auth, timeout=10)
-            return body.json() if body.json()["status"] not in ("queued", "retrying") else None
+            return body.json() if body.json()["status"] in TERMINAL else None
 
         try:
             final = wait_until(finished, timeout=90, interval=0.5)
@@ -210,3 +217,92 @@ def test_a_fresh_deploy_runs_a_retry_scheduled_in_the_database(deploy):
         return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
 
     wait_until(ready, timeout=30, interval=1, message="/readyz did not answer 200")
+
+
+class FreezingProxy:
+    """A TCP proxy to Redis that can stop passing the consumers' BRPOP connections on.
+
+    Once frozen, a connection that has sent BRPOP gets no more bytes either way and is never
+    closed: the worker's consumer waits for nothing while publishes and the cache still work,
+    the shape of a worker that stays alive but has stopped consuming.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, server]
+            consuming = threading.Event()
+            threading.Thread(
+                target=self._pump, args=(client, server, consuming), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, consuming), daemon=True
+            ).start()
+
+    def _pump(self, source, destination, consuming):
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if b"BRPOP" in data.upper():
+                consuming.set()
+            if consuming.is_set() and self.frozen.is_set():
+                continue  # swallowed: the consumer's read never returns
+            try:
+                destination.sendall(data)
+            except OSError:
+                return
+
+    def close(self):
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_stops_consuming_exits_to_be_restarted(transactional_db):
+    redis_port = int(os.environ["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    proxy = FreezingProxy(redis_port)
+    worker = WorkerProcess(
+        concurrency=2,
+        extra_env={
+            "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/8",
+            "REQRUN_WATCHDOG_INTERVAL_SECONDS": "1",
+            "REQRUN_WATCHDOG_TIMEOUT_SECONDS": "5",
+        },
+    )
+    heartbeat = redis.Redis(port=redis_port, db=8)
+    heartbeat.flushdb()
+    worker.start()
+    try:
+        wait_until(
+            lambda: heartbeat.keys("*heartbeat:worker"),
+            timeout=60,
+            interval=0.5,
+            message="the worker never consumed its watchdog canary",
+        )
+        time.sleep(8)  # longer than the watchdog's timeout: a healthy worker stays
+        assert worker.process.poll() is None
+
+        proxy.frozen.set()
+
+        assert worker.process.wait(timeout=60) == watchdog.EXIT_CODE
+        assert "worker stopped consuming" in worker.log_path.read_text(errors="replace")
+    finally:
+        worker.stop()
+        proxy.close()
+        heartbeat.flushdb()

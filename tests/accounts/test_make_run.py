@@ -1,4 +1,5 @@
-"""`make run`'s launcher on a fresh data directory: serves /healthz, and Ctrl-C leaves nothing."""
+"""`make run`'s launcher on a fresh data directory: serves /healthz, becomes ready (beat, sweeper
+and worker running), and Ctrl-C leaves nothing."""
 
 import os
 import signal
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.mark.timeout(180)
-def test_run_serves_health_and_ctrl_c_stops_every_process(tmp_path):
+def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path):
     port = free_port()
     env = {
         key: value
@@ -30,7 +31,7 @@ def test_run_serves_health_and_ctrl_c_stops_every_process(tmp_path):
         REQRUN_DEV_PG_PORT=str(free_port()),
         REQRUN_DEV_REDIS_PORT=str(free_port()),
         WORKER_CONCURRENCY="2",
-        CELERY_BEAT_SCHEDULE=str(tmp_path / "beat"),
+        REQRUN_WATCHDOG_INTERVAL_SECONDS="2",
     )
     launcher = subprocess.Popen(
         [sys.executable, "-m", "devstack", "run"],
@@ -49,6 +50,11 @@ def test_run_serves_health_and_ctrl_c_stops_every_process(tmp_path):
                 return False
 
         wait_until(healthy, timeout=120, interval=0.5, message="make run never served /healthz")
+
+        def ready():  # beat runs the sweeper and the worker answers its watchdog
+            return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+
+        wait_until(ready, timeout=60, interval=1, message="make run never became ready")
         started = psutil.Process(launcher.pid).children(recursive=True)
         server_pids = [
             p.pid
