@@ -2,10 +2,13 @@
 the key is cleared, the change is in the security log and the owners get an email."""
 
 import pytest
+from django.contrib import admin
 from django.core import mail
+from django.test import RequestFactory
 from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
+from projects.models import Project
 from projects.services import provider_key_of
 from tests.factories import MembershipFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of, signed_in
@@ -124,3 +127,32 @@ def test_a_bad_key_with_the_host_change_changes_nothing(admin_client, alice_proj
     alice_project.refresh_from_db()
     assert alice_project.upstream_base_url == "https://api.openai.com/v1"
     assert provider_key_of(alice_project) == PROVIDER_KEY
+
+
+def test_an_operator_moving_the_upstream_in_admin_clears_the_key_too(
+    alice_project, django_capture_on_commit_callbacks
+):
+    project_admin = admin.site._registry[Project]
+    request = RequestFactory().post("/admin/", REMOTE_ADDR="203.0.113.50")
+    request.user = UserFactory(email="operator@example.com", is_staff=True, is_superuser=True)
+    form = project_admin.get_form(request, alice_project, change=True)(
+        {
+            "account": alice_project.account_id,
+            "name": alice_project.name,
+            "upstream_base_url": "https://llm.example.net/v1",
+            "attempt_timeout_seconds": "30",
+            "deadline_seconds": "300",
+        },
+        instance=alice_project,
+    )
+    assert form.is_valid(), form.errors
+    with django_capture_on_commit_callbacks(execute=True):
+        project_admin.save_model(request, form.save(commit=False), form, change=True)
+
+    alice_project.refresh_from_db()
+    assert alice_project.upstream_base_url == "https://llm.example.net/v1"
+    assert provider_key_of(alice_project) is None
+    event = AuditEvent.objects.get(action="upstream_host_changed")
+    assert (event.actor.email, event.ip_address) == ("operator@example.com", "203.0.113.50")
+    assert [m.to for m in mail.outbox] == [["alice@example.com"]]
+    assert "operator@example.com" in mail.outbox[0].body
