@@ -230,7 +230,7 @@ def _dispatch(event: WebhookEvent) -> str:
 
 
 def _account_for_subscription(
-    event: WebhookEvent, state: paddle.SubscriptionState, data
+    event: WebhookEvent, state: paddle.SubscriptionState, data: dict[str, Any]
 ) -> Account:
     """The account of a known subscription; else the account of the ReqRun-created checkout
     transaction it came from (its `transaction_id`, or a transaction event that named it)."""
@@ -240,7 +240,6 @@ def _account_for_subscription(
         _check_customer(event, account, state.customer_id, fallback=known.paddle_customer_id)
         return account
     transaction_id = data.get("transaction_id")
-    checkout = None
     if isinstance(transaction_id, str) and transaction_id:
         checkout = CheckoutTransaction.objects.filter(paddle_transaction_id=transaction_id).first()
         if checkout is None:
