@@ -27,7 +27,7 @@ from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
-from requests_app.engine.accept import cancel_request
+from requests_app.engine.cancel import cancel_request
 from requests_app.models import ACTIVE_STATUSES, Request, Status
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from requests_app.api.responses import (
     in_thread,
     load_request,
 )
-from requests_app.engine import accept
+from requests_app.engine import cancel
 from requests_app.engine.streams import error_event, read_entries, reader_joined, reader_left
 from requests_app.models import Request, Status
 
@@ -59,7 +59,7 @@ class Reader:
         try:
             last = await asyncio.shield(reader_left(self.record.public_id, abandoned=abandoned))
             if last:
-                await asyncio.shield(in_thread(accept.cancel_request)(request=self.record))
+                await asyncio.shield(in_thread(cancel.cancel_request)(request=self.record))
         except Exception:  # noqa: S110 - best effort while the connection is already gone
             pass
 

@@ -29,7 +29,7 @@ from requests_app.api.responses import (
 )
 from requests_app.api.serializers import request_object
 from requests_app.api.stream_relay import relay_stream
-from requests_app.engine import accept, retention, upstream
+from requests_app.engine import accept, cancel, retention, upstream
 from requests_app.engine.notifications import hub
 from requests_app.errors import (
     BodyTooLarge,
@@ -312,7 +312,7 @@ class RequestCancelView(V1View):
         record = selectors.request_in_project(
             self.authenticate_and_peek(request).project, request_id
         )
-        if not accept.cancel_request(request=record):
+        if not cancel.cancel_request(request=record):
             record = load_request(record.pk)
             raise Conflict(
                 f"Request {request_id} already finished with status '{record.status}'; "

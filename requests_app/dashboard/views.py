@@ -18,7 +18,7 @@ from projects.views.access import project_view
 from requests_app.api.schema import SCHEMA_URL, reference
 from requests_app.dashboard import selectors
 from requests_app.dashboard.forms import PROXIED_ENDPOINTS, RequestFilterForm
-from requests_app.engine import accept, retention
+from requests_app.engine import cancel, retention
 from requests_app.error_catalog import ERROR_CODES
 
 
@@ -85,7 +85,7 @@ def request_detail(request, membership, record):
 def request_cancel(request, membership, record):
     if record.is_terminal:
         messages.info(request, f"This request already finished ({record.status}).")
-    elif accept.cancel_request(request=record):
+    elif cancel.cancel_request(request=record):
         messages.success(
             request,
             "Cancel requested: a queued or retrying request stops now; a running attempt "

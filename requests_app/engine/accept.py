@@ -1,4 +1,4 @@
-"""Accepting and cancelling requests: the transactions that decide what gets run."""
+"""Accepting requests: the transaction that records a call before anything runs it."""
 
 import hashlib
 import logging
@@ -13,10 +13,8 @@ from core.prepared import insert
 from projects import encryption
 from projects.limits import Limits, count_accepted_request, limits_for
 from projects.models import ApiKey
-from requests_app.engine.notifications import publish_finished
-from requests_app.engine.streams import announce_final
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
-from requests_app.models import ACTIVE_STATUSES, Request, Status
+from requests_app.models import ACTIVE_STATUSES, Request
 
 logger = logging.getLogger(__name__)
 
@@ -166,40 +164,6 @@ def accept_request(
         },
     )
     return Accepted(request, "created")
-
-
-CANCEL_SQL = f"""
-UPDATE {Request._meta.db_table}
-SET cancel_requested = TRUE,
-    status = CASE WHEN status IN (%s, %s) THEN %s ELSE status END,
-    finished_at = CASE WHEN status IN (%s, %s) THEN %s ELSE finished_at END,
-    request_body = CASE WHEN status IN (%s, %s) THEN NULL ELSE request_body END,
-    next_attempt_at = CASE WHEN status IN (%s, %s) THEN NULL ELSE next_attempt_at END
-WHERE id = %s AND status IN (%s, %s, %s)
-RETURNING status
-"""  # noqa: S608 - table name from _meta, values bound
-
-
-def cancel_request(*, request: Request) -> bool:
-    """Cancel a queued or retrying request now; a running one finishes its attempt only.
-
-    One statement, so a request moving between running and retrying meanwhile is still
-    caught. Returns False when the request had already finished.
-    """
-    waiting = [Status.QUEUED, Status.RETRYING]
-    params = [*waiting, Status.CANCELED, *waiting, timezone.now(), *waiting, *waiting]
-    params += [request.pk, *ACTIVE_STATUSES]
-    with connection.cursor() as cursor:
-        cursor.execute(CANCEL_SQL, params)
-        row = cursor.fetchone()
-    if row is None:
-        return False
-    if row[0] == Status.CANCELED:
-        logger.info("request canceled", extra={"request_id": request.public_id})
-        publish_finished(request.public_id)
-        if request.stream:
-            announce_final(request.public_id)
-    return True
 
 
 def rotate_request_bodies(*, batch_size: int = 500) -> int:

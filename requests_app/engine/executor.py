@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -23,10 +23,10 @@ from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine import concurrency, retry_policy, upstream
-from requests_app.engine.notifications import answer_of, publish_finished
+from requests_app.engine.cancel import cancel_waiting
+from requests_app.engine.notifications import announce_finished, answer_of
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.stream_attempt import stream_attempt
-from requests_app.engine.streams import announce_final
 from requests_app.engine.usage import usage_from_body, usage_from_event_stream
 from requests_app.error_catalog import error_object
 from requests_app.models import Attempt, Request, Status
@@ -98,7 +98,7 @@ def claim_request(request: Request) -> Attempt | None:
             },
         )
         if expired:
-            _announce(request)
+            announce_finished(request)
         return None
     params = [Status.RUNNING, now + lease_for(request), now, request.pk, request.attempt_count]
     params += [Status.QUEUED, Status.RETRYING, now, now]
@@ -312,7 +312,7 @@ def finish_attempt(
                 status=Status.RETRYING, next_attempt_at=next_at, lease_until=None, **response_fields
             ):
                 return False, None
-            cancel_if_requested(request)
+            cancel_waiting(request, only_if_requested=True)
             return True, delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
         status = Status.EXPIRED
     elif result.outcome == Attempt.Outcome.SUCCESS:
@@ -348,31 +348,8 @@ def _finish(
     # `request` was read at the start of this attempt, so with these writes it is the row.
     for field, value in final.items():
         setattr(request, field, value)
-    _announce(request, answer=answer_of(request))
+    announce_finished(request, answer=answer_of(request))
     return True, None
-
-
-def cancel_if_requested(request: Request) -> None:
-    """A cancel that arrived while an attempt ran takes effect before the next one starts."""
-    if Request.objects.filter(pk=request.pk, status=Status.RETRYING, cancel_requested=True).update(
-        status=Status.CANCELED,
-        finished_at=timezone.now(),
-        next_attempt_at=None,
-        request_body=None,
-    ):
-        _announce(request)
-
-
-def _announce(request: Request, *, answer: dict | None = None) -> None:
-    """Tell waiters once the change is committed, so what they read is the final state."""
-    logger.info("request finished", extra={"request_id": request.public_id})
-    transaction.on_commit(lambda: _publish(request, answer))
-
-
-def _publish(request: Request, answer: dict | None) -> None:
-    publish_finished(request.public_id, answer)
-    if request.stream:
-        announce_final(request.public_id)
 
 
 SUSPENSION_RECHECK = timedelta(seconds=30)
@@ -392,20 +369,14 @@ def hold_if_suspended(request: Request) -> bool:
         waiting.update(next_attempt_at=now + SUSPENSION_RECHECK)
         return True
     subject = "account" if request.account.suspended_at else "project"
-    error = error_object(
-        f"{subject}_suspended",
-        f"The {subject} was suspended for {SUSPENSION_CANCEL_AFTER_DAYS} days while this request "
-        "waited, so it was canceled without being sent. Contact support@reqrun.com.",
+    cancel_waiting(
+        request,
+        error=error_object(
+            f"{subject}_suspended",
+            f"The {subject} was suspended for {SUSPENSION_CANCEL_AFTER_DAYS} days while this "
+            "request waited, so it was canceled without being sent. Contact support@reqrun.com.",
+        ),
     )
-    if waiting.update(
-        status=Status.CANCELED,
-        finished_at=now,
-        request_body=None,
-        next_attempt_at=None,
-        error=error,
-    ):
-        logger.info("held request canceled", extra={"request_id": request.public_id})
-        _announce(request)
     return True
 
 

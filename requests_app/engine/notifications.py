@@ -15,8 +15,10 @@ import weakref
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from django.db import transaction
 
 from requests_app.engine.redis_client import client
+from requests_app.engine.streams import announce_final
 from requests_app.models import Request
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,19 @@ def publish_finished(public_id: str, answer: dict | None = None) -> None:
     except redis.RedisError:
         # Waiters notice through their database fallback; nothing is lost.
         logger.warning("completion notice not published", extra={"request_id": public_id})
+
+
+def announce_finished(request: Request, *, answer: dict | None = None) -> None:
+    """Tell waiters (and stream readers) that `request` ended, once that is committed, so
+    what they read is the final state."""
+    logger.info("request finished", extra={"request_id": request.public_id})
+
+    def publish() -> None:
+        publish_finished(request.public_id, answer)
+        if request.stream:
+            announce_final(request.public_id)
+
+    transaction.on_commit(publish, robust=True)
 
 
 class CompletionHub:
