@@ -144,3 +144,22 @@ def _plans(request):
         request.getfixturevalue("transactional_db")
         if not Plan.objects.exists():
             seed_plans(Plan)
+
+
+def sign_in_to_admin(client, user) -> None:
+    """Password, then an authenticator code: what the admin requires of staff."""
+    from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+    from django.urls import reverse
+
+    from tests.accounts.test_two_factor import current_code, sign_in_with_password, stored_secret
+
+    TOTP.activate(user, generate_totp_secret())
+    sign_in_with_password(client, user, next_url="/admin/")
+    client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(user))})
+
+
+@pytest.fixture
+def operator_client(client, db):
+    """A superuser signed in to the admin with both factors."""
+    sign_in_to_admin(client, UserFactory(email="ops@reqrun.com", is_staff=True, is_superuser=True))
+    return client

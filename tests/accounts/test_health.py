@@ -1,13 +1,9 @@
 import time
 
 import pytest
-from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
-from django.urls import reverse
 
 from core import heartbeats
 from devstack.servers import EmbeddedRedis, free_port
-from tests.accounts.test_two_factor import current_code, sign_in_with_password, stored_secret
-from tests.factories import UserFactory
 
 
 def record_every_heartbeat():
@@ -109,16 +105,6 @@ def test_readyz_names_redis_when_it_is_stopped(client, settings, tmp_path):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "down": ["redis"]}
-
-
-@pytest.fixture
-def operator_client(client, db):
-    """A staff member signed in with password and authenticator code, as the admin requires."""
-    operator = UserFactory(email="olga@example.com", is_staff=True, is_superuser=True)
-    TOTP.activate(operator, generate_totp_secret())
-    sign_in_with_password(client, operator, next_url="/admin/")
-    client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(operator))})
-    return client
 
 
 def test_the_admin_index_shows_when_the_sweeper_and_workers_last_ran(operator_client):

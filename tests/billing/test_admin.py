@@ -1,28 +1,18 @@
 """Operators see subscriptions and raw events in admin, and can reprocess an event."""
 
 import pytest
-from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
-from django.urls import reverse
 
 from billing.tasks import process_webhook_event
-from tests.accounts.test_two_factor import current_code, sign_in_with_password, stored_secret
 from tests.billing import payloads
+from tests.conftest import sign_in_to_admin
 from tests.factories import SubscriptionFactory, UserFactory, WebhookEventFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def sign_in_to_admin(client, user) -> None:
-    """Password and authenticator code, as the admin requires of staff."""
-    TOTP.activate(user, generate_totp_secret())
-    sign_in_with_password(client, user, next_url="/admin/")
-    client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(user))})
-
-
 @pytest.fixture
-def operator(client, db):
-    sign_in_to_admin(client, UserFactory(email="ops@example.com", is_staff=True, is_superuser=True))
-    return client
+def operator(operator_client):
+    return operator_client
 
 
 def test_admin_lists_subscriptions_and_events(operator):

@@ -5,20 +5,13 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
-from accounts.models import Account, AuditEvent, User
+from accounts.models import Account, AuditEvent
 from projects.limits import limits_for
 from projects.models import AccountPlan, ApiKey, Project
 from tests.factories import MonthlyUsageFactory
 from tests.projects.conftest import PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def operator_client(client):
-    operator = User.objects.create_superuser(email="ops@reqrun.com", password="ops-pass-9921")
-    client.force_login(operator)
-    return client
 
 
 @pytest.fixture
