@@ -21,9 +21,9 @@ from django.utils import timezone
 
 from accounts.models import Account, User
 from accounts.services import record_audit_event
+from core import encryption
 from privacy import document
 from privacy.models import EXPORT_LIFETIME, AccountExport
-from projects import encryption
 
 logger = logging.getLogger(__name__)
 

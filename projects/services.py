@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from accounts.models import Account, User
 from accounts.services import mail_owners_on_commit, record_audit_event, set_suspension
+from core import encryption
 from core.prepared import PreparedGet
-from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import ApiKey, Project
 from projects.upstream_guard import validate_upstream_url

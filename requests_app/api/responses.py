@@ -14,8 +14,8 @@ from django.http import HttpResponse
 from rest_framework import status
 from rest_framework.response import Response
 
+from core import encryption
 from core.prepared import PreparedGet
-from projects import encryption
 from requests_app.api.serializers import request_object
 from requests_app.engine import retention
 from requests_app.engine.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub

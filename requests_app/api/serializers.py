@@ -2,7 +2,7 @@
 
 import json
 
-from projects import encryption
+from core import encryption
 from requests_app.models import Attempt, Request
 
 

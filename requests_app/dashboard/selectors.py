@@ -13,7 +13,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Account, User
-from projects import encryption
+from core import encryption
 from projects.limits import current_period_start, limits_for, next_period_start, usage_row
 from projects.models import Project
 from requests_app.engine.usage import REQUEST_TOTALS, TOKENS

@@ -9,8 +9,8 @@ from typing import Literal
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from core import encryption
 from core.prepared import insert
-from projects import encryption
 from projects.limits import Limits, count_accepted_request, limits_for
 from projects.models import ApiKey
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded

@@ -17,8 +17,8 @@ from django.db import DatabaseError, close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 
+from core import encryption
 from core.prepared import PreparedGet, execute, update_rows, update_statement
-from projects import encryption
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS

@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from projects import encryption
+from core import encryption
 from requests_app.engine.redis_client import client
 
 STREAM_TTL_SECONDS = 600

@@ -8,7 +8,7 @@ import pytest
 from accounts.models import Account, User
 from accounts.services import record_audit_event
 from billing.models import Subscription
-from projects import encryption
+from core import encryption
 from projects.models import ApiKey, Project
 from projects.services import set_provider_key
 from requests_app.models import Request

@@ -3,7 +3,7 @@
 import pytest
 from cryptography.fernet import Fernet
 
-from projects.encryption import InvalidToken
+from core.encryption import InvalidToken
 from projects.models import Project
 from projects.services import provider_key_of, rotate_provider_keys, set_provider_key
 from tests.factories import ProjectFactory

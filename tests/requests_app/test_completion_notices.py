@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from projects import encryption
+from core import encryption
 from requests_app.api.responses import final_response, wait_until_finished
 from requests_app.engine.notifications import (
     ANSWER_IN_NOTICE_MAX_BYTES,

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from projects import encryption
+from core import encryption
 from projects.limits import usage_row
 from requests_app.engine.retention import purge_expired_data
 from requests_app.models import Request

@@ -9,7 +9,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from projects import encryption
+from core import encryption
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 from requests_app.engine.executor import execute_request
 from requests_app.engine.retention import purge_expired_data

@@ -6,7 +6,7 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.db import connection, transaction
 
-from projects import encryption
+from core import encryption
 from projects.services import provider_key_of, set_provider_key
 from requests_app.engine.accept import rotate_request_bodies
 from requests_app.models import Request
