@@ -8,7 +8,7 @@ postprocessing hook. `reference()` flattens the schema for the docs' API referen
 
 from functools import cache
 
-from drf_spectacular.extensions import OpenApiViewExtension
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension, OpenApiViewExtension
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -16,12 +16,17 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 
-from requests_app.error_catalog import ERROR_CODES
-from requests_app.models import Attempt, Status
+from requests_app.api.selectors import MAX_PAGE
+from requests_app.api.serializers import RequestListSerializer, RequestObjectSerializer
+from requests_app.api.views import DEFAULT_WAIT_SECONDS, MAX_POLL_WAIT_SECONDS, MAX_WAIT_SECONDS
+from requests_app.endpoints import ENDPOINTS, endpoint
+from requests_app.error_catalog import ERROR_CODES, status_of
+from requests_app.models import Status
 
 SCHEMA_URL = "/v1/openapi.json"
-STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 BEARER = [{"ReqRunKey": []}]
+# `created_after` is Unix seconds; the list refuses anything past this.
+MAX_CREATED_AFTER = 2**40
 
 
 def ref(name: str) -> dict:
@@ -29,8 +34,6 @@ def ref(name: str) -> dict:
 
 
 def nullable(schema: dict) -> dict:
-    if "$ref" in schema:  # OpenAPI 3.0 ignores siblings of a $ref
-        return {"allOf": [schema], "nullable": True}
     return {**schema, "nullable": True}
 
 
@@ -62,116 +65,6 @@ COMPONENTS = {
                     ),
                 },
             }
-        },
-    },
-    "Attempt": {
-        "type": "object",
-        "required": [
-            "number",
-            "started_at",
-            "finished_at",
-            "outcome",
-            "status_code",
-            "error_code",
-            "latency_ms",
-            "retry_after_ms",
-        ],
-        "properties": {
-            "number": {"type": "integer", "minimum": 1},
-            "started_at": TIMESTAMP,
-            "finished_at": nullable(TIMESTAMP),
-            "outcome": nullable({"type": "string", "enum": list(Attempt.Outcome.values)}),
-            "status_code": nullable({"type": "integer"}),
-            "error_code": nullable({"type": "string"}),
-            "latency_ms": nullable({"type": "integer"}),
-            "retry_after_ms": nullable(
-                {
-                    "type": "integer",
-                    "description": "The wait the upstream asked for (Retry-After, retry-after-ms).",
-                }
-            ),
-        },
-    },
-    "Usage": {
-        "type": "object",
-        "properties": {
-            "prompt_tokens": nullable({"type": "integer"}),
-            "completion_tokens": nullable({"type": "integer"}),
-            "total_tokens": nullable({"type": "integer"}),
-        },
-    },
-    "RequestObject": {
-        "type": "object",
-        "description": "A recorded request: its status, attempts and, while kept, its result.",
-        "required": [
-            "id",
-            "object",
-            "status",
-            "project",
-            "endpoint",
-            "model",
-            "stream",
-            "idempotency_key",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "partial",
-            "attempts",
-            "usage",
-            "response",
-            "error",
-        ],
-        "properties": {
-            "id": {"type": "string", "example": "req_0193a1b2c3d4e5f60718293a4b5c"},
-            "object": {"type": "string", "enum": ["request"]},
-            "status": {"type": "string", "enum": list(Status.values)},
-            "project": {"type": "string", "example": "prj_0193a1b2c3d4e5f60718293a4b5c"},
-            "endpoint": {"type": "string", "example": "/v1/chat/completions"},
-            "model": {"type": "string"},
-            "stream": {"type": "boolean"},
-            "idempotency_key": nullable({"type": "string"}),
-            "created_at": TIMESTAMP,
-            "started_at": nullable(TIMESTAMP),
-            "finished_at": nullable(TIMESTAMP),
-            "partial": {
-                "type": "boolean",
-                "description": "A stream broke after it started: the answer is incomplete.",
-            },
-            "attempts": {"type": "array", "items": ref("Attempt")},
-            "usage": nullable(ref("Usage")),
-            "response": nullable(
-                {
-                    "type": "object",
-                    "description": "The upstream's final answer, kept 24 hours after the end.",
-                    "properties": {
-                        "status_code": {"type": "integer"},
-                        "body": {"description": "The upstream's JSON body (or text)."},
-                    },
-                }
-            ),
-            "error": nullable(
-                {
-                    "type": "object",
-                    "description": "Set when no upstream answer could be had (see /docs/errors).",
-                    "properties": {
-                        "message": {"type": "string"},
-                        "type": {"type": "string"},
-                        "param": nullable({"type": "string"}),
-                        "code": nullable({"type": "string"}),
-                    },
-                }
-            ),
-        },
-    },
-    "RequestList": {
-        "type": "object",
-        "required": ["object", "data", "first_id", "last_id", "has_more"],
-        "properties": {
-            "object": {"type": "string", "enum": ["list"]},
-            "data": {"type": "array", "items": ref("RequestObject")},
-            "first_id": nullable({"type": "string"}),
-            "last_id": nullable({"type": "string"}),
-            "has_more": {"type": "boolean"},
         },
     },
     "UsageReport": {
@@ -215,86 +108,158 @@ COMPONENTS = {
     },
 }
 
+
+class ConstantFieldSchema(OpenApiSerializerFieldExtension):
+    """The request object's `object` field: a one-value enum, as OpenAI documents it."""
+
+    target_class = "requests_app.api.serializers.ConstantField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        # Wrapped so the enum hook leaves it inline instead of naming a one-value component.
+        return {"allOf": [{"type": "string", "enum": [self.target.value]}]}
+
+
+def header(name: str, schema: dict | type, description: str, **kwargs) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, schema, OpenApiParameter.HEADER, response=True, description=description, **kwargs
+    )
+
+
 RATE_LIMIT_HEADERS = [
-    OpenApiParameter(name, int, OpenApiParameter.HEADER, response=True, description=text)
+    header(name, int, text)
     for name, text in (
         ("ReqRun-RateLimit-Limit", "The project's requests per minute."),
         ("ReqRun-RateLimit-Remaining", "Requests left in the current minute."),
         ("ReqRun-RateLimit-Reset", "Seconds until the window resets."),
     )
 ]
+RETRY_AFTER = OpenApiParameter(
+    "Retry-After",
+    {"type": "integer", "minimum": 0},
+    OpenApiParameter.HEADER,
+    response=[429],
+    description="Seconds to wait before retrying (not sent with `monthly_quota_exceeded`).",
+)
+# Every answer a recorded request produces names it: results, 202s, replays, its errors.
 REQUEST_HEADERS = [
     OpenApiParameter(
         "ReqRun-Request-Id",
-        str,
+        {"type": "string", "pattern": "^req_"},
         OpenApiParameter.HEADER,
-        response=True,
+        response=[200, 202],
+        required=True,
         description="The id of the recorded request.",
     ),
     OpenApiParameter(
         "ReqRun-Attempts",
-        int,
+        {"type": "integer", "minimum": 0},
         OpenApiParameter.HEADER,
-        response=True,
-        description="How many attempts it took.",
+        response=[200, 202],
+        required=True,
+        description="How many attempts it took (so far).",
     ),
 ]
 
 
-def error(description: str) -> OpenApiResponse:
-    return OpenApiResponse(response=ref("Error"), description=description)
+def error(status: int, *codes: str, note: str = "") -> OpenApiResponse:
+    """An error answer in the envelope, naming the catalogue's codes for that status."""
+    for code in codes:
+        if status_of(code, default=0) != status:
+            raise ValueError(f"{code!r} is not a {status} in the error catalogue")
+    named = ", ".join(f"`{code}`" for code in codes)
+    return OpenApiResponse(
+        response=ref("Error"), description="; ".join(filter(None, (named, note)))
+    )
 
 
-COMMON_ERRORS = {
-    401: error("`invalid_api_key`"),
-    403: error("`account_suspended` or `project_suspended`"),
-    429: error("`rate_limit_exceeded` or `too_many_auth_failures` (with `Retry-After`)"),
+# Every /v1 operation authenticates first: a bad key, a suspension, or too many bad keys.
+AUTH_ERRORS = {
+    401: error(401, "invalid_api_key"),
+    403: error(403, "account_suspended", "project_suspended"),
+    429: error(429, "too_many_auth_failures", note="with `Retry-After`"),
+}
+# What the upstream answers is returned as it gave it, whatever its status.
+UPSTREAM_ANSWERS = {
+    "4XX": OpenApiResponse(
+        response=ref("OpenAIResponse"), description="The upstream's own error, unchanged."
+    ),
+    "5XX": OpenApiResponse(
+        response=ref("OpenAIResponse"),
+        description="The upstream's own server error, unchanged, once retries ran out.",
+    ),
 }
 
 
-def proxy_schema(endpoint: str):
-    streams = endpoint in STREAMING_ENDPOINTS
+def proxy_schema(endpoint_path: str):
+    entry = endpoint(endpoint_path)
     description = (
-        f"Proxied to the upstream's `{endpoint}`: recorded before it is dispatched, retried on "
+        f"Proxied to the upstream's `{entry.path}`: recorded before it is dispatched, retried on "
         "transient failures, deduplicated by `Idempotency-Key`. By default the call waits for "
         "the result (up to `ReqRun-Wait` seconds) and returns the upstream's response "
         "unchanged; async mode returns `202` with the request object at once."
     )
-    if streams:
+    bad_request = ["invalid_json", "invalid_body", "invalid_wait", "invalid_idempotency_key"]
+    bad_request += ["provider_key_missing"]
+    answers = {
+        (200, "application/json"): OpenApiResponse(
+            response=ref("OpenAIResponse"),
+            description="The upstream's answer, unchanged"
+            + (
+                "; with `stream: true`, its server-sent events as they arrive."
+                if entry.streams
+                else "."
+            ),
+        )
+    }
+    if entry.streams:
         description += (
             " With `stream: true` (wait mode only) the upstream's server-sent events are relayed "
             "as they arrive; a stream that breaks after it started ends with an `event: error`, "
             "never `[DONE]`."
         )
+        bad_request.append("stream_with_async")
+        answers[(200, "text/event-stream")] = OpenApiResponse(
+            response={"type": "string"}, description=answers[(200, "application/json")].description
+        )
+    else:
+        bad_request.append("stream_not_supported")
+    json_only = "application/json"
     responses = {
-        200: OpenApiResponse(
-            response=ref("OpenAIResponse"),
-            description="The upstream's answer (any status it gave is returned as-is)"
-            + ("; `text/event-stream` when streaming." if streams else "."),
-        ),
-        202: OpenApiResponse(
-            response=ref("RequestObject"),
+        **answers,
+        (202, json_only): OpenApiResponse(
+            response=RequestObjectSerializer,
             description="Async mode, or the wait budget ran out: the request keeps running. "
             "`Location: /v1/requests/{id}`.",
         ),
-        400: error(
-            "`invalid_json`, `invalid_body`, `invalid_wait`, `invalid_idempotency_key`, "
-            "`provider_key_missing`, `stream_not_supported`, `stream_with_async`"
+        (400, json_only): error(400, *bad_request),
+        **{(status, json_only): answer for status, answer in AUTH_ERRORS.items()},
+        (409, json_only): error(409, "request_canceled", note="the request was canceled"),
+        (410, json_only): error(
+            410, "response_not_retained", note="a replay of a forgotten result"
         ),
-        **COMMON_ERRORS,
-        409: error("`request_canceled`"),
-        413: error("`request_too_large`"),
-        422: error("`idempotency_key_reused`"),
-        429: error(
-            "`rate_limit_exceeded`, `pending_queue_full` (with `Retry-After`) or "
-            "`monthly_quota_exceeded` (with `x-should-retry: false`)"
+        (413, json_only): error(413, "request_too_large"),
+        (422, json_only): error(422, "idempotency_key_reused"),
+        (429, json_only): error(
+            429,
+            "rate_limit_exceeded",
+            "pending_queue_full",
+            "too_many_auth_failures",
+            "monthly_quota_exceeded",
+            note="with `Retry-After`, except `monthly_quota_exceeded` (`x-should-retry: false`)",
         ),
-        502: error("`upstream_error`: no upstream answer on any attempt"),
-        504: error("`upstream_error`: `timeout` or `deadline_exceeded`"),
+        (502, json_only): error(
+            502,
+            "upstream_not_allowed",
+            "upstream_response_too_large",
+            "connecterror",
+            note="no upstream answer on any attempt",
+        ),
+        (504, json_only): error(504, "timeout", "deadline_exceeded"),
+        **{(status, json_only): answer for status, answer in UPSTREAM_ANSWERS.items()},
     }
     return extend_schema(
-        operation_id="create_" + endpoint.removeprefix("/v1/").replace("/", "_"),
-        summary=f"POST {endpoint}",
+        operation_id="create_" + entry.path.removeprefix("/v1/").replace("/", "_"),
+        summary=entry.summary,
         description=description,
         tags=["Proxied OpenAI endpoints"],
         auth=BEARER,
@@ -303,7 +268,7 @@ def proxy_schema(endpoint: str):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
-                str,
+                {"type": "string", "minLength": 1, "maxLength": 255},
                 OpenApiParameter.HEADER,
                 description="1–255 characters, remembered 24 h per project. The same key "
                 "and body replays the stored response (`Idempotent-Replayed: true`) or "
@@ -311,29 +276,52 @@ def proxy_schema(endpoint: str):
             ),
             OpenApiParameter(
                 "ReqRun-Wait",
-                int,
+                {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_WAIT_SECONDS,
+                    "default": DEFAULT_WAIT_SECONDS,
+                },
                 OpenApiParameter.HEADER,
-                description="Seconds to wait for the result, 0–600 (default 300). 0 = async.",
+                description=f"Seconds to wait for the result, 0–{MAX_WAIT_SECONDS} (default "
+                f"{DEFAULT_WAIT_SECONDS}). 0 = async.",
             ),
             OpenApiParameter(
                 "Prefer",
                 str,
                 OpenApiParameter.HEADER,
-                enum=["respond-async"],
-                description="`respond-async`: return `202` at once.",
+                description="`respond-async` (among any other preferences): return `202` at "
+                "once. Other preferences are ignored.",
             ),
             *REQUEST_HEADERS,
             *RATE_LIMIT_HEADERS,
+            RETRY_AFTER,
             OpenApiParameter(
                 "Location",
                 str,
                 OpenApiParameter.HEADER,
                 response=[202],
+                required=True,
                 description="`/v1/requests/{id}` of the running request.",
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                enum=["true"],
+                description="Set when the stored response of an earlier call is replayed.",
             ),
         ],
     )
 
+
+REQUEST_ID = OpenApiParameter(
+    "request_id",
+    str,
+    OpenApiParameter.PATH,
+    description="The request's id, `req_…`.",
+)
 
 OPERATIONS = {
     "RequestListView": extend_schema(
@@ -344,36 +332,55 @@ OPERATIONS = {
         tags=["Requests"],
         auth=BEARER,
         parameters=[
-            OpenApiParameter("limit", int, description="1–100, default 20."),
-            OpenApiParameter("after", str, description="Return requests older than this id."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20},
+                description=f"1–{MAX_PAGE}, default 20.",
+            ),
+            OpenApiParameter("after", str, description="The id of the last request already seen."),
             OpenApiParameter("status", str, enum=list(Status.values)),
-            OpenApiParameter("endpoint", str, description="e.g. `/v1/chat/completions`."),
+            OpenApiParameter(
+                "endpoint",
+                str,
+                description="One of: "
+                + ", ".join(f"`{e.path}`" for e in ENDPOINTS if e.counted)
+                + ".",
+            ),
             OpenApiParameter("idempotency_key", str),
-            OpenApiParameter("created_after", int, description="Unix seconds."),
+            OpenApiParameter(
+                "created_after",
+                {"type": "integer", "minimum": 1, "maximum": MAX_CREATED_AFTER},
+                description="Unix seconds: only requests created after it.",
+            ),
             *RATE_LIMIT_HEADERS,
         ],
         responses={
-            200: ref("RequestList"),
-            400: error("A bad filter; `param` names it."),
-            **COMMON_ERRORS,
+            200: RequestListSerializer,
+            400: error(400, note="A bad `limit`, `status` or `created_after`; `param` names it."),
+            **AUTH_ERRORS,
         },
     ),
     "RequestDetailView": extend_schema(
         operation_id="get_request",
         summary="Get a request",
-        description="The request object; `?wait=N` long-polls up to N seconds (max 60) until "
-        "it reaches a terminal status.",
+        description="The request object; `?wait=N` long-polls up to N seconds "
+        f"(max {MAX_POLL_WAIT_SECONDS}) until it reaches a terminal status.",
         tags=["Requests"],
         auth=BEARER,
         parameters=[
-            OpenApiParameter("wait", int, description="Seconds to long-poll, 0–60."),
+            REQUEST_ID,
+            OpenApiParameter(
+                "wait",
+                {"type": "integer", "minimum": 0, "maximum": MAX_POLL_WAIT_SECONDS, "default": 0},
+                description=f"Seconds to long-poll, 0–{MAX_POLL_WAIT_SECONDS}.",
+            ),
             *RATE_LIMIT_HEADERS,
         ],
         responses={
-            200: ref("RequestObject"),
-            400: error("A bad `wait`."),
-            404: error("`not_found`"),
-            **COMMON_ERRORS,
+            200: RequestObjectSerializer,
+            400: error(400, note="A bad `wait`; `param` names it."),
+            404: error(404, "not_found"),
+            **AUTH_ERRORS,
         },
     ),
     "RequestCancelView": extend_schema(
@@ -384,16 +391,16 @@ OPERATIONS = {
         tags=["Requests"],
         auth=BEARER,
         request=None,
-        parameters=RATE_LIMIT_HEADERS,
+        parameters=[REQUEST_ID, *RATE_LIMIT_HEADERS],
         responses={
-            200: ref("RequestObject"),
-            404: error("`not_found`"),
+            200: RequestObjectSerializer,
+            404: error(404, "not_found"),
             409: OpenApiResponse(
                 response={"allOf": [ref("RequestObject"), ref("Error")]},
-                description="`request_already_finished`: the unchanged request object and "
-                "the error envelope.",
+                description="`request_already_finished`: the unchanged request object, its "
+                "`error` the envelope's.",
             ),
-            **COMMON_ERRORS,
+            **AUTH_ERRORS,
         },
     ),
     "UsageView": extend_schema(
@@ -402,7 +409,7 @@ OPERATIONS = {
         tags=["Usage"],
         auth=BEARER,
         parameters=RATE_LIMIT_HEADERS,
-        responses={200: ref("UsageReport"), **COMMON_ERRORS},
+        responses={200: ref("UsageReport"), **AUTH_ERRORS},
     ),
 }
 
@@ -426,8 +433,8 @@ class ProxyViewSchema(OpenApiViewExtension):
     target_class = "requests_app.api.views.ProxyView"
 
     def view_replacement(self):
-        endpoint = self.target_callback.initkwargs.get("endpoint", "")
-        return _described(self.target, "post", proxy_schema(endpoint))
+        endpoint_path = self.target_callback.initkwargs.get("endpoint", "")
+        return _described(self.target, "post", proxy_schema(endpoint_path))
 
 
 class ModelsViewSchema(OpenApiViewExtension):
@@ -440,25 +447,36 @@ class ModelsViewSchema(OpenApiViewExtension):
 
         route = next(str(p.pattern) for p in urlpatterns if p.callback is self.target_callback)
         listing = route.endswith("models")
+        entry = endpoint("/v1/models" if listing else "/v1/models/{model_id}")
+        parameters = list(RATE_LIMIT_HEADERS)
+        if not listing:
+            # Django's `path` converter routes one or more characters other than a newline.
+            parameters.append(
+                OpenApiParameter(
+                    "model_id",
+                    {"type": "string", "pattern": "^[^\\n]+$"},
+                    OpenApiParameter.PATH,
+                    description="The upstream's model id (it may contain `/`).",
+                )
+            )
         return _described(
             self.target,
             "get",
             extend_schema(
                 operation_id="list_models" if listing else "retrieve_model",
-                summary="List the upstream's models"
-                if listing
-                else "Get one of the upstream's models",
+                summary=entry.summary,
                 description="Passed straight through to the upstream with the project's provider "
                 "key; not recorded and not counted against the quota.",
                 tags=["Models"],
                 auth=BEARER,
                 responses={
                     200: ref("OpenAIResponse"),
-                    400: error("`provider_key_missing`"),
-                    **COMMON_ERRORS,
-                    502: error("`upstream_unreachable`"),
+                    400: error(400, "provider_key_missing"),
+                    **AUTH_ERRORS,
+                    502: error(502, "upstream_unreachable"),
+                    **UPSTREAM_ANSWERS,
                 },
-                parameters=RATE_LIMIT_HEADERS,
+                parameters=parameters,
             ),
         )
 
@@ -506,11 +524,15 @@ def reference() -> tuple[list[dict], list[dict]]:
     from drf_spectacular.generators import SchemaGenerator
 
     schema = SchemaGenerator().get_schema(request=None, public=True)
+    schemas = schema["components"]["schemas"]
+
+    def type_of(spec: dict) -> str:
+        return _type_of(spec, schemas)
+
     groups: dict[str, list[dict]] = {}
     for path, methods in schema["paths"].items():
         for method, operation in methods.items():
             tag = (operation.get("tags") or ["Other"])[0]
-            parameters = operation.get("parameters", [])
             groups.setdefault(tag, []).append(
                 {
                     "id": operation.get("operationId", f"{method}{path}"),
@@ -518,22 +540,21 @@ def reference() -> tuple[list[dict], list[dict]]:
                     "path": path,
                     "summary": operation.get("summary", ""),
                     "description": operation.get("description", ""),
-                    "parameters": [_parameter(p) for p in parameters],
-                    "body": _schema_name(
-                        operation.get("requestBody", {})
-                        .get("content", {})
-                        .get("application/json", {})
-                        .get("schema")
-                    ),
+                    "parameters": [
+                        {
+                            "name": parameter["name"],
+                            "in": parameter["in"],
+                            "type": type_of(parameter.get("schema", {})),
+                            "description": parameter.get("description", ""),
+                        }
+                        for parameter in operation.get("parameters", [])
+                    ],
+                    "body": _schema_name(_json_schema(operation.get("requestBody", {})), schemas),
                     "responses": [
                         {
                             "status": status,
                             "description": response.get("description", ""),
-                            "schema": _schema_name(
-                                response.get("content", {})
-                                .get("application/json", {})
-                                .get("schema")
-                            ),
+                            "schema": _schema_name(_json_schema(response), schemas),
                             "headers": sorted(response.get("headers", {})),
                         }
                         for status, response in operation.get("responses", {}).items()
@@ -547,46 +568,56 @@ def reference() -> tuple[list[dict], list[dict]]:
             "fields": [
                 {
                     "name": field,
-                    "type": _type_of(spec),
+                    "type": type_of(spec),
                     "required": field in body.get("required", []),
                     "description": spec.get("description", ""),
                 }
                 for field, spec in body.get("properties", {}).items()
             ],
         }
-        for name, body in schema["components"]["schemas"].items()
+        for name, body in schemas.items()
+        if "enum" not in body  # shown inline where they are used
     ]
     return [{"tag": tag, "operations": ops} for tag, ops in groups.items()], components
 
 
-def _parameter(parameter: dict) -> dict:
-    return {
-        "name": parameter["name"],
-        "in": parameter["in"],
-        "type": _type_of(parameter.get("schema", {})),
-        "description": parameter.get("description", ""),
-    }
+def _json_schema(body: dict) -> dict | None:
+    return body.get("content", {}).get("application/json", {}).get("schema")
 
 
-def _schema_name(schema: dict | None) -> str:
+def _schema_name(schema: dict | None, schemas: dict) -> str:
     if not schema:
         return ""
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[-1]
-    return _type_of(schema)
+    return _type_of(schema, schemas)
 
 
-def _type_of(spec: dict) -> str:
+def _type_of(spec: dict, schemas: dict) -> str:
+    """A short human rendering of a schema: `Attempt`, `"queued" | "running"`, `integer | null`."""
     if "$ref" in spec:
-        return spec["$ref"].rsplit("/", 1)[-1]
-    if "allOf" in spec:
-        kinds = " + ".join(_type_of(part) for part in spec["allOf"])
-        return f"{kinds} | null" if spec.get("nullable") else kinds
+        name = spec["$ref"].rsplit("/", 1)[-1]
+        target = schemas.get(name, {})
+        return _type_of(target, schemas) if "enum" in target else name
+    for combinator, joiner in (("allOf", " + "), ("oneOf", " | ")):
+        if combinator in spec:
+            kinds = joiner.join(_type_of(part, schemas) for part in spec[combinator])
+            return f"{kinds} | null" if spec.get("nullable") and "null" not in kinds else kinds
     if "enum" in spec:
-        return " | ".join(f'"{value}"' for value in spec["enum"])
+        return " | ".join("null" if value is None else f'"{value}"' for value in spec["enum"])
     kind = spec.get("type", "any")
     if kind == "array":
-        return f"array of {_type_of(spec.get('items', {}))}"
-    if spec.get("nullable"):
-        return f"{kind} | null"
-    return kind
+        kind = f"array of {_type_of(spec.get('items', {}), schemas)}"
+    limits = [
+        f"{word} {spec[key]}"
+        for key, word in (
+            ("minimum", "min"),
+            ("maximum", "max"),
+            ("minLength", "min length"),
+            ("maxLength", "max length"),
+        )
+        if key in spec
+    ]
+    if limits:
+        kind += f" ({', '.join(limits)})"
+    return f"{kind} | null" if spec.get("nullable") else kind

@@ -1,56 +1,151 @@
-"""The request object of the API, exactly as PRODUCT §3 shapes it."""
+"""The request object of the API, exactly as PRODUCT §3 shapes it, in one serializer.
+
+The views render it and the OpenAPI schema documents it from the same fields, so the two
+cannot drift apart.
+"""
 
 import json
 
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
 from core import encryption
-from requests_app.models import Attempt, Request
+from requests_app.endpoints import PROXIED_ENDPOINTS
+from requests_app.models import Attempt, Request, Status
+
+NULLABLE_INT = {"type": "integer", "nullable": True}
+NULLABLE_STRING = {"type": "string", "nullable": True}
 
 
-def _timestamp(value) -> int | None:
-    return int(value.timestamp()) if value else None
+@extend_schema_field({"type": "integer", "description": "Unix seconds."})
+class UnixTimestampField(serializers.Field):
+    """A datetime as whole Unix seconds (DRF itself renders `None` as null)."""
+
+    def to_representation(self, value) -> int:
+        return int(value.timestamp())
 
 
-def attempt_object(attempt: Attempt) -> dict:
-    return {
-        "number": attempt.number,
-        "started_at": _timestamp(attempt.started_at),
-        "finished_at": _timestamp(attempt.finished_at),
-        "outcome": attempt.outcome or None,
-        "status_code": attempt.status_code,
-        "error_code": attempt.error_code,
-        "latency_ms": attempt.latency_ms,
-        "retry_after_ms": attempt.retry_after_ms,
+class BlankAsNullChoiceField(serializers.ChoiceField):
+    """A choice stored as '' until it is known, answered as null."""
+
+    def to_representation(self, value):
+        return super().to_representation(value) or None
+
+
+class ConstantField(serializers.Field):
+    """The `object` discriminator OpenAI objects carry: always the same string."""
+
+    def __init__(self, value: str, **kwargs):
+        self.value = value
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, instance) -> str:
+        return self.value
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "description": "Token counts the upstream reported.",
+        "properties": {
+            "prompt_tokens": NULLABLE_INT,
+            "completion_tokens": NULLABLE_INT,
+            "total_tokens": NULLABLE_INT,
+        },
     }
+)
+class UsageField(serializers.JSONField):
+    pass
 
 
-def response_object(request: Request) -> dict | None:
-    if request.response_body is None or request.response_status_code is None:
-        return None
-    raw = encryption.decrypt(request.response_body)
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = raw.decode(errors="replace")
-    return {"status_code": request.response_status_code, "body": body}
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "description": "Set when no upstream answer could be had (see /docs/errors).",
+        "properties": {
+            "message": {"type": "string"},
+            "type": {"type": "string"},
+            "param": NULLABLE_STRING,
+            "code": NULLABLE_STRING,
+        },
+    }
+)
+class RequestErrorField(serializers.JSONField):
+    pass
+
+
+RESPONSE_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "description": "The upstream's final answer, kept 24 hours after the end.",
+    "required": ["status_code", "body"],
+    "properties": {
+        "status_code": {"type": "integer"},
+        "body": {"description": "The upstream's JSON body (or text)."},
+    },
+}
+
+
+class AttemptSerializer(serializers.Serializer):
+    number = serializers.IntegerField(min_value=1)
+    started_at = UnixTimestampField()
+    finished_at = UnixTimestampField(allow_null=True)
+    outcome = BlankAsNullChoiceField(choices=Attempt.Outcome.choices, allow_null=True)
+    status_code = serializers.IntegerField(allow_null=True)
+    error_code = serializers.CharField(allow_null=True)
+    latency_ms = serializers.IntegerField(allow_null=True)
+    retry_after_ms = serializers.IntegerField(
+        allow_null=True,
+        help_text="The wait the upstream asked for (Retry-After, retry-after-ms).",
+    )
+
+
+class RequestObjectSerializer(serializers.Serializer):
+    """A recorded request: its status, attempts and, while kept, its result."""
+
+    id = serializers.CharField(source="public_id")
+    object = ConstantField("request")
+    status = serializers.ChoiceField(choices=Status.choices)
+    project = serializers.CharField(source="project.public_id")
+    endpoint = serializers.ChoiceField(choices=[(path, path) for path in PROXIED_ENDPOINTS])
+    model = serializers.CharField()
+    stream = serializers.BooleanField()
+    idempotency_key = serializers.CharField(allow_null=True)
+    created_at = UnixTimestampField()
+    started_at = UnixTimestampField(allow_null=True)
+    finished_at = UnixTimestampField(allow_null=True)
+    partial = serializers.BooleanField(
+        help_text="A stream broke after it started: the answer is incomplete."
+    )
+    attempts = AttemptSerializer(many=True)
+    usage = UsageField(allow_null=True)
+    response = serializers.SerializerMethodField()
+    error = RequestErrorField(allow_null=True)
+
+    @extend_schema_field(RESPONSE_SCHEMA)
+    def get_response(self, request: Request) -> dict | None:
+        if request.response_body is None or request.response_status_code is None:
+            return None
+        raw = encryption.decrypt(request.response_body)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace")
+        return {"status_code": request.response_status_code, "body": body}
+
+
+class RequestListSerializer(serializers.Serializer):
+    """`GET /v1/requests`: OpenAI's list shape (documented here, built by the view)."""
+
+    object = ConstantField("list")
+    data = RequestObjectSerializer(many=True)
+    first_id = serializers.CharField(allow_null=True)
+    last_id = serializers.CharField(allow_null=True)
+    has_more = serializers.BooleanField()
 
 
 def request_object(request: Request) -> dict:
     """Serialise a request; expects `project` selected and `attempts` prefetched."""
-    return {
-        "id": request.public_id,
-        "object": "request",
-        "status": request.status,
-        "project": request.project.public_id,
-        "endpoint": request.endpoint,
-        "model": request.model,
-        "stream": request.stream,
-        "idempotency_key": request.idempotency_key,
-        "created_at": _timestamp(request.created_at),
-        "started_at": _timestamp(request.started_at),
-        "finished_at": _timestamp(request.finished_at),
-        "partial": request.partial,
-        "attempts": [attempt_object(attempt) for attempt in request.attempts.all()],
-        "usage": request.usage,
-        "response": response_object(request),
-        "error": request.error,
-    }
+    return RequestObjectSerializer(request).to_representation(request)

@@ -1,16 +1,22 @@
 from django.urls import path
 
 from requests_app.api import views as api
+from requests_app.endpoints import ENDPOINTS, PROXIED_ENDPOINTS
+
+
+def route(endpoint_path: str) -> str:
+    """`/v1/models/{model_id}` → `v1/models/<path:model_id>` (a model id may hold slashes)."""
+    return endpoint_path.removeprefix("/").replace("{model_id}", "<path:model_id>")
+
+
+def view_for(endpoint_path: str):
+    if endpoint_path in PROXIED_ENDPOINTS:
+        return api.proxy_view(endpoint_path)
+    return api.ModelsView.as_view()
+
 
 urlpatterns = [
-    path("v1/chat/completions", api.proxy_view("/v1/chat/completions")),
-    path("v1/completions", api.proxy_view("/v1/completions")),
-    path("v1/responses", api.proxy_view("/v1/responses")),
-    path("v1/embeddings", api.proxy_view("/v1/embeddings")),
-    path("v1/images/generations", api.proxy_view("/v1/images/generations")),
-    path("v1/moderations", api.proxy_view("/v1/moderations")),
-    path("v1/models", api.ModelsView.as_view()),
-    path("v1/models/<path:model_id>", api.ModelsView.as_view()),
+    *(path(route(entry.path), view_for(entry.path)) for entry in ENDPOINTS),
     path("v1/requests", api.RequestListView.as_view()),
     path("v1/requests/<str:request_id>", api.RequestDetailView.as_view()),
     path("v1/requests/<str:request_id>/cancel", api.RequestCancelView.as_view()),

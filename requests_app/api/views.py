@@ -29,6 +29,7 @@ from requests_app.api.responses import (
 )
 from requests_app.api.serializers import request_object
 from requests_app.api.stream_relay import relay_stream
+from requests_app.endpoints import STREAMING_ENDPOINTS
 from requests_app.engine import accept, cancel, retention, upstream
 from requests_app.engine.notifications import hub
 from requests_app.errors import (
@@ -41,7 +42,6 @@ from requests_app.errors import (
 )
 from requests_app.models import Request
 
-STREAMING_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 DEFAULT_WAIT_SECONDS = 300
 MAX_WAIT_SECONDS = 600
 MAX_POLL_WAIT_SECONDS = 60

@@ -5,16 +5,9 @@ from urllib.parse import urlencode
 
 from django import forms
 
+from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.models import Status
 
-PROXIED_ENDPOINTS = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/responses",
-    "/v1/embeddings",
-    "/v1/images/generations",
-    "/v1/moderations",
-)
 REQUEST_ID = re.compile(r"req_[0-9a-f]{28}")
 
 
