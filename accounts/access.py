@@ -3,7 +3,7 @@ manage members and see the security log; and which address a request came from. 
 every app's dashboard views."""
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import Enum
 from functools import lru_cache, wraps
 
@@ -98,17 +98,23 @@ def parse_address(text: str) -> IPAddress | None:
 
 
 def client_ip(request: HttpRequest) -> str | None:
-    """The client's address, for rate limits and audit events.
+    """The client's address, for rate limits and audit events: see client_ip_of()."""
+    return client_ip_of(request.META)
+
+
+def client_ip_of(meta: Mapping[str, str]) -> str | None:
+    """The client's address, from a request's META (where only that is at hand, as in /v1
+    authentication).
 
     The peer (REMOTE_ADDR) unless it is one of REQRUN_TRUSTED_PROXIES; then X-Forwarded-For is
     read from the right (each proxy appends the address it saw) and the first hop that is not
     a trusted proxy is the client. Hops left of it were written by the client and are never
     believed; a malformed hop ends the walk at the last address a trusted proxy vouched for.
     """
-    address = parse_address(request.META.get("REMOTE_ADDR", ""))
+    address = parse_address(meta.get("REMOTE_ADDR", ""))
     if address is None:
         return None
-    hops = request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")
+    hops = meta.get("HTTP_X_FORWARDED_FOR", "").split(",")
     for hop in reversed(hops):
         if not is_trusted_proxy(address):
             break

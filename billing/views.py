@@ -17,6 +17,7 @@ from django.utils.dateformat import format as format_date
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from accounts.access import client_ip
 from accounts.models import Membership
 from accounts.selectors import current_membership
 from billing import checkout, paddle, services, webhooks
@@ -111,10 +112,6 @@ def owner_only(view: Callable) -> Callable:
     return wrapper
 
 
-def _ip(request: HttpRequest) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
-
-
 def _until(subscription: Subscription) -> str:
     end = subscription.scheduled_change_effective_at or subscription.current_period_end
     return format_date(end, "F j, Y") if end else "the end of the billing period"
@@ -133,7 +130,7 @@ def _change_subscription(
         subscription = service(
             subscription=current_subscription(membership.account),
             actor=request.user,
-            ip_address=_ip(request),
+            ip_address=client_ip(request),
             **fields,
         )
     except (BillingError, PaddleError) as error:

@@ -35,7 +35,7 @@ class Request(models.Model):
     endpoint = models.CharField(max_length=64)
     model = models.CharField(max_length=200, blank=True)
     stream = models.BooleanField(default=False)
-    body_sha256 = models.CharField(max_length=64)
+    body_sha256 = models.CharField(max_length=64)  # keyed: HMAC-SHA256, see body_digest()
     request_body = models.BinaryField(null=True, editable=False)  # encrypted
 
     # Shown to the client; `idempotency_slot` holds the key only while it is remembered

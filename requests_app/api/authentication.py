@@ -2,6 +2,7 @@
 
 from rest_framework.authentication import BaseAuthentication
 
+from accounts.access import client_ip_of
 from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key
 from requests_app.engine.redis_client import client
@@ -40,7 +41,8 @@ def api_key_from_header(authorization: str) -> ApiKey:
 
 
 def _failure_keys(meta) -> list[tuple[str, int]]:
-    keys = [(f"reqrun:authfail:ip:{meta.get('REMOTE_ADDR', '')}", MAX_AUTH_FAILURES_PER_IP)]
+    address = client_ip_of(meta) or ""
+    keys = [(f"reqrun:authfail:ip:{address}", MAX_AUTH_FAILURES_PER_IP)]
     parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
     if parsed:
         keys.append((f"reqrun:authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))

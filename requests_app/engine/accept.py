@@ -1,6 +1,5 @@
 """Accepting requests: the transaction that records a call before anything runs it."""
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -8,6 +7,7 @@ from typing import Literal
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from core import encryption
 from core.prepared import insert
@@ -20,6 +20,14 @@ logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 PENDING_RETRY_AFTER_SECONDS = 5
+
+
+def body_digest(body: bytes) -> str:
+    """What an idempotency key's retry is compared by: keyed (HMAC-SHA256 under a key
+    derived from SECRET_KEY), so someone who reads the database cannot confirm a guessed
+    prompt by hashing it. Rotating SECRET_KEY makes retries of calls accepted before the
+    rotation (remembered for up to 24 h) mismatch, as if their body had changed."""
+    return salted_hmac("reqrun.request-body", body, algorithm="sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,7 @@ def remembered_call(
     existing = _remembered(api_key=api_key, idempotency_key=idempotency_key)
     if existing is None:
         return None
-    return _same_call(existing, hashlib.sha256(body).hexdigest(), endpoint)
+    return _same_call(existing, body_digest(body), endpoint)
 
 
 def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
@@ -108,7 +116,7 @@ def accept_request(
     """
     project = api_key.project
     account = project.account
-    body_sha256 = hashlib.sha256(body).hexdigest()
+    body_sha256 = body_digest(body)
     if idempotency_key:
         existing = _remembered(api_key=api_key, idempotency_key=idempotency_key)
         if existing:

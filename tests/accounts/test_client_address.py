@@ -17,9 +17,20 @@ from accounts.access import client_ip
 from accounts.models import AuditEvent
 from devstack.__main__ import read_procfile
 from devstack.servers import free_port
+from requests_app.api.authentication import MAX_AUTH_FAILURES_PER_IP, api_key_from_request
+from requests_app.errors import InvalidApiKey, RateLimited
+from tests.billing import payloads
+from tests.billing.conftest import paddle_api, paddle_settings  # noqa: F401
 from tests.conftest import test_database_url as database_url_for_subprocesses
 from tests.conftest import wait_until
-from tests.factories import PASSWORD, AccountFactory, MembershipFactory, UserFactory
+from tests.factories import (
+    PASSWORD,
+    AccountFactory,
+    ApiKeyFactory,
+    MembershipFactory,
+    SubscriptionFactory,
+    UserFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -182,3 +193,47 @@ def test_the_web_process_believes_forwarded_for_only_from_trusted_proxies(procfi
     # From the trusted proxy each forwarded client counts on its own.
     store.delete(*[f"reqrun:authfail:ip:192.0.2.{n}" for n in range(40)])
     assert bad_key_statuses(procfile_web, source="127.0.0.1", count=35) == [401] * 35
+
+
+def test_the_api_counts_bad_keys_per_forwarded_client_behind_a_trusted_proxy(settings):
+    """Without uvicorn's rewriting in front (another server, a direct WSGI mount), the /v1
+    lockout still counts per client: one client's bad keys never lock out its neighbours."""
+    store = redis.Redis.from_url(settings.REDIS_URL)
+    addresses = ["127.0.0.1", "198.51.100.21", "198.51.100.22"]
+    store.delete(*[f"reqrun:authfail:ip:{address}" for address in addresses])
+    api_key = ApiKeyFactory()
+
+    def call(forwarded_for: str, authorization: str):
+        meta = {
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_X_FORWARDED_FOR": forwarded_for,
+            "HTTP_AUTHORIZATION": authorization,
+        }
+        return api_key_from_request(meta)
+
+    for _ in range(MAX_AUTH_FAILURES_PER_IP):
+        with pytest.raises(InvalidApiKey):
+            call("198.51.100.21", "Bearer not-a-key")
+    with pytest.raises(RateLimited):
+        call("198.51.100.21", f"Bearer {api_key.raw_key}")
+
+    assert call("198.51.100.22", f"Bearer {api_key.raw_key}") == api_key
+    store.delete(*[f"reqrun:authfail:ip:{address}" for address in addresses])
+
+
+def test_billing_audits_the_forwarded_client_address(client, alice, paddle_settings, paddle_api):  # noqa: F811
+    account = AccountFactory()
+    MembershipFactory(user=alice, account=account, role="owner")
+    subscription = SubscriptionFactory(account=account)
+    paddle_api.subscriptions[subscription.paddle_subscription_id] = payloads.subscription(
+        account_id=account.public_id, subscription_id=subscription.paddle_subscription_id
+    )
+    client.force_login(alice)
+
+    response = client.post(
+        "/app/billing/cancel", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.23"
+    )
+
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(account=account, action="subscription_cancel_scheduled")
+    assert event.ip_address == "198.51.100.23"

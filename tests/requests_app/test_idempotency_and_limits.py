@@ -1,5 +1,6 @@
 """Idempotency keys, plan refusals and bad input: clear errors, nothing enqueued or counted."""
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -42,6 +43,21 @@ def test_a_finished_request_is_replayed_byte_for_byte(tenant, live_api, fake_ups
     assert second.headers["reqrun-request-id"] == first.headers["reqrun-request-id"]
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert usage_row(tenant.account).accepted_requests == 1
+
+
+def test_the_stored_body_digest_is_keyed_and_a_retry_still_replays(tenant, live_api):
+    """A database reader cannot confirm a guessed prompt by hashing it: the digest is keyed."""
+    body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "guess me"}]}'
+    headers = {"Idempotency-Key": "keyed", "Content-Type": "application/json"}
+    first = post(live_api, tenant, content=body, headers=headers)
+    second = post(live_api, tenant, content=body, headers=headers)
+
+    stored = Request.objects.get().body_sha256
+    assert len(stored) == 64
+    assert stored != hashlib.sha256(body).hexdigest()
+    assert first.status_code == second.status_code == 200
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.content == first.content
 
 
 def test_concurrent_calls_with_one_key_execute_upstream_once(tenant, live_api, fake_upstream):
