@@ -9,9 +9,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -27,6 +25,7 @@ from core import watchdog
 from devstack.servers import free_port
 from tests.conftest import WorkerProcess, wait_until
 from tests.fake_upstream import FakeUpstream
+from tests.tcp_proxy import FreezingProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -217,60 +216,6 @@ def test_a_fresh_deploy_runs_a_retry_scheduled_in_the_database(deploy):
         return httpx.get(f"{base_url}/readyz", timeout=10).status_code == 200
 
     wait_until(ready, timeout=30, interval=1, message="/readyz did not answer 200")
-
-
-class FreezingProxy:
-    """A TCP proxy to Redis that can stop passing the consumers' BRPOP connections on.
-
-    Once frozen, a connection that has sent BRPOP gets no more bytes either way and is never
-    closed: the worker's consumer waits for nothing while publishes and the cache still work,
-    the shape of a worker that stays alive but has stopped consuming.
-    """
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.frozen = threading.Event()
-        self.sockets: list[socket.socket] = [self.listener]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets += [client, server]
-            consuming = threading.Event()
-            threading.Thread(
-                target=self._pump, args=(client, server, consuming), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._pump, args=(server, client, consuming), daemon=True
-            ).start()
-
-    def _pump(self, source, destination, consuming):
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            if b"BRPOP" in data.upper():
-                consuming.set()
-            if consuming.is_set() and self.frozen.is_set():
-                continue  # swallowed: the consumer's read never returns
-            try:
-                destination.sendall(data)
-            except OSError:
-                return
-
-    def close(self):
-        for sock in self.sockets:
-            sock.close()
 
 
 @pytest.mark.timeout(120)

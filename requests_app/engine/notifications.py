@@ -75,9 +75,19 @@ def announce_finished(request: Request, *, answer: dict | None = None) -> None:
 
 
 class CompletionHub:
-    """The per-event-loop subscriber and the futures waiting on it."""
+    """The per-event-loop subscriber and the futures waiting on it.
 
-    def __init__(self) -> None:
+    The subscriber checks its own connection: after HEALTH_CHECK_SECONDS without a message
+    it sends a PING, and a PONG that does not come back within PONG_TIMEOUT_SECONDS means
+    the connection is half-open (a Redis restarted behind a NAT or a dead peer), so it
+    reconnects and wakes every waiter to re-read the database meanwhile.
+    """
+
+    HEALTH_CHECK_SECONDS = 5.0
+    PONG_TIMEOUT_SECONDS = 3.0
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or settings.REDIS_URL
         self.waiters: dict[str, set[asyncio.Future]] = {}
         self.subscribed = asyncio.Event()
         self.task: asyncio.Task | None = None
@@ -117,20 +127,40 @@ class CompletionHub:
         if public_id in self.waiters:  # most notices are for other processes' callers
             self._wake(public_id, json.loads(answer) if answer else None)
 
+    async def _subscribe(self, pubsub) -> None:
+        """Subscribe and wait for Redis to confirm it: a sent command proves nothing."""
+        await pubsub.subscribe(CHANNEL)
+        confirmation = await pubsub.get_message(timeout=SUBSCRIBE_WAIT_SECONDS)
+        if confirmation is None or confirmation["type"] != "subscribe":
+            raise redis.ConnectionError("the subscription was not confirmed")
+
+    async def _receive(self, pubsub) -> None:
+        """Hand notices to waiters until the connection fails or stops answering PINGs."""
+        loop = asyncio.get_running_loop()
+        pinged_at = None
+        while True:
+            wait = self.PONG_TIMEOUT_SECONDS if pinged_at else self.HEALTH_CHECK_SECONDS
+            message = await pubsub.get_message(timeout=wait)
+            if message is None:
+                if pinged_at is not None:
+                    raise redis.ConnectionError("no PONG: the connection is half-open")
+                await pubsub.ping()
+                pinged_at = loop.time()
+                continue
+            pinged_at = None  # anything heard proves the connection lives
+            if message["type"] == "message":
+                self._deliver(message["data"])
+
     async def _listen(self) -> None:
         delay = 0.5
         while True:
-            client = aioredis.Redis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=15
-            )
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=2)
             try:
                 async with client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await self._subscribe(pubsub)
                     self.subscribed.set()
                     delay = 0.5
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            self._deliver(message["data"])
+                    await self._receive(pubsub)
             except (redis.RedisError, OSError):
                 logger.warning("completion subscriber lost its Redis connection; reconnecting")
             finally:

@@ -6,12 +6,14 @@ import threading
 import time
 
 import httpx
+from django.conf import settings
 
 from core import encryption
 from requests_app.api.responses import final_response, wait_until_finished
 from requests_app.engine.notifications import (
     ANSWER_IN_NOTICE_MAX_BYTES,
     CHANNEL,
+    CompletionHub,
     answer_of,
     hub,
     publish_finished,
@@ -19,6 +21,7 @@ from requests_app.engine.notifications import (
 from requests_app.engine.redis_client import client
 from requests_app.models import Request, Status
 from tests.fake_upstream.payloads import REPLY
+from tests.tcp_proxy import FreezingProxy
 
 CHAT = [{"role": "user", "content": "Say hello"}]
 
@@ -123,3 +126,29 @@ def test_answers_over_the_limit_are_left_out():
     failed = Request(public_id="req_failed", status=Status.FAILED, error={"code": "timeout"})
     assert answer_of(failed)["response_body"] is None
     assert answer_of(failed)["error"] == {"code": "timeout"}
+
+
+def test_a_half_open_subscriber_is_noticed_and_its_waiters_reread_the_database():
+    redis_port = int(settings.REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+    proxy = FreezingProxy(redis_port, marker=b"SUBSCRIBE")
+
+    async def scenario():
+        completion_hub = CompletionHub(url=f"redis://127.0.0.1:{proxy.port}/0")
+        await completion_hub.start()
+        healthy_before = completion_hub.healthy
+        proxy.frozen.set()  # Redis goes silent without closing the connection
+        waiter = completion_hub.register("req_waiting_for_a_notice")
+        budget = CompletionHub.HEALTH_CHECK_SECONDS + CompletionHub.PONG_TIMEOUT_SECONDS + 5
+        try:
+            woken_with = await asyncio.wait_for(waiter, timeout=budget)
+        finally:
+            completion_hub.task.cancel()
+        return healthy_before, woken_with
+
+    try:
+        healthy_before, woken_with = asyncio.run(scenario())
+    finally:
+        proxy.close()
+
+    assert healthy_before is True
+    assert woken_with is None  # woken without an answer: re-read the database
