@@ -2,10 +2,12 @@
 opens, and the admin's sign-in is allauth's (rate-limited) one."""
 
 import time
+from io import StringIO
 
 import pytest
 from allauth.mfa import app_settings as mfa_settings
 from allauth.mfa.models import Authenticator
+from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
 from allauth.mfa.totp.internal.auth import (
     TOTP,
     format_hotp_value,
@@ -13,8 +15,11 @@ from allauth.mfa.totp.internal.auth import (
     hotp_value,
 )
 from allauth.mfa.utils import decrypt
+from cryptography.fernet import Fernet
+from django.core.management import call_command
 from django.urls import reverse
 
+from core import encryption
 from tests.factories import PASSWORD, UserFactory
 
 ADMIN_INDEX_TITLE = "Site administration"
@@ -203,3 +208,69 @@ def test_a_recovery_code_stands_in_for_the_app(client, alice_account, alice):
 
     assert response["Location"] == "/app/"
     assert client.get(reverse("account")).status_code == 200
+
+
+def stored_data(user, kind: str = Authenticator.Type.TOTP) -> dict:
+    """What a database reader sees of the user's authenticator."""
+    return Authenticator.objects.filter(user=user, type=kind).values_list("data", flat=True).get()
+
+
+def signs_in_with_totp(client, user) -> bool:
+    client.post(reverse("account_logout"))
+    assert sign_in_with_password(client, user)["Location"] == reverse("mfa_authenticate")
+    response = client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(user))})
+    return response.status_code == 302 and response["Location"] == "/app/"
+
+
+def test_two_factor_secrets_are_encrypted_at_rest(client, alice_account, alice):
+    secret = generate_totp_secret()
+    TOTP.activate(alice, secret)
+    RecoveryCodes.activate(alice)
+
+    stored = stored_data(alice)["secret"]
+    assert stored != secret
+    assert secret not in stored
+    assert encryption.decrypt(stored.encode()).decode() == secret
+    seed = stored_data(alice, Authenticator.Type.RECOVERY_CODES)["seed"]
+    plain_seed = encryption.decrypt(seed.encode()).decode()
+    assert len(plain_seed) == 80 and plain_seed not in seed  # 40 random bytes, in hex
+    assert signs_in_with_totp(client, alice)
+
+
+def test_key_rotation_re_encrypts_two_factor_secrets(client, alice_account, alice, settings):
+    secret = generate_totp_secret()
+    TOTP.activate(alice, secret)
+    RecoveryCodes.activate(alice)
+    recovery_code = RecoveryCodes(
+        Authenticator.objects.get(user=alice, type=Authenticator.Type.RECOVERY_CODES)
+    ).get_unused_codes()[0]
+    before = stored_data(alice)["secret"]
+
+    new_key = Fernet.generate_key().decode()
+    settings.REQRUN_ENCRYPTION_KEYS = [new_key, *settings.REQRUN_ENCRYPTION_KEYS]
+    out = StringIO()
+    call_command("rotate_encryption_keys", stdout=out)
+    assert "2 two-factor authenticator(s)" in out.getvalue()
+    settings.REQRUN_ENCRYPTION_KEYS = [new_key]  # the old key is gone
+
+    assert stored_data(alice)["secret"] != before
+    assert stored_secret(alice) == secret
+    assert signs_in_with_totp(client, alice)
+    client.post(reverse("account_logout"))
+    sign_in_with_password(client, alice)
+    assert client.post(reverse("mfa_authenticate"), {"code": recovery_code})["Location"] == "/app/"
+
+
+def test_a_secret_stored_before_encryption_still_works_and_rotation_encrypts_it(
+    client, alice_account, alice
+):
+    secret = generate_totp_secret()
+    Authenticator.objects.create(user=alice, type=Authenticator.Type.TOTP, data={"secret": secret})
+
+    assert signs_in_with_totp(client, alice)
+
+    call_command("rotate_encryption_keys", stdout=StringIO())
+    stored = stored_data(alice)["secret"]
+    assert secret not in stored
+    assert encryption.decrypt(stored.encode()).decode() == secret
+    assert stored_secret(alice) == secret  # what the sign-in reads, through the adapter

@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
+from accounts.mfa import rotate_authenticator_secrets
 from privacy.services import rotate_exports
 from projects.services import rotate_provider_keys
 from requests_app.engine.accept import rotate_request_bodies
@@ -9,17 +10,18 @@ from requests_app.engine.accept import rotate_request_bodies
 
 class Command(BaseCommand):
     help = (
-        "Re-encrypt provider keys, stored request/response bodies and export files under the "
-        "first key of "
-        "REQRUN_ENCRYPTION_KEYS. Afterwards older keys can be removed from the list."
+        "Re-encrypt provider keys, stored request/response bodies, export files and two-factor "
+        "secrets under the first key of REQRUN_ENCRYPTION_KEYS. Afterwards older keys can be "
+        "removed from the list."
     )
 
     def handle(self, *args, **options):
         keys = rotate_provider_keys()
         bodies = rotate_request_bodies()
         exports = rotate_exports()
+        authenticators = rotate_authenticator_secrets()
         self.stdout.write(
             f"Re-encrypted {keys} provider key(s) and {bodies} request record(s) and "
-            f"{exports} export file(s) under the primary key. Older keys can now be removed "
-            "from REQRUN_ENCRYPTION_KEYS."
+            f"{exports} export file(s) and {authenticators} two-factor authenticator(s) under "
+            "the primary key. Older keys can now be removed from REQRUN_ENCRYPTION_KEYS."
         )
