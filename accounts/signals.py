@@ -1,6 +1,8 @@
-"""allauth hooks: a new user gets an account; a verified user gets a welcome email once."""
+"""allauth hooks: a new user gets an account; a verified user gets a welcome email once;
+sign-ins and changes to a user's second factors are audited in each of their accounts."""
 
 from allauth.account.signals import email_confirmed, user_logged_in, user_signed_up
+from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from django.dispatch import receiver
 
 from accounts.access import client_ip
@@ -20,10 +22,38 @@ def welcome_after_verification(sender, request, email_address, **kwargs):
         send_welcome_email(user=email_address.user)
 
 
-@receiver(user_logged_in)
-def audit_sign_in(sender, request, user, **kwargs):
+def _audit_in_every_account(request, user, action: str, target: str = "") -> None:
     ip_address = client_ip(request) if request else None
     for membership in memberships_of(user):
         record_audit_event(
-            account=membership.account, actor=user, action="sign_in", ip_address=ip_address
+            account=membership.account,
+            actor=user,
+            action=action,
+            target=target,
+            ip_address=ip_address,
         )
+
+
+@receiver(user_logged_in)
+def audit_sign_in(sender, request, user, **kwargs):
+    _audit_in_every_account(request, user, "sign_in")
+
+
+SECOND_FACTOR_NAMES = {
+    "totp": "Authenticator app",
+    "recovery_codes": "Recovery codes",
+    "webauthn": "Security key",
+}
+
+SECOND_FACTOR_ACTIONS = {
+    authenticator_added: "two_factor_added",
+    authenticator_removed: "two_factor_removed",
+    authenticator_reset: "two_factor_reset",  # recovery codes regenerated
+}
+
+
+@receiver(list(SECOND_FACTOR_ACTIONS))
+def audit_second_factor(signal, sender, request, user, authenticator, **kwargs):
+    """Whoever holds a session could weaken the sign-in: owners see every change."""
+    name = SECOND_FACTOR_NAMES.get(authenticator.type, authenticator.type)
+    _audit_in_every_account(request, user, SECOND_FACTOR_ACTIONS[signal], name)

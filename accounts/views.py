@@ -21,6 +21,9 @@ SECURITY_LOG_PAGE_SIZE = 50
 
 ACTION_LABELS = {
     "sign_in": "Signed in",
+    "two_factor_added": "Two-factor sign-in added",
+    "two_factor_removed": "Two-factor sign-in removed",
+    "two_factor_reset": "Two-factor codes regenerated",
     "project_created": "Project created",
     "project_renamed": "Project renamed",
     "project_deleted": "Project deleted",

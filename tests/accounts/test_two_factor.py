@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from django.core.management import call_command
 from django.urls import reverse
 
+from accounts.models import AuditEvent
 from core import encryption
 from tests.factories import PASSWORD, UserFactory
 
@@ -274,3 +275,34 @@ def test_a_secret_stored_before_encryption_still_works_and_rotation_encrypts_it(
     assert secret not in stored
     assert encryption.decrypt(stored.encode()).decode() == secret
     assert stored_secret(alice) == secret  # what the sign-in reads, through the adapter
+
+
+def test_two_factor_changes_are_in_the_security_log(
+    client, alice_account, alice, django_capture_on_commit_callbacks
+):
+    sign_in_with_password(client, alice)
+    confirm_password(client, next_url=reverse("mfa_activate_totp"))
+    secret = client.get(reverse("mfa_activate_totp")).context["form"].secret
+    # allauth sends these signals once the change is committed.
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("mfa_activate_totp"), {"code": current_code(secret)})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("mfa_generate_recovery_codes"), REMOTE_ADDR="203.0.113.44")
+    client.post(reverse("mfa_deactivate_totp"), REMOTE_ADDR="203.0.113.44")
+
+    events = list(
+        AuditEvent.objects.filter(account=alice_account, action__startswith="two_factor")
+        .order_by("pk")
+        .values_list("action", "target", "ip_address")
+    )
+    assert events == [
+        ("two_factor_added", "Authenticator app", "127.0.0.1"),
+        ("two_factor_added", "Recovery codes", "127.0.0.1"),
+        ("two_factor_reset", "Recovery codes", "203.0.113.44"),
+        ("two_factor_removed", "Authenticator app", "203.0.113.44"),
+        ("two_factor_removed", "Recovery codes", "203.0.113.44"),
+    ]
+    page = client.get(reverse("security-log")).content.decode()
+    assert "Two-factor sign-in added" in page
+    assert "Two-factor codes regenerated" in page
+    assert "Two-factor sign-in removed" in page
