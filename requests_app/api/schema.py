@@ -25,8 +25,8 @@ from requests_app.models import Status
 
 SCHEMA_URL = "/v1/openapi.json"
 BEARER = [{"ReqRunKey": []}]
-# `created_after` is Unix seconds; the list refuses anything past this.
-MAX_CREATED_AFTER = 2**40
+# `created_after` is Unix seconds; the last second a date can hold (9999-12-31T23:59:59Z).
+MAX_CREATED_AFTER = 253_402_300_799
 
 
 def ref(name: str) -> dict:
@@ -190,6 +190,25 @@ UPSTREAM_ANSWERS = {
 }
 
 
+# One server-sent event of a relayed stream, as SSE clients parse it.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {
+            "type": "string",
+            "description": "The upstream's event name; `error` when the stream broke after it "
+            "started (its `data` is OpenAI's error object, and no `[DONE]` follows).",
+        },
+        "data": {
+            "type": "string",
+            "description": "The upstream's JSON chunk, unchanged; `[DONE]` at the end.",
+        },
+        "id": {"type": "string"},
+    },
+}
+
+
 def proxy_schema(endpoint_path: str):
     entry = endpoint(endpoint_path)
     description = (
@@ -219,7 +238,7 @@ def proxy_schema(endpoint_path: str):
         )
         bad_request.append("stream_with_async")
         answers[(200, "text/event-stream")] = OpenApiResponse(
-            response={"type": "string"}, description=answers[(200, "application/json")].description
+            response=SSE_EVENT, description=answers[(200, "application/json")].description
         )
     else:
         bad_request.append("stream_not_supported")

@@ -1,33 +1,100 @@
-"""Schemathesis against the published OpenAPI schema of /v1: no 5xx, every error in the envelope."""
+"""Schemathesis against the published OpenAPI schema of /v1, on the live ASGI app.
+
+Every answer must be one the schema declares — status, content type, headers and body — so
+the schema cannot drift from what the server enforces.
+"""
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
+from schemathesis import checks as schemathesis_checks
 
 from requests_app.api.schema import SCHEMA_URL
+
+CHECKS = [
+    schemathesis_checks.not_a_server_error,
+    schemathesis_checks.status_code_conformance,
+    schemathesis_checks.content_type_conformance,
+    schemathesis_checks.response_headers_conformance,
+    schemathesis_checks.response_schema_conformance,
+]
 
 
 @pytest.fixture
 def api_schema(live_api, tenant):
     raw = httpx.get(f"{live_api.url}{SCHEMA_URL}").json()
-    return schemathesis.openapi.from_dict(raw)
+    loaded = schemathesis.openapi.from_dict(raw)
+    # Data the schema calls valid must get an answer the schema declares. (Negative data
+    # also reaches the upstream unchanged, whose own checks the fake upstream lacks.)
+    # NUL in a text filter is still a 500: see the xfail below.
+    loaded.config.generation.update(modes=[GenerationMode.POSITIVE], allow_x00=False)
+    return loaded
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_v1_never_answers_5xx_and_errors_use_the_envelope(case, live_api, tenant):
-    response = case.call(
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_every_v1_answer_is_one_the_schema_declares(case, live_api, tenant):
+    # The tenant's key replaces whatever the case drew for Authorization; every other
+    # header and parameter is the case's own, so limits the schema states are exercised.
+    response = case.call_and_validate(
         base_url=live_api.url,
-        headers={"Authorization": f"Bearer {tenant.raw_key}", "ReqRun-Wait": "20"},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        checks=CHECKS,
         timeout=60,
     )
 
-    assert response.status_code < 500, response.text[:500]
     if response.status_code >= 400 and "json" in response.headers.get("content-type", ""):
         error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}
+        assert set(error) >= {"message", "type", "param", "code"}
         assert isinstance(error["message"], str) and error["message"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="An unrouted /v1 path renders the browser's 404 page, whose context processors "
+    "need request.user, which the API handler's middleware never sets: a 500 in HTML.",
+)
+def test_an_unrouted_v1_path_answers_404_in_the_envelope(live_api, tenant):
+    for path in ("/v1/models/%0A", "/v1/no-such-endpoint"):
+        response = httpx.get(
+            f"{live_api.url}{path}", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+        )
+
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="The list accepts `created_after` up to 2**40 but cannot turn seconds past the "
+    "year 9999 into a date: a 500 instead of a 400.",
+)
+def test_created_after_past_the_year_9999_is_a_400(live_api, tenant):
+    response = httpx.get(
+        f"{live_api.url}/v1/requests",
+        params={"created_after": str(2**40 - 1)},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "created_after"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PostgreSQL text cannot hold NUL: a filter containing one is a 500, not a 400.",
+)
+def test_a_nul_in_a_text_filter_is_a_400(live_api, tenant):
+    for name in ("after", "endpoint", "idempotency_key"):
+        response = httpx.get(
+            f"{live_api.url}/v1/requests",
+            params={name: "a\x00b"},
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        )
+
+        assert response.status_code == 400
