@@ -305,7 +305,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 # The schedule lives in PostgreSQL (django-celery-beat), so beat needs no local file; the
 # entries below are installed into it each time beat starts.
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "core.beat:Scheduler"
+# Run by beat itself, never queued behind the work they rescue (see core/beat.py).
+REQRUN_BEAT_INLINE_TASKS = ["requests_app.tasks.sweep_requests"]
 # core.watchdog: every INTERVAL a worker sends itself a canary through Redis; one not consumed
 # within TIMEOUT means the worker's consumer is gone, and the process exits to be restarted.
 REQRUN_WATCHDOG_INTERVAL_SECONDS = env.float("REQRUN_WATCHDOG_INTERVAL_SECONDS", default=10.0)

@@ -13,6 +13,7 @@ from django.db import connection
 from tests.factories import AccountFactory, MembershipFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
+CELERY = [sys.executable, "-m", "celery", "-A", "reqrun"]
 
 
 def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, message: str = ""):
@@ -46,24 +47,7 @@ class WorkerProcess:
         env = {**os.environ, "DATABASE_URL": test_database_url(), **self.extra_env}
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "reqrun",
-                "worker",
-                "--pool",
-                "threads",
-                "--concurrency",
-                str(self.concurrency),
-                "-Q",
-                "requests,default",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+            self.command(),
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -71,6 +55,22 @@ class WorkerProcess:
             start_new_session=True,
         )
         return self
+
+    def command(self) -> list[str]:
+        return [
+            *CELERY,
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(self.concurrency),
+            "-Q",
+            "requests,default",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "INFO",
+        ]
 
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would: no cleanup, no acks."""
@@ -87,6 +87,13 @@ class WorkerProcess:
                 self.kill()
         if getattr(self, "log", None):
             self.log.close()
+
+
+class BeatProcess(WorkerProcess):
+    """A real `celery beat` subprocess with the Procfile's settings."""
+
+    def command(self) -> list[str]:
+        return [*CELERY, "beat", "--loglevel", "INFO"]
 
 
 @pytest.fixture

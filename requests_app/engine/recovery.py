@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
+from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from core import heartbeats
@@ -21,7 +22,6 @@ from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
 
-REDISPATCH_AFTER = timedelta(seconds=60)
 BATCH_SIZE = 500
 
 
@@ -76,22 +76,38 @@ def recover_expired_leases(now) -> int:
     return recovered
 
 
+# A published task that no worker has claimed may have been lost (a Redis restart, a worker
+# killed holding it). It is published again after the time it had waited before its last
+# publish, at least REDISPATCH_MIN and at most REDISPATCH_MAX: a lost message costs seconds,
+# while work merely waiting behind a busy pool is not flooded with duplicates.
+REDISPATCH_MIN = timedelta(seconds=10)
+REDISPATCH_MAX = timedelta(minutes=5)
+
+
+def _redispatch_at():
+    waited = ExpressionWrapper(
+        F("dispatched_at") - Coalesce(F("next_attempt_at"), F("created_at")),
+        output_field=DurationField(),
+    )
+    patience = Greatest(
+        Value(REDISPATCH_MIN), Least(waited, Value(REDISPATCH_MAX)), output_field=DurationField()
+    )
+    return ExpressionWrapper(F("dispatched_at") + patience, output_field=DateTimeField())
+
+
 def sweep() -> SweepReport:
     now = timezone.now()
     report = SweepReport(recovered=recover_expired_leases(now))
-    stale_dispatch = now - REDISPATCH_AFTER
-    waiting = Q(status__in=[Status.QUEUED, Status.RETRYING])
+    due_now = Q(next_attempt_at__lte=now) & (
+        Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=F("next_attempt_at"))
+    )
+    unclaimed = Q(redispatch_at__lt=now) & (
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
     due = (
-        Request.objects.filter(
-            waiting
-            & Q(next_attempt_at__lte=now)
-            & (
-                Q(dispatched_at__lt=F("next_attempt_at"))
-                | Q(dispatched_at__lt=stale_dispatch)
-                | Q(dispatched_at__isnull=True)
-            )
-            | waiting & Q(next_attempt_at__isnull=True, dispatched_at__lt=stale_dispatch)
-        )
+        Request.objects.filter(status__in=[Status.QUEUED, Status.RETRYING])
+        .annotate(redispatch_at=_redispatch_at())
+        .filter(due_now | unclaimed)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:BATCH_SIZE]
     )

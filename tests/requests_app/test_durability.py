@@ -6,12 +6,15 @@ import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
+from core import heartbeats
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
-from tests.conftest import wait_until
+from tests.conftest import BeatProcess, WorkerProcess, wait_until
+from tests.factories import RequestFactory
 
 CHAT = [{"role": "user", "content": "durable"}]
 
@@ -134,3 +137,51 @@ def test_no_prompt_or_key_reaches_any_log(tenant, live_api, worker, caplog):
     for secret in (sentinel, tenant.raw_key, "sk-test-provider-key-1234"):
         assert secret not in web_text
         assert secret not in worker_text
+
+
+def test_unclaimed_work_is_published_again_within_seconds_and_then_less_often(db):
+    request = RequestFactory()
+    now = timezone.now()
+    Request.objects.filter(pk=request.pk).update(
+        created_at=now - timedelta(seconds=20), dispatched_at=now - timedelta(seconds=15)
+    )
+
+    assert sweep().dispatched == 1  # unclaimed for 15 s: its message may be lost
+    assert sweep().dispatched == 0  # just published: it waits before the next publish
+    Request.objects.filter(pk=request.pk).update(
+        created_at=timezone.now() - timedelta(seconds=40),
+        dispatched_at=timezone.now() - timedelta(seconds=15),
+    )
+    assert sweep().dispatched == 0  # had waited 25 s before that publish: waits 25 s now
+    Request.objects.filter(pk=request.pk).update(
+        dispatched_at=timezone.now() - timedelta(seconds=30)
+    )
+    assert sweep().dispatched == 1
+
+
+@pytest.mark.timeout(120)
+def test_the_sweep_runs_while_every_worker_thread_is_busy(tenant, live_api, worker, fake_upstream):
+    tenant.project.attempt_timeout_seconds = 90  # the call holds the thread for the whole test
+    tenant.project.save()
+    worker.stop()  # only a one-thread worker and beat, as on a saturated deploy
+    busy = WorkerProcess(concurrency=1).start()
+    beat = BeatProcess().start()
+    try:
+        async_post(live_api, tenant, "script:hang")
+        wait_until(
+            lambda: fake_upstream.count("/v1/chat/completions") == 1,
+            timeout=60,
+            message="the one worker thread never took the hanging call",
+        )
+        cache.delete(heartbeats.key(heartbeats.SWEEPER))
+
+        wait_until(
+            lambda: cache.get(heartbeats.key(heartbeats.SWEEPER)),
+            timeout=30,
+            interval=0.5,
+            message="no sweep ran while the worker's only thread was busy",
+        )
+    finally:
+        beat.stop()
+        busy.stop()
+        worker.start()
