@@ -294,3 +294,41 @@ def test_a_request_held_past_the_suspension_period_is_canceled_with_its_reason(
     assert request.error["code"] == "account_suspended"
     assert request.attempts.count() == 0
     assert fake_upstream.count("/v1/chat/completions") == 0
+
+
+def test_a_keyed_retry_at_the_rate_limit_is_replayed_not_refused(tenant, live_api):
+    tenant.override(requests_per_minute=1)
+    call = {
+        "url": f"{live_api.url}/v1/chat/completions",
+        "json": {"model": "gpt-test", "messages": CHAT},
+        "headers": headers_for(tenant, **{"Idempotency-Key": f"limit-{uuid.uuid4()}"}),
+        "timeout": 30,
+    }
+    first = httpx.post(**call)
+    retry = httpx.post(**call)  # the client's own retry, over the per-minute limit
+    other = httpx.post(**{**call, "headers": headers_for(tenant)})
+
+    assert first.status_code == 200
+    assert retry.status_code == 200
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    assert other.status_code == 429  # a new call is still limited
+    assert other.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_concurrency_slot_is_freed_only_by_the_attempt_that_took_it(db):
+    from requests_app.engine import concurrency
+
+    account_id, request_pk = 10_000_001, 42
+    concurrency.release(account_id=account_id, token="")  # nothing to free
+    mine = concurrency.slot_token(request_pk)
+    late_duplicate = concurrency.slot_token(request_pk)  # a second task for the same request
+
+    assert concurrency.acquire(account_id=account_id, token=mine, limit=1, lease_seconds=30)
+    assert not concurrency.acquire(
+        account_id=account_id, token=late_duplicate, limit=1, lease_seconds=30
+    )
+    concurrency.release(account_id=account_id, token=late_duplicate)
+    assert concurrency.in_use(account_id) == 1  # still held by the attempt that took it
+    concurrency.release(account_id=account_id, token=mine)
+    assert concurrency.in_use(account_id) == 0
