@@ -110,7 +110,6 @@ def bench_env(
         # Never fewer pooled connections than worker threads: the pool must not be what
         # caps the calls in flight.
         "DB_POOL_MAX_SIZE": str(db_pool_max_size),
-        "CELERY_BEAT_SCHEDULE": str(directory / "celerybeat-schedule"),
     }
 
 
