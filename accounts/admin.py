@@ -112,6 +112,16 @@ class AccountAdmin(SuspensionActions, admin.ModelAdmin):
     suspend_service = staticmethod(suspend_account)
     unsuspend_service = staticmethod(unsuspend_account)
 
+    # A raw delete would leave a live Paddle subscription and running requests behind: an
+    # account is deleted only through privacy's "Close and delete" action, as its owner would.
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):

@@ -1,9 +1,11 @@
-"""Deleting an account: closed at once by its owner, its data purged once nothing runs.
+"""Deleting an account: closed at once by its owner (or by an operator, from the admin), its
+data purged once nothing runs.
 
-Closing happens in the owner's request. The Paddle subscription is canceled first, at once,
-and a Paddle error stops everything there. Then, in one transaction, the API keys are revoked,
-pending invitations withdrawn, exports in progress stopped, every membership removed, and
-the owner's login deleted unless they belong to another account.
+Closing happens in the owner's (or operator's) request. The Paddle subscription is canceled
+first, at once, and a Paddle error stops everything there. Then, in one transaction, the API
+keys are revoked, pending invitations withdrawn, exports in progress stopped, every
+membership removed, and the owner's login deleted unless they belong to another account (an
+operator's closing keeps every login: the people may belong elsewhere, or come back).
 
 A worker then purges: it cancels the account's requests, waits until no attempt is still
 running (an attempt already talking to the upstream finishes and its caller gets an answer,
@@ -21,7 +23,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Account, Membership
+from accounts.models import Account, Membership, User
+from accounts.services import record_audit_event
 from billing.models import Subscription
 from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
@@ -67,22 +70,36 @@ def deletion_blocker(membership: Membership) -> str | None:
     return None
 
 
-def _cancel_subscriptions(*, membership: Membership, ip_address: str | None) -> None:
+def _cancel_subscriptions(*, account: Account, actor: User, ip_address: str | None) -> None:
     """Stop billing first: if Paddle says no, nothing of ours has changed yet.
 
     Every subscription that has not ended is canceled at once, paused ones and ones already
     set to end included: a paused subscription could resume by itself later."""
-    subscriptions = membership.account.subscriptions.exclude(status=Subscription.Status.CANCELED)
+    subscriptions = account.subscriptions.exclude(status=Subscription.Status.CANCELED)
     for subscription in subscriptions:
         try:
             cancel_subscription(
-                subscription=subscription,
-                actor=membership.user,
-                ip_address=ip_address,
-                at_once=True,
+                subscription=subscription, actor=actor, ip_address=ip_address, at_once=True
             )
         except (PaddleError, BillingError) as error:
-            raise DeletionRefused(f"{error} Your account was not deleted.") from error
+            raise DeletionRefused(f"{error} The account was not deleted.") from error
+
+
+def _close(account: Account, *, now: datetime) -> None:
+    """Inside the caller's transaction, with the account's row locked: nothing of it works
+    from now on, and its purge is queued after commit."""
+    deletion, _ = AccountDeletion.objects.get_or_create(
+        account=account, defaults={"purge_after": now + PURGE_GRACE}
+    )
+    ApiKey.objects.filter(project__account=account, revoked_at__isnull=True).update(revoked_at=now)
+    account.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True).update(
+        revoked_at=now
+    )
+    account.exports.filter(
+        status__in=[AccountExport.Status.PENDING, AccountExport.Status.RUNNING]
+    ).update(status=AccountExport.Status.FAILED, error="The account was deleted.")
+    account.memberships.all().delete()
+    transaction.on_commit(lambda: _enqueue_purge(deletion.pk))
 
 
 def close_account(
@@ -97,8 +114,7 @@ def close_account(
         raise WrongPassword("That password is not correct. Nothing was deleted.")
     if reason := deletion_blocker(membership):
         raise DeletionRefused(reason)
-    _cancel_subscriptions(membership=membership, ip_address=ip_address)
-    now = timezone.now()
+    _cancel_subscriptions(account=account, actor=user, ip_address=ip_address)
     with transaction.atomic():
         Account.objects.select_for_update().get(pk=account.pk)
         # Checked again under the lock: a second click, or a member who joined meanwhile.
@@ -107,28 +123,40 @@ def close_account(
             raise DeletionRefused("You are no longer a member of this account.")
         if reason := deletion_blocker(membership):
             raise DeletionRefused(reason)
-        deletion, _ = AccountDeletion.objects.get_or_create(
-            account=account, defaults={"purge_after": now + PURGE_GRACE}
-        )
-        ApiKey.objects.filter(project__account=account, revoked_at__isnull=True).update(
-            revoked_at=now
-        )
-        account.invitations.filter(accepted_at__isnull=True, revoked_at__isnull=True).update(
-            revoked_at=now
-        )
-        account.exports.filter(
-            status__in=[AccountExport.Status.PENDING, AccountExport.Status.RUNNING]
-        ).update(status=AccountExport.Status.FAILED, error="The account was deleted.")
-        account.memberships.all().delete()
+        _close(account, now=timezone.now())
         login_deleted = not Membership.objects.filter(user=user).exists()
         if login_deleted:
             user.delete()
-        transaction.on_commit(lambda: _enqueue_purge(deletion.pk))
     logger.info(
         "account closed",
         extra={"account_id": account.public_id, "login_deleted": login_deleted},
     )
     return ClosedAccount(account_id=account.public_id, login_deleted=login_deleted)
+
+
+def close_account_by_operator(
+    *, account: Account, operator: User, reason: str, ip_address: str | None = None
+) -> None:
+    """Delete `account` on an operator's word (the admin's "Close and delete" action): the
+    same steps as an owner's deletion, with no password and no hand-over required, and every
+    member's login kept. The reason goes into the account's audit trail until the purge;
+    the admin's own history keeps it after."""
+    _cancel_subscriptions(account=account, actor=operator, ip_address=ip_address)
+    with transaction.atomic():
+        if not Account.objects.select_for_update().filter(pk=account.pk).exists():
+            raise DeletionRefused("The account no longer exists.")
+        record_audit_event(
+            account=account,
+            actor=operator,
+            action="account_closed_by_operator",
+            target=reason,
+            ip_address=ip_address,
+        )
+        _close(account, now=timezone.now())
+    logger.info(
+        "account closed by an operator",
+        extra={"account_id": account.public_id, "operator_id": operator.pk},
+    )
 
 
 def _enqueue_purge(deletion_pk: int) -> None:

@@ -1,0 +1,103 @@
+"""Operators close an account through the admin's "Close and delete" action, which runs the
+owner's own deletion (Paddle first, keys revoked, data purged once nothing runs); the raw
+admin delete, which would skip all of that, is gone."""
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import LogEntry
+from django.urls import reverse
+
+from accounts.models import Account, AuditEvent, Membership, User
+from billing.models import Subscription
+from privacy.models import AccountDeletion
+from projects.models import ApiKey
+from requests_app.models import Request
+from tests.billing.paddle_stub import paddle_error
+from tests.factories import RequestFactory
+from tests.privacy.conftest import fill
+from tests.privacy.test_delete import purge
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = reverse("admin:accounts_account_changelist")
+
+
+def close(client, account: Account, reason: str | None):
+    data = {"action": "close_selected", ACTION_CHECKBOX_NAME: [account.pk]}
+    if reason is not None:
+        data.update(apply="yes", reason=reason)
+    return client.post(CHANGELIST, data)
+
+
+def test_an_operator_closes_an_account_as_its_owner_would(
+    operator_client, alice, alice_account, bob, charlie, paddle_settings, paddle_api
+):
+    filled = fill(alice_account, alice, paddle_api=paddle_api)
+    queued = RequestFactory(project=filled.project, status="queued")
+    charlie_account = Account.objects.get(memberships__user=charlie)
+
+    asked = close(operator_client, alice_account, reason=None)
+    assert asked.status_code == 200 and 'name="reason"' in asked.content.decode()
+    assert "required" in close(operator_client, alice_account, reason="").content.decode()
+    assert not AccountDeletion.objects.exists() and not paddle_api.calls
+
+    response = close(operator_client, alice_account, reason="Fraud: stolen card (ticket 812)")
+
+    assert response.status_code == 302
+    [call] = paddle_api.calls
+    assert call.path == f"/subscriptions/{filled.subscription.paddle_subscription_id}/cancel"
+    assert call.body["effective_from"] == "immediately"
+    assert Subscription.objects.get(pk=filled.subscription.pk).status == "canceled"
+    assert not ApiKey.objects.filter(project__account=alice_account, revoked_at=None).exists()
+    assert not Membership.objects.filter(account=alice_account).exists()
+    assert User.objects.filter(pk__in=[alice.pk, bob.pk]).count() == 2  # logins are kept
+    event = AuditEvent.objects.get(account=alice_account, action="account_closed_by_operator")
+    assert event.actor.email == "ops@reqrun.com"
+    assert event.target == "Fraud: stolen card (ticket 812)"
+    assert event.ip_address == "127.0.0.1"
+
+    assert purge(alice_account) is True
+    assert not Account.objects.filter(pk=alice_account.pk).exists()
+    assert not Request.objects.filter(pk=queued.pk).exists()
+    # The admin's history outlives the account, with the reason.
+    entry = LogEntry.objects.get(object_id=str(alice_account.pk))
+    assert "Fraud: stolen card (ticket 812)" in entry.get_change_message()
+    assert Account.objects.filter(pk=charlie_account.pk).exists()
+
+
+def test_a_paddle_error_leaves_the_account_as_it_was(
+    operator_client, alice, alice_account, paddle_settings, paddle_api
+):
+    fill(alice_account, alice, paddle_api=paddle_api)
+    paddle_api.fail_next(paddle_error(503, "internal_error", "Service unavailable"))
+
+    response = close(operator_client, alice_account, reason="Asked by email")
+
+    assert response.status_code == 302
+    page = operator_client.get(response["Location"]).content.decode()
+    assert "was not deleted" in page
+    assert not AccountDeletion.objects.exists()
+    assert Membership.objects.filter(account=alice_account, user=alice).exists()
+    assert ApiKey.objects.filter(project__account=alice_account, revoked_at=None).exists()
+    assert not AuditEvent.objects.filter(action="account_closed_by_operator").exists()
+
+
+def test_the_raw_admin_delete_is_gone(operator_client, alice, alice_account):
+    page = operator_client.get(CHANGELIST).content.decode()
+    assert 'value="close_selected"' in page
+    assert 'value="delete_selected"' not in page
+
+    delete_page = operator_client.get(
+        reverse("admin:accounts_account_delete", args=[alice_account.pk])
+    )
+    operator_client.post(
+        CHANGELIST,
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [alice_account.pk], "post": "yes"},
+    )
+    operator_client.post(
+        reverse("admin:accounts_account_delete", args=[alice_account.pk]), {"post": "yes"}
+    )
+
+    assert delete_page.status_code == 403
+    assert Account.objects.filter(pk=alice_account.pk).exists()
+    assert Membership.objects.filter(account=alice_account, user=alice).exists()
