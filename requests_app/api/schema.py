@@ -576,7 +576,7 @@ def reference() -> tuple[list[dict], list[dict]]:
                             "schema": _schema_name(_json_schema(response), schemas),
                             "headers": sorted(response.get("headers", {})),
                         }
-                        for status, response in operation.get("responses", {}).items()
+                        for status, response in sorted(operation.get("responses", {}).items())
                     ],
                 }
             )
