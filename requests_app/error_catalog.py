@@ -266,17 +266,22 @@ TRANSPORT_CODES = (
 )
 
 
+_BY_CODE = {entry.code: entry for entry in ERROR_CODES}
+
+
+def catalogue_entry(code: str | None) -> ErrorCode | None:
+    return _BY_CODE.get(code) if code else None
+
+
 def status_of(code: str | None, default: int = 502) -> int:
     """The HTTP status ReqRun answers with for `code` (the catalogue is the one table)."""
-    for entry in ERROR_CODES:
-        if entry.code == code:
-            return entry.status
-    return default
+    entry = catalogue_entry(code)
+    return entry.status if entry else default
 
 
 def error_object(code: str, message: str | None = None) -> dict:
     """An OpenAI-style error object for a catalogued code, in the catalogue's own words."""
-    entry = next((entry for entry in ERROR_CODES if entry.code == code), None)
+    entry = catalogue_entry(code)
     if entry is None:
         return {"message": message or code, "type": "upstream_error", "param": None, "code": code}
     return {"message": message or entry.meaning, "type": entry.type, "param": None, "code": code}

@@ -7,16 +7,28 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from requests_app.error_catalog import catalogue_entry
+
 logger = logging.getLogger(__name__)
 
 
 class ApiError(exceptions.APIException):
-    """An error with OpenAI's `type` and `code`, and optional extra response headers."""
+    """An error with OpenAI's `type` and `code`, and optional extra response headers.
+
+    The status and type of a catalogued code come from the error catalogue, the one table
+    that also feeds the docs and the schema; the class's own are the fallback.
+    """
 
     status_code = status.HTTP_400_BAD_REQUEST
     error_type = "invalid_request_error"
     code: str | None = None
     param: str | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        entry = catalogue_entry(cls.code)
+        if entry is not None:
+            cls.status_code, cls.error_type = entry.status, entry.type
 
     def __init__(
         self,
@@ -30,6 +42,9 @@ class ApiError(exceptions.APIException):
         super().__init__(message)
         self.message = message
         self.code = code or self.code
+        entry = catalogue_entry(self.code)
+        if entry is not None:
+            self.status_code, self.error_type = entry.status, entry.type
         self.param = param
         self.headers = headers or {}
         self.request_object = request_object
