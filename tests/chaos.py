@@ -1,15 +1,31 @@
-"""Chaos run: load through ReqRun while workers die, Redis restarts and the upstream flaps.
+"""Chaos run: load and streams through ReqRun while workers die, Redis dies and the upstream flaps.
 
+    make chaos CHAOS_ARGS="--duration 60"
     python -m tests.chaos [--duration 120] [--rate 20] [--kill-every 4] [--workers 2]
+                          [--streams 20] [--redis-kills 1] [--keep-logs]
 
-Starts its own throw-away PostgreSQL and Redis, the web process, workers and beat, all on
-127.0.0.1, plus an in-process fake upstream whose answers flap (503 then 200, slow answers).
-It sends requests in async mode, each with its own Idempotency-Key, SIGKILLs a random
-worker every few seconds, and restarts Redis with its data thrown away halfway through.
-Then it waits for every accepted request to end and prints: accepted, succeeded, failed,
-lost (not terminal at the end), duplicate upstream executions, and the explanation for
-each duplicate (an attempt in flight when its worker was killed). Exit code 0 means
-nothing was lost and every duplicate is explained. Everything it starts stops at the end.
+--duration     seconds of load (then it waits up to 180 s for every request to end)
+--rate         async requests sent per second
+--kill-every   seconds between SIGKILLs of a random worker (restarted at once)
+--workers      worker processes (each WORKER_CONCURRENCY=16 threads)
+--streams      streaming calls kept in flight at all times (wait mode, a few seconds each)
+--redis-kills  times Redis is SIGKILLed while workers hold requests, and restarted empty
+--keep-logs    keep the processes' logs (they are kept anyway when the run fails)
+
+It copies the checkout's tracked files into a temporary directory (so no `.data/` and no
+local state), starts a throw-away PostgreSQL and Redis, migrates, and runs the Procfile's
+`web`, `worker` and `beat` lines exactly as written under `bash -c`, like a deploy would;
+an in-process fake upstream answers with faults (503 then 200, dropped connections, slow
+answers, slow streams). It sends async requests, each with its own Idempotency-Key, keeps
+streaming calls in flight, SIGKILLs a random worker every few seconds, and SIGKILLs Redis
+(data thrown away) while workers are busy. Then it waits for every accepted request to end
+and reports: accepted, succeeded, failed, lost (not terminal at the end), duplicate
+upstream executions with the explanation of each (an attempt in flight when its worker was
+killed), and streams that completed, ended with one error event, or were spliced from two
+attempts. Exit code 0 means nothing was lost, every duplicate is explained, every stream is
+one attempt's complete answer or ends with exactly one error event (its request `failed`
+with `partial: true`). Everything talks to 127.0.0.1 only and everything it starts is
+stopped at the end, by process group.
 """
 
 import argparse
@@ -21,111 +37,111 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psycopg
 
-from devstack.__main__ import development_env
+from devstack.__main__ import development_env, read_procfile
 from devstack.servers import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
 from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream.payloads import REPLY
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["script:503,200", "script:drop,200", "sleep-300", "gpt-test", "script:429ram200,200"]
+# Six SSE events 500 ms apart: a stream lasts long enough for kills to land mid-stream.
+STREAM_MODEL = "script:slowchunks500"
+TERMINAL = ("succeeded", "failed", "canceled", "expired")
+
+
+def copy_checkout(target: Path) -> Path:
+    """The tracked files as they are in the working tree: what a deploy would ship."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file() and not name.startswith(".data/"):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
 
 
 class Stack:
-    """The ReqRun processes under test; each can be killed and started again."""
+    """The Procfile's processes, each started as written; any can be killed and restarted."""
 
-    def __init__(self, directory: Path, env: dict, workers: int):
-        self.directory = directory
+    def __init__(self, checkout: Path, logs: Path, env: dict, workers: int):
+        self.checkout = checkout
+        self.logs = logs
         self.env = env
+        self.commands = read_procfile()
         self.worker_count = workers
         self.web: subprocess.Popen | None = None
         self.beat: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self.kills = 0
+        self.exits: list[str] = []  # processes that ended without being killed, restarted
+        self.lock = threading.Lock()
+        self.stopping = False
 
-    def spawn(self, name: str, *command: str) -> subprocess.Popen:
-        log = open(self.directory / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+    def spawn(self, name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
         return subprocess.Popen(
-            command,
-            cwd=ROOT,
+            ["bash", "-c", self.commands[name]],
+            cwd=self.checkout,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    def start_worker(self) -> subprocess.Popen:
-        return self.spawn(
-            "worker",
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "reqrun",
-            "worker",
-            "--pool",
-            "threads",
-            "--concurrency",
-            "16",
-            "-Q",
-            "requests,default",
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "WARNING",
-        )
-
     def start(self) -> None:
+        self.web = self.spawn("web")
+        self.beat = self.spawn("beat")
+        self.workers = [self.spawn("worker") for _ in range(self.worker_count)]
         port = int(self.env["PORT"])
-        self.web = self.spawn(
-            "web",
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "reqrun.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        )
-        self.beat = self.spawn(
-            "beat",
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "reqrun",
-            "beat",
-            "--loglevel",
-            "WARNING",
-            "--schedule",
-            str(self.directory / "beat-schedule"),
-        )
-        self.workers = [self.start_worker() for _ in range(self.worker_count)]
-        wait_for_port(port, timeout=30, what="web", log=self.directory / "web.log")
+        wait_for_port(port, timeout=60, what="web", log=self.logs / "web.log")
 
     def kill_random_worker(self) -> None:
-        index = random.randrange(len(self.workers))
-        os.killpg(self.workers[index].pid, signal.SIGKILL)
-        self.workers[index].wait()
-        self.kills += 1
-        self.workers[index] = self.start_worker()
+        with self.lock:
+            if self.stopping:
+                return
+            index = random.randrange(len(self.workers))
+            os.killpg(self.workers[index].pid, signal.SIGKILL)
+            self.workers[index].wait()
+            self.kills += 1
+            self.workers[index] = self.spawn("worker")
+
+    def supervise(self) -> None:
+        """Restart what ended on its own, as a process manager would (a worker whose consumer
+        is gone exits on purpose), and remember it for the report."""
+        with self.lock:
+            if self.stopping:
+                return
+            for name in ("web", "beat"):
+                process = getattr(self, name)
+                if process.poll() is not None:
+                    self.exits.append(f"{name} exited with {process.returncode}")
+                    setattr(self, name, self.spawn(name))
+            for index, process in enumerate(self.workers):
+                if process.poll() is not None:
+                    self.exits.append(f"worker exited with {process.returncode}")
+                    self.workers[index] = self.spawn("worker")
 
     def stop(self) -> None:
-        for process in [self.web, self.beat, *self.workers]:
-            if process and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in [self.web, self.beat, *self.workers]:
-            if process:
+        with self.lock:
+            self.stopping = True
+            processes = [p for p in [self.web, self.beat, *self.workers] if p]
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+            for process in processes:
                 try:
                     process.wait(timeout=15)
                 except subprocess.TimeoutExpired:
@@ -133,35 +149,39 @@ class Stack:
                     process.wait()
 
 
-def bootstrap(env: dict, upstream_url: str) -> str:
-    output = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "bootstrap_project",
-            "--email",
-            "chaos@example.com",
-            "--upstream-url",
-            upstream_url,
-            "--upstream-key",
-            "sk-chaos-provider-key",
-            "--plan",
-            "enterprise",
-        ],
-        cwd=ROOT,
+def manage(checkout: Path, env: dict, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=checkout,
         env=env,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
+
+
+def bootstrap(checkout: Path, env: dict, upstream_url: str) -> str:
+    output = manage(
+        checkout,
+        env,
+        "bootstrap_project",
+        "--email",
+        "chaos@example.com",
+        "--upstream-url",
+        upstream_url,
+        "--upstream-key",
+        "sk-chaos-provider-key",
+        "--plan",
+        "enterprise",
+    )
     return json.loads(output)["api_key"]
 
 
 def send_load(
-    base_url: str, api_key: str, *, duration: float, rate: float, chaos
-) -> dict[str, str]:
-    """Accepted request id per idempotency key; refused or failed sends are not accepted."""
-    accepted: dict[str, str] = {}
+    base_url: str, api_key: str, accepted: dict[str, str], *, duration: float, rate: float
+) -> None:
+    """Record the accepted request id per idempotency key; refused or failed sends are not
+    accepted."""
     client = httpx.Client(timeout=10)
 
     def send(n: int) -> None:
@@ -196,10 +216,217 @@ def send_load(
         while time.monotonic() - started < duration:
             pool.submit(send, n)
             n += 1
-            chaos(time.monotonic() - started)
             time.sleep(1 / rate)
     client.close()
-    return accepted
+
+
+@dataclass
+class StreamResult:
+    key: str
+    request_id: str | None
+    kind: str  # complete | error | spliced | not_streamed | broken
+    detail: str = ""
+
+
+def read_events(response: httpx.Response) -> tuple[list[str | None], list[str]]:
+    """The stream's events as (event names, data payloads), one entry per event."""
+    names: list[str | None] = []
+    payloads: list[str] = []
+    name, data = None, []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                names.append(name)
+                payloads.append("\n".join(data))
+            name, data = None, []
+        elif line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+    if data:
+        names.append(name)
+        payloads.append("\n".join(data))
+    return names, payloads
+
+
+def classify_stream(key: str, request_id: str, names: list, payloads: list[str]) -> StreamResult:
+    """One attempt's complete answer, or one error event and no [DONE]; anything else is
+    broken, and chunks from two upstream calls are a splice."""
+    ids, content = set(), []
+    for payload in payloads:
+        if payload == "[DONE]":
+            continue
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return StreamResult(key, request_id, "broken", f"not JSON: {payload[:80]}")
+        if "id" in event:
+            ids.add(event["id"])
+        for choice in event.get("choices") or []:
+            content.append((choice.get("delta") or {}).get("content") or "")
+    errors = names.count("error")
+    done = "[DONE]" in payloads
+    if len(ids) > 1:
+        return StreamResult(key, request_id, "spliced", ", ".join(sorted(ids)))
+    if errors == 0 and done and payloads[-1] == "[DONE]" and "".join(content) == REPLY:
+        return StreamResult(key, request_id, "complete")
+    if errors == 1 and not done and names[-1] == "error":
+        return StreamResult(key, request_id, "error", json.loads(payloads[-1])["error"]["code"])
+    return StreamResult(
+        key, request_id, "broken", f"{errors} error events, [DONE]={done}, {len(payloads)} events"
+    )
+
+
+def read_one_stream(client: httpx.Client, base_url: str, api_key: str, key: str) -> StreamResult:
+    body = {
+        "model": STREAM_MODEL,
+        "stream": True,
+        "user": key,
+        "messages": [{"role": "user", "content": f"chaos stream {key}"}],
+    }
+    headers = {"Authorization": f"Bearer {api_key}", "Idempotency-Key": key}
+    request_id = None
+    for _ in range(5):  # until accepted; the same key attaches to the same request
+        try:
+            with client.stream(
+                "POST", f"{base_url}/v1/chat/completions", json=body, headers=headers
+            ) as response:
+                request_id = response.headers.get("ReqRun-Request-Id")
+                if request_id is None:  # refused before the accept
+                    response.read()
+                    time.sleep(0.5)
+                    continue
+                if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                    response.read()
+                    return StreamResult(key, request_id, "not_streamed", str(response.status_code))
+                return classify_stream(key, request_id, *read_events(response))
+        except httpx.TransportError as exc:
+            if request_id is not None:  # the stream had started: the client saw it break
+                return StreamResult(key, request_id, "broken", repr(exc))
+            time.sleep(0.5)
+    return StreamResult(key, None, "refused")
+
+
+class StreamLoad:
+    """Keeps `concurrency` streaming calls in flight until stopped, each read to its end."""
+
+    def __init__(self, base_url: str, api_key: str, concurrency: int):
+        self.base_url = base_url
+        self.api_key = api_key
+        self.concurrency = concurrency
+        self.results: list[StreamResult] = []
+        self.in_flight = 0
+        self.lock = threading.Lock()
+        self.counter = 0
+
+    def run(self, stop: threading.Event) -> None:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            for _ in range(self.concurrency):
+                pool.submit(self.keep_streaming, stop)
+
+    def keep_streaming(self, stop: threading.Event) -> None:
+        with httpx.Client(timeout=httpx.Timeout(10, read=60)) as client:
+            while not stop.is_set():
+                with self.lock:
+                    key = f"chaos-stream-{self.counter}"
+                    self.counter += 1
+                    self.in_flight += 1
+                try:
+                    result = read_one_stream(client, self.base_url, self.api_key, key)
+                finally:
+                    with self.lock:
+                        self.in_flight -= 1
+                self.results.append(result)
+
+
+def running_requests(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM requests_app_request WHERE status = 'running'"
+        ).fetchone()
+    return row[0]
+
+
+class Chaos:
+    """Worker SIGKILLs every `kill_every` seconds and Redis SIGKILLs while workers are busy."""
+
+    def __init__(self, processes: Stack, redis: EmbeddedRedis, database_url: str, streams):
+        self.processes = processes
+        self.redis = redis
+        self.database_url = database_url
+        self.streams = streams
+        self.kills_during_streams = 0
+        self.redis_kills: list[dict] = []
+
+    def run(self, stop: threading.Event, *, duration: float, kill_every: float, redis_kills: int):
+        """Kills during the load; restarts what ends on its own until `stop`."""
+        started = time.monotonic()
+        next_kill = kill_every
+        redis_at = [duration * (i + 1) / (redis_kills + 1) for i in range(redis_kills)]
+        while not stop.is_set():
+            self.processes.supervise()
+            elapsed = time.monotonic() - started
+            if next_kill <= elapsed < duration:
+                next_kill += kill_every
+                if self.streams.in_flight:
+                    self.kills_during_streams += 1
+                self.processes.kill_random_worker()
+            if redis_at and elapsed >= redis_at[0]:
+                redis_at.pop(0)
+                self.kill_redis_while_busy()
+            time.sleep(0.1)
+
+    def kill_redis_while_busy(self, patience: float = 10) -> None:
+        """SIGKILL Redis once workers hold requests; start it again on its port, empty."""
+        deadline = time.monotonic() + patience
+        while (running := running_requests(self.database_url)) == 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        streams = self.streams.in_flight
+        pid = self.redis.running_pid()
+        os.kill(pid, signal.SIGKILL)
+        gone_by = time.monotonic() + 5
+        while self.redis.running_pid() and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        (self.redis.directory / "dump.rdb").unlink(missing_ok=True)  # everything is lost
+        time.sleep(1)
+        self.redis.start()
+        self.redis_kills.append({"requests_running": running, "streams_in_flight": streams})
+
+
+def start_thread(target, *args, **kwargs) -> tuple[threading.Thread, list]:
+    """Start target in a thread; the list receives its exception, if any."""
+    errors: list[BaseException] = []
+
+    def call():
+        try:
+            target(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            errors.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def process_env(checkout: Path, pg: EmbeddedPostgres, redis: EmbeddedRedis) -> dict:
+    return {
+        **os.environ,
+        **development_env(),
+        # The venv's python, celery and uvicorn, and the copy's code before any install.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(checkout),
+        "DEBUG": "false",
+        "SECURE_SSL_REDIRECT": "false",
+        "DATABASE_URL": pg.url,
+        "REDIS_URL": redis.url,
+        "PORT": str(free_port()),
+        "WORKER_CONCURRENCY": "16",
+        "REQRUN_LEASE_GRACE_SECONDS": "2",
+        "REQRUN_SWEEP_INTERVAL_SECONDS": "1",
+        "LOG_LEVEL": "WARNING",
+    }
 
 
 def run(
@@ -208,74 +435,80 @@ def run(
     rate: float = 20,
     kill_every: float = 4,
     workers: int = 2,
+    streams: int = 20,
+    redis_kills: int = 1,
     settle_timeout: float = 180,
+    keep_logs: bool = False,
 ) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="reqrun-chaos-"))
+    logs = Path(tempfile.mkdtemp(prefix="reqrun-chaos-logs-"))
+    report: dict = {}
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, True)
+        stack.callback(forget_logs, logs, report, keep_logs)
+        checkout = copy_checkout(directory / "checkout")
         pg = EmbeddedPostgres(directory / "postgres", free_port())
         redis = EmbeddedRedis(directory / "redis", free_port())
         pg.start()
         stack.callback(pg.stop)
         redis.start()
         stack.callback(redis.stop)
-        env = {
-            **os.environ,
-            **development_env(),
-            "DEBUG": "false",
-            "SECURE_SSL_REDIRECT": "false",
-            "DATABASE_URL": pg.url,
-            "REDIS_URL": redis.url,
-            "PORT": str(free_port()),
-            "REQRUN_LEASE_GRACE_SECONDS": "2",
-            "REQRUN_SWEEP_INTERVAL_SECONDS": "1",
-            "LOG_LEVEL": "WARNING",
-        }
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True
-        )
+        env = process_env(checkout, pg, redis)
+        manage(checkout, env, "migrate", "--no-input", "-v", "0")
         upstream = stack.enter_context(FakeUpstream())
-        api_key = bootstrap(env, upstream.base_url)
+        api_key = bootstrap(checkout, env, upstream.base_url)
         # Keep attempts short so a killed worker's lease runs out quickly.
         with psycopg.connect(pg.url, autocommit=True) as connection:
             connection.execute(
                 "UPDATE projects_project SET attempt_timeout_seconds = 5, max_attempts = 10"
             )
-        processes = Stack(directory, env, workers)
+        processes = Stack(checkout, logs, env, workers)
         stack.callback(processes.stop)
         processes.start()
         base_url = f"http://127.0.0.1:{env['PORT']}"
 
-        state = {"last_kill": 0.0, "redis_restarted": False}
-
-        def chaos(elapsed: float) -> None:
-            if elapsed - state["last_kill"] >= kill_every:
-                state["last_kill"] = elapsed
-                processes.kill_random_worker()
-            if not state["redis_restarted"] and elapsed >= duration / 2:
-                state["redis_restarted"] = True
-                pid = redis.running_pid()
-                os.kill(pid, signal.SIGKILL)  # everything in Redis is lost
-                (redis.directory / "dump.rdb").unlink(missing_ok=True)
-                time.sleep(1)
-                redis.start()
-
-        accepted = send_load(base_url, api_key, duration=duration, rate=rate, chaos=chaos)
-        report = settle(base_url, api_key, accepted, upstream, settle_timeout)
+        load_over, settled = threading.Event(), threading.Event()
+        stream_load = StreamLoad(base_url, api_key, streams)
+        chaos = Chaos(processes, redis, pg.url, stream_load)
+        streaming, stream_errors = start_thread(stream_load.run, load_over)
+        stack.callback(streaming.join)
+        stack.callback(load_over.set)
+        chaotic, chaos_errors = start_thread(
+            chaos.run, settled, duration=duration, kill_every=kill_every, redis_kills=redis_kills
+        )
+        stack.callback(chaotic.join)
+        stack.callback(settled.set)
+        accepted: dict[str, str] = {}
+        send_load(base_url, api_key, accepted, duration=duration, rate=rate)
+        load_over.set()
+        streaming.join()
+        for result in stream_load.results:
+            if result.request_id:
+                accepted[result.key] = result.request_id
+        final = settle(base_url, api_key, accepted, settle_timeout)
+        settled.set()
+        chaotic.join()
+        for error in chaos_errors + stream_errors:
+            raise error
+        report.update(count_outcomes(accepted, final, upstream))
+        report.update(count_streams(stream_load.results, final))
         report["worker_kills"] = processes.kills
-        report["redis_restarts"] = 1 if state["redis_restarted"] else 0
+        report["worker_kills_during_streams"] = chaos.kills_during_streams
+        report["redis_kills"] = chaos.redis_kills
+        report["process_exits"] = processes.exits
     return report
 
 
-def executed(step: str | None) -> bool:
-    """Did the fake upstream do the work (answer 200, possibly after a delay)?"""
-    return step is not None and (step == "200" or step.startswith("sleep"))
+def forget_logs(logs: Path, report: dict, keep: bool) -> None:
+    """Logs are removed after a clean run unless asked for; a failed run keeps them."""
+    if keep or not passed(report):
+        print(f"the processes' logs are in {logs}", file=sys.stderr)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
-def settle(
-    base_url: str, api_key: str, accepted: dict[str, str], upstream: FakeUpstream, timeout: float
-) -> dict:
-    """Wait for every accepted request to end, then count outcomes and duplicates."""
+def settle(base_url: str, api_key: str, accepted: dict[str, str], timeout: float) -> dict:
+    """Each accepted request's final state, waiting for all to end (at most `timeout`)."""
     auth = {"Authorization": f"Bearer {api_key}"}
     final: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
@@ -288,9 +521,18 @@ def settle(
                     body = client.get(f"{base_url}/v1/requests/{request_id}", headers=auth).json()
                 except (httpx.TransportError, ValueError):
                     continue
-                if body.get("status") in ("succeeded", "failed", "canceled", "expired"):
+                if body.get("status") in TERMINAL:
                     final[key] = body
             time.sleep(1)
+    return final
+
+
+def executed(step: str | None) -> bool:
+    """Did the fake upstream do the work (answer 200, possibly slowly)?"""
+    return step is not None and (step == "200" or step.startswith(("sleep", "slowchunks")))
+
+
+def count_outcomes(accepted: dict[str, str], final: dict[str, dict], upstream) -> dict:
     successes = Counter(
         (record.body or {}).get("user")
         for record in upstream.requests
@@ -321,10 +563,52 @@ def settle(
         "failed": statuses.get("failed", 0),
         "other_terminal": statuses.get("canceled", 0) + statuses.get("expired", 0),
         "lost": len(accepted) - len(final),
+        "lost_requests": [accepted[key] for key in accepted if key not in final],
         "duplicate_executions": len(duplicates),
         "unexplained_duplicates": sum(d["explanation"] == "UNEXPLAINED" for d in duplicates),
         "duplicates": duplicates,
     }
+
+
+def count_streams(results: list[StreamResult], final: dict[str, dict]) -> dict:
+    """Stream outcomes, and each stream's request checked against what its client saw."""
+    kinds = Counter(result.kind for result in results)
+    problems = [
+        f"{result.request_id or result.key}: {result.kind} {result.detail}"
+        for result in results
+        if result.kind in ("spliced", "broken")
+    ]
+    for result in results:
+        body = final.get(result.key)
+        if body is None:
+            continue  # counted as lost
+        if result.kind == "error" and not (body["status"] == "failed" and body["partial"]):
+            problems.append(
+                f"{result.request_id}: error event, but the request is {body['status']} "
+                f"with partial={body['partial']}"
+            )
+        if result.kind == "complete" and body["status"] != "succeeded":
+            problems.append(f"{result.request_id}: complete stream, request {body['status']}")
+    return {
+        "streams": len(results),
+        "streams_complete": kinds["complete"],
+        "streams_error": kinds["error"],
+        "streams_spliced": kinds["spliced"],
+        "streams_broken": kinds["broken"],
+        "streams_not_streamed": kinds["not_streamed"],
+        "streams_refused": kinds["refused"],
+        "stream_problems": problems,
+    }
+
+
+def passed(report: dict) -> bool:
+    """Nothing lost, every duplicate explained, no stream spliced or malformed."""
+    return (
+        report.get("lost") == 0
+        and report.get("unexplained_duplicates") == 0
+        and report.get("streams_spliced") == 0
+        and report.get("stream_problems") == []
+    )
 
 
 def print_report(report: dict) -> None:
@@ -335,17 +619,36 @@ def print_report(report: dict) -> None:
         "other_terminal",
         "lost",
         "worker_kills",
-        "redis_restarts",
+        "worker_kills_during_streams",
         "duplicate_executions",
         "unexplained_duplicates",
+        "streams",
+        "streams_complete",
+        "streams_error",
+        "streams_spliced",
+        "streams_broken",
+        "streams_not_streamed",
+        "streams_refused",
     ):
-        print(f"{name:>24}: {report[name]}")
+        print(f"{name:>28}: {report[name]}")
+    for kill in report["redis_kills"]:
+        print(
+            f"{'redis SIGKILL':>28}: while {kill['requests_running']} requests ran and "
+            f"{kill['streams_in_flight']} streams were in flight"
+        )
+    for exit_ in report["process_exits"]:
+        print(f"{'restarted':>28}: {exit_}")
+    for request_id in report["lost_requests"]:
+        print(f"  lost {request_id}")
     for duplicate in report["duplicates"]:
         print(
             f"  duplicate {duplicate['request']} ({duplicate['idempotency_key']}): "
             f"{duplicate['upstream_executions']} executions — {duplicate['explanation']}; "
             f"attempts: {', '.join(duplicate['attempts']) or 'none'}"
         )
+    for problem in report["stream_problems"]:
+        print(f"  stream {problem}")
+    print("PASSED" if passed(report) else "FAILED")
 
 
 def main() -> int:
@@ -354,12 +657,21 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=20, help="requests per second")
     parser.add_argument("--kill-every", type=float, default=4, help="seconds between kills")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--streams", type=int, default=20, help="streams kept in flight")
+    parser.add_argument("--redis-kills", type=int, default=1)
+    parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args()
     report = run(
-        duration=args.duration, rate=args.rate, kill_every=args.kill_every, workers=args.workers
+        duration=args.duration,
+        rate=args.rate,
+        kill_every=args.kill_every,
+        workers=args.workers,
+        streams=args.streams,
+        redis_kills=args.redis_kills,
+        keep_logs=args.keep_logs,
     )
     print_report(report)
-    return 0 if report["lost"] == 0 and report["unexplained_duplicates"] == 0 else 1
+    return 0 if passed(report) else 1
 
 
 if __name__ == "__main__":
