@@ -6,6 +6,7 @@ from django.views.generic import TemplateView
 
 from core import health
 from privacy import legal
+from requests_app.api.urls import unknown_paths
 
 urlpatterns = [
     path("", include("requests_app.api.urls")),  # /v1 first: the hot path resolves at once
@@ -23,4 +24,5 @@ urlpatterns = [
     path("", include("billing.urls")),
     path("", include("requests_app.dashboard.urls")),
     path("admin/", admin.site.urls),
+    *unknown_paths,
 ]

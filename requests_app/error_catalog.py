@@ -83,6 +83,13 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Send a JSON object; check the encoding and quoting.",
     ),
     ErrorCode(
+        "invalid_stream",
+        400,
+        "invalid_request_error",
+        "`stream` is present but is not `true` or `false`.",
+        "Send a boolean, or leave `stream` out.",
+    ),
+    ErrorCode(
         "invalid_body",
         400,
         "invalid_request_error",

@@ -16,7 +16,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 
-from requests_app.api.selectors import MAX_PAGE
+from requests_app.api.selectors import MAX_PAGE, MAX_TIMESTAMP
 from requests_app.api.serializers import RequestListSerializer, RequestObjectSerializer
 from requests_app.api.views import DEFAULT_WAIT_SECONDS, MAX_POLL_WAIT_SECONDS, MAX_WAIT_SECONDS
 from requests_app.endpoints import ENDPOINTS, endpoint
@@ -25,8 +25,6 @@ from requests_app.models import Status
 
 SCHEMA_URL = "/v1/openapi.json"
 BEARER = [{"ReqRunKey": []}]
-# `created_after` is Unix seconds; the last second a date can hold (9999-12-31T23:59:59Z).
-MAX_CREATED_AFTER = 253_402_300_799
 
 
 def ref(name: str) -> dict:
@@ -368,7 +366,7 @@ OPERATIONS = {
             OpenApiParameter("idempotency_key", str),
             OpenApiParameter(
                 "created_after",
-                {"type": "integer", "minimum": 1, "maximum": MAX_CREATED_AFTER},
+                {"type": "integer", "minimum": 1, "maximum": MAX_TIMESTAMP},
                 description="Unix seconds: only requests created after it.",
             ),
             *RATE_LIMIT_HEADERS,

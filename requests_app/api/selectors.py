@@ -10,6 +10,7 @@ from requests_app.errors import InvalidRequest, NotFound
 from requests_app.models import Request, Status
 
 MAX_PAGE = 100
+MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a date can hold
 
 
 def requests_of(project: Project) -> QuerySet[Request]:
@@ -45,6 +46,14 @@ def _positive_int(value: str, *, name: str, maximum: int) -> int:
     return number
 
 
+def _text(params, name: str) -> str:
+    """A text filter; PostgreSQL text cannot hold NUL, so one is refused up front."""
+    value = params[name]
+    if "\x00" in value:
+        raise InvalidRequest(f"'{name}' must not contain a NUL character.", param=name)
+    return value
+
+
 def list_requests(project: Project, params) -> tuple[list[Request], bool]:
     """Newest first, cursor-paginated by id (ids sort by creation time)."""
     limit = _positive_int(params.get("limit", "20"), name="limit", maximum=MAX_PAGE)
@@ -57,14 +66,16 @@ def list_requests(project: Project, params) -> tuple[list[Request], bool]:
             )
         requests = requests.filter(status=status)
     if params.get("endpoint"):
-        requests = requests.filter(endpoint=params["endpoint"])
+        requests = requests.filter(endpoint=_text(params, "endpoint"))
     if params.get("idempotency_key"):
-        requests = requests.filter(idempotency_key=params["idempotency_key"])
+        requests = requests.filter(idempotency_key=_text(params, "idempotency_key"))
     if params.get("created_after"):
-        seconds = _positive_int(params["created_after"], name="created_after", maximum=2**40)
+        seconds = _positive_int(
+            params["created_after"], name="created_after", maximum=MAX_TIMESTAMP
+        )
         requests = requests.filter(created_at__gt=datetime.fromtimestamp(seconds, tz=UTC))
     if params.get("after"):
-        requests = requests.filter(public_id__lt=params["after"])
+        requests = requests.filter(public_id__lt=_text(params, "after"))
     page = list(requests[: limit + 1])
     return page[:limit], len(page) > limit
 

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from requests_app.api import views as api
 from requests_app.endpoints import ENDPOINTS, PROXIED_ENDPOINTS
@@ -22,3 +22,7 @@ urlpatterns = [
     path("v1/requests/<str:request_id>/cancel", api.RequestCancelView.as_view()),
     path("v1/usage", api.UsageView.as_view()),
 ]
+
+# Included last of all (reqrun/urls.py): any other /v1 path is a 404 in OpenAI's envelope,
+# never the browser's page.
+unknown_paths = [re_path(r"^v1(?:/[\s\S]*)?\Z", api.UnknownPathView.as_view())]

@@ -11,6 +11,7 @@ from urllib.parse import quote
 from adrf.views import APIView
 from django.conf import settings
 from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
 from core.ids import new_public_id
@@ -36,6 +37,7 @@ from requests_app.errors import (
     BodyTooLarge,
     Conflict,
     InvalidRequest,
+    NotFound,
     RateLimited,
     UpstreamError,
     envelope,
@@ -154,6 +156,10 @@ class ProxyView(V1View):
         ensure_body_size(len(body))
         payload = parse_body(body)
         wait_seconds = parse_wait_budget(request)
+        if not isinstance(payload.get("stream", False), bool):
+            raise InvalidRequest(
+                "'stream' must be true or false.", param="stream", code="invalid_stream"
+            )
         if payload.get("stream"):
             if self.endpoint not in STREAMING_ENDPOINTS:
                 raise InvalidRequest(
@@ -334,6 +340,17 @@ class RequestCancelView(V1View):
             }
             return Response(body, status=exc.status_code)
         return super().handle_exception(exc)
+
+
+@extend_schema(exclude=True)
+class UnknownPathView(V1View):
+    """Every /v1 path no endpoint serves, whatever the method."""
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        raise NotFound(f"No such endpoint: {request.method} {request.path}.", param=None)
+
+    def options(self, request, *args, **kwargs):
+        return self.http_method_not_allowed(request)
 
 
 class UsageView(V1View):
