@@ -2,6 +2,7 @@
 number they give is read from where the code keeps it, and every email the code can send
 is named on the privacy page."""
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -167,6 +168,30 @@ def test_after_a_downgrade_the_next_purge_applies_the_shorter_window():
 def test_the_privacy_page_states_how_long_paddle_events_are_kept(client):
     text = text_of(page(client, "/legal/privacy"))
     assert f"kept for {PADDLE_EVENT_RETENTION_DAYS} days after we receive them" in text
+    assert "cut down as soon as we have processed them" in text
+    assert "no names, email or postal addresses" in text
+
+
+def test_what_the_privacy_page_says_of_paddle_events_is_what_is_kept():
+    from billing.event_retention import accounting_record
+
+    event = {
+        "event_id": "evt_1",
+        "event_type": "transaction.completed",
+        "occurred_at": "2026-12-01T00:00:00Z",
+        "data": {
+            "id": "txn_1",
+            "status": "completed",
+            "customer": {"email": "someone@example.com", "name": "Some One"},
+            "address": {"postal_code": "10115", "first_line": "Street 1"},
+            "details": {"totals": {"total": "2900", "currency_code": "USD"}},
+        },
+    }
+    kept = json.dumps(accounting_record(event))
+
+    assert "txn_1" in kept and "2900" in kept
+    for personal in ("someone@example.com", "Some One", "10115", "Street 1"):
+        assert personal not in kept
 
 
 # ---------- suspension, refunds, notice periods ----------
