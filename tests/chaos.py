@@ -12,20 +12,24 @@
 --redis-kills  times Redis is SIGKILLed while workers hold requests, and restarted empty
 --keep-logs    keep the processes' logs (they are kept anyway when the run fails)
 
-It copies the checkout's tracked files into a temporary directory (so no `.data/` and no
-local state), starts a throw-away PostgreSQL and Redis, migrates, and runs the Procfile's
-`web`, `worker` and `beat` lines exactly as written under `bash -c`, like a deploy would;
-an in-process fake upstream answers with faults (503 then 200, dropped connections, slow
-answers, slow streams). It sends async requests, each with its own Idempotency-Key, keeps
-streaming calls in flight, SIGKILLs a random worker every few seconds, and SIGKILLs Redis
-(data thrown away) while workers are busy. Then it waits for every accepted request to end
-and reports: accepted, succeeded, failed, lost (not terminal at the end), duplicate
+It copies the checkout (the files git does not ignore: no `.data/`, no local state) into a
+temporary directory, starts a throw-away PostgreSQL and Redis, migrates, and runs the
+Procfile's `web`, `worker` and `beat` lines exactly as written under `bash -c`, as a deploy
+would, restarting any that exits as a process manager would; an in-process fake upstream
+answers with faults (503 then 200, dropped connections, slow answers, slow streams). It
+sends async requests, each with its own Idempotency-Key, keeps streaming calls in flight
+and reads each to its end, SIGKILLs a random worker every few seconds, and SIGKILLs Redis
+(data thrown away) while workers hold requests. Then it waits for every accepted request to
+end and reports: accepted, succeeded, failed, lost (not terminal at the end), duplicate
 upstream executions with the explanation of each (an attempt in flight when its worker was
 killed), and streams that completed, ended with one error event, or were spliced from two
-attempts. Exit code 0 means nothing was lost, every duplicate is explained, every stream is
-one attempt's complete answer or ends with exactly one error event (its request `failed`
-with `partial: true`). Everything talks to 127.0.0.1 only and everything it starts is
-stopped at the end, by process group.
+attempts (their events carry more than one upstream id).
+
+Exit code 0 means nothing was lost, every duplicate is explained, and every stream is
+either one attempt's complete answer ending `data: [DONE]` (its request `succeeded`) or
+ends with exactly one `event: error` and no `[DONE]` (its request `failed` with
+`partial: true`). Clients and servers use 127.0.0.1 (the web process binds as the Procfile
+says); everything started is stopped at the end, by process group, even on failure.
 """
 
 import argparse
@@ -57,13 +61,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["script:503,200", "script:drop,200", "sleep-300", "gpt-test", "script:429ram200,200"]
 # Six SSE events 500 ms apart: a stream lasts long enough for kills to land mid-stream.
 STREAM_MODEL = "script:slowchunks500"
+STREAM_KEY_PREFIX = "chaos-stream-"
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 
 def copy_checkout(target: Path) -> Path:
-    """The tracked files as they are in the working tree: what a deploy would ship."""
+    """The working tree's files that git does not ignore (no .data/, no .venv/): what a deploy
+    would ship, with the changes not committed yet, as the rest of the suite sees them."""
     listed = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = ROOT / name
@@ -155,7 +164,7 @@ def manage(checkout: Path, env: dict, *args: str) -> str:
         cwd=checkout,
         env=env,
         check=True,
-        capture_output=True,
+        stdout=subprocess.PIPE,  # errors go to our stderr
         text=True,
     ).stdout
 
@@ -328,7 +337,7 @@ class StreamLoad:
         with httpx.Client(timeout=httpx.Timeout(10, read=60)) as client:
             while not stop.is_set():
                 with self.lock:
-                    key = f"chaos-stream-{self.counter}"
+                    key = f"{STREAM_KEY_PREFIX}{self.counter}"
                     self.counter += 1
                     self.in_flight += 1
                 try:
@@ -557,8 +566,15 @@ def count_outcomes(accepted: dict[str, str], final: dict[str, dict], upstream) -
                 }
             )
     statuses = Counter(body["status"] for body in final.values())
+    streamed = [key for key in accepted if key.startswith(STREAM_KEY_PREFIX)]
     return {
         "accepted": len(accepted),
+        "accepted_streams": len(streamed),
+        "async_succeeded": sum(
+            body["status"] == "succeeded"
+            for key, body in final.items()
+            if not key.startswith(STREAM_KEY_PREFIX)
+        ),
         "succeeded": statuses.get("succeeded", 0),
         "failed": statuses.get("failed", 0),
         "other_terminal": statuses.get("canceled", 0) + statuses.get("expired", 0),
@@ -593,6 +609,9 @@ def count_streams(results: list[StreamResult], final: dict[str, dict]) -> dict:
         "streams": len(results),
         "streams_complete": kinds["complete"],
         "streams_error": kinds["error"],
+        "stream_error_codes": dict(
+            Counter(result.detail for result in results if result.kind == "error")
+        ),
         "streams_spliced": kinds["spliced"],
         "streams_broken": kinds["broken"],
         "streams_not_streamed": kinds["not_streamed"],
@@ -614,6 +633,8 @@ def passed(report: dict) -> bool:
 def print_report(report: dict) -> None:
     for name in (
         "accepted",
+        "accepted_streams",
+        "async_succeeded",
         "succeeded",
         "failed",
         "other_terminal",
@@ -631,6 +652,8 @@ def print_report(report: dict) -> None:
         "streams_refused",
     ):
         print(f"{name:>28}: {report[name]}")
+    for code, count in report["stream_error_codes"].items():
+        print(f"{'streams ending with':>28}: {code} × {count}")
     for kill in report["redis_kills"]:
         print(
             f"{'redis SIGKILL':>28}: while {kill['requests_running']} requests ran and "
