@@ -100,15 +100,15 @@ class Stack:
         self.stopping = False
 
     def spawn(self, name: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        return subprocess.Popen(
-            ["bash", "-c", self.commands[name]],
-            cwd=self.checkout,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.logs / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            return subprocess.Popen(
+                ["bash", "-c", self.commands[name]],
+                cwd=self.checkout,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def start(self) -> None:
         self.web = self.spawn("web")
@@ -359,7 +359,9 @@ def running_requests(database_url: str) -> int:
 class Chaos:
     """Worker SIGKILLs every `kill_every` seconds and Redis SIGKILLs while workers are busy."""
 
-    def __init__(self, processes: Stack, redis: EmbeddedRedis, database_url: str, streams):
+    def __init__(
+        self, processes: Stack, redis: EmbeddedRedis, database_url: str, streams: StreamLoad
+    ):
         self.processes = processes
         self.redis = redis
         self.database_url = database_url
