@@ -154,3 +154,20 @@ class DailyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project_id} on {self.day}"
+
+
+class PendingCount(models.Model):
+    """How many of an account's requests are queued, running or retrying.
+
+    Kept in the engine's own statements (engine/sql.py): +1 in the accept's transaction,
+    −1 in the statement that ends a request, so the pending cap is one conditional UPDATE
+    instead of a count of every unfinished request under the account's lock.
+    """
+
+    account = models.OneToOneField(
+        Account, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    pending = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.account_id}: {self.pending} pending"

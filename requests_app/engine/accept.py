@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -13,8 +13,9 @@ from core import encryption
 from core.prepared import insert
 from projects.limits import Limits, count_accepted_request, limits_for
 from projects.models import ApiKey
+from requests_app.engine import sql
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
-from requests_app.models import ACTIVE_STATUSES, Request
+from requests_app.models import Request
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +35,6 @@ def body_digest(body: bytes) -> str:
 class Accepted:
     request: Request
     outcome: Literal["created", "replayed", "attached"]
-
-
-# Every accept counts the account's unfinished requests; plain SQL, as the ORM would
-# compile it each time. The statuses are written out, not bound, so that even a prepared
-# statement's generic plan can use the partial index request_account_status.
-_ACTIVE_LITERALS = ", ".join(f"'{status}'" for status in ACTIVE_STATUSES)
-PENDING_COUNT_SQL = (
-    f"SELECT count(*) FROM {Request._meta.db_table} "  # noqa: S608 - constants only
-    f"WHERE account_id = %s AND status IN ({_ACTIVE_LITERALS})"
-)
-
-
-def pending_count(account_id: int) -> int:
-    """How many of the account's requests are queued, running or waiting to retry."""
-    with connection.cursor() as cursor:
-        cursor.execute(PENDING_COUNT_SQL, [account_id])
-        return cursor.fetchone()[0]
 
 
 def _enqueue(request_pk: int) -> None:
@@ -132,11 +116,10 @@ def accept_request(
                     "month. Upgrade the plan or wait for the next period.",
                     headers={"x-should-retry": "false"},
                 )
-            pending = pending_count(account.pk)
-            if pending >= limits.pending_requests:
+            if not sql.take_pending_slot(account_id=account.pk, limit=limits.pending_requests):
                 raise PendingQueueFull(
-                    f"This account already has {pending:,} requests waiting or running "
-                    f"(plan limit {limits.pending_requests:,}). Retry when some have finished.",
+                    f"This account already has {limits.pending_requests:,} requests waiting or "
+                    "running, its plan's limit. Retry when some have finished.",
                     headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
                 )
             request = Request(

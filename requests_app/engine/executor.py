@@ -10,26 +10,27 @@ the sweeper.
 import logging
 import random
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
 from core import encryption
-from core.prepared import PreparedGet, execute, update_rows, update_statement
+from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
-from requests_app.engine import concurrency, retry_policy, upstream
+from requests_app.engine import concurrency, retry_policy, sql, upstream
 from requests_app.engine.cancel import cancel_waiting
 from requests_app.engine.notifications import announce_finished, answer_of
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.stream_attempt import stream_attempt
 from requests_app.engine.usage import usage_from_body, usage_from_event_stream
 from requests_app.error_catalog import error_object
-from requests_app.models import Attempt, Request, Status
+from requests_app.models import TERMINAL_STATUSES, Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +55,6 @@ def lease_for(request: Request) -> timedelta:
     )
 
 
-# The claim and the attempt's row in one statement, run before every attempt. Plain SQL:
-# the ORM would compile both on every call, and they are a round trip apart.
-CLAIM_SQL = f"""
-WITH claimed AS (
-    UPDATE {Request._meta.db_table}
-    SET status = %s, attempt_count = attempt_count + 1, lease_until = %s,
-        started_at = COALESCE(started_at, %s), next_attempt_at = NULL
-    WHERE id = %s AND attempt_count = %s AND status IN (%s, %s) AND NOT cancel_requested
-        AND (next_attempt_at IS NULL OR next_attempt_at <= %s)
-    RETURNING id, attempt_count
-)
-INSERT INTO {Attempt._meta.db_table} (request_id, number, started_at, outcome)
-SELECT id, attempt_count, %s, '' FROM claimed
-RETURNING id
-"""  # noqa: S608 - table names from _meta, values bound
-
-
 def claim_request(request: Request) -> Attempt | None:
     """Take the request for one attempt if it is due, and open the attempt's row.
 
@@ -80,38 +64,33 @@ def claim_request(request: Request) -> Attempt | None:
     """
     now = timezone.now()
     if request.deadline_at <= now:
-        expired = Request.objects.filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
-            pk=request.pk,
-            status__in=[Status.QUEUED, Status.RETRYING],
-            cancel_requested=False,
-        ).update(
+        if sql.end_waiting(
+            request_id=request.pk,
             status=Status.EXPIRED,
-            finished_at=now,
-            request_body=None,
-            next_attempt_at=None,
+            now=now,
+            only_if_due=True,
             error={
                 "message": "The request's deadline passed before it could be run.",
                 "type": "upstream_error",
                 "param": None,
                 "code": "deadline_exceeded",
             },
-        )
-        if expired:
+        ):
             announce_finished(request)
         return None
-    params = [Status.RUNNING, now + lease_for(request), now, request.pk, request.attempt_count]
-    params += [Status.QUEUED, Status.RETRYING, now, now]
-    with connection.cursor() as cursor:
-        cursor.execute(CLAIM_SQL, params)
-        opened = cursor.fetchone()
+    opened = sql.claim(
+        request_id=request.pk,
+        attempt_count=request.attempt_count,
+        now=now,
+        lease_until=now + lease_for(request),
+    )
     if opened is None:
         return None
     number = request.attempt_count + 1
     request.status = Status.RUNNING
     request.attempt_count = number
     request.started_at = request.started_at or now
-    attempt = Attempt(id=opened[0], request=request, number=number, started_at=now)
+    attempt = Attempt(id=opened, request=request, number=number, started_at=now)
     attempt._state.adding = False
     return attempt
 
@@ -137,46 +116,116 @@ def perform_attempt(request: Request, attempt: Attempt, *, slot: str) -> Attempt
     return result
 
 
-def conclude_attempt(request: Request, attempt: Attempt, result: AttemptResult) -> float | None:
+@dataclass(frozen=True)
+class Consequence:
+    """What an attempt's result means for its request."""
+
+    status: str
+    next_attempt_at: datetime | None = None
+    delay: float | None = None  # a retry soon enough to sleep for in this worker
+    error: dict | None = None
+    partial: bool = False
+
+    @property
+    def ends(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+def consequence_of(
+    request: Request, number: int, result: AttemptResult, *, answered: bool, now: datetime
+) -> Consequence:
+    """Retry, or end as what: the retry policy, the deadline and the streaming rule."""
+    if result.client_gone:
+        return Consequence(Status.CANCELED, partial=result.stream_started)
+    if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
+        error = {
+            "message": "The stream broke off after it had started; the answer is incomplete. "
+            "Discard it and send the request again.",
+            "type": "upstream_error",
+            "param": None,
+            "code": result.error_code,
+        }
+        return Consequence(Status.FAILED, error=error, partial=True)
+    retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
+    if retryable and number < request.max_attempts:
+        delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
+        next_at = now + timedelta(seconds=delay)
+        if next_at < request.deadline_at:
+            inline = delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
+            return Consequence(Status.RETRYING, next_attempt_at=next_at, delay=inline)
+        status = Status.EXPIRED
+    elif result.outcome == Attempt.Outcome.SUCCESS:
+        status = Status.SUCCEEDED
+    else:
+        status = Status.FAILED
+    error = None if answered else _no_response_error(result, expired=status == Status.EXPIRED)
+    return Consequence(status, error=error)
+
+
+def conclude_attempt(
+    request: Request,
+    number: int,
+    result: AttemptResult,
+    *,
+    latency_ms: int | None = None,
+    lease_expired_before: datetime | None = None,
+) -> tuple[bool, float | None]:
     """Record the attempt's result and its consequence for the request in one statement.
 
     Only while the attempt's row is still open: when this worker outlived its lease, the
     sweeper has closed the row as `worker_lost` and scheduled the retry, and this late
-    result is dropped rather than written over that record. The attempt's row is closed
-    in a CTE of the statement that writes the request, and the sweeper closes and finishes
-    in a transaction of its own, so exactly one of them decides what the attempt was.
+    result is dropped rather than written over that record (the sweeper concludes through
+    this same function, with `lease_expired_before`). Returns whether it was written and,
+    for a retry due soon, the wait before it.
     """
-    closing = update_statement(
-        Attempt,
-        where={"id": attempt.pk, "finished_at": None},
-        values={
-            "finished_at": timezone.now(),
-            "latency_ms": attempt.latency_ms,
+    now = timezone.now()
+    response = _response_fields(request, result.response)
+    then = consequence_of(request, number, result, answered=bool(response), now=now)
+    written = sql.conclude(
+        request_id=request.pk,
+        number=number,
+        now=now,
+        attempt={
+            "latency_ms": latency_ms,
             "outcome": result.outcome,
             "status_code": result.status_code,
             "error_code": result.error_code,
             "retry_after_ms": result.retry_after_ms,
         },
-        returning="id",
+        status=then.status,
+        ends=then.ends,
+        next_attempt_at=then.next_attempt_at,
+        error=then.error,
+        partial=then.partial,
+        response=response,
+        lease_expired_before=lease_expired_before,
     )
-    written, delay = finish_attempt(request, attempt.number, result, closing=closing)
     if not written:
         logger.warning(
             "attempt outlived its lease; its result is dropped",
-            extra={"request_id": request.public_id, "attempt": attempt.number},
+            extra={"request_id": request.public_id, "attempt": number},
         )
-        return None
+        return False, None
     logger.info(
         "attempt finished",
         extra={
             "request_id": request.public_id,
-            "attempt": attempt.number,
+            "attempt": number,
             "outcome": result.outcome,
             "status_code": result.status_code,
-            "latency_ms": attempt.latency_ms,
+            "latency_ms": latency_ms,
         },
     )
-    return delay
+    if not then.ends:
+        cancel_waiting(request, only_if_requested=True)  # a cancel asked for meanwhile
+        return True, then.delay
+    # `request` was read at the start of this attempt, so with these writes it is the row.
+    request.status, request.finished_at, request.lease_until = then.status, now, None
+    request.request_body, request.error, request.partial = None, then.error, then.partial
+    for field, value in response.items():
+        setattr(request, field, value)
+    announce_finished(request, answer=answer_of(request))
+    return True, None
 
 
 def _call_upstream(request: Request, number: int, slot: str) -> AttemptResult:
@@ -258,100 +307,6 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     return {"message": message, "type": "upstream_error", "param": None, "code": code}
 
 
-def finish_attempt(
-    request: Request, number: int, result: AttemptResult, *, closing: tuple[str, list] | None = None
-) -> tuple[bool, float | None]:
-    """Write the attempt's consequence, fenced on its number.
-
-    Returns whether it was written and, for a retry due soon, the wait before it. With
-    `closing` (an UPDATE … RETURNING of the attempt's row), the request is written only
-    if that statement changes the row, in one statement with it.
-    """
-    now = timezone.now()
-
-    def fenced(**values) -> bool:
-        """Write to the request only while this attempt still owns it."""
-        where = {"id": request.pk, "attempt_count": number, "status": Status.RUNNING}
-        if closing is None:
-            return bool(update_rows(Request, where=where, values=values))
-        sql, params = update_statement(Request, where=where, values=values)
-        return bool(
-            execute(
-                Request,
-                f"WITH closed AS ({closing[0]}) {sql} AND EXISTS (SELECT 1 FROM closed)",  # noqa: S608
-                [*closing[1], *params],
-            )
-        )
-
-    response_fields = _response_fields(request, result.response)
-    retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
-    if result.client_gone:
-        return _finish(
-            fenced, request, Status.CANCELED, response_fields, partial=result.stream_started
-        )
-    if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
-        return _finish(
-            fenced,
-            request,
-            Status.FAILED,
-            response_fields,
-            partial=True,
-            error={
-                "message": "The stream broke off after it had started; the answer is "
-                "incomplete. Discard it and send the request again.",
-                "type": "upstream_error",
-                "param": None,
-                "code": result.error_code,
-            },
-        )
-    if retryable and number < request.max_attempts:
-        delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
-        next_at = now + timedelta(seconds=delay)
-        if next_at < request.deadline_at:
-            if not fenced(
-                status=Status.RETRYING, next_attempt_at=next_at, lease_until=None, **response_fields
-            ):
-                return False, None
-            cancel_waiting(request, only_if_requested=True)
-            return True, delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
-        status = Status.EXPIRED
-    elif result.outcome == Attempt.Outcome.SUCCESS:
-        status = Status.SUCCEEDED
-    else:
-        status = Status.FAILED
-    error = None
-    if not response_fields:
-        error = _no_response_error(result, expired=status == Status.EXPIRED)
-    return _finish(fenced, request, status, response_fields, error=error)
-
-
-def _finish(
-    fenced,
-    request: Request,
-    status: str,
-    response_fields: dict,
-    *,
-    error: dict | None = None,
-    partial: bool = False,
-) -> tuple[bool, None]:
-    final = {
-        "status": status,
-        "finished_at": timezone.now(),
-        "lease_until": None,
-        "request_body": None,
-        "error": error,
-        "partial": partial,
-        **response_fields,
-    }
-    if not fenced(**final):
-        return False, None
-    # `request` was read at the start of this attempt, so with these writes it is the row.
-    for field, value in final.items():
-        setattr(request, field, value)
-    announce_finished(request, answer=answer_of(request))
-    return True, None
-
-
 SUSPENSION_RECHECK = timedelta(seconds=30)
 
 
@@ -419,12 +374,14 @@ def execute_request(request_pk: int) -> None:
                 return
             result = perform_attempt(row, attempt, slot=slot)
             try:
-                delay = conclude_attempt(row, attempt, result)
+                _, delay = conclude_attempt(
+                    row, attempt.number, result, latency_ms=attempt.latency_ms
+                )
             except DatabaseError:
                 # The result itself could not be stored (a value the database refuses):
                 # record the attempt as our own error rather than leave it running.
                 logger.error("attempt result refused", extra={"request_id": row.public_id})
-                delay = conclude_attempt(row, attempt, INTERNAL_ERROR)
+                _, delay = conclude_attempt(row, attempt.number, INTERNAL_ERROR)
         finally:
             concurrency.release(account_id=row.account_id, token=slot)
         if delay is None:

@@ -10,13 +10,12 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import transaction
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from core import heartbeats
-from requests_app.engine.executor import finish_attempt
+from requests_app.engine.executor import conclude_attempt
 from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Attempt, Request, Status
 
@@ -49,25 +48,19 @@ def recover_expired_leases(now) -> int:
     )
     recovered = 0
     for request in stale:
-        # One transaction, as the worker's own conclusion (executor.conclude_attempt): if
-        # the worker recorded its result first, the request is no longer running this
-        # attempt and the fenced finish below changes nothing.
-        with transaction.atomic():
-            Attempt.objects.filter(
-                request=request, number=request.attempt_count, finished_at__isnull=True
-            ).update(
-                finished_at=now, outcome=Attempt.Outcome.CONNECTION_ERROR, error_code="worker_lost"
-            )
-            finish_attempt(
-                request,
-                request.attempt_count,
-                AttemptResult(
-                    Attempt.Outcome.CONNECTION_ERROR,
-                    error_code="worker_lost",
-                    # Bytes already reached a client: this request can only fail as partial.
-                    stream_started=request.first_byte_at is not None,
-                ),
-            )
+        # The same one statement as the worker's own conclusion: if the worker recorded its
+        # result first, or renewed its lease meanwhile, this changes nothing.
+        conclude_attempt(
+            request,
+            request.attempt_count,
+            AttemptResult(
+                Attempt.Outcome.CONNECTION_ERROR,
+                error_code="worker_lost",
+                # Bytes already reached a client: this request can only fail as partial.
+                stream_started=request.first_byte_at is not None,
+            ),
+            lease_expired_before=now,
+        )
         recovered += 1
         logger.warning(
             "lease expired; attempt recovered",

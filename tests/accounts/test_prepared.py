@@ -5,7 +5,7 @@ import threading
 import pytest
 from django.db import connection
 
-from core.prepared import PreparedGet, insert, update_rows
+from core.prepared import PreparedGet, insert
 from projects.limits import PLAN_STATE_RELATED, plan_state_of
 from projects.models import AccountPlan, ApiKey
 from requests_app.models import Request
@@ -109,32 +109,3 @@ def test_insert_stores_what_create_would_and_sets_the_primary_key():
     assert stored.usage == {"total_tokens": 5}
     assert bytes(stored.request_body) == b"\x00secret"
     assert stored.status == "queued" and stored.attempt_count == 0  # model defaults
-
-
-def test_update_rows_applies_only_where_every_condition_holds():
-    request = RequestFactory(status="running", attempt_count=2)
-    fenced = {"id": request.pk, "attempt_count": 2, "status": "running"}
-    stale = {**fenced, "attempt_count": 1}
-
-    assert update_rows(Request, where=stale, values={"status": "failed"}) == 0
-    assert (
-        update_rows(
-            Request,
-            where=fenced,
-            values={"status": "succeeded", "error": {"code": "x"}, "response_body": b"\x01"},
-        )
-        == 1
-    )
-    request.refresh_from_db()
-    assert (request.status, request.error, bytes(request.response_body)) == (
-        "succeeded",
-        {"code": "x"},
-        b"\x01",
-    )
-    # A None condition is IS NULL; a None value is stored as NULL.
-    assert (
-        update_rows(Request, where={"id": request.pk, "finished_at": None}, values={"error": None})
-        == 1
-    )
-    request.refresh_from_db()
-    assert request.error is None

@@ -332,3 +332,33 @@ def test_a_concurrency_slot_is_freed_only_by_the_attempt_that_took_it(db):
     assert concurrency.in_use(account_id) == 1  # still held by the attempt that took it
     concurrency.release(account_id=account_id, token=mine)
     assert concurrency.in_use(account_id) == 0
+
+
+def test_the_pending_count_follows_every_way_a_request_ends(tenant, live_api, worker):
+    from requests_app.models import PendingCount
+
+    def send(model: str, **headers) -> str:
+        response = httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": model, "messages": CHAT},
+            headers=headers_for(tenant, Prefer="respond-async", **headers),
+        )
+        assert response.status_code == 202
+        return response.json()["id"]
+
+    worker.stop()
+    canceled = send("gpt-test")
+    httpx.post(f"{live_api.url}/v1/requests/{canceled}/cancel", headers=headers_for(tenant))
+    expired = send("gpt-test")
+    Request.objects.filter(public_id=expired).update(deadline_at=timezone.now())
+    worker.start()
+    ids = [canceled, expired, send("gpt-test"), send("script:400"), send("script:503,200")]
+    ended = wait_until(
+        lambda: all(terminal(public_id, sweeping=True) for public_id in ids) and ids,
+        timeout=60,
+        message="not every request ended",
+    )
+
+    statuses = {Request.objects.get(public_id=public_id).status for public_id in ended}
+    assert statuses == {"canceled", "expired", "succeeded", "failed"}
+    assert PendingCount.objects.get(account=tenant.account).pending == 0
