@@ -30,6 +30,17 @@ def headers_for(tenant, **extra) -> dict:
     return {"Authorization": f"Bearer {tenant.raw_key}", **extra}
 
 
+def accept_async(live_api, tenant, model: str = "gpt-test", **headers) -> str:
+    """Send a call in async mode; its request id."""
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": model, "messages": CHAT},
+        headers=headers_for(tenant, Prefer="respond-async", **headers),
+    )
+    assert response.status_code == 202
+    return response.json()["id"]
+
+
 class StreamReader(threading.Thread):
     """A streaming caller in a thread: everything it received, and whether it left early."""
 
@@ -146,12 +157,7 @@ def test_a_replayed_canceled_request_says_it_was_canceled(tenant, live_api, work
     body = {"model": "gpt-test", "messages": CHAT}
     worker.stop()  # nothing runs it, so it can be canceled while queued
     try:
-        accepted = httpx.post(
-            f"{live_api.url}/v1/chat/completions",
-            json=body,
-            headers=headers_for(tenant, **{"Idempotency-Key": key, "Prefer": "respond-async"}),
-        )
-        public_id = accepted.json()["id"]
+        public_id = accept_async(live_api, tenant, **{"Idempotency-Key": key})
         canceled = httpx.post(
             f"{live_api.url}/v1/requests/{public_id}/cancel", headers=headers_for(tenant)
         )
@@ -202,12 +208,7 @@ def test_zero_retention_keeps_no_streamed_answer(tenant, live_api):
 def test_zero_retention_forgets_an_answer_once_the_list_has_shown_it(tenant, live_api):
     tenant.project.zero_retention = True
     tenant.project.save()
-    accepted = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": CHAT},
-        headers=headers_for(tenant, Prefer="respond-async"),
-    )
-    public_id = accepted.json()["id"]
+    public_id = accept_async(live_api, tenant)
     wait_until(lambda: terminal(public_id), message="the request never ended")
 
     listed = httpx.get(f"{live_api.url}/v1/requests", headers=headers_for(tenant)).json()
@@ -242,12 +243,7 @@ def test_a_suspended_accounts_queued_request_is_held_then_resumed_when_lifted(
     from accounts.services import suspend_account, unsuspend_account
 
     worker.stop()
-    accepted = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": CHAT},
-        headers=headers_for(tenant, Prefer="respond-async"),
-    )
-    public_id = accepted.json()["id"]
+    public_id = accept_async(live_api, tenant)
     suspend_account(account=tenant.account, reason="Unpaid invoices")
     worker.start()
     wait_until(
@@ -275,12 +271,7 @@ def test_a_request_held_past_the_suspension_period_is_canceled_with_its_reason(
     from accounts.services import suspend_account
 
     worker.stop()
-    accepted = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": CHAT},
-        headers=headers_for(tenant, Prefer="respond-async"),
-    )
-    public_id = accepted.json()["id"]
+    public_id = accept_async(live_api, tenant)
     suspend_account(account=tenant.account, reason="Abuse report")
     type(tenant.account).objects.filter(pk=tenant.account.pk).update(
         suspended_at=timezone.now() - timedelta(days=SUSPENSION_CANCEL_AFTER_DAYS, hours=1)
@@ -337,14 +328,8 @@ def test_a_concurrency_slot_is_freed_only_by_the_attempt_that_took_it(db):
 def test_the_pending_count_follows_every_way_a_request_ends(tenant, live_api, worker):
     from requests_app.models import PendingCount
 
-    def send(model: str, **headers) -> str:
-        response = httpx.post(
-            f"{live_api.url}/v1/chat/completions",
-            json={"model": model, "messages": CHAT},
-            headers=headers_for(tenant, Prefer="respond-async", **headers),
-        )
-        assert response.status_code == 202
-        return response.json()["id"]
+    def send(model: str) -> str:
+        return accept_async(live_api, tenant, model)
 
     worker.stop()
     canceled = send("gpt-test")
