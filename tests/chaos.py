@@ -512,7 +512,7 @@ def run(
 
 def forget_logs(logs: Path, report: dict, keep: bool) -> None:
     """Logs are removed after a clean run unless asked for; a failed run keeps them."""
-    if keep or not passed(report):
+    if (keep or not passed(report)) and any(logs.iterdir()):
         print(f"the processes' logs are in {logs}", file=sys.stderr)
     else:
         shutil.rmtree(logs, ignore_errors=True)
