@@ -1,10 +1,19 @@
 """The Celery application: configured from Django settings (CELERY_*), tasks autodiscovered."""
 
 import os
+from functools import partial
 
 from celery import Celery
-from celery.signals import worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    celeryd_init,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_shutting_down,
+)
 
+from core import logs
 from core.watchdog import CanaryConsumer, stop_watchdog
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reqrun.settings")
@@ -15,3 +24,12 @@ app.autodiscover_tasks()
 # A worker whose consumer is gone exits to be restarted (core/watchdog.py).
 app.steps["consumer"].add(CanaryConsumer)
 worker_shutting_down.connect(stop_watchdog)
+# Worker and beat log through Django's LOGGING; a task's lines name the task and, for a
+# request's run, its pk (core/logs.py).
+setup_logging.connect(logs.configure_celery_logging)
+celeryd_init.connect(logs.quiet_banner)
+celeryd_after_setup.connect(logs.announce_worker)
+task_prerun.connect(
+    partial(logs.bind_task, request_task="requests_app.tasks.execute_request"), weak=False
+)
+task_postrun.connect(logs.unbind_task)

@@ -351,15 +351,36 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# Every process (web, worker, beat) logs through this: one JSON object per line (`json`, the
+# default with DEBUG off) or readable lines (`console`, the default with DEBUG on). Both carry
+# the allow-listed metadata fields of core/logs.py and nothing else.
+LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "console"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}.")
+# uvicorn's line per HTTP request repeats what the request records say; off unless asked for.
+ACCESS_LOG = env.bool("ACCESS_LOG", default=False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {"bound": {"()": "core.logs.BoundFields"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logs.JsonFormatter"},
+        "console": {"()": "core.logs.ConsoleFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["bound"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Listed loggers lose the handlers Django and uvicorn gave them and propagate to the
+        # root's one handler, so their lines have the same format as ours.
+        "django": {"level": "INFO"},
+        "uvicorn": {"level": "INFO", "propagate": True},
+        "uvicorn.access": {"level": "INFO" if ACCESS_LOG else "WARNING", "propagate": True},
         "django.request": {"level": "ERROR"},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},

@@ -1,0 +1,215 @@
+"""Log lines with a fixed set of metadata fields, as JSON (production) or readable text.
+
+Call sites log a constant message with `extra={...}`. The formatters here turn each record
+into `time, level, logger, event` plus the metadata fields below, under one name each
+(`project_id` is written as `project`, `status_code` as `status`). A key that is not on the
+allow-list, or a value that is not a plain scalar, is dropped: a stray `extra` can never
+carry a prompt, a completion, a key or a webhook body into a log.
+
+`bind(...)` adds fields to every line logged inside it (the `BoundFields` filter puts them on
+the record); a worker binds the task's name, and for the request task its request's pk.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.config
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from django.conf import settings
+from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
+
+logger = logging.getLogger(__name__)
+
+# Record attribute -> field name. The fixed fields come first, in this order, on every line
+# that has them; the rest are metadata some call sites add.
+FIELDS: dict[str, str] = {
+    "request_id": "request_id",
+    "request_pk": "request_pk",
+    "attempt": "attempt",
+    "project": "project",
+    "project_id": "project",
+    "account": "account",
+    "account_id": "account",
+    "upstream": "upstream",
+    "status": "status",
+    "status_code": "status",
+    "latency_ms": "latency_ms",
+    "outcome": "outcome",
+    "error_code": "error_code",
+    "endpoint": "endpoint",
+    "task": "task",
+    "task_id": "task_id",
+    # Engine, sweeper and retention.
+    "dispatched": "dispatched",
+    "recovered": "recovered",
+    "response_bodies": "response_bodies",
+    "records": "records",
+    "exception": "exception",
+    "view": "view",
+    # Accounts, projects, billing, privacy.
+    "user_id": "user_id",
+    "subject_id": "subject_id",
+    "operator_id": "operator_id",
+    "action": "action",
+    "template": "template",
+    "count": "count",
+    "provider_key_cleared": "provider_key_cleared",
+    "customer_id": "customer_id",
+    "transaction_id": "transaction_id",
+    "subscription_id": "subscription_id",
+    "from_plan": "from_plan",
+    "to_plan": "to_plan",
+    "event_id": "event_id",
+    "event_type": "event_type",
+    "duplicate": "duplicate",
+    "failures": "failures",
+    "reason": "reason",
+    "error": "error",
+    "export_id": "export_id",
+    "size_bytes": "size_bytes",
+    "login_deleted": "login_deleted",
+    "closed_at": "closed_at",
+    "requests_deleted": "requests_deleted",
+    "projects_deleted": "projects_deleted",
+    # Worker infrastructure.
+    "queue": "queue",
+    "timeout": "timeout",
+    "waited_seconds": "waited_seconds",
+    "hostname": "hostname",
+    "queues": "queues",
+    "concurrency": "concurrency",
+    "tasks": "tasks",
+}
+SCALARS = (str, int, float, bool)
+
+_bound: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "log_fields", default=MappingProxyType({})
+)
+
+
+@contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every line logged in this context (thread or task), until it ends."""
+    token = _bound.set({**_bound.get(), **fields})
+    try:
+        yield
+    finally:
+        _bound.reset(token)
+
+
+class BoundFields(logging.Filter):
+    """Copies the fields of the current `bind()` onto each record; a record's own win."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _bound.get().items():
+            if name not in record.__dict__:
+                setattr(record, name, value)
+        return True
+
+
+def metadata(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's allowed metadata, renamed, in FIELDS order; nothing else."""
+    fields: dict[str, Any] = {}
+    for attribute, name in FIELDS.items():
+        value = record.__dict__.get(attribute)
+        if value is None or name in fields or not isinstance(value, SCALARS):
+            continue
+        fields[name] = value
+    return fields
+
+
+class JsonFormatter(LibraryJsonFormatter):
+    """One JSON object per line: time, level, logger, event, the metadata, a traceback."""
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["time"] = (
+            datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+        ).replace("+00:00", "Z")
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        # A dict logged as the message is not shown: its keys were never reviewed.
+        log_data["event"] = record.message
+        log_data.update(metadata(record))
+        for key in ("exc_info", "stack_info"):
+            if message_dict.get(key):
+                log_data[key] = message_dict[key]
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`time LEVEL logger event key=value ...` for a developer's terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        pairs = " ".join(_pair(name, value) for name, value in metadata(record).items())
+        line = super().formatMessage(record)
+        return f"{line} {pairs}" if pairs else line
+
+
+def _pair(name: str, value: Any) -> str:
+    text = str(value)
+    return f'{name}="{text}"' if not text or " " in text or '"' in text else f"{name}={text}"
+
+
+# Celery's signals (connected in reqrun/celery.py).
+_task_tokens: dict[str, contextvars.Token] = {}
+
+
+def configure_celery_logging(**_: Any) -> None:
+    """setup_logging: with a receiver, Celery installs no handlers of its own, so the worker
+    and beat log through Django's LOGGING, like the web."""
+    logging.config.dictConfig(settings.LOGGING)
+
+
+def quiet_banner(*, instance: Any, **_: Any) -> None:
+    """celeryd_init: the worker's multi-line start banner is not JSON; `announce_worker`
+    logs what operators read in it instead."""
+    if settings.LOG_FORMAT == "json":
+        instance.quiet = True
+
+
+def announce_worker(*, instance: Any, **_: Any) -> None:
+    """celeryd_after_setup: the banner's facts as one line."""
+    if settings.LOG_FORMAT == "json":
+        logger.info(
+            "worker started",
+            extra={
+                "hostname": instance.hostname,
+                "queues": ",".join(sorted(instance.app.amqp.queues.consume_from)),
+                "concurrency": instance.concurrency,
+                "tasks": ",".join(
+                    sorted(name for name in instance.app.tasks if not name.startswith("celery."))
+                ),
+            },
+        )
+
+
+def bind_task(*, task_id: str, task: Any, args: Any = None, request_task: str = "", **_: Any):
+    """task_prerun: bind the task's name and id, and for `request_task` its first argument
+    (the request's pk) as `request_pk`.
+
+    A worker thread runs one task at a time and both signals run on it, so the binding set
+    here is the one `unbind_task` removes."""
+    fields: dict[str, Any] = {"task": task.name, "task_id": task_id}
+    if task.name == request_task and args:
+        fields["request_pk"] = args[0]
+    _task_tokens[task_id] = _bound.set({**_bound.get(), **fields})
+
+
+def unbind_task(*, task_id: str, **_: Any) -> None:
+    """task_postrun."""
+    token = _task_tokens.pop(task_id, None)
+    if token is not None:
+        try:
+            _bound.reset(token)
+        except ValueError:  # not the context that bound it: nothing of ours to undo here
+            pass
