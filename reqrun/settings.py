@@ -214,7 +214,7 @@ WHITENOISE_USE_FINDERS = DEBUG
 # Security. Production sits behind a TLS-terminating proxy that sets X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
@@ -261,6 +261,16 @@ REQRUN_MAX_BODY_BYTES = env.int("REQRUN_MAX_BODY_BYTES", default=10 * 1024 * 102
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQRUN_MAX_BODY_BYTES + 1
 # An upstream answer above this is dropped (502 upstream_response_too_large), not buffered.
 REQRUN_MAX_RESPONSE_BYTES = env.int("REQRUN_MAX_RESPONSE_BYTES", default=64 * 1024 * 1024)
+
+# Prometheus at /metrics (core.metrics): for these addresses or networks, or with
+# `Authorization: Bearer <REQRUN_METRICS_TOKEN>` (unset: no token accepted).
+REQRUN_METRICS_ALLOWED_IPS = env.list("REQRUN_METRICS_ALLOWED_IPS", default=["127.0.0.1"])
+REQRUN_METRICS_TOKEN = env.str("REQRUN_METRICS_TOKEN", default="")
+# A directory shared by the processes of one host and emptied before they start: each
+# process writes its figures there, a scrape adds them up. Unset: per-process figures.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR and not Path(PROMETHEUS_MULTIPROC_DIR).is_dir():
+    raise ImproperlyConfigured("PROMETHEUS_MULTIPROC_DIR must name an existing directory.")
 
 # Paddle billing; unset means billing is not configured.
 PADDLE_ENVIRONMENT = env.str("PADDLE_ENVIRONMENT", default="sandbox")

@@ -7,6 +7,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from requests_app import metrics
 from requests_app.error_catalog import catalogue_entry
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ DRF_ERRORS = {
 }
 
 
+@metrics.counts_refusals
 def openai_exception_handler(exc, context):
     """Every error under /v1, ours or DRF's, in OpenAI's envelope."""
     if isinstance(exc, Http404):

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 
 from core import encryption
 from core.prepared import PreparedGet
+from requests_app import metrics
 from requests_app.api.serializers import request_object
 from requests_app.engine import retention
 from requests_app.engine.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub
@@ -179,6 +180,7 @@ async def wait_until_finished(
     deadline = loop.time() + seconds
     while True:
         future = notice or completion_hub.register(public_id)  # before reading: none missed
+        metrics.waiter_started()
         try:
             if notice is None:
                 request = await in_thread(load_request)(request_pk)
@@ -196,4 +198,5 @@ async def wait_until_finished(
                 apply_answer(record, answer)
                 return record
         finally:
+            metrics.waiter_ended()
             completion_hub.unregister(public_id, future)

@@ -13,6 +13,7 @@ import json
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from requests_app import metrics
 from requests_app.api.responses import (
     accepted_response,
     deliver_final_response,
@@ -69,6 +70,7 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
     record = reader.record
     loop = asyncio.get_running_loop()
     last_heard = loop.time()
+    metrics.stream_opened()
     try:
         async for entry in entries:
             kind = entry["kind"]
@@ -102,6 +104,7 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
         await reader.leave(abandoned=True)
         raise
     finally:
+        metrics.stream_closed()
         await reader.leave(abandoned=False)
 
 

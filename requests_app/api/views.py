@@ -18,6 +18,7 @@ from core.ids import new_public_id
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.services import provider_key_of
+from requests_app import metrics
 from requests_app.api import ratelimit, selectors
 from requests_app.api.authentication import api_key_from_request
 from requests_app.api.responses import (
@@ -210,6 +211,7 @@ class ProxyView(V1View):
         outcome, record, wait_seconds = await in_thread(self.accept)(
             request, request.body, public_id
         )
+        metrics.request_accepted(endpoint=self.endpoint, outcome=outcome)
         if record.stream and outcome != "replayed":
             return await relay_stream(record, wait_seconds)
         if outcome == "replayed":

@@ -23,6 +23,7 @@ from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
+from requests_app import metrics
 from requests_app.engine import concurrency, retry_policy, sql, upstream
 from requests_app.engine.cancel import cancel_waiting
 from requests_app.engine.notifications import announce_finished, answer_of
@@ -86,6 +87,7 @@ def claim_request(request: Request) -> Attempt | None:
     )
     if opened is None:
         return None
+    metrics.attempt_claimed(first=request.started_at is None, waited=now - request.created_at)
     number = request.attempt_count + 1
     request.status = Status.RUNNING
     request.attempt_count = number
@@ -215,6 +217,11 @@ def conclude_attempt(
             "status_code": result.status_code,
             "latency_ms": latency_ms,
         },
+    )
+    metrics.attempt_finished(
+        outcome=result.outcome,
+        latency_ms=latency_ms,
+        ended_status=then.status if then.ends else None,
     )
     if not then.ends:
         cancel_waiting(request, only_if_requested=True)  # a cancel asked for meanwhile

@@ -15,6 +15,7 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from core import heartbeats
+from requests_app import metrics
 from requests_app.engine.executor import conclude_attempt
 from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Attempt, Request, Status
@@ -108,4 +109,5 @@ def sweep() -> SweepReport:
     if report.dispatched or report.recovered:
         logger.info("sweep", extra={"dispatched": report.dispatched, "recovered": report.recovered})
     heartbeats.record(heartbeats.SWEEPER)  # /readyz: 503 when this stops
+    metrics.swept(started=now, dispatched=report.dispatched, recovered=report.recovered)
     return report
