@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class CoreConfig(AppConfig):
     name = "core"
     verbose_name = "ReqRun infrastructure"
+
+    def ready(self) -> None:
+        from core import shutdown  # noqa: F401 - connects the worker's SIGTERM handling

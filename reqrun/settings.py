@@ -322,6 +322,8 @@ REQRUN_BEAT_INLINE_TASKS = ["requests_app.tasks.sweep_requests"]
 # within TIMEOUT means the worker's consumer is gone, and the process exits to be restarted.
 REQRUN_WATCHDOG_INTERVAL_SECONDS = env.float("REQRUN_WATCHDOG_INTERVAL_SECONDS", default=10.0)
 REQRUN_WATCHDOG_TIMEOUT_SECONDS = env.float("REQRUN_WATCHDOG_TIMEOUT_SECONDS", default=60.0)
+# core.shutdown: on SIGTERM a worker lets attempts in flight finish for this long, then exits.
+REQRUN_WORKER_GRACE_SECONDS = env.float("REQRUN_WORKER_GRACE_SECONDS", default=30.0)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ROUTES = {"requests_app.tasks.execute_request": {"queue": "requests"}}
 REQRUN_SWEEP_INTERVAL_SECONDS = env.float("REQRUN_SWEEP_INTERVAL_SECONDS", default=2.0)

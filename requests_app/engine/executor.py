@@ -18,7 +18,7 @@ from django.db import DatabaseError, close_old_connections
 from django.db.models import Q
 from django.utils import timezone
 
-from core import encryption
+from core import encryption, shutdown
 from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.services import provider_key_of
@@ -356,9 +356,12 @@ def execute_request(request_pk: int) -> None:
     """Run attempts until the request finishes or waits longer than a worker should hold it.
 
     Each attempt first takes one of the account's concurrency slots; without one the
-    request goes back to wait, so one tenant's backlog never holds a worker.
+    request goes back to wait, so one tenant's backlog never holds a worker. A worker that
+    is shutting down starts no further attempt.
     """
     while True:
+        if shutdown.is_stopping():
+            return  # SIGTERM: no new attempt here; the sweeper publishes it again
         try:
             row = REQUEST_TO_RUN.get(pk=request_pk)
         except Request.DoesNotExist:

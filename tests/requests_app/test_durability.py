@@ -1,6 +1,8 @@
 """No accepted request is lost: worker SIGKILL mid-attempt, a broker that forgot its tasks."""
 
 import logging
+import os
+import signal
 import time
 import uuid
 from datetime import timedelta
@@ -184,4 +186,56 @@ def test_the_sweep_runs_while_every_worker_thread_is_busy(tenant, live_api, work
     finally:
         beat.stop()
         busy.stop()
+        worker.start()
+
+
+@pytest.mark.timeout(120)
+def test_a_stopping_worker_finishes_its_attempts_and_starts_no_new_one(tenant, live_api, worker):
+    worker.stop()
+    stopping = WorkerProcess(concurrency=2, extra_env={"REQRUN_WORKER_GRACE_SECONDS": "30"})
+    stopping.start()
+    try:
+        in_flight = async_post(live_api, tenant, "sleep-3000")
+        retrying = async_post(live_api, tenant, "script:503ram1500,200")
+        wait_until(
+            lambda: Request.objects.filter(public_id=retrying, status="retrying").exists(),
+            timeout=60,
+            message="the first attempt never ended",
+        )
+        os.killpg(stopping.process.pid, signal.SIGTERM)  # during the 1.5 s before attempt 2
+        assert stopping.process.wait(timeout=30) == 0
+
+        assert Request.objects.get(public_id=in_flight).status == "succeeded"  # finished
+        assert Request.objects.get(public_id=retrying).attempt_count == 1  # none started
+    finally:
+        stopping.stop()
+        worker.start()
+    request = wait_until(lambda: finished(retrying), timeout=60, message="never resumed")
+    assert request.status == "succeeded"
+    assert request.attempt_count == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_stopping_worker_leaves_a_long_attempt_to_its_lease_after_the_grace(
+    tenant, live_api, worker, fake_upstream
+):
+    tenant.project.attempt_timeout_seconds = 60
+    tenant.project.save()
+    worker.stop()
+    stopping = WorkerProcess(concurrency=2, extra_env={"REQRUN_WORKER_GRACE_SECONDS": "2"})
+    stopping.start()
+    try:
+        async_post(live_api, tenant, "script:hang")
+        wait_until(
+            lambda: fake_upstream.count("/v1/chat/completions") == 1,
+            timeout=60,
+            message="the attempt never reached the upstream",
+        )
+        started = time.monotonic()
+        os.killpg(stopping.process.pid, signal.SIGTERM)
+        stopping.process.wait(timeout=30)
+
+        assert time.monotonic() - started < 15  # the grace, not the 60 s attempt
+    finally:
+        stopping.stop()
         worker.start()
