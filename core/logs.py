@@ -166,13 +166,16 @@ _task_tokens: dict[str, contextvars.Token] = {}
 
 def configure_celery_logging(**_: Any) -> None:
     """setup_logging: with a receiver, Celery installs no handlers of its own, so the worker
-    and beat log through Django's LOGGING, like the web."""
+    and beat log through Django's LOGGING, like the web; Python warnings become log lines."""
     logging.config.dictConfig(settings.LOGGING)
+    logging.captureWarnings(True)
 
 
-def quiet_banner(*, instance: Any, **_: Any) -> None:
-    """celeryd_init: the worker's multi-line start banner is not JSON; `announce_worker`
-    logs what operators read in it instead."""
+def prepare_worker(*, instance: Any, **_: Any) -> None:
+    """celeryd_init, the worker's first moment: log through LOGGING already (Celery warns
+    about privileges right after this), and in JSON mode print no multi-line start banner;
+    `announce_worker` logs what operators read in it instead."""
+    configure_celery_logging()
     if settings.LOG_FORMAT == "json":
         instance.quiet = True
 

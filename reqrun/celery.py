@@ -27,7 +27,7 @@ worker_shutting_down.connect(stop_watchdog)
 # Worker and beat log through Django's LOGGING; a task's lines name the task and, for a
 # request's run, its pk (core/logs.py).
 setup_logging.connect(logs.configure_celery_logging)
-celeryd_init.connect(logs.quiet_banner)
+celeryd_init.connect(logs.prepare_worker)
 celeryd_after_setup.connect(logs.announce_worker)
 task_prerun.connect(
     partial(logs.bind_task, request_task="requests_app.tasks.execute_request"), weak=False

@@ -1,0 +1,246 @@
+"""Structured logs: JSON lines with fixed metadata fields, from the web and the worker alike."""
+
+import io
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+
+from core import encryption
+from core.logs import BoundFields, ConsoleFormatter, JsonFormatter, bind
+from requests_app.models import Request
+from requests_app.tasks import execute_request
+from tests import conftest
+from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.factories import RequestFactory
+from tests.fake_upstream import FakeUpstream
+from tests.requests_app.conftest import Tenant
+
+FIXED = ("time", "level", "logger", "event")
+QUEUE = "logging-json"  # only the JSON worker of these tests consumes it
+
+
+def emit(formatter: logging.Formatter, message: str, **extra) -> str:
+    """Log one record through a handler like the one LOGGING builds; return what it wrote."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    handler.addFilter(BoundFields())
+    logger = logging.getLogger(f"tests.logging.{uuid.uuid4().hex}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.info(message, extra=extra)
+    return stream.getvalue()
+
+
+def test_json_line_has_the_fixed_fields_under_one_name_each_and_nothing_else():
+    line = emit(
+        JsonFormatter(),
+        "attempt finished",
+        request_id="req_abc",
+        attempt=2,
+        status_code=503,
+        latency_ms=41,
+        project_id="prj_x",
+        account_id="acc_y",
+        outcome="http_error",
+        body="SENTINEL-body",  # not on the allow-list
+        endpoint={"prompt": "SENTINEL-dict"},  # on it, but not a plain value
+    )
+
+    assert line.endswith("\n") and line.count("\n") == 1
+    fields = json.loads(line)
+    assert list(fields)[:4] == list(FIXED)
+    assert fields["level"] == "INFO" and fields["event"] == "attempt finished"
+    assert fields["time"].endswith("Z")
+    assert {k: fields[k] for k in list(fields)[4:]} == {
+        "request_id": "req_abc",
+        "attempt": 2,
+        "project": "prj_x",
+        "account": "acc_y",
+        "status": 503,
+        "latency_ms": 41,
+        "outcome": "http_error",
+    }
+    assert "SENTINEL" not in line
+
+
+def test_console_line_shows_the_fields_after_the_message():
+    line = emit(
+        ConsoleFormatter(),
+        "request accepted",
+        request_id="req_abc",
+        project_id="prj_x",
+        error="connection refused",
+        payload="SENTINEL",
+    )
+
+    assert line.rstrip().endswith(
+        'request accepted request_id=req_abc project=prj_x error="connection refused"'
+    )
+    assert "SENTINEL" not in line
+
+
+def test_bound_fields_reach_every_line_inside_the_binding_and_no_line_after():
+    with bind(request_id="req_bound", project="prj_b"):
+        inside = json.loads(emit(JsonFormatter(), "inside", attempt=1))
+        own = json.loads(emit(JsonFormatter(), "own wins", request_id="req_own"))
+    after = json.loads(emit(JsonFormatter(), "after"))
+
+    assert (inside["request_id"], inside["project"], inside["attempt"]) == ("req_bound", "prj_b", 1)
+    assert own["request_id"] == "req_own"
+    assert "request_id" not in after and "project" not in after
+
+
+class JsonWorker(WorkerProcess):
+    """A worker logging JSON, alone on its own queue (a shared test worker may be running)."""
+
+    def __init__(self):
+        super().__init__(concurrency=2, extra_env={"LOG_FORMAT": "json"})
+        self.log_path = self.log_path.with_name(f"test-json-worker-{os.getpid()}.log")
+
+    def command(self) -> list[str]:
+        command = super().command()
+        command[command.index("-Q") + 1] = QUEUE
+        return command
+
+
+def log_lines(path, start: int = 0) -> list[str]:
+    """The complete lines written since `start`."""
+    text = path.read_bytes()[start:].decode(errors="replace")
+    return text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+
+
+def parsed(lines: list[str]) -> list[dict]:
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line: {line!r}")
+    return records
+
+
+@pytest.mark.worker
+@pytest.mark.timeout(120)
+def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_prompt(
+    transactional_db,
+):
+    sentinel = f"SENTINEL-{uuid.uuid4()}"
+    with FakeUpstream() as upstream:
+        tenant = Tenant(email="json@example.com", upstream_url=upstream.base_url)
+        chat = [{"role": "user", "content": sentinel}]
+        body = json.dumps({"model": "gpt-test", "messages": chat})
+        request = RequestFactory(
+            project=tenant.project,
+            api_key=tenant.api_key,
+            request_body=encryption.encrypt(body.encode()),
+        )
+        worker = JsonWorker()
+        start = worker.log_path.stat().st_size if worker.log_path.exists() else 0
+        worker.start()
+        try:
+            execute_request.apply_async(args=[request.pk], queue=QUEUE)
+            wait_until(
+                lambda: any(
+                    '"request finished"' in line for line in log_lines(worker.log_path, start)
+                ),
+                timeout=60,
+                message="the JSON worker never finished the request",
+            )
+            # Read before stopping: Celery prints its own shutdown notice as plain text.
+            lines = log_lines(worker.log_path, start)
+        finally:
+            worker.stop()
+
+    assert Request.objects.get(pk=request.pk).status == "succeeded"
+    records = parsed(lines)
+    assert all(set(FIXED) <= set(record) for record in records)
+    [finished] = [r for r in records if r["event"] == "attempt finished"]
+    assert finished["request_id"] == request.public_id
+    assert finished["attempt"] == 1 and finished["status"] == 200
+    assert isinstance(finished["latency_ms"], int)
+    # Bound from the task's arguments by the worker, not passed by the engine.
+    assert finished["request_pk"] == request.pk
+    assert finished["task"] == "requests_app.tasks.execute_request"
+    [started] = [r for r in records if r["event"] == "worker started"]
+    assert started["queues"] == QUEUE and "requests_app.tasks.execute_request" in started["tasks"]
+    for secret in (sentinel, tenant.raw_key, "sk-test-provider-key-1234"):
+        assert all(secret not in line for line in lines)
+
+
+class Web:
+    """The web process as the Procfile starts it (uvicorn), logging to a file."""
+
+    def __init__(self, tmp_path, **env):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.log_path = tmp_path / f"web-{self.port}.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", "reqrun.asgi:application"),
+                *("--host", "127.0.0.1", "--port", str(self.port), "--no-server-header"),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": conftest.test_database_url(), **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
+        def answers():
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                return httpx.get(f"{self.url}/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(answers, timeout=60, interval=0.2, message="the web process never answered")
+
+    def stop(self) -> list[str]:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+        return log_lines(self.log_path)
+
+
+@pytest.mark.timeout(120)
+def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_db, tmp_path):
+    sentinel = f"SENTINEL-{uuid.uuid4()}"
+    with FakeUpstream() as upstream:
+        tenant = Tenant(email="web@example.com", upstream_url=upstream.base_url)
+        quiet = Web(tmp_path, LOG_FORMAT="json")
+        chatty = Web(tmp_path, LOG_FORMAT="json", ACCESS_LOG="true")
+        try:
+            for web in (quiet, chatty):
+                web.wait_ready()
+            answer = httpx.post(
+                f"{quiet.url}/v1/chat/completions",
+                json={"model": "gpt-test", "messages": [{"role": "user", "content": sentinel}]},
+                headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+            )
+            assert answer.status_code == 202
+        finally:
+            quiet_lines, chatty_lines = quiet.stop(), chatty.stop()
+
+    quiet_records, chatty_records = parsed(quiet_lines), parsed(chatty_lines)
+    assert all(set(FIXED) <= set(record) for record in quiet_records + chatty_records)
+    [accepted] = [r for r in quiet_records if r["event"] == "request accepted"]
+    assert accepted["request_id"] == answer.json()["id"]
+    assert accepted["project"] == tenant.project.public_id
+    assert not [r for r in quiet_records if r["logger"] == "uvicorn.access"]
+    # uvicorn's own lines come through the same formatter.
+    assert any(r["logger"].startswith("uvicorn") for r in quiet_records)
+    assert [r for r in chatty_records if r["logger"] == "uvicorn.access"]
+    for secret in (sentinel, tenant.raw_key):
+        assert all(secret not in line for line in quiet_lines + chatty_lines)
