@@ -1,0 +1,225 @@
+"""/metrics: figures from the web and the worker processes added up, read as Prometheus does,
+and shown only to allow-listed addresses or the bearer of the token."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from requests_app.api.schema import SCHEMA_URL
+from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.conftest import test_database_url as database_url
+
+TOKEN = "metrics-test-token"
+CHAT = [{"role": "user", "content": "metrics"}]
+ENDPOINT = "/v1/chat/completions"
+
+
+class WebProcess(WorkerProcess):
+    """The ASGI application under uvicorn in a process of its own, as `web` runs."""
+
+    def __init__(self, *, extra_env: dict):
+        super().__init__(extra_env=extra_env)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.log_path = ROOT / ".data" / f"test-web-{os.getpid()}.log"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "reqrun.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--lifespan",
+            "off",
+            "--log-level",
+            "warning",
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture(scope="module")
+def metered(worker, tmp_path_factory):
+    """A web and a worker process sharing one metrics directory, as on a real host.
+
+    The session's worker writes no figures there, so it is stopped meanwhile.
+    """
+    shared = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("metrics"))}
+    worker.stop()
+    own_worker = WorkerProcess(extra_env={**shared, "REQRUN_LEASE_GRACE_SECONDS": "1"}).start()
+    web = WebProcess(
+        extra_env={
+            **shared,
+            "REQRUN_METRICS_TOKEN": TOKEN,
+            "REQRUN_METRICS_ALLOWED_IPS": "192.0.2.1",  # not the tests' loopback address
+        }
+    ).start()
+    try:
+        wait_until(web.answers, timeout=30, message="the web process did not start")
+        yield web, shared
+    finally:
+        web.stop()
+        own_worker.stop()
+        worker.start()
+
+
+def scrape(web) -> dict:
+    response = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def figure(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def call(web, tenant, model: str, **headers) -> httpx.Response:
+    return httpx.post(
+        f"{web.url}{ENDPOINT}",
+        json={"model": model, "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", **headers},
+        timeout=60,
+    )
+
+
+@pytest.mark.worker
+def test_the_web_and_the_worker_processes_are_counted_together(tenant, metered):
+    web, shared = metered
+    before = scrape(web)
+
+    for _ in range(3):
+        assert call(web, tenant, "gpt-test").status_code == 200
+    assert call(web, tenant, "script:503,200").status_code == 200  # one retry, then success
+    unauthenticated = httpx.post(f"{web.url}{ENDPOINT}", json={"model": "gpt-test"})
+    assert unauthenticated.status_code == 401
+    # A sweep in a process of its own (beat's job), which exits before the scrape.
+    subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "from requests_app.engine.recovery import sweep; sweep()",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url(), **shared},
+        check=True,
+        capture_output=True,
+    )
+    after = scrape(web)
+
+    def grew(name: str, **labels) -> float:
+        return figure(after, name, **labels) - figure(before, name, **labels)
+
+    # Counted by the web process.
+    assert grew("reqrun_api_requests_accepted_total", endpoint=ENDPOINT, outcome="created") == 4
+    refused = grew(
+        "reqrun_api_requests_refused_total", endpoint=ENDPOINT, status="401", code="invalid_api_key"
+    )
+    assert refused == 1
+    # Counted by the worker process.
+    assert grew("reqrun_attempts_total", outcome="success") == 4
+    assert grew("reqrun_attempts_total", outcome="retryable_error") == 1
+    assert grew("reqrun_requests_finished_total", status="succeeded") == 4
+    assert grew("reqrun_upstream_latency_seconds_count", outcome="success") == 4
+    assert grew("reqrun_upstream_latency_seconds_count", outcome="retryable_error") == 1
+    assert grew("reqrun_queue_wait_seconds_count") == 4  # first attempts only
+    # Counted by the sweeping process, gone by now.
+    assert grew("reqrun_sweeps_total") == 1
+    assert ("reqrun_heartbeat_age_seconds", (("process", "sweeper"),)) in after
+    # Read from PostgreSQL at scrape time.
+    for status in ("queued", "retrying", "running"):
+        assert figure(after, "reqrun_requests_active", status=status) == 0
+        assert ("reqrun_requests_active", (("status", status),)) in after
+    assert ("reqrun_oldest_queued_request_age_seconds", ()) in after
+    # No request id, key or project reaches a label.
+    text = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    for secret in ("req_", tenant.raw_key, tenant.project.public_id, "gpt-test"):
+        assert secret not in text
+
+
+@pytest.mark.worker
+def test_waiting_callers_and_open_streams_are_gauges_of_now(tenant, metered):
+    web, _ = metered
+    waiting = threading.Thread(target=call, args=(web, tenant, "sleep-2500"), daemon=True)
+    waiting.start()
+    wait_until(
+        lambda: figure(scrape(web), "reqrun_waiting_callers") == 1,
+        timeout=20,
+        message="the waiting caller was not counted",
+    )
+    during = scrape(web)
+    assert figure(during, "reqrun_requests_active", status="running") == 1
+    waiting.join(30)
+    wait_until(lambda: figure(scrape(web), "reqrun_waiting_callers") == 0, timeout=10)
+
+    received = []
+
+    def read_stream():
+        body = {"model": "script:slowchunks400", "messages": CHAT, "stream": True}
+        headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+        with httpx.stream("POST", f"{web.url}{ENDPOINT}", json=body, headers=headers) as stream:
+            received.extend(stream.iter_raw())
+
+    streaming = threading.Thread(target=read_stream, daemon=True)
+    streaming.start()
+    wait_until(
+        lambda: figure(scrape(web), "reqrun_open_streams") == 1,
+        timeout=20,
+        message="the open stream was not counted",
+    )
+    streaming.join(30)
+    assert b"[DONE]" in b"".join(received)
+    wait_until(lambda: figure(scrape(web), "reqrun_open_streams") == 0, timeout=10)
+
+
+def test_only_allow_listed_addresses_or_the_token_may_scrape(metered):
+    web, _ = metered
+    url = f"{web.url}/metrics"
+    # The test's loopback address is not on this web process's allow-list.
+    assert httpx.get(url).status_code == 404
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong-token"}).status_code == 404
+    assert httpx.get(url, headers={"Authorization": TOKEN}).status_code == 404  # no "Bearer"
+    allowed = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert allowed.status_code == 200
+    assert allowed.headers["Content-Type"].startswith("text/plain")
+    assert "reqrun_api_requests_accepted_total" in allowed.text
+
+
+def test_the_allow_list_takes_addresses_and_networks(client, db, settings):
+    settings.REQRUN_METRICS_TOKEN = ""
+    settings.REQRUN_METRICS_ALLOWED_IPS = ["127.0.0.1", "203.0.113.0/24"]
+    assert client.get("/metrics").status_code == 200  # the test client's 127.0.0.1
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="198.51.100.7").status_code == 404
+    # Without a configured token, no bearer is accepted, not even an empty one.
+    refused = client.get("/metrics", REMOTE_ADDR="198.51.100.7", HTTP_AUTHORIZATION="Bearer ")
+    assert refused.status_code == 404
+
+
+def test_metrics_is_not_part_of_the_api_schema(client):
+    schema = client.get(SCHEMA_URL).json()
+    assert not any("metrics" in path for path in schema["paths"])
