@@ -142,9 +142,19 @@ def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], env=env, cwd=ROOT, check=True)
 
 
+def fresh_metrics_directory() -> Path:
+    """Where `run`'s processes write their Prometheus figures: one directory, emptied at start."""
+    directory = DATA / "metrics"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
 def command_run() -> int:
     with ExitStack() as stack:
         env = {**os.environ, **development_env()}
+        if not env.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every process
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_directory())
         env.update(start_servers(stack, DATA, DEV_PG_PORT, DEV_REDIS_PORT))
         manage(env, "migrate", "--no-input", "-v", "0")
         manage(env, "collectstatic", "--no-input", "-v", "0")
