@@ -306,6 +306,12 @@ CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
 CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # No acknowledgement emulation: PostgreSQL and the sweeper, not the broker, recover a
+    # message a dead worker held (it only waits until the sweeper publishes it again). The
+    # emulation's restore of unacked messages on reconnect is the code path that killed
+    # workers (or left them alive but deaf) after a Redis loss, and costs several Redis
+    # commands per task.
+    "ack_emulation": False,
     "visibility_timeout": 15 * 60,
     "socket_keepalive": True,
     "socket_connect_timeout": 5,

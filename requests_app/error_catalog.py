@@ -270,6 +270,7 @@ TRANSPORT_CODES = (
     "invalid_event_stream",
     "client_disconnected",
     "lease_lost",
+    "redis_unavailable",
 )
 
 

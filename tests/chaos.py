@@ -623,12 +623,15 @@ def count_streams(results: list[StreamResult], final: dict[str, dict]) -> dict:
 
 
 def passed(report: dict) -> bool:
-    """Nothing lost, every duplicate explained, no stream spliced or malformed."""
+    """Nothing lost, every duplicate explained, no stream spliced or malformed, and no
+    process that had to be restarted because it ended by itself (a Redis loss must not
+    take a worker down)."""
     return (
         report.get("lost") == 0
         and report.get("unexplained_duplicates") == 0
         and report.get("streams_spliced") == 0
         and report.get("stream_problems") == []
+        and report.get("process_exits") == []
     )
 
 

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import httpcore
 import httpx
+import redis
 from django.conf import settings
 
 from projects.upstream_guard import UpstreamNotAllowed, check_address
@@ -166,6 +167,9 @@ def classify(
             return AttemptResult(
                 Attempt.Outcome.CONNECTION_ERROR, error_code=type(error).__name__.lower()[:64]
             )
+        if isinstance(error, redis.RedisError):
+            # Redis (the stream relay, the slots) went away mid-attempt: worth another try.
+            return AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="redis_unavailable")
         # A fault of ours is not retried (it would only repeat). Only the exception's type is
         # logged: its message may quote the payload.
         logger.error("attempt raised", extra={"exception": type(error).__name__})
