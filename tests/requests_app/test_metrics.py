@@ -206,7 +206,7 @@ def test_only_allow_listed_addresses_or_the_token_may_scrape(metered):
     allowed = httpx.get(url, headers={"Authorization": f"Bearer {TOKEN}"})
     assert allowed.status_code == 200
     assert allowed.headers["Content-Type"].startswith("text/plain")
-    assert "reqrun_api_requests_accepted_total" in allowed.text
+    assert "reqrun_requests_active" in allowed.text
 
 
 def test_the_allow_list_takes_addresses_and_networks(client, db, settings):
