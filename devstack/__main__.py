@@ -86,9 +86,10 @@ def development_env() -> dict[str, str]:
     return {key: value for key, value in env.items() if not os.environ.get(key)}
 
 
-def read_procfile() -> dict[str, str]:
+def read_procfile(root: Path = ROOT) -> dict[str, str]:
+    """The Procfile's processes by name, each command exactly as written."""
     processes = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
+    for line in (root / "Procfile").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             name, command = line.split(":", 1)
             processes[name.strip()] = command.strip()

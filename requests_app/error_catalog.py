@@ -247,6 +247,16 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         retry=True,
     ),
     ErrorCode(
+        "server_restarting",
+        200,
+        "server_error",
+        "Sent as an SSE `event: error` when the ReqRun server relaying a stream restarts (a "
+        "deploy). The request itself goes on in a worker; waiting callers of that server get "
+        "their `202` instead.",
+        "Read the request's result at `/v1/requests/{id}` (the message names it).",
+        retry=True,
+    ),
+    ErrorCode(
         "internal_error",
         500,
         "server_error",

@@ -89,6 +89,67 @@ class WorkerProcess:
             self.log.close()
 
 
+class ProcfileWeb:
+    """The Procfile's `web` line exactly as written, on a free loopback port, against the
+    test database, with its output in `log_path`."""
+
+    def __init__(self, log_path: Path, **env: str):
+        from devstack.__main__ import read_procfile
+        from devstack.servers import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.command = read_procfile()["web"]
+        self.env = {
+            **os.environ,
+            "PORT": str(self.port),
+            "DATABASE_URL": test_database_url(),
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ProcfileWeb":
+        import httpx
+
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(  # noqa: S602 - a Procfile line is a shell command
+            self.command,
+            shell=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def healthy():
+            assert self.process.poll() is None, self.log_path.read_text(errors="replace")
+            try:
+                return httpx.get(f"{self.url}/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, timeout=60, interval=0.2, message="the web process never answered")
+        return self
+
+    def terminate(self) -> None:
+        """SIGTERM, as a deploy or a scale-down sends it."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if getattr(self, "log", None):
+            self.log.close()
+
+
 class BeatProcess(WorkerProcess):
     """A real `celery beat` subprocess with the Procfile's settings."""
 

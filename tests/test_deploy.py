@@ -22,6 +22,7 @@ import redis
 from django.db import connection
 
 from core import watchdog
+from devstack.__main__ import read_procfile
 from devstack.servers import free_port
 from tests.conftest import WorkerProcess, wait_until
 from tests.fake_upstream import FakeUpstream
@@ -36,15 +37,6 @@ NOT_DEPLOYED = shutil.ignore_patterns(
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
-
-
-def read_procfile(checkout: Path) -> dict[str, str]:
-    processes = {}
-    for line in (checkout / "Procfile").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, command = line.split(":", 1)
-            processes[name.strip()] = command.strip()
-    return processes
 
 
 def server_url(database: str) -> str:

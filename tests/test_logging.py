@@ -4,9 +4,6 @@ import io
 import json
 import logging
 import os
-import socket
-import subprocess
-import sys
 import uuid
 
 import httpx
@@ -16,8 +13,7 @@ from core import encryption
 from core.logs import BoundFields, ConsoleFormatter, JsonFormatter, bind
 from requests_app.models import Request
 from requests_app.tasks import execute_request
-from tests import conftest
-from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.conftest import ProcfileWeb, WorkerProcess, wait_until
 from tests.factories import RequestFactory
 from tests.fake_upstream import FakeUpstream
 from tests.requests_app.conftest import Tenant
@@ -175,55 +171,15 @@ def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_pro
         assert all(secret not in line for line in lines)
 
 
-class Web:
-    """The web process as the Procfile starts it (uvicorn), logging to a file."""
-
-    def __init__(self, tmp_path, **env):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.log_path = tmp_path / f"web-{self.port}.log"
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "uvicorn", "reqrun.asgi:application"),
-                *("--host", "127.0.0.1", "--port", str(self.port), "--no-server-header"),
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": conftest.test_database_url(), **env},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self) -> None:
-        def answers():
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                return httpx.get(f"{self.url}/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(answers, timeout=60, interval=0.2, message="the web process never answered")
-
-    def stop(self) -> list[str]:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
-        return log_lines(self.log_path)
-
-
 @pytest.mark.timeout(120)
 def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_db, tmp_path):
     sentinel = f"SENTINEL-{uuid.uuid4()}"
     with FakeUpstream() as upstream:
         tenant = Tenant(email="web@example.com", upstream_url=upstream.base_url)
-        quiet = Web(tmp_path, LOG_FORMAT="json")
-        chatty = Web(tmp_path, LOG_FORMAT="json", ACCESS_LOG="true")
+        quiet = ProcfileWeb(tmp_path / "quiet.log", LOG_FORMAT="json").start()
+        chatty = ProcfileWeb(tmp_path / "chatty.log", LOG_FORMAT="json", ACCESS_LOG="true")
+        chatty.start()
         try:
-            for web in (quiet, chatty):
-                web.wait_ready()
             answer = httpx.post(
                 f"{quiet.url}/v1/chat/completions",
                 json={"model": "gpt-test", "messages": [{"role": "user", "content": sentinel}]},
@@ -231,7 +187,9 @@ def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_d
             )
             assert answer.status_code == 202
         finally:
-            quiet_lines, chatty_lines = quiet.stop(), chatty.stop()
+            quiet.stop()
+            chatty.stop()
+    quiet_lines, chatty_lines = log_lines(quiet.log_path), log_lines(chatty.log_path)
 
     quiet_records, chatty_records = parsed(quiet_lines), parsed(chatty_lines)
     assert all(set(FIXED) <= set(record) for record in quiet_records + chatty_records)

@@ -19,7 +19,12 @@ from core.prepared import PreparedGet
 from requests_app import metrics
 from requests_app.api.serializers import request_object
 from requests_app.engine import retention
-from requests_app.engine.notifications import ANSWER_IN_NOTICE_MAX_BYTES, apply_answer, hub
+from requests_app.engine.notifications import (
+    ANSWER_IN_NOTICE_MAX_BYTES,
+    RESTARTING,
+    apply_answer,
+    hub,
+)
 from requests_app.engine.streams import error_event
 from requests_app.error_catalog import status_of
 from requests_app.errors import NotFound, UpstreamError
@@ -186,6 +191,8 @@ async def wait_until_finished(
                 request = await in_thread(load_request)(request_pk)
                 if request.is_terminal or deadline - loop.time() <= 0:
                     return request
+                if completion_hub.stopping:
+                    return request  # SIGTERM: the caller gets its 202 now
             notice = None
             recheck = SAFETY_RECHECK_SECONDS if completion_hub.healthy else FALLBACK_RECHECK_SECONDS
             try:
@@ -194,6 +201,8 @@ async def wait_until_finished(
                 )
             except TimeoutError:
                 continue
+            if answer is RESTARTING:
+                continue  # read the state once more, then answer
             if answer is not None and record is not None:
                 apply_answer(record, answer)
                 return record

@@ -21,6 +21,7 @@ from requests_app.api.responses import (
     load_request,
 )
 from requests_app.engine import cancel
+from requests_app.engine.notifications import hub
 from requests_app.engine.streams import error_event, read_entries, reader_joined, reader_left
 from requests_app.models import Request, Status
 
@@ -65,14 +66,27 @@ class Reader:
             pass
 
 
+def restarting_event(record: Request) -> bytes:
+    return error_event(
+        f"This ReqRun server is restarting; request {record.public_id} goes on. Read its "
+        f"result at /v1/requests/{record.public_id}.",
+        "server_restarting",
+        "server_error",
+    )
+
+
 async def relay_chunks(reader: Reader, entries, attempt: bytes):
     """Yield one attempt's bytes until its clean end; otherwise an error event, no [DONE]."""
     record = reader.record
     loop = asyncio.get_running_loop()
     last_heard = loop.time()
+    completion_hub = await hub()
     metrics.stream_opened()
     try:
         async for entry in entries:
+            if completion_hub.stopping:
+                yield restarting_event(record)  # SIGTERM: end it now, naming the request
+                return
             kind = entry["kind"]
             if kind in (b"start", b"chunk", b"end") and entry.get("attempt") != attempt:
                 yield error_event(
@@ -111,6 +125,7 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
 async def relay_stream(record: Request, wait_seconds: int):
     """Hold until the worker starts streaming, then relay; before that it is a normal wait."""
     reader = Reader(record)
+    completion_hub = await hub()
     await reader.join()
     entries = read_entries(record.public_id)
     deadline = asyncio.get_running_loop().time() + wait_seconds
@@ -125,7 +140,7 @@ async def relay_stream(record: Request, wait_seconds: int):
             current = await in_thread(load_request)(record.pk)
             if current.is_terminal:
                 break
-            if asyncio.get_running_loop().time() > deadline:
+            if asyncio.get_running_loop().time() > deadline or completion_hub.stopping:
                 await reader.leave(abandoned=False)
                 return await in_thread(accepted_response)(current)
     except asyncio.CancelledError:

@@ -10,6 +10,8 @@ in between is never missed; when Redis is away they fall back to reading the dat
 import asyncio
 import json
 import logging
+import signal
+import threading
 import weakref
 
 import redis
@@ -88,6 +90,7 @@ class CompletionHub:
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or settings.REDIS_URL
+        self.stopping = False  # the web process received SIGTERM
         self.waiters: dict[str, set[asyncio.Future]] = {}
         self.subscribed = asyncio.Event()
         self.task: asyncio.Task | None = None
@@ -121,6 +124,12 @@ class CompletionHub:
         for future in self.waiters.pop(public_id, ()):
             if not future.done():
                 future.set_result(answer)
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: every waiter is woken with RESTARTING and answers its caller now."""
+        self.stopping = True
+        for public_id in list(self.waiters):
+            self._wake(public_id, RESTARTING)
 
     def _deliver(self, message: bytes) -> None:
         public_id, _, answer = message.decode().partition("\n")
@@ -173,6 +182,29 @@ class CompletionHub:
             delay = min(delay * 2, 5.0)
 
 
+# What a waiter is woken with when its web process is shutting down.
+RESTARTING = object()
+
+
+def _chain_sigterm(loop: asyncio.AbstractEventLoop, completion_hub: CompletionHub) -> None:
+    """Let a SIGTERM reach the waiters before the server's own handler begins its shutdown.
+
+    uvicorn stops accepting on SIGTERM and then waits for open responses; the waiters and
+    streams of this process answer (202, or an error event naming the request) at once, so
+    the process exits within seconds and no caller is cut off without its request id.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach only the main thread (an embedded test server has none)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        loop.call_soon_threadsafe(completion_hub.begin_shutdown)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 _hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CompletionHub]" = (
     weakref.WeakKeyDictionary()
 )
@@ -183,5 +215,6 @@ async def hub() -> CompletionHub:
     completion_hub = _hubs.get(loop)
     if completion_hub is None:
         completion_hub = _hubs[loop] = CompletionHub()
+        _chain_sigterm(loop, completion_hub)
     await completion_hub.start()
     return completion_hub

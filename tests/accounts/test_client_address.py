@@ -2,9 +2,6 @@
 (REQRUN_TRUSTED_PROXIES): for audit events, allauth's login limits and, through the
 Procfile's uvicorn, every other per-address limit. A malformed header never breaks a page."""
 
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -15,14 +12,11 @@ from django.test import RequestFactory
 
 from accounts.access import client_ip
 from accounts.models import AuditEvent
-from devstack.__main__ import read_procfile
-from devstack.servers import free_port
 from requests_app.api.authentication import MAX_AUTH_FAILURES_PER_IP, api_key_from_request
 from requests_app.errors import InvalidApiKey, RateLimited
 from tests.billing import payloads
 from tests.billing.conftest import paddle_api, paddle_settings  # noqa: F401
-from tests.conftest import test_database_url as database_url_for_subprocesses
-from tests.conftest import wait_until
+from tests.conftest import ProcfileWeb
 from tests.factories import (
     PASSWORD,
     AccountFactory,
@@ -135,34 +129,12 @@ def test_a_malformed_header_is_not_a_server_error(client, gil):
 
 
 @pytest.fixture
-def procfile_web():
+def procfile_web(tmp_path, monkeypatch):
     """The Procfile's `web` line, as an operator runs it, on a free loopback port."""
-    port = free_port()
-    env = {**os.environ, "PORT": str(port), "DATABASE_URL": database_url_for_subprocesses()}
-    env.pop("REQRUN_TRUSTED_PROXIES", None)  # the default: only 127.0.0.1 is a proxy
-    process = subprocess.Popen(  # noqa: S602 - a Procfile line is a shell command
-        read_procfile()["web"],
-        shell=True,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-
-    def healthy():
-        try:
-            return httpx.get(f"{base_url}/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(healthy, timeout=60, interval=0.2, message="the web process never started")
-        yield base_url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+    monkeypatch.delenv("REQRUN_TRUSTED_PROXIES", raising=False)  # default: only 127.0.0.1
+    web = ProcfileWeb(tmp_path / "web.log").start()
+    yield web.url
+    web.stop()
 
 
 def bad_key_statuses(base_url: str, *, source: str, count: int) -> list[int]:
