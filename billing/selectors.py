@@ -18,6 +18,7 @@ LOST_EVENT_AFTER = timedelta(minutes=2)
 LIMIT_ROWS = [
     ("projects", "Projects", ""),
     ("api_keys_per_project", "API keys per project", ""),
+    ("upstreams_per_project", "Upstreams per project", ""),
     ("monthly_requests", "Accepted requests / month", ""),
     ("retention_days", "Request-record retention", " days"),
     ("pending_requests", "Pending queue cap", ""),

@@ -90,8 +90,20 @@ def project_entry(project: Project) -> dict:
         "id": project.public_id,
         "name": project.name,
         "created_at": project.created_at,
-        "upstream_base_url": project.upstream_base_url,
-        "provider_key_last4": project.provider_key_last4 or None,
+        "upstreams": [
+            {
+                "name": upstream.name,
+                "position": upstream.position,
+                "base_url": upstream.base_url,
+                "provider_key_last4": upstream.provider_key_last4 or None,
+                "model_map": upstream.model_map,
+                "enabled": upstream.enabled,
+            }
+            # `defer`: the encrypted provider key is never even read.
+            for upstream in project.upstreams.defer("provider_key_encrypted").order_by(
+                "position", "pk"
+            )
+        ],
         "max_attempts": project.max_attempts,
         "attempt_timeout_seconds": project.attempt_timeout_seconds,
         "deadline_seconds": project.deadline_seconds,
@@ -106,8 +118,7 @@ def project_entry(project: Project) -> dict:
 
 
 def projects_section(account: Account) -> list[dict]:
-    # `defer`: the encrypted provider key is never even read.
-    projects = account.projects.defer("provider_key_encrypted").order_by("created_at")
+    projects = account.projects.order_by("created_at")
     return [project_entry(project) for project in projects]
 
 

@@ -1,5 +1,6 @@
-"""Operators' admin for plans, account plans and overrides, usage, projects, API keys and
-invitations. Provider key ciphertext and API key hashes are never displayed."""
+"""Operators' admin for plans, account plans and overrides, usage, projects with their
+upstreams, API keys and invitations. Provider key ciphertext and API key hashes are never
+displayed."""
 
 from django import forms
 from django.contrib import admin
@@ -16,8 +17,11 @@ from projects.models import (
     MonthlyUsage,
     Plan,
     Project,
+    Upstream,
 )
 from projects.services import (
+    InvalidModelMap,
+    check_model_map,
     record_upstream_move,
     revoke_api_key,
     suspend_project,
@@ -36,6 +40,7 @@ class PlanAdmin(admin.ModelAdmin):
         "self_serve",
         "projects",
         "api_keys_per_project",
+        "upstreams_per_project",
         "monthly_requests",
         "members",
     ]
@@ -104,26 +109,51 @@ class ApiKeyInline(admin.TabularInline):
         return False  # keys are created in the dashboard, where the full key is shown once
 
 
-class ProjectAdminForm(forms.ModelForm):
-    upstream_base_url = forms.CharField(max_length=500)
+class UpstreamAdminForm(forms.ModelForm):
+    base_url = forms.CharField(max_length=500)
 
+    class Meta:
+        model = Upstream
+        fields = ["name", "position", "base_url", "model_map", "enabled"]
+
+    def clean_base_url(self) -> str:
+        try:
+            return validate_upstream_url(self.cleaned_data["base_url"])
+        except UpstreamNotAllowed as error:
+            raise forms.ValidationError(str(error)) from error
+
+    def clean_model_map(self) -> dict:
+        try:
+            return check_model_map(self.cleaned_data["model_map"] or {})
+        except InvalidModelMap as error:
+            raise forms.ValidationError(str(error)) from error
+
+
+class UpstreamInline(admin.TabularInline):
+    """The project's upstreams in order; keys are set in the dashboard, shown as last 4."""
+
+    model = Upstream
+    form = UpstreamAdminForm
+    extra = 0
+    fields = ["name", "position", "base_url", "provider_key", "model_map", "enabled"]
+    readonly_fields = ["provider_key"]
+
+    @admin.display(description="Provider key")
+    def provider_key(self, upstream: Upstream) -> str:
+        return f"…{upstream.provider_key_last4}" if upstream.has_provider_key else "—"
+
+
+class ProjectAdminForm(forms.ModelForm):
     class Meta:
         model = Project
         fields = [
             "account",
             "name",
-            "upstream_base_url",
             "max_attempts",
             "attempt_timeout_seconds",
             "deadline_seconds",
             "zero_retention",
         ]
-
-    def clean_upstream_base_url(self) -> str:
-        try:
-            return validate_upstream_url(self.cleaned_data["upstream_base_url"])
-        except UpstreamNotAllowed as error:
-            raise forms.ValidationError(str(error)) from error
 
 
 @admin.register(Project)
@@ -133,8 +163,6 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
         "public_id",
         "name",
         "account",
-        "upstream_base_url",
-        "provider_key",
         "created_at",
         "suspended_at",
     ]
@@ -145,38 +173,40 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
         "name",
         "account__public_id",
         "account__name",
-        "upstream_base_url",
+        "upstreams__base_url",
     ]
     autocomplete_fields = ["account"]
-    # The ciphertext is never shown; the last four characters identify the key.
-    exclude = ["provider_key_encrypted"]
     readonly_fields = [
         "public_id",
         "created_at",
-        "provider_key",
         "suspended_at",
         "suspension_reason",
     ]
-    inlines = [ApiKeyInline]
+    inlines = [UpstreamInline, ApiKeyInline]
 
     subject_keyword = "project"
     suspend_service = staticmethod(suspend_project)
     unsuspend_service = staticmethod(unsuspend_project)
 
-    @admin.display(description="Provider key")
-    def provider_key(self, project: Project) -> str:
-        return f"…{project.provider_key_last4}" if project.has_provider_key else "—"
-
-    def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
-        old_base_url = form.initial.get("upstream_base_url", "")
-        if change and obj.upstream_base_url != old_base_url:  # same rule as the dashboard
-            record_upstream_move(
-                project=obj,
-                old_base_url=old_base_url,
-                actor=request.user,
-                ip_address=client_ip(request),
-            )
+    def save_formset(self, request, form, formset, change):
+        """Same rule as the dashboard: an upstream moved to another host loses its key."""
+        moved = [
+            (upstream_form.instance, upstream_form.initial["base_url"])
+            for upstream_form in formset.forms
+            if formset.model is Upstream
+            and upstream_form.instance.pk
+            and "base_url" in upstream_form.changed_data
+            and upstream_form.initial.get("base_url")
+        ]
+        super().save_formset(request, form, formset, change)
+        for upstream, old_base_url in moved:
+            if upstream.pk and upstream.base_url != old_base_url:
+                record_upstream_move(
+                    upstream=upstream,
+                    old_base_url=old_base_url,
+                    actor=request.user,
+                    ip_address=client_ip(request),
+                )
 
 
 @admin.register(ApiKey)

@@ -10,11 +10,25 @@ from django.core.validators import MaxValueValidator
 from accounts.models import Membership
 from projects.limits import LimitReached
 from projects.members import MembershipError
-from projects.models import Project
-from projects.services import InvalidProviderKey, NameNotAvailable, check_provider_key
+from projects.models import Project, Upstream
+from projects.services import (
+    InvalidModelMap,
+    InvalidProviderKey,
+    NameNotAvailable,
+    UpstreamRefused,
+    check_model_map,
+    check_provider_key,
+)
 from projects.upstream_guard import UpstreamNotAllowed
 
-REFUSALS = (NameNotAvailable, UpstreamNotAllowed, InvalidProviderKey, MembershipError)
+REFUSALS = (
+    NameNotAvailable,
+    UpstreamNotAllowed,
+    InvalidProviderKey,
+    InvalidModelMap,
+    UpstreamRefused,
+    MembershipError,
+)
 
 
 class ServiceForm(forms.Form):
@@ -49,13 +63,7 @@ class ApiKeyForm(NameForm):
     name = forms.CharField(max_length=80, help_text="Where the key is used, e.g. “production”.")
 
 
-class UpstreamForm(ServiceForm):
-    upstream_base_url = forms.CharField(
-        label="Upstream base URL",
-        max_length=500,
-        help_text="As the OpenAI SDK takes it; ReqRun appends the endpoint path.",
-        widget=forms.URLInput(attrs={"placeholder": "https://api.openai.com/v1"}),
-    )
+class RetryPolicyForm(ServiceForm):
     max_attempts = forms.IntegerField(
         required=False, min_value=1, help_text="Empty: your plan's maximum."
     )
@@ -71,22 +79,11 @@ class UpstreamForm(ServiceForm):
     zero_retention = forms.BooleanField(
         required=False, help_text="Do not keep response bodies after delivery in wait mode."
     )
-    provider_key = forms.CharField(
-        label="Provider API key for a new host",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(attrs={"autocomplete": "off", "placeholder": "sk-…"}),
-        help_text="Changing the host (scheme, name or port) removes the stored provider key, "
-        "so it is never sent somewhere new unasked, and the account's owners are emailed. "
-        "Enter the key for the new host here to keep requests working; a change of path "
-        "keeps the stored key.",
-    )
 
     def __init__(self, *args, project: Project, max_attempts_cap: int, **kwargs):
         kwargs.setdefault(
             "initial",
             {
-                "upstream_base_url": project.upstream_base_url,
                 "max_attempts": project.max_attempts,
                 "attempt_timeout_seconds": project.attempt_timeout_seconds,
                 "deadline_seconds": project.deadline_seconds,
@@ -104,6 +101,78 @@ class UpstreamForm(ServiceForm):
         )
         field.help_text = f"Empty: your plan's maximum ({max_attempts_cap})."
 
+    def clean(self):
+        cleaned = super().clean()
+        timeout, deadline = cleaned.get("attempt_timeout_seconds"), cleaned.get("deadline_seconds")
+        if timeout and deadline and deadline < timeout:
+            self.add_error(
+                "deadline_seconds", "The deadline must be at least one attempt's timeout."
+            )
+        return cleaned
+
+
+def model_map_lines(model_map: dict[str, str]) -> str:
+    return "\n".join(f"{source}={destination}" for source, destination in model_map.items())
+
+
+class ModelMapField(forms.CharField):
+    """`src=dst` per line, parsed into a dict; blank lines are ignored."""
+
+    widget = forms.Textarea(attrs={"rows": 3, "placeholder": "gpt-4o-mini=their-model-name"})
+
+    def to_python(self, value) -> dict[str, str]:
+        text = super().to_python(value)
+        model_map: dict[str, str] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            source, equals, destination = line.partition("=")
+            if not equals or not source.strip() or not destination.strip():
+                raise forms.ValidationError(
+                    f"Line {number}: write each pair as source=destination, "
+                    "e.g. gpt-4o-mini=their-model-name."
+                )
+            if source.strip() in model_map:
+                raise forms.ValidationError(f"Line {number}: “{source.strip()}” is mapped twice.")
+            model_map[source.strip()] = destination.strip()
+        try:
+            return check_model_map(model_map)
+        except InvalidModelMap as error:
+            raise forms.ValidationError(str(error)) from error
+
+
+def provider_key_field(label: str, help_text: str = "") -> forms.CharField:
+    return forms.CharField(
+        label=label,
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "placeholder": "sk-…"}),
+        help_text=help_text,
+    )
+
+
+class UpstreamForm(ServiceForm):
+    """An upstream's base URL, model map and, optionally, a provider key to store."""
+
+    base_url = forms.CharField(
+        label="Base URL",
+        max_length=500,
+        help_text="As the OpenAI SDK takes it; ReqRun appends the endpoint path.",
+        widget=forms.URLInput(attrs={"placeholder": "https://api.openai.com/v1"}),
+    )
+    provider_key = provider_key_field(
+        "Provider API key",
+        "Empty keeps the stored key. Changing the host (scheme, name or port) removes the "
+        "stored provider key, so it is never sent somewhere new unasked, and the account's "
+        "owners are emailed: enter the key for the new host with the change.",
+    )
+    model_map = ModelMapField(
+        label="Model map",
+        required=False,
+        help_text="One source=destination pair per line: the request's model is renamed for "
+        "this upstream. Unmapped models pass unchanged.",
+    )
+
     def clean_provider_key(self) -> str:
         provider_key = self.cleaned_data["provider_key"]
         if not provider_key:
@@ -113,14 +182,26 @@ class UpstreamForm(ServiceForm):
         except InvalidProviderKey as error:
             raise forms.ValidationError(str(error)) from error
 
-    def clean(self):
-        cleaned = super().clean()
-        timeout, deadline = cleaned.get("attempt_timeout_seconds"), cleaned.get("deadline_seconds")
-        if timeout and deadline and deadline < timeout:
-            self.add_error(
-                "deadline_seconds", "The deadline must be at least one attempt's timeout."
-            )
-        return cleaned
+
+class UpstreamAddForm(UpstreamForm):
+    name = forms.CharField(
+        label="Name",
+        max_length=40,
+        required=False,
+        help_text="Lowercase letters, digits and dashes. Empty: fallback-1, fallback-2, …",
+    )
+    field_order = ["name", "base_url", "provider_key", "model_map"]
+
+
+class UpstreamEditForm(UpstreamForm):
+    def __init__(self, *args, upstream: Upstream, **kwargs):
+        kwargs.setdefault(
+            "initial",
+            {"base_url": upstream.base_url, "model_map": model_map_lines(upstream.model_map)},
+        )
+        super().__init__(*args, **kwargs)
+        if upstream.has_provider_key:
+            self.fields["provider_key"].label = "Replace provider API key"
 
 
 class ProviderKeyForm(ServiceForm):

@@ -37,6 +37,7 @@ class Limits:
     requests_per_minute: int
     max_attempts: int
     members: int
+    upstreams_per_project: int
 
     def as_dict(self) -> dict[str, int]:
         values = asdict(self)

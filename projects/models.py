@@ -1,5 +1,7 @@
-"""Plans and their limits, projects with their upstream, ReqRun API keys, invitations."""
+"""Plans and their limits, projects with their ordered upstreams, ReqRun API keys,
+invitations."""
 
+import json
 from functools import partial
 
 from django.conf import settings
@@ -19,6 +21,7 @@ LIMIT_FIELDS = (
     "requests_per_minute",
     "max_attempts",
     "members",
+    "upstreams_per_project",
 )
 
 
@@ -43,6 +46,7 @@ class Plan(models.Model):
     requests_per_minute = models.PositiveIntegerField()
     max_attempts = models.PositiveSmallIntegerField()
     members = models.PositiveIntegerField()
+    upstreams_per_project = models.PositiveIntegerField()
 
     class Meta:
         ordering = ["sort_order"]
@@ -67,6 +71,7 @@ class AccountPlan(models.Model):
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     max_attempts = models.PositiveSmallIntegerField(null=True, blank=True)
     members = models.PositiveIntegerField(null=True, blank=True)
+    upstreams_per_project = models.PositiveIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.account} on {self.plan}"
@@ -99,12 +104,6 @@ class Project(models.Model):
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="projects")
     name = models.CharField(max_length=80)
     created_at = models.DateTimeField(auto_now_add=True)
-
-    upstream_base_url = models.URLField(
-        max_length=500, default=settings.REQRUN_DEFAULT_UPSTREAM_URL
-    )
-    provider_key_encrypted = models.BinaryField(null=True, blank=True, editable=False)
-    provider_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
 
     max_attempts = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Empty: the plan's maximum."
@@ -140,7 +139,59 @@ class Project(models.Model):
 
     @property
     def has_provider_key(self) -> bool:
+        """Whether the primary upstream (the first enabled one) has a provider key."""
+        primary = self.upstreams.filter(enabled=True).order_by("position", "pk").first()
+        return primary is not None and primary.has_provider_key
+
+
+class Upstream(models.Model):
+    """One provider a project's requests can be sent to; position 0 is the primary.
+
+    The provider key is encrypted with the key ring (`core.encryption`) and shown only by
+    its last four characters. The model map renames the request's top-level `model` for
+    this provider (`{"gpt-4o-mini": "their-model"}`); unmapped models pass unchanged."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="upstreams")
+    name = models.SlugField(max_length=40)
+    position = models.PositiveSmallIntegerField(default=0)
+    base_url = models.URLField(max_length=500, default=settings.REQRUN_DEFAULT_UPSTREAM_URL)
+    provider_key_encrypted = models.BinaryField(null=True, blank=True, editable=False)
+    provider_key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+    model_map = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "name"], name="upstream_name_unique_in_project"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.base_url})"
+
+    @property
+    def has_provider_key(self) -> bool:
         return bool(self.provider_key_encrypted)
+
+    def mapped_body(self, body: bytes) -> bytes:
+        """The request body for this upstream: the top-level "model" renamed by the model
+        map, the rest as parsed. Byte-identical when the model is not mapped."""
+        if not self.model_map:
+            return body
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return body
+        if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):
+            return body
+        mapped = self.model_map.get(payload["model"])
+        if not isinstance(mapped, str) or not mapped:
+            return body
+        payload["model"] = mapped
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class ApiKey(models.Model):

@@ -4,7 +4,8 @@ tenant's objects are simply not in these querysets, so looking one up is a 404."
 from django.db.models import Count, F, Q, QuerySet
 
 from accounts.models import Account, Membership, User
-from projects.models import ApiKey, Invitation, Project
+from core.prepared import PreparedGet
+from projects.models import ApiKey, Invitation, Project, Upstream
 
 
 def projects_visible_to(user: User) -> QuerySet[Project]:
@@ -28,9 +29,10 @@ def invitations_visible_to(user: User) -> QuerySet[Invitation]:
 
 
 def projects_of(account: Account) -> QuerySet[Project]:
-    """The account's projects with how many active API keys each has."""
+    """The account's projects with how many active API keys and upstreams each has."""
     return account.projects.annotate(
-        active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True))
+        active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
+        upstream_count=Count("upstreams", distinct=True),
     ).order_by("created_at")
 
 
@@ -49,3 +51,27 @@ def pending_invitations_of(account: Account) -> QuerySet[Invitation]:
     return account.invitations.filter(
         accepted_at__isnull=True, revoked_at__isnull=True
     ).select_related("invited_by")
+
+
+def upstreams_of(project: Project) -> QuerySet[Upstream]:
+    """The project's upstreams in order: the first enabled one is the primary."""
+    return project.upstreams.order_by("position", "pk")
+
+
+# Read before every attempt: the project's first enabled upstream, compiled once.
+PRIMARY_UPSTREAM: PreparedGet[Upstream] = PreparedGet(
+    lambda project_id: Upstream.objects.filter(project_id=project_id, enabled=True).order_by(
+        "position", "pk"
+    )[:1],
+    project_id=0,
+)
+
+
+def primary_upstream(project: Project) -> Upstream | None:
+    """Where the project's requests go: its first enabled upstream by position, or None."""
+    try:
+        upstream = PRIMARY_UPSTREAM.get(project_id=project.pk)
+    except Upstream.DoesNotExist:
+        return None
+    upstream.project = project  # already loaded by the caller
+    return upstream

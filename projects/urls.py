@@ -1,22 +1,41 @@
-"""Dashboard URLs under /app/ for projects, API keys, members and invitations."""
+"""Dashboard URLs under /app/ for projects and their upstreams, API keys, members and
+invitations."""
 
 from django.urls import path
 
-from projects.views import api_keys, members, projects
+from projects.views import api_keys, members, projects, upstreams
 
 urlpatterns = [
     path("", projects.dashboard, name="dashboard"),
     path("projects/", projects.project_list, name="project-list"),
     path("projects/<str:project_id>/", projects.project_detail, name="project-detail"),
     path("projects/<str:project_id>/rename", projects.project_rename, name="project-rename"),
-    path("projects/<str:project_id>/upstream", projects.project_upstream, name="project-upstream"),
+    path("projects/<str:project_id>/policy", projects.project_policy, name="project-policy"),
+    path("projects/<str:project_id>/upstreams/", upstreams.upstream_add, name="upstream-add"),
     path(
-        "projects/<str:project_id>/provider-key", projects.provider_key_set, name="provider-key-set"
+        "projects/<str:project_id>/upstreams/<slug:upstream_name>/",
+        upstreams.upstream_edit,
+        name="upstream-edit",
     ),
     path(
-        "projects/<str:project_id>/provider-key/remove",
-        projects.provider_key_remove,
+        "projects/<str:project_id>/upstreams/<slug:upstream_name>/key/remove",
+        upstreams.provider_key_remove,
         name="provider-key-remove",
+    ),
+    path(
+        "projects/<str:project_id>/upstreams/<slug:upstream_name>/move",
+        upstreams.upstream_move,
+        name="upstream-move",
+    ),
+    path(
+        "projects/<str:project_id>/upstreams/<slug:upstream_name>/enabled",
+        upstreams.upstream_enabled,
+        name="upstream-enabled",
+    ),
+    path(
+        "projects/<str:project_id>/upstreams/<slug:upstream_name>/remove",
+        upstreams.upstream_remove,
+        name="upstream-remove",
     ),
     path("projects/<str:project_id>/delete", projects.project_delete, name="project-delete"),
     path("projects/<str:project_id>/keys/", api_keys.api_key_list, name="api-key-list"),

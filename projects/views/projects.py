@@ -6,9 +6,9 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import Need, client_ip, member_view
 from projects import services
-from projects.forms import ProjectForm, ProviderKeyForm, UpstreamForm
+from projects.forms import ProjectForm, RetryPolicyForm, UpstreamAddForm
 from projects.limits import limits_for
-from projects.selectors import projects_of
+from projects.selectors import projects_of, upstreams_of
 from projects.views.access import project_view
 
 
@@ -35,7 +35,7 @@ def project_list(request, membership):
         if project:
             messages.success(
                 request,
-                f"Project “{project.name}” created. Add its provider key "
+                f"Project “{project.name}” created. Set its upstream and provider key "
                 "next, then create an API key.",
             )
             return redirect("project-detail", project_id=project.public_id)
@@ -43,23 +43,28 @@ def project_list(request, membership):
     return render(request, "projects/project_list.html", context)
 
 
-def _settings_page(request, project, **forms):
+def settings_page(request, project, **forms):
     """The settings page with fresh forms, or the bound one that failed validation."""
-    cap = limits_for(project.account).max_attempts
+    limits = limits_for(project.account)
+    upstreams = list(upstreams_of(project))
     context = {
         "project": project,
+        "upstreams": upstreams,
+        "primary": next((upstream for upstream in upstreams if upstream.enabled), None),
+        "upstreams_cap": limits.upstreams_per_project,
+        "limits": limits,
         "rename_form": forms.get("rename_form") or ProjectForm(initial={"name": project.name}),
-        "upstream_form": forms.get("upstream_form")
-        or UpstreamForm(project=project, max_attempts_cap=cap),
-        "provider_key_form": forms.get("provider_key_form") or ProviderKeyForm(),
-        "max_attempts_cap": cap,
+        "policy_form": forms.get("policy_form")
+        or RetryPolicyForm(project=project, max_attempts_cap=limits.max_attempts),
+        "upstream_add_form": forms.get("upstream_add_form") or UpstreamAddForm(),
+        "max_attempts_cap": limits.max_attempts,
     }
     return render(request, "projects/project_detail.html", context)
 
 
 @project_view()
 def project_detail(request, membership, project):
-    return _settings_page(request, project)
+    return settings_page(request, project)
 
 
 @project_view()
@@ -76,68 +81,25 @@ def project_rename(request, membership, project):
     ):
         messages.success(request, f"Project renamed to “{project.name}”.")
         return redirect("project-detail", project_id=project.public_id)
-    return _settings_page(request, project, rename_form=form)
+    return settings_page(request, project, rename_form=form)
 
 
 @project_view()
 @require_POST
-def project_upstream(request, membership, project):
-    had_key = project.has_provider_key
+def project_policy(request, membership, project):
     cap = limits_for(project.account).max_attempts
-    form = UpstreamForm(request.POST, project=project, max_attempts_cap=cap)
+    form = RetryPolicyForm(request.POST, project=project, max_attempts_cap=cap)
     if form.is_valid() and form.submit(
-        services.update_upstream,
-        field="upstream_base_url",
+        services.update_retry_policy,
         project=project,
-        base_url=form.cleaned_data["upstream_base_url"],
         max_attempts=form.cleaned_data["max_attempts"],
         attempt_timeout_seconds=form.cleaned_data["attempt_timeout_seconds"],
         deadline_seconds=form.cleaned_data["deadline_seconds"],
         zero_retention=form.cleaned_data["zero_retention"],
-        provider_key=form.cleaned_data["provider_key"],
-        actor=request.user,
-        ip_address=client_ip(request),
     ):
-        messages.success(request, "Upstream and retry policy saved.")
-        if had_key and not project.has_provider_key:
-            messages.warning(
-                request,
-                "The upstream's host changed, so the stored provider key was removed. "
-                "Enter the key for the new host to send requests again.",
-            )
+        messages.success(request, "Retry policy saved.")
         return redirect("project-detail", project_id=project.public_id)
-    return _settings_page(request, project, upstream_form=form)
-
-
-@project_view()
-@require_POST
-def provider_key_set(request, membership, project):
-    replacing = project.has_provider_key
-    form = ProviderKeyForm(request.POST)
-    if form.is_valid() and form.submit(
-        services.set_provider_key,
-        field="provider_key",
-        project=project,
-        provider_key=form.cleaned_data["provider_key"],
-        actor=request.user,
-        ip_address=client_ip(request),
-    ):
-        verb = "replaced" if replacing else "saved"
-        messages.success(
-            request, f"Provider key {verb}, encrypted; it ends in …{project.provider_key_last4}."
-        )
-        return redirect("project-detail", project_id=project.public_id)
-    return _settings_page(request, project, provider_key_form=form)
-
-
-@project_view()
-@require_POST
-def provider_key_remove(request, membership, project):
-    services.remove_provider_key(project=project, actor=request.user, ip_address=client_ip(request))
-    messages.success(
-        request, "Provider key removed. Requests to this project fail until you add one again."
-    )
-    return redirect("project-detail", project_id=project.public_id)
+    return settings_page(request, project, policy_form=form)
 
 
 @project_view(read=Need.MANAGE)

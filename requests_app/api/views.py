@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from core.ids import new_public_id
 from projects.limits import limits_for
 from projects.models import ApiKey
+from projects.selectors import primary_upstream
 from projects.services import provider_key_of
 from requests_app import metrics
 from requests_app.api import ratelimit, selectors
@@ -175,7 +176,8 @@ class ProxyView(V1View):
                     param="stream",
                     code="stream_with_async",
                 )
-        if not api_key.project.has_provider_key:  # no need to decrypt it just to check
+        primary = primary_upstream(api_key.project)
+        if primary is None or not primary.has_provider_key:  # no need to decrypt it to check
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",
@@ -240,7 +242,8 @@ class ModelsView(V1View):
 
     def fetch(self, request, model_id: str | None):
         api_key = self.authenticate_and_peek(request)
-        provider_key = provider_key_of(api_key.project)
+        primary = primary_upstream(api_key.project)
+        provider_key = provider_key_of(primary) if primary else None
         if provider_key is None:
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
@@ -250,7 +253,7 @@ class ModelsView(V1View):
         try:
             answer = upstream.call(
                 method="GET",
-                url=upstream.endpoint_url(api_key.project.upstream_base_url, path),
+                url=upstream.endpoint_url(primary.base_url, path),
                 provider_key=provider_key,
                 body=None,
                 timeout=api_key.project.attempt_timeout_seconds,

@@ -21,6 +21,7 @@ from django.utils import timezone
 from core import encryption, shutdown
 from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
+from projects.selectors import primary_upstream
 from projects.services import provider_key_of
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app import metrics
@@ -236,14 +237,17 @@ def conclude_attempt(
 
 
 def _call_upstream(request: Request, number: int, slot: str) -> AttemptResult:
-    provider_key = provider_key_of(request.project)
+    primary = primary_upstream(request.project)
+    provider_key = provider_key_of(primary) if primary else None
     if provider_key is None:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
-    body = encryption.decrypt(request.request_body)
+    body = primary.mapped_body(encryption.decrypt(request.request_body))
+    url = upstream.endpoint_url(primary.base_url, request.endpoint)
     if request.stream:
         return stream_attempt(
             request=request,
             number=number,
+            url=url,
             provider_key=provider_key,
             body=body,
             lease=lease_for(request),
@@ -252,7 +256,7 @@ def _call_upstream(request: Request, number: int, slot: str) -> AttemptResult:
     try:
         answer = upstream.call(
             method="POST",
-            url=upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
+            url=url,
             provider_key=provider_key,
             body=body,
             timeout=request.project.attempt_timeout_seconds,

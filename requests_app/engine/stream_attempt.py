@@ -170,7 +170,14 @@ class StreamRelay:
 
 
 def stream_attempt(
-    *, request: Request, number: int, provider_key: str, body: bytes, lease: timedelta, slot: str
+    *,
+    request: Request,
+    number: int,
+    url: str,
+    provider_key: str,
+    body: bytes,
+    lease: timedelta,
+    slot: str,
 ) -> AttemptResult:
     """Run one streamed attempt to its result; never raises."""
     relay = StreamRelay(request=request, number=number, lease=lease, slot=slot)
@@ -180,7 +187,7 @@ def stream_attempt(
     watcher.start()
     try:
         with upstream.open_stream(
-            url=upstream.endpoint_url(request.project.upstream_base_url, request.endpoint),
+            url=url,
             provider_key=provider_key,
             body=body,
             timeout=request.project.attempt_timeout_seconds,  # also between two chunks

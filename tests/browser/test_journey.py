@@ -71,13 +71,12 @@ def test_sign_up_to_first_traced_request(
     page.get_by_role("button", name="Create project").click()
     page.wait_for_url(re.compile(r".*/app/projects/prj_\w+/$"))
     assert page.get_by_text("Project “Chatbot” created").is_visible()
-    # The upstream first: moving it to another host clears a stored provider key.
-    page.get_by_label("Upstream base URL").fill(upstream.base_url)
-    page.get_by_role("button", name="Save upstream and retry policy").click()
-    assert page.get_by_text("Upstream and retry policy saved").is_visible()
+    # The primary upstream: its base URL and provider key, saved together.
+    page.get_by_role("link", name="Edit primary").click()
+    page.get_by_label("Base URL").fill(upstream.base_url)
     page.get_by_label(re.compile(r"^Provider API key:?$")).fill("sk-test-provider-key-1234")
-    page.get_by_role("button", name="Save key").click()
-    assert page.get_by_text("Provider key saved, encrypted; it ends in …1234").is_visible()
+    page.get_by_role("button", name="Save upstream").click()
+    assert page.get_by_text("Upstream “primary” saved; its provider key ends in …1234").is_visible()
     visitor.shot("project-settings")
 
     # An API key, copied from the page it is shown on once.

@@ -66,7 +66,10 @@ def test_the_export_holds_the_account_and_no_secret(alice_client, alice, bob, fi
     }
     [project] = data["projects"]
     assert project["id"] == filled.project.public_id
-    assert project["provider_key_last4"] == PROVIDER_KEY[-4:]
+    (upstream,) = project["upstreams"]
+    assert upstream["name"] == "primary"
+    assert upstream["provider_key_last4"] == PROVIDER_KEY[-4:]
+    assert "provider_key_encrypted" not in upstream
     [api_key] = project["api_keys"]
     assert api_key == {
         "id": filled.api_key.public_id,

@@ -39,8 +39,9 @@ def test_prints_one_json_line_with_working_ids():
     account = Account.objects.get(public_id=result["account"])
     project = Project.objects.get(public_id=result["project"], account=account)
     assert project.name == "Default"
-    assert project.upstream_base_url == "http://127.0.0.1:9999/v1"
-    assert provider_key_of(project) == "sk-upstream-secret-1"
+    (primary,) = project.upstreams.all()
+    assert (primary.name, primary.base_url) == ("primary", "http://127.0.0.1:9999/v1")
+    assert provider_key_of(primary) == "sk-upstream-secret-1"
     assert authenticate_api_key(result["api_key"]).project == project
     assert limits_for(account).plan_code == "pro"
 

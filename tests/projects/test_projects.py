@@ -79,18 +79,24 @@ def test_rename(alice_client, alice_account, alice_project):
     assert "Project renamed to “Renamed”." in messages_of(response)
 
 
+def upstream_url(project, action="upstream-edit", name="primary"):
+    return reverse(action, args=[project.public_id, name])
+
+
 def test_upstream_and_retry_policy(alice_client, alice_project):
-    data = {
-        "upstream_base_url": "http://127.0.0.1:8080/v1/",
+    data = {"base_url": "http://127.0.0.1:8080/v1/", "model_map": "", "provider_key": ""}
+    response = alice_client.post(upstream_url(alice_project), data, follow=True)
+    assert "Upstream “primary” saved." in messages_of(response)
+    policy = {
         "max_attempts": "3",
         "attempt_timeout_seconds": "20",
         "deadline_seconds": "120",
         "zero_retention": "on",
     }
-    response = alice_client.post(settings_url(alice_project, "project-upstream"), data, follow=True)
-    assert "Upstream and retry policy saved." in messages_of(response)
+    response = alice_client.post(settings_url(alice_project, "project-policy"), policy, follow=True)
+    assert "Retry policy saved." in messages_of(response)
     alice_project.refresh_from_db()
-    assert alice_project.upstream_base_url == "http://127.0.0.1:8080/v1"
+    assert alice_project.upstreams.get().base_url == "http://127.0.0.1:8080/v1"
     assert (
         alice_project.max_attempts,
         alice_project.attempt_timeout_seconds,
@@ -101,28 +107,45 @@ def test_upstream_and_retry_policy(alice_client, alice_project):
     assert AuditEvent.objects.filter(action="upstream_host_changed").exists()
 
 
+def upstream_rows(project):
+    return list(project.upstreams.values().order_by("pk"))
+
+
+@pytest.mark.parametrize(
+    ("base_url", "error"),
+    [
+        ("not a url", "Enter a full base URL"),
+        ("ftp://example.com/v1", "Enter a full base URL"),
+        ("https://user:pw@example.com/v1", "must not contain credentials"),
+        ("http://api.example.com/v1", "must use https"),
+        ("https://127.0.0.1/v1", "private, loopback or link-local"),
+        ("https://10.1.2.3/v1", "private, loopback or link-local"),
+        ("https://169.254.169.254/v1", "private, loopback or link-local"),
+        ("https://[::1]/v1", "private, loopback or link-local"),
+    ],
+)
+def test_bad_upstream_urls_are_refused(alice_client, alice_project, settings, base_url, error):
+    settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
+    before = upstream_rows(alice_project)
+    response = alice_client.post(upstream_url(alice_project), {"base_url": base_url})
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert upstream_rows(alice_project) == before
+
+
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"upstream_base_url": "not a url"}, "Enter a full base URL"),
-        ({"upstream_base_url": "ftp://example.com/v1"}, "Enter a full base URL"),
-        ({"upstream_base_url": "https://user:pw@example.com/v1"}, "must not contain credentials"),
-        ({"upstream_base_url": "http://api.example.com/v1"}, "must use https"),
-        ({"upstream_base_url": "https://127.0.0.1/v1"}, "private, loopback or link-local"),
-        ({"upstream_base_url": "https://10.1.2.3/v1"}, "private, loopback or link-local"),
-        ({"upstream_base_url": "https://169.254.169.254/v1"}, "private, loopback or link-local"),
-        ({"upstream_base_url": "https://[::1]/v1"}, "private, loopback or link-local"),
         ({"max_attempts": "4"}, "Your plan allows at most 3 attempts."),
         ({"max_attempts": "0"}, "greater than or equal to 1"),
         ({"attempt_timeout_seconds": "0"}, "greater than or equal to 1"),
         ({"attempt_timeout_seconds": "60", "deadline_seconds": "30"}, "at least one attempt"),
     ],
 )
-def test_bad_upstream_settings_are_refused(alice_client, alice_project, settings, changes, error):
-    settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = False
+def test_bad_retry_policy_is_refused(alice_client, alice_project, changes, error):
     before = Project.objects.values().get(pk=alice_project.pk)
-    data = {"upstream_base_url": "https://api.openai.com/v1", **POLICY, **changes}
-    response = alice_client.post(settings_url(alice_project, "project-upstream"), data)
+    data = {**POLICY, **changes}
+    response = alice_client.post(settings_url(alice_project, "project-policy"), data)
     assert response.status_code == 200
     assert error in response.content.decode()
     assert Project.objects.values().get(pk=alice_project.pk) == before
@@ -130,45 +153,46 @@ def test_bad_upstream_settings_are_refused(alice_client, alice_project, settings
 
 def test_provider_key_set_replace_remove(alice_client, alice, alice_account):
     project = ProjectFactory(account=alice_account)
-    url = settings_url(project, "provider-key-set")
-    response = alice_client.post(url, {"provider_key": " sk-first-key-0001 "}, follow=True)
-    assert "Provider key saved, encrypted; it ends in …0001." in messages_of(response)
-    response = alice_client.post(url, {"provider_key": "sk-second-key-0002"}, follow=True)
-    assert "Provider key replaced, encrypted; it ends in …0002." in messages_of(response)
+    project.upstreams.create(name="primary", base_url="https://api.openai.com/v1")
+    url = upstream_url(project)
+    data = {"base_url": "https://api.openai.com/v1"}
+    response = alice_client.post(url, {**data, "provider_key": " sk-first-key-0001 "}, follow=True)
+    assert "Upstream “primary” saved; its provider key ends in …0001." in messages_of(response)
+    response = alice_client.post(url, {**data, "provider_key": "sk-second-key-0002"}, follow=True)
+    assert "Upstream “primary” saved; its provider key ends in …0002." in messages_of(response)
     page = response.content.decode()
     assert "…0002" in page and "sk-second-key" not in page
-    project.refresh_from_db()
-    assert provider_key_of(project) == "sk-second-key-0002"
+    assert provider_key_of(project.upstreams.get()) == "sk-second-key-0002"
 
-    response = alice_client.post(settings_url(project, "provider-key-remove"), follow=True)
-    project.refresh_from_db()
-    assert not project.has_provider_key and project.provider_key_last4 == ""
+    response = alice_client.post(upstream_url(project, "provider-key-remove"), follow=True)
+    upstream = project.upstreams.get()
+    assert not upstream.has_provider_key and upstream.provider_key_last4 == ""
     assert "No provider key yet" in response.content.decode()
     actions = list(
-        AuditEvent.objects.filter(account=alice_account, target=project.public_id)
+        AuditEvent.objects.filter(account=alice_account, target=f"{project.public_id} primary")
         .order_by("created_at")
         .values_list("action", flat=True)
     )
     assert actions == ["provider_key_set", "provider_key_changed", "provider_key_removed"]
 
 
-@pytest.mark.parametrize("bad_key", ["", "short", "sk-has a space in it"])
+@pytest.mark.parametrize("bad_key", ["short", "sk-has a space in it"])
 def test_bad_provider_key_is_refused(alice_client, alice_project, bad_key):
-    before = bytes(Project.objects.get(pk=alice_project.pk).provider_key_encrypted)
+    before = upstream_rows(alice_project)
     response = alice_client.post(
-        settings_url(alice_project, "provider-key-set"), {"provider_key": bad_key}
+        upstream_url(alice_project),
+        {"base_url": "https://api.openai.com/v1", "provider_key": bad_key},
     )
-    page = response.content.decode()
-    assert "Paste the provider" in page or "does not look like a provider API key" in page
-    alice_project.refresh_from_db()
-    assert bytes(alice_project.provider_key_encrypted) == before
-    assert provider_key_of(alice_project) == PROVIDER_KEY
+    assert "does not look like a provider API key" in response.content.decode()
+    assert upstream_rows(alice_project) == before
+    assert provider_key_of(alice_project.upstreams.get()) == PROVIDER_KEY
 
 
 def test_provider_key_column_holds_no_plaintext(alice_project):
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT provider_key_encrypted, provider_key_last4 FROM projects_project WHERE id = %s",
+            "SELECT provider_key_encrypted, provider_key_last4 FROM projects_upstream "
+            "WHERE project_id = %s",
             [alice_project.pk],
         )
         ciphertext, last4 = cursor.fetchone()

@@ -6,26 +6,35 @@ from django.urls import URLPattern, reverse
 
 from accounts.models import AuditEvent, Membership
 from accounts.urls import urlpatterns as account_urls
-from projects.models import ApiKey, Invitation, Project
+from projects.models import ApiKey, Invitation, Project, Upstream
 from projects.urls import urlpatterns as project_urls
 
 pytestmark = pytest.mark.django_db
 
-UPSTREAM = {
-    "upstream_base_url": "http://127.0.0.1:9/v1",
+POLICY = {
     "max_attempts": "2",
     "attempt_timeout_seconds": "30",
     "deadline_seconds": "60",
     "zero_retention": "on",
+}
+UPSTREAM = {
+    "base_url": "http://127.0.0.1:9/v1",
+    "provider_key": "sk-someone-else-0000",
+    "model_map": "gpt-4o=theirs",
 }
 
 # Every URL that names one of alice's objects, with what a request to it carries.
 OBJECT_REQUESTS = [
     ("project-detail", "get", {}),
     ("project-rename", "post", {"name": "Taken over"}),
-    ("project-upstream", "post", UPSTREAM),
-    ("provider-key-set", "post", {"provider_key": "sk-someone-else-0000"}),
+    ("project-policy", "post", POLICY),
+    ("upstream-add", "post", {**UPSTREAM, "name": "intruder"}),
+    ("upstream-edit", "get", {}),
+    ("upstream-edit", "post", UPSTREAM),
     ("provider-key-remove", "post", {}),
+    ("upstream-move", "post", {"direction": "down"}),
+    ("upstream-enabled", "post", {}),
+    ("upstream-remove", "post", {}),
     ("project-delete", "get", {}),
     ("project-delete", "post", {}),
     ("api-key-list", "get", {}),
@@ -69,6 +78,7 @@ def url_of(name, project, api_key, invitation, account):
         "project_id": project.public_id,
         "key_id": api_key.public_id,
         "invitation_id": invitation.public_id,
+        "upstream_name": "primary",
     }
     pattern = next(p for p in [*project_urls, *account_urls] if p.name == name)
     needed = pattern.pattern.converters.keys()
@@ -85,14 +95,19 @@ def snapshot(account):
         "projects": list(
             Project.objects.filter(account=account)
             .order_by("pk")
+            .values_list("public_id", "name", "max_attempts", "zero_retention")
+        ),
+        "upstreams": list(
+            Upstream.objects.filter(project__account=account)
+            .order_by("pk")
             .values_list(
-                "public_id",
                 "name",
-                "upstream_base_url",
+                "position",
+                "base_url",
                 "provider_key_encrypted",
                 "provider_key_last4",
-                "max_attempts",
-                "zero_retention",
+                "model_map",
+                "enabled",
             )
         ),
         "keys": list(
@@ -165,7 +180,7 @@ def test_member_cannot_manage_and_nothing_changes(bob_client, alice_objects, nam
 
 
 @pytest.mark.parametrize(
-    "name", ["project-delete", "api-key-revoke", "member-remove", "security-log"]
+    "name", ["project-delete", "api-key-revoke", "member-remove", "security-log", "upstream-edit"]
 )
 def test_member_does_not_get_manage_pages(bob_client, alice_objects, name):
     response = bob_client.get(url_of(name, *alice_objects), {"email": "bob@example.com"})

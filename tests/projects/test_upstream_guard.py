@@ -48,15 +48,11 @@ def test_public_ipv6_passes(address):
 
 def test_the_settings_page_refuses_a_nat64_upstream(alice_client, alice_project):
     response = alice_client.post(
-        reverse("project-upstream", args=[alice_project.public_id]),
-        {
-            "upstream_base_url": "https://[64:ff9b::a9fe:a9fe]/v1",
-            "attempt_timeout_seconds": "30",
-            "deadline_seconds": "300",
-        },
+        reverse("upstream-edit", args=[alice_project.public_id, "primary"]),
+        {"base_url": "https://[64:ff9b::a9fe:a9fe]/v1"},
     )
     assert response.status_code == 200
     assert "private, loopback or link-local" in response.content.decode()
-    assert Project.objects.get(pk=alice_project.pk).upstream_base_url == (
+    assert Project.objects.get(pk=alice_project.pk).upstreams.get().base_url == (
         "https://api.openai.com/v1"
     )

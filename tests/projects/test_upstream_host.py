@@ -8,14 +8,13 @@ from django.test import RequestFactory
 from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
-from projects.models import Project
+from projects.models import Project, Upstream
 from projects.services import provider_key_of
 from tests.factories import MembershipFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of, signed_in
 
 pytestmark = pytest.mark.django_db
 
-POLICY = {"max_attempts": "", "attempt_timeout_seconds": "30", "deadline_seconds": "300"}
 NEW_KEY = "sk-new-host-provider-key-91c2"
 
 
@@ -35,10 +34,14 @@ def second_owner(alice_account):
 
 def save_upstream(client, project, base_url, **extra):
     return client.post(
-        reverse("project-upstream", args=[project.public_id]),
-        {"upstream_base_url": base_url, **POLICY, **extra},
+        reverse("upstream-edit", args=[project.public_id, "primary"]),
+        {"base_url": base_url, **extra},
         follow=True,
     )
+
+
+def primary_url(project):
+    return project.upstreams.get(name="primary").base_url
 
 
 @pytest.mark.parametrize(
@@ -52,15 +55,15 @@ def save_upstream(client, project, base_url, **extra):
 def test_a_new_host_clears_the_key_audits_and_mails_the_owners(
     admin_client, alice_project, second_owner, django_capture_on_commit_callbacks, new_url
 ):
-    assert alice_project.upstream_base_url == "https://api.openai.com/v1"
+    assert primary_url(alice_project) == "https://api.openai.com/v1"
     with django_capture_on_commit_callbacks(execute=True):
         response = save_upstream(admin_client, alice_project, new_url)
 
     alice_project.refresh_from_db()
-    assert alice_project.upstream_base_url == new_url
+    assert primary_url(alice_project) == new_url
     assert not alice_project.has_provider_key
     assert provider_key_of(alice_project) is None
-    assert alice_project.provider_key_last4 == ""
+    assert alice_project.upstreams.get().provider_key_last4 == ""
     assert any("stored provider key was removed" in m for m in messages_of(response))
 
     event = AuditEvent.objects.get(action="upstream_host_changed")
@@ -109,9 +112,9 @@ def test_a_path_only_change_keeps_the_key(
     with django_capture_on_commit_callbacks(execute=True):
         response = save_upstream(admin_client, alice_project, new_url)
 
-    assert "Upstream and retry policy saved." in messages_of(response)
+    assert "Upstream “primary” saved; its provider key ends in …7f3a." in messages_of(response)
     alice_project.refresh_from_db()
-    assert alice_project.upstream_base_url == new_url
+    assert primary_url(alice_project) == new_url
     assert provider_key_of(alice_project) == PROVIDER_KEY
     assert AuditEvent.objects.filter(action="upstream_changed").count() == 1
     assert not AuditEvent.objects.filter(action="upstream_host_changed").exists()
@@ -125,7 +128,7 @@ def test_a_bad_key_with_the_host_change_changes_nothing(admin_client, alice_proj
     assert response.status_code == 200
     assert "does not look like a provider API key" in response.content.decode()
     alice_project.refresh_from_db()
-    assert alice_project.upstream_base_url == "https://api.openai.com/v1"
+    assert primary_url(alice_project) == "https://api.openai.com/v1"
     assert provider_key_of(alice_project) == PROVIDER_KEY
 
 
@@ -135,22 +138,32 @@ def test_an_operator_moving_the_upstream_in_admin_clears_the_key_too(
     project_admin = admin.site._registry[Project]
     request = RequestFactory().post("/admin/", REMOTE_ADDR="203.0.113.50")
     request.user = UserFactory(email="operator@example.com", is_staff=True, is_superuser=True)
-    form = project_admin.get_form(request, alice_project, change=True)(
+    primary = alice_project.upstreams.get()
+    inline = next(
+        inline
+        for inline in project_admin.get_inline_instances(request, alice_project)
+        if inline.model is Upstream
+    )
+    formset = inline.get_formset(request, alice_project)(
         {
-            "account": alice_project.account_id,
-            "name": alice_project.name,
-            "upstream_base_url": "https://llm.example.net/v1",
-            "attempt_timeout_seconds": "30",
-            "deadline_seconds": "300",
+            "upstreams-TOTAL_FORMS": "1",
+            "upstreams-INITIAL_FORMS": "1",
+            "upstreams-0-id": str(primary.pk),
+            "upstreams-0-project": str(alice_project.pk),
+            "upstreams-0-name": "primary",
+            "upstreams-0-position": "0",
+            "upstreams-0-base_url": "https://llm.example.net/v1",
+            "upstreams-0-model_map": "{}",
+            "upstreams-0-enabled": "on",
         },
         instance=alice_project,
+        prefix="upstreams",
     )
-    assert form.is_valid(), form.errors
+    assert formset.is_valid(), formset.errors
     with django_capture_on_commit_callbacks(execute=True):
-        project_admin.save_model(request, form.save(commit=False), form, change=True)
+        project_admin.save_formset(request, None, formset, change=True)
 
-    alice_project.refresh_from_db()
-    assert alice_project.upstream_base_url == "https://llm.example.net/v1"
+    assert primary_url(alice_project) == "https://llm.example.net/v1"
     assert provider_key_of(alice_project) is None
     event = AuditEvent.objects.get(action="upstream_host_changed")
     assert (event.actor.email, event.ip_address) == ("operator@example.com", "203.0.113.50")

@@ -6,8 +6,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from projects.limits import LimitReached
 from projects.models import Plan
-from projects.onboarding import BootstrapError, bootstrap_project
-from projects.services import InvalidProviderKey, NameNotAvailable
+from projects.onboarding import BootstrapError, bootstrap_project, upstream_specs
+from projects.services import (
+    InvalidModelMap,
+    InvalidProviderKey,
+    NameNotAvailable,
+    UpstreamRefused,
+)
 from projects.upstream_guard import UpstreamNotAllowed
 
 PLAN_CODES = ["free", "pro", "team", "enterprise"]
@@ -16,7 +21,7 @@ PLAN_CODES = ["free", "pro", "team", "enterprise"]
 class Command(BaseCommand):
     help = (
         "Create (or reuse) a verified user, their account on a plan, a project named "
-        '"Default" with the given upstream and provider key, and a new API key. Prints '
+        '"Default" with the given upstreams and provider keys, and a new API key. Prints '
         '{"account": …, "project": …, "api_key": …} as one JSON line on stdout.'
     )
 
@@ -25,9 +30,28 @@ class Command(BaseCommand):
         parser.add_argument(
             "--upstream-url",
             required=True,
-            help="Base URL as the OpenAI SDK takes it, e.g. https://api.openai.com/v1",
+            action="append",
+            help="Base URL as the OpenAI SDK takes it, e.g. https://api.openai.com/v1. "
+            "Repeat for fallbacks: the first is the primary.",
         )
-        parser.add_argument("--upstream-key", required=True, help="The provider API key.")
+        parser.add_argument(
+            "--upstream-key",
+            required=True,
+            action="append",
+            help="The provider API key, once per --upstream-url, in the same order.",
+        )
+        parser.add_argument(
+            "--upstream-name",
+            action="append",
+            help="Names of the upstreams, once per --upstream-url "
+            "(default: primary, fallback-1, fallback-2, …).",
+        )
+        parser.add_argument(
+            "--model-map",
+            action="append",
+            metavar="NAME=SRC:DST",
+            help="On upstream NAME, send model SRC as DST. Repeatable.",
+        )
         parser.add_argument(
             "--plan",
             choices=PLAN_CODES,
@@ -39,14 +63,25 @@ class Command(BaseCommand):
         try:
             result = bootstrap_project(
                 email=options["email"],
-                upstream_url=options["upstream_url"],
-                upstream_key=options["upstream_key"],
+                upstreams=upstream_specs(
+                    urls=options["upstream_url"],
+                    keys=options["upstream_key"],
+                    names=options["upstream_name"],
+                    model_maps=options["model_map"],
+                ),
                 plan_code=options["plan"],
                 password=options["password"],
             )
         except LimitReached as error:
             raise CommandError(f"{error} Or run again with a larger --plan.") from error
-        except (BootstrapError, UpstreamNotAllowed, InvalidProviderKey, NameNotAvailable) as error:
+        except (
+            BootstrapError,
+            UpstreamNotAllowed,
+            InvalidProviderKey,
+            InvalidModelMap,
+            NameNotAvailable,
+            UpstreamRefused,
+        ) as error:
             raise CommandError(str(error)) from error
         except Plan.DoesNotExist as error:
             raise CommandError(f"There is no {options['plan']!r} plan; run migrate.") from error

@@ -1,0 +1,399 @@
+"""A project's upstreams as an ordered list: services within the plan's cap, the dashboard
+forms, the command line, the data migration from the single upstream, and the body the
+primary is sent (model map)."""
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.urls import reverse
+
+from accounts.models import AuditEvent
+from core import encryption
+from projects import services
+from projects.limits import LimitReached, limits_for, set_plan
+from projects.models import Project, Upstream
+from projects.selectors import primary_upstream
+from tests.factories import AccountFactory
+from tests.projects.conftest import PROVIDER_KEY, messages_of
+
+pytestmark = pytest.mark.django_db
+
+FALLBACK_KEY = "sk-fallback-provider-key-9b1e"
+
+
+def names_in_order(project):
+    return list(project.upstreams.order_by("position").values_list("name", "position"))
+
+
+@pytest.fixture
+def two_upstreams(alice_project, on_pro):
+    fallback = services.add_upstream(
+        project=alice_project,
+        base_url="https://llm.example.net/v1",
+        provider_key=FALLBACK_KEY,
+        model_map={"gpt-4o-mini": "their-mini"},
+    )
+    return alice_project.upstreams.get(name="primary"), fallback
+
+
+def test_plans_cap_upstreams_per_project(alice_account):
+    caps = {}
+    for code in ("free", "pro", "team", "enterprise"):
+        set_plan(account=alice_account, plan_code=code)
+        caps[code] = limits_for(alice_account).upstreams_per_project
+    assert caps == {"free": 1, "pro": 2, "team": 5, "enterprise": 10}
+
+
+def test_added_upstreams_are_named_and_ordered_within_the_cap(alice_project, alice, on_pro):
+    set_plan(account=alice_project.account, plan_code="free")
+    with pytest.raises(LimitReached, match="The Free plan allows 1 upstream per project"):
+        services.add_upstream(project=alice_project, base_url="https://llm.example.net/v1")
+    set_plan(account=alice_project.account, plan_code="pro")
+    fallback = services.add_upstream(
+        project=alice_project, base_url="https://llm.example.net/v1/", actor=alice
+    )
+    assert (fallback.name, fallback.position, fallback.base_url) == (
+        "fallback-1",
+        1,
+        "https://llm.example.net/v1",
+    )
+    assert not fallback.has_provider_key
+    with pytest.raises(LimitReached, match="The Pro plan allows 2 upstreams per project"):
+        services.add_upstream(project=alice_project, base_url="https://other.example.net/v1")
+    assert names_in_order(alice_project) == [("primary", 0), ("fallback-1", 1)]
+    assert AuditEvent.objects.filter(action="upstream_added", actor=alice).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [("primary", "already named"), ("Not A Slug!", "lowercase letters, digits and dashes")],
+)
+def test_upstream_names_are_unique_slugs(alice_project, on_pro, name, error):
+    with pytest.raises(services.NameNotAvailable, match=error):
+        services.add_upstream(project=alice_project, name=name, base_url="https://x.example/v1")
+    assert alice_project.upstreams.count() == 1
+
+
+def test_a_host_change_clears_only_that_upstreams_key(two_upstreams, alice):
+    primary, fallback = two_upstreams
+    services.update_upstream(
+        upstream=fallback, base_url="https://elsewhere.example.org/v1", actor=alice
+    )
+    fallback.refresh_from_db()
+    primary.refresh_from_db()
+    assert services.provider_key_of(fallback) is None
+    assert services.provider_key_of(primary) == PROVIDER_KEY
+    assert fallback.model_map == {"gpt-4o-mini": "their-mini"}  # None keeps the map
+    event = AuditEvent.objects.get(action="upstream_host_changed")
+    assert "fallback-1" in event.target and "provider key cleared" in event.target
+
+
+def test_the_primary_is_the_first_enabled_upstream(two_upstreams, alice):
+    primary, fallback = two_upstreams
+    project = primary.project
+    assert primary_upstream(project).name == "primary"
+    services.move_upstream(upstream=fallback, offset=-1, actor=alice)
+    assert names_in_order(project) == [("fallback-1", 0), ("primary", 1)]
+    assert primary_upstream(project).name == "fallback-1"
+    services.set_upstream_enabled(upstream=fallback, enabled=False, actor=alice)
+    assert primary_upstream(project).name == "primary"
+    assert services.provider_key_of(project) == PROVIDER_KEY
+
+
+def test_the_last_enabled_upstream_can_be_neither_disabled_nor_removed(two_upstreams):
+    primary, fallback = two_upstreams
+    services.set_upstream_enabled(upstream=fallback, enabled=False)
+    with pytest.raises(services.UpstreamRefused, match="only enabled upstream"):
+        services.set_upstream_enabled(upstream=primary, enabled=False)
+    with pytest.raises(services.UpstreamRefused, match="only enabled upstream"):
+        services.remove_upstream(upstream=primary)
+    services.remove_upstream(upstream=fallback)
+    assert names_in_order(primary.project) == [("primary", 0)]
+    with pytest.raises(services.UpstreamRefused):
+        services.remove_upstream(upstream=primary)
+    assert primary.project.upstreams.count() == 1
+
+
+def test_removing_the_primary_promotes_the_next(two_upstreams):
+    primary, fallback = two_upstreams
+    services.remove_upstream(upstream=primary)
+    assert names_in_order(fallback.project) == [("fallback-1", 0)]
+    assert primary_upstream(fallback.project).name == "fallback-1"
+
+
+def test_reorder_must_name_every_upstream_once(two_upstreams):
+    project = two_upstreams[0].project
+    with pytest.raises(services.UpstreamRefused):
+        services.reorder_upstreams(project=project, names=["primary"])
+    services.reorder_upstreams(project=project, names=["fallback-1", "primary"])
+    assert names_in_order(project) == [("fallback-1", 0), ("primary", 1)]
+
+
+def test_the_model_map_renames_only_the_top_level_model(two_upstreams):
+    primary, fallback = two_upstreams
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "gpt-4o-mini"}]}'
+    mapped = json.loads(fallback.mapped_body(body))
+    assert mapped == {
+        "model": "their-mini",
+        "messages": [{"role": "user", "content": "gpt-4o-mini"}],
+    }
+    unmapped = b'{"model":  "gpt-4o",\n "stream": false}'
+    assert fallback.mapped_body(unmapped) == unmapped  # byte for byte
+    assert primary.mapped_body(body) == body  # no map at all
+    assert fallback.mapped_body(b'{"model": ["gpt-4o-mini"]}') == b'{"model": ["gpt-4o-mini"]}'
+
+
+@pytest.mark.parametrize(
+    "model_map", [{"gpt-4o": ""}, {" ": "x"}, {"a b": "c"}, {"gpt-4o": 3}, ["gpt-4o"]]
+)
+def test_a_bad_model_map_is_refused(two_upstreams, model_map):
+    fallback = two_upstreams[1]
+    with pytest.raises(services.InvalidModelMap):
+        services.update_upstream(upstream=fallback, base_url=fallback.base_url, model_map=model_map)
+    fallback.refresh_from_db()
+    assert fallback.model_map == {"gpt-4o-mini": "their-mini"}
+
+
+def test_rotation_covers_every_upstreams_key(two_upstreams, settings):
+    from cryptography.fernet import Fernet
+
+    old = settings.REQRUN_ENCRYPTION_KEYS[0]
+    settings.REQRUN_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old]
+    assert services.rotate_provider_keys() == 2
+    settings.REQRUN_ENCRYPTION_KEYS = settings.REQRUN_ENCRYPTION_KEYS[:1]
+    primary, fallback = (Upstream.objects.get(pk=upstream.pk) for upstream in two_upstreams)
+    assert services.provider_key_of(primary) == PROVIDER_KEY
+    assert services.provider_key_of(fallback) == FALLBACK_KEY
+
+
+# The dashboard
+
+
+def project_url(project, name="project-detail"):
+    return reverse(name, args=[project.public_id])
+
+
+def upstream_url(project, name, upstream="primary"):
+    return reverse(name, args=[project.public_id, upstream])
+
+
+def test_the_project_page_lists_upstreams_and_adds_one(alice_client, alice_project, on_pro):
+    response = alice_client.post(
+        project_url(alice_project, "upstream-add"),
+        {
+            "name": "",
+            "base_url": "https://llm.example.net/v1",
+            "provider_key": FALLBACK_KEY,
+            "model_map": "gpt-4o-mini = their-mini\n\ngpt-4o=their-large",
+        },
+        follow=True,
+    )
+    assert "Upstream “fallback-1” added." in messages_of(response)
+    fallback = alice_project.upstreams.get(name="fallback-1")
+    assert fallback.model_map == {"gpt-4o-mini": "their-mini", "gpt-4o": "their-large"}
+    page = response.content.decode()
+    assert "https://llm.example.net/v1" in page and "…9b1e" in page
+    assert "gpt-4o-mini → their-mini" in page
+    assert FALLBACK_KEY not in page
+
+
+def test_at_the_cap_the_add_form_says_so_and_adds_nothing(alice_client, alice_project):
+    response = alice_client.post(
+        project_url(alice_project, "upstream-add"),
+        {"base_url": "https://llm.example.net/v1"},
+    )
+    assert response.status_code == 200
+    assert "The Free plan allows 1 upstream per project." in response.content.decode()
+    assert alice_project.upstreams.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"model_map": "gpt-4o"}, "write each pair as source=destination"),
+        ({"model_map": "gpt-4o=\n"}, "write each pair as source=destination"),
+        ({"model_map": "a=b\na=c"}, "is mapped twice"),
+        ({"name": "primary"}, "already named"),
+        ({"base_url": "ftp://x.example/v1"}, "Enter a full base URL"),
+        ({"provider_key": "short"}, "does not look like a provider API key"),
+    ],
+)
+def test_bad_upstream_input_is_a_form_error_and_saves_nothing(
+    alice_client, alice_project, on_pro, data, error
+):
+    response = alice_client.post(
+        project_url(alice_project, "upstream-add"),
+        {"base_url": "https://llm.example.net/v1", **data},
+    )
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    assert alice_project.upstreams.count() == 1
+
+
+def test_edit_sets_the_model_map_as_lines(alice_client, two_upstreams):
+    project = two_upstreams[0].project
+    page = alice_client.get(upstream_url(project, "upstream-edit", "fallback-1")).content.decode()
+    assert "gpt-4o-mini=their-mini" in page and FALLBACK_KEY not in page
+    response = alice_client.post(
+        upstream_url(project, "upstream-edit", "fallback-1"),
+        {"base_url": "https://llm.example.net/v1", "model_map": "gpt-4o=their-large"},
+        follow=True,
+    )
+    assert "Upstream “fallback-1” saved; its provider key ends in …9b1e." in messages_of(response)
+    assert project.upstreams.get(name="fallback-1").model_map == {"gpt-4o": "their-large"}
+
+
+def test_move_disable_enable_and_remove_from_the_page(alice_client, two_upstreams):
+    project = two_upstreams[0].project
+    alice_client.post(upstream_url(project, "upstream-move", "fallback-1"), {"direction": "up"})
+    assert names_in_order(project) == [("fallback-1", 0), ("primary", 1)]
+    alice_client.post(upstream_url(project, "upstream-enabled", "fallback-1"), {})
+    assert not project.upstreams.get(name="fallback-1").enabled
+    response = alice_client.post(
+        upstream_url(project, "upstream-enabled", "primary"), {}, follow=True
+    )
+    assert any("only enabled upstream" in message for message in messages_of(response))
+    assert project.upstreams.get(name="primary").enabled
+    alice_client.post(upstream_url(project, "upstream-enabled", "fallback-1"), {"enabled": "on"})
+    assert project.upstreams.get(name="fallback-1").enabled
+    response = alice_client.post(upstream_url(project, "upstream-remove", "primary"), follow=True)
+    assert "Upstream “primary” and its provider key removed." in messages_of(response)
+    assert names_in_order(project) == [("fallback-1", 0)]
+
+
+def test_a_member_sees_upstreams_read_only(bob_client, two_upstreams):
+    project = two_upstreams[0].project
+    page = bob_client.get(project_url(project)).content.decode()
+    assert "fallback-1" in page and "https://llm.example.net/v1" in page and "…9b1e" in page
+    assert "Add upstream" not in page and 'name="direction"' not in page
+    assert bob_client.get(upstream_url(project, "upstream-edit")).status_code == 403
+
+
+def test_another_tenant_gets_404_for_a_second_upstream(charlie_client, two_upstreams):
+    project = two_upstreams[0].project
+    before = list(Upstream.objects.values().order_by("pk"))
+    for name, data in [
+        ("upstream-edit", {"base_url": "https://evil.example/v1"}),
+        ("upstream-move", {"direction": "up"}),
+        ("upstream-enabled", {}),
+        ("upstream-remove", {}),
+        ("provider-key-remove", {}),
+    ]:
+        assert (
+            charlie_client.post(upstream_url(project, name, "fallback-1"), data).status_code == 404
+        )
+    assert (
+        charlie_client.get(upstream_url(project, "upstream-edit", "fallback-1")).status_code == 404
+    )
+    assert list(Upstream.objects.values().order_by("pk")) == before
+
+
+# The command line
+
+
+def bootstrap(*args):
+    out = StringIO()
+    call_command("bootstrap_project", "--email", "eve@example.com", *args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+def test_bootstrap_makes_a_project_with_fallbacks_in_one_command():
+    result = bootstrap(
+        "--plan",
+        "team",
+        *("--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"),
+        *("--upstream-url", "http://127.0.0.1:9002/v1", "--upstream-key", "sk-second-0002"),
+        *("--model-map", "fallback-1=gpt-4o-mini:their:mini"),
+    )
+    assert set(result) == {"account", "project", "api_key"}
+    project = Project.objects.get(public_id=result["project"])
+    upstreams = list(project.upstreams.order_by("position"))
+    assert [(u.name, u.base_url, u.provider_key_last4) for u in upstreams] == [
+        ("primary", "http://127.0.0.1:9001/v1", "0001"),
+        ("fallback-1", "http://127.0.0.1:9002/v1", "0002"),
+    ]
+    assert upstreams[1].model_map == {"gpt-4o-mini": "their:mini"}
+
+    again = bootstrap(  # named, reordered, one dropped: the list is made exactly this
+        *("--upstream-url", "http://127.0.0.1:9003/v1", "--upstream-key", "sk-third-00003"),
+        *("--upstream-name", "backup"),
+    )
+    assert again["project"] == result["project"]
+    assert names_in_order(project) == [("backup", 0)]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"]
+            + ["--upstream-url", "http://127.0.0.1:9002/v1"],
+            "Give each --upstream-url its --upstream-key",
+        ),
+        (
+            ["--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"]
+            + ["--upstream-name", "a", "--upstream-name", "b"],
+            "one --upstream-name per upstream",
+        ),
+        (
+            ["--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"]
+            + ["--model-map", "nobody=a:b"],
+            "no upstream named 'nobody'",
+        ),
+        (
+            ["--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"]
+            + ["--model-map", "primary=ab"],
+            "NAME=SRC:DST",
+        ),
+        (
+            ["--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"]
+            + ["--upstream-url", "http://127.0.0.1:9002/v1", "--upstream-key", "sk-second-0002"],
+            "1 upstream per project.*--plan",
+        ),
+    ],
+)
+def test_bootstrap_bad_upstream_flags_are_clear_errors_and_create_nothing(args, error):
+    with pytest.raises(CommandError, match=error):
+        call_command("bootstrap_project", "--email", "eve@example.com", *args, stdout=StringIO())
+    assert not Project.objects.exists()
+
+
+# The migration from one upstream per project
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_makes_each_projects_upstream_its_primary():
+    account = AccountFactory()
+    before = ("projects", "0003_plan_upstreams_per_project")
+    executor = MigrationExecutor(connection)
+    executor.migrate([before])
+    try:
+        old_apps = executor.loader.project_state([before]).apps
+        OldProject = old_apps.get_model("projects", "Project")
+        with_key = OldProject.objects.create(
+            account_id=account.pk,
+            name="Old",
+            upstream_base_url="https://llm.example.net/v1",
+            provider_key_encrypted=encryption.encrypt(b"sk-from-before-1234"),
+            provider_key_last4="1234",
+        )
+        without_key = OldProject.objects.create(account_id=account.pk, name="Keyless")
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+    (primary,) = Upstream.objects.filter(project_id=with_key.pk)
+    assert (primary.name, primary.position, primary.base_url, primary.enabled) == (
+        "primary",
+        0,
+        "https://llm.example.net/v1",
+        True,
+    )
+    assert services.provider_key_of(primary) == "sk-from-before-1234"
+    assert primary.provider_key_last4 == "1234" and primary.model_map == {}
+    (keyless,) = Upstream.objects.filter(project_id=without_key.pk)
+    assert keyless.base_url == "https://api.openai.com/v1" and not keyless.has_provider_key
