@@ -111,8 +111,14 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0
 # Server-side binding lets psycopg prepare each statement on a connection's first use of
 # it (prepare_threshold=1); the hot path runs the same dozen statements on every request,
 # and planning them afresh each time was over a third of PostgreSQL's CPU per request.
-DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
-DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 1
+# Behind PgBouncer in transaction mode, prepared statements do not survive between
+# transactions: set DB_SERVER_SIDE_BINDING=false there (psycopg then binds on the client
+# and prepares nothing).
+if env.bool("DB_SERVER_SIDE_BINDING", default=True):
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
+    DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 1
+else:
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
 DATABASES["default"]["OPTIONS"]["pool"] = {
     "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
     "max_size": env.int("DB_POOL_MAX_SIZE", default=40),
