@@ -78,7 +78,7 @@ COMPONENTS = {
                 "additionalProperties": {"type": "integer"},
                 "description": "projects, api_keys_per_project, monthly_requests, "
                 "retention_days, pending_requests, concurrency, requests_per_minute, "
-                "max_attempts, members.",
+                "max_attempts, members, upstreams_per_project.",
             },
             "used": {
                 "type": "object",

@@ -9,7 +9,7 @@ from datetime import timedelta
 import httpx
 from django.utils import timezone
 
-from projects.models import Project
+from projects.models import Upstream
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
@@ -113,7 +113,7 @@ def test_an_exception_inside_an_attempt_is_a_recorded_outcome_not_a_stranded_req
 ):
     # A provider key that no longer decrypts (a key ring set up wrong) makes the attempt
     # raise inside the worker, before any upstream call.
-    Project.objects.filter(pk=tenant.project.pk).update(provider_key_encrypted=b"not-a-token")
+    Upstream.objects.filter(project=tenant.project).update(provider_key_encrypted=b"not-a-token")
     response = httpx.post(
         f"{live_api.url}/v1/chat/completions",
         json={"model": "gpt-test", "messages": CHAT},

@@ -278,6 +278,7 @@ def test_usage_reports_plan_limits_and_use(live_api, tenant):
         "requests_per_minute",
         "max_attempts",
         "members",
+        "upstreams_per_project",
     }
     assert usage["used"] == {"accepted_requests": 1, "pending": 0, "projects": 1}
     assert usage["period_start"] < usage["period_end"]
