@@ -8,8 +8,9 @@ from projects.services import authenticate_api_key, parse_api_key
 from requests_app.engine.redis_client import client
 from requests_app.errors import InvalidApiKey, RateLimited, Suspended
 
-# Repeated bad keys from one address, or against one key prefix, are refused for a while:
-# guessing is slowed down without touching callers whose keys work.
+# Repeated bad keys from one address are refused for a while, whatever key comes next;
+# repeated bad secrets for one key prefix are answered 429 instead of 401, but the right
+# secret always passes, so someone who saw a key's prefix cannot lock its owner out.
 AUTH_FAILURE_WINDOW_SECONDS = 300
 MAX_AUTH_FAILURES_PER_IP = 30
 MAX_AUTH_FAILURES_PER_PREFIX = 10
@@ -40,33 +41,33 @@ def api_key_from_header(authorization: str) -> ApiKey:
     return api_key
 
 
-def _failure_keys(meta) -> list[tuple[str, int]]:
-    address = client_ip_of(meta) or ""
-    keys = [(f"reqrun:authfail:ip:{address}", MAX_AUTH_FAILURES_PER_IP)]
-    parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
-    if parsed:
-        keys.append((f"reqrun:authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
-    return keys
+def _too_many_failures() -> RateLimited:
+    return RateLimited(
+        "Too many requests with an invalid API key. Check the key and retry later.",
+        code="too_many_auth_failures",
+        headers={"Retry-After": str(AUTH_FAILURE_WINDOW_SECONDS)},
+    )
 
 
 def api_key_from_request(meta) -> ApiKey:
-    """Authenticate a /v1 call, refusing for a while after repeated failures."""
-    counters = _failure_keys(meta)
-    current = client().mget([key for key, _ in counters])
-    if any(int(value or 0) >= limit for value, (_, limit) in zip(current, counters, strict=True)):
-        raise RateLimited(
-            "Too many requests with an invalid API key. Check the key and retry later.",
-            code="too_many_auth_failures",
-            headers={"Retry-After": str(AUTH_FAILURE_WINDOW_SECONDS)},
-        )
+    """Authenticate a /v1 call, counting failures per address and per key prefix."""
+    address_key = f"reqrun:authfail:ip:{client_ip_of(meta) or ''}"
+    if int(client().get(address_key) or 0) >= MAX_AUTH_FAILURES_PER_IP:
+        raise _too_many_failures()
     try:
         return api_key_from_header(meta.get("HTTP_AUTHORIZATION", ""))
     except InvalidApiKey:
+        counters = [(address_key, MAX_AUTH_FAILURES_PER_IP)]
+        parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
+        if parsed:
+            counters.append((f"reqrun:authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
         with client().pipeline(transaction=False) as pipe:
             for key, _ in counters:
                 pipe.incr(key)
                 pipe.expire(key, AUTH_FAILURE_WINDOW_SECONDS)  # sliding: each failure extends it
-            pipe.execute()
+            counts = pipe.execute()[::2]
+        if any(count > limit for count, (_, limit) in zip(counts, counters, strict=True)):
+            raise _too_many_failures() from None
         raise
 
 

@@ -96,6 +96,19 @@ def test_repeated_bad_keys_are_throttled_per_key_prefix(tenant, live_api):
     assert int(refused.headers["retry-after"]) > 0
 
 
+def test_the_right_secret_always_passes_however_often_its_prefix_was_tried(tenant, live_api):
+    prefix = tenant.raw_key.split("_")[1]
+    bad = {"Authorization": f"Bearer rr_{prefix}_{'0' * 48}"}
+    for _ in range(15):  # someone who saw the prefix tries to lock the owner out
+        httpx.get(f"{live_api.url}/v1/usage", headers=bad)
+
+    owner = httpx.get(
+        f"{live_api.url}/v1/usage", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+    )
+    assert owner.status_code == 200
+    assert httpx.get(f"{live_api.url}/v1/usage", headers=bad).status_code == 429
+
+
 def test_security_headers_on_pages(client, settings):
     settings.SECURE_HSTS_SECONDS = 31536000
     response = client.get("/", secure=True)
