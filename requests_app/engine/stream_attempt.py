@@ -66,9 +66,11 @@ class StreamRelay:
 
     def watch(self) -> None:
         renewed = time.monotonic()
+        # Well inside the lease, however short the project's timeout makes it.
+        renew_every = min(LEASE_RENEW_SECONDS, self.lease.total_seconds() / 3)
         try:
             while not self.finished.wait(WATCH_SECONDS):
-                if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
+                if time.monotonic() - renewed > renew_every:
                     renewed = time.monotonic()
                     owned = self._renew_lease()
                     connection.close()  # back to the pool: a stream holds no connection

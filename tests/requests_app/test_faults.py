@@ -347,3 +347,21 @@ def test_the_pending_count_follows_every_way_a_request_ends(tenant, live_api, wo
     statuses = {Request.objects.get(public_id=public_id).status for public_id in ended}
     assert statuses == {"canceled", "expired", "succeeded", "failed"}
     assert PendingCount.objects.get(account=tenant.account).pending == 0
+
+
+def test_a_stream_longer_than_its_lease_keeps_it_and_is_never_recovered(tenant, live_api):
+    # Lease: 3 s timeout + 1 s grace in the test worker; the stream takes about 25 s.
+    tenant.project.attempt_timeout_seconds = 3
+    tenant.project.save()
+    reader = StreamReader(
+        live_api, tenant, {"model": "script:slowchunks2500", "messages": CHAT, "stream": True}
+    )
+    reader.start()
+    while reader.is_alive():
+        sweep()  # a sweeper that would recover any lease that ran out
+        reader.join(0.5)
+
+    assert reader.received.rstrip().endswith(b"data: [DONE]")
+    request = wait_until(lambda: terminal(), message="the request never ended")
+    assert request.status == "succeeded"
+    assert [a.outcome for a in request.attempts.all()] == ["success"]
