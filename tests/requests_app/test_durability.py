@@ -15,8 +15,9 @@ from django.utils import timezone
 from core import heartbeats
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
-from tests.conftest import BeatProcess, WorkerProcess, wait_until
+from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
 from tests.factories import RequestFactory
+from tests.tcp_proxy import FreezingProxy
 
 CHAT = [{"role": "user", "content": "durable"}]
 
@@ -239,3 +240,32 @@ def test_a_stopping_worker_leaves_a_long_attempt_to_its_lease_after_the_grace(
     finally:
         stopping.stop()
         worker.start()
+
+
+@pytest.mark.timeout(240)
+def test_a_publish_that_fails_after_commit_is_not_an_error_and_the_sweeper_runs_it(
+    tenant, worker, tmp_path
+):
+    redis_port = int(os.environ["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+    broker = FreezingProxy(redis_port, marker=b"LPUSH")  # publishing hangs, all else works
+    broker.frozen.set()
+    web = ProcfileWeb(tmp_path / "web.log", REDIS_URL=f"redis://127.0.0.1:{broker.port}/0")
+    try:
+        web.start()
+        response = httpx.post(
+            f"{web.url}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": CHAT},
+            headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+            timeout=180,
+        )
+    finally:
+        web.stop()
+        broker.close()
+
+    assert response.status_code == 202  # accepted: it is in PostgreSQL, whatever the broker did
+    public_id = response.json()["id"]
+    Request.objects.filter(public_id=public_id).update(
+        dispatched_at=timezone.now() - timedelta(minutes=1)
+    )
+    request = wait_until(lambda: finished(public_id), timeout=60, message="never dispatched")
+    assert request.status == "succeeded"
