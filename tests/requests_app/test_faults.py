@@ -7,13 +7,14 @@ import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from django.utils import timezone
 
 from projects.models import Upstream
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine.recovery import sweep
-from requests_app.models import Request
-from tests.conftest import wait_until
+from requests_app.models import Attempt, Request
+from tests.conftest import WorkerProcess, wait_until
 
 CHAT = [{"role": "user", "content": "faults"}]
 
@@ -365,3 +366,30 @@ def test_a_stream_longer_than_its_lease_keeps_it_and_is_never_recovered(tenant, 
     request = wait_until(lambda: terminal(), message="the request never ended")
     assert request.status == "succeeded"
     assert [a.outcome for a in request.attempts.all()] == ["success"]
+
+
+@pytest.mark.timeout(120)
+def test_a_private_upstream_is_refused_alike_for_streams_and_plain_calls(tenant, live_api, worker):
+    worker.stop()  # the suite's worker allows private upstreams; production's does not
+    guarded = WorkerProcess(extra_env={"REQRUN_ALLOW_PRIVATE_UPSTREAMS": "false"}).start()
+    try:
+        plain = httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": CHAT},
+            headers=headers_for(tenant),
+            timeout=60,
+        )
+        streamed = StreamReader(
+            live_api, tenant, {"model": "gpt-test", "messages": CHAT, "stream": True}
+        )
+        streamed.run()
+    finally:
+        guarded.stop()
+        worker.start()
+
+    assert plain.status_code == 502
+    assert plain.json()["error"]["code"] == "upstream_not_allowed"
+    assert streamed.status_code == 502
+    assert json.loads(streamed.received)["error"]["code"] == "upstream_not_allowed"
+    outcomes = {(a.outcome, a.error_code) for a in Attempt.objects.all()}
+    assert outcomes == {("fatal_error", "upstream_not_allowed")}
