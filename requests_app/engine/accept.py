@@ -109,6 +109,24 @@ def accept_request(
     limits = limits or limits_for(account)
     now = timezone.now()
     try:
+        # Built (and its body encrypted) before the transaction: the locks below are held
+        # from the quota's UPDATE to the commit, and nothing slow may run in between.
+        request = Request(
+            **({"public_id": public_id} if public_id else {}),
+            account=account,
+            project=project,
+            api_key=api_key,
+            endpoint=endpoint,
+            model=str(payload.get("model", ""))[:200],
+            stream=bool(payload.get("stream")),
+            body_sha256=body_sha256,
+            request_body=encryption.encrypt(body),
+            idempotency_key=idempotency_key,
+            idempotency_slot=idempotency_key,
+            deadline_at=now + timedelta(seconds=project.deadline_seconds),
+            max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
+            dispatched_at=now,
+        )
         with transaction.atomic():
             if not count_accepted_request(account=account, limit=limits.monthly_requests):
                 raise QuotaExceeded(
@@ -116,29 +134,15 @@ def accept_request(
                     "month. Upgrade the plan or wait for the next period.",
                     headers={"x-should-retry": "false"},
                 )
+            insert(request)
+            # Last before the commit: the account's pending row, which the workers' own
+            # conclusions update too, is locked for as short a time as possible.
             if not sql.take_pending_slot(account_id=account.pk, limit=limits.pending_requests):
                 raise PendingQueueFull(
                     f"This account already has {limits.pending_requests:,} requests waiting or "
                     "running, its plan's limit. Retry when some have finished.",
                     headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
                 )
-            request = Request(
-                **({"public_id": public_id} if public_id else {}),
-                account=account,
-                project=project,
-                api_key=api_key,
-                endpoint=endpoint,
-                model=str(payload.get("model", ""))[:200],
-                stream=bool(payload.get("stream")),
-                body_sha256=body_sha256,
-                request_body=encryption.encrypt(body),
-                idempotency_key=idempotency_key,
-                idempotency_slot=idempotency_key,
-                deadline_at=now + timedelta(seconds=project.deadline_seconds),
-                max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
-                dispatched_at=now,
-            )
-            insert(request)
             _enqueue_after_commit(request.pk)
     except IntegrityError:
         # Another web process inserted the same key first: attach to its request.
