@@ -24,8 +24,8 @@ def test_nothing_is_lost_or_spliced_when_workers_and_redis_die_under_load_and_st
     # Every streaming client saw one attempt's whole answer or exactly one error event, and
     # each error stream's request is failed/partial (checked in stream_problems).
     assert report["streams"] >= 20
-    # How many streams a kill lands in is chance; both endings must occur.
-    assert report["streams_complete"] >= 1
+    # How many streams a kill lands in is chance: on a loaded machine every one may be hit
+    # (complete streams are covered by test_streaming), but some must have been.
     assert report["streams_error"] >= 1
     assert report["streams_spliced"] == 0
     assert report["streams_broken"] == 0
