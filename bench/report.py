@@ -194,7 +194,8 @@ def render(results: dict) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         f"ReqRun bench · {results['machine']['cpus']} CPUs · web workers "
-        f"{config['web_workers']} · worker threads {config['worker_concurrency']} · "
+        f"{config['web_workers']} · worker processes {config.get('worker_processes', 1)} · "
+        f"worker threads {config['worker_concurrency']} · "
         f"DB pool {config['db_pool_max_size']} · "
         f"{config['rounds']} rounds{' · quick' if config['quick'] else ''} · other processes "
         f"took {100 * s['other_cpu_share']:.0f}% of the CPUs meanwhile",

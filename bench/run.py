@@ -59,6 +59,7 @@ class Config:
     concurrency: int
     waiters: int
     web_workers: int
+    worker_processes: int
     worker_concurrency: int
     db_pool_max_size: int
     time_limit: int
@@ -86,6 +87,12 @@ def parse_args(argv: list[str]) -> Config:
         type=int,
         default=default("web_workers", 1),
         help="uvicorn --workers (default 1)",
+    )
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=default("worker_processes", 1),
+        help="Celery worker processes, each the Procfile's worker line (default 1)",
     )
     parser.add_argument(
         "--worker-concurrency",
@@ -136,6 +143,7 @@ def parse_args(argv: list[str]) -> Config:
         concurrency=args.concurrency,
         waiters=pick("waiters", 500, 100),
         web_workers=args.web_workers,
+        worker_processes=args.worker_processes,
         worker_concurrency=args.worker_concurrency,
         db_pool_max_size=args.db_pool_max_size or args.worker_concurrency + 10,
         time_limit=args.time_limit,
@@ -382,6 +390,7 @@ def main(argv: list[str]) -> int:
                 directory,
                 delays=[FAST, SLOW, SLEEPY],
                 web_workers=config.web_workers,
+                worker_processes=config.worker_processes,
                 worker_concurrency=config.worker_concurrency,
                 db_pool_max_size=config.db_pool_max_size,
             )

@@ -69,8 +69,12 @@ class Stack:
                 found.append(self.server_pids[name])
             elif name == "upstreams":
                 found += [p.pid for n, p in self.processes.items() if n.startswith("upstream")]
-            elif name in self.processes:
-                found.append(self.processes[name].pid)
+            else:  # "worker" also names its copies "worker-2", "worker-3", …
+                found += [
+                    process.pid
+                    for label, process in self.processes.items()
+                    if label == name or label.startswith(name + "-")
+                ]
         return found
 
     def connections_opened(self) -> dict[str, int]:
@@ -206,6 +210,7 @@ def start(
     web_workers: int,
     worker_concurrency: int,
     db_pool_max_size: int,
+    worker_processes: int = 1,
 ) -> Stack:
     web_port = free_port()
     stack = Stack(
@@ -252,8 +257,11 @@ def start(
     for name, command in read_procfile().items():
         if name == "web" and web_workers > 1:
             command += f" --workers {web_workers}"
-        # `exec`: the PID we hold is the server itself, not a shell around it.
-        spawn(exit_stack, stack, name, f"exec {command}")
-        say(f"{name} started (pid {stack.processes[name].pid})")
+        copies = worker_processes if name == "worker" else 1
+        for copy in range(1, copies + 1):
+            label = name if copy == 1 else f"{name}-{copy}"
+            # `exec`: the PID we hold is the server itself, not a shell around it.
+            spawn(exit_stack, stack, label, f"exec {command}")
+            say(f"{label} started (pid {stack.processes[label].pid})")
     _wait_healthy(stack)
     return stack
