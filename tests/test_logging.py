@@ -160,6 +160,9 @@ def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_pro
     assert all(set(FIXED) <= set(record) for record in records)
     [finished] = [r for r in records if r["event"] == "attempt finished"]
     assert finished["request_id"] == request.public_id
+    assert finished["project"] == tenant.project.public_id
+    assert finished["account"] == tenant.account.public_id
+    assert finished["upstream"] == "primary"
     assert finished["attempt"] == 1 and finished["status"] == 200
     assert isinstance(finished["latency_ms"], int)
     # Bound from the task's arguments by the worker, not passed by the engine.

@@ -155,6 +155,7 @@ def accept_request(
         extra={
             "request_id": request.public_id,
             "project_id": project.public_id,
+            "account_id": account.public_id,
             "endpoint": endpoint,
         },
     )

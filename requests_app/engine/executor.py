@@ -214,6 +214,9 @@ def conclude_attempt(
         extra={
             "request_id": request.public_id,
             "attempt": number,
+            "project_id": request.project.public_id,
+            "account_id": request.account.public_id,
+            "upstream": result.upstream,
             "outcome": result.outcome,
             "status_code": result.status_code,
             "latency_ms": latency_ms,
@@ -241,8 +244,17 @@ def _call_upstream(request: Request, number: int, slot: str) -> AttemptResult:
     provider_key = provider_key_of(primary) if primary else None
     if provider_key is None:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
-    body = primary.mapped_body(encryption.decrypt(request.request_body))
-    url = upstream.endpoint_url(primary.base_url, request.endpoint)
+    result = _attempt_on(request, number, slot, upstream_row=primary, provider_key=provider_key)
+    result.upstream = primary.name
+    return result
+
+
+def _attempt_on(
+    request: Request, number: int, slot: str, *, upstream_row, provider_key: str
+) -> AttemptResult:
+    """One attempt against one upstream, streamed or not."""
+    body = upstream_row.mapped_body(encryption.decrypt(request.request_body))
+    url = upstream.endpoint_url(upstream_row.base_url, request.endpoint)
     if request.stream:
         return stream_attempt(
             request=request,

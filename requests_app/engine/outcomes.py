@@ -22,3 +22,4 @@ class AttemptResult:
     response: UpstreamResponse | None = None
     stream_started: bool = False  # bytes reached the client: never retry
     client_gone: bool = False  # every streaming reader disconnected: cancel
+    upstream: str | None = None  # the name of the upstream this attempt went to

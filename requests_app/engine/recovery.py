@@ -43,7 +43,7 @@ def _dispatch(pks: list[int]) -> int:
 def recover_expired_leases(now) -> int:
     """Requests whose worker vanished mid-attempt: close the attempt and schedule a retry."""
     stale = (
-        Request.objects.select_related("project")
+        Request.objects.select_related("project", "account")
         .filter(status=Status.RUNNING, lease_until__lt=now)
         .order_by("lease_until")[:BATCH_SIZE]
     )
