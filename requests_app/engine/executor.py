@@ -8,14 +8,12 @@ the sweeper.
 """
 
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
-from django.db.models import Q
 from django.utils import timezone
 
 from core import encryption, shutdown
@@ -23,10 +21,10 @@ from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.selectors import primary_upstream
 from projects.services import provider_key_of
-from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app import metrics
 from requests_app.engine import concurrency, retry_policy, sql, upstream
 from requests_app.engine.cancel import cancel_waiting
+from requests_app.engine.holds import defer_for_capacity, hold_if_suspended
 from requests_app.engine.notifications import announce_finished, answer_of
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.stream_attempt import stream_attempt
@@ -37,7 +35,6 @@ from requests_app.models import TERMINAL_STATUSES, Attempt, Request, Status
 logger = logging.getLogger(__name__)
 
 INLINE_BACKOFF_MAX_SECONDS = 2.0
-CAPACITY_RETRY_SECONDS = 1.0
 RESPONSE_RETENTION = timedelta(hours=24)
 
 
@@ -328,44 +325,6 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     if code in ("internal_error",):
         return error_object(code, message)
     return {"message": message, "type": "upstream_error", "param": None, "code": code}
-
-
-SUSPENSION_RECHECK = timedelta(seconds=30)
-
-
-def hold_if_suspended(request: Request) -> bool:
-    """An operator's suspension holds the account's queued work: nothing is sent upstream,
-    the request is looked at again shortly (so lifting the suspension resumes it), and once
-    the suspension has lasted SUSPENSION_CANCEL_AFTER_DAYS the request is canceled with the
-    suspension's error code. Returns whether the request is held."""
-    suspended_at = request.account.suspended_at or request.project.suspended_at
-    if suspended_at is None:
-        return False
-    now = timezone.now()
-    waiting = Request.objects.filter(pk=request.pk, status__in=[Status.QUEUED, Status.RETRYING])
-    if suspended_at > now - timedelta(days=SUSPENSION_CANCEL_AFTER_DAYS):
-        waiting.update(next_attempt_at=now + SUSPENSION_RECHECK)
-        return True
-    subject = "account" if request.account.suspended_at else "project"
-    cancel_waiting(
-        request,
-        error=error_object(
-            f"{subject}_suspended",
-            f"The {subject} was suspended for {SUSPENSION_CANCEL_AFTER_DAYS} days while this "
-            "request waited, so it was canceled without being sent. Contact support@reqrun.com.",
-        ),
-    )
-    return True
-
-
-def defer_for_capacity(request_pk: int) -> None:
-    """No free slot for this account: leave it queued and try again shortly, via the sweeper."""
-    delay = timedelta(seconds=CAPACITY_RETRY_SECONDS * (0.5 + random.random()))
-    Request.objects.filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()),
-        pk=request_pk,
-        status__in=[Status.QUEUED, Status.RETRYING],
-    ).update(next_attempt_at=timezone.now() + delay)
 
 
 def execute_request(request_pk: int) -> None:
