@@ -37,6 +37,8 @@ FIELDS: dict[str, str] = {
     "account": "account",
     "account_id": "account",
     "upstream": "upstream",
+    "next_upstream": "next_upstream",
+    "breaker": "breaker",
     "status": "status",
     "status_code": "status",
     "latency_ms": "latency_ms",

@@ -36,7 +36,8 @@ class _Compiled(NamedTuple):
 
 
 class PreparedGet(Generic[M]):
-    """`PreparedGet(lambda pk: Request.objects.filter(pk=pk), pk=0)` then `.get(pk=42)`.
+    """`PreparedGet(lambda pk: Request.objects.filter(pk=pk), pk=0)` then `.get(pk=42)`
+    (or `.all(...)` for every match).
 
     `build` receives one placeholder per keyword; each placeholder's example value only
     fixes its type (an int for an id, a str for a prefix) and must not equal any other
@@ -86,6 +87,21 @@ class PreparedGet(Generic[M]):
 
     def get(self, **values: object) -> M:
         """The one matching instance; `DoesNotExist` / `MultipleObjectsReturned` as `.get()`."""
+        model = self._compiled().queryset.model
+        rows = self._fetch(values, limit=2)
+        if not rows:
+            raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
+        if len(rows) > 1:
+            raise model.MultipleObjectsReturned(
+                f"get() returned more than one {model._meta.object_name}."
+            )
+        return rows[0]
+
+    def all(self, **values: object) -> list[M]:
+        """Every matching instance, in the queryset's order (for small, bounded results)."""
+        return self._fetch(values)
+
+    def _fetch(self, values: dict, limit: int | None = None) -> list[M]:
         compiled = self._compiled()
         params = compiled.params.copy()
         for name, position in compiled.positions.items():
@@ -93,18 +109,16 @@ class PreparedGet(Generic[M]):
         model, db = compiled.queryset.model, compiled.queryset.db
         with connections[db].cursor() as cursor:
             cursor.execute(compiled.sql, params)
-            rows = cursor.fetchmany(2)
+            rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
         if not rows:
-            raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
-        if len(rows) > 1:
-            raise model.MultipleObjectsReturned(
-                f"get() returned more than one {model._meta.object_name}."
-            )
-        (row,) = compiled.compiler.results_iter(results=[rows])
-        instance = model.from_db(db, compiled.init_list, row[compiled.model_columns])
-        for populator in compiled.related_populators:
-            populator.populate(row, instance)
-        return instance
+            return []
+        instances = []
+        for row in compiled.compiler.results_iter(results=[rows]):
+            instance = model.from_db(db, compiled.init_list, row[compiled.model_columns])
+            for populator in compiled.related_populators:
+                populator.populate(row, instance)
+            instances.append(instance)
+        return instances
 
 
 _INSERT_SQL: dict[type[Model], tuple[str, list[Field]]] = {}

@@ -5,6 +5,7 @@ import json
 from functools import partial
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
 
@@ -97,6 +98,19 @@ class MonthlyUsage(models.Model):
         return f"{self.account} in {self.period_start:%Y-%m}"
 
 
+class FailoverOn(models.TextChoices):
+    """The outcomes of an attempt that move a request to the project's next upstream."""
+
+    CONNECTION_ERROR = "connection_error", "Connection errors"
+    TIMEOUT = "timeout", "Timeouts"
+    SERVER_ERROR = "server_error", "5xx answers"
+    RATE_LIMITED = "rate_limited", "429 answers, including insufficient_quota"
+
+
+def default_failover_on() -> list[str]:
+    return list(FailoverOn.values)
+
+
 class Project(models.Model):
     public_id = models.CharField(
         max_length=40, unique=True, editable=False, default=partial(new_public_id, "prj")
@@ -116,6 +130,21 @@ class Project(models.Model):
         default=False, help_text="Do not keep response bodies after delivery in wait mode."
     )
 
+    # Failover (docs/failover.md): which outcomes move a request to the next upstream, how
+    # many tries one upstream gets first, and where the next request starts.
+    failover_on = ArrayField(
+        models.CharField(max_length=20, choices=FailoverOn.choices),
+        default=default_failover_on,
+        blank=True,
+    )
+    failover_tries_per_upstream = models.PositiveSmallIntegerField(default=1)
+    failover_return_to_primary = models.BooleanField(
+        default=True,
+        help_text="Start every request on the primary. Off: start where the last one succeeded.",
+    )
+    # Off `failover_return_to_primary`: the upstream the last request succeeded on.
+    failover_current = models.CharField(max_length=40, blank=True, editable=False)
+
     suspended_at = models.DateTimeField(null=True, blank=True)
     suspension_reason = models.TextField(blank=True)
 
@@ -127,6 +156,9 @@ class Project(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(attempt_timeout_seconds__gte=1), name="attempt_timeout_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(failover_tries_per_upstream__gte=1), name="failover_tries_positive"
             ),
         ]
 
@@ -160,6 +192,15 @@ class Upstream(models.Model):
     model_map = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    # The circuit breaker (requests_app/engine/breaker.py), shared by every process: closed
+    # while `breaker_open_until` is empty; open until then; afterwards half-open, and one
+    # attempt at a time (`breaker_probe_until`) may test the upstream.
+    breaker_failures = models.PositiveIntegerField(default=0, editable=False)
+    breaker_window_started = models.DateTimeField(null=True, blank=True, editable=False)
+    breaker_opened_at = models.DateTimeField(null=True, blank=True, editable=False)
+    breaker_open_until = models.DateTimeField(null=True, blank=True, editable=False)
+    breaker_probe_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["position", "pk"]

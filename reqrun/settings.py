@@ -263,6 +263,13 @@ REQRUN_DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 # A worker's claim on an attempt lasts the attempt timeout plus this grace; after that the
 # sweeper assumes the worker died and retries the request.
 REQRUN_LEASE_GRACE_SECONDS = env.int("REQRUN_LEASE_GRACE_SECONDS", default=30)
+# Each upstream's circuit breaker (docs/failover.md): it opens after this many failures
+# within the window, stays open for the cooldown (doubled after each failed probe, up to
+# the maximum), then lets one probe through.
+REQRUN_BREAKER_FAILURES = env.int("REQRUN_BREAKER_FAILURES", default=5)
+REQRUN_BREAKER_WINDOW_SECONDS = env.int("REQRUN_BREAKER_WINDOW_SECONDS", default=60)
+REQRUN_BREAKER_COOLDOWN_SECONDS = env.int("REQRUN_BREAKER_COOLDOWN_SECONDS", default=30)
+REQRUN_BREAKER_COOLDOWN_MAX_SECONDS = env.int("REQRUN_BREAKER_COOLDOWN_MAX_SECONDS", default=300)
 REQRUN_MAX_BODY_BYTES = env.int("REQRUN_MAX_BODY_BYTES", default=10 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQRUN_MAX_BODY_BYTES + 1
 # An upstream answer above this is dropped (502 upstream_response_too_large), not buffered.

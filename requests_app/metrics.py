@@ -52,6 +52,14 @@ QUEUE_WAIT = Histogram(
     "ReqRun's added time: from accepting a request to the start of its first attempt.",
     buckets=QUEUE_WAIT_BUCKETS,
 )
+FAILOVERS = Counter(
+    "reqrun_failovers", "Attempts that moved a request on to another of its project's upstreams."
+)
+BREAKER_CHANGES = Counter(
+    "reqrun_upstream_breaker_changes",
+    "Upstream circuit breakers changing state, by the state they entered.",
+    ["state"],
+)
 SWEEPS = Counter("reqrun_sweeps", "Sweeper runs.")
 SWEEP_DURATION = Histogram(
     "reqrun_sweep_duration_seconds",
@@ -135,6 +143,16 @@ def attempt_finished(*, outcome: str, latency_ms: int | None, ended_status: str 
         UPSTREAM_LATENCY.labels(outcome=outcome).observe(latency_ms / 1000)
     if ended_status is not None:
         FINISHED.labels(status=ended_status).inc()
+
+
+@_never_raises
+def failed_over() -> None:
+    FAILOVERS.inc()
+
+
+@_never_raises
+def breaker_changed(state: str) -> None:
+    BREAKER_CHANGES.labels(state=state).inc()
 
 
 @_never_raises

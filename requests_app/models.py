@@ -62,6 +62,10 @@ class Request(models.Model):
     cancel_requested = models.BooleanField(default=False)
     # Set when a streamed answer's first bytes left for the client: no retry after this.
     first_byte_at = models.DateTimeField(null=True, blank=True)
+    # Failover: the upstream (by name) the next attempt goes to, "" for where requests
+    # start, and how many attempts in a row it has had in this round.
+    next_upstream = models.CharField(max_length=40, blank=True, default="")
+    upstream_tries = models.PositiveSmallIntegerField(default=0)
 
     response_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
     response_headers = models.JSONField(null=True, blank=True)
@@ -117,6 +121,7 @@ class Attempt(models.Model):
 
     request = models.ForeignKey(Request, on_delete=models.CASCADE, related_name="attempts")
     number = models.PositiveSmallIntegerField()
+    upstream = models.CharField(max_length=40, blank=True, default="")  # its name, when sent
     started_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=20, choices=Outcome.choices, blank=True)

@@ -32,6 +32,13 @@ class BlankAsNullChoiceField(serializers.ChoiceField):
         return super().to_representation(value) or None
 
 
+class BlankAsNullCharField(serializers.CharField):
+    """A name stored as '' when there is none (attempts recorded before failover), as null."""
+
+    def to_representation(self, value):
+        return super().to_representation(value) or None
+
+
 class ConstantField(serializers.Field):
     """The `object` discriminator OpenAI objects carry: always the same string."""
 
@@ -90,6 +97,10 @@ RESPONSE_SCHEMA = {
 
 class AttemptSerializer(serializers.Serializer):
     number = serializers.IntegerField(min_value=1)
+    upstream = BlankAsNullCharField(
+        allow_null=True,
+        help_text="The name of the project's upstream this attempt was sent to.",
+    )
     started_at = UnixTimestampField()
     finished_at = UnixTimestampField(allow_null=True)
     outcome = BlankAsNullChoiceField(choices=Attempt.Outcome.choices, allow_null=True)

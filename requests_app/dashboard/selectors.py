@@ -130,6 +130,7 @@ class TimelineEntry:
     attempt: object
     backoff_ms: int | None  # time waited since the previous attempt ended
     asked_ms: int | None  # the wait the previous attempt's upstream answer asked for
+    failed_over: bool = False  # sent to another upstream than the previous attempt
 
 
 def attempt_timeline(request: Request) -> list[TimelineEntry]:
@@ -139,7 +140,10 @@ def attempt_timeline(request: Request) -> list[TimelineEntry]:
         if previous is not None and previous.finished_at and attempt.started_at:
             waited = (attempt.started_at - previous.finished_at).total_seconds()
             backoff, asked = max(0, int(waited * 1000)), previous.retry_after_ms
-        entries.append(TimelineEntry(attempt=attempt, backoff_ms=backoff, asked_ms=asked))
+        moved = previous is not None and attempt.upstream != previous.upstream
+        entries.append(
+            TimelineEntry(attempt=attempt, backoff_ms=backoff, asked_ms=asked, failed_over=moved)
+        )
         previous = attempt
     return entries
 

@@ -1,10 +1,13 @@
-"""Running a request against its upstream: claim, attempt, record, then finish or retry.
+"""Running a request against its upstreams: route, claim, attempt, record, then finish,
+fail over or retry.
 
-A worker claims a request with one conditional UPDATE that moves it to `running`, bumps
-`attempt_count` (the fencing token) and sets a lease. Every later write names that attempt
-number, so a worker that lost its lease can no longer change the request. Short backoffs
-are slept in the worker; longer ones are written to `next_attempt_at` and dispatched by
-the sweeper.
+A worker picks the upstream the attempt goes to (failover.py, with each upstream's
+breaker), then claims the request with one conditional UPDATE that moves it to `running`,
+bumps `attempt_count` (the fencing token), sets a lease and opens the attempt's row naming
+that upstream. Every later write names that attempt number, so a worker that lost its
+lease can no longer change the request. Moving on to the next upstream happens at once;
+short backoffs are slept in the worker; longer ones are written to `next_attempt_at` and
+dispatched by the sweeper.
 """
 
 import logging
@@ -19,14 +22,14 @@ from django.utils import timezone
 from core import encryption, shutdown
 from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
-from projects.selectors import primary_upstream
+from projects.models import Upstream
 from projects.services import provider_key_of
 from requests_app import metrics
-from requests_app.engine import concurrency, retry_policy, sql, upstream
+from requests_app.engine import breaker, concurrency, failover, retry_policy, sql, upstream
 from requests_app.engine.cancel import cancel_waiting
 from requests_app.engine.holds import defer_for_capacity, hold_if_suspended
 from requests_app.engine.notifications import announce_finished, answer_of
-from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
+from requests_app.engine.outcomes import AttemptResult
 from requests_app.engine.stream_attempt import stream_attempt
 from requests_app.engine.usage import usage_from_body, usage_from_event_stream
 from requests_app.error_catalog import error_object
@@ -54,8 +57,9 @@ def lease_for(request: Request) -> timedelta:
     )
 
 
-def claim_request(request: Request) -> Attempt | None:
-    """Take the request for one attempt if it is due, and open the attempt's row.
+def claim_request(request: Request, *, upstream_name: str) -> Attempt | None:
+    """Take the request for one attempt if it is due, and open the attempt's row naming the
+    upstream it goes to.
 
     None if someone else has it, it was canceled, or it ended. `request` is a fresh read;
     the claim is conditioned on its attempt count, so the attempt returned is exactly the
@@ -80,6 +84,7 @@ def claim_request(request: Request) -> Attempt | None:
     opened = sql.claim(
         request_id=request.pk,
         attempt_count=request.attempt_count,
+        upstream=upstream_name,
         now=now,
         lease_until=now + lease_for(request),
     )
@@ -90,7 +95,9 @@ def claim_request(request: Request) -> Attempt | None:
     request.status = Status.RUNNING
     request.attempt_count = number
     request.started_at = request.started_at or now
-    attempt = Attempt(id=opened, request=request, number=number, started_at=now)
+    attempt = Attempt(
+        id=opened, request=request, number=number, upstream=upstream_name, started_at=now
+    )
     attempt._state.adding = False
     return attempt
 
@@ -98,8 +105,10 @@ def claim_request(request: Request) -> Attempt | None:
 INTERNAL_ERROR = AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="internal_error")
 
 
-def perform_attempt(request: Request, attempt: Attempt, *, slot: str) -> AttemptResult:
-    """Call the upstream once for the claimed attempt; never raises.
+def perform_attempt(
+    request: Request, attempt: Attempt, route: failover.Route | None, *, slot: str
+) -> AttemptResult:
+    """Call the routed upstream once for the claimed attempt; never raises.
 
     Whatever goes wrong, ours or the upstream's, comes back as a result to record, so no
     attempt is left `running` until its lease runs out.
@@ -109,9 +118,10 @@ def perform_attempt(request: Request, attempt: Attempt, *, slot: str) -> Attempt
     close_old_connections()
     started = time.monotonic()
     try:
-        result = _call_upstream(request, attempt.number, slot)
+        result = _call_upstream(request, attempt.number, slot, route)
     except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
         result = upstream.classify(error=error)
+    result.upstream = attempt.upstream
     attempt.latency_ms = int((time.monotonic() - started) * 1000)
     return result
 
@@ -125,6 +135,7 @@ class Consequence:
     delay: float | None = None  # a retry soon enough to sleep for in this worker
     error: dict | None = None
     partial: bool = False
+    next_upstream: failover.NextUpstream | None = None
 
     @property
     def ends(self) -> bool:
@@ -132,9 +143,16 @@ class Consequence:
 
 
 def consequence_of(
-    request: Request, number: int, result: AttemptResult, *, answered: bool, now: datetime
+    request: Request,
+    number: int,
+    result: AttemptResult,
+    *,
+    answered: bool,
+    now: datetime,
+    then: failover.NextUpstream | None = None,
 ) -> Consequence:
-    """Retry, or end as what: the retry policy, the deadline and the streaming rule."""
+    """Fail over, retry, or end as what: the failover and retry policies, the deadline and
+    the streaming rule. `then` is where the next attempt would go (failover.py)."""
     if result.client_gone:
         return Consequence(Status.CANCELED, partial=result.stream_started)
     if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
@@ -146,13 +164,19 @@ def consequence_of(
             "code": result.error_code,
         }
         return Consequence(Status.FAILED, error=error, partial=True)
-    retryable = result.outcome not in (Attempt.Outcome.SUCCESS, Attempt.Outcome.FATAL_ERROR)
+    moves = then is not None and then.moved  # on to the next upstream: no backoff
+    retryable = moves or result.outcome not in (
+        Attempt.Outcome.SUCCESS,
+        Attempt.Outcome.FATAL_ERROR,
+    )
     if retryable and number < request.max_attempts:
-        delay = retry_policy.backoff_seconds(number, result.retry_after_ms)
+        delay = 0.0 if moves else retry_policy.backoff_seconds(number, result.retry_after_ms)
         next_at = now + timedelta(seconds=delay)
         if next_at < request.deadline_at:
             inline = delay if delay <= INLINE_BACKOFF_MAX_SECONDS else None
-            return Consequence(Status.RETRYING, next_attempt_at=next_at, delay=inline)
+            return Consequence(
+                Status.RETRYING, next_attempt_at=next_at, delay=inline, next_upstream=then
+            )
         status = Status.EXPIRED
     elif result.outcome == Attempt.Outcome.SUCCESS:
         status = Status.SUCCEEDED
@@ -167,6 +191,7 @@ def conclude_attempt(
     number: int,
     result: AttemptResult,
     *,
+    chain: list[Upstream] | None = None,
     latency_ms: int | None = None,
     lease_expired_before: datetime | None = None,
 ) -> tuple[bool, float | None]:
@@ -175,12 +200,18 @@ def conclude_attempt(
     Only while the attempt's row is still open: when this worker outlived its lease, the
     sweeper has closed the row as `worker_lost` and scheduled the retry, and this late
     result is dropped rather than written over that record (the sweeper concludes through
-    this same function, with `lease_expired_before`). Returns whether it was written and,
-    for a retry due soon, the wait before it.
+    this same function, with `lease_expired_before`). `chain` is the project's upstreams as
+    routed (failover.chain_of), read here when not given. Returns whether it was written
+    and, for a retry due soon, the wait before it.
     """
     now = timezone.now()
-    response = _response_fields(request, result.response)
-    then = consequence_of(request, number, result, answered=bool(response), now=now)
+    response = _response_fields(request, result)
+    step = None
+    if result.outcome != Attempt.Outcome.SUCCESS:
+        chain = failover.chain_of(request.project) if chain is None else chain
+        step = failover.next_upstream(request.project, chain, request, result)
+    then = consequence_of(request, number, result, answered=bool(response), now=now, then=step)
+    following = then.next_upstream
     written = sql.conclude(
         request_id=request.pk,
         number=number,
@@ -195,6 +226,8 @@ def conclude_attempt(
         status=then.status,
         ends=then.ends,
         next_attempt_at=then.next_attempt_at,
+        next_upstream=following.name if following else "",
+        upstream_tries=following.tries if following else 0,
         error=then.error,
         partial=then.partial,
         response=response,
@@ -217,8 +250,11 @@ def conclude_attempt(
             "outcome": result.outcome,
             "status_code": result.status_code,
             "latency_ms": latency_ms,
+            "next_upstream": following.name if following and following.moved else None,
         },
     )
+    if following and following.moved:
+        metrics.failed_over()
     metrics.attempt_finished(
         outcome=result.outcome,
         latency_ms=latency_ms,
@@ -236,26 +272,21 @@ def conclude_attempt(
     return True, None
 
 
-def _call_upstream(request: Request, number: int, slot: str) -> AttemptResult:
-    primary = primary_upstream(request.project)
-    provider_key = provider_key_of(primary) if primary else None
+def _call_upstream(
+    request: Request, number: int, slot: str, route: failover.Route | None
+) -> AttemptResult:
+    """One attempt against the routed upstream, streamed or not."""
+    provider_key = provider_key_of(route.upstream) if route else None
     if provider_key is None:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
-    result = _attempt_on(request, number, slot, upstream_row=primary, provider_key=provider_key)
-    result.upstream = primary.name
-    return result
-
-
-def _attempt_on(
-    request: Request, number: int, slot: str, *, upstream_row, provider_key: str
-) -> AttemptResult:
-    """One attempt against one upstream, streamed or not."""
-    body = upstream_row.mapped_body(encryption.decrypt(request.request_body))
-    url = upstream.endpoint_url(upstream_row.base_url, request.endpoint)
+    target = route.upstream
+    body = target.mapped_body(encryption.decrypt(request.request_body))
+    url = upstream.endpoint_url(target.base_url, request.endpoint)
     if request.stream:
         return stream_attempt(
             request=request,
             number=number,
+            upstream_name=target.name,
             url=url,
             provider_key=provider_key,
             body=body,
@@ -275,7 +306,8 @@ def _attempt_on(
     return upstream.classify(answer=answer)
 
 
-def _response_fields(request: Request, response: UpstreamResponse | None) -> dict:
+def _response_fields(request: Request, result: AttemptResult) -> dict:
+    response = result.response
     if response is None:
         return {}
     if response.status_code >= 300:
@@ -289,7 +321,7 @@ def _response_fields(request: Request, response: UpstreamResponse | None) -> dic
     keep = not (request.stream and request.project.zero_retention)
     return {
         "response_status_code": response.status_code,
-        "response_headers": response.headers,
+        "response_headers": upstream.with_upstream_header(response.headers, result.upstream),
         "response_body": encryption.encrypt(response.body) if keep else None,
         "response_expires_at": timezone.now() + RESPONSE_RETENTION,
         "usage": usage,
@@ -327,6 +359,15 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     return {"message": message, "type": "upstream_error", "param": None, "code": code}
 
 
+def _learn_from(route: failover.Route, result: AttemptResult, request: Request) -> None:
+    """What this attempt says about its upstream: the breaker, and where to start next."""
+    breaker.record(
+        route.upstream, result, now=timezone.now(), probe=route.probe, account=request.account
+    )
+    if result.outcome == Attempt.Outcome.SUCCESS:
+        failover.remember_success(request.project, route.upstream.name)
+
+
 def execute_request(request_pk: int) -> None:
     """Run attempts until the request finishes or waits longer than a worker should hold it.
 
@@ -354,19 +395,26 @@ def execute_request(request_pk: int) -> None:
             defer_for_capacity(request_pk)
             return
         try:
-            attempt = claim_request(row)
+            chain = failover.chain_of(row.project)
+            route = failover.route(row, chain, now=timezone.now(), lease=lease_for(row))
+            attempt = claim_request(row, upstream_name=route.upstream.name if route else "")
             if attempt is None:
+                if route and route.probe:
+                    breaker.release_probe(route.upstream)
                 return
-            result = perform_attempt(row, attempt, slot=slot)
+            result = perform_attempt(row, attempt, route, slot=slot)
             try:
                 _, delay = conclude_attempt(
-                    row, attempt.number, result, latency_ms=attempt.latency_ms
+                    row, attempt.number, result, chain=chain, latency_ms=attempt.latency_ms
                 )
             except DatabaseError:
                 # The result itself could not be stored (a value the database refuses):
                 # record the attempt as our own error rather than leave it running.
                 logger.error("attempt result refused", extra={"request_id": row.public_id})
-                _, delay = conclude_attempt(row, attempt.number, INTERNAL_ERROR)
+                result = INTERNAL_ERROR
+                _, delay = conclude_attempt(row, attempt.number, result, chain=chain)
+            if route:
+                _learn_from(route, result, row)
         finally:
             concurrency.release(account_id=row.account_id, token=slot)
         if delay is None:

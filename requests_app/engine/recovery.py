@@ -42,10 +42,16 @@ def _dispatch(pks: list[int]) -> int:
 
 def recover_expired_leases(now) -> int:
     """Requests whose worker vanished mid-attempt: close the attempt and schedule a retry."""
-    stale = (
+    stale = list(
         Request.objects.select_related("project", "account")
         .filter(status=Status.RUNNING, lease_until__lt=now)
         .order_by("lease_until")[:BATCH_SIZE]
+    )
+    # Where each lost attempt had gone: its request fails over from there.
+    sent_to = dict(
+        Attempt.objects.filter(request__in=stale, number=F("request__attempt_count")).values_list(
+            "request_id", "upstream"
+        )
     )
     recovered = 0
     for request in stale:
@@ -59,6 +65,7 @@ def recover_expired_leases(now) -> int:
                 error_code="worker_lost",
                 # Bytes already reached a client: this request can only fail as partial.
                 stream_started=request.first_byte_at is not None,
+                upstream=sent_to.get(request.pk),
             ),
             lease_expired_before=now,
         )

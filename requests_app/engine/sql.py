@@ -59,20 +59,24 @@ WITH claimed AS (
         AND (next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
     RETURNING id, attempt_count
 )
-INSERT INTO requests_app_attempt (request_id, number, started_at, outcome)
-SELECT id, attempt_count, %(now)s, '' FROM claimed
+INSERT INTO requests_app_attempt (request_id, number, upstream, started_at, outcome)
+SELECT id, attempt_count, %(upstream)s, %(now)s, '' FROM claimed
 RETURNING id
 """
 
 
-def claim(*, request_id: int, attempt_count: int, now: datetime, lease_until: datetime):
+def claim(
+    *, request_id: int, attempt_count: int, upstream: str, now: datetime, lease_until: datetime
+):
     """Move a due request to `running` for attempt `attempt_count + 1` and open that
-    attempt's row; the new attempt's id, or None if the request was not ours to take."""
+    attempt's row, naming the upstream it is sent to (recorded before it is sent); the new
+    attempt's id, or None if the request was not ours to take."""
     row = _run(
         CLAIM,
         {
             "request_id": request_id,
             "attempt_count": attempt_count,
+            "upstream": upstream,
             "now": now,
             "lease_until": lease_until,
         },
@@ -92,6 +96,7 @@ WITH closed AS (
     UPDATE requests_app_request
     SET status = %(status)s, lease_until = NULL, next_attempt_at = %(next_attempt_at)s,
         finished_at = %(finished_at)s, error = %(error)s, partial = %(partial)s,
+        next_upstream = %(next_upstream)s, upstream_tries = %(upstream_tries)s,
         request_body = CASE WHEN %(ends)s THEN NULL ELSE request_body END,
         response_status_code =
             CASE WHEN %(answered)s THEN %(response_status_code)s ELSE response_status_code END,
@@ -123,6 +128,8 @@ def conclude(
     status: str,
     ends: bool,
     next_attempt_at: datetime | None = None,
+    next_upstream: str = "",
+    upstream_tries: int = 0,
     error: dict | None = None,
     partial: bool = False,
     response: dict | None = None,
@@ -131,7 +138,9 @@ def conclude(
     """Close attempt `number`'s row with its result and move the request on, in one statement.
 
     Applies only while that attempt owns the request and its row is still open, so of a late
-    worker and the sweeper exactly one decides what the attempt was. `response` (the stored
+    worker and the sweeper exactly one decides what the attempt was. The request's
+    `next_upstream` / `upstream_tries` say where its next attempt is due (failover.py).
+    `response` (the stored
     answer's columns) replaces the previous attempt's only when given. The sweeper passes
     `lease_expired_before`, so a lease renewed meanwhile is left alone.
     """
@@ -148,6 +157,8 @@ def conclude(
         "status": status,
         "ends": ends,
         "next_attempt_at": next_attempt_at,
+        "next_upstream": next_upstream,
+        "upstream_tries": upstream_tries,
         "finished_at": now if ends else None,
         "error": _jsonb(error),
         "partial": partial,

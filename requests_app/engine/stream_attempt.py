@@ -50,9 +50,12 @@ class Stopped(Exception):
 
 
 class StreamRelay:
-    def __init__(self, *, request: Request, number: int, lease: timedelta, slot: str):
+    def __init__(
+        self, *, request: Request, number: int, upstream_name: str, lease: timedelta, slot: str
+    ):
         self.request = request
         self.number = number
+        self.upstream_name = upstream_name
         self.lease = lease
         self.slot = slot
         self.publisher = StreamPublisher(request.public_id, number)
@@ -115,7 +118,12 @@ class StreamRelay:
         connection.close()  # back to the pool for the rest of the stream
         if not marked:
             raise Stopped("lease_lost")
-        self.publisher.start(response.status_code, upstream.forwarded_headers(response.headers))
+        self.publisher.start(
+            response.status_code,
+            upstream.with_upstream_header(
+                upstream.forwarded_headers(response.headers), self.upstream_name
+            ),
+        )
         self.started = True
 
     def relay(self, response: httpx.Response) -> AttemptResult:
@@ -175,6 +183,7 @@ def stream_attempt(
     *,
     request: Request,
     number: int,
+    upstream_name: str,
     url: str,
     provider_key: str,
     body: bytes,
@@ -182,7 +191,9 @@ def stream_attempt(
     slot: str,
 ) -> AttemptResult:
     """Run one streamed attempt to its result; never raises."""
-    relay = StreamRelay(request=request, number=number, lease=lease, slot=slot)
+    relay = StreamRelay(
+        request=request, number=number, upstream_name=upstream_name, lease=lease, slot=slot
+    )
     if relay.publisher.client_gone():
         return relay.stopped("client_disconnected")
     watcher = threading.Thread(target=relay.watch, daemon=True)

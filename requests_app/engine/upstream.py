@@ -75,6 +75,14 @@ def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:
     }
 
 
+UPSTREAM_HEADER = "ReqRun-Upstream"
+
+
+def with_upstream_header(headers: dict[str, str], upstream_name: str | None) -> dict[str, str]:
+    """The headers a caller gets with an upstream's answer, naming the upstream that gave it."""
+    return {**headers, UPSTREAM_HEADER: upstream_name} if upstream_name else dict(headers)
+
+
 class ResponseTooLarge(Exception):
     """The answer passed REQRUN_MAX_RESPONSE_BYTES; it is neither kept nor relayed."""
 
