@@ -1,0 +1,392 @@
+"""Failover end to end: the SDK → ReqRun → real workers → two or three fake upstreams.
+
+The tenant's primary is the session's fake upstream; `fallback-1` (and `fallback-2`) are
+upstreams of their own, each a real HTTP server on a loopback port.
+"""
+
+import socket
+from datetime import timedelta
+
+import httpx
+import openai
+import pytest
+from django.utils import timezone
+
+from accounts.models import AuditEvent
+from core import encryption
+from projects.models import Upstream
+from projects.services import add_upstream
+from requests_app.engine.executor import execute_request
+from requests_app.engine.recovery import sweep
+from requests_app.models import Request
+from tests.conftest import wait_until
+from tests.factories import RequestFactory
+from tests.fake_upstream import FakeUpstream
+
+CHAT = [{"role": "user", "content": "fail over"}]
+
+
+@pytest.fixture(scope="module")
+def second_server():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def third_server():
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def secondary(tenant, second_server):
+    second_server.reset()
+    return add_upstream(
+        project=tenant.project,
+        base_url=second_server.base_url,
+        provider_key="sk-second-provider-key",
+        name="fallback-1",
+        model_map={"gpt-4o-mini": "second-model"},
+    )
+
+
+def primary_of(tenant) -> Upstream:
+    return tenant.project.upstreams.get(position=0)
+
+
+def refused_url() -> str:
+    """A loopback port nothing listens on: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def set_policy(tenant, **fields) -> None:
+    for field, value in fields.items():
+        setattr(tenant.project, field, value)
+    tenant.project.save()
+
+
+def chain(public_id: str) -> list[tuple[str, str, int | None]]:
+    request = Request.objects.get(public_id=public_id)
+    return [(a.upstream, a.outcome, a.status_code) for a in request.attempts.all()]
+
+
+def create(sdk, model: str, **kwargs):
+    raw = sdk.chat.completions.with_raw_response.create(model=model, messages=CHAT, **kwargs)
+    return raw, raw.headers["reqrun-request-id"]
+
+
+def test_a_refused_connection_fails_over_to_the_secondary(sdk, tenant, secondary, second_server):
+    Upstream.objects.filter(pk=primary_of(tenant).pk).update(base_url=refused_url())
+
+    raw, public_id = create(sdk, "refused")
+
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["reqrun-upstream"] == "fallback-1"
+    assert raw.headers["reqrun-attempts"] == "2"
+    assert [(name, outcome) for name, outcome, _ in chain(public_id)] == [
+        ("primary", "connection_error"),
+        ("fallback-1", "success"),
+    ]
+    assert second_server.count("/v1/chat/completions") == 1
+    # The request object names each attempt's upstream.
+    body = httpx.get(
+        f"{sdk.base_url}requests/{public_id}",
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    ).json()
+    assert [attempt["upstream"] for attempt in body["attempts"]] == ["primary", "fallback-1"]
+
+
+def test_a_503_fails_over_at_once_and_the_model_map_applies_only_on_the_secondary(
+    sdk, secondary, fake_upstream, second_server
+):
+    fake_upstream.script("gpt-4o-mini", ["503ra5"])  # even a Retry-After does not hold it
+
+    raw, public_id = create(sdk, "gpt-4o-mini")
+
+    assert raw.headers["reqrun-upstream"] == "fallback-1"
+    assert chain(public_id) == [("primary", "retryable_error", 503), ("fallback-1", "success", 200)]
+    first, second = Request.objects.get(public_id=public_id).attempts.all()
+    assert (second.started_at - first.finished_at).total_seconds() < 1  # no backoff
+    assert [r.body["model"] for r in fake_upstream.requests] == ["gpt-4o-mini"]
+    assert [r.body["model"] for r in second_server.requests] == ["second-model"]
+
+
+def test_insufficient_quota_fails_over(sdk, secondary, fake_upstream):
+    fake_upstream.script("quota", ["429q"])
+
+    raw, public_id = create(sdk, "quota")
+
+    assert raw.headers["reqrun-upstream"] == "fallback-1"
+    assert chain(public_id) == [("primary", "fatal_error", 429), ("fallback-1", "success", 200)]
+
+
+def test_the_callers_own_400_is_returned_without_failover(sdk, secondary, second_server):
+    with pytest.raises(openai.BadRequestError) as raised:
+        create(sdk, "script:400")
+
+    assert raised.value.response.headers["reqrun-upstream"] == "primary"
+    public_id = raised.value.response.headers["reqrun-request-id"]
+    assert chain(public_id) == [("primary", "fatal_error", 400)]
+    assert second_server.count() == 0
+
+
+def test_with_every_upstream_down_it_backs_off_between_rounds_then_gives_the_last_answer(
+    sdk, tenant, secondary, third_server, fake_upstream, second_server
+):
+    third_server.reset()
+    add_upstream(
+        project=tenant.project,
+        base_url=third_server.base_url,
+        provider_key="sk-third-provider-key",
+        name="fallback-2",
+    )
+    tenant.project.max_attempts = 5
+    tenant.project.save()
+    for server in (fake_upstream, second_server, third_server):
+        server.script("down", ["503ra1"])
+
+    with pytest.raises(openai.InternalServerError) as raised:
+        create(sdk, "down")
+
+    response = raised.value.response
+    assert response.status_code == 503
+    assert response.headers["reqrun-upstream"] == "fallback-1"  # the last answer, as given
+    attempts = list(
+        Request.objects.get(public_id=response.headers["reqrun-request-id"]).attempts.all()
+    )
+    assert [a.upstream for a in attempts] == [
+        "primary",
+        "fallback-1",
+        "fallback-2",
+        "primary",
+        "fallback-1",
+    ]
+    gaps = [
+        (later.started_at - earlier.finished_at).total_seconds()
+        for earlier, later in zip(attempts, attempts[1:], strict=False)
+    ]
+    # Retry-After: 1 is honoured between rounds only, not when moving on to the next upstream.
+    assert gaps[0] < 1 and gaps[1] < 1 and gaps[3] < 1
+    assert gaps[2] >= 0.95
+
+
+def test_a_policy_without_5xx_retries_the_same_upstream(sdk, tenant, secondary, fake_upstream):
+    set_policy(tenant, failover_on=["connection_error", "timeout"])
+    fake_upstream.script("stay", ["503", "200"])
+
+    _, public_id = create(sdk, "stay")
+
+    assert [name for name, _, _ in chain(public_id)] == ["primary", "primary"]
+
+
+def test_two_tries_per_upstream_before_moving_on(sdk, tenant, secondary, fake_upstream):
+    set_policy(tenant, failover_on=["server_error"], failover_tries_per_upstream=2)
+    fake_upstream.script("twice", ["503"])
+
+    _, public_id = create(sdk, "twice")
+
+    assert [name for name, _, _ in chain(public_id)] == ["primary", "primary", "fallback-1"]
+
+
+def test_not_returning_to_the_primary_starts_where_the_last_request_succeeded(
+    sdk, tenant, secondary, fake_upstream
+):
+    set_policy(tenant, failover_on=["server_error"], failover_return_to_primary=False)
+    fake_upstream.script("sticky", ["503", "200"])
+
+    _, first = create(sdk, "sticky")
+    raw, second = create(sdk, "sticky")
+
+    assert [name for name, _, _ in chain(first)] == ["primary", "fallback-1"]
+    assert [name for name, _, _ in chain(second)] == ["fallback-1"]
+    assert raw.headers["reqrun-upstream"] == "fallback-1"
+
+
+def test_a_stream_fails_over_before_its_first_byte(sdk, secondary, fake_upstream, second_server):
+    fake_upstream.script("stream-before", ["503"])
+
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="stream-before", messages=CHAT, stream=True
+    )
+    chunks = list(raw.parse())
+
+    assert chunks and raw.headers["reqrun-upstream"] == "fallback-1"
+    assert chain(raw.headers["reqrun-request-id"]) == [
+        ("primary", "retryable_error", 503),
+        ("fallback-1", "success", 200),
+    ]
+
+
+def test_a_stream_never_fails_over_after_its_first_byte(
+    sdk, secondary, fake_upstream, second_server
+):
+    fake_upstream.script("stream-after", ["cut3"])
+
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="stream-after", messages=CHAT, stream=True
+    )
+    with pytest.raises(openai.APIError):
+        list(raw.parse())
+
+    request = Request.objects.get(public_id=raw.headers["reqrun-request-id"])
+    assert request.status == "failed" and request.partial
+    assert [a.upstream for a in request.attempts.all()] == ["primary"]
+    assert second_server.count() == 0
+
+
+def breaker_events(tenant) -> list[str]:
+    return list(
+        AuditEvent.objects.filter(
+            account=tenant.account, action__startswith="upstream_breaker_"
+        ).values_list("action", flat=True)
+    )[::-1]
+
+
+def open_the_primarys_breaker(sdk, tenant, fake_upstream, model: str) -> None:
+    """Five failures within the window (the default threshold), each failing over."""
+    fake_upstream.script(model, ["503"])
+    for _ in range(5):
+        create(sdk, model)
+    wait_until(
+        lambda: Upstream.objects.get(pk=primary_of(tenant).pk).breaker_open_until,
+        message="the primary's breaker did not open after five failures",
+    )
+
+
+def test_the_breaker_opens_skips_the_primary_and_a_probe_closes_it(
+    sdk, tenant, secondary, fake_upstream, second_server
+):
+    open_the_primarys_breaker(sdk, tenant, fake_upstream, "breaker")
+    assert fake_upstream.count() == 5
+
+    raw, public_id = create(sdk, "breaker")
+
+    assert fake_upstream.count() == 5  # no time spent on the primary
+    assert chain(public_id) == [("fallback-1", "success", 200)]
+    assert raw.headers["reqrun-attempts"] == "1"
+
+    # The cooldown passes; the primary is still down: the probe fails, the breaker opens
+    # again for twice as long, and the request itself fails over.
+    now = timezone.now()
+    Upstream.objects.filter(pk=primary_of(tenant).pk).update(
+        breaker_opened_at=now - timedelta(seconds=31), breaker_open_until=now - timedelta(seconds=1)
+    )
+    _, public_id = create(sdk, "breaker")
+    assert [name for name, _, _ in chain(public_id)] == ["primary", "fallback-1"]
+    reopened = wait_until(
+        lambda: Upstream.objects.filter(
+            pk=primary_of(tenant).pk, breaker_open_until__gt=timezone.now() + timedelta(seconds=45)
+        ).first(),
+        message="a failed probe did not open the breaker for twice the cooldown",
+    )
+    assert reopened.breaker_probe_until is None
+
+    # The primary recovers; after the cooldown one probe goes to it and closes the breaker.
+    fake_upstream.script("breaker", ["200"])
+    Upstream.objects.filter(pk=primary_of(tenant).pk).update(
+        breaker_open_until=timezone.now() - timedelta(seconds=1)
+    )
+    _, public_id = create(sdk, "breaker")
+    assert chain(public_id) == [("primary", "success", 200)]
+    closed = wait_until(
+        lambda: Upstream.objects.filter(pk=primary_of(tenant).pk, breaker_open_until=None).first(),
+        message="the probe's success did not close the breaker",
+    )
+    assert closed.breaker_failures == 0
+    assert breaker_events(tenant) == [
+        "upstream_breaker_open",
+        "upstream_breaker_half_open",
+        "upstream_breaker_open",
+        "upstream_breaker_half_open",
+        "upstream_breaker_closed",
+    ]
+
+
+def queued_request(tenant, model: str) -> Request:
+    """A request accepted but never published, for this test process to run itself."""
+    body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "x"}}]}}'
+    return RequestFactory(
+        project=tenant.project,
+        model=model,
+        request_body=encryption.encrypt(body.encode()),
+        max_attempts=3,
+    )
+
+
+def test_the_breaker_is_shared_by_the_worker_process_and_this_one(
+    sdk, tenant, secondary, fake_upstream
+):
+    # Opened by the attempts of the worker process...
+    open_the_primarys_breaker(sdk, tenant, fake_upstream, "shared")
+
+    # ...and obeyed by this process, running a request of its own.
+    request = queued_request(tenant, "shared")
+    execute_request(request.pk)
+
+    assert chain(request.public_id) == [("fallback-1", "success", 200)]
+    assert fake_upstream.count() == 5
+
+
+def test_the_breaker_opened_here_is_obeyed_by_the_worker_process(
+    sdk, tenant, secondary, fake_upstream
+):
+    fake_upstream.script("shared-back", ["503"])
+    for _ in range(5):
+        execute_request(queued_request(tenant, "shared-back").pk)
+    assert Upstream.objects.get(pk=primary_of(tenant).pk).breaker_open_until is not None
+
+    _, public_id = create(sdk, "shared-back")
+
+    assert chain(public_id) == [("fallback-1", "success", 200)]
+    assert fake_upstream.count() == 5
+
+
+def test_a_worker_killed_mid_chain_is_finished_on_the_next_upstream_by_the_sweeper(
+    tenant, live_api, worker, secondary, fake_upstream, second_server
+):
+    tenant.project.attempt_timeout_seconds = 3  # lease: 3 s + 1 s grace in the test worker
+    tenant.project.save()
+    fake_upstream.script("killed", ["hang"])
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "killed", "messages": CHAT},
+        headers={
+            "Authorization": f"Bearer {tenant.raw_key}",
+            "Prefer": "respond-async",
+            "Idempotency-Key": "killed-mid-chain",
+        },
+    )
+    public_id = response.json()["id"]
+    wait_until(lambda: fake_upstream.count() == 1, message="the attempt never reached the primary")
+
+    worker.kill()
+    worker.start()
+
+    def finished():
+        sweep()
+        request = Request.objects.get(public_id=public_id)
+        return request if request.is_terminal else None
+
+    request = wait_until(finished, timeout=60, message="the request never finished")
+    assert request.status == "succeeded"
+    assert chain(public_id) == [
+        ("primary", "connection_error", None),
+        ("fallback-1", "success", 200),
+    ]
+    assert request.attempts.first().error_code == "worker_lost"
+    # Each upstream ran it once; the key still names this one request.
+    assert fake_upstream.count() == 1 and second_server.count() == 1
+    replay = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "killed", "messages": CHAT},
+        headers={
+            "Authorization": f"Bearer {tenant.raw_key}",
+            "Idempotency-Key": "killed-mid-chain",
+        },
+    )
+    assert replay.headers["reqrun-request-id"] == public_id
+    assert replay.headers["reqrun-upstream"] == "fallback-1"
+    assert Request.objects.filter(project=tenant.project).count() == 1
