@@ -156,6 +156,13 @@ REQUEST_HEADERS = [
         required=True,
         description="How many attempts it took (so far).",
     ),
+    OpenApiParameter(
+        "ReqRun-Upstream",
+        {"type": "string"},
+        OpenApiParameter.HEADER,
+        response=[200],
+        description="The name of the project's upstream whose answer this is (docs/failover).",
+    ),
 ]
 
 

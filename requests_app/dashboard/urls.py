@@ -15,5 +15,6 @@ urlpatterns = [
     path("docs", views.docs_quickstart, name="docs"),
     path("docs/api", views.docs_api, name="docs-api"),
     path("docs/errors", views.docs_errors, name="docs-errors"),
+    path("docs/failover", views.docs_failover, name="docs-failover"),
     path(SCHEMA_URL.lstrip("/"), SpectacularJSONAPIView.as_view(), name="openapi-schema"),
 ]

@@ -4,6 +4,7 @@ Every request is fetched through a selector scoped to the user's memberships, so
 tenant's id is a 404. Bad filters or page links show the page with a message, never a 500.
 """
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest
 from django.shortcuts import redirect, render
@@ -126,3 +127,14 @@ def docs_api(request):
 def docs_errors(request):
     context = {**_docs_context(request), "error_codes": ERROR_CODES, "endpoints": PROXIED_ENDPOINTS}
     return render(request, "pages/docs/errors.html", context)
+
+
+def docs_failover(request):
+    breaker = {
+        "failures": settings.REQRUN_BREAKER_FAILURES,
+        "window": settings.REQRUN_BREAKER_WINDOW_SECONDS,
+        "cooldown": settings.REQRUN_BREAKER_COOLDOWN_SECONDS,
+        "cooldown_max": settings.REQRUN_BREAKER_COOLDOWN_MAX_SECONDS,
+    }
+    context = {**_docs_context(request), "breaker": breaker}
+    return render(request, "pages/docs/failover.html", context)

@@ -74,6 +74,24 @@ def test_the_api_reference_is_built_from_the_schema(client):
     assert "`" not in page.split("<main", 1)[1]  # code spans are rendered, not raw backticks
 
 
+def test_the_reference_documents_attempt_upstreams_and_the_header(client):
+    page = client.get(reverse("docs-api")).content.decode()
+
+    assert "ReqRun-Upstream" in page
+    assert "upstream this attempt was sent to" in page
+
+
+def test_the_failover_page_states_the_breakers_settings(client, settings):
+    settings.REQRUN_BREAKER_FAILURES = 7
+    settings.REQRUN_BREAKER_COOLDOWN_SECONDS = 45
+
+    page = client.get(reverse("docs-failover")).content.decode()
+
+    assert "After 7 failures" in page and "After 45 seconds one request" in page
+    assert "insufficient_quota" in page and "ReqRun-Upstream" in page
+    assert reverse("docs-failover") in client.get(reverse("docs")).content.decode()
+
+
 def test_the_quickstart_uses_this_servers_base_url(client):
     page = client.get(reverse("docs")).content.decode()
 
