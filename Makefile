@@ -32,6 +32,7 @@ check: $(STAMP)
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run $(BENCH_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.streams $(BENCH_STREAM_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.failover $(BENCH_FAILOVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .data

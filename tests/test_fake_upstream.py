@@ -183,3 +183,20 @@ def test_cli_serves_until_sigterm() -> None:
     finally:
         process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
+
+
+def test_a_default_step_answers_every_unscripted_model() -> None:
+    with FakeUpstream(default_step="503") as failing:
+        response = httpx.post(
+            f"{failing.base_url}/chat/completions",
+            json={"model": "gpt-any", "messages": []},
+            headers={"Authorization": "Bearer sk-test"},
+        )
+        scripted = httpx.post(
+            f"{failing.base_url}/chat/completions",
+            json={"model": "script:200", "messages": []},
+            headers={"Authorization": "Bearer sk-test"},
+        )
+
+    assert response.status_code == 503
+    assert scripted.status_code == 200

@@ -16,7 +16,7 @@ Each POST follows one *step*, chosen by the first rule that applies:
    ``X-Fake-Script-Key`` header if sent, else the model plus a hash of the body (a retry
    of one body walks the sequence; other bodies get their own);
 3. ``"model": "sleep-<MS>"``: always wait MS ms, then succeed;
-4. any other model: immediate success.
+4. any other model: immediate success (or the server's ``default_step``).
 
 The last step of a sequence repeats once it is exhausted. Steps:
 
@@ -34,7 +34,8 @@ The last step of a sequence repeats once it is exhausted. Steps:
     garbage          200 with junk bytes instead of SSE (non-stream: instead of JSON)
 
 In tests: ``with FakeUpstream() as server: OpenAI(base_url=server.base_url, ...)``.
-Standalone: ``python -m tests.fake_upstream --port 9999 [--host 127.0.0.1] [--delay-ms 0]``.
+Standalone: ``python -m tests.fake_upstream --port 9999 [--host 127.0.0.1] [--delay-ms 0]
+[--default-step 503]``.
 """
 
 from __future__ import annotations
@@ -82,9 +83,6 @@ class Step:
     n: int = 0
     quota: bool = False
     headers: tuple[tuple[str, str], ...] = ()
-
-
-SUCCESS = Step("200")
 
 
 def parse_step(text: str) -> Step:
@@ -207,9 +205,15 @@ class FakeUpstream:
     """The fake API: ``start()`` serves it from a daemon thread, ``serve()`` in a running loop."""
 
     def __init__(
-        self, delay_ms: int = 0, host: str = "127.0.0.1", port: int = 0, record: bool = True
+        self,
+        delay_ms: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record: bool = True,
+        default_step: str = "200",
     ) -> None:
         self.delay_ms = delay_ms  # added before answering every POST
+        self.default_step = parse_step(default_step)  # for models nothing else scripts
         self.host = host
         self.port = port
         self.record = record  # keep RecordedRequests (off for long standalone runs)
@@ -442,7 +446,7 @@ class FakeUpstream:
                 return self._advance("model:" + key, steps)
         if sleep := _SLEEP_MODEL_RE.fullmatch(model):
             return Step(model, action="sleep", n=int(sleep[1]))
-        return SUCCESS
+        return self.default_step
 
     def _advance(self, cursor: str, steps: tuple[Step, ...]) -> Step:
         """The next step of ``steps`` at ``cursor``; the caller holds the lock."""

@@ -20,11 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--delay-ms", type=int, default=0, help="added before every POST answer")
+    parser.add_argument(
+        "--default-step", default="200", help="the answer for unscripted models, e.g. 503"
+    )
     args = parser.parse_args(argv)
     _, hard_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):  # room for many held connections
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard_limit, hard_limit))
-    upstream = FakeUpstream(delay_ms=args.delay_ms, host=args.host, port=args.port, record=False)
+    upstream = FakeUpstream(
+        delay_ms=args.delay_ms,
+        host=args.host,
+        port=args.port,
+        record=False,
+        default_step=args.default_step,
+    )
 
     def announce() -> None:
         print(f"fake upstream listening on {upstream.base_url}", flush=True)
