@@ -108,6 +108,11 @@ def project_entry(project: Project) -> dict:
         "attempt_timeout_seconds": project.attempt_timeout_seconds,
         "deadline_seconds": project.deadline_seconds,
         "zero_retention": project.zero_retention,
+        "failover": {
+            "on": list(project.failover_on),
+            "tries_per_upstream": project.failover_tries_per_upstream,
+            "return_to_primary": project.failover_return_to_primary,
+        },
         "suspended_at": project.suspended_at,
         "suspension_reason": project.suspension_reason or None,
         "api_keys": [

@@ -4,6 +4,7 @@ displayed."""
 
 from django import forms
 from django.contrib import admin
+from django.utils import timezone
 
 from accounts.access import client_ip
 from accounts.admin import AccountAdmin as BaseAccountAdmin
@@ -135,12 +136,20 @@ class UpstreamInline(admin.TabularInline):
     model = Upstream
     form = UpstreamAdminForm
     extra = 0
-    fields = ["name", "position", "base_url", "provider_key", "model_map", "enabled"]
-    readonly_fields = ["provider_key"]
+    fields = ["name", "position", "base_url", "provider_key", "model_map", "enabled", "breaker"]
+    readonly_fields = ["provider_key", "breaker"]
 
     @admin.display(description="Provider key")
     def provider_key(self, upstream: Upstream) -> str:
         return f"…{upstream.provider_key_last4}" if upstream.has_provider_key else "—"
+
+    @admin.display(description="Circuit breaker")
+    def breaker(self, upstream: Upstream) -> str:
+        if upstream.breaker_open_until is None:
+            return "closed"
+        if upstream.breaker_open_until > timezone.now():
+            return f"open until {upstream.breaker_open_until:%Y-%m-%d %H:%M:%S} UTC"
+        return "half-open (the next call probes)"
 
 
 class ProjectAdminForm(forms.ModelForm):
@@ -153,6 +162,9 @@ class ProjectAdminForm(forms.ModelForm):
             "attempt_timeout_seconds",
             "deadline_seconds",
             "zero_retention",
+            "failover_on",
+            "failover_tries_per_upstream",
+            "failover_return_to_primary",
         ]
 
 

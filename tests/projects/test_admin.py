@@ -1,9 +1,12 @@
 """Operators' admin: every model searchable, plan overrides inline on the account, secrets
 never displayed, and suspension with a reason (audited, nothing deleted)."""
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import Account, AuditEvent
 from projects.limits import limits_for
@@ -174,3 +177,17 @@ def test_revoking_a_key_in_admin_is_audited(operator_client, everything, alice_k
     alice_key.refresh_from_db()
     assert alice_key.revoked_at is not None
     assert AuditEvent.objects.filter(action="api_key_revoked", actor__email="ops@reqrun.com")
+
+
+def test_the_project_shows_each_upstreams_breaker_and_the_failover_policy(
+    operator_client, everything, alice_project
+):
+    alice_project.upstreams.update(breaker_open_until=timezone.now() + timedelta(minutes=5))
+
+    page = operator_client.get(
+        reverse("admin:projects_project_change", args=[alice_project.pk])
+    ).content.decode()
+
+    assert "open until" in page
+    assert 'name="failover_tries_per_upstream"' in page
+    assert 'name="failover_return_to_primary"' in page
