@@ -10,8 +10,10 @@ from django.core.validators import MaxValueValidator
 from accounts.models import Membership
 from projects.limits import LimitReached
 from projects.members import MembershipError
-from projects.models import Project, Upstream
+from projects.models import FailoverOn, Project, Upstream
 from projects.services import (
+    FAILOVER_TRIES_MAX,
+    InvalidFailoverPolicy,
     InvalidModelMap,
     InvalidProviderKey,
     NameNotAvailable,
@@ -26,9 +28,14 @@ REFUSALS = (
     UpstreamNotAllowed,
     InvalidProviderKey,
     InvalidModelMap,
+    InvalidFailoverPolicy,
     UpstreamRefused,
     MembershipError,
 )
+
+# The longest deadline a project can be given here: no attempt of a request starts later
+# than this after its acceptance (the upstream health query relies on it).
+DEADLINE_MAX_SECONDS = 86_400
 
 
 class ServiceForm(forms.Form):
@@ -73,7 +80,7 @@ class RetryPolicyForm(ServiceForm):
     deadline_seconds = forms.IntegerField(
         label="Deadline (seconds)",
         min_value=1,
-        max_value=86_400,
+        max_value=DEADLINE_MAX_SECONDS,
         help_text="No new attempt starts this long after the request was accepted.",
     )
     zero_retention = forms.BooleanField(
@@ -109,6 +116,43 @@ class RetryPolicyForm(ServiceForm):
                 "deadline_seconds", "The deadline must be at least one attempt's timeout."
             )
         return cleaned
+
+
+class FailoverPolicyForm(ServiceForm):
+    failover_on = forms.MultipleChoiceField(
+        label="Move to the next upstream on",
+        choices=FailoverOn.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="A caller's own 4xx (400, 401, 404, 422, …) never moves a request: another "
+        "upstream would refuse it too. With none ticked, a request stays on the upstream it "
+        "started on.",
+    )
+    tries_per_upstream = forms.IntegerField(
+        label="Tries per upstream",
+        min_value=1,
+        max_value=FAILOVER_TRIES_MAX,
+        help_text="Attempts on one upstream before moving on. Moving on is immediate; the "
+        "retry backoff applies between tries on the same upstream and after every upstream "
+        "failed in a round. Max attempts and the deadline under Retries bound the whole chain.",
+    )
+    return_to_primary = forms.BooleanField(
+        label="Return to the primary on the next request",
+        required=False,
+        help_text="Off: each request starts on the upstream the last one succeeded on, so "
+        "traffic stays on a fallback until it fails in turn.",
+    )
+
+    def __init__(self, *args, project: Project, **kwargs):
+        kwargs.setdefault(
+            "initial",
+            {
+                "failover_on": project.failover_on,
+                "tries_per_upstream": project.failover_tries_per_upstream,
+                "return_to_primary": project.failover_return_to_primary,
+            },
+        )
+        super().__init__(*args, **kwargs)
 
 
 def model_map_lines(model_map: dict[str, str]) -> str:

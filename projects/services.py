@@ -19,7 +19,7 @@ from accounts.services import mail_owners_on_commit, record_audit_event, set_sus
 from core import encryption
 from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
-from projects.models import ApiKey, Project, Upstream
+from projects.models import ApiKey, FailoverOn, Project, Upstream
 from projects.upstream_guard import validate_upstream_url
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ PRIMARY_NAME = "primary"
 UPSTREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 UPSTREAM_NAME_MAX_LENGTH = 40
 MODEL_MAP_MAX_ENTRIES = 100
+FAILOVER_TRIES_MAX = 10
 
 
 class InvalidProviderKey(ValueError):
@@ -46,6 +47,10 @@ class InvalidModelMap(ValueError):
 
 class UpstreamRefused(ValueError):
     """A change that would leave the project's upstreams unusable; the message says why."""
+
+
+class InvalidFailoverPolicy(ValueError):
+    """A failover policy the engine cannot follow; the message says why."""
 
 
 class NameNotAvailable(ValueError):
@@ -216,6 +221,51 @@ def update_retry_policy(
             "deadline_seconds",
             "zero_retention",
         ]
+    )
+    return project
+
+
+@transaction.atomic
+def update_failover_policy(
+    *,
+    project: Project,
+    failover_on: list[str],
+    tries_per_upstream: int,
+    return_to_primary: bool,
+    actor: User | None = None,
+    ip_address: str | None = None,
+) -> Project:
+    """Save which outcomes move a request to the next upstream, how many attempts each
+    upstream gets in a round before that, and where requests start. Returning to the
+    primary forgets where the last request succeeded; so does switching it off (the next
+    success elsewhere is remembered afresh)."""
+    unknown = sorted(set(failover_on) - set(FailoverOn.values))
+    if unknown:
+        raise InvalidFailoverPolicy(f"Unknown failover outcome: {', '.join(unknown)}.")
+    if (
+        isinstance(tries_per_upstream, bool)
+        or not isinstance(tries_per_upstream, int)
+        or not 1 <= tries_per_upstream <= FAILOVER_TRIES_MAX
+    ):
+        raise InvalidFailoverPolicy(
+            f"Tries per upstream is a whole number from 1 to {FAILOVER_TRIES_MAX}."
+        )
+    fields = ["failover_on", "failover_tries_per_upstream", "failover_return_to_primary"]
+    if return_to_primary or project.failover_return_to_primary != return_to_primary:
+        project.failover_current = ""
+        fields.append("failover_current")
+    project.failover_on = [value for value in FailoverOn.values if value in failover_on]
+    project.failover_tries_per_upstream = tries_per_upstream
+    project.failover_return_to_primary = return_to_primary
+    project.save(update_fields=fields)
+    start = "the primary" if return_to_primary else "where the last request succeeded"
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="failover_policy_changed",
+        target=f"{project.public_id} on {', '.join(project.failover_on) or 'nothing'}; "
+        f"{tries_per_upstream} tries per upstream; start at {start}",
+        ip_address=ip_address,
     )
     return project
 

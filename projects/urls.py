@@ -11,6 +11,7 @@ urlpatterns = [
     path("projects/<str:project_id>/", projects.project_detail, name="project-detail"),
     path("projects/<str:project_id>/rename", projects.project_rename, name="project-rename"),
     path("projects/<str:project_id>/policy", projects.project_policy, name="project-policy"),
+    path("projects/<str:project_id>/failover", projects.project_failover, name="project-failover"),
     path("projects/<str:project_id>/upstreams/", upstreams.upstream_add, name="upstream-add"),
     path(
         "projects/<str:project_id>/upstreams/<slug:upstream_name>/",

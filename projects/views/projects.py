@@ -6,8 +6,9 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import Need, client_ip, member_view
 from projects import services
-from projects.forms import ProjectForm, RetryPolicyForm, UpstreamAddForm
+from projects.forms import FailoverPolicyForm, ProjectForm, RetryPolicyForm, UpstreamAddForm
 from projects.limits import limits_for
+from projects.models import FailoverOn
 from projects.selectors import projects_of, upstreams_of
 from projects.views.access import project_view
 
@@ -43,6 +44,18 @@ def project_list(request, membership):
     return render(request, "projects/project_list.html", context)
 
 
+def failover_start(project, upstreams) -> str:
+    """The upstream requests now start on when it is not the primary (the project does not
+    return to the primary, and the last request succeeded on a usable fallback), else ""."""
+    usable = [
+        upstream.name for upstream in upstreams if upstream.enabled and upstream.has_provider_key
+    ]
+    current = project.failover_current
+    if project.failover_return_to_primary or current not in usable[1:]:
+        return ""
+    return current
+
+
 def settings_page(request, project, **forms):
     """The settings page with fresh forms, or the bound one that failed validation."""
     limits = limits_for(project.account)
@@ -57,6 +70,12 @@ def settings_page(request, project, **forms):
         "policy_form": forms.get("policy_form")
         or RetryPolicyForm(project=project, max_attempts_cap=limits.max_attempts),
         "upstream_add_form": forms.get("upstream_add_form") or UpstreamAddForm(),
+        "failover_form": forms.get("failover_form") or FailoverPolicyForm(project=project),
+        "failover_labels": [
+            label for value, label in FailoverOn.choices if value in project.failover_on
+        ],
+        "enabled_upstreams": sum(1 for upstream in upstreams if upstream.enabled),
+        "failover_start": failover_start(project, upstreams),
         "max_attempts_cap": limits.max_attempts,
     }
     return render(request, "projects/project_detail.html", context)
@@ -100,6 +119,25 @@ def project_policy(request, membership, project):
         messages.success(request, "Retry policy saved.")
         return redirect("project-detail", project_id=project.public_id)
     return settings_page(request, project, policy_form=form)
+
+
+@project_view()
+@require_POST
+def project_failover(request, membership, project):
+    form = FailoverPolicyForm(request.POST, project=project)
+    if form.is_valid() and form.submit(
+        services.update_failover_policy,
+        field="failover_on",
+        project=project,
+        failover_on=form.cleaned_data["failover_on"],
+        tries_per_upstream=form.cleaned_data["tries_per_upstream"],
+        return_to_primary=form.cleaned_data["return_to_primary"],
+        actor=request.user,
+        ip_address=client_ip(request),
+    ):
+        messages.success(request, "Failover policy saved.")
+        return redirect("project-detail", project_id=project.public_id)
+    return settings_page(request, project, failover_form=form)
 
 
 @project_view(read=Need.MANAGE)
