@@ -1,4 +1,5 @@
-"""Reads for the dashboard's request pages and usage page, scoped to the user's memberships.
+"""Reads for the dashboard's request pages, usage page and upstream health, scoped to the
+user's memberships.
 
 The requests list pages by keyset on `public_id` (ids sort by creation time), so a page
 costs one index range scan whatever the table's size: no OFFSET and no COUNT(*).
@@ -8,16 +9,18 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Aggregate, Count, FloatField, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.models import Account, User
 from core import encryption
+from projects.forms import DEADLINE_MAX_SECONDS
 from projects.limits import current_period_start, limits_for, next_period_start, usage_row
 from projects.models import Project
+from requests_app.engine import breaker
 from requests_app.engine.usage import REQUEST_TOTALS, TOKENS
-from requests_app.models import DailyUsage, Request
+from requests_app.models import Attempt, DailyUsage, Request
 
 PAGE_SIZE = 50
 # A body larger than this is cut on the detail page; the API returns it whole.
@@ -146,6 +149,83 @@ def attempt_timeline(request: Request) -> list[TimelineEntry]:
         )
         previous = attempt
     return entries
+
+
+# ----- upstream health ---------------------------------------------------------------
+
+HEALTH_WINDOW = timedelta(hours=1)
+# No attempt starts later than a request's deadline, which is at most this long after its
+# acceptance: bounding the requests' `created_at` too lets the health query walk the
+# (account, created_at) index instead of every request the project ever had.
+LONGEST_DEADLINE = timedelta(seconds=DEADLINE_MAX_SECONDS)
+
+
+class Median(Aggregate):
+    """PostgreSQL's continuous median, interpolated between the two middle values."""
+
+    function = "percentile_cont"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+@dataclass(frozen=True)
+class UpstreamHealth:
+    """One upstream's breaker now and its finished attempts over the last hour."""
+
+    name: str
+    breaker: str  # breaker.CLOSED, OPEN or HALF_OPEN
+    open_until: datetime | None = None
+    attempts: int = 0
+    successes: int = 0
+    p50_ms: int | None = None
+
+    @property
+    def success_percent(self) -> float | None:
+        return 100 * self.successes / self.attempts if self.attempts else None
+
+
+def upstream_health(project: Project, *, now: datetime | None = None) -> dict[str, UpstreamHealth]:
+    """Each of the project's upstreams by name: its breaker state, and the count, success
+    rate and median latency of the attempts sent to it that started within the last hour
+    and have finished. Two queries whatever the number of upstreams."""
+    now = now or timezone.now()
+    since = now - HEALTH_WINDOW
+    upstreams = list(
+        project.upstreams.order_by("position", "pk").only(
+            "name", "breaker_open_until", "project_id"
+        )
+    )
+    rows = (
+        Attempt.objects.filter(
+            request__account_id=project.account_id,
+            request__created_at__gte=since - LONGEST_DEADLINE,
+            request__project_id=project.pk,
+            started_at__gte=since,
+            upstream__in=[upstream.name for upstream in upstreams],
+        )
+        .exclude(outcome="")  # still in flight
+        .values("upstream")
+        .annotate(
+            attempts=Count("pk"),
+            successes=Count("pk", filter=Q(outcome=Attempt.Outcome.SUCCESS)),
+            p50_ms=Median("latency_ms"),
+        )
+        .order_by("upstream")
+    )
+    stats = {row.pop("upstream"): row for row in rows}
+    health = {}
+    for upstream in upstreams:
+        row = stats.get(upstream.name, {})
+        p50 = row.get("p50_ms")
+        health[upstream.name] = UpstreamHealth(
+            name=upstream.name,
+            breaker=breaker.state_of(upstream, now),
+            open_until=upstream.breaker_open_until,
+            attempts=row.get("attempts", 0),
+            successes=row.get("successes", 0),
+            p50_ms=None if p50 is None else round(p50),
+        )
+    return health
 
 
 # ----- usage -------------------------------------------------------------------------
