@@ -10,9 +10,14 @@ from django.core.validators import MaxValueValidator
 from accounts.models import Membership
 from projects.limits import LimitReached
 from projects.members import MembershipError
-from projects.models import FailoverOn, Project, Upstream
-from projects.services import (
+from projects.models import (
+    DEADLINE_MAX_SECONDS,
     FAILOVER_TRIES_MAX,
+    FailoverOn,
+    Project,
+    Upstream,
+)
+from projects.services import (
     InvalidFailoverPolicy,
     InvalidModelMap,
     InvalidProviderKey,
@@ -32,10 +37,6 @@ REFUSALS = (
     UpstreamRefused,
     MembershipError,
 )
-
-# The longest deadline a project can be given here: no attempt of a request starts later
-# than this after its acceptance (the upstream health query relies on it).
-DEADLINE_MAX_SECONDS = 86_400
 
 
 class ServiceForm(forms.Form):

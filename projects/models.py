@@ -6,6 +6,7 @@ from functools import partial
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -111,6 +112,12 @@ def default_failover_on() -> list[str]:
     return list(FailoverOn.values)
 
 
+# The longest deadline a project can be given: no attempt of a request starts later than
+# this after its acceptance (the dashboard's last-hour upstream figures rely on it).
+DEADLINE_MAX_SECONDS = 86_400
+FAILOVER_TRIES_MAX = 10
+
+
 class Project(models.Model):
     public_id = models.CharField(
         max_length=40, unique=True, editable=False, default=partial(new_public_id, "prj")
@@ -124,7 +131,9 @@ class Project(models.Model):
     )
     attempt_timeout_seconds = models.PositiveIntegerField(default=120)
     deadline_seconds = models.PositiveIntegerField(
-        default=900, help_text="After this long from acceptance, no new attempt starts."
+        default=900,
+        validators=[MinValueValidator(1), MaxValueValidator(DEADLINE_MAX_SECONDS)],
+        help_text="After this long from acceptance, no new attempt starts.",
     )
     zero_retention = models.BooleanField(
         default=False, help_text="Do not keep response bodies after delivery in wait mode."
@@ -137,7 +146,9 @@ class Project(models.Model):
         default=default_failover_on,
         blank=True,
     )
-    failover_tries_per_upstream = models.PositiveSmallIntegerField(default=1)
+    failover_tries_per_upstream = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(FAILOVER_TRIES_MAX)]
+    )
     failover_return_to_primary = models.BooleanField(
         default=True,
         help_text="Start every request on the primary. Off: start where the last one succeeded.",

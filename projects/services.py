@@ -19,7 +19,7 @@ from accounts.services import mail_owners_on_commit, record_audit_event, set_sus
 from core import encryption
 from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
-from projects.models import ApiKey, FailoverOn, Project, Upstream
+from projects.models import FAILOVER_TRIES_MAX, ApiKey, FailoverOn, Project, Upstream
 from projects.upstream_guard import validate_upstream_url
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,6 @@ PRIMARY_NAME = "primary"
 UPSTREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 UPSTREAM_NAME_MAX_LENGTH = 40
 MODEL_MAP_MAX_ENTRIES = 100
-FAILOVER_TRIES_MAX = 10
 
 
 class InvalidProviderKey(ValueError):

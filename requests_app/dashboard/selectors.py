@@ -15,9 +15,8 @@ from django.utils import timezone
 
 from accounts.models import Account, User
 from core import encryption
-from projects.forms import DEADLINE_MAX_SECONDS
 from projects.limits import current_period_start, limits_for, next_period_start, usage_row
-from projects.models import Project
+from projects.models import DEADLINE_MAX_SECONDS, Project
 from requests_app.engine import breaker
 from requests_app.engine.usage import REQUEST_TOTALS, TOKENS
 from requests_app.models import Attempt, DailyUsage, Request

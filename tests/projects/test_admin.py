@@ -9,6 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account, AuditEvent
+from projects.admin import ProjectAdminForm
 from projects.limits import limits_for
 from projects.models import AccountPlan, ApiKey, Project
 from tests.factories import MonthlyUsageFactory
@@ -191,3 +192,23 @@ def test_the_project_shows_each_upstreams_breaker_and_the_failover_policy(
     assert "open until" in page
     assert 'name="failover_tries_per_upstream"' in page
     assert 'name="failover_return_to_primary"' in page
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("failover_tries_per_upstream", 11), ("deadline_seconds", 86_401)]
+)
+def test_the_admin_form_keeps_the_dashboards_bounds(alice_project, field, value):
+    data = {
+        "account": alice_project.account_id,
+        "name": alice_project.name,
+        "attempt_timeout_seconds": 60,
+        "deadline_seconds": 900,
+        "failover_on": "connection_error,timeout",
+        "failover_tries_per_upstream": 1,
+        field: value,
+    }
+
+    form = ProjectAdminForm(data=data, instance=alice_project)
+
+    assert not form.is_valid()
+    assert field in form.errors
