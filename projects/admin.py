@@ -10,6 +10,7 @@ from accounts.access import client_ip
 from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.models import Account
+from projects.errors import InvalidModelMap
 from projects.models import (
     LIMIT_FIELDS,
     AccountPlan,
@@ -20,15 +21,9 @@ from projects.models import (
     Project,
     Upstream,
 )
-from projects.services import (
-    InvalidModelMap,
-    check_model_map,
-    record_upstream_move,
-    revoke_api_key,
-    suspend_project,
-    unsuspend_project,
-)
+from projects.services import revoke_api_key, suspend_project, unsuspend_project
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
+from projects.upstreams import check_model_map, record_upstream_move
 
 
 @admin.register(Plan)

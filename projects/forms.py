@@ -8,6 +8,13 @@ from django import forms
 from django.core.validators import MaxValueValidator
 
 from accounts.models import Membership
+from projects.errors import (
+    InvalidFailoverPolicy,
+    InvalidModelMap,
+    InvalidProviderKey,
+    NameNotAvailable,
+    UpstreamRefused,
+)
 from projects.limits import LimitReached
 from projects.members import MembershipError
 from projects.models import (
@@ -17,16 +24,8 @@ from projects.models import (
     Project,
     Upstream,
 )
-from projects.services import (
-    InvalidFailoverPolicy,
-    InvalidModelMap,
-    InvalidProviderKey,
-    NameNotAvailable,
-    UpstreamRefused,
-    check_model_map,
-    check_provider_key,
-)
 from projects.upstream_guard import UpstreamNotAllowed
+from projects.upstreams import check_model_map, check_provider_key
 
 REFUSALS = (
     NameNotAvailable,

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import Account, Membership, User
 from accounts.services import create_account
-from projects import services
+from projects import services, upstreams
 from projects.limits import set_plan
 from projects.models import Project
 
@@ -78,7 +78,7 @@ def upstream_specs(
             f"({len(urls)} URL(s), {len(keys)} key(s))."
         )
     names = names or [
-        services.PRIMARY_NAME if index == 0 else f"fallback-{index}" for index in range(len(urls))
+        upstreams.PRIMARY_NAME if index == 0 else f"fallback-{index}" for index in range(len(urls))
     ]
     if len(names) != len(urls):
         raise BootstrapError(
@@ -116,15 +116,17 @@ def set_upstreams(*, project: Project, specs: list[UpstreamSpec]) -> None:
     for spec in specs:
         upstream = existing.get(spec.name)
         if upstream is None:
-            upstream = services.add_upstream(
+            upstream = upstreams.add_upstream(
                 project=project, name=spec.name, base_url=spec.url, model_map=spec.model_map
             )
         else:
-            services.update_upstream(upstream=upstream, base_url=spec.url, model_map=spec.model_map)
+            upstreams.update_upstream(
+                upstream=upstream, base_url=spec.url, model_map=spec.model_map
+            )
             if not upstream.enabled:
-                services.set_upstream_enabled(upstream=upstream, enabled=True)
-        services.set_upstream_key(upstream=upstream, provider_key=spec.key)
-    services.reorder_upstreams(project=project, names=[spec.name for spec in specs])
+                upstreams.set_upstream_enabled(upstream=upstream, enabled=True)
+        upstreams.set_upstream_key(upstream=upstream, provider_key=spec.key)
+    upstreams.reorder_upstreams(project=project, names=[spec.name for spec in specs])
 
 
 @transaction.atomic

@@ -6,7 +6,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from accounts.access import Need, client_ip
-from projects import services
+from projects import errors, upstreams
 from projects.forms import UpstreamAddForm, UpstreamEditForm
 from projects.selectors import upstreams_of
 from projects.views.access import project_view
@@ -27,7 +27,7 @@ def upstream_add(request, membership, project):
     form = UpstreamAddForm(request.POST)
     if form.is_valid():
         upstream = form.submit(
-            services.add_upstream,
+            upstreams.add_upstream,
             field="base_url",
             project=project,
             name=form.cleaned_data["name"],
@@ -54,7 +54,7 @@ def upstream_edit(request, membership, project, upstream_name):
     form = UpstreamEditForm(request.POST or None, upstream=upstream)
     if request.method == "POST" and form.is_valid():
         saved = form.submit(
-            services.update_upstream,
+            upstreams.update_upstream,
             field="base_url",
             upstream=upstream,
             base_url=form.cleaned_data["base_url"],
@@ -86,7 +86,7 @@ def upstream_edit(request, membership, project, upstream_name):
 @require_POST
 def provider_key_remove(request, membership, project, upstream_name):
     upstream = _upstream(project, upstream_name)
-    services.remove_upstream_key(
+    upstreams.remove_upstream_key(
         upstream=upstream, actor=request.user, ip_address=client_ip(request)
     )
     messages.success(
@@ -105,7 +105,7 @@ def upstream_move(request, membership, project, upstream_name):
     if offset is None:
         messages.error(request, "Choose up or down.")
         return _back(project)
-    services.move_upstream(
+    upstreams.move_upstream(
         upstream=upstream, offset=offset, actor=request.user, ip_address=client_ip(request)
     )
     messages.success(request, f"Upstream “{upstream.name}” moved {request.POST['direction']}.")
@@ -115,7 +115,7 @@ def upstream_move(request, membership, project, upstream_name):
 def _refused(request, project, service, **kwargs) -> bool:
     try:
         service(**kwargs, actor=request.user, ip_address=client_ip(request))
-    except services.UpstreamRefused as error:
+    except errors.UpstreamRefused as error:
         messages.error(request, str(error))
         return True
     return False
@@ -127,7 +127,7 @@ def upstream_enabled(request, membership, project, upstream_name):
     upstream = _upstream(project, upstream_name)
     enabled = request.POST.get("enabled") == "on"
     if not _refused(
-        request, project, services.set_upstream_enabled, upstream=upstream, enabled=enabled
+        request, project, upstreams.set_upstream_enabled, upstream=upstream, enabled=enabled
     ):
         state = "enabled" if enabled else "disabled: requests skip it"
         messages.success(request, f"Upstream “{upstream.name}” {state}.")
@@ -138,6 +138,6 @@ def upstream_enabled(request, membership, project, upstream_name):
 @require_POST
 def upstream_remove(request, membership, project, upstream_name):
     upstream = _upstream(project, upstream_name)
-    if not _refused(request, project, services.remove_upstream, upstream=upstream):
+    if not _refused(request, project, upstreams.remove_upstream, upstream=upstream):
         messages.success(request, f"Upstream “{upstream.name}” and its provider key removed.")
     return _back(project)

@@ -18,7 +18,7 @@ from core.ids import new_public_id
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.selectors import primary_upstream
-from projects.services import provider_key_of
+from projects.upstreams import provider_key_of
 from requests_app import metrics
 from requests_app.api import ratelimit, selectors
 from requests_app.api.authentication import api_key_from_request

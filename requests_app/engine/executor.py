@@ -23,7 +23,7 @@ from core import encryption, shutdown
 from core.prepared import PreparedGet
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.models import Upstream
-from projects.services import provider_key_of
+from projects.upstreams import provider_key_of
 from requests_app import metrics
 from requests_app.engine import breaker, concurrency, failover, retry_policy, sql, upstream
 from requests_app.engine.cancel import cancel_waiting

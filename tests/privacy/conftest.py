@@ -10,7 +10,7 @@ from accounts.services import record_audit_event
 from billing.models import Subscription
 from core import encryption
 from projects.models import ApiKey, Project
-from projects.services import set_provider_key
+from projects.upstreams import set_provider_key
 from requests_app.models import Request
 from tests.billing import payloads
 from tests.billing.conftest import paddle_api, paddle_settings, webhooks  # noqa: F401

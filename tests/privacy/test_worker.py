@@ -10,7 +10,8 @@ from django.urls import reverse
 from accounts.models import Account
 from accounts.services import create_account
 from privacy.models import AccountExport
-from projects.services import create_api_key, create_project, set_provider_key
+from projects.services import create_api_key, create_project
+from projects.upstreams import set_provider_key
 from requests_app.engine.accept import accept_request
 from requests_app.models import Attempt, Request
 from tests.conftest import wait_until

@@ -4,7 +4,7 @@ with a project, an API key and a pending invitation in alice's account."""
 import pytest
 
 from projects.limits import set_plan
-from projects.services import set_provider_key
+from projects.upstreams import set_provider_key
 from tests.factories import ApiKeyFactory, InvitationFactory, ProjectFactory
 
 PROVIDER_KEY = "sk-test-alice-provider-key-7f3a"

@@ -11,7 +11,8 @@ from django.core.management import CommandError, call_command
 from accounts.models import Account, Membership, User
 from projects.limits import limits_for
 from projects.models import ApiKey, Project
-from projects.services import authenticate_api_key, provider_key_of
+from projects.services import authenticate_api_key
+from projects.upstreams import provider_key_of
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import AuditEvent
-from projects import services
+from projects import errors, services, upstreams
 from projects.models import FailoverOn, Project, Upstream
 from requests_app.dashboard.selectors import upstream_health
 from tests.factories import AttemptFactory, ProjectFactory, RequestFactory
@@ -23,7 +23,7 @@ POLICY = {"failover_on": ["connection_error", "timeout"], "tries_per_upstream": 
 
 @pytest.fixture
 def two_upstreams(alice_project, on_pro):
-    fallback = services.add_upstream(
+    fallback = upstreams.add_upstream(
         project=alice_project, base_url="https://llm.example.net/v1", provider_key=FALLBACK_KEY
     )
     return alice_project.upstreams.get(name="primary"), fallback
@@ -138,7 +138,7 @@ def test_bad_policy_input_is_a_form_error_and_saves_nothing(
 def test_the_service_refuses_what_the_engine_cannot_follow(alice_project, changes, error):
     before = Project.objects.values().get(pk=alice_project.pk)
     arguments = {"failover_on": [], "tries_per_upstream": 2, "return_to_primary": True}
-    with pytest.raises(services.InvalidFailoverPolicy, match=error):
+    with pytest.raises(errors.InvalidFailoverPolicy, match=error):
         services.update_failover_policy(project=alice_project, **{**arguments, **changes})
     assert Project.objects.values().get(pk=alice_project.pk) == before
 

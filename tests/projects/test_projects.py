@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent
 from projects.models import Project
-from projects.services import provider_key_of
+from projects.upstreams import provider_key_of
 from tests.factories import ProjectFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of
 

@@ -5,7 +5,7 @@ from cryptography.fernet import Fernet
 
 from core.encryption import InvalidToken
 from projects.models import Project
-from projects.services import provider_key_of, rotate_provider_keys, set_provider_key
+from projects.upstreams import provider_key_of, rotate_provider_keys, set_provider_key
 from tests.factories import ProjectFactory
 
 pytestmark = pytest.mark.django_db

@@ -28,6 +28,11 @@ OBJECT_REQUESTS = [
     ("project-detail", "get", {}),
     ("project-rename", "post", {"name": "Taken over"}),
     ("project-policy", "post", POLICY),
+    (
+        "project-failover",
+        "post",
+        {"failover_on": ["timeout"], "tries_per_upstream": "3", "return_to_primary": ""},
+    ),
     ("upstream-add", "post", {**UPSTREAM, "name": "intruder"}),
     ("upstream-edit", "get", {}),
     ("upstream-edit", "post", UPSTREAM),
@@ -95,7 +100,15 @@ def snapshot(account):
         "projects": list(
             Project.objects.filter(account=account)
             .order_by("pk")
-            .values_list("public_id", "name", "max_attempts", "zero_retention")
+            .values_list(
+                "public_id",
+                "name",
+                "max_attempts",
+                "zero_retention",
+                "failover_on",
+                "failover_tries_per_upstream",
+                "failover_return_to_primary",
+            )
         ),
         "upstreams": list(
             Upstream.objects.filter(project__account=account)

@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
 from projects.models import Project, Upstream
-from projects.services import provider_key_of
+from projects.upstreams import provider_key_of
 from tests.factories import MembershipFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of, signed_in
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent
 from core import encryption
-from projects import services
+from projects import errors, upstreams
 from projects.limits import LimitReached, limits_for, set_plan
 from projects.models import Project, Upstream
 from projects.selectors import primary_upstream
@@ -31,7 +31,7 @@ def names_in_order(project):
 
 @pytest.fixture
 def two_upstreams(alice_project, on_pro):
-    fallback = services.add_upstream(
+    fallback = upstreams.add_upstream(
         project=alice_project,
         base_url="https://llm.example.net/v1",
         provider_key=FALLBACK_KEY,
@@ -51,9 +51,9 @@ def test_plans_cap_upstreams_per_project(alice_account):
 def test_added_upstreams_are_named_and_ordered_within_the_cap(alice_project, alice, on_pro):
     set_plan(account=alice_project.account, plan_code="free")
     with pytest.raises(LimitReached, match="The Free plan allows 1 upstream per project"):
-        services.add_upstream(project=alice_project, base_url="https://llm.example.net/v1")
+        upstreams.add_upstream(project=alice_project, base_url="https://llm.example.net/v1")
     set_plan(account=alice_project.account, plan_code="pro")
-    fallback = services.add_upstream(
+    fallback = upstreams.add_upstream(
         project=alice_project, base_url="https://llm.example.net/v1/", actor=alice
     )
     assert (fallback.name, fallback.position, fallback.base_url) == (
@@ -63,7 +63,7 @@ def test_added_upstreams_are_named_and_ordered_within_the_cap(alice_project, ali
     )
     assert not fallback.has_provider_key
     with pytest.raises(LimitReached, match="The Pro plan allows 2 upstreams per project"):
-        services.add_upstream(project=alice_project, base_url="https://other.example.net/v1")
+        upstreams.add_upstream(project=alice_project, base_url="https://other.example.net/v1")
     assert names_in_order(alice_project) == [("primary", 0), ("fallback-1", 1)]
     assert AuditEvent.objects.filter(action="upstream_added", actor=alice).count() == 1
 
@@ -73,20 +73,20 @@ def test_added_upstreams_are_named_and_ordered_within_the_cap(alice_project, ali
     [("primary", "already named"), ("Not A Slug!", "lowercase letters, digits and dashes")],
 )
 def test_upstream_names_are_unique_slugs(alice_project, on_pro, name, error):
-    with pytest.raises(services.NameNotAvailable, match=error):
-        services.add_upstream(project=alice_project, name=name, base_url="https://x.example/v1")
+    with pytest.raises(errors.NameNotAvailable, match=error):
+        upstreams.add_upstream(project=alice_project, name=name, base_url="https://x.example/v1")
     assert alice_project.upstreams.count() == 1
 
 
 def test_a_host_change_clears_only_that_upstreams_key(two_upstreams, alice):
     primary, fallback = two_upstreams
-    services.update_upstream(
+    upstreams.update_upstream(
         upstream=fallback, base_url="https://elsewhere.example.org/v1", actor=alice
     )
     fallback.refresh_from_db()
     primary.refresh_from_db()
-    assert services.provider_key_of(fallback) is None
-    assert services.provider_key_of(primary) == PROVIDER_KEY
+    assert upstreams.provider_key_of(fallback) is None
+    assert upstreams.provider_key_of(primary) == PROVIDER_KEY
     assert fallback.model_map == {"gpt-4o-mini": "their-mini"}  # None keeps the map
     event = AuditEvent.objects.get(action="upstream_host_changed")
     assert "fallback-1" in event.target and "provider key cleared" in event.target
@@ -96,40 +96,40 @@ def test_the_primary_is_the_first_enabled_upstream(two_upstreams, alice):
     primary, fallback = two_upstreams
     project = primary.project
     assert primary_upstream(project).name == "primary"
-    services.move_upstream(upstream=fallback, offset=-1, actor=alice)
+    upstreams.move_upstream(upstream=fallback, offset=-1, actor=alice)
     assert names_in_order(project) == [("fallback-1", 0), ("primary", 1)]
     assert primary_upstream(project).name == "fallback-1"
-    services.set_upstream_enabled(upstream=fallback, enabled=False, actor=alice)
+    upstreams.set_upstream_enabled(upstream=fallback, enabled=False, actor=alice)
     assert primary_upstream(project).name == "primary"
-    assert services.provider_key_of(project) == PROVIDER_KEY
+    assert upstreams.provider_key_of(project) == PROVIDER_KEY
 
 
 def test_the_last_enabled_upstream_can_be_neither_disabled_nor_removed(two_upstreams):
     primary, fallback = two_upstreams
-    services.set_upstream_enabled(upstream=fallback, enabled=False)
-    with pytest.raises(services.UpstreamRefused, match="only enabled upstream"):
-        services.set_upstream_enabled(upstream=primary, enabled=False)
-    with pytest.raises(services.UpstreamRefused, match="only enabled upstream"):
-        services.remove_upstream(upstream=primary)
-    services.remove_upstream(upstream=fallback)
+    upstreams.set_upstream_enabled(upstream=fallback, enabled=False)
+    with pytest.raises(errors.UpstreamRefused, match="only enabled upstream"):
+        upstreams.set_upstream_enabled(upstream=primary, enabled=False)
+    with pytest.raises(errors.UpstreamRefused, match="only enabled upstream"):
+        upstreams.remove_upstream(upstream=primary)
+    upstreams.remove_upstream(upstream=fallback)
     assert names_in_order(primary.project) == [("primary", 0)]
-    with pytest.raises(services.UpstreamRefused):
-        services.remove_upstream(upstream=primary)
+    with pytest.raises(errors.UpstreamRefused):
+        upstreams.remove_upstream(upstream=primary)
     assert primary.project.upstreams.count() == 1
 
 
 def test_removing_the_primary_promotes_the_next(two_upstreams):
     primary, fallback = two_upstreams
-    services.remove_upstream(upstream=primary)
+    upstreams.remove_upstream(upstream=primary)
     assert names_in_order(fallback.project) == [("fallback-1", 0)]
     assert primary_upstream(fallback.project).name == "fallback-1"
 
 
 def test_reorder_must_name_every_upstream_once(two_upstreams):
     project = two_upstreams[0].project
-    with pytest.raises(services.UpstreamRefused):
-        services.reorder_upstreams(project=project, names=["primary"])
-    services.reorder_upstreams(project=project, names=["fallback-1", "primary"])
+    with pytest.raises(errors.UpstreamRefused):
+        upstreams.reorder_upstreams(project=project, names=["primary"])
+    upstreams.reorder_upstreams(project=project, names=["fallback-1", "primary"])
     assert names_in_order(project) == [("fallback-1", 0), ("primary", 1)]
 
 
@@ -152,8 +152,10 @@ def test_the_model_map_renames_only_the_top_level_model(two_upstreams):
 )
 def test_a_bad_model_map_is_refused(two_upstreams, model_map):
     fallback = two_upstreams[1]
-    with pytest.raises(services.InvalidModelMap):
-        services.update_upstream(upstream=fallback, base_url=fallback.base_url, model_map=model_map)
+    with pytest.raises(errors.InvalidModelMap):
+        upstreams.update_upstream(
+            upstream=fallback, base_url=fallback.base_url, model_map=model_map
+        )
     fallback.refresh_from_db()
     assert fallback.model_map == {"gpt-4o-mini": "their-mini"}
 
@@ -163,11 +165,11 @@ def test_rotation_covers_every_upstreams_key(two_upstreams, settings):
 
     old = settings.REQRUN_ENCRYPTION_KEYS[0]
     settings.REQRUN_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old]
-    assert services.rotate_provider_keys() == 2
+    assert upstreams.rotate_provider_keys() == 2
     settings.REQRUN_ENCRYPTION_KEYS = settings.REQRUN_ENCRYPTION_KEYS[:1]
     primary, fallback = (Upstream.objects.get(pk=upstream.pk) for upstream in two_upstreams)
-    assert services.provider_key_of(primary) == PROVIDER_KEY
-    assert services.provider_key_of(fallback) == FALLBACK_KEY
+    assert upstreams.provider_key_of(primary) == PROVIDER_KEY
+    assert upstreams.provider_key_of(fallback) == FALLBACK_KEY
 
 
 # The dashboard
@@ -393,7 +395,7 @@ def test_the_migration_makes_each_projects_upstream_its_primary():
         "https://llm.example.net/v1",
         True,
     )
-    assert services.provider_key_of(primary) == "sk-from-before-1234"
+    assert upstreams.provider_key_of(primary) == "sk-from-before-1234"
     assert primary.provider_key_last4 == "1234" and primary.model_map == {}
     (keyless,) = Upstream.objects.filter(project_id=without_key.pk)
     assert keyless.base_url == "https://api.openai.com/v1" and not keyless.has_provider_key

@@ -11,7 +11,8 @@ import uvicorn
 from accounts.services import create_account
 from projects.limits import set_plan
 from projects.models import AccountPlan
-from projects.services import create_api_key, create_project, set_provider_key
+from projects.services import create_api_key, create_project
+from projects.upstreams import set_provider_key
 from tests.conftest import WorkerProcess
 from tests.factories import UserFactory
 from tests.fake_upstream import FakeUpstream

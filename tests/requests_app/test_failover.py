@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from core import encryption
 from projects.models import Upstream
-from projects.services import add_upstream
+from projects.upstreams import add_upstream
 from requests_app.engine.executor import execute_request
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request

@@ -7,7 +7,7 @@ from django.core.management import call_command
 from django.db import connection, transaction
 
 from core import encryption
-from projects.services import provider_key_of, set_provider_key
+from projects.upstreams import provider_key_of, set_provider_key
 from requests_app.engine.accept import rotate_request_bodies
 from requests_app.models import Request
 from tests.factories import ProjectFactory, RequestFactory

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand
 
 from accounts.mfa import rotate_authenticator_secrets
 from privacy.services import rotate_exports
-from projects.services import rotate_provider_keys
+from projects.upstreams import rotate_provider_keys
 from requests_app.engine.accept import rotate_request_bodies
 
 

@@ -4,15 +4,10 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from projects.errors import InvalidModelMap, InvalidProviderKey, NameNotAvailable, UpstreamRefused
 from projects.limits import LimitReached
 from projects.models import Plan
 from projects.onboarding import BootstrapError, bootstrap_project, upstream_specs
-from projects.services import (
-    InvalidModelMap,
-    InvalidProviderKey,
-    NameNotAvailable,
-    UpstreamRefused,
-)
 from projects.upstream_guard import UpstreamNotAllowed
 
 PLAN_CODES = ["free", "pro", "team", "enterprise"]

@@ -1,0 +1,21 @@
+"""What the project services refuse, each with a message that says why (shown as is)."""
+
+
+class InvalidProviderKey(ValueError):
+    pass
+
+
+class InvalidModelMap(ValueError):
+    """A model map that is not pairs of non-empty model names; the message says why."""
+
+
+class UpstreamRefused(ValueError):
+    """A change that would leave the project's upstreams unusable; the message says why."""
+
+
+class InvalidFailoverPolicy(ValueError):
+    """A failover policy the engine cannot follow; the message says why."""
+
+
+class NameNotAvailable(ValueError):
+    """A project or key name is empty or already taken; the message says which."""
