@@ -250,6 +250,29 @@ def test_detail_shows_the_attempt_timeline_usage_and_response(client, alice, pro
     assert 'title="' in page and " UTC" in page  # absolute time on hover
 
 
+def test_detail_shows_the_chain_of_upstreams(client, alice, project):
+    now = timezone.now()
+    record = RequestFactory(project=project, status="succeeded", attempt_count=2, finished_at=now)
+    AttemptFactory(
+        request=record,
+        number=1,
+        upstream="primary",
+        outcome="connection_error",
+        status_code=None,
+        started_at=now - timedelta(seconds=1),
+        finished_at=now - timedelta(seconds=0.9),
+    )
+    AttemptFactory(
+        request=record, number=2, upstream="fallback-1", started_at=now - timedelta(seconds=0.9)
+    )
+    client.force_login(alice)
+
+    page = client.get(reverse("request-detail", args=[record.public_id])).content.decode()
+
+    assert ">primary</span>" in page and ">fallback-1</span>" in page
+    assert "failed over to <strong>fallback-1</strong>" in page
+
+
 def test_detail_notes_a_purged_response_and_shows_errors(client, alice, project):
     record = RequestFactory(
         project=project,
