@@ -220,6 +220,14 @@ class Upstream(models.Model):
                 fields=["project", "name"], name="upstream_name_unique_in_project"
             ),
         ]
+        indexes = [
+            # The few upstreams whose breaker is not closed, for /metrics.
+            models.Index(
+                fields=["breaker_open_until"],
+                name="upstream_breaker_not_closed",
+                condition=Q(breaker_open_until__isnull=False),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.base_url})"

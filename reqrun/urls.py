@@ -8,14 +8,18 @@ from core import health
 from core.metrics import metrics_view
 from privacy import legal
 from requests_app.api.urls import unknown_paths
-from requests_app.metrics import RequestQueueCollector
+from requests_app.metrics import RequestQueueCollector, UpstreamBreakerCollector
 
 urlpatterns = [
     path("", include("requests_app.api.urls")),  # /v1 first: the hot path resolves at once
     path("", TemplateView.as_view(template_name="pages/landing.html"), name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("metrics", metrics_view(collectors=[RequestQueueCollector()]), name="metrics"),
+    path(
+        "metrics",
+        metrics_view(collectors=[RequestQueueCollector(), UpstreamBreakerCollector()]),
+        name="metrics",
+    ),
     path("legal/terms", legal.terms, name="legal-terms"),
     path("legal/privacy", legal.privacy_policy, name="legal-privacy"),
     path("legal/refunds", legal.refunds, name="legal-refunds"),

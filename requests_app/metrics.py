@@ -229,3 +229,34 @@ class RequestQueueCollector(Collector):
             "(0 when none is queued).",
             value=age,
         )
+
+
+# Only upstreams whose breaker is not closed, through the partial index that holds just them.
+BREAKERS_SQL = """
+    SELECT count(*) FILTER (WHERE breaker_open_until > now()),
+           count(*) FILTER (WHERE breaker_open_until <= now())
+    FROM projects_upstream
+    WHERE breaker_open_until IS NOT NULL
+"""
+
+
+class UpstreamBreakerCollector(Collector):
+    """Read at scrape time from PostgreSQL: how many upstreams' breakers are open or
+    half-open now (docs/failover.md)."""
+
+    def collect(self):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(BREAKERS_SQL)
+                opened, half_open = cursor.fetchone()
+        except DatabaseError:
+            logger.warning("metrics: upstream breakers not readable")
+            return
+        breakers = GaugeMetricFamily(
+            "reqrun_upstream_breakers_not_closed",
+            "Upstreams whose circuit breaker is open or half-open now, by state.",
+            labels=["state"],
+        )
+        breakers.add_metric(["open"], opened)
+        breakers.add_metric(["half_open"], half_open)
+        yield breakers

@@ -6,14 +6,18 @@ import socket
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 
 import httpx
 import pytest
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from projects.models import Upstream
 from requests_app.api.schema import SCHEMA_URL
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.conftest import test_database_url as database_url
+from tests.factories import ProjectFactory
 
 TOKEN = "metrics-test-token"
 CHAT = [{"role": "user", "content": "metrics"}]
@@ -223,3 +227,25 @@ def test_the_allow_list_takes_addresses_and_networks(client, db, settings):
 def test_metrics_is_not_part_of_the_api_schema(client):
     schema = client.get(SCHEMA_URL).json()
     assert not any("metrics" in path for path in schema["paths"])
+
+
+def test_breakers_that_are_not_closed_are_counted_at_scrape_time(client, db, settings):
+    settings.REQRUN_METRICS_ALLOWED_IPS = ["127.0.0.1"]
+    project = ProjectFactory()
+    now = timezone.now()
+    for name, open_until in [
+        ("open", now + timedelta(seconds=30)),
+        ("probing", now - timedelta(seconds=1)),
+        ("closed", None),
+    ]:
+        Upstream.objects.create(project=project, name=name, breaker_open_until=open_until)
+
+    text = client.get("/metrics").content.decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    assert figure(samples, "reqrun_upstream_breakers_not_closed", state="open") == 1
+    assert figure(samples, "reqrun_upstream_breakers_not_closed", state="half_open") == 1
