@@ -21,7 +21,7 @@ from projects.selectors import primary_upstream
 from projects.services import provider_key_of
 from requests_app import metrics
 from requests_app.api import ratelimit, selectors
-from requests_app.api.authentication import api_key_from_request
+from requests_app.api.authentication import authenticate
 from requests_app.api.responses import (
     accepted_response,
     deliver,
@@ -59,11 +59,7 @@ class V1View(APIView):
     rate_state: ratelimit.RateLimitState | None = None
 
     def authenticate_and_peek(self, request) -> ApiKey:
-        api_key = api_key_from_request(request.META)
-        self.rate_state = ratelimit.peek(
-            project_id=api_key.project_id,
-            limit=limits_for(api_key.project.account, preloaded=True).requests_per_minute,
-        )
+        api_key, self.rate_state = authenticate(request.META, rate="peek")
         return api_key
 
     def finalize_response(self, request, response, *args, **kwargs):
@@ -133,7 +129,10 @@ class ProxyView(V1View):
     endpoint = ""
 
     def accept(self, request, body: bytes, public_id: str):
-        api_key = api_key_from_request(request.META)
+        # A call without a key is counted against the rate limit in the same Redis round trip
+        # as the authentication's check; a keyed one may be a retry, which is not counted.
+        keyed = "HTTP_IDEMPOTENCY_KEY" in request.META
+        api_key, self.rate_state = authenticate(request.META, rate=None if keyed else "hit")
         limits = limits_for(api_key.project.account, preloaded=True)
         idempotency_key = parse_idempotency_key(request)
         if idempotency_key:  # a client retry of a known call: no limit applies to it
@@ -146,9 +145,10 @@ class ProxyView(V1View):
                 )
                 record = load_request(repeated.request.pk)
                 return repeated.outcome, record, parse_wait_budget(request)
-        self.rate_state = ratelimit.hit(
-            project_id=api_key.project_id, limit=limits.requests_per_minute
-        )
+        if self.rate_state is None:
+            self.rate_state = ratelimit.hit(
+                project_id=api_key.project_id, limit=limits.requests_per_minute
+            )
         if not self.rate_state.allowed:
             raise RateLimited(
                 f"Rate limit of {limits.requests_per_minute} requests per minute reached for "
