@@ -38,9 +38,9 @@ class Accepted:
 
 
 def _enqueue(request_pk: int) -> None:
-    from requests_app.tasks import execute_request
+    from requests_app.tasks import publish_execute_request
 
-    execute_request.delay(request_pk)
+    publish_execute_request(request_pk)
 
 
 def _enqueue_after_commit(request_pk: int) -> None:
