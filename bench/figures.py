@@ -173,7 +173,12 @@ def soak_figures(run: dict) -> tuple[dict, dict]:
             "warmup_requests": run["warmup_requests"],
             "rss": growth,
             "samples_mb": [
-                {"requests": s["requests"], "web": s["web"] / 2**20, "worker": s["worker"] / 2**20}
+                {
+                    "requests": s["requests"],
+                    "web": s["web"] / 2**20,
+                    "worker": s["worker"] / 2**20,
+                    "worker_threads": s["worker_threads"],
+                }
                 for s in samples
             ],
         },

@@ -238,9 +238,10 @@ def render_soak(results: dict) -> str:
     header = ("RSS MB", "start", "after warm-up", "end", "peak", "growth", "target", "")
     lines += _table(header, rows, right=(1, 2, 3, 4, 5))
     lines.append(
-        "RSS along the soak (requests: web / worker MB): "
+        "RSS along the soak (requests: web / worker MB, worker threads): "
         + ", ".join(
             f"{sample['requests']:,}: {sample['web']:.0f}/{sample['worker']:.0f}"
+            f" ({sample.get('worker_threads', '?')} threads)"
             for sample in soak["samples_mb"]
         )
     )

@@ -324,24 +324,26 @@ class Bench:
         c = self.config
         chunk = max(1, c.soak // SOAK_CHUNKS)
         web, worker = self.stack.pids("web"), self.stack.pids("worker")
-        samples = [
-            {"requests": 0, "web": procstat.rss_bytes(web), "worker": procstat.rss_bytes(worker)}
-        ]
+
+        def sample(done: int) -> dict:
+            return {
+                "requests": done,
+                "web": procstat.rss_bytes(web),
+                "worker": procstat.rss_bytes(worker),
+                "worker_threads": procstat.threads(worker),
+            }
+
+        samples = [sample(0)]
         batches, done = [], 0
         while done < c.soak:
             size = min(chunk, c.soak - done)
             batches.append(self.batch("through", FAST, concurrency=c.concurrency, requests=size))
             done += size
-            samples.append(
-                {
-                    "requests": done,
-                    "web": procstat.rss_bytes(web),
-                    "worker": procstat.rss_bytes(worker),
-                }
-            )
+            samples.append(sample(done))
             say(
                 f"soak {done:,}/{c.soak:,}: web {samples[-1]['web'] / 2**20:.1f} MB, "
-                f"worker {samples[-1]['worker'] / 2**20:.1f} MB"
+                f"worker {samples[-1]['worker'] / 2**20:.1f} MB, "
+                f"{samples[-1]['worker_threads']} worker threads"
             )
         return {
             "batches": batches,
