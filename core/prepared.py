@@ -13,7 +13,7 @@ same for a new row.
 """
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from django.db import connections, router
@@ -124,34 +124,48 @@ class PreparedGet(Generic[M]):
         return instance
 
 
-_INSERT_SQL: dict[type[Model], tuple[str, list[Field]]] = {}
+_INSERT_SQL: dict[tuple, tuple[str, list[Field]]] = {}
 
 
-def insert(instance: Model) -> None:
+def insert(
+    instance: Model,
+    *,
+    prefix: str = "",
+    prefix_params: Sequence[object] = (),
+    computed: Mapping[str, str] | None = None,
+) -> None:
     """Save a new row with one `INSERT … RETURNING` of its primary key.
 
     What `Model.objects.create()` does for models without save signals or overridden
     `save()`, minus the per-call SQL compilation: `pre_save` still fills `auto_now_add`
     fields and each value is prepared by its field.
+
+    `prefix` is a `WITH …` clause run in the same statement (its values in
+    `prefix_params`) and `computed` maps columns to SQL that stands in for the instance's
+    value (a subquery on that clause): other writes that must succeed or fail with the
+    insert, in the insert's own round trip. The instance's value of a computed column is
+    not sent.
     """
     model = type(instance)
     connection = connections[router.db_for_write(model)]
-    if model not in _INSERT_SQL:
+    computed = computed or {}
+    key = (model, prefix, tuple(sorted(computed.items())))
+    if key not in _INSERT_SQL:
         quote = connection.ops.quote_name
-        fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-        _INSERT_SQL[model] = (
-            f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - names from _meta
-            f"({', '.join(quote(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        columns = [field for field in model._meta.concrete_fields if not field.primary_key]
+        _INSERT_SQL[key] = (
+            f"{prefix} INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - names from _meta
+            f"({', '.join(quote(field.column) for field in columns)}) "
+            f"VALUES ({', '.join(computed.get(field.column, '%s') for field in columns)}) "
             f"RETURNING {quote(model._meta.pk.column)}",
-            fields,
+            [field for field in columns if field.column not in computed],
         )
-    sql, fields = _INSERT_SQL[model]
+    sql, fields = _INSERT_SQL[key]
     values = [
         field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(sql, [*prefix_params, *values])
         instance.pk = cursor.fetchone()[0]
     instance._state.adding = False
     instance._state.db = connection.alias
