@@ -48,8 +48,10 @@ made AS (
         false, NULL, 200, '{}'::jsonb, NULL, at + interval '24 hours',
         '{"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}'::jsonb, NULL, false
     FROM tenant,
-        generate_series(%(first)s, %(last)s) AS g,
-        LATERAL (SELECT now() - %(span)s * (1 - g::float8 / %(total)s) AS at) AS moment
+        generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
+        LATERAL (
+            SELECT now() - %(span)s::interval * (1 - g::float8 / %(total)s::float8) AS at
+        ) AS moment
     RETURNING id, started_at, finished_at
 )
 INSERT INTO requests_app_attempt (
@@ -103,10 +105,11 @@ def enterprise_retention_days() -> int:
 
 
 PURGE_SCRIPT = (
-    "import json, django; django.setup(); "
+    "import json, time, django; django.setup(); "
     "from requests_app.engine.retention import purge_expired_data; "
-    "report = purge_expired_data(); "
-    "print(json.dumps({'records': report.records, 'response_bodies': report.response_bodies}))"
+    "began = time.monotonic(); report = purge_expired_data(); "
+    "print(json.dumps({'records': report.records, 'response_bodies': report.response_bodies, "
+    "'seconds': time.monotonic() - began}))"
 )
 
 
