@@ -137,6 +137,8 @@ def _history(run: dict) -> dict:
         "seeded": run["seeded"],
         "purge_s": run["purge_s"],
         "deleted": run["deleted"],
+        "lock_waits": run["lock_waits"],
+        "quiet_lock_waits": run["quiet_lock_waits"],
         "quiet": accepts(run["quiet"]),
         "during": accepts(run["during"]),
     }

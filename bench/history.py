@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -102,6 +103,52 @@ def seed(stack: Stack, api_key: str, total: int, retention_days: int) -> dict:
 def enterprise_retention_days() -> int:
     """The bench's tenants are on the enterprise plan (bench/stack.py bootstrap)."""
     return next(row[7] for row in PLANS if row[0] == "enterprise")
+
+
+class LockWaits:
+    """Samples PostgreSQL's ungranted locks while the purge runs: a purge that stalls
+    accepts by locking shows here, one that only competes for the CPU does not."""
+
+    QUERY = "SELECT locktype, count(*) FROM pg_locks WHERE NOT granted GROUP BY locktype"
+
+    def __init__(self, stack: Stack, interval: float = 0.1) -> None:
+        self.url = stack.env["DATABASE_URL"]
+        self.interval = interval
+        self.samples = 0
+        self.waiting_samples = 0
+        self.most_waiting = 0
+        self.by_type: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lock-waits", daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                rows = conn.execute(self.QUERY).fetchall()
+                self.samples += 1
+                waiting = sum(count for _, count in rows)
+                if waiting:
+                    self.waiting_samples += 1
+                    self.most_waiting = max(self.most_waiting, waiting)
+                    for locktype, count in rows:
+                        self.by_type[locktype] = self.by_type.get(locktype, 0) + count
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> LockWaits:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        return {
+            "samples": self.samples,
+            "waiting_samples": self.waiting_samples,
+            "most_waiting": self.most_waiting,
+            "by_type": self.by_type,
+        }
 
 
 PURGE_SCRIPT = (

@@ -209,6 +209,13 @@ def render_history(results: dict) -> str:
         ),
     ]
     lines += _table(("async accepts", "rate", "p50 ms", "p99 ms"), rows, right=(1, 2, 3))
+    for when, locks in (("before", h["quiet_lock_waits"]), ("during", h["lock_waits"])):
+        lines.append(
+            f"PostgreSQL lock waits {when} the purge: {locks['waiting_samples']} of "
+            f"{locks['samples']} samples (every 0.1 s) had a backend waiting, at most "
+            f"{locks['most_waiting']} at once"
+            + (f" {json.dumps(locks['by_type'])}" if locks["by_type"] else "")
+        )
     return "\n".join(lines)
 
 

@@ -354,36 +354,40 @@ class Bench:
     def purge_under_load(self) -> dict:
         """`--history`: async accepts before and while the retention purge deletes a day."""
         c = self.config
-        quiet = [
-            self.batch(
-                "through",
-                FAST,
-                concurrency=c.concurrency,
-                seconds=PURGE_BATCH_SECONDS,
-                respond_async=True,
-            )
-            for _ in range(3)
-        ]
-        purge = history.start_purge(self.stack)
-        began, during = time.monotonic(), []
-        try:
-            while purge.poll() is None:
-                during.append(
-                    self.batch(
-                        "through",
-                        FAST,
-                        concurrency=c.concurrency,
-                        seconds=PURGE_BATCH_SECONDS,
-                        respond_async=True,
-                    )
+        with history.LockWaits(self.stack) as quiet_locks:  # accepts wait on each other too
+            quiet = [
+                self.batch(
+                    "through",
+                    FAST,
+                    concurrency=c.concurrency,
+                    seconds=PURGE_BATCH_SECONDS,
+                    respond_async=True,
                 )
-        finally:
-            deleted = history.finish_purge(purge)
+                for _ in range(3)
+            ]
+        with history.LockWaits(self.stack) as locks:
+            purge = history.start_purge(self.stack)
+            began, during = time.monotonic(), []
+            try:
+                while purge.poll() is None:
+                    during.append(
+                        self.batch(
+                            "through",
+                            FAST,
+                            concurrency=c.concurrency,
+                            seconds=PURGE_BATCH_SECONDS,
+                            respond_async=True,
+                        )
+                    )
+            finally:
+                deleted = history.finish_purge(purge)
         return {
             "quiet": quiet,
             "during": during,
             "purge_s": time.monotonic() - began,
             "deleted": deleted,
+            "lock_waits": locks.summary(),
+            "quiet_lock_waits": quiet_locks.summary(),
         }
 
     def run(self) -> dict:
