@@ -19,14 +19,13 @@ from typing import Generic, NamedTuple, TypeVar
 from django.db import connections, router
 from django.db.models import Field, Model, QuerySet
 from django.db.models.query import get_related_populators
-from django.db.models.sql.compiler import SQLCompiler
 
 M = TypeVar("M", bound=Model)
 
 
 class _Compiled(NamedTuple):
-    queryset: QuerySet
-    compiler: SQLCompiler
+    model: type[Model]
+    db: str
     sql: str
     params: list
     positions: dict[str, int]  # where each placeholder's value goes in `params`
@@ -34,8 +33,8 @@ class _Compiled(NamedTuple):
     init_list: list[str]
     related_populators: list
     # Django's per-row conversions (JSON decoding, timezone handling), found once: looking
-    # them up for every row was a tenth of a lookup's CPU. None: use Django's own path.
-    converters: list | None
+    # them up for every row was a tenth of a lookup's CPU.
+    converters: list
 
 
 class PreparedGet(Generic[M]):
@@ -49,14 +48,18 @@ class PreparedGet(Generic[M]):
     def __init__(self, build: Callable[..., QuerySet], **examples: object) -> None:
         self.build = build
         self.examples = examples
-        # Compiled per thread: a compiler holds the database connection of its thread.
-        self.local = threading.local()
+        # Compiled once per process and shared by its threads: nothing kept here holds a
+        # connection (each call runs on its own thread's). Compiling per thread cost each
+        # new worker thread its own copy, so memory grew with the thread pool.
+        self.compiled: _Compiled | None = None
+        self.lock = threading.Lock()
 
     def _compiled(self) -> _Compiled:
-        compiled = getattr(self.local, "compiled", None)
-        if compiled is None:
-            compiled = self.local.compiled = self._compile()
-        return compiled
+        if self.compiled is None:
+            with self.lock:
+                if self.compiled is None:
+                    self.compiled = self._compile()
+        return self.compiled
 
     def _compile(self) -> _Compiled:
         placeholders = {
@@ -73,14 +76,13 @@ class PreparedGet(Generic[M]):
                 raise ValueError(f"placeholder {name!r} appears {len(found)} times in the query")
             positions[name] = found[0]
         fields = [column[0] for column in compiler.select[: compiler.col_count]]
-        converters = None
-        if not compiler.has_composite_fields(fields):
-            converters = list(compiler.get_converters(fields).items())
+        if compiler.has_composite_fields(fields):
+            raise ValueError("composite fields are not supported by PreparedGet")
         model_fields = compiler.klass_info["select_fields"]
         model_columns = slice(model_fields[0], model_fields[-1] + 1)
         return _Compiled(
-            queryset=queryset,
-            compiler=compiler,
+            model=queryset.model,
+            db=queryset.db,
             sql=sql,
             params=list(params),
             positions=positions,
@@ -89,7 +91,7 @@ class PreparedGet(Generic[M]):
             related_populators=get_related_populators(
                 compiler.klass_info, compiler.select, queryset.db
             ),
-            converters=converters,
+            converters=list(compiler.get_converters(fields).items()),
         )
 
     def get(self, **values: object) -> M:
@@ -98,8 +100,9 @@ class PreparedGet(Generic[M]):
         params = compiled.params.copy()
         for name, position in compiled.positions.items():
             params[position] = values[name]
-        model, db = compiled.queryset.model, compiled.queryset.db
-        with connections[db].cursor() as cursor:
+        model, db = compiled.model, compiled.db
+        connection = connections[db]
+        with connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchmany(2)
         if not rows:
@@ -108,16 +111,12 @@ class PreparedGet(Generic[M]):
             raise model.MultipleObjectsReturned(
                 f"get() returned more than one {model._meta.object_name}."
             )
-        if compiled.converters is None:
-            (row,) = compiled.compiler.results_iter(results=[rows])
-        else:
-            row = list(rows[0])
-            connection = compiled.compiler.connection
-            for position, (functions, expression) in compiled.converters:
-                value = row[position]
-                for convert in functions:
-                    value = convert(value, expression, connection)
-                row[position] = value
+        row = list(rows[0])
+        for position, (functions, expression) in compiled.converters:
+            value = row[position]
+            for convert in functions:
+                value = convert(value, expression, connection)
+            row[position] = value
         instance = model.from_db(db, compiled.init_list, row[compiled.model_columns])
         for populator in compiled.related_populators:
             populator.populate(row, instance)
