@@ -88,7 +88,7 @@ def figures(waiters_wanted: int, batches: dict) -> tuple[dict, dict]:
         for side in batches[name].values()
         for batch in side
     ]
-    return {
+    scenarios = {
         "other_cpu_share": sum(batch["cpu_s"]["other"] for batch in every_batch)
         / sum(batch["elapsed_s"] * (os.cpu_count() or 1) for batch in every_batch),
         "c1_fast": c1,
@@ -114,4 +114,75 @@ def figures(waiters_wanted: int, batches: dict) -> tuple[dict, dict]:
             "web_peak_rss_mb": waiters["web_peak_rss"] / 2**20,
             "verdict": "PASS" if all_served else "MISS",
         },
-    }, errors
+    }
+    if "history" in batches:
+        scenarios["history"] = _history(batches["history"])
+        errors["purge"] = _unexpected(
+            batches["history"]["quiet"] + batches["history"]["during"], 202
+        )
+    scenarios["targets"] = report.target_verdicts(scenarios)
+    return scenarios, errors
+
+
+def _history(run: dict) -> dict:
+    """Accepts before and during the retention purge of one day of the seeded history."""
+
+    def accepts(batches: list[dict]) -> dict:
+        return {
+            "rps": _mean([batch["rps"] for batch in batches]),
+            "latency": report.latency_summary(_merged(batches)),
+        }
+
+    return {
+        "seeded": run["seeded"],
+        "purge_s": run["purge_s"],
+        "deleted": run["deleted"],
+        "lock_waits": run["lock_waits"],
+        "quiet_lock_waits": run["quiet_lock_waits"],
+        "quiet": accepts(run["quiet"]),
+        "during": accepts(run["during"]),
+    }
+
+
+def soak_figures(run: dict) -> tuple[dict, dict]:
+    """RSS growth of web and worker from the end of the soak's warm-up to its end."""
+    samples = run["samples"]
+    warm = next(s for s in samples if s["requests"] >= run["warmup_requests"])
+    growth = {
+        name: {
+            "start_mb": samples[0][name] / 2**20,
+            "after_warmup_mb": warm[name] / 2**20,
+            "end_mb": samples[-1][name] / 2**20,
+            "peak_mb": max(s[name] for s in samples) / 2**20,
+            "growth_mb": (samples[-1][name] - warm[name]) / 2**20,
+        }
+        for name in ("web", "worker")
+    }
+    for figures_of in growth.values():
+        figures_of["verdict"] = report.verdict(
+            figures_of["growth_mb"], report.TARGET_SOAK_GROWTH_MB
+        )
+    batches = run["batches"]
+    scenarios = {
+        "other_cpu_share": sum(b["cpu_s"]["other"] for b in batches)
+        / sum(b["elapsed_s"] * (os.cpu_count() or 1) for b in batches),
+        "soak": {
+            "requests": sum(b["all_answered"] for b in batches),
+            "ok": sum(b["ok"] for b in batches),
+            "rps": sum(b["all_answered"] for b in batches) / sum(b["wall_s"] for b in batches),
+            "latency": report.latency_summary(_merged(batches)),
+            "cpu_ms_per_request": _cpu_per_request(batches),
+            "warmup_requests": run["warmup_requests"],
+            "rss": growth,
+            "samples_mb": [
+                {
+                    "requests": s["requests"],
+                    "web": s["web"] / 2**20,
+                    "worker": s["worker"] / 2**20,
+                    "worker_threads": s["worker_threads"],
+                }
+                for s in samples
+            ],
+        },
+    }
+    return scenarios, {"soak": _unexpected(batches, 200)}

@@ -5,6 +5,7 @@ Reads one JSON batch per line on stdin and answers one JSON line on stdout:
     {"url": …, "headers": {…}, "body": "…", "concurrency": 50,
      "duration": 5.0, "warmup": 0.5}        # closed loop for warmup + duration seconds
     {…, "total": 500, "concurrency": 500}    # exactly `total` requests, then stop
+    {…, "requests": 10000, "concurrency": 50} # closed loop until 10,000 were sent (soak)
 
 Every virtual caller has its own `httpx.AsyncClient` (one keep-alive connection per
 origin), as separate applications would: one client with a 500-connection pool spends
@@ -56,6 +57,8 @@ async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
     answered = 0  # warm-up included: what the server side did work for
     begin = time.perf_counter()
     total = batch.get("total")
+    count = batch.get("requests") or 0
+    sent = 0
     window_start = begin + batch.get("warmup", 0.0)
     window_end = window_start + batch.get("duration", 0.0)
 
@@ -70,6 +73,17 @@ async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
             if window_start <= ended <= window_end and outcome == batch["expect"]:
                 finished_in_window += 1
 
+    async def counted_loop(client: httpx.AsyncClient) -> None:
+        nonlocal sent, answered, finished_in_window
+        while sent < count:
+            sent += 1
+            outcome, started, ended = await _send(client, batch, surprises)
+            answered += 1
+            outcomes[str(outcome)] += 1
+            latencies.append((ended - started) * 1000)
+            if outcome == batch["expect"]:
+                finished_in_window += 1
+
     async def one_shot(client: httpx.AsyncClient) -> None:
         outcome, started, ended = await _send(client, batch, surprises)
         outcomes[str(outcome)] += 1
@@ -79,6 +93,9 @@ async def run_batch(clients: list[httpx.AsyncClient], batch: dict) -> dict:
         await asyncio.gather(*(one_shot(clients[i]) for i in range(total)))
         window = time.perf_counter() - begin
         finished_in_window = answered = total
+    elif count:
+        await asyncio.gather(*(counted_loop(clients[i]) for i in range(batch["concurrency"])))
+        window = time.perf_counter() - begin
     else:
         await asyncio.gather(*(closed_loop(clients[i]) for i in range(batch["concurrency"])))
         window = window_end - window_start

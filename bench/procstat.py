@@ -64,6 +64,17 @@ def rss_bytes(roots: list[int]) -> int:
     return total
 
 
+def threads(roots: list[int]) -> int:
+    """Threads in the trees (a worker's pool starts its threads as the load needs them)."""
+    total = 0
+    for pid in tree(roots):
+        try:
+            total += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return total
+
+
 class PeakMemory:
     """Samples a tree's resident memory in the background and keeps the peak."""
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import httpx
 
-from bench import procstat, report
-from bench.figures import CPU_GROUPS, figures
+from bench import history, procstat, report
+from bench.figures import CPU_GROUPS, figures, soak_figures
 from bench.stack import PROVIDER_KEY, Stack, StackError, bootstrap, spawn, start
 from devstack.__main__ import say
 
@@ -43,6 +43,9 @@ BODY = json.dumps(
 )
 DRAIN_TIMEOUT_SECONDS = 120
 WAITERS_TIMEOUT_SECONDS = 180
+SOAK_CHUNKS = 20  # RSS is read between chunks of the soak
+SOAK_WARMUP_FRACTION = 0.1  # growth is counted from the end of the soak's first tenth
+PURGE_BATCH_SECONDS = 1.0  # accepts run in batches this long while the purge runs
 
 
 class BenchInterrupted(Exception):
@@ -67,6 +70,9 @@ class Config:
     strict: bool
     keep: bool
     profile: str
+    soak: int
+    history: int
+    before: str
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -126,6 +132,29 @@ def parse_args(argv: list[str]) -> Config:
         help="py-spy the web and worker during the c=50 "
         "through batches of round 1 and write collapsed stacks to DIR",
     )
+    parser.add_argument(
+        "--soak",
+        type=int,
+        default=default("soak", 0),
+        metavar="N",
+        help="instead of the scenarios: N wait-mode requests at c=50 against the 0 ms "
+        "upstream, the web and worker RSS read as they run (default off; the issue's soak "
+        "is 200000)",
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=default("history", 0),
+        metavar="N",
+        help="write N finished requests with their attempts before measuring, then run "
+        "the retention purge of one day of them while accepts run (default off)",
+    )
+    parser.add_argument(
+        "--before",
+        default=os.environ.get("BENCH_BEFORE", ""),
+        metavar="JSON",
+        help="a bench/results/*.json of an earlier run, printed beside this one's targets",
+    )
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("BENCH_QUICK", "") not in ("", "0", "false")
 
@@ -146,11 +175,15 @@ def parse_args(argv: list[str]) -> Config:
         worker_processes=args.worker_processes,
         worker_concurrency=args.worker_concurrency,
         db_pool_max_size=args.db_pool_max_size or args.worker_concurrency + 10,
-        time_limit=args.time_limit,
+        # A soak of N requests at ~150/s takes N/150 s; never cut it short by default.
+        time_limit=max(args.time_limit, 300 + args.soak // 60 + args.history // 2_000),
         quick=quick,
         strict=args.strict,
         keep=args.keep,
         profile=args.profile,
+        soak=args.soak,
+        history=args.history,
+        before=args.before,
     )
 
 
@@ -182,6 +215,7 @@ class Bench:
         concurrency: int,
         seconds: float = 0.0,
         total: int = 0,
+        requests: int = 0,
         respond_async: bool = False,
         timeout: float = 60.0,
     ) -> dict:
@@ -202,6 +236,7 @@ class Bench:
             "duration": seconds,
             "warmup": self.config.warmup if seconds else 0.0,
             "total": total,
+            "requests": requests,
             "timeout": timeout,
             "expect": 202 if respond_async else 200,
         }
@@ -284,7 +319,93 @@ class Bench:
             "web_peak_rss": memory.peak,
         }
 
+    def soak(self) -> dict:
+        """`--soak N`: N wait-mode requests at c=50, web and worker RSS read between chunks."""
+        c = self.config
+        chunk = max(1, c.soak // SOAK_CHUNKS)
+        web, worker = self.stack.pids("web"), self.stack.pids("worker")
+
+        def sample(done: int) -> dict:
+            return {
+                "requests": done,
+                "web": procstat.rss_bytes(web),
+                "worker": procstat.rss_bytes(worker),
+                "worker_threads": procstat.threads(worker),
+            }
+
+        samples = [sample(0)]
+        batches, done = [], 0
+        while done < c.soak:
+            size = min(chunk, c.soak - done)
+            batches.append(self.batch("through", FAST, concurrency=c.concurrency, requests=size))
+            done += size
+            samples.append(sample(done))
+            say(
+                f"soak {done:,}/{c.soak:,}: web {samples[-1]['web'] / 2**20:.1f} MB, "
+                f"worker {samples[-1]['worker'] / 2**20:.1f} MB, "
+                f"{samples[-1]['worker_threads']} worker threads"
+            )
+        return {
+            "batches": batches,
+            "samples": samples,
+            "warmup_requests": c.soak * SOAK_WARMUP_FRACTION,
+        }
+
+    def purge_under_load(self) -> dict:
+        """`--history`: async accepts before and while the retention purge deletes a day."""
+        c = self.config
+        with history.LockWaits(self.stack) as quiet_locks:  # accepts wait on each other too
+            quiet = [
+                self.batch(
+                    "through",
+                    FAST,
+                    concurrency=c.concurrency,
+                    seconds=PURGE_BATCH_SECONDS,
+                    respond_async=True,
+                )
+                for _ in range(3)
+            ]
+        with history.LockWaits(self.stack) as locks:
+            purge = history.start_purge(self.stack)
+            began, during = time.monotonic(), []
+            try:
+                while purge.poll() is None:
+                    during.append(
+                        self.batch(
+                            "through",
+                            FAST,
+                            concurrency=c.concurrency,
+                            seconds=PURGE_BATCH_SECONDS,
+                            respond_async=True,
+                        )
+                    )
+            finally:
+                deleted = history.finish_purge(purge)
+        return {
+            "quiet": quiet,
+            "during": during,
+            "purge_s": time.monotonic() - began,
+            "deleted": deleted,
+            "lock_waits": locks.summary(),
+            "quiet_lock_waits": quiet_locks.summary(),
+        }
+
     def run(self) -> dict:
+        c = self.config
+        if c.history:
+            days = history.enterprise_retention_days()
+            say(f"history: writing {c.history:,} finished requests over {days + 1} days")
+            seeded = history.seed(self.stack, self.keys[FAST], c.history, days)
+        say("warming up")
+        self.warm_up()
+        if c.soak:
+            return {"soak": self.soak()}
+        batches = self._rounds()
+        if c.history:
+            batches["history"] = {"seeded": seeded, **self.purge_under_load()}
+        return batches
+
+    def _rounds(self) -> dict:
         c = self.config
         paired = [
             ("c1_fast", FAST, 1, c.seconds),
@@ -293,8 +414,6 @@ class Bench:
         ]
         batches: dict = {name: {"direct": [], "through": []} for name, *_ in paired}
         batches["async_accept"] = []
-        say("warming up")
-        self.warm_up()
         for number in range(c.rounds):
             # ABBA: the side that went second last round goes first now.
             sides = ("direct", "through") if number % 2 == 0 else ("through", "direct")
@@ -401,7 +520,10 @@ def main(argv: list[str]) -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 say("stopping the stack")
-        scenarios, errors = figures(config.waiters, batches)
+        if config.soak:
+            scenarios, errors = soak_figures(batches["soak"])
+        else:
+            scenarios, errors = figures(config.waiters, batches)
         results = {
             "config": asdict(config),
             "machine": report.machine(),
@@ -409,16 +531,11 @@ def main(argv: list[str]) -> int:
             "scenarios": scenarios,
             "errors": errors,
         }
-        print(report.render(results))
-        path = report.write(results)
+        before = json.loads(Path(config.before).read_text()) if config.before else None
+        print(report.render(results, before))
+        path = report.write(results, suffix="-soak" if config.soak else "")
         print(f"results: bench/results/{path.name} · whole run {results['duration_s']:.0f} s")
-        missed = "MISS" in (
-            scenarios["c1_fast"]["verdict_p50"],
-            scenarios["c50_slow"]["verdict_p50"],
-            scenarios["c50_slow"]["verdict_p99"],
-            scenarios["waiters"]["verdict"],
-        )
-        return 1 if missed and config.strict else 0
+        return 1 if config.strict and report.missed(results) else 0
     except (KeyboardInterrupt, BenchInterrupted) as stop:
         say(f"interrupted ({str(stop) or 'Ctrl-C'}); everything the bench started is stopped")
         return 130

@@ -13,26 +13,28 @@ same for a new row.
 """
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Generic, NamedTuple, TypeVar
 
 from django.db import connections, router
 from django.db.models import Field, Model, QuerySet
 from django.db.models.query import get_related_populators
-from django.db.models.sql.compiler import SQLCompiler
 
 M = TypeVar("M", bound=Model)
 
 
 class _Compiled(NamedTuple):
-    queryset: QuerySet
-    compiler: SQLCompiler
+    model: type[Model]
+    db: str
     sql: str
     params: list
     positions: dict[str, int]  # where each placeholder's value goes in `params`
     model_columns: slice  # the queried model's own columns within a row
     init_list: list[str]
     related_populators: list
+    # Django's per-row conversions (JSON decoding, timezone handling), found once: looking
+    # them up for every row was a tenth of a lookup's CPU.
+    converters: list
 
 
 class PreparedGet(Generic[M]):
@@ -47,14 +49,18 @@ class PreparedGet(Generic[M]):
     def __init__(self, build: Callable[..., QuerySet], **examples: object) -> None:
         self.build = build
         self.examples = examples
-        # Compiled per thread: a compiler holds the database connection of its thread.
-        self.local = threading.local()
+        # Compiled once per process and shared by its threads: nothing kept here holds a
+        # connection (each call runs on its own thread's). Compiling per thread cost each
+        # new worker thread its own copy, so memory grew with the thread pool.
+        self.compiled: _Compiled | None = None
+        self.lock = threading.Lock()
 
     def _compiled(self) -> _Compiled:
-        compiled = getattr(self.local, "compiled", None)
-        if compiled is None:
-            compiled = self.local.compiled = self._compile()
-        return compiled
+        if self.compiled is None:
+            with self.lock:
+                if self.compiled is None:
+                    self.compiled = self._compile()
+        return self.compiled
 
     def _compile(self) -> _Compiled:
         placeholders = {
@@ -70,11 +76,14 @@ class PreparedGet(Generic[M]):
             if len(found) != 1:
                 raise ValueError(f"placeholder {name!r} appears {len(found)} times in the query")
             positions[name] = found[0]
+        fields = [column[0] for column in compiler.select[: compiler.col_count]]
+        if compiler.has_composite_fields(fields):
+            raise ValueError("composite fields are not supported by PreparedGet")
         model_fields = compiler.klass_info["select_fields"]
         model_columns = slice(model_fields[0], model_fields[-1] + 1)
         return _Compiled(
-            queryset=queryset,
-            compiler=compiler,
+            model=queryset.model,
+            db=queryset.db,
             sql=sql,
             params=list(params),
             positions=positions,
@@ -83,11 +92,12 @@ class PreparedGet(Generic[M]):
             related_populators=get_related_populators(
                 compiler.klass_info, compiler.select, queryset.db
             ),
+            converters=list(compiler.get_converters(fields).items()),
         )
 
     def get(self, **values: object) -> M:
         """The one matching instance; `DoesNotExist` / `MultipleObjectsReturned` as `.get()`."""
-        model = self._compiled().queryset.model
+        model = self._compiled().model
         rows = self._fetch(values, limit=2)
         if not rows:
             raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
@@ -106,14 +116,21 @@ class PreparedGet(Generic[M]):
         params = compiled.params.copy()
         for name, position in compiled.positions.items():
             params[position] = values[name]
-        model, db = compiled.queryset.model, compiled.queryset.db
-        with connections[db].cursor() as cursor:
+        model, db = compiled.model, compiled.db
+        connection = connections[db]
+        with connection.cursor() as cursor:
             cursor.execute(compiled.sql, params)
             rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
         if not rows:
             return []
         instances = []
-        for row in compiled.compiler.results_iter(results=[rows]):
+        for raw in rows:
+            row = list(raw)
+            for position, (functions, expression) in compiled.converters:
+                value = row[position]
+                for convert in functions:
+                    value = convert(value, expression, connection)
+                row[position] = value
             instance = model.from_db(db, compiled.init_list, row[compiled.model_columns])
             for populator in compiled.related_populators:
                 populator.populate(row, instance)
@@ -121,34 +138,48 @@ class PreparedGet(Generic[M]):
         return instances
 
 
-_INSERT_SQL: dict[type[Model], tuple[str, list[Field]]] = {}
+_INSERT_SQL: dict[tuple, tuple[str, list[Field]]] = {}
 
 
-def insert(instance: Model) -> None:
+def insert(
+    instance: Model,
+    *,
+    prefix: str = "",
+    prefix_params: Sequence[object] = (),
+    computed: Mapping[str, str] | None = None,
+) -> None:
     """Save a new row with one `INSERT … RETURNING` of its primary key.
 
     What `Model.objects.create()` does for models without save signals or overridden
     `save()`, minus the per-call SQL compilation: `pre_save` still fills `auto_now_add`
     fields and each value is prepared by its field.
+
+    `prefix` is a `WITH …` clause run in the same statement (its values in
+    `prefix_params`) and `computed` maps columns to SQL that stands in for the instance's
+    value (a subquery on that clause): other writes that must succeed or fail with the
+    insert, in the insert's own round trip. The instance's value of a computed column is
+    not sent.
     """
     model = type(instance)
     connection = connections[router.db_for_write(model)]
-    if model not in _INSERT_SQL:
+    computed = computed or {}
+    key = (model, prefix, tuple(sorted(computed.items())))
+    if key not in _INSERT_SQL:
         quote = connection.ops.quote_name
-        fields = [field for field in model._meta.concrete_fields if not field.primary_key]
-        _INSERT_SQL[model] = (
-            f"INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - names from _meta
-            f"({', '.join(quote(field.column) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        columns = [field for field in model._meta.concrete_fields if not field.primary_key]
+        _INSERT_SQL[key] = (
+            f"{prefix} INSERT INTO {quote(model._meta.db_table)} "  # noqa: S608 - names from _meta
+            f"({', '.join(quote(field.column) for field in columns)}) "
+            f"VALUES ({', '.join(computed.get(field.column, '%s') for field in columns)}) "
             f"RETURNING {quote(model._meta.pk.column)}",
-            fields,
+            [field for field in columns if field.column not in computed],
         )
-    sql, fields = _INSERT_SQL[model]
+    sql, fields = _INSERT_SQL[key]
     values = [
         field.get_db_prep_save(field.pre_save(instance, True), connection) for field in fields
     ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(sql, [*prefix_params, *values])
         instance.pk = cursor.fetchone()[0]
     instance._state.adding = False
     instance._state.db = connection.alias

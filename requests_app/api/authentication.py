@@ -3,8 +3,10 @@
 from rest_framework.authentication import BaseAuthentication
 
 from accounts.access import client_ip_of
+from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key
+from requests_app.api import ratelimit
 from requests_app.engine.redis_client import client
 from requests_app.errors import InvalidApiKey, RateLimited, Suspended
 
@@ -49,26 +51,69 @@ def _too_many_failures() -> RateLimited:
     )
 
 
-def api_key_from_request(meta) -> ApiKey:
-    """Authenticate a /v1 call, counting failures per address and per key prefix."""
-    address_key = f"reqrun:authfail:ip:{client_ip_of(meta) or ''}"
-    if int(client().get(address_key) or 0) >= MAX_AUTH_FAILURES_PER_IP:
-        raise _too_many_failures()
+def _address_key(meta) -> str:
+    return f"reqrun:authfail:ip:{client_ip_of(meta) or ''}"
+
+
+def _count_failure(meta, address_key: str) -> None:
+    """A bad key: count it per address and per key prefix; 429 once either is over."""
+    counters = [(address_key, MAX_AUTH_FAILURES_PER_IP)]
+    parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
+    if parsed:
+        counters.append((f"reqrun:authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
+    with client().pipeline(transaction=False) as pipe:
+        for key, _ in counters:
+            pipe.incr(key)
+            pipe.expire(key, AUTH_FAILURE_WINDOW_SECONDS)  # sliding: each failure extends it
+        counts = pipe.execute()[::2]
+    if any(count > limit for count, (_, limit) in zip(counts, counters, strict=True)):
+        raise _too_many_failures() from None
+
+
+def _blocked(address_key: str) -> bool:
+    return int(client().get(address_key) or 0) >= MAX_AUTH_FAILURES_PER_IP
+
+
+def authenticate(
+    meta, *, rate: str | None = None
+) -> tuple[ApiKey, ratelimit.RateLimitState | None]:
+    """Authenticate a /v1 call, counting failures per address and per key prefix.
+
+    An address with too many recent failures is refused whatever key it sends. For a
+    good key that check shares one Redis round trip with the project's rate limit:
+    `rate="hit"` counts this call, `rate="peek"` only reads the window, None leaves it.
+    """
+    address_key = _address_key(meta)
     try:
-        return api_key_from_header(meta.get("HTTP_AUTHORIZATION", ""))
+        api_key = api_key_from_header(meta.get("HTTP_AUTHORIZATION", ""))
     except InvalidApiKey:
-        counters = [(address_key, MAX_AUTH_FAILURES_PER_IP)]
-        parsed = parse_api_key(meta.get("HTTP_AUTHORIZATION", "").partition(" ")[2].strip())
-        if parsed:
-            counters.append((f"reqrun:authfail:prefix:{parsed[0]}", MAX_AUTH_FAILURES_PER_PREFIX))
-        with client().pipeline(transaction=False) as pipe:
-            for key, _ in counters:
-                pipe.incr(key)
-                pipe.expire(key, AUTH_FAILURE_WINDOW_SECONDS)  # sliding: each failure extends it
-            counts = pipe.execute()[::2]
-        if any(count > limit for count, (_, limit) in zip(counts, counters, strict=True)):
+        if _blocked(address_key):
+            raise _too_many_failures() from None
+        _count_failure(meta, address_key)
+        raise
+    except Suspended:  # a blocked address learns nothing more about the key
+        if _blocked(address_key):
             raise _too_many_failures() from None
         raise
+    with client().pipeline(transaction=False) as pipe:
+        pipe.get(address_key)
+        state = None
+        if rate is not None:
+            state = ratelimit.queue(
+                pipe,
+                project_id=api_key.project_id,
+                limit=limits_for(api_key.project.account, preloaded=True).requests_per_minute,
+                count=rate == "hit",
+            )
+        results = pipe.execute()
+    if int(results[0] or 0) >= MAX_AUTH_FAILURES_PER_IP:
+        raise _too_many_failures()
+    return api_key, state(results[1:]) if state else None
+
+
+def api_key_from_request(meta) -> ApiKey:
+    """Authenticate a /v1 call (see `authenticate`), leaving the rate limit alone."""
+    return authenticate(meta)[0]
 
 
 class ApiKeyAuthentication(BaseAuthentication):

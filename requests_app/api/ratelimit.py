@@ -1,7 +1,10 @@
 """ReqRun's own per-project rate limit: a fixed one-minute window counted in Redis."""
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from redis.client import Pipeline
 
 from requests_app.engine.redis_client import client
 
@@ -34,22 +37,42 @@ def _key(project_id: int, window: int) -> str:
     return f"reqrun:ratelimit:{project_id}:{window}"
 
 
-def hit(*, project_id: int, limit: int) -> RateLimitState:
-    """Count one request in this window; shared by every web process through Redis."""
+def queue(
+    pipe: Pipeline, *, project_id: int, limit: int, count: bool
+) -> Callable[[list], RateLimitState]:
+    """Put this window's count on `pipe` (counting one request, or only reading it), so the
+    caller can send it with other commands in one round trip. Returns what turns the
+    results of the commands queued here into the state."""
     window, reset = _window()
     key = _key(project_id, window)
-    with client().pipeline(transaction=False) as pipe:
+    if count:
         pipe.incr(key)
         pipe.expire(key, WINDOW_SECONDS + 5)  # the key is per window; no NX on Redis 6
-        used, _ = pipe.execute()
-    return RateLimitState(
-        limit=limit, remaining=max(0, limit - used), reset_seconds=reset, allowed=used <= limit
-    )
+    else:
+        pipe.get(key)
+
+    def state(results: list) -> RateLimitState:
+        used = int(results[0] or 0)
+        return RateLimitState(
+            limit=limit,
+            remaining=max(0, limit - used),
+            reset_seconds=reset,
+            allowed=used <= limit if count else used < limit,
+        )
+
+    return state
+
+
+def _one_round_trip(*, project_id: int, limit: int, count: bool) -> RateLimitState:
+    with client().pipeline(transaction=False) as pipe:
+        state = queue(pipe, project_id=project_id, limit=limit, count=count)
+        return state(pipe.execute())
+
+
+def hit(*, project_id: int, limit: int) -> RateLimitState:
+    """Count one request in this window; shared by every web process through Redis."""
+    return _one_round_trip(project_id=project_id, limit=limit, count=True)
 
 
 def peek(*, project_id: int, limit: int) -> RateLimitState:
-    window, reset = _window()
-    used = int(client().get(_key(project_id, window)) or 0)
-    return RateLimitState(
-        limit=limit, remaining=max(0, limit - used), reset_seconds=reset, allowed=used < limit
-    )
+    return _one_round_trip(project_id=project_id, limit=limit, count=False)

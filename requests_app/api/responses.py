@@ -5,10 +5,10 @@ caller costs a coroutine, not a thread.
 """
 
 import asyncio
+import contextvars
 import json
-from functools import wraps
+from functools import partial, wraps
 
-from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from django.http import HttpResponse
 from rest_framework import status
@@ -36,17 +36,29 @@ SAFETY_RECHECK_SECONDS = 30.0
 FALLBACK_RECHECK_SECONDS = 1.0
 
 
+def _run(function, args, kwargs):
+    try:
+        return function(*args, **kwargs)
+    finally:
+        close_old_connections()  # hands the connection back to the pool
+
+
 def in_thread(function):
-    """Run sync ORM work in a pool thread, with Django's connection hygiene."""
+    """Run sync ORM work in a pool thread, with Django's connection hygiene.
+
+    What `sync_to_async(thread_sensitive=False)` does for code that never calls back into
+    async code: the loop's default executor, the caller's context variables (log fields),
+    and no per-call wrapper object (building asgiref's was ~3% of the web's CPU).
+    """
 
     @wraps(function)
-    def run(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        finally:
-            close_old_connections()  # hands the connection back to the pool
+    async def call(*args, **kwargs):
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(
+            None, partial(context.run, _run, function, args, kwargs)
+        )
 
-    return sync_to_async(run, thread_sensitive=False)
+    return call
 
 
 def _json(payload: dict, status_code: int, headers: dict | None = None) -> HttpResponse:

@@ -1,21 +1,23 @@
 """Accepting requests: the transaction that records a call before anything runs it."""
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from psycopg import errors as pg_errors
 
 from core import encryption
 from core.prepared import insert
-from projects.limits import Limits, count_accepted_request, limits_for
-from projects.models import ApiKey
+from projects.limits import Limits, count_accepted_request, current_period_start, limits_for
+from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
-from requests_app.models import Request
+from requests_app.models import PendingCount, Request
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +40,9 @@ class Accepted:
 
 
 def _enqueue(request_pk: int) -> None:
-    from requests_app.tasks import execute_request
+    from requests_app.tasks import publish_execute_request
 
-    execute_request.delay(request_pk)
+    publish_execute_request(request_pk)
 
 
 def _enqueue_after_commit(request_pk: int) -> None:
@@ -82,6 +84,67 @@ def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
     return Accepted(existing, "replayed" if existing.is_terminal else "attached")
 
 
+# The quota, the pending slot and the insert in one statement: one round trip and no
+# BEGIN/COMMIT, and the account's rows are locked only while it runs. Locks are taken in
+# the transaction's order (the month's counter, then the pending count). The request's
+# account_id is the slot's RETURNING, so when there is no quota or slot to take (the
+# month's or the account's first request, a limit reached, a race at the cap) it is NULL
+# and the NOT NULL constraint aborts the whole statement: nothing is counted, and the
+# transaction in accept_request decides, with the errors a caller should see.
+IN_ONE_STATEMENT = f"""
+WITH quota AS (
+    UPDATE {MonthlyUsage._meta.db_table} SET accepted_requests = accepted_requests + 1
+    WHERE account_id = %s AND period_start = %s AND accepted_requests < %s
+    RETURNING account_id
+), slot AS (
+    UPDATE {PendingCount._meta.db_table} SET pending = pending + 1
+    WHERE account_id = (SELECT account_id FROM quota) AND pending < %s
+    RETURNING account_id
+)"""  # noqa: S608 - table names from _meta
+SLOT_ACCOUNT = {"account_id": "(SELECT account_id FROM slot)"}
+
+
+def _insert_in_one_statement(request: Request, limits: Limits) -> bool:
+    """Insert `request` with its quota and pending slot taken; False if either was not
+    there to take (nothing was written then)."""
+    params = [
+        request.account_id,
+        current_period_start(),
+        limits.monthly_requests,
+        limits.pending_requests,
+    ]
+    # Inside a caller's transaction, a savepoint keeps a refused statement from breaking it.
+    try:
+        with transaction.atomic() if connection.in_atomic_block else nullcontext():
+            insert(request, prefix=IN_ONE_STATEMENT, prefix_params=params, computed=SLOT_ACCOUNT)
+    except IntegrityError as error:
+        if isinstance(error.__cause__, pg_errors.NotNullViolation):
+            return False
+        raise
+    return True
+
+
+def _accept_in_steps(request: Request, limits: Limits) -> None:
+    """The accept as a transaction of its steps, each refusal with its own error."""
+    with transaction.atomic():
+        if not count_accepted_request(account=request.account, limit=limits.monthly_requests):
+            raise QuotaExceeded(
+                f"This account has used its {limits.monthly_requests:,} requests for this "
+                "month. Upgrade the plan or wait for the next period.",
+                headers={"x-should-retry": "false"},
+            )
+        insert(request)
+        # Last before the commit: the account's pending row, which the workers' own
+        # conclusions update too, is locked for as short a time as possible.
+        if not sql.take_pending_slot(account_id=request.account_id, limit=limits.pending_requests):
+            raise PendingQueueFull(
+                f"This account already has {limits.pending_requests:,} requests waiting or "
+                "running, its plan's limit. Retry when some have finished.",
+                headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
+            )
+        _enqueue_after_commit(request.pk)
+
+
 def accept_request(
     *,
     api_key: ApiKey,
@@ -94,9 +157,10 @@ def accept_request(
 ) -> Accepted:
     """Record a call before it is dispatched, within quota and the pending-queue cap.
 
-    One transaction counts the request against the monthly quota (a conditional UPDATE
-    that also serialises this account's accepts), checks the pending cap and inserts the
-    request; the task is enqueued only after commit, with the id alone.
+    One statement counts the request against the monthly quota (a conditional UPDATE
+    that also serialises this account's accepts), takes a pending slot and inserts the
+    request; when it cannot, one transaction does the same step by step and says which
+    limit refused. The task is enqueued only after commit, with the id alone.
     """
     project = api_key.project
     account = project.account
@@ -127,23 +191,10 @@ def accept_request(
             max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
             dispatched_at=now,
         )
-        with transaction.atomic():
-            if not count_accepted_request(account=account, limit=limits.monthly_requests):
-                raise QuotaExceeded(
-                    f"This account has used its {limits.monthly_requests:,} requests for this "
-                    "month. Upgrade the plan or wait for the next period.",
-                    headers={"x-should-retry": "false"},
-                )
-            insert(request)
-            # Last before the commit: the account's pending row, which the workers' own
-            # conclusions update too, is locked for as short a time as possible.
-            if not sql.take_pending_slot(account_id=account.pk, limit=limits.pending_requests):
-                raise PendingQueueFull(
-                    f"This account already has {limits.pending_requests:,} requests waiting or "
-                    "running, its plan's limit. Retry when some have finished.",
-                    headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
-                )
+        if _insert_in_one_statement(request, limits):
             _enqueue_after_commit(request.pk)
+        else:
+            _accept_in_steps(request, limits)
     except IntegrityError:
         # Another web process inserted the same key first: attach to its request.
         existing = _remembered(api_key=api_key, idempotency_key=idempotency_key or "")

@@ -1,0 +1,81 @@
+"""The accept: quota, pending slot and insert in one statement once the account's counters
+exist, and the step-by-step transaction (with its errors) whenever that statement cannot."""
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from projects.limits import limits_for, usage_row
+from requests_app.engine.accept import accept_request
+from requests_app.errors import PendingQueueFull, QuotaExceeded
+from requests_app.models import PendingCount, Request
+from tests.requests_app.conftest import Tenant
+
+BODY = b'{"model": "gpt-4o-mini", "messages": []}'
+
+
+def accept(tenant: Tenant, limits=None):
+    return accept_request(
+        api_key=tenant.api_key,
+        endpoint="/v1/chat/completions",
+        body=BODY,
+        payload={"model": "gpt-4o-mini"},
+        idempotency_key=None,
+        limits=limits or limits_for(tenant.account),
+    )
+
+
+@pytest.fixture
+def tenant(transactional_db):
+    # Nothing consumes the queue here: accepted requests stay queued (pending).
+    return Tenant(email="accept@example.com", upstream_url="http://127.0.0.1:9/v1")
+
+
+def test_once_the_counters_exist_an_accept_is_one_statement(tenant):
+    accept(tenant)  # the month's and the account's first: their rows are created
+    limits = limits_for(tenant.account)
+
+    with CaptureQueriesContext(connection) as queries:
+        accepted = accept(tenant, limits)
+
+    assert len(queries) == 1
+    assert accepted.outcome == "created"
+    assert Request.objects.get(pk=accepted.request.pk).account_id == tenant.account.pk
+    assert usage_row(tenant.account).accepted_requests == 2
+    assert PendingCount.objects.get(account=tenant.account).pending == 2
+
+
+def test_a_full_pending_queue_refuses_and_counts_nothing(tenant):
+    tenant.override(pending_requests=2)
+    accept(tenant)
+    accept(tenant)
+
+    with pytest.raises(PendingQueueFull):
+        accept(tenant)
+
+    assert Request.objects.count() == 2
+    assert usage_row(tenant.account).accepted_requests == 2
+    assert PendingCount.objects.get(account=tenant.account).pending == 2
+
+
+def test_a_used_up_quota_refuses_and_takes_no_slot(tenant):
+    tenant.override(monthly_requests=1)
+    accept(tenant)
+
+    with pytest.raises(QuotaExceeded):
+        accept(tenant)
+
+    assert Request.objects.count() == 1
+    assert PendingCount.objects.get(account=tenant.account).pending == 1
+
+
+def test_a_refusal_inside_a_callers_transaction_leaves_it_usable(tenant):
+    tenant.override(pending_requests=1)
+    accept(tenant)
+
+    with transaction.atomic():
+        with pytest.raises(PendingQueueFull):
+            accept(tenant)
+        assert Request.objects.count() == 1  # the transaction still answers
+
+    assert usage_row(tenant.account).accepted_requests == 1
