@@ -26,6 +26,18 @@ return 0
 """
 
 
+_acquire = None
+
+
+def _acquire_script():
+    """The script, sent once and then called by its hash (EVALSHA); redis-py sends it
+    again by itself if Redis restarted and forgot it."""
+    global _acquire
+    if _acquire is None:
+        _acquire = client().register_script(ACQUIRE)
+    return _acquire
+
+
 def _key(account_id: int) -> str:
     return f"reqrun:slots:{account_id}"
 
@@ -37,15 +49,9 @@ def slot_token(request_pk: int) -> str:
 def acquire(*, account_id: int, token: str, limit: int, lease_seconds: float) -> bool:
     now = time.time()
     return bool(
-        client().eval(
-            ACQUIRE,
-            1,
-            _key(account_id),
-            now,
-            limit,
-            token,
-            now + lease_seconds,
-            SLOT_KEY_TTL_SECONDS,
+        _acquire_script()(
+            keys=[_key(account_id)],
+            args=[now, limit, token, now + lease_seconds, SLOT_KEY_TTL_SECONDS],
         )
     )
 

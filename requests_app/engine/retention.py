@@ -86,9 +86,9 @@ def keep_daily_totals(requests) -> None:
 
 def purge_expired_data(now=None) -> PurgeReport:
     report = PurgeReport(response_bodies=purge_expired_response_bodies(now))
-    for account in Account.objects.filter(
-        pk__in=Request.objects.values("account_id").distinct()
-    ).iterator():
+    # Every account: each one's purge is a read of the (account, created_at) index, where
+    # finding the accounts that have requests would read every request.
+    for account in Account.objects.order_by("pk").iterator():
         report.records += purge_expired_records(account, now)
     logger.info(
         "retention purge",
