@@ -15,7 +15,8 @@ one call at a time (c=1), rotating through:
 First with every breaker closed (the threshold is set out of reach, so each call tries the
 primary first), then with the failing primaries' breakers open. "added" is the p50 over
 the direct call. Targets: a refused primary with its breaker closed adds under 50 ms; with
-the breaker open, failover adds no more than a plain call does (within 1 ms of noise).
+the breaker open, failover adds no more than a plain call of the same phase does (within
+1 ms of noise).
 Prints a table and writes JSON under bench/results/ (name ending in `-failover.json`).
 """
 
@@ -109,19 +110,22 @@ def summary(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 def report(figures: dict) -> None:
     print(f"{'failover, c=1':34} {'p50 ms':>8} {'p99 ms':>8} {'added':>8}  target")
-    plain = figures["closed"]["plain"]["added_p50_ms"]
     for phase in ("closed", "open"):
+        # Compared with the plain calls of the same phase: the machine drifts between phases.
+        plain = figures[phase]["plain"]["added_p50_ms"]
         for name, row in figures[phase].items():
-            if phase == "open" and name in ("direct", "plain"):
+            if phase == "open" and name == "direct":
                 continue
             target = ""
             if name == "refused" and phase == "closed":
                 ok = row["added_p50_ms"] < CLOSED_TARGET_MS
                 target = f"< {CLOSED_TARGET_MS:.0f} ms {'PASS' if ok else 'MISS'}"
-            elif phase == "open":
+            elif phase == "open" and name != "plain":
                 ok = row["added_p50_ms"] <= plain + NOISE_MS
                 target = f"≤ plain ({plain:+.1f} ms) {'PASS' if ok else 'MISS'}"
-            label = name if name in ("direct", "plain") else f"{name} primary, breaker {phase}"
+            label = {"direct": "direct", "plain": f"plain ({phase} phase)"}.get(
+                name, f"{name} primary, breaker {phase}"
+            )
             print(
                 f"{label:34} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} "
                 f"{row['added_p50_ms']:>+8.1f}  {target}"
