@@ -29,6 +29,7 @@ PUBLIC_PAGES = [
     "/docs",
     "/docs/api",
     "/docs/errors",
+    "/docs/failover",
     "/legal/terms",
     "/legal/privacy",
     "/legal/refunds",
