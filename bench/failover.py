@@ -31,23 +31,18 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from bench import stack as stacks
+from bench.report import percentile, write
 from devstack.servers import free_port, wait_for_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CLOSED_TARGET_MS = 50.0
 NOISE_MS = 1.0
 BODY = {"model": "gpt-bench", "messages": [{"role": "user", "content": "fail over"}]}
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
 def bootstrap(stack: stacks.Stack, email: str, *upstream_urls: str) -> str:
@@ -174,10 +169,8 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     report(figures)
-    RESULTS.mkdir(exist_ok=True)
-    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-failover.json"
-    (RESULTS / name).write_text(json.dumps(figures, indent=2))
-    print(f"results: bench/results/{name}")
+    path = write(figures, "-failover")
+    print(f"results: bench/results/{path.name}")
     return 0
 
 

@@ -14,26 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
 from bench import stack as stacks
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+from bench.report import percentile, write
 
 
 async def first_byte_ms(client: httpx.AsyncClient, url: str, key: str, n: int) -> float:
@@ -156,10 +148,8 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     report(figures)
-    RESULTS.mkdir(exist_ok=True)
-    name = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-streams.json"
-    (RESULTS / name).write_text(json.dumps(figures, indent=2))
-    print(f"results: bench/results/{name}")
+    path = write(figures, "-streams")
+    print(f"results: bench/results/{path.name}")
     return 0
 
 
