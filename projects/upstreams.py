@@ -20,6 +20,7 @@ from core import encryption
 from projects.errors import InvalidModelMap, InvalidProviderKey, NameNotAvailable, UpstreamRefused
 from projects.limits import ensure_below, limits_for
 from projects.models import Project, Upstream
+from projects.selectors import primary_upstream
 from projects.upstream_guard import validate_upstream_url
 
 logger = logging.getLogger(__name__)
@@ -404,7 +405,7 @@ def remove_upstream(
 def provider_key_of(target: Upstream | Project) -> str | None:
     """The decrypted provider key of an upstream (of a project: its primary's)."""
     if isinstance(target, Project):
-        target = target.upstreams.filter(enabled=True).order_by("position", "pk").first()
+        target = primary_upstream(target)
         if target is None:
             return None
     if not target.provider_key_encrypted:
