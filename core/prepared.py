@@ -32,6 +32,7 @@ class _Compiled(NamedTuple):
     model_columns: slice  # the queried model's own columns within a row
     init_list: list[str]
     related_populators: list
+    annotations: list[tuple[str, int]]  # each annotation's attribute and column
     # Django's per-row conversions (JSON decoding, timezone handling), found once: looking
     # them up for every row was a tenth of a lookup's CPU.
     converters: list
@@ -92,6 +93,7 @@ class PreparedGet(Generic[M]):
             related_populators=get_related_populators(
                 compiler.klass_info, compiler.select, queryset.db
             ),
+            annotations=list(compiler.annotation_col_map.items()),
             converters=list(compiler.get_converters(fields).items()),
         )
 
@@ -134,6 +136,8 @@ class PreparedGet(Generic[M]):
             instance = model.from_db(db, compiled.init_list, row[compiled.model_columns])
             for populator in compiled.related_populators:
                 populator.populate(row, instance)
+            for name, position in compiled.annotations:
+                setattr(instance, name, row[position])
             instances.append(instance)
         return instances
 

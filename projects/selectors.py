@@ -1,7 +1,16 @@
 """Reads for the dashboard, each scoped to the accounts the user is a member of: another
 tenant's objects are simply not in these querysets, so looking one up is a 404."""
 
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+)
 
 from accounts.models import Account, Membership, User
 from core.prepared import PreparedGet
@@ -65,6 +74,22 @@ PRIMARY_UPSTREAM: PreparedGet[Upstream] = PreparedGet(
     )[:1],
     project_id=0,
 )
+
+
+def primary_has_provider_key(project_ref: OuterRef) -> Subquery:
+    """Whether the project's primary upstream has a provider key, as an expression for
+    another query of the project (NULL when it has no enabled upstream): the accept path
+    learns it in the API key's own query instead of one of its own."""
+    has_key = ExpressionWrapper(
+        Q(provider_key_encrypted__isnull=False) & ~Q(provider_key_encrypted=b""),
+        output_field=BooleanField(),
+    )
+    return Subquery(
+        Upstream.objects.filter(project_id=project_ref, enabled=True)
+        .order_by("position", "pk")
+        .values_list(has_key)[:1],
+        output_field=BooleanField(),
+    )
 
 
 def primary_upstream(project: Project) -> Upstream | None:

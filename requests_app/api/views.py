@@ -183,8 +183,7 @@ class ProxyView(V1View):
                     param="stream",
                     code="stream_with_async",
                 )
-        primary = primary_upstream(api_key.project)
-        if primary is None or not primary.has_provider_key:  # no need to decrypt it to check
+        if not api_key.primary_has_provider_key:  # read with the key; nothing to decrypt
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",

@@ -4,6 +4,7 @@ import threading
 
 import pytest
 from django.db import connection, connections
+from django.db.models import F
 
 from core.prepared import PreparedGet, insert
 from projects.limits import PLAN_STATE_RELATED, plan_state_of
@@ -59,6 +60,19 @@ def test_json_fields_are_decoded_like_the_orm_does():
     assert found.response_headers == {"x-request-id": "abc"}
     assert found.usage == {"total_tokens": 3}
     assert found.project_id == request.project_id
+
+
+def test_annotations_are_set_like_the_orm_does():
+    request = RequestFactory(attempt_count=2)
+    lookup = PreparedGet(
+        lambda pk: Request.objects.annotate(doubled=F("attempt_count") * 2).filter(pk=pk), pk=0
+    )
+    found = lookup.get(pk=request.pk)
+    assert (
+        found.doubled
+        == Request.objects.annotate(doubled=F("attempt_count") * 2).get(pk=request.pk).doubled
+        == 4
+    )
 
 
 def test_more_than_one_row_is_an_error_as_with_get():

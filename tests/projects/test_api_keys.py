@@ -7,9 +7,11 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import AuditEvent
-from projects.limits import limits_for
+from projects.limits import limits_for, set_plan
 from projects.models import AccountPlan, ApiKey
+from projects.selectors import upstreams_of
 from projects.services import authenticate_api_key
+from projects.upstreams import add_upstream, remove_upstream_key, set_upstream_enabled
 from tests.factories import ApiKeyFactory
 from tests.projects.conftest import messages_of
 
@@ -106,3 +108,18 @@ def test_a_key_brings_its_project_account_and_current_limits_in_one_query(
         limits = limits_for(api_key.project.account, preloaded=True)
 
     assert (limits.plan_code, limits.requests_per_minute) == ("free", 7)
+
+
+def test_the_keys_query_says_whether_the_primary_upstream_has_a_provider_key(alice_key):
+    project = alice_key.project
+    primary = upstreams_of(project).get()
+    assert authenticate_api_key(alice_key.raw_key).primary_has_provider_key is True
+
+    remove_upstream_key(upstream=primary)
+    assert authenticate_api_key(alice_key.raw_key).primary_has_provider_key is False
+
+    # The primary is the first enabled upstream: a disabled one with no key does not count.
+    set_plan(account=project.account, plan_code="pro")
+    add_upstream(project=project, base_url="https://second.example.com/v1", provider_key="sk-2" * 6)
+    set_upstream_enabled(upstream=primary, enabled=False)
+    assert authenticate_api_key(alice_key.raw_key).primary_has_provider_key is True

@@ -8,7 +8,9 @@ import openai
 import pytest
 
 from projects.limits import usage_row
+from projects.selectors import upstreams_of
 from projects.services import revoke_api_key
+from projects.upstreams import remove_upstream_key
 from requests_app.models import Request
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -172,6 +174,17 @@ def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, stat
     response = post(live_api, tenant, headers=headers, **kwargs)
 
     assert_openai_error(response, status, code)
+    assert not Request.objects.exists()
+    assert usage_row(tenant.account).accepted_requests == 0
+
+
+def test_a_project_whose_primary_upstream_has_no_provider_key_is_refused(tenant, live_api):
+    remove_upstream_key(upstream=upstreams_of(tenant.project).get())
+
+    response = post(live_api, tenant, json=CHAT)
+
+    assert_openai_error(response, 400, "provider_key_missing")
+    assert "Add one in the project's settings" in response.json()["error"]["message"]
     assert not Request.objects.exists()
     assert usage_row(tenant.account).accepted_requests == 0
 
