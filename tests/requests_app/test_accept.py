@@ -6,6 +6,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from projects.limits import limits_for, usage_row
+from requests_app.api.serializers import request_object
 from requests_app.engine.accept import accept_request
 from requests_app.errors import PendingQueueFull, QuotaExceeded
 from requests_app.models import PendingCount, Request
@@ -43,6 +44,17 @@ def test_once_the_counters_exist_an_accept_is_one_statement(tenant):
     assert Request.objects.get(pk=accepted.request.pk).account_id == tenant.account.pk
     assert usage_row(tenant.account).accepted_requests == 2
     assert PendingCount.objects.get(account=tenant.account).pending == 2
+
+
+def test_the_202_body_of_a_new_request_needs_no_query(tenant):
+    accepted = accept(tenant)
+
+    with CaptureQueriesContext(connection) as queries:
+        body = request_object(accepted.request)
+
+    assert len(queries) == 0
+    assert body["attempts"] == [] and body["status"] == "queued"
+    assert body == request_object(Request.objects.get(pk=accepted.request.pk))
 
 
 def test_a_full_pending_queue_refuses_and_counts_nothing(tenant):
