@@ -17,7 +17,7 @@ from projects.limits import Limits, count_accepted_request, current_period_start
 from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql
 from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
-from requests_app.models import Attempt, PendingCount, Request
+from requests_app.models import PendingCount, Request
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,6 @@ def accept_request(
             max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
             dispatched_at=now,
         )
-        # A new request has no attempts: its 202 body needs no query for them.
-        request._prefetched_objects_cache = {"attempts": Attempt.objects.none()}
         if _insert_in_one_statement(request, limits):
             _enqueue_after_commit(request.pk)
         else:
