@@ -64,7 +64,9 @@ class ApiHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        set_script_prefix(get_script_prefix(scope))
+        script_prefix = get_script_prefix(scope)
+        if script_prefix:  # served below a path: reverse() must know it (Django sets "/")
+            set_script_prefix(script_prefix)
         request, error_response = self.create_request(scope, body_file)
         if request is None:
             body_file.close()

@@ -63,6 +63,16 @@ def test_an_unrouted_v1_path_answers_404_in_the_envelope(live_api, tenant):
         assert response.json()["error"]["code"] == "not_found"
 
 
+def test_a_method_the_endpoint_does_not_serve_answers_405_in_the_envelope(live_api, tenant):
+    for method, path in (("DELETE", "/v1/chat/completions"), ("PUT", "/v1/usage")):
+        response = httpx.request(
+            method, f"{live_api.url}{path}", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+        )
+
+        assert response.status_code == 405, response.text
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_created_after_past_the_year_9999_is_a_400(live_api, tenant):
     response = httpx.get(
         f"{live_api.url}/v1/requests",
