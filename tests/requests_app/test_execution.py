@@ -37,6 +37,12 @@ def test_a_chat_completion_succeeds_through_reqrun(sdk, fake_upstream):
     assert request.usage["total_tokens"] == completion.usage.total_tokens
     assert request.request_body is None  # dropped once terminal
     assert fake_upstream.count("/v1/chat/completions") == 1
+    # What the upstream was sent: the provider key, ReqRun's name, and no compression asked
+    # for (a stream is relayed as the upstream sent it).
+    sent = fake_upstream.requests[-1].headers
+    assert sent["authorization"] == "Bearer sk-test-provider-key-1234"
+    assert sent["user-agent"] == "ReqRun"
+    assert "accept-encoding" not in sent
 
 
 def test_transient_failures_are_retried_until_success(sdk):
