@@ -21,9 +21,9 @@ sends async requests, each with its own Idempotency-Key, keeps streaming calls i
 and reads each to its end, SIGKILLs a random worker every few seconds, and SIGKILLs Redis
 (data thrown away) while workers hold requests. Then it waits for every accepted request to
 end and reports: accepted, succeeded, failed, lost (not terminal at the end), duplicate
-upstream executions with the explanation of each (an attempt in flight when its worker was
-killed), and streams that completed, ended with one error event, or were spliced from two
-attempts (their events carry more than one upstream id).
+upstream executions with the explanation of each (an attempt in flight when its worker or
+Redis was killed), and streams that completed, ended with one error event, or were spliced
+from two attempts (their events carry more than one upstream id).
 
 Exit code 0 means nothing was lost, every duplicate is explained, and every stream is
 either one attempt's complete answer ending `data: [DONE]` (its request `succeeded`) or
@@ -543,6 +543,15 @@ def executed(step: str | None) -> bool:
     return step is not None and (step == "200" or step.startswith(("sleep", "slowchunks")))
 
 
+# An earlier attempt of the request that ended this way was cut off while the upstream
+# worked, its answer never used: the only causes of a second execution.
+EXPLAINED_BY = {
+    "worker_lost": "attempt in flight when its worker was killed",
+    # A stream whose relay lost Redis before its first byte reached a client is retried.
+    "redis_unavailable": "attempt in flight when Redis was killed",
+}
+
+
 def count_outcomes(accepted: dict[str, str], final: dict[str, dict], upstream) -> dict:
     successes = Counter(
         (record.body or {}).get("user")
@@ -553,15 +562,15 @@ def count_outcomes(accepted: dict[str, str], final: dict[str, dict], upstream) -
     for key, count in successes.items():
         if key in accepted and count > 1:
             attempts = final.get(key, {}).get("attempts", [])
-            explained = any(a["error_code"] == "worker_lost" for a in attempts)
+            causes = [
+                EXPLAINED_BY[a["error_code"]] for a in attempts if a["error_code"] in EXPLAINED_BY
+            ]
             duplicates.append(
                 {
                     "idempotency_key": key,
                     "request": accepted[key],
                     "upstream_executions": count,
-                    "explanation": "attempt in flight when its worker was killed"
-                    if explained
-                    else "UNEXPLAINED",
+                    "explanation": causes[0] if causes else "UNEXPLAINED",
                     "attempts": [
                         f"{a['outcome']}/{a['status_code']}/{a['error_code']}" for a in attempts
                     ],

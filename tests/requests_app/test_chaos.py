@@ -1,8 +1,10 @@
 """The short chaos run: a bounded version of `make chaos` inside the suite."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from tests.chaos import print_report, run
+from tests.chaos import count_outcomes, print_report, run
 
 
 @pytest.mark.timeout(400)
@@ -35,3 +37,36 @@ def test_nothing_is_lost_or_spliced_when_workers_and_redis_die_under_load_and_st
     )
     # Async requests meet only faults a retry gets past.
     assert report["async_succeeded"] == report["accepted"] - report["accepted_streams"]
+
+
+def test_a_duplicate_is_explained_only_by_an_attempt_cut_off_mid_call():
+    def attempt(outcome, error_code):
+        return {"outcome": outcome, "status_code": None, "error_code": error_code}
+
+    keys = {"by-worker": "req_a", "by-redis": "req_b", "by-nothing": "req_c"}
+    upstream = SimpleNamespace(
+        requests=[
+            SimpleNamespace(path="/v1/chat/completions", body={"user": key}, step="200")
+            for key in keys
+            for _ in range(2)
+        ]
+    )
+    final = {
+        "by-worker": {
+            "status": "succeeded",
+            "attempts": [attempt("connection_error", "worker_lost")],
+        },
+        "by-redis": {
+            "status": "succeeded",
+            "attempts": [attempt("connection_error", "redis_unavailable")],
+        },
+        "by-nothing": {"status": "succeeded", "attempts": [attempt("success", None)] * 2},
+    }
+
+    report = count_outcomes(keys, final, upstream)
+
+    explained = {d["idempotency_key"]: d["explanation"] for d in report["duplicates"]}
+    assert explained["by-worker"] == "attempt in flight when its worker was killed"
+    assert explained["by-redis"] == "attempt in flight when Redis was killed"
+    assert explained["by-nothing"] == "UNEXPLAINED"
+    assert report["unexplained_duplicates"] == 1
