@@ -10,6 +10,9 @@ from bench import report
 
 # Process trees whose CPU is counted; "other" is the rest of the machine meanwhile.
 CPU_GROUPS = ("web", "worker", "beat", "postgres", "redis", "upstreams", "load")
+# Thread context switches per request: what the GIL and blocking I/O cost beyond the
+# Python a profiler sees (a switch is a thread blocked or preempted).
+SWITCH_GROUPS = ("web", "worker")
 
 
 def _merged(batches: list[dict]) -> list[float]:
@@ -44,6 +47,14 @@ def _cpu_per_request(batches: list[dict]) -> dict:
     }
 
 
+def _switches_per_request(batches: list[dict]) -> dict:
+    requests = sum(batch["all_answered"] for batch in batches)
+    return {
+        group: sum(batch["thread_switches"][group] for batch in batches) / max(1, requests)
+        for group in SWITCH_GROUPS
+    }
+
+
 def _connections_per_request(batches: list[dict]) -> dict:
     requests = sum(batch["all_answered"] for batch in batches)
     return {
@@ -71,6 +82,7 @@ def figures(waiters_wanted: int, batches: dict) -> tuple[dict, dict]:
     for scenario, name in ((c1, "c1_fast"), (fast, "c50_fast"), (slow, "c50_slow")):
         scenario["cpu_ms_per_request"] = _cpu_per_request(batches[name]["through"])
         scenario["connections_per_request"] = _connections_per_request(batches[name]["through"])
+        scenario["thread_switches_per_request"] = _switches_per_request(batches[name]["through"])
     accepts = batches["async_accept"]
     accepted = sum(batch["all_answered"] for batch in accepts)
     drain_s = sum(batch["drain_s"] for batch in accepts)

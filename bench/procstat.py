@@ -75,6 +75,26 @@ def threads(roots: list[int]) -> int:
     return total
 
 
+def thread_switches(roots: list[int]) -> int:
+    """Context switches of every thread in the trees, voluntary (a thread blocked: on I/O, a
+    lock, the GIL) and involuntary (preempted). Threads that already ended are not counted."""
+    total = 0
+    for pid in tree(roots):
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+    return total
+
+
 class PeakMemory:
     """Samples a tree's resident memory in the background and keeps the peak."""
 

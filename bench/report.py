@@ -275,6 +275,7 @@ def render(results: dict, before: dict | None = None) -> str:
     c1, fast, slow = s["c1_fast"], s["c50_fast"], s["c50_slow"]
     accept, waiters = s["async_accept"], s["waiters"]
     cpu, churn = fast["cpu_ms_per_request"], fast["connections_per_request"]
+    switches = fast.get("thread_switches_per_request")  # not in results before stop 14
     rows = [
         (
             "c=1 · 0 ms upstream",
@@ -329,6 +330,21 @@ def render(results: dict, before: dict | None = None) -> str:
             f"pg {cpu['postgres']:.1f} · redis {cpu['redis']:.1f} · beat {cpu['beat']:.1f}",
             "",
             "",
+        ),
+        *(
+            [
+                (
+                    "",
+                    "thread switches/req",
+                    "",
+                    "",
+                    f"web {switches['web']:.0f} · worker {switches['worker']:.0f}",
+                    "",
+                    "",
+                )
+            ]
+            if switches
+            else []
         ),
         (
             "",

@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from bench import history, procstat, report
-from bench.figures import CPU_GROUPS, figures, soak_figures
+from bench.figures import CPU_GROUPS, SWITCH_GROUPS, figures, soak_figures
 from bench.stack import PROVIDER_KEY, Stack, StackError, bootstrap, spawn, start
 from devstack.__main__ import say
 
@@ -241,6 +241,7 @@ class Bench:
             "expect": 202 if respond_async else 200,
         }
         opened_before = self.stack.connections_opened()
+        switches_before = self._switches()
         cpu_before = self._cpu()
         busy_before, began = procstat.machine_busy_seconds(), time.monotonic()
         self.load.popen.stdin.write(json.dumps(command) + "\n")
@@ -250,6 +251,9 @@ class Bench:
             raise StackError(f"the load generator died. Log tail:\n{self.load.log_tail()}")
         result = json.loads(line)
         result["cpu_s"] = {group: after - cpu_before[group] for group, after in self._cpu().items()}
+        result["thread_switches"] = {
+            group: after - switches_before[group] for group, after in self._switches().items()
+        }
         # CPU the rest of the machine took meanwhile: other people's work is noise here.
         result["cpu_s"]["other"] = (
             procstat.machine_busy_seconds() - busy_before - sum(result["cpu_s"].values())
@@ -265,6 +269,9 @@ class Bench:
 
     def _cpu(self) -> dict[str, float]:
         return {group: procstat.cpu_seconds(self.stack.pids(group)) for group in CPU_GROUPS}
+
+    def _switches(self) -> dict[str, int]:
+        return {group: procstat.thread_switches(self.stack.pids(group)) for group in SWITCH_GROUPS}
 
     def pending(self, delay: int) -> int:
         response = httpx.get(
