@@ -10,6 +10,9 @@ back with a short delay and picked up again by the sweeper.
 
 import time
 import uuid
+from dataclasses import dataclass
+
+import redis
 
 from requests_app.engine.redis_client import client
 
@@ -60,8 +63,24 @@ def renew(*, account_id: int, token: str, lease_seconds: float) -> None:
     client().zadd(_key(account_id), {token: time.time() + lease_seconds}, xx=True)
 
 
-def release(*, account_id: int, token: str) -> None:
-    client().zrem(_key(account_id), token)
+def release(*, account_id: int, token: str, pipe: redis.client.Pipeline | None = None) -> None:
+    """Free the slot now, or, given a pipeline, with the pipeline's other commands."""
+    (pipe if pipe is not None else client()).zrem(_key(account_id), token)
+
+
+@dataclass
+class Held:
+    """The slot an attempt holds, released once: with the request's completion notice when
+    the attempt ends it (one Redis round trip for both), else on its own afterwards."""
+
+    account_id: int
+    token: str
+    released: bool = False
+
+    def release(self, pipe: redis.client.Pipeline | None = None) -> None:
+        if not self.released:
+            self.released = True
+            release(account_id=self.account_id, token=self.token, pipe=pipe)
 
 
 def in_use(account_id: int) -> int:

@@ -28,7 +28,7 @@ from requests_app import metrics
 from requests_app.engine import breaker, concurrency, failover, retry_policy, sql, upstream
 from requests_app.engine.cancel import cancel_waiting
 from requests_app.engine.holds import defer_for_capacity, hold_if_suspended
-from requests_app.engine.notifications import announce_finished, answer_of
+from requests_app.engine.notifications import Along, announce_finished, answer_of
 from requests_app.engine.outcomes import AttemptResult
 from requests_app.engine.stream_attempt import stream_attempt
 from requests_app.engine.usage import usage_from_body, usage_from_event_stream
@@ -194,6 +194,7 @@ def conclude_attempt(
     chain: list[Upstream] | None = None,
     latency_ms: int | None = None,
     lease_expired_before: datetime | None = None,
+    along: Along | None = None,
 ) -> tuple[bool, float | None]:
     """Record the attempt's result and its consequence for the request in one statement.
 
@@ -201,8 +202,9 @@ def conclude_attempt(
     sweeper has closed the row as `worker_lost` and scheduled the retry, and this late
     result is dropped rather than written over that record (the sweeper concludes through
     this same function, with `lease_expired_before`). `chain` is the project's upstreams as
-    routed (failover.chain_of), read here when not given. Returns whether it was written
-    and, for a retry due soon, the wait before it.
+    routed (failover.chain_of), read here when not given; `along`, Redis commands to send
+    with the completion notice if the request ends. Returns whether it was written and,
+    for a retry due soon, the wait before it.
     """
     now = timezone.now()
     response = _response_fields(request, result)
@@ -268,7 +270,7 @@ def conclude_attempt(
     request.request_body, request.error, request.partial = None, then.error, then.partial
     for field, value in response.items():
         setattr(request, field, value)
-    announce_finished(request, answer=answer_of(request))
+    announce_finished(request, answer=answer_of(request), along=along)
     return True, None
 
 
@@ -394,6 +396,7 @@ def execute_request(request_pk: int) -> None:
         ):
             defer_for_capacity(request_pk)
             return
+        held = concurrency.Held(row.account_id, slot)
         try:
             chain = failover.chain_of(row.project)
             route = failover.route(row, chain, now=timezone.now(), lease=lease_for(row))
@@ -405,18 +408,25 @@ def execute_request(request_pk: int) -> None:
             result = perform_attempt(row, attempt, route, slot=slot)
             try:
                 _, delay = conclude_attempt(
-                    row, attempt.number, result, chain=chain, latency_ms=attempt.latency_ms
+                    row,
+                    attempt.number,
+                    result,
+                    chain=chain,
+                    latency_ms=attempt.latency_ms,
+                    along=held.release,
                 )
             except DatabaseError:
                 # The result itself could not be stored (a value the database refuses):
                 # record the attempt as our own error rather than leave it running.
                 logger.error("attempt result refused", extra={"request_id": row.public_id})
                 result = INTERNAL_ERROR
-                _, delay = conclude_attempt(row, attempt.number, result, chain=chain)
+                _, delay = conclude_attempt(
+                    row, attempt.number, result, chain=chain, along=held.release
+                )
             if route:
                 _learn_from(route, result, row)
         finally:
-            concurrency.release(account_id=row.account_id, token=slot)
+            held.release()  # unless it went with the completion notice
         if delay is None:
             return
         time.sleep(delay)

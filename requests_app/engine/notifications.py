@@ -13,6 +13,7 @@ import logging
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 
 import redis
 import redis.asyncio as aioredis
@@ -26,6 +27,8 @@ from requests_app.models import Request
 logger = logging.getLogger(__name__)
 
 CHANNEL = "reqrun:request-finished"
+# Commands a caller adds to the notice's round trip (the worker's slot release).
+Along = Callable[[redis.client.Pipeline], None]
 SUBSCRIBE_WAIT_SECONDS = 2.0
 
 
@@ -53,23 +56,34 @@ def apply_answer(request: Request, answer: dict) -> None:
     request.response_body = None if body is None else body.encode("ascii")
 
 
-def publish_finished(public_id: str, answer: dict | None = None) -> None:
-    """Tell waiters `public_id` ended; `answer` (see `answer_of`) spares them a read."""
+def publish_finished(
+    public_id: str, answer: dict | None = None, *, along: Along | None = None
+) -> None:
+    """Tell waiters `public_id` ended; `answer` (see `answer_of`) spares them a read.
+    `along` queues the caller's own commands to go in the same round trip."""
     message = public_id if answer is None else f"{public_id}\n{json.dumps(answer)}"
     try:
-        client().publish(CHANNEL, message)
+        if along is None:
+            client().publish(CHANNEL, message)
+        else:
+            with client().pipeline(transaction=False) as pipe:
+                along(pipe)
+                pipe.publish(CHANNEL, message)
+                pipe.execute()
     except redis.RedisError:
         # Waiters notice through their database fallback; nothing is lost.
         logger.warning("completion notice not published", extra={"request_id": public_id})
 
 
-def announce_finished(request: Request, *, answer: dict | None = None) -> None:
+def announce_finished(
+    request: Request, *, answer: dict | None = None, along: Along | None = None
+) -> None:
     """Tell waiters (and stream readers) that `request` ended, once that is committed, so
-    what they read is the final state."""
+    what they read is the final state. `along`: see `publish_finished`."""
     logger.info("request finished", extra={"request_id": request.public_id})
 
     def publish() -> None:
-        publish_finished(request.public_id, answer)
+        publish_finished(request.public_id, answer, along=along)
         if request.stream:
             announce_final(request.public_id)
 

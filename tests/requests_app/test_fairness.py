@@ -1,10 +1,13 @@
 """One tenant's flood waits within its own concurrency limit and never delays another tenant."""
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from requests_app.engine import concurrency
+from requests_app.engine.notifications import CHANNEL
+from requests_app.engine.redis_client import client
 from requests_app.models import Request
 from tests.conftest import wait_until
 
@@ -44,3 +47,28 @@ def test_a_flooding_tenant_cannot_delay_another(tenant, other_tenant, live_api):
         timeout=30,
         message="tenant A's backlog made no progress",
     )
+
+
+def test_the_slot_is_freed_before_the_caller_is_told(tenant, sdk):
+    # The release goes in the same Redis round trip as the completion notice, ahead of it: a
+    # caller's next call never finds its own finished call still holding the slot.
+    tenant.override(concurrency=1)
+    slots = f"reqrun:slots:{tenant.account.pk}"
+    seen: list[tuple[str, str]] = []
+
+    def watch(monitor):
+        for command in monitor.listen():
+            name, *args = command["command"].split(" ")
+            seen.append((name.upper(), args[0].strip('"') if args else ""))
+            if seen[-1] == ("PUBLISH", CHANNEL):
+                return
+
+    with client().monitor() as monitor:
+        watcher = threading.Thread(target=watch, args=(monitor,), daemon=True)
+        watcher.start()
+        sdk.chat.completions.create(model="gpt-test", messages=CHAT)
+        watcher.join(10)
+
+    order = [name for name, key in seen if (name, key) in {("ZREM", slots), ("PUBLISH", CHANNEL)}]
+    assert order == ["ZREM", "PUBLISH"], [c for c in seen if c[0] in ("ZREM", "PUBLISH")]
+    assert concurrency.in_use(tenant.account.pk) == 0
