@@ -38,7 +38,8 @@ made AS (
         request_body, idempotency_key, idempotency_slot, status, created_at, started_at,
         finished_at, deadline_at, attempt_count, max_attempts, lease_until, next_attempt_at,
         dispatched_at, cancel_requested, first_byte_at, response_status_code,
-        response_headers, response_body, response_expires_at, usage, error, partial
+        response_headers, response_body, response_expires_at, usage, error, partial,
+        next_upstream, upstream_tries
     )
     SELECT
         'req_' || lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0')
@@ -47,7 +48,8 @@ made AS (
         'gpt-4o-mini', false, md5(g::text) || md5(g::text), NULL, NULL, NULL, 'succeeded', at,
         at, at + interval '800 milliseconds', at + interval '1 hour', 1, 3, NULL, NULL, at,
         false, NULL, 200, '{}'::jsonb, NULL, at + interval '24 hours',
-        '{"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}'::jsonb, NULL, false
+        '{"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}'::jsonb, NULL, false,
+        '', 0
     FROM tenant,
         generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
         LATERAL (
@@ -56,10 +58,10 @@ made AS (
     RETURNING id, started_at, finished_at
 )
 INSERT INTO requests_app_attempt (
-    request_id, number, started_at, finished_at, outcome, status_code, error_code,
+    request_id, number, upstream, started_at, finished_at, outcome, status_code, error_code,
     latency_ms, retry_after_ms
 )
-SELECT id, 1, started_at, finished_at, 'success', 200, NULL, 800, NULL FROM made
+SELECT id, 1, 'primary', started_at, finished_at, 'success', 200, NULL, 800, NULL FROM made
 """
 
 
