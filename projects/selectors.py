@@ -67,12 +67,15 @@ def upstreams_of(project: Project) -> QuerySet[Upstream]:
     return project.upstreams.order_by("position", "pk")
 
 
-# Read before every attempt: the project's first enabled upstream, compiled once.
+def enabled_upstreams(project_id) -> QuerySet[Upstream]:
+    """The project's enabled upstreams in the order requests try them: the primary first.
+    `project_id` may be a value or an `OuterRef`; every reading of "the primary" is this."""
+    return Upstream.objects.filter(project_id=project_id, enabled=True).order_by("position", "pk")
+
+
+# The project's first enabled upstream, compiled once.
 PRIMARY_UPSTREAM: PreparedGet[Upstream] = PreparedGet(
-    lambda project_id: Upstream.objects.filter(project_id=project_id, enabled=True).order_by(
-        "position", "pk"
-    )[:1],
-    project_id=0,
+    lambda project_id: enabled_upstreams(project_id)[:1], project_id=0
 )
 
 
@@ -85,10 +88,7 @@ def primary_has_provider_key(project_ref: OuterRef) -> Subquery:
         output_field=BooleanField(),
     )
     return Subquery(
-        Upstream.objects.filter(project_id=project_ref, enabled=True)
-        .order_by("position", "pk")
-        .values_list(has_key)[:1],
-        output_field=BooleanField(),
+        enabled_upstreams(project_ref).values_list(has_key)[:1], output_field=BooleanField()
     )
 
 

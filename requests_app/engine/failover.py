@@ -19,18 +19,14 @@ from datetime import datetime, timedelta
 
 from core.prepared import PreparedGet
 from projects.models import FailoverOn, Project, Upstream
+from projects.selectors import enabled_upstreams
 from requests_app.engine import breaker
 from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Attempt, Request
 
 # Read before every attempt, with each upstream's breaker state: the one query that used
 # to read the primary alone.
-ENABLED_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(
-    lambda project_id: Upstream.objects.filter(project_id=project_id, enabled=True).order_by(
-        "position", "pk"
-    ),
-    project_id=0,
-)
+ENABLED_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(enabled_upstreams, project_id=0)
 
 # Results that say nothing about the upstream: moving elsewhere would not help.
 STAYS_ON_FAULTS_OF_OURS = breaker.NOT_THE_UPSTREAMS_FAULT - {"worker_lost"}
