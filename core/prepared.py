@@ -114,17 +114,28 @@ class PreparedGet(Generic[M]):
         return self._fetch(values)
 
     def _fetch(self, values: dict, limit: int | None = None) -> list[M]:
+        sql, params = self.statement(values)
+        connection = connections[self._compiled().db]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+        return self.instances(rows)
+
+    def statement(self, values: Mapping[str, object]) -> tuple[str, list]:
+        """The compiled SQL and its parameters for these placeholder values."""
         compiled = self._compiled()
         params = compiled.params.copy()
         for name, position in compiled.positions.items():
             params[position] = values[name]
-        model, db = compiled.model, compiled.db
-        connection = connections[db]
-        with connection.cursor() as cursor:
-            cursor.execute(compiled.sql, params)
-            rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+        return compiled.sql, params
+
+    def instances(self, rows: Sequence[tuple]) -> list[M]:
+        """The model instances for rows of this lookup's SQL."""
         if not rows:
             return []
+        compiled = self._compiled()
+        model, db = compiled.model, compiled.db
+        connection = connections[db]
         instances = []
         for raw in rows:
             row = list(raw)
@@ -140,6 +151,28 @@ class PreparedGet(Generic[M]):
                 setattr(instance, name, row[position])
             instances.append(instance)
         return instances
+
+
+def together(*lookups: tuple[PreparedGet, Mapping[str, object]]) -> list[list]:
+    """Several prepared lookups in one round trip: each one's instances, in order.
+
+    The statements go out together in psycopg's pipeline mode and their results come back
+    together, so N independent reads cost one wait for the database instead of N. For
+    reads whose parameters are all known beforehand (a worker's request and its
+    upstreams, by the request's id).
+    """
+    connection = connections[lookups[0][0]._compiled().db]
+    with connection.cursor() as first:
+        cursors = [first] + [connection.cursor() for _ in lookups[1:]]
+        try:
+            with connection.connection.pipeline():
+                for cursor, (lookup, values) in zip(cursors, lookups, strict=True):
+                    cursor.execute(*lookup.statement(values))
+            rows = [cursor.fetchall() for cursor in cursors]
+        finally:
+            for cursor in cursors[1:]:
+                cursor.close()
+    return [lookup.instances(found) for (lookup, _), found in zip(lookups, rows, strict=True)]
 
 
 _INSERT_SQL: dict[tuple, tuple[str, list[Field]]] = {}

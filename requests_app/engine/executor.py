@@ -20,7 +20,7 @@ from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
 from core import encryption, shutdown
-from core.prepared import PreparedGet
+from core.prepared import PreparedGet, together
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.models import Upstream
 from projects.upstreams import provider_key_of
@@ -41,7 +41,8 @@ INLINE_BACKOFF_MAX_SECONDS = 2.0
 RESPONSE_RETENTION = timedelta(hours=24)
 
 
-# The request with its project and the account's plan, read before each attempt.
+# The request with its project and the account's plan, read before each attempt in one
+# round trip with the project's enabled upstreams (failover.REQUESTS_UPSTREAMS).
 REQUEST_TO_RUN: PreparedGet[Request] = PreparedGet(
     lambda pk: Request.objects.select_related(
         "project", "account", f"account__{PLAN_STATE_RELATED}"
@@ -380,10 +381,13 @@ def execute_request(request_pk: int) -> None:
     while True:
         if shutdown.is_stopping():
             return  # SIGTERM: no new attempt here; the sweeper publishes it again
-        try:
-            row = REQUEST_TO_RUN.get(pk=request_pk)
-        except Request.DoesNotExist:
+        found, enabled = together(
+            (REQUEST_TO_RUN, {"pk": request_pk}),
+            (failover.REQUESTS_UPSTREAMS, {"request_pk": request_pk}),
+        )
+        if not found:
             return  # deleted with its account
+        row = found[0]
         if row.status not in (Status.QUEUED, Status.RETRYING):
             return  # finished, or another worker holds it
         if hold_if_suspended(row):
@@ -398,7 +402,7 @@ def execute_request(request_pk: int) -> None:
             return
         held = concurrency.Held(row.account_id, slot)
         try:
-            chain = failover.chain_of(row.project)
+            chain = failover.chain_of(row.project, enabled)
             route = failover.route(row, chain, now=timezone.now(), lease=lease_for(row))
             attempt = claim_request(row, upstream_name=route.upstream.name if route else "")
             if attempt is None:

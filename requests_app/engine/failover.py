@@ -17,6 +17,8 @@ and the sweeper continue a chain alike. Docs: docs/failover.md.
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.db.models import Subquery
+
 from core.prepared import PreparedGet
 from projects.models import FailoverOn, Project, Upstream
 from projects.selectors import enabled_upstreams
@@ -25,17 +27,27 @@ from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Attempt, Request
 
 # Read before every attempt, with each upstream's breaker state: the one query that used
-# to read the primary alone.
+# to read the primary alone. The worker reads them by the request's id, in the round trip
+# that reads the request (executor.py); the sweeper, by the project's.
 ENABLED_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(enabled_upstreams, project_id=0)
+REQUESTS_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(
+    lambda request_pk: enabled_upstreams(
+        Subquery(Request.objects.filter(pk=request_pk).values("project_id"))
+    ),
+    request_pk=0,
+)
 
 # Results that say nothing about the upstream: moving elsewhere would not help.
 STAYS_ON_FAULTS_OF_OURS = breaker.NOT_THE_UPSTREAMS_FAULT - {"worker_lost"}
 
 
-def chain_of(project: Project) -> list[Upstream]:
+def chain_of(project: Project, enabled: list[Upstream] | None = None) -> list[Upstream]:
     """The upstreams a request of `project` tries, in order: enabled, with a provider key,
-    from the primary or (not returning to it) from where the last request succeeded."""
-    chain = [row for row in ENABLED_UPSTREAMS.all(project_id=project.pk) if row.has_provider_key]
+    from the primary or (not returning to it) from where the last request succeeded.
+    `enabled`: the project's enabled upstreams, when already read."""
+    if enabled is None:
+        enabled = ENABLED_UPSTREAMS.all(project_id=project.pk)
+    chain = [row for row in enabled if row.has_provider_key]
     for row in chain:
         row.project = project  # already loaded by the caller
     if not project.failover_return_to_primary and project.failover_current:

@@ -5,10 +5,13 @@ import threading
 import pytest
 from django.db import connection, connections
 from django.db.models import F
+from django.db.models.expressions import RawSQL
 
-from core.prepared import PreparedGet, insert
+from core.prepared import PreparedGet, insert, together
 from projects.limits import PLAN_STATE_RELATED, plan_state_of
-from projects.models import AccountPlan, ApiKey
+from projects.models import AccountPlan, ApiKey, Upstream
+from requests_app.engine.executor import REQUEST_TO_RUN
+from requests_app.engine.failover import REQUESTS_UPSTREAMS
 from requests_app.models import Request
 from tests.factories import ApiKeyFactory, RequestFactory
 
@@ -114,6 +117,47 @@ def test_threads_share_one_compilation_and_query_on_their_own_connections(transa
     assert found == [key.project.public_id] * 3
     assert len(builds) == 1  # compiled once, not once per thread
     assert len({id(wrapper) for wrapper in wrappers}) == 3
+
+
+def test_together_answers_as_each_lookup_alone():
+    request = RequestFactory()
+    for name, position, enabled in (("first", 1, True), ("off", 2, False), ("second", 3, True)):
+        request.project.upstreams.create(
+            name=name, base_url="https://api.example.com/v1", position=position, enabled=enabled
+        )
+    other = RequestFactory()
+
+    found, upstreams = together(
+        (REQUEST_TO_RUN, {"pk": request.pk}), (REQUESTS_UPSTREAMS, {"request_pk": request.pk})
+    )
+
+    assert [row.pk for row in found] == [REQUEST_TO_RUN.get(pk=request.pk).pk]
+    assert found[0].project.public_id == request.project.public_id  # related objects too
+    expected = Upstream.objects.filter(project=request.project, enabled=True)
+    assert [row.name for row in upstreams] == [
+        row.name for row in expected.order_by("position", "pk")
+    ]
+    assert [row.name for row in upstreams][-2:] == ["first", "second"]
+    assert together((REQUESTS_UPSTREAMS, {"request_pk": other.pk}))[0] != upstreams
+    missing = together((REQUEST_TO_RUN, {"pk": -1}), (REQUESTS_UPSTREAMS, {"request_pk": -1}))
+    assert missing == [[], []]
+
+
+def test_together_sends_its_statements_in_one_batch(transactional_db):
+    """Out of a transaction each statement is its own; sent together they share the one
+    implicit transaction that ends at the batch's sync, so they were sent as one batch."""
+    request = RequestFactory()
+    with_transaction_id = PreparedGet(
+        lambda pk: Request.objects.annotate(txid=RawSQL("txid_current()", [])).filter(pk=pk),
+        pk=0,
+    )
+    alone = [with_transaction_id.get(pk=request.pk).txid for _ in range(2)]
+    assert alone[0] != alone[1]
+
+    first, second = together(
+        (with_transaction_id, {"pk": request.pk}), (with_transaction_id, {"pk": request.pk})
+    )
+    assert first[0].txid == second[0].txid
 
 
 def test_insert_stores_what_create_would_and_sets_the_primary_key():
