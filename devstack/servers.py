@@ -129,10 +129,19 @@ class EmbeddedRedis:
         )
         try:
             wait_for_port(self.port, timeout=15, what="Redis", log=self.log)
+            self._wait_for_pidfile(timeout=5)
         except ServerError:
             self.stop()  # a daemon that came up too late must not outlive the caller
             raise
         return True
+
+    def _wait_for_pidfile(self, *, timeout: float) -> None:
+        """Redis listens before it writes its pid file; whoever stops it needs the pid."""
+        deadline = time.monotonic() + timeout
+        while self.running_pid() is None:
+            if time.monotonic() > deadline:
+                raise ServerError(f"Redis is listening but wrote no pid file to {self.pidfile}.")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         pid = self.running_pid()
