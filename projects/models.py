@@ -183,7 +183,9 @@ class Project(models.Model):
     @property
     def has_provider_key(self) -> bool:
         """Whether the primary upstream (the first enabled one) has a provider key."""
-        primary = self.upstreams.filter(enabled=True).order_by("position", "pk").first()
+        from projects.selectors import primary_upstream  # the selectors import these models
+
+        primary = primary_upstream(self)
         return primary is not None and primary.has_provider_key
 
 
