@@ -43,23 +43,33 @@ class GuardedBackend(httpcore.SyncBackend):
         return stream
 
 
-_transport: httpx.HTTPTransport | None = None
-_transport_lock = threading.Lock()
+_pools = threading.local()
+# Idle connections a thread keeps open, per thread: one per upstream host it calls, up to this.
+KEEPALIVE_PER_THREAD = 8
 
 
 def transport() -> httpx.HTTPTransport:
-    """One connection pool per process, shared by the worker's threads."""
-    global _transport
-    with _transport_lock:
-        if _transport is None:
-            _transport = httpx.HTTPTransport(
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-                retries=0,
-            )
-            # httpx has no public hook for the network backend; the pool reads this attribute
-            # when it opens each connection.
-            _transport._pool._network_backend = GuardedBackend()
-        return _transport
+    """This thread's connection pool to the upstreams.
+
+    One per thread rather than one per process: httpcore's pool runs every request's
+    bookkeeping under one lock and, under it, checks each idle connection with a poll(), so
+    with the worker's threads sharing one pool that bookkeeping grew with the thread count
+    and became the largest cost of an attempt (bench/README, stop 15). A thread makes one
+    upstream call at a time, so its own pool holds a connection per upstream host it uses.
+    """
+    pool = getattr(_pools, "transport", None)
+    if pool is None:
+        pool = httpx.HTTPTransport(
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=KEEPALIVE_PER_THREAD
+            ),
+            retries=0,
+        )
+        # httpx has no public hook for the network backend; the pool reads this attribute
+        # when it opens each connection.
+        pool._pool._network_backend = GuardedBackend()
+        _pools.transport = pool
+    return pool
 
 
 @contextmanager

@@ -121,6 +121,34 @@ def test_an_oversized_answer_is_refused_without_buffering_it(fake_upstream, sett
         )
 
 
+def test_each_thread_calls_upstreams_through_a_pool_of_its_own(fake_upstream):
+    """Worker threads share no connection pool (and so no pool lock); a thread keeps and
+    reuses its own."""
+    pools, statuses = {}, []
+
+    def call_twice():
+        for _ in range(2):
+            pools.setdefault(threading.get_ident(), []).append(upstream.transport())
+            answer = upstream.call(
+                method="POST",
+                url=f"{fake_upstream.base_url}/chat/completions",
+                provider_key="sk-test",
+                body=b'{"model": "gpt-test", "messages": []}',
+                timeout=5,
+            )
+            statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=call_twice) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert statuses == [200] * 6
+    assert all(first is again for first, again in pools.values())
+    assert len({id(first) for first, _ in pools.values()}) == 3
+
+
 def test_when_attempts_run_out_the_last_upstream_answer_is_returned(sdk, tenant):
     tenant.project.max_attempts = 2
     tenant.project.save()
