@@ -44,8 +44,9 @@ class GuardedBackend(httpcore.SyncBackend):
 
 
 _pools = threading.local()
-# Idle connections a thread keeps open, per thread: one per upstream host it calls, up to this.
-KEEPALIVE_PER_THREAD = 8
+# Idle connections each thread keeps, one per upstream host it calls: with the worker's
+# threads, at most a few hundred sockets, well inside a process's default 1,024 files.
+KEEPALIVE_PER_THREAD = 4
 
 
 def transport() -> httpx.HTTPTransport:
