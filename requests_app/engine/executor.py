@@ -211,7 +211,7 @@ def conclude_attempt(
     response = _response_fields(request, result)
     step = None
     if result.outcome != Attempt.Outcome.SUCCESS:
-        chain = failover.chain_of(request.project) if chain is None else chain
+        chain = failover.chain_of(request) if chain is None else chain
         step = failover.next_upstream(request.project, chain, request, result)
     then = consequence_of(request, number, result, answered=bool(response), now=now, then=step)
     following = then.next_upstream
@@ -402,7 +402,7 @@ def execute_request(request_pk: int) -> None:
             return
         held = concurrency.Held(row.account_id, slot)
         try:
-            chain = failover.chain_of(row.project, enabled)
+            chain = failover.chain_of(row, enabled)
             route = failover.route(row, chain, now=timezone.now(), lease=lease_for(row))
             attempt = claim_request(row, upstream_name=route.upstream.name if route else "")
             if attempt is None:

@@ -27,9 +27,8 @@ from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Attempt, Request
 
 # Read before every attempt, with each upstream's breaker state: the one query that used
-# to read the primary alone. The worker reads them by the request's id, in the round trip
-# that reads the request (executor.py); the sweeper, by the project's.
-ENABLED_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(enabled_upstreams, project_id=0)
+# to read the primary alone. By the request's id, so the worker sends it in the round trip
+# that reads the request (executor.py).
 REQUESTS_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(
     lambda request_pk: enabled_upstreams(
         Subquery(Request.objects.filter(pk=request_pk).values("project_id"))
@@ -41,12 +40,13 @@ REQUESTS_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(
 STAYS_ON_FAULTS_OF_OURS = breaker.NOT_THE_UPSTREAMS_FAULT - {"worker_lost"}
 
 
-def chain_of(project: Project, enabled: list[Upstream] | None = None) -> list[Upstream]:
-    """The upstreams a request of `project` tries, in order: enabled, with a provider key,
-    from the primary or (not returning to it) from where the last request succeeded.
-    `enabled`: the project's enabled upstreams, when already read."""
+def chain_of(request: Request, enabled: list[Upstream] | None = None) -> list[Upstream]:
+    """The upstreams `request` tries, in order: enabled, with a provider key, from the
+    primary or (not returning to it) from where the project's last request succeeded.
+    `enabled`: its project's enabled upstreams (REQUESTS_UPSTREAMS), when already read."""
+    project = request.project
     if enabled is None:
-        enabled = ENABLED_UPSTREAMS.all(project_id=project.pk)
+        enabled = REQUESTS_UPSTREAMS.all(request_pk=request.pk)
     chain = [row for row in enabled if row.has_provider_key]
     for row in chain:
         row.project = project  # already loaded by the caller
