@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from django.db import connection
 
@@ -25,6 +26,21 @@ def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, messag
             return value
         time.sleep(interval)
     raise AssertionError(message or f"condition not met within {timeout}s")
+
+
+def separate_redis_db(number: int) -> str:
+    """The suite's Redis, another database number: the session's shared worker consumes the
+    default one and must not take tasks a test leaves behind (they name rows the test's
+    teardown is about to flush, and running them then can deadlock with the flush)."""
+    return os.environ["REDIS_URL"].rsplit("/", 1)[0] + f"/{number}"
+
+
+def running(process: psutil.Process) -> bool:
+    """Alive and not a zombie (an exited process nobody has reaped yet)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_database_url() -> str:
@@ -139,13 +155,19 @@ class ProcfileWeb:
         os.killpg(self.process.pid, signal.SIGTERM)
 
     def stop(self) -> None:
+        """SIGTERM, then wait for the server itself: the shell running the Procfile line may
+        fork it rather than exec it, and exits first."""
         if self.process and self.process.poll() is None:
+            shell = psutil.Process(self.process.pid)
+            tree = [shell, *shell.children(recursive=True)]
             self.terminate()
             try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+                wait_until(
+                    lambda: not any(running(p) for p in tree), timeout=30, message="still up"
+                )
+            except AssertionError:
                 os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            self.process.wait()
         if getattr(self, "log", None):
             self.log.close()
 

@@ -24,7 +24,7 @@ from django.db import connection
 from core import watchdog
 from devstack.__main__ import read_procfile
 from devstack.servers import free_port
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, separate_redis_db, wait_until
 from tests.fake_upstream import FakeUpstream
 from tests.tcp_proxy import FreezingProxy
 
@@ -57,12 +57,6 @@ def fresh_database(stack: ExitStack) -> str:
 
     stack.callback(drop)
     return server_url(name)
-
-
-def separate_redis_db(url: str) -> str:
-    """The suite's Redis, another database number: the suite's own worker must not take
-    this deploy's tasks (they name rows in a database it does not use)."""
-    return url.rsplit("/", 1)[0] + "/9"
 
 
 class Deploy:
@@ -127,7 +121,7 @@ def deploy(tmp_path, django_db_setup, django_db_blocker):
         }
         env.update(
             DATABASE_URL=database_url,
-            REDIS_URL=separate_redis_db(os.environ["REDIS_URL"]),
+            REDIS_URL=separate_redis_db(9),
             PORT=str(free_port()),
             WORKER_CONCURRENCY="4",
             REQRUN_WATCHDOG_INTERVAL_SECONDS="2",

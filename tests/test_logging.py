@@ -8,12 +8,13 @@ import uuid
 
 import httpx
 import pytest
+import redis
 
 from core import encryption
 from core.logs import BoundFields, ConsoleFormatter, JsonFormatter, bind
 from requests_app.models import Request
 from requests_app.tasks import execute_request
-from tests.conftest import ProcfileWeb, WorkerProcess, wait_until
+from tests.conftest import ProcfileWeb, WorkerProcess, separate_redis_db, wait_until
 from tests.factories import RequestFactory
 from tests.fake_upstream import FakeUpstream
 from tests.requests_app.conftest import Tenant
@@ -177,10 +178,12 @@ def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_pro
 @pytest.mark.timeout(120)
 def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_db, tmp_path):
     sentinel = f"SENTINEL-{uuid.uuid4()}"
+    # The accepted request's task goes where no worker runs it: this test reads logs only.
+    own_redis = {"REDIS_URL": separate_redis_db(7), "LOG_FORMAT": "json"}
     with FakeUpstream() as upstream:
         tenant = Tenant(email="web@example.com", upstream_url=upstream.base_url)
-        quiet = ProcfileWeb(tmp_path / "quiet.log", LOG_FORMAT="json").start()
-        chatty = ProcfileWeb(tmp_path / "chatty.log", LOG_FORMAT="json", ACCESS_LOG="true")
+        quiet = ProcfileWeb(tmp_path / "quiet.log", **own_redis).start()
+        chatty = ProcfileWeb(tmp_path / "chatty.log", ACCESS_LOG="true", **own_redis)
         chatty.start()
         try:
             answer = httpx.post(
@@ -192,6 +195,7 @@ def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_d
         finally:
             quiet.stop()
             chatty.stop()
+            redis.Redis.from_url(own_redis["REDIS_URL"]).flushdb()
     quiet_lines, chatty_lines = log_lines(quiet.log_path), log_lines(chatty.log_path)
 
     quiet_records, chatty_records = parsed(quiet_lines), parsed(chatty_lines)
