@@ -94,3 +94,17 @@ def execute_request_message(request_pk: int) -> bytes:
 def publish_execute_request(request_pk: int) -> None:
     """`execute_request.delay(request_pk)` in one LPUSH on the engine's Redis client."""
     client().lpush(_queue(), execute_request_message(request_pk))
+
+
+def oldest_waiting_request() -> int | None:
+    """The request named by the message that has waited longest in execute_request's queue;
+    None when the queue is empty. Publishers push at the head and workers pop at the tail
+    (kombu's Redis transport: LPUSH, BRPOP), so messages leave oldest first."""
+    message = client().lindex(_queue(), -1)
+    if message is None:
+        return None
+    try:
+        body = base64.b64decode(json.loads(message)["body"])
+        return int(json.loads(body)[0][0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None  # not a message of ours: nothing to learn from it

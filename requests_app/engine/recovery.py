@@ -80,7 +80,8 @@ def recover_expired_leases(now) -> int:
 # A published task that no worker has claimed may have been lost (a Redis restart, a worker
 # killed holding it). It is published again after the time it had waited before its last
 # publish, at least REDISPATCH_MIN and at most REDISPATCH_MAX: a lost message costs seconds,
-# while work merely waiting behind a busy pool is not flooded with duplicates.
+# while work merely waiting behind a busy pool is not flooded with duplicates. Nor is work
+# whose message is still in the queue (`taken_from_queue_before`).
 REDISPATCH_MIN = timedelta(seconds=10)
 REDISPATCH_MAX = timedelta(minutes=5)
 
@@ -96,6 +97,25 @@ def _redispatch_at():
     return ExpressionWrapper(F("dispatched_at") + patience, output_field=DateTimeField())
 
 
+def taken_from_queue_before():
+    """A time before which every request's last message has left the broker's queue: when
+    the request named by the oldest message still waiting was last published. Messages
+    leave oldest first, so a request published before that and still unclaimed has no
+    message left to wait for, while one published since may simply be waiting its turn in
+    a backlog. None when the queue is empty (every message has left it) or that request is
+    gone.
+
+    A request published again since its message was queued only moves the time later: some
+    messages still waiting may then be published once more, as before; none lost is missed.
+    """
+    from requests_app.tasks import oldest_waiting_request
+
+    oldest = oldest_waiting_request()
+    if oldest is None:
+        return None
+    return Request.objects.filter(pk=oldest).values_list("dispatched_at", flat=True).first()
+
+
 def sweep() -> SweepReport:
     now = timezone.now()
     report = SweepReport(recovered=recover_expired_leases(now))
@@ -105,6 +125,9 @@ def sweep() -> SweepReport:
     unclaimed = Q(redispatch_at__lt=now) & (
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )
+    still_queued_after = taken_from_queue_before()
+    if still_queued_after is not None:
+        unclaimed &= Q(dispatched_at__lt=still_queued_after)
     due = (
         Request.objects.filter(status__in=[Status.QUEUED, Status.RETRYING])
         .annotate(redispatch_at=_redispatch_at())

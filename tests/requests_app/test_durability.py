@@ -14,12 +14,15 @@ from django.utils import timezone
 
 from core import heartbeats
 from requests_app.engine.recovery import sweep
+from requests_app.engine.redis_client import client
 from requests_app.models import Request
+from requests_app.tasks import publish_execute_request
 from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
 from tests.factories import RequestFactory
 from tests.tcp_proxy import FreezingProxy
 
 CHAT = [{"role": "user", "content": "durable"}]
+QUEUE = "requests"  # where execute_request goes (CELERY_TASK_ROUTES)
 
 
 def async_post(live_api, tenant, model: str) -> str:
@@ -151,6 +154,7 @@ def test_unclaimed_work_is_published_again_within_seconds_and_then_less_often(db
 
     assert sweep().dispatched == 1  # unclaimed for 15 s: its message may be lost
     assert sweep().dispatched == 0  # just published: it waits before the next publish
+    client().delete(QUEUE)  # a worker took that message too, and was lost with it
     Request.objects.filter(pk=request.pk).update(
         created_at=timezone.now() - timedelta(seconds=40),
         dispatched_at=timezone.now() - timedelta(seconds=15),
@@ -160,6 +164,37 @@ def test_unclaimed_work_is_published_again_within_seconds_and_then_less_often(db
         dispatched_at=timezone.now() - timedelta(seconds=30)
     )
     assert sweep().dispatched == 1
+
+
+def backlog_published(seconds_ago: int, count: int) -> list[Request]:
+    """Requests whose messages still wait in the broker's queue (no worker is taking them),
+    published `seconds_ago`, oldest first."""
+    waiting = RequestFactory.create_batch(count)
+    for request in waiting:
+        publish_execute_request(request.pk)
+    now = timezone.now()
+    Request.objects.filter(pk__in=[r.pk for r in waiting]).update(
+        created_at=now - timedelta(seconds=seconds_ago + 1),
+        dispatched_at=now - timedelta(seconds=seconds_ago),
+    )
+    return waiting
+
+
+def test_work_waiting_behind_a_busy_pool_is_not_published_again(db):
+    backlog_published(seconds_ago=15, count=3)  # longer than the sweep's patience
+
+    assert sweep().dispatched == 0  # their messages are still in the queue
+    assert client().llen(QUEUE) == 3
+
+
+def test_a_message_lost_before_the_oldest_waiting_one_is_published_again(db):
+    [lost] = backlog_published(seconds_ago=30, count=1)
+    client().delete(QUEUE)  # a worker took it and died before claiming it
+    backlog_published(seconds_ago=15, count=2)
+
+    assert sweep().dispatched == 1
+    assert Request.objects.get(pk=lost.pk).dispatched_at > timezone.now() - timedelta(seconds=5)
+    assert client().llen(QUEUE) == 3
 
 
 @pytest.mark.timeout(120)
