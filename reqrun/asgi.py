@@ -15,9 +15,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reqrun.settings")
 
 browser_application = get_asgi_application()  # sets Django up before the imports below
 
+from core import collector  # noqa: E402
 from reqrun.handlers import ApiHandler, is_api_path  # noqa: E402
 
 api_application = ApiHandler()
+collector.settle()  # last: what start-up made lives as long as the process
 
 
 async def application(scope, receive, send):

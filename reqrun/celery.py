@@ -10,10 +10,11 @@ from celery.signals import (
     setup_logging,
     task_postrun,
     task_prerun,
+    worker_ready,
     worker_shutting_down,
 )
 
-from core import logs
+from core import collector, logs
 from core.watchdog import CanaryConsumer, stop_watchdog
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reqrun.settings")
@@ -33,3 +34,5 @@ task_prerun.connect(
     partial(logs.bind_task, request_task="requests_app.tasks.execute_request"), weak=False
 )
 task_postrun.connect(logs.unbind_task)
+# Once the worker consumes, what start-up made is frozen out of the collector's walks.
+worker_ready.connect(lambda **_: collector.settle(), weak=False)

@@ -151,6 +151,14 @@ def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_pro
                 timeout=60,
                 message="the JSON worker never finished the request",
             )
+            wait_until(
+                lambda: any(
+                    '"start-up objects frozen"' in line
+                    for line in log_lines(worker.log_path, start)
+                ),
+                timeout=30,
+                message="the worker never settled its garbage collector",
+            )
             # Read before stopping: Celery prints its own shutdown notice as plain text.
             lines = log_lines(worker.log_path, start)
         finally:
@@ -169,6 +177,8 @@ def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_pro
     # Bound from the task's arguments by the worker, not passed by the engine.
     assert finished["request_pk"] == request.pk
     assert finished["task"] == "requests_app.tasks.execute_request"
+    [frozen] = [r for r in records if r["event"] == "start-up objects frozen"]
+    assert frozen["count"] > 10_000
     [started] = [r for r in records if r["event"] == "worker started"]
     assert started["queues"] == QUEUE and "requests_app.tasks.execute_request" in started["tasks"]
     for secret in (sentinel, tenant.raw_key, "sk-test-provider-key-1234"):
@@ -203,6 +213,8 @@ def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_d
     [accepted] = [r for r in quiet_records if r["event"] == "request accepted"]
     assert accepted["request_id"] == answer.json()["id"]
     assert accepted["project"] == tenant.project.public_id
+    [frozen] = [r for r in quiet_records if r["event"] == "start-up objects frozen"]
+    assert frozen["count"] > 10_000
     assert not [r for r in quiet_records if r["logger"] == "uvicorn.access"]
     # uvicorn's own lines come through the same formatter.
     assert any(r["logger"].startswith("uvicorn") for r in quiet_records)
