@@ -189,11 +189,11 @@ def test_worker_logs_one_json_object_per_line_with_the_request_and_never_the_pro
 def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_db, tmp_path):
     sentinel = f"SENTINEL-{uuid.uuid4()}"
     # The accepted request's task goes where no worker runs it: this test reads logs only.
-    own_redis = {"REDIS_URL": separate_redis_db(7), "LOG_FORMAT": "json"}
+    env = {"REDIS_URL": separate_redis_db(7), "LOG_FORMAT": "json"}
     with FakeUpstream() as upstream:
         tenant = Tenant(email="web@example.com", upstream_url=upstream.base_url)
-        quiet = ProcfileWeb(tmp_path / "quiet.log", **own_redis).start()
-        chatty = ProcfileWeb(tmp_path / "chatty.log", ACCESS_LOG="true", **own_redis)
+        quiet = ProcfileWeb(tmp_path / "quiet.log", **env).start()
+        chatty = ProcfileWeb(tmp_path / "chatty.log", ACCESS_LOG="true", **env)
         chatty.start()
         try:
             answer = httpx.post(
@@ -205,7 +205,7 @@ def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_d
         finally:
             quiet.stop()
             chatty.stop()
-            redis.Redis.from_url(own_redis["REDIS_URL"]).flushdb()
+            redis.Redis.from_url(env["REDIS_URL"]).flushdb()
     quiet_lines, chatty_lines = log_lines(quiet.log_path), log_lines(chatty.log_path)
 
     quiet_records, chatty_records = parsed(quiet_lines), parsed(chatty_lines)
