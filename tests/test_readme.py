@@ -1,5 +1,6 @@
-"""The README's deploy instructions say what the checkout really does."""
+"""The operator's documentation says what the checkout really does."""
 
+import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,3 +13,32 @@ def test_the_readme_shows_the_procfile_lines_as_written():
     section = (ROOT / "README.md").read_text().split("## Running it for real", 1)[1]
     shown = section.split("```sh\n", 1)[1].split("```", 1)[0]
     assert shown == (ROOT / "Procfile").read_text()
+
+
+def settings_read_from_the_environment() -> set[str]:
+    """Every name `reqrun/settings.py` reads with `env(…)` / `env.<type>(…)`."""
+    tree = ast.parse((ROOT / "reqrun" / "settings.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        target = node.func.value if isinstance(node.func, ast.Attribute) else node.func
+        first = node.args[0]
+        if (
+            isinstance(target, ast.Name)
+            and target.id == "env"
+            and isinstance(first, ast.Constant)
+            and isinstance(first.value, str)
+        ):
+            names.add(first.value)
+    return names
+
+
+def test_every_setting_read_from_the_environment_is_documented():
+    names = settings_read_from_the_environment()
+    assert {"DATABASE_URL", "DB_POOL_MAX_SIZE", "SECRET_KEY"} <= names  # the parse works
+    documentation = "\n".join(
+        path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
+    undocumented = sorted(name for name in names if f"`{name}`" not in documentation)
+    assert not undocumented, f"read in settings.py but not documented: {undocumented}"
