@@ -10,6 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 from django.db import connection
+from django.test import TransactionTestCase
+from psycopg.errors import DeadlockDetected
 
 from tests.factories import AccountFactory, MembershipFactory, UserFactory
 
@@ -26,6 +28,39 @@ def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, messag
             return value
         time.sleep(interval)
     raise AssertionError(message or f"condition not met within {timeout}s")
+
+
+FLUSH_ATTEMPTS = 3
+
+
+def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _flush_retried_on_deadlock(fixture_teardown):
+    """A transactional test ends with one TRUNCATE of every table. A worker still running a
+    task the test left behind may hold one of those tables while it waits for another the
+    TRUNCATE holds; PostgreSQL then aborts one side, and when it is the flush the test
+    errors at teardown. The aborted TRUNCATE changed nothing, so it is run again."""
+
+    def teardown(self):
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            try:
+                return fixture_teardown(self)
+            except Exception as error:
+                if attempt == FLUSH_ATTEMPTS or not caused_by(error, DeadlockDetected):
+                    raise
+
+    return teardown
+
+
+TransactionTestCase._fixture_teardown = _flush_retried_on_deadlock(
+    TransactionTestCase._fixture_teardown
+)
 
 
 def separate_redis_db(number: int) -> str:
