@@ -34,6 +34,7 @@ FLUSH_ATTEMPTS = 3
 
 
 def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether `error`, or an exception it was raised from or while handling, is a `kind`."""
     while error is not None:
         if isinstance(error, kind):
             return True
