@@ -2,6 +2,7 @@
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.middleware.security import SecurityMiddleware as DjangoSecurityMiddleware
 from whitenoise.middleware import WhiteNoiseMiddleware
 
@@ -19,6 +20,23 @@ class SecurityMiddleware(DjangoSecurityMiddleware):
         return self.process_response(request, response)
 
 
+def streamed_asynchronously(response):
+    """WhiteNoise answers with a file read in blocks by a synchronous iterator. Django's
+    ASGI handler reads such a body whole in a thread, warning on every response; handed the
+    blocks asynchronously it sends them as they are read. The files are the dashboard's own
+    few kilobytes on local disk, so a block's read does not hold the event loop up."""
+    if not response.streaming or response.is_async:
+        return response
+    blocks = response.streaming_content
+
+    async def read():
+        for block in blocks:
+            yield block
+
+    response.streaming_content = read()
+    return response
+
+
 class StaticFilesMiddleware(WhiteNoiseMiddleware):
     sync_capable = True
     async_capable = True
@@ -34,18 +52,26 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
             return self.find_file(request.path_info)
         return self.files.get(request.path_info)
 
+    def _answer(self, static_file, request):
+        response = self.serve(static_file, request)
+        # The browser stack has sync-only middleware, so this often runs synchronously even
+        # under ASGI: the request says which handler will send the body.
+        if isinstance(request, ASGIRequest):
+            return streamed_asynchronously(response)
+        return response
+
     def __call__(self, request):
         if self.is_async:
             return self.__acall__(request)
         static_file = self._static_file(request)
         if static_file is not None:
-            return self.serve(static_file, request)
+            return self._answer(static_file, request)
         return self.get_response(request)
 
     async def __acall__(self, request):
         static_file = self._static_file(request)
         if static_file is not None:
-            return self.serve(static_file, request)
+            return self._answer(static_file, request)
         return await self.get_response(request)
 
 
