@@ -22,9 +22,10 @@ class SecurityMiddleware(DjangoSecurityMiddleware):
 
 def streamed_asynchronously(response):
     """WhiteNoise answers with a file read in blocks by a synchronous iterator. Django's
-    ASGI handler reads such a body whole in a thread, warning on every response; handed the
-    blocks asynchronously it sends them as they are read. The files are the dashboard's own
-    few kilobytes on local disk, so a block's read does not hold the event loop up."""
+    ASGI handler reads such a body whole in a thread and warns (a line in the web's log,
+    once per process); handed the blocks asynchronously it sends them as they are read.
+    The files are the dashboard's own few kilobytes on local disk, so a block's read does
+    not hold the event loop up."""
     if not response.streaming or response.is_async:
         return response
     blocks = response.streaming_content
