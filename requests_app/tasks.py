@@ -91,9 +91,11 @@ def execute_request_message(request_pk: int) -> bytes:
     ).encode()
 
 
-def publish_execute_request(request_pk: int) -> None:
-    """`execute_request.delay(request_pk)` in one LPUSH on the engine's Redis client."""
-    client().lpush(_queue(), execute_request_message(request_pk))
+def publish_execute_request(*request_pks: int) -> None:
+    """`execute_request.delay(pk)` for each of `request_pks`, all in one LPUSH on the
+    engine's Redis client; workers take them in the order given."""
+    if request_pks:
+        client().lpush(_queue(), *(execute_request_message(pk) for pk in request_pks))
 
 
 def oldest_waiting_request() -> int | None:

@@ -32,11 +32,10 @@ class SweepReport:
 
 
 def _dispatch(pks: list[int]) -> int:
-    from requests_app.tasks import execute_request
+    from requests_app.tasks import publish_execute_request
 
     Request.objects.filter(pk__in=pks).update(dispatched_at=timezone.now())
-    for pk in pks:
-        execute_request.delay(pk)
+    publish_execute_request(*pks)
     return len(pks)
 
 

@@ -16,7 +16,7 @@ from core import heartbeats
 from requests_app.engine.recovery import sweep
 from requests_app.engine.redis_client import client
 from requests_app.models import Request
-from requests_app.tasks import publish_execute_request
+from requests_app.tasks import oldest_waiting_request, publish_execute_request
 from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
 from tests.factories import RequestFactory
 from tests.tcp_proxy import FreezingProxy
@@ -195,6 +195,24 @@ def test_a_message_lost_before_the_oldest_waiting_one_is_published_again(db):
     assert sweep().dispatched == 1
     assert Request.objects.get(pk=lost.pk).dispatched_at > timezone.now() - timedelta(seconds=5)
     assert client().llen(QUEUE) == 3
+
+
+def test_a_sweep_publishes_its_due_retries_together_earliest_first(db):
+    client().delete(QUEUE)
+    now = timezone.now()
+    due = [
+        RequestFactory(status="retrying", next_attempt_at=now - timedelta(seconds=seconds))
+        for seconds in (5, 30, 15)  # due 5, 30 and 15 s ago
+    ]
+    pushes_before = client().info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+
+    assert sweep().dispatched == 3
+
+    assert client().info("commandstats")["cmdstat_lpush"]["calls"] == pushes_before + 1
+    # Workers take from the tail: the one due longest goes first.
+    assert oldest_waiting_request() == due[1].pk
+    client().rpop(QUEUE)
+    assert oldest_waiting_request() == due[2].pk
 
 
 @pytest.mark.timeout(120)
