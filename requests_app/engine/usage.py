@@ -35,17 +35,25 @@ def usage_from_body(body: bytes) -> dict | None:
 
 
 def normalise_usage(usage) -> dict | None:
-    """Chat/completions report prompt/completion tokens; the Responses API input/output."""
+    """Chat/completions report prompt/completion tokens; the Responses API input/output.
+
+    Only whole numbers are kept: a broken upstream's string (which may hold a NUL or a lone
+    surrogate, neither storable in PostgreSQL) or NaN must not fail the request's record.
+    """
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    total = usage.get("total_tokens")
+    prompt = _count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _count(usage.get("completion_tokens", usage.get("output_tokens")))
+    total = _count(usage.get("total_tokens"))
     if prompt is None and total is None:
         return None
     if total is None:
         total = (prompt or 0) + (completion or 0)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def usage_from_event_stream(body: bytes) -> dict | None:

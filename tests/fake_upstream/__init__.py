@@ -32,6 +32,8 @@ The last step of a sequence repeats once it is exhausted. Steps:
     stall<N>         stream N SSE events, then hang (non-stream: headers only, then hang)
     slowchunks<MS>   MS ms between SSE events (non-stream: between 16-byte pieces of the JSON)
     garbage          200 with junk bytes instead of SSE (non-stream: instead of JSON)
+    oddusage         success whose token counts are strings holding a NUL and a lone
+                     surrogate (a broken upstream's usage)
 
 In tests: ``with FakeUpstream() as server: OpenAI(base_url=server.base_url, ...)``.
 Standalone: ``python -m tests.fake_upstream --port 9999 [--host 127.0.0.1] [--delay-ms 0]
@@ -70,7 +72,7 @@ __all__ = ["FakeUpstream", "RecordedRequest", "Step", "parse_step"]
 MAX_HOLD_SECONDS = 600.0
 _STEP_RE = re.compile(
     r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|ra(?P<ms>m?)(?P<after>-?\d+))?"
-    r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage)"
+    r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage|oddusage)"
 )
 _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")
 
@@ -78,7 +80,7 @@ _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")
 @dataclass(frozen=True)
 class Step:
     text: str
-    action: str = "respond"  # respond|sleep|drop|hang|cut|stall|slowchunks|garbage
+    action: str = "respond"  # respond|sleep|drop|hang|cut|stall|slowchunks|garbage|oddusage
     status: int = 200
     n: int = 0
     quota: bool = False
@@ -385,7 +387,9 @@ class FakeUpstream:
             return await self._send_json(
                 writer, rid, step.status, _step_error(step), keep_alive, step.headers
             )
-        call = Call(rid, body, prompt_tokens=max(1, len(request.body) // 4))
+        call = Call(
+            rid, body, prompt_tokens=max(1, len(request.body) // 4), odd=step.action == "oddusage"
+        )
         if body.get("stream") is True and request.path in STREAM_ROUTES:
             events = STREAM_ROUTES[request.path](call)
             return await self._send_stream(step, events, rid, keep_alive, reader, writer)

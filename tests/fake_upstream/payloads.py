@@ -60,12 +60,16 @@ class Call:
     body: dict[str, Any]
     prompt_tokens: int
     created: int = field(default_factory=lambda: int(time.time()))
+    odd: bool = False  # the `oddusage` step: counts no database column can hold
 
     @property
     def model(self) -> str:
         return str(self.body.get("model", "gpt-4o-mini"))
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, int | str]:
+        if self.odd:
+            odd = {"prompt_tokens": "1\x00", "completion_tokens": "\ud800"}
+            return {**odd, "total_tokens": "2\x00"}
         output = len(REPLY_PIECES)
         return {
             "prompt_tokens": self.prompt_tokens,

@@ -1,5 +1,6 @@
 """End to end: the official SDK → ReqRun (uvicorn) → a real Celery worker → the fake upstream."""
 
+import json
 import os
 import threading
 import time
@@ -310,3 +311,39 @@ def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, 
     assert again.json()["status"] == "canceled"
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert Attempt.objects.count() == 1
+
+
+@pytest.mark.parametrize("model", ["gpt\x00mini", "gpt\ud800mini"], ids=["nul", "lone-surrogate"])
+def test_a_model_name_no_text_column_can_hold_is_recorded_readably_and_sent_unchanged(
+    tenant, live_api, fake_upstream, model
+):
+    # json.dumps escapes both characters, so the body itself is valid UTF-8 JSON.
+    body = json.dumps({"model": model, "messages": CHAT}).encode()
+
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+    assert response.status_code == 200, response.text
+    assert only_request().model == "gpt\ufffdmini"
+    assert fake_upstream.requests[-1].body["model"] == model
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_token_counts_that_are_not_numbers_leave_the_usage_unknown(sdk, fake_upstream, stream):
+    fake_upstream.script("odd-usage", "oddusage")
+    options = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+
+    answer = sdk.chat.completions.create(model="odd-usage", messages=CHAT, **options)
+
+    if stream:
+        assert [chunk for chunk in answer][-1].usage.prompt_tokens == "1\x00"
+    else:
+        assert answer.usage.completion_tokens == "\ud800"  # relayed as the upstream sent it
+    request = only_request()
+    assert request.status == "succeeded"
+    assert [a.outcome for a in request.attempts.all()] == ["success"]
+    assert request.usage is None
