@@ -1,7 +1,6 @@
 """Accepting requests: the transaction that records a call before anything runs it."""
 
 import logging
-import re
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +13,7 @@ from psycopg import errors as pg_errors
 
 from core import encryption
 from core.prepared import insert
+from core.text import storable
 from projects.limits import Limits, count_accepted_request, current_period_start, limits_for
 from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql
@@ -24,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 PENDING_RETRY_AFTER_SECONDS = 5
-_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")  # in PostgreSQL text
 
 
 def body_digest(body: bytes) -> str:
@@ -147,13 +146,6 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
         _enqueue_after_commit(request.pk)
 
 
-def _model_column(payload: dict) -> str:
-    """The model the caller named, as the request's column can hold it. The body goes to the
-    upstream unchanged, but JSON may escape a NUL or a lone surrogate into a string and
-    PostgreSQL text holds neither: each becomes U+FFFD in the record."""
-    return _NOT_STORABLE.sub("\ufffd", str(payload.get("model", "")))[:200]
-
-
 def accept_request(
     *,
     api_key: ApiKey,
@@ -190,7 +182,7 @@ def accept_request(
             project=project,
             api_key=api_key,
             endpoint=endpoint,
-            model=_model_column(payload),
+            model=storable(str(payload.get("model", "")))[:200],  # the body goes unchanged
             stream=bool(payload.get("stream")),
             body_sha256=body_sha256,
             request_body=encryption.encrypt(body),

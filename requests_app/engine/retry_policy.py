@@ -7,6 +7,8 @@ from email.utils import parsedate_to_datetime
 
 from django.utils import timezone
 
+from core.text import storable
+
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 429, 500, 502, 503, 504})
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 30.0
@@ -37,7 +39,7 @@ def error_code_of(body: bytes) -> str | None:
         return None
     if isinstance(error, dict):
         code = error.get("code") or error.get("type")
-        return str(code)[:64] if code else None
+        return storable(str(code))[:64] if code else None
     return None
 
 

@@ -23,6 +23,9 @@ The last step of a sequence repeats once it is exhausted. Steps:
     200              success
     NNN              status NNN (200-599) with an OpenAI error envelope
     429q             429 insufficient_quota
+    NNNodd           a broken upstream's strings, each holding a NUL and a lone surrogate:
+                     status NNN whose error code is one; for 200, success whose token
+                     counts are
     NNNra<S>         status NNN with ``Retry-After: S``; NNNram<MS> with ``retry-after-ms: MS``
                      (S and MS may be negative, as a broken upstream might send)
     sleep<MS>        wait MS ms, then succeed
@@ -32,8 +35,6 @@ The last step of a sequence repeats once it is exhausted. Steps:
     stall<N>         stream N SSE events, then hang (non-stream: headers only, then hang)
     slowchunks<MS>   MS ms between SSE events (non-stream: between 16-byte pieces of the JSON)
     garbage          200 with junk bytes instead of SSE (non-stream: instead of JSON)
-    oddusage         success whose token counts are strings holding a NUL and a lone
-                     surrogate (a broken upstream's usage)
 
 In tests: ``with FakeUpstream() as server: OpenAI(base_url=server.base_url, ...)``.
 Standalone: ``python -m tests.fake_upstream --port 9999 [--host 127.0.0.1] [--delay-ms 0]
@@ -61,6 +62,7 @@ from tests.fake_upstream.payloads import (
     JSON_ROUTES,
     JUNK,
     MODELS_PATH,
+    ODD_TEXT,
     STREAM_ROUTES,
     Call,
     error_body,
@@ -71,8 +73,8 @@ __all__ = ["FakeUpstream", "RecordedRequest", "Step", "parse_step"]
 
 MAX_HOLD_SECONDS = 600.0
 _STEP_RE = re.compile(
-    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|ra(?P<ms>m?)(?P<after>-?\d+))?"
-    r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage|oddusage)"
+    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|(?P<odd>odd)|ra(?P<ms>m?)(?P<after>-?\d+))?"
+    r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage)"
 )
 _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")
 
@@ -80,10 +82,11 @@ _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")
 @dataclass(frozen=True)
 class Step:
     text: str
-    action: str = "respond"  # respond|sleep|drop|hang|cut|stall|slowchunks|garbage|oddusage
+    action: str = "respond"  # respond|sleep|drop|hang|cut|stall|slowchunks|garbage
     status: int = 200
     n: int = 0
     quota: bool = False
+    odd: bool = False
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -94,7 +97,8 @@ def parse_step(text: str) -> Step:
     if match["status"]:
         header = "retry-after-ms" if match["ms"] else "retry-after"
         headers = ((header, match["after"]),) if match["after"] else ()
-        return Step(text, status=int(match["status"]), quota=bool(match["quota"]), headers=headers)
+        status, quota, odd = int(match["status"]), bool(match["quota"]), bool(match["odd"])
+        return Step(text, status=status, quota=quota, odd=odd, headers=headers)
     if match["action"]:
         return Step(text, action=match["action"], n=int(match["n"]))
     return Step(text, action=match["bare"])
@@ -109,7 +113,8 @@ def _step_error(step: Step) -> dict:
     if step.quota:
         message = "You exceeded your current quota, please check your plan and billing details."
         return error_body(429, message, kind="insufficient_quota", code="insufficient_quota")
-    return error_body(step.status, f"Scripted fake upstream failure ({step.text}).")
+    code = ODD_TEXT if step.odd else None
+    return error_body(step.status, f"Scripted fake upstream failure ({step.text}).", code=code)
 
 
 @dataclass(frozen=True)
@@ -387,9 +392,7 @@ class FakeUpstream:
             return await self._send_json(
                 writer, rid, step.status, _step_error(step), keep_alive, step.headers
             )
-        call = Call(
-            rid, body, prompt_tokens=max(1, len(request.body) // 4), odd=step.action == "oddusage"
-        )
+        call = Call(rid, body, prompt_tokens=max(1, len(request.body) // 4), odd=step.odd)
         if body.get("stream") is True and request.path in STREAM_ROUTES:
             events = STREAM_ROUTES[request.path](call)
             return await self._send_stream(step, events, rid, keep_alive, reader, writer)

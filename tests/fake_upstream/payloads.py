@@ -24,6 +24,7 @@ MODELS_PATH = re.compile(r"/v1/models(/[^/]+)?")
 TINY_PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
 )
+ODD_TEXT = "odd\x00\ud800"  # JSON escapes both; PostgreSQL text holds neither
 JUNK = b"<html>\x00\xff\xfe not an event stream }{\r\n\x07\x1b[0m</html>\n"
 
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -60,7 +61,7 @@ class Call:
     body: dict[str, Any]
     prompt_tokens: int
     created: int = field(default_factory=lambda: int(time.time()))
-    odd: bool = False  # the `oddusage` step: counts no database column can hold
+    odd: bool = False  # the `200odd` step: counts no database column can hold
 
     @property
     def model(self) -> str:
@@ -68,8 +69,7 @@ class Call:
 
     def usage(self) -> dict[str, int | str]:
         if self.odd:
-            odd = {"prompt_tokens": "1\x00", "completion_tokens": "\ud800"}
-            return {**odd, "total_tokens": "2\x00"}
+            return dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), ODD_TEXT)
         output = len(REPLY_PIECES)
         return {
             "prompt_tokens": self.prompt_tokens,

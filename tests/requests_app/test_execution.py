@@ -13,6 +13,7 @@ import pytest
 from requests_app.engine import upstream
 from requests_app.models import Attempt, Request
 from tests.conftest import wait_until
+from tests.fake_upstream.payloads import ODD_TEXT
 
 CHAT = [{"role": "user", "content": "Say hello"}]
 
@@ -298,7 +299,6 @@ def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, 
         headers=headers,
         json={"model": "script:503ra30,200", "messages": CHAT},
     ).json()["id"]
-    from tests.conftest import wait_until
 
     wait_until(lambda: Request.objects.get(public_id=request_id).status == "retrying")
 
@@ -334,16 +334,29 @@ def test_a_model_name_no_text_column_can_hold_is_recorded_readably_and_sent_unch
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_token_counts_that_are_not_numbers_leave_the_usage_unknown(sdk, fake_upstream, stream):
-    fake_upstream.script("odd-usage", "oddusage")
+    fake_upstream.script("odd-usage", "200odd")
     options = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
 
     answer = sdk.chat.completions.create(model="odd-usage", messages=CHAT, **options)
 
     if stream:
-        assert [chunk for chunk in answer][-1].usage.prompt_tokens == "1\x00"
+        assert [chunk for chunk in answer][-1].usage.prompt_tokens == ODD_TEXT
     else:
-        assert answer.usage.completion_tokens == "\ud800"  # relayed as the upstream sent it
+        assert answer.usage.completion_tokens == ODD_TEXT  # relayed as the upstream sent it
     request = only_request()
     assert request.status == "succeeded"
     assert [a.outcome for a in request.attempts.all()] == ["success"]
     assert request.usage is None
+
+
+def test_an_error_code_no_text_column_can_hold_is_recorded_readably(sdk, fake_upstream):
+    fake_upstream.script("odd-code", ["503odd", "400odd"])
+
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.chat.completions.create(model="odd-code", messages=CHAT)
+
+    assert raised.value.code == ODD_TEXT  # the upstream's answer, relayed unchanged
+    request = only_request()
+    assert outcomes(request) == [("retryable_error", 503), ("fatal_error", 400)]
+    assert [a.error_code for a in request.attempts.all()] == ["odd\ufffd\ufffd"] * 2
+    assert request.status == "failed"
