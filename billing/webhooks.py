@@ -5,7 +5,6 @@ events older than the last one applied to the same subscription. A new subscript
 to an account only through a checkout transaction ReqRun created for that account, and only
 when its customer is the account's own; `custom_data` is never trusted for that."""
 
-import json
 import logging
 import time
 import traceback
@@ -24,6 +23,7 @@ from accounts.models import Account
 from billing import paddle, services
 from billing.event_retention import accounting_record
 from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription, WebhookEvent
+from core.untrusted import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def verify_signature(request: HttpRequest) -> None:
 
 def parse_envelope(body: bytes) -> dict[str, Any]:
     try:
-        payload = json.loads(body)
+        payload = parse_json(body)
     except ValueError:
         raise _rejected(400, "body is not JSON") from None
     if not isinstance(payload, dict):

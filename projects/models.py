@@ -12,6 +12,7 @@ from django.db.models import Q
 
 from accounts.models import Account, Membership
 from core.ids import new_public_id
+from core.untrusted import parse_json
 
 LIMIT_FIELDS = (
     "projects",
@@ -244,7 +245,7 @@ class Upstream(models.Model):
         if not self.model_map:
             return body
         try:
-            payload = json.loads(body)
+            payload = parse_json(body)
         except ValueError:
             return body
         if not isinstance(payload, dict) or not isinstance(payload.get("model"), str):

@@ -4,12 +4,11 @@ The views render it and the OpenAPI schema documents it from the same fields, so
 cannot drift apart.
 """
 
-import json
-
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core import encryption
+from core.untrusted import parse_json
 from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.models import Attempt, Request, Status
 
@@ -151,7 +150,7 @@ class RequestObjectSerializer(serializers.Serializer):
             return None
         raw = encryption.decrypt(request.response_body)
         try:
-            body = json.loads(raw)
+            body = parse_json(raw)
         except ValueError:
             body = raw.decode(errors="replace")
         return {"status_code": request.response_status_code, "body": body}

@@ -5,7 +5,6 @@ thread. Each view does its database work in one hop to a thread pool (`in_thread
 authentication included — rather than through DRF's per-step hops.
 """
 
-import json
 from inspect import iscoroutinefunction
 from urllib.parse import quote
 
@@ -18,6 +17,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from core.ids import new_public_id
+from core.untrusted import parse_json
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.selectors import primary_upstream
@@ -144,11 +144,11 @@ def ensure_body_size(length: int) -> None:
 
 def parse_body(raw: bytes) -> dict:
     try:
-        payload = json.loads(raw)
+        payload = parse_json(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(
-            "The request body is not valid JSON. Send a JSON object with "
-            "'Content-Type: application/json'.",
+            "The request body is not valid JSON (or is nested too deeply to parse). Send a "
+            "JSON object with 'Content-Type: application/json'.",
             code="invalid_json",
         ) from None
     if not isinstance(payload, dict):

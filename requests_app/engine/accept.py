@@ -13,7 +13,7 @@ from psycopg import errors as pg_errors
 
 from core import encryption
 from core.prepared import insert
-from core.text import storable
+from core.untrusted import storable
 from projects.limits import Limits, count_accepted_request, current_period_start, limits_for
 from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql

@@ -1,13 +1,12 @@
 """Which upstream answers are worth retrying, and how long to wait before the next try."""
 
-import json
 import math
 import random
 from email.utils import parsedate_to_datetime
 
 from django.utils import timezone
 
-from core.text import storable
+from core.untrusted import parse_json, storable
 
 RETRYABLE_STATUS_CODES = frozenset({408, 409, 429, 500, 502, 503, 504})
 BACKOFF_BASE_SECONDS = 0.5
@@ -18,7 +17,7 @@ RETRY_AFTER_CAP_SECONDS = 120.0
 def is_insufficient_quota(body: bytes) -> bool:
     """OpenAI's 429 for an exhausted balance: retrying cannot help."""
     try:
-        error = json.loads(body).get("error") or {}
+        error = parse_json(body).get("error") or {}
     except (ValueError, AttributeError):
         return False
     if not isinstance(error, dict):
@@ -34,7 +33,7 @@ def is_retryable_status(status_code: int, body: bytes) -> bool:
 
 def error_code_of(body: bytes) -> str | None:
     try:
-        error = json.loads(body).get("error")
+        error = parse_json(body).get("error")
     except (ValueError, AttributeError):
         return None
     if isinstance(error, dict):

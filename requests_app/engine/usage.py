@@ -1,12 +1,11 @@
 """Token usage as reported by the upstream, in one shape whatever the endpoint, and the
 totals the usage page and the retention rollup count over request rows."""
 
-import json
-
 from django.db.models import BigIntegerField, Count, Q, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 
+from core.untrusted import parse_json
 from requests_app.models import Status
 
 # Token counts come from the upstream's answer: sum only the ones that are whole numbers.
@@ -28,7 +27,7 @@ REQUEST_TOTALS = {
 
 def usage_from_body(body: bytes) -> dict | None:
     try:
-        usage = json.loads(body).get("usage")
+        usage = parse_json(body).get("usage")
     except (ValueError, AttributeError):
         return None
     return normalise_usage(usage)
@@ -63,7 +62,7 @@ def usage_from_event_stream(body: bytes) -> dict | None:
         if not line.startswith(b"data:"):
             continue
         try:
-            event = json.loads(line[5:])
+            event = parse_json(line[5:])
         except ValueError:
             continue
         if not isinstance(event, dict):

@@ -26,6 +26,8 @@ The last step of a sequence repeats once it is exhausted. Steps:
     NNNodd           a broken upstream's strings, each holding a NUL and a lone surrogate:
                      status NNN whose error code is one; for 200, success whose token
                      counts are
+    NNNdeep          status NNN whose error (for 200: usage) nests 5,000 arrays deep,
+                     deeper than Python's JSON parser goes
     NNNra<S>         status NNN with ``Retry-After: S``; NNNram<MS> with ``retry-after-ms: MS``
                      (S and MS may be negative, as a broken upstream might send)
     sleep<MS>        wait MS ms, then succeed
@@ -59,12 +61,14 @@ from http import HTTPStatus
 from typing import Any
 
 from tests.fake_upstream.payloads import (
+    DEEP,
     JSON_ROUTES,
     JUNK,
     MODELS_PATH,
     ODD_TEXT,
     STREAM_ROUTES,
     Call,
+    encoded,
     error_body,
     models_response,
 )
@@ -73,7 +77,7 @@ __all__ = ["FakeUpstream", "RecordedRequest", "Step", "parse_step"]
 
 MAX_HOLD_SECONDS = 600.0
 _STEP_RE = re.compile(
-    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|(?P<odd>odd)|ra(?P<ms>m?)(?P<after>-?\d+))?"
+    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|(?P<oddity>odd|deep)|ra(?P<ms>m?)(?P<after>-?\d+))?"
     r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage)"
 )
 _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")
@@ -86,7 +90,7 @@ class Step:
     status: int = 200
     n: int = 0
     quota: bool = False
-    odd: bool = False
+    oddity: str = ""  # "odd" | "deep"
     headers: tuple[tuple[str, str], ...] = ()
 
 
@@ -97,8 +101,8 @@ def parse_step(text: str) -> Step:
     if match["status"]:
         header = "retry-after-ms" if match["ms"] else "retry-after"
         headers = ((header, match["after"]),) if match["after"] else ()
-        status, quota, odd = int(match["status"]), bool(match["quota"]), bool(match["odd"])
-        return Step(text, status=status, quota=quota, odd=odd, headers=headers)
+        status, quota, oddity = int(match["status"]), bool(match["quota"]), match["oddity"] or ""
+        return Step(text, status=status, quota=quota, oddity=oddity, headers=headers)
     if match["action"]:
         return Step(text, action=match["action"], n=int(match["n"]))
     return Step(text, action=match["bare"])
@@ -113,8 +117,11 @@ def _step_error(step: Step) -> dict:
     if step.quota:
         message = "You exceeded your current quota, please check your plan and billing details."
         return error_body(429, message, kind="insufficient_quota", code="insufficient_quota")
-    code = ODD_TEXT if step.odd else None
-    return error_body(step.status, f"Scripted fake upstream failure ({step.text}).", code=code)
+    code = ODD_TEXT if step.oddity == "odd" else None
+    error = error_body(step.status, f"Scripted fake upstream failure ({step.text}).", code=code)
+    if step.oddity == "deep":
+        error["error"]["param"] = DEEP
+    return error
 
 
 @dataclass(frozen=True)
@@ -392,14 +399,14 @@ class FakeUpstream:
             return await self._send_json(
                 writer, rid, step.status, _step_error(step), keep_alive, step.headers
             )
-        call = Call(rid, body, prompt_tokens=max(1, len(request.body) // 4), odd=step.odd)
+        call = Call(rid, body, prompt_tokens=max(1, len(request.body) // 4), oddity=step.oddity)
         if body.get("stream") is True and request.path in STREAM_ROUTES:
             events = STREAM_ROUTES[request.path](call)
             return await self._send_stream(step, events, rid, keep_alive, reader, writer)
         if step.action == "garbage":
             data = JUNK
         else:
-            data = json.dumps(JSON_ROUTES[request.path](call)).encode()
+            data = encoded(JSON_ROUTES[request.path](call))
         head = _head(200, rid, "application/json", len(data), keep_alive, step.headers)
         if step.action == "cut":
             writer.write(head + data[: len(data) // 2])
@@ -483,7 +490,7 @@ class FakeUpstream:
         keep_alive: bool,
         extra: Iterable[tuple[str, str]] = (),
     ) -> bool:
-        data = json.dumps(payload).encode()
+        data = encoded(payload)
         writer.write(_head(status, rid, "application/json", len(data), keep_alive, extra) + data)
         await writer.drain()
         return keep_alive

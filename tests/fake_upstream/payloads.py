@@ -25,6 +25,8 @@ TINY_PNG_B64 = (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
 )
 ODD_TEXT = "odd\x00\ud800"  # JSON escapes both; PostgreSQL text holds neither
+DEEP = "<5,000 nested arrays>"  # stands for them in a payload until it is encoded
+_DEEP_JSON = b"[" * 5000 + b"]" * 5000
 JUNK = b"<html>\x00\xff\xfe not an event stream }{\r\n\x07\x1b[0m</html>\n"
 
 _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
@@ -61,15 +63,17 @@ class Call:
     body: dict[str, Any]
     prompt_tokens: int
     created: int = field(default_factory=lambda: int(time.time()))
-    odd: bool = False  # the `200odd` step: counts no database column can hold
+    oddity: str = ""  # the `200odd` / `200deep` steps: token counts a broken upstream sends
 
     @property
     def model(self) -> str:
         return str(self.body.get("model", "gpt-4o-mini"))
 
-    def usage(self) -> dict[str, int | str]:
-        if self.odd:
+    def usage(self) -> dict[str, int | str] | str:
+        if self.oddity == "odd":
             return dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), ODD_TEXT)
+        if self.oddity == "deep":
+            return DEEP
         output = len(REPLY_PIECES)
         return {
             "prompt_tokens": self.prompt_tokens,
@@ -87,9 +91,15 @@ class Call:
         return isinstance(options, dict) and options.get("include_usage") is True
 
 
+def encoded(data: Any, separators: tuple[str, str] | None = None) -> bytes:
+    """JSON, with `DEEP` written out as the nesting it stands for."""
+    text = json.dumps(data, separators=separators).encode()
+    return text.replace(b'"%s"' % DEEP.encode(), _DEEP_JSON)
+
+
 def _sse(data: Any, event: str | None = None) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    return (f"event: {event}\n" if event else "").encode() + f"data: {payload}\n\n".encode()
+    payload = data.encode() if isinstance(data, str) else encoded(data, separators=(",", ":"))
+    return (f"event: {event}\n" if event else "").encode() + b"data: " + payload + b"\n\n"
 
 
 def _chat(call: Call) -> dict:

@@ -311,6 +311,24 @@ def test_detail_shows_the_request_body_while_it_is_kept(client, alice, project):
     assert "Cancel request" in page
 
 
+def test_a_body_nested_deeper_than_the_parser_goes_is_shown_as_text(client, alice, project):
+    deep = b'{"usage": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    record = RequestFactory(
+        project=project,
+        status="succeeded",
+        request_body=encryption.encrypt(deep),
+        response_status_code=200,
+        response_body=encryption.encrypt(deep),
+        response_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    client.force_login(alice)
+
+    response = client.get(reverse("request-detail", args=[record.public_id]))
+
+    assert response.status_code == 200
+    assert response.content.decode().count("[[[[[[[[[[") >= 2  # both bodies, as text
+
+
 def test_an_expired_response_body_is_not_shown(client, alice, project):
     record = RequestFactory(
         project=project,

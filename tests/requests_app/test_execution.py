@@ -360,3 +360,43 @@ def test_an_error_code_no_text_column_can_hold_is_recorded_readably(sdk, fake_up
     assert outcomes(request) == [("retryable_error", 503), ("fatal_error", 400)]
     assert [a.error_code for a in request.attempts.all()] == ["odd\ufffd\ufffd"] * 2
     assert request.status == "failed"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_answer_nested_deeper_than_the_parser_goes_is_relayed_and_recorded(
+    tenant, live_api, fake_upstream, stream
+):
+    fake_upstream.script("deep", "200deep")
+    options = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+
+    answer = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "deep", "messages": CHAT, **options},
+        headers=headers,
+        timeout=30,
+    )
+
+    assert answer.status_code == 200
+    assert b"[" * 5000 in answer.content  # relayed as the upstream sent it
+    request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
+    assert request.status == "succeeded"
+    assert request.usage is None
+    shown = httpx.get(f"{live_api.url}/v1/requests/{request.public_id}", headers=headers)
+    assert shown.status_code == 200
+    if not stream:  # a stored stream is shown as its text anyway
+        assert shown.json()["response"]["body"].startswith('{"id"')  # as text: too deep
+
+
+def test_an_error_nested_deeper_than_the_parser_goes_is_classified_by_its_status(
+    sdk, fake_upstream
+):
+    fake_upstream.script("deep-error", ["503deep", "400deep"])
+
+    with pytest.raises(openai.BadRequestError):
+        sdk.chat.completions.create(model="deep-error", messages=CHAT)
+
+    request = only_request()
+    assert outcomes(request) == [("retryable_error", 503), ("fatal_error", 400)]
+    assert [a.error_code for a in request.attempts.all()] == [None, None]
+    assert request.status == "failed"

@@ -158,6 +158,7 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
     [
         ({"content": b"{not json"}, 400, "invalid_json"),
         ({"content": b"[1, 2]"}, 400, "invalid_body"),
+        ({"content": b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"}, 400, "invalid_json"),
         (
             {"json": {"model": "e", "input": "x", "stream": True}, "path": "/v1/embeddings"},
             400,

@@ -1,0 +1,22 @@
+"""Text and JSON from outside (a caller's body, an upstream's answer, a stored copy of
+either), made safe to parse and to store."""
+
+import json
+import re
+
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """`text` with each character PostgreSQL cannot store replaced by U+FFFD: JSON can
+    escape a NUL or a lone surrogate into a string, and text and jsonb hold neither."""
+    return _NOT_STORABLE.sub("\ufffd", text)
+
+
+def parse_json(raw: bytes | str):
+    """`json.loads`, except that JSON nested deeper than the parser goes raises ValueError
+    like any other invalid JSON, not RecursionError."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
