@@ -20,3 +20,15 @@ def parse_json(raw: bytes | str):
         return json.loads(raw)
     except RecursionError:
         raise ValueError("JSON nested too deeply to parse") from None
+
+
+def parse_json_to_show(raw: bytes | str):
+    """`parse_json` for a stored body shown again: what parses but cannot be written out
+    as UTF-8 JSON (NaN, Infinity, a lone surrogate: Python's parser takes all three) raises
+    ValueError, so it is shown as its text instead."""
+    value = parse_json(raw)
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to write out") from None
+    return value  # (a UnicodeEncodeError is a ValueError too)

@@ -23,9 +23,9 @@ The last step of a sequence repeats once it is exhausted. Steps:
     200              success
     NNN              status NNN (200-599) with an OpenAI error envelope
     429q             429 insufficient_quota
-    NNNodd           a broken upstream's strings, each holding a NUL and a lone surrogate:
-                     status NNN whose error code is one; for 200, success whose token
-                     counts are
+    NNNodd           a broken upstream's values: status NNN whose error code holds a NUL
+                     and a lone surrogate; for 200, success whose token counts are such
+                     strings and NaN
     NNNdeep          status NNN whose error (for 200: usage) nests 5,000 arrays deep,
                      deeper than Python's JSON parser goes
     NNNra<S>         status NNN with ``Retry-After: S``; NNNram<MS> with ``retry-after-ms: MS``

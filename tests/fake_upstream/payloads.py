@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import time
@@ -71,7 +72,7 @@ class Call:
 
     def usage(self) -> dict[str, int | str] | str:
         if self.oddity == "odd":
-            return dict.fromkeys(("prompt_tokens", "completion_tokens", "total_tokens"), ODD_TEXT)
+            return {"prompt_tokens": ODD_TEXT, "completion_tokens": math.nan, "total_tokens": -1.5}
         if self.oddity == "deep":
             return DEEP
         output = len(REPLY_PIECES)

@@ -329,6 +329,24 @@ def test_a_body_nested_deeper_than_the_parser_goes_is_shown_as_text(client, alic
     assert response.content.decode().count("[[[[[[[[[[") >= 2  # both bodies, as text
 
 
+def test_an_answer_that_cannot_be_written_out_as_json_again_is_shown_as_text(
+    client, alice, project
+):
+    record = RequestFactory(
+        project=project,
+        status="succeeded",
+        response_status_code=200,
+        response_body=encryption.encrypt(b'{"logprob": NaN, "content": "half \\ud83d"}'),
+        response_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    client.force_login(alice)
+
+    response = client.get(reverse("request-detail", args=[record.public_id]))
+
+    assert response.status_code == 200
+    assert "half \\ud83d" in response.content.decode()  # the stored text, as it came
+
+
 def test_an_expired_response_body_is_not_shown(client, alice, project):
     record = RequestFactory(
         project=project,

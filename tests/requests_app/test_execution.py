@@ -22,6 +22,10 @@ def only_request() -> Request:
     return Request.objects.prefetch_related("attempts").get()
 
 
+def finished_request() -> Request:
+    return wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
+
+
 def outcomes(request: Request) -> list[tuple[str, int | None]]:
     return [(a.outcome, a.status_code) for a in request.attempts.all()]
 
@@ -333,7 +337,9 @@ def test_a_model_name_no_text_column_can_hold_is_recorded_readably_and_sent_unch
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_token_counts_that_are_not_numbers_leave_the_usage_unknown(sdk, fake_upstream, stream):
+def test_token_counts_that_are_not_numbers_leave_the_usage_unknown(
+    tenant, live_api, sdk, fake_upstream, stream
+):
     fake_upstream.script("odd-usage", "200odd")
     options = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
 
@@ -342,11 +348,20 @@ def test_token_counts_that_are_not_numbers_leave_the_usage_unknown(sdk, fake_ups
     if stream:
         assert [chunk for chunk in answer][-1].usage.prompt_tokens == ODD_TEXT
     else:
-        assert answer.usage.completion_tokens == ODD_TEXT  # relayed as the upstream sent it
-    request = only_request()
+        assert answer.usage.prompt_tokens == ODD_TEXT  # relayed as the upstream sent it
+    request = finished_request()
     assert request.status == "succeeded"
     assert [a.outcome for a in request.attempts.all()] == ["success"]
     assert request.usage is None
+    # The stored answer (NaN, a lone surrogate) cannot be written out as JSON again: the
+    # request object shows it as text.
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    shown = httpx.get(f"{live_api.url}/v1/requests/{request.public_id}", headers=headers)
+    listed = httpx.get(f"{live_api.url}/v1/requests", headers=headers)
+    assert shown.status_code == 200, shown.text
+    assert "NaN" in shown.json()["response"]["body"]
+    assert listed.status_code == 200
+    assert [item["id"] for item in listed.json()["data"]] == [request.public_id]
 
 
 def test_an_error_code_no_text_column_can_hold_is_recorded_readably(sdk, fake_upstream):
@@ -379,7 +394,7 @@ def test_an_answer_nested_deeper_than_the_parser_goes_is_relayed_and_recorded(
 
     assert answer.status_code == 200
     assert b"[" * 5000 in answer.content  # relayed as the upstream sent it
-    request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
+    request = finished_request()
     assert request.status == "succeeded"
     assert request.usage is None
     shown = httpx.get(f"{live_api.url}/v1/requests/{request.public_id}", headers=headers)
