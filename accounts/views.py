@@ -16,6 +16,7 @@ from accounts.selectors import (
     memberships_of,
 )
 from accounts.services import create_account
+from core.ids import is_public_id
 
 SECURITY_LOG_PAGE_SIZE = 50
 
@@ -65,7 +66,8 @@ ACTION_LABELS = {
 @require_POST
 def switch_account(request):
     account_id = request.POST.get("account", "")
-    if not memberships_of(request.user).filter(account__public_id=account_id).exists():
+    mine = memberships_of(request.user).filter(account__public_id=account_id)
+    if not is_public_id(account_id) or not mine.exists():
         raise Http404("No such account.")
     request.session[SESSION_ACCOUNT_KEY] = account_id
     return redirect("dashboard")

@@ -9,10 +9,9 @@ from accounts.models import Account, User
 from billing import paddle
 from billing.models import BillingCustomer, CheckoutTransaction
 from billing.paddle import PaddleError
-from billing.selectors import current_subscription, price_id_for
+from billing.selectors import current_subscription, purchasable_plan
 from billing.services import BillingError
 from projects.limits import plan_state_of
-from projects.models import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +70,10 @@ def _new_customer_id(*, account: Account, email: str) -> str:
 
 def start_checkout(*, account: Account, plan_code: str, actor: User) -> CheckoutTransaction:
     """Create (and record) the Paddle transaction an owner pays in Paddle.js for one plan."""
-    plan = Plan.objects.filter(code=plan_code, self_serve=True).first()
-    price_id = price_id_for(plan) if plan else ""
-    if plan is None or not price_id:
+    offer = purchasable_plan(plan_code)
+    if offer is None:
         raise BillingError("That plan cannot be bought here.")
+    plan, price_id = offer
     if not plan_state_of(account).plan.self_serve:
         raise BillingError("Your plan is arranged with ReqRun; write to support@reqrun.com.")
     subscription = current_subscription(account)

@@ -54,6 +54,15 @@ class Usage:
         return min(100, self.used * 100 // self.quota) if self.quota else 100
 
 
+def purchasable_plan(code: str) -> tuple[Plan, str] | None:
+    """The self-serve plan `code` names and its Paddle price, or None when it cannot be
+    bought here: unknown (a NUL included, which PostgreSQL could not compare), arranged by
+    an operator, or without a price."""
+    plan = None if "\x00" in code else Plan.objects.filter(code=code, self_serve=True).first()
+    price_id = price_id_for(plan) if plan else ""
+    return (plan, price_id) if price_id else None
+
+
 def price_id_for(plan: Plan) -> str:
     """PADDLE_PRICES (per environment) wins over the id stored on the plan in admin."""
     return settings.PADDLE_PRICES.get(plan.code) or plan.paddle_price_id

@@ -17,7 +17,7 @@ from accounts.services import record_audit_event
 from billing import paddle
 from billing.models import PAST_DUE_GRACE, BillingCustomer, Invoice, Subscription
 from billing.paddle import SubscriptionState
-from billing.selectors import plan_for_price, price_id_for
+from billing.selectors import plan_for_price, purchasable_plan
 from projects.limits import (
     DEFAULT_PLAN_CODE,
     current_period_start,
@@ -196,10 +196,10 @@ def change_plan(
     ip_address: str | None = None,
 ) -> Subscription:
     """Move a live subscription to another self-serve plan's price."""
-    plan = Plan.objects.filter(code=plan_code, self_serve=True).first()
-    price_id = price_id_for(plan) if plan else ""
-    if plan is None or not price_id:
+    offer = purchasable_plan(plan_code)
+    if offer is None:
         raise BillingError("That plan cannot be bought here.")
+    plan, price_id = offer
     if subscription is None or not subscription.is_live:
         raise BillingError("Subscribe from the pricing page first.")
     if subscription.cancel_scheduled:

@@ -12,6 +12,6 @@ urlpatterns = [
     path("app/billing/checkout", views.start_checkout, name="billing-checkout"),
     path("app/billing/portal", views.portal, name="billing-portal"),
     path(
-        "app/billing/invoices/<str:transaction_id>/pdf", views.invoice_pdf, name="billing-invoice"
+        "app/billing/invoices/<pid:transaction_id>/pdf", views.invoice_pdf, name="billing-invoice"
     ),
 ]

@@ -6,4 +6,9 @@ class CoreConfig(AppConfig):
     verbose_name = "ReqRun infrastructure"
 
     def ready(self) -> None:
+        from django.urls import register_converter
+
         from core import shutdown  # noqa: F401 - connects the worker's SIGTERM handling
+        from core.ids import PublicIdConverter
+
+        register_converter(PublicIdConverter, "pid")

@@ -7,7 +7,7 @@ from privacy import views
 urlpatterns = [
     path("account/export/", views.export_page, name="privacy-export"),
     path(
-        "account/export/<str:export_id>/download",
+        "account/export/<pid:export_id>/download",
         views.export_download,
         name="privacy-export-download",
     ),

@@ -18,8 +18,8 @@ def view_for(endpoint_path: str):
 urlpatterns = [
     *(path(route(entry.path), view_for(entry.path)) for entry in ENDPOINTS),
     path("v1/requests", api.RequestListView.as_view()),
-    path("v1/requests/<str:request_id>", api.RequestDetailView.as_view()),
-    path("v1/requests/<str:request_id>/cancel", api.RequestCancelView.as_view()),
+    path("v1/requests/<pid:request_id>", api.RequestDetailView.as_view()),
+    path("v1/requests/<pid:request_id>/cancel", api.RequestCancelView.as_view()),
     path("v1/usage", api.UsageView.as_view()),
 ]
 

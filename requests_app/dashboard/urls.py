@@ -8,9 +8,9 @@ from requests_app.dashboard import views
 
 urlpatterns = [
     path("app/requests/", views.requests_home, name="requests-home"),
-    path("app/projects/<str:project_id>/requests/", views.request_list, name="request-list"),
-    path("app/requests/<str:request_id>/", views.request_detail, name="request-detail"),
-    path("app/requests/<str:request_id>/cancel", views.request_cancel, name="request-cancel"),
+    path("app/projects/<pid:project_id>/requests/", views.request_list, name="request-list"),
+    path("app/requests/<pid:request_id>/", views.request_detail, name="request-detail"),
+    path("app/requests/<pid:request_id>/cancel", views.request_cancel, name="request-cancel"),
     path("app/usage/", views.usage, name="usage"),
     path("docs", views.docs_quickstart, name="docs"),
     path("docs/api", views.docs_api, name="docs-api"),

@@ -104,3 +104,15 @@ def test_a_stream_flag_that_is_not_a_boolean_is_a_400(live_api, tenant):
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "stream"
+
+
+def test_a_nul_in_a_request_id_is_a_404_in_the_envelope(live_api, tenant):
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    for method, path in (
+        ("GET", "/v1/requests/req_%00a"),
+        ("POST", "/v1/requests/req_%00a/cancel"),
+    ):
+        response = httpx.request(method, f"{live_api.url}{path}", headers=headers)
+
+        assert response.status_code == 404, response.text
+        assert response.json()["error"]["code"] == "not_found"
