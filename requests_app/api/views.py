@@ -103,17 +103,23 @@ class V1View(APIView):
         return response
 
 
+def whole_seconds(raw: str, *, maximum: int) -> int | None:
+    """`raw` as whole seconds from 0 to `maximum`, or None. ASCII digits only: `isdigit()`
+    also takes "²", which `int()` refuses, and a 5,000-digit value is past `int()`'s limit."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)):
+        return None
+    seconds = int(raw)
+    return seconds if seconds <= maximum else None
+
+
 def parse_wait_budget(request) -> int:
     if "respond-async" in request.META.get("HTTP_PREFER", ""):
         return 0
     raw = request.META.get("HTTP_REQRUN_WAIT")
     if raw is None:
         return DEFAULT_WAIT_SECONDS
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = -1
-    if not 0 <= seconds <= MAX_WAIT_SECONDS:
+    seconds = whole_seconds(raw, maximum=MAX_WAIT_SECONDS)
+    if seconds is None:
         raise InvalidRequest(
             f"ReqRun-Wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}.",
             param="ReqRun-Wait",
@@ -332,14 +338,14 @@ class RequestDetailView(V1View):
 
     async def get(self, request, request_id: str):
         record = await in_thread(self.find)(request, request_id)
-        raw_wait = request.query_params.get("wait", "0")
-        if not raw_wait.isdigit() or int(raw_wait) > MAX_POLL_WAIT_SECONDS:
+        wait = whole_seconds(request.query_params.get("wait", "0"), maximum=MAX_POLL_WAIT_SECONDS)
+        if wait is None:
             raise InvalidRequest(
                 f"'wait' must be a whole number of seconds from 0 to {MAX_POLL_WAIT_SECONDS}.",
                 param="wait",
             )
-        if int(raw_wait) and not record.is_terminal:
-            record = await wait_until_finished(record.pk, record.public_id, int(raw_wait))
+        if wait and not record.is_terminal:
+            record = await wait_until_finished(record.pk, record.public_id, wait)
         return Response(await in_thread(self.serialise_once)(record))
 
     @staticmethod

@@ -116,3 +116,25 @@ def test_a_nul_in_a_request_id_is_a_404_in_the_envelope(live_api, tenant):
 
         assert response.status_code == 404, response.text
         assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "wait",
+    ["\u00b2", "9" * 5000, "-1", "61", "1.5", ""],
+    ids=["superscript-two", "5000-digits", "negative", "over-60", "fraction", "empty"],
+)
+def test_a_wait_that_is_not_whole_seconds_in_range_is_a_400(live_api, tenant, wait):
+    created = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+    )
+
+    response = httpx.get(
+        f"{live_api.url}/v1/requests/{created.json()['id']}",
+        params={"wait": wait},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "wait"
