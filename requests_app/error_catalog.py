@@ -220,6 +220,14 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Ask for a smaller answer (fewer choices, a lower `max_tokens`, fewer images).",
     ),
     ErrorCode(
+        "invalid_status",
+        502,
+        "upstream_error",
+        "The upstream answered with an HTTP status outside 100–599. No HTTP client accepts "
+        "one, so the answer is neither stored nor relayed, and the call is not retried.",
+        "Check that the project's upstream URL points at an OpenAI-compatible API.",
+    ),
+    ErrorCode(
         "upstream_unreachable",
         502,
         "upstream_error",

@@ -300,6 +300,12 @@ class ModelsView(V1View):
             raise UpstreamError(
                 "Could not reach the upstream to list models.", code="upstream_unreachable"
             ) from error
+        if not upstream.is_http_status(answer.status_code):
+            raise UpstreamError(
+                f"The upstream answered with HTTP status {answer.status_code}, which is not a "
+                "valid status.",
+                code="invalid_status",
+            )
         response = HttpResponse(
             answer.body, status=answer.status_code, content_type="application/json"
         )

@@ -188,6 +188,11 @@ def open_stream(*, url: str, provider_key: str, body: bytes, timeout: float):
         yield response
 
 
+def is_http_status(status_code: int) -> bool:
+    """httpx takes any three digits from an upstream; HTTP (and Django) only 100–599."""
+    return 100 <= status_code <= 599
+
+
 def classify(
     *, answer: UpstreamResponse | None = None, error: BaseException | None = None
 ) -> AttemptResult:
@@ -218,6 +223,10 @@ def classify(
         logger.error("attempt raised", extra={"exception": type(error).__name__})
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="internal_error")
     assert answer is not None
+    if not is_http_status(answer.status_code):  # neither stored nor relayed: no client takes it
+        return AttemptResult(
+            Attempt.Outcome.FATAL_ERROR, status_code=answer.status_code, error_code="invalid_status"
+        )
     retry_after = retry_policy.retry_after_ms(answer.retry_after_header)
     if 200 <= answer.status_code < 300:
         return AttemptResult(

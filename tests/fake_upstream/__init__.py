@@ -21,7 +21,8 @@ Each POST follows one *step*, chosen by the first rule that applies:
 The last step of a sequence repeats once it is exhausted. Steps:
 
     200              success
-    NNN              status NNN (200-599) with an OpenAI error envelope
+    NNN              status NNN (200-999: past 599, as a broken upstream might send) with an
+                     OpenAI error envelope
     429q             429 insufficient_quota
     NNNodd           a broken upstream's values: status NNN whose error code holds a NUL
                      and a lone surrogate; for 200, success whose token counts are such
@@ -77,7 +78,7 @@ __all__ = ["FakeUpstream", "RecordedRequest", "Step", "parse_step"]
 
 MAX_HOLD_SECONDS = 600.0
 _STEP_RE = re.compile(
-    r"(?P<status>[2-5]\d\d)(?:(?P<quota>q)|(?P<oddity>odd|deep)|ra(?P<ms>m?)(?P<after>-?\d+))?"
+    r"(?P<status>[2-9]\d\d)(?:(?P<quota>q)|(?P<oddity>odd|deep)|ra(?P<ms>m?)(?P<after>-?\d+))?"
     r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage)"
 )
 _SLEEP_MODEL_RE = re.compile(r"sleep-(\d+)")

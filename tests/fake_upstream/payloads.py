@@ -274,6 +274,8 @@ def models_response(path: str) -> tuple[int, dict]:
     if path == "/v1/models":
         return 200, {"object": "list", "data": [_model(model_id) for model_id in MODEL_IDS]}
     model_id = path.removeprefix("/v1/models/")
+    if model_id == "invalid-status":
+        return 600, error_body(600, "A status no HTTP client should accept.")
     if model_id == "missing-model":
         message = f"The model '{model_id}' does not exist"
         return 404, error_body(404, message, code="model_not_found")

@@ -415,3 +415,29 @@ def test_an_error_nested_deeper_than_the_parser_goes_is_classified_by_its_status
     assert outcomes(request) == [("retryable_error", 503), ("fatal_error", 400)]
     assert [a.error_code for a in request.attempts.all()] == [None, None]
     assert request.status == "failed"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_an_answer_with_a_status_outside_http_is_a_502_and_not_relayed(tenant, live_api, stream):
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "script:600", "messages": CHAT, "stream": stream},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "invalid_status"
+    request = finished_request()
+    assert outcomes(request) == [("fatal_error", 600)]
+    assert (request.status, request.response_body) == ("failed", None)
+
+
+def test_a_model_listing_with_a_status_outside_http_is_a_502(tenant, live_api):
+    response = httpx.get(
+        f"{live_api.url}/v1/models/invalid-status",
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "invalid_status"
