@@ -23,7 +23,7 @@ from accounts.models import Account
 from billing import paddle, services
 from billing.event_retention import accounting_record
 from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription, WebhookEvent
-from core.untrusted import parse_json
+from core.untrusted import parse_json_to_keep
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,9 @@ def verify_signature(request: HttpRequest) -> None:
 
 def parse_envelope(body: bytes) -> dict[str, Any]:
     try:
-        payload = parse_json(body)
+        payload = parse_json_to_keep(body)
     except ValueError:
-        raise _rejected(400, "body is not JSON") from None
+        raise _rejected(400, "body is not JSON PostgreSQL can keep") from None
     if not isinstance(payload, dict):
         raise _rejected(400, "body is not a JSON object")
     event_id, event_type = payload.get("event_id"), payload.get("event_type")

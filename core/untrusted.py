@@ -5,6 +5,7 @@ import json
 import re
 
 _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 whose backslash is not escaped
 
 
 def storable(text: str) -> str:
@@ -22,13 +23,16 @@ def parse_json(raw: bytes | str):
         raise ValueError("JSON nested too deeply to parse") from None
 
 
-def parse_json_to_show(raw: bytes | str):
-    """`parse_json` for a stored body shown again: what parses but cannot be written out
-    as UTF-8 JSON (NaN, Infinity, a lone surrogate: Python's parser takes all three) raises
-    ValueError, so it is shown as its text instead."""
+def parse_json_to_keep(raw: bytes | str):
+    """`parse_json`, refusing what parses but cannot be written out again as UTF-8 JSON
+    or kept in jsonb: NaN or Infinity, a lone surrogate (Python's parser takes all three),
+    a NUL. A stored body is then shown as its text; an event is refused."""
     value = parse_json(raw)
     try:
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        text.encode()  # a UnicodeEncodeError is a ValueError too
     except RecursionError:
         raise ValueError("JSON nested too deeply to write out") from None
-    return value  # (a UnicodeEncodeError is a ValueError too)
+    if _ESCAPED_NUL.search(text):
+        raise ValueError("JSON holds a NUL")
+    return value

@@ -8,7 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core import encryption
-from core.untrusted import parse_json_to_show
+from core.untrusted import parse_json_to_keep
 from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.models import Attempt, Request, Status
 
@@ -150,7 +150,7 @@ class RequestObjectSerializer(serializers.Serializer):
             return None
         raw = encryption.decrypt(request.response_body)
         try:
-            body = parse_json_to_show(raw)
+            body = parse_json_to_keep(raw)
         except ValueError:
             body = raw.decode(errors="replace")
         return {"status_code": request.response_status_code, "body": body}

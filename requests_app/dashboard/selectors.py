@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from accounts.models import Account, User
 from core import encryption
-from core.untrusted import parse_json_to_show
+from core.untrusted import parse_json_to_keep
 from projects.limits import current_period_start, limits_for, next_period_start, usage_row
 from projects.models import DEADLINE_MAX_SECONDS, Project
 from requests_app.engine import breaker
@@ -115,7 +115,7 @@ def readable_body(encrypted: bytes | memoryview | None) -> Body | None:
         return None
     raw = encryption.decrypt(bytes(encrypted))
     try:
-        text, is_json = json.dumps(parse_json_to_show(raw), indent=2, ensure_ascii=False), True
+        text, is_json = json.dumps(parse_json_to_keep(raw), indent=2, ensure_ascii=False), True
     except (ValueError, RecursionError):  # not JSON we can show; too deep to indent
         text, is_json = raw.decode(errors="replace"), False
     truncated = len(text) > BODY_DISPLAY_LIMIT

@@ -116,6 +116,11 @@ def envelope(**fields) -> bytes:
         envelope(occurred_at="2024-04-12T10:18:49"),  # no time zone
         envelope(data=[]),
         b"\xff\xfe not utf-8",
+        envelope(event_id="evt_\x00"),
+        envelope(event_type="subscription.\ud800"),
+        envelope(data={"name": "a\x00b"}),
+        envelope(data={"amount": float("nan")}),
+        envelope(data={"deep": "DEEP"}).replace(b'"DEEP"', b"[" * 5000 + b"]" * 5000),
     ],
     ids=[
         "truncated",
@@ -126,6 +131,11 @@ def envelope(**fields) -> bytes:
         "naive time",
         "data not an object",
         "not utf-8",
+        "nul in the id",
+        "lone surrogate in the type",
+        "nul in the data",
+        "nan in the data",
+        "nested too deeply",
     ],
 )
 def test_signed_but_malformed_bodies_are_refused(webhooks, body):
