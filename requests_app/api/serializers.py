@@ -53,7 +53,8 @@ class ConstantField(serializers.Field):
     {
         "type": "object",
         "nullable": True,
-        "description": "Token counts the upstream reported.",
+        "description": "Token counts the upstream reported: null when it reported none, "
+        "or counts that are not whole numbers.",
         "properties": {
             "prompt_tokens": NULLABLE_INT,
             "completion_tokens": NULLABLE_INT,
