@@ -20,25 +20,14 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from requests_app.engine import concurrency, upstream
+from requests_app.engine import concurrency, sse, upstream
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Attempt, Request, Status
 
-SSE_FIELD_PREFIXES = (b"data:", b"event:", b"id:", b"retry:", b":")
 WATCH_SECONDS = 0.25
 LEASE_RENEW_SECONDS = 5.0
-
-
-def looks_like_sse(first_line: bytes) -> bool:
-    return first_line.strip() == b"" or first_line.lstrip().startswith(SSE_FIELD_PREFIXES)
-
-
-def completed(endpoint: str, body: bytes) -> bool:
-    """Did the upstream finish its stream properly, rather than just close the connection?"""
-    if endpoint == "/v1/responses":
-        return b"response.completed" in body
-    return b"data: [DONE]" in body
+FIRST_LINE_LIMIT = 64 * 1024  # read this far for the first line break, then decide
 
 
 class Stopped(Exception):
@@ -132,28 +121,51 @@ class StreamRelay:
             raise Stopped(self.stop_reason)
         if not 200 <= response.status_code < 300:
             return upstream.classify(answer=upstream.read_answer(response))
-        limit = settings.REQRUN_MAX_RESPONSE_BYTES
+        # Nothing leaves before the first line has arrived whole (its bytes may come in
+        # pieces) and reads as an event stream.
+        received = b""
         for chunk in response.iter_raw():
             if not self.started:
-                if not looks_like_sse(chunk.split(b"\n", 1)[0]):
-                    return AttemptResult(
-                        Attempt.Outcome.FATAL_ERROR,
-                        status_code=response.status_code,
-                        error_code="invalid_event_stream",
-                    )
+                received += chunk
+                if not sse.has_first_line(received) and len(received) < FIRST_LINE_LIMIT:
+                    continue
+                if not sse.starts_as_event_stream(received):
+                    return self.not_an_event_stream(response)
                 self._start(response)
-            if len(self.delivered) + len(chunk) > limit:
-                return self.result(
-                    Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
-                )
-            self.delivered += chunk
-            self.publisher.chunk(chunk)
+                chunk = received
+            if too_large := self.deliver(chunk):
+                return too_large
+        if not self.started:  # ended before a line break: all of it, or nothing, is the stream
+            if not received or not sse.starts_as_event_stream(received):
+                return self.not_an_event_stream(response)
+            self._start(response)
+            if too_large := self.deliver(received):
+                return too_large
         if self.stop_reason:
             raise Stopped(self.stop_reason)
-        if not completed(self.request.endpoint, bytes(self.delivered)):
+        if not sse.completed(self.request.endpoint, bytes(self.delivered)):
             return self.result(Attempt.Outcome.CONNECTION_ERROR, error_code="stream_incomplete")
         self.publisher.send("end")
         return self.result(Attempt.Outcome.SUCCESS)
+
+    def deliver(self, chunk: bytes) -> AttemptResult | None:
+        """Relay `chunk`; the result instead when it would take the answer past the cap."""
+        if len(self.delivered) + len(chunk) > settings.REQRUN_MAX_RESPONSE_BYTES:
+            return self.result(
+                Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
+            )
+        self.delivered += chunk
+        self.publisher.chunk(chunk)
+        return None
+
+    @staticmethod
+    def not_an_event_stream(response: httpx.Response) -> AttemptResult:
+        """Nothing was relayed: an empty answer, or one that is not SSE."""
+        return AttemptResult(
+            Attempt.Outcome.FATAL_ERROR,
+            status_code=response.status_code,
+            error_code="invalid_event_stream",
+        )
 
     def result(self, outcome: str, *, error_code: str | None = None) -> AttemptResult:
         """An outcome once bytes have left: what was delivered, never to be retried."""

@@ -6,6 +6,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 
 from core.untrusted import parse_json
+from requests_app.engine import sse
 from requests_app.models import Status
 
 # Token counts come from the upstream's answer: sum only the ones that are whole numbers.
@@ -56,19 +57,12 @@ def _count(value) -> int | None:
 
 
 def usage_from_event_stream(body: bytes) -> dict | None:
-    """The usage in a relayed SSE stream: chat's usage chunk or `response.completed`."""
+    """The usage in a relayed SSE stream: chat's usage chunk or the Responses API's last
+    event (`response.completed`, or `.incomplete` / `.failed`)."""
     usage = None
-    for line in body.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        try:
-            event = parse_json(line[5:])
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
+    for event in sse.event_objects(body):
         if event.get("usage"):
             usage = event["usage"]
-        elif event.get("type") == "response.completed":
-            usage = (event.get("response") or {}).get("usage") or usage
+        elif event.get("type") in sse.RESPONSE_ENDS and isinstance(event.get("response"), dict):
+            usage = event["response"].get("usage") or usage
     return normalise_usage(usage)

@@ -237,6 +237,7 @@ class FakeUpstream:
         self._path_counts: Counter[str] = Counter()
         self._model_counts: Counter[str] = Counter()
         self._scripts: dict[str, tuple[Step, ...]] = {}
+        self._raw: dict[str, tuple[bytes, ...]] = {}
         self._cursors: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._connections: set[asyncio.StreamWriter] = set()
@@ -275,6 +276,7 @@ class FakeUpstream:
             self._path_counts.clear()
             self._model_counts.clear()
             self._scripts.clear()
+            self._raw.clear()
             self._cursors.clear()
 
     def script(self, key: str, steps: str | Iterable[str]) -> None:
@@ -286,6 +288,13 @@ class FakeUpstream:
         with self._lock:
             self._scripts[key] = parsed
             self._cursors.pop("script:" + key, None)
+
+    def answer_raw(self, model: str, *pieces: bytes) -> None:
+        """POSTs for ``model`` get exactly ``pieces`` (status line, headers and body, each
+        piece flushed 50 ms after the last), then the connection closes: for answers no
+        step describes, down to where the TCP pieces split."""
+        with self._lock:
+            self._raw[model] = pieces
 
     # ---------------------------------------------------------- lifecycle
 
@@ -382,6 +391,16 @@ class FakeUpstream:
             self._record(request, body, None)
             status, payload = rejection or models_response(request.path)
             return await self._send_json(writer, rid, status, payload, keep_alive)
+        with self._lock:
+            raw = self._raw.get(body.get("model")) if isinstance(body.get("model"), str) else None
+        if raw is not None:
+            self._record(request, body, "raw")
+            for index, piece in enumerate(raw):
+                if index:
+                    await asyncio.sleep(0.05)
+                writer.write(piece)
+                await writer.drain()
+            return False
         try:
             step = self._choose_step(request, body)
         except ValueError as exc:

@@ -1,0 +1,62 @@
+"""Server-sent events as the engine reads them: whether an answer is an event stream, its
+data lines (where the usage is), and whether it ended as its endpoint's streams end."""
+
+import re
+
+from core.untrusted import parse_json
+
+BOM = b"\xef\xbb\xbf"
+FIELD_PREFIXES = (b"data:", b"event:", b"id:", b"retry:", b":")
+# A Responses stream ends with one of these events; the other endpoints' with [DONE].
+RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # SSE allows all three
+
+
+def has_first_line(received: bytes) -> bool:
+    return _LINE_BREAK.search(received) is not None
+
+
+def starts_as_event_stream(received: bytes) -> bool:
+    """Does the first line (all of `received` if no line break yet), after a byte order
+    mark, read as SSE: blank, a field or a comment?"""
+    line = _LINE_BREAK.split(received.removeprefix(BOM), maxsplit=1)[0]
+    return line.strip() == b"" or line.lstrip().startswith(FIELD_PREFIXES)
+
+
+def data_values(body: bytes) -> list[bytes]:
+    """Each `data:` line's value in order, the one space SSE allows after the colon dropped."""
+    values = []
+    for line in _LINE_BREAK.split(body):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            values.append(value[1:] if value.startswith(b" ") else value)
+    return values
+
+
+def event_objects(body: bytes) -> list[dict]:
+    """The JSON objects among the stream's data values; anything else is skipped."""
+    events = []
+    for value in data_values(body):
+        try:
+            event = parse_json(value)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def completed(endpoint: str, body: bytes) -> bool:
+    """Did the upstream end its stream as its endpoint's streams end, rather than just close
+    the connection? Only the last data value counts: an earlier event whose text mentions
+    an end marker ends nothing."""
+    values = [value for value in data_values(body) if value.strip()]
+    if endpoint == "/v1/responses":
+        if values and values[-1].strip() == b"[DONE]":  # some compatible servers add one
+            values.pop()
+        try:
+            last = parse_json(values[-1]) if values else None
+        except ValueError:
+            return False
+        return isinstance(last, dict) and last.get("type") in RESPONSE_ENDS
+    return bool(values) and values[-1].strip() == b"[DONE]"
