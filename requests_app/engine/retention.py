@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import BigIntegerField, F, Value
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -79,8 +79,9 @@ def keep_daily_totals(requests) -> None:
             day=group["day"],
             defaults={"account_id": group["account_id"]},
         )
+        # Typed: a bare Python int is sent as a 32-bit integer, and a day's tokens pass that.
         DailyUsage.objects.filter(pk=row.pk).update(
-            **{name: F(name) + group[name] for name in REQUEST_TOTALS}
+            **{name: F(name) + Value(group[name], BigIntegerField()) for name in REQUEST_TOTALS}
         )
 
 

@@ -13,7 +13,7 @@ from core import encryption
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 from requests_app.engine.executor import execute_request
 from requests_app.engine.retention import purge_expired_data
-from requests_app.models import Request
+from requests_app.models import DailyUsage, Request
 from tests.factories import AccountPlanFactory, RequestFactory
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}
@@ -36,6 +36,19 @@ def test_purge_keeps_records_inside_the_window_and_deletes_those_past_it():
 
     assert report.records == 1
     assert set(Request.objects.values_list("pk", flat=True)) == {inside.pk, running.pk}
+
+
+@pytest.mark.django_db
+def test_the_purge_keeps_a_days_tokens_past_what_32_bits_hold():
+    now = timezone.now()
+    first = RequestFactory(status="succeeded", usage={"total_tokens": 3_000_000_000})
+    AccountPlanFactory(account=first.account)  # Free: 3-day retention
+    RequestFactory(status="succeeded", project=first.project, usage={"total_tokens": 3_000_000_000})
+    Request.objects.update(created_at=now - timedelta(days=3, minutes=1))
+
+    assert purge_expired_data(now).records == 2
+
+    assert DailyUsage.objects.get(project=first.project).tokens == 6_000_000_000
 
 
 @pytest.mark.django_db
