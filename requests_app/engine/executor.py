@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 from django.utils import timezone
 
 from core import encryption, shutdown
@@ -423,10 +423,14 @@ def execute_request(request_pk: int) -> None:
                     latency_ms=attempt.latency_ms,
                     along=held.release,
                 )
-            except DatabaseError:
-                # The result itself could not be stored (a value the database refuses):
-                # record the attempt as our own error rather than leave it running.
-                logger.error("attempt result refused", extra={"request_id": row.public_id})
+            except Exception as error:  # noqa: BLE001 - recorded as our own error below
+                # The result itself could not be read or stored (a value the database refuses,
+                # an answer shaped like nothing foreseen): record the attempt as our own error
+                # rather than leave it running until its lease runs out.
+                logger.error(
+                    "attempt result not recorded",
+                    extra={"request_id": row.public_id, "exception": type(error).__name__},
+                )
                 result = INTERNAL_ERROR
                 _, delay = conclude_attempt(
                     row, attempt.number, result, chain=chain, along=held.release
