@@ -3,16 +3,20 @@ suspension actions (with a reason, audited) shared with projects, and the admin'
 allauth's rate-limited sign-in plus a second factor passed in this session."""
 
 from collections.abc import Callable
+from functools import wraps
 
 from allauth.account.authentication import get_authentication_records
 from allauth.mfa.models import Authenticator
 from allauth.mfa.utils import is_mfa_enabled
+from allauth.usersessions.admin import UserSessionAdmin
+from allauth.usersessions.models import UserSession
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.views import redirect_to_login
+from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -199,3 +203,33 @@ def operator_login(request, extra_context=None):
 # Every admin view checks site.has_permission and sends refusals to site.login.
 admin.site.has_permission = operator_may_enter
 admin.site.login = operator_login
+
+
+def _refusing_nul_in_the_query(admin_view):
+    """site.admin_view, which wraps every admin page: a list filter's value goes into a
+    query as given, and PostgreSQL cannot compare text holding a NUL."""
+
+    @wraps(admin_view)
+    def wrap(view, cacheable=False):
+        guarded = admin_view(view, cacheable)
+
+        @wraps(guarded)
+        def inner(request, *args, **kwargs):
+            if any("\x00" in value for _, values in request.GET.lists() for value in values):
+                return HttpResponseBadRequest("A query value holds a NUL character.")
+            return guarded(request, *args, **kwargs)
+
+        return inner
+
+    return wrap
+
+
+admin.site.admin_view = _refusing_nul_in_the_query(admin.site.admin_view)
+
+# allauth searches sessions by user__username; ReqRun's users have an email instead.
+admin.site.unregister(UserSession)
+
+
+@admin.register(UserSession)
+class SessionAdmin(UserSessionAdmin):
+    search_fields = ["user__email", "ip"]

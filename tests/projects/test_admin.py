@@ -38,6 +38,7 @@ def everything(alice_account, alice_project, alice_key, alice_invitation, bob):
         "projects.project",
         "projects.apikey",
         "projects.invitation",
+        "usersessions.usersession",
     ],
 )
 def test_every_model_has_a_searchable_admin(operator_client, everything, model):
@@ -45,6 +46,24 @@ def test_every_model_has_a_searchable_admin(operator_client, everything, model):
     response = operator_client.get(url, {"q": "alice"})
     assert response.status_code == 200
     assert 'id="searchbar"' in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("model", "lookup"),
+    [
+        ("accounts.membership", "role"),
+        ("accounts.auditevent", "action"),
+        ("projects.invitation", "role__exact"),
+        ("billing.webhookevent", "event_type"),
+        ("django_celery_beat.periodictask", "task"),
+    ],
+)
+def test_a_nul_in_a_list_filter_is_a_400(operator_client, everything, model, lookup):
+    url = reverse(f"admin:{model.replace('.', '_')}_changelist")
+
+    response = operator_client.get(url, {lookup: "a\x00b"})
+
+    assert response.status_code == 400
 
 
 def test_secrets_are_never_displayed(operator_client, everything, alice_project, alice_key):
