@@ -17,12 +17,19 @@ USAGE = (
     b'"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n'
 )
 DONE = b"data: [DONE]\n\n"
+INCOMPLETE = (  # how a Responses stream ends when it reached max_output_tokens
+    b"event: response.incomplete\n"
+    b'data: {"type":"response.incomplete","response":{"id":"resp_1","status":"incomplete",'
+    b'"usage":{"input_tokens":1,"output_tokens":2,"total_tokens":3}}}\n\n'
+)
 
 
-def stream(live_api, tenant, model: str, endpoint: str = "/v1/chat/completions"):
+def stream(live_api, tenant, fake_upstream, *pieces, endpoint="/v1/chat/completions"):
+    """The upstream answers exactly `pieces`; the caller's answer and the finished record."""
+    fake_upstream.answer_raw("raw", *pieces)
     response = httpx.post(
         f"{live_api.url}{endpoint}",
-        json={"model": model, "stream": True, "messages": [{"role": "user", "content": "x"}]},
+        json={"model": "raw", "stream": True, "messages": [{"role": "user", "content": "x"}]},
         headers={"Authorization": f"Bearer {tenant.raw_key}"},
         timeout=30,
     )
@@ -31,13 +38,23 @@ def stream(live_api, tenant, model: str, endpoint: str = "/v1/chat/completions")
 
 
 @pytest.mark.parametrize(
-    "pieces",
+    ("endpoint", "pieces"),
     [
-        (HEAD + b"d", b"ata" + CHUNK[4:] + USAGE + DONE),
-        (HEAD + b"\xef\xbb\xbf" + CHUNK + USAGE + DONE,),
-        (HEAD + CHUNK + USAGE + b"data:[DONE]\n\n",),
-        (HEAD + (CHUNK + USAGE + DONE).replace(b"\n", b"\r"),),
-        (HEAD + CHUNK + b'data: {"type":"response.completed","response":"x"}\n\n' + USAGE + DONE,),
+        ("/v1/chat/completions", (HEAD + b"d", b"ata" + CHUNK[4:] + USAGE + DONE)),
+        ("/v1/chat/completions", (HEAD + b"\xef\xbb\xbf" + CHUNK + USAGE + DONE,)),
+        ("/v1/chat/completions", (HEAD + CHUNK + USAGE + b"data:[DONE]\n\n",)),
+        ("/v1/chat/completions", (HEAD + (CHUNK + USAGE + DONE).replace(b"\n", b"\r"),)),
+        (
+            "/v1/chat/completions",
+            (
+                HEAD
+                + CHUNK
+                + b'data: {"type":"response.completed","response":"x"}\n\n'
+                + USAGE
+                + DONE,
+            ),
+        ),
+        ("/v1/responses", (HEAD + INCOMPLETE,)),
     ],
     ids=[
         "first line in two pieces",
@@ -45,36 +62,18 @@ def stream(live_api, tenant, model: str, endpoint: str = "/v1/chat/completions")
         "no space after data:",
         "CR line endings",
         "an event whose response is a string",
+        "a Responses stream ending incomplete",
     ],
 )
 def test_a_whole_stream_is_relayed_and_recorded_as_succeeded(
-    live_api, tenant, fake_upstream, pieces
+    live_api, tenant, fake_upstream, endpoint, pieces
 ):
-    fake_upstream.answer_raw("raw", *pieces)
-
-    response, request = stream(live_api, tenant, "raw")
+    response, request = stream(live_api, tenant, fake_upstream, *pieces, endpoint=endpoint)
 
     assert response.status_code == 200
-    assert response.content == b"".join(pieces).removeprefix(HEAD)  # byte for byte
+    assert response.content == b"".join(pieces).removeprefix(HEAD)  # byte for byte, no error
     assert (request.status, request.partial, request.error) == ("succeeded", False, None)
     assert request.usage == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-
-
-def test_a_responses_stream_that_ends_incomplete_is_an_answer_not_a_break(
-    live_api, tenant, fake_upstream
-):
-    ended = (
-        b"event: response.incomplete\n"
-        b'data: {"type":"response.incomplete","response":{"id":"resp_1","status":"incomplete",'
-        b'"usage":{"input_tokens":2,"output_tokens":3,"total_tokens":5}}}\n\n'
-    )
-    fake_upstream.answer_raw("raw", HEAD + ended)
-
-    response, request = stream(live_api, tenant, "raw", "/v1/responses")
-
-    assert response.content == ended  # and no error event of ours after it
-    assert (request.status, request.partial) == ("succeeded", False)
-    assert request.usage == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
 
 
 def test_a_cut_stream_whose_text_mentions_the_end_marker_is_still_cut(
@@ -84,18 +83,14 @@ def test_a_cut_stream_whose_text_mentions_the_end_marker_is_still_cut(
         b'data: {"id":"c1","object":"chat.completion.chunk",'
         b'"choices":[{"index":0,"delta":{"content":"it ends with data: [DONE] and"}}]}\n\n'
     )
-    fake_upstream.answer_raw("raw", HEAD + mention)  # then the connection closes
-
-    response, request = stream(live_api, tenant, "raw")
+    response, request = stream(live_api, tenant, fake_upstream, HEAD + mention)  # then closed
 
     assert b"event: error" in response.content
     assert (request.status, request.partial) == ("failed", True)
 
 
 def test_an_empty_stream_is_a_502_not_an_empty_success(live_api, tenant, fake_upstream):
-    fake_upstream.answer_raw("raw", HEAD)
-
-    response, request = stream(live_api, tenant, "raw")
+    response, request = stream(live_api, tenant, fake_upstream, HEAD)
 
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "invalid_event_stream"
