@@ -124,7 +124,7 @@ class StreamRelay:
         # Nothing leaves before the first line has arrived whole (its bytes may come in
         # pieces) and reads as an event stream.
         received = b""
-        for chunk in response.iter_raw():
+        for chunk in response.iter_bytes():  # decoded, if an upstream compressed it
             if not self.started:
                 received += chunk
                 if not sse.has_first_line(received) and len(received) < FIRST_LINE_LIMIT:

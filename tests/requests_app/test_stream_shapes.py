@@ -1,6 +1,8 @@
 """Streams as upstreams really send them: where the first line's bytes split, how the
 stream ends, what its events hold. The fake upstream's raw answers give the exact bytes."""
 
+import gzip
+
 import httpx
 import pytest
 
@@ -95,3 +97,16 @@ def test_an_empty_stream_is_a_502_not_an_empty_success(live_api, tenant, fake_up
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "invalid_event_stream"
     assert (request.status, request.response_body) == ("failed", None)
+
+
+def test_a_compressed_stream_is_relayed_decoded(live_api, tenant, fake_upstream):
+    # Without an Accept-Encoding from ReqRun, HTTP lets an upstream pick any coding.
+    head = HEAD.replace(b"\r\n\r\n", b"\r\ncontent-encoding: gzip\r\n\r\n")
+    events = CHUNK + USAGE + DONE
+
+    response, request = stream(live_api, tenant, fake_upstream, head + gzip.compress(events))
+
+    assert response.status_code == 200
+    assert "content-encoding" not in response.headers
+    assert response.content == events
+    assert (request.status, request.usage["total_tokens"]) == ("succeeded", 3)
