@@ -19,3 +19,7 @@ class InvalidFailoverPolicy(ValueError):
 
 class NameNotAvailable(ValueError):
     """A project or key name is empty or already taken; the message says which."""
+
+
+class ProjectBusy(ValueError):
+    """A project with requests still queued, retrying or running; the message says what to do."""

@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.models import Account, User
 from accounts.services import record_audit_event, set_suspension
 from core.prepared import PreparedGet
-from projects.errors import InvalidFailoverPolicy, NameNotAvailable
+from projects.errors import InvalidFailoverPolicy, NameNotAvailable, ProjectBusy
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import FAILOVER_TRIES_MAX, ApiKey, FailoverOn, Project, Upstream
 from projects.selectors import primary_has_provider_key
@@ -94,6 +94,16 @@ def rename_project(
 
 @transaction.atomic
 def delete_project(*, project: Project, actor: User | None = None, ip_address: str | None = None):
+    """Delete a project whose requests have all finished. Deleting one with requests in
+    flight would take their rows past the engine, which alone frees a request's pending
+    slot: the account's count would stay taken for good."""
+    unfinished = project.requests.filter(finished_at__isnull=True).count()
+    if unfinished:
+        raise ProjectBusy(
+            f"{unfinished} of its requests {'has' if unfinished == 1 else 'have'} not finished "
+            "(queued, retrying or running). Cancel them on the project's requests page, or "
+            "wait for them to end, then delete the project."
+        )
     record_audit_event(
         account=project.account,
         actor=actor,

@@ -6,6 +6,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.access import Need, client_ip, member_view
 from projects import services
+from projects.errors import ProjectBusy
 from projects.forms import FailoverPolicyForm, ProjectForm, RetryPolicyForm, UpstreamAddForm
 from projects.limits import limits_for
 from projects.models import FailoverOn
@@ -143,7 +144,13 @@ def project_failover(request, membership, project):
 @project_view(read=Need.MANAGE)
 def project_delete(request, membership, project):
     if request.method == "POST":
-        services.delete_project(project=project, actor=request.user, ip_address=client_ip(request))
+        try:
+            services.delete_project(
+                project=project, actor=request.user, ip_address=client_ip(request)
+            )
+        except ProjectBusy as refusal:
+            messages.error(request, f"Project “{project.name}” was not deleted: {refusal}")
+            return redirect("project-delete", project_id=project.public_id)
         messages.success(request, f"Project “{project.name}” and its API keys were deleted.")
         return redirect("project-list")
     return render(request, "projects/project_delete.html", {"project": project})

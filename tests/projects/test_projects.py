@@ -4,11 +4,12 @@ bad input gets a clear message and changes nothing."""
 import pytest
 from django.db import connection
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import AuditEvent
 from projects.models import Project
 from projects.upstreams import provider_key_of
-from tests.factories import ProjectFactory
+from tests.factories import ProjectFactory, RequestFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of
 
 pytestmark = pytest.mark.django_db
@@ -213,3 +214,16 @@ def test_delete_asks_first(alice_client, alice_project, alice_key):
     assert not Project.objects.filter(pk=alice_project.pk).exists()
     assert "Project “Chatbot” and its API keys were deleted." in messages_of(response)
     assert AuditEvent.objects.filter(action="project_deleted").exists()
+
+
+@pytest.mark.parametrize("status", ["queued", "retrying", "running"])
+def test_a_project_whose_requests_have_not_finished_is_kept(alice_client, alice_project, status):
+    # Deleting it would cascade past the engine: their pending slots would never be freed.
+    RequestFactory(project=alice_project, status=status)
+    RequestFactory(project=alice_project, status="succeeded", finished_at=timezone.now())
+
+    response = alice_client.post(settings_url(alice_project, "project-delete"), follow=True)
+
+    assert Project.objects.filter(pk=alice_project.pk).exists()
+    assert any("1 of its requests has not finished" in text for text in messages_of(response))
+    assert not AuditEvent.objects.filter(action="project_deleted").exists()
