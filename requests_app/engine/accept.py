@@ -54,11 +54,13 @@ def _enqueue_after_commit(request_pk: int) -> None:
 
 
 def _remembered(*, api_key: ApiKey, idempotency_key: str) -> Request | None:
-    """The request holding this key in the project, releasing it if 24 h have passed."""
+    """The request holding this key in the project, releasing it once it has finished and
+    24 h have passed (never before it finishes: a 24 h deadline can outlast the window)."""
     existing = Request.objects.filter(
         project_id=api_key.project_id, idempotency_slot=idempotency_key
     ).first()
-    if existing and existing.created_at < timezone.now() - IDEMPOTENCY_WINDOW:
+    expired = existing and existing.created_at < timezone.now() - IDEMPOTENCY_WINDOW
+    if expired and existing.is_terminal:
         Request.objects.filter(pk=existing.pk).update(idempotency_slot=None)
         return None
     return existing

@@ -1,9 +1,12 @@
 """The accept: quota, pending slot and insert in one statement once the account's counters
 exist, and the step-by-step transaction (with its errors) whenever that statement cannot."""
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from projects.limits import limits_for, usage_row
 from requests_app.api.serializers import request_object
@@ -91,3 +94,26 @@ def test_a_refusal_inside_a_callers_transaction_leaves_it_usable(tenant):
         assert Request.objects.count() == 1  # the transaction still answers
 
     assert usage_row(tenant.account).accepted_requests == 1
+
+
+def test_a_key_stays_with_its_request_past_24_hours_until_it_finishes(tenant):
+    def keyed():
+        return accept_request(
+            api_key=tenant.api_key,
+            endpoint="/v1/chat/completions",
+            body=BODY,
+            payload={"model": "gpt-4o-mini"},
+            idempotency_key="long-runner",
+        )
+
+    first = keyed()
+    # A deadline may be 24 h, so its last attempt can still run past the key's window.
+    day_ago = timezone.now() - timedelta(hours=24, minutes=1)
+    Request.objects.filter(pk=first.request.pk).update(status="running", created_at=day_ago)
+
+    again = keyed()
+
+    assert (again.outcome, again.request.pk) == ("attached", first.request.pk)
+    Request.objects.filter(pk=first.request.pk).update(status="succeeded")
+    assert keyed().outcome == "created"  # finished and past the window: the key is free
+    assert Request.objects.count() == 2
