@@ -58,6 +58,26 @@ def lease_for(request: Request) -> timedelta:
     )
 
 
+def expired_if_overdue(request: Request, *, now: datetime) -> bool:
+    """Whether the request's deadline has passed; a waiting one then ends as `expired`."""
+    if request.deadline_at > now:
+        return False
+    if sql.end_waiting(
+        request_id=request.pk,
+        status=Status.EXPIRED,
+        now=now,
+        only_if_due=True,
+        error={
+            "message": "The request's deadline passed before it could be run.",
+            "type": "upstream_error",
+            "param": None,
+            "code": "deadline_exceeded",
+        },
+    ):
+        announce_finished(request)
+    return True
+
+
 def claim_request(request: Request, *, upstream_name: str) -> Attempt | None:
     """Take the request for one attempt if it is due, and open the attempt's row naming the
     upstream it goes to.
@@ -67,20 +87,7 @@ def claim_request(request: Request, *, upstream_name: str) -> Attempt | None:
     one this worker now owns (its number is the fencing token for every later write).
     """
     now = timezone.now()
-    if request.deadline_at <= now:
-        if sql.end_waiting(
-            request_id=request.pk,
-            status=Status.EXPIRED,
-            now=now,
-            only_if_due=True,
-            error={
-                "message": "The request's deadline passed before it could be run.",
-                "type": "upstream_error",
-                "param": None,
-                "code": "deadline_exceeded",
-            },
-        ):
-            announce_finished(request)
+    if expired_if_overdue(request, now=now):
         return None
     opened = sql.claim(
         request_id=request.pk,
@@ -396,6 +403,8 @@ def execute_request(request_pk: int) -> None:
             return  # finished, or another worker holds it
         if hold_if_suspended(row):
             return
+        if expired_if_overdue(row, now=timezone.now()):
+            return  # before waiting for a slot: the deadline does not wait for one
         lease = lease_for(row).total_seconds()
         limit = limits_for(row.account, preloaded=True).concurrency
         slot = concurrency.slot_token(request_pk)

@@ -7,6 +7,7 @@ import httpx
 
 from requests_app.engine import concurrency
 from requests_app.engine.notifications import CHANNEL
+from requests_app.engine.recovery import sweep
 from requests_app.engine.redis_client import client
 from requests_app.models import Request
 from tests.conftest import wait_until
@@ -72,3 +73,24 @@ def test_the_slot_is_freed_before_the_caller_is_told(tenant, sdk):
     order = [name for name, key in seen if (name, key) in {("ZREM", slots), ("PUBLISH", CHANNEL)}]
     assert order == ["ZREM", "PUBLISH"], [c for c in seen if c[0] in ("ZREM", "PUBLISH")]
     assert concurrency.in_use(tenant.account.pk) == 0
+
+
+def test_a_request_waiting_for_a_slot_expires_at_its_deadline(tenant, live_api):
+    tenant.override(concurrency=0)  # an operator's override: no slot ever frees
+    tenant.project.deadline_seconds = 2
+    tenant.project.save()
+    accepted = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+    ).json()
+
+    def ended():
+        sweep()  # what beat does every few seconds: publishes the deferred request again
+        return Request.objects.filter(public_id=accepted["id"], finished_at__isnull=False).first()
+
+    request = wait_until(ended, timeout=15, interval=0.5)
+
+    assert request.status == "expired"
+    assert request.error["code"] == "deadline_exceeded"
+    assert (request.finished_at - request.deadline_at).total_seconds() < 3
