@@ -21,7 +21,13 @@ from projects.models import (
     Project,
     Upstream,
 )
-from projects.services import revoke_api_key, suspend_project, unsuspend_project
+from projects.selectors import unfinished_requests
+from projects.services import (
+    delete_project,
+    revoke_api_key,
+    suspend_project,
+    unsuspend_project,
+)
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 from projects.upstreams import check_model_map, record_upstream_move
 
@@ -194,6 +200,20 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
     subject_keyword = "project"
     suspend_service = staticmethod(suspend_project)
     unsuspend_service = staticmethod(unsuspend_project)
+
+    # Deleted one at a time through the dashboard's service (audited), and only once its
+    # requests have all finished: a cascade past the engine would keep their pending slots
+    # taken for good.
+    def has_delete_permission(self, request, obj=None):
+        return obj is None or unfinished_requests(obj) == 0
+
+    def delete_model(self, request, obj):
+        delete_project(project=obj, actor=request.user, ip_address=client_ip(request))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def save_formset(self, request, form, formset, change):
         """Same rule as the dashboard: an upstream moved to another host loses its key."""

@@ -45,6 +45,12 @@ def projects_of(account: Account) -> QuerySet[Project]:
     ).order_by("created_at")
 
 
+def unfinished_requests(project: Project) -> int:
+    """The project's requests still queued, retrying or running (only a finished one has
+    `finished_at`)."""
+    return project.requests.filter(finished_at__isnull=True).count()
+
+
 def api_keys_of(project: Project) -> QuerySet[ApiKey]:
     """Active keys first, newest first within each group."""
     return project.api_keys.select_related("created_by").order_by(

@@ -17,7 +17,7 @@ from core.prepared import PreparedGet
 from projects.errors import InvalidFailoverPolicy, NameNotAvailable, ProjectBusy
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import FAILOVER_TRIES_MAX, ApiKey, FailoverOn, Project, Upstream
-from projects.selectors import primary_has_provider_key
+from projects.selectors import primary_has_provider_key, unfinished_requests
 from projects.upstream_guard import validate_upstream_url
 from projects.upstreams import DEFAULT_UPSTREAM_URL, PRIMARY_NAME
 
@@ -97,7 +97,7 @@ def delete_project(*, project: Project, actor: User | None = None, ip_address: s
     """Delete a project whose requests have all finished. Deleting one with requests in
     flight would take their rows past the engine, which alone frees a request's pending
     slot: the account's count would stay taken for good."""
-    unfinished = project.requests.filter(finished_at__isnull=True).count()
+    unfinished = unfinished_requests(project)
     if unfinished:
         raise ProjectBusy(
             f"{unfinished} of its requests {'has' if unfinished == 1 else 'have'} not finished "

@@ -12,7 +12,8 @@ from accounts.models import Account, AuditEvent
 from projects.admin import ProjectAdminForm
 from projects.limits import limits_for
 from projects.models import AccountPlan, ApiKey, Project
-from tests.factories import MonthlyUsageFactory
+from requests_app.models import Request
+from tests.factories import MonthlyUsageFactory, RequestFactory
 from tests.projects.conftest import PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db
@@ -231,3 +232,24 @@ def test_the_admin_form_keeps_the_dashboards_bounds(alice_project, field, value)
 
     assert not form.is_valid()
     assert field in form.errors
+
+
+def test_a_project_is_deleted_in_the_admin_only_once_its_requests_have_finished(
+    operator_client, alice_project
+):
+    RequestFactory(project=alice_project, status="retrying")
+    delete = reverse("admin:projects_project_delete", args=[alice_project.pk])
+    changelist = reverse("admin:projects_project_changelist")
+
+    refused = operator_client.post(delete, {"post": "yes"})
+    operator_client.post(
+        changelist,
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [alice_project.pk], "post": "yes"},
+    )
+
+    assert refused.status_code == 403
+    assert Project.objects.filter(pk=alice_project.pk).exists()
+    Request.objects.update(status="succeeded", finished_at=timezone.now())
+    operator_client.post(delete, {"post": "yes"})
+    assert not Project.objects.filter(pk=alice_project.pk).exists()
+    assert AuditEvent.objects.filter(action="project_deleted").exists()  # the service's
