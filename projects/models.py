@@ -45,9 +45,10 @@ class Plan(models.Model):
     monthly_requests = models.PositiveBigIntegerField()
     retention_days = models.PositiveIntegerField()
     pending_requests = models.PositiveIntegerField()
-    concurrency = models.PositiveIntegerField()
+    # At least one: 0 would leave every accepted request waiting until its deadline.
+    concurrency = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     requests_per_minute = models.PositiveIntegerField()
-    max_attempts = models.PositiveSmallIntegerField()
+    max_attempts = models.PositiveSmallIntegerField(validators=[MinValueValidator(1)])
     members = models.PositiveIntegerField()
     upstreams_per_project = models.PositiveIntegerField()
 
@@ -70,9 +71,13 @@ class AccountPlan(models.Model):
     monthly_requests = models.PositiveBigIntegerField(null=True, blank=True)
     retention_days = models.PositiveIntegerField(null=True, blank=True)
     pending_requests = models.PositiveIntegerField(null=True, blank=True)
-    concurrency = models.PositiveIntegerField(null=True, blank=True)
+    concurrency = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    max_attempts = models.PositiveSmallIntegerField(null=True, blank=True)
+    max_attempts = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
     members = models.PositiveIntegerField(null=True, blank=True)
     upstreams_per_project = models.PositiveIntegerField(null=True, blank=True)
 

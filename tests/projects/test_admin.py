@@ -5,13 +5,14 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.forms import modelform_factory
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account, AuditEvent
 from projects.admin import ProjectAdminForm
 from projects.limits import limits_for
-from projects.models import AccountPlan, ApiKey, Project
+from projects.models import AccountPlan, ApiKey, Plan, Project
 from requests_app.models import Request
 from tests.factories import MonthlyUsageFactory, RequestFactory
 from tests.projects.conftest import PROVIDER_KEY
@@ -253,3 +254,17 @@ def test_a_project_is_deleted_in_the_admin_only_once_its_requests_have_finished(
     operator_client.post(delete, {"post": "yes"})
     assert not Project.objects.filter(pk=alice_project.pk).exists()
     assert AuditEvent.objects.filter(action="project_deleted").exists()  # the service's
+
+
+@pytest.mark.parametrize("model", [Plan, AccountPlan])
+@pytest.mark.parametrize("field", ["concurrency", "max_attempts"])
+def test_a_limit_that_would_strand_requests_cannot_be_zero(everything, model, field):
+    # Concurrency 0 leaves every accepted request queued until its deadline; 0 attempts
+    # means none may run. Neither is a limit an operator means to set.
+    form_class = modelform_factory(model, fields=[field])
+
+    form = form_class(data={field: "0"})
+
+    assert not form.is_valid()
+    assert field in form.errors
+    assert form_class(data={field: "1"}).is_valid()
