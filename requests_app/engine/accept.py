@@ -148,6 +148,15 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
         _enqueue_after_commit(request.pk)
 
 
+def _recorded_model(payload: dict) -> str:
+    """The model as the request's record shows it; the body itself goes unchanged.
+
+    Only text is a model name: anything else is left for the upstream to refuse, and
+    recorded as none given rather than as a Python repr."""
+    model = payload.get("model")
+    return storable(model)[:200] if isinstance(model, str) else ""
+
+
 def accept_request(
     *,
     api_key: ApiKey,
@@ -184,7 +193,7 @@ def accept_request(
             project=project,
             api_key=api_key,
             endpoint=endpoint,
-            model=storable(str(payload.get("model", "")))[:200],  # the body goes unchanged
+            model=_recorded_model(payload),
             stream=bool(payload.get("stream")),
             body_sha256=body_sha256,
             request_body=encryption.encrypt(body),

@@ -336,6 +336,21 @@ def test_a_model_name_no_text_column_can_hold_is_recorded_readably_and_sent_unch
     assert fake_upstream.requests[-1].body["model"] == model
 
 
+@pytest.mark.parametrize("model", [{"name": "gpt"}, ["gpt"], 4, None, True])
+def test_a_model_that_is_not_text_is_recorded_as_none_given(tenant, live_api, model):
+    # The upstream judges the body; ReqRun's record shows no Python repr of the value.
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": model, "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+        timeout=30,
+    )
+
+    assert response.status_code == 202, response.text
+    assert response.json()["model"] == ""
+    assert only_request().model == ""
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_token_counts_that_are_not_numbers_leave_the_usage_unknown(
     tenant, live_api, sdk, fake_upstream, stream
