@@ -84,7 +84,9 @@ class RetryPolicyForm(ServiceForm):
         help_text="No new attempt starts this long after the request was accepted.",
     )
     zero_retention = forms.BooleanField(
-        required=False, help_text="Do not keep response bodies after delivery in wait mode."
+        required=False,
+        help_text="Do not keep response bodies after delivery in wait mode. Requests already "
+        "running when you turn it on keep theirs for up to 24 hours.",
     )
 
     def __init__(self, *args, project: Project, max_attempts_cap: int, **kwargs):
