@@ -1,5 +1,5 @@
-"""Text and JSON from outside (a caller's body, an upstream's answer, a stored copy of
-either), made safe to parse and to store."""
+"""Text, numbers and JSON from outside (a caller's body, headers and query, an upstream's
+answer, a stored copy of either), made safe to parse and to store."""
 
 import json
 import re
@@ -12,6 +12,16 @@ def storable(text: str) -> str:
     """`text` with each character PostgreSQL cannot store replaced by U+FFFD: JSON can
     escape a NUL or a lone surrogate into a string, and text and jsonb hold neither."""
     return _NOT_STORABLE.sub("\ufffd", text)
+
+
+def whole_number(raw: str, *, minimum: int, maximum: int) -> int | None:
+    """`raw` as a whole number from `minimum` to `maximum`, or None. ASCII digits only:
+    `int()` also takes spaces, underscores and other scripts' digits, and a 5,000-digit
+    value is past its limit."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)):
+        return None
+    number = int(raw)
+    return number if minimum <= number <= maximum else None
 
 
 def parse_json(raw: bytes | str):

@@ -16,7 +16,7 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 
-from requests_app.api.selectors import MAX_PAGE, MAX_TIMESTAMP
+from requests_app.api.selectors import DEFAULT_PAGE, MAX_PAGE, MAX_TIMESTAMP
 from requests_app.api.serializers import RequestListSerializer, RequestObjectSerializer
 from requests_app.api.views import DEFAULT_WAIT_SECONDS, MAX_POLL_WAIT_SECONDS, MAX_WAIT_SECONDS
 from requests_app.endpoints import ENDPOINTS, endpoint
@@ -358,8 +358,8 @@ OPERATIONS = {
         parameters=[
             OpenApiParameter(
                 "limit",
-                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20},
-                description=f"1–{MAX_PAGE}, default 20.",
+                {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+                description=f"1–{MAX_PAGE}, default {DEFAULT_PAGE}.",
             ),
             OpenApiParameter("after", str, description="The id of the last request already seen."),
             OpenApiParameter("status", str, enum=list(Status.values)),
@@ -373,7 +373,7 @@ OPERATIONS = {
             OpenApiParameter("idempotency_key", str),
             OpenApiParameter(
                 "created_after",
-                {"type": "integer", "minimum": 1, "maximum": MAX_TIMESTAMP},
+                {"type": "integer", "minimum": 0, "maximum": MAX_TIMESTAMP},
                 description="Unix seconds: only requests created after it.",
             ),
             *RATE_LIMIT_HEADERS,

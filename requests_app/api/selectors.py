@@ -5,10 +5,12 @@ from datetime import UTC, datetime
 from django.db.models import QuerySet
 
 from accounts.models import User
+from core.untrusted import whole_number
 from projects.models import Project
 from requests_app.errors import InvalidRequest, NotFound
 from requests_app.models import Request, Status
 
+DEFAULT_PAGE = 20
 MAX_PAGE = 100
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a date can hold
 
@@ -36,13 +38,12 @@ def request_in_project(project: Project, public_id: str) -> Request:
     return request
 
 
-def _positive_int(value: str, *, name: str, maximum: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be a whole number.", param=name) from None
-    if not 1 <= number <= maximum:
-        raise InvalidRequest(f"'{name}' must be between 1 and {maximum}.", param=name)
+def _whole_number(params, name: str, *, minimum: int, maximum: int) -> int:
+    number = whole_number(params[name], minimum=minimum, maximum=maximum)
+    if number is None:
+        raise InvalidRequest(
+            f"'{name}' must be a whole number from {minimum} to {maximum}.", param=name
+        )
     return number
 
 
@@ -56,7 +57,9 @@ def _text(params, name: str) -> str:
 
 def list_requests(project: Project, params) -> tuple[list[Request], bool]:
     """Newest first, cursor-paginated by id (ids sort by creation time)."""
-    limit = _positive_int(params.get("limit", "20"), name="limit", maximum=MAX_PAGE)
+    limit = DEFAULT_PAGE
+    if "limit" in params:
+        limit = _whole_number(params, "limit", minimum=1, maximum=MAX_PAGE)
     requests = requests_of(project).order_by("-public_id")
     status = params.get("status")
     if status:
@@ -70,9 +73,7 @@ def list_requests(project: Project, params) -> tuple[list[Request], bool]:
     if params.get("idempotency_key"):
         requests = requests.filter(idempotency_key=_text(params, "idempotency_key"))
     if params.get("created_after"):
-        seconds = _positive_int(
-            params["created_after"], name="created_after", maximum=MAX_TIMESTAMP
-        )
+        seconds = _whole_number(params, "created_after", minimum=0, maximum=MAX_TIMESTAMP)
         requests = requests.filter(created_at__gt=datetime.fromtimestamp(seconds, tz=UTC))
     if params.get("after"):
         requests = requests.filter(public_id__lt=_text(params, "after"))

@@ -17,7 +17,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from core.ids import new_public_id
-from core.untrusted import parse_json
+from core.untrusted import parse_json, whole_number
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.selectors import primary_upstream
@@ -103,22 +103,13 @@ class V1View(APIView):
         return response
 
 
-def whole_seconds(raw: str, *, maximum: int) -> int | None:
-    """`raw` as whole seconds from 0 to `maximum`, or None. ASCII digits only: `isdigit()`
-    also takes "²", which `int()` refuses, and a 5,000-digit value is past `int()`'s limit."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)):
-        return None
-    seconds = int(raw)
-    return seconds if seconds <= maximum else None
-
-
 def parse_wait_budget(request) -> int:
     if "respond-async" in request.META.get("HTTP_PREFER", ""):
         return 0
     raw = request.META.get("HTTP_REQRUN_WAIT")
     if raw is None:
         return DEFAULT_WAIT_SECONDS
-    seconds = whole_seconds(raw, maximum=MAX_WAIT_SECONDS)
+    seconds = whole_number(raw, minimum=0, maximum=MAX_WAIT_SECONDS)
     if seconds is None:
         raise InvalidRequest(
             f"ReqRun-Wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}.",
@@ -344,7 +335,9 @@ class RequestDetailView(V1View):
 
     async def get(self, request, request_id: str):
         record = await in_thread(self.find)(request, request_id)
-        wait = whole_seconds(request.query_params.get("wait", "0"), maximum=MAX_POLL_WAIT_SECONDS)
+        wait = whole_number(
+            request.query_params.get("wait", "0"), minimum=0, maximum=MAX_POLL_WAIT_SECONDS
+        )
         if wait is None:
             raise InvalidRequest(
                 f"'wait' must be a whole number of seconds from 0 to {MAX_POLL_WAIT_SECONDS}.",

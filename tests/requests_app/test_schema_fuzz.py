@@ -84,6 +84,39 @@ def test_created_after_past_the_year_9999_is_a_400(live_api, tenant):
     assert response.json()["error"]["param"] == "created_after"
 
 
+@pytest.mark.parametrize("name", ["limit", "created_after"])
+@pytest.mark.parametrize("value", [" 5", "1_0", "\u0665", "+5", "-1"])
+def test_a_number_in_the_list_query_is_plain_ascii_digits(live_api, tenant, name, value):
+    # int() would take spaces, underscores, a sign and other scripts' digits.
+    response = httpx.get(
+        f"{live_api.url}/v1/requests",
+        params={name: value},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == name
+
+
+def test_a_page_of_none_is_a_400_and_created_after_the_epoch_lists_all(live_api, tenant):
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": []},
+        headers=headers | {"Prefer": "respond-async"},
+    )
+
+    empty_page = httpx.get(f"{live_api.url}/v1/requests", params={"limit": "0"}, headers=headers)
+    since_epoch = httpx.get(
+        f"{live_api.url}/v1/requests", params={"created_after": "0"}, headers=headers
+    )
+
+    assert empty_page.status_code == 400
+    assert empty_page.json()["error"]["param"] == "limit"
+    assert since_epoch.status_code == 200
+    assert len(since_epoch.json()["data"]) == 1
+
+
 def test_a_nul_in_a_text_filter_is_a_400(live_api, tenant):
     for name in ("after", "endpoint", "idempotency_key"):
         response = httpx.get(
