@@ -96,22 +96,28 @@ def rename_project(
 def delete_project(*, project: Project, actor: User | None = None, ip_address: str | None = None):
     """Delete a project whose requests have all finished. Deleting one with requests in
     flight would take their rows past the engine, which alone frees a request's pending
-    slot: the account's count would stay taken for good."""
-    unfinished = unfinished_requests(project)
-    if unfinished:
-        raise ProjectBusy(
-            f"{unfinished} of its requests {'has' if unfinished == 1 else 'have'} not finished "
-            "(queued, retrying or running). Cancel them on the project's requests page, or "
-            "wait for them to end, then delete the project."
+    slot: the account's count would stay taken for good.
+
+    The project's row is locked first: an accept whose insert is committing holds it (the
+    request's foreign key), so it is counted below; one that commits later finds the
+    project gone and is refused."""
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).exists()
+        unfinished = unfinished_requests(project)
+        if unfinished:
+            raise ProjectBusy(
+                f"{unfinished} of its requests {'has' if unfinished == 1 else 'have'} not "
+                "finished (queued, retrying or running). Cancel them on the project's "
+                "requests page, or wait for them to end, then delete the project."
+            )
+        record_audit_event(
+            account=project.account,
+            actor=actor,
+            action="project_deleted",
+            target=f"{project.public_id} {project.name}",
+            ip_address=ip_address,
         )
-    record_audit_event(
-        account=project.account,
-        actor=actor,
-        action="project_deleted",
-        target=f"{project.public_id} {project.name}",
-        ip_address=ip_address,
-    )
-    project.delete()
+        project.delete()
 
 
 def update_retry_policy(

@@ -55,6 +55,12 @@ class InvalidRequest(ApiError):
     pass
 
 
+INVALID_KEY_MESSAGE = (
+    "Incorrect API key provided. Use a ReqRun key (rr_…) from your project's API keys page "
+    "in an 'Authorization: Bearer' header."
+)
+
+
 class InvalidApiKey(ApiError):
     status_code = status.HTTP_401_UNAUTHORIZED
     code = "invalid_api_key"

@@ -8,7 +8,7 @@ from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key
 from requests_app.api import ratelimit
 from requests_app.engine.redis_client import client
-from requests_app.errors import InvalidApiKey, RateLimited, Suspended
+from requests_app.errors import INVALID_KEY_MESSAGE, InvalidApiKey, RateLimited, Suspended
 
 # Repeated bad keys from one address are refused for a while, whatever key comes next;
 # repeated bad secrets for one key prefix are answered 429 instead of 401, but the right
@@ -16,11 +16,6 @@ from requests_app.errors import InvalidApiKey, RateLimited, Suspended
 AUTH_FAILURE_WINDOW_SECONDS = 300
 MAX_AUTH_FAILURES_PER_IP = 30
 MAX_AUTH_FAILURES_PER_PREFIX = 10
-
-INVALID_KEY_MESSAGE = (
-    "Incorrect API key provided. Use a ReqRun key (rr_…) from your project's API keys page "
-    "in an 'Authorization: Bearer' header."
-)
 
 
 def api_key_from_header(authorization: str) -> ApiKey:

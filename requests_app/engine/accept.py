@@ -17,7 +17,13 @@ from core.untrusted import storable
 from projects.limits import Limits, count_accepted_request, current_period_start, limits_for
 from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql
-from requests_app.errors import IdempotencyMismatch, PendingQueueFull, QuotaExceeded
+from requests_app.errors import (
+    INVALID_KEY_MESSAGE,
+    IdempotencyMismatch,
+    InvalidApiKey,
+    PendingQueueFull,
+    QuotaExceeded,
+)
 from requests_app.models import PendingCount, Request
 
 logger = logging.getLogger(__name__)
@@ -207,7 +213,10 @@ def accept_request(
             _enqueue_after_commit(request.pk)
         else:
             _accept_in_steps(request, limits)
-    except IntegrityError:
+    except IntegrityError as error:
+        if isinstance(error.__cause__, pg_errors.ForeignKeyViolation):
+            # The project (and with it this key) was deleted after the key authenticated.
+            raise InvalidApiKey(INVALID_KEY_MESSAGE) from None
         # Another web process inserted the same key first: attach to its request.
         existing = _remembered(api_key=api_key, idempotency_key=idempotency_key or "")
         if existing is None:

@@ -9,9 +9,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from projects.limits import limits_for, usage_row
+from projects.models import Project
 from requests_app.api.serializers import request_object
 from requests_app.engine.accept import accept_request
-from requests_app.errors import PendingQueueFull, QuotaExceeded
+from requests_app.errors import InvalidApiKey, PendingQueueFull, QuotaExceeded
 from requests_app.models import PendingCount, Request
 from tests.requests_app.conftest import Tenant
 
@@ -117,3 +118,20 @@ def test_a_key_stays_with_its_request_past_24_hours_until_it_finishes(tenant):
     Request.objects.filter(pk=first.request.pk).update(status="succeeded")
     assert keyed().outcome == "created"  # finished and past the window: the key is free
     assert Request.objects.count() == 2
+
+
+@pytest.mark.parametrize("counters_exist", [True, False], ids=["one-statement", "in-steps"])
+def test_a_key_whose_project_was_deleted_after_it_authenticated_is_refused(tenant, counters_exist):
+    # The race: the key authenticated, then the project (and the key) went before the insert.
+    limits = limits_for(tenant.account)
+    if counters_exist:
+        accepted = accept(tenant)
+        Request.objects.filter(pk=accepted.request.pk).delete()
+        PendingCount.objects.filter(account=tenant.account).update(pending=0)
+    Project.objects.filter(pk=tenant.project.pk).delete()  # another process; ours keeps its copy
+
+    with pytest.raises(InvalidApiKey):
+        accept(tenant, limits)
+
+    assert not Request.objects.exists()
+    assert not PendingCount.objects.filter(account=tenant.account, pending__gt=0).exists()
