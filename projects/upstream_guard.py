@@ -17,6 +17,9 @@ class UpstreamNotAllowed(ValueError):
     """The upstream URL or the address it resolved to is not allowed."""
 
 
+ENTER_A_BASE_URL = "Enter a full base URL such as https://api.openai.com/v1."
+
+
 # IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel reaches.
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
 IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d, deprecated but still routed
@@ -62,9 +65,13 @@ def check_address(address: str) -> None:
 def validate_upstream_url(url: str) -> str:
     """Return the normalised base URL or raise UpstreamNotAllowed with a message for the user."""
     url = url.strip().rstrip("/")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError as error:  # an unclosed [, a port out of range, an odd host
+        raise UpstreamNotAllowed(ENTER_A_BASE_URL) from error
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise UpstreamNotAllowed("Enter a full base URL such as https://api.openai.com/v1.")
+        raise UpstreamNotAllowed(ENTER_A_BASE_URL)
     if parts.username or parts.password or parts.query or parts.fragment:
         raise UpstreamNotAllowed(
             "The base URL must not contain credentials, a query or a fragment."
@@ -74,7 +81,7 @@ def validate_upstream_url(url: str) -> str:
     if parts.scheme != "https":
         raise UpstreamNotAllowed("The upstream base URL must use https.")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(parts.hostname, port or 443, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as error:
         raise UpstreamNotAllowed(f"The host {parts.hostname} could not be resolved.") from error
     for info in infos:

@@ -112,6 +112,11 @@ def check_provider_key(provider_key: str) -> str:
     return provider_key
 
 
+def _shown(name: str) -> str:
+    """A model name fit to show in an error: what cannot be printed becomes U+FFFD."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in name)
+
+
 def check_model_map(model_map: dict) -> dict[str, str]:
     """The map with names stripped, or InvalidModelMap: pairs of non-empty model names."""
     if not isinstance(model_map, dict):
@@ -125,8 +130,11 @@ def check_model_map(model_map: dict) -> dict[str, str]:
         source, destination = source.strip(), destination.strip()
         if not source or not destination:
             raise InvalidModelMap("Each pair in the model map needs two non-empty model names.")
-        if any(c.isspace() for c in source + destination):
-            raise InvalidModelMap(f"Model names contain no spaces: “{source}={destination}”.")
+        if not all(c.isprintable() and not c.isspace() for c in source + destination):
+            raise InvalidModelMap(
+                "Model names hold no spaces or control characters: "
+                f"“{_shown(source)}={_shown(destination)}”."
+            )
         checked[source] = destination
     return checked
 

@@ -23,6 +23,13 @@ from tests.projects.conftest import PROVIDER_KEY, messages_of
 pytestmark = pytest.mark.django_db
 
 FALLBACK_KEY = "sk-fallback-provider-key-9b1e"
+# urlsplit() or its .port raise ValueError on each of these.
+MALFORMED_URLS = (
+    "https://[::1/v1",
+    "https://llm.example.net:99999/v1",
+    "https://llm.example.net:abc/v1",
+    "https://\u2100.com/v1",
+)
 
 
 def names_in_order(project):
@@ -222,6 +229,9 @@ def test_at_the_cap_the_add_form_says_so_and_adds_nothing(alice_client, alice_pr
         ({"name": "primary"}, "already named"),
         ({"base_url": "ftp://x.example/v1"}, "Enter a full base URL"),
         ({"provider_key": "short"}, "does not look like a provider API key"),
+        ({"model_map": "gpt-4o=their\x00large"}, "no spaces or control characters"),
+        ({"model_map": "gpt\x00=theirs"}, "no spaces or control characters"),
+        *(({"base_url": url}, "Enter a full base URL") for url in MALFORMED_URLS),
     ],
 )
 def test_bad_upstream_input_is_a_form_error_and_saves_nothing(
@@ -247,6 +257,21 @@ def test_edit_sets_the_model_map_as_lines(alice_client, two_upstreams):
     )
     assert "Upstream “fallback-1” saved; its provider key ends in …9b1e." in messages_of(response)
     assert project.upstreams.get(name="fallback-1").model_map == {"gpt-4o": "their-large"}
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_url_on_edit_is_a_form_error_and_changes_nothing(
+    alice_client, two_upstreams, url
+):
+    project = two_upstreams[0].project
+
+    response = alice_client.post(
+        upstream_url(project, "upstream-edit", "fallback-1"), {"base_url": url}
+    )
+
+    assert response.status_code == 200
+    assert "Enter a full base URL" in response.content.decode()
+    assert project.upstreams.get(name="fallback-1").base_url == "https://llm.example.net/v1"
 
 
 def test_move_disable_enable_and_remove_from_the_page(alice_client, two_upstreams):
