@@ -131,6 +131,10 @@ def final_response(request: Request) -> HttpResponse:
         )
     else:
         response = _json({"error": error}, _error_status(error))
+    if request.status != Status.SUCCEEDED:
+        # ReqRun has done the retrying (or the caller canceled): an SDK that retried this
+        # on its own would start a new request, with attempts and quota of its own.
+        response["x-should-retry"] = "false"
     response["ReqRun-Request-Id"] = request.public_id
     response["ReqRun-Attempts"] = str(request.attempt_count)
     return response

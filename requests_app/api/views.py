@@ -188,9 +188,9 @@ class ProxyView(V1View):
         ensure_body_size(len(body))
         payload = parse_body(body)
         wait_seconds = parse_wait_budget(request)
-        if not isinstance(payload.get("stream", False), bool):
+        if not isinstance(payload.get("stream", False), bool | None):  # null: false, as at OpenAI
             raise InvalidRequest(
-                "'stream' must be true or false.", param="stream", code="invalid_stream"
+                "'stream' must be true, false or null.", param="stream", code="invalid_stream"
             )
         if payload.get("stream"):
             if self.endpoint not in STREAMING_ENDPOINTS:

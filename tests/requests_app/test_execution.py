@@ -178,6 +178,36 @@ def test_connection_errors_to_the_end_give_a_502_upstream_error(sdk, tenant):
     assert raised.value.body["type"] == "upstream_error"
 
 
+@pytest.mark.parametrize("model", ["script:502,503", "script:drop"])
+def test_a_failure_after_reqrun_retried_tells_the_sdk_not_to_retry_it(tenant, live_api, model):
+    # The SDK retries 5xx by default; each retry would be a new request with its own
+    # attempts, multiplying upstream calls and quota.
+    tenant.project.max_attempts = 2
+    tenant.project.save()
+    sdk = tenant.client(live_api.url, max_retries=2, timeout=60)
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        sdk.chat.completions.create(model=model, messages=CHAT)
+
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert Request.objects.count() == 1
+    assert len(outcomes(only_request())) == 2
+
+
+def test_a_succeeded_answer_says_nothing_about_retrying(sdk):
+    answer = sdk.chat.completions.with_raw_response.create(model="gpt-test", messages=CHAT)
+
+    assert "x-should-retry" not in answer.headers
+
+
+def test_stream_null_means_no_stream_as_openai_reads_it(sdk, fake_upstream):
+    answer = sdk.chat.completions.create(model="gpt-test", messages=CHAT, stream=None)
+
+    assert answer.choices[0].message.content
+    assert fake_upstream.requests[-1].body["stream"] is None  # sent on unchanged
+    assert only_request().stream is False
+
+
 def test_every_proxied_endpoint_reaches_its_upstream_path(sdk, fake_upstream):
     sdk.completions.create(model="gpt-test", prompt="hi")
     sdk.embeddings.create(model="emb-test", input="hi")
@@ -315,6 +345,25 @@ def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, 
     assert again.json()["status"] == "canceled"
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert Attempt.objects.count() == 1
+
+
+def test_a_waiter_whose_request_is_canceled_is_told_not_to_retry(tenant, live_api):
+    # Otherwise the SDK retries the 409 and quietly runs the canceled call again.
+    sdk = tenant.client(live_api.url, max_retries=2, timeout=60)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(sdk.chat.completions.create, model="script:503ra30,200", messages=CHAT)
+        wait_until(lambda: Request.objects.filter(status="retrying").exists())
+        request_id = only_request().public_id
+        httpx.post(
+            f"{live_api.url}/v1/requests/{request_id}/cancel",
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        )
+
+        with pytest.raises(openai.ConflictError) as raised:
+            call.result(timeout=60)
+
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert Request.objects.count() == 1
 
 
 @pytest.mark.parametrize("model", ["gpt\x00mini", "gpt\ud800mini"], ids=["nul", "lone-surrogate"])

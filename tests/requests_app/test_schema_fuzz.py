@@ -128,10 +128,11 @@ def test_a_nul_in_a_text_filter_is_a_400(live_api, tenant):
         assert response.status_code == 400
 
 
-def test_a_stream_flag_that_is_not_a_boolean_is_a_400(live_api, tenant):
+@pytest.mark.parametrize("stream", ["abc", "true", 1, 0, [], {}])
+def test_a_stream_flag_that_is_not_a_boolean_is_a_400(live_api, tenant, stream):
     response = httpx.post(
         f"{live_api.url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": [], "stream": "abc"},
+        json={"model": "gpt-test", "messages": [], "stream": stream},
         headers={"Authorization": f"Bearer {tenant.raw_key}"},
     )
 
