@@ -59,6 +59,7 @@ class V1View(APIView):
 
     authentication_classes = ()
     permission_classes = ()
+    metadata_class = None  # OPTIONS is a 405 like any method a path does not serve
     rate_state: ratelimit.RateLimitState | None = None
     json_renderer = JSONRenderer()
 

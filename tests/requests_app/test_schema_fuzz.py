@@ -64,7 +64,12 @@ def test_an_unrouted_v1_path_answers_404_in_the_envelope(live_api, tenant):
 
 
 def test_a_method_the_endpoint_does_not_serve_answers_405_in_the_envelope(live_api, tenant):
-    for method, path in (("DELETE", "/v1/chat/completions"), ("PUT", "/v1/usage")):
+    for method, path in (
+        ("DELETE", "/v1/chat/completions"),
+        ("PUT", "/v1/usage"),
+        ("OPTIONS", "/v1/chat/completions"),  # not DRF's description of the view
+        ("OPTIONS", "/v1/requests"),
+    ):
         response = httpx.request(
             method, f"{live_api.url}{path}", headers={"Authorization": f"Bearer {tenant.raw_key}"}
         )
