@@ -104,8 +104,17 @@ class V1View(APIView):
         return response
 
 
+def prefers_async(prefer: str) -> bool:
+    """Whether a Prefer header holds the respond-async preference: comma-separated
+    preferences, each a name (case-insensitive) with optional `=value` and `;` parameters."""
+    return any(
+        preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async"
+        for preference in prefer.split(",")
+    )
+
+
 def parse_wait_budget(request) -> int:
-    if "respond-async" in request.META.get("HTTP_PREFER", ""):
+    if prefers_async(request.META.get("HTTP_PREFER", "")):
         return 0
     raw = request.META.get("HTTP_REQRUN_WAIT")
     if raw is None:

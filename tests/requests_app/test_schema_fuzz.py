@@ -177,3 +177,26 @@ def test_a_wait_that_is_not_whole_seconds_in_range_is_a_400(live_api, tenant, wa
 
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "wait"
+
+
+@pytest.mark.parametrize(
+    ("prefer", "status"),
+    [
+        ("respond-async", 202),
+        ("RESPOND-ASYNC", 202),  # preference names are case-insensitive (RFC 7240)
+        ("return=minimal, respond-async", 202),
+        ("respond-async, wait=10", 202),
+        ("no-respond-async", 200),
+        ("respond-async-later", 200),
+        ("handling=lenient", 200),
+    ],
+)
+def test_prefer_asks_for_async_only_by_the_preference_itself(live_api, tenant, prefer, status):
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": prefer},
+        timeout=60,
+    )
+
+    assert response.status_code == status, response.text
