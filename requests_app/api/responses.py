@@ -87,7 +87,10 @@ def _truncated_stream(request: Request) -> HttpResponse:
         "code": "request_canceled",
     }
     event = error_event(error.get("message") or "", error.get("code") or "stream_interrupted")
-    return HttpResponse(delivered + event, status=200, content_type="text/event-stream")
+    response = HttpResponse(delivered + event, status=200, content_type="text/event-stream")
+    for name, value in (request.response_headers or {}).items():
+        response[name] = value
+    return response
 
 
 def final_response(request: Request) -> HttpResponse:

@@ -127,8 +127,8 @@ async def relay_stream(record: Request, wait_seconds: int):
     reader = Reader(record)
     completion_hub = await hub()
     await reader.join()
-    entries = read_entries(record.public_id)
     deadline = asyncio.get_running_loop().time() + wait_seconds
+    entries = read_entries(record.public_id, start_by=deadline)
     start = None
     try:
         async for entry in entries:

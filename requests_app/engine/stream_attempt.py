@@ -170,13 +170,16 @@ class StreamRelay:
     def result(self, outcome: str, *, error_code: str | None = None) -> AttemptResult:
         """An outcome once bytes have left: what was delivered, never to be retried."""
         body = bytes(self.delivered)
+        # The headers the callers got with the first bytes, so a replay carries them too.
+        headers = (
+            upstream.forwarded_headers(self.response.headers) if self.response is not None else {}
+        )
+        headers.setdefault("content-type", "text/event-stream")
         return AttemptResult(
             outcome,
             status_code=200,
             error_code=error_code,
-            response=UpstreamResponse(
-                200, {"content-type": "text/event-stream"}, body, httpx.Headers()
-            ),
+            response=UpstreamResponse(200, headers, body, httpx.Headers()),
             stream_started=self.started,
             client_gone=error_code == "client_disconnected",
         )

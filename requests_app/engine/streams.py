@@ -106,15 +106,21 @@ def async_client() -> aioredis.Redis:
     return client
 
 
-async def read_entries(public_id: str):
+async def read_entries(public_id: str, *, start_by: float | None = None):
     """Web side: yield each entry as a dict of str → bytes (chunks decrypted);
-    {"kind": b"idle"} on silence."""
+    {"kind": b"idle"} on silence. Until a `start` entry, silence is reported by `start_by`
+    (the event loop's clock) at the latest, so a caller's wait budget is kept."""
     key = stream_key(public_id)
     last_id = "0-0"
     client = async_client()
+    loop = asyncio.get_running_loop()
     while True:
+        block = READ_BLOCK_MS
+        if start_by is not None:
+            # At least 1 ms: XREAD's BLOCK 0 would wait for ever.
+            block = max(1, min(block, int((start_by - loop.time()) * 1000)))
         try:
-            answer = await client.xread({key: last_id}, block=READ_BLOCK_MS, count=500)
+            answer = await client.xread({key: last_id}, block=block, count=500)
         except (redis.RedisError, OSError):
             await asyncio.sleep(1)
             yield {"kind": b"idle"}
@@ -125,6 +131,8 @@ async def read_entries(public_id: str):
         for entry_id, fields in answer[0][1]:
             last_id = entry_id
             entry = {name.decode(): value for name, value in fields.items()}
+            if entry["kind"] == b"start":
+                start_by = None
             if entry["kind"] == b"chunk":
                 entry["data"] = encryption.decrypt(entry["data"])
             yield entry

@@ -151,6 +151,8 @@ def test_a_replayed_truncated_stream_ends_with_its_recorded_error(tenant, live_a
     assert b"event: error" in replay.content
     assert b"[DONE]" not in replay.content
     assert Request.objects.count() == 1
+    assert replay.headers["x-request-id"].startswith("req_fake")  # the upstream's, kept
+    assert replay.headers["ReqRun-Upstream"] == "primary"
 
 
 def test_a_replayed_canceled_request_says_it_was_canceled(tenant, live_api, worker):

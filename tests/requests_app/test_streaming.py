@@ -115,6 +115,24 @@ def test_a_replayed_stream_streams_the_stored_result_again(tenant, live_api, fak
     assert second.content == first.content
     assert b"data: [DONE]" in second.content
     assert fake_upstream.count("/v1/chat/completions") == 1
+    # The upstream's own headers describe the provider key; a replay keeps them too.
+    assert second.headers["x-request-id"] == first.headers["x-request-id"]
+    remaining = "x-ratelimit-remaining-requests"
+    assert second.headers[remaining] == first.headers[remaining]
+    assert second.headers["content-type"] == first.headers["content-type"]
+
+
+def test_a_stream_not_started_within_the_wait_budget_answers_202(tenant, live_api):
+    # The upstream starts after 3.5 s; a 1 s budget must not hold the caller until then.
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "sleep-3500", "messages": CHAT, "stream": True},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "ReqRun-Wait": "1"},
+        timeout=30,
+    )
+
+    assert response.status_code == 202, response.text[:300]
+    assert wait_until(lambda: only_request().status == "succeeded", timeout=30)
 
 
 def test_stream_with_async_mode_is_refused(tenant, live_api):
