@@ -1,11 +1,15 @@
 """allauth glue: allauth's rate limits and sessions see the same client address as our audit
-events (`accounts.access.client_ip`), whichever server runs the app."""
+events (`accounts.access.client_ip`), whichever server runs the app; every form that takes an
+email address refuses one longer than the database keeps."""
 
 from allauth.account.adapter import DefaultAccountAdapter
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest
 
 from accounts.access import client_ip
+from accounts.models import User
+
+EMAIL_MAX_LENGTH = User._meta.get_field("email").max_length
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -14,3 +18,14 @@ class AccountAdapter(DefaultAccountAdapter):
         if address is None:
             raise PermissionDenied("Unable to determine the client's address.")
         return address
+
+    def clean_email(self, email: str) -> str:
+        """Sign-up, adding an address and password reset all pass through here. Django's form
+        field allows 320 characters, the database 254: left alone, allauth cuts a longer
+        address short on sign-up and the insert of an added one fails."""
+        if len(email) > EMAIL_MAX_LENGTH:
+            raise ValidationError(
+                f"Email addresses can be at most {EMAIL_MAX_LENGTH} characters; "
+                "use a shorter address."
+            )
+        return super().clean_email(email)
