@@ -9,6 +9,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.text import Truncator
 
 from accounts.models import Account, AuditEvent, Membership, User
 from accounts.selectors import owner_emails
@@ -16,10 +17,20 @@ from accounts.selectors import owner_emails
 logger = logging.getLogger(__name__)
 
 
+WORKSPACE_SUFFIX = "'s workspace"
+
+
+def default_account_name(email: str) -> str:
+    """The name of a new user's account: dana@example.com gets "dana's workspace"; a local
+    part too long for the name is cut short with an ellipsis."""
+    room = Account._meta.get_field("name").max_length - len(WORKSPACE_SUFFIX)
+    return Truncator(email.rpartition("@")[0]).chars(room) + WORKSPACE_SUFFIX
+
+
 @transaction.atomic
 def create_account(*, owner: User, name: str = "") -> Account:
     """A new tenant with `owner` as its first owner."""
-    account = Account.objects.create(name=name or f"{owner.email.split('@')[0]}'s workspace")
+    account = Account.objects.create(name=name or default_account_name(owner.email))
     Membership.objects.create(user=owner, account=account, role=Membership.Role.OWNER)
     logger.info("account created", extra={"account_id": account.public_id})
     return account

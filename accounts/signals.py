@@ -1,19 +1,14 @@
-"""allauth hooks: a new user gets an account; a verified user gets a welcome email once;
-sign-ins and changes to a user's second factors are audited in each of their accounts."""
+"""allauth hooks: a verified user gets a welcome email once; sign-ins and changes to a user's
+second factors are audited in each of their accounts. (A new user's account is made by the
+sign-up form, accounts.forms.SignupForm, with the user.)"""
 
-from allauth.account.signals import email_confirmed, user_logged_in, user_signed_up
+from allauth.account.signals import email_confirmed, user_logged_in
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from django.dispatch import receiver
 
 from accounts.access import client_ip
 from accounts.selectors import memberships_of
-from accounts.services import create_account, record_audit_event, send_welcome_email
-
-
-@receiver(user_signed_up)
-def create_account_on_signup(sender, request, user, **kwargs):
-    if not memberships_of(user).exists():
-        create_account(owner=user)
+from accounts.services import record_audit_event, send_welcome_email
 
 
 @receiver(email_confirmed)

@@ -164,6 +164,8 @@ ACCOUNT_EMAIL_UNKNOWN_ACCOUNTS = True
 # Rate limits, sessions and audit events read the client's address through
 # accounts.access.client_ip, which believes X-Forwarded-For only from REQRUN_TRUSTED_PROXIES.
 ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+# A new user gets their own account in the same transaction as the user row.
+ACCOUNT_FORMS = {"signup": "accounts.forms.SignupForm"}
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[ReqRun] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http" if DEBUG else "https"

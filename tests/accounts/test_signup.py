@@ -5,6 +5,8 @@ import re
 import pytest
 from allauth.account.models import EmailAddress
 from django.core import mail
+from django.db import IntegrityError, connection
+from django.urls import reverse
 
 from accounts.models import Membership, User
 from tests.factories import PASSWORD, UserFactory
@@ -49,6 +51,44 @@ def test_signup_verify_sign_in_and_welcome(client):
     # The welcome email goes out once, even if the address is confirmed again.
     client.post(confirm_path)
     assert len([m for m in mail.outbox if "Welcome" in m.subject]) == 1
+
+
+LONG_LOCAL_PART = "a" * 89 + "@example.com"  # "<local part>'s workspace" is over 100
+
+
+def test_signup_with_a_long_local_part_gets_an_account_whose_name_fits(client):
+    response = sign_up(client, email=LONG_LOCAL_PART)
+
+    assert response.status_code == 302
+    membership = Membership.objects.select_related("account").get(user__email=LONG_LOCAL_PART)
+    assert membership.role == "owner"
+    name = membership.account.name
+    assert len(name) <= 100
+    assert name.startswith("aaaa") and name.endswith("…'s workspace")
+
+
+def test_a_failed_signup_leaves_no_user_behind(client):
+    with connection.cursor() as cursor:  # whatever makes creating the account fail
+        cursor.execute(
+            "ALTER TABLE accounts_account ADD CONSTRAINT refuse_all CHECK (false) NOT VALID"
+        )
+
+    with pytest.raises(IntegrityError):
+        sign_up(client)
+
+    assert not User.objects.exists()
+    assert not EmailAddress.objects.exists()
+
+
+def test_a_user_with_a_long_local_part_can_start_an_account(client):
+    user = UserFactory(email=LONG_LOCAL_PART)  # left without an account
+    client.force_login(user)
+
+    response = client.post(reverse("no-account"))
+
+    assert response["Location"] == reverse("dashboard")
+    account = Membership.objects.get(user=user, role="owner").account
+    assert len(account.name) <= 100
 
 
 @pytest.mark.parametrize(
