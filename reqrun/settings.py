@@ -20,6 +20,7 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+CSRF_FAILURE_VIEW = "core.csrf.csrf_failure"
 # Addresses or networks of the proxies in front (comma-separated; `*` trusts every peer, only
 # for platforms where nothing but their router can reach the app). Only these may tell us the
 # client's address in X-Forwarded-For; the Procfile passes the same list to uvicorn.

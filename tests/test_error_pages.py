@@ -1,0 +1,42 @@
+"""Refusals come in the site's layout and say what to do: a form that fails the CSRF check,
+and anything that raises PermissionDenied."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from projects.models import Project
+
+pytestmark = pytest.mark.django_db
+
+LAYOUT = 'class="site-header"'
+
+
+def test_a_form_that_fails_the_csrf_check_says_to_reload_and_try_again(alice, alice_account):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+
+    response = client.post(reverse("project-list"), {"name": "Sent without its token"})
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert LAYOUT in page
+    assert "Sign out" in page  # the layout knows who is signed in
+    assert "reload the page and try again" in page
+    assert "cookies" in page
+    assert "CSRF verification failed" not in page
+    assert not Project.objects.exists()
+
+
+def test_a_permission_denied_is_a_403_page_in_the_layout(client):
+    # allauth's rate limit needs the client's address; a peer that gives none is refused.
+    response = client.post(
+        reverse("account_login"),
+        {"login": "dana@example.com", "password": "whatever-it-is"},
+        REMOTE_ADDR="not-an-address",
+    )
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert LAYOUT in page
+    assert "not allowed" in page.lower()
