@@ -8,7 +8,6 @@ from functools import wraps
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,7 +16,7 @@ from django.utils.dateformat import format as format_date
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from accounts.access import client_ip
+from accounts.access import Need, client_ip, member_view
 from accounts.models import Membership
 from accounts.selectors import current_membership
 from billing import checkout, paddle, services, webhooks
@@ -77,16 +76,8 @@ def pricing(request: HttpRequest) -> HttpResponse:
     return render(request, "pages/pricing.html", context)
 
 
-def _acting_membership(request: HttpRequest) -> Membership:
-    membership = current_membership(request)
-    if membership is None:
-        raise Http404("You are not a member of any account.")
-    return membership
-
-
-@login_required
-def billing(request: HttpRequest) -> HttpResponse:
-    membership = _acting_membership(request)
+@member_view()
+def billing(request: HttpRequest, membership: Membership) -> HttpResponse:
     account = membership.account
     context = _plans_context(request, membership)
     context.update(
@@ -99,15 +90,16 @@ def billing(request: HttpRequest) -> HttpResponse:
 
 
 def owner_only(view: Callable) -> Callable:
-    """Signed in, owner of the current account; everyone else gets a 404."""
+    """Signed in, owner of the current account; other members get a 404 (`member_view` lets
+    every role through so that the refusal is this one), and a user without an account is
+    sent to start one."""
 
-    @login_required
+    @member_view(write=Need.READ)
     @wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs) -> HttpResponse:
-        membership = _acting_membership(request)
+    def wrapper(request: HttpRequest, membership: Membership, **kwargs) -> HttpResponse:
         if not membership.is_owner:
             raise Http404("Only owners manage billing.")
-        return view(request, membership, *args, **kwargs)
+        return view(request, membership, **kwargs)
 
     return wrapper
 

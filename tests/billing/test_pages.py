@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from accounts.models import Membership
 from billing.models import Subscription
 from projects.limits import usage_row
 from tests.factories import InvoiceFactory, SubscriptionFactory
@@ -170,3 +171,17 @@ def test_billing_needs_a_signed_in_user(client):
 
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
+
+
+def test_a_user_without_an_account_is_sent_to_start_one(client, bob, alice_account):
+    SubscriptionFactory(account=alice_account)
+    Membership.objects.filter(user=bob).delete()  # removed from alice's account
+    client.force_login(bob)
+
+    response = client.get("/app/billing/")
+
+    assert response.status_code == 302
+    assert response["Location"] == "/app/no-account/"
+    response = client.post("/app/billing/cancel")
+    assert response["Location"] == "/app/no-account/"
+    assert not Subscription.objects.get().cancel_scheduled
