@@ -105,6 +105,8 @@ WSGI_APPLICATION = "reqrun.wsgi.application"
 ASGI_APPLICATION = "reqrun.asgi.application"
 
 DATABASES = {"default": env.db_url("DATABASE_URL")}
+# Django's PostgreSQL backend, whose pool hands out no connection the server has closed.
+DATABASES["default"]["ENGINE"] = "core.postgresql"
 # A psycopg connection pool per process. Under ASGI, Django binds connections to the async
 # context, so without a pool every request would open (and leak) a new connection; with it,
 # closing a connection hands it back. The pool replaces persistent connections.

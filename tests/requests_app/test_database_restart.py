@@ -1,0 +1,63 @@
+"""PostgreSQL restarts: every connection a process holds in its pool dies at once. No caller
+may get an error for it once the server is back, and no attempt's result may be lost."""
+
+import threading
+
+import httpx
+from django.db import connection
+
+from requests_app.models import Request
+from tests.conftest import wait_until
+
+CHAT = [{"role": "user", "content": "restart"}]
+
+
+def drop_every_other_connection() -> None:
+    """What a restart does to the connections web and worker keep in their pools (the
+    server ends each with "terminating connection due to administrator command")."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+def test_calls_after_the_servers_connections_dropped_all_succeed(sdk):
+    for _ in range(4):  # the web's and the worker's pools now hold connections
+        sdk.chat.completions.create(model="gpt-test", messages=CHAT)
+
+    drop_every_other_connection()
+    answers = [
+        sdk.chat.completions.with_raw_response.create(model="gpt-test", messages=CHAT)
+        for _ in range(6)
+    ]
+
+    assert [answer.http_response.status_code for answer in answers] == [200] * 6
+    assert Request.objects.filter(status="succeeded").count() == 10
+
+
+def test_an_attempt_in_flight_when_the_connections_dropped_is_concluded_once(
+    tenant, live_api, fake_upstream
+):
+    response = None
+
+    def call():
+        nonlocal response
+        response = httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": "sleep-2000", "messages": CHAT},
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+            timeout=60,
+        )
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_until(lambda: Request.objects.filter(status="running").exists())
+    drop_every_other_connection()
+    caller.join(60)
+
+    assert response is not None and response.status_code == 200, response and response.text
+    request = Request.objects.get()
+    assert request.status == "succeeded"
+    assert [a.outcome for a in request.attempts.all()] == ["success"]
+    assert fake_upstream.count("/v1/chat/completions") == 1
