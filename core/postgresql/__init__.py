@@ -1,2 +1,2 @@
-"""Django's PostgreSQL backend, with a pool that never hands out a connection the server has
-closed (`base.py`). Named in DATABASES["default"]["ENGINE"]."""
+"""Django's PostgreSQL backend, never handing out a pooled connection the server has closed
+(`base.py`). Named in DATABASES["default"]["ENGINE"]."""

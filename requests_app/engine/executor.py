@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 from django.utils import timezone
 
 from core import encryption, shutdown
@@ -38,6 +38,10 @@ from requests_app.models import TERMINAL_STATUSES, Attempt, Request, Status
 logger = logging.getLogger(__name__)
 
 INLINE_BACKOFF_MAX_SECONDS = 2.0
+# How long a worker keeps an attempt's result while the database cannot take it (an outage,
+# a restart), trying again with backoff; past it the request is left to the sweeper.
+CONCLUSION_RETRY_SECONDS = 300.0
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 RESPONSE_RETENTION = timedelta(hours=24)
 
 
@@ -382,6 +386,28 @@ def _learn_from(route: failover.Route, result: AttemptResult, request: Request) 
         failover.remember_success(request.project, route.upstream.name)
 
 
+def conclude_when_the_database_answers(request: Request, number: int, result, **options):
+    """`conclude_attempt`, tried again while the database is unreachable: the upstream has
+    answered (and may have charged for it), so its result is kept rather than lost and the
+    call run a second time. The conclusion is fenced, so if the sweeper recovered the
+    request meanwhile, this one changes nothing."""
+    give_up_at = time.monotonic() + CONCLUSION_RETRY_SECONDS
+    pause = 0.5
+    while True:
+        try:
+            return conclude_attempt(request, number, result, **options)
+        except DATABASE_UNAVAILABLE as error:
+            if time.monotonic() + pause > give_up_at:
+                raise
+            logger.warning(
+                "database unavailable; attempt result kept and retried",
+                extra={"request_id": request.public_id, "exception": type(error).__name__},
+            )
+            connection.close()  # a broken connection goes back to the pool to be dropped
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
 def execute_request(request_pk: int) -> None:
     """Run attempts until the request finishes or waits longer than a worker should hold it.
 
@@ -424,7 +450,7 @@ def execute_request(request_pk: int) -> None:
                 return
             result = perform_attempt(row, attempt, route, slot=slot)
             try:
-                _, delay = conclude_attempt(
+                _, delay = conclude_when_the_database_answers(
                     row,
                     attempt.number,
                     result,
@@ -432,6 +458,8 @@ def execute_request(request_pk: int) -> None:
                     latency_ms=attempt.latency_ms,
                     along=held.release,
                 )
+            except DATABASE_UNAVAILABLE:
+                raise  # for longer than a worker waits: the sweeper recovers the request
             except Exception as error:  # noqa: BLE001 - recorded as our own error below
                 # The result itself could not be read or stored (a value the database refuses,
                 # an answer shaped like nothing foreseen): record the attempt as our own error

@@ -69,7 +69,11 @@ def fake_upstream():
 @pytest.fixture(scope="session")
 def worker(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
-        process = WorkerProcess(concurrency=24, extra_env={"REQRUN_LEASE_GRACE_SECONDS": "1"})
+        process = WorkerProcess(
+            concurrency=24,
+            # A short wait for a pooled connection, so an outage outlasts it in seconds.
+            extra_env={"REQRUN_LEASE_GRACE_SECONDS": "1", "DB_POOL_TIMEOUT": "3"},
+        )
         process.start()
     yield process
     process.stop()

@@ -2,8 +2,11 @@
 may get an error for it once the server is back, and no attempt's result may be lost."""
 
 import threading
+import time
+from contextlib import contextmanager
 
 import httpx
+import psycopg
 from django.db import connection
 
 from requests_app.models import Request
@@ -20,6 +23,22 @@ def drop_every_other_connection() -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@contextmanager
+def database_down():
+    """An outage as the other processes see it: their connections end and no new one is
+    let in, until the block ends. Only this test's own connection stays. (PostgreSQL lets
+    no session close its own database, so that is done from the server's maintenance one.)"""
+    name = connection.settings_dict["NAME"]
+    params = {**connection.get_connection_params(), "dbname": "postgres", "autocommit": True}
+    with psycopg.connect(**params) as maintenance:
+        maintenance.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            drop_every_other_connection()
+            yield
+        finally:
+            maintenance.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
 
 
 def test_calls_after_the_servers_connections_dropped_all_succeed(sdk):
@@ -58,6 +77,34 @@ def test_an_attempt_in_flight_when_the_connections_dropped_is_concluded_once(
 
     assert response is not None and response.status_code == 200, response and response.text
     request = Request.objects.get()
+    assert request.status == "succeeded"
+    assert [a.outcome for a in request.attempts.all()] == ["success"]
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_an_attempt_that_ends_during_an_outage_is_recorded_once_the_database_is_back(
+    tenant, live_api, fake_upstream
+):
+    # The answer arrives while the database is down; the worker keeps it and records it
+    # when the database answers again, rather than losing it (and running the call twice).
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "sleep-1000", "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+    )
+    wait_until(lambda: Request.objects.filter(status="running").exists())
+    with database_down():
+        time.sleep(6)  # longer than the worker waits for a pooled connection (3 s)
+
+    request = wait_until(
+        lambda: (
+            Request.objects.filter(public_id=response.json()["id"], finished_at__isnull=False)
+            .prefetch_related("attempts")
+            .first()
+        ),
+        timeout=30,
+        message="the attempt's result was not recorded after the outage",
+    )
     assert request.status == "succeeded"
     assert [a.outcome for a in request.attempts.all()] == ["success"]
     assert fake_upstream.count("/v1/chat/completions") == 1
