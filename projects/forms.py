@@ -21,6 +21,7 @@ from projects.models import (
     DEADLINE_MAX_SECONDS,
     FAILOVER_TRIES_MAX,
     FailoverOn,
+    Invitation,
     Project,
     Upstream,
 )
@@ -260,7 +261,13 @@ class ProviderKeyForm(ServiceForm):
 
 
 class InviteForm(ServiceForm):
-    email = forms.EmailField(error_messages={"required": "Enter the address to invite."})
+    email = forms.EmailField(
+        max_length=Invitation._meta.get_field("email").max_length,
+        error_messages={
+            "required": "Enter the address to invite.",
+            "max_length": "Enter an address of at most %(limit_value)d characters.",
+        },
+    )
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
 
 

@@ -78,10 +78,10 @@ def invite_member(
         plan_name=limits.plan_name,
         noun="team member" if limits.members == 1 else "team members",
     )
-    _count_invitation(account)
     invitation = Invitation.objects.create(
         account=account, email=email, role=role, invited_by=actor
     )
+    _count_invitation(account)  # only once the invitation is stored: a refused one costs nothing
     link = link_for(invitation_token(invitation))
     context = {"invitation": invitation, "link": link, "account": account, "inviter": actor}
     send_mail(

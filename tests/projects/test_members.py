@@ -213,3 +213,21 @@ def test_invitations_beyond_the_hourly_limit_get_a_form_error(alice_client, alic
     set_plan(account=charlie_account, plan_code="pro")
     response = invite(signed_in(Client(), charlie), email="one-too-many@example.com")
     assert "Invitation sent to one-too-many@example.com" in " ".join(messages_of(response))
+
+
+def test_an_address_too_long_to_store_is_a_form_error_and_uses_no_allowance(
+    alice_client, alice_account
+):
+    set_plan(account=alice_account, plan_code="enterprise")
+    too_long = "a" * 250 + "@example.com"
+
+    response = invite(alice_client, email=too_long)
+
+    assert response.status_code == 200
+    assert "Enter an address of at most 254 characters." in response.content.decode()
+    assert not Invitation.objects.exists()
+    assert mail.outbox == []
+    # The refused address took none of the hour's allowance.
+    for number in range(INVITATIONS_PER_WINDOW):
+        response = invite(alice_client, email=f"guest{number}@example.com")
+        assert f"Invitation sent to guest{number}@example.com" in " ".join(messages_of(response))
