@@ -44,6 +44,10 @@ def _count_invitation(account: Account) -> None:
         )
 
 
+def _member_noun(limit: int) -> str:
+    return "team member" if limit == 1 else "team members"
+
+
 def invitation_token(invitation: Invitation) -> str:
     return signing.dumps(invitation.public_id, salt=INVITATION_SALT)
 
@@ -76,7 +80,7 @@ def invite_member(
         used=account.memberships.count() + pending.count(),
         limit=limits.members,
         plan_name=limits.plan_name,
-        noun="team member" if limits.members == 1 else "team members",
+        noun=_member_noun(limits.members),
     )
     invitation = Invitation.objects.create(
         account=account, email=email, role=role, invited_by=actor
@@ -141,18 +145,31 @@ def invitation_from_token(token: str, *, lock: bool = False) -> Invitation:
 
 
 def ensure_invitation_for(invitation: Invitation, user: User) -> None:
-    """Only the invited address may accept, and only once."""
+    """Only the invited address may accept, only once, and only while the account's plan
+    has room for another member (it may have been downgraded since the invitation)."""
     if user.email.lower() != invitation.email:
         raise MembershipError(
             f"This invitation was sent to {invitation.email}, but you are signed in as "
             f"{user.email}. Sign in with the invited address to accept."
         )
-    if invitation.account.memberships.filter(user=user).exists():
+    account = invitation.account
+    if account.memberships.filter(user=user).exists():
         raise MembershipError("You are already a member of this account.")
+    limits = limits_for(account)
+    if account.memberships.count() >= limits.members:  # the invitee cannot upgrade: say who can
+        raise MembershipError(
+            f"{account.name} already has the {limits.members} {_member_noun(limits.members)} "
+            f"its {limits.plan_name} plan allows. Ask an owner of the account to make room or "
+            "upgrade, then open this link again."
+        )
 
 
 @transaction.atomic
 def accept_invitation(*, token: str, user: User, ip_address: str | None = None) -> Membership:
+    # Members join one at a time under the account's row lock (as invitations are sent), so
+    # two accepts cannot both take the last seat; the account first, then the invitation.
+    account = invitation_from_token(token).account
+    Account.objects.select_for_update().get(pk=account.pk)
     invitation = invitation_from_token(token, lock=True)  # a second accept waits, then fails
     ensure_invitation_for(invitation, user)
     membership = Membership.objects.create(

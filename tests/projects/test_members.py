@@ -2,19 +2,27 @@
 bad links and last-owner changes are refused with a reason and change nothing."""
 
 import re
+import threading
 import time
 
 import pytest
 from django.core import mail, signing
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
 from accounts.selectors import SESSION_ACCOUNT_KEY
 from projects.limits import set_plan
-from projects.members import INVITATION_SALT, INVITATIONS_PER_WINDOW, invitation_token
+from projects.members import (
+    INVITATION_SALT,
+    INVITATIONS_PER_WINDOW,
+    MembershipError,
+    accept_invitation,
+    invitation_token,
+)
 from projects.models import Invitation
-from tests.factories import UserFactory
+from tests.factories import InvitationFactory, UserFactory
 from tests.projects.conftest import messages_of, signed_in
 
 pytestmark = pytest.mark.django_db
@@ -231,3 +239,71 @@ def test_an_address_too_long_to_store_is_a_form_error_and_uses_no_allowance(
     for number in range(INVITATIONS_PER_WINDOW):
         response = invite(alice_client, email=f"guest{number}@example.com")
         assert f"Invitation sent to guest{number}@example.com" in " ".join(messages_of(response))
+
+
+def test_an_invitation_accepted_after_a_downgrade_stays_within_the_member_limit(
+    client, alice_account, bob, on_pro, alice_invitation
+):
+    set_plan(account=alice_account, plan_code="free")  # 1 member; alice and bob are 2 already
+    dana_client = signed_in(client, UserFactory(email="dana@example.com"))
+    path = reverse("invitation-accept", args=[invitation_token(alice_invitation)])
+    limit_reached = (
+        "Alice&#x27;s workspace already has the 1 team member its Free plan allows. "
+        "Ask an owner of the account to make room or upgrade, then open this link again."
+    )
+
+    assert limit_reached in dana_client.get(path).content.decode()
+    response = dana_client.post(path)
+
+    assert response.status_code == 200
+    assert limit_reached in response.content.decode()
+    assert set(roles(alice_account)) == {"alice@example.com", "bob@example.com"}
+    alice_invitation.refresh_from_db()
+    assert alice_invitation.accepted_at is None  # the link works again once there is room
+
+    set_plan(account=alice_account, plan_code="team")
+    response = dana_client.post(path, follow=True)
+    assert "You joined Alice's workspace as member." in messages_of(response)
+
+
+def test_two_invitations_accepted_at_once_take_only_the_seat_left(
+    transactional_db, alice_account, bob, on_pro
+):
+    # Invited while the account was on a bigger plan: two invitations, one seat left on Pro.
+    first, second = (
+        InvitationFactory(account=alice_account, email=email)
+        for email in ("dana@example.com", "erin@example.com")
+    )
+    dana, erin = (UserFactory(email=email) for email in ("dana@example.com", "erin@example.com"))
+    accepted, release, outcome = threading.Event(), threading.Event(), {}
+
+    def dana_accepts_and_holds():
+        with transaction.atomic():
+            accept_invitation(token=invitation_token(first), user=dana)
+            accepted.set()
+            release.wait(10)
+        connection.close()
+
+    def erin_accepts():
+        try:
+            accept_invitation(token=invitation_token(second), user=erin)
+        except MembershipError as error:  # what the second accept ended with is the observation
+            outcome["error"] = str(error)
+        connection.close()
+
+    holding = threading.Thread(target=dana_accepts_and_holds)
+    holding.start()
+    assert accepted.wait(10)
+    accepting = threading.Thread(target=erin_accepts)
+    accepting.start()
+    accepting.join(0.5)
+    release.set()
+    holding.join(10)
+    accepting.join(10)
+
+    assert "its Pro plan allows" in outcome.get("error", ""), outcome
+    assert set(roles(alice_account)) == {
+        "alice@example.com",
+        "bob@example.com",
+        "dana@example.com",
+    }
