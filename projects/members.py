@@ -13,11 +13,11 @@ from django.utils import timezone
 from accounts.models import Account, Membership, User
 from accounts.services import record_audit_event
 from projects.limits import ensure_below, limits_for
-from projects.models import Invitation
-from projects.selectors import pending_invitations_of
+from projects.models import INVITATION_VALID_FOR, Invitation
+from projects.selectors import open_invitations_of, pending_invitations_of
 
 INVITATION_SALT = "reqrun.invitation"
-INVITATION_MAX_AGE = 7 * 24 * 3600
+INVITATION_MAX_AGE = int(INVITATION_VALID_FOR.total_seconds())  # seconds, as the signer reads it
 # Invitations send email to any address: an account may send this many per window, counted
 # in the shared cache (Redis) so the limit holds across web processes.
 INVITATIONS_PER_WINDOW = 20
@@ -82,6 +82,8 @@ def invite_member(
         plan_name=limits.plan_name,
         noun=_member_noun(limits.members),
     )
+    # Any open invitation left for this address has expired: the new one replaces it.
+    open_invitations_of(account).filter(email=email).update(revoked_at=timezone.now())
     invitation = Invitation.objects.create(
         account=account, email=email, role=role, invited_by=actor
     )
@@ -141,6 +143,8 @@ def invitation_from_token(token: str, *, lock: bool = False) -> Invitation:
         raise MembershipError("This invitation was withdrawn.")
     if invitation.accepted_at:
         raise MembershipError("This invitation has already been used.")
+    if invitation.is_expired:
+        raise MembershipError("This invitation has expired. Ask for a new one.")
     return invitation
 
 

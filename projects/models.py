@@ -2,6 +2,7 @@
 invitations."""
 
 import json
+from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from accounts.models import Account, Membership
 from core.ids import new_public_id
@@ -290,6 +292,10 @@ class ApiKey(models.Model):
         return self.revoked_at is None
 
 
+# How long an invitation's link works; after that the invitation is expired and holds no seat.
+INVITATION_VALID_FOR = timedelta(days=7)
+
+
 class Invitation(models.Model):
     public_id = models.CharField(
         max_length=40, unique=True, editable=False, default=partial(new_public_id, "inv")
@@ -311,3 +317,7 @@ class Invitation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email} → {self.account}"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.created_at <= timezone.now() - INVITATION_VALID_FOR

@@ -11,10 +11,11 @@ from django.db.models import (
     QuerySet,
     Subquery,
 )
+from django.utils import timezone
 
 from accounts.models import Account, Membership, User
 from core.prepared import PreparedGet
-from projects.models import ApiKey, Invitation, Project, Upstream
+from projects.models import INVITATION_VALID_FOR, ApiKey, Invitation, Project, Upstream
 
 
 def projects_visible_to(user: User) -> QuerySet[Project]:
@@ -62,10 +63,16 @@ def members_of(account: Account) -> QuerySet[Membership]:
     return account.memberships.select_related("user").order_by("created_at")
 
 
-def pending_invitations_of(account: Account) -> QuerySet[Invitation]:
+def open_invitations_of(account: Account) -> QuerySet[Invitation]:
+    """Invitations neither accepted nor withdrawn: pending ones and expired ones."""
     return account.invitations.filter(
         accepted_at__isnull=True, revoked_at__isnull=True
     ).select_related("invited_by")
+
+
+def pending_invitations_of(account: Account) -> QuerySet[Invitation]:
+    """Open invitations whose link still works: each holds a seat until accepted."""
+    return open_invitations_of(account).filter(created_at__gt=timezone.now() - INVITATION_VALID_FOR)
 
 
 def upstreams_of(project: Project) -> QuerySet[Upstream]:

@@ -12,14 +12,14 @@ from accounts.selectors import SESSION_ACCOUNT_KEY
 from projects import members as services
 from projects.forms import InviteForm, MemberForm, RoleForm
 from projects.limits import limits_for
-from projects.selectors import members_of, pending_invitations_of
+from projects.selectors import members_of, open_invitations_of
 
 
 def _members_page(request, membership, invite_form=None):
     account = membership.account
     context = {
         "members": members_of(account),
-        "invitations": pending_invitations_of(account),
+        "invitations": open_invitations_of(account),
         "invite_form": invite_form or InviteForm(),
         "roles": RoleForm.base_fields["role"].choices,
         "limit": limits_for(account).members,
@@ -108,9 +108,7 @@ def member_remove(request, membership):
 @member_view(write=Need.OWN)
 @require_POST
 def invitation_revoke(request, membership, invitation_id):
-    invitation = get_object_or_404(
-        pending_invitations_of(membership.account), public_id=invitation_id
-    )
+    invitation = get_object_or_404(open_invitations_of(membership.account), public_id=invitation_id)
     services.revoke_invitation(
         invitation=invitation, actor=request.user, ip_address=client_ip(request)
     )

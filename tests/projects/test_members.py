@@ -4,12 +4,14 @@ bad links and last-owner changes are refused with a reason and change nothing.""
 import re
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.core import mail, signing
 from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import AuditEvent, Membership
 from accounts.selectors import SESSION_ACCOUNT_KEY
@@ -307,3 +309,55 @@ def test_two_invitations_accepted_at_once_take_only_the_seat_left(
         "bob@example.com",
         "dana@example.com",
     }
+
+
+@pytest.fixture
+def expired_invitation(alice_invitation):
+    """dana's invitation, sent 30 days ago: its link stopped working after seven."""
+    Invitation.objects.filter(pk=alice_invitation.pk).update(
+        created_at=timezone.now() - timedelta(days=30)
+    )
+    alice_invitation.refresh_from_db()
+    return alice_invitation
+
+
+def test_an_expired_invitation_is_shown_as_expired_and_takes_no_seat(
+    client, alice_client, bob, on_pro, expired_invitation
+):
+    page = alice_client.get(reverse("member-list")).content.decode()
+    row = re.search(r"<tr>\s*<td>dana@example.com.*?</tr>", page, re.DOTALL).group(0)
+    assert "Expired" in row
+    assert "Invite again" in row and "Withdraw" in row
+
+    dana_client = signed_in(Client(), UserFactory(email="dana@example.com"))
+    path = reverse("invitation-accept", args=[invitation_token(expired_invitation)])
+    assert (
+        "This invitation has expired. Ask for a new one." in dana_client.post(path).content.decode()
+    )
+
+    response = invite(alice_client, email="erin@example.com")  # alice, bob and erin: Pro's 3
+    assert "Invitation sent to erin@example.com" in " ".join(messages_of(response))
+
+    response = alice_client.post(
+        reverse("invitation-revoke", args=[expired_invitation.public_id]), follow=True
+    )
+    assert "Invitation to dana@example.com withdrawn." in messages_of(response)
+    assert "<td>dana@example.com" not in response.content.decode()
+
+
+def test_inviting_again_replaces_an_expired_invitation(
+    client, alice_client, alice_account, bob, on_pro, expired_invitation
+):
+    response = invite(alice_client, email="dana@example.com", role="member")
+
+    assert "Invitation sent to dana@example.com" in " ".join(messages_of(response))
+    expired_invitation.refresh_from_db()
+    assert expired_invitation.revoked_at is not None
+    [pending] = Invitation.objects.filter(email="dana@example.com", revoked_at__isnull=True)
+    assert pending != expired_invitation
+    page = response.content.decode()
+    assert page.count("<td>dana@example.com") == 1 and "Expired" not in page
+
+    dana_client = signed_in(client, UserFactory(email="dana@example.com"))
+    response = dana_client.post(link_path(mail.outbox[-1]), follow=True)
+    assert "You joined Alice's workspace as member." in messages_of(response)
