@@ -8,6 +8,7 @@ from accounts.models import AuditEvent, Membership
 from accounts.urls import urlpatterns as account_urls
 from projects.models import ApiKey, Invitation, Project, Upstream
 from projects.urls import urlpatterns as project_urls
+from tests.factories import AccountFactory, MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -256,3 +257,49 @@ def test_a_user_left_without_an_account_is_offered_a_new_one(client, bob, alice_
     assert membership.account != alice_objects[-1]
     assert response.redirect_chain[-1][0] == reverse("dashboard")
     assert client.get(reverse("no-account"))["Location"] == reverse("dashboard")
+
+
+def acting_as(role, account_name):
+    """The layout's account and role, as the navigation shows them."""
+    return f'<strong>{account_name}</strong><br><span class="muted">{role}</span>'
+
+
+def test_project_pages_follow_the_projects_account_not_the_one_chosen(
+    bob_client, bob, alice_objects
+):
+    # bob is a plain member of alice's account and owner of his own, which he has chosen.
+    project = alice_objects[0]
+    own = AccountFactory(name="Bob's workspace")
+    MembershipFactory(user=bob, account=own, role=Membership.Role.OWNER)
+    bob_client.post(reverse("switch-account"), {"account": own.public_id})
+
+    settings_page = bob_client.get(reverse("project-detail", args=[project.public_id]))
+    keys_page = bob_client.get(reverse("api-key-list", args=[project.public_id]))
+
+    for page in (settings_page.content.decode(), keys_page.content.decode()):
+        assert acting_as("Member", "Alice&#x27;s workspace") in page
+        assert "Bob&#x27;s workspace</strong>" not in page
+    assert "Delete project" not in settings_page.content.decode()
+    assert reverse("project-rename", args=[project.public_id]) not in settings_page.content.decode()
+    assert "Revoke…" not in keys_page.content.decode()
+    assert 'name="name"' not in keys_page.content.decode()  # no form to create a key
+    assert bob_client.get(reverse("dashboard")).context["current_account"] == own  # still chosen
+
+
+def test_an_owner_sees_their_controls_while_another_account_is_chosen(
+    alice_client, alice, charlie, alice_objects
+):
+    project = alice_objects[0]
+    charlie_account = charlie.memberships.get().account
+    MembershipFactory(user=alice, account=charlie_account, role=Membership.Role.MEMBER)
+    alice_client.post(reverse("switch-account"), {"account": charlie_account.public_id})
+
+    settings_page = alice_client.get(reverse("project-detail", args=[project.public_id]))
+    keys_page = alice_client.get(reverse("api-key-list", args=[project.public_id]))
+
+    for page in (settings_page.content.decode(), keys_page.content.decode()):
+        assert acting_as("Owner", "Alice&#x27;s workspace") in page
+    assert "Delete project" in settings_page.content.decode()
+    assert reverse("project-rename", args=[project.public_id]) in settings_page.content.decode()
+    assert "Revoke…" in keys_page.content.decode()
+    assert 'name="name"' in keys_page.content.decode()
