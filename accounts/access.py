@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from accounts.models import Membership
-from accounts.selectors import current_membership
+from accounts.selectors import act_through, current_membership
 
 
 class Need(Enum):
@@ -155,6 +155,9 @@ def member_view(
                 membership, objects = load(request, kwargs)
             except NoAccount:
                 return redirect("no-account")
+            # The layout's account and role, and every role-based control on the page,
+            # follow the account the page is about, whichever one the session has chosen.
+            act_through(request, membership)
             need = need_for(request, read=read, write=write)
             if not allows(membership, need):
                 return refuse(request, need)

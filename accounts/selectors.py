@@ -32,6 +32,12 @@ def current_membership(request: HttpRequest) -> Membership | None:
     return membership
 
 
+def act_through(request: HttpRequest, membership: Membership) -> None:
+    """For the rest of this request, `current_membership` is `membership`: a page about
+    another account's object (a project, a request) shows that account and its role."""
+    request._current_membership = membership
+
+
 def membership_in(*, user: User, account: Account) -> Membership:
     """The user's membership of an account they can see (fetched through a scoped selector)."""
     return Membership.objects.select_related("account").get(user=user, account=account)

@@ -1,5 +1,5 @@
 """Loading a project for a dashboard page: through the user's scoped selector, with the
-membership of the project's account deciding what they may do there and what the page shows."""
+membership of the project's account deciding what they may do there."""
 
 from functools import partial
 
@@ -17,10 +17,6 @@ def load_project(request: HttpRequest, kwargs: dict) -> tuple[Membership, dict]:
         projects_visible_to(request.user), public_id=kwargs.pop("project_id")
     )
     membership = membership_in(user=request.user, account=project.account)
-    # The page acts through the project's account, whichever account the session has chosen:
-    # current_membership() answers with it for the rest of this request, so the layout's
-    # account and role and every role-based control follow the project's own account.
-    request._current_membership = membership
     return membership, {"project": project, **kwargs}
 
 

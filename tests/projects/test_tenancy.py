@@ -2,13 +2,14 @@
 plain member can read but every manage action is refused and changes nothing."""
 
 import pytest
+from django.test import Client
 from django.urls import URLPattern, reverse
 
 from accounts.models import AuditEvent, Membership
 from accounts.urls import urlpatterns as account_urls
 from projects.models import ApiKey, Invitation, Project, Upstream
 from projects.urls import urlpatterns as project_urls
-from tests.factories import AccountFactory, MembershipFactory
+from tests.factories import AccountFactory, MembershipFactory, RequestFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -284,6 +285,24 @@ def test_project_pages_follow_the_projects_account_not_the_one_chosen(
     assert "Revoke…" not in keys_page.content.decode()
     assert 'name="name"' not in keys_page.content.decode()  # no form to create a key
     assert bob_client.get(reverse("dashboard")).context["current_account"] == own  # still chosen
+
+
+def test_a_request_page_follows_the_requests_account_not_the_one_chosen(
+    bob_client, alice, bob, alice_objects
+):
+    record = RequestFactory(project=alice_objects[0], status="queued")
+    own = AccountFactory(name="Bob's workspace")
+    MembershipFactory(user=bob, account=own, role=Membership.Role.OWNER)
+    bob_client.post(reverse("switch-account"), {"account": own.public_id})
+
+    as_member = bob_client.get(reverse("request-detail", args=[record.public_id]))
+    alice_client = Client()
+    alice_client.force_login(alice)
+    as_owner = alice_client.get(reverse("request-detail", args=[record.public_id]))
+
+    assert acting_as("Member", "Alice&#x27;s workspace") in as_member.content.decode()
+    assert "Cancel request" not in as_member.content.decode()  # a member cannot cancel
+    assert "Cancel request" in as_owner.content.decode()
 
 
 def test_an_owner_sees_their_controls_while_another_account_is_chosen(
