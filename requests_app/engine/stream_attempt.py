@@ -11,6 +11,7 @@ stops the relay when the renewal finds the lease taken (the sweeper recovered th
 and stops it when the last reader has left or the deadline has passed.
 """
 
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -24,6 +25,8 @@ from requests_app.engine import concurrency, sse, upstream
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Attempt, Request, Status
+
+logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.25
 LEASE_RENEW_SECONDS = 5.0
@@ -62,19 +65,31 @@ class StreamRelay:
         renew_every = min(LEASE_RENEW_SECONDS, self.lease.total_seconds() / 3)
         try:
             while not self.finished.wait(WATCH_SECONDS):
-                if time.monotonic() - renewed > renew_every:
-                    renewed = time.monotonic()
-                    owned = self._renew_lease()
-                    connection.close()  # back to the pool: a stream holds no connection
-                    if not owned:
-                        self._stop("lease_lost")
-                        return
                 if timezone.now() >= self.request.deadline_at:
                     self._stop("deadline_exceeded")
                     return
-                if self.publisher.client_gone():
-                    self._stop("client_disconnected")
-                    return
+                try:
+                    if time.monotonic() - renewed > renew_every:
+                        owned = self._renew_lease()
+                        renewed = time.monotonic()
+                        if not owned:
+                            self._stop("lease_lost")
+                            return
+                    if self.publisher.client_gone():
+                        self._stop("client_disconnected")
+                        return
+                except Exception as error:  # noqa: BLE001 - an outage must not end the watch
+                    # The database or Redis is unreachable: the stream goes on, and the
+                    # renewal is tried again at the next tick, before the lease runs out.
+                    logger.warning(
+                        "stream watch could not reach a store; trying again",
+                        extra={
+                            "request_id": self.request.public_id,
+                            "exception": type(error).__name__,
+                        },
+                    )
+                finally:
+                    connection.close()  # back to the pool: a stream holds no connection
         finally:
             connection.close()  # this thread's own connection
 

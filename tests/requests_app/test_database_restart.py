@@ -9,8 +9,10 @@ import httpx
 import psycopg
 from django.db import connection
 
+from requests_app.engine.recovery import sweep
 from requests_app.models import Request
 from tests.conftest import wait_until
+from tests.requests_app.test_faults import StreamReader
 
 CHAT = [{"role": "user", "content": "restart"}]
 
@@ -108,3 +110,22 @@ def test_an_attempt_that_ends_during_an_outage_is_recorded_once_the_database_is_
     assert request.status == "succeeded"
     assert [a.outcome for a in request.attempts.all()] == ["success"]
     assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_a_stream_outlives_an_outage_with_its_lease_kept(tenant, live_api, fake_upstream):
+    # The worker's watcher renews the stream's lease; an outage must not end that (after
+    # which the sweeper would take the lease as lost and fail a healthy stream).
+    body = {"model": "script:slowchunks2500", "messages": CHAT, "stream": True}
+    reader = StreamReader(live_api, tenant, body)
+    reader.start()
+    wait_until(lambda: Request.objects.filter(first_byte_at__isnull=False).exists())
+
+    with database_down():
+        time.sleep(5)  # the watcher's renewals meet an unreachable database
+    time.sleep(7)  # longer than the lease (5 s attempt timeout + 1 s grace) lasts unrenewed
+    sweep()
+    reader.join(60)
+
+    request = Request.objects.get()
+    assert (request.status, request.partial) == ("succeeded", False), request.error
+    assert reader.received.rstrip().endswith(b"data: [DONE]")
