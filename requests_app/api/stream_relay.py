@@ -13,6 +13,7 @@ import json
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from core.outages import DATABASE_UNAVAILABLE
 from requests_app import metrics
 from requests_app.api.responses import (
     accepted_response,
@@ -101,8 +102,18 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
             elif kind == b"end":
                 return
             elif kind in (b"final", b"idle"):
-                current = await in_thread(load_request)(record.pk)
-                if kind == b"idle" and not current.is_terminal:
+                try:
+                    current = await in_thread(load_request)(record.pk)
+                except DATABASE_UNAVAILABLE:
+                    current = None  # an outage: for all the relay knows, it still runs
+                if current is None and kind == b"final":
+                    yield error_event(
+                        f"Request {record.public_id} ended, but ReqRun could not read how; "
+                        f"see /v1/requests/{record.public_id}.",
+                        "stream_interrupted",
+                    )
+                    return
+                if kind == b"idle" and (current is None or not current.is_terminal):
                     if loop.time() - last_heard < silence_limit(record):
                         continue
                     yield error_event(

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from core import encryption, shutdown
+from core.outages import DATABASE_UNAVAILABLE
 from core.prepared import PreparedGet, together
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.models import Upstream
@@ -41,7 +42,6 @@ INLINE_BACKOFF_MAX_SECONDS = 2.0
 # How long a worker keeps an attempt's result while the database cannot take it (an outage,
 # a restart), trying again with backoff; past it the request is left to the sweeper.
 CONCLUSION_RETRY_SECONDS = 300.0
-DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 RESPONSE_RETENTION = timedelta(hours=24)
 
 

@@ -129,3 +129,25 @@ def test_a_stream_outlives_an_outage_with_its_lease_kept(tenant, live_api, fake_
     request = Request.objects.get()
     assert (request.status, request.partial) == ("succeeded", False), request.error
     assert reader.received.rstrip().endswith(b"data: [DONE]")
+
+
+def test_a_relay_that_cannot_read_the_database_still_ends_the_stream_with_an_error_event(
+    tenant, live_api
+):
+    # After 5 s of silence the relay reads the request; during an outage that read fails,
+    # and the client must still get the error event that ends a broken stream.
+    body = {"model": "script:stall2", "messages": CHAT, "stream": True}
+    reader = StreamReader(live_api, tenant, body)
+    pool = connection.pool
+    waited, pool.timeout = pool.timeout, 2.0  # the web's wait for a connection, cut short
+    try:
+        reader.start()
+        assert reader.first_chunk.wait(30)
+        with database_down():
+            time.sleep(8)
+        reader.join(60)
+    finally:
+        pool.timeout = waited
+
+    assert b"event: error" in reader.received, reader.received[-300:]
+    assert b"[DONE]" not in reader.received
