@@ -265,6 +265,17 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         retry=True,
     ),
     ErrorCode(
+        "service_unavailable",
+        503,
+        "server_error",
+        "ReqRun's own database or Redis could not be reached (an outage on ReqRun's side), so "
+        "the call could not be recorded or read. A waiting caller whose request was already "
+        "recorded gets its `202` instead.",
+        "Retry after the `Retry-After` seconds (the OpenAI SDKs do); with an `Idempotency-Key` "
+        "a retry never runs the request twice.",
+        retry=True,
+    ),
+    ErrorCode(
         "internal_error",
         500,
         "server_error",

@@ -2,7 +2,9 @@
 
 import logging
 
+import redis
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -106,6 +108,42 @@ class QuotaExceeded(RateLimited):
     code = "monthly_quota_exceeded"
 
 
+class ServiceUnavailable(ApiError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+# Long enough for a restarting database or Redis, short enough that a retry soon succeeds.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+
+REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` means ReqRun's PostgreSQL or Redis cannot be reached just now.
+
+    Django raises OperationalError for a lost or refused connection and for the pool's
+    timeout, but also for a deadlock or a cancelled statement, which are not outages;
+    psycopg's SQLSTATE tells them apart (none on the client side, 08 connection, 53
+    resources, 57P shutdown). IntegrityError and DataError are bugs, never outages.
+    """
+    if isinstance(error, (InterfaceError, *REDIS_OUTAGES)):
+        return True
+    if not isinstance(error, OperationalError):
+        return False
+    sqlstate = getattr(error.__cause__, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith(("08", "53", "57P"))
+
+
+def outage_error(error: BaseException) -> ServiceUnavailable:
+    which = "Redis" if isinstance(error, REDIS_OUTAGES) else "database"
+    return ServiceUnavailable(
+        f"ReqRun's {which} is unavailable just now; retry shortly.",
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
+    )
+
+
 class UpstreamError(ApiError):
     status_code = status.HTTP_502_BAD_GATEWAY
     error_type = "upstream_error"
@@ -136,6 +174,13 @@ def openai_exception_handler(exc, context):
         exc = NotFound("No such object.")
     if isinstance(exc, RequestDataTooBig):
         exc = BodyTooLarge("The request body is too large.")
+    outage = is_outage(exc)
+    if outage:
+        logger.warning(
+            "dependency unavailable",
+            extra={"view": type(context.get("view")).__name__, "exception": type(exc).__name__},
+        )
+        exc = outage_error(exc)
     if isinstance(exc, ApiError):
         response = Response(
             envelope(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
@@ -143,6 +188,8 @@ def openai_exception_handler(exc, context):
         )
         for name, value in exc.headers.items():
             response[name] = value
+        if outage:
+            response._has_been_logged = True  # at warning, above; not again as an error
         return response
     if isinstance(exc, exceptions.APIException):
         error_type, code = DRF_ERRORS.get(type(exc), ("invalid_request_error", None))

@@ -177,11 +177,13 @@ def error(status: int, *codes: str, note: str = "") -> OpenApiResponse:
     )
 
 
-# Every /v1 operation authenticates first: a bad key, a suspension, or too many bad keys.
-AUTH_ERRORS = {
+# Every /v1 operation authenticates first (a bad key, a suspension, or too many bad keys),
+# and any may meet an outage of ReqRun's own database or Redis.
+EVERY_CALL_ERRORS = {
     401: error(401, "invalid_api_key"),
     403: error(403, "account_suspended", "project_suspended"),
     429: error(429, "too_many_auth_failures", note="with `Retry-After`"),
+    503: error(503, "service_unavailable", note="with `Retry-After`"),
 }
 # What the upstream answers is returned as it gave it, whatever its status.
 UPSTREAM_ANSWERS = {
@@ -256,7 +258,7 @@ def proxy_schema(endpoint_path: str):
             "`Location: /v1/requests/{id}`.",
         ),
         (400, json_only): error(400, *bad_request),
-        **{(status, json_only): answer for status, answer in AUTH_ERRORS.items()},
+        **{(status, json_only): answer for status, answer in EVERY_CALL_ERRORS.items()},
         (409, json_only): error(409, "request_canceled", note="the request was canceled"),
         (410, json_only): error(
             410, "response_not_retained", note="a replay of a forgotten result"
@@ -381,7 +383,7 @@ OPERATIONS = {
         responses={
             200: RequestListSerializer,
             400: error(400, note="A bad `limit`, `status` or `created_after`; `param` names it."),
-            **AUTH_ERRORS,
+            **EVERY_CALL_ERRORS,
         },
     ),
     "RequestDetailView": extend_schema(
@@ -404,7 +406,7 @@ OPERATIONS = {
             200: RequestObjectSerializer,
             400: error(400, note="A bad `wait`; `param` names it."),
             404: error(404, "not_found"),
-            **AUTH_ERRORS,
+            **EVERY_CALL_ERRORS,
         },
     ),
     "RequestCancelView": extend_schema(
@@ -424,7 +426,7 @@ OPERATIONS = {
                 description="`request_already_finished`: the unchanged request object, its "
                 "`error` the envelope's.",
             ),
-            **AUTH_ERRORS,
+            **EVERY_CALL_ERRORS,
         },
     ),
     "UsageView": extend_schema(
@@ -433,7 +435,7 @@ OPERATIONS = {
         tags=["Usage"],
         auth=BEARER,
         parameters=RATE_LIMIT_HEADERS,
-        responses={200: ref("UsageReport"), **AUTH_ERRORS},
+        responses={200: ref("UsageReport"), **EVERY_CALL_ERRORS},
     ),
 }
 
@@ -496,7 +498,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                 responses={
                     200: ref("OpenAIResponse"),
                     400: error(400, "provider_key_missing"),
-                    **AUTH_ERRORS,
+                    **EVERY_CALL_ERRORS,
                     502: error(502, "upstream_unreachable"),
                     **UPSTREAM_ANSWERS,
                 },
