@@ -136,12 +136,20 @@ def is_outage(error: BaseException) -> bool:
     return sqlstate is None or sqlstate.startswith(("08", "53", "57P"))
 
 
-def outage_error(error: BaseException) -> ServiceUnavailable:
+def outage_error(error: BaseException, *, request_id: str | None = None) -> ServiceUnavailable:
+    """The 503 for an outage; with `request_id`, for a caller whose request was accepted."""
     which = "Redis" if isinstance(error, REDIS_OUTAGES) else "database"
-    return ServiceUnavailable(
-        f"ReqRun's {which} is unavailable just now; retry shortly.",
-        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
-    )
+    message = f"ReqRun's {which} is unavailable just now; retry shortly."
+    headers = {"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)}
+    if request_id:
+        message = (
+            f"ReqRun's {which} is unavailable just now. Request {request_id} was accepted and "
+            f"goes on; read it shortly at /v1/requests/{request_id}."
+        )
+        headers["ReqRun-Request-Id"] = request_id
+    unavailable = ServiceUnavailable(message, headers=headers)
+    unavailable.__cause__ = error
+    return unavailable
 
 
 class UpstreamError(ApiError):
@@ -174,13 +182,16 @@ def openai_exception_handler(exc, context):
         exc = NotFound("No such object.")
     if isinstance(exc, RequestDataTooBig):
         exc = BodyTooLarge("The request body is too large.")
-    outage = is_outage(exc)
-    if outage:
+    if is_outage(exc):
+        exc = outage_error(exc)
+    if isinstance(exc, ServiceUnavailable):
         logger.warning(
             "dependency unavailable",
-            extra={"view": type(context.get("view")).__name__, "exception": type(exc).__name__},
+            extra={
+                "view": type(context.get("view")).__name__,
+                "exception": type(exc.__cause__).__name__,
+            },
         )
-        exc = outage_error(exc)
     if isinstance(exc, ApiError):
         response = Response(
             envelope(exc.message, error_type=exc.error_type, code=exc.code, param=exc.param),
@@ -188,7 +199,7 @@ def openai_exception_handler(exc, context):
         )
         for name, value in exc.headers.items():
             response[name] = value
-        if outage:
+        if isinstance(exc, ServiceUnavailable):
             response._has_been_logged = True  # at warning, above; not again as an error
         return response
     if isinstance(exc, exceptions.APIException):

@@ -7,6 +7,7 @@ caller costs a coroutine, not a thread.
 import asyncio
 import contextvars
 import json
+import logging
 from functools import partial, wraps
 
 from django.db import close_old_connections
@@ -27,8 +28,10 @@ from requests_app.engine.notifications import (
 )
 from requests_app.engine.streams import error_event
 from requests_app.error_catalog import status_of
-from requests_app.errors import NotFound, UpstreamError
+from requests_app.errors import NotFound, UpstreamError, is_outage, outage_error
 from requests_app.models import Request, Status
+
+logger = logging.getLogger(__name__)
 
 # While the Redis subscriber is healthy a waiter re-reads the database only this often,
 # as a safety net; while it is down, more often.
@@ -151,7 +154,16 @@ def deliver_final_response(request: Request) -> HttpResponse:
 
 
 def accepted_response(request: Request) -> Response:
-    response = Response(request_object(request), status=status.HTTP_202_ACCEPTED)
+    """The 202 for `request` as the caller holds it. The body of a new request needs no
+    query; one with attempts reads them, and if the database is away just then the caller
+    gets a 503 that names its request instead."""
+    try:
+        body = request_object(request)
+    except Exception as error:
+        if not is_outage(error):
+            raise
+        raise outage_error(error, request_id=request.public_id) from error
+    response = Response(body, status=status.HTTP_202_ACCEPTED)
     response["Location"] = f"/v1/requests/{request.public_id}"
     response["ReqRun-Request-Id"] = request.public_id
     response["ReqRun-Attempts"] = str(request.attempt_count)
@@ -184,6 +196,20 @@ async def deliver(request: Request) -> HttpResponse:
     return final_response(request)
 
 
+async def _read_or_keep(request_pk: int, public_id: str, record: Request | None) -> Request:
+    """The request as the database has it now, or the caller's copy during an outage."""
+    try:
+        return await in_thread(load_request)(request_pk)
+    except Exception as error:
+        if record is None or not is_outage(error):
+            raise
+        logger.warning(
+            "waiting caller could not read its request",
+            extra={"request_id": public_id, "exception": type(error).__name__},
+        )
+        return record
+
+
 async def wait_until_finished(
     request_pk: int,
     public_id: str,
@@ -197,7 +223,9 @@ async def wait_until_finished(
     `notice` is a future its caller registered before the request was created; then the
     state before it fires is known (not finished) and the first read is skipped. With
     `record` (the caller's copy of this request), a notice that carries the final answer
-    is applied to it and returned, with no read at all.
+    is applied to it and returned, with no read at all; and while the database cannot be
+    reached, the wait goes on with that copy, which is what the caller gets at the end of
+    its budget (its 202). Without one, the outage is the caller's answer.
     """
     completion_hub = await hub()
     loop = asyncio.get_running_loop()
@@ -207,7 +235,7 @@ async def wait_until_finished(
         metrics.waiter_started()
         try:
             if notice is None:
-                request = await in_thread(load_request)(request_pk)
+                request = await _read_or_keep(request_pk, public_id, record)
                 if request.is_terminal or deadline - loop.time() <= 0:
                     return request
                 if completion_hub.stopping:

@@ -6,6 +6,7 @@ client are its own: the outage cuts exactly its database sessions (named by thei
 application_name), and the test's own connection, like the session's worker, keeps its.
 """
 
+import threading
 from contextlib import contextmanager
 
 import httpx
@@ -16,8 +17,9 @@ from django.db import DataError, IntegrityError, OperationalError, connection, t
 from devstack.servers import EmbeddedRedis, free_port
 from requests_app.errors import openai_exception_handler
 from requests_app.models import Request
-from tests.conftest import ProcfileWeb
+from tests.conftest import ProcfileWeb, wait_until
 from tests.conftest import test_database_url as database_url_for_tests
+from tests.factories import AttemptFactory
 from tests.requests_app.conftest import Tenant
 
 CHAT = [{"role": "user", "content": "outage"}]
@@ -68,10 +70,10 @@ def customer(transactional_db, fake_upstream):
     return Tenant(email="alice@example.com", upstream_url=fake_upstream.base_url)
 
 
-def post_chat(url: str, customer: Tenant, **headers) -> httpx.Response:
+def post_chat(url: str, customer: Tenant, model: str = "gpt-test", **headers) -> httpx.Response:
     return httpx.post(
         f"{url}/v1/chat/completions",
-        json={"model": "gpt-test", "messages": CHAT},
+        json={"model": model, "messages": CHAT},
         headers={"Authorization": f"Bearer {customer.raw_key}", **headers},
         timeout=60,
     )
@@ -123,6 +125,90 @@ def test_calls_while_redis_is_down_get_a_503_to_retry(customer, tmp_path):
 
     assert_unavailable(response)
     assert "unhandled API error" not in web.log_path.read_text()
+
+
+def waiting_callers(web: ProcfileWeb) -> float:
+    metrics = httpx.get(f"{web.url}/metrics").text
+    return next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("reqrun_waiting_callers ")
+    )
+
+
+class Call(threading.Thread):
+    """One HTTP call in a thread, so the test can start an outage while it waits."""
+
+    def __init__(self, method: str, url: str, customer: Tenant, **kwargs):
+        super().__init__(daemon=True)
+        self.method, self.url, self.kwargs = method, url, kwargs
+        self.kwargs["headers"] = {
+            **kwargs.get("headers", {}),
+            "Authorization": f"Bearer {customer.raw_key}",
+        }
+        self.response: httpx.Response | None = None
+
+    def run(self):
+        self.response = httpx.request(self.method, self.url, timeout=60, **self.kwargs)
+
+    def result(self) -> httpx.Response:
+        self.join(60)
+        assert self.response is not None, "the call never ended"
+        return self.response
+
+
+@pytest.mark.timeout(120)
+def test_a_waiting_caller_whose_budget_ends_in_an_outage_gets_its_202(web, customer):
+    # The upstream takes far longer than the budget, should a worker pick the request up.
+    body = {"model": "sleep-30000", "messages": CHAT}
+    polled_id = post_chat(web.url, customer, Prefer="respond-async").json()["id"]
+    poll = Call("GET", f"{web.url}/v1/requests/{polled_id}?wait=4", customer)
+    waiting = Call(
+        "POST", f"{web.url}/v1/chat/completions", customer, json=body, headers={"ReqRun-Wait": "4"}
+    )
+    poll.start()
+    waiting.start()
+    wait_until(lambda: waiting_callers(web) == 2, message="the callers never waited")
+    request = Request.objects.get(model="sleep-30000")
+
+    with database_outage():
+        waited = waiting.result()
+        polled = poll.result()
+
+    assert waited.status_code == 202, waited.text
+    assert waited.headers["ReqRun-Request-Id"] == request.public_id
+    assert waited.headers["Location"] == f"/v1/requests/{request.public_id}"
+    assert waited.json()["id"] == request.public_id
+    assert waited.json()["status"] == "queued"
+    assert polled.status_code == 503, polled.text  # the poll's answer needs a read
+    assert polled.json()["error"]["code"] == "service_unavailable"
+
+
+@pytest.mark.timeout(120)
+def test_a_caller_attached_to_a_running_request_learns_its_id_in_an_outage(web, customer):
+    body = {"model": "sleep-30000", "messages": CHAT}
+    key = {"Idempotency-Key": "attach-in-an-outage"}
+    first = post_chat(web.url, customer, "sleep-30000", **key, Prefer="respond-async")
+    request = Request.objects.get(public_id=first.json()["id"])
+    # A worker has the request: its 202 body lists the attempt, which takes a read.
+    Request.objects.filter(pk=request.pk).update(status="running", attempt_count=1)
+    AttemptFactory(request=request, number=1, outcome="", status_code=None)
+    attached = Call(
+        "POST",
+        f"{web.url}/v1/chat/completions",
+        customer,
+        json=body,
+        headers={**key, "ReqRun-Wait": "4"},
+    )
+    attached.start()
+    wait_until(lambda: waiting_callers(web) == 1, message="the attached caller never waited")
+
+    with database_outage():
+        response = attached.result()
+
+    assert response.status_code == 503, response.text
+    assert response.headers["ReqRun-Request-Id"] == request.public_id
+    assert request.public_id in response.json()["error"]["message"]
 
 
 def raised_by(sql: str) -> Exception:
