@@ -1,9 +1,12 @@
 import time
 
+import httpx
 import pytest
 
 from core import heartbeats
 from devstack.servers import EmbeddedRedis, free_port
+from tests.conftest import wait_until
+from tests.outage import database_outage, outage_web
 
 
 def record_every_heartbeat():
@@ -105,6 +108,29 @@ def test_readyz_names_redis_when_it_is_stopped(client, settings, tmp_path):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "down": ["redis"]}
+
+
+@pytest.mark.timeout(120)
+def test_readyz_names_postgres_at_once_when_it_is_down(transactional_db, tmp_path):
+    record_every_heartbeat()
+    web = outage_web(tmp_path / "web.log").start()  # the pool's own timeout: 30 s
+    try:
+        assert httpx.get(f"{web.url}/readyz").status_code == 200
+        with database_outage():
+            # The first probes find the pool's cut connections, later ones none to be had;
+            # each must answer well before the pool would give up.
+            answers = [httpx.get(f"{web.url}/readyz", timeout=5) for _ in range(4)]
+        recovered = wait_until(
+            lambda: httpx.get(f"{web.url}/readyz").status_code == 200,
+            message="/readyz never recovered after the outage",
+        )
+    finally:
+        web.stop()
+
+    for response in answers:
+        assert response.status_code == 503
+        assert response.json() == {"status": "unavailable", "down": ["postgres"]}
+    assert recovered
 
 
 def test_the_admin_index_shows_when_the_sweeper_and_workers_last_ran(operator_client):

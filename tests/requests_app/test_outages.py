@@ -1,16 +1,9 @@
 """An outage of ReqRun's own PostgreSQL or Redis is answered honestly: a 503 in OpenAI's
-envelope with `Retry-After`, or the 202 a waiting caller is owed, never a 500 of our own.
-
-The web runs as its own process (the Procfile's line), so its connection pool and Redis
-client are its own: the outage cuts exactly its database sessions (named by their
-application_name), and the test's own connection, like the session's worker, keeps its.
-"""
+envelope with `Retry-After`, or the 202 a waiting caller is owed, never a 500 of our own."""
 
 import threading
-from contextlib import contextmanager
 
 import httpx
-import psycopg
 import pytest
 from django.db import DataError, IntegrityError, OperationalError, connection, transaction
 
@@ -18,48 +11,17 @@ from devstack.servers import EmbeddedRedis, free_port
 from requests_app.errors import openai_exception_handler
 from requests_app.models import Request
 from tests.conftest import ProcfileWeb, wait_until
-from tests.conftest import test_database_url as database_url_for_tests
 from tests.factories import AttemptFactory
+from tests.outage import database_outage, outage_web
 from tests.requests_app.conftest import Tenant
 
 CHAT = [{"role": "user", "content": "outage"}]
-WEB_DATABASE_NAME = "reqrun-outage-web"  # PostgreSQL's application_name of the web's sessions
-
-
-@contextmanager
-def database_outage():
-    """The database refuses new connections and the web's open ones are cut, as when the
-    server stops. PostgreSQL takes that only from a session on another database."""
-    params = connection.settings_dict
-    name = connection.ops.quote_name(params["NAME"])
-    with psycopg.connect(
-        host=params["HOST"],
-        port=params["PORT"],
-        user=params["USER"],
-        password=params["PASSWORD"],
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
-        admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
-        try:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND application_name = %s",
-                [params["NAME"], WEB_DATABASE_NAME],
-            )
-            yield
-        finally:
-            admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
 
 
 @pytest.fixture
 def web(tmp_path, transactional_db):
     """The web process with a short pool timeout, as an operator may configure it."""
-    server = ProcfileWeb(
-        tmp_path / "web.log",
-        DATABASE_URL=f"{database_url_for_tests()}?application_name={WEB_DATABASE_NAME}",
-        DB_POOL_TIMEOUT="2",
-    ).start()
+    server = outage_web(tmp_path / "web.log", DB_POOL_TIMEOUT="2").start()
     yield server
     server.stop()
 
