@@ -32,7 +32,10 @@ def create_account(*, owner: User, name: str = "") -> Account:
     """A new tenant with `owner` as its first owner."""
     account = Account.objects.create(name=name or default_account_name(owner.email))
     Membership.objects.create(user=owner, account=account, role=Membership.Role.OWNER)
-    logger.info("account created", extra={"account_id": account.public_id})
+    # Said once the account exists for good: a caller's transaction may still roll it back.
+    transaction.on_commit(
+        lambda: logger.info("account created", extra={"account_id": account.public_id})
+    )
     return account
 
 

@@ -95,3 +95,20 @@ def test_key_limit_is_named():
     bootstrap()
     with pytest.raises(CommandError, match="2 active API keys per project.*--plan"):
         bootstrap()
+
+
+def test_a_failed_run_leaves_nothing_behind_and_a_corrected_one_makes_one_account(
+    transactional_db, caplog
+):  # real commits: the command's transaction is not nested in the test's
+    args = list(ARGS)
+    args[args.index("--upstream-key") + 1] = "short"  # refused after the account would exist
+    with pytest.raises(CommandError, match="does not look like a provider API key"):
+        call_command("bootstrap_project", *args, stdout=StringIO())
+
+    assert not Account.objects.exists() and not User.objects.exists()
+    assert not Membership.objects.exists() and not Project.objects.exists()
+    assert "account created" not in caplog.messages  # no log line for what was undone
+
+    bootstrap()
+    assert Account.objects.count() == 1 and User.objects.count() == 1
+    assert caplog.messages.count("account created") == 1
