@@ -2,13 +2,12 @@
 
 import logging
 
-import redis
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from core.outages import REDIS_UNAVAILABLE, is_outage
 from requests_app import metrics
 from requests_app.error_catalog import catalogue_entry
 
@@ -117,28 +116,10 @@ class ServiceUnavailable(ApiError):
 # Long enough for a restarting database or Redis, short enough that a retry soon succeeds.
 OUTAGE_RETRY_AFTER_SECONDS = 5
 
-REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError)
-
-
-def is_outage(error: BaseException) -> bool:
-    """Whether `error` means ReqRun's PostgreSQL or Redis cannot be reached just now.
-
-    Django raises OperationalError for a lost or refused connection and for the pool's
-    timeout, but also for a deadlock or a cancelled statement, which are not outages;
-    psycopg's SQLSTATE tells them apart (none on the client side, 08 connection, 53
-    resources, 57P shutdown). IntegrityError and DataError are bugs, never outages.
-    """
-    if isinstance(error, (InterfaceError, *REDIS_OUTAGES)):
-        return True
-    if not isinstance(error, OperationalError):
-        return False
-    sqlstate = getattr(error.__cause__, "sqlstate", None)
-    return sqlstate is None or sqlstate.startswith(("08", "53", "57P"))
-
 
 def outage_error(error: BaseException, *, request_id: str | None = None) -> ServiceUnavailable:
     """The 503 for an outage; with `request_id`, for a caller whose request was accepted."""
-    which = "Redis" if isinstance(error, REDIS_OUTAGES) else "database"
+    which = "Redis" if isinstance(error, REDIS_UNAVAILABLE) else "database"
     message = f"ReqRun's {which} is unavailable just now; retry shortly."
     headers = {"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)}
     if request_id:

@@ -1,9 +1,8 @@
-"""A PostgreSQL outage for one web process, without stopping the suite's shared server.
+"""A PostgreSQL outage without stopping the suite's shared server.
 
-The web runs as its own process (the Procfile's line) whose database sessions carry an
-application_name of their own: the outage refuses every new connection to the test
-database and cuts that web's sessions, while the test's connection, and the session's
-worker, keep theirs.
+By default it is one web process's: the web runs as its own process (the Procfile's line)
+whose database sessions carry an application_name of their own, and only those are cut;
+the outage refuses every new connection to the test database all the same.
 """
 
 from contextlib import contextmanager
@@ -25,11 +24,15 @@ def outage_web(log_path: Path, **env: str) -> ProcfileWeb:
 
 
 @contextmanager
-def database_outage():
-    """The database refuses new connections and the web's open ones are cut, as when the
-    server stops. PostgreSQL takes that only from a session on another database."""
+def database_outage(*, every_process: bool = False):
+    """The database refuses new connections and open ones are cut, as when the server
+    stops: the web's (see `outage_web`), or with `every_process` every one but the test's
+    own. PostgreSQL takes that only from a session on another database."""
     params = connection.settings_dict
     name = connection.ops.quote_name(params["NAME"])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (own_pid,) = cursor.fetchone()
     with psycopg.connect(
         host=params["HOST"],
         port=params["PORT"],
@@ -42,8 +45,8 @@ def database_outage():
         try:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND application_name = %s",
-                [params["NAME"], WEB_DATABASE_NAME],
+                "WHERE datname = %s AND pid <> %s AND (%s OR application_name = %s)",
+                [params["NAME"], own_pid, every_process, WEB_DATABASE_NAME],
             )
             yield
         finally:

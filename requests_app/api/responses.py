@@ -16,6 +16,7 @@ from rest_framework import status
 from rest_framework.response import Response
 
 from core import encryption
+from core.outages import is_outage
 from core.prepared import PreparedGet
 from requests_app import metrics
 from requests_app.api.serializers import request_object
@@ -28,7 +29,7 @@ from requests_app.engine.notifications import (
 )
 from requests_app.engine.streams import error_event
 from requests_app.error_catalog import status_of
-from requests_app.errors import NotFound, UpstreamError, is_outage, outage_error
+from requests_app.errors import NotFound, UpstreamError, outage_error
 from requests_app.models import Request, Status
 
 logger = logging.getLogger(__name__)

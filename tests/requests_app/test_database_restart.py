@@ -3,15 +3,14 @@ may get an error for it once the server is back, and no attempt's result may be 
 
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
-import psycopg
 from django.db import connection
 
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
 from tests.conftest import wait_until
+from tests.outage import database_outage
 from tests.requests_app.test_faults import StreamReader
 
 CHAT = [{"role": "user", "content": "restart"}]
@@ -25,22 +24,6 @@ def drop_every_other_connection() -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-
-
-@contextmanager
-def database_down():
-    """An outage as the other processes see it: their connections end and no new one is
-    let in, until the block ends. Only this test's own connection stays. (PostgreSQL lets
-    no session close its own database, so that is done from the server's maintenance one.)"""
-    name = connection.settings_dict["NAME"]
-    params = {**connection.get_connection_params(), "dbname": "postgres", "autocommit": True}
-    with psycopg.connect(**params) as maintenance:
-        maintenance.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        try:
-            drop_every_other_connection()
-            yield
-        finally:
-            maintenance.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
 
 
 def test_calls_after_the_servers_connections_dropped_all_succeed(sdk):
@@ -95,7 +78,7 @@ def test_an_attempt_that_ends_during_an_outage_is_recorded_once_the_database_is_
         headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
     )
     wait_until(lambda: Request.objects.filter(status="running").exists())
-    with database_down():
+    with database_outage(every_process=True):
         time.sleep(6)  # longer than the worker waits for a pooled connection (3 s)
 
     request = wait_until(
@@ -120,13 +103,16 @@ def test_a_stream_outlives_an_outage_with_its_lease_kept(tenant, live_api, fake_
     reader.start()
     wait_until(lambda: Request.objects.filter(first_byte_at__isnull=False).exists())
 
-    with database_down():
+    with database_outage(every_process=True):
         time.sleep(5)  # the watcher's renewals meet an unreachable database
     time.sleep(7)  # longer than the lease (5 s attempt timeout + 1 s grace) lasts unrenewed
     sweep()
     reader.join(60)
 
-    request = Request.objects.get()
+    request = wait_until(
+        lambda: Request.objects.filter(finished_at__isnull=False).first(),
+        message="the stream's request never finished",
+    )
     assert (request.status, request.partial) == ("succeeded", False), request.error
     assert reader.received.rstrip().endswith(b"data: [DONE]")
 
@@ -143,7 +129,7 @@ def test_a_relay_that_cannot_read_the_database_still_ends_the_stream_with_an_err
     try:
         reader.start()
         assert reader.first_chunk.wait(30)
-        with database_down():
+        with database_outage(every_process=True):
             time.sleep(8)
         reader.join(60)
     finally:
