@@ -155,7 +155,9 @@ async def relay_stream(record: Request, wait_seconds: int):
                 await reader.leave(abandoned=False)
                 return await in_thread(accepted_response)(current)
     except asyncio.CancelledError:
-        await reader.leave(abandoned=True)
+        # Gone before the first byte. One who sent an Idempotency-Key retries with it (an
+        # SDK whose timeout came first) and attaches; only a keyless request is given up.
+        await reader.leave(abandoned=record.idempotency_key is None)
         raise
     if start is None:
         await reader.leave(abandoned=False)

@@ -164,3 +164,23 @@ def test_a_client_that_disconnects_cancels_the_upstream_call(tenant, live_api):
         message="the request was not canceled after the client left",
     )
     assert request.partial is True
+
+
+def test_a_keyed_stream_left_before_its_first_byte_is_kept_for_the_retry(
+    tenant, live_api, fake_upstream
+):
+    # An SDK whose timeout is shorter than the upstream's first byte hangs up and retries
+    # with the same key; the retry attaches to the request instead of finding it canceled.
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "Idempotency-Key": "slow-start"}
+    body = {"model": "sleep-3000", "messages": CHAT, "stream": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{live_api.url}/v1/chat/completions", json=body, headers=headers, timeout=1)
+
+    retry = httpx.post(
+        f"{live_api.url}/v1/chat/completions", json=body, headers=headers, timeout=30
+    )
+
+    assert retry.status_code == 200, retry.text[:300]
+    assert retry.content.rstrip().endswith(b"data: [DONE]")
+    assert wait_until(lambda: only_request().status == "succeeded")
+    assert fake_upstream.count("/v1/chat/completions") == 1
