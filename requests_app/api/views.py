@@ -130,12 +130,17 @@ def parse_wait_budget(request) -> int:
 
 
 def parse_idempotency_key(request) -> str | None:
-    key = request.META.get("HTTP_IDEMPOTENCY_KEY")
-    if key is None:
+    raw = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    if raw is None:
         return None
-    if not 1 <= len(key) <= 255:
+    try:
+        # The server hands header bytes over as latin-1; a client's key is UTF-8 text.
+        key = raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        key = None
+    if key is None or not 1 <= len(key) <= 255 or "\x00" in key:
         raise InvalidRequest(
-            "Idempotency-Key must be 1 to 255 characters long.",
+            "Idempotency-Key must be 1 to 255 characters of UTF-8 text.",
             param="Idempotency-Key",
             code="invalid_idempotency_key",
         )
@@ -276,6 +281,20 @@ def proxy_view(endpoint: str):
     return ProxyView.as_view(endpoint=endpoint)
 
 
+# What a path segment may hold unescaped besides letters, digits and "-._~" (RFC 3986): a
+# fine-tuned model's id ("ft:gpt-4o:org:id") reaches the upstream as the caller wrote it.
+PATH_SEGMENT_SAFE = ":@!$&'()*+,;="
+
+
+def model_path(model_id: str) -> str:
+    """The model id as a URL path, its slashes kept. A `.`, `..` or empty segment would
+    make the upstream's URL another path (sent with the provider's key), so it is a 404."""
+    segments = model_id.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise NotFound(f"No model {model_id!r}.", param="model")
+    return "/".join(quote(segment, safe=PATH_SEGMENT_SAFE) for segment in segments)
+
+
 class ModelsView(V1View):
     """GET /v1/models and /v1/models/{id}: passed straight through, not recorded or counted."""
 
@@ -288,7 +307,7 @@ class ModelsView(V1View):
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",
             )
-        path = "/v1/models" + (f"/{quote(model_id, safe='')}" if model_id else "")
+        path = "/v1/models" + (f"/{model_path(model_id)}" if model_id else "")
         try:
             answer = upstream.call(
                 method="GET",

@@ -371,7 +371,8 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     elif result.outcome == Attempt.Outcome.TIMEOUT:
         message = "The upstream did not answer in time on any attempt."
     else:
-        message = "Could not connect to the upstream on any attempt."
+        # Refused, dropped before an answer, or cut partway through one.
+        message = "The connection to the upstream failed or broke off on every attempt."
     if code in ("internal_error",):
         return error_object(code, message)
     return {"message": message, "type": "upstream_error", "param": None, "code": code}

@@ -505,3 +505,24 @@ def test_a_model_listing_with_a_status_outside_http_is_a_502(tenant, live_api):
 
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "invalid_status"
+
+
+def test_a_model_id_reaches_the_upstream_as_the_sdk_sent_it(sdk, fake_upstream):
+    model = sdk.models.retrieve("ft:gpt-4o:org:x")
+
+    assert model.id == "ft:gpt-4o:org:x"  # the fake echoes the path it was asked for
+    assert fake_upstream.count("/v1/models/ft:gpt-4o:org:x") == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/models/%2e%2e", "/v1/models/a/%2E/b", "/v1/models/a//b"])
+def test_a_model_id_with_a_dot_or_empty_segment_is_a_404_and_reaches_no_upstream(
+    tenant, live_api, fake_upstream, path
+):
+    # httpx would resolve /v1/models/.. to /v1: another path, with the provider's key.
+    response = httpx.get(
+        f"{live_api.url}{path}", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+    )
+
+    assert response.status_code == 404, response.text
+    assert response.json()["error"]["code"] == "not_found"
+    assert fake_upstream.requests == []

@@ -47,6 +47,33 @@ def test_a_finished_request_is_replayed_byte_for_byte(tenant, live_api, fake_ups
     assert usage_row(tenant.account).accepted_requests == 1
 
 
+def test_a_utf8_idempotency_key_is_kept_as_text_and_counted_in_characters(
+    tenant, live_api, fake_upstream
+):
+    key = "ключ-" + "я" * 150  # 155 characters, 310 bytes
+    headers = {"Idempotency-Key": key.encode()}  # as a client sends it: UTF-8 bytes
+
+    first = post(live_api, tenant, json=CHAT, headers=headers)
+    second = post(live_api, tenant, json=CHAT, headers=headers)
+    listed = httpx.get(
+        f"{live_api.url}/v1/requests",
+        params={"idempotency_key": key},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
+
+    assert first.status_code == 200, first.text
+    assert second.headers["idempotent-replayed"] == "true"
+    assert [item["idempotency_key"] for item in listed.json()["data"]] == [key]
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def test_an_idempotency_key_that_is_not_utf8_is_a_400(tenant, live_api):
+    response = post(live_api, tenant, json=CHAT, headers={"Idempotency-Key": b"caf\xe9"})
+
+    assert_openai_error(response, 400, "invalid_idempotency_key")
+    assert not Request.objects.exists()
+
+
 def test_the_stored_body_digest_is_keyed_and_a_retry_still_replays(tenant, live_api):
     """A database reader cannot confirm a guessed prompt by hashing it: the digest is keyed."""
     body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "guess me"}]}'
