@@ -4,12 +4,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import TransactionTestCase
 from psycopg.errors import DeadlockDetected
 
@@ -83,6 +84,40 @@ def test_database_url() -> str:
     """The URL of pytest-django's test database, for processes the tests start."""
     params = connection.settings_dict
     return f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+
+
+def raised_while_held(hold, act) -> Exception | None:
+    """What `act()` raised (None if nothing) when it ran while `hold()`'s transaction was
+    still open: `hold` runs in a thread, in a transaction kept open until `act`, in
+    another thread, has had half a second to run into its locks. For races that need a
+    transactional test (each thread has its own connection)."""
+    held, release, outcome = threading.Event(), threading.Event(), {}
+
+    def holder():
+        with transaction.atomic():
+            hold()
+            held.set()
+            release.wait(10)
+        connection.close()
+
+    def actor():
+        try:
+            act()
+        except Exception as error:  # what the second one ended with is the observation
+            outcome["error"] = error
+        finally:
+            connection.close()
+
+    holding = threading.Thread(target=holder)
+    holding.start()
+    assert held.wait(10), "the first transaction never got going"
+    acting = threading.Thread(target=actor)
+    acting.start()
+    acting.join(0.5)
+    release.set()
+    holding.join(10)
+    acting.join(10)
+    return outcome.get("error")
 
 
 class WorkerProcess:

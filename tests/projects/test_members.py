@@ -2,13 +2,11 @@
 bad links and last-owner changes are refused with a reason and change nothing."""
 
 import re
-import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.core import mail, signing
-from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +22,7 @@ from projects.members import (
     invitation_token,
 )
 from projects.models import Invitation
+from tests.conftest import raised_while_held
 from tests.factories import InvitationFactory, UserFactory
 from tests.projects.conftest import messages_of, signed_in
 
@@ -277,33 +276,12 @@ def test_two_invitations_accepted_at_once_take_only_the_seat_left(
         for email in ("dana@example.com", "erin@example.com")
     )
     dana, erin = (UserFactory(email=email) for email in ("dana@example.com", "erin@example.com"))
-    accepted, release, outcome = threading.Event(), threading.Event(), {}
+    raised = raised_while_held(
+        lambda: accept_invitation(token=invitation_token(first), user=dana),
+        lambda: accept_invitation(token=invitation_token(second), user=erin),
+    )
 
-    def dana_accepts_and_holds():
-        with transaction.atomic():
-            accept_invitation(token=invitation_token(first), user=dana)
-            accepted.set()
-            release.wait(10)
-        connection.close()
-
-    def erin_accepts():
-        try:
-            accept_invitation(token=invitation_token(second), user=erin)
-        except MembershipError as error:  # what the second accept ended with is the observation
-            outcome["error"] = str(error)
-        connection.close()
-
-    holding = threading.Thread(target=dana_accepts_and_holds)
-    holding.start()
-    assert accepted.wait(10)
-    accepting = threading.Thread(target=erin_accepts)
-    accepting.start()
-    accepting.join(0.5)
-    release.set()
-    holding.join(10)
-    accepting.join(10)
-
-    assert "its Pro plan allows" in outcome.get("error", ""), outcome
+    assert isinstance(raised, MembershipError) and "its Pro plan allows" in str(raised), raised
     assert set(roles(alice_account)) == {
         "alice@example.com",
         "bob@example.com",

@@ -1,10 +1,8 @@
 """Projects in the dashboard: create within the plan, rename, settings, provider key, delete;
 bad input gets a clear message and changes nothing."""
 
-import threading
-
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -13,6 +11,7 @@ from projects.errors import ProjectBusy
 from projects.models import Project
 from projects.services import delete_project
 from projects.upstreams import provider_key_of
+from tests.conftest import raised_while_held
 from tests.factories import ProjectFactory, RequestFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of
 
@@ -237,32 +236,13 @@ def test_a_project_whose_requests_have_not_finished_is_kept(alice_client, alice_
 def test_a_request_accepted_while_the_project_is_deleted_is_counted_or_refused(alice_project):
     # The accept's insert holds the project row (its foreign key) until it commits; the
     # delete must wait for it and then count it, not cascade past it.
-    inserted, release, outcome = threading.Event(), threading.Event(), {}
-
     def accept_in_flight():
-        with transaction.atomic():
-            connection.cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
-            RequestFactory(project=alice_project, status="queued")
-            inserted.set()
-            release.wait(10)
-        connection.close()
+        connection.cursor().execute("SET CONSTRAINTS ALL IMMEDIATE")
+        RequestFactory(project=alice_project, status="queued")
 
-    def delete():
-        try:
-            delete_project(project=Project.objects.get(pk=alice_project.pk))
-        except Exception as error:  # what the delete ended with is the observation
-            outcome["error"] = error
-        connection.close()
+    raised = raised_while_held(
+        accept_in_flight, lambda: delete_project(project=Project.objects.get(pk=alice_project.pk))
+    )
 
-    accepting = threading.Thread(target=accept_in_flight)
-    accepting.start()
-    assert inserted.wait(10)
-    deleting = threading.Thread(target=delete)
-    deleting.start()
-    deleting.join(0.5)
-    release.set()
-    accepting.join(10)
-    deleting.join(10)
-
-    assert isinstance(outcome.get("error"), ProjectBusy), outcome
+    assert isinstance(raised, ProjectBusy), raised
     assert Project.objects.filter(pk=alice_project.pk).exists()
