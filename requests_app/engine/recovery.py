@@ -3,21 +3,24 @@
 It dispatches retries whose backoff has elapsed, re-dispatches queued requests whose task
 the broker may have lost (a Redis restart), and recovers requests whose worker died
 mid-attempt (lease expired) by closing that attempt as `worker_lost` and retrying it, or,
-when a stream had already sent bytes to a client, failing it as partial.
+when a stream had already sent bytes to a client, ending it with what the clients got.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
+import httpx
+import redis
 from django.db.models import DateTimeField, DurationField, ExpressionWrapper, F, Q, Value
 from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from core import heartbeats
 from requests_app import metrics
+from requests_app.engine import sse, streams
 from requests_app.engine.executor import conclude_attempt
-from requests_app.engine.outcomes import AttemptResult
+from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,32 @@ def _dispatch(pks: list[int]) -> int:
     Request.objects.filter(pk__in=pks).update(dispatched_at=timezone.now())
     publish_execute_request(*pks)
     return len(pks)
+
+
+def lost_attempt(request: Request, *, upstream: str | None) -> AttemptResult:
+    """The result of an attempt whose worker vanished. Before any byte reached a client it
+    is a connection error, retried. After, the request can only end with what its readers
+    got: the whole answer if the upstream's end had been relayed (the worker died before
+    recording it), else a partial failure keeping the bytes delivered."""
+    lost = AttemptResult(
+        Attempt.Outcome.CONNECTION_ERROR,
+        error_code="worker_lost",
+        stream_started=request.first_byte_at is not None,
+        upstream=upstream,
+    )
+    if request.first_byte_at is None:
+        return lost
+    try:
+        relayed = streams.relayed_by(request.public_id, request.attempt_count)
+    except redis.RedisError:
+        return lost  # Redis lost it too: a partial failure, with nothing to show
+    if relayed is None:
+        return lost
+    lost.status_code = 200
+    lost.response = UpstreamResponse(200, relayed.headers, relayed.body, httpx.Headers())
+    if sse.completed(request.endpoint, relayed.body):
+        return replace(lost, outcome=Attempt.Outcome.SUCCESS, error_code=None)
+    return lost
 
 
 def recover_expired_leases(now) -> int:
@@ -59,13 +88,7 @@ def recover_expired_leases(now) -> int:
         conclude_attempt(
             request,
             request.attempt_count,
-            AttemptResult(
-                Attempt.Outcome.CONNECTION_ERROR,
-                error_code="worker_lost",
-                # Bytes already reached a client: this request can only fail as partial.
-                stream_started=request.first_byte_at is not None,
-                upstream=sent_to.get(request.pk),
-            ),
+            lost_attempt(request, upstream=sent_to.get(request.pk)),
             lease_expired_before=now,
         )
         recovered += 1

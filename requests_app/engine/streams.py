@@ -17,6 +17,7 @@ stopped, the request canceled) only when the last of its readers has left.
 import asyncio
 import json
 import weakref
+from dataclasses import dataclass
 
 import redis
 import redis.asyncio as aioredis
@@ -77,6 +78,30 @@ class StreamPublisher:
 
     def client_gone(self) -> bool:
         return bool(self.client.exists(self.abandoned))
+
+
+@dataclass(frozen=True)
+class Relayed:
+    """What one attempt relayed to its readers: the headers sent with the first bytes, and
+    the bytes."""
+
+    headers: dict[str, str]
+    body: bytes
+
+
+def relayed_by(public_id: str, attempt: int) -> Relayed | None:
+    """One attempt's share of its request's stream as Redis keeps it (for a worker lost
+    mid-stream, what its readers got); None when Redis holds no start of it."""
+    wanted = str(attempt).encode()
+    headers, body = None, bytearray()
+    for _, fields in client().xrange(stream_key(public_id)):
+        if fields.get(b"attempt") != wanted:
+            continue
+        if fields[b"kind"] == b"start":
+            headers = json.loads(fields[b"headers"])
+        elif fields[b"kind"] == b"chunk":
+            body += encryption.decrypt(fields[b"data"])
+    return None if headers is None else Relayed(headers, bytes(body))
 
 
 def announce_final(public_id: str) -> None:

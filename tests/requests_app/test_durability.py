@@ -12,13 +12,14 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from core import heartbeats
+from core import encryption, heartbeats
 from requests_app.engine.recovery import sweep
 from requests_app.engine.redis_client import client
+from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Request
 from requests_app.tasks import oldest_waiting_request, publish_execute_request
 from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
-from tests.factories import RequestFactory
+from tests.factories import AttemptFactory, RequestFactory
 from tests.tcp_proxy import FreezingProxy
 
 CHAT = [{"role": "user", "content": "durable"}]
@@ -100,6 +101,50 @@ def test_a_worker_that_outlives_its_lease_cannot_overwrite_the_recovery(
     ]
     assert request.attempt_count == 2
     assert fake_upstream.count("/v1/chat/completions") == 2
+
+
+COMPLETE_STREAM = (
+    b'data: {"choices": [{"delta": {"content": "Hi"}}]}\n\n',
+    b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, '
+    b'"total_tokens": 4}}\n\n',
+    b"data: [DONE]\n\n",
+)
+
+
+@pytest.mark.parametrize(
+    ("relayed", "outcome"),
+    [
+        (COMPLETE_STREAM, ("succeeded", False, "success")),  # killed just before recording
+        (COMPLETE_STREAM[:1], ("failed", True, "connection_error")),  # killed mid-stream
+    ],
+    ids=["whole", "cut"],
+)
+def test_a_lost_stream_is_recorded_as_what_its_readers_got(db, relayed, outcome):
+    # A worker killed after relaying the upstream's whole answer, before recording it: the
+    # callers have the complete answer, so the record must not call it failed and partial.
+    now = timezone.now()
+    request = RequestFactory(
+        status="running",
+        stream=True,
+        attempt_count=1,
+        first_byte_at=now - timedelta(seconds=5),
+        lease_until=now - timedelta(seconds=1),
+    )
+    AttemptFactory(request=request, number=1, outcome="", status_code=None, upstream="primary")
+    publisher = StreamPublisher(request.public_id, 1)
+    publisher.start(200, {"content-type": "text/event-stream", "x-request-id": "req_up"})
+    for chunk in relayed:
+        publisher.chunk(chunk)
+
+    sweep()
+
+    request.refresh_from_db()
+    attempt = request.attempts.get()
+    assert (request.status, request.partial, attempt.outcome) == outcome
+    assert encryption.decrypt(request.response_body) == b"".join(relayed)
+    if outcome[0] == "succeeded":
+        assert request.usage["total_tokens"] == 4
+        assert request.response_headers["x-request-id"] == "req_up"
 
 
 def test_a_task_lost_by_the_broker_is_dispatched_again(tenant, live_api, worker):
