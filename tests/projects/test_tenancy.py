@@ -265,14 +265,19 @@ def acting_as(role, account_name):
     return f'<strong>{account_name}</strong><br><span class="muted">{role}</span>'
 
 
-def test_project_pages_follow_the_projects_account_not_the_one_chosen(
-    bob_client, bob, alice_objects
-):
-    # bob is a plain member of alice's account and owner of his own, which he has chosen.
-    project = alice_objects[0]
+@pytest.fixture
+def bob_in_his_own_account(bob_client, bob):
+    """bob, a plain member of alice's account, owns one of his own, which he has chosen."""
     own = AccountFactory(name="Bob's workspace")
     MembershipFactory(user=bob, account=own, role=Membership.Role.OWNER)
     bob_client.post(reverse("switch-account"), {"account": own.public_id})
+    return own
+
+
+def test_project_pages_follow_the_projects_account_not_the_one_chosen(
+    bob_client, bob_in_his_own_account, alice_objects
+):
+    project = alice_objects[0]
 
     settings_page = bob_client.get(reverse("project-detail", args=[project.public_id]))
     keys_page = bob_client.get(reverse("api-key-list", args=[project.public_id]))
@@ -284,16 +289,14 @@ def test_project_pages_follow_the_projects_account_not_the_one_chosen(
     assert reverse("project-rename", args=[project.public_id]) not in settings_page.content.decode()
     assert "Revoke…" not in keys_page.content.decode()
     assert 'name="name"' not in keys_page.content.decode()  # no form to create a key
-    assert bob_client.get(reverse("dashboard")).context["current_account"] == own  # still chosen
+    chosen = bob_client.get(reverse("dashboard")).context["current_account"]
+    assert chosen == bob_in_his_own_account  # still the one chosen
 
 
 def test_a_request_page_follows_the_requests_account_not_the_one_chosen(
-    bob_client, alice, bob, alice_objects
+    bob_client, bob_in_his_own_account, alice, alice_objects
 ):
     record = RequestFactory(project=alice_objects[0], status="queued")
-    own = AccountFactory(name="Bob's workspace")
-    MembershipFactory(user=bob, account=own, role=Membership.Role.OWNER)
-    bob_client.post(reverse("switch-account"), {"account": own.public_id})
 
     as_member = bob_client.get(reverse("request-detail", args=[record.public_id]))
     alice_client = Client()
