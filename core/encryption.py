@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models, transaction
 
-__all__ = ["InvalidToken", "decrypt", "encrypt", "rotate", "rotate_stored"]
+__all__ = ["InvalidToken", "decrypt", "encrypt", "newest_unreadable", "rotate", "rotate_stored"]
 
 
 @lru_cache(maxsize=4)
@@ -64,3 +64,26 @@ def rotate_stored(model: type[models.Model], fields: list[str], *, batch_size: i
             model.objects.bulk_update(batch, fields)
         rotated += len(batch)
         last_pk = batch[-1].pk
+
+
+def newest_unreadable(model: type[models.Model], field: str, *, among: int = 100) -> bool:
+    """Whether the newest value of `field` stored in `model`'s newest `among` rows is one
+    this process's key ring cannot decrypt (False when none of them holds one).
+
+    Bounded to the newest rows so a table of finished requests, whose bodies are gone,
+    is not walked end to end at start-up.
+    """
+    newest = model.objects.order_by("-pk").values("pk")[:among]
+    token = (
+        model.objects.filter(pk__in=models.Subquery(newest), **{f"{field}__isnull": False})
+        .order_by("-pk")
+        .values_list(field, flat=True)
+        .first()
+    )
+    if token is None:
+        return False
+    try:
+        decrypt(token)
+    except InvalidToken:
+        return True
+    return False

@@ -16,6 +16,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reqrun.settings")
 browser_application = get_asgi_application()  # sets Django up before the imports below
 
 from core import collector  # noqa: E402
+from privacy.key_ring import lifespan  # noqa: E402
 from reqrun.handlers import ApiHandler, is_api_path  # noqa: E402
 
 api_application = ApiHandler()
@@ -23,6 +24,8 @@ collector.settle()  # last: what start-up made lives as long as the process
 
 
 async def application(scope, receive, send):
+    if scope["type"] == "lifespan":  # start-up refuses a key ring that cannot read what is stored
+        return await lifespan(receive, send)
     if scope["type"] == "http" and is_api_path(scope["path"]):
         return await api_application(scope, receive, send)
     return await browser_application(scope, receive, send)

@@ -10,12 +10,14 @@ from celery.signals import (
     setup_logging,
     task_postrun,
     task_prerun,
+    worker_init,
     worker_ready,
     worker_shutting_down,
 )
 
 from core import collector, logs
 from core.watchdog import CanaryConsumer, stop_watchdog
+from privacy import key_ring
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reqrun.settings")
 
@@ -34,5 +36,7 @@ task_prerun.connect(
     partial(logs.bind_task, request_task="requests_app.tasks.execute_request"), weak=False
 )
 task_postrun.connect(logs.unbind_task)
+# A worker whose REQRUN_ENCRYPTION_KEYS cannot read what is stored does not start.
+worker_init.connect(key_ring.stop_a_worker_that_cannot_read)
 # Once the worker consumes, what start-up made is frozen out of the collector's walks.
 worker_ready.connect(lambda **_: collector.settle(), weak=False)
