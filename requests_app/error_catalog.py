@@ -249,7 +249,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         200,
         "upstream_error",
         "Sent as an SSE `event: error` when a stream broke after it started (also "
-        "`stream_incomplete`, `timeout`). The request is `failed` with `partial: true`; "
+        "`stream_incomplete`, `timeout`; `stream_stalled` when nothing came for longer than an "
+        "attempt may stay silent). The request is `failed` with `partial: true`; "
         "no `[DONE]` follows.",
         "Discard the partial answer and send the request again.",
         retry=True,
@@ -296,6 +297,7 @@ TRANSPORT_CODES = (
     "connecttimeout",
     "worker_lost",
     "stream_incomplete",
+    "stream_stalled",
     "invalid_event_stream",
     "client_disconnected",
     "lease_lost",
