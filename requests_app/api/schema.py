@@ -225,7 +225,7 @@ def proxy_schema(endpoint_path: str):
         "unchanged; async mode returns `202` with the request object at once."
     )
     bad_request = ["invalid_json", "invalid_body", "invalid_wait", "invalid_idempotency_key"]
-    bad_request += ["provider_key_missing"]
+    bad_request += ["invalid_stream", "provider_key_missing"]
     answers = {
         (200, "application/json"): OpenApiResponse(
             response=ref("OpenAIResponse"),
@@ -277,6 +277,7 @@ def proxy_schema(endpoint_path: str):
             502,
             "upstream_not_allowed",
             "upstream_response_too_large",
+            "invalid_status",
             "connecterror",
             note="no upstream answer on any attempt",
         ),
@@ -499,7 +500,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                     200: ref("OpenAIResponse"),
                     400: error(400, "provider_key_missing"),
                     **EVERY_CALL_ERRORS,
-                    502: error(502, "upstream_unreachable"),
+                    502: error(502, "upstream_unreachable", "invalid_status"),
                     **UPSTREAM_ANSWERS,
                 },
                 parameters=parameters,

@@ -148,3 +148,16 @@ def test_the_schema_generates_without_warnings(tmp_path):
     call_command("spectacular", "--fail-on-warn", "--validate", "--file", tmp_path / "s.yaml")
 
     assert "/v1/chat/completions" in (tmp_path / "s.yaml").read_text()
+
+
+def test_the_schema_names_every_code_a_proxied_call_or_models_can_answer(client):
+    """A `stream` that is not a boolean is a 400 `invalid_stream` on every proxied endpoint,
+    and an upstream status outside 100–599 a 502 `invalid_status`, on them and on models."""
+    paths = client.get("/v1/openapi.json").json()["paths"]
+
+    for path in ("/v1/chat/completions", "/v1/embeddings"):
+        responses = paths[path]["post"]["responses"]
+        assert "`invalid_stream`" in responses["400"]["description"]
+        assert "`invalid_status`" in responses["502"]["description"]
+    for path in ("/v1/models", "/v1/models/{model_id}"):
+        assert "`invalid_status`" in paths[path]["get"]["responses"]["502"]["description"]
