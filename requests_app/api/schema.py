@@ -19,7 +19,7 @@ from drf_spectacular.utils import (
 from requests_app.api.selectors import DEFAULT_PAGE, MAX_PAGE, MAX_TIMESTAMP
 from requests_app.api.serializers import RequestListSerializer, RequestObjectSerializer
 from requests_app.api.views import DEFAULT_WAIT_SECONDS, MAX_POLL_WAIT_SECONDS, MAX_WAIT_SECONDS
-from requests_app.endpoints import ENDPOINTS, endpoint
+from requests_app.endpoints import PROXIED_ENDPOINTS, endpoint
 from requests_app.error_catalog import ERROR_CODES, status_of
 from requests_app.models import Status
 
@@ -366,13 +366,7 @@ OPERATIONS = {
             ),
             OpenApiParameter("after", str, description="The id of the last request already seen."),
             OpenApiParameter("status", str, enum=list(Status.values)),
-            OpenApiParameter(
-                "endpoint",
-                str,
-                description="One of: "
-                + ", ".join(f"`{e.path}`" for e in ENDPOINTS if e.counted)
-                + ".",
-            ),
+            OpenApiParameter("endpoint", str, enum=list(PROXIED_ENDPOINTS)),
             OpenApiParameter("idempotency_key", str),
             OpenApiParameter(
                 "created_after",
@@ -383,7 +377,10 @@ OPERATIONS = {
         ],
         responses={
             200: RequestListSerializer,
-            400: error(400, note="A bad `limit`, `status` or `created_after`; `param` names it."),
+            400: error(
+                400,
+                note="A bad `limit`, `status`, `endpoint` or `created_after`; `param` names it.",
+            ),
             **EVERY_CALL_ERRORS,
         },
     ),

@@ -7,6 +7,7 @@ from django.db.models import QuerySet
 from accounts.models import User
 from core.untrusted import whole_number
 from projects.models import Project
+from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.errors import InvalidRequest, NotFound
 from requests_app.models import Request, Status
 
@@ -68,8 +69,14 @@ def list_requests(project: Project, params) -> tuple[list[Request], bool]:
                 f"Unknown status {status!r}; use one of {', '.join(Status.values)}.", param="status"
             )
         requests = requests.filter(status=status)
-    if params.get("endpoint"):
-        requests = requests.filter(endpoint=_text(params, "endpoint"))
+    endpoint = params.get("endpoint")
+    if endpoint:
+        if endpoint not in PROXIED_ENDPOINTS:
+            raise InvalidRequest(
+                f"Unknown endpoint {endpoint!r}; use one of {', '.join(PROXIED_ENDPOINTS)}.",
+                param="endpoint",
+            )
+        requests = requests.filter(endpoint=endpoint)
     if params.get("idempotency_key"):
         requests = requests.filter(idempotency_key=_text(params, "idempotency_key"))
     if params.get("created_after"):

@@ -122,6 +122,41 @@ def test_a_page_of_none_is_a_400_and_created_after_the_epoch_lists_all(live_api,
     assert len(since_epoch.json()["data"]) == 1
 
 
+@pytest.mark.parametrize("value", ["chat/completions", "/v1/models", "/v1/chat/completions/"])
+def test_an_endpoint_filter_naming_no_proxied_endpoint_is_a_400(live_api, tenant, value):
+    """`endpoint` takes one of a fixed list, like `status`: a typo is told, not answered
+    with an empty list that reads as “no such requests”."""
+    response = httpx.get(
+        f"{live_api.url}/v1/requests",
+        params={"endpoint": value},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "endpoint" and error["type"] == "invalid_request_error"
+    assert "/v1/chat/completions" in error["message"]
+
+
+def test_an_endpoint_filter_lists_that_endpoints_requests(live_api, tenant):
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    httpx.post(
+        f"{live_api.url}/v1/embeddings",
+        json={"model": "embed-test", "input": "x"},
+        headers=headers | {"Prefer": "respond-async"},
+    )
+
+    listed = httpx.get(
+        f"{live_api.url}/v1/requests", params={"endpoint": "/v1/embeddings"}, headers=headers
+    )
+    other = httpx.get(
+        f"{live_api.url}/v1/requests", params={"endpoint": "/v1/moderations"}, headers=headers
+    )
+
+    assert [item["endpoint"] for item in listed.json()["data"]] == ["/v1/embeddings"]
+    assert other.status_code == 200 and other.json()["data"] == []
+
+
 def test_a_nul_in_a_text_filter_is_a_400(live_api, tenant):
     for name in ("after", "endpoint", "idempotency_key"):
         response = httpx.get(
