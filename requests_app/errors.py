@@ -60,6 +60,10 @@ INVALID_KEY_MESSAGE = (
     "Incorrect API key provided. Use a ReqRun key (rr_…) from your project's API keys page "
     "in an 'Authorization: Bearer' header."
 )
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. Send a ReqRun key from your project's API keys page as "
+    "'Authorization: Bearer rr_…'."
+)
 
 
 class InvalidApiKey(ApiError):

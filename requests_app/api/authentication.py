@@ -8,7 +8,13 @@ from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key
 from requests_app.api import ratelimit
 from requests_app.engine.redis_client import client
-from requests_app.errors import INVALID_KEY_MESSAGE, InvalidApiKey, RateLimited, Suspended
+from requests_app.errors import (
+    INVALID_KEY_MESSAGE,
+    MISSING_KEY_MESSAGE,
+    InvalidApiKey,
+    RateLimited,
+    Suspended,
+)
 
 # Repeated bad keys from one address are refused for a while, whatever key comes next;
 # repeated bad secrets for one key prefix are answered 429 instead of 401, but the right
@@ -22,7 +28,7 @@ def api_key_from_header(authorization: str) -> ApiKey:
     """The active key named by an Authorization header, or InvalidApiKey / Suspended."""
     scheme, _, raw = authorization.partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
-        raise InvalidApiKey("You didn't provide an API key. " + INVALID_KEY_MESSAGE)
+        raise InvalidApiKey(MISSING_KEY_MESSAGE)
     api_key = authenticate_api_key(raw.strip())
     if api_key is None:
         raise InvalidApiKey(INVALID_KEY_MESSAGE)

@@ -235,6 +235,17 @@ def test_missing_or_malformed_keys_get_401(live_api, tenant, authorization):
     assert not Request.objects.exists()
 
 
+@pytest.mark.parametrize("authorization", [None, "Bearer", "Basic abc"])
+def test_a_call_without_a_key_is_told_so_and_how_to_send_one(live_api, tenant, authorization):
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    response = httpx.post(f"{live_api.url}/v1/chat/completions", json=CHAT, headers=headers)
+
+    message = response.json()["error"]["message"]
+    assert message.startswith("You didn't provide an API key.")
+    assert "Incorrect" not in message  # no key cannot be a wrong one
+    assert "Authorization: Bearer rr_" in message
+
+
 def test_right_prefix_wrong_secret_and_revoked_keys_get_401(live_api, tenant, sdk):
     prefix = tenant.raw_key.split("_")[1]
     wrong = httpx.get(
