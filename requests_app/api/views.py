@@ -63,6 +63,18 @@ class V1View(APIView):
     rate_state: ratelimit.RateLimitState | None = None
     json_renderer = JSONRenderer()
 
+    @property
+    def allowed_methods(self):
+        """What `Allow` offers: OPTIONS is answered 405 like any method a path does not serve."""
+        return [method for method in super().allowed_methods if method != "OPTIONS"]
+
+    @property
+    def default_response_headers(self):
+        headers = super().default_response_headers
+        if not self.allowed_methods:  # no such endpoint: nothing to offer instead
+            del headers["Allow"]
+        return headers
+
     def perform_content_negotiation(self, request, force=False):
         """JSON whatever the Accept header asks for, as the OpenAI API answers; DRF's
         negotiation on every call cost more than the rest of its set-up."""

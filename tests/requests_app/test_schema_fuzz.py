@@ -78,6 +78,26 @@ def test_a_method_the_endpoint_does_not_serve_answers_405_in_the_envelope(live_a
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
+def test_a_405_names_in_allow_only_the_methods_the_path_serves(live_api, tenant):
+    """`Allow` tells a client what to use instead; OPTIONS is itself a 405, so it is not
+    offered, and a path that exists for no method offers nothing."""
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    expected = {
+        ("DELETE", "/v1/chat/completions"): {"POST"},
+        ("OPTIONS", "/v1/chat/completions"): {"POST"},
+        ("PUT", "/v1/usage"): {"GET", "HEAD"},
+        ("OPTIONS", "/v1/requests"): {"GET", "HEAD"},
+    }
+    for (method, path), allowed in expected.items():
+        response = httpx.request(method, f"{live_api.url}{path}", headers=headers)
+
+        assert response.status_code == 405
+        assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+
+    unknown = httpx.get(f"{live_api.url}/v1/no-such-endpoint", headers=headers)
+    assert unknown.status_code == 404 and "Allow" not in unknown.headers
+
+
 def test_created_after_past_the_year_9999_is_a_400(live_api, tenant):
     response = httpx.get(
         f"{live_api.url}/v1/requests",
