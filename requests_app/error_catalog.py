@@ -65,15 +65,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "request_too_large",
         413,
         "invalid_request_error",
-        "The body is larger than ReqRun accepts (10 MB by default).",
+        "The body is larger than ReqRun accepts: 10 MiB (10,485,760 bytes) unless the operator "
+        "set `REQRUN_MAX_BODY_BYTES`; the message gives the limit.",
         "Send a smaller body.",
-    ),
-    ErrorCode(
-        "unsupported_media_type",
-        415,
-        "invalid_request_error",
-        "The body is not sent as `application/json`.",
-        "Send JSON with `Content-Type: application/json`, as the OpenAI SDKs do.",
     ),
     ErrorCode(
         "invalid_json",

@@ -153,7 +153,6 @@ DRF_ERRORS = {
     exceptions.AuthenticationFailed: ("invalid_request_error", "invalid_api_key"),
     exceptions.MethodNotAllowed: ("invalid_request_error", "method_not_allowed"),
     exceptions.ParseError: ("invalid_request_error", "invalid_json"),
-    exceptions.UnsupportedMediaType: ("invalid_request_error", "unsupported_media_type"),
     exceptions.NotFound: ("invalid_request_error", "not_found"),
     exceptions.PermissionDenied: ("permission_error", "permission_denied"),
     exceptions.Throttled: ("requests", "rate_limit_exceeded"),

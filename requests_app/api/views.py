@@ -162,7 +162,8 @@ def parse_idempotency_key(request) -> str | None:
 def ensure_body_size(length: int) -> None:
     if length > settings.REQRUN_MAX_BODY_BYTES:
         raise BodyTooLarge(
-            f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes."
+            f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes, the most "
+            "ReqRun accepts. Send a smaller body: fewer or shorter messages, or smaller images."
         )
 
 

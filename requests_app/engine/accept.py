@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Literal
 
 from django.db import IntegrityError, connection, transaction
+from django.template.defaultfilters import pluralize
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from psycopg import errors as pg_errors
@@ -137,8 +138,9 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
     """The accept as a transaction of its steps, each refusal with its own error."""
     with transaction.atomic():
         if not count_accepted_request(account=request.account, limit=limits.monthly_requests):
+            monthly = limits.monthly_requests
             raise QuotaExceeded(
-                f"This account has used its {limits.monthly_requests:,} requests for this "
+                f"This account has used its {monthly:,} request{pluralize(monthly)} for this "
                 "month. Upgrade the plan or wait for the next period.",
                 headers={"x-should-retry": "false"},
             )
@@ -146,8 +148,9 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
         # Last before the commit: the account's pending row, which the workers' own
         # conclusions update too, is locked for as short a time as possible.
         if not sql.take_pending_slot(account_id=request.account_id, limit=limits.pending_requests):
+            pending = limits.pending_requests
             raise PendingQueueFull(
-                f"This account already has {limits.pending_requests:,} requests waiting or "
+                f"This account already has {pending:,} request{pluralize(pending)} waiting or "
                 "running, its plan's limit. Retry when some have finished.",
                 headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
             )

@@ -134,6 +134,7 @@ def test_monthly_quota_refusal_counts_and_enqueues_nothing(tenant, live_api):
     response = post(live_api, tenant, json=CHAT)
 
     assert_openai_error(response, 429, "monthly_quota_exceeded")
+    assert "used its 1 request for this month" in response.json()["error"]["message"]
     assert response.headers["x-should-retry"] == "false"
     assert Request.objects.count() == 1
     assert usage_row(tenant.account).accepted_requests == 1
@@ -160,6 +161,7 @@ def test_pending_queue_cap_refuses_with_retry_after(tenant, live_api):
     response = post(live_api, tenant, json=CHAT, headers={"Prefer": "respond-async"})
 
     assert_openai_error(response, 429, "pending_queue_full")
+    assert "already has 1 request waiting" in response.json()["error"]["message"]
     assert response.headers["retry-after"]
     assert Request.objects.count() == 1
     assert usage_row(tenant.account).accepted_requests == 1
