@@ -78,6 +78,8 @@ def start_servers(stack: ExitStack, directory: Path, pg_port: int, redis_port: i
 def development_env() -> dict[str, str]:
     env = {
         "DEBUG": "true",
+        # DEBUG pages show settings and tracebacks: serve them to this machine only.
+        "REQRUN_BIND_ADDRESS": "127.0.0.1",
         "ALLOWED_HOSTS": "localhost,127.0.0.1,[::1]",
         "EMAIL_URL": "consolemail://",
         "REQRUN_ALLOW_PRIVATE_UPSTREAMS": "true",

@@ -62,6 +62,14 @@ def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path
             if str(tmp_path) in " ".join(p.info["cmdline"] or [])
         ]
         assert len(started) >= 3 and server_pids
+        # Development runs with DEBUG on: the web is reachable from this machine only.
+        listening = {
+            conn.laddr
+            for process in started
+            for conn in process.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port
+        }
+        assert listening and {address.ip for address in listening} == {"127.0.0.1"}
 
         os.killpg(launcher.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         assert launcher.wait(timeout=60) == 0
