@@ -49,6 +49,7 @@ ACTION_LABELS = {
     "invitation_withdrawn": "Invitation withdrawn",
     "member_joined": "Member joined",
     "member_removed": "Member removed",
+    "member_left": "Member left",
     "role_changed": "Role changed",
     "suspended": "Suspended",
     "unsuspended": "Suspension lifted",

@@ -230,15 +230,26 @@ def change_role(
 def remove_member(
     *, membership: Membership, actor: User, ip_address: str | None = None
 ) -> Membership:
+    """An owner takes `membership` away (their own included, if another owner remains)."""
+    return _end_membership(membership, actor=actor, action="member_removed", ip=ip_address)
+
+
+@transaction.atomic
+def leave_account(*, membership: Membership, ip_address: str | None = None) -> Membership:
+    """A member of any role leaves the account; the last owner cannot."""
+    return _end_membership(membership, actor=membership.user, action="member_left", ip=ip_address)
+
+
+def _end_membership(membership: Membership, *, actor: User, action: str, ip: str | None):
     Account.objects.select_for_update().get(pk=membership.account_id)
     membership.refresh_from_db(fields=["role"])
     _ensure_another_owner(membership)
     record_audit_event(
         account=membership.account,
         actor=actor,
-        action="member_removed",
+        action=action,
         target=membership.user.email,
-        ip_address=ip_address,
+        ip_address=ip,
     )
     membership.delete()
     return membership

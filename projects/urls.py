@@ -49,6 +49,7 @@ urlpatterns = [
     path("members/invite", members.member_invite, name="member-invite"),
     path("members/role", members.member_role, name="member-role"),
     path("members/remove", members.member_remove, name="member-remove"),
+    path("members/leave", members.member_leave, name="member-leave"),
     path(
         "members/invitations/<pid:invitation_id>/withdraw",
         members.invitation_revoke,

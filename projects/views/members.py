@@ -105,6 +105,20 @@ def member_remove(request, membership):
     return render(request, "projects/member_remove.html", {"member": member, "form": form})
 
 
+@member_view(write=Need.READ)
+def member_leave(request, membership):
+    """Any member may leave the current account; the last owner is told why not."""
+    if request.method == "POST":
+        try:
+            services.leave_account(membership=membership, ip_address=client_ip(request))
+        except services.MembershipError as error:
+            messages.error(request, str(error))
+            return redirect("member-list")
+        messages.success(request, f"You left {membership.account.name}.")
+        return redirect("dashboard")
+    return render(request, "projects/member_leave.html", {"account": membership.account})
+
+
 @member_view(write=Need.OWN)
 @require_POST
 def invitation_revoke(request, membership, invitation_id):

@@ -339,3 +339,34 @@ def test_inviting_again_replaces_an_expired_invitation(
     dana_client = signed_in(client, UserFactory(email="dana@example.com"))
     response = dana_client.post(link_path(mail.outbox[-1]), follow=True)
     assert "You joined Alice's workspace as member." in messages_of(response)
+
+
+def test_a_member_can_leave_an_account_after_confirmation(
+    bob_client, bob, alice, alice_account, alice_project
+):
+    page = bob_client.get(reverse("member-list")).content.decode()
+    assert reverse("member-leave") in page
+
+    confirm = bob_client.get(reverse("member-leave"))
+    assert "Leave Alice&#x27;s workspace?" in confirm.content.decode()
+    assert "bob@example.com" in roles(alice_account)
+
+    response = bob_client.post(reverse("member-leave"), follow=True)
+    assert "You left Alice's workspace." in messages_of(response)
+    assert "bob@example.com" not in roles(alice_account)
+    assert AuditEvent.objects.filter(
+        account=alice_account, action="member_left", actor=bob, target="bob@example.com"
+    ).exists()
+    security_log = signed_in(Client(), alice).get(reverse("security-log")).content.decode()
+    assert "Member left" in security_log
+    assert (
+        bob_client.get(reverse("project-detail", args=[alice_project.public_id])).status_code == 404
+    )
+
+
+def test_the_last_owner_cannot_leave(alice_client, alice_account, bob):
+    before = roles(alice_account)
+    response = alice_client.post(reverse("member-leave"), follow=True)
+    assert "An account needs at least one owner" in " ".join(messages_of(response))
+    assert roles(alice_account) == before
+    assert not AuditEvent.objects.filter(action="member_left").exists()

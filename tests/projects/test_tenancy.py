@@ -60,6 +60,7 @@ ACCOUNT_LEVEL = {
     "project-list",
     "member-list",
     "member-invite",
+    "member-leave",
     "account",
     "security-log",
     "invitation-accept",
