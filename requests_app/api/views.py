@@ -192,7 +192,13 @@ class ProxyView(V1View):
         keyed = "HTTP_IDEMPOTENCY_KEY" in request.META
         api_key, self.rate_state = authenticate(request.META, rate=None if keyed else "hit")
         limits = limits_for(api_key.project.account, preloaded=True)
-        idempotency_key = parse_idempotency_key(request)
+        try:
+            idempotency_key = parse_idempotency_key(request)
+        except InvalidRequest:  # refused like any bad input, with the limit's state shown
+            self.rate_state = ratelimit.peek(
+                project_id=api_key.project_id, limit=limits.requests_per_minute
+            )
+            raise
         if idempotency_key:  # a client retry of a known call: no limit applies to it
             repeated = accept.remembered_call(
                 api_key=api_key, endpoint=self.endpoint, body=body, idempotency_key=idempotency_key
@@ -254,8 +260,10 @@ class ProxyView(V1View):
 
     async def post(self, request, *args, **kwargs):
         length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit():
-            ensure_body_size(int(length))  # before reading a body we would refuse anyway
+        if length.isdigit() and int(length) > settings.REQRUN_MAX_BODY_BYTES:
+            # Refused before its body is read; the key is checked first, as for any call.
+            await in_thread(self.authenticate_and_peek)(request)
+            ensure_body_size(int(length))
         # The id is chosen here and its completion notice awaited before the request exists,
         # so no notice can be missed and the wait needs no first database read.
         public_id = new_public_id("req")

@@ -204,6 +204,7 @@ def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, stat
     response = post(live_api, tenant, headers=headers, **kwargs)
 
     assert_openai_error(response, status, code)
+    assert response.headers["reqrun-ratelimit-limit"]  # on every answer to a known key
     assert not Request.objects.exists()
     assert usage_row(tenant.account).accepted_requests == 0
 
