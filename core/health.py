@@ -6,6 +6,7 @@ from django.db import connection
 from django.http import JsonResponse
 
 from core import heartbeats
+from core.postgresql.base import closed_by_server
 
 # Well under the pool's own timeout (DB_POOL_TIMEOUT, 30 s by default): a probe that waits
 # that long is cut off by the load balancer, and holds a thread while it waits.
@@ -13,15 +14,23 @@ POSTGRES_TIMEOUT_SECONDS = 2.0
 
 
 def postgres_answers() -> bool:
-    """Whether the process can get a connection from its pool, and it answers, in time."""
+    """Whether the process can get a connection from its pool, and it answers, in time.
+
+    The probe draws from the pool itself, past the backend's check, so it drops the
+    connections a restart cut as the backend does: one of them is not an outage."""
     pool = connection.pool  # settings always configure one
     try:
         pool.open()  # as Django opens it on first use
-        with pool.connection(timeout=POSTGRES_TIMEOUT_SECONDS) as conn:
-            conn.execute("SELECT 1")
+        for _ in range(pool.max_size + 1):
+            with pool.connection(timeout=POSTGRES_TIMEOUT_SECONDS) as conn:
+                if closed_by_server(conn):
+                    conn.close()  # back to the pool closed: discarded and replaced
+                    continue
+                conn.execute("SELECT 1")
+                return True
     except Exception:
         return False
-    return True
+    return False
 
 
 def healthz(request):

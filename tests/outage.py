@@ -17,6 +17,16 @@ from tests.conftest import test_database_url as database_url_for_tests
 WEB_DATABASE_NAME = "reqrun-outage-web"
 
 
+def drop_every_other_connection() -> None:
+    """What a restart does to the connections web and worker keep in their pools (the
+    server ends each with "terminating connection due to administrator command")."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 def outage_web(log_path: Path, **env: str) -> ProcfileWeb:
     """A web process whose database sessions `database_outage` cuts."""
     url = f"{database_url_for_tests()}?application_name={WEB_DATABASE_NAME}"

@@ -6,7 +6,7 @@ import pytest
 from core import heartbeats
 from devstack.servers import EmbeddedRedis, free_port
 from tests.conftest import wait_until
-from tests.outage import database_outage, outage_web
+from tests.outage import database_outage, drop_every_other_connection, outage_web
 
 
 def record_every_heartbeat():
@@ -146,3 +146,21 @@ def test_health_endpoints_are_not_redirected_to_https(client, settings):
     settings.SECURE_SSL_REDIRECT = True
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 301
+
+
+@pytest.mark.timeout(120)
+def test_readyz_is_ready_at_once_after_a_restart_cut_the_pools_connections(
+    transactional_db, tmp_path
+):
+    record_every_heartbeat()
+    web = outage_web(tmp_path / "web.log").start()
+    try:
+        for _ in range(3):  # the probe's pool now holds a connection to cut
+            assert httpx.get(f"{web.url}/readyz").status_code == 200
+        drop_every_other_connection()  # what a PostgreSQL restart does to them
+
+        answers = [httpx.get(f"{web.url}/readyz", timeout=5).status_code for _ in range(3)]
+    finally:
+        web.stop()
+
+    assert answers == [200, 200, 200]

@@ -10,20 +10,10 @@ from django.db import connection
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
 from tests.conftest import wait_until
-from tests.outage import database_outage
+from tests.outage import database_outage, drop_every_other_connection
 from tests.requests_app.test_faults import StreamReader
 
 CHAT = [{"role": "user", "content": "restart"}]
-
-
-def drop_every_other_connection() -> None:
-    """What a restart does to the connections web and worker keep in their pools (the
-    server ends each with "terminating connection due to administrator command")."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
 
 
 def test_calls_after_the_servers_connections_dropped_all_succeed(sdk):
