@@ -28,7 +28,7 @@ from requests_app.api.authentication import authenticate
 from requests_app.api.responses import (
     accepted_response,
     deliver,
-    final_response,
+    deliver_final_response,
     in_thread,
     load_request,
     wait_until_finished,
@@ -282,7 +282,8 @@ class ProxyView(V1View):
         if record.stream and outcome != "replayed":
             return await relay_stream(record, wait_seconds)
         if outcome == "replayed":
-            response = await in_thread(final_response)(record)
+            # A delivery like any other: with zero retention no copy is kept after it.
+            response = await in_thread(deliver_final_response)(record)
             response["Idempotent-Replayed"] = "true"
             return response
         if wait_seconds and not record.is_terminal:

@@ -223,6 +223,31 @@ def test_zero_retention_forgets_an_answer_once_the_list_has_shown_it(tenant, liv
     assert Request.objects.get(public_id=public_id).response_body is None
 
 
+def test_zero_retention_forgets_an_answer_once_a_replay_has_delivered_it(tenant, live_api):
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    public_id = accept_async(live_api, tenant, **{"Idempotency-Key": "order-7"})
+    wait_until(lambda: terminal(public_id), message="the request never ended")
+
+    def replay() -> httpx.Response:
+        return httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": "gpt-test", "messages": CHAT},
+            headers=headers_for(tenant, Prefer="respond-async", **{"Idempotency-Key": "order-7"}),
+        )
+
+    delivered = replay()
+    assert delivered.status_code == 200 and delivered.json()["choices"]
+    assert delivered.headers["idempotent-replayed"] == "true"
+    shown = httpx.get(f"{live_api.url}/v1/requests/{public_id}", headers=headers_for(tenant))
+    again = replay()
+
+    assert shown.json()["response"] is None
+    assert again.status_code == 410
+    assert again.json()["error"]["code"] == "response_not_retained"
+    assert Request.objects.get(public_id=public_id).response_body is None
+
+
 def test_streamed_bytes_in_redis_are_not_plain_text(tenant, live_api):
     from requests_app.engine.redis_client import client
     from requests_app.engine.streams import stream_key
