@@ -31,6 +31,16 @@ def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, messag
     raise AssertionError(message or f"condition not met within {timeout}s")
 
 
+def waiting_for_a_lock() -> int:
+    """How many connections to the test database are waiting for a lock just now."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
 FLUSH_ATTEMPTS = 3
 
 

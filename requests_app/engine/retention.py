@@ -50,20 +50,25 @@ def purge_expired_response_bodies(now=None) -> int:
 def purge_expired_records(account: Account, now=None) -> int:
     """Delete this account's finished requests (and their attempts) past its retention window."""
     cutoff = (now or timezone.now()) - timedelta(days=limits_for(account).retention_days)
+    expired = Request.objects.filter(
+        account=account, created_at__lt=cutoff, status__in=TERMINAL_STATUSES
+    )
     deleted = 0
     while True:
-        pks = list(
-            Request.objects.filter(
-                account=account, created_at__lt=cutoff, status__in=TERMINAL_STATUSES
-            ).values_list("pk", flat=True)[:BATCH_SIZE]
-        )
-        if not pks:
-            return deleted
         with transaction.atomic():
-            batch = Request.objects.filter(pk__in=pks, status__in=TERMINAL_STATUSES)
+            # Locked, and skipped by a purge running at the same time (a long run overlaps
+            # the next one beat sends): each request's totals are kept once, by one of them.
+            pks = list(
+                expired.select_for_update(skip_locked=True).values_list("pk", flat=True)[
+                    :BATCH_SIZE
+                ]
+            )
+            if not pks:
+                return deleted
+            batch = Request.objects.filter(pk__in=pks)
             keep_daily_totals(batch)
-            count, _ = batch.delete()
-        deleted += len(pks) if count else 0
+            batch.delete()
+        deleted += len(pks)
 
 
 def keep_daily_totals(requests) -> None:

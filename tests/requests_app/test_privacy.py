@@ -1,19 +1,21 @@
 """Retention, zero retention, auth throttling, security headers and the upstream guard."""
 
 import socket
+import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import httpx
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from core import encryption
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 from requests_app.engine.executor import execute_request
-from requests_app.engine.retention import purge_expired_data
+from requests_app.engine.retention import purge_expired_data, purge_expired_records
 from requests_app.models import DailyUsage, Request
+from tests.conftest import wait_until, waiting_for_a_lock
 from tests.factories import AccountPlanFactory, RequestFactory
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}
@@ -49,6 +51,45 @@ def test_the_purge_keeps_a_days_tokens_past_what_32_bits_hold():
     assert purge_expired_data(now).records == 2
 
     assert DailyUsage.objects.get(project=first.project).tokens == 6_000_000_000
+
+
+def test_two_purges_at_once_keep_each_purged_requests_totals_once(transactional_db):
+    """A purge that runs long overlaps the next one beat sends: between them, every purged
+    request is added to its day's totals once."""
+    now = timezone.now()
+    first = RequestFactory(status="succeeded", usage={"total_tokens": 10})
+    AccountPlanFactory(account=first.account)  # Free: 3-day retention
+    RequestFactory(status="succeeded", project=first.project, usage={"total_tokens": 10})
+    created = now - timedelta(days=3, minutes=1)
+    Request.objects.update(created_at=created)
+    day = DailyUsage.objects.create(
+        account=first.account, project=first.project, day=created.astimezone(UTC).date()
+    )
+    purged: list[int] = []
+
+    def purge() -> None:
+        try:
+            purged.append(purge_expired_records(first.account, now))
+        finally:
+            connection.close()
+
+    purges = [threading.Thread(target=purge) for _ in range(2)]
+    with transaction.atomic():
+        # The day's row held, so both purges are inside their batch before either commits.
+        DailyUsage.objects.select_for_update().get(pk=day.pk)
+        for thread in purges:
+            thread.start()
+        wait_until(
+            lambda: purged or waiting_for_a_lock() == 2,
+            message="neither purge reached the day's totals",
+        )
+    for thread in purges:
+        thread.join(30)
+
+    assert sorted(purged) == [0, 2]
+    assert not Request.objects.exists()
+    day.refresh_from_db()
+    assert (day.requests, day.succeeded, day.tokens) == (2, 2, 20)
 
 
 @pytest.mark.django_db
