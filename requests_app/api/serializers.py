@@ -10,6 +10,7 @@ from rest_framework import serializers
 from core import encryption
 from core.untrusted import parse_json_to_keep
 from requests_app.endpoints import PROXIED_ENDPOINTS
+from requests_app.engine import retention
 from requests_app.models import Attempt, Request, Status
 
 NULLABLE_INT = {"type": "integer", "nullable": True}
@@ -147,7 +148,7 @@ class RequestObjectSerializer(serializers.Serializer):
 
     @extend_schema_field(RESPONSE_SCHEMA)
     def get_response(self, request: Request) -> dict | None:
-        if request.response_body is None or request.response_status_code is None:
+        if not retention.response_is_retained(request) or request.response_status_code is None:
             return None
         raw = encryption.decrypt(request.response_body)
         try:

@@ -122,12 +122,6 @@ def readable_body(encrypted: bytes | memoryview | None) -> Body | None:
     return Body(text=text[:BODY_DISPLAY_LIMIT], is_json=is_json, truncated=truncated)
 
 
-def response_is_retained(request: Request) -> bool:
-    return request.response_body is not None and (
-        request.response_expires_at is None or request.response_expires_at > timezone.now()
-    )
-
-
 @dataclass
 class TimelineEntry:
     attempt: object

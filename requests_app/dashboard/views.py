@@ -67,7 +67,7 @@ def request_list(request, membership, project):
 
 @request_view
 def request_detail(request, membership, record):
-    response_kept = selectors.response_is_retained(record)
+    response_kept = retention.response_is_retained(record)
     context = {
         "project": record.project,
         "record": record,

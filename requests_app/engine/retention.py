@@ -103,6 +103,14 @@ def purge_expired_data(now=None) -> PurgeReport:
     return report
 
 
+def response_is_retained(request: Request) -> bool:
+    """The stored answer may still be shown: its 24 hours are not over, whether or not the
+    purge has come round to drop it yet."""
+    return request.response_body is not None and (
+        request.response_expires_at is None or request.response_expires_at > timezone.now()
+    )
+
+
 def forget_delivered_response(request: Request) -> None:
     """Zero retention: once the answer has reached the client, keep no copy of it."""
     forget_shown_responses([request])

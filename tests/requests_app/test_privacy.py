@@ -114,6 +114,26 @@ def test_response_bodies_are_dropped_24_hours_after_the_end():
     assert dropped.status == "succeeded"  # the record itself stays
 
 
+def test_an_answer_past_its_24_hours_is_not_shown_before_the_purge_comes(tenant, live_api):
+    auth = {"Authorization": f"Bearer {tenant.raw_key}"}
+    answered = httpx.post(
+        f"{live_api.url}/v1/chat/completions", json=CHAT, headers=auth, timeout=30
+    )
+    public_id = answered.headers["reqrun-request-id"]
+    # The 24 hours are over; the purge (every few minutes) has not run yet.
+    Request.objects.filter(public_id=public_id).update(
+        response_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+    shown = httpx.get(f"{live_api.url}/v1/requests/{public_id}", headers=auth).json()
+    listed = httpx.get(f"{live_api.url}/v1/requests", headers=auth).json()
+
+    assert answered.status_code == 200
+    assert shown["response"] is None
+    assert listed["data"][0]["id"] == public_id and listed["data"][0]["response"] is None
+    assert shown["usage"] is not None  # the metadata stays
+
+
 def test_zero_retention_keeps_no_response_after_delivery(tenant, live_api):
     tenant.project.zero_retention = True
     tenant.project.save()
