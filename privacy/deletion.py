@@ -187,15 +187,23 @@ def attempt_running(account: Account, *, now: datetime) -> bool:
 
 
 def _delete_requests(account: Account) -> int:
-    """In batches, so no statement holds locks on the requests table for long."""
+    """In batches, so no statement holds locks on the requests table for long.
+
+    Each batch's requests are locked before their attempts are deleted, as the retention
+    purge locks its own: a batch both want is waited for, never half-held (a deadlock)."""
     deleted = 0
-    while pks := list(
-        Request.objects.filter(account=account).values_list("pk", flat=True)[:PURGE_BATCH_SIZE]
-    ):
+    while True:
         with transaction.atomic():
+            pks = list(
+                Request.objects.select_for_update()
+                .filter(account=account)
+                .order_by("pk")
+                .values_list("pk", flat=True)[:PURGE_BATCH_SIZE]
+            )
+            if not pks:
+                return deleted
             Request.objects.filter(pk__in=pks).delete()
         deleted += len(pks)
-    return deleted
 
 
 def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> bool:

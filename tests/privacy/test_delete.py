@@ -3,10 +3,12 @@ owners of shared accounts are stopped, Paddle is called first (its failure chang
 then keys, requests and data go, the user is signed out, and late webhooks bring nothing back."""
 
 import logging
+import threading
 from datetime import timedelta
 
 import pytest
 from allauth.account.models import EmailAddress
+from django.db import connection, transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -18,9 +20,12 @@ from projects.models import AccountPlan, ApiKey, MonthlyUsage, Project
 from requests_app.models import Attempt, Request
 from tests.billing import payloads
 from tests.billing.paddle_stub import paddle_error
+from tests.conftest import wait_until, waiting_for_a_lock
 from tests.factories import (
     PASSWORD,
+    AccountDeletionFactory,
     AccountExportFactory,
+    AttemptFactory,
     MembershipFactory,
     RequestFactory,
     UserFactory,
@@ -358,3 +363,38 @@ def test_a_webhook_after_the_deletion_brings_nothing_back(
     assert not Subscription.objects.exists()
     assert not Invoice.objects.exists()
     assert WebhookEvent.objects.count() == 3
+
+
+def test_the_purge_and_a_retention_purge_on_the_same_requests_do_not_deadlock(
+    transactional_db,
+):
+    """The retention purge locks a batch of expired requests, then deletes their attempts
+    and them. A deleted account's purge meeting that batch waits for it to end, without
+    holding anything the retention purge still needs."""
+    expired = RequestFactory(status="succeeded", attempt_count=1)
+    AttemptFactory(request=expired, number=1)
+    closed = AccountDeletionFactory(account=expired.account)
+    outcome: list = []
+
+    def purge_the_account() -> None:
+        try:
+            outcome.append(deletion.purge_deleted_account(deletion_pk=closed.pk))
+        except Exception as error:  # noqa: BLE001 - what the test reports
+            outcome.append(error)
+        finally:
+            connection.close()
+
+    purging = threading.Thread(target=purge_the_account)
+    with transaction.atomic():  # the retention purge's batch
+        list(Request.objects.select_for_update().filter(pk=expired.pk))
+        purging.start()
+        wait_until(
+            lambda: outcome or waiting_for_a_lock() == 1,
+            message="the account's purge never reached the locked batch",
+        )
+        Attempt.objects.filter(request=expired).delete()
+        Request.objects.filter(pk=expired.pk).delete()
+    purging.join(30)
+
+    assert outcome == [True]
+    assert not Account.objects.filter(pk=expired.account_id).exists()
