@@ -23,7 +23,7 @@ from accounts.models import Account, User
 from accounts.services import record_audit_event
 from core import encryption
 from privacy import document
-from privacy.models import EXPORT_LIFETIME, AccountExport
+from privacy.models import EXPORT_LIFETIME, AccountDeletion, AccountExport
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +53,15 @@ def request_export(
     """Queue an export of `account`; the one already in progress if there is one.
 
     Returns the export and whether it is new. `site_url` is where the email's link points.
+    ExportUnavailable if the account has been deleted.
     """
     try:
         with transaction.atomic():
             Account.objects.select_for_update().get(pk=account.pk)
+            # Asked in the instant the account was deleted: checked under the lock its
+            # deletion took, so a closed account builds (and emails) nothing.
+            if AccountDeletion.objects.filter(account=account).exists():
+                raise ExportUnavailable("This account was deleted; there is nothing to export.")
             existing = account.exports.filter(status__in=IN_PROGRESS).first()
             if existing is not None:
                 return existing, False

@@ -3,7 +3,7 @@
 from allauth.core import ratelimit
 from django.contrib import messages
 from django.contrib.auth import logout
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
 from accounts.access import Need, client_ip, member_view
@@ -37,12 +37,15 @@ def _export_page(
 def export_page(request: HttpRequest, membership: Membership) -> HttpResponse:
     if request.method != "POST":
         return _export_page(request, membership.account)
-    export, created = services.request_export(
-        account=membership.account,
-        actor=request.user,
-        site_url=request.build_absolute_uri("/"),
-        ip_address=client_ip(request),
-    )
+    try:
+        export, created = services.request_export(
+            account=membership.account,
+            actor=request.user,
+            site_url=request.build_absolute_uri("/"),
+            ip_address=client_ip(request),
+        )
+    except services.ExportUnavailable as error:  # deleted meanwhile: gone, as for anyone
+        raise Http404(str(error)) from error
     if created:
         messages.success(request, "Export requested. We will email you when it is ready.")
     else:

@@ -323,6 +323,26 @@ def test_an_export_being_built_stops_and_sends_no_email(alice_client, alice, bil
     assert mailoutbox == []
 
 
+def test_an_export_asked_for_as_the_account_closes_builds_nothing(
+    alice_client, alice_account, mailoutbox
+):
+    """dana asked for an export in the instant alice deleted the account: her request passed
+    its check, then waited for the account's lock until the deletion had committed."""
+    dana = UserFactory(email="dana@example.com")
+    MembershipFactory(user=dana, account=alice_account, role="owner")
+    assert post_delete(alice_client, alice_account).status_code == 302
+
+    try:
+        services.request_export(account=alice_account, actor=dana, site_url="http://testserver/")
+    except services.ExportUnavailable:
+        pass
+    for export in AccountExport.objects.all():  # as the worker would
+        services.build_export(export_pk=export.pk)
+
+    assert not AccountExport.objects.filter(status="ready").exists()
+    assert mailoutbox == []
+
+
 def test_a_webhook_after_the_deletion_brings_nothing_back(
     alice_client, alice, alice_account, paddle_settings, paddle_api, webhooks
 ):
