@@ -396,14 +396,14 @@ class RequestDetailView(V1View):
             )
         if wait and not record.is_terminal:
             record = await wait_until_finished(record.pk, record.public_id, wait)
-        return Response(await in_thread(self.serialise_once)(record))
+        return Response(await in_thread(shown_once)(record))
 
-    @staticmethod
-    def serialise_once(record: Request) -> dict:
-        """Zero retention keeps an async result only until it has been fetched once."""
-        body = request_object(record)
-        retention.forget_delivered_response(record)
-        return body
+
+def shown_once(record: Request) -> dict:
+    """The request object; zero retention keeps an async result only until it is shown."""
+    body = request_object(record)
+    retention.forget_delivered_response(record)
+    return body
 
 
 class RequestCancelView(V1View):
@@ -417,9 +417,9 @@ class RequestCancelView(V1View):
                 f"Request {request_id} already finished with status '{record.status}'; "
                 "there is nothing to cancel.",
                 param="id",
-                request_object=request_object(record),
+                request_object=shown_once(record),
             )
-        return Response(request_object(load_request(record.pk)))
+        return Response(shown_once(load_request(record.pk)))
 
     async def post(self, request, request_id: str):
         return await in_thread(self.cancel)(request, request_id)

@@ -248,6 +248,23 @@ def test_zero_retention_forgets_an_answer_once_a_replay_has_delivered_it(tenant,
     assert Request.objects.get(public_id=public_id).response_body is None
 
 
+def test_zero_retention_forgets_an_answer_once_a_refused_cancel_has_shown_it(tenant, live_api):
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    public_id = accept_async(live_api, tenant)
+    wait_until(lambda: terminal(public_id), message="the request never ended")
+
+    refused = httpx.post(
+        f"{live_api.url}/v1/requests/{public_id}/cancel", headers=headers_for(tenant)
+    )
+    shown = httpx.get(f"{live_api.url}/v1/requests/{public_id}", headers=headers_for(tenant))
+
+    assert refused.status_code == 409
+    assert refused.json()["response"]["status_code"] == 200  # the object, unchanged
+    assert shown.json()["response"] is None
+    assert Request.objects.get(public_id=public_id).response_body is None
+
+
 def test_streamed_bytes_in_redis_are_not_plain_text(tenant, live_api):
     from requests_app.engine.redis_client import client
     from requests_app.engine.streams import stream_key
