@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import logging.config
+import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -126,8 +127,31 @@ def metadata(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
+def traceback_without_messages(exc_info) -> str:
+    """A traceback as Python prints it (each chained exception, its frames and its type),
+    less the exceptions' messages: those quote what failed (a body, a key, a row's values)."""
+    chain, error = [], exc_info[1]
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    blocks = []
+    for error in reversed(chain):
+        kind = type(error)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        blocks.append(f"Traceback (most recent call last):\n{frames}{name} (message not logged)")
+    return "\n\nwhich led to:\n\n".join(blocks)
+
+
 class JsonFormatter(LibraryJsonFormatter):
     """One JSON object per line: time, level, logger, event, the metadata, a traceback."""
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return traceback_without_messages(ei)
 
     def add_fields(
         self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
@@ -150,6 +174,9 @@ class ConsoleFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return traceback_without_messages(ei)
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         pairs = " ".join(_pair(name, value) for name, value in metadata(record).items())

@@ -20,7 +20,8 @@ from tests.fake_upstream import FakeUpstream
 from tests.requests_app.conftest import Tenant
 
 FIXED = ("time", "level", "logger", "event")
-QUEUE = "logging-json"  # only the JSON worker of these tests consumes it
+QUEUE = "logging-json"
+SECRET = "".join(["SENTI", "NEL"])  # only the JSON worker of these tests consumes it
 
 
 def emit(formatter: logging.Formatter, message: str, **extra) -> str:
@@ -221,3 +222,32 @@ def test_web_logs_json_lines_without_the_access_log_unless_asked(transactional_d
     assert [r for r in chatty_records if r["logger"] == "uvicorn.access"]
     for secret in (sentinel, tenant.raw_key):
         assert all(secret not in line for line in quiet_lines + chatty_lines)
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), ConsoleFormatter()])
+def test_a_traceback_names_the_exceptions_and_where_but_never_their_text(formatter):
+    """An exception's message can quote what it failed on: a body, a key, a row's values."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(f"tests.logging.{uuid.uuid4().hex}")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    def parse(body: str) -> dict:
+        return json.loads(body)
+
+    # Built at run time: a traceback's source lines are code, and must show.
+    body, key = '{"prompt": "%s-prompt"' % SECRET, f"{SECRET}-key sk-live"
+    try:
+        try:
+            parse(body)
+        except ValueError as error:
+            raise KeyError(key) from error
+    except KeyError:
+        logger.exception("attempt raised")
+
+    written = stream.getvalue()
+    assert SECRET not in written
+    assert "json.decoder.JSONDecodeError" in written and "KeyError" in written
+    assert "in parse" in written  # the frames are kept: where it happened
