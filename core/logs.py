@@ -116,6 +116,17 @@ class BoundFields(logging.Filter):
         return True
 
 
+class ApiAnswers(logging.Filter):
+    """On `django.request`, which logs every 5xx answer as an error: under /v1 such an answer
+    is one ReqRun chose (the upstream's own error passed on, a 502/504 when no upstream
+    answered, a 503 in an outage), logged with its request and attempts. ReqRun's own
+    failures carry their exception: those stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        path = getattr(getattr(record, "request", None), "path", "")
+        return record.exc_info is not None or not path.startswith("/v1/")
+
+
 def metadata(record: logging.LogRecord) -> dict[str, Any]:
     """The record's allowed metadata, renamed, in FIELDS order; nothing else."""
     fields: dict[str, Any] = {}

@@ -398,7 +398,10 @@ ACCESS_LOG = env.bool("ACCESS_LOG", default=False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"bound": {"()": "core.logs.BoundFields"}},
+    "filters": {
+        "bound": {"()": "core.logs.BoundFields"},
+        "api_answers": {"()": "core.logs.ApiAnswers"},
+    },
     "formatters": {
         "json": {"()": "core.logs.JsonFormatter"},
         "console": {"()": "core.logs.ConsoleFormatter"},
@@ -417,7 +420,7 @@ LOGGING = {
         "django": {"level": "INFO"},
         "uvicorn": {"level": "INFO", "propagate": True},
         "uvicorn.access": {"level": "INFO" if ACCESS_LOG else "WARNING", "propagate": True},
-        "django.request": {"level": "ERROR"},
+        "django.request": {"level": "ERROR", "filters": ["api_answers"]},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         # Celery's two lines per task (received, succeeded) repeat what the executor's

@@ -238,7 +238,7 @@ def test_a_traceback_names_the_exceptions_and_where_but_never_their_text(formatt
         return json.loads(body)
 
     # Built at run time: a traceback's source lines are code, and must show.
-    body, key = '{"prompt": "%s-prompt"' % SECRET, f"{SECRET}-key sk-live"
+    body, key = '{"prompt": "' + SECRET + '-prompt"', f"{SECRET}-key sk-live"
     try:
         try:
             parse(body)

@@ -190,6 +190,22 @@ def test_no_prompt_or_key_reaches_any_log(tenant, live_api, worker, caplog):
         assert secret not in worker_text
 
 
+def test_an_upstream_error_passed_on_is_not_logged_as_reqruns_own(tenant, live_api, caplog):
+    """django.request logs a 5xx answer as an error; the upstream's 501 passed on under /v1
+    is an answer, logged with its request and attempt, not a fault of ReqRun's."""
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "script:501", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=60,
+    )
+
+    assert response.status_code == 501
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [
+        r.getMessage() for r in caplog.records
+    ]
+
+
 def test_unclaimed_work_is_published_again_within_seconds_and_then_less_often(db):
     request = RequestFactory()
     now = timezone.now()
