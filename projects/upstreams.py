@@ -109,6 +109,11 @@ def check_provider_key(provider_key: str) -> str:
             "That does not look like a provider API key: it should be one word of at least "
             f"{PROVIDER_KEY_MIN_LENGTH} characters, such as sk-…"
         )
+    if not all("!" <= c <= "~" for c in provider_key):  # sent in an HTTP header as ASCII
+        raise InvalidProviderKey(
+            "A provider API key holds only letters, digits and punctuation (ASCII); this one "
+            "has another character. Copy it again from your provider's dashboard."
+        )
     return provider_key
 
 

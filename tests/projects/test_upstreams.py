@@ -229,6 +229,9 @@ def test_at_the_cap_the_add_form_says_so_and_adds_nothing(alice_client, alice_pr
         ({"name": "primary"}, "already named"),
         ({"base_url": "ftp://x.example/v1"}, "Enter a full base URL"),
         ({"provider_key": "short"}, "does not look like a provider API key"),
+        # An HTTP header carries neither: every call would fail once the key was saved.
+        ({"provider_key": "sk-abcdefghij\u00e9-klmnopqrst"}, "letters, digits and punctuation"),
+        ({"provider_key": "sk-abcdefghij\x01-klmnopqrst"}, "letters, digits and punctuation"),
         ({"model_map": "gpt-4o=their\x00large"}, "no spaces or control characters"),
         ({"model_map": "gpt\x00=theirs"}, "no spaces or control characters"),
         *(({"base_url": url}, "Enter a full base URL") for url in MALFORMED_URLS),
