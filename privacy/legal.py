@@ -3,6 +3,7 @@ describe, so a changed limit or a new kind of email shows up in them at once."""
 
 from datetime import UTC, datetime, time, timedelta
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -48,6 +49,7 @@ def legal_facts() -> dict:
         "past_due_grace_days": PAST_DUE_GRACE.days,
         "invitation_valid_days": INVITATION_MAX_AGE // 86400,
         "export_lifetime_days": EXPORT_LIFETIME.days,
+        "session_days": settings.SESSION_COOKIE_AGE // 86400,
         "response_retention_hours": _hours(RESPONSE_RETENTION),
         "idempotency_window_hours": _hours(IDEMPOTENCY_WINDOW),
         "support_email": SUPPORT_EMAIL,

@@ -26,8 +26,10 @@ def purge_deleted_account(self, deletion_pk: int, follow_up: bool = True) -> Non
 
 @shared_task(time_limit=120, soft_time_limit=100)
 def sweep_privacy() -> None:
-    """Expire old exports, queue again what the broker lost, finish pending deletions."""
+    """Expire old exports and sessions, queue again what the broker lost, finish pending
+    deletions."""
     services.expire_exports()
+    services.forget_expired_sessions()
     for export_pk in services.recover_exports():
         build_export.delay(export_pk)
     for deletion_pk in deletion.due_deletions():

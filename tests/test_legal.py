@@ -126,6 +126,13 @@ def test_the_privacy_page_says_what_is_kept_about_invitees(client):
 # ---------- retention ----------
 
 
+def test_the_privacy_page_says_how_long_sessions_last(client, settings):
+    settings.SESSION_COOKIE_AGE = 3 * 86400
+    text = text_of(page(client, "/legal/privacy"))
+    assert "Sign-in sessions last at most 3 days" in text
+    assert "together with the IP address and browser recorded for it" in text
+
+
 def test_retention_windows_are_rendered_from_the_plan_table(client):
     text = text_of(page(client, "/legal/privacy"))
     for row in Plan.objects.all():
