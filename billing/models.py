@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from accounts.models import Account
 from projects.models import Plan
@@ -102,6 +103,11 @@ class Subscription(models.Model):
     @property
     def grace_ends_at(self) -> datetime | None:
         return self.past_due_since + PAST_DUE_GRACE if self.past_due_since else None
+
+    @property
+    def grace_ended(self) -> bool:
+        """Past due beyond the grace period: this subscription no longer grants its plan."""
+        return self.status == self.Status.PAST_DUE and not self.grants_access(timezone.now())
 
     def grants_access(self, now: datetime) -> bool:
         """Paid-plan limits apply while active or trialing, and while past due within grace.

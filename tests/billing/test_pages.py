@@ -2,11 +2,14 @@
 
 import json
 import re
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from accounts.models import Membership
 from billing.models import Subscription
+from billing.services import enforce_past_due_grace, sync_account_plan
 from projects.limits import usage_row
 from tests.factories import InvoiceFactory, SubscriptionFactory
 
@@ -185,3 +188,21 @@ def test_a_user_without_an_account_is_sent_to_start_one(client, bob, alice_accou
     response = client.post("/app/billing/cancel")
     assert response["Location"] == "/app/no-account/"
     assert not Subscription.objects.get().cancel_scheduled
+
+
+def test_a_past_due_subscription_whose_grace_ended_is_not_said_to_stay_active(
+    client, alice, alice_account, paddle_settings
+):
+    subscription = SubscriptionFactory(account=alice_account, status="past_due")
+    sync_account_plan(account=alice_account)
+    Subscription.objects.update(past_due_since=timezone.now() - timedelta(days=15))
+    enforce_past_due_grace()
+    client.force_login(alice)
+
+    html = client.get("/app/billing/").content.decode()
+
+    subscription.refresh_from_db()
+    ended = subscription.grace_ends_at
+    assert "stays active" not in html
+    assert f"grace period ended on <strong>{ended:%B} {ended.day}, {ended.year}</strong>" in html
+    assert "the account is on Free until Paddle collects the payment" in html
