@@ -176,7 +176,9 @@ def _call(action: str, operation, *args: Any):
             "paddle api unreachable", extra={"action": action, "error": type(error).__name__}
         )
         raise PaddleError(UNREACHABLE) from error
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # The SDK reads an answer, or an error body, of another shape than Paddle's (a list
+        # for an object, a proxy's `{"error": "…"}`) with these.
         logger.warning(
             "paddle api answer not understood",
             extra={"action": action, "error": type(error).__name__},

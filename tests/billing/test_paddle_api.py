@@ -5,7 +5,7 @@ import pytest
 from django.contrib.messages import get_messages
 
 from accounts.models import AuditEvent
-from billing.models import Invoice, Subscription
+from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription
 from projects.limits import limits_for
 from tests.billing import payloads
 from tests.billing.paddle_stub import Failure, closed_port_url, paddle_error
@@ -159,6 +159,8 @@ FAILURES = {
     "5xx": paddle_error(500, "internal_error", "Something went wrong."),
     "bad gateway html": Failure(502, b"<html>Bad gateway</html>", "text/html"),
     "unreadable answer": Failure(200, b'{"data": {"unexpected": true}}'),
+    "data not an object": Failure(200, b'{"data": []}'),
+    "error not an object": Failure(429, b'{"error": "rate limited"}'),
 }
 
 
@@ -223,3 +225,25 @@ def test_actions_say_billing_is_not_configured(owner, subscribed, settings, padd
     assert len(paddle_api.calls) == calls
     subscribed.refresh_from_db()
     assert not subscribed.cancel_scheduled
+
+
+@pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
+@pytest.mark.parametrize("failing_call", ["customer", "transaction"])
+def test_checkout_failures_answer_a_message_and_record_nothing(
+    owner, alice_account, paddle_settings, paddle_api, settings, failure, failing_call
+):
+    if failing_call == "transaction":
+        owner.post("/app/billing/checkout", {"plan": "pro"})  # the customer now exists
+        CheckoutTransaction.objects.all().delete()
+    if failure is None:
+        settings.PADDLE_API_BASE_URL = closed_port_url()
+    else:
+        paddle_api.fail_next(failure)
+
+    response = owner.post("/app/billing/checkout", {"plan": "pro"})
+
+    assert response.status_code == 400
+    assert "Paddle" in response.json()["error"]
+    assert not CheckoutTransaction.objects.exists()
+    customers = BillingCustomer.objects.filter(account=alice_account).count()
+    assert customers == (1 if failing_call == "transaction" else 0)
