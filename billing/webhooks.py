@@ -269,15 +269,16 @@ def _account_for_subscription(
 
 def _account_for_transaction(event: WebhookEvent, data: dict[str, Any]) -> Account:
     """The account of the transaction's known subscription, else of the checkout transaction
-    ReqRun created (which then learns its subscription)."""
+    ReqRun created (which then learns its subscription); either way for its own customer."""
     subscription_id = data.get("subscription_id") or ""
     known = (
         Subscription.objects.filter(paddle_subscription_id=subscription_id).first()
         if subscription_id
         else None
     )
+    customer_id = str(data.get("customer_id") or "")
     if known is not None:
-        event.account = known.account
+        _check_customer(event, known.account, customer_id, fallback=known.paddle_customer_id)
         return known.account
     checkout = CheckoutTransaction.objects.filter(paddle_transaction_id=str(data["id"])).first()
     if checkout is None:
@@ -285,12 +286,7 @@ def _account_for_transaction(event: WebhookEvent, data: dict[str, Any]) -> Accou
             f"No ReqRun account for this event: transaction {data['id']} was not created by "
             f"ReqRun and names no known subscription (custom_data is not trusted)."
         )
-    _check_customer(
-        event,
-        checkout.account,
-        str(data.get("customer_id") or ""),
-        fallback=checkout.paddle_customer_id,
-    )
+    _check_customer(event, checkout.account, customer_id, fallback=checkout.paddle_customer_id)
     if subscription_id and not checkout.paddle_subscription_id:
         checkout.paddle_subscription_id = subscription_id
         checkout.save(update_fields=["paddle_subscription_id"])

@@ -6,9 +6,10 @@ import json
 
 import pytest
 from django.contrib.messages import get_messages
+from django.core import mail
 
 from accounts.models import Membership
-from billing.models import BillingCustomer, CheckoutTransaction, Subscription
+from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription
 from billing.services import BillingError
 from projects.limits import limits_for
 from tests.billing import payloads
@@ -206,6 +207,32 @@ def test_a_known_subscription_reported_with_another_customer_changes_nothing(
     assert event.processed_at is None and "Customer mismatch" in event.error
     assert Subscription.objects.get().status == "active"
     assert limits_for(alice_account).plan_code == "pro"
+
+
+@pytest.mark.parametrize("event_type", ["transaction.completed", "transaction.payment_failed"])
+def test_a_transaction_of_a_known_subscription_for_another_customer_changes_nothing(
+    webhooks, alice_account, check_out, event_type
+):
+    checkout = check_out(alice_account)
+    webhooks.deliver(created_event(alice_account, transaction_id=checkout.paddle_transaction_id))
+    mail.outbox.clear()
+
+    event = webhooks.deliver(
+        payloads.event(
+            event_type,
+            payloads.transaction(
+                account_id=alice_account.public_id,
+                transaction_id="txn_01hv8someoneelses00000000",
+                customer_id=payloads.OTHER_CUSTOMER_ID,
+            ),
+        )
+    )
+
+    assert event.processed_at is None
+    assert event.retry_at is None
+    assert "Customer mismatch" in event.error
+    assert not Invoice.objects.exists()
+    assert mail.outbox == []
 
 
 # ---------- Portal ----------
