@@ -34,6 +34,12 @@ from paddle_billing.Resources.Transactions.Operations.Create import TransactionC
 
 logger = logging.getLogger(__name__)
 
+# The SDK logs each failed call with its URL and Paddle's detail; the customer search's URL
+# holds the owner's email (`GET /customers?email=…`). Its logger stays outside the logging
+# tree, so nothing reaches our handlers: `_call` logs the metadata (action, status, code).
+sdk_logger = logging.Logger("paddle_billing.client")
+sdk_logger.addHandler(logging.NullHandler())
+
 API_TIMEOUT_SECONDS = 10
 UNREACHABLE = "Paddle could not be reached, so nothing was changed. Please try again in a minute."
 
@@ -91,7 +97,7 @@ def client() -> Client:
         options=Options(sdk_environment),
         http_client=session,
         timeout=API_TIMEOUT_SECONDS,
-        logger=logging.getLogger("paddle_billing.client"),
+        logger=sdk_logger,
     )
 
 

@@ -3,6 +3,7 @@ and the checkout transaction; webhooks attach a subscription only through such a
 and only for that customer; the portal opens only for the stored customer."""
 
 import json
+import logging
 
 import pytest
 from django.contrib.messages import get_messages
@@ -13,6 +14,7 @@ from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscr
 from billing.services import BillingError
 from projects.limits import limits_for
 from tests.billing import payloads
+from tests.billing.paddle_stub import paddle_error
 from tests.factories import AccountFactory, MembershipFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -101,6 +103,29 @@ def test_a_customer_paddle_made_for_the_owners_email_but_nobody_holds_is_used(
 
     assert checkout.paddle_customer_id == "ctm_01hv8lostanswer0000000000"
     assert alice_account.billing_customer.paddle_customer_id == "ctm_01hv8lostanswer0000000000"
+
+
+def test_a_failed_customer_search_logs_no_email(
+    client, alice, alice_account, paddle_settings, paddle_api, caplog
+):
+    # Paddle has a customer for the email, so ReqRun searches for it by email; that fails.
+    paddle_api.customers["ctm_01hv8lostanswer0000000000"] = payloads.customer(
+        customer_id="ctm_01hv8lostanswer0000000000", email="alice@example.com"
+    )
+    paddle_api.fail_next(
+        paddle_error(409, "customer_already_exists", "customer email conflicts with customer")
+    )
+    paddle_api.fail_next(paddle_error(500, "internal_error", "Something went wrong."))
+    caplog.set_level(logging.INFO)
+    client.force_login(alice)
+
+    response = client.post(CHECKOUT_URL, {"plan": "pro"})
+
+    assert response.status_code == 400
+    assert paddle_api.calls_to("GET", "/customers")  # the search did run, and failed
+    logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert "paddle api error" in logged
+    assert "alice@example.com" not in logged and "alice%40example.com" not in logged
 
 
 # ---------- Webhooks attach subscriptions only through ReqRun's transactions ----------
