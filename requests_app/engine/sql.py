@@ -25,8 +25,10 @@ def _run(sql: str, params) -> tuple | None:
         return cursor.fetchone()
 
 
+# The account's first slot is an INSERT, which must respect the cap too (a cap of 0).
 TAKE_PENDING_SLOT = """
-INSERT INTO requests_app_pendingcount (account_id, pending) VALUES (%(account_id)s, 1)
+INSERT INTO requests_app_pendingcount (account_id, pending)
+SELECT %(account_id)s, 1 WHERE %(limit)s > 0
 ON CONFLICT (account_id) DO UPDATE SET pending = requests_app_pendingcount.pending + 1
     WHERE requests_app_pendingcount.pending < %(limit)s
 RETURNING pending

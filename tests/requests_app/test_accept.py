@@ -74,6 +74,17 @@ def test_a_full_pending_queue_refuses_and_counts_nothing(tenant):
     assert PendingCount.objects.get(account=tenant.account).pending == 2
 
 
+def test_a_pending_cap_of_zero_refuses_the_accounts_very_first_request(tenant):
+    tenant.override(pending_requests=0)  # an operator holding an account's intake
+
+    with pytest.raises(PendingQueueFull):
+        accept(tenant)
+
+    assert not Request.objects.exists()
+    assert usage_row(tenant.account).accepted_requests == 0
+    assert not PendingCount.objects.filter(account=tenant.account, pending__gt=0).exists()
+
+
 def test_a_used_up_quota_refuses_and_takes_no_slot(tenant):
     tenant.override(monthly_requests=1)
     accept(tenant)
