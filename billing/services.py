@@ -86,10 +86,7 @@ def sync_account_plan(*, account: Account, actor: User | None = None) -> str:
     target = entitled_plan_code(account=account)
     if not current.self_serve or target is None or target == current.code:
         return current.code
-    new = set_plan(account=account, plan_code=target).plan
-    record_audit_event(
-        account=account, actor=actor, action="plan_changed", target=f"{current.name} → {new.name}"
-    )
+    new = set_plan(account=account, plan_code=target, actor=actor).plan
     logger.info(
         "plan changed",
         extra={"account_id": account.public_id, "from_plan": current.code, "to_plan": new.code},

@@ -11,6 +11,7 @@ from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.models import Account
 from projects.errors import InvalidModelMap
+from projects.limits import record_plan_change
 from projects.models import (
     LIMIT_FIELDS,
     AccountPlan,
@@ -65,9 +66,37 @@ class AccountPlanInline(admin.StackedInline):
 admin.site.unregister(Account)
 
 
+def _plan_before(form: forms.ModelForm) -> Plan | None:
+    """The plan an AccountPlan form replaces, when it changes one (else None)."""
+    if form.instance.pk is None or "plan" not in form.changed_data:
+        return None
+    return Plan.objects.filter(pk=form.initial.get("plan")).first()
+
+
+def _audit_plan_change(request, state: AccountPlan, previous: Plan | None) -> None:
+    if previous is not None:
+        record_plan_change(
+            account=state.account,
+            previous=previous,
+            new=state.plan,
+            actor=request.user,
+            ip_address=client_ip(request),
+        )
+
+
 @admin.register(Account)
 class AccountAdmin(BaseAccountAdmin):
     inlines = [AccountPlanInline, *BaseAccountAdmin.inlines]
+
+    def save_formset(self, request, form, formset, change):
+        changes = (
+            [(plan_form.instance, _plan_before(plan_form)) for plan_form in formset.forms]
+            if formset.model is AccountPlan
+            else []
+        )
+        super().save_formset(request, form, formset, change)
+        for state, previous in changes:
+            _audit_plan_change(request, state, previous)
 
 
 @admin.register(AccountPlan)
@@ -77,6 +106,11 @@ class AccountPlanAdmin(admin.ModelAdmin):
     list_select_related = ["account", "plan"]
     search_fields = ["account__public_id", "account__name", "account__memberships__user__email"]
     autocomplete_fields = ["account"]
+
+    def save_model(self, request, obj, form, change):
+        previous = _plan_before(form)
+        super().save_model(request, obj, form, change)
+        _audit_plan_change(request, obj, previous)
 
 
 @admin.register(MonthlyUsage)

@@ -6,7 +6,8 @@ from datetime import date
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from accounts.models import Account
+from accounts.models import Account, User
+from accounts.services import record_audit_event
 from projects.models import LIMIT_FIELDS, AccountPlan, MonthlyUsage, Plan
 
 DEFAULT_PLAN_CODE = "free"
@@ -75,12 +76,42 @@ def limits_for(account: Account, *, preloaded: bool = False) -> Limits:
     return Limits(plan_code=state.plan.code, plan_name=state.plan.name, **values)
 
 
-def set_plan(*, account: Account, plan_code: str) -> AccountPlan:
+def set_plan(
+    *,
+    account: Account,
+    plan_code: str,
+    actor: User | None = None,
+    ip_address: str | None = None,
+) -> AccountPlan:
     """Move the account to another plan; limits apply at once. Existing objects are kept."""
     state = plan_state_of(account)
+    previous = state.plan
     state.plan = Plan.objects.get(code=plan_code)
     state.save(update_fields=["plan", "changed_at"])
+    record_plan_change(
+        account=account, previous=previous, new=state.plan, actor=actor, ip_address=ip_address
+    )
     return state
+
+
+def record_plan_change(
+    *,
+    account: Account,
+    previous: Plan,
+    new: Plan,
+    actor: User | None,
+    ip_address: str | None = None,
+) -> None:
+    """Owners see every change of their plan in the security log, whoever made it (billing,
+    an operator in admin or a set-up command)."""
+    if previous.pk != new.pk:
+        record_audit_event(
+            account=account,
+            actor=actor,
+            action="plan_changed",
+            target=f"{previous.name} → {new.name}",
+            ip_address=ip_address,
+        )
 
 
 def current_period_start(today: date | None = None) -> date:

@@ -90,12 +90,8 @@ def test_secrets_are_never_displayed(operator_client, everything, alice_project,
     )
 
 
-def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, everything, bob):
-    account = everything
-    url = reverse("admin:accounts_account_change", args=[account.pk])
-    page = operator_client.get(url).content.decode()
-    assert 'name="plan_state-0-plan"' in page and 'name="plan_state-0-projects"' in page
-
+def account_form(account: Account, **plan_state: str) -> dict[str, str]:
+    """The account's admin form as an operator posts it, with `plan_state` fields changed."""
     state = AccountPlan.objects.get(account=account)
     memberships = list(account.memberships.order_by("pk"))
     data = {
@@ -107,7 +103,6 @@ def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, ev
         "plan_state-0-id": str(state.pk),
         "plan_state-0-account": str(account.pk),
         "plan_state-0-plan": str(state.plan.pk),
-        "plan_state-0-projects": "7",
         "memberships-TOTAL_FORMS": str(len(memberships)),
         "memberships-INITIAL_FORMS": str(len(memberships)),
         "memberships-MIN_NUM_FORMS": "0",
@@ -120,10 +115,45 @@ def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, ev
             f"memberships-{number}-user": str(membership.user_id),
             f"memberships-{number}-role": membership.role,
         }
-    response = operator_client.post(url, data)
+    return data | {f"plan_state-0-{field}": value for field, value in plan_state.items()}
+
+
+def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, everything, bob):
+    account = everything
+    url = reverse("admin:accounts_account_change", args=[account.pk])
+    page = operator_client.get(url).content.decode()
+    assert 'name="plan_state-0-plan"' in page and 'name="plan_state-0-projects"' in page
+
+    response = operator_client.post(url, account_form(account, projects="7"))
     assert response.status_code == 302, response.content.decode()[:3000]
     limits = limits_for(account)
     assert (limits.plan_code, limits.projects, limits.api_keys_per_project) == ("free", 7, 2)
+    assert not AuditEvent.objects.filter(action="plan_changed").exists()  # same plan
+
+
+def test_a_plan_an_operator_assigns_is_in_the_owners_security_log(operator_client, everything):
+    account = everything
+    pro = Plan.objects.get(code="pro")
+    team = Plan.objects.get(code="team")
+
+    response = operator_client.post(
+        reverse("admin:accounts_account_change", args=[account.pk]),
+        account_form(account, plan=str(pro.pk)),
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+    state = AccountPlan.objects.get(account=account)
+    response = operator_client.post(
+        reverse("admin:projects_accountplan_change", args=[state.pk]),
+        {"account": str(account.pk), "plan": str(team.pk)},
+    )
+    assert response.status_code == 302, response.content.decode()[:3000]
+
+    assert limits_for(account).plan_code == "team"
+    changes = AuditEvent.objects.filter(account=account, action="plan_changed").order_by("pk")
+    assert [(event.target, event.actor.email) for event in changes] == [
+        ("Free → Pro", "ops@reqrun.com"),
+        ("Pro → Team", "ops@reqrun.com"),
+    ]
 
 
 def suspend(client, model, subject, reason):
