@@ -314,7 +314,7 @@ def _check_customer(
 def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
     state = paddle.state_from_payload(data)
     account = _account_for_subscription(event, state, data)
-    Subscription.objects.get_or_create(
+    _, created = Subscription.objects.get_or_create(
         paddle_subscription_id=state.subscription_id,
         defaults={"account": account, "status": state.status},
     )
@@ -324,7 +324,8 @@ def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
     last = subscription.last_event_occurred_at
     if last is not None and event.occurred_at < last:
         return "ignored: older than the last event applied to this subscription"
-    was_past_due = subscription.status == Subscription.Status.PAST_DUE
+    # A row made just now holds this event's status already: it was not past due before.
+    was_past_due = not created and subscription.status == Subscription.Status.PAST_DUE
     services.apply_subscription_state(subscription=subscription, state=state)
     subscription.last_event_occurred_at = event.occurred_at
     subscription.save()

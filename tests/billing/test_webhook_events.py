@@ -145,6 +145,24 @@ def test_past_due_keeps_the_plan_for_the_grace_period_and_tells_the_owner(
     assert len(mail.outbox) == 1
 
 
+def test_a_subscription_first_heard_of_as_past_due_tells_the_owner(
+    webhooks, alice_account, alice_checkout
+):
+    # The checkout's transaction names the subscription; its first subscription event to
+    # arrive (the others late or lost) says the renewal payment failed.
+    paid = payloads.transaction(
+        account_id=None, transaction_id=alice_checkout.paddle_transaction_id
+    )
+    webhooks.deliver(payloads.event("transaction.completed", paid))
+    mail.outbox.clear()
+
+    deliver_subscription(webhooks, alice_account, "subscription.past_due", status="past_due")
+
+    assert subscription_row().status == "past_due"
+    assert limits_for(alice_account).plan_code == "pro"
+    assert [message.subject for message in mail.outbox] == ["[ReqRun] Your payment is past due"]
+
+
 def test_past_due_beyond_the_grace_period_falls_back_to_free(webhooks, alice_account):
     from billing.services import enforce_past_due_grace
 
