@@ -206,3 +206,20 @@ def test_a_past_due_subscription_whose_grace_ended_is_not_said_to_stay_active(
     assert "stays active" not in html
     assert f"grace period ended on <strong>{ended:%B} {ended.day}, {ended.year}</strong>" in html
     assert "the account is on Free until Paddle collects the payment" in html
+
+
+def test_a_scheduled_pause_is_shown_instead_of_a_renewal(
+    client, alice, alice_account, paddle_settings
+):
+    subscription = SubscriptionFactory(account=alice_account)
+    Subscription.objects.update(
+        scheduled_change_action="pause",
+        scheduled_change_effective_at=subscription.current_period_end,
+    )
+    client.force_login(alice)
+
+    html = client.get("/app/billing/").content.decode()
+
+    end = subscription.current_period_end
+    assert "Renews on" not in html
+    assert f"Paddle pauses this subscription on <strong>{end:%B} {end.day}, {end.year}" in html
