@@ -11,7 +11,7 @@ from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.models import Account
 from projects.errors import InvalidModelMap
-from projects.limits import record_plan_change
+from projects.limits import DEFAULT_PLAN_CODE, record_plan_change
 from projects.models import (
     LIMIT_FIELDS,
     AccountPlan,
@@ -67,14 +67,18 @@ admin.site.unregister(Account)
 
 
 def _plan_before(form: forms.ModelForm) -> Plan | None:
-    """The plan an AccountPlan form replaces, when it changes one (else None)."""
-    if form.instance.pk is None or "plan" not in form.changed_data:
+    """The plan an AccountPlan form moves its account from (Free when the account has no
+    row yet, as `plan_state_of` would make it), or None when the plan stays."""
+    if form.instance.pk is None:
+        return Plan.objects.filter(code=DEFAULT_PLAN_CODE).first()
+    if "plan" not in form.changed_data:
         return None
     return Plan.objects.filter(pk=form.initial.get("plan")).first()
 
 
 def _audit_plan_change(request, state: AccountPlan, previous: Plan | None) -> None:
-    if previous is not None:
+    """After the save: a form left empty saved nothing and changed no plan."""
+    if previous is not None and state.pk is not None:
         record_plan_change(
             account=state.account,
             previous=previous,

@@ -156,6 +156,21 @@ def test_a_plan_an_operator_assigns_is_in_the_owners_security_log(operator_clien
     ]
 
 
+def test_a_plan_row_an_operator_adds_is_audited_as_a_change_from_free(operator_client, charlie):
+    account = Account.objects.get(memberships__user=charlie)
+    AccountPlan.objects.filter(account=account).delete()  # made on first use, not yet here
+
+    response = operator_client.post(
+        reverse("admin:projects_accountplan_add"),
+        {"account": str(account.pk), "plan": str(Plan.objects.get(code="pro").pk)},
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert limits_for(account).plan_code == "pro"
+    [change] = AuditEvent.objects.filter(account=account, action="plan_changed")
+    assert change.target == "Free → Pro"
+
+
 def suspend(client, model, subject, reason):
     return client.post(
         reverse(f"admin:{model}_changelist"),
