@@ -9,8 +9,10 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from billing.models import CheckoutTransaction, Invoice, Subscription, WebhookEvent
 from billing.selectors import webhook_event_ids_to_retry
+from billing.services import send_usage_notices
 from billing.webhooks import RETRY_DELAYS, process_event
-from projects.limits import limits_for, set_plan
+from projects.limits import limits_for, set_plan, usage_row
+from projects.models import MonthlyUsage
 from tests.billing import payloads
 from tests.billing.payloads import PRICES
 
@@ -345,6 +347,25 @@ def test_transaction_payment_failed_emails_the_owner(webhooks, alice_account, al
     assert [message.to for message in mail.outbox] == [["alice@example.com"]]
     assert "payment failed" in mail.outbox[0].subject.lower()
     assert not Invoice.objects.exists()
+
+
+def test_billing_emails_show_the_account_name_as_written(webhooks, alice_account, alice_checkout):
+    alice_account.name = "Ben & Jerry's <Lab>"
+    alice_account.save(update_fields=["name"])
+    deliver_subscription(webhooks, alice_account, "subscription.created")
+    deliver_subscription(webhooks, alice_account, "subscription.past_due", status="past_due")
+    failed = payloads.transaction(
+        account_id=None, transaction_id="txn_01hv8renewal00000000000000", invoice_number=None
+    )
+    webhooks.deliver(payloads.event("transaction.payment_failed", failed))
+    use = usage_row(alice_account)
+    MonthlyUsage.objects.filter(pk=use.pk).update(accepted_requests=500_000)  # Pro's quota
+    send_usage_notices()
+
+    assert len(mail.outbox) == 3  # past due, payment failed, usage
+    for message in mail.outbox:
+        assert "Ben & Jerry's <Lab>" in message.body, message.subject
+        assert "&amp;" not in message.body and "&#x27;" not in message.body
 
 
 def test_a_failing_event_keeps_its_error_and_can_be_reprocessed(webhooks, alice_account):
