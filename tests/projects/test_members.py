@@ -47,6 +47,7 @@ def test_invitation_end_to_end(client, alice_client, alice_account, bob, on_pro,
     assert "dana@example.com" in response.content.decode()  # listed as pending
     [email] = mail.outbox
     assert email.to == ["dana@example.com"]
+    assert 'the ReqRun account "Alice\'s workspace"' in email.body  # plain text, not HTML
     path = link_path(email)
 
     dana = UserFactory(email="dana@example.com")
