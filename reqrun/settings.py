@@ -297,9 +297,12 @@ PADDLE_CLIENT_TOKEN = env.str("PADDLE_CLIENT_TOKEN", default="")
 PADDLE_WEBHOOK_SECRET = env.str("PADDLE_WEBHOOK_SECRET", default="")
 # `pro:pri_…,team:pri_…` (the documented form; `pro=pri_…` works too) → {"pro": "pri_…"}.
 PADDLE_PRICES = dict(
-    item.replace("=", ":", 1).split(":", 1)
-    for item in env.list("PADDLE_PRICES", default=[])
-    if ":" in item or "=" in item
+    (plan.strip(), price.strip())
+    for plan, _, price in (
+        item.replace("=", ":", 1).partition(":")
+        for item in env.list("PADDLE_PRICES", default=[])
+        if ":" in item or "=" in item
+    )
 )
 PADDLE_API_BASE_URL = env.str("PADDLE_API_BASE_URL", default="")
 

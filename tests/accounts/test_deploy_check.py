@@ -69,3 +69,23 @@ def test_a_mistyped_trusted_proxy_list_refuses_to_start():
     result = start_django({**os.environ, "REQRUN_TRUSTED_PROXIES": "127.0.0.1,10.0.0.0/33"})
     assert result.returncode != 0
     assert "REQRUN_TRUSTED_PROXIES: '10.0.0.0/33'" in result.stderr
+
+
+def test_paddle_prices_may_be_written_with_spaces():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings; "
+            "print(sorted(settings.PADDLE_PRICES.items()))",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "reqrun.settings",
+            "PADDLE_PRICES": "pro: pri_a, team = pri_b",
+        },
+        capture_output=True,
+        text=True,
+    )
+    assert result.stdout.strip() == "[('pro', 'pri_a'), ('team', 'pri_b')]", result.stderr
