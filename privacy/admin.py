@@ -22,7 +22,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(AccountExport)
 class AccountExportAdmin(ReadOnlyAdmin):
-    list_display = ["public_id", "account", "status", "progress", "created_at", "expires_at"]
+    list_display = [
+        "public_id",
+        "account",
+        "status",
+        "progress",
+        "progressed_at",
+        "created_at",
+        "expires_at",
+    ]
     list_filter = ["status"]
     search_fields = ["public_id", "account__public_id", "account__name"]
     list_select_related = ["account"]

@@ -38,6 +38,9 @@ class AccountExport(models.Model):
     site_url = models.URLField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # When the build last moved (its claim, then each progress step): a build that has not
+    # moved for a while is presumed lost with its worker, however long it has been running.
+    progressed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     content = models.BinaryField(null=True, editable=False)

@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 Status = AccountExport.Status
 IN_PROGRESS = (Status.PENDING, Status.RUNNING)
-# A build holds its claim this long (past the task's time limit); after that it is presumed
-# lost with its worker and marked failed.
+# A build whose progress has not moved for this long is presumed lost with its worker and
+# marked failed. Its age does not count: a big account's build may run for hours, and the
+# threads pool does not enforce the task's time limit.
 BUILD_STALE_AFTER = timedelta(minutes=20)
 # An export still pending after this long lost its task in the broker: queue it again.
 ENQUEUE_LOST_AFTER = timedelta(minutes=2)
@@ -100,9 +101,10 @@ class _CountingWriter(io.TextIOBase):
         return len(text)
 
 
-def _set_progress(export_pk: int, started_at: datetime, percent: int) -> None:
+def record_progress(*, export_pk: int, started_at: datetime, percent: int) -> None:
+    """Show how far the build is, and that it is alive (see `recover_exports`)."""
     AccountExport.objects.filter(pk=export_pk, status=Status.RUNNING, started_at=started_at).update(
-        progress=percent
+        progress=percent, progressed_at=timezone.now()
     )
 
 
@@ -114,7 +116,7 @@ def build_export(*, export_pk: int) -> AccountExport | None:
     """
     started_at = timezone.now()
     claimed = AccountExport.objects.filter(pk=export_pk, status=Status.PENDING).update(
-        status=Status.RUNNING, started_at=started_at, progress=0
+        status=Status.RUNNING, started_at=started_at, progressed_at=started_at, progress=0
     )
     if not claimed:
         return None
@@ -126,7 +128,7 @@ def build_export(*, export_pk: int) -> AccountExport | None:
         nonlocal shown
         if percent > shown:
             shown = percent
-            _set_progress(export_pk, started_at, percent)
+            record_progress(export_pk=export_pk, started_at=started_at, percent=percent)
 
     try:
         with gzip.GzipFile(fileobj=buffer, mode="wb") as compressed:
@@ -217,10 +219,11 @@ def expire_exports(*, now: datetime | None = None) -> int:
 
 
 def recover_exports(*, now: datetime | None = None) -> list[int]:
-    """Fail builds presumed lost with their worker; return the pending ones to queue again."""
+    """Fail builds whose progress stalled (presumed lost with their worker); return the
+    pending ones to queue again."""
     now = now or timezone.now()
     AccountExport.objects.filter(
-        status=Status.RUNNING, started_at__lt=now - BUILD_STALE_AFTER
+        status=Status.RUNNING, progressed_at__lt=now - BUILD_STALE_AFTER
     ).update(
         status=Status.FAILED,
         finished_at=now,

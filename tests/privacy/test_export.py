@@ -291,8 +291,42 @@ def test_lost_and_stuck_builds_are_recovered(alice_account):
         account=AccountFactory(),
         status="running",
         started_at=now - timedelta(hours=1),
+        progressed_at=now - timedelta(hours=1),
     )
 
     assert services.recover_exports(now=now) == [lost.pk]
     stuck.refresh_from_db()
     assert stuck.status == "failed" and "interrupted" in stuck.error
+
+
+def test_a_long_build_whose_progress_keeps_moving_is_not_failed(alice_account):
+    """A big account's build runs far longer than the staleness period; recovery judges it by
+    when its progress last moved, not by when it started."""
+    now = timezone.now()
+    started_at = now - 3 * services.BUILD_STALE_AFTER
+    export = AccountExportFactory(account=alice_account, status="running", started_at=started_at)
+    services.record_progress(export_pk=export.pk, started_at=started_at, percent=40)
+
+    assert services.recover_exports() == []
+    export.refresh_from_db()
+    assert (export.status, export.progress, export.error) == ("running", 40, "")
+
+    # Then nothing moves for the staleness period: the build is presumed lost.
+    services.recover_exports(now=timezone.now() + services.BUILD_STALE_AFTER + timedelta(seconds=1))
+    export.refresh_from_db()
+    assert export.status == "failed" and "interrupted" in export.error
+
+
+def test_a_build_whose_progress_stalled_is_failed(alice_account):
+    started_at = timezone.now() - timedelta(minutes=1)
+    export = AccountExportFactory(account=alice_account, status="running", started_at=started_at)
+    services.record_progress(export_pk=export.pk, started_at=started_at, percent=40)
+    # Simulate time: the last progress was written longer ago than the staleness period.
+    AccountExport.objects.filter(pk=export.pk).update(
+        progressed_at=timezone.now() - services.BUILD_STALE_AFTER - timedelta(seconds=1)
+    )
+
+    services.recover_exports()
+
+    export.refresh_from_db()
+    assert export.status == "failed" and "interrupted" in export.error
