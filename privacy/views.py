@@ -74,7 +74,6 @@ def export_download(
     response = StreamingHttpResponse(chunks, content_type="application/json")
     filename = f"reqrun-export-{export.account.public_id}-{export.created_at:%Y%m%d}.json"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    response["Cache-Control"] = "no-store"
     return response
 
 

@@ -1,4 +1,5 @@
-"""Middleware wiring: async-capable static files, security headers and the CSP header."""
+"""Middleware wiring: async-capable static files, security headers, the CSP header and
+no-store for signed-in pages."""
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -100,3 +101,22 @@ class ContentSecurityPolicyMiddleware:
 
     async def __acall__(self, request):
         return self._add_header(await self.get_response(request))
+
+
+class NoStoreWhenSignedInMiddleware:
+    """Signed-in pages show prompts, answers, keys and invoices: `Cache-Control: no-store`
+    keeps them out of the browser's and any proxy's cache, unless the view chose a header
+    itself. Public pages (for visitors) and static files (answered before this) stay
+    cacheable.
+
+    Sync only, like the allauth middleware after it: the browser stack runs synchronously
+    from there, so this adds no thread hop."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.user.is_authenticated:
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response

@@ -169,7 +169,6 @@ async def relay_stream(record: Request, wait_seconds: int):
     )
     for name, value in json.loads(start["headers"]).items():
         response[name] = value
-    response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["ReqRun-Request-Id"] = record.public_id
     response["ReqRun-Attempts"] = start["attempt"].decode()

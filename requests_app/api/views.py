@@ -55,7 +55,8 @@ MAX_POLL_WAIT_SECONDS = 60
 
 
 class V1View(APIView):
-    """Base for /v1: our own auth hop, OpenAI error envelope, ReqRun rate-limit headers."""
+    """Base for /v1: our own auth hop, OpenAI error envelope, ReqRun rate-limit headers,
+    `Cache-Control: no-store` on every answer."""
 
     authentication_classes = ()
     permission_classes = ()
@@ -110,6 +111,8 @@ class V1View(APIView):
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
+        # Answers, request objects and errors alike: no browser or proxy keeps a copy.
+        response["Cache-Control"] = "no-store"
         if self.rate_state is not None:
             for name, value in self.rate_state.headers().items():
                 response[name] = value
