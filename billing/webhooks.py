@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -79,8 +80,9 @@ def receive(*, request: HttpRequest) -> tuple[WebhookEvent, bool]:
     """Verify and store one delivery; True when it is new and was queued for processing."""
     if not paddle.is_configured():
         raise WebhookRejected(503, "Billing is not configured.")
+    body = read_body(request)
     verify_signature(request)
-    envelope = parse_envelope(request.body)
+    envelope = parse_envelope(body)
     with transaction.atomic():
         event, created = WebhookEvent.objects.get_or_create(
             event_id=envelope["event_id"], defaults=envelope
@@ -98,6 +100,16 @@ def receive(*, request: HttpRequest) -> tuple[WebhookEvent, bool]:
         },
     )
     return event, created
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The delivery's body. Read before anything else (the SDK's verifier reads it too), so a
+    body over Django's upload limit is refused here in the intake's words, not by Django."""
+    try:
+        return request.body
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise _rejected(413, f"body is larger than {limit} bytes") from None
 
 
 def verify_signature(request: HttpRequest) -> None:

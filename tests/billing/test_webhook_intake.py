@@ -1,9 +1,11 @@
 """Webhook intake: only verified, well-formed Paddle events are stored, each exactly once."""
 
+import asyncio
 import json
 import logging
 import time
 
+import httpx
 import pytest
 
 from billing.models import Subscription, WebhookEvent
@@ -186,3 +188,54 @@ def test_rejected_and_accepted_bodies_never_reach_the_logs(webhooks, alice_accou
     logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
     assert "paddle webhook rejected" in logged
     assert SENTINEL not in logged
+
+
+def test_a_body_over_the_upload_limit_is_refused_413_in_plain_words(
+    webhooks, alice_account, settings, caplog
+):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    payload = subscription_created(alice_account.public_id)
+    payload["data"]["custom_data"]["note"] = SENTINEL * 100
+    caplog.set_level(logging.DEBUG)
+
+    response = webhooks.post(payload)  # validly signed: only its size is wrong
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "text/plain"
+    assert response.content.decode() == "body is larger than 2048 bytes"
+    assert_nothing_stored()
+    [warning] = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert (warning.levelname, warning.getMessage()) == ("WARNING", "paddle webhook rejected")
+    assert (warning.status_code, warning.exc_info) == (413, None)
+    logged = " ".join(f"{record.getMessage()} {record.__dict__}" for record in caplog.records)
+    assert SENTINEL not in logged
+
+
+def test_an_oversized_body_sent_in_chunks_is_refused_413_too(paddle_settings, settings):
+    """Under ASGI, as served, with no Content-Length to refuse it by."""
+    from reqrun.asgi import application
+
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    body = payloads.encode(subscription_created()) + b" " * 4096
+
+    async def chunks():
+        for start in range(0, len(body), 1024):
+            yield body[start : start + 1024]
+
+    async def post():
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="https://testserver") as client:
+            return await client.post(
+                WEBHOOK_URL,
+                content=chunks(),
+                headers={
+                    "Paddle-Signature": payloads.sign(body),
+                    "Content-Type": "application/json",
+                },
+            )
+
+    response = asyncio.run(post())
+
+    assert "content-length" not in response.request.headers
+    assert (response.status_code, response.text) == (413, "body is larger than 2048 bytes")
+    assert_nothing_stored()
