@@ -374,6 +374,10 @@ def _record_invoice(event: WebhookEvent, data: dict[str, Any]) -> str:
 
 def _payment_failed(event: WebhookEvent, data: dict[str, Any]) -> str:
     account = _account_for_transaction(event, data)
+    if CheckoutTransaction.objects.filter(paddle_transaction_id=str(data["id"])).exists():
+        # A card declined in the checkout ReqRun created: the buyer sees it there, and there
+        # is no subscription yet for Paddle to retry a payment of.
+        return "checkout payment declined: shown to the buyer in checkout, no email"
     transaction.on_commit(
         lambda: services.email_owners(
             account=account,

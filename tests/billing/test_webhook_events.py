@@ -333,12 +333,13 @@ def test_a_renewal_without_custom_data_finds_the_account_by_subscription(webhook
     assert Invoice.objects.get().account == alice_account
 
 
-def test_transaction_payment_failed_emails_the_owner(webhooks, alice_account, alice_checkout, bob):
+def test_a_failed_renewal_payment_emails_the_owner(webhooks, alice_account, bob):
+    deliver_subscription(webhooks, alice_account, "subscription.created")
     data = payloads.transaction(
-        account_id=alice_account.public_id,
+        account_id=None,
         status="past_due",
         invoice_number=None,
-        transaction_id=alice_checkout.paddle_transaction_id,
+        transaction_id="txn_01hv8renewal00000000000000",
     )
 
     event = webhooks.deliver(payloads.event("transaction.payment_failed", data))
@@ -346,7 +347,27 @@ def test_transaction_payment_failed_emails_the_owner(webhooks, alice_account, al
     assert event.processed_at is not None
     assert [message.to for message in mail.outbox] == [["alice@example.com"]]
     assert "payment failed" in mail.outbox[0].subject.lower()
+    assert "Paddle, our payment provider, will try again" in mail.outbox[0].body
     assert not Invoice.objects.exists()
+
+
+def test_a_card_declined_in_reqruns_checkout_emails_nobody(webhooks, alice_account, alice_checkout):
+    # The buyer sees the decline in Paddle's checkout; no subscription exists to retry for.
+    data = payloads.transaction(
+        account_id=alice_account.public_id,
+        status="ready",
+        subscription_id=None,
+        invoice_number=None,
+        transaction_id=alice_checkout.paddle_transaction_id,
+    )
+
+    event = webhooks.deliver(payloads.event("transaction.payment_failed", data))
+
+    assert event.processed_at is not None and event.error == ""
+    assert mail.outbox == []
+    assert event.account == alice_account
+    assert "checkout" in event.outcome
+    assert not Subscription.objects.exists() and not Invoice.objects.exists()
 
 
 def test_billing_emails_show_the_account_name_as_written(webhooks, alice_account, alice_checkout):
