@@ -201,6 +201,11 @@ def change_plan(
         raise BillingError("Subscribe from the pricing page first.")
     if subscription.cancel_scheduled:
         raise BillingError("Keep your subscription before changing its plan.")
+    if subscription.plan_id == plan.pk and subscription.grace_ended:
+        raise BillingError(
+            f"The payment for {plan.name} is past due: update your payment method to return "
+            f"to {plan.name}."
+        )
     if subscription.plan_id == plan.pk:
         raise BillingError(f"You are already on {plan.name}.")
     current_order = subscription.plan.sort_order if subscription.plan else -1

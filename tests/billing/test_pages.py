@@ -5,12 +5,14 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.contrib.messages import get_messages
 from django.utils import timezone
 
 from accounts.models import Membership
 from billing.models import Subscription
 from billing.services import enforce_past_due_grace, sync_account_plan
 from projects.limits import usage_row
+from tests.billing import payloads
 from tests.factories import InvoiceFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -223,3 +225,37 @@ def test_a_scheduled_pause_is_shown_instead_of_a_renewal(
     end = subscription.current_period_end
     assert "Renews on" not in html
     assert f"Paddle pauses this subscription on <strong>{end:%B} {end.day}, {end.year}" in html
+
+
+def test_after_a_past_due_grace_ended_the_cards_point_to_the_payment_method(
+    client, alice, alice_account, webhooks, check_out, paddle_api
+):
+    checkout = check_out(alice_account)
+    entity = payloads.subscription(
+        account_id=alice_account.public_id, transaction_id=checkout.paddle_transaction_id
+    )
+    webhooks.deliver(payloads.event("subscription.created", entity))
+    webhooks.deliver(payloads.event("subscription.past_due", {**entity, "status": "past_due"}))
+    Subscription.objects.update(past_due_since=timezone.now() - timedelta(days=15))
+    enforce_past_due_grace()  # what the billing sweep does: the account is on Free now
+    client.force_login(alice)
+
+    for url in ("/app/billing/", "/pricing"):
+        html = client.get(url).content.decode()
+
+        # "Switch to Pro" could only answer "You are already on Pro."
+        assert "Switch to Pro" not in html, url
+        assert "The payment for Pro is past due." in html, url
+        assert (
+            '<a href="/app/billing/#subscription">Update your payment method</a> to return to Pro.'
+            in html
+        ), url
+        assert "Switch to Team" in html, url
+        assert PADDLE_JS not in html, url
+
+    response = client.post("/app/billing/change-plan", {"plan": "pro"})
+
+    assert [str(message) for message in get_messages(response.wsgi_request)] == [
+        "The payment for Pro is past due: update your payment method to return to Pro."
+    ]
+    assert paddle_api.calls_to("PATCH", f"/subscriptions/{entity['id']}") == []
