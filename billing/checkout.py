@@ -7,7 +7,7 @@ from django.db import IntegrityError, transaction
 
 from accounts.models import Account, User
 from billing import paddle
-from billing.models import BillingCustomer, CheckoutTransaction
+from billing.models import BillingCustomer, CheckoutTransaction, Subscription
 from billing.paddle import PaddleError
 from billing.selectors import current_subscription, purchasable_plan
 from billing.services import BillingError
@@ -77,6 +77,12 @@ def start_checkout(*, account: Account, plan_code: str, actor: User) -> Checkout
     if not plan_state_of(account).plan.self_serve:
         raise BillingError("Your plan is arranged with ReqRun; write to support@reqrun.com.")
     subscription = current_subscription(account)
+    if subscription is not None and subscription.paused_or_pausing:
+        state = "paused" if subscription.status == Subscription.Status.PAUSED else "set to pause"
+        raise BillingError(
+            f"Your subscription is {state}: resume it on the billing page instead of buying "
+            "another."
+        )
     if subscription is not None and subscription.is_live:
         raise BillingError("You already subscribe: switch plans on the billing page.")
     if not paddle.is_configured():

@@ -96,6 +96,15 @@ class Subscription(models.Model):
         return self.scheduled_change_action == "cancel" and self.status != self.Status.CANCELED
 
     @property
+    def pause_scheduled(self) -> bool:
+        return self.scheduled_change_action == "pause" and self.is_live
+
+    @property
+    def paused_or_pausing(self) -> bool:
+        """Paused, or set to pause: "Resume" brings it back, so checkout must not sell another."""
+        return self.status == self.Status.PAUSED or self.pause_scheduled
+
+    @property
     def is_live(self) -> bool:
         """Still billed (possibly with a scheduled cancellation): checkout must not sell another."""
         return self.status in (self.Status.ACTIVE, self.Status.TRIALING, self.Status.PAST_DUE)

@@ -90,9 +90,16 @@ def limit_table(offers: list[PlanOffer]) -> list[tuple[str, list[str]]]:
 
 
 def current_subscription(account: Account) -> Subscription | None:
-    """The subscription the billing page is about: the newest still billed, else the newest."""
-    subscriptions = account.subscriptions.select_related("plan").order_by("-created_at", "-pk")
-    return next((s for s in subscriptions if s.is_live), None) or subscriptions.first()
+    """The subscription the billing page is about: the newest still billed, else the newest
+    paused (it can resume, even by itself), else the newest."""
+    subscriptions = list(
+        account.subscriptions.select_related("plan").order_by("-created_at", "-pk")
+    )
+    return (
+        next((s for s in subscriptions if s.is_live), None)
+        or next((s for s in subscriptions if s.status == Subscription.Status.PAUSED), None)
+        or next(iter(subscriptions), None)
+    )
 
 
 def invoices_of(account: Account) -> QuerySet[Invoice]:

@@ -169,8 +169,8 @@ def cancel_subscription(
 def resume_subscription(
     *, subscription: Subscription | None, actor: User, ip_address: str | None = None
 ) -> Subscription:
-    """Withdraw a scheduled cancellation, or resume a paused subscription."""
-    if subscription is not None and subscription.cancel_scheduled:
+    """Withdraw a scheduled cancellation or pause, or resume a paused subscription."""
+    if subscription is not None and (subscription.cancel_scheduled or subscription.pause_scheduled):
         state = paddle.remove_scheduled_change(subscription_id=subscription.paddle_subscription_id)
     elif subscription is not None and subscription.status == Subscription.Status.PAUSED:
         state = paddle.resume_paused(subscription_id=subscription.paddle_subscription_id)
@@ -197,6 +197,8 @@ def change_plan(
     if offer is None:
         raise BillingError("That plan cannot be bought here.")
     plan, price_id = offer
+    if subscription is not None and subscription.paused_or_pausing:
+        raise BillingError("Resume your subscription before changing its plan.")
     if subscription is None or not subscription.is_live:
         raise BillingError("Subscribe from the pricing page first.")
     if subscription.cancel_scheduled:

@@ -35,15 +35,18 @@ from projects.limits import limits_for, plan_state_of
 
 def _plans_context(request: HttpRequest, membership: Membership | None) -> dict:
     """What the plan cards need: offers, the current plan, and Paddle.js checkout settings
-    when this viewer can buy (an owner with billing configured and no live subscription)."""
+    when this viewer can buy (an owner with billing configured and no live, paused or pausing
+    subscription: one that can resume is resumed, not bought again)."""
     offers = plan_offers()
     subscription = current_subscription(membership.account) if membership else None
     is_owner = bool(membership and membership.is_owner)
     plan = plan_state_of(membership.account).plan if membership else None
     live = subscription if subscription and subscription.is_live else None
+    paused = subscription if subscription and subscription.paused_or_pausing else None
     can_checkout = (
         is_owner
         and live is None
+        and paused is None
         and plan.self_serve
         and paddle.is_configured()
         and any(offer.price_id for offer in offers)
@@ -54,6 +57,7 @@ def _plans_context(request: HttpRequest, membership: Membership | None) -> dict:
         "is_owner": is_owner,
         "subscription": subscription,
         "live_subscription": live,
+        "paused_subscription": paused,
         "current_plan_code": plan.code if plan else None,
         "operator_plan": bool(plan and not plan.self_serve),
         "can_checkout": can_checkout,

@@ -88,6 +88,98 @@ def test_resume_a_paused_subscription(owner, webhooks, subscribed, paddle_api, a
     assert limits_for(alice_account).plan_code == "pro"
 
 
+PADDLE_JS = "https://cdn.paddle.com/paddle/v2/paddle.js"
+
+
+def pause(paddle_api, webhooks, event_type: str, **changes) -> None:
+    """Paddle pauses (or schedules a pause of) the subscription and tells us by webhook."""
+    entity = {**paddle_api.subscriptions[payloads.SUBSCRIPTION_ID], **changes}
+    paddle_api.subscriptions[entity["id"]] = entity
+    webhooks.deliver(payloads.event(event_type, entity))
+
+
+def assert_checkout_refused(owner, paddle_api, message: str) -> None:
+    transactions = CheckoutTransaction.objects.count()
+
+    response = owner.post("/app/billing/checkout", {"plan": "team"})
+
+    assert response.status_code == 400
+    assert response.json() == {"error": message}
+    assert CheckoutTransaction.objects.count() == transactions
+    assert paddle_api.calls_to("POST", "/transactions")[1:] == []  # only the first checkout
+
+
+def test_a_paused_subscription_is_resumed_not_bought_again(
+    owner, webhooks, subscribed, paddle_api, alice_account
+):
+    pause(
+        paddle_api,
+        webhooks,
+        "subscription.paused",
+        status="paused",
+        paused_at=payloads.iso(payloads.now()),
+        current_billing_period=None,
+        next_billed_at=None,
+    )
+    assert limits_for(alice_account).plan_code == "free"
+
+    for url in ("/app/billing/", "/pricing"):
+        html = owner.get(url).content.decode()
+        assert PADDLE_JS not in html, url
+        assert "data-checkout-plan" not in html, url
+        assert "Upgrade to" not in html, url
+        assert 'href="/app/billing/#subscription">Resume it</a> to change plans.' in html, url
+    assert "Resume subscription" in owner.get("/app/billing/").content.decode()
+    assert_checkout_refused(
+        owner,
+        paddle_api,
+        "Your subscription is paused: resume it on the billing page instead of buying another.",
+    )
+    response = owner.post("/app/billing/change-plan", {"plan": "team"})
+    assert messages_of(response) == ["Resume your subscription before changing its plan."]
+
+    owner.post("/app/billing/resume")
+
+    assert limits_for(alice_account).plan_code == "pro"
+
+
+def test_a_scheduled_pause_offers_resume_not_checkout(
+    owner, webhooks, subscribed, paddle_api, alice_account
+):
+    end = paddle_api.subscriptions[payloads.SUBSCRIPTION_ID]["current_billing_period"]["ends_at"]
+    pause(
+        paddle_api,
+        webhooks,
+        "subscription.updated",
+        next_billed_at=None,
+        scheduled_change={"action": "pause", "effective_at": end, "resume_at": None},
+    )
+
+    html = owner.get("/app/billing/").content.decode()
+
+    assert "Resume subscription" in html
+    assert "Cancel at period end" not in html
+    assert "Switch to Team" not in html
+    assert 'href="/app/billing/#subscription">Resume it</a> to change plans.' in html
+    assert PADDLE_JS not in html
+    assert_checkout_refused(
+        owner,
+        paddle_api,
+        "Your subscription is set to pause: resume it on the billing page instead of buying "
+        "another.",
+    )
+
+    response = owner.post("/app/billing/resume")
+
+    assert messages_of(response) == ["Your subscription continues; it renews as before."]
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == ("PATCH", f"/subscriptions/{payloads.SUBSCRIPTION_ID}")
+    assert call.body == {"scheduled_change": None}
+    subscribed.refresh_from_db()
+    assert subscribed.scheduled_change_action == ""
+    assert "Renews on" in owner.get("/app/billing/").content.decode()
+
+
 def test_change_plan_upgrades_with_proration(owner, subscribed, paddle_api):
     owner.post("/app/billing/change-plan", {"plan": "team"})
 

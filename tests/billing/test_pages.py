@@ -259,3 +259,20 @@ def test_after_a_past_due_grace_ended_the_cards_point_to_the_payment_method(
         "The payment for Pro is past due: update your payment method to return to Pro."
     ]
     assert paddle_api.calls_to("PATCH", f"/subscriptions/{entity['id']}") == []
+
+
+def test_a_paused_subscription_outranks_a_newer_ended_one(
+    client, alice, alice_account, paddle_settings, paddle_api
+):
+    SubscriptionFactory(account=alice_account, status="paused")
+    SubscriptionFactory(account=alice_account, status="canceled", canceled_at=timezone.now())
+    client.force_login(alice)
+
+    html = client.get("/app/billing/").content.decode()
+
+    assert "Your subscription is paused" in html
+    assert "Resume subscription" in html
+    assert PADDLE_JS not in html
+    response = client.post("/app/billing/checkout", {"plan": "pro"})
+    assert response.status_code == 400
+    assert paddle_api.calls == []
