@@ -7,7 +7,7 @@ from datetime import datetime
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import F, Q, Subquery, Value
+from django.db.models import Case, DateTimeField, F, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
 from django.utils import timezone
@@ -274,8 +274,25 @@ def email_owners(*, account: Account, subject: str, template: str, context: dict
     logger.info("billing email sent", extra={"account_id": account.public_id, "template": template})
 
 
+def _sent_for(quota: int | F) -> Q:
+    """The one rule for usage notices: a month's notices count as sent only for the quota they
+    were sent for (`notified_quota`; empty on rows from before it was recorded, which count
+    for the quota in force). After a plan change, either way, the new quota's thresholds
+    notify again."""
+    return Q(notified_quota__isnull=True) | Q(notified_quota=quota)
+
+
+def _not_sent(notice: str, quota: int | F) -> Q:
+    return Q(**{f"{notice}__isnull": True}) | ~_sent_for(quota)
+
+
+def _kept_if_sent_for(quota: int, notice: str) -> Case:
+    """The notice's time when it was sent for `quota`, else empty."""
+    return Case(When(_sent_for(quota), then=F(notice)), default=None, output_field=DateTimeField())
+
+
 def send_usage_notices(*, now: datetime | None = None) -> int:
-    """Email owners at 80 % and 100 % of the monthly quota, once each per period.
+    """Email owners at 80 % and 100 % of the monthly quota, once each per period and quota.
 
     Each notice is claimed with one conditional UPDATE and sent in the same transaction: two
     scanners never both send it, and a failed send releases the claim for the next scan."""
@@ -294,8 +311,8 @@ def send_usage_notices(*, now: datetime | None = None) -> int:
         .alias(used_percent=F("accepted_requests") * 100)
         .filter(quota__gt=0)
         .filter(
-            Q(notified_80_at__isnull=True, used_percent__gte=F("quota") * 80)
-            | Q(notified_100_at__isnull=True, accepted_requests__gte=F("quota"))
+            Q(used_percent__gte=F("quota") * 80) & _not_sent("notified_80_at", F("quota"))
+            | Q(accepted_requests__gte=F("quota")) & _not_sent("notified_100_at", F("quota"))
         )
         .select_related("account")
     )
@@ -304,15 +321,21 @@ def send_usage_notices(*, now: datetime | None = None) -> int:
 
 def _send_usage_notice(*, row: MonthlyUsage, now: datetime) -> int:
     full = row.accepted_requests >= row.quota
+    usage = MonthlyUsage.objects.filter(pk=row.pk)
     with transaction.atomic():
         if full:
             # Reaching 100 % straight away also settles the 80 % notice: one email, not two.
-            claimed = MonthlyUsage.objects.filter(pk=row.pk, notified_100_at__isnull=True).update(
-                notified_100_at=now, notified_80_at=Coalesce("notified_80_at", Value(now))
+            claimed = usage.filter(_not_sent("notified_100_at", row.quota)).update(
+                notified_100_at=now,
+                notified_80_at=Coalesce(_kept_if_sent_for(row.quota, "notified_80_at"), Value(now)),
+                notified_quota=row.quota,
             )
         else:
-            claimed = MonthlyUsage.objects.filter(pk=row.pk, notified_80_at__isnull=True).update(
-                notified_80_at=now
+            # Sent for another quota, the 100 % notice is due again at this one's 100 %.
+            claimed = usage.filter(_not_sent("notified_80_at", row.quota)).update(
+                notified_80_at=now,
+                notified_100_at=_kept_if_sent_for(row.quota, "notified_100_at"),
+                notified_quota=row.quota,
             )
         if not claimed:
             return 0

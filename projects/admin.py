@@ -125,6 +125,7 @@ class MonthlyUsageAdmin(admin.ModelAdmin):
         "accepted_requests",
         "notified_80_at",
         "notified_100_at",
+        "notified_quota",
     ]
     list_select_related = ["account"]
     search_fields = ["account__public_id", "account__name"]

@@ -95,6 +95,12 @@ class MonthlyUsage(models.Model):
     accepted_requests = models.PositiveBigIntegerField(default=0)
     notified_80_at = models.DateTimeField(null=True, blank=True)
     notified_100_at = models.DateTimeField(null=True, blank=True)
+    notified_quota = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="The monthly quota the usage notices above were sent for; empty on rows "
+        "notified before it was recorded (their notices count for the quota in force).",
+    )
 
     class Meta:
         constraints = [

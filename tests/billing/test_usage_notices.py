@@ -1,4 +1,4 @@
-"""Usage notice emails at 80 % and 100 % of the monthly quota, once each per period."""
+"""Usage notice emails at 80 % and 100 % of the monthly quota, once each per period and quota."""
 
 from datetime import timedelta
 
@@ -8,8 +8,9 @@ from django.utils import timezone
 
 from billing.services import send_usage_notices
 from billing.tasks import send_usage_notices as send_usage_notices_task
-from projects.limits import current_period_start, set_plan, usage_row
+from projects.limits import current_period_start, limits_for, set_plan, usage_row
 from projects.models import MonthlyUsage
+from tests.billing import payloads
 
 pytestmark = pytest.mark.django_db
 
@@ -79,3 +80,65 @@ def test_a_claimed_notice_is_not_sent_again_by_a_concurrent_scan(alice_account):
 
     assert send_usage_notices() == 0
     assert mail.outbox == []
+
+
+def subscribe_to_pro(webhooks, check_out, account) -> dict:
+    """Checkout paid: Paddle's `subscription.created` reaches the webhook; the account is on Pro."""
+    checkout = check_out(account)
+    entity = payloads.subscription(
+        account_id=account.public_id, transaction_id=checkout.paddle_transaction_id
+    )
+    webhooks.deliver(payloads.event("subscription.created", entity))
+    assert limits_for(account).plan_code == "pro"
+    return entity
+
+
+def test_an_upgrade_mid_month_notifies_at_the_new_quotas_thresholds(
+    alice_account, webhooks, check_out
+):
+    use(alice_account, 10_000)  # all of Free's quota
+    send_usage_notices()
+    assert subjects() == ["[ReqRun] You have used all of this month's requests"]
+
+    subscribe_to_pro(webhooks, check_out, alice_account)  # 500,000 a month
+    assert send_usage_notices() == 0  # 2 % of Pro's quota
+
+    use(alice_account, 400_000)
+    assert send_usage_notices() == 1
+    assert subjects()[1:] == ["[ReqRun] You have used 80% of this month's requests"]
+    assert "400,000 of the 500,000" in mail.outbox[1].body
+
+    use(alice_account, 500_000)
+    assert send_usage_notices() == 1
+    assert send_usage_notices() == 0
+    assert subjects()[2:] == ["[ReqRun] You have used all of this month's requests"]
+    assert "all 500,000 accepted requests" in mail.outbox[2].body
+
+
+def test_a_downgrade_mid_month_notifies_at_the_new_quotas_thresholds(
+    alice_account, webhooks, check_out
+):
+    entity = subscribe_to_pro(webhooks, check_out, alice_account)
+    use(alice_account, 500_000)
+    send_usage_notices()
+    assert subjects() == ["[ReqRun] You have used all of this month's requests"]
+
+    canceled = {**entity, "status": "canceled", "canceled_at": payloads.iso(payloads.now())}
+    webhooks.deliver(payloads.event("subscription.canceled", canceled))  # back to Free
+    assert send_usage_notices() == 1
+    assert send_usage_notices() == 0
+
+    assert subjects()[1:] == ["[ReqRun] You have used all of this month's requests"]
+    assert "all 10,000 accepted requests" in mail.outbox[1].body
+
+
+def test_notices_already_sent_for_the_current_quota_are_not_sent_again(
+    alice_account, webhooks, check_out
+):
+    use(alice_account, 8_000)
+    send_usage_notices()  # 80 % of Free
+    subscribe_to_pro(webhooks, check_out, alice_account)
+    set_plan(account=alice_account, plan_code="free")  # an operator moves it back: same quota
+
+    assert send_usage_notices() == 0
+    assert subjects() == ["[ReqRun] You have used 80% of this month's requests"]
