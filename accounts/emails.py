@@ -44,13 +44,15 @@ EMAIL_KINDS: dict[str, EmailKind] = {
         "Usage notice",
         ("billing/email/usage_notice.txt",),
         "the account's owners",
-        "when the account reaches 80 % and 100 % of its monthly requests, once each per month",
+        "when the account reaches 80 % and 100 % of its monthly requests, once each per month "
+        "(again for the new quota if the plan changes during the month)",
     ),
     "payment_failed": EmailKind(
         "Payment failed",
         ("billing/email/payment_failed.txt",),
         "the account's owners",
-        "when Paddle tells us a payment for the subscription failed",
+        "when Paddle tells us a renewal payment for the subscription failed (not for a card "
+        "declined at checkout, which Paddle's checkout shows at once)",
     ),
     "past_due": EmailKind(
         "Payment past due",
