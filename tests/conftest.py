@@ -18,6 +18,18 @@ from tests.factories import AccountFactory, MembershipFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery", "-A", "reqrun"]
+# The site's pages for visitors: product, docs and legal.
+PUBLIC_PAGES = [
+    "/",
+    "/pricing",
+    "/docs",
+    "/docs/api",
+    "/docs/errors",
+    "/docs/failover",
+    "/legal/terms",
+    "/legal/privacy",
+    "/legal/refunds",
+]
 
 
 def wait_until(condition, *, timeout: float = 30, interval: float = 0.05, message: str = ""):

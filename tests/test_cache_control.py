@@ -7,20 +7,10 @@ from django.urls import reverse
 
 from core import encryption
 from privacy import services as privacy_services
+from tests.conftest import PUBLIC_PAGES
 from tests.factories import ApiKeyFactory, AttemptFactory, ProjectFactory, RequestFactory
 
 pytestmark = pytest.mark.django_db
-
-PUBLIC_PAGES = [
-    "/",
-    "/pricing",
-    "/docs",
-    "/docs/api",
-    "/docs/errors",
-    "/legal/terms",
-    "/legal/privacy",
-    "/legal/refunds",
-]
 
 
 def signed_in_pages(alice, alice_account) -> list[str]:

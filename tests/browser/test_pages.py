@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from requests_app.models import Request
+from tests.conftest import PUBLIC_PAGES as SITE_PAGES
 from tests.factories import (
     PASSWORD,
     AccountFactory,
@@ -23,20 +24,7 @@ from tests.factories import (
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
 
 PHONE = 375
-PUBLIC_PAGES = [
-    "/",
-    "/pricing",
-    "/docs",
-    "/docs/api",
-    "/docs/errors",
-    "/docs/failover",
-    "/legal/terms",
-    "/legal/privacy",
-    "/legal/refunds",
-    "/accounts/signup/",
-    "/accounts/login/",
-    "/accounts/password/reset/",
-]
+PUBLIC_PAGES = [*SITE_PAGES, "/accounts/signup/", "/accounts/login/", "/accounts/password/reset/"]
 
 
 @pytest.fixture
