@@ -127,6 +127,20 @@ class ApiAnswers(logging.Filter):
         return record.exc_info is not None or not path.startswith("/v1/")
 
 
+class TaskFailures(logging.Filter):
+    """On `celery.app.trace`, whose failure line ends with the exception's repr ('raised
+    unexpected: ValueError(...)'), which quotes what it was raised with: the line names the
+    exception's type instead; its traceback is written without messages as any other."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict) and "exc" in record.args:
+            kind = record.exc_info[0].__name__ if record.exc_info else "an exception"
+            record.args = {**record.args, "exc": kind}
+            if isinstance(getattr(record, "data", None), dict):
+                record.data = record.args
+        return True
+
+
 def metadata(record: logging.LogRecord) -> dict[str, Any]:
     """The record's allowed metadata, renamed, in FIELDS order; nothing else."""
     fields: dict[str, Any] = {}

@@ -405,6 +405,7 @@ LOGGING = {
     "filters": {
         "bound": {"()": "core.logs.BoundFields"},
         "api_answers": {"()": "core.logs.ApiAnswers"},
+        "task_failures": {"()": "core.logs.TaskFailures"},
     },
     "formatters": {
         "json": {"()": "core.logs.JsonFormatter"},
@@ -429,7 +430,7 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         # Celery's two lines per task (received, succeeded) repeat what the executor's
         # "attempt finished" / "request finished" lines say with the request id.
-        "celery.app.trace": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING", "filters": ["task_failures"]},
         "celery.worker.strategy": {"level": "WARNING"},
     },
 }

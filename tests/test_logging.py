@@ -251,3 +251,21 @@ def test_a_traceback_names_the_exceptions_and_where_but_never_their_text(formatt
     assert SECRET not in written
     assert "json.decoder.JSONDecodeError" in written and "KeyError" in written
     assert "in parse" in written  # the frames are kept: where it happened
+
+
+def test_a_failed_tasks_line_names_its_exception_but_not_its_text(caplog):
+    """Celery logs a task's failure as 'Task name[id] raised unexpected: <repr of the
+    exception>'; the repr quotes whatever the exception was raised with."""
+    from reqrun.celery import app
+
+    @app.task(name=f"tests.logging.fails_{uuid.uuid4().hex}")
+    def fails():
+        raise ValueError(f"{SECRET}-prompt")
+
+    with caplog.at_level(logging.ERROR, logger="celery.app.trace"):
+        fails.apply()
+
+    [line] = [r for r in caplog.records if r.name == "celery.app.trace"]
+    assert "ValueError" in line.getMessage() and fails.name in line.getMessage()
+    assert SECRET not in line.getMessage()
+    assert SECRET not in JsonFormatter().format(line)
