@@ -117,6 +117,9 @@ class NoStoreWhenSignedInMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        if request.user.is_authenticated:
+        # DRF leaves `user` None on a view without authentication (the schema, under a
+        # test client's browser stack); such a view sets its own header if it needs one.
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
