@@ -77,5 +77,9 @@ def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path
         survivors += [psutil.Process(pid) for pid in server_pids if psutil.pid_exists(pid)]
         assert not [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
+        if launcher.poll() is None:  # a check failed: Ctrl-C, so nothing it started outlives it
+            os.killpg(launcher.pid, signal.SIGINT)
+            try:
+                launcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
