@@ -5,6 +5,7 @@ whose database sessions carry an application_name of their own, and only those a
 the outage refuses every new connection to the test database all the same.
 """
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,12 +20,23 @@ WEB_DATABASE_NAME = "reqrun-outage-web"
 
 def drop_every_other_connection() -> None:
     """What a restart does to the connections web and worker keep in their pools (the
-    server ends each with "terminating connection due to administrator command")."""
+    server ends each with "terminating connection due to administrator command").
+
+    pg_terminate_backend only signals; a restart has ended every session before the server
+    answers again, so this waits until they are gone too."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pid FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+        pids = [pid for (pid,) in cursor.fetchall()]
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", [pids])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.02)
 
 
 def outage_web(log_path: Path, **env: str) -> ProcfileWeb:
