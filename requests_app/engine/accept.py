@@ -18,6 +18,7 @@ from core.untrusted import storable
 from projects.limits import Limits, count_accepted_request, current_period_start, limits_for
 from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql
+from requests_app.engine.dispatch import publish_execute_request
 from requests_app.errors import (
     INVALID_KEY_MESSAGE,
     IdempotencyMismatch,
@@ -47,17 +48,11 @@ class Accepted:
     outcome: Literal["created", "replayed", "attached"]
 
 
-def _enqueue(request_pk: int) -> None:
-    from requests_app.tasks import publish_execute_request
-
-    publish_execute_request(request_pk)
-
-
 def _enqueue_after_commit(request_pk: int) -> None:
     """The task is published once the request is durable. A broker that fails the publish
     never turns an accepted request into an error: it is logged, the caller gets its usual
     answer, and the sweeper dispatches the request (it looks for undispatched ones)."""
-    transaction.on_commit(lambda: _enqueue(request_pk), robust=True)
+    transaction.on_commit(lambda: publish_execute_request(request_pk), robust=True)
 
 
 def _remembered(*, api_key: ApiKey, idempotency_key: str) -> Request | None:

@@ -19,6 +19,7 @@ from django.utils import timezone
 from core import heartbeats
 from requests_app import metrics
 from requests_app.engine import sse, streams
+from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
 from requests_app.engine.executor import conclude_attempt
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.models import Attempt, Request, Status
@@ -35,8 +36,6 @@ class SweepReport:
 
 
 def _dispatch(pks: list[int]) -> int:
-    from requests_app.tasks import publish_execute_request
-
     Request.objects.filter(pk__in=pks).update(dispatched_at=timezone.now())
     publish_execute_request(*pks)
     return len(pks)
@@ -130,8 +129,6 @@ def taken_from_queue_before():
     A request published again since its message was queued only moves the time later: some
     messages still waiting may then be published once more, as before; none lost is missed.
     """
-    from requests_app.tasks import oldest_waiting_request
-
     oldest = oldest_waiting_request()
     if oldest is None:
         return None

@@ -13,11 +13,11 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from core import encryption, heartbeats
+from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
 from requests_app.engine.recovery import sweep
 from requests_app.engine.redis_client import client
 from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Request
-from requests_app.tasks import oldest_waiting_request, publish_execute_request
 from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
 from tests.factories import AttemptFactory, RequestFactory
 from tests.tcp_proxy import FreezingProxy

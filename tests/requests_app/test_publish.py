@@ -3,8 +3,9 @@
 import json
 import uuid
 
+from requests_app.engine.dispatch import execute_request_message
 from requests_app.engine.redis_client import client
-from requests_app.tasks import execute_request, execute_request_message
+from requests_app.tasks import execute_request
 
 # Different for every message, whoever publishes it; the queue is where it went.
 PER_MESSAGE = {
