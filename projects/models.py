@@ -194,14 +194,6 @@ class Project(models.Model):
     def is_suspended(self) -> bool:
         return self.suspended_at is not None
 
-    @property
-    def has_provider_key(self) -> bool:
-        """Whether the primary upstream (the first enabled one) has a provider key."""
-        from projects.selectors import primary_upstream  # the selectors import these models
-
-        primary = primary_upstream(self)
-        return primary is not None and primary.has_provider_key
-
 
 class Upstream(models.Model):
     """One provider a project's requests can be sent to; position 0 is the primary.

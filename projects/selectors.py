@@ -43,6 +43,7 @@ def projects_of(account: Account) -> QuerySet[Project]:
     return account.projects.annotate(
         active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
         upstream_count=Count("upstreams", distinct=True),
+        primary_has_provider_key=primary_has_provider_key(OuterRef("pk")),
     ).order_by("created_at")
 
 
@@ -113,3 +114,10 @@ def primary_upstream(project: Project) -> Upstream | None:
         return None
     upstream.project = project  # already loaded by the caller
     return upstream
+
+
+def has_provider_key(project: Project) -> bool:
+    """Whether the project's primary upstream has a provider key: without one, none of its
+    requests can run."""
+    primary = primary_upstream(project)
+    return primary is not None and primary.has_provider_key

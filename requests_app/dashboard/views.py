@@ -14,7 +14,7 @@ from accounts.access import member_view
 from accounts.models import Membership
 from accounts.selectors import current_membership, membership_in
 from projects.limits import limits_for
-from projects.selectors import projects_of
+from projects.selectors import has_provider_key, projects_of
 from projects.views.access import project_view
 from requests_app.api.schema import SCHEMA_URL, reference
 from requests_app.dashboard import selectors
@@ -61,6 +61,7 @@ def request_list(request, membership, project):
         "newer_link": form.page_link(before=page.newer) if page.newer else None,
         "older_link": form.page_link(after=page.older) if page.older else None,
         "any_requests": bool(page.requests) or selectors.has_requests(project),
+        "has_provider_key": has_provider_key(project),
     }
     return render(request, "requests_app/request_list.html", context)
 

@@ -3,6 +3,7 @@ bad input gets a clear message and changes nothing."""
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -246,3 +247,24 @@ def test_a_request_accepted_while_the_project_is_deleted_is_counted_or_refused(a
 
     assert isinstance(raised, ProjectBusy), raised
     assert Project.objects.filter(pk=alice_project.pk).exists()
+
+
+@pytest.mark.parametrize(
+    "url, keyless_marker", [("dashboard", "Add the provider key for"), ("project-list", "Not set")]
+)
+def test_the_project_tables_read_every_projects_key_state_in_one_query(
+    alice_client, alice_account, alice_project, url, keyless_marker
+):
+    def queries_and_page():
+        with CaptureQueriesContext(connection) as captured:
+            page = alice_client.get(reverse(url)).content.decode()
+        return len(captured), page
+
+    queries_and_page()  # the first page of a session reads what later ones find cached
+    one, page = queries_and_page()
+    assert keyless_marker not in page  # alice's project has its key
+    ProjectFactory.create_batch(2, account=alice_account)  # no upstream, so no key
+    three, page = queries_and_page()
+
+    assert three == one
+    assert page.count(keyless_marker) == 2

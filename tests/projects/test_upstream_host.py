@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
 from projects.models import Project, Upstream
+from projects.selectors import has_provider_key
 from projects.upstreams import provider_key_of
 from tests.factories import MembershipFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY, messages_of, signed_in
@@ -61,7 +62,7 @@ def test_a_new_host_clears_the_key_audits_and_mails_the_owners(
 
     alice_project.refresh_from_db()
     assert primary_url(alice_project) == new_url
-    assert not alice_project.has_provider_key
+    assert not has_provider_key(alice_project)
     assert provider_key_of(alice_project) is None
     assert alice_project.upstreams.get().provider_key_last4 == ""
     assert any("stored provider key was removed" in m for m in messages_of(response))
