@@ -2,7 +2,8 @@
 
 import logging
 
-from django.core.exceptions import RequestDataTooBig
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -166,6 +167,11 @@ def openai_exception_handler(exc, context):
         exc = NotFound("No such object.")
     if isinstance(exc, RequestDataTooBig):
         exc = BodyTooLarge("The request body is too large.")
+    if isinstance(exc, TooManyFieldsSent):  # Django will not parse such a query string
+        exc = InvalidRequest(
+            f"The query string has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} "
+            "parameters; send fewer."
+        )
     if is_outage(exc):
         exc = outage_error(exc)
     if isinstance(exc, ServiceUnavailable):

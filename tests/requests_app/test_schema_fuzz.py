@@ -7,6 +7,7 @@ the schema cannot drift from what the server enforces.
 import httpx
 import pytest
 import schemathesis
+from django.conf import settings as django_settings
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis import checks as schemathesis_checks
@@ -186,6 +187,29 @@ def test_a_nul_in_a_text_filter_is_a_400(live_api, tenant):
         )
 
         assert response.status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/v1/requests", "/v1/requests/{id}"])
+def test_a_query_string_with_too_many_parameters_is_a_400(live_api, tenant, path):
+    """Django refuses to parse more than DATA_UPLOAD_MAX_NUMBER_FIELDS parameters: the
+    caller's mistake, told in the envelope, not an internal error."""
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    accepted = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "gpt-test", "messages": []},
+        headers=headers | {"Prefer": "respond-async"},
+    )
+    too_many = django_settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1
+    query = "&".join(f"p{number}=1" for number in range(too_many))
+
+    response = httpx.get(
+        f"{live_api.url}{path.format(id=accepted.json()['id'])}?{query}", headers=headers
+    )
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "parameters" in error["message"]
 
 
 @pytest.mark.parametrize("stream", ["abc", "true", 1, 0, [], {}])
