@@ -7,6 +7,7 @@ from typing import Any
 from django import forms
 from django.core.validators import MaxValueValidator
 
+from accounts.adapter import validate_mailable_email
 from accounts.models import Membership
 from projects.errors import (
     InvalidFailoverPolicy,
@@ -263,6 +264,7 @@ class ProviderKeyForm(ServiceForm):
 class InviteForm(ServiceForm):
     email = forms.EmailField(
         max_length=Invitation._meta.get_field("email").max_length,
+        validators=[validate_mailable_email],
         error_messages={
             "required": "Enter the address to invite.",
             "max_length": "Enter an address of at most %(limit_value)d characters.",

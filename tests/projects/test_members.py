@@ -125,6 +125,8 @@ def test_invitation_for_another_address_is_refused(charlie_client, alice_invitat
         ("", "Enter the address to invite."),
         ("BOB@example.com", "bob@example.com is already a member of this account."),
         ("dana@example.com", "dana@example.com already has a pending invitation."),
+        # A soft hyphen alone is an empty label once the domain is written for mail.
+        ("erin@\u00ad.example.com", "No email can be sent to this address"),
     ],
 )
 def test_bad_invitations_are_refused(alice_client, bob, on_pro, alice_invitation, email, error):
