@@ -16,6 +16,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import ValidationError
 from django.http import HttpResponseBadRequest
 from django.shortcuts import redirect, render
 from django.template.response import TemplateResponse
@@ -205,18 +206,38 @@ admin.site.has_permission = operator_may_enter
 admin.site.login = operator_login
 
 
-def _refusing_nul_in_the_query(admin_view):
+def _are_primary_keys(field, values: list[str]) -> bool:
+    try:
+        for value in values:
+            field.to_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _refusing_unreadable_input(admin_view):
     """site.admin_view, which wraps every admin page: a list filter's value goes into a
-    query as given, and PostgreSQL cannot compare text holding a NUL."""
+    query as given, and PostgreSQL cannot compare text holding a NUL; the rows an action
+    runs on are filtered by the posted ids as given, and one that is not a key raises."""
 
     @wraps(admin_view)
     def wrap(view, cacheable=False):
         guarded = admin_view(view, cacheable)
+        model_admin = getattr(view, "__self__", None)
+        model = model_admin.model if isinstance(model_admin, admin.ModelAdmin) else None
 
         @wraps(guarded)
         def inner(request, *args, **kwargs):
             if any("\x00" in value for _, values in request.GET.lists() for value in values):
                 return HttpResponseBadRequest("A query value holds a NUL character.")
+            if (
+                model is not None
+                and request.method == "POST"
+                and not _are_primary_keys(
+                    model._meta.pk, request.POST.getlist(ACTION_CHECKBOX_NAME)
+                )
+            ):
+                return HttpResponseBadRequest("A selected row's id is not a valid id.")
             return guarded(request, *args, **kwargs)
 
         return inner
@@ -224,7 +245,7 @@ def _refusing_nul_in_the_query(admin_view):
     return wrap
 
 
-admin.site.admin_view = _refusing_nul_in_the_query(admin.site.admin_view)
+admin.site.admin_view = _refusing_unreadable_input(admin.site.admin_view)
 
 # allauth searches sessions by user__username; ReqRun's users have an email instead.
 admin.site.unregister(UserSession)

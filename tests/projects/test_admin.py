@@ -68,6 +68,35 @@ def test_a_nul_in_a_list_filter_is_a_400(operator_client, everything, model, loo
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("model", "action"),
+    [
+        ("accounts.account", "suspend_selected"),
+        ("accounts.account", "close_selected"),
+        ("projects.project", "suspend_selected"),
+    ],
+)
+@pytest.mark.parametrize("selected", ["abc", "a\x00b", "1.5"])
+def test_an_action_on_an_id_that_names_no_row_is_a_400_and_changes_nothing(
+    operator_client, everything, alice_project, model, action, selected
+):
+    """The ids come back from the list's checkboxes; a number is the only id a row has."""
+    row = everything if model == "accounts.account" else alice_project
+    url = reverse(f"admin:{model.replace('.', '_')}_changelist")
+
+    response = operator_client.post(
+        url,
+        {"action": action, ACTION_CHECKBOX_NAME: [row.pk, selected], "apply": "1", "reason": "x"},
+    )
+
+    assert response.status_code == 400
+    row.refresh_from_db()
+    assert not row.is_suspended
+    assert not AuditEvent.objects.filter(
+        action__in=["suspended", "account_closed_by_operator"]
+    ).exists()
+
+
 def test_secrets_are_never_displayed(operator_client, everything, alice_project, alice_key):
     for url in (
         reverse("admin:projects_project_change", args=[alice_project.pk]),
