@@ -58,6 +58,7 @@ ACTION_LABELS = {
     "subscription_cancel_scheduled": "Subscription set to end",
     "subscription_resumed": "Subscription resumed",
     "subscription_canceled": "Subscription canceled",
+    "duplicate_subscription_canceled": "Second subscription canceled (two checkouts paid)",
     "reauthenticate": "Password confirmed",
     "export": "Data export",
 }

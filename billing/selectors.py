@@ -102,6 +102,24 @@ def current_subscription(account: Account) -> Subscription | None:
     )
 
 
+def subscription_billed_before(subscription: Subscription) -> Subscription | None:
+    """Another subscription of the same account that Paddle still bills or can resume, the
+    one bound first; the account keeps it, and `subscription` is one too many."""
+    return (
+        subscription.account.subscriptions.exclude(pk=subscription.pk)
+        .filter(
+            status__in=[
+                Subscription.Status.ACTIVE,
+                Subscription.Status.TRIALING,
+                Subscription.Status.PAST_DUE,
+                Subscription.Status.PAUSED,
+            ]
+        )
+        .order_by("created_at", "pk")
+        .first()
+    )
+
+
 def invoices_of(account: Account) -> QuerySet[Invoice]:
     return account.invoices.all()
 

@@ -117,13 +117,18 @@ def _record_paddle_answer(
     *,
     subscription: Subscription,
     state: SubscriptionState,
-    actor: User,
+    actor: User | None,
     action: str,
     ip_address: str | None,
+    answered_at: datetime | None = None,
 ) -> Subscription:
+    """`answered_at`, when given, also makes events that occurred before it change nothing."""
     with transaction.atomic():
         locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
         apply_subscription_state(subscription=locked, state=state)
+        if answered_at is not None:
+            last = locked.last_event_occurred_at
+            locked.last_event_occurred_at = max(last, answered_at) if last else answered_at
         locked.save()
         record_audit_event(
             account=locked.account,
@@ -164,6 +169,42 @@ def cancel_subscription(
         action="subscription_canceled" if at_once else "subscription_cancel_scheduled",
         ip_address=ip_address,
     )
+
+
+def cancel_duplicate_subscription(
+    *, subscription: Subscription, kept: Subscription
+) -> Subscription:
+    """End at once a subscription bound to an account that already pays for `kept` (two
+    checkouts opened in two tabs, both paid), and tell the owners. Paddle's error propagates:
+    the webhook event that bound it is then retried, so the cancellation is never lost."""
+    state = paddle.cancel(subscription_id=subscription.paddle_subscription_id, at_once=True)
+    canceled = _record_paddle_answer(
+        subscription=subscription,
+        state=state,
+        actor=None,
+        action="duplicate_subscription_canceled",
+        ip_address=None,
+        # Paddle's own time: an event of this subscription from before the cancellation
+        # (a late `subscription.activated`) must not make it live again.
+        answered_at=state.canceled_at or timezone.now(),
+    )
+    logger.info(
+        "duplicate subscription canceled",
+        extra={
+            "account_id": canceled.account.public_id,
+            "subscription_id": canceled.paddle_subscription_id,
+            "kept_subscription_id": kept.paddle_subscription_id,
+        },
+    )
+    transaction.on_commit(
+        lambda: email_owners(
+            account=canceled.account,
+            subject="A second subscription was canceled",
+            template="billing/email/duplicate_subscription_canceled.txt",
+            context={"canceled": canceled, "kept": kept},
+        )
+    )
+    return canceled
 
 
 def resume_subscription(

@@ -24,6 +24,7 @@ from accounts.models import Account
 from billing import paddle, services
 from billing.event_retention import accounting_record
 from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription, WebhookEvent
+from billing.selectors import subscription_billed_before
 from core.untrusted import parse_json_to_keep
 
 logger = logging.getLogger(__name__)
@@ -341,6 +342,19 @@ def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
     services.apply_subscription_state(subscription=subscription, state=state)
     subscription.last_event_occurred_at = event.occurred_at
     subscription.save()
+    if created and subscription.is_live:
+        # New subscriptions of one account are bound one at a time (its row lock, after the
+        # new row's, as `sync_account_plan` takes them), so of two checkouts paid in two
+        # tabs the one bound first is kept, whichever order their events are processed in.
+        Account.objects.select_for_update().filter(pk=account.pk).first()
+        kept = subscription_billed_before(subscription)
+        if kept is not None:
+            services.cancel_duplicate_subscription(subscription=subscription, kept=kept)
+            plan_code = services.sync_account_plan(account=account)
+            return (
+                f"canceled at once: {kept.paddle_subscription_id} already bills the account, "
+                f"which stays on {plan_code}"
+            )
     plan_code = services.sync_account_plan(account=subscription.account)
     if subscription.status == Subscription.Status.PAST_DUE and not was_past_due:
         transaction.on_commit(
