@@ -83,6 +83,11 @@ def start_checkout(*, account: Account, plan_code: str, actor: User) -> Checkout
             f"Your subscription is {state}: resume it on the billing page instead of buying "
             "another."
         )
+    if subscription is not None and subscription.status == Subscription.Status.PAST_DUE:
+        raise BillingError(
+            "Your payment is past due: update your payment method on the billing page instead "
+            "of buying another subscription."
+        )
     if subscription is not None and subscription.is_live:
         raise BillingError("You already subscribe: switch plans on the billing page.")
     if not paddle.is_configured():

@@ -251,6 +251,12 @@ def change_plan(
         )
     if subscription.plan_id == plan.pk:
         raise BillingError(f"You are already on {plan.name}.")
+    if subscription.status == Subscription.Status.PAST_DUE:
+        # Paddle refuses to change a subscription with an outstanding payment, and an
+        # upgrade would charge the failing payment method at once.
+        raise BillingError(
+            "Your payment is past due: update your payment method before changing plans."
+        )
     current_order = subscription.plan.sort_order if subscription.plan else -1
     state = paddle.change_price(
         subscription_id=subscription.paddle_subscription_id,

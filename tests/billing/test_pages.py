@@ -250,7 +250,6 @@ def test_after_a_past_due_grace_ended_the_cards_point_to_the_payment_method(
             '<a href="/app/billing/#subscription">Update your payment method</a> to return to Pro.'
             in html
         ), url
-        assert "Switch to Team" in html, url
         assert PADDLE_JS not in html, url
 
     response = client.post("/app/billing/change-plan", {"plan": "pro"})
@@ -259,6 +258,46 @@ def test_after_a_past_due_grace_ended_the_cards_point_to_the_payment_method(
         "The payment for Pro is past due: update your payment method to return to Pro."
     ]
     assert paddle_api.calls_to("PATCH", f"/subscriptions/{entity['id']}") == []
+
+
+@pytest.mark.parametrize("grace_ended", [False, True], ids=["in-grace", "beyond-grace"])
+def test_while_past_due_no_card_offers_checkout_or_a_switch(
+    client, alice, alice_account, webhooks, check_out, paddle_api, grace_ended
+):
+    checkout = check_out(alice_account)
+    entity = payloads.subscription(
+        account_id=alice_account.public_id, transaction_id=checkout.paddle_transaction_id
+    )
+    webhooks.deliver(payloads.event("subscription.created", entity))
+    webhooks.deliver(payloads.event("subscription.past_due", {**entity, "status": "past_due"}))
+    if grace_ended:
+        Subscription.objects.update(past_due_since=timezone.now() - timedelta(days=15))
+        enforce_past_due_grace()
+    calls = len(paddle_api.calls)
+    client.force_login(alice)
+
+    for url in ("/app/billing/", "/pricing"):
+        html = client.get(url).content.decode()
+
+        assert "data-checkout-plan" not in html, url
+        assert PADDLE_JS not in html, url
+        assert "Switch to" not in html, url
+        assert (
+            'Your payment is past due. <a href="/app/billing/#subscription">Update your payment '
+            "method</a> before changing plans." in html
+        ), url
+
+    switch = client.post("/app/billing/change-plan", {"plan": "team"})
+    assert [str(message) for message in get_messages(switch.wsgi_request)] == [
+        "Your payment is past due: update your payment method before changing plans."
+    ]
+    bought = client.post("/app/billing/checkout", {"plan": "team"})
+    assert bought.status_code == 400
+    assert bought.json() == {
+        "error": "Your payment is past due: update your payment method on the billing page "
+        "instead of buying another subscription."
+    }
+    assert len(paddle_api.calls) == calls  # nothing was asked of Paddle
 
 
 def test_a_paused_subscription_outranks_a_newer_ended_one(
