@@ -1,5 +1,6 @@
 """Users (email login), accounts (the tenant) and memberships, plus the audit trail."""
 
+from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
@@ -8,6 +9,9 @@ from django.db import models
 from django.utils import timezone
 
 from core.ids import new_public_id
+
+# How long an owner's deletion may spend at Paddle (a call times out after seconds).
+CLOSING_HOLDS_FOR = timedelta(minutes=5)
 
 
 class UserManager(BaseUserManager):
@@ -58,6 +62,11 @@ class Account(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     suspended_at = models.DateTimeField(null=True, blank=True)
     suspension_reason = models.TextField(blank=True)
+    closing_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="An owner's deletion is at Paddle: membership changes wait until it ends.",
+    )
 
     def __str__(self) -> str:
         return f"{self.name} ({self.public_id})"
@@ -65,6 +74,15 @@ class Account(models.Model):
     @property
     def is_suspended(self) -> bool:
         return self.suspended_at is not None
+
+    @property
+    def is_closing(self) -> bool:
+        """Its deletion is under way. A mark older than CLOSING_HOLDS_FOR was left by a
+        process that died mid-way (Paddle answers within seconds) and holds nothing."""
+        return (
+            self.closing_since is not None
+            and self.closing_since > timezone.now() - CLOSING_HOLDS_FOR
+        )
 
 
 class Membership(models.Model):

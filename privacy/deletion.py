@@ -1,8 +1,10 @@
 """Deleting an account: closed at once by its owner (or by an operator, from the admin), its
 data purged once nothing runs.
 
-Closing happens in the owner's (or operator's) request. The Paddle subscription is canceled
-first, at once, and a Paddle error stops everything there. Then, in one transaction, the API
+Closing happens in the owner's (or operator's) request. The owner's right to delete is
+checked and the account marked closing (no member joins, leaves or changes role meanwhile);
+then the Paddle subscription is canceled, at once, and a Paddle error stops everything there
+(and clears the mark). Then, in one transaction, the API
 keys are revoked, pending invitations withdrawn, exports in progress stopped, every
 membership removed, and the owner's login deleted unless they belong to another account (an
 operator's closing keeps every login: the people may belong elsewhere, or come back).
@@ -102,6 +104,29 @@ def _close(account: Account, *, now: datetime) -> None:
     transaction.on_commit(lambda: _enqueue_purge(deletion.pk))
 
 
+def _ensure_may_delete(membership: Membership) -> None:
+    """Under the account's row lock: the member, read afresh, may delete the account."""
+    membership = Membership.objects.select_related("account").filter(pk=membership.pk).first()
+    if membership is None:
+        raise DeletionRefused("You are no longer a member of this account.")
+    if reason := deletion_blocker(membership):
+        raise DeletionRefused(reason)
+
+
+def _start_closing(membership: Membership) -> None:
+    """Check that the owner may delete the account and mark it closing, under its row lock
+    and before Paddle is called: until the deletion ends, nobody joins, leaves or changes
+    role (see `projects.members`), so a deletion refused after the subscription was canceled
+    cannot happen, and no row lock is held while Paddle answers."""
+    with transaction.atomic():
+        account = Account.objects.select_for_update().get(pk=membership.account_id)
+        if account.is_closing:
+            raise DeletionRefused("This account is already being deleted.")
+        _ensure_may_delete(membership)
+        account.closing_since = timezone.now()
+        account.save(update_fields=["closing_since"])
+
+
 def close_account(
     *, membership: Membership, password: str, ip_address: str | None = None
 ) -> ClosedAccount:
@@ -112,21 +137,20 @@ def close_account(
     user, account = membership.user, membership.account
     if not user.check_password(password):
         raise WrongPassword("That password is not correct. Nothing was deleted.")
-    if reason := deletion_blocker(membership):
-        raise DeletionRefused(reason)
-    _cancel_subscriptions(account=account, actor=user, ip_address=ip_address)
-    with transaction.atomic():
-        Account.objects.select_for_update().get(pk=account.pk)
-        # Checked again under the lock: a second click, or a member who joined meanwhile.
-        membership = Membership.objects.select_related("account").filter(pk=membership.pk).first()
-        if membership is None:
-            raise DeletionRefused("You are no longer a member of this account.")
-        if reason := deletion_blocker(membership):
-            raise DeletionRefused(reason)
-        _close(account, now=timezone.now())
-        login_deleted = not Membership.objects.filter(user=user).exists()
-        if login_deleted:
-            user.delete()
+    _start_closing(membership)
+    try:
+        _cancel_subscriptions(account=account, actor=user, ip_address=ip_address)
+        with transaction.atomic():
+            Account.objects.select_for_update().get(pk=account.pk)
+            # Again, should the mark have outlived CLOSING_HOLDS_FOR.
+            _ensure_may_delete(membership)
+            _close(account, now=timezone.now())
+            login_deleted = not Membership.objects.filter(user=user).exists()
+            if login_deleted:
+                user.delete()
+    except BaseException:
+        Account.objects.filter(pk=account.pk).update(closing_since=None)
+        raise
     logger.info(
         "account closed",
         extra={"account_id": account.public_id, "login_deleted": login_deleted},

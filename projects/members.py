@@ -44,6 +44,13 @@ def _count_invitation(account: Account) -> None:
         )
 
 
+def _ensure_not_closing(account: Account) -> None:
+    """Callers hold the account's row lock. An owner's deletion checked who the members are
+    before it canceled the subscription at Paddle; that check must still hold when it ends."""
+    if account.is_closing:
+        raise MembershipError("This account is being deleted, so its members cannot change.")
+
+
 def _member_noun(limit: int) -> str:
     return "team member" if limit == 1 else "team members"
 
@@ -173,7 +180,7 @@ def accept_invitation(*, token: str, user: User, ip_address: str | None = None) 
     # Members join one at a time under the account's row lock (as invitations are sent), so
     # two accepts cannot both take the last seat; the account first, then the invitation.
     account = invitation_from_token(token).account
-    Account.objects.select_for_update().get(pk=account.pk)
+    _ensure_not_closing(Account.objects.select_for_update().get(pk=account.pk))
     invitation = invitation_from_token(token, lock=True)  # a second accept waits, then fails
     ensure_invitation_for(invitation, user)
     membership = Membership.objects.create(
@@ -207,7 +214,7 @@ def change_role(
 ) -> Membership:
     if role not in Membership.Role.values:
         raise MembershipError("Choose owner, admin or member.")
-    Account.objects.select_for_update().get(pk=membership.account_id)
+    _ensure_not_closing(Account.objects.select_for_update().get(pk=membership.account_id))
     membership.refresh_from_db(fields=["role"])  # the owner check needs the role under the lock
     if role == membership.role:
         return membership
@@ -241,7 +248,7 @@ def leave_account(*, membership: Membership, ip_address: str | None = None) -> M
 
 
 def _end_membership(membership: Membership, *, actor: User, action: str, ip: str | None):
-    Account.objects.select_for_update().get(pk=membership.account_id)
+    _ensure_not_closing(Account.objects.select_for_update().get(pk=membership.account_id))
     membership.refresh_from_db(fields=["role"])
     _ensure_another_owner(membership)
     record_audit_event(

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable
 from copy import deepcopy
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +57,8 @@ class PaddleAPIStub:
     subscriptions: dict[str, dict] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # Run (in the server's thread) as each call arrives, before it is answered: for races.
+    on_call: Callable[[Call], None] | None = None
 
     def __post_init__(self):
         stub = self
@@ -95,7 +98,10 @@ class PaddleAPIStub:
         body = json.loads(raw) if raw else None
         url = urlsplit(request.path)
         path = url.path
-        self.calls.append(Call(method, path, body, dict(request.headers)))
+        call = Call(method, path, body, dict(request.headers))
+        self.calls.append(call)
+        if self.on_call is not None:
+            self.on_call(call)
         if self.failures:
             failure = self.failures.pop(0)
             return self._send(request, failure.status, failure.body, failure.content_type)

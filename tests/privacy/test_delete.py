@@ -16,6 +16,15 @@ from accounts.models import Account, AuditEvent, Membership, User
 from billing.models import Invoice, Subscription, WebhookEvent
 from privacy import deletion, services
 from privacy.models import AccountDeletion, AccountExport
+from projects.limits import set_plan
+from projects.members import (
+    MembershipError,
+    accept_invitation,
+    change_role,
+    invitation_token,
+    leave_account,
+    remove_member,
+)
 from projects.models import AccountPlan, ApiKey, MonthlyUsage, Project
 from requests_app.models import Attempt, Request
 from tests.billing import payloads
@@ -26,6 +35,7 @@ from tests.factories import (
     AccountDeletionFactory,
     AccountExportFactory,
     AttemptFactory,
+    InvitationFactory,
     MembershipFactory,
     RequestFactory,
     UserFactory,
@@ -418,3 +428,79 @@ def test_the_purge_and_a_retention_purge_on_the_same_requests_do_not_deadlock(
 
     assert outcome == [True]
     assert not Account.objects.filter(pk=expired.account_id).exists()
+
+
+def test_a_member_joining_while_paddle_cancels_cannot_leave_the_account_open_unbilled(
+    transactional_db, alice, alice_account, paddle_settings, paddle_api
+):
+    """dana opens her invitation in the instant alice's deletion is at Paddle: she is told
+    the account is being deleted, and the deletion goes through. Before, she joined, the
+    re-check refused the deletion, and the account stayed open with its subscription
+    already canceled."""
+    filled = fill(alice_account, alice, paddle_api=paddle_api)
+    set_plan(account=alice_account, plan_code="pro")  # room for a second member
+    dana = UserFactory(email="dana@example.com")
+    invitation = InvitationFactory(account=alice_account, email="dana@example.com")
+    joined: list = []
+
+    def dana_accepts(call) -> None:
+        if call.path.endswith("/cancel"):
+            try:
+                joined.append(accept_invitation(token=invitation_token(invitation), user=dana))
+            except MembershipError as error:
+                joined.append(error)
+            finally:
+                connection.close()
+
+    paddle_api.on_call = dana_accepts
+    membership = Membership.objects.get(user=alice, account=alice_account)
+
+    closed = deletion.close_account(membership=membership, password=PASSWORD)
+
+    assert closed.account_id == alice_account.public_id
+    [refusal] = joined
+    assert isinstance(refusal, MembershipError)
+    assert "being deleted" in str(refusal)
+    assert AccountDeletion.objects.filter(account=alice_account).exists()
+    assert not Membership.objects.filter(account=alice_account).exists()
+    assert Subscription.objects.get(pk=filled.subscription.pk).status == "canceled"
+
+
+def test_after_paddle_refused_the_deletion_members_can_join_again(
+    alice_client, alice, alice_account, paddle_settings, paddle_api
+):
+    fill(alice_account, alice, paddle_api=paddle_api)
+    set_plan(account=alice_account, plan_code="pro")  # room for a second member
+    paddle_api.fail_next(paddle_error(503, "internal_error", "Service unavailable"))
+    assert post_delete(alice_client, alice_account).status_code == 400
+    dana = UserFactory(email="dana@example.com")
+    invitation = InvitationFactory(account=alice_account, email="dana@example.com")
+
+    accept_invitation(token=invitation_token(invitation), user=dana)
+
+    assert Membership.objects.filter(user=dana, account=alice_account).exists()
+    assert_nothing_changed(alice_account, alice)
+
+
+def test_while_an_account_is_being_deleted_its_members_do_not_change(alice, bob, alice_account):
+    dana = UserFactory(email="dana@example.com")
+    dana_membership = MembershipFactory(user=dana, account=alice_account, role="owner")
+    Account.objects.filter(pk=alice_account.pk).update(closing_since=timezone.now())
+    bob_membership = Membership.objects.get(user=bob)
+
+    for change in (
+        lambda: change_role(membership=bob_membership, role="owner", actor=alice),
+        lambda: remove_member(membership=bob_membership, actor=alice),
+        lambda: leave_account(membership=dana_membership),
+    ):
+        with pytest.raises(MembershipError, match="being deleted"):
+            change()
+    assert Membership.objects.filter(account=alice_account).count() == 3
+    assert Membership.objects.get(user=bob).role == "member"
+
+    # A mark left by a deletion whose process died holds nothing for long.
+    Account.objects.filter(pk=alice_account.pk).update(
+        closing_since=timezone.now() - timedelta(minutes=6)
+    )
+    leave_account(membership=dana_membership)
+    assert not Membership.objects.filter(user=dana).exists()
