@@ -60,6 +60,13 @@ EMAIL_KINDS: dict[str, EmailKind] = {
         "the account's owners",
         "when the subscription becomes past due, with the date the paid plan ends if unpaid",
     ),
+    "duplicate_subscription_canceled": EmailKind(
+        "Second subscription canceled",
+        ("billing/email/duplicate_subscription_canceled.txt",),
+        "the account's owners",
+        "when two checkouts were paid for one account and the second subscription was "
+        "canceled at once, so that Paddle does not bill twice",
+    ),
     "upstream_host_changed": EmailKind(
         "Upstream host changed",
         ("projects/email/upstream_host_changed.txt",),
