@@ -129,19 +129,19 @@ def prefers_async(prefer: str) -> bool:
 
 
 def parse_wait_budget(request) -> int:
-    if prefers_async(request.META.get("HTTP_PREFER", "")):
-        return 0
+    """Seconds to hold the call; 0 is async mode. A malformed ReqRun-Wait is refused even
+    beside `Prefer: respond-async`: the caller meant something by it."""
     raw = request.META.get("HTTP_REQRUN_WAIT")
-    if raw is None:
-        return DEFAULT_WAIT_SECONDS
-    seconds = whole_number(raw, minimum=0, maximum=MAX_WAIT_SECONDS)
-    if seconds is None:
-        raise InvalidRequest(
-            f"ReqRun-Wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}.",
-            param="ReqRun-Wait",
-            code="invalid_wait",
-        )
-    return seconds
+    seconds = DEFAULT_WAIT_SECONDS
+    if raw is not None:
+        seconds = whole_number(raw, minimum=0, maximum=MAX_WAIT_SECONDS)
+        if seconds is None:
+            raise InvalidRequest(
+                f"ReqRun-Wait must be a whole number of seconds from 0 to {MAX_WAIT_SECONDS}.",
+                param="ReqRun-Wait",
+                code="invalid_wait",
+            )
+    return 0 if prefers_async(request.META.get("HTTP_PREFER", "")) else seconds
 
 
 def parse_idempotency_key(request) -> str | None:

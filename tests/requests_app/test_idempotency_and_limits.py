@@ -196,6 +196,11 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
         ({"json": CHAT, "headers": {"Idempotency-Key": "x" * 256}}, 400, "invalid_idempotency_key"),
         ({"json": CHAT, "headers": {"ReqRun-Wait": "601"}}, 400, "invalid_wait"),
         ({"json": CHAT, "headers": {"ReqRun-Wait": "soon"}}, 400, "invalid_wait"),
+        (
+            {"json": CHAT, "headers": {"ReqRun-Wait": "soon", "Prefer": "respond-async"}},
+            400,
+            "invalid_wait",
+        ),
         ({"content": b"{" + b" " * (10 * 1024 * 1024) + b"}"}, 413, "request_too_large"),
     ],
 )
