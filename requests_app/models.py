@@ -75,6 +75,9 @@ class Request(models.Model):
     response_headers = models.JSONField(null=True, blank=True)
     response_body = models.BinaryField(null=True, editable=False)  # encrypted, raw bytes
     response_expires_at = models.DateTimeField(null=True, blank=True)
+    # Zero retention: how many callers waiting on the request (its creator, attached
+    # retries) are still owed its answer; the last one's delivery forgets it.
+    owed_deliveries = models.PositiveSmallIntegerField(default=0)
     usage = models.JSONField(null=True, blank=True)
     error = models.JSONField(null=True, blank=True)
     partial = models.BooleanField(default=False)

@@ -147,10 +147,11 @@ def final_response(request: Request) -> HttpResponse:
     return response
 
 
-def deliver_final_response(request: Request) -> HttpResponse:
-    """The final answer for a waiting caller; with zero retention no copy is kept after it."""
+def deliver_final_response(request: Request, *, owed: bool = False) -> HttpResponse:
+    """The final answer for a waiting caller; with zero retention no copy is kept after it
+    (after the last caller `owed` it, see `retention.forget_delivered_response`)."""
     response = final_response(request)
-    retention.forget_delivered_response(request)
+    retention.forget_delivered_response(request, owed=owed)
     return response
 
 
@@ -183,7 +184,7 @@ def load_request(pk: int) -> Request:
         raise NotFound("This request no longer exists.", param="id") from None
 
 
-async def deliver(request: Request) -> HttpResponse:
+async def deliver(request: Request, *, owed: bool = False) -> HttpResponse:
     """`deliver_final_response`, built on the event loop when that is cheap and safe.
 
     Only zero retention writes (it forgets the answer) and only a body larger than a notice
@@ -193,7 +194,7 @@ async def deliver(request: Request) -> HttpResponse:
     if request.project.zero_retention or (
         body is not None and len(body) > ANSWER_IN_NOTICE_MAX_BYTES
     ):
-        return await in_thread(deliver_final_response)(request)
+        return await in_thread(deliver_final_response)(request, owed=owed)
     return final_response(request)
 
 

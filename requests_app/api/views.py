@@ -5,6 +5,7 @@ thread. Each view does its database work in one hop to a thread pool (`in_thread
 authentication included — rather than through DRF's per-step hops.
 """
 
+import asyncio
 from inspect import iscoroutinefunction
 from urllib.parse import quote
 
@@ -210,8 +211,9 @@ class ProxyView(V1View):
                 self.rate_state = ratelimit.peek(
                     project_id=api_key.project_id, limit=limits.requests_per_minute
                 )
-                record = load_request(repeated.request.pk)
-                return repeated.outcome, record, parse_wait_budget(request)
+                wait_seconds = parse_wait_budget(request)
+                owed = owed_its_answer(repeated, api_key.project, wait_seconds)
+                return repeated.outcome, load_request(repeated.request.pk), wait_seconds, owed
         if self.rate_state is None:
             self.rate_state = ratelimit.hit(
                 project_id=api_key.project_id, limit=limits.requests_per_minute
@@ -256,10 +258,13 @@ class ProxyView(V1View):
             idempotency_key=idempotency_key,
             limits=limits,
             public_id=public_id,
+            waiting=wait_seconds > 0,
         )
         if accepted.outcome == "created":  # fresh from the insert, project already loaded
-            return accepted.outcome, accepted.request, wait_seconds
-        return accepted.outcome, load_request(accepted.request.pk), wait_seconds
+            owed = accepted.request.owed_deliveries > 0
+            return accepted.outcome, accepted.request, wait_seconds, owed
+        owed = owed_its_answer(accepted, api_key.project, wait_seconds)
+        return accepted.outcome, load_request(accepted.request.pk), wait_seconds, owed
 
     async def post(self, request, *args, **kwargs):
         length = request.META.get("CONTENT_LENGTH") or "0"
@@ -278,7 +283,7 @@ class ProxyView(V1View):
             completion_hub.unregister(public_id, notice)
 
     async def respond(self, request, public_id: str, notice):
-        outcome, record, wait_seconds = await in_thread(self.accept)(
+        outcome, record, wait_seconds, owed = await in_thread(self.accept)(
             request, request.body, public_id
         )
         metrics.request_accepted(endpoint=self.endpoint, outcome=outcome)
@@ -289,17 +294,33 @@ class ProxyView(V1View):
             response = await in_thread(deliver_final_response)(record)
             response["Idempotent-Replayed"] = "true"
             return response
-        if wait_seconds and not record.is_terminal:
-            record = await wait_until_finished(
-                record.pk,
-                record.public_id,
-                wait_seconds,
-                notice=notice if outcome == "created" else None,  # attached: another id
-                record=record,
-            )
+        try:
+            if wait_seconds and not record.is_terminal:
+                record = await wait_until_finished(
+                    record.pk,
+                    record.public_id,
+                    wait_seconds,
+                    notice=notice if outcome == "created" else None,  # attached: another id
+                    record=record,
+                )
+        except asyncio.CancelledError:  # the caller hung up
+            if owed:
+                await in_thread(retention.release_answer)(record)
+            raise
         if record.is_terminal:
-            return await deliver(record)
+            return await deliver(record, owed=owed)
+        if owed:  # its 202: it will fetch the answer like an async caller
+            await in_thread(retention.release_answer)(record)
         return await in_thread(accepted_response)(record)
+
+
+def owed_its_answer(accepted: accept.Accepted, project, wait_seconds: int) -> bool:
+    """Zero retention: a caller attaching to a running request to wait for it is owed its
+    answer, which the first caller's delivery must then not forget."""
+    request = accepted.request
+    if accepted.outcome != "attached" or not wait_seconds or request.stream:
+        return False
+    return project.zero_retention and retention.owe_answer(request.pk)
 
 
 def proxy_view(endpoint: str):

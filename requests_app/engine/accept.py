@@ -170,6 +170,7 @@ def accept_request(
     idempotency_key: str | None,
     limits: Limits | None = None,
     public_id: str | None = None,
+    waiting: bool = False,
 ) -> Accepted:
     """Record a call before it is dispatched, within quota and the pending-queue cap.
 
@@ -181,6 +182,7 @@ def accept_request(
     project = api_key.project
     account = project.account
     body_sha256 = body_digest(body)
+    stream = bool(payload.get("stream"))
     if idempotency_key:
         existing = _remembered(api_key=api_key, idempotency_key=idempotency_key)
         if existing:
@@ -198,7 +200,7 @@ def accept_request(
             api_key=api_key,
             endpoint=endpoint,
             model=_recorded_model(payload),
-            stream=bool(payload.get("stream")),
+            stream=stream,
             body_sha256=body_sha256,
             request_body=encryption.encrypt(body),
             idempotency_key=idempotency_key,
@@ -206,6 +208,8 @@ def accept_request(
             deadline_at=now + timedelta(seconds=project.deadline_seconds),
             max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
             dispatched_at=now,
+            # A streamed answer is not kept with zero retention: nothing to forget.
+            owed_deliveries=int(waiting and project.zero_retention and not stream),
         )
         if _insert_in_one_statement(request, limits):
             _enqueue_after_commit(request.pk)

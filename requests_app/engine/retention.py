@@ -2,7 +2,8 @@
 
 - request bodies: dropped when the request ends (the executor does it);
 - response bodies: kept 24 h after the end for replay and status, then dropped;
-  with zero retention, dropped once delivered (wait mode) or first fetched (async);
+  with zero retention, dropped once delivered (wait mode: to the last caller waiting on
+  it) or first fetched (async);
 - request and attempt records: kept for the plan's retention window, then deleted; their
   per-day counts (requests, tokens, succeeded, failed) stay in DailyUsage for the usage page.
 Everything runs in small batches so no statement holds locks for long.
@@ -13,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 
 from django.db import transaction
-from django.db.models import BigIntegerField, F, Value
-from django.db.models.functions import TruncDate
+from django.db.models import BigIntegerField, BinaryField, Case, F, Value, When
+from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
 
 from accounts.models import Account
+from core.outages import DATABASE_UNAVAILABLE
 from projects.limits import limits_for
 from requests_app.engine.usage import REQUEST_TOTALS
 from requests_app.models import TERMINAL_STATUSES, DailyUsage, Request
@@ -111,13 +113,55 @@ def response_is_retained(request: Request) -> bool:
     )
 
 
-def forget_delivered_response(request: Request) -> None:
-    """Zero retention: once the answer has reached the client, keep no copy of it."""
-    forget_shown_responses([request])
+def owe_answer(request_pk: int) -> bool:
+    """Zero retention: count a caller attaching to a request among those owed its answer.
+
+    Only while the request runs, in one statement that the conclusion's UPDATE serialises
+    with: False if it ended first (the caller then gets a replay, like any later one)."""
+    return bool(
+        Request.objects.filter(pk=request_pk)
+        .exclude(status__in=TERMINAL_STATUSES)
+        .update(owed_deliveries=F("owed_deliveries") + 1)
+    )
+
+
+def release_answer(request: Request) -> None:
+    """Zero retention: an owed caller left without the answer (its 202, a hang-up). The
+    answer stays until fetched once, as an async request's does. In an outage the count
+    stays as it was: that only keeps the answer until fetched or its 24 hours end."""
+    try:
+        Request.objects.filter(pk=request.pk).update(
+            owed_deliveries=Greatest(F("owed_deliveries") - 1, 0)
+        )
+    except DATABASE_UNAVAILABLE as error:
+        logger.warning(
+            "caller leaving without its answer not counted",
+            extra={"request_id": request.public_id, "exception": type(error).__name__},
+        )
+
+
+def forget_delivered_response(request: Request, *, owed: bool = False) -> None:
+    """Zero retention: once the answer has reached the client, keep no copy of it. An
+    `owed` caller (one counted by `owe_answer` or at creation) settles its debt, and the
+    last one to do so forgets the answer; any other delivery forgets it only when no
+    waiting caller is still owed it."""
+    if not owed:
+        forget_shown_responses([request])
+    elif request.project.zero_retention:
+        Request.objects.filter(pk=request.pk).update(
+            owed_deliveries=Greatest(F("owed_deliveries") - 1, 0),
+            # Both read the row as it was: the last debt's delivery forgets the answer.
+            response_body=Case(
+                When(owed_deliveries__lte=1, then=Value(None)),
+                default=F("response_body"),
+                output_field=BinaryField(),
+            ),
+        )
 
 
 def forget_shown_responses(requests) -> None:
-    """Zero retention: answers just shown (API, list, dashboard) are not kept past it."""
+    """Zero retention: answers just shown (API, list, dashboard) are not kept past it,
+    unless a waiting caller is still owed one."""
     shown = [
         request.pk
         for request in requests
@@ -126,4 +170,4 @@ def forget_shown_responses(requests) -> None:
         and request.response_body is not None
     ]
     if shown:
-        Request.objects.filter(pk__in=shown).update(response_body=None)
+        Request.objects.filter(pk__in=shown, owed_deliveries=0).update(response_body=None)

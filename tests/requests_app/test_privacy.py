@@ -4,9 +4,11 @@ import socket
 import threading
 import uuid
 from datetime import UTC, timedelta
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -15,8 +17,9 @@ from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 from requests_app.engine.executor import execute_request
 from requests_app.engine.retention import purge_expired_data, purge_expired_records
 from requests_app.models import DailyUsage, Request
-from tests.conftest import wait_until, waiting_for_a_lock
+from tests.conftest import ProcfileWeb, wait_until, waiting_for_a_lock
 from tests.factories import AccountPlanFactory, RequestFactory
+from tests.tcp_proxy import FreezingProxy
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}
 
@@ -157,6 +160,68 @@ def test_zero_retention_keeps_no_response_after_delivery(tenant, live_api):
     assert first["response"]["status_code"] == 200  # async: kept until fetched once
     second = httpx.get(f"{live_api.url}/v1/requests/{queued['id']}", headers=auth).json()
     assert second["response"] is None
+
+
+def test_zero_retention_answers_every_caller_attached_before_the_end(tenant, live_api, tmp_path):
+    """Two callers of one keyed call: the first created it, the second attached while it
+    ran, through another web process. With zero retention the first delivery must not take
+    the answer from the caller still waiting. The second process hears no completion
+    notices (its subscription goes silent), so it reads the database after the first
+    caller has had the answer, as a busy or reconnecting process would."""
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    redis_url = urlsplit(settings.REDIS_URL)
+    proxy = FreezingProxy(redis_url.port, marker=b"SUBSCRIBE")
+    proxy.frozen.set()
+    silent = redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    other_web = ProcfileWeb(tmp_path / "web.log", REDIS_URL=silent).start()
+    body = {**CHAT, "model": "sleep-3000"}
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "Idempotency-Key": "attach-7"}
+    answers: dict[str, httpx.Response] = {}
+
+    def call(name: str, base_url: str) -> None:
+        answers[name] = httpx.post(
+            f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=60
+        )
+
+    try:
+        first = threading.Thread(target=call, args=("first", live_api.url))
+        first.start()
+        wait_until(lambda: Request.objects.filter(status="running").exists())
+        call("attached", other_web.url)
+        first.join(60)
+    finally:
+        other_web.stop()
+        proxy.close()
+
+    assert answers["first"].status_code == 200
+    assert "idempotent-replayed" not in answers["attached"].headers  # it did attach
+    assert answers["attached"].status_code == 200, answers["attached"].text
+    assert answers["attached"].content == answers["first"].content
+    assert Request.objects.get().response_body is None  # and no copy kept after both
+
+
+def test_zero_retention_forgets_the_answer_once_the_callers_still_waiting_have_it(tenant, live_api):
+    """An attached caller whose wait budget ends takes its 202 and is owed nothing more:
+    the caller that waited on is the last to be owed the answer, and forgets it."""
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    url = f"{live_api.url}/v1/chat/completions"
+    body = {**CHAT, "model": "sleep-2000"}
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "Idempotency-Key": "attach-8"}
+    answers: list[httpx.Response] = []
+    first = threading.Thread(
+        target=lambda: answers.append(httpx.post(url, json=body, headers=headers, timeout=60))
+    )
+    first.start()
+    wait_until(lambda: Request.objects.filter(status="running").exists())
+
+    impatient = httpx.post(url, json=body, headers={**headers, "ReqRun-Wait": "1"}, timeout=60)
+    first.join(60)
+
+    assert impatient.status_code == 202
+    assert answers[0].status_code == 200
+    assert Request.objects.get().response_body is None
 
 
 def test_repeated_bad_keys_are_throttled_per_key_prefix(tenant, live_api):
