@@ -244,8 +244,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "upstream_error",
         "Sent as an SSE `event: error` when a stream broke after it started (also "
         "`stream_incomplete`, `timeout`; `stream_stalled` when nothing came for longer than an "
-        "attempt may stay silent). The request is `failed` with `partial: true`; "
-        "no `[DONE]` follows.",
+        "attempt may stay silent; `upstream_stream_error` when the upstream itself sent an "
+        "error inside its stream, relayed as it came). The request is `failed` with "
+        "`partial: true`; no `[DONE]` of ReqRun's follows.",
         "Discard the partial answer and send the request again.",
         retry=True,
     ),
@@ -292,6 +293,7 @@ TRANSPORT_CODES = (
     "worker_lost",
     "stream_incomplete",
     "stream_stalled",
+    "upstream_stream_error",
     "invalid_event_stream",
     "client_disconnected",
     "lease_lost",

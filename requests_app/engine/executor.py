@@ -168,9 +168,13 @@ def consequence_of(
     if result.client_gone:
         return Consequence(Status.CANCELED, partial=result.stream_started)
     if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
+        what = (
+            "The upstream reported an error inside its stream"
+            if result.error_code == "upstream_stream_error"
+            else "The stream broke off after it had started"
+        )
         error = {
-            "message": "The stream broke off after it had started; the answer is incomplete. "
-            "Discard it and send the request again.",
+            "message": f"{what}; the answer is incomplete. Discard it and send the request again.",
             "type": "upstream_error",
             "param": None,
             "code": result.error_code,

@@ -9,6 +9,8 @@ BOM = b"\xef\xbb\xbf"
 FIELD_PREFIXES = (b"data:", b"event:", b"id:", b"retry:", b":")
 # A Responses stream ends with one of these events; the other endpoints' with [DONE].
 RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Events by which a Responses stream says the answer failed.
+RESPONSE_ERRORS = frozenset({"error", "response.failed"})
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # SSE allows all three
 
 
@@ -60,3 +62,14 @@ def completed(endpoint: str, body: bytes) -> bool:
             return False
         return isinstance(last, dict) and last.get("type") in RESPONSE_ENDS
     return bool(values) and values[-1].strip() == b"[DONE]"
+
+
+def reports_error(body: bytes) -> bool:
+    """Did the upstream say inside its stream that the answer failed? A chat or completions
+    stream sends an object with an `error`, a Responses stream an `error` event or ends
+    with `response.failed`; either may still end with a clean [DONE]."""
+    if b'"error"' not in body:  # most streams: no event to parse
+        return False
+    return any(
+        event.get("error") or event.get("type") in RESPONSE_ERRORS for event in event_objects(body)
+    )

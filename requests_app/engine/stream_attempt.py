@@ -158,6 +158,9 @@ class StreamRelay:
                 return too_large
         if self.stop_reason:
             raise Stopped(self.stop_reason)
+        if sse.reports_error(bytes(self.delivered)):
+            # Relayed as the upstream sent it (too late to retry), but not a success.
+            return self.result(Attempt.Outcome.FATAL_ERROR, error_code="upstream_stream_error")
         if not sse.completed(self.request.endpoint, bytes(self.delivered)):
             return self.result(Attempt.Outcome.CONNECTION_ERROR, error_code="stream_incomplete")
         self.publisher.send("end")

@@ -46,6 +46,7 @@ def stream(live_api, tenant, fake_upstream, *pieces, endpoint="/v1/chat/completi
         ("/v1/chat/completions", (HEAD + b"\xef\xbb\xbf" + CHUNK + USAGE + DONE,)),
         ("/v1/chat/completions", (HEAD + CHUNK + USAGE + b"data:[DONE]\n\n",)),
         ("/v1/chat/completions", (HEAD + (CHUNK + USAGE + DONE).replace(b"\n", b"\r"),)),
+        ("/v1/chat/completions", (HEAD + (CHUNK + USAGE + DONE).replace(b"\n", b"\r\n"),)),
         (
             "/v1/chat/completions",
             (
@@ -63,6 +64,7 @@ def stream(live_api, tenant, fake_upstream, *pieces, endpoint="/v1/chat/completi
         "byte order mark",
         "no space after data:",
         "CR line endings",
+        "CRLF line endings",
         "an event whose response is a string",
         "a Responses stream ending incomplete",
     ],
@@ -89,6 +91,43 @@ def test_a_cut_stream_whose_text_mentions_the_end_marker_is_still_cut(
 
     assert b"event: error" in response.content
     assert (request.status, request.partial) == ("failed", True)
+
+
+CHAT_ERROR = (  # how a chat stream reports a failure partway (the SDKs raise on it)
+    b'data: {"error":{"message":"The server had an error while processing your request.",'
+    b'"type":"server_error","param":null,"code":null}}\n\n'
+)
+RESPONSES_ERROR = (
+    b"event: error\n"
+    b'data: {"type":"error","code":"server_error","message":"The server had an error.",'
+    b'"param":null}\n\n'
+)
+RESPONSES_FAILED = (
+    b"event: response.failed\n"
+    b'data: {"type":"response.failed","response":{"id":"resp_1","status":"failed",'
+    b'"error":{"code":"server_error","message":"The server had an error."}}}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "pieces"),
+    [
+        ("/v1/chat/completions", (HEAD + CHUNK + CHAT_ERROR + DONE,)),
+        ("/v1/chat/completions", (HEAD + CHAT_ERROR + DONE,)),
+        ("/v1/responses", (HEAD + RESPONSES_ERROR + RESPONSES_FAILED,)),
+    ],
+    ids=["after a chunk, then [DONE]", "as the only event", "a Responses stream that failed"],
+)
+def test_an_error_the_upstream_sends_inside_its_stream_is_recorded_as_a_failure(
+    live_api, tenant, fake_upstream, endpoint, pieces
+):
+    response, request = stream(live_api, tenant, fake_upstream, *pieces, endpoint=endpoint)
+
+    assert response.status_code == 200
+    assert response.content.startswith(b"".join(pieces).removeprefix(HEAD))  # all relayed
+    assert (request.status, request.partial) == ("failed", True)
+    assert request.error["code"] == "upstream_stream_error"
+    assert request.attempts.get().outcome == "fatal_error"
 
 
 def test_an_empty_stream_is_a_502_not_an_empty_success(live_api, tenant, fake_upstream):
