@@ -29,6 +29,7 @@ def test_every_api_answer_says_no_store(tenant, live_api):
         "not found": call("GET", "/v1/requests/req_unknown"),
         "bad input": call("POST", "/v1/chat/completions", content=b"{not json"),
         "unknown path": call("GET", "/v1/nothing-here"),
+        "wrong method": call("DELETE", "/v1/usage"),
         "no key": httpx.get(f"{live_api.url}/v1/requests", timeout=60),
     }
 
@@ -44,6 +45,7 @@ def test_every_api_answer_says_no_store(tenant, live_api):
         "not found": 404,
         "bad input": 400,
         "unknown path": 404,
+        "wrong method": 405,
         "no key": 401,
     }
     assert responses["replay"].headers["idempotent-replayed"] == "true"
