@@ -214,6 +214,15 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Ask for a smaller answer (fewer choices, a lower `max_tokens`, fewer images).",
     ),
     ErrorCode(
+        "invalid_content_encoding",
+        502,
+        "upstream_error",
+        "The upstream's answer was not in the `Content-Encoding` its headers named (a body "
+        "marked gzip that is not), so it could not be read. The call is not retried: the "
+        "same bytes would come again.",
+        "Check the upstream URL, and any proxy in front of the provider that rewrites answers.",
+    ),
+    ErrorCode(
         "invalid_status",
         502,
         "upstream_error",

@@ -211,6 +211,10 @@ def classify(
             )
         if isinstance(error, httpx.TimeoutException):
             return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
+        if isinstance(error, httpx.DecodingError):
+            # The body is not in the Content-Encoding its headers name: the same bytes would
+            # come again, so retrying would only spend the caller's attempts and time.
+            return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="invalid_content_encoding")
         if isinstance(error, httpx.RequestError | httpx.InvalidURL | httpx.StreamError):
             return AttemptResult(
                 Attempt.Outcome.CONNECTION_ERROR, error_code=type(error).__name__.lower()[:64]

@@ -149,3 +149,29 @@ def test_a_compressed_stream_is_relayed_decoded(live_api, tenant, fake_upstream)
     assert "content-encoding" not in response.headers
     assert response.content == events
     assert (request.status, request.usage["total_tokens"]) == ("succeeded", 3)
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_an_answer_not_in_the_encoding_it_names_ends_at_once_with_a_502(
+    live_api, tenant, fake_upstream, streamed
+):
+    # The same bytes would come again: retrying only spends the caller's attempts and time.
+    content_type = b"text/event-stream" if streamed else b"application/json"
+    head = HEAD.replace(b"text/event-stream", content_type).replace(
+        b"\r\n\r\n", b"\r\ncontent-encoding: gzip\r\n\r\n"
+    )
+    fake_upstream.answer_raw("raw", head + b'{"not": "gzip at all"}')
+
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "raw", "stream": streamed, "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
+    request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "invalid_content_encoding"
+    assert request.status == "failed"
+    attempt = request.attempts.get()  # one, not retried
+    assert (attempt.outcome, attempt.error_code) == ("fatal_error", "invalid_content_encoding")
