@@ -200,6 +200,9 @@ if not DEBUG and not env.str("EMAIL_URL", default=""):
     )
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
+# Django waits on the mail server forever by default: one that accepts and never answers would
+# hold the web or Celery worker sending the mail. A failed send is handled (docs/operations.md).
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="ReqRun <no-reply@reqrun.com>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
