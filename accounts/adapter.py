@@ -1,16 +1,35 @@
 """allauth glue: allauth's rate limits and sessions see the same client address as our audit
 events (`accounts.access.client_ip`), whichever server runs the app; every form that takes an
-email address refuses one longer than the database keeps or one no mail can be sent to."""
+email address refuses one longer than the database keeps or one no mail can be sent to; a mail
+server that is down or slow shows a message instead of breaking the page."""
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.core import context, ratelimit
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest
 from django.utils.encoding import punycode
 
 from accounts.access import client_ip
+from accounts.emails import MAIL_ERRORS, kind_of, log_unsent
 from accounts.models import User
 
 EMAIL_MAX_LENGTH = User._meta.get_field("email").max_length
+
+
+# A sign-up with a taken address must read like any other (no enumeration), and so must a
+# reset for an unknown one.
+VERIFICATION_UNSENT = (
+    "We could not send the verification email just now. Sign in with your email and "
+    "password in a few minutes and we will send a new link."
+)
+RESET_UNSENT = "We could not send the email just now. Please ask again in a few minutes."
+UNSENT_MESSAGES = {
+    "verification": VERIFICATION_UNSENT,
+    "account_already_exists": VERIFICATION_UNSENT,
+    "password_reset": RESET_UNSENT,
+    "unknown_account": RESET_UNSENT,
+}
 
 
 def validate_mailable_email(email: str) -> None:
@@ -46,3 +65,16 @@ class AccountAdapter(DefaultAccountAdapter):
             )
         validate_mailable_email(email)
         return super().clean_email(email)
+
+    def send_mail(self, template_prefix: str, email: str, context_: dict) -> None:
+        try:
+            super().send_mail(template_prefix, email, context_)
+        except MAIL_ERRORS as error:
+            kind = kind_of(template_prefix)
+            log_unsent(kind=kind, error=error)
+            request = context.request
+            # Nothing went out: the next sign-in may send a link without the cooldown.
+            ratelimit.clear(request, action="confirm_email", key=email.lower())
+            messages.error(
+                request, UNSENT_MESSAGES.get(kind, "We could not send the email just now.")
+            )

@@ -1,9 +1,12 @@
 """Every kind of email ReqRun sends, in one registry: the privacy policy lists it and a test
 holds it equal to the email templates in the code."""
 
+import logging
 from dataclasses import dataclass
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,3 +107,21 @@ def email_kinds() -> dict[str, EmailKind]:
     if getattr(settings, "ACCOUNT_PREVENT_ENUMERATION", True):
         return {**EMAIL_KINDS, **ENUMERATION_SAFE_EMAIL_KINDS}
     return dict(EMAIL_KINDS)
+
+
+def kind_of(template: str) -> str:
+    """The registry's name for the kind of email sent with `template`."""
+    for name, kind in {**EMAIL_KINDS, **ENUMERATION_SAFE_EMAIL_KINDS}.items():
+        if template in kind.templates:
+            return name
+    return "unknown"
+
+
+# What a send raises when the mail server refuses, hangs (EMAIL_TIMEOUT) or rejects: smtplib's
+# errors, refused connections and timeouts are all OSErrors.
+MAIL_ERRORS = (OSError,)
+
+
+def log_unsent(*, kind: str, error: BaseException) -> None:
+    """Metadata only: the kind and the error's class. The error's text can hold the address."""
+    logger.warning("email not sent", extra={"kind": kind, "error": type(error).__name__})
