@@ -11,6 +11,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import Truncator
 
+from accounts.emails import MAIL_ERRORS, log_unsent
 from accounts.models import Account, AuditEvent, Membership, User
 from accounts.selectors import owner_emails
 
@@ -132,18 +133,24 @@ def mail_owners_on_commit(*, account: Account, subject: str, template: str, cont
 
 
 def send_welcome_email(*, user: User) -> bool:
-    """Send the welcome email once per user; False if it was already sent."""
+    """Send the welcome email once per user; False if it was already sent. A send the mail
+    server refused raises (MAIL_ERRORS) and leaves the welcome owed, for a retry."""
     claimed = User.objects.filter(pk=user.pk, welcomed_at__isnull=True).update(
         welcomed_at=timezone.now()
     )
     if not claimed:
         return False
     context = {"user": user, "site_name": "ReqRun"}
-    send_mail(
-        subject="[ReqRun] Welcome to ReqRun",
-        message=render_to_string("accounts/email/welcome.txt", context),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        recipient_list=[user.email],
-    )
+    try:
+        send_mail(
+            subject="[ReqRun] Welcome to ReqRun",
+            message=render_to_string("accounts/email/welcome.txt", context),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[user.email],
+        )
+    except MAIL_ERRORS as error:
+        User.objects.filter(pk=user.pk).update(welcomed_at=None)
+        log_unsent(kind="welcome", error=error)
+        raise
     logger.info("welcome email sent", extra={"user_id": user.pk})
     return True

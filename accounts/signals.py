@@ -6,7 +6,9 @@ from allauth.account.signals import email_confirmed, user_logged_in
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
 from django.dispatch import receiver
 
+from accounts import tasks
 from accounts.access import client_ip
+from accounts.emails import MAIL_ERRORS
 from accounts.selectors import memberships_of
 from accounts.services import record_audit_event, send_welcome_email
 
@@ -14,7 +16,12 @@ from accounts.services import record_audit_event, send_welcome_email
 @receiver(email_confirmed)
 def welcome_after_verification(sender, request, email_address, **kwargs):
     if email_address.primary or email_address.user.email == email_address.email:
-        send_welcome_email(user=email_address.user)
+        try:
+            send_welcome_email(user=email_address.user)
+        except MAIL_ERRORS:  # the address is verified all the same; the welcome comes later
+            tasks.send_welcome_email.apply_async(
+                (email_address.user_id,), countdown=tasks.welcome_retry_countdown(0)
+            )
 
 
 def _audit_in_every_account(request, user, action: str, target: str = "") -> None:

@@ -11,6 +11,7 @@ from django.core import mail
 from django.core.mail import get_connection
 
 from accounts.models import User
+from accounts.tasks import send_welcome_email
 from tests.accounts.test_signup import STRONG, link_in, sign_up
 from tests.factories import UserFactory
 from tests.mail_faults import closed_port, hanging_server, use_smtp
@@ -95,3 +96,35 @@ def test_password_reset_for_an_unknown_address_with_mail_down_answers_the_same(c
     unknown = client.post("/accounts/password/reset/", {"email": "no@example.com"}, follow=True)
     assert unknown.status_code == known.status_code == 200
     assert unknown.content == known.content
+
+
+def test_verifying_with_mail_down_verifies_and_the_welcome_goes_out_later(client, settings, caplog):
+    sign_up(client, email="dana@example.com")
+    confirm_path = link_in(mail.outbox[0])
+    use_smtp(settings, closed_port())
+    with caplog.at_level(logging.WARNING):
+        response = client.post(confirm_path)
+    assert response.status_code == 302
+    user = User.objects.get(email="dana@example.com")
+    assert EmailAddress.objects.get(user=user).verified
+    assert [r.kind for r in unsent_records(caplog, "dana@example.com")] == ["welcome"]
+
+    # Not marked as welcomed: the welcome is still owed.
+    user.refresh_from_db()
+    assert user.welcomed_at is None
+
+    # The worker's retry sends it once the mail server is back, and only once.
+    mail_is_back(settings)
+    send_welcome_email.apply(args=[user.pk])
+    send_welcome_email.apply(args=[user.pk])
+    assert [m.subject for m in mail.outbox[1:]] == ["[ReqRun] Welcome to ReqRun"]
+
+
+def test_the_welcome_retry_keeps_it_owed_while_mail_is_down(settings, caplog):
+    user = UserFactory(email="gus@example.com")
+    use_smtp(settings, closed_port())
+    with caplog.at_level(logging.WARNING):
+        send_welcome_email.apply(args=[user.pk])  # applied here, its retries run at once
+    user.refresh_from_db()
+    assert user.welcomed_at is None
+    assert {r.kind for r in unsent_records(caplog, "gus@example.com")} == {"welcome"}
