@@ -11,7 +11,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from accounts.emails import MAIL_ERRORS, log_unsent
+from accounts.emails import MAIL_ERRORS, kind_of, log_unsent
 from accounts.models import Account, AuditEvent, Membership, User
 from accounts.selectors import owner_emails
 
@@ -117,16 +117,23 @@ def mail_owners_on_commit(*, account: Account, subject: str, template: str, cont
     def send() -> None:
         recipients = owner_emails(account)
         body = render_to_string(template, {**context, "account": account})
+        sent = 0
         for recipient in recipients:  # one message each: owners do not see each other's address
-            send_mail(
-                subject=f"[ReqRun] {subject}",
-                message=body,
-                from_email=settings.DEFAULT_FROM_EMAIL,
-                recipient_list=[recipient],
-            )
+            try:
+                send_mail(
+                    subject=f"[ReqRun] {subject}",
+                    message=body,
+                    from_email=settings.DEFAULT_FROM_EMAIL,
+                    recipient_list=[recipient],
+                )
+                sent += 1
+            except MAIL_ERRORS as error:
+                # The change is committed and in the security log; a failed notice must not
+                # turn the page that made it into an error.
+                log_unsent(kind=kind_of(template), error=error)
         logger.info(
             "owners notified",
-            extra={"account_id": account.public_id, "template": template, "count": len(recipients)},
+            extra={"account_id": account.public_id, "template": template, "count": sent},
         )
 
     transaction.on_commit(send)

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from accounts.emails import MAIL_ERRORS, log_unsent
 from accounts.models import Account, Membership, User
 from accounts.services import record_audit_event
 from projects.limits import ensure_below, limits_for
@@ -97,12 +98,21 @@ def invite_member(
     _count_invitation(account)  # only once the invitation is stored: a refused one costs nothing
     link = link_for(invitation_token(invitation))
     context = {"invitation": invitation, "link": link, "account": account, "inviter": actor}
-    send_mail(
-        subject=f"[ReqRun] You are invited to {account.name}",
-        message=render_to_string("projects/email/invitation.txt", context),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        recipient_list=[email],
-    )
+    try:
+        send_mail(
+            subject=f"[ReqRun] You are invited to {account.name}",
+            message=render_to_string("projects/email/invitation.txt", context),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[email],
+        )
+    except MAIL_ERRORS as error:
+        # An invitation exists only once its email went out: the refusal rolls it back, so
+        # the owner's retry is not told the address "already has a pending invitation".
+        log_unsent(kind="invitation", error=error)
+        raise MembershipError(
+            "We could not send the invitation email just now, so no invitation was made. "
+            "Try again in a few minutes."
+        ) from None
     record_audit_event(
         account=account,
         actor=actor,

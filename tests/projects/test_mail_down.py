@@ -1,0 +1,64 @@
+"""Invitations and owner notices with a mail server that refuses connections: the page
+answers, and the log names the kind of mail and the error, never an address."""
+
+import logging
+
+import pytest
+from django.core import mail
+
+from accounts.models import AuditEvent
+from projects.models import Invitation
+from tests.mail_faults import closed_port, smtp_server, use_smtp
+from tests.projects.test_members import invite
+from tests.projects.test_upstream_host import primary_url, save_upstream
+
+pytestmark = pytest.mark.django_db
+
+
+def unsent_kinds(caplog, *addresses: str) -> list[str]:
+    for record in caplog.records:
+        for address in addresses:
+            assert address not in str(vars(record))
+        assert "/app/invitations/" not in str(vars(record))
+    return [r.kind for r in caplog.records if r.getMessage() == "email not sent"]
+
+
+def test_an_invitation_the_mail_server_refused_is_not_made_and_the_form_says_so(
+    alice_client, alice_account, on_pro, settings, caplog
+):
+    use_smtp(settings, closed_port())
+    with caplog.at_level(logging.WARNING):
+        response = invite(alice_client, email="dana@example.com")
+    assert response.status_code == 200
+    assert "could not send the invitation" in response.content.decode()
+    assert not Invitation.objects.filter(account=alice_account).exists()
+    assert not AuditEvent.objects.filter(action="member_invited").exists()
+    assert unsent_kinds(caplog, "dana@example.com") == ["invitation"]
+
+    # Nothing half-done blocks the retry ("already has a pending invitation").
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    invite(alice_client, email="dana@example.com")
+    assert Invitation.objects.filter(account=alice_account, email="dana@example.com").exists()
+    assert [m.to for m in mail.outbox] == [["dana@example.com"]]
+
+
+def test_an_invited_address_the_server_rejects_is_a_form_error(
+    alice_client, alice_account, on_pro, settings
+):
+    with smtp_server(refuse={"nobody@example.com"}) as server:
+        use_smtp(settings, server.port)
+        response = invite(alice_client, email="nobody@example.com")
+    assert "could not send the invitation" in response.content.decode()
+    assert not Invitation.objects.filter(account=alice_account).exists()
+
+
+def test_a_host_change_with_mail_down_is_saved_and_logged_without_addresses(
+    client, alice_client, alice_project, settings, caplog, django_capture_on_commit_callbacks
+):
+    use_smtp(settings, closed_port())
+    with caplog.at_level(logging.WARNING), django_capture_on_commit_callbacks(execute=True):
+        response = save_upstream(alice_client, alice_project, "https://llm.example.net/v1")
+    assert response.status_code == 200
+    assert primary_url(alice_project) == "https://llm.example.net/v1"
+    assert AuditEvent.objects.filter(action="upstream_host_changed").exists()
+    assert unsent_kinds(caplog, "alice@example.com") == ["upstream_host_changed"]
