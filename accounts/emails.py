@@ -125,3 +125,12 @@ MAIL_ERRORS = (OSError,)
 def log_unsent(*, kind: str, error: BaseException) -> None:
     """Metadata only: the kind and the error's class. The error's text can hold the address."""
     logger.warning("email not sent", extra={"kind": kind, "error": type(error).__name__})
+
+
+# An email the mail server refused is retried by its task after 1, 2, 4 … minutes, at most an
+# hour apart: about a day in all.
+MAIL_RETRIES = 30
+
+
+def mail_retry_countdown(retries: int) -> int:
+    return min(3600, 60 * 2**retries)

@@ -8,7 +8,7 @@ from django.dispatch import receiver
 
 from accounts import tasks
 from accounts.access import client_ip
-from accounts.emails import MAIL_ERRORS
+from accounts.emails import MAIL_ERRORS, mail_retry_countdown
 from accounts.selectors import memberships_of
 from accounts.services import record_audit_event, send_welcome_email
 
@@ -20,7 +20,7 @@ def welcome_after_verification(sender, request, email_address, **kwargs):
             send_welcome_email(user=email_address.user)
         except MAIL_ERRORS:  # the address is verified all the same; the welcome comes later
             tasks.send_welcome_email.apply_async(
-                (email_address.user_id,), countdown=tasks.welcome_retry_countdown(0)
+                (email_address.user_id,), countdown=mail_retry_countdown(0)
             )
 
 

@@ -12,6 +12,7 @@ from django.db.models.functions import Coalesce
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from accounts.emails import MAIL_ERRORS, kind_of, log_unsent
 from accounts.models import Account, Membership, User
 from accounts.services import record_audit_event
 from billing import paddle
@@ -312,12 +313,16 @@ def email_owners(*, account: Account, subject: str, template: str, context: dict
     recipients = owner_emails(account)
     if not recipients:
         return
-    send_mail(
-        subject=f"[ReqRun] {subject}",
-        message=render_to_string(template, {"account": account, **context}),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        recipient_list=recipients,
-    )
+    try:
+        send_mail(
+            subject=f"[ReqRun] {subject}",
+            message=render_to_string(template, {"account": account, **context}),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=recipients,
+        )
+    except MAIL_ERRORS as error:
+        log_unsent(kind=kind_of(template), error=error)
+        raise
     logger.info("billing email sent", extra={"account_id": account.public_id, "template": template})
 
 
@@ -367,6 +372,15 @@ def send_usage_notices(*, now: datetime | None = None) -> int:
 
 
 def _send_usage_notice(*, row: MonthlyUsage, now: datetime) -> int:
+    try:
+        return _claim_and_send_usage_notice(row=row, now=now)
+    except MAIL_ERRORS:
+        # The claim rolled back with the send: the next scan (every 5 minutes) tries again,
+        # and one refused owner does not hold back the other accounts' notices.
+        return 0
+
+
+def _claim_and_send_usage_notice(*, row: MonthlyUsage, now: datetime) -> int:
     full = row.accepted_requests >= row.quota
     usage = MonthlyUsage.objects.filter(pk=row.pk)
     with transaction.atomic():

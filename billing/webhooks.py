@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 from paddle_billing.Notifications import Secret, Verifier
 from paddle_billing.Notifications.PaddleSignature import PaddleSignature
 
+from accounts.emails import MAIL_ERRORS, mail_retry_countdown
 from accounts.models import Account
 from billing import paddle, services
 from billing.event_retention import accounting_record
@@ -357,14 +358,7 @@ def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
             )
     plan_code = services.sync_account_plan(account=subscription.account)
     if subscription.status == Subscription.Status.PAST_DUE and not was_past_due:
-        transaction.on_commit(
-            lambda: services.email_owners(
-                account=subscription.account,
-                subject="Your payment is past due",
-                template="billing/email/past_due.txt",
-                context={"subscription": subscription},
-            )
-        )
+        _email_owners_on_commit(event)
     return f"applied: subscription {subscription.status}, account on {plan_code}"
 
 
@@ -387,17 +381,47 @@ def _record_invoice(event: WebhookEvent, data: dict[str, Any]) -> str:
 
 
 def _payment_failed(event: WebhookEvent, data: dict[str, Any]) -> str:
-    account = _account_for_transaction(event, data)
+    _account_for_transaction(event, data)  # sets event.account, which the email goes to
     if CheckoutTransaction.objects.filter(paddle_transaction_id=str(data["id"])).exists():
         # A card declined in the checkout ReqRun created: the buyer sees it there, and there
         # is no subscription yet for Paddle to retry a payment of.
         return "checkout payment declined: shown to the buyer in checkout, no email"
-    transaction.on_commit(
-        lambda: services.email_owners(
-            account=account,
+    _email_owners_on_commit(event)
+    return "owners told the payment failed"
+
+
+def _email_owners_on_commit(event: WebhookEvent) -> None:
+    """Once the event is applied, email the owners; a send the mail server refused is
+    retried by a task (the event's id only), and never undoes or blocks the event."""
+
+    def send() -> None:
+        try:
+            email_owners_about(event_pk=event.pk)
+        except MAIL_ERRORS:
+            from billing.tasks import email_owners_about_event  # the task module imports this one
+
+            email_owners_about_event.apply_async((event.pk,), countdown=mail_retry_countdown(0))
+
+    transaction.on_commit(send)
+
+
+def email_owners_about(*, event_pk: int) -> None:
+    """Send the owners the email an applied event called for (past due, payment failed);
+    raises MAIL_ERRORS when the mail server refuses it."""
+    event = WebhookEvent.objects.select_related("account").get(pk=event_pk)
+    data = event.payload["data"]
+    if event.event_type == "transaction.payment_failed":
+        services.email_owners(
+            account=event.account,
             subject="Your payment failed",
             template="billing/email/payment_failed.txt",
             context={"transaction_id": data.get("id", "")},
         )
+        return
+    subscription = Subscription.objects.get(paddle_subscription_id=str(data["id"]))
+    services.email_owners(
+        account=subscription.account,
+        subject="Your payment is past due",
+        template="billing/email/past_due.txt",
+        context={"subscription": subscription},
     )
-    return "owners told the payment failed"

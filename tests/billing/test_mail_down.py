@@ -1,0 +1,67 @@
+"""Billing emails with a mail server that is down or rejects a recipient: the webhook event is
+still applied, a usage notice is not marked sent, and each is sent once mail works again."""
+
+import logging
+
+import pytest
+from django.core import mail
+
+from accounts.models import Account
+from billing.services import send_usage_notices
+from billing.tasks import email_owners_about_event
+from projects.limits import usage_row
+from tests.billing.test_usage_notices import use
+from tests.billing.test_webhook_events import deliver_subscription, subscription_row
+from tests.mail_faults import closed_port, smtp_server, use_smtp
+
+pytestmark = pytest.mark.django_db
+
+
+def unsent_kinds(caplog, *addresses: str) -> list[str]:
+    for record in caplog.records:
+        for address in addresses:
+            assert address not in str(vars(record))
+    return [r.kind for r in caplog.records if r.getMessage() == "email not sent"]
+
+
+def test_past_due_with_mail_down_is_applied_and_the_email_follows(
+    webhooks, check_out, alice_account, settings, caplog
+):
+    check_out(alice_account)
+    deliver_subscription(webhooks, alice_account, "subscription.created")
+    mail.outbox.clear()
+    use_smtp(settings, closed_port())
+    with caplog.at_level(logging.WARNING):
+        event = deliver_subscription(
+            webhooks, alice_account, "subscription.past_due", status="past_due"
+        )
+    assert event.processed_at is not None and event.error == ""
+    assert subscription_row().status == "past_due"
+    assert unsent_kinds(caplog, "alice@example.com") == ["past_due"]
+
+    # The retry (a task with the event's id) sends it once mail is back.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    email_owners_about_event.apply(args=[event.pk])
+    assert [m.subject for m in mail.outbox] == ["[ReqRun] Your payment is past due"]
+
+
+def test_a_rejected_owner_does_not_hold_back_other_accounts_usage_notices(
+    alice_account, charlie, settings, caplog
+):
+    charlie_account = Account.objects.get(memberships__user=charlie)
+    use(alice_account, 8_000)
+    use(charlie_account, 8_000)
+    with smtp_server(refuse={"alice@example.com"}) as server:
+        use_smtp(settings, server.port)
+        with caplog.at_level(logging.WARNING):
+            send_usage_notices()
+            send_usage_notices()
+    assert [d.recipients for d in server.delivered] == [["charlie@example.com"]]
+    assert usage_row(alice_account).notified_80_at is None  # still owed
+    assert unsent_kinds(caplog, "alice@example.com") == ["usage_notice", "usage_notice"]
+
+    with smtp_server() as server:
+        use_smtp(settings, server.port)
+        send_usage_notices()
+    assert [d.recipients for d in server.delivered] == [["alice@example.com"]]
+    assert usage_row(alice_account).notified_80_at is not None
