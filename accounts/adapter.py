@@ -73,6 +73,8 @@ class AccountAdapter(DefaultAccountAdapter):
             kind = kind_of(template_prefix)
             log_unsent(kind=kind, error=error)
             request = context.request
+            if request is None:  # not a page's send (a shell, a command): let it raise
+                raise
             # Nothing went out: the next sign-in may send a link without the cooldown.
             ratelimit.clear(request, action="confirm_email", key=email.lower())
             messages.error(

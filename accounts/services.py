@@ -111,30 +111,41 @@ def unsuspend_account(
     return account
 
 
+def email_owners(*, account: Account, subject: str, template: str, context: dict) -> int:
+    """Send the account's owners one message each (owners do not see each other's address);
+    how many went out. A send the mail server refuses raises MAIL_ERRORS, logged first, for
+    a caller that retries."""
+    body = render_to_string(template, {**context, "account": account})
+    sent = 0
+    for recipient in owner_emails(account):
+        try:
+            send_mail(
+                subject=f"[ReqRun] {subject}",
+                message=body,
+                from_email=settings.DEFAULT_FROM_EMAIL,
+                recipient_list=[recipient],
+            )
+        except MAIL_ERRORS as error:
+            log_unsent(kind=kind_of(template), error=error)
+            raise
+        sent += 1
+    logger.info(
+        "owners emailed",
+        extra={"account_id": account.public_id, "template": template, "count": sent},
+    )
+    return sent
+
+
 def mail_owners_on_commit(*, account: Account, subject: str, template: str, context: dict) -> None:
-    """Tell the account's owners about a security-relevant change, once it is committed."""
+    """Tell the account's owners about a change once it is committed. The change stands and
+    is in the security log: a notice the mail server refuses is logged, not retried, and
+    never turns the page that made the change into an error."""
 
     def send() -> None:
-        recipients = owner_emails(account)
-        body = render_to_string(template, {**context, "account": account})
-        sent = 0
-        for recipient in recipients:  # one message each: owners do not see each other's address
-            try:
-                send_mail(
-                    subject=f"[ReqRun] {subject}",
-                    message=body,
-                    from_email=settings.DEFAULT_FROM_EMAIL,
-                    recipient_list=[recipient],
-                )
-                sent += 1
-            except MAIL_ERRORS as error:
-                # The change is committed and in the security log; a failed notice must not
-                # turn the page that made it into an error.
-                log_unsent(kind=kind_of(template), error=error)
-        logger.info(
-            "owners notified",
-            extra={"account_id": account.public_id, "template": template, "count": sent},
-        )
+        try:
+            email_owners(account=account, subject=subject, template=template, context=context)
+        except MAIL_ERRORS:
+            pass  # logged by email_owners
 
     transaction.on_commit(send)
 

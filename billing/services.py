@@ -4,17 +4,14 @@ on the billing page (through Paddle's API), usage notices and billing emails."""
 import logging
 from datetime import datetime
 
-from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Case, DateTimeField, F, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
-from django.template.loader import render_to_string
 from django.utils import timezone
 
-from accounts.emails import MAIL_ERRORS, kind_of, log_unsent
-from accounts.models import Account, Membership, User
-from accounts.services import record_audit_event
+from accounts.emails import MAIL_ERRORS
+from accounts.models import Account, User
+from accounts.services import email_owners, mail_owners_on_commit, record_audit_event
 from billing import paddle
 from billing.models import PAST_DUE_GRACE, BillingCustomer, Invoice, Subscription
 from billing.paddle import SubscriptionState
@@ -197,13 +194,11 @@ def cancel_duplicate_subscription(
             "kept_subscription_id": kept.paddle_subscription_id,
         },
     )
-    transaction.on_commit(
-        lambda: email_owners(
-            account=canceled.account,
-            subject="A second subscription was canceled",
-            template="billing/email/duplicate_subscription_canceled.txt",
-            context={"canceled": canceled, "kept": kept},
-        )
+    mail_owners_on_commit(
+        account=canceled.account,
+        subject="A second subscription was canceled",
+        template="billing/email/duplicate_subscription_canceled.txt",
+        context={"canceled": canceled, "kept": kept},
     )
     return canceled
 
@@ -299,31 +294,6 @@ def invoice_pdf_url(*, invoice: Invoice) -> str:
 
 
 # ---------- Emails ----------
-
-
-def owner_emails(account: Account) -> list[str]:
-    return list(
-        Membership.objects.filter(account=account, role=Membership.Role.OWNER).values_list(
-            "user__email", flat=True
-        )
-    )
-
-
-def email_owners(*, account: Account, subject: str, template: str, context: dict) -> None:
-    recipients = owner_emails(account)
-    if not recipients:
-        return
-    try:
-        send_mail(
-            subject=f"[ReqRun] {subject}",
-            message=render_to_string(template, {"account": account, **context}),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=recipients,
-        )
-    except MAIL_ERRORS as error:
-        log_unsent(kind=kind_of(template), error=error)
-        raise
-    logger.info("billing email sent", extra={"account_id": account.public_id, "template": template})
 
 
 def _sent_for(quota: int | F) -> Q:

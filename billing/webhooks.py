@@ -22,6 +22,7 @@ from paddle_billing.Notifications.PaddleSignature import PaddleSignature
 
 from accounts.emails import MAIL_ERRORS, mail_retry_countdown
 from accounts.models import Account
+from accounts.services import email_owners
 from billing import paddle, services
 from billing.event_retention import accounting_record
 from billing.models import BillingCustomer, CheckoutTransaction, Invoice, Subscription, WebhookEvent
@@ -411,7 +412,7 @@ def email_owners_about(*, event_pk: int) -> None:
     event = WebhookEvent.objects.select_related("account").get(pk=event_pk)
     data = event.payload["data"]
     if event.event_type == "transaction.payment_failed":
-        services.email_owners(
+        email_owners(
             account=event.account,
             subject="Your payment failed",
             template="billing/email/payment_failed.txt",
@@ -419,7 +420,7 @@ def email_owners_about(*, event_pk: int) -> None:
         )
         return
     subscription = Subscription.objects.get(paddle_subscription_id=str(data["id"]))
-    services.email_owners(
+    email_owners(
         account=subscription.account,
         subject="Your payment is past due",
         template="billing/email/past_due.txt",
