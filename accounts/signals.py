@@ -1,9 +1,13 @@
 """allauth hooks: a verified user gets a welcome email once; sign-ins and changes to a user's
-second factors are audited in each of their accounts. (A new user's account is made by the
-sign-up form, accounts.forms.SignupForm, with the user.)"""
+second factors are audited in each of their accounts, and turning on a second factor ends the
+user's other sessions. (A new user's account is made by the sign-up form,
+accounts.forms.SignupForm, with the user.)"""
 
 from allauth.account.signals import email_confirmed, user_logged_in
+from allauth.mfa.models import Authenticator
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
+from allauth.usersessions.adapter import get_adapter as get_usersessions_adapter
+from allauth.usersessions.models import UserSession
 from django.dispatch import receiver
 
 from accounts import tasks
@@ -59,3 +63,13 @@ def audit_second_factor(signal, sender, request, user, authenticator, **kwargs):
     """Whoever holds a session could weaken the sign-in: owners see every change."""
     name = SECOND_FACTOR_NAMES.get(authenticator.type, authenticator.type)
     _audit_in_every_account(request, user, SECOND_FACTOR_ACTIONS[signal], name)
+
+
+@receiver(authenticator_added)
+def end_other_sessions_on_second_factor(sender, request, user, authenticator, **kwargs):
+    """A session signed in with the password alone (perhaps someone else's, which is why
+    a second factor is being added) must not outlive it; this browser stays signed in."""
+    if authenticator.type == Authenticator.Type.RECOVERY_CODES or request is None:
+        return
+    others = UserSession.objects.filter(user=user).exclude(session_key=request.session.session_key)
+    get_usersessions_adapter().end_sessions(others)

@@ -17,6 +17,7 @@ from allauth.mfa.totp.internal.auth import (
 from allauth.mfa.utils import decrypt
 from cryptography.fernet import Fernet
 from django.core.management import call_command
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import AuditEvent
@@ -306,3 +307,23 @@ def test_two_factor_changes_are_in_the_security_log(
     assert "Two-factor sign-in added" in page
     assert "Two-factor codes regenerated" in page
     assert "Two-factor sign-in removed" in page
+
+
+def test_turning_on_two_factor_signs_out_every_other_session(
+    client, alice_account, alice, django_capture_on_commit_callbacks
+):
+    """A session someone got with the password alone must not outlive the second factor."""
+    elsewhere = Client()
+    sign_in_with_password(elsewhere, alice)
+    assert elsewhere.get(reverse("dashboard")).status_code == 200
+    sign_in_with_password(client, alice)
+    confirm_password(client, next_url=reverse("mfa_activate_totp"))
+    secret = client.get(reverse("mfa_activate_totp")).context["form"].secret
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("mfa_activate_totp"), {"code": current_code(secret)})
+
+    response = elsewhere.get(reverse("dashboard"))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("account_login"))
+    assert client.get(reverse("dashboard")).status_code == 200
