@@ -242,7 +242,9 @@ SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 # Our own origin, plus Paddle.js and its checkout frames on the pages that sell; inline style
-# attributes only (progress bars), never inline scripts.
+# attributes only (progress bars), never inline scripts. Forms post only to us, but the billing
+# page's portal button is answered with a redirect to Paddle's customer portal, and browsers
+# hold every redirect of a form's submission to form-action.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -254,7 +256,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "frame-src https://*.paddle.com",
         "frame-ancestors 'none'",
         "base-uri 'self'",
-        "form-action 'self'",
+        "form-action 'self' https://*.paddle.com",
         "object-src 'none'",
     ]
 )

@@ -1,6 +1,8 @@
 """Owner actions that call Paddle's API (a real HTTP stand-in on loopback): cancel at period
 end, keep, change plan, customer portal, invoice PDF — and what happens when Paddle fails."""
 
+from urllib.parse import urlsplit
+
 import pytest
 from django.contrib.messages import get_messages
 
@@ -214,6 +216,38 @@ def test_portal_button_redirects_to_a_fresh_portal_session(owner, subscribed, pa
     assert call.body == {"subscription_ids": [payloads.SUBSCRIPTION_ID]}
     assert response.status_code == 302
     assert response["Location"].startswith("https://customer-portal.paddle.com/")
+
+
+def form_action_allows(policy: str, url: str) -> bool:
+    """Whether a CSP's form-action lets a form's submission be redirected to `url` (browsers
+    check every redirect of a form's navigation against it)."""
+    directives = dict(
+        (part.strip().split(" ", 1) + [""])[:2] for part in policy.split(";") if part.strip()
+    )
+    target = urlsplit(url)
+    for source in directives["form-action"].split():
+        if source == "'self'":
+            allowed = target.scheme in ("", "http") and target.netloc in ("", "testserver")
+        else:
+            scheme, _, host = source.partition("://")
+            allowed = target.scheme == scheme and (
+                target.hostname == host
+                or (host.startswith("*.") and target.hostname.endswith(host[1:]))
+            )
+        if allowed:
+            return True
+    return False
+
+
+def test_the_portal_button_is_allowed_to_reach_the_portal(owner, subscribed, paddle_api):
+    """The button is a form; a Content-Security-Policy form-action without Paddle would stop
+    the browser at the redirect, and the portal would never open."""
+    page = owner.get("/app/billing/")
+    assert 'action="/app/billing/portal"' in page.content.decode()
+
+    response = owner.post("/app/billing/portal")
+
+    assert form_action_allows(page["Content-Security-Policy"], response["Location"])
 
 
 def test_invoice_link_redirects_to_the_pdf(owner, alice_account, paddle_settings, paddle_api):
