@@ -8,7 +8,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from core.outages import REDIS_UNAVAILABLE, is_outage
+from core.outages import is_outage, is_redis_outage
 from requests_app import metrics
 from requests_app.error_catalog import catalogue_entry
 
@@ -124,7 +124,7 @@ OUTAGE_RETRY_AFTER_SECONDS = 5
 
 def outage_error(error: BaseException, *, request_id: str | None = None) -> ServiceUnavailable:
     """The 503 for an outage; with `request_id`, for a caller whose request was accepted."""
-    which = "Redis" if isinstance(error, REDIS_UNAVAILABLE) else "database"
+    which = "Redis" if is_redis_outage(error) else "database"
     message = f"ReqRun's {which} is unavailable just now; retry shortly."
     headers = {"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)}
     if request_id:
