@@ -12,6 +12,8 @@ from core.postgresql.base import closed_by_server
 # that long is cut off by the load balancer, and holds a thread while it waits.
 POSTGRES_TIMEOUT_SECONDS = 2.0
 
+READY_PROBE_KEY = "reqrun:readyz"
+
 
 def postgres_answers() -> bool:
     """Whether the process can get a connection from its pool, and it answers, in time.
@@ -38,7 +40,8 @@ def healthz(request):
 
 
 def readyz(request):
-    """200 when PostgreSQL and Redis answer and the sweeper and a worker ran recently.
+    """200 when PostgreSQL answers, Redis takes a write, and the sweeper and a worker ran
+    recently.
 
     503 names what is down: `postgres`, `redis`, `sweeper` (beat or the sweep is not
     running, so scheduled retries and lost requests wait forever) or `worker`.
@@ -48,7 +51,9 @@ def readyz(request):
         client = redis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
         )
-        client.ping()
+        # A write, not PING: a full Redis (noeviction) and a read-only replica answer PING
+        # yet refuse every request ReqRun would take.
+        client.set(READY_PROBE_KEY, "1", ex=60)
         client.close()
     except Exception:
         down.append("redis")

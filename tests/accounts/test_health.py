@@ -2,6 +2,7 @@ import time
 
 import httpx
 import pytest
+import redis as redis_py
 
 from core import heartbeats
 from devstack.servers import EmbeddedRedis, free_port
@@ -106,6 +107,38 @@ def test_readyz_names_redis_when_it_is_stopped(client, settings, tmp_path):
     redis.stop()
 
     response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable", "down": ["redis"]}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fault", ["out of memory", "read-only replica", "password"])
+def test_readyz_names_redis_when_it_answers_but_refuses_writes(client, settings, tmp_path, fault):
+    """A full Redis (noeviction), a replica after a failover and one that wants a password
+    still answer PING or accept connections, yet refuse every request ReqRun would take."""
+    record_every_heartbeat()
+    redis = EmbeddedRedis(tmp_path / "primary", free_port())
+    redis.start()
+    replica = EmbeddedRedis(tmp_path / "replica", free_port())
+    try:
+        settings.REDIS_URL = redis.url
+        assert client.get("/readyz").status_code == 200
+        admin = redis_py.Redis.from_url(redis.url)
+        if fault == "out of memory":
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+        elif fault == "read-only replica":
+            replica.start()
+            redis_py.Redis.from_url(replica.url).replicaof("127.0.0.1", redis.port)
+            settings.REDIS_URL = replica.url
+        else:
+            admin.config_set("requirepass", "s3cret")
+
+        response = client.get("/readyz")
+    finally:
+        replica.stop()
+        redis.stop()
+
     assert response.status_code == 503
     assert response.json() == {"status": "unavailable", "down": ["redis"]}
 
