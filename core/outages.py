@@ -7,6 +7,9 @@ from django.db import InterfaceError, OperationalError
 
 # Django wraps psycopg's connection failures, and psycopg_pool's PoolTimeout, in these; they
 # also cover a deadlock or a cancelled statement, which are worth trying again too.
+# Long enough for a restarting database or Redis, short enough that a retry soon succeeds.
+OUTAGE_RETRY_AFTER_SECONDS = 5
+
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 # A Redis that answers can still refuse every write until an operator acts: out of memory
 # under `noeviction` (OOM), a replica after a failover (READONLY), a primary without its

@@ -8,7 +8,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from core.outages import is_outage, is_redis_outage
+from core.outages import OUTAGE_RETRY_AFTER_SECONDS, is_outage, is_redis_outage
 from requests_app import metrics
 from requests_app.error_catalog import catalogue_entry
 
@@ -116,10 +116,6 @@ class ServiceUnavailable(ApiError):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     error_type = "server_error"
     code = "service_unavailable"
-
-
-# Long enough for a restarting database or Redis, short enough that a retry soon succeeds.
-OUTAGE_RETRY_AFTER_SECONDS = 5
 
 
 def outage_error(error: BaseException, *, request_id: str | None = None) -> ServiceUnavailable:
