@@ -15,8 +15,15 @@ POSTGRES_TIMEOUT_SECONDS = 2.0
 READY_PROBE_KEY = "reqrun:readyz"
 
 
-def postgres_answers() -> bool:
-    """Whether the process can get a connection from its pool, and it answers, in time.
+# A standby, or a database set default_transaction_read_only (as a failover may leave one),
+# answers reads but refuses every request's record: not ready. Asked in the one query the
+# probe sends anyway.
+WRITABLE = "SELECT NOT (pg_is_in_recovery() OR current_setting('transaction_read_only')::bool)"
+
+
+def postgres_state() -> str:
+    """`ok` when the process gets a connection from its pool in time and the database will
+    take writes on it; `read_only` when it will not; `down` when none answers.
 
     The probe draws from the pool itself, past the backend's check, so it drops the
     connections a restart cut as the backend does: one of them is not an outage."""
@@ -28,11 +35,11 @@ def postgres_answers() -> bool:
                 if closed_by_server(conn):
                     conn.close()  # back to the pool closed: discarded and replaced
                     continue
-                conn.execute("SELECT 1")
-                return True
+                (writable,) = conn.execute(WRITABLE).fetchone()
+                return "ok" if writable else "read_only"
     except Exception:
-        return False
-    return False
+        return "down"
+    return "down"
 
 
 def healthz(request):
@@ -43,10 +50,12 @@ def readyz(request):
     """200 when PostgreSQL answers, Redis takes a write, and the sweeper and a worker ran
     recently.
 
-    503 names what is down: `postgres`, `redis`, `sweeper` (beat or the sweep is not
-    running, so scheduled retries and lost requests wait forever) or `worker`.
+    503 names what is down: `postgres`, `postgres_read_only` (it answers but refuses
+    writes: a standby, or a failover left it read-only), `redis`, `sweeper` (beat or the
+    sweep is not running, so scheduled retries and lost requests wait forever) or `worker`.
     """
-    down = [] if postgres_answers() else ["postgres"]
+    postgres = postgres_state()
+    down = {"ok": [], "read_only": ["postgres_read_only"]}.get(postgres, ["postgres"])
     try:
         client = redis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1

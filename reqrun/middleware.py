@@ -12,7 +12,7 @@ from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from core.outages import OUTAGE_RETRY_AFTER_SECONDS, is_outage
+from core.outages import OUTAGE_RETRY_AFTER_SECONDS, is_outage, sqlstate
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,11 @@ class OutageMiddleware(MiddlewareMixin):
             return None
         logger.warning(
             "dependency unavailable",
-            extra={"path": request.path, "exception": type(exception).__name__},
+            extra={
+                "path": request.path,
+                "exception": type(exception).__name__,
+                "sqlstate": sqlstate(exception),
+            },
         )
         response = HttpResponse(render_to_string("503.html"), status=503)
         response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)

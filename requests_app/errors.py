@@ -8,7 +8,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from core.outages import OUTAGE_RETRY_AFTER_SECONDS, is_outage, is_redis_outage
+from core.outages import OUTAGE_RETRY_AFTER_SECONDS, is_outage, is_redis_outage, sqlstate
 from requests_app import metrics
 from requests_app.error_catalog import catalogue_entry
 
@@ -176,6 +176,7 @@ def openai_exception_handler(exc, context):
             extra={
                 "view": type(context.get("view")).__name__,
                 "exception": type(exc.__cause__).__name__,
+                "sqlstate": sqlstate(exc.__cause__) if exc.__cause__ else None,
             },
         )
     if isinstance(exc, ApiError):

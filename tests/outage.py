@@ -73,3 +73,55 @@ def database_outage(*, every_process: bool = False):
             yield
         finally:
             admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
+
+
+def _admin_connection() -> psycopg.Connection:
+    """A session on the `postgres` database, which a change to the test database's
+    defaults leaves as it is."""
+    params = connection.settings_dict
+    return psycopg.connect(
+        host=params["HOST"],
+        port=params["PORT"],
+        user=params["USER"],
+        password=params["PASSWORD"],
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def _cut_every_other_session(admin: psycopg.Connection, own_pid: int) -> None:
+    """Every session of the test database but the test's own ends, and is gone on return."""
+    name = connection.settings_dict["NAME"]
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
+        [name, own_pid],
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
+            [name, own_pid],
+        ).fetchone()[0]
+        if left == 0:
+            return
+        time.sleep(0.02)
+
+
+@contextmanager
+def database_read_only():
+    """As after a failover onto a standby: every process's sessions are cut, and the new
+    ones they open refuse every write (`cannot execute INSERT in a read-only transaction`).
+    On leaving, writes are allowed again and the read-only sessions are cut too, as when
+    the primary is back. The test's own session, opened before, stays writable."""
+    name = connection.ops.quote_name(connection.settings_dict["NAME"])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (own_pid,) = cursor.fetchone()
+    with _admin_connection() as admin:
+        admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        try:
+            _cut_every_other_session(admin, own_pid)
+            yield
+        finally:
+            admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+            _cut_every_other_session(admin, own_pid)

@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from core import encryption, shutdown
-from core.outages import DATABASE_UNAVAILABLE
+from core.outages import database_unavailable, sqlstate
 from core.prepared import PreparedGet, together
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.models import Upstream
@@ -401,12 +401,17 @@ def conclude_when_the_database_answers(request: Request, number: int, result, **
     while True:
         try:
             return conclude_attempt(request, number, result, **options)
-        except DATABASE_UNAVAILABLE as error:
-            if time.monotonic() + pause > give_up_at:
+        except Exception as error:
+            # A read-only database (a failover) refuses the write as an InternalError.
+            if not database_unavailable(error) or time.monotonic() + pause > give_up_at:
                 raise
             logger.warning(
                 "database unavailable; attempt result kept and retried",
-                extra={"request_id": request.public_id, "exception": type(error).__name__},
+                extra={
+                    "request_id": request.public_id,
+                    "exception": type(error).__name__,
+                    "sqlstate": sqlstate(error),
+                },
             )
             connection.close()  # a broken connection goes back to the pool to be dropped
             time.sleep(pause)
@@ -463,9 +468,9 @@ def execute_request(request_pk: int) -> None:
                     latency_ms=attempt.latency_ms,
                     along=held.release,
                 )
-            except DATABASE_UNAVAILABLE:
-                raise  # for longer than a worker waits: the sweeper recovers the request
             except Exception as error:  # noqa: BLE001 - recorded as our own error below
+                if database_unavailable(error):
+                    raise  # for longer than a worker waits: the sweeper recovers the request
                 # The result itself could not be read or stored (a value the database refuses,
                 # an answer shaped like nothing foreseen): record the attempt as our own error
                 # rather than leave it running until its lease runs out.

@@ -45,7 +45,6 @@ def test_80_then_100_percent_each_email_the_owners_once(alice_account, bob):
     assert row.notified_80_at is not None and row.notified_100_at is not None
 
 
-
 def test_each_owner_gets_a_message_of_their_own(alice_account, bob):
     bob.memberships.filter(account=alice_account).update(role="owner")
     use(alice_account, 8_000)
@@ -57,6 +56,7 @@ def test_each_owner_gets_a_message_of_their_own(alice_account, bob):
         ["alice@example.com"],
         ["bob@example.com"],
     ]
+
 
 def test_jumping_straight_to_100_percent_sends_one_email(alice_account):
     use(alice_account, 12_000)

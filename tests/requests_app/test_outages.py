@@ -5,7 +5,14 @@ import threading
 
 import httpx
 import pytest
-from django.db import DataError, IntegrityError, OperationalError, connection, transaction
+from django.db import (
+    DataError,
+    IntegrityError,
+    OperationalError,
+    ProgrammingError,
+    connection,
+    transaction,
+)
 
 from devstack.servers import EmbeddedRedis, free_port
 from requests_app.errors import openai_exception_handler
@@ -197,7 +204,7 @@ def raised_by(sql: str) -> Exception:
             "SELECT id, app, name, applied FROM django_migrations LIMIT 1",
             IntegrityError,
         ),
-        ("SELECT pg_sleep(1)", OperationalError),  # a cancelled statement: not an outage
+        ("SELECT * FROM no_such_table", ProgrammingError),
     ],
 )
 def test_database_errors_that_are_not_an_outage_stay_ours(sql, kind):
@@ -208,3 +215,15 @@ def test_database_errors_that_are_not_an_outage_stay_ours(sql, kind):
 
     assert response.status_code == 500
     assert response.data["error"]["code"] == "internal_error"
+
+
+@pytest.mark.django_db
+def test_a_statement_canceled_by_the_deployments_timeout_is_a_503_to_retry():
+    # statement_timeout is the operator's: a slow database, not a bug of ReqRun's.
+    error = raised_by("SELECT pg_sleep(1)")
+    assert isinstance(error, OperationalError)
+
+    response = openai_exception_handler(error, {"view": None})
+
+    assert response.status_code == 503
+    assert response.data["error"]["code"] == "service_unavailable"
