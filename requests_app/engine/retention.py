@@ -19,7 +19,7 @@ from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
 
 from accounts.models import Account
-from core.outages import DATABASE_UNAVAILABLE
+from core.outages import database_unavailable
 from projects.limits import limits_for
 from requests_app.engine.usage import REQUEST_TOTALS
 from requests_app.models import TERMINAL_STATUSES, DailyUsage, Request
@@ -133,7 +133,9 @@ def release_answer(request: Request) -> None:
         Request.objects.filter(pk=request.pk).update(
             owed_deliveries=Greatest(F("owed_deliveries") - 1, 0)
         )
-    except DATABASE_UNAVAILABLE as error:
+    except Exception as error:
+        if not database_unavailable(error):  # a read-only database refuses as InternalError
+            raise
         logger.warning(
             "caller leaving without its answer not counted",
             extra={"request_id": request.public_id, "exception": type(error).__name__},

@@ -19,6 +19,7 @@ from requests_app.engine.retention import purge_expired_data, purge_expired_reco
 from requests_app.models import DailyUsage, Request
 from tests.conftest import ProcfileWeb, wait_until, waiting_for_a_lock
 from tests.factories import AccountPlanFactory, RequestFactory
+from tests.outage import database_read_only
 from tests.tcp_proxy import FreezingProxy
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}
@@ -222,6 +223,31 @@ def test_zero_retention_forgets_the_answer_once_the_callers_still_waiting_have_i
     assert impatient.status_code == 202
     assert answers[0].status_code == 200
     assert Request.objects.get().response_body is None
+
+
+def test_zero_retention_waiter_whose_budget_ends_on_a_read_only_database_gets_its_202(
+    tenant, live_api
+):
+    """Its place among the callers owed the answer cannot be given back then; the caller
+    still gets the 202 every waiter gets in an outage, and the request finishes later."""
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    url = f"{live_api.url}/v1/chat/completions"
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "ReqRun-Wait": "2"}
+    answers: list[httpx.Response] = []
+    caller = threading.Thread(
+        target=lambda: answers.append(
+            httpx.post(url, json={**CHAT, "model": "sleep-4000"}, headers=headers, timeout=60)
+        )
+    )
+    caller.start()
+    wait_until(lambda: Request.objects.filter(status="running").exists())
+
+    with database_read_only():
+        caller.join(30)
+
+    assert answers[0].status_code == 202, answers[0].text
+    assert wait_until(lambda: Request.objects.get().status == "succeeded", timeout=30)
 
 
 def test_repeated_bad_keys_are_throttled_per_key_prefix(tenant, live_api):
