@@ -40,3 +40,19 @@ def test_a_permission_denied_is_a_403_page_in_the_layout(client):
     page = response.content.decode()
     assert LAYOUT in page
     assert "not allowed" in page.lower()
+
+
+@pytest.mark.parametrize(
+    ("template", "heading"),
+    [("500.html", "Something went wrong on our side"), ("503.html", "briefly unavailable")],
+)
+def test_the_pages_for_a_failure_render_alone_in_the_layout(
+    template, heading, django_assert_num_queries
+):
+    from django.template.loader import render_to_string
+
+    with django_assert_num_queries(0):  # what failed may be the database itself
+        page = render_to_string(template)
+
+    assert LAYOUT in page and heading in page
+    assert "support@reqrun.com" in page
