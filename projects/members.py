@@ -45,6 +45,14 @@ def _count_invitation(account: Account) -> None:
         )
 
 
+def _uncount_invitation(account: Account) -> None:
+    """An invitation whose email never went out does not use up the window."""
+    try:
+        cache.decr(f"invitations-sent:{account.public_id}")
+    except ValueError:  # the window ended meanwhile: nothing left to give back
+        pass
+
+
 def _ensure_not_closing(account: Account) -> None:
     """Callers hold the account's row lock. An owner's deletion checked who the members are
     before it canceled the subscription at Paddle; that check must still hold when it ends."""
@@ -109,6 +117,7 @@ def invite_member(
         # An invitation exists only once its email went out: the refusal rolls it back, so
         # the owner's retry is not told the address "already has a pending invitation".
         log_unsent(kind="invitation", error=error)
+        _uncount_invitation(account)
         raise MembershipError(
             "We could not send the invitation email just now, so no invitation was made. "
             "Try again in a few minutes."

@@ -7,6 +7,7 @@ import pytest
 from django.core import mail
 
 from accounts.models import AuditEvent
+from projects.members import INVITATIONS_PER_WINDOW
 from projects.models import Invitation
 from tests.mail_faults import closed_port, smtp_server, use_smtp
 from tests.projects.test_members import invite
@@ -40,6 +41,19 @@ def test_an_invitation_the_mail_server_refused_is_not_made_and_the_form_says_so(
     invite(alice_client, email="dana@example.com")
     assert Invitation.objects.filter(account=alice_account, email="dana@example.com").exists()
     assert [m.to for m in mail.outbox] == [["dana@example.com"]]
+
+
+def test_invitations_the_mail_server_refused_do_not_count_against_the_hourly_limit(
+    alice_client, alice_account, on_pro, settings
+):
+    use_smtp(settings, closed_port())
+    for _ in range(INVITATIONS_PER_WINDOW):
+        assert "could not send" in invite(alice_client, email="dana@example.com").content.decode()
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    invite(alice_client, email="dana@example.com")
+
+    assert Invitation.objects.filter(account=alice_account, email="dana@example.com").exists()
 
 
 def test_an_invited_address_the_server_rejects_is_a_form_error(
