@@ -39,7 +39,7 @@ made AS (
         finished_at, deadline_at, attempt_count, max_attempts, lease_until, next_attempt_at,
         dispatched_at, cancel_requested, first_byte_at, response_status_code,
         response_headers, response_body, response_expires_at, usage, error, partial,
-        next_upstream, upstream_tries
+        next_upstream, upstream_tries, owed_deliveries
     )
     SELECT
         'req_' || lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0')
@@ -49,7 +49,7 @@ made AS (
         at, at + interval '800 milliseconds', at + interval '1 hour', 1, 3, NULL, NULL, at,
         false, NULL, 200, '{}'::jsonb, NULL, at + interval '24 hours',
         '{"prompt_tokens": 20, "completion_tokens": 10, "total_tokens": 30}'::jsonb, NULL, false,
-        '', 0
+        '', 0, 0
     FROM tenant,
         generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
         LATERAL (
