@@ -12,7 +12,8 @@ from pathlib import Path
 import psycopg
 from django.db import connection
 
-from tests.conftest import ProcfileWeb
+from requests_app.models import Request
+from tests.conftest import ProcfileWeb, wait_until
 from tests.conftest import test_database_url as database_url_for_tests
 
 WEB_DATABASE_NAME = "reqrun-outage-web"
@@ -45,36 +46,6 @@ def outage_web(log_path: Path, **env: str) -> ProcfileWeb:
     return ProcfileWeb(log_path, DATABASE_URL=url, **env)
 
 
-@contextmanager
-def database_outage(*, every_process: bool = False):
-    """The database refuses new connections and open ones are cut, as when the server
-    stops: the web's (see `outage_web`), or with `every_process` every one but the test's
-    own. PostgreSQL takes that only from a session on another database."""
-    params = connection.settings_dict
-    name = connection.ops.quote_name(params["NAME"])
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        (own_pid,) = cursor.fetchone()
-    with psycopg.connect(
-        host=params["HOST"],
-        port=params["PORT"],
-        user=params["USER"],
-        password=params["PASSWORD"],
-        dbname="postgres",
-        autocommit=True,
-    ) as admin:
-        admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
-        try:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> %s AND (%s OR application_name = %s)",
-                [params["NAME"], own_pid, every_process, WEB_DATABASE_NAME],
-            )
-            yield
-        finally:
-            admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
-
-
 def _admin_connection() -> psycopg.Connection:
     """A session on the `postgres` database, which a change to the test database's
     defaults leaves as it is."""
@@ -87,6 +58,34 @@ def _admin_connection() -> psycopg.Connection:
         dbname="postgres",
         autocommit=True,
     )
+
+
+def _own_pid() -> int:
+    """The test's own session, which every outage leaves alone."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+@contextmanager
+def database_outage(*, every_process: bool = False):
+    """The database refuses new connections and open ones are cut, as when the server
+    stops: the web's (see `outage_web`), or with `every_process` every one but the test's
+    own. PostgreSQL takes that only from a session on another database."""
+    params = connection.settings_dict
+    name = connection.ops.quote_name(params["NAME"])
+    own_pid = _own_pid()
+    with _admin_connection() as admin:
+        admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> %s AND (%s OR application_name = %s)",
+                [params["NAME"], own_pid, every_process, WEB_DATABASE_NAME],
+            )
+            yield
+        finally:
+            admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
 
 
 def _cut_every_other_session(admin: psycopg.Connection, own_pid: int) -> None:
@@ -114,9 +113,7 @@ def database_read_only():
     On leaving, writes are allowed again and the read-only sessions are cut too, as when
     the primary is back. The test's own session, opened before, stays writable."""
     name = connection.ops.quote_name(connection.settings_dict["NAME"])
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        (own_pid,) = cursor.fetchone()
+    own_pid = _own_pid()
     with _admin_connection() as admin:
         admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
         try:
@@ -125,3 +122,16 @@ def database_read_only():
         finally:
             admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
             _cut_every_other_session(admin, own_pid)
+
+
+def finished_request(public_id: str, *, message: str):
+    """The request, with its attempts, once it has finished (30 s at most)."""
+    return wait_until(
+        lambda: (
+            Request.objects.filter(public_id=public_id, finished_at__isnull=False)
+            .prefetch_related("attempts")
+            .first()
+        ),
+        timeout=30,
+        message=message,
+    )

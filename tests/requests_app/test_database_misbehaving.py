@@ -18,7 +18,7 @@ from core import heartbeats
 from requests_app.models import Request
 from tests.conftest import wait_until
 from tests.factories import PASSWORD
-from tests.outage import database_read_only, drop_every_other_connection
+from tests.outage import database_read_only, drop_every_other_connection, finished_request
 from tests.requests_app.test_outages import assert_unavailable
 
 CHAT = [{"role": "user", "content": "misbehaving"}]
@@ -63,13 +63,8 @@ def test_an_attempt_that_ends_while_the_database_is_read_only_is_recorded_once(
     with database_read_only():
         time.sleep(4)  # the upstream answers meanwhile; its conclusion cannot be written
 
-    request = wait_until(
-        lambda: (
-            Request.objects.filter(public_id=response.json()["id"], finished_at__isnull=False)
-            .prefetch_related("attempts")
-            .first()
-        ),
-        timeout=30,
+    request = finished_request(
+        response.json()["id"],
         message="the attempt's result was not recorded once the database took writes",
     )
     assert request.status == "succeeded"

@@ -10,7 +10,7 @@ from django.db import connection
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
 from tests.conftest import wait_until
-from tests.outage import database_outage, drop_every_other_connection
+from tests.outage import database_outage, drop_every_other_connection, finished_request
 from tests.requests_app.test_faults import StreamReader
 
 CHAT = [{"role": "user", "content": "restart"}]
@@ -71,14 +71,8 @@ def test_an_attempt_that_ends_during_an_outage_is_recorded_once_the_database_is_
     with database_outage(every_process=True):
         time.sleep(6)  # longer than the worker waits for a pooled connection (3 s)
 
-    request = wait_until(
-        lambda: (
-            Request.objects.filter(public_id=response.json()["id"], finished_at__isnull=False)
-            .prefetch_related("attempts")
-            .first()
-        ),
-        timeout=30,
-        message="the attempt's result was not recorded after the outage",
+    request = finished_request(
+        response.json()["id"], message="the attempt's result was not recorded after the outage"
     )
     assert request.status == "succeeded"
     assert [a.outcome for a in request.attempts.all()] == ["success"]
