@@ -108,15 +108,16 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "invalid_idempotency_key",
         400,
         "invalid_request_error",
-        "The `Idempotency-Key` header is empty or longer than 255 characters.",
-        "Send 1 to 255 characters, e.g. a UUID per logical operation.",
+        "The `Idempotency-Key` header is empty or longer than 255 characters, or was sent "
+        "more than once.",
+        "Send it once, with 1 to 255 characters, e.g. a UUID per logical operation.",
     ),
     ErrorCode(
         "invalid_wait",
         400,
         "invalid_request_error",
-        "`ReqRun-Wait` is not a whole number of seconds from 0 to 600.",
-        "Send a whole number from 0 (async) to 600.",
+        "`ReqRun-Wait` is not a whole number of seconds from 0 to 600, or was sent more than once.",
+        "Send it once, a whole number from 0 (async) to 600.",
     ),
     ErrorCode(
         "provider_key_missing",

@@ -299,7 +299,8 @@ def proxy_schema(endpoint_path: str):
                 OpenApiParameter.HEADER,
                 description="1–255 characters, remembered 24 h per project. The same key "
                 "and body replays the stored response (`Idempotent-Replayed: true`) or "
-                "attaches to the running request; another body is a 422.",
+                "attaches to the running request; another body is a 422. Send it once: a "
+                "repeated header is refused with a 400.",
             ),
             OpenApiParameter(
                 "ReqRun-Wait",
@@ -311,7 +312,8 @@ def proxy_schema(endpoint_path: str):
                 },
                 OpenApiParameter.HEADER,
                 description=f"Seconds to wait for the result, 0–{MAX_WAIT_SECONDS} (default "
-                f"{DEFAULT_WAIT_SECONDS}). 0 = async.",
+                f"{DEFAULT_WAIT_SECONDS}). 0 = async. Send it once: a repeated header is "
+                "refused with a 400.",
             ),
             OpenApiParameter(
                 "Prefer",

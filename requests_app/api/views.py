@@ -129,10 +129,26 @@ def prefers_async(prefer: str) -> bool:
     )
 
 
+def single_header(request, name: str, *, code: str) -> str | None:
+    """The value of a header that takes one value. Sent twice, it is refused: the server
+    joins a repeated header's values with a comma ("a,b"), a value the caller never sent.
+    Only the ASGI scope still lists each one (names in lower case)."""
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        raw_name = name.lower().encode()
+        if sum(header == raw_name for header, _ in scope["headers"]) > 1:
+            raise InvalidRequest(
+                f"The {name} header must be sent once; this request sent it more than once.",
+                param=name,
+                code=code,
+            )
+    return request.META.get("HTTP_" + name.upper().replace("-", "_"))
+
+
 def parse_wait_budget(request) -> int:
     """Seconds to hold the call; 0 is async mode. A malformed ReqRun-Wait is refused even
     beside `Prefer: respond-async`: the caller meant something by it."""
-    raw = request.META.get("HTTP_REQRUN_WAIT")
+    raw = single_header(request, "ReqRun-Wait", code="invalid_wait")
     seconds = DEFAULT_WAIT_SECONDS
     if raw is not None:
         seconds = whole_number(raw, minimum=0, maximum=MAX_WAIT_SECONDS)
@@ -142,11 +158,12 @@ def parse_wait_budget(request) -> int:
                 param="ReqRun-Wait",
                 code="invalid_wait",
             )
+    # Prefer is a list: repeated Prefer headers joined by a comma are one list, as HTTP allows.
     return 0 if prefers_async(request.META.get("HTTP_PREFER", "")) else seconds
 
 
 def parse_idempotency_key(request) -> str | None:
-    raw = request.META.get("HTTP_IDEMPOTENCY_KEY")
+    raw = single_header(request, "Idempotency-Key", code="invalid_idempotency_key")
     if raw is None:
         return None
     try:

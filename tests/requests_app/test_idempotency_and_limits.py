@@ -74,6 +74,36 @@ def test_an_idempotency_key_that_is_not_utf8_is_a_400(tenant, live_api):
     assert not Request.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], "invalid_idempotency_key"),
+        ([("Idempotency-Key", "a"), ("idempotency-key", "a")], "invalid_idempotency_key"),
+        ([("ReqRun-Wait", "5"), ("ReqRun-Wait", "5")], "invalid_wait"),
+    ],
+)
+def test_a_header_sent_twice_is_refused_not_joined(tenant, live_api, headers, code):
+    """The server joins a repeated header's values with a comma ("a,b"), a value the caller
+    never sent: an Idempotency-Key read that way would be a third key, and a retry with
+    either one would run the call again."""
+    name = headers[0][0]
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=CHAT,
+        timeout=60,
+        headers=[("Authorization", f"Bearer {tenant.raw_key}"), *headers],
+    )
+
+    assert_openai_error(response, 400, code)
+    error = response.json()["error"]
+    assert error["param"] == name
+    assert error["type"] == "invalid_request_error"
+    assert f"{name} header must be sent once" in error["message"]
+    assert response.headers["reqrun-ratelimit-limit"]
+    assert not Request.objects.exists()
+    assert usage_row(tenant.account).accepted_requests == 0
+
+
 def test_the_stored_body_digest_is_keyed_and_a_retry_still_replays(tenant, live_api):
     """A database reader cannot confirm a guessed prompt by hashing it: the digest is keyed."""
     body = b'{"model": "gpt-test", "messages": [{"role": "user", "content": "guess me"}]}'
