@@ -437,7 +437,14 @@ class Bench:
                         batches[name][side].append(
                             self.batch(side, delay, concurrency=concurrency, seconds=seconds)
                         )
-            batches["async_accept"].append(self.async_round())
+            with Profiler(
+                self.stack,
+                c.profile,
+                "async_accept",
+                c.async_seconds + c.warmup,
+                enabled=bool(c.profile) and number == 0,
+            ):
+                batches["async_accept"].append(self.async_round())
             say(f"round {number + 1}/{c.rounds} done")
         say(f"{c.waiters} waiters against the 2 s upstream")
         batches["waiters"] = self.waiters()
