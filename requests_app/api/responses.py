@@ -172,6 +172,14 @@ def accepted_response(request: Request) -> Response:
     return response
 
 
+async def answer_accepted(request: Request) -> Response:
+    """`accepted_response`, built on the event loop for a request with no attempts yet (its
+    body reads nothing); one with attempts reads them in a thread."""
+    if request.attempt_count == 0:
+        return accepted_response(request)
+    return await in_thread(accepted_response)(request)
+
+
 REQUEST_WITH_PROJECT: PreparedGet[Request] = PreparedGet(
     lambda pk: Request.objects.select_related("project").filter(pk=pk), pk=0
 )

@@ -27,7 +27,7 @@ from requests_app import metrics
 from requests_app.api import ratelimit, selectors
 from requests_app.api.authentication import authenticate
 from requests_app.api.responses import (
-    accepted_response,
+    answer_accepted,
     deliver,
     deliver_final_response,
     in_thread,
@@ -328,7 +328,7 @@ class ProxyView(V1View):
             return await deliver(record, owed=owed)
         if owed:  # its 202: it will fetch the answer like an async caller
             await in_thread(retention.release_answer)(record)
-        return await in_thread(accepted_response)(record)
+        return await answer_accepted(record)
 
 
 def owed_its_answer(accepted: accept.Accepted, project, wait_seconds: int) -> bool:
