@@ -144,6 +144,9 @@ class PaddleAPIStub:
                     entity["scheduled_change"] = body["scheduled_change"]
                 if body.get("items"):
                     entity["items"][0]["price"]["id"] = body["items"][0]["price_id"]
+            if method in ("POST", "PATCH"):
+                # Paddle stamps every change of the entity with its own time.
+                entity = {**entity, "updated_at": payloads.iso(payloads.now())}
             self.subscriptions[subscription_id] = entity
             return 200, {"data": entity, "meta": meta}
         if match := re.fullmatch(r"/customers/([^/]+)/portal-sessions", path):
