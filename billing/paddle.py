@@ -114,6 +114,9 @@ class SubscriptionState:
     scheduled_change_action: str
     scheduled_change_effective_at: datetime | None
     canceled_at: datetime | None
+    # Paddle's time of this state (the entity's `updated_at`): a webhook event that occurred
+    # before it describes an older state.
+    updated_at: datetime | None
 
 
 def state_from_entity(entity: PaddleSubscription) -> SubscriptionState:
@@ -129,6 +132,7 @@ def state_from_entity(entity: PaddleSubscription) -> SubscriptionState:
         scheduled_change_action=str(change.action.value) if change else "",
         scheduled_change_effective_at=change.effective_at if change else None,
         canceled_at=entity.canceled_at,
+        updated_at=entity.updated_at,
     )
 
 
@@ -147,6 +151,7 @@ def state_from_payload(data: dict[str, Any]) -> SubscriptionState:
         scheduled_change_action=str(change.get("action") or ""),
         scheduled_change_effective_at=_datetime(change.get("effective_at")),
         canceled_at=_datetime(data.get("canceled_at")),
+        updated_at=_datetime(data.get("updated_at")),
     )
 
 

@@ -118,15 +118,16 @@ def _record_paddle_answer(
     actor: User | None,
     action: str,
     ip_address: str | None,
-    answered_at: datetime | None = None,
 ) -> Subscription:
-    """`answered_at`, when given, also makes events that occurred before it change nothing."""
+    """Paddle's answer is the subscription as of its `updated_at` (Paddle's clock, as events'
+    `occurred_at`): events that occurred before it describe an older state and change nothing,
+    so a late or retried one cannot undo the action."""
+    answered_at = state.updated_at or timezone.now()
     with transaction.atomic():
         locked = Subscription.objects.select_for_update().get(pk=subscription.pk)
         apply_subscription_state(subscription=locked, state=state)
-        if answered_at is not None:
-            last = locked.last_event_occurred_at
-            locked.last_event_occurred_at = max(last, answered_at) if last else answered_at
+        last = locked.last_event_occurred_at
+        locked.last_event_occurred_at = max(last, answered_at) if last else answered_at
         locked.save()
         record_audit_event(
             account=locked.account,
@@ -182,9 +183,6 @@ def cancel_duplicate_subscription(
         actor=None,
         action="duplicate_subscription_canceled",
         ip_address=None,
-        # Paddle's own time: an event of this subscription from before the cancellation
-        # (a late `subscription.activated`) must not make it live again.
-        answered_at=state.canceled_at or timezone.now(),
     )
     logger.info(
         "duplicate subscription canceled",

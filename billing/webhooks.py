@@ -1,9 +1,10 @@
 """Paddle webhooks: verify the signature, store the raw event once, then (in a worker) apply it.
 
 Intake answers fast and does no billing work; processing is idempotent per event and ignores
-events older than the last one applied to the same subscription. A new subscription is attached
-to an account only through a checkout transaction ReqRun created for that account, and only
-when its customer is the account's own; `custom_data` is never trusted for that."""
+events older than the last change recorded for the same subscription (an event applied, or
+Paddle's answer to an action taken through its API). A new subscription is attached to an
+account only through a checkout transaction ReqRun created for that account, and only when its
+customer is the account's own; `custom_data` is never trusted for that."""
 
 import logging
 import time
@@ -338,7 +339,7 @@ def _apply_subscription_event(event: WebhookEvent, data: dict[str, Any]) -> str:
     )
     last = subscription.last_event_occurred_at
     if last is not None and event.occurred_at < last:
-        return "ignored: older than the last event applied to this subscription"
+        return "ignored: older than the last change recorded for this subscription"
     # A row made just now holds this event's status already: it was not past due before.
     was_past_due = not created and subscription.status == Subscription.Status.PAST_DUE
     services.apply_subscription_state(subscription=subscription, state=state)

@@ -194,6 +194,53 @@ def test_change_plan_upgrades_with_proration(owner, subscribed, paddle_api):
     assert limits_for(subscribed.account).plan_code == "team"
 
 
+# Each owner action: what comes before it, its form, and what it leaves (cancel scheduled, plan).
+OWNER_ACTIONS = {
+    "cancel": ([], ("/app/billing/cancel", {}), (True, "pro")),
+    "keep": ([("/app/billing/cancel", {})], ("/app/billing/resume", {}), (False, "pro")),
+    "change plan": ([], ("/app/billing/change-plan", {"plan": "team"}), (False, "team")),
+}
+
+
+@pytest.mark.parametrize("action", OWNER_ACTIONS)
+def test_an_event_paddle_sent_before_an_owner_action_does_not_undo_it(
+    owner, webhooks, subscribed, paddle_api, action
+):
+    earlier_actions, (path, form), (cancel_scheduled, plan) = OWNER_ACTIONS[action]
+    for earlier in earlier_actions:
+        owner.post(*earlier)
+    # Paddle sends an event of the subscription as it is just before the owner acts; the
+    # delivery is late (or a retry) and arrives after Paddle has answered the action.
+    sent_before = payloads.event(
+        "subscription.updated", paddle_api.subscriptions[payloads.SUBSCRIPTION_ID]
+    )
+    owner.post(path, form)
+    recorded = Subscription.objects.values().get()
+
+    late = webhooks.deliver(sent_before)
+
+    assert late.outcome.startswith("ignored"), late.outcome
+    assert Subscription.objects.values().get() == recorded
+    assert Subscription.objects.get().cancel_scheduled is cancel_scheduled
+    assert limits_for(subscribed.account).plan_code == plan
+
+
+def test_an_event_paddle_sent_after_an_owner_action_applies(
+    owner, webhooks, subscribed, paddle_api
+):
+    owner.post("/app/billing/cancel")
+    # Then the owner keeps the subscription in Paddle's customer portal, and Paddle says so.
+    kept = {**paddle_api.subscriptions[payloads.SUBSCRIPTION_ID], "scheduled_change": None}
+
+    event = webhooks.deliver(payloads.event("subscription.updated", kept))
+
+    assert event.outcome.startswith("applied"), event.outcome
+    subscribed.refresh_from_db()
+    assert not subscribed.cancel_scheduled
+    assert subscribed.last_event_occurred_at == event.occurred_at
+    assert limits_for(subscribed.account).plan_code == "pro"
+
+
 def test_change_plan_to_an_unbuyable_plan_is_refused_without_calling_paddle(
     owner, subscribed, paddle_api
 ):
