@@ -1,20 +1,11 @@
-"""Middleware wiring: async-capable static files, security headers, the CSP header,
-no-store for signed-in pages and the 503 page in an outage."""
-
-import logging
+"""Middleware wiring: async-capable static files, security headers, the CSP header and
+no-store for signed-in pages. (The 503 page in an outage is `core.error_pages`.)"""
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse
 from django.middleware.security import SecurityMiddleware as DjangoSecurityMiddleware
-from django.template.loader import render_to_string
-from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
-
-from core.outages import OUTAGE_RETRY_AFTER_SECONDS, is_outage, sqlstate
-
-logger = logging.getLogger(__name__)
 
 
 class SecurityMiddleware(DjangoSecurityMiddleware):
@@ -131,26 +122,4 @@ class NoStoreWhenSignedInMiddleware:
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
-
-class OutageMiddleware(MiddlewareMixin):
-    """A page that meets an outage of ReqRun's database or Redis (down, full, read-only,
-    refusing our password) answers 503 with `Retry-After`, logged once at warning with the
-    error's class only, not the 500 page and an error with its traceback."""
-
-    def process_exception(self, request, exception):
-        if not is_outage(exception):
-            return None
-        logger.warning(
-            "dependency unavailable",
-            extra={
-                "path": request.path,
-                "exception": type(exception).__name__,
-                "sqlstate": sqlstate(exception),
-            },
-        )
-        response = HttpResponse(render_to_string("503.html"), status=503)
-        response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
-        response._has_been_logged = True  # at warning, above; not again as a server error
         return response

@@ -75,7 +75,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "allauth.usersessions.middleware.UserSessionsMiddleware",
-    "reqrun.middleware.OutageMiddleware",
 ]
 
 # /v1 is served by its own handler (reqrun/asgi.py) with only these: an API call needs no

@@ -33,3 +33,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     *unknown_paths,
 ]
+
+# The 500 page, or in an outage of the database or Redis met anywhere (a view, a middleware)
+# the 503 page. /v1 answers its own errors in OpenAI's envelope (requests_app.errors).
+handler500 = "core.error_pages.server_error_page"

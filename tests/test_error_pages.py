@@ -1,7 +1,10 @@
 """Refusals come in the site's layout and say what to do: a form that fails the CSRF check,
-and anything that raises PermissionDenied."""
+and anything that raises PermissionDenied. A failure of ReqRun's own is the 500 page."""
+
+import logging
 
 import pytest
+from django.contrib.auth import SESSION_KEY
 from django.test import Client
 from django.urls import reverse
 
@@ -56,3 +59,22 @@ def test_the_pages_for_a_failure_render_alone_in_the_layout(
 
     assert LAYOUT in page and heading in page
     assert "support@reqrun.com" in page
+
+
+def test_a_middleware_failing_on_its_own_is_the_500_page_logged_as_an_error(caplog):
+    browser = Client(raise_request_exception=False)
+    session = browser.session
+    session[SESSION_KEY] = "not-a-user-id"  # read by the middleware after the view
+    session.save()
+
+    with caplog.at_level(logging.WARNING):
+        response = browser.get(reverse("healthz"))
+
+    assert response.status_code == 500
+    assert "Something went wrong on our side" in response.content.decode()
+    logged = [
+        (record.name, record.levelname, record.exc_info is not None)
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert logged == [("django.request", "ERROR", True)]

@@ -10,6 +10,7 @@ import time
 import httpx
 import psycopg
 import pytest
+from django.contrib.sessions.models import Session
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
@@ -177,3 +178,31 @@ def test_a_call_whose_statement_is_canceled_gets_a_503_and_a_page_an_error_page(
     assert "Traceback" not in page.content.decode()
     assert not Request.objects.exists()
     assert "57014" in [getattr(r, "sqlstate", None) for r in caplog.records]
+
+
+def test_a_middleware_that_meets_an_outage_answers_the_503_page_logged_once_at_warning(
+    alice, statement_timeout, caplog
+):
+    browser = Client(raise_request_exception=False)
+    browser.force_login(alice)
+    release = threading.Event()
+    # /healthz reads nothing: the session is first read after the view has answered, by
+    # the middleware that marks a signed-in user's pages no-store.
+    thread = locked(Session._meta.db_table, release)
+    try:
+        with caplog.at_level(logging.WARNING):
+            response = browser.get(reverse("healthz"))
+    finally:
+        release.set()
+        thread.join(30)
+
+    assert response.status_code == 503
+    assert 1 <= int(response["Retry-After"]) <= 10
+    assert "briefly unavailable" in response.content.decode()
+    assert "Content-Security-Policy" in response.headers  # the outer middleware still ran
+    logged = [
+        (record.levelname, record.getMessage(), getattr(record, "sqlstate", None))
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert logged == [("WARNING", "dependency unavailable", "57014")]
