@@ -34,6 +34,8 @@ urlpatterns = [
     *unknown_paths,
 ]
 
-# The 500 page, or in an outage of the database or Redis met anywhere (a view, a middleware)
-# the 503 page. /v1 answers its own errors in OpenAI's envelope (requests_app.errors).
+# Django's 500 and 400 pages, or in an outage of the database or Redis met anywhere (a view,
+# a middleware) the 503 page. /v1 answers its own errors in OpenAI's envelope
+# (requests_app.errors).
 handler500 = "core.error_pages.server_error_page"
+handler400 = "core.error_pages.bad_request_page"

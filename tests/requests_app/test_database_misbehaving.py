@@ -206,3 +206,30 @@ def test_a_middleware_that_meets_an_outage_answers_the_503_page_logged_once_at_w
         if record.levelno >= logging.WARNING
     ]
     assert logged == [("WARNING", "dependency unavailable", "57014")]
+
+
+def test_a_session_the_read_only_database_cannot_save_is_the_503_page_not_a_400(
+    alice_account, alice, transactional_db, caplog
+):
+    browser = Client(raise_request_exception=False)
+    browser.force_login(alice)
+    # Switching accounts only reads in its view; the session middleware then writes the
+    # session, which Django reports as one deleted meanwhile when the write is refused.
+    with connection.cursor() as cursor:
+        cursor.execute("SET default_transaction_read_only = on")
+    try:
+        with caplog.at_level(logging.WARNING):
+            response = browser.post(reverse("switch-account"), {"account": alice_account.public_id})
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET default_transaction_read_only")
+
+    assert response.status_code == 503
+    assert 1 <= int(response["Retry-After"]) <= 10
+    assert "briefly unavailable" in response.content.decode()
+    logged = [
+        (record.levelname, record.getMessage(), getattr(record, "sqlstate", None))
+        for record in caplog.records
+        if record.levelno >= logging.WARNING
+    ]
+    assert logged == [("WARNING", "dependency unavailable", "25006")]
