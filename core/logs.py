@@ -54,6 +54,7 @@ FIELDS: dict[str, str] = {
     "response_bodies": "response_bodies",
     "records": "records",
     "exception": "exception",
+    "sqlstate": "sqlstate",
     "view": "view",
     # Accounts, projects, billing, privacy.
     "user_id": "user_id",

@@ -69,6 +69,19 @@ def test_json_line_has_the_fixed_fields_under_one_name_each_and_nothing_else():
     assert "SENTINEL" not in line
 
 
+def test_an_outage_line_says_which_error_the_database_gave():
+    fields = json.loads(
+        emit(
+            JsonFormatter(),
+            "dependency unavailable",
+            exception="OperationalError",
+            sqlstate="57014",
+        )
+    )
+
+    assert (fields["exception"], fields["sqlstate"]) == ("OperationalError", "57014")
+
+
 def test_console_line_shows_the_fields_after_the_message():
     line = emit(
         ConsoleFormatter(),
