@@ -2,9 +2,12 @@
 holds it equal to the email templates in the code."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from celery import Task
 from django.conf import settings
+from django.db import transaction
 
 logger = logging.getLogger(__name__)
 
@@ -134,3 +137,33 @@ MAIL_RETRIES = 30
 
 def mail_retry_countdown(retries: int) -> int:
     return min(3600, 60 * 2**retries)
+
+
+def send_or_retry(send: Callable[[], object], *, task: Task, ids: tuple[int, ...]) -> None:
+    """Send an email now; if the mail server refuses it, queue `task(*ids)`, which sends it
+    again from the rows those ids name (`retry_refused`). Ids only: an address, a link or a
+    body in the broker's message would end up in its logs."""
+    try:
+        send()
+    except MAIL_ERRORS:  # logged by the send
+        task.apply_async(ids, countdown=mail_retry_countdown(0))
+
+
+def send_or_retry_on_commit(
+    send: Callable[[], object], *, task: Task, ids: tuple[int, ...]
+) -> None:
+    """`send_or_retry` once the change the email tells of is committed: a refused send never
+    undoes the change nor turns the page or task that made it into an error (nor does a
+    broker that cannot take the retry just then: robust, that is logged)."""
+    transaction.on_commit(lambda: send_or_retry(send, task=task, ids=ids), robust=True)
+
+
+def retry_refused(send: Callable[[], object], *, task: Task) -> None:
+    """In a bound task: send, and if the mail server refuses, retry the task on the schedule.
+    Every owner the email is for gets it again then (email_owners stops at the first send
+    refused), so an owner who already had it may get it twice."""
+    try:
+        send()
+    except MAIL_ERRORS:
+        # Retried without the error: its text can hold an address, and Celery logs it.
+        raise task.retry(countdown=mail_retry_countdown(task.request.retries)) from None

@@ -12,7 +12,7 @@ from django.dispatch import receiver
 
 from accounts import tasks
 from accounts.access import client_ip
-from accounts.emails import MAIL_ERRORS, mail_retry_countdown
+from accounts.emails import send_or_retry
 from accounts.selectors import memberships_of
 from accounts.services import record_audit_event, send_welcome_email
 
@@ -20,12 +20,12 @@ from accounts.services import record_audit_event, send_welcome_email
 @receiver(email_confirmed)
 def welcome_after_verification(sender, request, email_address, **kwargs):
     if email_address.primary or email_address.user.email == email_address.email:
-        try:
-            send_welcome_email(user=email_address.user)
-        except MAIL_ERRORS:  # the address is verified all the same; the welcome comes later
-            tasks.send_welcome_email.apply_async(
-                (email_address.user_id,), countdown=mail_retry_countdown(0)
-            )
+        # The address is verified all the same; a welcome the mail server refused comes later.
+        send_or_retry(
+            lambda: send_welcome_email(user=email_address.user),
+            task=tasks.send_welcome_email,
+            ids=(email_address.user_id,),
+        )
 
 
 def _audit_in_every_account(request, user, action: str, target: str = "") -> None:

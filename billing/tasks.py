@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from accounts.emails import MAIL_ERRORS, MAIL_RETRIES, mail_retry_countdown
+from accounts.emails import MAIL_RETRIES, retry_refused
 from billing import services, webhooks
 from billing.event_retention import purge_old_events
 from billing.selectors import webhook_event_ids_to_retry
@@ -15,11 +15,7 @@ def process_webhook_event(event_pk: int) -> None:
 
 @shared_task(bind=True, time_limit=120, soft_time_limit=100, max_retries=MAIL_RETRIES)
 def email_owners_about_event(self, event_pk: int) -> None:
-    try:
-        webhooks.email_owners_about(event_pk=event_pk)
-    except MAIL_ERRORS:
-        # Retried without the error: its text can hold an address, and Celery logs it.
-        raise self.retry(countdown=mail_retry_countdown(self.request.retries)) from None
+    retry_refused(lambda: webhooks.email_owners_about(event_pk=event_pk), task=self)
 
 
 @shared_task(time_limit=300, soft_time_limit=280)

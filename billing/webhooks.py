@@ -21,7 +21,7 @@ from django.utils.dateparse import parse_datetime
 from paddle_billing.Notifications import Secret, Verifier
 from paddle_billing.Notifications.PaddleSignature import PaddleSignature
 
-from accounts.emails import MAIL_ERRORS, mail_retry_countdown
+from accounts.emails import send_or_retry_on_commit
 from accounts.models import Account
 from accounts.services import email_owners
 from billing import paddle, services
@@ -395,16 +395,13 @@ def _payment_failed(event: WebhookEvent, data: dict[str, Any]) -> str:
 def _email_owners_on_commit(event: WebhookEvent) -> None:
     """Once the event is applied, email the owners; a send the mail server refused is
     retried by a task (the event's id only), and never undoes or blocks the event."""
+    from billing.tasks import email_owners_about_event  # the task module imports this one
 
-    def send() -> None:
-        try:
-            email_owners_about(event_pk=event.pk)
-        except MAIL_ERRORS:
-            from billing.tasks import email_owners_about_event  # the task module imports this one
-
-            email_owners_about_event.apply_async((event.pk,), countdown=mail_retry_countdown(0))
-
-    transaction.on_commit(send)
+    send_or_retry_on_commit(
+        lambda: email_owners_about(event_pk=event.pk),
+        task=email_owners_about_event,
+        ids=(event.pk,),
+    )
 
 
 def email_owners_about(*, event_pk: int) -> None:

@@ -1,13 +1,18 @@
 """Real mail-server faults on loopback for tests: a port where nothing listens (connection
 refused), a server that accepts and never answers (a hang), and a small SMTP server that
-refuses some recipients with 550 and keeps what it accepted."""
+refuses some recipients with 550 and keeps what it accepted. And the retries queued for
+the emails a fault held back, as the broker got them."""
 
+import json
 import socket
 import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from celery import current_app
+from celery.signals import before_task_publish
 
 
 def closed_port() -> int:
@@ -125,3 +130,30 @@ def use_smtp(settings, port: int, *, timeout: float = 2) -> None:
     settings.EMAIL_USE_TLS = False
     settings.EMAIL_USE_SSL = False
     settings.EMAIL_TIMEOUT = timeout
+
+
+@dataclass
+class Published:
+    task: str
+    args: list
+    message: str  # the whole message body, as JSON: what the broker (and its logs) hold
+
+    def run(self) -> None:
+        """Run the task here, from the message, as the worker would once its countdown ends."""
+        current_app.tasks[self.task].apply(args=self.args)
+
+
+@contextmanager
+def published_tasks() -> Iterator[list[Published]]:
+    """The tasks published to the real broker in the block."""
+    published: list[Published] = []
+
+    def record(sender: str, body: tuple, **kwargs) -> None:
+        args, task_kwargs, _ = body
+        published.append(Published(sender, list(args), json.dumps([args, task_kwargs])))
+
+    before_task_publish.connect(record, weak=False)
+    try:
+        yield published
+    finally:
+        before_task_publish.disconnect(record)
