@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import Account, Membership
+from accounts.models import Account, AuditEvent, Membership
 from core.ids import new_public_id
 from core.untrusted import parse_json
 
@@ -260,6 +260,21 @@ class Upstream(models.Model):
             return body
         payload["model"] = mapped
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class UpstreamMove(models.Model):
+    """An upstream pointed at another host (`record_upstream_move`): what the owners' email
+    about it says, so that an email the mail server refused is sent again from this row.
+    Who moved it, when and from where are in its security-log entry."""
+
+    upstream = models.ForeignKey(Upstream, on_delete=models.CASCADE, related_name="moves")
+    audit_event = models.OneToOneField(AuditEvent, on_delete=models.CASCADE, related_name="+")
+    old_origin = models.TextField()
+    new_origin = models.TextField()
+    provider_key_cleared = models.BooleanField()
+
+    def __str__(self) -> str:
+        return f"{self.old_origin} → {self.new_origin}"
 
 
 class ApiKey(models.Model):

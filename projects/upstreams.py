@@ -12,14 +12,14 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
+from accounts.emails import send_or_retry_on_commit
 from accounts.models import User
-from accounts.services import mail_owners_on_commit, record_audit_event
+from accounts.services import email_owners, record_audit_event
 from core import encryption
 from projects.errors import InvalidModelMap, InvalidProviderKey, NameNotAvailable, UpstreamRefused
 from projects.limits import ensure_below, limits_for
-from projects.models import Project, Upstream
+from projects.models import Project, Upstream, UpstreamMove
 from projects.selectors import primary_upstream
 from projects.upstream_guard import validate_upstream_url
 
@@ -55,7 +55,8 @@ def record_upstream_move(
 ) -> bool:
     """Audit a saved change of `upstream`'s base URL. A new host (scheme, name or port) clears
     its stored provider key, so whoever may edit upstreams cannot have ReqRun send the key
-    to a server they control, and the account's owners are told by email. True if it did."""
+    to a server they control, and the account's owners are told by email (an email the mail
+    server refuses is retried by a task). True if it did."""
     project = upstream.project
     old_origin, new_origin = upstream_origin(old_base_url), upstream_origin(upstream.base_url)
     if old_origin == new_origin:
@@ -71,7 +72,7 @@ def record_upstream_move(
     upstream.provider_key_encrypted = None
     upstream.provider_key_last4 = ""
     upstream.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
-    record_audit_event(
+    audit_event = record_audit_event(
         account=project.account,
         actor=actor,
         action="upstream_host_changed",
@@ -79,26 +80,53 @@ def record_upstream_move(
         + (", provider key cleared" if had_key else ""),
         ip_address=ip_address,
     )
-    mail_owners_on_commit(
-        account=project.account,
-        subject=f"Upstream host changed for project {project.name}",
-        template="projects/email/upstream_host_changed.txt",
-        context={
-            "project": project,
-            "upstream": upstream,
-            "old_origin": old_origin,
-            "new_origin": new_origin,
-            "actor": actor,
-            "ip_address": ip_address,
-            "had_key": had_key,
-            "changed_at": timezone.now(),
-        },
+    move = UpstreamMove.objects.create(
+        upstream=upstream,
+        audit_event=audit_event,
+        old_origin=old_origin,
+        new_origin=new_origin,
+        provider_key_cleared=had_key,
+    )
+    from projects import tasks  # the task module imports this one
+
+    send_or_retry_on_commit(
+        lambda: email_owners_about_move(move_pk=move.pk),
+        task=tasks.email_owners_about_upstream_move,
+        ids=(move.pk,),
     )
     logger.info(
         "upstream host changed",
         extra={"project_id": project.public_id, "provider_key_cleared": had_key},
     )
     return True
+
+
+def email_owners_about_move(*, move_pk: int) -> None:
+    """Tell the account's owners an upstream now points at another host; raises MAIL_ERRORS
+    when the mail server refuses it. Nothing if the upstream has been removed since."""
+    move = (
+        UpstreamMove.objects.select_related("upstream__project__account", "audit_event__actor")
+        .filter(pk=move_pk)
+        .first()
+    )
+    if move is None:
+        return
+    upstream, event = move.upstream, move.audit_event
+    email_owners(
+        account=upstream.project.account,
+        subject=f"Upstream host changed for project {upstream.project.name}",
+        template="projects/email/upstream_host_changed.txt",
+        context={
+            "project": upstream.project,
+            "upstream": upstream,
+            "old_origin": move.old_origin,
+            "new_origin": move.new_origin,
+            "actor": event.actor,
+            "ip_address": event.ip_address,
+            "had_key": move.provider_key_cleared,
+            "changed_at": event.created_at,
+        },
+    )
 
 
 def check_provider_key(provider_key: str) -> str:

@@ -9,7 +9,9 @@ from django.core import mail
 from accounts.models import AuditEvent
 from projects.members import INVITATIONS_PER_WINDOW
 from projects.models import Invitation
-from tests.mail_faults import closed_port, smtp_server, use_smtp
+from tests.factories import MembershipFactory, UserFactory
+from tests.mail_faults import closed_port, published_tasks, smtp_server, use_smtp
+from tests.projects.conftest import PROVIDER_KEY
 from tests.projects.test_members import invite
 from tests.projects.test_upstream_host import primary_url, save_upstream
 
@@ -66,13 +68,41 @@ def test_an_invited_address_the_server_rejects_is_a_form_error(
     assert not Invitation.objects.filter(account=alice_account).exists()
 
 
-def test_a_host_change_with_mail_down_is_saved_and_logged_without_addresses(
-    client, alice_client, alice_project, settings, caplog, django_capture_on_commit_callbacks
+def test_a_host_change_with_mail_down_is_saved_and_the_owners_email_follows(
+    client,
+    alice_client,
+    alice_project,
+    settings,
+    caplog,
+    django_capture_on_commit_callbacks,
 ):
+    MembershipFactory(user=UserFactory(email="olga@example.com"), account=alice_project.account)
     use_smtp(settings, closed_port())
-    with caplog.at_level(logging.WARNING), django_capture_on_commit_callbacks(execute=True):
+    with (
+        published_tasks() as published,
+        caplog.at_level(logging.WARNING),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         response = save_upstream(alice_client, alice_project, "https://llm.example.net/v1")
     assert response.status_code == 200
     assert primary_url(alice_project) == "https://llm.example.net/v1"
     assert AuditEvent.objects.filter(action="upstream_host_changed").exists()
     assert unsent_kinds(caplog, "alice@example.com") == ["upstream_host_changed"]
+    assert mail.outbox == []
+
+    # A retry is queued with ids only: no address, origin or key in the broker.
+    [retry] = published
+    assert retry.args and all(isinstance(arg, int) for arg in retry.args)
+    for secret in ("@example.com", "llm.example.net", "api.openai.com", PROVIDER_KEY[-4:]):
+        assert secret not in retry.message
+
+    # Once mail is back, the task rebuilds the email from the rows: one message per owner.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    retry.run()
+    assert sorted(m.to for m in mail.outbox) == [["alice@example.com"], ["olga@example.com"]]
+    for message in mail.outbox:
+        assert message.subject == f"[ReqRun] Upstream host changed for project {alice_project.name}"
+        assert "before: https://api.openai.com:443" in message.body
+        assert "now:    https://llm.example.net:443" in message.body
+        assert "by alice@example.com" in message.body
+        assert "stored provider key was removed" in message.body
