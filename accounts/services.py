@@ -136,20 +136,6 @@ def email_owners(*, account: Account, subject: str, template: str, context: dict
     return sent
 
 
-def mail_owners_on_commit(*, account: Account, subject: str, template: str, context: dict) -> None:
-    """Tell the account's owners about a change once it is committed. The change stands and
-    is in the security log: a notice the mail server refuses is logged, not retried, and
-    never turns the page that made the change into an error."""
-
-    def send() -> None:
-        try:
-            email_owners(account=account, subject=subject, template=template, context=context)
-        except MAIL_ERRORS:
-            pass  # logged by email_owners
-
-    transaction.on_commit(send)
-
-
 def send_welcome_email(*, user: User) -> bool:
     """Send the welcome email once per user; False if it was already sent. A send the mail
     server refused raises (MAIL_ERRORS) and leaves the welcome owed, for a retry."""

@@ -9,9 +9,9 @@ from django.db.models import Case, DateTimeField, F, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.emails import MAIL_ERRORS
+from accounts.emails import MAIL_ERRORS, send_or_retry_on_commit
 from accounts.models import Account, User
-from accounts.services import email_owners, mail_owners_on_commit, record_audit_event
+from accounts.services import email_owners, record_audit_event
 from billing import paddle
 from billing.models import PAST_DUE_GRACE, BillingCustomer, Invoice, Subscription
 from billing.paddle import SubscriptionState
@@ -174,8 +174,9 @@ def cancel_duplicate_subscription(
     *, subscription: Subscription, kept: Subscription
 ) -> Subscription:
     """End at once a subscription bound to an account that already pays for `kept` (two
-    checkouts opened in two tabs, both paid), and tell the owners. Paddle's error propagates:
-    the webhook event that bound it is then retried, so the cancellation is never lost."""
+    checkouts opened in two tabs, both paid), and tell the owners (an email the mail server
+    refuses is retried by a task). Paddle's error propagates: the webhook event that bound it
+    is then retried, so the cancellation is never lost."""
     state = paddle.cancel(subscription_id=subscription.paddle_subscription_id, at_once=True)
     canceled = _record_paddle_answer(
         subscription=subscription,
@@ -192,13 +193,31 @@ def cancel_duplicate_subscription(
             "kept_subscription_id": kept.paddle_subscription_id,
         },
     )
-    mail_owners_on_commit(
+    from billing import tasks  # the task module imports this one
+
+    send_or_retry_on_commit(
+        lambda: email_owners_about_duplicate(canceled_pk=canceled.pk, kept_pk=kept.pk),
+        task=tasks.email_owners_about_duplicate,
+        ids=(canceled.pk, kept.pk),
+    )
+    return canceled
+
+
+def email_owners_about_duplicate(*, canceled_pk: int, kept_pk: int) -> None:
+    """Tell the owners a second subscription was canceled at once (`cancel_duplicate_
+    subscription`); raises MAIL_ERRORS when the mail server refuses it."""
+    subscriptions = Subscription.objects.select_related("account", "plan").in_bulk(
+        [canceled_pk, kept_pk]
+    )
+    if len(subscriptions) < 2:  # gone with their account: nobody left to tell
+        return
+    canceled, kept = subscriptions[canceled_pk], subscriptions[kept_pk]
+    email_owners(
         account=canceled.account,
         subject="A second subscription was canceled",
         template="billing/email/duplicate_subscription_canceled.txt",
         context={"canceled": canceled, "kept": kept},
     )
-    return canceled
 
 
 def resume_subscription(

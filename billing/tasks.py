@@ -18,6 +18,14 @@ def email_owners_about_event(self, event_pk: int) -> None:
     retry_refused(lambda: webhooks.email_owners_about(event_pk=event_pk), task=self)
 
 
+@shared_task(bind=True, time_limit=120, soft_time_limit=100, max_retries=MAIL_RETRIES)
+def email_owners_about_duplicate(self, canceled_pk: int, kept_pk: int) -> None:
+    retry_refused(
+        lambda: services.email_owners_about_duplicate(canceled_pk=canceled_pk, kept_pk=kept_pk),
+        task=self,
+    )
+
+
 @shared_task(time_limit=300, soft_time_limit=280)
 def send_usage_notices() -> int:
     return services.send_usage_notices()

@@ -10,9 +10,11 @@ from accounts.models import Account
 from billing.services import send_usage_notices
 from billing.tasks import email_owners_about_event
 from projects.limits import usage_row
+from tests.billing.test_duplicate_subscriptions import FIRST, SECOND, two_tabs  # noqa: F401
 from tests.billing.test_usage_notices import use
 from tests.billing.test_webhook_events import deliver_subscription, subscription_row
-from tests.mail_faults import closed_port, smtp_server, use_smtp
+from tests.factories import MembershipFactory, UserFactory
+from tests.mail_faults import closed_port, published_tasks, smtp_server, use_smtp
 
 pytestmark = pytest.mark.django_db
 
@@ -43,6 +45,42 @@ def test_past_due_with_mail_down_is_applied_and_the_email_follows(
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     email_owners_about_event.apply(args=[event.pk])
     assert [m.subject for m in mail.outbox] == ["[ReqRun] Your payment is past due"]
+
+
+def test_a_second_subscription_canceled_with_mail_down_stays_canceled_and_the_email_follows(
+    webhooks,
+    alice_account,
+    two_tabs,  # noqa: F811 - the fixture imported above
+    settings,
+    caplog,
+):
+    olga = UserFactory(email="olga@example.com")
+    MembershipFactory(user=olga, account=alice_account, role="owner")
+    webhooks.deliver(two_tabs[FIRST])
+    mail.outbox.clear()
+    use_smtp(settings, closed_port())
+    with caplog.at_level(logging.WARNING), published_tasks() as published:
+        event = webhooks.deliver(two_tabs[SECOND])
+    assert event.processed_at is not None and event.error == ""
+    assert "canceled" in event.outcome
+    assert unsent_kinds(caplog, "alice@example.com", "olga@example.com") == [
+        "duplicate_subscription_canceled"
+    ]
+    assert mail.outbox == []
+
+    # A retry is queued with ids only.
+    [retry] = [p for p in published if p.task != "billing.tasks.process_webhook_event"]
+    assert retry.args and all(isinstance(arg, int) for arg in retry.args)
+    assert "@example.com" not in retry.message and SECOND not in retry.message
+
+    # Once mail is back, the task rebuilds the email from the rows: one message per owner.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    retry.run()
+    assert sorted(m.to for m in mail.outbox) == [["alice@example.com"], ["olga@example.com"]]
+    for message in mail.outbox:
+        assert message.subject == "[ReqRun] A second subscription was canceled"
+        assert SECOND in message.body and FIRST in message.body
+        assert "will not charge" in message.body
 
 
 def test_a_rejected_owner_does_not_hold_back_other_accounts_usage_notices(
