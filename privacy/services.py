@@ -21,6 +21,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from accounts.emails import MAIL_ERRORS, log_unsent, send_or_retry
 from accounts.models import Account, User
 from accounts.services import record_audit_event
 from core import encryption
@@ -169,19 +170,27 @@ def build_export(*, export_pk: int) -> AccountExport | None:
         "export ready",
         extra={"export_id": export.public_id, "size_bytes": writer.size},
     )
-    try:
-        send_ready_email(export=export)
-    except OSError as error:  # the mail server: the export stays listed on the page
-        logger.warning(
-            "export email not sent",
-            extra={"export_id": export.public_id, "error": type(error).__name__},
-        )
+    from privacy import tasks  # the task module imports this one
+
+    # The export stays listed on the page; an email the mail server refused comes later.
+    send_or_retry(
+        lambda: send_ready_email(export_pk=export_pk),
+        task=tasks.send_export_ready_email,
+        ids=(export_pk,),
+    )
     return export
 
 
-def send_ready_email(*, export: AccountExport) -> bool:
-    """Tell whoever asked that the export can be downloaded, with a link; False if nobody."""
-    if export.requested_by is None:
+def send_ready_email(*, export_pk: int) -> bool:
+    """Tell whoever asked that the export can be downloaded, with a link; False if nobody
+    asked or it can no longer be (expired, failed, its account deleted). Raises MAIL_ERRORS
+    when the mail server refuses it."""
+    export = (
+        AccountExport.objects.select_related("account", "requested_by")
+        .filter(pk=export_pk, status=Status.READY, expires_at__gt=timezone.now())
+        .first()
+    )
+    if export is None or export.requested_by is None:
         return False
     path = reverse("privacy-export-download", kwargs={"export_id": export.public_id})
     context = {
@@ -189,12 +198,17 @@ def send_ready_email(*, export: AccountExport) -> bool:
         "account": export.account,
         "link": export.site_url.rstrip("/") + path,
     }
-    send_mail(
-        subject="[ReqRun] Your account export is ready",
-        message=render_to_string("privacy/email/export_ready.txt", context),
-        from_email=settings.DEFAULT_FROM_EMAIL,
-        recipient_list=[export.requested_by.email],
-    )
+    try:
+        send_mail(
+            subject="[ReqRun] Your account export is ready",
+            message=render_to_string("privacy/email/export_ready.txt", context),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[export.requested_by.email],
+        )
+    except MAIL_ERRORS as error:
+        log_unsent(kind="export_ready", error=error)
+        raise
+    logger.info("export email sent", extra={"export_id": export.public_id})
     return True
 
 

@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from accounts.emails import MAIL_RETRIES, retry_refused
 from privacy import deletion, services
 
 # Queued when an account is closed, the purge usually succeeds at once; while an attempt is
@@ -14,6 +15,11 @@ PURGE_RETRIES = 24
 @shared_task(acks_late=True, reject_on_worker_lost=True, time_limit=900, soft_time_limit=840)
 def build_export(export_pk: int) -> None:
     services.build_export(export_pk=export_pk)
+
+
+@shared_task(bind=True, time_limit=120, soft_time_limit=100, max_retries=MAIL_RETRIES)
+def send_export_ready_email(self, export_pk: int) -> None:
+    retry_refused(lambda: services.send_ready_email(export_pk=export_pk), task=self)
 
 
 @shared_task(bind=True, acks_late=True, time_limit=900, soft_time_limit=840)
