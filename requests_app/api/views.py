@@ -13,6 +13,7 @@ from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpResponse
+from django.template.response import SimpleTemplateResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -104,7 +105,7 @@ class V1View(APIView):
         except Exception as exc:  # noqa: BLE001 - DRF's own rule: every error is a response
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
-        return self.response
+        return rendered_here(self.response)
 
     def authenticate_and_peek(self, request) -> ApiKey:
         api_key, self.rate_state = authenticate(request.META, rate="peek")
@@ -118,6 +119,19 @@ class V1View(APIView):
             for name, value in self.rate_state.headers().items():
                 response[name] = value
         return response
+
+
+def rendered_here(response: HttpResponse) -> HttpResponse:
+    """DRF's Response rendered on the loop and handed on as a plain HttpResponse. Django
+    renders any response that has a `render` method through a hop to its one
+    thread-sensitive thread (`BaseHandler._get_response_async`), which queued every 202 and
+    every error behind the other calls' hops; rendering JSON needs no thread."""
+    if not isinstance(response, SimpleTemplateResponse):
+        return response
+    response.render()
+    plain = HttpResponse(response.content, status=response.status_code, headers=response.headers)
+    plain._has_been_logged = getattr(response, "_has_been_logged", False)
+    return plain
 
 
 def prefers_async(prefer: str) -> bool:
