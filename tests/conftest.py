@@ -145,11 +145,13 @@ def raised_while_held(hold, act) -> Exception | None:
 class WorkerProcess:
     """A real `celery worker` subprocess against the real broker and the test database."""
 
-    def __init__(self, *, concurrency: int = 8, extra_env: dict | None = None):
+    def __init__(
+        self, *, concurrency: int = 8, extra_env: dict | None = None, log_path: Path | None = None
+    ):
         self.concurrency = concurrency
         self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
-        self.log_path = ROOT / ".data" / f"test-worker-{os.getpid()}.log"
+        self.log_path = log_path or ROOT / ".data" / f"test-worker-{os.getpid()}.log"
 
     def start(self) -> "WorkerProcess":
         self.log_path.parent.mkdir(exist_ok=True)

@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from core import heartbeats
+from core.outages import is_redis_outage
 from requests_app import metrics
 from requests_app.engine import sse, streams
 from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
@@ -36,8 +37,11 @@ class SweepReport:
 
 
 def _dispatch(pks: list[int]) -> int:
-    Request.objects.filter(pk__in=pks).update(dispatched_at=timezone.now())
+    """Publish `pks` again. Only a publish Redis took is recorded: one it refused (an
+    outage) leaves them due, for the next sweep, rather than waiting out a redispatch."""
+    now = timezone.now()
     publish_execute_request(*pks)
+    Request.objects.filter(pk__in=pks).update(dispatched_at=now)
     return len(pks)
 
 
@@ -144,19 +148,27 @@ def sweep() -> SweepReport:
     unclaimed = Q(redispatch_at__lt=now) & (
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )
-    still_queued_after = taken_from_queue_before()
-    if still_queued_after is not None:
-        unclaimed &= Q(dispatched_at__lt=still_queued_after)
-    due = (
-        Request.objects.filter(status__in=[Status.QUEUED, Status.RETRYING])
-        .annotate(redispatch_at=_redispatch_at())
-        .filter(due_now | unclaimed)
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:BATCH_SIZE]
-    )
-    report.dispatched = _dispatch(list(due))
+    try:
+        still_queued_after = taken_from_queue_before()
+        if still_queued_after is not None:
+            unclaimed &= Q(dispatched_at__lt=still_queued_after)
+        due = (
+            Request.objects.filter(status__in=[Status.QUEUED, Status.RETRYING])
+            .annotate(redispatch_at=_redispatch_at())
+            .filter(due_now | unclaimed)
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:BATCH_SIZE]
+        )
+        report.dispatched = _dispatch(list(due))
+        heartbeats.record(heartbeats.SWEEPER)  # /readyz: 503 when this stops
+    except Exception as error:
+        if not is_redis_outage(error):
+            raise
+        # Down, full or read-only: /readyz says so, and what is due stays due.
+        logger.warning(
+            "sweep incomplete: Redis unavailable", extra={"exception": type(error).__name__}
+        )
     if report.dispatched or report.recovered:
         logger.info("sweep", extra={"dispatched": report.dispatched, "recovered": report.recovered})
-    heartbeats.record(heartbeats.SWEEPER)  # /readyz: 503 when this stops
     metrics.swept(started=now, dispatched=report.dispatched, recovered=report.recovered)
     return report

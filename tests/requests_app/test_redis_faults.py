@@ -1,15 +1,27 @@
 """A Redis that answers but refuses what it is asked (out of memory under `noeviction`, a
 read-only replica after a failover, a password ReqRun does not send) is answered as an
-outage: a 503 in OpenAI's envelope with `Retry-After`, never a 500 of our own."""
+outage: a 503 in OpenAI's envelope with `Retry-After`, never a 500 of our own. Behind the
+web, work accepted before the fault ends once, by the same worker, and the sweeper
+publishes what fell due meanwhile at its first pass once Redis takes writes again."""
+
+import logging
+from collections import Counter
+from contextlib import contextmanager
+from datetime import timedelta
 
 import httpx
 import pytest
 import redis as redis_py
+from django.conf import settings
+from django.utils import timezone
 
 from devstack.servers import EmbeddedRedis, free_port
-from tests.conftest import ProcfileWeb
+from requests_app.engine.recovery import sweep
+from requests_app.models import TERMINAL_STATUSES, Request
+from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
+from tests.factories import RequestFactory
 from tests.requests_app.conftest import Tenant
-from tests.requests_app.test_outages import assert_unavailable, post_chat
+from tests.requests_app.test_outages import Call, assert_unavailable, post_chat, waiting_callers
 
 PASSWORD = "s3cret-never-logged"  # noqa: S105 - a test server's password
 
@@ -29,13 +41,18 @@ def own_redis(tmp_path):
     server.stop()
 
 
-def out_of_memory(server: EmbeddedRedis) -> None:
+def out_of_memory(url: str) -> None:
     """Every write is refused with OOM, as a full Redis under `noeviction` answers."""
-    admin = redis_py.Redis.from_url(server.url)
+    admin = redis_py.Redis.from_url(url)
     admin.config_set("maxmemory-policy", "noeviction")
     admin.config_set("maxmemory", "1")
     with pytest.raises(redis_py.exceptions.OutOfMemoryError):
         admin.set("reqrun:probe", "1")
+
+
+def memory_freed(url: str) -> None:
+    """The limit lifted, as an operator does: writes are taken again."""
+    redis_py.Redis.from_url(url).config_set("maxmemory", "0")
 
 
 def read_only_replica(tmp_path, primary: EmbeddedRedis) -> EmbeddedRedis:
@@ -71,7 +88,7 @@ def test_calls_while_redis_is_out_of_memory_get_a_503_to_retry(
     try:
         accepted = post_chat(web.url, customer, Prefer="respond-async")
         assert accepted.status_code == 202
-        out_of_memory(own_redis)
+        out_of_memory(own_redis.url)
 
         response = post_chat(web.url, customer, **prefer)
         reading = get_request(web.url, customer, accepted.json()["id"])
@@ -127,3 +144,129 @@ def test_calls_when_redis_wants_a_password_get_a_503_to_retry(customer, own_redi
     assert_unavailable(no_password)
     assert_no_error_of_ours(wrong)
     assert_no_error_of_ours(none)
+
+
+def test_a_sweep_redis_refuses_is_a_warning_and_the_next_one_publishes(db, caplog):
+    RequestFactory(status="retrying", next_attempt_at=timezone.now() - timedelta(seconds=1))
+    out_of_memory(settings.REDIS_URL)  # the suite's own Redis, for this test only
+    try:
+        with caplog.at_level(logging.WARNING):
+            refused = sweep()
+    finally:
+        memory_freed(settings.REDIS_URL)
+
+    assert refused.dispatched == 0
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "sweep incomplete: Redis unavailable")
+    ]
+    # The publish Redis refused is not taken for one made: no redispatch wait before the next.
+    assert sweep().dispatched == 1
+
+
+@contextmanager
+def deploy(tmp_path, redis_url: str, *, concurrency: int):
+    """The Procfile's web, a worker and beat, all on `redis_url` (the test's own Redis)."""
+    env = {"REDIS_URL": redis_url}
+    worker = WorkerProcess(concurrency=concurrency, extra_env=env, log_path=tmp_path / "worker.log")
+    beat = BeatProcess(extra_env=env, log_path=tmp_path / "beat.log")
+    web = ProcfileWeb(tmp_path / "web.log", **env)
+    started = []
+    try:
+        for process in (worker, beat, web):  # worker and beat boot while the web does
+            started.append(process.start())
+        yield web, worker, beat
+    finally:
+        for process in started:
+            process.stop()
+
+
+def accept(url: str, customer: Tenant, model: str, content: str) -> str:
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": content}]},
+        headers={"Authorization": f"Bearer {customer.raw_key}", "Prefer": "respond-async"},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def waiting_for(web: ProcfileWeb, customer: Tenant, public_id: str) -> Call:
+    """A caller waiting on `public_id`, registered with the web before what follows."""
+    call = Call("GET", f"{web.url}/v1/requests/{public_id}?wait=30", customer)
+    call.start()
+    wait_until(lambda: waiting_callers(web) == 1, message="the caller never waited")
+    return call
+
+
+def retrying(public_id: str) -> Request:
+    return wait_until(
+        lambda: Request.objects.filter(public_id=public_id, status="retrying").first(),
+        message="the first attempt never ended",
+    )
+
+
+def all_finished(public_ids: list[str]) -> dict[str, str]:
+    """Each request's status, once none of them is left queued, running or retrying."""
+    wait_until(
+        lambda: (
+            not Request.objects.filter(public_id__in=public_ids)
+            .exclude(status__in=TERMINAL_STATUSES)
+            .exists()
+        ),
+        timeout=40,
+        interval=0.2,
+        message="a request accepted before the fault never ended",
+    )
+    return dict(Request.objects.filter(public_id__in=public_ids).values_list("public_id", "status"))
+
+
+def upstream_calls(fake_upstream) -> Counter:
+    """How often the upstream was called for each request, by its prompt."""
+    return Counter(call.body["messages"][0]["content"] for call in fake_upstream.requests)
+
+
+def assert_succeeded(answer: httpx.Response) -> None:
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "succeeded"
+
+
+def assert_no_task_failed(*logs) -> None:
+    """Neither a task nor a worker ended in an error of ours; beat's sweep never failed."""
+    for log in logs:
+        text = log.read_text()
+        assert "raised unexpected" not in text  # a task's exception (celery.app.trace)
+        assert "Unrecoverable error" not in text  # a worker's consumer giving up
+        assert "task run by beat failed" not in text
+
+
+@pytest.mark.timeout(120)
+def test_work_accepted_before_redis_ran_out_of_memory_ends_once(
+    customer, own_redis, fake_upstream, tmp_path
+):
+    with deploy(tmp_path, own_redis.url, concurrency=2) as (web, worker, beat):
+        # Retry-After 3 s: too long for a worker to wait, so the sweeper publishes the retry.
+        later = accept(web.url, customer, "script:503ra3,200", "later")
+        retry_due = retrying(later).next_attempt_at
+        running = [accept(web.url, customer, "sleep-2000", f"running-{n}") for n in (1, 2)]
+        waiting = waiting_for(web, customer, running[0])
+        queued = [accept(web.url, customer, "gpt-test", f"queued-{n}") for n in (1, 2)]
+
+        out_of_memory(own_redis.url)
+        answer = waiting.result()  # its attempt ended while Redis refused every write
+        # The retry falls due, and a sweep is refused its publish, while Redis is full.
+        wait_until(lambda: timezone.now() > retry_due + timedelta(seconds=2.5), timeout=30)
+        memory_freed(own_redis.url)
+        after = accept(web.url, customer, "gpt-test", "after")
+
+        statuses = all_finished([later, *running, *queued, after])
+        assert worker.process.poll() is None  # the worker that consumed after is the same one
+
+    assert_succeeded(answer)
+    assert set(statuses.values()) == {"succeeded"}
+    assert upstream_calls(fake_upstream) == Counter(
+        {"later": 2, "running-1": 1, "running-2": 1, "queued-1": 1, "queued-2": 1, "after": 1}
+    )
+    assert_no_task_failed(worker.log_path, beat.log_path)
+    assert "sweep incomplete: Redis unavailable" in beat.log_path.read_text()
+    assert_no_error_of_ours(web)
