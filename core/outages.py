@@ -2,6 +2,8 @@
 connections or memory, read-only after a failover, too slow, a password refused), as opposed
 to one refusing what was asked of it: callers wait, retry or answer 503 on these."""
 
+import re
+
 import redis
 from django.db import DatabaseError, InterfaceError, InternalError, OperationalError
 
@@ -26,12 +28,21 @@ REDIS_UNAVAILABLE = (
 # Redis refuses writes with MISCONF when it cannot save its snapshot
 # (stop-writes-on-bgsave-error); redis-py has no class of its own for it.
 REDIS_REFUSING_WRITES = ("MISCONF",)
+# Redis before 7 wraps a refusal met inside a script (the concurrency slots' Lua) in an error
+# of its own that redis-py cannot tell apart: "Error running script (call to f_…):
+# @user_script:2: @user_script: 2: -READONLY You can't write against a read only replica."
+REFUSED_INSIDE_A_SCRIPT = re.compile(r": -(OOM|READONLY|MASTERDOWN|NOPERM|MISCONF) ")
 
 
 def is_redis_outage(error: BaseException) -> bool:
     """Whether `error` means ReqRun's Redis cannot serve it just now."""
-    return isinstance(error, REDIS_UNAVAILABLE) or (
-        isinstance(error, redis.ResponseError) and str(error).startswith(REDIS_REFUSING_WRITES)
+    if isinstance(error, REDIS_UNAVAILABLE):
+        return True
+    if not isinstance(error, redis.ResponseError):
+        return False
+    message = str(error)
+    return message.startswith(REDIS_REFUSING_WRITES) or bool(
+        REFUSED_INSIDE_A_SCRIPT.search(message)
     )
 
 

@@ -332,6 +332,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CONNECTION_TIMEOUT = 5
+# A Redis that answers but refuses (READONLY after a failover, OOM, a primary demoted under a
+# waiting BRPOP: UNBLOCKED) is an outage too: reconnect and wait for it, rather than exit with
+# "Unrecoverable error" and, restarted meanwhile, exit again at once.
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # No acknowledgement emulation: PostgreSQL and the sweeper, not the broker, recover a
     # message a dead worker held (it only waits until the sweeper publishes it again). The

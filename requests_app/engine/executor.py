@@ -12,6 +12,7 @@ dispatched by the sweeper.
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,7 +21,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from core import encryption, shutdown
-from core.outages import database_unavailable, sqlstate
+from core.outages import database_unavailable, is_redis_outage, sqlstate
 from core.prepared import PreparedGet, together
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.models import Upstream
@@ -418,12 +419,26 @@ def conclude_when_the_database_answers(request: Request, number: int, result, **
             pause = min(pause * 2, 5.0)
 
 
+@contextmanager
+def redis_outage_logged(request: Request, event: str):
+    """A Redis outage inside ends the block as one warning, `event`, and nothing more: the
+    slots are a limit, not a record, and PostgreSQL still has the request."""
+    try:
+        yield
+    except Exception as error:
+        if not is_redis_outage(error):
+            raise
+        logger.warning(
+            event, extra={"request_id": request.public_id, "exception": type(error).__name__}
+        )
+
+
 def execute_request(request_pk: int) -> None:
     """Run attempts until the request finishes or waits longer than a worker should hold it.
 
-    Each attempt first takes one of the account's concurrency slots; without one the
-    request goes back to wait, so one tenant's backlog never holds a worker. A worker that
-    is shutting down starts no further attempt.
+    Each attempt first takes one of the account's concurrency slots; without one (none
+    free, or a Redis that refuses the write) the request goes back to wait, so one tenant's
+    backlog never holds a worker. A worker that is shutting down starts no further attempt.
     """
     while True:
         if shutdown.is_stopping():
@@ -444,9 +459,12 @@ def execute_request(request_pk: int) -> None:
         lease = lease_for(row).total_seconds()
         limit = limits_for(row.account, preloaded=True).concurrency
         slot = concurrency.slot_token(request_pk)
-        if not concurrency.acquire(
-            account_id=row.account_id, token=slot, limit=limit, lease_seconds=lease
-        ):
+        acquired = False  # none to be had from a Redis that cannot take the write either
+        with redis_outage_logged(row, "concurrency slot not taken: Redis unavailable"):
+            acquired = concurrency.acquire(
+                account_id=row.account_id, token=slot, limit=limit, lease_seconds=lease
+            )
+        if not acquired:
             defer_for_capacity(request_pk)
             return
         held = concurrency.Held(row.account_id, slot)
@@ -485,7 +503,10 @@ def execute_request(request_pk: int) -> None:
             if route:
                 _learn_from(route, result, row)
         finally:
-            held.release()  # unless it went with the completion notice
+            # Unless it went with the completion notice. One Redis cannot free now frees
+            # itself when its lease ends.
+            with redis_outage_logged(row, "concurrency slot not released: Redis unavailable"):
+                held.release()
         if delay is None:
             return
         time.sleep(delay)

@@ -63,6 +63,19 @@ def read_only_replica(tmp_path, primary: EmbeddedRedis) -> EmbeddedRedis:
     return replica
 
 
+def fail_over(primary: EmbeddedRedis, *, to: EmbeddedRedis) -> None:
+    """`to` (a replica of `primary`) is promoted and `primary` made its replica, as a failover
+    does: whoever is still connected to `primary` finds every write refused with READONLY,
+    and a BRPOP waiting there is ended with UNBLOCKED."""
+    redis_py.Redis.from_url(to.url).replicaof("NO", "ONE")
+    redis_py.Redis.from_url(primary.url).replicaof("127.0.0.1", to.port)
+
+
+def promoted(server: EmbeddedRedis) -> None:
+    """`server` takes writes again, with the data it holds."""
+    redis_py.Redis.from_url(server.url).replicaof("NO", "ONE")
+
+
 def get_request(url: str, customer: Tenant, request_id: str) -> httpx.Response:
     return httpx.get(
         f"{url}/v1/requests/{request_id}",
@@ -166,7 +179,8 @@ def test_a_sweep_redis_refuses_is_a_warning_and_the_next_one_publishes(db, caplo
 @contextmanager
 def deploy(tmp_path, redis_url: str, *, concurrency: int):
     """The Procfile's web, a worker and beat, all on `redis_url` (the test's own Redis)."""
-    env = {"REDIS_URL": redis_url}
+    # TMPDIR: where kombu dumps the messages it could not put back (see docs/operations.md).
+    env = {"REDIS_URL": redis_url, "TMPDIR": str(tmp_path)}
     worker = WorkerProcess(concurrency=concurrency, extra_env=env, log_path=tmp_path / "worker.log")
     beat = BeatProcess(extra_env=env, log_path=tmp_path / "beat.log")
     web = ProcfileWeb(tmp_path / "web.log", **env)
@@ -269,4 +283,53 @@ def test_work_accepted_before_redis_ran_out_of_memory_ends_once(
     )
     assert_no_task_failed(worker.log_path, beat.log_path)
     assert "sweep incomplete: Redis unavailable" in beat.log_path.read_text()
+    assert_no_error_of_ours(web)
+
+
+@pytest.mark.timeout(120)
+def test_work_accepted_before_a_redis_failover_ends_once(
+    customer, own_redis, fake_upstream, tmp_path
+):
+    replica = read_only_replica(tmp_path, own_redis)
+    late = WorkerProcess(
+        concurrency=1,
+        extra_env={"REDIS_URL": own_redis.url, "TMPDIR": str(tmp_path)},
+        log_path=tmp_path / "late.log",
+    )
+    try:
+        with deploy(tmp_path, own_redis.url, concurrency=3) as (web, worker, beat):
+            running = [accept(web.url, customer, "sleep-2000", f"running-{n}") for n in (1, 2)]
+            waiting = waiting_for(web, customer, running[0])
+            # A retry due 1.5 s after the first attempt, which its worker waits for itself.
+            soon = accept(web.url, customer, "script:503ram1500,200", "soon")
+            retry_due = retrying(soon).next_attempt_at
+            queued = [accept(web.url, customer, "gpt-test", f"queued-{n}") for n in (1, 2)]
+
+            fail_over(own_redis, to=replica)
+            late.start()  # a worker (re)started while its Redis is read-only
+            answer = waiting.result()  # its attempt ended while Redis refused every write
+            wait_until(
+                lambda: "ReadOnlyError" in late.log_path.read_text(),
+                timeout=60,
+                message="the late worker never met the read-only Redis",
+            )
+            # The retry's worker has tried to take a concurrency slot for it meanwhile.
+            wait_until(lambda: timezone.now() > retry_due + timedelta(seconds=1), timeout=30)
+            promoted(own_redis)
+            after = accept(web.url, customer, "gpt-test", "after")
+
+            statuses = all_finished([*running, soon, *queued, after])
+            assert worker.process.poll() is None  # neither worker ended, nor was restarted
+            assert late.process.poll() is None
+    finally:
+        late.stop()
+        replica.stop()
+
+    assert_succeeded(answer)
+    assert set(statuses.values()) == {"succeeded"}
+    assert upstream_calls(fake_upstream) == Counter(
+        {"running-1": 1, "running-2": 1, "soon": 2, "queued-1": 1, "queued-2": 1, "after": 1}
+    )
+    assert_no_task_failed(worker.log_path, late.log_path, beat.log_path)
+    assert "concurrency slot not taken: Redis unavailable" in worker.log_path.read_text()
     assert_no_error_of_ours(web)
