@@ -111,6 +111,19 @@ def test_retry_after_headers(server: FakeUpstream) -> None:
     assert (unavailable.status_code, unavailable.headers["retry-after"]) == (503, "2")
 
 
+def test_a_script_answers_with_its_headers_plain_and_streamed(server: FakeUpstream) -> None:
+    server.script("headed", "200", headers={"x-request-id": "req_given", "x-extra": "1"})
+
+    plain = post(server, "headed")
+    streamed = post(server, "headed", stream=True)
+
+    for response in (plain, streamed):
+        assert response.status_code == 200
+        assert response.headers.get_list("x-request-id") == ["req_given"]  # replaced, not added
+        assert response.headers["x-extra"] == "1"
+    assert b"data: [DONE]" in streamed.content
+
+
 def test_drop_and_hang_fail_at_the_transport(server: FakeUpstream) -> None:
     with pytest.raises(httpx.TransportError):
         post(server, "script:drop")

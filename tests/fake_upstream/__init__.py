@@ -10,8 +10,8 @@ Scripting faults
 ----------------
 Each POST follows one *step*, chosen by the first rule that applies:
 
-1. ``FakeUpstream.script(key, steps)``: requests whose ``X-Fake-Script-Key`` header,
-   or else whose ``model``, equals ``key``;
+1. ``FakeUpstream.script(key, steps[, headers])``: requests whose ``X-Fake-Script-Key``
+   header, or else whose ``model``, equals ``key`` (their answers carry ``headers`` too);
 2. ``"model": "script:<step>,<step>,..."``: a sequence consumed per script key, i.e. the
    ``X-Fake-Script-Key`` header if sent, else the model plus a hash of the body (a retry
    of one body walks the sequence; other bodies get their own);
@@ -56,8 +56,8 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -181,18 +181,24 @@ def _head(
     keep_alive: bool,
     extra: Iterable[tuple[str, str]] = (),
 ) -> bytes:
-    """Status line and headers; ``length=None`` means a chunked body."""
+    """Status line and headers; ``length=None`` means a chunked body. An ``extra`` header
+    named like a default one (``x-request-id``...) replaces it."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "Unknown"
+    extra = list(extra)
+    replaced = {name for name, _ in extra}
+    defaults = (
+        ("x-request-id", f"req_fake_{rid}"),
+        ("x-ratelimit-limit-requests", "10000"),
+        ("x-ratelimit-remaining-requests", "9999"),
+    )
     lines = [
         f"HTTP/1.1 {status} {reason}",
         f"content-type: {content_type}",
         "transfer-encoding: chunked" if length is None else f"content-length: {length}",
-        f"x-request-id: req_fake_{rid}",
-        "x-ratelimit-limit-requests: 10000",
-        "x-ratelimit-remaining-requests: 9999",
+        *(f"{name}: {value}" for name, value in defaults if name not in replaced),
     ]
     if not keep_alive:
         lines.append("connection: close")
@@ -279,12 +285,18 @@ class FakeUpstream:
             self._raw.clear()
             self._cursors.clear()
 
-    def script(self, key: str, steps: str | Iterable[str]) -> None:
-        """Requests with ``X-Fake-Script-Key: key`` (or else model ``key``) walk ``steps``."""
+    def script(
+        self, key: str, steps: str | Iterable[str], headers: Mapping[str, str] | None = None
+    ) -> None:
+        """Requests with ``X-Fake-Script-Key: key`` (or else model ``key``) walk ``steps``;
+        every answer of theirs, plain or streamed, carries ``headers`` (lowercase names)."""
         texts = steps.split(",") if isinstance(steps, str) else list(steps)
         if not texts:
             raise ValueError("a script needs at least one step")
-        parsed = tuple(parse_step(text) for text in texts)
+        extra = tuple((headers or {}).items())
+        parsed = tuple(
+            replace(step, headers=step.headers + extra) for step in map(parse_step, texts)
+        )
         with self._lock:
             self._scripts[key] = parsed
             self._cursors.pop("script:" + key, None)
@@ -524,7 +536,7 @@ class FakeUpstream:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
-        extra = [("cache-control", "no-cache")]
+        extra = [("cache-control", "no-cache"), *step.headers]
         writer.write(_head(200, rid, "text/event-stream; charset=utf-8", None, keep_alive, extra))
         if step.action == "garbage":
             events = [JUNK]
