@@ -51,6 +51,7 @@ FIELDS: dict[str, str] = {
     # Engine, sweeper and retention.
     "dispatched": "dispatched",
     "recovered": "recovered",
+    "headers": "headers",
     "response_bodies": "response_bodies",
     "records": "records",
     "exception": "exception",

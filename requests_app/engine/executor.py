@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from core import encryption, shutdown
+from core import encryption, logs, shutdown
 from core.outages import database_unavailable, is_redis_outage, sqlstate
 from core.prepared import PreparedGet, together
 from projects.limits import PLAN_STATE_RELATED, limits_for
@@ -130,10 +130,12 @@ def perform_attempt(
     # call must not pin a connection for its whole duration.
     close_old_connections()
     started = time.monotonic()
-    try:
-        result = _call_upstream(request, attempt.number, slot, route)
-    except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
-        result = upstream.classify(error=error)
+    # What is logged on the way (a header dropped, an exception classified) names its request.
+    with logs.bind(request_id=request.public_id, attempt=attempt.number):
+        try:
+            result = _call_upstream(request, attempt.number, slot, route)
+        except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
+            result = upstream.classify(error=error)
     result.upstream = attempt.upstream
     attempt.latency_ms = int((time.monotonic() - started) * 1000)
     return result

@@ -55,6 +55,7 @@ class StreamRelay:
         self.started = False
         self.stop_reason: str | None = None
         self.response: httpx.Response | None = None
+        self.headers: dict[str, str] = {}  # the upstream's, as its readers get them
         self.finished = threading.Event()
 
     # The watcher thread --------------------------------------------------------------
@@ -124,9 +125,7 @@ class StreamRelay:
             raise Stopped("lease_lost")
         self.publisher.start(
             response.status_code,
-            upstream.with_upstream_header(
-                upstream.forwarded_headers(response.headers), self.upstream_name
-            ),
+            upstream.with_upstream_header(self.headers, self.upstream_name),
         )
         self.started = True
 
@@ -136,6 +135,7 @@ class StreamRelay:
             raise Stopped(self.stop_reason)
         if not 200 <= response.status_code < 300:
             return upstream.classify(answer=upstream.read_answer(response))
+        self.headers = upstream.forwarded_headers(response.headers)
         # Nothing leaves before the first line has arrived whole (its bytes may come in
         # pieces) and reads as an event stream.
         received = b""
@@ -189,10 +189,7 @@ class StreamRelay:
         """An outcome once bytes have left: what was delivered, never to be retried."""
         body = bytes(self.delivered)
         # The headers the callers got with the first bytes, so a replay carries them too.
-        headers = (
-            upstream.forwarded_headers(self.response.headers) if self.response is not None else {}
-        )
-        headers.setdefault("content-type", "text/event-stream")
+        headers = {"content-type": "text/event-stream", **self.headers}
         return AttemptResult(
             outcome,
             status_code=200,

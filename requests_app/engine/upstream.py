@@ -6,6 +6,7 @@ hands a streamed one to the relay; whatever either returns or raises becomes an
 """
 
 import logging
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -25,6 +26,15 @@ logger = logging.getLogger(__name__)
 # Response headers that describe the customer's provider key; clients keep seeing them.
 FORWARDED_RESPONSE_HEADERS = ("x-request-id", "content-type", "openai-processing-ms")
 FORWARDED_RESPONSE_PREFIXES = ("x-ratelimit-",)
+# Each, and all together, within what every client reads: Node's refuses a response head
+# over 16 KB, h11 at its defaults too, and nginx in front of ReqRun one over its
+# proxy_buffer_size (a 4 KB page by default). Real ones are far smaller: an x-request-id is
+# under 100 bytes, a rate-limit value a few. A header's name and value count, in the order
+# the upstream sent them.
+MAX_FORWARDED_HEADER_BYTES = 512
+MAX_FORWARDED_HEADERS_BYTES = 2048
+# What no server may send in a header value (uvicorn refuses it and drops the connection).
+UNSENDABLE_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 CONNECT_TIMEOUT_SECONDS = 10.0
 USER_AGENT = "ReqRun"
 
@@ -103,11 +113,32 @@ def endpoint_url(base_url: str, endpoint: str) -> str:
 
 
 def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:
-    return {
-        name: value
-        for name, value in headers.items()
-        if name in FORWARDED_RESPONSE_HEADERS or name.startswith(FORWARDED_RESPONSE_PREFIXES)
-    }
+    """The upstream's headers a caller gets (and a replay, and a stream's readers).
+
+    A header past the bounds above, or holding a character no server may send, is dropped,
+    never cut (a cut value would lie): the caller's client could not read the answer at all.
+    One warning names what was dropped, by name and size, never by value.
+    """
+    kept, dropped, total = {}, [], 0
+    for name, value in headers.items():
+        if not (name in FORWARDED_RESPONSE_HEADERS or name.startswith(FORWARDED_RESPONSE_PREFIXES)):
+            continue
+        size = len(name.encode()) + len(value.encode())
+        if (
+            size > MAX_FORWARDED_HEADER_BYTES
+            or total + size > MAX_FORWARDED_HEADERS_BYTES
+            or UNSENDABLE_IN_HEADER.search(value)
+        ):
+            dropped.append(f"{name[:64]} ({size} bytes)")
+            continue
+        kept[name] = value
+        total += size
+    if dropped:
+        logger.warning(
+            "upstream headers dropped",
+            extra={"headers": ", ".join(dropped[:10]), "count": len(dropped)},
+        )
+    return kept
 
 
 UPSTREAM_HEADER = "ReqRun-Upstream"

@@ -109,6 +109,69 @@ def test_a_negative_retry_hint_on_a_success_is_clamped_not_stranded(sdk, fake_up
     assert fake_upstream.count("/v1/chat/completions") == 1
 
 
+# The response head every client reads: Node's refuses one over 16 KB, nginx in front of
+# ReqRun one over its proxy_buffer_size (4 KB by default).
+CLIENT_HEAD_LIMIT = 4 * 1024
+# The upstream's headers, and one of them that cannot reach the caller.
+UNREADABLE_HEADERS = {
+    "a 70 KB x-request-id": ({"x-request-id": "req_" + "sentinel" * 9000}, "x-request-id"),
+    "hundreds of x-ratelimit-* headers": (
+        {f"x-ratelimit-extra-{n}": "sentinel" * 5 for n in range(400)},
+        "x-ratelimit-extra-399",
+    ),
+    "a control character": ({"x-request-id": "req_sentinel\x01"}, "x-request-id"),
+}
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(
+    ("headers", "dropped"), UNREADABLE_HEADERS.values(), ids=UNREADABLE_HEADERS.keys()
+)
+def test_an_upstream_header_no_client_could_read_is_dropped_not_passed_on(
+    sdk, fake_upstream, worker, headers, dropped, streamed
+):
+    fake_upstream.script("headed", "200", headers=headers)
+    key = f"headed-{uuid.uuid4()}"
+    log_start = worker.log_path.stat().st_size
+
+    def call():
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="headed",
+            messages=CHAT,
+            stream=streamed,
+            extra_headers={"Idempotency-Key": key},
+        )
+        answer = raw.parse()
+        if streamed:
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in answer)
+        else:
+            text = answer.choices[0].message.content
+        return raw.headers, text
+
+    answered, replayed = call(), call()
+
+    for response_headers, text in (answered, replayed):
+        assert text == "Hello from fake upstream"
+        head = sum(len(name) + len(value) + 4 for name, value in response_headers.raw)
+        assert head < CLIENT_HEAD_LIMIT
+        assert dropped not in response_headers
+        assert response_headers["x-ratelimit-remaining-requests"] == "9999"  # a normal one
+    assert replayed[0]["idempotent-replayed"] == "true"
+    request = wait_until(terminal, message="the request never ended")
+    assert request.status == "succeeded"
+    assert dropped not in request.response_headers
+    assert fake_upstream.count("/v1/chat/completions") == 1
+    with open(worker.log_path, "rb") as log:
+        log.seek(log_start)
+        lines = [json.loads(line) for line in log if line.startswith(b"{")]
+    [warning] = [line for line in lines if line["event"] == "upstream headers dropped"]
+    assert warning["request_id"] == request.public_id
+    missing = [name for name in headers if name not in request.response_headers]
+    assert warning["count"] == len(missing)
+    assert warning["headers"].startswith(f"{missing[0]} (")  # names and sizes...
+    assert "sentinel" not in json.dumps(lines)  # ...never values
+
+
 def test_an_exception_inside_an_attempt_is_a_recorded_outcome_not_a_stranded_request(
     tenant, live_api
 ):
