@@ -124,15 +124,17 @@ def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:
         if not (name in FORWARDED_RESPONSE_HEADERS or name.startswith(FORWARDED_RESPONSE_PREFIXES)):
             continue
         size = len(name.encode()) + len(value.encode())
+        # The answer's type is never crowded out by headers the upstream sent before it.
+        budget = 0 if name == "content-type" else size
         if (
             size > MAX_FORWARDED_HEADER_BYTES
-            or total + size > MAX_FORWARDED_HEADERS_BYTES
+            or total + budget > MAX_FORWARDED_HEADERS_BYTES
             or UNSENDABLE_IN_HEADER.search(value)
         ):
             dropped.append(f"{name[:64]} ({size} bytes)")
             continue
         kept[name] = value
-        total += size
+        total += budget
     if dropped:
         logger.warning(
             "upstream headers dropped",

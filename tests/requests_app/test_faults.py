@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from projects.models import Upstream
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
+from requests_app.engine import upstream
 from requests_app.engine.recovery import sweep
 from requests_app.models import Attempt, Request
 from tests.conftest import WorkerProcess, wait_until
@@ -170,6 +171,18 @@ def test_an_upstream_header_no_client_could_read_is_dropped_not_passed_on(
     assert warning["count"] == len(missing)
     assert warning["headers"].startswith(f"{missing[0]} (")  # names and sizes...
     assert "sentinel" not in json.dumps(lines)  # ...never values
+
+
+def test_the_answers_type_is_kept_whatever_the_upstream_sent_before_it():
+    sent = httpx.Headers(
+        [(f"x-ratelimit-extra-{n}", "5" * 40) for n in range(100)]
+        + [("content-type", "application/json")]
+    )
+
+    kept = upstream.forwarded_headers(sent)
+
+    assert kept["content-type"] == "application/json"
+    assert "x-ratelimit-extra-99" not in kept  # the rest still bounded
 
 
 def test_an_exception_inside_an_attempt_is_a_recorded_outcome_not_a_stranded_request(
