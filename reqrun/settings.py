@@ -1,5 +1,6 @@
 """Django settings. Every value that differs between environments comes from the environment."""
 
+import ssl
 from pathlib import Path
 
 import environ
@@ -336,6 +337,14 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 5
 # waiting BRPOP: UNBLOCKED) is an outage too: reconnect and wait for it, rather than exit with
 # "Unrecoverable error" and, restarted meanwhile, exit again at once.
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+# kombu's Redis transport, whose restore of unacked messages Redis refuses writes no file
+# (core/broker.py). Named here, the transport no longer follows the URL's scheme: a rediss://
+# URL asks for TLS below, verified as the engine's client verifies it (the URL's own ssl_*
+# options still apply).
+CELERY_BROKER_TRANSPORT = "core.broker:Transport"
+CELERY_BROKER_USE_SSL = (
+    {"ssl_cert_reqs": ssl.CERT_REQUIRED} if REDIS_URL.startswith("rediss:") else False
+)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # No acknowledgement emulation: PostgreSQL and the sweeper, not the broker, recover a
     # message a dead worker held (it only waits until the sweeper publishes it again). The

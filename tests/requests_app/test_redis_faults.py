@@ -176,11 +176,22 @@ def test_a_sweep_redis_refuses_is_a_warning_and_the_next_one_publishes(db, caplo
     assert sweep().dispatched == 1
 
 
+def processes_env(tmp_path, redis_url: str) -> dict[str, str]:
+    """The environment of the processes a test deploys: the test's own Redis, and a temporary
+    directory of their own, where nothing may appear (kombu would dump there the messages it
+    could not put back on the queue)."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return {"REDIS_URL": redis_url, "TMPDIR": str(tmp_path / "tmp")}
+
+
+def assert_no_file_written(tmp_path) -> None:
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 @contextmanager
 def deploy(tmp_path, redis_url: str, *, concurrency: int):
     """The Procfile's web, a worker and beat, all on `redis_url` (the test's own Redis)."""
-    # TMPDIR: where kombu dumps the messages it could not put back (see docs/operations.md).
-    env = {"REDIS_URL": redis_url, "TMPDIR": str(tmp_path)}
+    env = processes_env(tmp_path, redis_url)
     worker = WorkerProcess(concurrency=concurrency, extra_env=env, log_path=tmp_path / "worker.log")
     beat = BeatProcess(extra_env=env, log_path=tmp_path / "beat.log")
     web = ProcfileWeb(tmp_path / "web.log", **env)
@@ -284,6 +295,7 @@ def test_work_accepted_before_redis_ran_out_of_memory_ends_once(
     assert_no_task_failed(worker.log_path, beat.log_path)
     assert "sweep incomplete: Redis unavailable" in beat.log_path.read_text()
     assert_no_error_of_ours(web)
+    assert_no_file_written(tmp_path)
 
 
 @pytest.mark.timeout(120)
@@ -293,7 +305,7 @@ def test_work_accepted_before_a_redis_failover_ends_once(
     replica = read_only_replica(tmp_path, own_redis)
     late = WorkerProcess(
         concurrency=1,
-        extra_env={"REDIS_URL": own_redis.url, "TMPDIR": str(tmp_path)},
+        extra_env=processes_env(tmp_path, own_redis.url),
         log_path=tmp_path / "late.log",
     )
     try:
@@ -333,3 +345,4 @@ def test_work_accepted_before_a_redis_failover_ends_once(
     assert_no_task_failed(worker.log_path, late.log_path, beat.log_path)
     assert "concurrency slot not taken: Redis unavailable" in worker.log_path.read_text()
     assert_no_error_of_ours(web)
+    assert_no_file_written(tmp_path)
