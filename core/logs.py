@@ -143,6 +143,37 @@ class TaskFailures(logging.Filter):
         return True
 
 
+class Repeats(logging.Filter):
+    """On a library's logger that repeats a warning for as long as an outage lasts (kombu's
+    Redis transport: each second while a full Redis refuses its binding refresh, with a
+    traceback): each message is written at most once a minute. The outage is still in the log;
+    sixty tracebacks a minute of it are not."""
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        last = self._last.get(record.msg)
+        if last is not None and record.created - last < self.seconds:
+            return False
+        self._last[record.msg] = record.created
+        return True
+
+
+class SettledWarnings(logging.Filter):
+    """On `py.warnings`: Celery warns at every reconnect to the broker that
+    `worker_cancel_long_running_tasks_on_connection_loss` will default to True in Celery 6.
+    ReqRun sets it (to False: attempts in flight run to their end), so it is dropped."""
+
+    SETTINGS = ("worker_cancel_long_running_tasks_on_connection_loss",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(setting in message for setting in self.SETTINGS)
+
+
 def metadata(record: logging.LogRecord) -> dict[str, Any]:
     """The record's allowed metadata, renamed, in FIELDS order; nothing else."""
     fields: dict[str, Any] = {}

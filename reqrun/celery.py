@@ -16,6 +16,7 @@ from celery.signals import (
 )
 
 from core import collector, logs
+from core.broker import PacedRestarts
 from core.watchdog import CanaryConsumer, stop_watchdog
 from privacy import key_ring
 
@@ -26,6 +27,8 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 # A worker whose consumer is gone exits to be restarted (core/watchdog.py).
 app.steps["consumer"].add(CanaryConsumer)
+# While Redis refuses the consumer, its restarts back off rather than run several a second.
+app.steps["consumer"].add(PacedRestarts)
 worker_shutting_down.connect(stop_watchdog)
 # Worker and beat log through Django's LOGGING; a task's lines name the task and, for a
 # request's run, its pk (core/logs.py).

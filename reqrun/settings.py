@@ -337,14 +337,17 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 5
 # waiting BRPOP: UNBLOCKED) is an outage too: reconnect and wait for it, rather than exit with
 # "Unrecoverable error" and, restarted meanwhile, exit again at once.
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True
-# kombu's Redis transport, whose restore of unacked messages Redis refuses writes no file
-# (core/broker.py). Named here, the transport no longer follows the URL's scheme: a rediss://
-# URL asks for TLS below, verified as the engine's client verifies it (the URL's own ssl_*
-# options still apply).
+# kombu's Redis transport, whose restore of unacked messages Redis refuses writes no file,
+# and a consumer whose restarts back off to one every 8 s (core/broker.py). Named here, the
+# transport no longer follows the URL's scheme: a rediss:// URL asks for TLS below, verified
+# as the engine's client verifies it (the URL's own ssl_* options still apply).
 CELERY_BROKER_TRANSPORT = "core.broker:Transport"
 CELERY_BROKER_USE_SSL = (
     {"ssl_cert_reqs": ssl.CERT_REQUIRED} if REDIS_URL.startswith("rediss:") else False
 )
+# Attempts in flight run to their end when the broker connection is lost (Celery 6 would
+# cancel them by default); their results go to PostgreSQL, not the broker.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # No acknowledgement emulation: PostgreSQL and the sweeper, not the broker, recover a
     # message a dead worker held (it only waits until the sweeper publishes it again). The
@@ -424,6 +427,8 @@ LOGGING = {
         "bound": {"()": "core.logs.BoundFields"},
         "api_answers": {"()": "core.logs.ApiAnswers"},
         "task_failures": {"()": "core.logs.TaskFailures"},
+        "repeats": {"()": "core.logs.Repeats"},
+        "settled_warnings": {"()": "core.logs.SettledWarnings"},
     },
     "formatters": {
         "json": {"()": "core.logs.JsonFormatter"},
@@ -450,5 +455,8 @@ LOGGING = {
         # "attempt finished" / "request finished" lines say with the request id.
         "celery.app.trace": {"level": "WARNING", "filters": ["task_failures"]},
         "celery.worker.strategy": {"level": "WARNING"},
+        # kombu warns each second while a full Redis refuses what it refreshes (core/logs.py).
+        "kombu.transport.redis": {"filters": ["repeats"]},
+        "py.warnings": {"filters": ["settled_warnings"]},
     },
 }

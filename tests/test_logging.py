@@ -282,3 +282,36 @@ def test_a_failed_tasks_line_names_its_exception_but_not_its_text(caplog):
     assert "ValueError" in line.getMessage() and fails.name in line.getMessage()
     assert SECRET not in line.getMessage()
     assert SECRET not in JsonFormatter().format(line)
+
+
+def test_a_warning_kombu_repeats_through_an_outage_is_written_once_a_minute(caplog):
+    """kombu's Redis transport warns, with a traceback, each second while a full Redis refuses
+    its binding refresh."""
+    kombu = logging.getLogger("kombu.transport.redis")
+    refused = f"maybe_refresh_binding_expiry: Redis error, will retry {uuid.uuid4().hex}"
+    other = f"Redis BRPOP got no reply; dropping stale connection {uuid.uuid4().hex}"
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            kombu.warning(refused)
+        kombu.warning(other)
+
+    assert [record.getMessage() for record in caplog.records] == [refused, other]
+
+
+def test_celerys_warning_about_a_setting_reqrun_sets_is_not_logged(caplog):
+    """Celery warns at every broker reconnect that the default of
+    worker_cancel_long_running_tasks_on_connection_loss changes in Celery 6."""
+    warnings = logging.getLogger("py.warnings")  # where logging.captureWarnings writes them
+    settled = (
+        "consumer.py:427: CPendingDeprecationWarning: \nIn Celery 5.1 we introduced an optional"
+        " breaking change ... using the worker_cancel_long_running_tasks_on_connection_loss"
+        " setting."
+    )
+    other = "platforms.py:893: SecurityWarning: You're running the worker with superuser"
+
+    with caplog.at_level(logging.WARNING):
+        warnings.warning("%s", settled)
+        warnings.warning("%s", other)
+
+    assert [record.getMessage() for record in caplog.records] == [other]

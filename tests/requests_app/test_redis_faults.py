@@ -4,6 +4,7 @@ outage: a 503 in OpenAI's envelope with `Retry-After`, never a 500 of our own. B
 web, work accepted before the fault ends once, by the same worker, and the sweeper
 publishes what fell due meanwhile at its first pass once Redis takes writes again."""
 
+import json
 import logging
 from collections import Counter
 from contextlib import contextmanager
@@ -188,6 +189,16 @@ def assert_no_file_written(tmp_path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def assert_outage_logged_calmly(*logs, at_most: int = 8) -> None:
+    """The outage is in each worker's log as warnings, none repeated more than `at_most`
+    times: no error, nor Celery's critical 'Frequent restarts detected' each second."""
+    for log in logs:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line[:1] == "{"]
+        assert [line for line in lines if line["level"] in ("ERROR", "CRITICAL")] == []
+        repeats = Counter(line["event"] for line in lines if line["level"] == "WARNING")
+        assert max(repeats.values(), default=0) <= at_most, repeats.most_common(3)
+
+
 @contextmanager
 def deploy(tmp_path, redis_url: str, *, concurrency: int):
     """The Procfile's web, a worker and beat, all on `redis_url` (the test's own Redis)."""
@@ -296,6 +307,7 @@ def test_work_accepted_before_redis_ran_out_of_memory_ends_once(
     assert "sweep incomplete: Redis unavailable" in beat.log_path.read_text()
     assert_no_error_of_ours(web)
     assert_no_file_written(tmp_path)
+    assert_outage_logged_calmly(worker.log_path)
 
 
 @pytest.mark.timeout(120)
@@ -346,3 +358,4 @@ def test_work_accepted_before_a_redis_failover_ends_once(
     assert "concurrency slot not taken: Redis unavailable" in worker.log_path.read_text()
     assert_no_error_of_ours(web)
     assert_no_file_written(tmp_path)
+    assert_outage_logged_calmly(worker.log_path, late.log_path)
