@@ -300,6 +300,7 @@ def test_the_sweep_runs_while_every_worker_thread_is_busy(tenant, live_api, work
         )
     finally:
         beat.stop()
+        busy.kill()  # its one thread hangs for 90 s: a warm shutdown would wait out its grace
         busy.stop()
         worker.start()
 
