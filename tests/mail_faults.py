@@ -1,13 +1,15 @@
 """Real mail-server faults on loopback for tests: a port where nothing listens (connection
 refused), a server that accepts and never answers (a hang), and a small SMTP server that
-refuses some recipients with 550 and keeps what it accepted. And the retries queued for
+refuses some recipients with 550, can be down (421) for some sessions, and keeps what it
+accepted. And the retries queued for
 the emails a fault held back, as the broker got them."""
 
+import itertools
 import json
 import socket
 import socketserver
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -62,6 +64,10 @@ class SmtpServer:
     port: int
     delivered: list[Delivered] = field(default_factory=list)
     refuse: set[str] = field(default_factory=set)  # recipients answered with 550
+    # Sessions (numbered from 1 in the order they connect) greeted with 421 and hung up on,
+    # as by a server going down: range(2, 100) takes the first message and no other.
+    down: Container[int] = ()
+    sessions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
 class _Session(socketserver.StreamRequestHandler):
@@ -70,6 +76,9 @@ class _Session(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         server: SmtpServer = self.server.smtp  # type: ignore[attr-defined]
+        if next(server.sessions) in server.down:
+            self.reply("421 localhost Service not available, closing transmission channel")
+            return
         self.reply("220 localhost test SMTP")
         recipients: list[str] = []
         for raw in self.rfile:
@@ -104,10 +113,12 @@ class _Session(socketserver.StreamRequestHandler):
 
 
 @contextmanager
-def smtp_server(*, refuse: set[str] = frozenset()) -> Iterator[SmtpServer]:
+def smtp_server(
+    *, refuse: set[str] = frozenset(), down: Container[int] = ()
+) -> Iterator[SmtpServer]:
     tcp = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Session)
     tcp.daemon_threads = True
-    state = SmtpServer(port=tcp.server_address[1], refuse={a.lower() for a in refuse})
+    state = SmtpServer(port=tcp.server_address[1], refuse={a.lower() for a in refuse}, down=down)
     tcp.smtp = state  # type: ignore[attr-defined]
     thread = threading.Thread(target=tcp.serve_forever, kwargs={"poll_interval": 0.1})
     thread.daemon = True
@@ -136,11 +147,12 @@ def use_smtp(settings, port: int, *, timeout: float = 2) -> None:
 class Published:
     task: str
     args: list
+    kwargs: dict
     message: str  # the whole message body, as JSON: what the broker (and its logs) hold
 
     def run(self) -> None:
         """Run the task here, from the message, as the worker would once its countdown ends."""
-        current_app.tasks[self.task].apply(args=self.args)
+        current_app.tasks[self.task].apply(args=self.args, kwargs=self.kwargs)
 
 
 @contextmanager
@@ -150,7 +162,9 @@ def published_tasks() -> Iterator[list[Published]]:
 
     def record(sender: str, body: tuple, **kwargs) -> None:
         args, task_kwargs, _ = body
-        published.append(Published(sender, list(args), json.dumps([args, task_kwargs])))
+        published.append(
+            Published(sender, list(args), dict(task_kwargs), json.dumps([args, task_kwargs]))
+        )
 
     before_task_publish.connect(record, weak=False)
     try:
