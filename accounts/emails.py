@@ -2,6 +2,7 @@
 holds it equal to the email templates in the code."""
 
 import logging
+import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -125,6 +126,26 @@ def kind_of(template: str) -> str:
 MAIL_ERRORS = (OSError,)
 
 
+def refused_for_good(error: BaseException) -> bool:
+    """The mail server answered 5xx to this message's recipient or data: sending it again
+    would be refused again. A 4xx, a refused connection, a timeout, or a 5xx to the sender,
+    the greeting or the login (the same for every message, and put right on our side) may
+    pass later."""
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in error.recipients.values())
+    return isinstance(error, smtplib.SMTPDataError) and error.smtp_code >= 500
+
+
+class UsersStillOwed(OSError):
+    """A send to several users stopped by a refusal that may pass: the ids of the users not
+    reached yet (the refused one first), for a retry that sends to them alone. One of
+    MAIL_ERRORS."""
+
+    def __init__(self, user_ids: list[int]):
+        super().__init__("email not sent to every user")
+        self.user_ids = user_ids
+
+
 def log_unsent(*, kind: str, error: BaseException) -> None:
     """Metadata only: the kind and the error's class. The error's text can hold the address."""
     logger.warning("email not sent", extra={"kind": kind, "error": type(error).__name__})
@@ -139,14 +160,21 @@ def mail_retry_countdown(retries: int) -> int:
     return min(3600, 60 * 2**retries)
 
 
+def _still_owed(error: BaseException) -> dict[str, list[int]]:
+    """The task's keyword arguments that make its retry send only to the owners not reached
+    yet (`owner_ids`, which the task hands on to `email_owners`); none if nobody was."""
+    return {"owner_ids": error.user_ids} if isinstance(error, UsersStillOwed) else {}
+
+
 def send_or_retry(send: Callable[[], object], *, task: Task, ids: tuple[int, ...]) -> None:
     """Send an email now; if the mail server refuses it, queue `task(*ids)`, which sends it
-    again from the rows those ids name (`retry_refused`). Ids only: an address, a link or a
-    body in the broker's message would end up in its logs."""
+    again from the rows those ids name (`retry_refused`), to the owners not reached yet if
+    some were (`owner_ids=`). Ids only: an address, a link or a body in the broker's message
+    would end up in its logs."""
     try:
         send()
-    except MAIL_ERRORS:  # logged by the send
-        task.apply_async(ids, countdown=mail_retry_countdown(0))
+    except MAIL_ERRORS as error:  # logged by the send
+        task.apply_async(ids, _still_owed(error), countdown=mail_retry_countdown(0))
 
 
 def send_or_retry_on_commit(
@@ -159,11 +187,13 @@ def send_or_retry_on_commit(
 
 
 def retry_refused(send: Callable[[], object], *, task: Task) -> None:
-    """In a bound task: send, and if the mail server refuses, retry the task on the schedule.
-    Every owner the email is for gets it again then (email_owners stops at the first send
-    refused), so an owner who already had it may get it twice."""
+    """In a bound task: send, and if the mail server refuses, retry the task on the schedule,
+    for the owners not reached yet if some were (`owner_ids=`): nobody gets it twice."""
     try:
         send()
-    except MAIL_ERRORS:
+    except MAIL_ERRORS as error:
         # Retried without the error: its text can hold an address, and Celery logs it.
-        raise task.retry(countdown=mail_retry_countdown(task.request.retries)) from None
+        raise task.retry(
+            kwargs={**(task.request.kwargs or {}), **_still_owed(error)},
+            countdown=mail_retry_countdown(task.request.retries),
+        ) from None

@@ -43,12 +43,15 @@ def membership_in(*, user: User, account: Account) -> Membership:
     return Membership.objects.select_related("account").get(user=user, account=account)
 
 
-def owner_emails(account: Account) -> list[str]:
-    return list(
-        account.memberships.filter(role=Membership.Role.OWNER)
-        .order_by("created_at")
-        .values_list("user__email", flat=True)
-    )
+def owner_addresses(
+    account: Account, *, user_ids: list[int] | None = None
+) -> list[tuple[int, str]]:
+    """The account's owners (those of `user_ids` still owners, if given) as (user id,
+    address), oldest membership first."""
+    owners = account.memberships.filter(role=Membership.Role.OWNER)
+    if user_ids is not None:
+        owners = owners.filter(user_id__in=user_ids)
+    return list(owners.order_by("created_at").values_list("user_id", "user__email"))
 
 
 def audit_events_of(account: Account) -> QuerySet[AuditEvent]:

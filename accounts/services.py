@@ -11,9 +11,9 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from accounts.emails import MAIL_ERRORS, kind_of, log_unsent
+from accounts.emails import MAIL_ERRORS, UsersStillOwed, kind_of, log_unsent, refused_for_good
 from accounts.models import Account, AuditEvent, Membership, User
-from accounts.selectors import owner_emails
+from accounts.selectors import owner_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -111,23 +111,36 @@ def unsuspend_account(
     return account
 
 
-def email_owners(*, account: Account, subject: str, template: str, context: dict) -> int:
-    """Send the account's owners one message each (owners do not see each other's address);
-    how many went out. A send the mail server refuses raises MAIL_ERRORS, logged first, for
-    a caller that retries."""
+def email_owners(
+    *,
+    account: Account,
+    subject: str,
+    template: str,
+    context: dict,
+    owner_ids: list[int] | None = None,
+) -> int:
+    """Send the account's owners (only those of `owner_ids`, for a retry) one message each
+    (owners do not see each other's address); how many went out. Each send refused is
+    logged. An address the mail server refuses for good is skipped; any other refusal stops
+    the sending and raises UsersStillOwed (one of MAIL_ERRORS) with the ids of the owners
+    not reached yet, for a caller that retries them alone."""
     body = render_to_string(template, {**context, "account": account})
+    owners = owner_addresses(account, user_ids=owner_ids)
     sent = 0
-    for recipient in owner_emails(account):
+    for position, (_, address) in enumerate(owners):
         try:
             send_mail(
                 subject=f"[ReqRun] {subject}",
                 message=body,
                 from_email=settings.DEFAULT_FROM_EMAIL,
-                recipient_list=[recipient],
+                recipient_list=[address],
             )
         except MAIL_ERRORS as error:
             log_unsent(kind=kind_of(template), error=error)
-            raise
+            if refused_for_good(error):
+                continue
+            # Without the error: its text can hold the address.
+            raise UsersStillOwed([user_id for user_id, _ in owners[position:]]) from None
         sent += 1
     logger.info(
         "owners emailed",

@@ -203,9 +203,12 @@ def cancel_duplicate_subscription(
     return canceled
 
 
-def email_owners_about_duplicate(*, canceled_pk: int, kept_pk: int) -> None:
-    """Tell the owners a second subscription was canceled at once (`cancel_duplicate_
-    subscription`); raises MAIL_ERRORS when the mail server refuses it."""
+def email_owners_about_duplicate(
+    *, canceled_pk: int, kept_pk: int, owner_ids: list[int] | None = None
+) -> None:
+    """Tell the owners (those of `owner_ids`, for a retry) a second subscription was canceled
+    at once (`cancel_duplicate_subscription`); raises MAIL_ERRORS when the mail server
+    refuses it (`email_owners`)."""
     subscriptions = Subscription.objects.select_related("account", "plan").in_bulk(
         [canceled_pk, kept_pk]
     )
@@ -217,6 +220,7 @@ def email_owners_about_duplicate(*, canceled_pk: int, kept_pk: int) -> None:
         subject="A second subscription was canceled",
         template="billing/email/duplicate_subscription_canceled.txt",
         context={"canceled": canceled, "kept": kept},
+        owner_ids=owner_ids,
     )
 
 

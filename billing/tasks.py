@@ -14,14 +14,20 @@ def process_webhook_event(event_pk: int) -> None:
 
 
 @shared_task(bind=True, time_limit=120, soft_time_limit=100, max_retries=MAIL_RETRIES)
-def email_owners_about_event(self, event_pk: int) -> None:
-    retry_refused(lambda: webhooks.email_owners_about(event_pk=event_pk), task=self)
+def email_owners_about_event(self, event_pk: int, owner_ids: list[int] | None = None) -> None:
+    retry_refused(
+        lambda: webhooks.email_owners_about(event_pk=event_pk, owner_ids=owner_ids), task=self
+    )
 
 
 @shared_task(bind=True, time_limit=120, soft_time_limit=100, max_retries=MAIL_RETRIES)
-def email_owners_about_duplicate(self, canceled_pk: int, kept_pk: int) -> None:
+def email_owners_about_duplicate(
+    self, canceled_pk: int, kept_pk: int, owner_ids: list[int] | None = None
+) -> None:
     retry_refused(
-        lambda: services.email_owners_about_duplicate(canceled_pk=canceled_pk, kept_pk=kept_pk),
+        lambda: services.email_owners_about_duplicate(
+            canceled_pk=canceled_pk, kept_pk=kept_pk, owner_ids=owner_ids
+        ),
         task=self,
     )
 

@@ -404,9 +404,10 @@ def _email_owners_on_commit(event: WebhookEvent) -> None:
     )
 
 
-def email_owners_about(*, event_pk: int) -> None:
-    """Send the owners the email an applied event called for (past due, payment failed);
-    raises MAIL_ERRORS when the mail server refuses it."""
+def email_owners_about(*, event_pk: int, owner_ids: list[int] | None = None) -> None:
+    """Send the owners (those of `owner_ids`, for a retry) the email an applied event called
+    for (past due, payment failed); raises MAIL_ERRORS when the mail server refuses it
+    (`email_owners`)."""
     event = WebhookEvent.objects.select_related("account").get(pk=event_pk)
     data = event.payload["data"]
     if event.event_type == "transaction.payment_failed":
@@ -415,6 +416,7 @@ def email_owners_about(*, event_pk: int) -> None:
             subject="Your payment failed",
             template="billing/email/payment_failed.txt",
             context={"transaction_id": data.get("id", "")},
+            owner_ids=owner_ids,
         )
         return
     subscription = Subscription.objects.get(paddle_subscription_id=str(data["id"]))
@@ -423,4 +425,5 @@ def email_owners_about(*, event_pk: int) -> None:
         subject="Your payment is past due",
         template="billing/email/past_due.txt",
         context={"subscription": subscription},
+        owner_ids=owner_ids,
     )

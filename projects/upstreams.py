@@ -101,9 +101,10 @@ def record_upstream_move(
     return True
 
 
-def email_owners_about_move(*, move_pk: int) -> None:
-    """Tell the account's owners an upstream now points at another host; raises MAIL_ERRORS
-    when the mail server refuses it. Nothing if the upstream has been removed since."""
+def email_owners_about_move(*, move_pk: int, owner_ids: list[int] | None = None) -> None:
+    """Tell the account's owners (those of `owner_ids`, for a retry) an upstream now points
+    at another host; raises MAIL_ERRORS when the mail server refuses it (`email_owners`).
+    Nothing if the upstream has been removed since."""
     move = (
         UpstreamMove.objects.select_related("upstream__project__account", "audit_event__actor")
         .filter(pk=move_pk)
@@ -126,6 +127,7 @@ def email_owners_about_move(*, move_pk: int) -> None:
             "had_key": move.provider_key_cleared,
             "changed_at": event.created_at,
         },
+        owner_ids=owner_ids,
     )
 
 

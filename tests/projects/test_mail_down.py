@@ -8,7 +8,8 @@ from django.core import mail
 
 from accounts.models import AuditEvent
 from projects.members import INVITATIONS_PER_WINDOW
-from projects.models import Invitation
+from projects.models import Invitation, UpstreamMove
+from projects.tasks import email_owners_about_upstream_move
 from tests.factories import MembershipFactory, UserFactory
 from tests.mail_faults import closed_port, published_tasks, smtp_server, use_smtp
 from tests.projects.conftest import PROVIDER_KEY
@@ -106,3 +107,66 @@ def test_a_host_change_with_mail_down_is_saved_and_the_owners_email_follows(
         assert "now:    https://llm.example.net:443" in message.body
         assert "by alice@example.com" in message.body
         assert "stored provider key was removed" in message.body
+
+
+OWNERS = ("alice@example.com", "olga@example.com", "pia@example.com")
+
+
+def add_owners(account, *emails: str) -> list[int]:
+    return [MembershipFactory(user=UserFactory(email=e), account=account).user_id for e in emails]
+
+
+def test_an_owner_address_the_server_rejects_is_skipped_and_the_other_owners_are_told(
+    alice_client, alice_project, settings, caplog, django_capture_on_commit_callbacks
+):
+    add_owners(alice_project.account, "olga@example.com", "pia@example.com")
+    with (
+        smtp_server(refuse={"olga@example.com"}) as server,
+        published_tasks() as published,
+        caplog.at_level(logging.WARNING),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        use_smtp(settings, server.port)
+        save_upstream(alice_client, alice_project, "https://llm.example.net/v1")
+    assert [d.recipients for d in server.delivered] == [["alice@example.com"], ["pia@example.com"]]
+    assert published == []  # nothing to retry: the refusal is for good
+    [record] = [r for r in caplog.records if r.getMessage() == "email not sent"]
+    assert unsent_kinds(caplog, *OWNERS) == ["upstream_host_changed"]
+    assert record.error == "SMTPRecipientsRefused"
+
+
+def test_a_retry_after_mail_went_down_part_way_sends_only_to_the_owners_not_reached(
+    alice_client, alice_project, settings, caplog, django_capture_on_commit_callbacks
+):
+    owed = add_owners(alice_project.account, "olga@example.com", "pia@example.com")
+    with (
+        smtp_server(down=range(2, 100)) as server,  # takes the first message, then goes down
+        published_tasks() as published,
+        caplog.at_level(logging.WARNING),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        use_smtp(settings, server.port)
+        save_upstream(alice_client, alice_project, "https://llm.example.net/v1")
+    assert [d.recipients for d in server.delivered] == [["alice@example.com"]]
+    assert unsent_kinds(caplog, *OWNERS) == ["upstream_host_changed"]
+
+    # The retry carries the ids of the owners still owed the email, never their addresses.
+    [retry] = published
+    assert retry.kwargs == {"owner_ids": owed}
+    assert "@example.com" not in retry.message
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    retry.run()
+    assert [m.to for m in mail.outbox] == [["olga@example.com"], ["pia@example.com"]]
+
+
+def test_the_tasks_own_retry_sends_only_to_the_owners_not_reached(
+    alice_client, alice_project, settings
+):
+    add_owners(alice_project.account, "olga@example.com", "pia@example.com")
+    save_upstream(alice_client, alice_project, "https://llm.example.net/v1")
+    move = UpstreamMove.objects.get()
+    with smtp_server(down={2}) as server:  # down for the second owner's message only
+        use_smtp(settings, server.port)
+        email_owners_about_upstream_move.apply(args=[move.pk])  # applied here: retries at once
+    assert [d.recipients for d in server.delivered] == [[owner] for owner in OWNERS]
