@@ -1,0 +1,101 @@
+"""Two beats at once (a rolling deploy, beat scaled to 2): one leads and sends the schedule,
+the other stands by and takes over when the leader dies or stops (core/beat.py)."""
+
+import logging
+import time
+
+import pytest
+
+from core.beat import Leadership, Scheduler
+from reqrun.celery import app
+from tests.conftest import BeatProcess, wait_until
+
+SWEEP_SENT = "Sending due task sweep-requests"
+STANDING_BY = "another beat leads"
+
+
+def test_only_one_beat_leads(db):
+    first, second = Leadership(lease_seconds=30), Leadership(lease_seconds=30)
+
+    assert first.hold()
+    assert not second.hold()
+    assert first.hold()  # renewed, still its own
+    assert not second.hold()
+
+
+def test_a_standby_takes_over_once_the_leaders_lease_runs_out(db):
+    leader, standby = Leadership(lease_seconds=0.3), Leadership(lease_seconds=0.3)
+    assert leader.hold()
+    assert not standby.hold()
+
+    time.sleep(0.4)  # the leader died: nothing renewed its lease
+
+    assert standby.hold()
+    assert not leader.hold()  # back, it finds the lease taken and stands by
+
+
+def test_a_released_lease_is_taken_at_once(db):
+    leader, standby = Leadership(lease_seconds=30), Leadership(lease_seconds=30)
+    assert leader.hold()
+    assert not standby.hold()
+
+    leader.release()
+
+    assert standby.hold()
+
+
+def test_a_standby_says_once_that_another_beat_leads(db, caplog):
+    leader, standby = Leadership(lease_seconds=30), Leadership(lease_seconds=30)
+    leader.hold()
+
+    with caplog.at_level(logging.INFO, logger="core.beat"):
+        caplog.clear()
+        for _ in range(3):
+            standby.hold()
+
+    assert [r.getMessage() for r in caplog.records] == [STANDING_BY]
+
+
+@pytest.mark.timeout(90)
+def test_a_second_beat_runs_no_sweep_until_the_leader_is_killed(transactional_db, tmp_path):
+    lease = {"REQRUN_BEAT_LEASE_SECONDS": "2", "REQRUN_SWEEP_INTERVAL_SECONDS": "0.5"}
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    first = BeatProcess(extra_env=lease, log_path=first_log).start()
+    second = None
+    try:
+        wait_until(lambda: SWEEP_SENT in first_log.read_text(), timeout=30, message="no sweep")
+        second = BeatProcess(extra_env=lease, log_path=second_log).start()
+        wait_until(
+            lambda: STANDING_BY in second_log.read_text(),
+            timeout=30,
+            message="the second beat never said it stands by",
+        )
+        sweeps = first_log.read_text().count(SWEEP_SENT)
+        wait_until(
+            lambda: first_log.read_text().count(SWEEP_SENT) >= sweeps + 3,
+            timeout=10,
+            message="the leader stopped sweeping",
+        )
+        assert SWEEP_SENT not in second_log.read_text()
+
+        first.kill()
+
+        wait_until(
+            lambda: SWEEP_SENT in second_log.read_text(),
+            timeout=2 + 5,
+            message="the standby did not take over within the lease",
+        )
+    finally:
+        first.stop()
+        if second:
+            second.stop()
+
+
+def test_a_beat_stopping_cleanly_frees_the_lease_for_the_standby(transactional_db):
+    stopping, standby = Scheduler(app=app), Leadership()
+    assert stopping.leadership.hold()
+    assert not standby.hold()
+
+    stopping.close()  # what beat does on SIGTERM, after its last sync
+
+    assert standby.hold()
