@@ -20,10 +20,11 @@ import socket
 import time
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 from django_celery_beat.schedulers import DatabaseScheduler
 
 from core.models import BeatLease
+from core.outages import database_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ class Leadership:
                     {"name": LEASE, "holder": self.holder, "seconds": self.lease_seconds},
                 )
                 self.leads = cursor.fetchone() is not None
-        except (OperationalError, InterfaceError) as exc:
+        except DatabaseError as exc:  # down, restarting, read-only after a failover
+            if not database_unavailable(exc):
+                raise
             self._database_unavailable(exc, now=started)
             return self.leads
         self._unavailable = False
@@ -92,7 +95,9 @@ class Leadership:
         self.leads = False
         try:
             BeatLease.objects.filter(name=LEASE, holder=self.holder).delete()
-        except (OperationalError, InterfaceError) as exc:
+        except DatabaseError as exc:
+            if not database_unavailable(exc):
+                raise
             # A standby takes over when the lease runs out instead.
             logger.warning(
                 "beat lease not released: database unavailable",

@@ -5,6 +5,7 @@ import logging
 import time
 
 import pytest
+from django.db import connection
 
 from core.beat import Leadership, Scheduler
 from reqrun.celery import app
@@ -42,6 +43,31 @@ def test_a_released_lease_is_taken_at_once(db):
     leader.release()
 
     assert standby.hold()
+
+
+def test_a_leader_on_a_read_only_database_keeps_its_lease_until_it_runs_out(
+    transactional_db, caplog
+):
+    leader = Leadership(lease_seconds=0.6)
+    assert leader.hold()
+    time.sleep(0.15)  # past the renewal point: the next hold writes
+    with connection.cursor() as cursor:
+        cursor.execute("SET default_transaction_read_only = on")  # a failover's replica
+    try:
+        with caplog.at_level(logging.WARNING, logger="core.beat"):
+            still_leads = leader.hold()
+            time.sleep(0.6)
+            after_its_lease = leader.hold()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET default_transaction_read_only")
+
+    assert still_leads and not after_its_lease
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [record.getMessage() for record in warnings] == [
+        "beat lease not renewed: database unavailable",
+        "beat stands by: its lease ran out while the database was unavailable",
+    ]
 
 
 def test_a_standby_says_once_that_another_beat_leads(db, caplog):
