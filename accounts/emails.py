@@ -167,13 +167,15 @@ def _still_owed(error: BaseException) -> dict[str, list[int]]:
 
 
 def send_or_retry(send: Callable[[], object], *, task: Task, ids: tuple[int, ...]) -> None:
-    """Send an email now; if the mail server refuses it, queue `task(*ids)`, which sends it
-    again from the rows those ids name (`retry_refused`), to the owners not reached yet if
-    some were (`owner_ids=`). Ids only: an address, a link or a body in the broker's message
-    would end up in its logs."""
+    """Send an email now; if the mail server refuses it (not for good: `refused_for_good`),
+    queue `task(*ids)`, which sends it again from the rows those ids name (`retry_refused`),
+    to the owners not reached yet if some were (`owner_ids=`). Ids only: an address, a link
+    or a body in the broker's message would end up in its logs."""
     try:
         send()
     except MAIL_ERRORS as error:  # logged by the send
+        if refused_for_good(error):
+            return  # sent again, it would be refused again
         task.apply_async(ids, _still_owed(error), countdown=mail_retry_countdown(0))
 
 
@@ -187,11 +189,14 @@ def send_or_retry_on_commit(
 
 
 def retry_refused(send: Callable[[], object], *, task: Task) -> None:
-    """In a bound task: send, and if the mail server refuses, retry the task on the schedule,
-    for the owners not reached yet if some were (`owner_ids=`): nobody gets it twice."""
+    """In a bound task: send, and if the mail server refuses (not for good), retry the task on
+    the schedule, for the owners not reached yet if some were (`owner_ids=`): nobody gets it
+    twice."""
     try:
         send()
     except MAIL_ERRORS as error:
+        if refused_for_good(error):
+            return  # logged by the send; sent again, it would be refused again
         # Retried without the error: its text can hold an address, and Celery logs it.
         raise task.retry(
             kwargs={**(task.request.kwargs or {}), **_still_owed(error)},

@@ -14,7 +14,7 @@ from accounts.models import User
 from accounts.tasks import send_welcome_email
 from tests.accounts.test_signup import STRONG, link_in, sign_up
 from tests.factories import UserFactory
-from tests.mail_faults import closed_port, hanging_server, use_smtp
+from tests.mail_faults import closed_port, hanging_server, published_tasks, smtp_server, use_smtp
 
 pytestmark = pytest.mark.django_db
 
@@ -128,3 +128,28 @@ def test_the_welcome_retry_keeps_it_owed_while_mail_is_down(settings, caplog):
     user.refresh_from_db()
     assert user.welcomed_at is None
     assert {r.kind for r in unsent_records(caplog, "gus@example.com")} == {"welcome"}
+
+
+def test_a_welcome_to_an_address_refused_for_good_is_not_retried(settings, caplog):
+    user = UserFactory(email="gone@example.com")
+    with smtp_server(refuse={"gone@example.com"}) as server:
+        use_smtp(settings, server.port)
+        with caplog.at_level(logging.WARNING):
+            send_welcome_email.apply(args=[user.pk])  # applied here, its retries run at once
+        sessions = next(server.sessions) - 1
+
+    assert sessions == 1  # answered 550 once: not asked again thirty times
+    refused = unsent_records(caplog, "gone@example.com")
+    assert [(r.kind, r.error) for r in refused] == [("welcome", "SMTPRecipientsRefused")]
+
+
+def test_verifying_an_address_refused_for_good_queues_no_welcome_retry(client, settings):
+    sign_up(client, email="gone@example.com")
+    confirm_path = link_in(mail.outbox[0])
+    with smtp_server(refuse={"gone@example.com"}) as server, published_tasks() as published:
+        use_smtp(settings, server.port)
+        response = client.post(confirm_path)
+
+    assert response.status_code == 302
+    assert EmailAddress.objects.get(email="gone@example.com").verified
+    assert [task.task for task in published if "welcome" in task.task] == []
