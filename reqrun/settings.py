@@ -368,8 +368,10 @@ CELERY_BEAT_SCHEDULER = "core.beat:Scheduler"
 # Run by beat itself, never queued behind the work they rescue (see core/beat.py).
 REQRUN_BEAT_INLINE_TASKS = ["requests_app.tasks.sweep_requests"]
 # Only the beat holding this lease in PostgreSQL sends the schedule; another stands by and
-# takes over this long after the leader died (at once when it stopped cleanly).
-REQRUN_BEAT_LEASE_SECONDS = env.float("REQRUN_BEAT_LEASE_SECONDS", default=30.0)
+# takes over this long after the leader died (at once when it stopped cleanly). Keep it
+# well under /readyz's 30 s for a stale sweeper (core.heartbeats), or a killed leader's
+# takeover makes every web unready for a moment.
+REQRUN_BEAT_LEASE_SECONDS = env.float("REQRUN_BEAT_LEASE_SECONDS", default=20.0)
 # core.watchdog: every INTERVAL a worker sends itself a canary through Redis; one not consumed
 # within TIMEOUT means the worker's consumer is gone, and the process exits to be restarted.
 REQRUN_WATCHDOG_INTERVAL_SECONDS = env.float("REQRUN_WATCHDOG_INTERVAL_SECONDS", default=10.0)

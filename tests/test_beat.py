@@ -7,12 +7,24 @@ import time
 import pytest
 from django.db import connection
 
+from core import heartbeats
 from core.beat import Leadership, Scheduler
 from reqrun.celery import app
 from tests.conftest import BeatProcess, wait_until
 
 SWEEP_SENT = "Sending due task sweep-requests"
 STANDING_BY = "another beat leads"
+
+
+def test_a_killed_leader_is_replaced_before_readyz_calls_the_sweeper_stale(settings):
+    # The last sweep before the kill, the lease running out, the standby's next ask: a
+    # takeover slower than /readyz's rule would take every web out of its load balancer.
+    standby = Leadership()
+    takeover = (
+        settings.REQRUN_SWEEP_INTERVAL_SECONDS + standby.lease_seconds + standby.retry_seconds
+    )
+
+    assert takeover < heartbeats.stale_after(heartbeats.SWEEPER)
 
 
 def test_only_one_beat_leads(db):
