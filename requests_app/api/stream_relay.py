@@ -16,7 +16,7 @@ from django.http import StreamingHttpResponse
 from core.outages import DATABASE_UNAVAILABLE
 from requests_app import metrics
 from requests_app.api.responses import (
-    accepted_response,
+    answer_accepted,
     deliver_final_response,
     in_thread,
     load_request,
@@ -153,7 +153,7 @@ async def relay_stream(record: Request, wait_seconds: int):
                 break
             if asyncio.get_running_loop().time() > deadline or completion_hub.stopping:
                 await reader.leave(abandoned=False)
-                return await in_thread(accepted_response)(current)
+                return await answer_accepted(current)
     except asyncio.CancelledError:
         # Gone before the first byte. One who sent an Idempotency-Key retries with it (an
         # SDK whose timeout came first) and attaches; only a keyless request is given up.
