@@ -9,7 +9,7 @@ from django.db.models import Case, DateTimeField, F, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from accounts.emails import MAIL_ERRORS, send_or_retry_on_commit
+from accounts.emails import send_or_retry, send_or_retry_on_commit
 from accounts.models import Account, User
 from accounts.services import email_owners, record_audit_event
 from billing import paddle
@@ -335,10 +335,12 @@ def _kept_if_sent_for(quota: int, notice: str) -> Case:
 
 
 def send_usage_notices(*, now: datetime | None = None) -> int:
-    """Email owners at 80 % and 100 % of the monthly quota, once each per period and quota.
+    """Email owners at 80 % and 100 % of the monthly quota, once each per period and quota;
+    how many notices were claimed.
 
-    Each notice is claimed with one conditional UPDATE and sent in the same transaction: two
-    scanners never both send it, and a failed send releases the claim for the next scan."""
+    Each notice is claimed with one conditional UPDATE, then sent: two scanners never both
+    send it. Owners the mail server refused (not for good) get it from a task's retry, and
+    the owners already reached do not get it again (`send_or_retry`)."""
     now = now or timezone.now()
     period = current_period_start(now.date())
     free_quota = Plan.objects.filter(code=DEFAULT_PLAN_CODE).values("monthly_requests")[:1]
@@ -357,52 +359,66 @@ def send_usage_notices(*, now: datetime | None = None) -> int:
             Q(used_percent__gte=F("quota") * 80) & _not_sent("notified_80_at", F("quota"))
             | Q(accepted_requests__gte=F("quota")) & _not_sent("notified_100_at", F("quota"))
         )
-        .select_related("account")
     )
-    return sum(_send_usage_notice(row=row, now=now) for row in rows)
-
-
-def _send_usage_notice(*, row: MonthlyUsage, now: datetime) -> int:
-    try:
-        return _claim_and_send_usage_notice(row=row, now=now)
-    except MAIL_ERRORS:
-        # The claim rolled back with the send: the next scan (every 5 minutes) tries again,
-        # and one refused owner does not hold back the other accounts' notices.
-        return 0
+    return sum(_claim_and_send_usage_notice(row=row, now=now) for row in rows)
 
 
 def _claim_and_send_usage_notice(*, row: MonthlyUsage, now: datetime) -> int:
     full = row.accepted_requests >= row.quota
     usage = MonthlyUsage.objects.filter(pk=row.pk)
-    with transaction.atomic():
-        if full:
-            # Reaching 100 % straight away also settles the 80 % notice: one email, not two.
-            claimed = usage.filter(_not_sent("notified_100_at", row.quota)).update(
-                notified_100_at=now,
-                notified_80_at=Coalesce(_kept_if_sent_for(row.quota, "notified_80_at"), Value(now)),
-                notified_quota=row.quota,
-            )
-        else:
-            # Sent for another quota, the 100 % notice is due again at this one's 100 %.
-            claimed = usage.filter(_not_sent("notified_80_at", row.quota)).update(
-                notified_80_at=now,
-                notified_100_at=_kept_if_sent_for(row.quota, "notified_100_at"),
-                notified_quota=row.quota,
-            )
-        if not claimed:
-            return 0
-        email_owners(
-            account=row.account,
-            subject="You have used all of this month's requests"
-            if full
-            else "You have used 80% of this month's requests",
-            template="billing/email/usage_notice.txt",
-            context={
-                "used": row.accepted_requests,
-                "quota": row.quota,
-                "full": full,
-                "percent": min(100, row.accepted_requests * 100 // row.quota),
-                "resets_on": next_period_start(row.period_start),
-            },
+    if full:
+        # Reaching 100 % straight away also settles the 80 % notice: one email, not two.
+        claimed = usage.filter(_not_sent("notified_100_at", row.quota)).update(
+            notified_100_at=now,
+            notified_80_at=Coalesce(_kept_if_sent_for(row.quota, "notified_80_at"), Value(now)),
+            notified_quota=row.quota,
         )
+    else:
+        # Sent for another quota, the 100 % notice is due again at this one's 100 %.
+        claimed = usage.filter(_not_sent("notified_80_at", row.quota)).update(
+            notified_80_at=now,
+            notified_100_at=_kept_if_sent_for(row.quota, "notified_100_at"),
+            notified_quota=row.quota,
+        )
+    if not claimed:
+        return 0
+    from billing import tasks  # the task module imports this one
+
+    # Sent after the claim is committed, not inside it: the row's lock would hold back every
+    # request the account's API keys send (each counts on this row) for as long as the mail
+    # server takes. The retry is given the two numbers the email states, so it says the same.
+    send_or_retry(
+        lambda: email_owners_about_usage(
+            usage_pk=row.pk, used=row.accepted_requests, quota=row.quota
+        ),
+        task=tasks.email_owners_about_usage,
+        ids=(row.pk, row.accepted_requests, row.quota),
+    )
     return 1
+
+
+def email_owners_about_usage(
+    *, usage_pk: int, used: int, quota: int, owner_ids: list[int] | None = None
+) -> None:
+    """Tell the owners (those of `owner_ids`, for a retry) that the account has used `used`
+    of its monthly `quota` (80 % of it, or all); raises MAIL_ERRORS when the mail server
+    refuses it (`email_owners`). Nothing if the account is gone."""
+    row = MonthlyUsage.objects.select_related("account").filter(pk=usage_pk).first()
+    if row is None:  # gone with its account: nobody left to tell
+        return
+    full = used >= quota
+    email_owners(
+        account=row.account,
+        subject="You have used all of this month's requests"
+        if full
+        else "You have used 80% of this month's requests",
+        template="billing/email/usage_notice.txt",
+        context={
+            "used": used,
+            "quota": quota,
+            "full": full,
+            "percent": min(100, used * 100 // quota),
+            "resets_on": next_period_start(row.period_start),
+        },
+        owner_ids=owner_ids,
+    )

@@ -32,6 +32,18 @@ def email_owners_about_duplicate(
     )
 
 
+@shared_task(bind=True, time_limit=120, soft_time_limit=100, max_retries=MAIL_RETRIES)
+def email_owners_about_usage(
+    self, usage_pk: int, used: int, quota: int, owner_ids: list[int] | None = None
+) -> None:
+    retry_refused(
+        lambda: services.email_owners_about_usage(
+            usage_pk=usage_pk, used=used, quota=quota, owner_ids=owner_ids
+        ),
+        task=self,
+    )
+
+
 @shared_task(time_limit=300, soft_time_limit=280)
 def send_usage_notices() -> int:
     return services.send_usage_notices()

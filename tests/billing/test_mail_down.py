@@ -1,5 +1,6 @@
 """Billing emails with a mail server that is down or rejects a recipient: the webhook event is
-still applied, a usage notice is not marked sent, and each is sent once mail works again."""
+still applied, a usage notice is marked sent all the same, and each owner still owed an email
+gets it once mail works again, and only once."""
 
 import logging
 
@@ -90,11 +91,12 @@ def test_an_owner_address_the_server_rejects_is_skipped_once_and_for_all(
     charlie_account = Account.objects.get(memberships__user=charlie)
     use(alice_account, 8_000)
     use(charlie_account, 8_000)
-    with smtp_server(refuse={"alice@example.com"}) as server:
+    with smtp_server(refuse={"alice@example.com"}) as server, published_tasks() as published:
         use_smtp(settings, server.port)
         with caplog.at_level(logging.WARNING):
             send_usage_notices()
             send_usage_notices()
+    assert published == []  # nothing to retry: the refusal is for good
     # Alice's co-owner and the other account are told; alice's address is not tried again.
     assert sorted(d.recipients for d in server.delivered) == [
         ["charlie@example.com"],
@@ -102,3 +104,36 @@ def test_an_owner_address_the_server_rejects_is_skipped_once_and_for_all(
     ]
     assert usage_row(alice_account).notified_80_at is not None
     assert unsent_kinds(caplog, "alice@example.com", "olga@example.com") == ["usage_notice"]
+
+
+def test_a_usage_notice_refused_part_way_reaches_each_owner_exactly_once(
+    alice_account, settings, caplog
+):
+    olga = UserFactory(email="olga@example.com")
+    MembershipFactory(user=olga, account=alice_account, role="owner")
+    use(alice_account, 8_000)
+    with (
+        smtp_server(down={2}) as server,  # down (421) for the second owner's message only
+        published_tasks() as published,
+        caplog.at_level(logging.WARNING),
+    ):
+        use_smtp(settings, server.port)
+        send_usage_notices()
+        assert [d.recipients for d in server.delivered] == [["alice@example.com"]]
+        assert unsent_kinds(caplog, "alice@example.com", "olga@example.com") == ["usage_notice"]
+
+        # The retry carries the ids of the owners still owed the notice, never an address.
+        [retry] = published
+        assert retry.kwargs == {"owner_ids": [olga.pk]}
+        assert "@example.com" not in retry.message
+
+        # Mail is back: the retry and the next scans reach the second owner, and only once.
+        retry.run()
+        send_usage_notices()
+        send_usage_notices()
+
+    assert sorted(d.recipients for d in server.delivered) == [
+        ["alice@example.com"],
+        ["olga@example.com"],
+    ]
+    assert "8,000 of the 10,000" in server.delivered[1].data
