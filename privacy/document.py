@@ -16,7 +16,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from accounts.models import Account
 from billing.models import Invoice, Subscription
 from projects.limits import limits_for
-from projects.models import ApiKey, Project
+from projects.models import ApiKey, Project, Upstream
 from requests_app.api.serializers import request_object
 from requests_app.models import DailyUsage, Request
 
@@ -85,20 +85,36 @@ def api_key_entry(api_key: ApiKey) -> dict:
     }
 
 
+def upstream_entry(upstream: Upstream) -> dict:
+    return {
+        "name": upstream.name,
+        "position": upstream.position,
+        "base_url": upstream.base_url,
+        "provider_key_last4": upstream.provider_key_last4 or None,
+        "model_map": upstream.model_map,
+        "enabled": upstream.enabled,
+        # What the owners were emailed when it was pointed at another host.
+        "host_changes": [
+            {
+                "changed_at": move.audit_event.created_at,
+                "changed_by": move.audit_event.actor.email if move.audit_event.actor else None,
+                "ip_address": move.audit_event.ip_address,
+                "old_origin": move.old_origin,
+                "new_origin": move.new_origin,
+                "provider_key_cleared": move.provider_key_cleared,
+            }
+            for move in upstream.moves.select_related("audit_event__actor").order_by("pk")
+        ],
+    }
+
+
 def project_entry(project: Project) -> dict:
     return {
         "id": project.public_id,
         "name": project.name,
         "created_at": project.created_at,
         "upstreams": [
-            {
-                "name": upstream.name,
-                "position": upstream.position,
-                "base_url": upstream.base_url,
-                "provider_key_last4": upstream.provider_key_last4 or None,
-                "model_map": upstream.model_map,
-                "enabled": upstream.enabled,
-            }
+            upstream_entry(upstream)
             # `defer`: the encrypted provider key is never even read.
             for upstream in project.upstreams.defer("provider_key_encrypted").order_by(
                 "position", "pk"

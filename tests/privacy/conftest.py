@@ -10,7 +10,7 @@ from accounts.services import record_audit_event
 from billing.models import Subscription
 from core import encryption
 from projects.models import ApiKey, Project
-from projects.upstreams import set_provider_key
+from projects.upstreams import record_upstream_move, set_provider_key
 from requests_app.models import Request
 from tests.billing import payloads
 from tests.billing.conftest import paddle_api, paddle_settings, webhooks  # noqa: F401
@@ -28,6 +28,7 @@ from tests.projects.conftest import alice_client, bob_client, charlie_client  # 
 PROVIDER_KEY = "sk-SENTINEL-provider-key-never-exported-k9x4"
 PROMPT = "PROMPT-SENTINEL-never-exported"
 ANSWER = "ANSWER-SENTINEL-never-exported"
+MOVED_TO = "https://llm.example.net/v1"
 
 
 @dataclass
@@ -40,9 +41,17 @@ class Filled:
 
 
 def fill(account: Account, owner: User, *, paddle_api=None) -> Filled:  # noqa: F811
-    """A project with a provider key, an API key, a finished request with stored bodies,
-    usage, a live subscription (known to the Paddle stand-in if given), an invoice."""
+    """A project with a provider key, moved once to another host (which cleared the key; it
+    was entered again), an API key, a finished request with stored bodies, usage, a live
+    subscription (known to the Paddle stand-in if given), an invoice."""
     project = ProjectFactory(account=account, name="Chatbot")
+    set_provider_key(project=project, provider_key=PROVIDER_KEY, actor=owner)
+    upstream = project.upstreams.get()
+    old_base_url, upstream.base_url = upstream.base_url, MOVED_TO
+    upstream.save(update_fields=["base_url"])
+    record_upstream_move(
+        upstream=upstream, old_base_url=old_base_url, actor=owner, ip_address="203.0.113.7"
+    )
     set_provider_key(project=project, provider_key=PROVIDER_KEY, actor=owner)
     api_key = ApiKeyFactory(project=project, name="production", actor=owner)
     request = RequestFactory(

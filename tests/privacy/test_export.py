@@ -70,6 +70,17 @@ def test_the_export_holds_the_account_and_no_secret(alice_client, alice, bob, fi
     assert upstream["name"] == "primary"
     assert upstream["provider_key_last4"] == PROVIDER_KEY[-4:]
     assert "provider_key_encrypted" not in upstream
+    # Its move to another host, as the owners' email told it (the key it cleared is not in it).
+    assert upstream["host_changes"] == [
+        {
+            "changed_at": upstream["host_changes"][0]["changed_at"],
+            "changed_by": "alice@example.com",
+            "ip_address": "203.0.113.7",
+            "old_origin": "https://api.openai.com:443",
+            "new_origin": "https://llm.example.net:443",
+            "provider_key_cleared": True,
+        }
+    ]
     [api_key] = project["api_keys"]
     assert api_key == {
         "id": filled.api_key.public_id,
