@@ -233,6 +233,12 @@ def create_checkout_transaction(*, customer_id: str, price_id: str, account_id: 
     return created.id
 
 
+def get_subscription(*, subscription_id: str) -> SubscriptionState:
+    """The subscription as Paddle has it now."""
+    entity = _call("read the subscription", client().subscriptions.get, subscription_id)
+    return state_from_entity(entity)
+
+
 def cancel(*, subscription_id: str, at_once: bool = False) -> SubscriptionState:
     """At the end of the billing period, or `at_once` (which also ends a paused one)."""
     entity = _call(

@@ -2,7 +2,9 @@
 on the billing page (through Paddle's API), usage notices and billing emails."""
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import NamedTuple
 
 from django.db import transaction
 from django.db.models import Case, DateTimeField, F, Q, Subquery, Value, When
@@ -14,7 +16,7 @@ from accounts.models import Account, User
 from accounts.services import email_owners, record_audit_event
 from billing import paddle
 from billing.models import PAST_DUE_GRACE, BillingCustomer, Invoice, Subscription
-from billing.paddle import SubscriptionState
+from billing.paddle import PaddleError, SubscriptionState
 from billing.selectors import plan_for_price, purchasable_plan
 from projects.limits import (
     DEFAULT_PLAN_CODE,
@@ -111,6 +113,86 @@ def enforce_past_due_grace(*, now: datetime | None = None) -> int:
 # ---------- The owner's actions (Paddle API first, then our copy) ----------
 
 
+class Changed(NamedTuple):
+    """The subscription after an owner's action. `already`: Paddle had made the change before
+    (an earlier try Paddle accepted but whose answer ReqRun failed to record)."""
+
+    subscription: Subscription
+    already: bool
+
+
+# What the owner can do about Paddle's refusal of a change, by Paddle's error code.
+_ENDED = (
+    "It has ended at Paddle: the billing page shows so once Paddle's notice arrives (usually "
+    "within minutes), and you can then subscribe again from the pricing page."
+)
+_REFUSAL_ADVICE = {
+    "subscription_locked_pending_changes": (
+        "Paddle has another change scheduled for it: open the customer portal to see it, and "
+        "try again once it is withdrawn or has taken effect."
+    ),
+    "subscription_locked_renewal": "Paddle is renewing it: try again in half an hour.",
+    "subscription_locked_processing": "Paddle is processing it: try again in half an hour.",
+    "subscription_outstanding_transaction": (
+        "A payment is outstanding: update your payment method in the customer portal, then "
+        "try again."
+    ),
+    "subscription_is_canceled_action_invalid": _ENDED,
+    "subscription_update_when_canceled": _ENDED,
+}
+_OTHER_REFUSAL = (
+    "Open the customer portal to see the subscription as Paddle has it; if this keeps "
+    "happening, email support@reqrun.com."
+)
+
+
+def _change_at_paddle(
+    *,
+    subscription: Subscription,
+    change: Callable[[], SubscriptionState],
+    made: Callable[[SubscriptionState], bool],
+) -> tuple[SubscriptionState, bool]:
+    """Ask Paddle for a change of `subscription`: Paddle's answer, and whether the change was
+    already made.
+
+    A try that Paddle accepted but whose answer we failed to record (the database out right
+    after Paddle answered, the process killed) leaves our copy stale, and Paddle refuses the
+    same change sent again (a second cancel, resuming a subscription no longer paused). So on
+    a refusal we read the subscription from Paddle: when it already is what was asked for
+    (`made`), that is the answer; otherwise the refusal stands, saying what the owner can do."""
+    try:
+        return change(), False
+    except PaddleError as refusal:
+        if not refusal.error_code:  # unreachable or unreadable, not refused: nothing to read
+            raise
+        try:
+            state = paddle.get_subscription(subscription_id=subscription.paddle_subscription_id)
+        except PaddleError:
+            state = None
+        if state is None or not made(state):
+            advice = _REFUSAL_ADVICE.get(refusal.error_code, _OTHER_REFUSAL)
+            raise PaddleError(
+                f"{str(refusal).rstrip('.')}. {advice}", error_code=refusal.error_code
+            ) from refusal
+        logger.info(
+            "paddle change already made",
+            extra={
+                "account_id": subscription.account.public_id,
+                "subscription_id": subscription.paddle_subscription_id,
+                "error_code": refusal.error_code,
+            },
+        )
+        return state, True
+
+
+def _is_live(state: SubscriptionState) -> bool:
+    return state.status in (
+        Subscription.Status.ACTIVE,
+        Subscription.Status.TRIALING,
+        Subscription.Status.PAST_DUE,
+    )
+
+
 def _record_paddle_answer(
     *,
     subscription: Subscription,
@@ -146,7 +228,7 @@ def cancel_subscription(
     actor: User,
     ip_address: str | None = None,
     at_once: bool = False,
-) -> Subscription:
+) -> Changed:
     """Cancel at the end of the billing period: the plan stays until then.
 
     `at_once` is for an account being deleted: nothing is left to keep a plan for, and a
@@ -160,14 +242,29 @@ def cancel_subscription(
         raise BillingError("There is no active subscription to cancel.")
     elif subscription.cancel_scheduled:
         raise BillingError("This subscription is already set to end.")
-    state = paddle.cancel(subscription_id=subscription.paddle_subscription_id, at_once=at_once)
-    return _record_paddle_answer(
+    state, already = _change_at_paddle(
+        subscription=subscription,
+        change=lambda: paddle.cancel(
+            subscription_id=subscription.paddle_subscription_id, at_once=at_once
+        ),
+        made=_ended if at_once else _ended_or_ending,
+    )
+    recorded = _record_paddle_answer(
         subscription=subscription,
         state=state,
         actor=actor,
         action="subscription_canceled" if at_once else "subscription_cancel_scheduled",
         ip_address=ip_address,
     )
+    return Changed(recorded, already)
+
+
+def _ended(state: SubscriptionState) -> bool:
+    return state.status == Subscription.Status.CANCELED
+
+
+def _ended_or_ending(state: SubscriptionState) -> bool:
+    return _ended(state) or state.scheduled_change_action == "cancel"
 
 
 def cancel_duplicate_subscription(
@@ -177,7 +274,13 @@ def cancel_duplicate_subscription(
     checkouts opened in two tabs, both paid), and tell the owners (an email the mail server
     refuses is retried by a task). Paddle's error propagates: the webhook event that bound it
     is then retried, so the cancellation is never lost."""
-    state = paddle.cancel(subscription_id=subscription.paddle_subscription_id, at_once=True)
+    state, _ = _change_at_paddle(
+        subscription=subscription,
+        change=lambda: paddle.cancel(
+            subscription_id=subscription.paddle_subscription_id, at_once=True
+        ),
+        made=_ended,
+    )
     canceled = _record_paddle_answer(
         subscription=subscription,
         state=state,
@@ -226,21 +329,27 @@ def email_owners_about_duplicate(
 
 def resume_subscription(
     *, subscription: Subscription | None, actor: User, ip_address: str | None = None
-) -> Subscription:
+) -> Changed:
     """Withdraw a scheduled cancellation or pause, or resume a paused subscription."""
     if subscription is not None and (subscription.cancel_scheduled or subscription.pause_scheduled):
-        state = paddle.remove_scheduled_change(subscription_id=subscription.paddle_subscription_id)
+        call = paddle.remove_scheduled_change
     elif subscription is not None and subscription.status == Subscription.Status.PAUSED:
-        state = paddle.resume_paused(subscription_id=subscription.paddle_subscription_id)
+        call = paddle.resume_paused
     else:
         raise BillingError("There is no cancellation or pause to undo.")
-    return _record_paddle_answer(
+    state, already = _change_at_paddle(
+        subscription=subscription,
+        change=lambda: call(subscription_id=subscription.paddle_subscription_id),
+        made=lambda state: _is_live(state) and not state.scheduled_change_action,
+    )
+    recorded = _record_paddle_answer(
         subscription=subscription,
         state=state,
         actor=actor,
         action="subscription_resumed",
         ip_address=ip_address,
     )
+    return Changed(recorded, already)
 
 
 def change_plan(
@@ -249,7 +358,7 @@ def change_plan(
     plan_code: str,
     actor: User,
     ip_address: str | None = None,
-) -> Subscription:
+) -> Changed:
     """Move a live subscription to another self-serve plan's price."""
     offer = purchasable_plan(plan_code)
     if offer is None:
@@ -275,18 +384,23 @@ def change_plan(
             "Your payment is past due: update your payment method before changing plans."
         )
     current_order = subscription.plan.sort_order if subscription.plan else -1
-    state = paddle.change_price(
-        subscription_id=subscription.paddle_subscription_id,
-        price_id=price_id,
-        upgrade=plan.sort_order > current_order,
+    state, already = _change_at_paddle(
+        subscription=subscription,
+        change=lambda: paddle.change_price(
+            subscription_id=subscription.paddle_subscription_id,
+            price_id=price_id,
+            upgrade=plan.sort_order > current_order,
+        ),
+        made=lambda state: _is_live(state) and state.price_id == price_id,
     )
-    return _record_paddle_answer(
+    recorded = _record_paddle_answer(
         subscription=subscription,
         state=state,
         actor=actor,
         action="subscription_plan_changed",
         ip_address=ip_address,
     )
+    return Changed(recorded, already)
 
 
 def customer_portal_url(*, account: Account) -> str:

@@ -29,7 +29,7 @@ from billing.selectors import (
     plan_offers,
     usage_of,
 )
-from billing.services import BillingError
+from billing.services import BillingError, Changed
 from projects.limits import limits_for, plan_state_of
 
 
@@ -116,14 +116,15 @@ def _until(subscription: Subscription) -> str:
 def _change_subscription(
     request: HttpRequest,
     membership: Membership,
-    service: Callable[..., Subscription],
-    success: Callable[[Subscription], str],
+    service: Callable[..., Changed],
+    success: Callable[[Subscription, bool], str],
     **fields,
 ) -> HttpResponse:
     """Run one owner action on the current subscription; a refusal (ours or Paddle's) is shown
-    as a message and nothing changed."""
+    as a message and nothing changed. The success message says so when Paddle had already
+    made the change (`Changed.already`)."""
     try:
-        subscription = service(
+        changed = service(
             subscription=current_subscription(membership.account),
             actor=request.user,
             ip_address=client_ip(request),
@@ -132,12 +133,21 @@ def _change_subscription(
     except (BillingError, PaddleError) as error:
         messages.error(request, str(error))
     else:
-        messages.success(request, success(subscription))
+        messages.success(request, success(*changed))
     return redirect("billing")
 
 
 def _plan_name(subscription: Subscription) -> str:
     return subscription.plan.name if subscription.plan else "your plan"
+
+
+def _canceled_message(subscription: Subscription, already: bool) -> str:
+    if subscription.status == Subscription.Status.CANCELED:
+        return "Your subscription has already ended."
+    stays = f"{_plan_name(subscription)} stays active until {_until(subscription)}."
+    if already:
+        return f"Your subscription was already set to end: {stays}"
+    return f"Your subscription is canceled at the end of the billing period: {stays}"
 
 
 @require_POST
@@ -147,10 +157,7 @@ def cancel(request: HttpRequest, membership: Membership) -> HttpResponse:
         request,
         membership,
         services.cancel_subscription,
-        lambda subscription: (
-            "Your subscription is canceled at the end of the billing period: "
-            f"{_plan_name(subscription)} stays active until {_until(subscription)}."
-        ),
+        _canceled_message,
     )
 
 
@@ -161,7 +168,9 @@ def resume(request: HttpRequest, membership: Membership) -> HttpResponse:
         request,
         membership,
         services.resume_subscription,
-        lambda subscription: "Your subscription continues; it renews as before.",
+        lambda subscription, already: (
+            f"Your subscription {'already ' if already else ''}continues; it renews as before."
+        ),
     )
 
 
@@ -172,7 +181,9 @@ def change_plan(request: HttpRequest, membership: Membership) -> HttpResponse:
         request,
         membership,
         services.change_plan,
-        lambda subscription: f"Your subscription is now on {_plan_name(subscription)}.",
+        lambda subscription, already: (
+            f"Your subscription is {'already' if already else 'now'} on {_plan_name(subscription)}."
+        ),
         plan_code=request.POST.get("plan", ""),
     )
 

@@ -49,8 +49,9 @@ def paddle_error(status: int, code: str, detail: str) -> Failure:
 @dataclass
 class PaddleAPIStub:
     """Holds customers, transactions and subscriptions by id; answers customer and transaction
-    creation (one customer per email, as Paddle), cancel, update, resume, portal and invoice
-    calls. The first customer created gets `payloads.CUSTOMER_ID`."""
+    creation (one customer per email, as Paddle), cancel, update, resume (refusing, as Paddle,
+    the ones the subscription's state does not allow), portal and invoice calls. The first
+    customer created gets `payloads.CUSTOMER_ID`."""
 
     customers: dict[str, dict] = field(default_factory=dict)
     transactions: dict[str, dict] = field(default_factory=dict)
@@ -127,6 +128,8 @@ class PaddleAPIStub:
             entity = self.subscriptions.get(subscription_id)
             if entity is None:
                 return 404, json.loads(paddle_error(404, "entity_not_found", "Not found").body)
+            if refusal := self._refusal(method, action, entity, body):
+                return 400, json.loads(paddle_error(400, *refusal).body)
             if method == "POST" and action == "/cancel":
                 if body.get("effective_from") == "immediately":
                     entity = payloads.canceled_now(entity)
@@ -176,6 +179,36 @@ class PaddleAPIStub:
             url = f"{INVOICE_HOST}/invoices/{match.group(1)}.pdf?X-Amz-Signature=abc"
             return 200, {"data": {"url": url}, "meta": meta}
         return 404, json.loads(paddle_error(404, "not_found", "No such route").body)
+
+    @staticmethod
+    def _refusal(method: str, action: str | None, entity: dict, body: dict) -> tuple[str, ...]:
+        """Paddle's documented refusal (code, detail) of a change its state does not allow:
+        anything on a canceled subscription, a second period-end cancel (the first one is a
+        scheduled change), resuming one that is not paused."""
+        if method == "GET":
+            return ()
+        if entity["status"] == "canceled" and method == "PATCH":
+            return (
+                "subscription_update_when_canceled",
+                "cannot update subscription, as subscription is canceled",
+            )
+        if entity["status"] == "canceled":
+            return (
+                "subscription_is_canceled_action_invalid",
+                "action can't be performed on canceled subscription",
+            )
+        at_period_end = body.get("effective_from") != "immediately"
+        if action == "/cancel" and at_period_end and entity.get("scheduled_change"):
+            return (
+                "subscription_locked_pending_changes",
+                "cannot update subscription, pending scheduled changes",
+            )
+        if action == "/resume" and entity["status"] != "paused":
+            return (
+                "subscription_must_be_paused",
+                "action can only be performed on paused subscription",
+            )
+        return ()
 
     def _create_customer(self, body: dict, meta: dict) -> tuple[int, dict]:
         email = body.get("email") or ""

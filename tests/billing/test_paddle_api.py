@@ -90,6 +90,110 @@ def test_resume_a_paused_subscription(owner, webhooks, subscribed, paddle_api, a
     assert limits_for(alice_account).plan_code == "pro"
 
 
+def made_at_paddle_earlier(paddle_api, **changes) -> dict:
+    """Paddle accepted an owner's action whose answer ReqRun then failed to record (the
+    database out right after Paddle answered, or the process killed): Paddle has the
+    subscription changed, ReqRun's copy does not."""
+    entity = {
+        **paddle_api.subscriptions[payloads.SUBSCRIPTION_ID],
+        **changes,
+        "updated_at": payloads.iso(payloads.now()),
+    }
+    paddle_api.subscriptions[entity["id"]] = entity
+    return entity
+
+
+def refused_then_read(paddle_api, refused: tuple[str, str]) -> None:
+    """Paddle refused the action (its stand-in refuses what the subscription's state does not
+    allow, as Paddle does), and ReqRun then read the subscription."""
+    action, read = paddle_api.calls[-2:]
+    assert (action.method, action.path) == refused
+    assert (read.method, read.path) == ("GET", f"/subscriptions/{payloads.SUBSCRIPTION_ID}")
+
+
+def test_a_cancel_paddle_already_made_is_recorded_and_shown_as_done(owner, subscribed, paddle_api):
+    made = made_at_paddle_earlier(
+        paddle_api,
+        **payloads.cancel_scheduled(paddle_api.subscriptions[subscribed.paddle_subscription_id]),
+    )
+
+    response = owner.post("/app/billing/cancel")
+
+    refused_then_read(paddle_api, ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/cancel"))
+    subscribed.refresh_from_db()
+    assert subscribed.cancel_scheduled
+    assert payloads.iso(subscribed.last_event_occurred_at) == made["updated_at"]
+    assert limits_for(subscribed.account).plan_code == "pro"
+    assert AuditEvent.objects.filter(action="subscription_cancel_scheduled").count() == 1
+    end = subscribed.current_period_end
+    assert messages_of(response) == [
+        "Your subscription was already set to end: "
+        f"Pro stays active until {end:%B} {end.day}, {end.year}."
+    ]
+    assert "Keep my subscription" in owner.get("/app/billing/").content.decode()
+
+
+def test_a_cancel_of_a_subscription_paddle_already_ended_shows_it_ended(
+    owner, subscribed, paddle_api
+):
+    made_at_paddle_earlier(
+        paddle_api, **payloads.canceled_now(paddle_api.subscriptions[payloads.SUBSCRIPTION_ID])
+    )
+
+    response = owner.post("/app/billing/cancel")
+
+    refused_then_read(paddle_api, ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/cancel"))
+    assert Subscription.objects.get().status == "canceled"
+    assert limits_for(subscribed.account).plan_code == "free"
+    assert messages_of(response) == ["Your subscription has already ended."]
+
+
+def test_a_cancel_refused_for_another_reason_says_what_to_do_and_changes_nothing(
+    owner, subscribed, paddle_api
+):
+    # The owner set the subscription to pause in Paddle's customer portal; its event is late.
+    entity = paddle_api.subscriptions[payloads.SUBSCRIPTION_ID]
+    made_at_paddle_earlier(
+        paddle_api,
+        scheduled_change={
+            "action": "pause",
+            "effective_at": entity["current_billing_period"]["ends_at"],
+            "resume_at": None,
+        },
+    )
+    before = Subscription.objects.values().get()
+    audit_count = AuditEvent.objects.count()
+
+    response = owner.post("/app/billing/cancel")
+
+    refused_then_read(paddle_api, ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/cancel"))
+    assert messages_of(response) == [
+        "Paddle refused to cancel the subscription: cannot update subscription, pending "
+        "scheduled changes. Paddle has another change scheduled for it: open the customer "
+        "portal to see it, and try again once it is withdrawn or has taken effect."
+    ]
+    assert Subscription.objects.values().get() == before
+    assert AuditEvent.objects.count() == audit_count
+
+
+def test_a_resume_paddle_already_made_is_recorded_and_shown_as_done(
+    owner, webhooks, subscribed, paddle_api, alice_account
+):
+    active = paddle_api.subscriptions[payloads.SUBSCRIPTION_ID]
+    paused = {**active, "status": "paused", "paused_at": payloads.iso(payloads.now())}
+    paddle_api.subscriptions[paused["id"]] = paused
+    webhooks.deliver(payloads.event("subscription.paused", paused))
+    made_at_paddle_earlier(paddle_api, **active)
+
+    response = owner.post("/app/billing/resume")
+
+    refused_then_read(paddle_api, ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/resume"))
+    assert Subscription.objects.get().status == "active"
+    assert limits_for(alice_account).plan_code == "pro"
+    assert AuditEvent.objects.filter(action="subscription_resumed").count() == 1
+    assert messages_of(response) == ["Your subscription already continues; it renews as before."]
+
+
 PADDLE_JS = "https://cdn.paddle.com/paddle/v2/paddle.js"
 
 
