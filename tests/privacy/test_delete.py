@@ -261,6 +261,26 @@ def test_an_ended_subscription_is_not_canceled_again(
     assert paddle_api.calls == []
 
 
+def test_a_subscription_paddle_already_ended_does_not_block_deletion(
+    alice_client, alice, alice_account, paddle_settings, paddle_api
+):
+    # An earlier try canceled it at Paddle, then failed before recording Paddle's answer:
+    # Paddle refuses to cancel it again.
+    filled = fill(alice_account, alice, paddle_api=paddle_api)
+    subscription_id = filled.subscription.paddle_subscription_id
+    paddle_api.subscriptions[subscription_id] = payloads.canceled_now(
+        paddle_api.subscriptions[subscription_id]
+    )
+
+    assert post_delete(alice_client, alice_account).status_code == 302
+
+    assert [(call.method, call.path) for call in paddle_api.calls] == [
+        ("POST", f"/subscriptions/{subscription_id}/cancel"),
+        ("GET", f"/subscriptions/{subscription_id}"),
+    ]
+    assert AccountDeletion.objects.filter(account=alice_account).exists()
+
+
 def test_members_and_other_tenants_cannot_delete(bob_client, alice, alice_account, client, charlie):
     assert bob_client.get(DELETE_URL).status_code == 403
     assert post_delete(bob_client, alice_account).status_code == 403
