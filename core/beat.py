@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from core import schema
 from core.models import BeatLease
 from core.outages import database_unavailable
 
@@ -118,9 +119,26 @@ class Leadership:
 
 
 class Scheduler(DatabaseScheduler):
-    def __init__(self, *args, **kwargs):
+    _waiting = False
+
+    def __init__(self, *args, lazy=False, **kwargs):
         self.leadership = Leadership()
-        super().__init__(*args, **kwargs)
+        if not lazy:  # the start banner's scheduler reads nothing
+            self._wait_until_migrated()
+        super().__init__(*args, lazy=lazy, **kwargs)
+
+    @classmethod
+    def _wait_until_migrated(cls):
+        """Before the schedule is read from the tables `migrate` makes. Beat's SIGTERM
+        handler saves the schedule by building the scheduler, so a beat stopped while it
+        waits here would build a second one and wait in that: it exits instead."""
+        if cls._waiting:
+            raise SystemExit()
+        cls._waiting = True
+        try:
+            schema.wait_until_migrated()
+        finally:
+            cls._waiting = False
 
     def tick(self, *args, **kwargs):
         """One pass of the schedule if this beat leads; otherwise nothing is sent, and the

@@ -2,10 +2,10 @@
 
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.http import JsonResponse
 
-from core import heartbeats
+from core import heartbeats, schema
 from core.postgresql.base import closed_by_server
 
 # Well under the pool's own timeout (DB_POOL_TIMEOUT, 30 s by default): a probe that waits
@@ -51,11 +51,22 @@ def readyz(request):
     recently.
 
     503 names what is down: `postgres`, `postgres_read_only` (it answers but refuses
-    writes: a standby, or a failover left it read-only), `redis`, `sweeper` (beat or the
-    sweep is not running, so scheduled retries and lost requests wait forever) or `worker`.
+    writes: a standby, or a failover left it read-only), `schema` (migrations pending, with
+    `pending_migrations`: `manage.py migrate` has not run or not finished), `redis`,
+    `sweeper` (beat or the sweep is not running, so scheduled retries and lost requests wait
+    forever) or `worker`.
     """
     postgres = postgres_state()
     down = {"ok": [], "read_only": ["postgres_read_only"]}.get(postgres, ["postgres"])
+    pending = {}
+    if postgres == "ok":
+        try:
+            # Asks the database only until it first finds every migration applied.
+            if count := schema.pending_migrations():
+                down.append("schema")
+                pending["pending_migrations"] = count
+        except DatabaseError:
+            down.append("postgres")
     try:
         client = redis.Redis.from_url(
             settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
@@ -67,7 +78,7 @@ def readyz(request):
     except Exception:
         down.append("redis")
     if down:
-        return JsonResponse({"status": "unavailable", "down": down}, status=503)
+        return JsonResponse({"status": "unavailable", "down": down, **pending}, status=503)
     beats = heartbeats.current()
     ages = {
         f"{beat.name}_last_seen_seconds_ago": None

@@ -90,6 +90,7 @@ FIELDS: dict[str, str] = {
     "queues": "queues",
     "concurrency": "concurrency",
     "tasks": "tasks",
+    "pending_migrations": "pending_migrations",
 }
 SCALARS = (str, int, float, bool)
 

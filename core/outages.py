@@ -7,6 +7,8 @@ import re
 import redis
 from django.db import DatabaseError, InterfaceError, InternalError, OperationalError
 
+from core.schema import met_unmigrated_schema
+
 # Long enough for a restarting database or Redis, short enough that a retry soon succeeds.
 OUTAGE_RETRY_AFTER_SECONDS = 5
 
@@ -69,6 +71,8 @@ def is_outage(error: BaseException) -> bool:
     database error with no SQLSTATE was raised on the client side: no connection to be had.
     """
     if isinstance(error, InterfaceError) or is_redis_outage(error):
+        return True
+    if met_unmigrated_schema(error):  # until `migrate` has run
         return True
     if not isinstance(error, OperationalError | InternalError):
         return False

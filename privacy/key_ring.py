@@ -13,7 +13,7 @@ import logging
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from core import encryption
+from core import encryption, schema
 from core.outages import DATABASE_UNAVAILABLE
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,10 @@ async def lifespan(receive, send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             try:
-                await sync_to_async(refuse_unreadable_secrets, thread_sensitive=False)()
+                # On a schema not migrated yet the web starts and answers 503 (/readyz names
+                # `schema`); the stored secrets cannot be read before the tables exist.
+                if await sync_to_async(schema.say_if_not_migrated, thread_sensitive=False)():
+                    await sync_to_async(refuse_unreadable_secrets, thread_sensitive=False)()
             except ImproperlyConfigured as error:
                 logger.critical("web not started: %s", error)
                 await send({"type": "lifespan.startup.failed", "message": str(error)})

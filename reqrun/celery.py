@@ -15,7 +15,7 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from core import collector, logs
+from core import collector, logs, schema
 from core.broker import PacedRestarts
 from core.watchdog import CanaryConsumer, stop_watchdog
 from privacy import key_ring
@@ -39,6 +39,8 @@ task_prerun.connect(
     partial(logs.bind_task, request_task="requests_app.tasks.execute_request"), weak=False
 )
 task_postrun.connect(logs.unbind_task)
+# A worker started before `migrate` has run waits for it before it consumes anything.
+worker_init.connect(lambda **_: schema.wait_until_migrated(), weak=False)
 # A worker whose REQRUN_ENCRYPTION_KEYS cannot read what is stored does not start.
 worker_init.connect(key_ring.stop_a_worker_that_cannot_read)
 # Once the worker consumes, what start-up made is frozen out of the collector's walks.

@@ -6,9 +6,12 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 from django.db import connection, transaction
 from django.test import TransactionTestCase
@@ -106,6 +109,26 @@ def test_database_url() -> str:
     """The URL of pytest-django's test database, for processes the tests start."""
     params = connection.settings_dict
     return f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+
+
+def server_url(database: str) -> str:
+    params = connection.settings_dict
+    return f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{database}"
+
+
+def fresh_database(stack: ExitStack) -> str:
+    """A new, empty database on the suite's PostgreSQL, dropped at the end."""
+    name = f"reqrun_deploy_{uuid.uuid4().hex[:8]}"
+    admin_url = server_url("postgres")
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop():
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    stack.callback(drop)
+    return server_url(name)
 
 
 def raised_while_held(hold, act) -> Exception | None:

@@ -11,20 +11,17 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 import redis
-from django.db import connection
 
 from core import watchdog
 from devstack.__main__ import read_procfile
 from devstack.servers import free_port
-from tests.conftest import WorkerProcess, separate_redis_db, wait_until
+from tests.conftest import WorkerProcess, fresh_database, separate_redis_db, wait_until
 from tests.fake_upstream import FakeUpstream
 from tests.tcp_proxy import FreezingProxy
 
@@ -37,26 +34,6 @@ NOT_DEPLOYED = shutil.ignore_patterns(
 TERMINAL = ("succeeded", "failed", "canceled", "expired")
 
 pytestmark = [pytest.mark.worker, pytest.mark.timeout(300)]
-
-
-def server_url(database: str) -> str:
-    params = connection.settings_dict
-    return f"postgres://{params['USER']}@{params['HOST']}:{params['PORT']}/{database}"
-
-
-def fresh_database(stack: ExitStack) -> str:
-    """A new, empty database on the suite's PostgreSQL, dropped at the end."""
-    name = f"reqrun_deploy_{uuid.uuid4().hex[:8]}"
-    admin_url = server_url("postgres")
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop():
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    stack.callback(drop)
-    return server_url(name)
 
 
 class Deploy:
