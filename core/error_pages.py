@@ -30,6 +30,9 @@ def outage_page(request: HttpRequest, error: BaseException) -> HttpResponse:
     # the database that is away.
     response = HttpResponse(render_to_string("503.html"), status=503)
     response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+    # Never cached; set here, it also spares the middleware that sets it for signed-in pages
+    # from reading the session again from the store that just failed.
+    response["Cache-Control"] = "no-store"
     response._has_been_logged = True  # at warning, above; Django's log_response skips it
     return response
 

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.timeout(180)]
 
 NOT_MIGRATED = "the database schema is not migrated ("
 FIX = "run `python manage.py migrate`"
+UNAVAILABLE = '"dependency unavailable"'
 # requests_app's last migration adds a column to every request's row.
 BEFORE_THE_LAST = ("requests_app", "0008_fewer_request_indexes")
 
@@ -85,6 +86,7 @@ def test_processes_started_before_migrate_wait_for_it_then_work(release, tmp_pat
         )
 
     def answers_503_naming_the_schema():
+        before = web.log_path.read_text().count(UNAVAILABLE)
         assert httpx.get(f"{web.url}/healthz").status_code == 200
         ready = httpx.get(f"{web.url}/readyz")
         assert ready.status_code == 503 and ready.json()["down"] == ["schema"], ready.text
@@ -94,6 +96,9 @@ def test_processes_started_before_migrate_wait_for_it_then_work(release, tmp_pat
         assert api.json()["error"]["code"] == "service_unavailable"
         page = httpx.get(f"{web.url}/app/account/", cookies={"sessionid": "x" * 32})
         assert page.status_code == 503, page.text[:500]
+        # One warning for each of the two, not a traceback, not two for one page.
+        warned = web.log_path.read_text().count(UNAVAILABLE) - before
+        assert warned == 2, web.log_path.read_text()[-3000:]
 
     answers_503_naming_the_schema()  # no tables at all
     migrate(env, *BEFORE_THE_LAST)
