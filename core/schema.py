@@ -6,15 +6,15 @@ tracebacks: beat exits, the worker fails every task, the web answers 500. Instea
 and beat wait here until the schema is migrated, and the web answers 503 (/readyz names
 `schema`) meanwhile.
 
-The check reads the `django_migrations` table in one autocommit statement and holds no
-connection or lock afterwards, so it never stands in the way of the `migrate` it waits for.
+The check reads the `django_migrations` table in autocommit and holds no connection or
+lock afterwards, so it never stands in the way of the `migrate` it waits for.
 Once migrated, a process never asks again: its code's migrations do not change.
 """
 
 import logging
 import time
 
-from django.db import DatabaseError, ProgrammingError, connection
+from django.db import InterfaceError, OperationalError, ProgrammingError, connection
 from django.db.migrations.executor import MigrationExecutor
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ RECHECK_SECONDS = 3.0
 MISSING_FROM_SCHEMA = ("42P01", "42703")
 
 HOW_TO_FIX = "run `python manage.py migrate`"
+
+# A database that does not answer (core.outages.DATABASE_UNAVAILABLE, which imports this).
+DOES_NOT_ANSWER = (OperationalError, InterfaceError)
 
 _pending: int | None = None  # what the last check found; None before one answered
 
@@ -53,7 +56,7 @@ def say_if_not_migrated() -> bool:
     answer: the probes judge that), and a warning naming the fix if not."""
     try:
         pending = pending_migrations()
-    except DatabaseError:
+    except DOES_NOT_ANSWER:
         return True
     if pending:
         logger.warning(not_migrated_message(pending), extra={"pending_migrations": pending})
@@ -80,7 +83,7 @@ def wait_until_migrated() -> None:
     while True:
         try:
             pending = pending_migrations()
-        except DatabaseError as error:
+        except DOES_NOT_ANSWER as error:
             logger.warning(
                 "database schema not checked: the database did not answer",
                 extra={"exception": type(error).__name__},

@@ -117,12 +117,12 @@ class NoStoreWhenSignedInMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        # DRF leaves `user` None on a view without authentication (the schema, under a
-        # test client's browser stack); such a view sets its own header if it needs one.
         # The header first: the outage page sets its own, and asking who is signed in would
         # read the session again from the database that just failed.
         if "Cache-Control" in response.headers:
             return response
+        # DRF leaves `user` None on a view without authentication (the schema, under a
+        # test client's browser stack); such a view sets its own header if it needs one.
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             response.headers["Cache-Control"] = "no-store"
