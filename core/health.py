@@ -1,5 +1,7 @@
 """Liveness and readiness probes for load balancers and orchestrators."""
 
+import logging
+
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -13,6 +15,12 @@ from core.postgresql.base import closed_by_server
 POSTGRES_TIMEOUT_SECONDS = 2.0
 
 READY_PROBE_KEY = "reqrun:readyz"
+
+logger = logging.getLogger(__name__)
+
+# What this process's last probe found down (nothing: ready). A load balancer probes every
+# few seconds, so the log says when readiness changes, not what every probe found.
+_last_down: tuple[str, ...] = ()
 
 
 # A standby, or a database set default_transaction_read_only (as a failover may leave one),
@@ -78,7 +86,7 @@ def readyz(request):
     except Exception:
         down.append("redis")
     if down:
-        return JsonResponse({"status": "unavailable", "down": down, **pending}, status=503)
+        return _answer(down, pending)
     beats = heartbeats.current()
     ages = {
         f"{beat.name}_last_seen_seconds_ago": None
@@ -86,7 +94,21 @@ def readyz(request):
         else round(beat.age_seconds)
         for beat in beats
     }
-    down = [beat.name for beat in beats if beat.stale]
-    if down:
-        return JsonResponse({"status": "unavailable", "down": down, **ages}, status=503)
-    return JsonResponse({"status": "ok", **ages})
+    return _answer([beat.name for beat in beats if beat.stale], ages)
+
+
+def _answer(down: list[str], details: dict) -> JsonResponse:
+    """The probe's answer, and one log line when readiness changes: a warning naming what
+    is down, or "ready again". Django would log every 503 probe at ERROR."""
+    global _last_down
+    if tuple(down) != _last_down:
+        if down:
+            logger.warning("not ready", extra={"down": ",".join(down)})
+        else:
+            logger.info("ready again")
+        _last_down = tuple(down)
+    if not down:
+        return JsonResponse({"status": "ok", **details})
+    response = JsonResponse({"status": "unavailable", "down": down, **details}, status=503)
+    response._has_been_logged = True  # above, once per change
+    return response

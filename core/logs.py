@@ -56,6 +56,7 @@ FIELDS: dict[str, str] = {
     "records": "records",
     "exception": "exception",
     "sqlstate": "sqlstate",
+    "down": "down",
     "view": "view",
     # Accounts, projects, billing, privacy.
     "user_id": "user_id",

@@ -1,3 +1,4 @@
+import logging
 import time
 
 import httpx
@@ -94,6 +95,29 @@ def test_the_sweep_records_its_heartbeat(client):
     sweep()
 
     assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.django_db
+def test_readyz_logs_a_change_of_state_once_not_every_probe(client, caplog):
+    """A load balancer probes every few seconds: an outage is one warning naming what is
+    down and its end one line, not an ERROR line per probe."""
+    record_every_heartbeat()
+    assert client.get("/readyz").status_code == 200  # whatever an earlier test left
+    heartbeats.record(heartbeats.SWEEPER, at=time.time() - 3600)  # beat stopped an hour ago
+    caplog.clear()
+
+    with caplog.at_level(logging.INFO):
+        answers = [client.get("/readyz").status_code for _ in range(3)]
+        record_every_heartbeat()
+        answers += [client.get("/readyz").status_code for _ in range(2)]
+
+    assert answers == [503, 503, 503, 200, 200]
+    lines = [
+        (record.levelname, record.getMessage(), getattr(record, "down", None))
+        for record in caplog.records
+        if record.levelno >= logging.INFO
+    ]
+    assert lines == [("WARNING", "not ready", "sweeper"), ("INFO", "ready again", None)]
 
 
 @pytest.mark.django_db
