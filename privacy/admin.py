@@ -1,5 +1,6 @@
-"""Operators see exports and deletions in progress; they never see an export's content. They
-close an account only through "Close and delete", the owner's own deletion path."""
+"""Operators see exports and deletions in progress; they never see an export's content (its
+chunks have no admin). They close an account only through "Close and delete", the owner's
+own deletion path."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -34,10 +35,6 @@ class AccountExportAdmin(ReadOnlyAdmin):
     list_filter = ["status"]
     search_fields = ["public_id", "account__public_id", "account__name"]
     list_select_related = ["account"]
-    exclude = ["content"]
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).defer("content")
 
 
 @admin.register(AccountDeletion)

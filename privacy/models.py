@@ -15,8 +15,9 @@ EXPORT_LIFETIME = timedelta(days=7)
 
 
 class AccountExport(models.Model):
-    """One JSON export of an account. The file lives in `content`: gzip-compressed, then
-    encrypted with the key ring, never on a served path; it is wiped when the export expires."""
+    """One JSON export of an account. The file lives in its `chunks`: gzip-compressed, cut
+    in pieces, each encrypted with the key ring, never on a served path; they are deleted
+    when the export expires or fails."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Waiting for a worker"
@@ -43,7 +44,6 @@ class AccountExport(models.Model):
     progressed_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
-    content = models.BinaryField(null=True, editable=False)
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     error = models.CharField(max_length=200, blank=True)
 
@@ -65,6 +65,28 @@ class AccountExport(models.Model):
     @property
     def in_progress(self) -> bool:
         return self.status in (self.Status.PENDING, self.Status.RUNNING)
+
+
+class AccountExportChunk(models.Model):
+    """One piece of an export's file, in order: EXPORT_CHUNK_BYTES of its gzip stream (the
+    last one less), encrypted with the key ring. Written as the build goes, so neither the
+    worker nor a download ever holds the file whole, and no value nears PostgreSQL's 1 GB
+    limit on one column."""
+
+    # No index of its own: the unique (export, sequence) index serves lookups by export.
+    export = models.ForeignKey(
+        AccountExport, on_delete=models.CASCADE, related_name="chunks", db_index=False
+    )
+    sequence = models.PositiveIntegerField()
+    content = models.BinaryField(editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["export", "sequence"], name="one_chunk_per_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.export_id} #{self.sequence}"
 
 
 class AccountDeletion(models.Model):

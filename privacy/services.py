@@ -1,15 +1,17 @@
 """Account exports: asking for one, building it in a worker, downloading it, expiring it.
 
 An export is built once per request: asking again while one is pending or running returns
-that one. The finished file is gzip-compressed JSON encrypted with the key ring, stored in
-the database (never on a path a web server serves) and wiped after seven days.
+that one. The file is gzip-compressed JSON stored in the database (never on a path a web
+server serves) in chunks, each encrypted with the key ring, written as the build goes and
+read one at a time by a download: neither holds more than a chunk of it, however big the
+account. The chunks are deleted after seven days, or as soon as the export fails.
 """
 
-import gzip
 import io
+import itertools
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
 from allauth.usersessions.models import UserSession
@@ -26,7 +28,7 @@ from accounts.models import Account, User
 from accounts.services import record_audit_event
 from core import encryption
 from privacy import document
-from privacy.models import EXPORT_LIFETIME, AccountDeletion, AccountExport
+from privacy.models import EXPORT_LIFETIME, AccountDeletion, AccountExport, AccountExportChunk
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,13 @@ IN_PROGRESS = (Status.PENDING, Status.RUNNING)
 BUILD_STALE_AFTER = timedelta(minutes=20)
 # An export still pending after this long lost its task in the broker: queue it again.
 ENQUEUE_LOST_AFTER = timedelta(minutes=2)
+# Compressed bytes per stored chunk: what the worker holds of the file at most, and what a
+# download reads (and decrypts) at once.
+EXPORT_CHUNK_BYTES = 1024 * 1024
+# Decompressed bytes per piece a download sends.
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
+# Chunks re-encrypted per transaction by a key rotation (each about 1.4 MB encrypted).
+ROTATION_BATCH_CHUNKS = 8
 
 
 class ExportUnavailable(Exception):
@@ -88,18 +96,58 @@ def request_export(
     return export, True
 
 
-class _CountingWriter(io.TextIOBase):
-    """Text in, gzip-compressed UTF-8 out; counts the uncompressed bytes."""
+class _ClaimLost(Exception):
+    """The build's export is no longer its to write: it was presumed lost and failed, or its
+    account was deleted."""
 
-    def __init__(self, sink: gzip.GzipFile):
-        self.sink = sink
+
+def _store_chunk(*, export_pk: int, started_at: datetime, sequence: int, data: bytes) -> None:
+    """Store one chunk of the build claimed at `started_at`; _ClaimLost if the export is no
+    longer that build's. Checked under the export's row lock, so a build failed meanwhile
+    (see `recover_exports`) adds nothing after its chunks were deleted."""
+    content = encryption.encrypt(data)
+    with transaction.atomic():
+        claimed = AccountExport.objects.select_for_update().filter(
+            pk=export_pk, status=Status.RUNNING, started_at=started_at
+        )
+        if not claimed.exists():
+            raise _ClaimLost
+        AccountExportChunk.objects.create(export_id=export_pk, sequence=sequence, content=content)
+
+
+class _ChunkedFile(io.TextIOBase):
+    """Text in; gzip-compressed UTF-8 stored as it fills, in chunks of EXPORT_CHUNK_BYTES,
+    so no more than one chunk is ever held. Counts the uncompressed bytes."""
+
+    def __init__(self, *, export_pk: int, started_at: datetime):
+        self.export_pk, self.started_at = export_pk, started_at
+        self.compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip stream
+        self.pending = bytearray()
+        self.chunks = 0
         self.size = 0
 
     def write(self, text: str) -> int:
         data = text.encode()
-        self.sink.write(data)
         self.size += len(data)
+        self._add(self.compressor.compress(data))
         return len(text)
+
+    def finish(self) -> None:
+        """Store the end of the stream, the last chunk."""
+        self._add(self.compressor.flush())
+        self._store(bytes(self.pending))
+
+    def _add(self, compressed: bytes) -> None:
+        self.pending += compressed
+        while len(self.pending) >= EXPORT_CHUNK_BYTES:
+            self._store(bytes(self.pending[:EXPORT_CHUNK_BYTES]))
+            del self.pending[:EXPORT_CHUNK_BYTES]
+
+    def _store(self, data: bytes) -> None:
+        _store_chunk(
+            export_pk=self.export_pk, started_at=self.started_at, sequence=self.chunks, data=data
+        )
+        self.chunks += 1
 
 
 def record_progress(*, export_pk: int, started_at: datetime, percent: int) -> None:
@@ -112,8 +160,8 @@ def record_progress(*, export_pk: int, started_at: datetime, percent: int) -> No
 def build_export(*, export_pk: int) -> AccountExport | None:
     """Build a pending export. A second run (redelivered task) finds it claimed and returns.
 
-    The claim sets `started_at`, and every later write names it, so a build presumed lost
-    can no longer overwrite the export.
+    The claim sets `started_at`, and every later write (each chunk of the file included)
+    names it, so a build presumed lost can no longer write to the export, and stops.
     """
     started_at = timezone.now()
     claimed = AccountExport.objects.filter(pk=export_pk, status=Status.PENDING).update(
@@ -122,7 +170,7 @@ def build_export(*, export_pk: int) -> AccountExport | None:
     if not claimed:
         return None
     export = AccountExport.objects.select_related("account", "requested_by").get(pk=export_pk)
-    buffer = io.BytesIO()
+    file = _ChunkedFile(export_pk=export_pk, started_at=started_at)
     shown = 0
 
     def on_progress(percent: int) -> None:
@@ -132,12 +180,15 @@ def build_export(*, export_pk: int) -> AccountExport | None:
             record_progress(export_pk=export_pk, started_at=started_at, percent=percent)
 
     try:
-        with gzip.GzipFile(fileobj=buffer, mode="wb") as compressed:
-            writer = _CountingWriter(compressed)
-            document.write_export(
-                account=export.account, out=writer, now=started_at, on_progress=on_progress
-            )
-        content = encryption.encrypt(buffer.getvalue())
+        document.write_export(
+            account=export.account, out=file, now=started_at, on_progress=on_progress
+        )
+        file.finish()
+    except _ClaimLost:
+        logger.warning(
+            "export build stopped: no longer its own", extra={"export_id": export.public_id}
+        )
+        return None
     except Exception as error:
         # The type only: the document is the customer's data and never reaches a log.
         logger.warning(
@@ -151,6 +202,7 @@ def build_export(*, export_pk: int) -> AccountExport | None:
             error="The export could not be built. Request a new one; if it fails again, "
             "contact support@reqrun.com.",
         )
+        delete_unserved_chunks()
         return None
     finished_at = timezone.now()
     ready = AccountExport.objects.filter(
@@ -158,8 +210,7 @@ def build_export(*, export_pk: int) -> AccountExport | None:
     ).update(
         status=Status.READY,
         progress=100,
-        content=content,
-        size_bytes=writer.size,
+        size_bytes=file.size,
         finished_at=finished_at,
         expires_at=finished_at + EXPORT_LIFETIME,
     )
@@ -168,7 +219,7 @@ def build_export(*, export_pk: int) -> AccountExport | None:
     export.refresh_from_db()
     logger.info(
         "export ready",
-        extra={"export_id": export.public_id, "size_bytes": writer.size},
+        extra={"export_id": export.public_id, "size_bytes": file.size, "chunks": file.chunks},
     )
     from privacy import tasks  # the task module imports this one
 
@@ -221,12 +272,22 @@ def forget_expired_sessions(*, now: datetime | None = None) -> int:
     return deleted
 
 
+def delete_unserved_chunks() -> int:
+    """Delete the file of every export that will never be downloaded (expired or failed, a
+    build presumed lost included); returns how many chunks went."""
+    deleted, _ = AccountExportChunk.objects.filter(
+        export__status__in=(Status.EXPIRED, Status.FAILED)
+    ).delete()
+    return deleted
+
+
 def expire_exports(*, now: datetime | None = None) -> int:
     """Delete the file of every export past its seven days; the row stays, marked expired."""
     now = now or timezone.now()
     expired = AccountExport.objects.filter(status=Status.READY, expires_at__lte=now).update(
-        status=Status.EXPIRED, content=None
+        status=Status.EXPIRED
     )
+    delete_unserved_chunks()
     if expired:
         logger.info("exports expired", extra={"count": expired})
     return expired
@@ -243,6 +304,7 @@ def recover_exports(*, now: datetime | None = None) -> list[int]:
         finished_at=now,
         error="The export was interrupted. Request a new one.",
     )
+    delete_unserved_chunks()  # what the build stored so far; it can store no more
     return list(
         AccountExport.objects.filter(
             status=Status.PENDING, created_at__lt=now - ENQUEUE_LOST_AFTER
@@ -250,11 +312,24 @@ def recover_exports(*, now: datetime | None = None) -> list[int]:
     )
 
 
-def _decompressed(compressed: bytes) -> Iterator[bytes]:
+def _stored_chunks(export: AccountExport) -> Iterator[bytes]:
+    """The export's compressed file, one decrypted chunk at a time, each read when needed."""
+    chunks = AccountExportChunk.objects.filter(export=export).order_by("sequence")
+    sequence = -1
+    while chunk := chunks.filter(sequence__gt=sequence).values_list("sequence", "content").first():
+        sequence, content = chunk
+        yield encryption.decrypt(content)
+
+
+def _decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The decompressed stream, in pieces of at most DOWNLOAD_CHUNK_BYTES."""
     inflater = zlib.decompressobj(wbits=31)  # 31: a gzip stream
-    for start in range(0, len(compressed), DOWNLOAD_CHUNK_BYTES):
-        if chunk := inflater.decompress(compressed[start : start + DOWNLOAD_CHUNK_BYTES]):
-            yield chunk
+    for compressed in chunks:
+        data = compressed
+        while data:
+            if piece := inflater.decompress(data, DOWNLOAD_CHUNK_BYTES):
+                yield piece
+            data = inflater.unconsumed_tail
     if tail := inflater.flush():
         yield tail
 
@@ -273,10 +348,13 @@ def open_export(
         )
     if export.status == Status.FAILED:
         raise ExportUnavailable(export.error or "This export failed. Request a new one.")
-    if export.status != Status.READY or export.content is None:
+    if export.status != Status.READY:
         raise ExportUnavailable("This export is not ready yet. You will get an email when it is.")
+    chunks = _stored_chunks(export)
     try:
-        compressed = encryption.decrypt(export.content)
+        # The first chunk read now, so a key dropped from the ring is told on the page
+        # rather than cutting the download; the chunks were encrypted together.
+        first = next(chunks, b"")
     except encryption.InvalidToken as error:  # its key was dropped from the ring
         raise ExportUnavailable(
             "This export can no longer be read because the encryption keys changed. "
@@ -290,9 +368,9 @@ def open_export(
         ip_address=ip_address,
     )
     logger.info("export downloaded", extra={"export_id": export.public_id})
-    return _decompressed(compressed)
+    return _decompressed(itertools.chain([first], chunks))
 
 
-def rotate_exports(*, batch_size: int = 100) -> int:
-    """Re-encrypt finished export files under the primary key; returns how many."""
-    return encryption.rotate_stored(AccountExport, ["content"], batch_size=batch_size)
+def rotate_exports(*, batch_size: int = ROTATION_BATCH_CHUNKS) -> int:
+    """Re-encrypt the chunks of stored export files under the primary key; returns how many."""
+    return encryption.rotate_stored(AccountExportChunk, ["content"], batch_size=batch_size)

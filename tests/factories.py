@@ -201,13 +201,24 @@ class AttemptFactory(factory.django.DjangoModelFactory):
 
 
 class AccountExportFactory(factory.django.DjangoModelFactory):
-    """An export waiting for a worker; pass `status`, `content`, `expires_at` for others."""
+    """An export waiting for a worker; pass `status`, `expires_at` for others."""
 
     class Meta:
         model = "privacy.AccountExport"
 
     account = factory.SubFactory(AccountFactory)
     site_url = "http://testserver/"
+
+
+class AccountExportChunkFactory(factory.django.DjangoModelFactory):
+    """A piece of an export's file (not a real one: any bytes)."""
+
+    class Meta:
+        model = "privacy.AccountExportChunk"
+
+    export = factory.SubFactory(AccountExportFactory, status="ready")
+    sequence = 0
+    content = b"x"
 
 
 class AccountDeletionFactory(factory.django.DjangoModelFactory):

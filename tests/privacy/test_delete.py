@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts.models import Account, AuditEvent, Membership, User
 from billing.models import Invoice, Subscription, WebhookEvent
 from privacy import deletion, services
-from privacy.models import AccountDeletion, AccountExport
+from privacy.models import AccountDeletion, AccountExport, AccountExportChunk
 from projects.limits import set_plan
 from projects.members import (
     MembershipError,
@@ -33,6 +33,7 @@ from tests.conftest import wait_until, waiting_for_a_lock
 from tests.factories import (
     PASSWORD,
     AccountDeletionFactory,
+    AccountExportChunkFactory,
     AccountExportFactory,
     AttemptFactory,
     InvitationFactory,
@@ -103,7 +104,7 @@ def test_deleting_an_account_end_to_end(
     alice_client, alice, alice_account, charlie, paddle_settings, paddle_api, caplog
 ):
     filled = fill(alice_account, alice, paddle_api=paddle_api)
-    AccountExportFactory(account=alice_account, status="ready", content=b"x")
+    AccountExportChunkFactory(export__account=alice_account)
     queued = RequestFactory(project=filled.project, status="queued")
     charlie_account = Account.objects.get(memberships__user=charlie)
     charlie_project = fill(charlie_account, charlie).project
@@ -141,6 +142,7 @@ def test_deleting_an_account_end_to_end(
         (Invoice, "account"),
         (AuditEvent, "account"),
         (AccountExport, "account"),
+        (AccountExportChunk, "export__account"),
     ):
         assert not model.objects.filter(**{f"{lookup}_id": alice_account.pk}).exists(), model
     assert not Request.objects.filter(pk=queued.pk).exists()

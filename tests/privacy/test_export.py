@@ -18,7 +18,12 @@ from privacy import document, services
 from privacy.models import AccountExport
 from projects.limits import set_plan
 from requests_app.models import DailyUsage
-from tests.factories import AccountExportFactory, AccountFactory, RequestFactory
+from tests.factories import (
+    AccountExportChunkFactory,
+    AccountExportFactory,
+    AccountFactory,
+    RequestFactory,
+)
 from tests.privacy.conftest import ANSWER, PROMPT, PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db
@@ -141,7 +146,7 @@ def test_requests_past_the_retention_window_are_left_out(alice_client, filled):
 
 def test_the_file_is_stored_encrypted_and_compressed(alice_client, filled):
     export = request_and_build(alice_client)
-    stored = bytes(AccountExport.objects.get(pk=export.pk).content)
+    [stored] = [bytes(chunk.content) for chunk in export.chunks.all()]
     assert stored.startswith(b"gAAAAA")  # a Fernet token, not JSON
     assert filled.account.public_id.encode() not in stored
     assert export.size_bytes > 0
@@ -263,15 +268,15 @@ def test_an_expired_export_is_deleted_on_access(alice_client, filled):
     assert response.status_code == 410
     assert "expired" in response.content.decode()
     export.refresh_from_db()
-    assert export.status == "expired" and export.content is None
+    assert export.status == "expired" and not export.chunks.exists()
 
 
 def test_the_sweep_deletes_files_past_seven_days_only(alice_client, filled):
     export = request_and_build(alice_client)
     assert export.expires_at - export.finished_at == timedelta(days=7)
-    fresh = AccountExportFactory(
-        account=filled.account, status="ready", content=b"x", expires_at=export.expires_at
-    )
+    fresh = AccountExportChunkFactory(
+        export__account=filled.account, export__expires_at=export.expires_at
+    ).export
     AccountExport.objects.filter(pk=export.pk).update(
         expires_at=timezone.now() - timedelta(minutes=1)
     )
@@ -283,8 +288,8 @@ def test_the_sweep_deletes_files_past_seven_days_only(alice_client, filled):
 
     export.refresh_from_db()
     fresh.refresh_from_db()
-    assert (export.status, export.content) == ("expired", None)
-    assert fresh.status == "ready" and fresh.content is not None
+    assert export.status == "expired" and not export.chunks.exists()
+    assert fresh.status == "ready" and fresh.chunks.exists()
 
 
 def test_an_export_not_ready_yet_says_so(alice_client, alice_account):

@@ -41,7 +41,7 @@ def test_rotation_lets_the_old_key_be_dropped(settings):
     settings.REQRUN_ENCRYPTION_KEYS = [new_key, old_key]
     out = StringIO()
     call_command("rotate_encryption_keys", stdout=out)
-    assert "1 provider key(s) and 1 request record(s) and 0 export file(s)" in out.getvalue()
+    assert "1 provider key(s) and 1 request record(s) and 0 export chunk(s)" in out.getvalue()
 
     settings.REQRUN_ENCRYPTION_KEYS = [new_key]
     project.refresh_from_db()

@@ -22,6 +22,6 @@ class Command(BaseCommand):
         authenticators = rotate_authenticator_secrets()
         self.stdout.write(
             f"Re-encrypted {keys} provider key(s) and {bodies} request record(s) and "
-            f"{exports} export file(s) and {authenticators} two-factor authenticator(s) under "
+            f"{exports} export chunk(s) and {authenticators} two-factor authenticator(s) under "
             "the primary key. Older keys can now be removed from REQRUN_ENCRYPTION_KEYS."
         )

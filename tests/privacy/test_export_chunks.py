@@ -1,0 +1,159 @@
+"""A big export is stored and served in pieces: the worker writes the gzip stream in
+encrypted chunks as it goes and the download reads them one at a time, so neither holds the
+file whole, and no single column has to hold it (PostgreSQL refuses a value over 1 GB)."""
+
+import io
+import json
+import secrets
+from datetime import timedelta
+from io import StringIO
+
+import factory
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+from django.utils import timezone
+
+from core import encryption
+from privacy import document, services
+from privacy.models import AccountExport, AccountExportChunk
+from projects.limits import set_plan
+from tests.factories import RequestFactory
+from tests.privacy.test_export import EXPORT_URL, download_url, downloaded, request_and_build
+
+pytestmark = pytest.mark.django_db
+
+CHUNK_BYTES = 1024
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(services, "EXPORT_CHUNK_BYTES", CHUNK_BYTES)
+    monkeypatch.setattr(document, "REQUEST_BATCH_SIZE", 50)
+
+
+def busy(filled, requests: int = 200) -> None:
+    """Enough requests (kept by Pro's retention) for the export to span many chunks. Their
+    keys and models are random, so they compress little and the compressor gives out its
+    blocks all along the build, as a real account's varied requests make it do."""
+    set_plan(account=filled.account, plan_code="pro")
+    RequestFactory.create_batch(
+        requests,
+        project=filled.project,
+        api_key=filled.api_key,
+        status="succeeded",
+        idempotency_key=factory.LazyFunction(lambda: secrets.token_hex(120)),
+        model=factory.LazyFunction(lambda: secrets.token_hex(100)),
+    )
+
+
+def whole_document(export: AccountExport) -> dict:
+    """The export as one piece, written the way the single-column export was."""
+    out = io.StringIO()
+    document.write_export(
+        account=export.account, out=out, now=export.started_at, on_progress=lambda percent: None
+    )
+    return json.loads(out.getvalue())
+
+
+def stored_pieces(export: AccountExport) -> list[bytes]:
+    chunks = AccountExportChunk.objects.filter(export=export).order_by("sequence")
+    assert list(chunks.values_list("sequence", flat=True)) == list(range(chunks.count()))
+    return [encryption.decrypt(content) for content in chunks.values_list("content", flat=True)]
+
+
+def test_a_big_export_is_built_and_downloaded_in_chunks(
+    alice_client, filled, small_chunks, monkeypatch
+):
+    busy(filled)
+    record_progress = services.record_progress
+    chunks_seen = []
+
+    def chunks_so_far(**kwargs):  # what the database holds at each progress step
+        record_progress(**kwargs)
+        chunks_seen.append(AccountExportChunk.objects.count())
+
+    monkeypatch.setattr(services, "record_progress", chunks_so_far)
+    export = request_and_build(alice_client)
+    expected = whole_document(export)  # before the download adds its audit event
+
+    assert export.status == "ready"
+    pieces = stored_pieces(export)
+    # Chunks were written as the build went, each one full but the last: the worker never
+    # held more than one chunk of the compressed file.
+    assert len(pieces) >= 5
+    assert chunks_seen[0] < chunks_seen[-1] and 0 < chunks_seen[-2] < len(pieces)
+    assert {len(piece) for piece in pieces[:-1]} == {CHUNK_BYTES}
+    assert 0 < len(pieces[-1]) <= CHUNK_BYTES
+    assert not hasattr(export, "content")  # no column holds the file whole
+
+    data, _ = downloaded(alice_client, export)
+    assert data == expected
+    assert len(data["requests"]) == 201
+
+
+def test_a_build_presumed_lost_adds_nothing_once_another_export_is_built(
+    alice_client, filled, small_chunks, monkeypatch
+):
+    """Its worker was only slow: the build is failed under it and a new export built; the
+    old build's later chunks are refused and it stops, the new export holds its own only."""
+    busy(filled)
+    alice_client.post(EXPORT_URL)
+    lost = AccountExport.objects.get()
+    record_progress = services.record_progress
+    rebuilt = []
+
+    def presumed_lost_half_way(**kwargs):
+        record_progress(**kwargs)
+        if kwargs["export_pk"] == lost.pk and kwargs["percent"] >= 50 and not rebuilt:
+            assert AccountExportChunk.objects.filter(export=lost).exists()
+            later = timezone.now() + services.BUILD_STALE_AFTER + timedelta(seconds=1)
+            services.recover_exports(now=later)
+            alice_client.post(EXPORT_URL)
+            rebuilt.append(AccountExport.objects.get(status="pending"))
+            services.build_export(export_pk=rebuilt[0].pk)
+
+    monkeypatch.setattr(services, "record_progress", presumed_lost_half_way)
+
+    assert services.build_export(export_pk=lost.pk) is None
+
+    lost.refresh_from_db()
+    assert lost.status == "failed" and lost.progress < 100
+    assert not AccountExportChunk.objects.filter(export=lost).exists()
+    [export] = rebuilt
+    export.refresh_from_db()
+    assert export.status == "ready"
+    expected = whole_document(export)
+    assert alice_client.get(download_url(lost)).status_code == 410
+    data, _ = downloaded(alice_client, export)
+    assert data == expected
+
+
+def test_rotation_re_encrypts_every_chunk(alice_client, filled, small_chunks, settings):
+    busy(filled, requests=20)
+    export = request_and_build(alice_client)
+    chunks = AccountExportChunk.objects.filter(export=export).count()
+    assert chunks >= 2
+    old_key = settings.REQRUN_ENCRYPTION_KEYS[0]
+    new_key = Fernet.generate_key().decode()
+    settings.REQRUN_ENCRYPTION_KEYS = [new_key, old_key]
+
+    out = StringIO()
+    call_command("rotate_encryption_keys", stdout=out)
+
+    assert f"{chunks} export chunk(s)" in out.getvalue()
+    settings.REQRUN_ENCRYPTION_KEYS = [new_key]  # the old key dropped
+    data, _ = downloaded(alice_client, export)
+    assert len(data["requests"]) == 21
+
+
+def test_expiry_deletes_every_chunk(alice_client, filled, small_chunks):
+    busy(filled, requests=20)
+    export = request_and_build(alice_client)
+    assert AccountExportChunk.objects.filter(export=export).count() >= 2
+    AccountExport.objects.filter(pk=export.pk).update(expires_at=timezone.now())
+
+    assert services.expire_exports() == 1
+
+    assert not AccountExportChunk.objects.exists()
+    assert alice_client.get(download_url(export)).status_code == 410
