@@ -11,6 +11,7 @@ from io import StringIO
 import factory
 import pytest
 from cryptography.fernet import Fernet
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -19,7 +20,9 @@ from privacy import document, services
 from privacy.models import AccountExport, AccountExportChunk
 from projects.limits import set_plan
 from tests.factories import RequestFactory
+from tests.privacy.conftest import fill
 from tests.privacy.test_export import EXPORT_URL, download_url, downloaded, request_and_build
+from tests.test_static_files import fetch
 
 pytestmark = pytest.mark.django_db
 
@@ -157,3 +160,23 @@ def test_expiry_deletes_every_chunk(alice_client, filled, small_chunks):
 
     assert not AccountExportChunk.objects.exists()
     assert alice_client.get(download_url(export)).status_code == 410
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_the_download_is_sent_as_it_is_read(alice, alice_account, client, small_chunks):
+    """Django's ASGI handler reads a synchronous streaming body whole before sending it (and
+    warns): the download must hand it the chunks asynchronously."""
+    filled = fill(alice_account, alice)
+    busy(filled, requests=20)
+    client.force_login(alice)
+    export = request_and_build(client)
+    expected = whole_document(export)
+    session = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+
+    response, caught = fetch(
+        download_url(export), Cookie=f"{django_settings.SESSION_COOKIE_NAME}={session}"
+    )
+
+    assert response.status_code == 200, response.text
+    assert json.loads(response.content) == expected
+    assert not [w for w in caught if "synchronous iterators" in str(w.message)]
