@@ -26,11 +26,8 @@ class Migration(migrations.Migration):
         # An export built before keeps its file, now as its one and only chunk: the same
         # encrypted gzip stream, copied in the database without being read or decrypted.
         # (Going back keeps no export built in chunks: their files are lost, not their rows.)
-        # The foreign keys are checked now, not at commit: PostgreSQL refuses to alter a
-        # table with checks pending, and the field is removed next.
         migrations.RunSQL(
             """
-            SET CONSTRAINTS ALL IMMEDIATE;
             INSERT INTO privacy_accountexportchunk (export_id, sequence, content)
             SELECT id, 0, content FROM privacy_accountexport WHERE content IS NOT NULL
             """,
