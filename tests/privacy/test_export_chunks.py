@@ -162,8 +162,9 @@ def test_expiry_deletes_every_chunk(alice_client, filled, small_chunks):
     assert alice_client.get(download_url(export)).status_code == 410
 
 
-@pytest.mark.django_db(transaction=True)
-def test_under_asgi_the_download_is_sent_as_it_is_read(alice, alice_account, client, small_chunks):
+def test_under_asgi_the_download_is_sent_as_it_is_read(
+    transactional_db, alice, alice_account, client, small_chunks
+):
     """Django's ASGI handler reads a synchronous streaming body whole before sending it (and
     warns): the download must hand it the chunks asynchronously."""
     filled = fill(alice_account, alice)
