@@ -354,12 +354,14 @@ def open_export(
     try:
         # The first chunk read now, so a key dropped from the ring is told on the page
         # rather than cutting the download; the chunks were encrypted together.
-        first = next(chunks, b"")
+        first = next(chunks, None)
     except encryption.InvalidToken as error:  # its key was dropped from the ring
         raise ExportUnavailable(
             "This export can no longer be read because the encryption keys changed. "
             "Request a new one."
         ) from error
+    if first is None:  # built by the previous code into a column this code does not read
+        raise ExportUnavailable("This export's file is not available. Request a new one.")
     record_audit_event(
         account=export.account,
         actor=actor,

@@ -24,17 +24,27 @@ class Migration(migrations.Migration):
             },
         ),
         # An export built before keeps its file, now as its one and only chunk: the same
-        # encrypted gzip stream, copied in the database without being read or decrypted.
-        # (Going back keeps no export built in chunks: their files are lost, not their rows.)
+        # encrypted gzip stream, copied in the database without being read or decrypted,
+        # and wiped from the old column. (Going back keeps no export built in chunks: their
+        # files are lost, not their rows.)
         migrations.RunSQL(
             """
             INSERT INTO privacy_accountexportchunk (export_id, sequence, content)
-            SELECT id, 0, content FROM privacy_accountexport WHERE content IS NOT NULL
+            SELECT id, 0, content FROM privacy_accountexport WHERE content IS NOT NULL;
+            UPDATE privacy_accountexport SET content = NULL WHERE content IS NOT NULL;
             """,
             reverse_sql=migrations.RunSQL.noop,
         ),
-        migrations.RemoveField(
-            model_name='accountexport',
-            name='content',
+        # The column leaves the model now but stays in the table, empty, for one release:
+        # during a rolling deploy the processes still running the previous code select it
+        # with every export row, and would answer 500 on the export page without it. A
+        # later migration drops it once no process of the previous code runs.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.RemoveField(
+                    model_name='accountexport',
+                    name='content',
+                ),
+            ],
         ),
     ]

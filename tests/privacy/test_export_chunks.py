@@ -162,6 +162,19 @@ def test_expiry_deletes_every_chunk(alice_client, filled, small_chunks):
     assert alice_client.get(download_url(export)).status_code == 410
 
 
+def test_a_ready_export_without_its_file_is_refused_not_sent_empty(alice_client, filled):
+    """One built by the previous code during a rolling deploy (into the old column, which
+    this code does not read) is ready but has no chunks: a 410 asking for a new one, not an
+    empty 200."""
+    export = request_and_build(alice_client)
+    AccountExportChunk.objects.filter(export=export).delete()
+
+    response = alice_client.get(download_url(export))
+
+    assert response.status_code == 410
+    assert "Request a new one" in response.content.decode()
+
+
 def test_under_asgi_the_download_is_sent_as_it_is_read(
     transactional_db, alice, alice_account, client, small_chunks
 ):
