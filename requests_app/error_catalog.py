@@ -232,6 +232,17 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Check that the project's upstream URL points at an OpenAI-compatible API.",
     ),
     ErrorCode(
+        "upstream_redirected",
+        502,
+        "upstream_error",
+        "The upstream answered with a redirect (3xx). ReqRun follows none (your provider key "
+        "would go wherever it points) and does not retry: the same URL would be redirected "
+        "again. The message says where it pointed (scheme, host and path; never the query), "
+        "or that it did not say.",
+        "Correct the project's upstream base URL: `https` rather than `http`, the right host, "
+        "and the path the API's routes start from (usually ending in `/v1`).",
+    ),
+    ErrorCode(
         "upstream_unreachable",
         502,
         "upstream_error",

@@ -278,6 +278,7 @@ def proxy_schema(endpoint_path: str):
             "upstream_not_allowed",
             "upstream_response_too_large",
             "invalid_status",
+            "upstream_redirected",
             "connecterror",
             note="no upstream answer on any attempt",
         ),

@@ -366,7 +366,9 @@ NO_RESPONSE_MESSAGES = {
 
 def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     code = result.error_code or ("deadline_exceeded" if expired else None)
-    if result.error_code == "upstream_response_too_large":
+    if result.message:
+        message = result.message
+    elif result.error_code == "upstream_response_too_large":
         message = (
             f"The upstream's answer was larger than {settings.REQRUN_MAX_RESPONSE_BYTES:,} bytes; "
             "ReqRun neither keeps nor relays it."

@@ -10,7 +10,7 @@ class UpstreamResponse:
     status_code: int
     headers: dict[str, str]
     body: bytes
-    retry_after_header: httpx.Headers
+    all_headers: httpx.Headers  # every header as sent (Retry-After, Location…), never relayed
 
 
 @dataclass
@@ -23,3 +23,4 @@ class AttemptResult:
     stream_started: bool = False  # bytes reached the client: never retry
     client_gone: bool = False  # every streaming reader disconnected: cancel
     upstream: str | None = None  # the name of the upstream this attempt went to
+    message: str | None = None  # the error's message when it depends on the answer

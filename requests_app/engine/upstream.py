@@ -10,12 +10,14 @@ import re
 import threading
 import time
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 import redis
 from django.conf import settings
 
+from core.untrusted import storable
 from projects.upstream_guard import UpstreamNotAllowed, check_address
 from requests_app.engine import retry_policy
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
@@ -197,7 +199,7 @@ def call(
         status_code=response.status_code,
         headers=forwarded_headers(response.headers),
         body=b"".join(chunks),
-        retry_after_header=response.headers,
+        all_headers=response.headers,
     )
 
 
@@ -226,14 +228,55 @@ def is_http_status(status_code: int) -> bool:
     return 100 <= status_code <= 599
 
 
+CHECK_BASE_URL = (
+    "Check the project's upstream base URL: its scheme (https), its host, and that it ends "
+    "where the API's paths begin (usually /v1)."
+)
+SHOWN_LOCATION_CHARS = 200
+
+
+def redirect_target(location: str) -> str | None:
+    """Where a `Location` points, as a caller may be shown it: scheme, host, port and path,
+    never credentials or the query (a signed URL's signature). A relative one is its path."""
+    try:
+        parts = urlsplit(location.strip())
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return None
+    if parts.scheme and parts.hostname:
+        shown = f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+    else:
+        shown = parts.path
+    return storable(shown)[:SHOWN_LOCATION_CHARS] or None
+
+
+def redirected(status_code: int, headers: httpx.Headers) -> AttemptResult:
+    """A 3xx: ReqRun follows no redirect (the provider key would go where it points), and
+    the same URL would be redirected again, so it is not retried; the caller is told where it
+    pointed, so that the base URL can be put right."""
+    where = redirect_target(headers.get("location", ""))
+    message = (
+        f"The upstream answered with a redirect ({status_code}) "
+        f"{f'to {where}' if where else 'without saying where'}, which ReqRun does not "
+        f"follow. {CHECK_BASE_URL}"
+    )
+    return AttemptResult(
+        Attempt.Outcome.FATAL_ERROR,
+        status_code=status_code,
+        error_code="upstream_redirected",
+        message=message,
+    )
+
+
 def classify(
     *, answer: UpstreamResponse | None = None, error: BaseException | None = None
 ) -> AttemptResult:
     """Any answer or exception of one attempt as its recorded result; never raises.
 
-    2xx is a success; the retryable statuses and transport faults may be retried; anything
-    else, including an exception nobody foresaw, ends the attempt as a fatal or internal
-    error rather than leaving it running until its lease runs out.
+    2xx is a success; a redirect fails (`redirected`); the retryable statuses and transport
+    faults may be retried; anything else, including an exception nobody foresaw, ends the
+    attempt as a fatal or internal error rather than leaving it running until its lease
+    runs out.
     """
     if error is not None:
         if isinstance(error, UpstreamNotAllowed):
@@ -264,7 +307,9 @@ def classify(
         return AttemptResult(
             Attempt.Outcome.FATAL_ERROR, status_code=answer.status_code, error_code="invalid_status"
         )
-    retry_after = retry_policy.retry_after_ms(answer.retry_after_header)
+    if 300 <= answer.status_code < 400:
+        return redirected(answer.status_code, answer.all_headers)
+    retry_after = retry_policy.retry_after_ms(answer.all_headers)
     if 200 <= answer.status_code < 300:
         return AttemptResult(
             Attempt.Outcome.SUCCESS,

@@ -1,0 +1,144 @@
+"""Answers real providers, proxies in front of them and misconfigured base URLs give: each
+ends its attempt with a recorded error the caller and the dashboard can act on, retried only
+when a retry can help, never a 500 of ReqRun's and never a request left running."""
+
+import time
+from email.utils import formatdate
+
+import httpx
+import pytest
+
+from requests_app.models import Request
+from tests.conftest import wait_until
+
+CHAT = [{"role": "user", "content": "x"}]
+
+
+def post(live_api, tenant, model: str, *, stream: bool = False):
+    """One call through ReqRun; its answer, and the request once it has finished."""
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": model, "stream": stream, "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
+    request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
+    return response, request
+
+
+def attempts(request: Request) -> list[tuple[str, int | None, str | None]]:
+    return [(a.outcome, a.status_code, a.error_code) for a in request.attempts.all()]
+
+
+def raw_answer(status: bytes, content_type: bytes, body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 " + status + b"\r\ncontent-type: " + content_type
+        + b"\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize(
+    ("status", "location", "shown"),
+    [
+        ("301", "https://api.example.com/v1/chat/completions?sig=secret", "https://api.example.com/v1/chat/completions"),
+        ("308", "https://user:pw@api.example.com/chat/completions", "https://api.example.com/chat/completions"),
+        ("302", "/login?next=%2Fv1", "/login"),
+        ("302", None, None),
+    ],
+    ids=["http to https", "credentials in it", "relative", "no location"],
+)  # fmt: skip
+def test_a_redirect_fails_at_once_saying_where_and_to_check_the_base_url(
+    live_api, tenant, fake_upstream, status, location, shown, stream
+):
+    headers = {"location": location} if location else {}
+    fake_upstream.script("moved", [status], headers=headers)
+
+    response, request = post(live_api, tenant, "moved", stream=stream)
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_redirected")
+    assert f"({status})" in error["message"] and "base URL" in error["message"]
+    if shown:
+        assert shown in error["message"]
+    else:
+        assert "without saying where" in error["message"]
+    assert "secret" not in error["message"] and "pw" not in error["message"]
+    assert request.status == "failed" and request.error == error
+    assert attempts(request) == [("fatal_error", int(status), "upstream_redirected")]
+    assert fake_upstream.count("/v1/chat/completions") == 1  # neither followed nor retried
+
+
+def test_json_answered_to_a_stream_is_an_invalid_event_stream(live_api, tenant, fake_upstream):
+    body = b'{"id":"c1","object":"chat.completion","choices":[]}'
+    fake_upstream.answer_raw("raw", raw_answer(b"200 OK", b"application/json", body))
+
+    response, request = post(live_api, tenant, "raw", stream=True)
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "invalid_event_stream"
+    assert attempts(request) == [("fatal_error", 200, "invalid_event_stream")]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"HTTP/1.1 100 Continue\r\n\r\n", raw_answer(b"200 OK", b"application/json", b'{"id":')[:-3]],
+    ids=["1xx only", "cut mid-body"],
+)
+def test_an_answer_that_never_completes_is_retried(live_api, tenant, fake_upstream, answer):
+    tenant.project.max_attempts = 2
+    tenant.project.save()
+    fake_upstream.answer_raw("raw", answer)
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "remoteprotocolerror"
+    assert request.status == "failed"
+    assert attempts(request) == [("connection_error", None, "remoteprotocolerror")] * 2
+
+
+def test_a_retry_after_given_as_an_http_date_is_honoured(live_api, tenant, fake_upstream):
+    # Within the 2 s a worker waits itself (a longer wait is the sweeper's to dispatch).
+    later = formatdate(time.time() + 2, usegmt=True)
+    fake_upstream.script("busy", ["503", "200"], headers={"retry-after": later})
+
+    response, request = post(live_api, tenant, "busy")
+
+    assert response.status_code == 200
+    first, second = request.attempts.all()
+    assert (first.outcome, first.status_code) == ("retryable_error", 503)
+    assert 900 <= first.retry_after_ms <= 2000
+    assert (second.started_at - first.finished_at).total_seconds() >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "stored"), [("86400", 120_000), ("-30", 0)], ids=["a day", "negative"]
+)
+def test_a_huge_or_negative_retry_after_is_held_within_bounds(
+    live_api, tenant, fake_upstream, retry_after, stored
+):
+    fake_upstream.script("busy", ["429", "200"], headers={"retry-after": retry_after})
+
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "busy", "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Prefer": "respond-async"},
+        timeout=30,
+    )
+    assert response.status_code == 202
+
+    def first_attempt_done():
+        request = Request.objects.filter(attempts__finished_at__isnull=False).first()
+        return request and request.attempts.first()
+
+    first = wait_until(first_attempt_done)
+    assert (first.outcome, first.retry_after_ms) == ("retryable_error", stored)
+    request = Request.objects.get()
+    if stored:  # scheduled at the cap, not a day later
+        assert request.status == "retrying"
+        wait = (request.next_attempt_at - first.finished_at).total_seconds()
+        assert 119 <= wait <= 121
+    else:
+        wait_until(lambda: Request.objects.filter(status="succeeded").exists())
