@@ -279,6 +279,7 @@ def proxy_schema(endpoint_path: str):
             "upstream_response_too_large",
             "invalid_status",
             "upstream_redirected",
+            "upstream_not_json",
             "connecterror",
             note="no upstream answer on any attempt",
         ),

@@ -268,12 +268,43 @@ def redirected(status_code: int, headers: httpx.Headers) -> AttemptResult:
     )
 
 
+# How every answer ReqRun proxies begins (a byte order mark and whitespace allowed; some
+# upstreams send whitespace while they work): as a JSON object. Only the start is read.
+JSON_OBJECT_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
+MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,60}/[a-z0-9!#$&^_.+-]{1,60}")
+
+
+def not_json(answer: UpstreamResponse) -> AttemptResult:
+    """A plain call's 2xx that is no JSON object: a captive proxy's login page, an empty
+    body, an event stream sent although `stream` was not asked for. Not a success (the
+    caller's client could not read it) and not retried (the same would come again); the
+    message names what came, by type and size, never its content."""
+    media_type = answer.all_headers.get("content-type", "").split(";")[0].strip().lower()
+    if not answer.body:
+        what = "an empty body"
+    elif media_type == "text/event-stream":
+        what = "an event stream although the call did not ask for `stream: true`"
+    elif MEDIA_TYPE.fullmatch(media_type):
+        what = f"a {media_type} body of {len(answer.body):,} bytes"
+    else:
+        what = f"a body of {len(answer.body):,} bytes and no readable Content-Type"
+    return AttemptResult(
+        Attempt.Outcome.FATAL_ERROR,
+        status_code=answer.status_code,
+        error_code="upstream_not_json",
+        message=f"The upstream answered {answer.status_code} with {what}, not the JSON of an "
+        "OpenAI-compatible API; a proxy's login page or a base URL that points at a website "
+        f"are the usual causes. {CHECK_BASE_URL}",
+    )
+
+
 def classify(
     *, answer: UpstreamResponse | None = None, error: BaseException | None = None
 ) -> AttemptResult:
     """Any answer or exception of one attempt as its recorded result; never raises.
 
-    2xx is a success; a redirect fails (`redirected`); the retryable statuses and transport
+    2xx is a success if it is JSON (`not_json`; a stream's 2xx is the relay's to judge,
+    stream_attempt.py); a redirect fails (`redirected`); the retryable statuses and transport
     faults may be retried; anything else, including an exception nobody foresaw, ends the
     attempt as a fatal or internal error rather than leaving it running until its lease
     runs out.
@@ -311,6 +342,8 @@ def classify(
         return redirected(answer.status_code, answer.all_headers)
     retry_after = retry_policy.retry_after_ms(answer.all_headers)
     if 200 <= answer.status_code < 300:
+        if not JSON_OBJECT_START.match(answer.body):
+            return not_json(answer)
         return AttemptResult(
             Attempt.Outcome.SUCCESS,
             status_code=answer.status_code,

@@ -12,6 +12,7 @@ from requests_app.models import Request
 from tests.conftest import wait_until
 
 CHAT = [{"role": "user", "content": "x"}]
+SENTINEL = b"SENTINEL-BODY-TEXT"
 
 
 def post(live_api, tenant, model: str, *, stream: bool = False):
@@ -68,6 +69,46 @@ def test_a_redirect_fails_at_once_saying_where_and_to_check_the_base_url(
     assert request.status == "failed" and request.error == error
     assert attempts(request) == [("fatal_error", int(status), "upstream_redirected")]
     assert fake_upstream.count("/v1/chat/completions") == 1  # neither followed nor retried
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "said"),
+    [
+        (b"text/html; charset=utf-8", b"<!doctype html><h1>Log in</h1>" + SENTINEL, "text/html"),
+        (b"application/json", b"", "an empty body"),
+        (b"text/event-stream", b"data: " + SENTINEL + b"\n\ndata: [DONE]\n\n", "event stream"),
+    ],
+    ids=["a login page", "empty", "an event stream"],
+)  # fmt: skip
+def test_a_success_that_is_not_json_fails_at_once_not_as_a_success(
+    live_api, tenant, fake_upstream, worker, content_type, body, said
+):
+    log_start = worker.log_path.stat().st_size
+    fake_upstream.answer_raw("raw", raw_answer(b"200 OK", content_type, body))
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_not_json")
+    assert said in error["message"] and "base URL" in error["message"]
+    assert (request.status, request.response_body, request.usage) == ("failed", None, None)
+    assert attempts(request) == [("fatal_error", 200, "upstream_not_json")]
+    assert fake_upstream.count("/v1/chat/completions") == 1
+    with open(worker.log_path, "rb") as log:
+        log.seek(log_start)
+        assert SENTINEL not in log.read()
+
+
+def test_json_leading_whitespace_still_counts_as_json(live_api, tenant, fake_upstream):
+    # Some providers send whitespace while they work, before the JSON of a plain call.
+    body = b'\n \n{"id":"c1","object":"chat.completion","choices":[],"usage":{"total_tokens":3}}'
+    fake_upstream.answer_raw("raw", raw_answer(b"200 OK", b"application/json", body))
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert response.status_code == 200
+    assert (request.status, request.usage["total_tokens"]) == ("succeeded", 3)
 
 
 def test_json_answered_to_a_stream_is_an_invalid_event_stream(live_api, tenant, fake_upstream):
