@@ -397,12 +397,9 @@ class ModelsView(V1View):
             raise UpstreamError(
                 "Could not reach the upstream to list models.", code="upstream_unreachable"
             ) from error
-        if not upstream.is_http_status(answer.status_code):
-            raise UpstreamError(
-                f"The upstream answered with HTTP status {answer.status_code}, which is not a "
-                "valid status.",
-                code="invalid_status",
-            )
+        verdict = upstream.classify(answer=answer)
+        if verdict.response is None:  # no answer to pass on: a redirect, not JSON, no status
+            raise UpstreamError(verdict.message, code=verdict.error_code)
         response = HttpResponse(
             answer.body, status=answer.status_code, content_type="application/json"
         )

@@ -357,8 +357,6 @@ NO_RESPONSE_MESSAGES = {
     "been logged. Retry, and write to support@reqrun.com with the ReqRun-Request-Id if it "
     "persists.",
     "worker_lost": "The worker running this request was lost on every attempt.",
-    "invalid_status": "The upstream answered with an HTTP status outside 100–599, which is not "
-    "a valid answer; it is neither stored nor relayed.",
     "invalid_event_stream": "The upstream answered stream: true with something other than an "
     "event stream; nothing was relayed.",
 }

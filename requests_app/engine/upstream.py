@@ -336,7 +336,11 @@ def classify(
     assert answer is not None
     if not is_http_status(answer.status_code):  # neither stored nor relayed: no client takes it
         return AttemptResult(
-            Attempt.Outcome.FATAL_ERROR, status_code=answer.status_code, error_code="invalid_status"
+            Attempt.Outcome.FATAL_ERROR,
+            status_code=answer.status_code,
+            error_code="invalid_status",
+            message=f"The upstream answered with HTTP status {answer.status_code}, outside "
+            "100–599, which is not a valid answer; it is neither stored nor relayed.",
         )
     if 300 <= answer.status_code < 400:
         return redirected(answer.status_code, answer.all_headers)

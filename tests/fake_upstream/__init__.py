@@ -301,12 +301,13 @@ class FakeUpstream:
             self._scripts[key] = parsed
             self._cursors.pop("script:" + key, None)
 
-    def answer_raw(self, model: str, *pieces: bytes) -> None:
-        """POSTs for ``model`` get exactly ``pieces`` (status line, headers and body, each
-        piece flushed 50 ms after the last), then the connection closes: for answers no
-        step describes, down to where the TCP pieces split."""
+    def answer_raw(self, key: str, *pieces: bytes) -> None:
+        """POSTs for model ``key`` (GETs of path ``key``: "/v1/models") get exactly
+        ``pieces`` (status line, headers and body, each piece flushed 50 ms after the last),
+        then the connection closes: for answers no step describes, down to where the TCP
+        pieces split."""
         with self._lock:
-            self._raw[model] = pieces
+            self._raw[key] = pieces
 
     # ---------------------------------------------------------- lifecycle
 
@@ -399,12 +400,13 @@ class FakeUpstream:
             return await self._send_json(writer, rid, 200, counts, keep_alive)
         body = _json_object(request.body) if request.method == "POST" else None
         rejection = self._rejection(request, body)
-        if rejection is not None or body is None:  # rejected, or GET /v1/models[/{id}]
+        key = request.path if request.method == "GET" else (body or {}).get("model")
+        with self._lock:
+            raw = self._raw.get(key) if rejection is None and isinstance(key, str) else None
+        if raw is None and (rejection is not None or body is None):  # or GET /v1/models
             self._record(request, body, None)
             status, payload = rejection or models_response(request.path)
             return await self._send_json(writer, rid, status, payload, keep_alive)
-        with self._lock:
-            raw = self._raw.get(body.get("model")) if isinstance(body.get("model"), str) else None
         if raw is not None:
             self._record(request, body, "raw")
             for index, piece in enumerate(raw):

@@ -183,3 +183,32 @@ def test_a_huge_or_negative_retry_after_is_held_within_bounds(
         assert 119 <= wait <= 121
     else:
         wait_until(lambda: Request.objects.filter(status="succeeded").exists())
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "said"),
+    [
+        (
+            raw_answer(b"301 Moved\r\nlocation: https://api.example.com/v1/models", b"a/b", b""),
+            "upstream_redirected",
+            "https://api.example.com/v1/models",
+        ),
+        (raw_answer(b"200 OK", b"text/html", b"<h1>Log in</h1>"), "upstream_not_json", "text/html"),
+    ],
+    ids=["a redirect", "a login page"],
+)  # fmt: skip
+def test_models_say_what_the_upstream_answered_rather_than_pass_it_on(
+    live_api, tenant, fake_upstream, answer, code, said
+):
+    fake_upstream.answer_raw("/v1/models", answer)
+
+    response = httpx.get(
+        f"{live_api.url}/v1/models",
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", code)
+    assert said in error["message"]
