@@ -134,7 +134,8 @@ class StreamRelay:
         if self.stop_reason:
             raise Stopped(self.stop_reason)
         if not 200 <= response.status_code < 300:
-            return upstream.classify(answer=upstream.read_answer(response))
+            deadline = time.monotonic() + self.request.project.attempt_timeout_seconds
+            return upstream.classify(answer=upstream.read_answer(response, deadline=deadline))
         self.headers = upstream.forwarded_headers(response.headers)
         # Nothing leaves before the first line has arrived whole (its bytes may come in
         # pieces) and reads as an event stream.

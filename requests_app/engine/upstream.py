@@ -171,11 +171,7 @@ def _timeout(seconds: float) -> httpx.Timeout:
 def call(
     *, method: str, url: str, provider_key: str, body: bytes | None, timeout: float
 ) -> UpstreamResponse:
-    """One call, read within `timeout` seconds in all and at most REQRUN_MAX_RESPONSE_BYTES.
-
-    httpx's timeouts bound each read, so an upstream trickling a byte at a time could hold
-    an attempt far past its timeout (and its lease); the whole answer is held to it here.
-    """
+    """One call, its answer read whole (`read_answer`)."""
     deadline = time.monotonic() + timeout
     with _sent(
         method,
@@ -184,29 +180,32 @@ def call(
         body=body,
         timeout=timeout,
     ) as response:
-        chunks, size, limit = [], 0, settings.REQRUN_MAX_RESPONSE_BYTES
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > limit:
-                raise ResponseTooLarge(f"more than {limit} bytes")
-            if time.monotonic() > deadline:
-                raise httpx.ReadTimeout(
-                    "the answer did not finish within the attempt timeout",
-                    request=response.request,
-                )
-            chunks.append(chunk)
+        return read_answer(response, deadline=deadline)
+
+
+def read_answer(response: httpx.Response, *, deadline: float) -> UpstreamResponse:
+    """The whole answer, read by `deadline` (a `time.monotonic()`) and at most
+    REQRUN_MAX_RESPONSE_BYTES: a plain call's, or a streamed call's that turned out not to
+    be a stream (an error status).
+
+    httpx's timeouts bound each read, so an upstream trickling a byte at a time could hold
+    an attempt far past its timeout (and its lease); the whole answer is held to it here.
+    """
+    chunks, size, limit = [], 0, settings.REQRUN_MAX_RESPONSE_BYTES
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"more than {limit} bytes")
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout(
+                "the answer did not finish within the attempt timeout", request=response.request
+            )
+        chunks.append(chunk)
     return UpstreamResponse(
         status_code=response.status_code,
         headers=forwarded_headers(response.headers),
         body=b"".join(chunks),
         all_headers=response.headers,
-    )
-
-
-def read_answer(response: httpx.Response) -> UpstreamResponse:
-    """A streamed call's answer that turned out not to be a stream (an error status)."""
-    return UpstreamResponse(
-        response.status_code, forwarded_headers(response.headers), response.read(), response.headers
     )
 
 

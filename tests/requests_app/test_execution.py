@@ -127,6 +127,18 @@ def test_an_oversized_answer_is_refused_without_buffering_it(fake_upstream, sett
         )
 
 
+def test_a_streamed_calls_error_answer_is_held_to_the_size_cap_too(fake_upstream, settings):
+    settings.REQRUN_MAX_RESPONSE_BYTES = 100  # the fake's error envelope is longer
+    fake_upstream.script("down", ["503"])
+    body = b'{"model": "down", "stream": true, "messages": []}'
+    url = f"{fake_upstream.base_url}/chat/completions"
+
+    with upstream.open_stream(url=url, provider_key="sk-test", body=body, timeout=5) as response:
+        assert response.status_code == 503
+        with pytest.raises(upstream.ResponseTooLarge):
+            upstream.read_answer(response, deadline=time.monotonic() + 5)
+
+
 def test_each_thread_calls_upstreams_through_a_pool_of_its_own(fake_upstream):
     """Worker threads share no connection pool (and so no pool lock); a thread keeps and
     reuses its own."""
