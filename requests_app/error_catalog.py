@@ -266,7 +266,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         502,
         "upstream_error",
         "No attempt could connect to the upstream. The code names the last transport error "
-        "(`connecterror`, `readerror`, `remoteprotocolerror`, `worker_lost`, …).",
+        "(`connecterror`, `readerror`, `remoteprotocolerror`, `worker_lost`, …; "
+        "`response_incomplete` when an answer only the connection's close could end was cut "
+        "off).",
         "Check the upstream URL and the provider's status; retry later.",
         retry=True,
     ),
@@ -324,6 +326,7 @@ TRANSPORT_CODES = (
     "connecttimeout",
     "worker_lost",
     "stream_incomplete",
+    "response_incomplete",
     "stream_stalled",
     "upstream_stream_error",
     "invalid_event_stream",

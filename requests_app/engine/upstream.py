@@ -17,7 +17,7 @@ import httpx
 import redis
 from django.conf import settings
 
-from core.untrusted import storable
+from core.untrusted import parse_json, storable
 from projects.upstream_guard import UpstreamNotAllowed, check_address
 from requests_app.engine import retry_policy
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
@@ -273,6 +273,23 @@ JSON_OBJECT_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
 MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,60}/[a-z0-9!#$&^_.+-]{1,60}")
 
 
+def ended_by_close(headers: httpx.Headers) -> bool:
+    """An answer with neither a Content-Length nor chunking (HTTP/1.0 servers, some proxies)
+    ends where the connection closes, so one cut partway reads as a whole, shorter answer."""
+    return (
+        "content-length" not in headers
+        and "chunked" not in headers.get("transfer-encoding", "").lower()
+    )
+
+
+def is_json(body: bytes) -> bool:
+    try:
+        parse_json(body)
+    except ValueError:
+        return False
+    return True
+
+
 def not_json(answer: UpstreamResponse) -> AttemptResult:
     """A plain call's 2xx that is no JSON object: a captive proxy's login page, an empty
     body, an event stream sent although `stream` was not asked for. Not a success (the
@@ -302,8 +319,9 @@ def classify(
 ) -> AttemptResult:
     """Any answer or exception of one attempt as its recorded result; never raises.
 
-    2xx is a success if it is JSON (`not_json`; a stream's 2xx is the relay's to judge,
-    stream_attempt.py); a redirect fails (`redirected`); the retryable statuses and transport
+    2xx is a success if it is JSON (`not_json`; one only the connection's close ended is
+    parsed, and retried as cut off unless it is whole; a stream's 2xx is the relay's to
+    judge, stream_attempt.py); a redirect fails (`redirected`); the retryable statuses and transport
     faults may be retried; anything else, including an exception nobody foresaw, ends the
     attempt as a fatal or internal error rather than leaving it running until its lease
     runs out.
@@ -347,6 +365,12 @@ def classify(
     if 200 <= answer.status_code < 300:
         if not JSON_OBJECT_START.match(answer.body):
             return not_json(answer)
+        if ended_by_close(answer.all_headers) and not is_json(answer.body):
+            return AttemptResult(
+                Attempt.Outcome.CONNECTION_ERROR,
+                status_code=answer.status_code,
+                error_code="response_incomplete",
+            )
         return AttemptResult(
             Attempt.Outcome.SUCCESS,
             status_code=answer.status_code,

@@ -122,22 +122,44 @@ def test_json_answered_to_a_stream_is_an_invalid_event_stream(live_api, tenant, 
     assert attempts(request) == [("fatal_error", 200, "invalid_event_stream")]
 
 
+# An answer whose end is the connection's close (no Content-Length, not chunked), as HTTP/1.0
+# servers and some proxies send it.
+CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+
+
 @pytest.mark.parametrize(
-    "answer",
-    [b"HTTP/1.1 100 Continue\r\n\r\n", raw_answer(b"200 OK", b"application/json", b'{"id":')[:-3]],
-    ids=["1xx only", "cut mid-body"],
-)
-def test_an_answer_that_never_completes_is_retried(live_api, tenant, fake_upstream, answer):
+    ("answer", "recorded"),
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\n", (None, "remoteprotocolerror")),
+        (raw_answer(b"200 OK", b"application/json", b'{"id":')[:-3], (None, "remoteprotocolerror")),
+        (CLOSE_DELIMITED + b'{"id":"c1","choices":[', (200, "response_incomplete")),
+    ],
+    ids=["1xx only", "cut mid-body", "cut where only the close ends it"],
+)  # fmt: skip
+def test_an_answer_that_never_completes_is_retried(
+    live_api, tenant, fake_upstream, answer, recorded
+):
     tenant.project.max_attempts = 2
     tenant.project.save()
     fake_upstream.answer_raw("raw", answer)
 
     response, request = post(live_api, tenant, "raw")
 
+    status_code, code = recorded
     assert response.status_code == 502, response.text
-    assert response.json()["error"]["code"] == "remoteprotocolerror"
+    assert response.json()["error"]["code"] == code
     assert request.status == "failed"
-    assert attempts(request) == [("connection_error", None, "remoteprotocolerror")] * 2
+    assert attempts(request) == [("connection_error", status_code, code)] * 2
+
+
+def test_a_whole_answer_ended_by_the_close_succeeds(live_api, tenant, fake_upstream):
+    body = b'{"id":"c1","object":"chat.completion","choices":[],"usage":{"total_tokens":3}}'
+    fake_upstream.answer_raw("raw", CLOSE_DELIMITED + body)
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert (response.status_code, response.content) == (200, body)
+    assert (request.status, request.usage["total_tokens"]) == ("succeeded", 3)
 
 
 def test_a_retry_after_given_as_an_http_date_is_honoured(live_api, tenant, fake_upstream):
