@@ -296,10 +296,12 @@ def not_json(answer: UpstreamResponse) -> AttemptResult:
     caller's client could not read it) and not retried (the same would come again); the
     message names what came, by type and size, never its content."""
     media_type = answer.all_headers.get("content-type", "").split(";")[0].strip().lower()
+    cause = "a proxy's login page or a base URL that points at a website are the usual causes"
     if not answer.body:
         what = "an empty body"
     elif media_type == "text/event-stream":
         what = "an event stream although the call did not ask for `stream: true`"
+        cause = "the upstream, or a proxy in front of it, streams every answer"
     elif MEDIA_TYPE.fullmatch(media_type):
         what = f"a {media_type} body of {len(answer.body):,} bytes"
     else:
@@ -309,8 +311,7 @@ def not_json(answer: UpstreamResponse) -> AttemptResult:
         status_code=answer.status_code,
         error_code="upstream_not_json",
         message=f"The upstream answered {answer.status_code} with {what}, not the JSON of an "
-        "OpenAI-compatible API; a proxy's login page or a base URL that points at a website "
-        f"are the usual causes. {CHECK_BASE_URL}",
+        f"OpenAI-compatible API; {cause}. {CHECK_BASE_URL}",
     )
 
 
@@ -320,11 +321,11 @@ def classify(
     """Any answer or exception of one attempt as its recorded result; never raises.
 
     2xx is a success if it is JSON (`not_json`; one only the connection's close ended is
-    parsed, and retried as cut off unless it is whole; a stream's 2xx is the relay's to
-    judge, stream_attempt.py); a redirect fails (`redirected`); the retryable statuses and transport
-    faults may be retried; anything else, including an exception nobody foresaw, ends the
-    attempt as a fatal or internal error rather than leaving it running until its lease
-    runs out.
+    parsed, and retried as cut off unless whole; a stream's 2xx is the relay's to judge,
+    stream_attempt.py); a redirect fails (`redirected`); the retryable statuses and
+    transport faults may be retried; anything else, including an exception nobody foresaw,
+    ends the attempt as a fatal or internal error rather than leaving it running until its
+    lease runs out.
     """
     if error is not None:
         if isinstance(error, UpstreamNotAllowed):
