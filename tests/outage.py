@@ -88,17 +88,49 @@ def database_outage(*, every_process: bool = False):
             admin.execute(f"ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")
 
 
-def _cut_every_other_session(admin: psycopg.Connection, own_pid: int) -> None:
-    """Every session of the test database but the test's own ends, and is gone on return."""
+def _hold_every_free_connection(held: list[psycopg.Connection]) -> None:
+    """Open sessions on the `postgres` database until the server refuses one for want of
+    a free slot (superusers may take the reserved ones too)."""
+    while True:
+        try:
+            held.append(_admin_connection())
+        except psycopg.OperationalError as error:
+            if "too many clients" not in str(error):
+                raise
+            return
+
+
+@contextmanager
+def connections_exhausted(*, spare_own_session: bool = True):
+    """PostgreSQL refuses every new connection: `FATAL: sorry, too many clients already`
+    (53300), as when `max_connections` are all taken. Every session of the test database
+    is cut, so each process must open new ones, but the test's own if `spare_own_session`
+    (it stays open and usable). Every slot is free again on leaving."""
+    own_pid = _own_pid() if spare_own_session else None
+    held: list[psycopg.Connection] = []
+    try:
+        _hold_every_free_connection(held)
+        _cut_every_other_session(held[0], own_pid)
+        _hold_every_free_connection(held)  # the slots the cut sessions freed
+        yield
+    finally:
+        for session in held:
+            session.close()
+
+
+def _cut_every_other_session(admin: psycopg.Connection, own_pid: int | None) -> None:
+    """Every session of the test database but the test's own (if any) ends, and is gone on
+    return."""
     name = connection.settings_dict["NAME"]
     admin.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid IS DISTINCT FROM %s",
         [name, own_pid],
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         left = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> %s",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid IS DISTINCT FROM %s",
             [name, own_pid],
         ).fetchone()[0]
         if left == 0:

@@ -1,0 +1,106 @@
+"""PostgreSQL refusing new connections (53300 `sorry, too many clients already`, or a role's
+or database's CONNECTION LIMIT reached) while it still serves the ones already open: each
+process meets it when its pool must open a connection. Callers get a 503 to retry, the
+dashboard the 503 page, /readyz says `postgres`; an accepted request is not lost."""
+
+import json
+import logging
+from contextlib import contextmanager
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.urls import reverse
+
+from core import heartbeats
+from requests_app.models import Request
+from tests.outage import connections_exhausted
+from tests.requests_app.conftest import Tenant
+
+CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "too many clients"}]}
+
+
+@contextmanager
+def refused_in_this_process():
+    """`connections_exhausted`, met by this process too: its pool is emptied, so its next
+    query opens a connection, waiting 1 s for one (DB_POOL_TIMEOUT, cut short). The test's
+    own queries wait for the end of the block."""
+    connection.close()
+    connection.close_pool()
+    try:
+        with connections_exhausted(spare_own_session=False):
+            connection.pool.timeout = 1.0  # a new pool, not opened yet
+            yield
+    finally:
+        # The emptied pool retries with a growing backoff; a new one connects at once.
+        connection.close_pool()
+
+
+def unavailable_warnings(caplog) -> list:
+    return [r for r in caplog.records if r.getMessage() == "dependency unavailable"]
+
+
+@pytest.fixture
+def customer(transactional_db, fake_upstream):
+    fake_upstream.reset()
+    return Tenant(email="alice@example.com", upstream_url=fake_upstream.base_url)
+
+
+def post_chat(client: Client, customer: Tenant, **headers):
+    return client.post(
+        "/v1/chat/completions",
+        data=json.dumps(CHAT),
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {customer.raw_key}", **headers},
+    )
+
+
+def test_a_call_while_connections_are_refused_gets_a_503_to_retry(customer, caplog):
+    client = Client(raise_request_exception=False)
+
+    with caplog.at_level(logging.WARNING), refused_in_this_process():
+        response = post_chat(client, customer)
+
+    assert response.status_code == 503, response.content
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "service_unavailable")
+    assert "ReqRun's database" in error["message"]
+    assert 1 <= int(response["Retry-After"]) <= 10
+    assert not Request.objects.exists()  # nothing half-recorded
+    assert len(unavailable_warnings(caplog)) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "too many clients" in caplog.text  # the refusal was met, not a pooled connection
+
+
+def test_a_dashboard_page_while_connections_are_refused_is_the_503_page(customer, caplog):
+    browser = Client(raise_request_exception=False)
+    browser.force_login(customer.user)
+    page = reverse("request-list", args=[customer.project.public_id])
+    assert browser.get(page).status_code == 200
+
+    with caplog.at_level(logging.WARNING), refused_in_this_process():
+        response = browser.get(page)
+
+    assert response.status_code == 503
+    assert 1 <= int(response["Retry-After"]) <= 10
+    assert "briefly unavailable" in response.content.decode()
+    assert len(unavailable_warnings(caplog)) == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_up(
+    transactional_db,
+):
+    for name in heartbeats.WATCHED:
+        heartbeats.record(name)
+    client = Client()
+    assert client.get("/readyz").status_code == 200
+
+    with refused_in_this_process():
+        ready = client.get("/readyz")
+        live = client.get("/healthz")
+
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "down": ["postgres"]}
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert client.get("/readyz").status_code == 200  # ready again at once
