@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
 from core import encryption, logs, shutdown
-from core.outages import database_unavailable, is_redis_outage, sqlstate
+from core.outages import database_unavailable, is_outage, is_redis_outage, sqlstate
 from core.prepared import PreparedGet, together
 from projects.limits import PLAN_STATE_RELATED, limits_for
 from projects.models import Upstream
@@ -436,6 +436,27 @@ def redis_outage_logged(request: Request, event: str):
 
 
 def execute_request(request_pk: int) -> None:
+    """`run_attempts`, for the worker's task. A database outage that outlasts the worker's
+    wait (a connection from its pool within DB_POOL_TIMEOUT, or an attempt's result kept
+    for CONCLUSION_RETRY_SECONDS) ends it with one warning, not as a failed task with its
+    traceback: the request is in PostgreSQL, and the sweeper publishes it again, or
+    recovers its attempt once its lease ends, when the database answers."""
+    try:
+        run_attempts(request_pk)
+    except DatabaseError as error:
+        if not is_outage(error):
+            raise
+        logger.warning(
+            "request left for the sweeper: database unavailable",
+            extra={
+                "request_pk": request_pk,
+                "exception": type(error).__name__,
+                "sqlstate": sqlstate(error),
+            },
+        )
+
+
+def run_attempts(request_pk: int) -> None:
     """Run attempts until the request finishes or waits longer than a worker should hold it.
 
     Each attempt first takes one of the account's concurrency slots; without one (none

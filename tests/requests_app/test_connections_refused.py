@@ -6,15 +6,20 @@ dashboard the 503 page, /readyz says `postgres`; an accepted request is not lost
 import json
 import logging
 from contextlib import contextmanager
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from core import heartbeats
+from requests_app.engine.accept import accept_request
+from requests_app.engine.recovery import sweep
 from requests_app.models import Request
-from tests.outage import connections_exhausted
+from tests.conftest import wait_until
+from tests.outage import connections_exhausted, finished_request
 from tests.requests_app.conftest import Tenant
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "too many clients"}]}
@@ -104,3 +109,49 @@ def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_u
     assert ready.json() == {"status": "unavailable", "down": ["postgres"]}
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
     assert client.get("/readyz").status_code == 200  # ready again at once
+
+
+@pytest.mark.timeout(120)
+def test_a_request_the_worker_could_not_open_a_connection_for_finishes_afterwards(
+    tenant, worker, fake_upstream
+):
+    log_start = worker.log_path.stat().st_size
+    with connections_exhausted():
+        # Accepted on the test's own connection; the worker's were cut and it can open none.
+        public_id = accept_request(
+            api_key=tenant.api_key,
+            endpoint="/v1/chat/completions",
+            body=json.dumps(CHAT).encode(),
+            payload=CHAT,
+            idempotency_key=None,
+        ).request.public_id
+        wait_until(
+            lambda: "too many clients" in worker_log_since(worker, log_start),
+            timeout=20,
+            message="the worker never met the refusal",
+        )
+        wait_until(
+            lambda: "OperationalError" in worker_log_since(worker, log_start),
+            timeout=20,
+            message="the worker never gave up waiting for a connection",
+        )
+    log = worker_log_since(worker, log_start)
+    assert "request left for the sweeper: database unavailable" in log
+    assert "raised unexpected" not in log  # not a task's failure, with its traceback
+    assert Request.objects.get(public_id=public_id).status == "queued"
+
+    # The sweeper publishes it again once its redispatch wait (10 s) has passed.
+    Request.objects.filter(public_id=public_id).update(
+        dispatched_at=timezone.now() - timedelta(seconds=30)
+    )
+    sweep()
+
+    request = finished_request(public_id, message="the request never ran after the refusal")
+    assert request.status == "succeeded"
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def worker_log_since(worker, offset: int) -> str:
+    with open(worker.log_path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
