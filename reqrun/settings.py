@@ -128,6 +128,12 @@ DATABASES["default"]["OPTIONS"]["pool"] = {
     "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
     "max_size": env.int("DB_POOL_MAX_SIZE", default=40),
     "timeout": env.float("DB_POOL_TIMEOUT", default=30.0),
+    # A connection the pool could not open (the server down, or out of connection slots)
+    # is tried again with a doubling pause, for 5 minutes by psycopg_pool's default: after
+    # an outage of N seconds a process would wait up to N more before its next try, still
+    # answering 503 with the database back. Given up after 2 s, it is tried afresh at the
+    # next demand for a connection, so a process is back within a second of the database.
+    "reconnect_timeout": 2.0,
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

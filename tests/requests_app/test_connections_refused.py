@@ -5,6 +5,7 @@ dashboard the 503 page, /readyz says `postgres`; an accepted request is not lost
 
 import json
 import logging
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -26,19 +27,25 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "too many 
 
 
 @contextmanager
-def refused_in_this_process():
-    """`connections_exhausted`, met by this process too: its pool is emptied, so its next
-    query opens a connection, waiting 1 s for one (DB_POOL_TIMEOUT, cut short). The test's
-    own queries wait for the end of the block."""
+def emptied_pool():
+    """This process's pool, emptied: its next query opens a connection, waiting 1 s for
+    one (DB_POOL_TIMEOUT, cut short). Replaced by one as the settings make it on leaving."""
     connection.close()
     connection.close_pool()
+    pool = connection.pool  # a new one, not opened yet
+    pool.timeout = 1.0
     try:
-        with connections_exhausted(spare_own_session=False):
-            connection.pool.timeout = 1.0  # a new pool, not opened yet
-            yield
+        yield pool
     finally:
-        # The emptied pool retries with a growing backoff; a new one connects at once.
         connection.close_pool()
+
+
+@contextmanager
+def refused_in_this_process():
+    """`connections_exhausted`, met by this process too. The test's own queries wait for
+    the end of the block."""
+    with emptied_pool() as pool, connections_exhausted(spare_own_session=False):
+        yield pool
 
 
 def unavailable_warnings(caplog) -> list:
@@ -109,6 +116,22 @@ def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_u
     assert ready.json() == {"status": "unavailable", "down": ["postgres"]}
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
     assert client.get("/readyz").status_code == 200  # ready again at once
+
+
+def test_readyz_is_ready_at_once_when_connections_are_had_again(transactional_db):
+    for name in heartbeats.WATCHED:
+        heartbeats.record(name)
+    client = Client()
+
+    with emptied_pool():
+        with connections_exhausted(spare_own_session=False):
+            refused = client.get("/readyz")  # the pool opens, is refused, and tries again
+            # Past its third try (at about 3 s): psycopg_pool's own would wait 4 s more.
+            time.sleep(1.5)
+        ready = client.get("/readyz")  # the same pool; the probe waits 2 s for it
+
+    assert refused.status_code == 503
+    assert ready.status_code == 200, ready.json()
 
 
 @pytest.mark.timeout(120)
