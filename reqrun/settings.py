@@ -468,6 +468,9 @@ LOGGING = {
         "celery.worker.strategy": {"level": "WARNING"},
         # kombu warns each second while a full Redis refuses what it refreshes (core/logs.py).
         "kombu.transport.redis": {"filters": ["repeats"]},
+        # psycopg_pool warns at each failed try to open a connection (`error connecting in
+        # 'pool-1': … FATAL: sorry, too many clients already`): its reason, once a minute.
+        "psycopg.pool": {"filters": ["repeats"]},
         "py.warnings": {"filters": ["settled_warnings"]},
     },
 }
