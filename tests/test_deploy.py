@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -110,8 +111,10 @@ def deploy(tmp_path, django_db_setup, django_db_blocker):
 
 
 def test_a_fresh_deploy_runs_a_retry_scheduled_in_the_database(deploy):
-    deploy.manage("migrate", "--no-input")
-    deploy.manage("collectstatic", "--no-input")
+    with ThreadPoolExecutor(max_workers=1) as other:
+        collected = other.submit(deploy.manage, "collectstatic", "--no-input")  # no database
+        deploy.manage("migrate", "--no-input")
+        collected.result()
     procfile = read_procfile(deploy.checkout)
     assert set(procfile) == {"web", "worker", "beat"}
     for name, command in procfile.items():
@@ -124,9 +127,8 @@ def test_a_fresh_deploy_runs_a_retry_scheduled_in_the_database(deploy):
         except httpx.TransportError:
             return False
 
-    wait_until(web_up, timeout=60, interval=0.5, message=f"web never answered: {deploy.log('web')}")
-
     with FakeUpstream() as upstream:
+        # While the processes boot: the project needs only the migrated database.
         bootstrapped = json.loads(
             deploy.manage(
                 "bootstrap_project",
@@ -142,14 +144,17 @@ def test_a_fresh_deploy_runs_a_retry_scheduled_in_the_database(deploy):
             .strip()
             .splitlines()[-1]
         )
+        wait_until(
+            web_up, timeout=60, interval=0.5, message=f"web never answered: {deploy.log('web')}"
+        )
         auth = {"Authorization": f"Bearer {bootstrapped['api_key']}"}
-        # 503 with Retry-After: 4 twice, then 200: each backoff is past the 2 s the worker
+        # 503 with Retry-After: 3 twice, then 200: each backoff is past the 2 s the worker
         # waits inline, so both retries are scheduled in the database for the sweeper.
         accepted = httpx.post(
             f"{base_url}/v1/chat/completions",
             headers={**auth, "Prefer": "respond-async"},
             json={
-                "model": "script:503ra4,503ra4,200",
+                "model": "script:503ra3,503ra3,200",
                 "messages": [{"role": "user", "content": "deploy"}],
             },
             timeout=10,
@@ -190,7 +195,7 @@ def test_a_worker_that_stops_consuming_exits_to_be_restarted(transactional_db):
         extra_env={
             "REDIS_URL": f"redis://127.0.0.1:{proxy.port}/8",
             "REQRUN_WATCHDOG_INTERVAL_SECONDS": "1",
-            "REQRUN_WATCHDOG_TIMEOUT_SECONDS": "5",
+            "REQRUN_WATCHDOG_TIMEOUT_SECONDS": "3",
         },
     )
     heartbeat = redis.Redis(port=redis_port, db=8)
@@ -203,7 +208,7 @@ def test_a_worker_that_stops_consuming_exits_to_be_restarted(transactional_db):
             interval=0.5,
             message="the worker never consumed its watchdog canary",
         )
-        time.sleep(8)  # longer than the watchdog's timeout: a healthy worker stays
+        time.sleep(5)  # longer than the watchdog's timeout: a healthy worker stays
         assert worker.process.poll() is None
 
         proxy.frozen.set()
