@@ -143,10 +143,12 @@ class EmbeddedRedis:
                 raise ServerError(f"Redis is listening but wrote no pid file to {self.pidfile}.")
             time.sleep(0.02)
 
-    def stop(self) -> None:
+    def stop(self, *, discard: bool = False) -> None:
+        """SIGTERM saves the data first; with `discard` (a throw-away directory, removed
+        next) it is not saved: SIGKILL."""
         pid = self.running_pid()
         if pid:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGKILL if discard else signal.SIGTERM)
             _wait_gone(pid, timeout=10)
 
 
@@ -270,12 +272,14 @@ class EmbeddedPostgres:
             if not exists:
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
 
-    def stop(self) -> None:
+    def stop(self, *, discard: bool = False) -> None:
         pid = self.running_pid()
         if not pid:
             return
-        # SIGINT is PostgreSQL's "fast shutdown": roll back clients and stop now.
-        os.kill(pid, signal.SIGINT)
+        # SIGINT is PostgreSQL's "fast shutdown": roll back clients, checkpoint and stop now.
+        # With `discard` (a throw-away directory, removed next) SIGQUIT, its "immediate
+        # shutdown": every backend ends at once and nothing is written back.
+        os.kill(pid, signal.SIGQUIT if discard else signal.SIGINT)
         _wait_gone(pid, timeout=30)
 
 

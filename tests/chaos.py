@@ -461,21 +461,26 @@ def run(
         pg = EmbeddedPostgres(directory / "postgres", free_port())
         redis = EmbeddedRedis(directory / "redis", free_port())
         pg.start()
-        stack.callback(pg.stop)
+        stack.callback(pg.stop, discard=True)  # the directory is removed right after
         redis.start()
-        stack.callback(redis.stop)
+        stack.callback(redis.stop, discard=True)
         env = process_env(checkout, pg, redis)
         manage(checkout, env, "migrate", "--no-input", "-v", "0")
         upstream = stack.enter_context(FakeUpstream())
+        processes = Stack(checkout, logs, env, workers)
+        stack.callback(processes.stop)
+        # The processes boot while the project is made; no request is sent before both.
+        booting, boot_errors = start_thread(processes.start)
+        stack.callback(booting.join)  # before processes.stop, should the bootstrap fail
         api_key = bootstrap(checkout, env, upstream.base_url)
         # Keep attempts short so a killed worker's lease runs out quickly.
         with psycopg.connect(pg.url, autocommit=True) as connection:
             connection.execute(
                 "UPDATE projects_project SET attempt_timeout_seconds = 5, max_attempts = 10"
             )
-        processes = Stack(checkout, logs, env, workers)
-        stack.callback(processes.stop)
-        processes.start()
+        booting.join()
+        for error in boot_errors:
+            raise error
         base_url = f"http://127.0.0.1:{env['PORT']}"
 
         load_over, settled = threading.Event(), threading.Event()
