@@ -5,6 +5,7 @@ import ast
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -31,15 +32,19 @@ def database_options(**env: str) -> dict:
 
 
 def test_the_setting_turns_server_side_binding_off():
-    assert database_options()["server_side_binding"] is True
-    options = database_options(**CLIENT_SIDE)
+    with ThreadPoolExecutor(max_workers=1) as other:  # two processes started side by side
+        client_side = other.submit(database_options, **CLIENT_SIDE)
+        assert database_options()["server_side_binding"] is True
+        options = client_side.result()
     assert "server_side_binding" not in options
     assert options["prepare_threshold"] is None
 
 
 @pytest.mark.timeout(180)
 def test_the_engine_runs_with_client_side_binding(tenant, worker, tmp_path):
-    worker.stop()
+    # Only the client-side worker may run this test's requests. The suite's worker is
+    # killed, not stopped: a stop would wait out attempts an earlier test left in flight.
+    worker.kill()
     web = ProcfileWeb(tmp_path / "web.log", **CLIENT_SIDE).start()
     client_side_worker = WorkerProcess(extra_env=CLIENT_SIDE)
     auth = {"Authorization": f"Bearer {tenant.raw_key}"}
