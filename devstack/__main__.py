@@ -53,13 +53,16 @@ def dev_secrets() -> dict[str, str]:
     return values
 
 
-def start_servers(stack: ExitStack, directory: Path, pg_port: int, redis_port: int) -> dict:
-    """Start whichever embedded server the environment does not already point at."""
+def start_servers(
+    stack: ExitStack, directory: Path, pg_port: int, redis_port: int, *, discard: bool = False
+) -> dict:
+    """Start whichever embedded server the environment does not already point at. With
+    `discard` (a throw-away directory, removed next) they stop without saving anything."""
     env: dict[str, str] = {}
     if not os.environ.get("DATABASE_URL"):
         pg = EmbeddedPostgres(directory / "postgres", pg_port)
         if pg.start():
-            stack.callback(pg.stop)
+            stack.callback(pg.stop, discard=discard)
             say(f"started PostgreSQL on 127.0.0.1:{pg_port}")
         else:
             say(f"reusing the PostgreSQL already running on 127.0.0.1:{pg_port}")
@@ -67,7 +70,7 @@ def start_servers(stack: ExitStack, directory: Path, pg_port: int, redis_port: i
     if not os.environ.get("REDIS_URL"):
         redis = EmbeddedRedis(directory / "redis", redis_port)
         if redis.start():
-            stack.callback(redis.stop)
+            stack.callback(redis.stop, discard=discard)
             say(f"started Redis on 127.0.0.1:{redis_port}")
         else:
             say(f"reusing the Redis already running on 127.0.0.1:{redis_port}")
@@ -201,7 +204,7 @@ def command_check() -> int:
     try:
         with ExitStack() as stack:
             env = {**os.environ, **development_env()}
-            env.update(start_servers(stack, directory, free_port(), free_port()))
+            env.update(start_servers(stack, directory, free_port(), free_port(), discard=True))
             manage(env, "makemigrations", "--check", "--dry-run")
             manage({**env, **production_like_env()}, "check", "--deploy", "--fail-level", "WARNING")
         say("migrations and deployment checks passed")
@@ -237,7 +240,7 @@ def command_test(pytest_args: list[str]) -> int:
                 "SECURE_SSL_REDIRECT": "false",
                 "STATIC_ROOT": str(directory / "static"),
             }
-            env.update(start_servers(stack, directory, free_port(), free_port()))
+            env.update(start_servers(stack, directory, free_port(), free_port(), discard=True))
             manage(env, "collectstatic", "--no-input", "-v", "0")
             pytest = subprocess.Popen(
                 [sys.executable, "-m", "pytest", *pytest_args], env=env, cwd=ROOT
