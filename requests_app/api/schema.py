@@ -185,7 +185,7 @@ EVERY_CALL_ERRORS = {
     429: error(429, "too_many_auth_failures", note="with `Retry-After`"),
     503: error(503, "service_unavailable", note="with `Retry-After`"),
 }
-# What the upstream answers is returned as it gave it, whatever its status.
+# An upstream's 4xx or 5xx is returned as it gave it (a redirect or an invalid status is a 502).
 UPSTREAM_ANSWERS = {
     "4XX": OpenApiResponse(
         response=ref("OpenAIResponse"), description="The upstream's own error, unchanged."
@@ -281,7 +281,7 @@ def proxy_schema(endpoint_path: str):
             "upstream_redirected",
             "upstream_not_json",
             "connecterror",
-            note="no upstream answer on any attempt",
+            note="no upstream answer on any attempt, or only one no client could use",
         ),
         (504, json_only): error(504, "timeout", "deadline_exceeded"),
         **{(status, json_only): answer for status, answer in UPSTREAM_ANSWERS.items()},
@@ -494,7 +494,8 @@ class ModelsViewSchema(OpenApiViewExtension):
                 operation_id="list_models" if listing else "retrieve_model",
                 summary=entry.summary,
                 description="Passed straight through to the upstream with the project's provider "
-                "key; not recorded and not counted against the quota.",
+                "key; not recorded and not counted against the quota. An answer no client could "
+                "use (a redirect, a status outside 100–599, a 2xx that is not JSON) is a 502.",
                 tags=["Models"],
                 auth=BEARER,
                 responses={

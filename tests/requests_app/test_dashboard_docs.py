@@ -152,12 +152,16 @@ def test_the_schema_generates_without_warnings(tmp_path):
 
 def test_the_schema_names_every_code_a_proxied_call_or_models_can_answer(client):
     """A `stream` that is not a boolean is a 400 `invalid_stream` on every proxied endpoint,
-    and an upstream status outside 100–599 a 502 `invalid_status`, on them and on models."""
+    and an upstream answer no client could use (a status outside 100–599, a redirect, a 2xx
+    that is not JSON) a 502 with its own code, on them and on models."""
     paths = client.get("/v1/openapi.json").json()["paths"]
+    unusable = ("`invalid_status`", "`upstream_redirected`", "`upstream_not_json`")
 
     for path in ("/v1/chat/completions", "/v1/embeddings"):
         responses = paths[path]["post"]["responses"]
         assert "`invalid_stream`" in responses["400"]["description"]
-        assert "`invalid_status`" in responses["502"]["description"]
+        assert all(code in responses["502"]["description"] for code in unusable)
     for path in ("/v1/models", "/v1/models/{model_id}"):
-        assert "`invalid_status`" in paths[path]["get"]["responses"]["502"]["description"]
+        operation = paths[path]["get"]
+        assert all(code in operation["responses"]["502"]["description"] for code in unusable)
+        assert "a 2xx that is not JSON) is a 502" in operation["description"]
