@@ -169,8 +169,9 @@ def _still_owed(error: BaseException) -> dict[str, list[int]]:
 def send_or_retry(send: Callable[[], object], *, task: Task, ids: tuple[int, ...]) -> None:
     """Send an email now; if the mail server refuses it (not for good: `refused_for_good`),
     queue `task(*ids)`, which sends it again from the rows those ids name (`retry_refused`),
-    to the owners not reached yet if some were (`owner_ids=`). Ids only: an address, a link
-    or a body in the broker's message would end up in its logs."""
+    to the owners not reached yet if some were (`owner_ids=`). Ids (and counts the email
+    states) only: an address, a link or a body in the broker's message would end up in its
+    logs."""
     try:
         send()
     except MAIL_ERRORS as error:  # logged by the send

@@ -1,4 +1,5 @@
-"""Celery tasks for billing: thin, ids only; the services hold the logic."""
+"""Celery tasks for billing: thin, ids (and a usage notice's counts) only; the services hold
+the logic."""
 
 from celery import shared_task
 
