@@ -1,6 +1,7 @@
 """The operator's documentation says what the checkout really does."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,3 +43,21 @@ def test_every_setting_read_from_the_environment_is_documented():
     )
     undocumented = sorted(name for name in names if f"`{name}`" not in documentation)
     assert not undocumented, f"read in settings.py but not documented: {undocumented}"
+
+
+def test_every_name_readyz_can_report_down_is_explained():
+    """An operator reads what a `/readyz` 503 means in the README's list of `down` names: each
+    name `core/health.py` can answer (and each heartbeat it reads) has its entry there."""
+    source = (ROOT / "core" / "health.py").read_text()
+    names = set(re.findall(r'down\.append\("([a-z_]+)"\)', source))
+    names |= set(re.findall(r'\["([a-z_]+)"\]', source))
+    names |= set(
+        re.findall(r'^[A-Z]+ = "([a-z_]+)"$', (ROOT / "core" / "heartbeats.py").read_text(), re.M)
+    )
+    assert {"postgres", "schema", "sweeper", "worker"} <= names  # the scan finds them
+    readme = (ROOT / "README.md").read_text()
+    listed = readme.split("`down` naming what is wrong:", 1)[1].split("\n\n", 2)[1]
+    unexplained = sorted(name for name in names if f"`{name}`" not in listed)
+    assert not unexplained, (
+        f"/readyz can name these, the README does not explain them: {unexplained}"
+    )
