@@ -246,10 +246,11 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "upstream_not_json",
         502,
         "upstream_error",
-        "The upstream answered a call without `stream: true` with a 2xx that is not JSON: an "
-        "HTML page (often a proxy's or captive portal's login page), an empty body, or an "
-        "event stream. No client could read it as the API's answer, so it is neither stored "
-        "nor relayed, and the call is not retried. The message names its type and size.",
+        "The upstream answered a call without `stream: true` with a 2xx that is not a JSON "
+        "object: an HTML page (often a proxy's or captive portal's login page), an empty "
+        "body, or an event stream. No client could read it as the API's answer, so it is "
+        "neither stored nor relayed, and the call is not retried. The message names its type "
+        "and size.",
         "Check that the project's upstream base URL points at the API itself (usually ending "
         "in `/v1`), not a website, and what any proxy in front of it answers.",
     ),
