@@ -508,6 +508,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                         "invalid_status",
                         "upstream_redirected",
                         "upstream_not_json",
+                        "response_incomplete",
                     ),
                     **UPSTREAM_ANSWERS,
                 },

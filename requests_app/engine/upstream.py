@@ -371,6 +371,8 @@ def classify(
                 Attempt.Outcome.CONNECTION_ERROR,
                 status_code=answer.status_code,
                 error_code="response_incomplete",
+                message="The upstream's answer was cut off: its connection closed before the "
+                "JSON it had begun was complete.",
             )
         return AttemptResult(
             Attempt.Outcome.SUCCESS,

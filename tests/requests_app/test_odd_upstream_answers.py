@@ -216,8 +216,9 @@ def test_a_huge_or_negative_retry_after_is_held_within_bounds(
             "https://api.example.com/v1/models",
         ),
         (raw_answer(b"200 OK", b"text/html", b"<h1>Log in</h1>"), "upstream_not_json", "text/html"),
+        (CLOSE_DELIMITED + b'{"object":"list","data":[', "response_incomplete", "cut off"),
     ],
-    ids=["a redirect", "a login page"],
+    ids=["a redirect", "a login page", "cut where only the close ends it"],
 )  # fmt: skip
 def test_models_say_what_the_upstream_answered_rather_than_pass_it_on(
     live_api, tenant, fake_upstream, answer, code, said
