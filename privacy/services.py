@@ -285,7 +285,7 @@ def expire_exports(*, now: datetime | None = None) -> int:
     """Delete the file of every export past its seven days; the row stays, marked expired."""
     now = now or timezone.now()
     expired = AccountExport.objects.filter(status=Status.READY, expires_at__lte=now).update(
-        status=Status.EXPIRED
+        status=Status.EXPIRED, content=None
     )
     delete_unserved_chunks()
     if expired:

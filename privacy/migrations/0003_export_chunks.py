@@ -35,16 +35,5 @@ class Migration(migrations.Migration):
             """,
             reverse_sql=migrations.RunSQL.noop,
         ),
-        # The column leaves the model now but stays in the table, empty, for one release:
-        # during a rolling deploy the processes still running the previous code select it
-        # with every export row, and would answer 500 on the export page without it. A
-        # later migration drops it once no process of the previous code runs.
-        migrations.SeparateDatabaseAndState(
-            state_operations=[
-                migrations.RemoveField(
-                    model_name='accountexport',
-                    name='content',
-                ),
-            ],
-        ),
+        # The old column stays for one release (see AccountExport.content), empty.
     ]

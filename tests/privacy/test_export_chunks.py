@@ -88,7 +88,7 @@ def test_a_big_export_is_built_and_downloaded_in_chunks(
     assert chunks_seen[0] < chunks_seen[-1] and 0 < chunks_seen[-2] < len(pieces)
     assert {len(piece) for piece in pieces[:-1]} == {CHUNK_BYTES}
     assert 0 < len(pieces[-1]) <= CHUNK_BYTES
-    assert not hasattr(export, "content")  # no column holds the file whole
+    assert export.content is None  # the old column does not hold the file whole
 
     data, _ = downloaded(alice_client, export)
     assert data == expected
@@ -168,11 +168,16 @@ def test_a_ready_export_without_its_file_is_refused_not_sent_empty(alice_client,
     empty 200."""
     export = request_and_build(alice_client)
     AccountExportChunk.objects.filter(export=export).delete()
+    AccountExport.objects.filter(pk=export.pk).update(content=b"the previous code's file")
 
     response = alice_client.get(download_url(export))
 
     assert response.status_code == 410
     assert "Request a new one" in response.content.decode()
+    # Its file in the old column is wiped at expiry all the same.
+    AccountExport.objects.filter(pk=export.pk).update(expires_at=timezone.now())
+    assert services.expire_exports() == 1
+    assert AccountExport.objects.get(pk=export.pk).content is None
 
 
 def test_under_asgi_the_download_is_sent_as_it_is_read(
