@@ -92,6 +92,7 @@ FIELDS: dict[str, str] = {
     "concurrency": "concurrency",
     "tasks": "tasks",
     "pending_migrations": "pending_migrations",
+    "chunks": "chunks",
 }
 SCALARS = (str, int, float, bool)
 
