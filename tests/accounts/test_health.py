@@ -7,13 +7,8 @@ import redis as redis_py
 
 from core import heartbeats
 from devstack.servers import EmbeddedRedis, free_port
-from tests.conftest import wait_until
+from tests.conftest import record_every_heartbeat, wait_until
 from tests.outage import database_outage, drop_every_other_connection, outage_web
-
-
-def record_every_heartbeat():
-    for name in heartbeats.WATCHED:
-        heartbeats.record(name)
 
 
 def test_healthz_answers_when_the_process_is_up(client):

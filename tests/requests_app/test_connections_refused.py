@@ -15,11 +15,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from core import heartbeats
 from requests_app.engine.accept import accept_request
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
-from tests.conftest import wait_until
+from tests.conftest import record_every_heartbeat, wait_until
 from tests.outage import connections_exhausted, finished_request
 from tests.requests_app.conftest import Tenant
 
@@ -106,8 +105,7 @@ def test_a_dashboard_page_while_connections_are_refused_is_the_503_page(customer
 def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_up(
     transactional_db,
 ):
-    for name in heartbeats.WATCHED:
-        heartbeats.record(name)
+    record_every_heartbeat()
     client = Client()
     assert client.get("/readyz").status_code == 200
 
@@ -122,8 +120,7 @@ def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_u
 
 
 def test_readyz_is_ready_at_once_when_connections_are_had_again(transactional_db, caplog):
-    for name in heartbeats.WATCHED:
-        heartbeats.record(name)
+    record_every_heartbeat()
     client = Client()
 
     with caplog.at_level(logging.WARNING), emptied_pool():

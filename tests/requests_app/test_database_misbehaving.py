@@ -15,9 +15,8 @@ from django.db import connection
 from django.test import Client
 from django.urls import reverse
 
-from core import heartbeats
 from requests_app.models import Request
-from tests.conftest import wait_until
+from tests.conftest import record_every_heartbeat, wait_until
 from tests.factories import PASSWORD
 from tests.outage import database_read_only, drop_every_other_connection, finished_request
 from tests.requests_app.test_outages import assert_unavailable
@@ -74,8 +73,7 @@ def test_an_attempt_that_ends_while_the_database_is_read_only_is_recorded_once(
 
 
 def test_readyz_is_not_ready_while_the_database_is_read_only(transactional_db):
-    for name in heartbeats.WATCHED:
-        heartbeats.record(name)
+    record_every_heartbeat()
     client = Client()
     assert client.get("/readyz").status_code == 200
 
