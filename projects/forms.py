@@ -136,7 +136,8 @@ class FailoverPolicyForm(ServiceForm):
         label="Tries per upstream",
         min_value=1,
         max_value=FAILOVER_TRIES_MAX,
-        help_text="Attempts on one upstream before moving on. Moving on is immediate; the "
+        help_text="Attempts on one upstream before moving on (one for an answer that is "
+        "never retried, such as insufficient_quota). Moving on is immediate; the "
         "retry backoff applies between tries on the same upstream and after every upstream "
         "failed in a round. Max attempts and the deadline under Retries bound the whole chain.",
     )

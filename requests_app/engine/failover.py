@@ -4,7 +4,8 @@ A request tries its project's enabled upstreams in order (a *round*), starting a
 primary, or, when the project does not return to the primary, at the upstream the last
 request succeeded on. An outcome the project's policy names (connection errors, timeouts,
 5xx, 429 by default) moves the request on to the next upstream at once, after
-`failover_tries_per_upstream` attempts on one upstream; the retry backoff applies within
+`failover_tries_per_upstream` attempts on one upstream (a final one, never retried, after
+the first); the retry backoff applies within
 one upstream and between rounds, never between upstreams. A caller's own 4xx never moves
 it. An upstream whose breaker is open is skipped without a call (`engine/breaker.py`).
 The request's deadline and `max_attempts` bound the whole chain.
@@ -123,7 +124,10 @@ def next_upstream(
     kind = failover_kind(result)
     if kind is None or kind not in project.failover_on or len(names) < 2:
         return NextUpstream(current, tries)
-    if tries < project.failover_tries_per_upstream:
+    # A final answer (`insufficient_quota`) would only come again from the same upstream:
+    # it moves on at once, whatever the tries per upstream.
+    final = result.outcome == Attempt.Outcome.FATAL_ERROR
+    if tries < project.failover_tries_per_upstream and not final:
         return NextUpstream(current, tries)
     position = names.index(current) if current in names else -1
     if position + 1 < len(names):

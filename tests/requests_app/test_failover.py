@@ -191,6 +191,20 @@ def test_two_tries_per_upstream_before_moving_on(sdk, tenant, secondary, fake_up
     assert [name for name, _, _ in chain(public_id)] == ["primary", "primary", "fallback-1"]
 
 
+def test_a_final_answer_the_policy_names_moves_on_at_once_whatever_the_tries_per_upstream(
+    sdk, tenant, secondary, fake_upstream
+):
+    # A second try on the primary would get the same `insufficient_quota`: it is not retried
+    # there (it is final) and still moves on rather than ending the request.
+    set_policy(tenant, failover_on=["rate_limited"], failover_tries_per_upstream=2)
+    fake_upstream.script("quota-twice", ["429q"])
+
+    raw, public_id = create(sdk, "quota-twice")
+
+    assert raw.headers["reqrun-upstream"] == "fallback-1"
+    assert chain(public_id) == [("primary", "fatal_error", 429), ("fallback-1", "success", 200)]
+
+
 def test_not_returning_to_the_primary_starts_where_the_last_request_succeeded(
     sdk, tenant, secondary, fake_upstream
 ):
