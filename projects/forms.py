@@ -129,8 +129,10 @@ class FailoverPolicyForm(ServiceForm):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         help_text="A caller's own 4xx (400, 401, 404, 422, …) never moves a request: another "
-        "upstream would refuse it too. With none ticked, a request stays on the upstream it "
-        "started on.",
+        "upstream would refuse it too. Answers no client can read (a redirect, an HTML page "
+        "instead of JSON) mean an upstream's base URL is wrong or behind a login proxy: never "
+        "retried on that upstream, they end the request unless ticked (off by default). With "
+        "none ticked, a request stays on the upstream it started on.",
     )
     tries_per_upstream = forms.IntegerField(
         label="Tries per upstream",

@@ -120,10 +120,25 @@ class FailoverOn(models.TextChoices):
     TIMEOUT = "timeout", "Timeouts"
     SERVER_ERROR = "server_error", "5xx answers"
     RATE_LIMITED = "rate_limited", "429 answers, including insufficient_quota"
+    UNREADABLE = (
+        "unreadable_answer",
+        "Answers no client can read (redirects, non-JSON, invalid status or event stream)",
+    )
+
+
+# A new project's policy. Answers no client can read are left out: they mean an upstream's
+# base URL is wrong (or behind a captive proxy), which the project's owner asks to route
+# around, rather than an outage (PRODUCT.md, "Failover across upstreams").
+DEFAULT_FAILOVER_ON = (
+    FailoverOn.CONNECTION_ERROR,
+    FailoverOn.TIMEOUT,
+    FailoverOn.SERVER_ERROR,
+    FailoverOn.RATE_LIMITED,
+)
 
 
 def default_failover_on() -> list[str]:
-    return list(FailoverOn.values)
+    return [value.value for value in DEFAULT_FAILOVER_ON]
 
 
 # The longest deadline a project can be given: no attempt of a request starts later than

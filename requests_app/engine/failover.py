@@ -3,9 +3,9 @@
 A request tries its project's enabled upstreams in order (a *round*), starting at the
 primary, or, when the project does not return to the primary, at the upstream the last
 request succeeded on. An outcome the project's policy names (connection errors, timeouts,
-5xx, 429 by default) moves the request on to the next upstream at once, after
-`failover_tries_per_upstream` attempts on one upstream (a final one, never retried, after
-the first); the retry backoff applies within
+5xx, 429 by default; answers no client can read when the project asks) moves the request
+on to the next upstream at once, after `failover_tries_per_upstream` attempts on one
+upstream (a final one, never retried, after the first); the retry backoff applies within
 one upstream and between rounds, never between upstreams. A caller's own 4xx never moves
 it. An upstream whose breaker is open is skipped without a call (`engine/breaker.py`).
 The request's deadline and `max_attempts` bound the whole chain.
@@ -39,6 +39,11 @@ REQUESTS_UPSTREAMS: PreparedGet[Upstream] = PreparedGet(
 
 # Results that say nothing about the upstream: moving elsewhere would not help.
 STAYS_ON_FAULTS_OF_OURS = breaker.NOT_THE_UPSTREAMS_FAULT - {"worker_lost"}
+# Answers no client can read (upstream.classify, stream_attempt.py): a wrong base URL or a
+# captive proxy, cured by another upstream. Final: never retried on the one that gave them.
+UNREADABLE_ANSWERS = frozenset(
+    {"upstream_redirected", "upstream_not_json", "invalid_status", "invalid_event_stream"}
+)
 
 
 def chain_of(request: Request, enabled: list[Upstream] | None = None) -> list[Upstream]:
@@ -96,7 +101,9 @@ def failover_kind(result: AttemptResult) -> str | None:
     if result.status_code == 429:
         return FailoverOn.RATE_LIMITED
     if result.status_code is not None and result.status_code >= 500:
-        return FailoverOn.SERVER_ERROR
+        return FailoverOn.SERVER_ERROR  # an invalid status of 600 or more too, as ever
+    if result.error_code in UNREADABLE_ANSWERS:
+        return FailoverOn.UNREADABLE
     if result.outcome == Attempt.Outcome.TIMEOUT:
         return FailoverOn.TIMEOUT
     if result.outcome == Attempt.Outcome.CONNECTION_ERROR:

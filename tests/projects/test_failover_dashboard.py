@@ -58,8 +58,11 @@ def test_the_policy_form_shows_the_defaults(alice_client, two_upstreams):
     form = page[page.index('action="' + page_url(two_upstreams[0].project, "project-failover")) :]
     form = form[: form.index("</form>")]
     for value, label in FailoverOn.choices:
-        assert re.search(rf'value="{value}"[^>]*checked', form), value
+        # Answers no client can read move a request only when the project asks for it.
+        checked = value != "unreadable_answer"
+        assert bool(re.search(rf'value="{value}"[^>]*checked', form)) == checked, value
         assert label in form
+    assert "unreadable_answer" in form
     assert 'name="tries_per_upstream" value="1"' in form
     assert re.search(r'name="return_to_primary"[^>]*checked', form)
     assert "never moves a request" in form
@@ -76,6 +79,14 @@ def test_the_policy_form_saves_and_audits(alice_client, alice, two_upstreams):
     page = response.content.decode()
     assert re.search(r'value="timeout"[^>]*checked', page)
     assert not re.search(r'value="server_error"[^>]*checked', page)
+
+
+def test_answers_no_client_can_read_can_be_ticked(alice_client, two_upstreams):
+    project = two_upstreams[0].project
+    data = {**POLICY, "failover_on": ["unreadable_answer", "timeout"]}
+    response = alice_client.post(page_url(project, "project-failover"), data, follow=True)
+    assert "Failover policy saved." in messages_of(response)
+    assert policy_of(project)[0] == ["timeout", "unreadable_answer"]
 
 
 def test_nothing_ticked_means_requests_never_move(alice_client, two_upstreams):

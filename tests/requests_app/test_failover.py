@@ -22,6 +22,7 @@ from requests_app.models import Request
 from tests.conftest import wait_until
 from tests.factories import RequestFactory
 from tests.fake_upstream import FakeUpstream
+from tests.requests_app.test_odd_upstream_answers import raw_answer
 
 CHAT = [{"role": "user", "content": "fail over"}]
 
@@ -130,6 +131,73 @@ def test_the_callers_own_400_is_returned_without_failover(sdk, secondary, second
     assert raised.value.response.headers["reqrun-upstream"] == "primary"
     public_id = raised.value.response.headers["reqrun-request-id"]
     assert chain(public_id) == [("primary", "fatal_error", 400)]
+    assert second_server.count() == 0
+
+
+# Answers no client can read, each from a misconfigured primary (a base URL behind a
+# captive proxy, a website's), for model "unreadable": (streamed?, status, error code).
+UNREADABLE = {
+    "a redirect": (False, 302, "upstream_redirected"),
+    "a login page": (False, 200, "upstream_not_json"),
+    "JSON to a stream": (True, 200, "invalid_event_stream"),
+}
+
+
+def answer_unreadably(fake_upstream, what: str) -> bool:
+    """The primary answers `what` (UNREADABLE) to model "unreadable"; whether to stream."""
+    if what == "a redirect":
+        fake_upstream.script("unreadable", ["302"], headers={"location": "https://sso.example"})
+    elif what == "a login page":
+        page = raw_answer(b"200 OK", b"text/html", b"<h1>Log in</h1>")
+        fake_upstream.answer_raw("unreadable", page)
+    else:
+        answer = raw_answer(b"200 OK", b"application/json", b'{"id": "c1", "choices": []}')
+        fake_upstream.answer_raw("unreadable", answer)
+    return UNREADABLE[what][0]
+
+
+@pytest.mark.parametrize("what", UNREADABLE)
+def test_an_unreadable_answer_moves_on_when_the_policy_names_it(
+    sdk, tenant, secondary, fake_upstream, second_server, what
+):
+    # Even with two tries per upstream the primary is asked once: it would answer the same.
+    set_policy(
+        tenant, failover_on=["server_error", "unreadable_answer"], failover_tries_per_upstream=2
+    )
+    stream = answer_unreadably(fake_upstream, what)
+
+    raw, public_id = create(sdk, "unreadable", stream=stream)
+
+    answer = raw.parse()
+    assert list(answer) if stream else answer.choices[0].message.content
+    assert raw.headers["reqrun-upstream"] == "fallback-1"
+    _, status, code = UNREADABLE[what]
+    assert chain(public_id) == [("primary", "fatal_error", status), ("fallback-1", "success", 200)]
+    assert Request.objects.get(public_id=public_id).attempts.first().error_code == code
+    assert fake_upstream.count("/v1/chat/completions") == 1
+    assert second_server.count("/v1/chat/completions") == 1
+    body = httpx.get(
+        f"{sdk.base_url}requests/{public_id}",
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    ).json()
+    assert [attempt["upstream"] for attempt in body["attempts"]] == ["primary", "fallback-1"]
+
+
+@pytest.mark.parametrize("what", UNREADABLE)
+def test_by_default_an_unreadable_answer_ends_the_request_on_the_primary(
+    sdk, tenant, secondary, fake_upstream, second_server, what
+):
+    assert "unreadable_answer" not in tenant.project.failover_on  # off for a new project
+    stream = answer_unreadably(fake_upstream, what)
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        create(sdk, "unreadable", stream=stream)
+
+    response = raised.value.response
+    _, status, code = UNREADABLE[what]
+    assert (response.status_code, response.json()["error"]["code"]) == (502, code)
+    assert chain(response.headers["reqrun-request-id"]) == [("primary", "fatal_error", status)]
+    assert fake_upstream.count("/v1/chat/completions") == 1
     assert second_server.count() == 0
 
 
