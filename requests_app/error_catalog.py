@@ -240,7 +240,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "again. The message says where it pointed (scheme, host and path; never the query), "
         "or that it did not say.",
         "Correct the project's upstream base URL: `https` rather than `http`, the right host, "
-        "and the path the API's routes start from (usually ending in `/v1`).",
+        "and the path the API's routes start from (usually ending in `/v1`). With a fallback "
+        "upstream, ticking “Answers no client can read” in the project's failover policy "
+        "sends such calls on to it meanwhile.",
     ),
     ErrorCode(
         "upstream_not_json",
@@ -252,7 +254,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "neither stored nor relayed, and the call is not retried. The message names its type "
         "and size.",
         "Check that the project's upstream base URL points at the API itself (usually ending "
-        "in `/v1`), not a website, and what any proxy in front of it answers.",
+        "in `/v1`), not a website, and what any proxy in front of it answers. With a fallback "
+        "upstream, ticking “Answers no client can read” in the project's failover policy "
+        "sends such calls on to it meanwhile.",
     ),
     ErrorCode(
         "upstream_unreachable",

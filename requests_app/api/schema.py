@@ -508,7 +508,8 @@ class ModelsViewSchema(OpenApiViewExtension):
                         "invalid_status",
                         "upstream_redirected",
                         "upstream_not_json",
-                        "response_incomplete",
+                        note="`response_incomplete` for an answer cut off where only the "
+                        "connection's close ends it",
                     ),
                     **UPSTREAM_ANSWERS,
                 },
