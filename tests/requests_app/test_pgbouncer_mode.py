@@ -18,8 +18,12 @@ CLIENT_SIDE = {"DB_SERVER_SIDE_BINDING": "false"}
 
 
 def database_options(**env: str) -> dict:
-    """The psycopg options a process started with `env` uses."""
-    script = "from django.db import connection; print(repr(connection.settings_dict['OPTIONS']))"
+    """The psycopg options a process started with `env` uses (less the pool's, which hold a
+    callback)."""
+    script = (
+        "from django.db import connection; "
+        "print(repr({k: v for k, v in connection.settings_dict['OPTIONS'].items() if k != 'pool'}))"
+    )
     output = subprocess.run(
         [sys.executable, "manage.py", "shell", "-c", script],
         cwd=ROOT,
