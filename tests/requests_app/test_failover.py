@@ -74,6 +74,15 @@ def chain(public_id: str) -> list[tuple[str, str, int | None]]:
     return [(a.upstream, a.outcome, a.status_code) for a in request.attempts.all()]
 
 
+def attempt_upstreams(sdk, tenant, public_id: str) -> list[str]:
+    """Each attempt's upstream, as the request object names them."""
+    body = httpx.get(
+        f"{sdk.base_url}requests/{public_id}",
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+    ).json()
+    return [attempt["upstream"] for attempt in body["attempts"]]
+
+
 def create(sdk, model: str, **kwargs):
     raw = sdk.chat.completions.with_raw_response.create(model=model, messages=CHAT, **kwargs)
     return raw, raw.headers["reqrun-request-id"]
@@ -92,12 +101,7 @@ def test_a_refused_connection_fails_over_to_the_secondary(sdk, tenant, secondary
         ("fallback-1", "success"),
     ]
     assert second_server.count("/v1/chat/completions") == 1
-    # The request object names each attempt's upstream.
-    body = httpx.get(
-        f"{sdk.base_url}requests/{public_id}",
-        headers={"Authorization": f"Bearer {tenant.raw_key}"},
-    ).json()
-    assert [attempt["upstream"] for attempt in body["attempts"]] == ["primary", "fallback-1"]
+    assert attempt_upstreams(sdk, tenant, public_id) == ["primary", "fallback-1"]
 
 
 def test_a_503_fails_over_at_once_and_the_model_map_applies_only_on_the_secondary(
@@ -176,11 +180,7 @@ def test_an_unreadable_answer_moves_on_when_the_policy_names_it(
     assert Request.objects.get(public_id=public_id).attempts.first().error_code == code
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert second_server.count("/v1/chat/completions") == 1
-    body = httpx.get(
-        f"{sdk.base_url}requests/{public_id}",
-        headers={"Authorization": f"Bearer {tenant.raw_key}"},
-    ).json()
-    assert [attempt["upstream"] for attempt in body["attempts"]] == ["primary", "fallback-1"]
+    assert attempt_upstreams(sdk, tenant, public_id) == ["primary", "fallback-1"]
 
 
 @pytest.mark.parametrize("what", UNREADABLE)
