@@ -327,7 +327,8 @@ def render(results: dict, before: dict | None = None) -> str:
             "  elsewhere",
             "",
             "",
-            f"pg {cpu['postgres']:.1f} · redis {cpu['redis']:.1f} · beat {cpu['beat']:.1f}",
+            f"pg {cpu['postgres']:.1f} · redis {cpu['redis']:.1f} · beat {cpu['beat']:.1f}"
+            f" · load generator {cpu['load']:.2f}",
             "",
             "",
         ),
