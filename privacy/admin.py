@@ -35,10 +35,6 @@ class AccountExportAdmin(ReadOnlyAdmin):
     list_filter = ["status"]
     search_fields = ["public_id", "account__public_id", "account__name"]
     list_select_related = ["account"]
-    exclude = ["content"]
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).defer("content")
 
 
 @admin.register(AccountDeletion)

@@ -46,11 +46,6 @@ class AccountExport(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
     error = models.CharField(max_length=200, blank=True)
-    # Where the file lived before chunks. Emptied by migration 0003 and kept one release, so
-    # that processes of the previous code still running during a rolling deploy find the
-    # column their queries name. Never written by this code; cleared when an export expires
-    # (one such a process built in that window). The next release removes it.
-    content = models.BinaryField(null=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -19,7 +19,7 @@ def exports_visible_to(user: User) -> QuerySet[AccountExport]:
 
 def recent_exports_of(account: Account) -> QuerySet[AccountExport]:
     """The latest exports (their files, in chunks, are not read)."""
-    return account.exports.defer("content").select_related("requested_by")[:RECENT_EXPORTS]
+    return account.exports.select_related("requested_by")[:RECENT_EXPORTS]
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ def expire_exports(*, now: datetime | None = None) -> int:
     """Delete the file of every export past its seven days; the row stays, marked expired."""
     now = now or timezone.now()
     expired = AccountExport.objects.filter(status=Status.READY, expires_at__lte=now).update(
-        status=Status.EXPIRED, content=None
+        status=Status.EXPIRED
     )
     delete_unserved_chunks()
     if expired:
@@ -360,7 +360,7 @@ def open_export(
             "This export can no longer be read because the encryption keys changed. "
             "Request a new one."
         ) from error
-    if first is None:  # built by the previous code into a column this code does not read
+    if first is None:  # its chunks went meanwhile, or it was built before there were any
         raise ExportUnavailable("This export's file is not available. Request a new one.")
     record_audit_event(
         account=export.account,

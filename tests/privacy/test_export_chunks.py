@@ -13,6 +13,8 @@ import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from core import encryption
@@ -88,7 +90,6 @@ def test_a_big_export_is_built_and_downloaded_in_chunks(
     assert chunks_seen[0] < chunks_seen[-1] and 0 < chunks_seen[-2] < len(pieces)
     assert {len(piece) for piece in pieces[:-1]} == {CHUNK_BYTES}
     assert 0 < len(pieces[-1]) <= CHUNK_BYTES
-    assert export.content is None  # the old column does not hold the file whole
 
     data, _ = downloaded(alice_client, export)
     assert data == expected
@@ -163,21 +164,64 @@ def test_expiry_deletes_every_chunk(alice_client, filled, small_chunks):
 
 
 def test_a_ready_export_without_its_file_is_refused_not_sent_empty(alice_client, filled):
-    """One built by the previous code during a rolling deploy (into the old column, which
-    this code does not read) is ready but has no chunks: a 410 asking for a new one, not an
-    empty 200."""
+    """Ready but without chunks (its file went while the page was open, or it was built by
+    code before chunks into the old column): a 410 asking for a new one, not an empty 200."""
     export = request_and_build(alice_client)
     AccountExportChunk.objects.filter(export=export).delete()
-    AccountExport.objects.filter(pk=export.pk).update(content=b"the previous code's file")
 
     response = alice_client.get(download_url(export))
 
     assert response.status_code == 410
     assert "Request a new one" in response.content.decode()
-    # Its file in the old column is wiped at expiry all the same.
+
+
+def old_content_column() -> list[tuple]:
+    """The old file column as the database has it: (nullable, how many rows hold a value)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT is_nullable FROM information_schema.columns"
+            " WHERE table_name = 'privacy_accountexport' AND column_name = 'content'"
+        )
+        columns = cursor.fetchall()
+        if not columns:
+            return []
+        cursor.execute("SELECT count(*) FROM privacy_accountexport WHERE content IS NOT NULL")
+        return [(columns[0][0], cursor.fetchone()[0])]
+
+
+def test_the_old_file_column_leaves_the_model_emptied_but_stays_for_the_previous_release(
+    transactional_db, alice_client, filled
+):
+    """Processes of the previous release still run while this one's are started (after
+    `migrate`): they select the old column, so it must still be there, nullable, and the
+    migration empties whatever one of them (or an older one) wrote into it."""
+    before = ("privacy", "0003_export_chunks")
+    executor = MigrationExecutor(connection)
+    executor.migrate([before])
+    try:
+        OldExport = executor.loader.project_state([before]).apps.get_model(
+            "privacy", "AccountExport"
+        )
+        OldExport.objects.create(
+            account_id=filled.account.pk, status="expired", content=b"a previous process's file"
+        )
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+    assert old_content_column() == [("YES", 0)]
+    assert "content" not in {field.name for field in AccountExport._meta.get_fields()}
+    written = AccountExport.objects.get()  # read and deleted without naming the column
+    assert written.status == "expired"
+    written.delete()
+    # This release's code, which no longer names the column, builds, serves and expires.
+    export = request_and_build(alice_client)
+    data, _ = downloaded(alice_client, export)
+    assert data["account"]["id"] == filled.account.public_id
     AccountExport.objects.filter(pk=export.pk).update(expires_at=timezone.now())
     assert services.expire_exports() == 1
-    assert AccountExport.objects.get(pk=export.pk).content is None
+    assert alice_client.get(download_url(export)).status_code == 410
+    assert old_content_column() == [("YES", 0)]
 
 
 def test_under_asgi_the_download_is_sent_as_it_is_read(
