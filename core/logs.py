@@ -79,6 +79,7 @@ FIELDS: dict[str, str] = {
     "error": "error",
     "export_id": "export_id",
     "size_bytes": "size_bytes",
+    "chunks_served": "chunks_served",
     "login_deleted": "login_deleted",
     "closed_at": "closed_at",
     "requests_deleted": "requests_deleted",

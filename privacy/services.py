@@ -53,6 +53,11 @@ class ExportUnavailable(Exception):
     """The export cannot be downloaded (not ready, failed or expired); the message says why."""
 
 
+class ExportCut(Exception):
+    """The export's file went (it expired, its chunks deleted) while it was being downloaded:
+    the download must fail, so the client sees an incomplete transfer, not a shorter file."""
+
+
 def _enqueue(export_pk: int) -> None:
     from privacy.tasks import build_export  # the task module imports this one
 
@@ -313,11 +318,20 @@ def recover_exports(*, now: datetime | None = None) -> list[int]:
 
 
 def _stored_chunks(export: AccountExport) -> Iterator[bytes]:
-    """The export's compressed file, one decrypted chunk at a time, each read when needed."""
-    chunks = AccountExportChunk.objects.filter(export=export).order_by("sequence")
-    sequence = -1
-    while chunk := chunks.filter(sequence__gt=sequence).values_list("sequence", "content").first():
-        sequence, content = chunk
+    """The export's compressed file, one decrypted chunk at a time, each read when needed.
+
+    The chunks are counted first (a ready export has all of its own, numbered from 0): one
+    missing later, deleted by an expiry while the download runs, raises ExportCut."""
+    chunks = AccountExportChunk.objects.filter(export=export)
+    count = chunks.count()
+    for sequence in range(count):
+        content = chunks.filter(sequence=sequence).values_list("content", flat=True).first()
+        if content is None:
+            logger.warning(
+                "export download cut",
+                extra={"export_id": export.public_id, "chunks_served": sequence, "chunks": count},
+            )
+            raise ExportCut(f"chunk {sequence} of {count} is gone")
         yield encryption.decrypt(content)
 
 
@@ -337,7 +351,8 @@ def _decompressed(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def open_export(
     *, export: AccountExport, actor: User, ip_address: str | None = None
 ) -> Iterator[bytes]:
-    """The export's JSON, in chunks, for download; audited. ExportUnavailable if it cannot be."""
+    """The export's JSON, in chunks, for download; audited. ExportUnavailable if it cannot be;
+    ExportCut, midway, if its file goes while it is read."""
     now = timezone.now()
     if export.status == Status.READY and export.expires_at and export.expires_at <= now:
         expire_exports(now=now)  # on access too, not only when the sweep comes round

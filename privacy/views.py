@@ -7,6 +7,7 @@ from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.core.handlers.asgi import ASGIRequest
+from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
@@ -62,10 +63,18 @@ def export_page(request: HttpRequest, membership: Membership) -> HttpResponse:
 async def _read_in_thread(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """Each piece read (from the database, decrypted, decompressed) in the request's thread,
     off the event loop. Under ASGI, Django reads a synchronous body whole before sending
-    it: an export's would be held in memory in full."""
+    it: an export's would be held in memory in full.
+
+    A failure midway (services.ExportCut) goes on to the server, which aborts the transfer.
+    Django's handler then neither closes the response nor sends `request_finished`, so the
+    request's database connection is handed back to the pool here, or it would never be."""
     read = sync_to_async(next)
-    while (piece := await read(chunks, None)) is not None:
-        yield piece
+    try:
+        while (piece := await read(chunks, None)) is not None:
+            yield piece
+    except Exception:
+        await sync_to_async(close_old_connections)()
+        raise
 
 
 def load_export(request: HttpRequest, kwargs: dict) -> tuple[Membership, dict]:
@@ -87,6 +96,11 @@ def export_download(
     if isinstance(request, ASGIRequest):  # the handler that will send the body
         chunks = _read_in_thread(chunks)
     response = StreamingHttpResponse(chunks, content_type="application/json")
+    # What the build wrote, uncompressed: exactly the bytes sent. A download cut short (see
+    # services.ExportCut) is then plainly short to any client, not only to one that notices
+    # the connection was aborted.
+    if export.size_bytes is not None:  # set with the status ready
+        response["Content-Length"] = export.size_bytes
     filename = f"reqrun-export-{export.account.public_id}-{export.created_at:%Y%m%d}.json"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

@@ -52,6 +52,7 @@ def downloaded(client, export: AccountExport) -> tuple[dict, bytes]:
     assert response["Cache-Control"] == "no-store"
     assert "attachment" in response["Content-Disposition"]
     raw = b"".join(response.streaming_content)
+    assert int(response["Content-Length"]) == len(raw) == export.size_bytes
     return json.loads(raw), raw
 
 

@@ -2,8 +2,10 @@
 encrypted chunks as it goes and the download reads them one at a time, so neither holds the
 file whole, and no single column has to hold it (PostgreSQL refuses a value over 1 GB)."""
 
+import asyncio
 import io
 import json
+import logging
 import secrets
 from datetime import timedelta
 from io import StringIO
@@ -242,4 +244,106 @@ def test_under_asgi_the_download_is_sent_as_it_is_read(
 
     assert response.status_code == 200, response.text
     assert json.loads(response.content) == expected
+    assert int(response.headers["content-length"]) == len(response.content)
     assert not [w for w in caught if "synchronous iterators" in str(w.message)]
+
+
+@pytest.fixture
+def asgi_application():
+    """The ASGI application, imported before the test runs: the import sets Django up, and
+    so its logging, again, which would drop caplog's handler in the middle of the test."""
+    from reqrun.asgi import application
+
+    return application
+
+
+def served_over_asgi(
+    application, path: str, cookie: str, *, after_first_piece
+) -> tuple[list[dict], Exception | None]:
+    """GET `path` from `application` as the server would, calling `after_first_piece`
+    (in a thread) once the first piece of the body is sent. Returns what the application
+    sent and what it raised: the server then aborts the connection, so the client sees
+    an incomplete transfer instead of the body's end."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), (b"cookie", cookie.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 443),
+    }
+    sent = []
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive():
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # the client stays connected
+
+    def in_a_thread_of_its_own():  # as the sweep would; its connection closed after
+        try:
+            after_first_piece()
+        finally:
+            connection.close()
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) == 2:
+            await asyncio.to_thread(in_a_thread_of_its_own)
+
+    async def serve() -> Exception | None:
+        try:
+            await application(scope, receive, send)
+        except Exception as error:
+            return error
+        return None
+
+    return sent, asyncio.run(serve())
+
+
+def pooled_connections_in_use() -> int:
+    stats = connection.pool.get_stats()
+    return stats["pool_size"] - stats["pool_available"]
+
+
+def test_a_download_cut_by_expiry_fails_rather_than_looking_complete(
+    transactional_db, alice, alice_account, client, small_chunks, asgi_application, caplog
+):
+    """The sweep expires the export (its chunks deleted) while its download runs: the
+    download stops with an error the server turns into an aborted transfer, shorter than
+    the Content-Length it announced, never a clean end of a truncated file."""
+    filled = fill(alice_account, alice)
+    busy(filled, requests=20)
+    client.force_login(alice)
+    export = request_and_build(client)
+    chunks = AccountExportChunk.objects.filter(export=export).count()
+    assert chunks >= 2
+    session = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    in_use = pooled_connections_in_use()
+
+    with caplog.at_level(logging.WARNING, logger="privacy.services"):
+        sent, raised = served_over_asgi(
+            asgi_application,
+            download_url(export),
+            f"{django_settings.SESSION_COOKIE_NAME}={session}",
+            after_first_piece=lambda: services.expire_exports(now=export.expires_at),
+        )
+
+    start, *bodies = sent
+    assert start["status"] == 200
+    assert isinstance(raised, services.ExportCut), raised
+    assert not [body for body in bodies if not body.get("more_body")]  # never the body's end
+    served = b"".join(body["body"] for body in bodies)
+    assert dict(start["headers"])[b"Content-Length"] == str(export.size_bytes).encode()
+    assert 0 < len(served) < export.size_bytes
+    [cut] = [r for r in caplog.records if r.getMessage() == "export download cut"]
+    assert (cut.export_id, cut.chunks_served, cut.chunks) == (export.public_id, 1, chunks)
+    # The request's database connection went back to the pool, though Django's handler
+    # sends no request_finished when a body fails.
+    assert pooled_connections_in_use() == in_use
