@@ -79,7 +79,11 @@ class PaddleAPIStub:
 
         self.numbers = itertools.count(1)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # stop() waits for serve_forever to look at its shutdown flag, every poll_interval
+        # (0.5 s by default): half a second at the end of each test that used the stub.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     @property
