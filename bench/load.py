@@ -11,7 +11,7 @@ Every virtual caller keeps its own keep-alive connection per origin, as separate
 applications would. The client is as light as an HTTP/1.1 client can be in Python: the
 request's bytes written straight to an asyncio transport, the answer parsed by httptools
 (the C parser uvicorn uses). It shares the two cores with the stack it measures, and
-`httpx` spent 0.34 ms of CPU per request (0.5–0.7 ms beside a loaded stack, an eighth of
+`httpx` spent 0.34 ms of CPU per request (0.5–0.8 ms beside a loaded stack, an eighth of
 the machine at c=50); this one spends ~0.02 ms, so the figures are ReqRun's, not the
 client's. Its CPU is still measured and printed (`load`).
 
@@ -72,7 +72,6 @@ class Connection(asyncio.Protocol):
         self.answer: asyncio.Future | None = None
         self.body: list[bytes] = []
         self.received = False  # any byte of the current answer
-        self.closed = False
         self.keep_alive = True
 
     async def exchange(self, request: bytes, timeout: float) -> tuple[int, bytes]:
@@ -100,7 +99,6 @@ class Connection(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
         self._fail(AnswerError(f"the connection closed before the answer ended ({exc})"))
 
     def data_received(self, data: bytes) -> None:
@@ -129,7 +127,7 @@ class Caller:
 
     async def post(self, target: Target, timeout: float) -> tuple[int, bytes]:
         connection = self.connections.get(target.origin)
-        reused = connection is not None and not connection.closed
+        reused = connection is not None and not connection.transport.is_closing()
         if not reused:
             connection = await self._connect(target.origin)
         try:
