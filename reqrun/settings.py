@@ -6,6 +6,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from core.postgresql.pool import fail_waiting_callers
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -134,6 +136,9 @@ DATABASES["default"]["OPTIONS"]["pool"] = {
     # answering 503 with the database back. Given up after 2 s, it is tried afresh at the
     # next demand for a connection, so a process is back within a second of the database.
     "reconnect_timeout": 2.0,
+    # Given up, it says so to every caller waiting for a connection (a 503 within about
+    # 2 s, not at the end of DB_POOL_TIMEOUT); a pool merely busy keeps its callers waiting.
+    "reconnect_failed": fail_waiting_callers,
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

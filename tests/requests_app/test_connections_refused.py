@@ -1,12 +1,14 @@
 """PostgreSQL refusing new connections (53300 `sorry, too many clients already`, or a role's
 or database's CONNECTION LIMIT reached) while it still serves the ones already open: each
-process meets it when its pool must open a connection. Callers get a 503 to retry, the
-dashboard the 503 page, /readyz says `postgres`; an accepted request is not lost."""
+process meets it when its pool must open a connection. Callers get a 503 to retry within
+about 2 s, not after DB_POOL_TIMEOUT, the dashboard the 503 page, /readyz says `postgres`;
+an accepted request is not lost. A pool merely busy still keeps its callers waiting."""
 
 import json
 import logging
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
 import pytest
@@ -23,16 +25,19 @@ from tests.outage import connections_exhausted, finished_request
 from tests.requests_app.conftest import Tenant
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "too many clients"}]}
+# DB_POOL_TIMEOUT's default: how long a caller waits for a connection from a busy pool.
+DB_POOL_TIMEOUT = 30.0
 
 
 @contextmanager
-def emptied_pool():
-    """This process's pool, emptied: its next query opens a connection, waiting 1 s for
-    one (DB_POOL_TIMEOUT, cut short). Replaced by one as the settings make it on leaving."""
+def emptied_pool(*, timeout: float = 1.0):
+    """This process's pool, emptied: its next query opens a connection, waiting `timeout`
+    for one (DB_POOL_TIMEOUT, cut short unless told). Replaced by one as the settings make
+    it on leaving."""
     connection.close()
     connection.close_pool()
     pool = connection.pool  # a new one, not opened yet
-    pool.timeout = 1.0
+    pool.timeout = timeout
     try:
         yield pool
     finally:
@@ -40,11 +45,18 @@ def emptied_pool():
 
 
 @contextmanager
-def refused_in_this_process():
+def refused_in_this_process(*, timeout: float = 1.0):
     """`connections_exhausted`, met by this process too. The test's own queries wait for
     the end of the block."""
-    with emptied_pool() as pool, connections_exhausted(spare_own_session=False):
+    with emptied_pool(timeout=timeout) as pool, connections_exhausted(spare_own_session=False):
         yield pool
+
+
+def timed(call):
+    """What `call()` returns, and the seconds it took."""
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
 
 
 def unavailable_warnings(caplog) -> list:
@@ -66,14 +78,18 @@ def post_chat(client: Client, customer: Tenant, **headers):
     )
 
 
-def test_a_call_while_connections_are_refused_gets_a_503_to_retry(customer, caplog):
+def test_a_call_while_connections_are_refused_gets_a_503_to_retry_at_once(customer, caplog):
     client = Client(raise_request_exception=False)
 
-    with caplog.at_level(logging.WARNING), refused_in_this_process() as pool:
-        response = post_chat(client, customer)
+    with (
+        caplog.at_level(logging.WARNING),
+        refused_in_this_process(timeout=DB_POOL_TIMEOUT) as pool,
+    ):
+        response, waited = timed(lambda: post_chat(client, customer))
         refusals = pool.get_stats().get("connections_errors", 0)
 
     assert response.status_code == 503, response.content
+    assert waited < 5, f"the call waited {waited:.1f} s for a connection"
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "service_unavailable")
     assert "ReqRun's database" in error["message"]
@@ -84,22 +100,79 @@ def test_a_call_while_connections_are_refused_gets_a_503_to_retry(customer, capl
     assert refusals  # the refusal was met, not a pooled connection reused
 
 
-def test_a_dashboard_page_while_connections_are_refused_is_the_503_page(customer, caplog):
+def test_a_dashboard_page_while_connections_are_refused_is_the_503_page_at_once(customer, caplog):
     browser = Client(raise_request_exception=False)
     browser.force_login(customer.user)
     page = reverse("request-list", args=[customer.project.public_id])
     assert browser.get(page).status_code == 200
 
-    with caplog.at_level(logging.WARNING), refused_in_this_process() as pool:
-        response = browser.get(page)
-        refusals = pool.get_stats().get("connections_errors", 0)
+    with caplog.at_level(logging.WARNING), emptied_pool(timeout=DB_POOL_TIMEOUT) as pool:
+        with connections_exhausted(spare_own_session=False):
+            response, waited = timed(lambda: browser.get(page))
+            refusals = pool.get_stats().get("connections_errors", 0)
+        back, back_in = timed(lambda: browser.get(page))  # the same pool, slots free again
 
     assert response.status_code == 503
+    assert waited < 5, f"the page waited {waited:.1f} s for a connection"
+    assert back.status_code == 200
+    assert back_in < 2, f"the page took {back_in:.1f} s once connections were had again"
     assert 1 <= int(response["Retry-After"]) <= 10
     assert "briefly unavailable" in response.content.decode()
     assert refusals  # the refusal was met, not a pooled connection reused
     assert len(unavailable_warnings(caplog)) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_page_waits_for_a_connection_from_a_pool_merely_busy(customer, caplog):
+    browser = Client(raise_request_exception=False)
+    browser.force_login(customer.user)
+    page = reverse("request-list", args=[customer.project.public_id])
+
+    with caplog.at_level(logging.WARNING), emptied_pool(timeout=DB_POOL_TIMEOUT) as pool:
+        pool.resize(min_size=pool.min_size, max_size=pool.min_size)
+        pool.open()
+        held = [pool.getconn() for _ in range(pool.max_size)]  # healthy work holds them all
+        # One handed back after longer than a refused connection now takes to answer 503.
+        threading.Timer(2.5, pool.putconn, [held.pop()]).start()
+        response, waited = timed(lambda: browser.get(page))
+        for conn in held:
+            pool.putconn(conn)
+
+    assert response.status_code == 200
+    assert waited >= 2.4  # it waited for the connection, and got it
+    assert not unavailable_warnings(caplog)
+
+
+def test_a_page_waiting_when_the_pool_gives_up_just_as_slots_free_is_served(customer, caplog):
+    """The race a fail-fast pool must not lose: its last try to open a connection is
+    refused, the database frees slots, and only then does the pool give up. A caller still
+    waiting at that moment can be served, and is."""
+    browser = Client(raise_request_exception=False)
+    browser.force_login(customer.user)
+    page = reverse("request-list", args=[customer.project.public_id])
+    pool_log = logging.getLogger("psycopg.pool")
+    freed = threading.Event()
+
+    with ExitStack() as refusal, emptied_pool(timeout=DB_POOL_TIMEOUT):
+        refusal.enter_context(connections_exhausted(spare_own_session=False))
+
+        def free_slots_as_the_pool_gives_up(record: logging.LogRecord) -> bool:
+            # psycopg_pool logs this after its last refused try, before its callback runs.
+            if "failed after" in record.getMessage() and not freed.is_set():
+                refusal.close()
+                freed.set()
+            return True
+
+        pool_log.filters.insert(0, free_slots_as_the_pool_gives_up)  # before `repeats`
+        try:
+            response, waited = timed(lambda: browser.get(page))
+        finally:
+            pool_log.removeFilter(free_slots_as_the_pool_gives_up)
+
+    assert freed.is_set()  # the pool did give up while the page waited
+    assert response.status_code == 200, response.status_code
+    assert waited < 5, f"the page waited {waited:.1f} s for a connection"
+    assert not unavailable_warnings(caplog)
 
 
 def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_up(
@@ -151,9 +224,9 @@ def test_a_request_the_worker_could_not_open_a_connection_for_finishes_afterward
             payload=CHAT,
             idempotency_key=None,
         ).request.public_id
-        # It waits for a connection for 3 s (the session worker's DB_POOL_TIMEOUT).
+        # Its pool gives up opening a connection after 2 s, and tells the task so.
         wait_until(
-            lambda: "OperationalError" in worker_log_since(worker, log_start),
+            lambda: "request left for the sweeper" in worker_log_since(worker, log_start),
             timeout=20,
             message="the worker never gave up waiting for a connection",
         )
