@@ -27,6 +27,9 @@ from tests.requests_app.conftest import Tenant
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "too many clients"}]}
 # DB_POOL_TIMEOUT's default: how long a caller waits for a connection from a busy pool.
 DB_POOL_TIMEOUT = 30.0
+# Told apart from waiting the pool out: the refusal takes about 2 s, the timeout 30 s. Loose,
+# so a slow machine does not make it flaky.
+PROMPTLY = DB_POOL_TIMEOUT / 3
 
 
 @contextmanager
@@ -89,7 +92,7 @@ def test_a_call_while_connections_are_refused_gets_a_503_to_retry_at_once(custom
         refusals = pool.get_stats().get("connections_errors", 0)
 
     assert response.status_code == 503, response.content
-    assert waited < 5, f"the call waited {waited:.1f} s for a connection"
+    assert waited < PROMPTLY, f"the call waited {waited:.1f} s for a connection"
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "service_unavailable")
     assert "ReqRun's database" in error["message"]
@@ -113,9 +116,9 @@ def test_a_dashboard_page_while_connections_are_refused_is_the_503_page_at_once(
         back, back_in = timed(lambda: browser.get(page))  # the same pool, slots free again
 
     assert response.status_code == 503
-    assert waited < 5, f"the page waited {waited:.1f} s for a connection"
+    assert waited < PROMPTLY, f"the page waited {waited:.1f} s for a connection"
     assert back.status_code == 200
-    assert back_in < 2, f"the page took {back_in:.1f} s once connections were had again"
+    assert back_in < PROMPTLY, f"the page took {back_in:.1f} s once connections were had again"
     assert 1 <= int(response["Retry-After"]) <= 10
     assert "briefly unavailable" in response.content.decode()
     assert refusals  # the refusal was met, not a pooled connection reused
@@ -171,7 +174,7 @@ def test_a_page_waiting_when_the_pool_gives_up_just_as_slots_free_is_served(cust
 
     assert freed.is_set()  # the pool did give up while the page waited
     assert response.status_code == 200, response.status_code
-    assert waited < 5, f"the page waited {waited:.1f} s for a connection"
+    assert waited < PROMPTLY, f"the page waited {waited:.1f} s for a connection"
     assert not unavailable_warnings(caplog)
 
 
