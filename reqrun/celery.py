@@ -17,6 +17,7 @@ from celery.signals import (
 
 from core import collector, logs, schema
 from core.broker import PacedRestarts
+from core.postgresql.pool import callers_wait_for_the_database
 from core.watchdog import CanaryConsumer, stop_watchdog
 from privacy import key_ring
 
@@ -41,6 +42,8 @@ task_prerun.connect(
 task_postrun.connect(logs.unbind_task)
 # A worker started before `migrate` has run waits for it before it consumes anything.
 worker_init.connect(lambda **_: schema.wait_until_migrated(), weak=False)
+# A worker's tasks wait out PostgreSQL refusing connections rather than fail at once.
+worker_init.connect(callers_wait_for_the_database)
 # A worker whose REQRUN_ENCRYPTION_KEYS cannot read what is stored does not start.
 worker_init.connect(key_ring.stop_a_worker_that_cannot_read)
 # Once the worker consumes, what start-up made is frozen out of the collector's walks.

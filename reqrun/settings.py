@@ -6,7 +6,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from core.postgresql.pool import fail_waiting_callers
+from core.postgresql.pool import connection_given_up
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -136,9 +136,10 @@ DATABASES["default"]["OPTIONS"]["pool"] = {
     # answering 503 with the database back. Given up after 2 s, it is tried afresh at the
     # next demand for a connection, so a process is back within a second of the database.
     "reconnect_timeout": 2.0,
-    # Given up, it says so to every caller waiting for a connection (a 503 within about
-    # 2 s, not at the end of DB_POOL_TIMEOUT); a pool merely busy keeps its callers waiting.
-    "reconnect_failed": fail_waiting_callers,
+    # Given up (and refused once more), it says so to every caller waiting for a connection
+    # (a 503 within about 2 s, not at the end of DB_POOL_TIMEOUT); a worker's callers wait
+    # on while it tries again. A pool merely busy keeps its callers waiting.
+    "reconnect_failed": connection_given_up,
 }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

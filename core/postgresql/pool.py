@@ -1,16 +1,25 @@
 """What each process's psycopg pool does when it gives up opening a connection: one more
-try, and if the database still refuses, its waiting callers are told at once (settings'
-`reconnect_failed`)."""
+try, and if the database still refuses, the web's waiting callers are told at once and a
+worker's keep waiting while the pool tries on (settings' `reconnect_failed`)."""
 
 import psycopg
 from psycopg_pool import ConnectionPool
+
+# Set in a Celery worker (`callers_wait_for_the_database`): see connection_given_up.
+_callers_wait = False
+
+
+def callers_wait_for_the_database(**_) -> None:
+    """From now on this process's callers wait out a refusal (a worker's `worker_init`)."""
+    global _callers_wait
+    _callers_wait = True
 
 
 class ConnectionsRefused(psycopg.OperationalError):
     """The pool gave up opening a connection: the database refused every try."""
 
 
-def fail_waiting_callers(pool: ConnectionPool) -> None:
+def connection_given_up(pool: ConnectionPool) -> None:
     """psycopg_pool's `reconnect_failed` callback: every caller waiting for a connection
     gets the outage error now (a 503 within about 2 s), not at the end of DB_POOL_TIMEOUT,
     unless the database takes connections again by now.
@@ -26,6 +35,11 @@ def fail_waiting_callers(pool: ConnectionPool) -> None:
     so one more try comes first. If it opens, the connection goes to the pool as the given
     up one would have, and from there to the first caller waiting.
 
+    In a worker nobody waits on the thread for an answer, and a task told at once would
+    leave its request to the sweeper (a redispatch wait of 10 s and more): its callers wait
+    on, up to DB_POOL_TIMEOUT, while the pool starts another round of tries, and the first
+    connection that opens goes to them.
+
     psycopg_pool has no public way to end the waits or to add a connection it opened
     outside its own tasks: this does what its close() and its connection tasks do, under
     its lock (psycopg_pool 3.3; `tests/requests_app/test_connections_refused.py` covers
@@ -33,11 +47,21 @@ def fail_waiting_callers(pool: ConnectionPool) -> None:
     try:
         conn = pool._connect()
     except Exception as refusal:  # psycopg_pool's own tries catch any exception too
-        fail_callers(pool, f"{type(refusal).__name__} on a last try")
+        if _callers_wait:
+            keep_trying(pool)
+        else:
+            fail_callers(pool, f"{type(refusal).__name__} on a last try")
         return
     with pool._lock:
-        pool._nconns += 1  # counted again: psycopg_pool counted the given up one out
-    pool._add_to_pool(conn)
+        # Counted again, as psycopg_pool counted the given up one out: unless the pool grew
+        # to its size meanwhile.
+        room = pool._nconns < pool._max_size
+        if room:
+            pool._nconns += 1
+    if room:
+        pool._add_to_pool(conn)
+    else:
+        conn.close()
 
 
 def fail_callers(pool: ConnectionPool, reason: str) -> None:
@@ -51,3 +75,12 @@ def fail_callers(pool: ConnectionPool, reason: str) -> None:
     )
     for caller in waiting:
         caller.fail(ConnectionsRefused(message))
+
+
+def keep_trying(pool: ConnectionPool) -> None:
+    """Another round of tries to open a connection, if a caller still waits for one (what
+    psycopg_pool's getconn does when it finds none idle). A caller whose wait timed out
+    stays in the queue, with its error set, until a connection comes: it does not count."""
+    with pool._lock:
+        if any(not (caller.conn or caller.error) for caller in pool._waiting):
+            pool._maybe_grow_pool()

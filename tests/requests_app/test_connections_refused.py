@@ -20,7 +20,7 @@ from django.utils import timezone
 from requests_app.engine.accept import accept_request
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
-from tests.conftest import record_every_heartbeat, wait_until
+from tests.conftest import WorkerProcess, record_every_heartbeat, wait_until
 from tests.outage import connections_exhausted, finished_request
 from tests.requests_app.conftest import Tenant
 
@@ -253,3 +253,45 @@ def worker_log_since(worker, offset: int) -> str:
     with open(worker.log_path, "rb") as log:
         log.seek(offset)
         return log.read().decode(errors="replace")
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_waits_out_the_refusal_and_runs_the_request_once_slots_free(
+    tenant, worker, fake_upstream, tmp_path
+):
+    """Nobody waits on a worker's thread for an answer: rather than hand the request to the
+    sweeper (a redispatch wait of 10 s and more) it holds on for DB_POOL_TIMEOUT while its
+    pool keeps trying, and runs the request as soon as a connection opens."""
+    worker.stop()  # the suite's worker waits 3 s for a connection; this one as deployed
+    patient = WorkerProcess(log_path=tmp_path / "worker.log").start()
+    try:
+        wait_until(
+            lambda: "watchdog started" in patient.log_path.read_text(errors="replace"),
+            timeout=60,
+            message="the worker never started consuming",
+        )
+        with connections_exhausted():
+            public_id = accept_request(
+                api_key=tenant.api_key,
+                endpoint="/v1/chat/completions",
+                body=json.dumps(CHAT).encode(),
+                payload=CHAT,
+                idempotency_key=None,
+            ).request.public_id
+            wait_until(
+                lambda: "reconnection attempt in pool" in patient.log_path.read_text(),
+                timeout=20,
+                message="the worker's pool never gave up a connection",
+            )
+            time.sleep(2)  # and a second round of tries
+        # No sweep: the worker that took the message runs it.
+        request = finished_request(public_id, message="the worker did not run it once back")
+    finally:
+        patient.stop()
+        worker.start()
+
+    assert request.status == "succeeded"
+    assert fake_upstream.count("/v1/chat/completions") == 1
+    log = patient.log_path.read_text()
+    assert "request left for the sweeper" not in log
+    assert "dependency unavailable" not in log
