@@ -220,13 +220,7 @@ def test_a_request_the_worker_could_not_open_a_connection_for_finishes_afterward
     log_start = worker.log_path.stat().st_size
     with connections_exhausted():
         # Accepted on the test's own connection; the worker's were cut and it can open none.
-        public_id = accept_request(
-            api_key=tenant.api_key,
-            endpoint="/v1/chat/completions",
-            body=json.dumps(CHAT).encode(),
-            payload=CHAT,
-            idempotency_key=None,
-        ).request.public_id
+        public_id = accepted_on_own_connection(tenant)
         # Its pool gives up opening a connection after 2 s, and tells the task so.
         wait_until(
             lambda: "request left for the sweeper" in worker_log_since(worker, log_start),
@@ -247,6 +241,18 @@ def test_a_request_the_worker_could_not_open_a_connection_for_finishes_afterward
     request = finished_request(public_id, message="the request never ran after the refusal")
     assert request.status == "succeeded"
     assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+def accepted_on_own_connection(tenant) -> str:
+    """A chat request accepted on the test's own session (left open by
+    `connections_exhausted`); its public id."""
+    return accept_request(
+        api_key=tenant.api_key,
+        endpoint="/v1/chat/completions",
+        body=json.dumps(CHAT).encode(),
+        payload=CHAT,
+        idempotency_key=None,
+    ).request.public_id
 
 
 def worker_log_since(worker, offset: int) -> str:
@@ -271,13 +277,7 @@ def test_a_worker_waits_out_the_refusal_and_runs_the_request_once_slots_free(
             message="the worker never started consuming",
         )
         with connections_exhausted():
-            public_id = accept_request(
-                api_key=tenant.api_key,
-                endpoint="/v1/chat/completions",
-                body=json.dumps(CHAT).encode(),
-                payload=CHAT,
-                idempotency_key=None,
-            ).request.public_id
+            public_id = accepted_on_own_connection(tenant)
             wait_until(
                 lambda: "reconnection attempt in pool" in patient.log_path.read_text(),
                 timeout=20,
