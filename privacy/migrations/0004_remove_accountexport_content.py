@@ -11,7 +11,7 @@ database empties whatever value is still there (written by code before chunks du
 previous deploy; nothing reads it any more). The column stays nullable, so this release's
 inserts, which no longer name it, work.
 
-The NEXT release drops it, with a migration that has database operations only:
+The next release drops it (0005), with a migration that has database operations only:
     migrations.SeparateDatabaseAndState(database_operations=[migrations.RunSQL(
         "ALTER TABLE privacy_accountexport DROP COLUMN IF EXISTS content",
         reverse_sql="ALTER TABLE privacy_accountexport ADD COLUMN IF NOT EXISTS content bytea NULL",

@@ -191,39 +191,53 @@ def old_content_column() -> list[tuple]:
         return [(columns[0][0], cursor.fetchone()[0])]
 
 
-def test_the_old_file_column_leaves_the_model_emptied_but_stays_for_the_previous_release(
+def test_the_old_file_column_is_emptied_in_one_release_and_dropped_in_the_next(
     transactional_db, alice_client, filled
 ):
-    """Processes of the previous release still run while this one's are started (after
-    `migrate`): they select the old column, so it must still be there, nullable, and the
-    migration empties whatever one of them (or an older one) wrote into it."""
-    before = ("privacy", "0003_export_chunks")
+    """A rolling deploy runs the previous release's processes beside the new one's, after
+    `migrate`. Stop 24's release took the old column off the model but kept it, nullable
+    and emptied, for the processes before it, which still selected it; this release drops
+    it, as none of stop 24's processes name it. Going back puts it back, nullable."""
+    chunks, emptied = (
+        ("privacy", "0003_export_chunks"),
+        ("privacy", "0004_remove_accountexport_content"),
+    )
     executor = MigrationExecutor(connection)
-    executor.migrate([before])
+    executor.migrate([chunks])
     try:
-        OldExport = executor.loader.project_state([before]).apps.get_model(
+        OldExport = executor.loader.project_state([chunks]).apps.get_model(
             "privacy", "AccountExport"
         )
         OldExport.objects.create(
             account_id=filled.account.pk, status="expired", content=b"a previous process's file"
         )
+        executor = MigrationExecutor(connection)
+        executor.migrate([emptied])
+        assert old_content_column() == [("YES", 0)]  # kept for the release before, emptied
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
 
-    assert old_content_column() == [("YES", 0)]
+    assert old_content_column() == []
     assert "content" not in {field.name for field in AccountExport._meta.get_fields()}
-    written = AccountExport.objects.get()  # read and deleted without naming the column
+    written = AccountExport.objects.get()
     assert written.status == "expired"
     written.delete()
-    # This release's code, which no longer names the column, builds, serves and expires.
+    # This release's code builds, serves and expires without the column.
     export = request_and_build(alice_client)
     data, _ = downloaded(alice_client, export)
     assert data["account"]["id"] == filled.account.public_id
     AccountExport.objects.filter(pk=export.pk).update(expires_at=timezone.now())
     assert services.expire_exports() == 1
     assert alice_client.get(download_url(export)).status_code == 410
-    assert old_content_column() == [("YES", 0)]
+
+    executor = MigrationExecutor(connection)
+    executor.migrate([emptied])
+    try:
+        assert old_content_column() == [("YES", 0)]  # back as the previous release had it
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
 
 
 def test_under_asgi_the_download_is_sent_as_it_is_read(
