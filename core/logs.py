@@ -147,6 +147,21 @@ class TaskFailures(logging.Filter):
         return True
 
 
+class DeliberateAbort(Exception):
+    """Raised out of a streamed response to abort it on purpose, so the client sees an
+    incomplete transfer rather than a short file, once the code raising it has logged why
+    (privacy's ExportCut). The server's own report of it is dropped (`DeliberateAborts`)."""
+
+
+class DeliberateAborts(logging.Filter):
+    """On `uvicorn.error`, which logs each exception out of the application as `Exception in
+    ASGI application`, an error with its traceback: not for a DeliberateAbort, already
+    logged as a warning by the code that raised it. Any other exception stays an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DeliberateAbort))
+
+
 class Repeats(logging.Filter):
     """On a library's logger that repeats a warning for as long as an outage lasts (kombu's
     Redis transport: each second while a full Redis refuses its binding refresh, with a

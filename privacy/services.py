@@ -27,6 +27,7 @@ from accounts.emails import MAIL_ERRORS, log_unsent, send_or_retry
 from accounts.models import Account, User
 from accounts.services import record_audit_event
 from core import encryption
+from core.logs import DeliberateAbort
 from privacy import document
 from privacy.models import EXPORT_LIFETIME, AccountDeletion, AccountExport, AccountExportChunk
 
@@ -53,7 +54,7 @@ class ExportUnavailable(Exception):
     """The export cannot be downloaded (not ready, failed or expired); the message says why."""
 
 
-class ExportCut(Exception):
+class ExportCut(DeliberateAbort):
     """The export's file went (it expired, its chunks deleted) while it was being downloaded:
     the download must fail, so the client sees an incomplete transfer, not a shorter file."""
 

@@ -446,6 +446,7 @@ LOGGING = {
         "task_failures": {"()": "core.logs.TaskFailures"},
         "repeats": {"()": "core.logs.Repeats"},
         "settled_warnings": {"()": "core.logs.SettledWarnings"},
+        "deliberate_aborts": {"()": "core.logs.DeliberateAborts"},
     },
     "formatters": {
         "json": {"()": "core.logs.JsonFormatter"},
@@ -464,6 +465,8 @@ LOGGING = {
         # root's one handler, so their lines have the same format as ours.
         "django": {"level": "INFO"},
         "uvicorn": {"level": "INFO", "propagate": True},
+        # A download cut on purpose was logged by ReqRun as a warning: not again as an error.
+        "uvicorn.error": {"filters": ["deliberate_aborts"]},
         "uvicorn.access": {"level": "INFO" if ACCESS_LOG else "WARNING", "propagate": True},
         "django.request": {"level": "ERROR", "filters": ["api_answers"]},
         "httpx": {"level": "WARNING"},

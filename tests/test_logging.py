@@ -12,6 +12,7 @@ import redis
 
 from core import encryption
 from core.logs import BoundFields, ConsoleFormatter, JsonFormatter, bind
+from privacy.services import ExportCut
 from requests_app.models import Request
 from requests_app.tasks import execute_request
 from tests.conftest import ProcfileWeb, WorkerProcess, separate_redis_db, wait_until
@@ -315,3 +316,18 @@ def test_celerys_warning_about_a_setting_reqrun_sets_is_not_logged(caplog):
         warnings.warning("%s", other)
 
     assert [record.getMessage() for record in caplog.records] == [other]
+
+
+def test_a_download_aborted_on_purpose_is_not_logged_again_as_the_servers_error(caplog):
+    """uvicorn logs each exception out of the application as an error with its traceback.
+    A download ReqRun cuts on purpose (an export expiring midway: services.ExportCut) was
+    already logged as a warning saying why: an error for it would page whoever watches
+    errors for nothing. Any other exception there is still the server's error."""
+    server = logging.getLogger("uvicorn.error")  # where uvicorn reports the application's
+    message = "Exception in ASGI application\n"
+
+    with caplog.at_level(logging.WARNING):
+        server.error(message, exc_info=ExportCut("chunk 2 of 3 is gone"))
+        server.error(message, exc_info=ValueError("a bug"))
+
+    assert [record.exc_info[0] for record in caplog.records] == [ValueError]
