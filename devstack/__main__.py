@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from devstack.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port
+from devstack.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port, port_in_use
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("REQRUN_DEV_DATA_DIR", ROOT / ".data"))
@@ -101,6 +101,22 @@ def read_procfile(root: Path = ROOT) -> dict[str, str]:
     return processes
 
 
+def web_port(env: dict[str, str]) -> str:
+    """The port the Procfile's web listens on."""
+    return env.get("PORT", "8000")
+
+
+def check_web_port_free(env: dict[str, str]) -> None:
+    """Before anything starts: a web that cannot bind would stop every other process with it."""
+    port = web_port(env)
+    if port.isdigit() and port_in_use(int(port)):
+        other = next((p for p in range(int(port) + 1, 65536) if not port_in_use(p)), "…")
+        raise ServerError(
+            f"Port {port} is already taken by another program, so the web cannot start. "
+            f"Stop that program, or give the web another port: `PORT={other} make run`."
+        )
+
+
 def run_processes(env: dict[str, str]) -> int:
     """Run every Procfile process in its own process group; stop all when one ends or on ^C."""
     children: dict[str, subprocess.Popen] = {}
@@ -109,8 +125,7 @@ def run_processes(env: dict[str, str]) -> int:
             command, shell=True, env=env, cwd=ROOT, start_new_session=True
         )
         say(f"{name} started (pid {children[name].pid}): {command}")
-    port = env.get("PORT", "8000")
-    say(f"ReqRun is running at http://127.0.0.1:{port}/ — press Ctrl-C to stop everything")
+    say(f"ReqRun is running at http://127.0.0.1:{web_port(env)}/ — press Ctrl-C to stop everything")
 
     stopping = False
 
@@ -159,6 +174,7 @@ def fresh_metrics_directory() -> Path:
 def command_run() -> int:
     with ExitStack() as stack:
         env = {**os.environ, **development_env()}
+        check_web_port_free(env)
         if not env.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every process
             env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_directory())
         env.update(start_servers(stack, DATA, DEV_PG_PORT, DEV_REDIS_PORT))

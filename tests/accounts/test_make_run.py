@@ -1,8 +1,10 @@
 """`make run`'s launcher on a fresh data directory: serves /healthz, becomes ready (beat, sweeper
-and worker running), and Ctrl-C leaves nothing."""
+and worker running), and Ctrl-C leaves nothing; with its web port taken it says so and starts
+nothing."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,21 +19,26 @@ from tests.conftest import wait_until
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-@pytest.mark.timeout(180)
-def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path):
-    port = free_port()
+def launcher_env(tmp_path, **settings) -> dict[str, str]:
+    """The environment without DATABASE_URL / REDIS_URL (the launcher starts its own servers),
+    on its own data directory and ports."""
     env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("DATABASE_URL", "REDIS_URL")  # the launcher starts its own servers
+        key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")
     }
     env.update(
-        PORT=str(port),
         REQRUN_DEV_DATA_DIR=str(tmp_path / "data"),
         REQRUN_DEV_PG_PORT=str(free_port()),
         REQRUN_DEV_REDIS_PORT=str(free_port()),
-        WORKER_CONCURRENCY="2",
-        REQRUN_WATCHDOG_INTERVAL_SECONDS="2",
+        **settings,
+    )
+    return env
+
+
+@pytest.mark.timeout(180)
+def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path):
+    port = free_port()
+    env = launcher_env(
+        tmp_path, PORT=str(port), WORKER_CONCURRENCY="2", REQRUN_WATCHDOG_INTERVAL_SECONDS="2"
     )
     launcher = subprocess.Popen(
         [sys.executable, "-m", "devstack", "run"],
@@ -83,3 +90,24 @@ def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path
                 launcher.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def test_run_with_its_web_port_taken_says_which_setting_moves_it_and_starts_nothing(tmp_path):
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        launcher = subprocess.run(
+            [sys.executable, "-m", "devstack", "run"],
+            cwd=ROOT,
+            env=launcher_env(tmp_path, PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert launcher.returncode == 2
+    assert f"Port {port} is already taken by another program" in launcher.stderr
+    assert "PORT=" in launcher.stderr and "make run" in launcher.stderr
+    assert "is running at" not in launcher.stderr
+    assert not (tmp_path / "data" / "postgres").exists()  # no server started, none left behind
