@@ -26,7 +26,14 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from devstack.servers import EmbeddedPostgres, EmbeddedRedis, ServerError, free_port, port_in_use
+from devstack.servers import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    ServerError,
+    free_port,
+    port_in_use,
+    port_taken,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("REQRUN_DEV_DATA_DIR", ROOT / ".data"))
@@ -110,11 +117,7 @@ def check_web_port_free(env: dict[str, str]) -> None:
     """Before anything starts: a web that cannot bind would stop every other process with it."""
     port = web_port(env)
     if port.isdigit() and port_in_use(int(port)):
-        other = next((p for p in range(int(port) + 1, 65536) if not port_in_use(p)), "…")
-        raise ServerError(
-            f"Port {port} is already taken by another program, so the web cannot start. "
-            f"Stop that program, or give the web another port: `PORT={other} make run`."
-        )
+        raise port_taken(int(port), what="the web", port_setting="PORT")
 
 
 def run_processes(env: dict[str, str]) -> int:

@@ -38,6 +38,15 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def port_taken(port: int, *, what: str, port_setting: str, instead: str = "") -> ServerError:
+    """Another program holds `port`: say so, and which setting gives `what` a free one."""
+    free = next((p for p in range(port + 1, 65536) if not port_in_use(p)), "…")
+    return ServerError(
+        f"Port {port} is already taken by another program, so {what} cannot start. Stop that "
+        f"program{instead}, or give {what} another port: `{port_setting}={free} make run`."
+    )
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -98,9 +107,11 @@ class EmbeddedRedis:
                 return False
         self.pidfile.unlink(missing_ok=True)  # a stale pid file from a killed run
         if port_in_use(self.port):
-            raise ServerError(
-                f"Port {self.port} is already taken by another program, so the embedded Redis "
-                f"cannot start. Stop that program, or set REDIS_URL to use an existing Redis."
+            raise port_taken(
+                self.port,
+                what="the embedded Redis",
+                port_setting="REQRUN_DEV_REDIS_PORT",
+                instead=", set REDIS_URL to use an existing Redis",
             )
         subprocess.run(
             [
@@ -228,9 +239,11 @@ class EmbeddedPostgres:
                 return False
         (self.pgdata / "postmaster.pid").unlink(missing_ok=True)  # stale after a crash
         if port_in_use(self.port):
-            raise ServerError(
-                f"Port {self.port} is already taken by another program, so the embedded PostgreSQL "
-                f"cannot start. Stop that program, or set DATABASE_URL to use an existing server."
+            raise port_taken(
+                self.port,
+                what="the embedded PostgreSQL",
+                port_setting="REQRUN_DEV_PG_PORT",
+                instead=", set DATABASE_URL to use an existing server",
             )
         if as_user and not self.log.exists():
             self.log.touch()

@@ -111,3 +111,26 @@ def test_run_with_its_web_port_taken_says_which_setting_moves_it_and_starts_noth
     assert "PORT=" in launcher.stderr and "make run" in launcher.stderr
     assert "is running at" not in launcher.stderr
     assert not (tmp_path / "data" / "postgres").exists()  # no server started, none left behind
+
+
+def test_dev_servers_with_the_redis_port_taken_say_which_setting_moves_it(tmp_path):
+    # `env` starts the dev servers and nothing else; with DATABASE_URL set, Redis alone.
+    env = launcher_env(tmp_path, DATABASE_URL=os.environ["DATABASE_URL"])
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        env["REQRUN_DEV_REDIS_PORT"] = str(port)
+        launcher = subprocess.run(
+            [sys.executable, "-m", "devstack", "env"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert launcher.returncode == 2
+    assert f"Port {port} is already taken by another program" in launcher.stderr
+    assert "REQRUN_DEV_REDIS_PORT=" in launcher.stderr and "REDIS_URL" in launcher.stderr
+    assert "export" not in launcher.stdout
