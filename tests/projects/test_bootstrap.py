@@ -112,3 +112,23 @@ def test_a_failed_run_leaves_nothing_behind_and_a_corrected_one_makes_one_accoun
     bootstrap()
     assert Account.objects.count() == 1 and User.objects.count() == 1
     assert caplog.messages.count("account created") == 1
+
+
+def test_stdout_holds_the_json_line_alone_when_a_run_emails_the_owners(
+    transactional_db, settings, capsys
+):  # real commits: the owners' email goes out when the command's transaction commits
+    """The README runs it twice with one email, the second time pointing the project at the
+    offline fake upstream: that changes the upstream's host, which emails the owners, and in
+    development the email is printed to the console. A script reading stdout needs the JSON."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    first = bootstrap()
+    capsys.readouterr()
+
+    args = list(ARGS)
+    args[args.index("--upstream-url") + 1] = "http://localhost:9999/v1"
+    call_command("bootstrap_project", *args)
+
+    captured = capsys.readouterr()
+    assert "Upstream host changed" in captured.err  # still shown, on stderr
+    (line,) = captured.out.splitlines()
+    assert json.loads(line)["project"] == first["project"]

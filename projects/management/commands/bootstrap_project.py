@@ -1,6 +1,7 @@
 """`manage.py bootstrap_project`: one JSON line on stdout with the ids and a new API key."""
 
 import json
+from contextlib import redirect_stdout
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -56,17 +57,20 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            result = bootstrap_project(
-                email=options["email"],
-                upstreams=upstream_specs(
-                    urls=options["upstream_url"],
-                    keys=options["upstream_key"],
-                    names=options["upstream_name"],
-                    model_maps=options["model_map"],
-                ),
-                plan_code=options["plan"],
-                password=options["password"],
-            )
+            # stdout holds the JSON line alone: what the run prints on the way (in development
+            # the console email backend prints the owners' emails there) goes to stderr.
+            with redirect_stdout(self.stderr):
+                result = bootstrap_project(
+                    email=options["email"],
+                    upstreams=upstream_specs(
+                        urls=options["upstream_url"],
+                        keys=options["upstream_key"],
+                        names=options["upstream_name"],
+                        model_maps=options["model_map"],
+                    ),
+                    plan_code=options["plan"],
+                    password=options["password"],
+                )
         except LimitReached as error:
             raise CommandError(f"{error} Or run again with a larger --plan.") from error
         except (
