@@ -124,8 +124,11 @@ def run_processes(env: dict[str, str]) -> int:
     """Run every Procfile process in its own process group; stop all when one ends or on ^C."""
     children: dict[str, subprocess.Popen] = {}
     for name, command in read_procfile().items():
+        # `exec`: the shell becomes the process, so waiting for the child waits for it. Else
+        # SIGTERM ends the shell at once and the servers would stop under a process still
+        # shutting down (or one that outlives it, like a beat stopped while it starts).
         children[name] = subprocess.Popen(  # noqa: S602 - Procfile lines are shell commands
-            command, shell=True, env=env, cwd=ROOT, start_new_session=True
+            f"exec {command}", shell=True, env=env, cwd=ROOT, start_new_session=True
         )
         say(f"{name} started (pid {children[name].pid}): {command}")
     say(f"ReqRun is running at http://127.0.0.1:{web_port(env)}/ — press Ctrl-C to stop everything")

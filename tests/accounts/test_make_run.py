@@ -40,12 +40,13 @@ def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path
     env = launcher_env(
         tmp_path, PORT=str(port), WORKER_CONCURRENCY="2", REQRUN_WATCHDOG_INTERVAL_SECONDS="2"
     )
+    output = tmp_path / "output.log"
     launcher = subprocess.Popen(
         [sys.executable, "-m", "devstack", "run"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output.open("w"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
@@ -83,6 +84,10 @@ def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path
         survivors = [p for p in started if p.is_running() and p.status() != "zombie"]
         survivors += [psutil.Process(pid) for pid in server_pids if psutil.pid_exists(pid)]
         assert not [p for p in survivors if p.status() != psutil.STATUS_ZOMBIE]
+        # Each process had ended before the launcher said so and stopped Redis and PostgreSQL.
+        said = output.read_text()
+        assert said.index("Finished server process") < said.index("all processes stopped")
+        assert "lost its Redis connection" not in said
     finally:
         if launcher.poll() is None:  # a check failed: Ctrl-C, so nothing it started outlives it
             os.killpg(launcher.pid, signal.SIGINT)
