@@ -22,6 +22,12 @@ def is_public_id(value: str) -> bool:
     return _PUBLIC_ID.fullmatch(value) is not None
 
 
+def is_id_of(prefix: str, value: str) -> bool:
+    """Whether `value` has the shape of an id new_public_id(prefix) makes (`req_` and 28 hex
+    digits): a cursor that is not one is refused, rather than compared as if it were."""
+    return re.fullmatch(f"{prefix}_[0-9a-f]{{28}}", value) is not None
+
+
 class PublicIdConverter:
     """`<pid:name>` in a URL: matches only a public id's shape, so any other value is a 404
     before a query runs."""

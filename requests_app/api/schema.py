@@ -368,7 +368,12 @@ OPERATIONS = {
                 {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
                 description=f"1–{MAX_PAGE}, default {DEFAULT_PAGE}.",
             ),
-            OpenApiParameter("after", str, description="The id of the last request already seen."),
+            OpenApiParameter(
+                "after",
+                str,
+                description="The id of the last request already seen (`last_id`); anything"
+                " but a request id is a 400.",
+            ),
             OpenApiParameter("status", str, enum=list(Status.values)),
             OpenApiParameter("endpoint", str, enum=list(PROXIED_ENDPOINTS)),
             OpenApiParameter("idempotency_key", str),

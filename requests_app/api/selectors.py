@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 from django.db.models import QuerySet
 
 from accounts.models import User
+from core.ids import is_id_of
 from core.untrusted import whole_number
 from projects.models import Project
 from requests_app.endpoints import PROXIED_ENDPOINTS
@@ -83,7 +84,14 @@ def list_requests(project: Project, params) -> tuple[list[Request], bool]:
         seconds = _whole_number(params, "created_after", minimum=0, maximum=MAX_TIMESTAMP)
         requests = requests.filter(created_at__gt=datetime.fromtimestamp(seconds, tz=UTC))
     if params.get("after"):
-        requests = requests.filter(public_id__lt=_text(params, "after"))
+        after = params["after"]
+        if not is_id_of("req", after):
+            raise InvalidRequest(
+                "'after' must be a request id (req_ and 28 hex digits): the id of the last"
+                " request of the page already read (`last_id`).",
+                param="after",
+            )
+        requests = requests.filter(public_id__lt=after)
     page = list(requests[: limit + 1])
     return page[:limit], len(page) > limit
 

@@ -1,14 +1,12 @@
 """The requests list's filters: parsed from the query string, and never a reason for a 500."""
 
-import re
 from urllib.parse import urlencode
 
 from django import forms
 
+from core.ids import is_id_of
 from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.models import Status
-
-REQUEST_ID = re.compile(r"req_[0-9a-f]{28}")
 
 
 class CursorField(forms.CharField):
@@ -19,7 +17,7 @@ class CursorField(forms.CharField):
 
     def validate(self, value):
         super().validate(value)
-        if value and not REQUEST_ID.fullmatch(value):
+        if value and not is_id_of("req", value):
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
 
 

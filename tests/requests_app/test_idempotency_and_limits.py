@@ -351,6 +351,25 @@ def test_list_paginates_newest_first_and_filters(live_api, tenant):
     assert_openai_error(bad, 400, None)
 
 
+def test_list_refuses_a_cursor_that_is_no_request_id_and_pages_past_one_gone(live_api, tenant):
+    """`after` is a request id: anything else (a typo, another kind of id) is a 400 naming the
+    parameter, not the first page again, which a client paging on would read forever. A
+    well-formed id whose request is gone (deleted by retention meanwhile) still pages on:
+    ids sort by creation time."""
+    ids = [post(live_api, tenant, json=CHAT).headers["reqrun-request-id"] for _ in range(3)]
+    auth = {"Authorization": f"Bearer {tenant.raw_key}"}
+
+    for cursor in ("zzz", "prj_01a24d6bcc6c0de18f498f1f064b", f"{ids[1]}x"):
+        bad = httpx.get(f"{live_api.url}/v1/requests", params={"after": cursor}, headers=auth)
+        assert_openai_error(bad, 400, None)
+        assert bad.json()["error"]["param"] == "after"
+        assert "request id" in bad.json()["error"]["message"]
+
+    Request.objects.filter(public_id=ids[1]).delete()
+    rest = httpx.get(f"{live_api.url}/v1/requests?after={ids[1]}", headers=auth).json()
+    assert [r["id"] for r in rest["data"]] == [ids[0]]
+
+
 def test_usage_reports_plan_limits_and_use(live_api, tenant):
     post(live_api, tenant, json=CHAT)
     usage = httpx.get(
