@@ -445,6 +445,7 @@ LOGGING = {
         "api_answers": {"()": "core.logs.ApiAnswers"},
         "task_failures": {"()": "core.logs.TaskFailures"},
         "repeats": {"()": "core.logs.Repeats"},
+        "repeated_lines": {"()": "core.logs.RepeatedLines"},
         "settled_warnings": {"()": "core.logs.SettledWarnings"},
         "deliberate_aborts": {"()": "core.logs.DeliberateAborts"},
     },
@@ -475,6 +476,8 @@ LOGGING = {
         # "attempt finished" / "request finished" lines say with the request id.
         "celery.app.trace": {"level": "WARNING", "filters": ["task_failures"]},
         "celery.worker.strategy": {"level": "WARNING"},
+        # Beat's line for each entry it sends: the 2 s sweep's once a minute (core/logs.py).
+        "celery.beat": {"filters": ["repeated_lines"]},
         # kombu warns each second while a full Redis refuses what it refreshes (core/logs.py).
         "kombu.transport.redis": {"filters": ["repeats"]},
         # psycopg_pool warns at each failed try to open a connection (`error connecting in

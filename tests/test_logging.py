@@ -331,3 +331,19 @@ def test_a_download_aborted_on_purpose_is_not_logged_again_as_the_servers_error(
         server.error(message, exc_info=ValueError("a bug"))
 
     assert [record.exc_info[0] for record in caplog.records] == [ValueError]
+
+
+def test_beats_line_for_an_entry_it_sends_every_2_s_is_written_once_a_minute(caplog):
+    """Beat logs each entry it sends; the request sweep's, every 2 s, was thirty lines a
+    minute. Each entry's line stays, once a minute at most."""
+    beat = logging.getLogger("celery.beat")
+    sending = "Scheduler: Sending due task %s (%s)"
+    sweep = f"sweep-requests-{uuid.uuid4().hex}"
+    other = f"privacy-sweep-{uuid.uuid4().hex}"
+
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            beat.info(sending, sweep, "requests_app.tasks.sweep_requests")
+        beat.info(sending, other, "privacy.tasks.sweep_privacy")
+
+    assert [record.args[0] for record in caplog.records] == [sweep, other]
