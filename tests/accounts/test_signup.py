@@ -181,3 +181,26 @@ def test_password_reset_for_an_unknown_email_answers_like_a_known_one(client):
     assert [m.to for m in mail.outbox] == [["fay@example.com"], ["nobody@example.com"]]
     assert "/accounts/password/reset/key/" in mail.outbox[0].body
     assert "/accounts/password/reset/key/" not in mail.outbox[1].body
+
+
+def test_the_page_after_sign_up_says_where_the_link_went_and_how_to_get_another(client, settings):
+    response = sign_up(client, email="fay@example.com")
+    page = client.get(response["Location"]).content.decode()
+    assert "sent you an email" in page and "spam" in page
+    assert "make run" not in page
+
+    # Signing in before verifying sends a new link, as the page says, once the three minutes
+    # between two links to one address (ACCOUNT_RATE_LIMITS["confirm_email"]) have passed.
+    settings.ACCOUNT_RATE_LIMITS = {**settings.ACCOUNT_RATE_LIMITS, "confirm_email": None}
+    client.post("/accounts/login/", {"login": "fay@example.com", "password": STRONG})
+    assert [m.to for m in mail.outbox] == [["fay@example.com"]] * 2
+
+
+def test_where_emails_are_printed_the_page_after_sign_up_says_so(client, settings):
+    """`make run` without EMAIL_URL prints emails in its terminal instead of sending them; the
+    page told a newcomer to look in their spam folder."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    response = sign_up(client, email="gus@example.com")
+    page = client.get(response["Location"]).content.decode()
+    assert "printed in the terminal" in page
+    assert "spam" not in page
