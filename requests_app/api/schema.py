@@ -16,10 +16,10 @@ from drf_spectacular.utils import (
     extend_schema_view,
 )
 
+from core.endpoints import PROXIED_ENDPOINTS, endpoint
 from requests_app.api.selectors import DEFAULT_PAGE, MAX_PAGE, MAX_TIMESTAMP
 from requests_app.api.serializers import RequestListSerializer, RequestObjectSerializer
 from requests_app.api.views import DEFAULT_WAIT_SECONDS, MAX_POLL_WAIT_SECONDS, MAX_WAIT_SECONDS
-from requests_app.endpoints import PROXIED_ENDPOINTS, endpoint
 from requests_app.error_catalog import ERROR_CODES, status_of
 from requests_app.models import Status
 

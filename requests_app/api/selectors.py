@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 from django.db.models import QuerySet
 
 from accounts.models import User
+from core.endpoints import PROXIED_ENDPOINTS
 from core.ids import is_id_of
 from core.untrusted import whole_number
 from projects.models import Project
-from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.errors import InvalidRequest, NotFound
 from requests_app.models import Request, Status
 

@@ -8,8 +8,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from core import encryption
+from core.endpoints import PROXIED_ENDPOINTS
 from core.untrusted import parse_json_to_keep
-from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.engine import retention
 from requests_app.models import Attempt, Request, Status
 

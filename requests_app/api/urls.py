@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
+from core.endpoints import ENDPOINTS, PROXIED_ENDPOINTS
 from requests_app.api import views as api
-from requests_app.endpoints import ENDPOINTS, PROXIED_ENDPOINTS
 
 
 def route(endpoint_path: str) -> str:

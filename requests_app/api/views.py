@@ -18,6 +18,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
+from core.endpoints import STREAMING_ENDPOINTS
 from core.ids import new_public_id
 from core.untrusted import parse_json, whole_number
 from projects.limits import limits_for
@@ -37,7 +38,6 @@ from requests_app.api.responses import (
 )
 from requests_app.api.serializers import request_object
 from requests_app.api.stream_relay import relay_stream
-from requests_app.endpoints import STREAMING_ENDPOINTS
 from requests_app.engine import accept, cancel, retention, upstream
 from requests_app.engine.notifications import hub
 from requests_app.errors import (

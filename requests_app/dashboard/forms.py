@@ -4,8 +4,8 @@ from urllib.parse import urlencode
 
 from django import forms
 
+from core.endpoints import PROXIED_ENDPOINTS
 from core.ids import is_id_of
-from requests_app.endpoints import PROXIED_ENDPOINTS
 from requests_app.models import Status
 
 

@@ -17,6 +17,7 @@ import httpx
 import redis
 from django.conf import settings
 
+from core.endpoints import upstream_path
 from core.untrusted import parse_json, storable
 from projects.upstream_guard import UpstreamNotAllowed, check_address
 from requests_app.engine import retry_policy
@@ -111,7 +112,7 @@ def _sent(method: str, url: str, *, headers: dict[str, str], body: bytes | None,
 
 def endpoint_url(base_url: str, endpoint: str) -> str:
     """`https://api.openai.com/v1` + `/v1/chat/completions` → `…/v1/chat/completions`."""
-    return base_url.rstrip("/") + endpoint.removeprefix("/v1")
+    return base_url.rstrip("/") + upstream_path(endpoint)
 
 
 def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The one table of /v1 endpoints: routes, streaming, metering and the schema all read it."""
+"""The one table of /v1 endpoints: routes, streaming, metering, the schema and the upstream
+base URL check all read it."""
 
 from dataclasses import dataclass
 
@@ -30,3 +31,9 @@ STREAMING_ENDPOINTS: tuple[str, ...] = tuple(e.path for e in ENDPOINTS if e.stre
 
 def endpoint(path: str) -> Endpoint:
     return next(entry for entry in ENDPOINTS if entry.path == path)
+
+
+def upstream_path(path: str) -> str:
+    """`/v1/chat/completions` → `/chat/completions`: what is added to an upstream's base URL,
+    which already holds its own version (`https://api.openai.com/v1`)."""
+    return path.removeprefix("/v1")
