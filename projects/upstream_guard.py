@@ -1,4 +1,5 @@
-"""Custom upstream base URLs must be https and must not reach private networks.
+"""Custom upstream base URLs must be https, must not reach private networks and must not
+already hold the endpoint path ReqRun appends.
 
 Checked twice: when the URL is saved (literal IPs and what the name resolves to now) and
 again at connect time by the executor (`check_address`), so a DNS answer that changes
@@ -8,9 +9,11 @@ later cannot point ReqRun at an internal service. An IPv6 address that embeds an
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from django.conf import settings
+
+from core.endpoints import PROXIED_ENDPOINTS, upstream_path
 
 
 class UpstreamNotAllowed(ValueError):
@@ -18,6 +21,11 @@ class UpstreamNotAllowed(ValueError):
 
 
 ENTER_A_BASE_URL = "Enter a full base URL such as https://api.openai.com/v1."
+
+# What ReqRun appends to a base URL for a request, longest first so that a pasted
+# `…/chat/completions` is named as such, not as `/completions`. The `/models` pass-through is
+# left out: a real base URL may end in it (Azure AI's model inference endpoint does).
+APPENDED_PATHS = tuple(sorted(map(upstream_path, PROXIED_ENDPOINTS), key=len, reverse=True))
 
 
 # IPv6 prefixes whose last 32 bits are an IPv4 address that a translator or tunnel reaches.
@@ -62,6 +70,19 @@ def check_address(address: str) -> None:
         )
 
 
+def refuse_an_endpoint_path(parts: SplitResult) -> None:
+    """A base URL pasted from a provider's docs with the endpoint on it would send every call
+    to `…/chat/completions/chat/completions`: say what to enter instead."""
+    path = parts.path.rstrip("/")
+    appended = next((each for each in APPENDED_PATHS if path.endswith(each)), None)
+    if appended:
+        base_url = f"{parts.scheme}://{parts.netloc}{path.removesuffix(appended)}"
+        raise UpstreamNotAllowed(
+            "Enter the API's base URL without the endpoint: "
+            f"{base_url} (ReqRun adds {appended} itself)."
+        )
+
+
 def validate_upstream_url(url: str) -> str:
     """Return the normalised base URL or raise UpstreamNotAllowed with a message for the user."""
     url = url.strip().rstrip("/")
@@ -76,6 +97,7 @@ def validate_upstream_url(url: str) -> str:
         raise UpstreamNotAllowed(
             "The base URL must not contain credentials, a query or a fragment."
         )
+    refuse_an_endpoint_path(parts)
     if settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS:
         return url
     if parts.scheme != "https":

@@ -2,7 +2,9 @@
 forms, the command line, the data migration from the single upstream, and the body the
 primary is sent (model map)."""
 
+import html
 import json
+import re
 from io import StringIO
 
 import pytest
@@ -29,6 +31,14 @@ MALFORMED_URLS = (
     "https://llm.example.net:99999/v1",
     "https://llm.example.net:abc/v1",
     "https://\u2100.com/v1",
+)
+
+
+# A base URL pasted with the endpoint on it, and what the refusal tells the user to enter.
+ENDPOINT_PASTED = "https://llm.example.net/v1/chat/completions"
+ENDPOINT_REFUSAL = (
+    "Enter the API's base URL without the endpoint: https://llm.example.net/v1 "
+    "(ReqRun adds /chat/completions itself)."
 )
 
 
@@ -249,6 +259,56 @@ def test_bad_upstream_input_is_a_form_error_and_saves_nothing(
     assert alice_project.upstreams.count() == 1
 
 
+@pytest.mark.parametrize(
+    ("url", "suggested", "endpoint"),
+    [
+        (ENDPOINT_PASTED, "https://llm.example.net/v1", "/chat/completions"),
+        (ENDPOINT_PASTED + "/", "https://llm.example.net/v1", "/chat/completions"),
+        (
+            "https://llm.example.net/openai/v1/completions",
+            "https://llm.example.net/openai/v1",
+            "/completions",
+        ),
+        ("https://llm.example.net/v1/embeddings", "https://llm.example.net/v1", "/embeddings"),
+    ],
+)
+def test_a_base_url_holding_the_endpoint_path_is_refused_on_add(
+    alice_client, alice_project, on_pro, url, suggested, endpoint
+):
+    response = alice_client.post(project_url(alice_project, "upstream-add"), {"base_url": url})
+
+    assert response.status_code == 200
+    assert (
+        html.escape(
+            f"Enter the API's base URL without the endpoint: {suggested} "
+            f"(ReqRun adds {endpoint} itself)."
+        )
+        in response.content.decode()
+    )
+    assert alice_project.upstreams.count() == 1
+
+
+def test_a_base_url_holding_the_endpoint_path_is_refused_on_edit(alice_client, two_upstreams):
+    project = two_upstreams[0].project
+
+    response = alice_client.post(
+        upstream_url(project, "upstream-edit", "fallback-1"), {"base_url": ENDPOINT_PASTED + "/"}
+    )
+
+    assert response.status_code == 200
+    assert html.escape(ENDPOINT_REFUSAL) in response.content.decode()
+    assert project.upstreams.get(name="fallback-1").base_url == "https://llm.example.net/v1"
+
+
+def test_a_base_url_ending_in_a_path_segment_named_models_is_kept(alice_project, on_pro):
+    # Azure AI's model inference endpoint is such a base URL: only the endpoints a request
+    # is sent to are refused at the end of a base URL, not the /v1/models pass-through.
+    upstream = upstreams.add_upstream(
+        project=alice_project, base_url="https://llm.example.net/models"
+    )
+    assert upstream.base_url == "https://llm.example.net/models"
+
+
 def test_edit_sets_the_model_map_as_lines(alice_client, two_upstreams):
     project = two_upstreams[0].project
     page = alice_client.get(upstream_url(project, "upstream-edit", "fallback-1")).content.decode()
@@ -383,6 +443,14 @@ def test_bootstrap_makes_a_project_with_fallbacks_in_one_command():
             ["--upstream-url", "http://127.0.0.1:9001/v1", "--upstream-key", "sk-first-00001"]
             + ["--upstream-url", "http://127.0.0.1:9002/v1", "--upstream-key", "sk-second-0002"],
             "1 upstream per project.*--plan",
+        ),
+        (
+            ["--upstream-url", "http://127.0.0.1:9001/v1/chat/completions/"]
+            + ["--upstream-key", "sk-first-00001"],
+            re.escape(
+                "Enter the API's base URL without the endpoint: http://127.0.0.1:9001/v1 "
+                "(ReqRun adds /chat/completions itself)."
+            ),
         ),
     ],
 )
