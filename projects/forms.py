@@ -67,6 +67,10 @@ class ProjectForm(NameForm):
     noun = "project"
 
 
+class ProjectRenameForm(ProjectForm):
+    prefix = "rename"  # the settings page's add-upstream form has a "name" field too
+
+
 class ApiKeyForm(NameForm):
     noun = "API key"
     name = forms.CharField(max_length=80, help_text="Where the key is used, e.g. “production”.")

@@ -7,7 +7,13 @@ from django.views.decorators.http import require_POST
 from accounts.access import Need, client_ip, member_view
 from projects import services
 from projects.errors import ProjectBusy
-from projects.forms import FailoverPolicyForm, ProjectForm, RetryPolicyForm, UpstreamAddForm
+from projects.forms import (
+    FailoverPolicyForm,
+    ProjectForm,
+    ProjectRenameForm,
+    RetryPolicyForm,
+    UpstreamAddForm,
+)
 from projects.limits import limits_for
 from projects.models import FailoverOn
 from projects.selectors import projects_of, upstreams_of
@@ -67,7 +73,8 @@ def settings_page(request, project, **forms):
         "primary": next((upstream for upstream in upstreams if upstream.enabled), None),
         "upstreams_cap": limits.upstreams_per_project,
         "limits": limits,
-        "rename_form": forms.get("rename_form") or ProjectForm(initial={"name": project.name}),
+        "rename_form": forms.get("rename_form")
+        or ProjectRenameForm(initial={"name": project.name}),
         "policy_form": forms.get("policy_form")
         or RetryPolicyForm(project=project, max_attempts_cap=limits.max_attempts),
         "upstream_add_form": forms.get("upstream_add_form") or UpstreamAddForm(),
@@ -90,7 +97,7 @@ def project_detail(request, membership, project):
 @project_view()
 @require_POST
 def project_rename(request, membership, project):
-    form = ProjectForm(request.POST)
+    form = ProjectRenameForm(request.POST)
     if form.is_valid() and form.submit(
         services.rename_project,
         field="name",

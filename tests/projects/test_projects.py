@@ -14,6 +14,7 @@ from projects.services import delete_project
 from projects.upstreams import provider_key_of
 from tests.conftest import raised_while_held
 from tests.factories import ProjectFactory, RequestFactory
+from tests.markup import duplicate_ids
 from tests.projects.conftest import PROVIDER_KEY, messages_of
 
 pytestmark = pytest.mark.django_db
@@ -67,17 +68,25 @@ def test_bad_project_names_are_refused(alice_client, alice_account, alice_projec
     assert list(Project.objects.values_list("name", flat=True)) == ["Chatbot"]
 
 
+def rename_form_of(page: str, project) -> str:
+    return page.split(f'action="{settings_url(project, "project-rename")}"')[1].split("</form>")[0]
+
+
 def test_rename(alice_client, alice_account, alice_project):
     other = ProjectFactory(account=alice_account, name="Other")
-    response = alice_client.post(settings_url(alice_project, "project-rename"), {"name": "Other"})
-    assert "Another project is already named “Other”." in response.content.decode()
-    response = alice_client.post(settings_url(alice_project, "project-rename"), {"name": ""})
-    assert "Give the project a name." in response.content.decode()
+    rename_url = settings_url(alice_project, "project-rename")
+    # The form's fields carry a prefix: the page's add-upstream form has a "name" field too.
+    response = alice_client.post(rename_url, {"rename-name": "Other"})
+    page = response.content.decode()
+    assert "Another project is already named “Other”." in rename_form_of(page, alice_project)
+    assert duplicate_ids(page) == []
+    response = alice_client.post(rename_url, {"rename-name": ""})
+    assert "Give the project a name." in rename_form_of(response.content.decode(), alice_project)
     alice_project.refresh_from_db()
     assert alice_project.name == "Chatbot"
 
     response = alice_client.post(
-        settings_url(other, "project-rename"), {"name": "Renamed"}, follow=True
+        settings_url(other, "project-rename"), {"rename-name": "Renamed"}, follow=True
     )
     other.refresh_from_db()
     assert other.name == "Renamed"
@@ -86,6 +95,14 @@ def test_rename(alice_client, alice_account, alice_project):
 
 def upstream_url(project, action="upstream-edit", name="primary"):
     return reverse(action, args=[project.public_id, name])
+
+
+def test_the_settings_page_has_no_duplicate_ids(alice_client, alice_project):
+    # Its forms (add an upstream, rename the project, ...) each have a "name" field.
+    page = alice_client.get(settings_url(alice_project)).content.decode()
+    assert 'action="' + settings_url(alice_project, "upstream-add") in page
+    assert 'action="' + settings_url(alice_project, "project-rename") in page
+    assert duplicate_ids(page) == []
 
 
 def test_upstream_and_retry_policy(alice_client, alice_project):

@@ -28,7 +28,7 @@ UPSTREAM = {
 # Every URL that names one of alice's objects, with what a request to it carries.
 OBJECT_REQUESTS = [
     ("project-detail", "get", {}),
-    ("project-rename", "post", {"name": "Taken over"}),
+    ("project-rename", "post", {"rename-name": "Taken over"}),
     ("project-policy", "post", POLICY),
     (
         "project-failover",
@@ -216,7 +216,7 @@ def test_admin_manages_projects_but_not_members(bob_client, bob, alice_objects):
     project, api_key, invitation, account = alice_objects
     Membership.objects.filter(user=bob).update(role=Membership.Role.ADMIN)
     response = bob_client.post(
-        reverse("project-rename", args=[project.public_id]), {"name": "Renamed by an admin"}
+        reverse("project-rename", args=[project.public_id]), {"rename-name": "Renamed by an admin"}
     )
     assert response.status_code == 302
     project.refresh_from_db()
