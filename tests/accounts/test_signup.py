@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from accounts.models import Membership, User
 from tests.factories import PASSWORD, UserFactory
+from tests.markup import duplicate_ids, paragraph_faults
 
 pytestmark = pytest.mark.django_db
 
@@ -51,6 +52,17 @@ def test_signup_verify_sign_in_and_welcome(client):
     # The welcome email goes out once, even if the address is confirmed again.
     client.post(confirm_path)
     assert len([m for m in mail.outbox if "Welcome" in m.subject]) == 1
+
+
+def test_the_signup_page_nests_its_markup_validly(client):
+    # The password help is a list: inside a <p> a browser splits it off and leaves an empty <p>.
+    page = client.get("/accounts/signup/").content.decode()
+    assert "<ul" in page
+    assert paragraph_faults(page) == []
+    assert duplicate_ids(page) == []
+    refused = sign_up(client, password2="another-kettle-harbor-92").content.decode()
+    assert "errorlist" in refused
+    assert paragraph_faults(refused) == []
 
 
 LONG_LOCAL_PART = "a" * 89 + "@example.com"  # "<local part>'s workspace" is over 100
