@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from projects.errors import ProjectBusy
 from projects.models import Project
-from projects.services import delete_project
+from projects.services import create_project, delete_project
 from projects.upstreams import provider_key_of
 from tests.conftest import raised_while_held
 from tests.factories import ProjectFactory, RequestFactory
@@ -103,6 +103,22 @@ def test_the_settings_page_has_no_duplicate_ids(alice_client, alice_project):
     assert 'action="' + settings_url(alice_project, "upstream-add") in page
     assert 'action="' + settings_url(alice_project, "project-rename") in page
     assert duplicate_ids(page) == []
+
+
+def test_the_missing_provider_key_banner_links_to_where_it_is_added(
+    alice_client, alice_account, bob
+):
+    project = create_project(account=alice_account, name="Keyless")  # its primary has no key
+    page = alice_client.get(settings_url(project)).content.decode()
+    banner = page.split("No provider key yet")[1].split("</div>")[0]
+    assert f'<a href="{upstream_url(project)}">' in banner
+    assert alice_client.get(upstream_url(project)).status_code == 200
+
+    # A member cannot edit upstreams: the banner names who can instead of a link they can't use.
+    alice_client.force_login(bob)
+    page = alice_client.get(settings_url(project)).content.decode()
+    banner = page.split("No provider key yet")[1].split("</div>")[0]
+    assert "href" not in banner and "an owner or admin" in banner
 
 
 def test_upstream_and_retry_policy(alice_client, alice_project):
