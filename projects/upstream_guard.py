@@ -93,7 +93,8 @@ def validate_upstream_url(url: str) -> str:
         raise UpstreamNotAllowed(ENTER_A_BASE_URL) from error
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UpstreamNotAllowed(ENTER_A_BASE_URL)
-    if parts.username or parts.password or parts.query or parts.fragment:
+    # An empty `?` or `#` is no query or fragment to urlsplit, but would stay in the URL.
+    if parts.username or parts.password or "?" in url or "#" in url:
         raise UpstreamNotAllowed(
             "The base URL must not contain credentials, a query or a fragment."
         )

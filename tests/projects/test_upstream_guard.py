@@ -56,3 +56,14 @@ def test_the_settings_page_refuses_a_nat64_upstream(alice_client, alice_project)
     assert Project.objects.get(pk=alice_project.pk).upstreams.get().base_url == (
         "https://api.openai.com/v1"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9001/v1?", "http://127.0.0.1:9001/v1#", "http://127.0.0.1:9001/v1?#"]
+)
+def test_an_empty_query_or_fragment_mark_is_refused_like_a_query(url, settings):
+    """urlsplit reads `…/v1?` as no query at all, but the mark stayed in the stored URL, and
+    every call went to `…/v1?/chat/completions`."""
+    settings.REQRUN_ALLOW_PRIVATE_UPSTREAMS = True  # the check comes before any address check
+    with pytest.raises(UpstreamNotAllowed, match="must not contain credentials, a query"):
+        validate_upstream_url(url)
