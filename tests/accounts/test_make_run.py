@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -97,19 +98,30 @@ def test_run_serves_health_becomes_ready_and_ctrl_c_stops_every_process(tmp_path
                 os.killpg(launcher.pid, signal.SIGKILL)
 
 
-def test_run_with_its_web_port_taken_says_which_setting_moves_it_and_starts_nothing(tmp_path):
+@contextmanager
+def a_port_taken():
+    """A loopback port another program listens on, for the block."""
     with socket.socket() as other_program:
         other_program.bind(("127.0.0.1", 0))
         other_program.listen()
-        port = other_program.getsockname()[1]
-        launcher = subprocess.run(
-            [sys.executable, "-m", "devstack", "run"],
-            cwd=ROOT,
-            env=launcher_env(tmp_path, PORT=str(port)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        yield other_program.getsockname()[1]
+
+
+def devstack(command: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`python -m devstack COMMAND` run to its end, its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_run_with_its_web_port_taken_says_which_setting_moves_it_and_starts_nothing(tmp_path):
+    with a_port_taken() as port:
+        launcher = devstack("run", launcher_env(tmp_path, PORT=str(port)))
 
     assert launcher.returncode == 2
     assert f"Port {port} is already taken by another program" in launcher.stderr
@@ -121,19 +133,8 @@ def test_run_with_its_web_port_taken_says_which_setting_moves_it_and_starts_noth
 def test_dev_servers_with_the_redis_port_taken_say_which_setting_moves_it(tmp_path):
     # `env` starts the dev servers and nothing else; with DATABASE_URL set, Redis alone.
     env = launcher_env(tmp_path, DATABASE_URL=os.environ["DATABASE_URL"])
-    with socket.socket() as other_program:
-        other_program.bind(("127.0.0.1", 0))
-        other_program.listen()
-        port = other_program.getsockname()[1]
-        env["REQRUN_DEV_REDIS_PORT"] = str(port)
-        launcher = subprocess.run(
-            [sys.executable, "-m", "devstack", "env"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    with a_port_taken() as port:
+        launcher = devstack("env", {**env, "REQRUN_DEV_REDIS_PORT": str(port)})
 
     assert launcher.returncode == 2
     assert f"Port {port} is already taken by another program" in launcher.stderr
