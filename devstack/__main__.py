@@ -8,6 +8,9 @@
         processes one by one in other terminals; `stop` stops them.
 `check` verifies migrations are up to date and `check --deploy` passes with production-like
         settings.
+`proc NAME` runs the Procfile's line NAME as this process, nothing started around it: the
+        container image's entrypoint (Dockerfile), so the Procfile stays the one place the
+        commands are written.
 """
 
 from __future__ import annotations
@@ -165,6 +168,15 @@ def run_processes(env: dict[str, str]) -> int:
     return exit_code
 
 
+def command_proc(args: list[str]) -> int:
+    """Replace this process with the Procfile's line `args[0]` (its own environment)."""
+    processes = read_procfile()
+    if len(args) != 1 or args[0] not in processes:
+        say(f"usage: python -m devstack proc {{{'|'.join(processes)}}}")
+        return 2
+    os.execvp("bash", ["bash", "-c", f"exec {processes[args[0]]}"])  # noqa: S606
+
+
 def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, "manage.py", *args], env=env, cwd=ROOT, check=True)
 
@@ -286,13 +298,15 @@ def main(argv: list[str]) -> int:
             return command_stop()
         if command == "check":
             return command_check()
+        if command == "proc":
+            return command_proc(rest)
     except ServerError as error:
         say(str(error))
         return 2
     except subprocess.CalledProcessError as error:
         say(f"set-up step failed: {' '.join(map(str, error.cmd))}")
         return error.returncode or 1
-    say(f"unknown command {command!r}; use run, test, env or stop")
+    say(f"unknown command {command!r}; use run, test, env, stop, check or proc")
     return 2
 
 
