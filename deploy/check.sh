@@ -37,6 +37,7 @@ export POSTGRES_PASSWORD=$(secret)
 export SECRET_KEY=$(secret)$(secret)
 export REQRUN_ENCRYPTION_KEYS=$("$python" -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
 export EMAIL_URL=consolemail://
+export REQRUN_METRICS_TOKEN=$(secret)
 # Plain http on one machine, and an upstream on this host's own address.
 export SECURE_SSL_REDIRECT=false
 export REQRUN_ALLOW_PRIVATE_UPSTREAMS=true
@@ -100,6 +101,16 @@ request_id = accepted.json()["id"]
 polled = httpx.get(f"{base}/v1/requests/{request_id}?wait=30", headers=headers, timeout=40)
 assert polled.json()["status"] == "succeeded", polled.text
 print(f"async: 202, then {request_id} succeeded after {len(polled.json()['attempts'])} attempt")
+
+# The worker's attempts, counted in its container, are in the web's /metrics.
+token = {"Authorization": f"Bearer {os.environ['REQRUN_METRICS_TOKEN']}"}
+scraped = httpx.get(f"{base}/metrics", headers=token, timeout=10).text
+attempts = [
+    line for line in scraped.splitlines()
+    if line.startswith('reqrun_attempts_total{outcome="success"}')
+]
+assert attempts and float(attempts[0].split()[-1]) == 2, attempts or scraped[:2000]
+print(f"/metrics from the web: {attempts[0]}")
 PY
 user=$("${compose[@]}" exec web id -u | tr -d '\r' | grep -x '[0-9][0-9]*')
 [ "$user" != 0 ] || { say "the web runs as root"; exit 1; }

@@ -8,17 +8,46 @@ few and fixed: endpoints, statuses, outcomes and error codes, never ids or paylo
 
 import functools
 import logging
+import os
 import re
+import socket
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
+
+
+def process_name(host: str = socket.gethostname().replace("_", "-")) -> str:
+    """This process among all that write to PROMETHEUS_MULTIPROC_DIR: its host and PID.
+
+    prometheus_client names a process's files by PID alone, but processes in containers that
+    share the directory (compose.yaml) each run as PID 1 and would write to the same files;
+    a container's host name is its own. (`_` separates the parts of those file names.)
+    """
+    return f"{host}-{os.getpid()}"
+
+
+def count_as_this_process(directory: str | Path) -> None:
+    """Write this process's figures to `directory` under `process_name()`.
+
+    A container restarted keeps its host name and its PID: the live gauges its predecessor
+    left (callers it held when it stopped) are dropped, not taken over; its counters go on.
+    """
+    values.ValueClass = values.MultiProcessValue(process_identifier=process_name)
+    multiprocess.mark_process_dead(process_name(), str(directory))
+
+
+# Before any metric below is made: each takes its storage from ValueClass.
+if settings.PROMETHEUS_MULTIPROC_DIR:
+    count_as_this_process(settings.PROMETHEUS_MULTIPROC_DIR)
 
 # Seconds. LLM calls take from a fraction of a second to minutes.
 UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)

@@ -11,9 +11,11 @@ from datetime import timedelta
 import httpx
 import pytest
 from django.utils import timezone
+from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from projects.models import Upstream
+from requests_app import metrics
 from requests_app.api.schema import SCHEMA_URL
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.conftest import test_database_url as database_url
@@ -159,6 +161,12 @@ def test_the_web_and_the_worker_processes_are_counted_together(tenant, metered):
         assert figure(after, "reqrun_requests_active", status=status) == 0
         assert ("reqrun_requests_active", (("status", status),)) in after
     assert ("reqrun_oldest_queued_request_age_seconds", ()) in after
+    # Each process's files are named by its host and PID (containers sharing the directory
+    # are each PID 1), and every process that counted above wrote its own.
+    names = os.listdir(shared["PROMETHEUS_MULTIPROC_DIR"])
+    writers = {name.rsplit("_", 1)[1] for name in names if name.startswith("counter_")}
+    assert len(writers) >= 3, names  # the web, the worker, the sweeping process
+    assert all(writer.startswith(f"{socket.gethostname()}-") for writer in writers), names
     # No request id, key or project reaches a label.
     text = httpx.get(f"{web.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     for secret in ("req_", tenant.raw_key, tenant.project.public_id, "gpt-test"):
@@ -198,6 +206,29 @@ def test_waiting_callers_and_open_streams_are_gauges_of_now(tenant, metered):
     streaming.join(30)
     assert b"[DONE]" in b"".join(received)
     wait_until(lambda: figure(scrape(web), "reqrun_open_streams") == 0, timeout=10)
+
+
+def test_a_process_drops_the_live_gauges_its_namesake_left_and_keeps_its_counters(
+    tmp_path, monkeypatch
+):
+    """A restarted container has its predecessor's host name and PID: the callers that one
+    held are gone with it, while counters go on from where they were."""
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    name = metrics.process_name()
+    left = {kind: tmp_path / f"{kind}_{name}.db" for kind in ("gauge_livesum", "counter")}
+    other = tmp_path / "gauge_livesum_elsewhere-1.db"
+    for path in (*left.values(), other):
+        path.write_bytes(b"")
+
+    metrics.count_as_this_process(tmp_path)
+
+    assert not left["gauge_livesum"].exists()
+    assert left["counter"].exists()
+    assert other.exists()  # another process's, alive or not, is not this one's to drop
+    # What this process counts from now on goes to files under the same name.
+    values.ValueClass("gauge", "m", "m", (), (), "", multiprocess_mode="livesum")
+    assert (tmp_path / f"gauge_livesum_{name}.db").exists()
 
 
 def test_only_allow_listed_addresses_or_the_token_may_scrape(metered):
