@@ -231,6 +231,17 @@ class WorkerProcess:
             "INFO",
         ]
 
+    def log_since(self, offset: int) -> str:
+        """What the worker has logged past `offset` (a size its log had earlier)."""
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+    def logged_since(self, offset: int, *parts: str) -> bool:
+        """Whether one line the worker logged past `offset` holds all of `parts`."""
+        lines = self.log_since(offset).splitlines()
+        return any(all(part in line for part in parts) for line in lines)
+
     def kill(self) -> None:
         """SIGKILL, as a crashed machine would: no cleanup, no acks."""
         if self.process and self.process.poll() is None:

@@ -223,11 +223,11 @@ def test_a_request_the_worker_could_not_open_a_connection_for_finishes_afterward
         public_id = accepted_on_own_connection(tenant)
         # Its pool gives up opening a connection after 2 s, and tells the task so.
         wait_until(
-            lambda: "request left for the sweeper" in worker_log_since(worker, log_start),
+            lambda: "request left for the sweeper" in worker.log_since(log_start),
             timeout=20,
             message="the worker never gave up waiting for a connection",
         )
-    log = worker_log_since(worker, log_start)
+    log = worker.log_since(log_start)
     assert "request left for the sweeper: database unavailable" in log
     assert "raised unexpected" not in log  # not a task's failure, with its traceback
     assert Request.objects.get(public_id=public_id).status == "queued"
@@ -253,12 +253,6 @@ def accepted_on_own_connection(tenant) -> str:
         payload=CHAT,
         idempotency_key=None,
     ).request.public_id
-
-
-def worker_log_since(worker, offset: int) -> str:
-    with open(worker.log_path, "rb") as log:
-        log.seek(offset)
-        return log.read().decode(errors="replace")
 
 
 @pytest.mark.timeout(120)

@@ -58,10 +58,11 @@ def test_an_attempt_in_flight_when_the_connections_dropped_is_concluded_once(
 
 
 def test_an_attempt_that_ends_during_an_outage_is_recorded_once_the_database_is_back(
-    tenant, live_api, fake_upstream
+    tenant, live_api, worker, fake_upstream
 ):
     # The answer arrives while the database is down; the worker keeps it and records it
     # when the database answers again, rather than losing it (and running the call twice).
+    log_start = worker.log_path.stat().st_size
     response = httpx.post(
         f"{live_api.url}/v1/chat/completions",
         json={"model": "sleep-1000", "messages": CHAT},
@@ -69,7 +70,14 @@ def test_an_attempt_that_ends_during_an_outage_is_recorded_once_the_database_is_
     )
     wait_until(lambda: Request.objects.filter(status="running").exists())
     with database_outage(every_process=True):
-        time.sleep(6)  # longer than the worker waits for a pooled connection (3 s)
+        # Until the worker has waited out its pool (3 s) with the answer in hand, and kept it.
+        wait_until(
+            lambda: worker.logged_since(
+                log_start, "attempt result kept and retried", response.json()["id"]
+            ),
+            timeout=30,
+            message="the worker never kept the answer it could not record",
+        )
 
     request = finished_request(
         response.json()["id"], message="the attempt's result was not recorded after the outage"

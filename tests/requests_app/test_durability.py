@@ -73,12 +73,12 @@ def test_a_worker_killed_mid_attempt_is_recovered_by_the_sweeper(
 def test_a_worker_that_outlives_its_lease_cannot_overwrite_the_recovery(
     tenant, live_api, worker, fake_upstream
 ):
+    log_start = worker.log_path.stat().st_size
     public_id = async_post(live_api, tenant, "script:sleep2000,200")
     wait_until(
         lambda: fake_upstream.count("/v1/chat/completions") == 1,
         message="the attempt never reached the upstream",
     )
-    slow_answer_at = time.monotonic() + 2.0
     # The worker is alive but slow: its lease runs out while the upstream still works, and
     # the sweeper closes the attempt and schedules a retry before the worker comes back.
     Request.objects.filter(public_id=public_id).update(
@@ -91,7 +91,12 @@ def test_a_worker_that_outlives_its_lease_cannot_overwrite_the_recovery(
         timeout=60,
         message="the request never finished after its lease was recovered",
     )
-    time.sleep(max(0.0, slow_answer_at - time.monotonic()) + 1.5)  # the slow worker is back
+    # The slow worker is back with its answer two seconds later, and its write is refused.
+    wait_until(
+        lambda: worker.logged_since(log_start, "attempt outlived its lease", public_id),
+        timeout=30,
+        message="the slow worker's late answer never came back",
+    )
     request.refresh_from_db()
 
     assert request.status == "succeeded"
