@@ -39,12 +39,14 @@ def test_only_one_beat_leads(db):
 
 def test_a_standby_takes_over_once_the_leaders_lease_runs_out(db):
     leader, standby = Leadership(lease_seconds=0.3), Leadership(lease_seconds=0.3)
+    held_since = time.monotonic()
     assert leader.hold()
     assert not standby.hold()
 
-    time.sleep(0.4)  # the leader died: nothing renewed its lease
+    # The leader died: nothing renews its lease, and the standby asks until it runs out.
+    wait_until(standby.hold, timeout=5, interval=0.02, message="the standby never took over")
 
-    assert standby.hold()
+    assert time.monotonic() - held_since >= 0.3  # not before the lease ran out
     assert not leader.hold()  # back, it finds the lease taken and stands by
 
 
@@ -62,20 +64,29 @@ def test_a_leader_on_a_read_only_database_keeps_its_lease_until_it_runs_out(
     transactional_db, caplog
 ):
     leader = Leadership(lease_seconds=0.6)
+    renewed_since = time.monotonic()
     assert leader.hold()
-    time.sleep(0.15)  # past the renewal point: the next hold writes
+    # Time must pass: only past the renewal point (a sixth of the lease, 0.1 s) does the
+    # next hold write, and meet the read-only database.
+    time.sleep(0.15)
     with connection.cursor() as cursor:
         cursor.execute("SET default_transaction_read_only = on")  # a failover's replica
     try:
         with caplog.at_level(logging.WARNING, logger="core.beat"):
             still_leads = leader.hold()
-            time.sleep(0.6)
-            after_its_lease = leader.hold()
+            wait_until(
+                lambda: not leader.hold(),
+                timeout=5,
+                interval=0.02,
+                message="the leader never stood by",
+            )
+            stood_by_after = time.monotonic() - renewed_since
     finally:
         with connection.cursor() as cursor:
             cursor.execute("RESET default_transaction_read_only")
 
-    assert still_leads and not after_its_lease
+    assert still_leads
+    assert stood_by_after >= 0.6  # it led until its lease ran out
     warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
     assert [record.getMessage() for record in warnings] == [
         "beat lease not renewed: database unavailable",
