@@ -227,14 +227,26 @@ def _ensure_another_owner(membership: Membership) -> None:
         raise MembershipError("An account needs at least one owner: make someone else owner first.")
 
 
+def _lock_membership(membership: Membership) -> None:
+    """Take the account's row lock, under which members change one at a time, and read the
+    membership's role again (the owner checks need it as it is now). It may have ended while
+    this waited: a second click on Remove or Leave, or another owner removed the member."""
+    _ensure_not_closing(Account.objects.select_for_update().get(pk=membership.account_id))
+    try:
+        membership.refresh_from_db(fields=["role"])
+    except Membership.DoesNotExist:
+        raise MembershipError(
+            f"{membership.user.email} is no longer a member of {membership.account.name}."
+        ) from None
+
+
 @transaction.atomic
 def change_role(
     *, membership: Membership, role: str, actor: User, ip_address: str | None = None
 ) -> Membership:
     if role not in Membership.Role.values:
         raise MembershipError("Choose owner, admin or member.")
-    _ensure_not_closing(Account.objects.select_for_update().get(pk=membership.account_id))
-    membership.refresh_from_db(fields=["role"])  # the owner check needs the role under the lock
+    _lock_membership(membership)
     if role == membership.role:
         return membership
     if role != Membership.Role.OWNER:
@@ -267,8 +279,7 @@ def leave_account(*, membership: Membership, ip_address: str | None = None) -> M
 
 
 def _end_membership(membership: Membership, *, actor: User, action: str, ip: str | None):
-    _ensure_not_closing(Account.objects.select_for_update().get(pk=membership.account_id))
-    membership.refresh_from_db(fields=["role"])
+    _lock_membership(membership)
     _ensure_another_owner(membership)
     record_audit_event(
         account=membership.account,

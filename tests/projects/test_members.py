@@ -20,6 +20,7 @@ from projects.members import (
     MembershipError,
     accept_invitation,
     invitation_token,
+    leave_account,
 )
 from projects.models import Invitation
 from tests.conftest import raised_while_held
@@ -373,3 +374,30 @@ def test_the_last_owner_cannot_leave(alice_client, alice_account, bob):
     assert "An account needs at least one owner" in " ".join(messages_of(response))
     assert roles(alice_account) == before
     assert not AuditEvent.objects.filter(action="member_left").exists()
+
+
+@pytest.mark.parametrize(
+    ("who", "url", "data"),
+    [
+        ("alice", "member-remove", {"email": "bob@example.com"}),
+        ("alice", "member-role", {"email": "bob@example.com", "role": "admin"}),
+        ("bob", "member-leave", {}),
+    ],
+)
+def test_a_change_to_a_membership_that_ended_meanwhile_says_so(
+    transactional_db, alice, alice_account, bob, who, url, data
+):
+    # A double click on Remove or Leave, or another owner's removal: the second request found
+    # bob a member, then waited for the account's lock while the first one ended that.
+    client = signed_in(Client(), {"alice": alice, "bob": bob}[who])
+    answers = []
+
+    raised = raised_while_held(
+        lambda: leave_account(membership=Membership.objects.get(user=bob)),
+        lambda: answers.append(client.post(reverse(url), data, follow=True)),
+    )
+
+    assert raised is None, raised
+    assert "bob@example.com is no longer a member of Alice's workspace." in messages_of(answers[0])
+    assert "bob@example.com" not in roles(alice_account)
+    assert list(AuditEvent.objects.values_list("action", flat=True)) == ["member_left"]
