@@ -23,3 +23,8 @@ class NameNotAvailable(ValueError):
 
 class ProjectBusy(ValueError):
     """A project with requests still queued, retrying or running; the message says what to do."""
+
+
+class Gone(LookupError):
+    """What a change was about (a project, one of its upstreams) was deleted while the change
+    waited for the project's row lock; the page answers 404, as it would a moment later."""

@@ -19,7 +19,7 @@ from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import FAILOVER_TRIES_MAX, ApiKey, FailoverOn, Project, Upstream
 from projects.selectors import primary_has_provider_key, unfinished_requests
 from projects.upstream_guard import validate_upstream_url
-from projects.upstreams import DEFAULT_UPSTREAM_URL, PRIMARY_NAME
+from projects.upstreams import DEFAULT_UPSTREAM_URL, PRIMARY_NAME, lock_project
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ def create_project(
 def rename_project(
     *, project: Project, name: str, actor: User | None = None, ip_address: str | None = None
 ) -> Project:
+    lock_project(project)  # first, as a deletion of the project takes it before the account
     Account.objects.select_for_update().get(pk=project.account_id)
     others = project.account.projects.exclude(pk=project.pk)
     project.name = _available_name(name, taken=others, noun="project")
@@ -102,7 +103,7 @@ def delete_project(*, project: Project, actor: User | None = None, ip_address: s
     request's foreign key), so it is counted below; one that commits later finds the
     project gone and is refused."""
     with transaction.atomic():
-        Project.objects.select_for_update().filter(pk=project.pk).exists()
+        lock_project(project)
         unfinished = unfinished_requests(project)
         if unfinished:
             raise ProjectBusy(
@@ -120,6 +121,7 @@ def delete_project(*, project: Project, actor: User | None = None, ip_address: s
         project.delete()
 
 
+@transaction.atomic
 def update_retry_policy(
     *,
     project: Project,
@@ -129,6 +131,7 @@ def update_retry_policy(
     zero_retention: bool,
 ) -> Project:
     """Save the retry policy; max attempts never exceed the plan's cap."""
+    lock_project(project)
     cap = limits_for(project.account).max_attempts
     project.max_attempts = min(max_attempts, cap) if max_attempts else None
     project.attempt_timeout_seconds = attempt_timeout_seconds
@@ -170,6 +173,7 @@ def update_failover_policy(
         raise InvalidFailoverPolicy(
             f"Tries per upstream is a whole number from 1 to {FAILOVER_TRIES_MAX}."
         )
+    lock_project(project)
     fields = ["failover_on", "failover_tries_per_upstream", "failover_return_to_primary"]
     if return_to_primary or project.failover_return_to_primary != return_to_primary:
         project.failover_current = ""
@@ -217,7 +221,7 @@ def create_api_key(
     *, project: Project, name: str, actor: User | None = None, ip_address: str | None = None
 ) -> tuple[ApiKey, str]:
     """Create a key and return it with its full value, which is never available again."""
-    Project.objects.select_for_update().get(pk=project.pk)
+    lock_project(project)
     limits = limits_for(project.account)
     limit = limits.api_keys_per_project
     active = project.api_keys.filter(revoked_at__isnull=True).count()
@@ -250,9 +254,12 @@ def create_api_key(
     return api_key, f"rr_{prefix}_{secret}"
 
 
+@transaction.atomic
 def revoke_api_key(
     *, api_key: ApiKey, actor: User | None = None, ip_address: str | None = None
 ) -> ApiKey:
+    lock_project(api_key.project)  # a second click waits here, then finds the key revoked
+    api_key.refresh_from_db(fields=["revoked_at"])
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])

@@ -17,7 +17,13 @@ from accounts.emails import send_or_retry_on_commit
 from accounts.models import User
 from accounts.services import email_owners, record_audit_event
 from core import encryption
-from projects.errors import InvalidModelMap, InvalidProviderKey, NameNotAvailable, UpstreamRefused
+from projects.errors import (
+    Gone,
+    InvalidModelMap,
+    InvalidProviderKey,
+    NameNotAvailable,
+    UpstreamRefused,
+)
 from projects.limits import ensure_below, limits_for
 from projects.models import Project, Upstream, UpstreamMove
 from projects.selectors import primary_upstream
@@ -32,6 +38,24 @@ DEFAULT_PORTS = {"https": 443, "http": 80}
 UPSTREAM_NAME = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 UPSTREAM_NAME_MAX_LENGTH = 40
 MODEL_MAP_MAX_ENTRIES = 100
+
+
+def lock_project(project: Project) -> None:
+    """Take the project's row lock, under which its settings, upstreams and API keys change
+    one at a time. Gone if the project was deleted while this waited (another admin, or the
+    first click of a double click on Delete)."""
+    if not Project.objects.select_for_update().filter(pk=project.pk).exists():
+        raise Gone(f"The project “{project.name}” was deleted.")
+
+
+def lock_upstream(upstream: Upstream) -> None:
+    """The project's row lock, and the upstream read again under it: Gone if it was removed
+    meanwhile (the first click of a double click on Remove)."""
+    lock_project(upstream.project)
+    try:
+        upstream.refresh_from_db()
+    except Upstream.DoesNotExist:
+        raise Gone(f"The upstream “{upstream.name}” was removed.") from None
 
 
 def upstream_origin(base_url: str) -> str:
@@ -218,7 +242,7 @@ def add_upstream(
 ) -> Upstream:
     """Append an upstream after the others (the first one is the primary), within the plan's
     cap. Nothing is saved if any part of the input is refused."""
-    Project.objects.select_for_update().get(pk=project.pk)  # serialise the cap and name checks
+    lock_project(project)  # serialise the cap and name checks
     limits = limits_for(project.account)
     limit = limits.upstreams_per_project
     ensure_below(
@@ -261,9 +285,10 @@ def update_upstream(
     """Save an upstream's base URL and model map (None keeps the map). A new host clears the
     stored provider key (`record_upstream_move`); `provider_key`, if given, is stored
     afterwards, so a host change and the key for it can be saved together."""
-    base_url = validate_upstream_url(base_url)
+    base_url = validate_upstream_url(base_url)  # may look the host up: before the lock
     if provider_key:
         provider_key = check_provider_key(provider_key)
+    lock_upstream(upstream)
     new_map = upstream.model_map if model_map is None else check_model_map(model_map)
     old_base_url, old_map = upstream.base_url, upstream.model_map
     upstream.base_url, upstream.model_map = base_url, new_map
@@ -287,6 +312,7 @@ def update_upstream(
     return upstream
 
 
+@transaction.atomic
 def set_upstream_key(
     *,
     upstream: Upstream,
@@ -295,6 +321,7 @@ def set_upstream_key(
     ip_address: str | None = None,
 ) -> Upstream:
     provider_key = check_provider_key(provider_key)
+    lock_upstream(upstream)
     action = "provider_key_changed" if upstream.has_provider_key else "provider_key_set"
     _store_key(upstream, provider_key)
     upstream.save(update_fields=["provider_key_encrypted", "provider_key_last4"])
@@ -308,9 +335,11 @@ def set_upstream_key(
     return upstream
 
 
+@transaction.atomic
 def remove_upstream_key(
     *, upstream: Upstream, actor: User | None = None, ip_address: str | None = None
 ) -> Upstream:
+    lock_upstream(upstream)
     if not upstream.has_provider_key:
         return upstream
     upstream.provider_key_encrypted = None
@@ -355,7 +384,7 @@ def reorder_upstreams(
     ip_address: str | None = None,
 ) -> list[Upstream]:
     """Put the project's upstreams in the order of `names`, which must name each once."""
-    Project.objects.select_for_update().get(pk=project.pk)
+    lock_project(project)
     upstreams = {upstream.name: upstream for upstream in project.upstreams.all()}
     if sorted(names) != sorted(upstreams):
         raise UpstreamRefused("Name every upstream of the project once to reorder them.")
@@ -373,10 +402,12 @@ def reorder_upstreams(
     return ordered
 
 
+@transaction.atomic
 def move_upstream(
     *, upstream: Upstream, offset: int, actor: User | None = None, ip_address: str | None = None
 ) -> list[Upstream]:
     """Move an upstream `offset` places (-1: up, towards primary); at an end, it stays."""
+    lock_upstream(upstream)
     names = list(
         upstream.project.upstreams.order_by("position", "pk").values_list("name", flat=True)
     )
@@ -405,7 +436,7 @@ def set_upstream_enabled(
     actor: User | None = None,
     ip_address: str | None = None,
 ) -> Upstream:
-    Project.objects.select_for_update().get(pk=upstream.project_id)
+    lock_upstream(upstream)
     if upstream.enabled == enabled:
         return upstream
     if not enabled:
@@ -428,7 +459,7 @@ def remove_upstream(
 ) -> None:
     """Delete an upstream and its key; never the last one, nor the last enabled one."""
     project = upstream.project
-    Project.objects.select_for_update().get(pk=project.pk)
+    lock_upstream(upstream)
     if upstream.enabled:
         _ensure_another_enabled(upstream, "removing")
     record_audit_event(

@@ -3,19 +3,25 @@ bad input gets a clear message and changes nothing."""
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import AuditEvent
 from projects.errors import ProjectBusy
-from projects.models import Project
-from projects.services import create_project, delete_project
-from projects.upstreams import provider_key_of
+from projects.models import ApiKey, Project, Upstream
+from projects.services import create_project, delete_project, revoke_api_key
+from projects.upstreams import (
+    add_upstream,
+    provider_key_of,
+    remove_upstream,
+    remove_upstream_key,
+)
 from tests.conftest import raised_while_held
 from tests.factories import ProjectFactory, RequestFactory
 from tests.markup import duplicate_ids
-from tests.projects.conftest import PROVIDER_KEY, messages_of
+from tests.projects.conftest import PROVIDER_KEY, messages_of, signed_in
 
 pytestmark = pytest.mark.django_db
 
@@ -301,3 +307,108 @@ def test_the_project_tables_read_every_projects_key_state_in_one_query(
 
     assert three == one
     assert page.count(keyless_marker) == 2
+
+
+POLICY_FORM = {"max_attempts": "2", "attempt_timeout_seconds": "30", "deadline_seconds": "60"}
+# Every change the dashboard makes to a project, its upstreams and its keys.
+PROJECT_CHANGES = [
+    ("project-rename", {"rename-name": "Renamed"}),
+    ("project-policy", POLICY_FORM),
+    ("project-failover", {"failover_on": ["timeout"], "tries_per_upstream": "2"}),
+    ("upstream-add", {"name": "another", "base_url": "http://127.0.0.1:9/v1"}),
+    ("upstream-edit", {"base_url": "http://127.0.0.1:9/v2"}),
+    ("provider-key-remove", {}),
+    ("upstream-move", {"direction": "up"}),
+    ("upstream-enabled", {}),
+    ("upstream-remove", {}),
+    ("api-key-list", {"name": "staging"}),
+    ("api-key-revoke", {}),
+    ("project-delete", {}),
+]
+
+
+@pytest.fixture
+def with_a_fallback(alice, alice_project, alice_key, on_pro):
+    """alice's project with a second upstream, which has a provider key, and an API key."""
+    add_upstream(
+        project=alice_project,
+        name="fallback",
+        base_url="http://127.0.0.1:9/v1",
+        provider_key="sk-test-fallback-key-0042",
+        actor=alice,
+    )
+    return alice_project, alice_key
+
+
+def fallback(project) -> Upstream:
+    return Upstream.objects.get(project=project, name="fallback")
+
+
+def project_change_url(name, project, api_key) -> str:
+    kwargs = {"project_id": project.public_id}
+    if name.startswith(("upstream-", "provider-")) and name != "upstream-add":
+        kwargs["upstream_name"] = "fallback"
+    if name == "api-key-revoke":
+        kwargs["key_id"] = api_key.public_id
+    return reverse(name, kwargs=kwargs)
+
+
+@pytest.mark.parametrize(("name", "data"), PROJECT_CHANGES)
+def test_a_change_to_a_project_deleted_meanwhile_is_a_404_and_changes_nothing(
+    transactional_db, alice, with_a_fallback, name, data
+):
+    # The page was loaded, then another admin's delete (or the first click of a double
+    # click on Delete) held the project until it was gone.
+    project, api_key = with_a_fallback
+    client = signed_in(Client(), alice)
+    audited = AuditEvent.objects.count()
+    answers = []
+
+    raised = raised_while_held(
+        lambda: delete_project(project=Project.objects.get(pk=project.pk), actor=alice),
+        lambda: answers.append(client.post(project_change_url(name, project, api_key), data)),
+    )
+
+    assert raised is None, raised
+    assert answers[0].status_code == 404
+    assert not Project.objects.exists() and not Upstream.objects.exists()
+    assert not ApiKey.objects.exists()
+    new_events = AuditEvent.objects.order_by("pk")[audited:]
+    assert [event.action for event in new_events] == ["project_deleted"]
+
+
+@pytest.mark.parametrize(
+    ("name", "first_click", "action"),
+    [
+        (
+            "upstream-remove",
+            lambda project, api_key: remove_upstream(upstream=fallback(project)),
+            "upstream_removed",
+        ),
+        (
+            "provider-key-remove",
+            lambda project, api_key: remove_upstream_key(upstream=fallback(project)),
+            "provider_key_removed",
+        ),
+        (
+            "api-key-revoke",
+            lambda project, api_key: revoke_api_key(api_key=ApiKey.objects.get(pk=api_key.pk)),
+            "api_key_revoked",
+        ),
+    ],
+)
+def test_a_double_click_changes_once(
+    transactional_db, alice, with_a_fallback, name, first_click, action
+):
+    # The second click's page found the upstream or key as it was, then waited for the
+    # project's lock while the first click changed it.
+    project, api_key = with_a_fallback
+    client = signed_in(Client(), alice)
+
+    raised = raised_while_held(
+        lambda: first_click(project, api_key),
+        lambda: client.post(project_change_url(name, project, api_key)),
+    )
+
+    assert raised is None, raised
+    assert AuditEvent.objects.filter(action=action).count() == 1
