@@ -23,6 +23,10 @@ class Need(Enum):
     OWN = "own"
 
 
+SWITCHED_ACCOUNT = (
+    "This page was opened for another account than the one you are now using (you switched "
+    "account in another tab). Open the page again to act on the account you are using now."
+)
 REFUSALS = {
     Need.MANAGE: "Only owners and admins can change projects and API keys; "
     "your role in this account is read-only. Ask an owner to make you an admin.",
@@ -129,10 +133,20 @@ class NoAccount(Exception):
     """The signed-in user belongs to no account (theirs was deleted, or they were removed)."""
 
 
+class SwitchedAccount(Exception):
+    """A form names the account its page showed, and the user has chosen another since."""
+
+
 def load_current_membership(request: HttpRequest, kwargs: dict) -> tuple[Membership, dict]:
     membership = current_membership(request)
     if membership is None:
         raise NoAccount
+    # The account-level forms name the account their page was about
+    # (accounts/_page_account.html): sent after a switch of account in another tab, they
+    # would otherwise change an account the user did not see on that page.
+    named = request.POST.get("account") if request.method == "POST" else None
+    if named and named != membership.account.public_id:
+        raise SwitchedAccount
     return membership, kwargs
 
 
@@ -155,6 +169,9 @@ def member_view(
                 membership, objects = load(request, kwargs)
             except NoAccount:
                 return redirect("no-account")
+            except SwitchedAccount:
+                context = {"reason": SWITCHED_ACCOUNT}
+                return render(request, "accounts/forbidden.html", context, status=400)
             # The layout's account and role, and every role-based control on the page,
             # follow the account the page is about, whichever one the session has chosen.
             act_through(request, membership)

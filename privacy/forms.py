@@ -1,11 +1,10 @@
-"""The delete-account form: the owner's password, and which account they were looking at."""
+"""The delete-account form: the owner's password. (Which account the page showed is checked
+for every account-level form: accounts.access.)"""
 
 from django import forms
 
 
 class DeleteAccountForm(forms.Form):
-    # The page's account, so a switch of account in another tab cannot redirect the deletion.
-    account = forms.CharField(widget=forms.HiddenInput)
     password = forms.CharField(
         label="Your password",
         strip=False,

@@ -19,11 +19,6 @@ from privacy.forms import DeleteAccountForm
 from privacy.models import AccountExport
 from privacy.selectors import deletion_summary, exports_visible_to, recent_exports_of
 
-SWITCHED_ACCOUNT = (
-    "This page was opened for another account than the one you are now using (you switched "
-    "account in another tab). Nothing was deleted: open Account → Delete account again."
-)
-
 
 def _export_page(
     request: HttpRequest, account: Account, *, unavailable: str = "", status: int = 200
@@ -108,9 +103,6 @@ def export_download(
 
 def _close(request: HttpRequest, membership: Membership, form: DeleteAccountForm) -> bool:
     """Try to delete the account from a valid form; on refusal the form says why."""
-    if form.cleaned_data["account"] != membership.account.public_id:
-        form.add_error(None, SWITCHED_ACCOUNT)
-        return False
     if not ratelimit.consume(request, action="reauthenticate", user=request.user):
         form.add_error("password", "Too many attempts. Wait a minute, then try again.")
         return False
@@ -141,9 +133,7 @@ def _close(request: HttpRequest, membership: Membership, form: DeleteAccountForm
 
 @member_view(read=Need.OWN, write=Need.OWN)
 def delete_account(request: HttpRequest, membership: Membership) -> HttpResponse:
-    form = DeleteAccountForm(
-        request.POST or None, initial={"account": membership.account.public_id}
-    )
+    form = DeleteAccountForm(request.POST or None)
     if request.method == "POST" and form.is_valid() and _close(request, membership, form):
         return redirect("home")
     context = {

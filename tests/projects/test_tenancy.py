@@ -7,6 +7,7 @@ from django.urls import URLPattern, reverse
 
 from accounts.models import AuditEvent, Membership
 from accounts.urls import urlpatterns as account_urls
+from privacy.models import AccountExport
 from projects.models import ApiKey, Invitation, Project, Upstream
 from projects.urls import urlpatterns as project_urls
 from tests.factories import AccountFactory, MembershipFactory, RequestFactory
@@ -326,3 +327,45 @@ def test_an_owner_sees_their_controls_while_another_account_is_chosen(
     assert reverse("project-rename", args=[project.public_id]) in settings_page.content.decode()
     assert "Revoke…" in keys_page.content.decode()
     assert 'name="name"' in keys_page.content.decode()
+
+
+@pytest.fixture
+def alice_in_another_account(alice_client, alice, bob, alice_objects):
+    """alice owns a second account, bob is a member of both, and alice has chosen the
+    second one (in another tab) since her page of the first was opened."""
+    other = AccountFactory(name="Alice's side project")
+    MembershipFactory(user=alice, account=other, role=Membership.Role.OWNER)
+    MembershipFactory(user=bob, account=other, role=Membership.Role.MEMBER)
+    alice_client.post(reverse("switch-account"), {"account": other.public_id})
+    return other
+
+
+# The account-level forms, each as the page of alice's first account sent it.
+ACCOUNT_FORMS = [
+    ("alice", "member-role", {"email": "bob@example.com", "role": "admin"}),
+    ("alice", "member-remove", {"email": "bob@example.com"}),
+    ("alice", "member-invite", {"email": "eve@example.com", "role": "member"}),
+    ("alice", "project-list", {"name": "Meant for the first account"}),
+    ("alice", "privacy-export", {}),
+    ("alice", "billing-cancel", {}),
+    ("bob", "member-leave", {}),
+]
+
+
+@pytest.mark.parametrize(("who", "name", "data"), ACCOUNT_FORMS)
+def test_a_form_from_before_a_switch_of_account_changes_neither_account(
+    client, alice_client, bob, alice_objects, alice_in_another_account, who, name, data
+):
+    first = alice_objects[-1]
+    if who == "bob":
+        client.force_login(bob)
+        client.post(reverse("switch-account"), {"account": alice_in_another_account.public_id})
+    sender = alice_client if who == "alice" else client
+    before = snapshot(first), snapshot(alice_in_another_account)
+
+    response = sender.post(reverse(name), {**data, "account": first.public_id})
+
+    assert response.status_code == 400
+    assert "you switched account in another tab" in response.content.decode()
+    assert (snapshot(first), snapshot(alice_in_another_account)) == before
+    assert not AccountExport.objects.exists()
