@@ -123,10 +123,14 @@ def member_leave(request, membership):
 @require_POST
 def invitation_revoke(request, membership, invitation_id):
     invitation = get_object_or_404(open_invitations_of(membership.account), public_id=invitation_id)
-    services.revoke_invitation(
-        invitation=invitation, actor=request.user, ip_address=client_ip(request)
-    )
-    messages.success(request, f"Invitation to {invitation.email} withdrawn.")
+    try:
+        services.revoke_invitation(
+            invitation=invitation, actor=request.user, ip_address=client_ip(request)
+        )
+    except services.MembershipError as error:  # accepted while this waited for its lock
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"Invitation to {invitation.email} withdrawn.")
     return redirect("member-list")
 
 

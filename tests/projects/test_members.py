@@ -401,3 +401,27 @@ def test_a_change_to_a_membership_that_ended_meanwhile_says_so(
     assert "bob@example.com is no longer a member of Alice's workspace." in messages_of(answers[0])
     assert "bob@example.com" not in roles(alice_account)
     assert list(AuditEvent.objects.values_list("action", flat=True)) == ["member_left"]
+
+
+def test_withdrawing_an_invitation_accepted_meanwhile_says_so(
+    transactional_db, alice, alice_account, on_pro, alice_invitation
+):
+    # alice's members page still lists dana's invitation; dana accepts it while the
+    # withdrawal waits for the invitation's lock.
+    dana = UserFactory(email="dana@example.com")
+    client = signed_in(Client(), alice)
+    answers = []
+
+    raised = raised_while_held(
+        lambda: accept_invitation(token=invitation_token(alice_invitation), user=dana),
+        lambda: answers.append(
+            client.post(
+                reverse("invitation-revoke", args=[alice_invitation.public_id]), follow=True
+            )
+        ),
+    )
+
+    assert raised is None, raised
+    assert "dana@example.com has already joined; remove them instead." in messages_of(answers[0])
+    assert roles(alice_account)["dana@example.com"] == "member"
+    assert not AuditEvent.objects.filter(action="invitation_withdrawn").exists()
