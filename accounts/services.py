@@ -40,6 +40,17 @@ def create_account(*, owner: User, name: str = "") -> Account:
     return account
 
 
+@transaction.atomic
+def start_account(*, user: User) -> Account | None:
+    """A new account for a user who belongs to none (theirs was deleted, or they were
+    removed), or None if they belong to one by now: under the user's row lock, so a double
+    click on "Start an account" starts one."""
+    User.objects.select_for_update().filter(pk=user.pk).exists()
+    if Membership.objects.filter(user=user).exists():
+        return None
+    return create_account(owner=user)
+
+
 def record_audit_event(
     *,
     account: Account,

@@ -15,7 +15,7 @@ from accounts.selectors import (
     current_membership,
     memberships_of,
 )
-from accounts.services import create_account
+from accounts.services import start_account
 from core.ids import is_public_id
 
 SECURITY_LOG_PAGE_SIZE = 50
@@ -81,7 +81,9 @@ def no_account(request):
     if current_membership(request) is not None:
         return redirect("dashboard")
     if request.method == "POST":
-        account = create_account(owner=request.user)
+        account = start_account(user=request.user)
+        if account is None:  # a second click: the first one started it
+            return redirect("dashboard")
         request.session[SESSION_ACCOUNT_KEY] = account.public_id
         messages.success(request, f"Account “{account.name}” created on the Free plan.")
         return redirect("dashboard")

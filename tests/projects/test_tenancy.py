@@ -10,7 +10,8 @@ from accounts.urls import urlpatterns as account_urls
 from privacy.models import AccountExport
 from projects.models import ApiKey, Invitation, Project, Upstream
 from projects.urls import urlpatterns as project_urls
-from tests.factories import AccountFactory, MembershipFactory, RequestFactory
+from tests.conftest import raised_while_held
+from tests.factories import AccountFactory, MembershipFactory, RequestFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -260,6 +261,21 @@ def test_a_user_left_without_an_account_is_offered_a_new_one(client, bob, alice_
     assert membership.account != alice_objects[-1]
     assert response.redirect_chain[-1][0] == reverse("dashboard")
     assert client.get(reverse("no-account"))["Location"] == reverse("dashboard")
+
+
+def test_a_double_click_on_start_an_account_starts_one(transactional_db, alice_objects):
+    user = UserFactory(email="dana@example.com")  # left without an account
+    first_click, second_click = Client(), Client()
+    first_click.force_login(user)
+    second_click.force_login(user)
+
+    raised = raised_while_held(
+        lambda: first_click.post(reverse("no-account")),
+        lambda: second_click.post(reverse("no-account")),
+    )
+
+    assert raised is None, raised
+    assert Membership.objects.filter(user=user).count() == 1
 
 
 def acting_as(role, account_name):
