@@ -24,11 +24,16 @@ def whole_number(raw: str, *, minimum: int, maximum: int) -> int | None:
     return number if minimum <= number <= maximum else None
 
 
-def parse_json(raw: bytes | str):
+def _not_a_json_number(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(raw: bytes | str, *, allow_nan: bool = True):
     """`json.loads`, except that JSON nested deeper than the parser goes raises ValueError
-    like any other invalid JSON, not RecursionError."""
+    like any other invalid JSON, not RecursionError. With `allow_nan=False`, NaN, Infinity
+    and -Infinity, which Python's parser takes but JSON does not have, raise ValueError too."""
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=None if allow_nan else _not_a_json_number)
     except RecursionError:
         raise ValueError("JSON nested too deeply to parse") from None
 

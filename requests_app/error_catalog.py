@@ -73,8 +73,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "invalid_json",
         400,
         "invalid_request_error",
-        "The body is not valid JSON.",
-        "Send a JSON object; check the encoding and quoting.",
+        "The body is not valid JSON (`NaN` and `Infinity` are not JSON numbers either).",
+        "Send a JSON object; check the encoding and quoting, and that every number is finite.",
     ),
     ErrorCode(
         "invalid_stream",

@@ -204,7 +204,9 @@ def ensure_body_size(length: int) -> None:
 
 def parse_body(raw: bytes) -> dict:
     try:
-        payload = parse_json(raw)
+        # NaN and Infinity are refused: Python's parser takes them, but JSON has no such
+        # numbers and an upstream's parser may refuse the body after it was accepted and counted.
+        payload = parse_json(raw, allow_nan=False)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(
             "The request body is not valid JSON (or is nested too deeply to parse). Send a "

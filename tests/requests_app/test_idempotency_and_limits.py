@@ -218,6 +218,9 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
         ({"content": b"{not json"}, 400, "invalid_json"),
         ({"content": b"[1, 2]"}, 400, "invalid_body"),
         ({"content": b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}"}, 400, "invalid_json"),
+        # Python's parser takes these, but JSON has no such numbers (RFC 8259).
+        ({"content": b'{"model": "m", "messages": [], "temperature": NaN}'}, 400, "invalid_json"),
+        ({"content": b'{"model": "m", "messages": [], "top_p": -Infinity}'}, 400, "invalid_json"),
         (
             {"json": {"model": "e", "input": "x", "stream": True}, "path": "/v1/embeddings"},
             400,
