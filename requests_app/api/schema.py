@@ -280,6 +280,7 @@ def proxy_schema(endpoint_path: str):
             "invalid_status",
             "upstream_redirected",
             "upstream_not_json",
+            "invalid_content_encoding",
             "connecterror",
             note="no upstream answer on any attempt, or only one no client could use",
         ),
@@ -513,6 +514,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                         "invalid_status",
                         "upstream_redirected",
                         "upstream_not_json",
+                        "invalid_content_encoding",
                         note="`response_incomplete` for an answer cut off where only the "
                         "connection's close ends it",
                     ),

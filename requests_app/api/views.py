@@ -396,8 +396,10 @@ class ModelsView(V1View):
                 timeout=api_key.project.attempt_timeout_seconds,
             )
         except Exception as error:
+            failure = upstream.classify(error=error)  # says more than "unreachable" if it can
             raise UpstreamError(
-                "Could not reach the upstream to list models.", code="upstream_unreachable"
+                failure.message or "Could not reach the upstream to list models.",
+                code=failure.error_code if failure.message else "upstream_unreachable",
             ) from error
         verdict = upstream.classify(answer=answer)
         if verdict.response is None:  # no answer to pass on: a redirect, not JSON, no status

@@ -233,6 +233,11 @@ CHECK_BASE_URL = (
     "where the API's paths begin (usually /v1)."
 )
 SHOWN_LOCATION_CHARS = 200
+NOT_IN_ITS_ENCODING = (
+    "The upstream's answer was not in the compression its Content-Encoding header named, so "
+    "it could not be read; it was not retried, as the same bytes would come again. Check the "
+    "project's upstream base URL and any proxy in front of the provider that rewrites answers."
+)
 
 
 def redirect_target(location: str) -> str | None:
@@ -340,7 +345,11 @@ def classify(
         if isinstance(error, httpx.DecodingError):
             # The body is not in the Content-Encoding its headers name: the same bytes would
             # come again, so retrying would only spend the caller's attempts and time.
-            return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="invalid_content_encoding")
+            return AttemptResult(
+                Attempt.Outcome.FATAL_ERROR,
+                error_code="invalid_content_encoding",
+                message=NOT_IN_ITS_ENCODING,
+            )
         if isinstance(error, httpx.RequestError | httpx.InvalidURL | httpx.StreamError):
             return AttemptResult(
                 Attempt.Outcome.CONNECTION_ERROR, error_code=type(error).__name__.lower()[:64]

@@ -217,8 +217,13 @@ def test_a_huge_or_negative_retry_after_is_held_within_bounds(
         ),
         (raw_answer(b"200 OK", b"text/html", b"<h1>Log in</h1>"), "upstream_not_json", "text/html"),
         (CLOSE_DELIMITED + b'{"object":"list","data":[', "response_incomplete", "cut off"),
+        (
+            raw_answer(b"200 OK\r\ncontent-encoding: gzip", b"application/json", b"{}"),
+            "invalid_content_encoding",
+            "Content-Encoding",
+        ),
     ],
-    ids=["a redirect", "a login page", "cut where only the close ends it"],
+    ids=["a redirect", "a login page", "cut where only the close ends it", "not the gzip it says"],
 )  # fmt: skip
 def test_models_say_what_the_upstream_answered_rather_than_pass_it_on(
     live_api, tenant, fake_upstream, answer, code, said

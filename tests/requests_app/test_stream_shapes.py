@@ -171,7 +171,11 @@ def test_an_answer_not_in_the_encoding_it_names_ends_at_once_with_a_502(
     request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
 
     assert response.status_code == 502, response.text
-    assert response.json()["error"]["code"] == "invalid_content_encoding"
+    error = response.json()["error"]
+    assert error["code"] == "invalid_content_encoding"
+    # What went wrong and where to look, not a connection failure on every attempt.
+    assert "Content-Encoding" in error["message"] and "proxy" in error["message"]
+    assert "connection" not in error["message"]
     assert request.status == "failed"
     attempt = request.attempts.get()  # one, not retried
     assert (attempt.outcome, attempt.error_code) == ("fatal_error", "invalid_content_encoding")
