@@ -70,6 +70,14 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Send a smaller body.",
     ),
     ErrorCode(
+        "unsupported_content_encoding",
+        415,
+        "invalid_request_error",
+        "The body came with a `Content-Encoding` (gzip, br, zstd…): ReqRun reads request "
+        "bodies uncompressed only.",
+        "Send the body uncompressed, without a `Content-Encoding` header.",
+    ),
+    ErrorCode(
         "invalid_json",
         400,
         "invalid_request_error",

@@ -264,6 +264,7 @@ def proxy_schema(endpoint_path: str):
             410, "response_not_retained", note="a replay of a forgotten result"
         ),
         (413, json_only): error(413, "request_too_large"),
+        (415, json_only): error(415, "unsupported_content_encoding"),
         (422, json_only): error(422, "idempotency_key_reused"),
         (429, json_only): error(
             429,

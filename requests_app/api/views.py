@@ -202,6 +202,20 @@ def ensure_body_size(length: int) -> None:
         )
 
 
+def ensure_uncompressed(content_encoding: str) -> None:
+    if is_compressed(content_encoding):
+        raise InvalidRequest(
+            "The request body came with a Content-Encoding: ReqRun reads request bodies "
+            "uncompressed only. Send it without compression and without that header.",
+            param="Content-Encoding",
+            code="unsupported_content_encoding",
+        )
+
+
+def is_compressed(content_encoding: str) -> bool:
+    return content_encoding.strip().lower() not in ("", "identity")
+
+
 def parse_body(raw: bytes) -> dict:
     try:
         # NaN and Infinity are refused: Python's parser takes them, but JSON has no such
@@ -300,11 +314,14 @@ class ProxyView(V1View):
         return accepted.outcome, load_request(accepted.request.pk), wait_seconds, owed
 
     async def post(self, request, *args, **kwargs):
-        length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > settings.REQRUN_MAX_BODY_BYTES:
+        length = request.META.get("CONTENT_LENGTH") or ""
+        size = int(length) if length.isdigit() else 0
+        content_encoding = request.META.get("HTTP_CONTENT_ENCODING", "")
+        if size > settings.REQRUN_MAX_BODY_BYTES or is_compressed(content_encoding):
             # Refused before its body is read; the key is checked first, as for any call.
             await in_thread(self.authenticate_and_peek)(request)
-            ensure_body_size(int(length))
+            ensure_body_size(size)
+            ensure_uncompressed(content_encoding)
         # The id is chosen here and its completion notice awaited before the request exists,
         # so no notice can be missed and the wait needs no first database read.
         public_id = new_public_id("req")

@@ -1,6 +1,8 @@
 """Idempotency keys, plan refusals and bad input: clear errors, nothing enqueued or counted."""
 
+import gzip
 import hashlib
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -235,6 +237,19 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
             "invalid_wait",
         ),
         ({"content": b"{" + b" " * (10 * 1024 * 1024) + b"}"}, 413, "request_too_large"),
+        (
+            {
+                "content": gzip.compress(json.dumps(CHAT).encode()),
+                "headers": {"Content-Encoding": "gzip"},
+            },
+            415,
+            "unsupported_content_encoding",
+        ),
+        (
+            {"json": CHAT, "headers": {"Content-Encoding": "br"}},
+            415,
+            "unsupported_content_encoding",
+        ),
     ],
 )
 def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, status, code):
@@ -245,6 +260,14 @@ def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, stat
     assert response.headers["reqrun-ratelimit-limit"]  # on every answer to a known key
     assert not Request.objects.exists()
     assert usage_row(tenant.account).accepted_requests == 0
+
+
+def test_a_body_marked_with_the_identity_coding_is_read_as_it_is(tenant, live_api):
+    headers = {"Content-Encoding": "Identity", "Prefer": "respond-async"}
+    response = post(live_api, tenant, json=CHAT, headers=headers)
+
+    assert response.status_code == 202, response.text
+    assert usage_row(tenant.account).accepted_requests == 1
 
 
 def test_a_project_whose_primary_upstream_has_no_provider_key_is_refused(tenant, live_api):
