@@ -147,6 +147,12 @@ def final_response(request: Request) -> HttpResponse:
     return response
 
 
+def answer_has_body(http_request) -> bool:
+    """Whether the answer to an HTTP request carries a body: a HEAD's has headers only, so
+    a zero-retention result it would have shown has reached nobody and is kept."""
+    return http_request.method != "HEAD"
+
+
 def deliver_final_response(request: Request, *, owed: bool = False) -> HttpResponse:
     """The final answer for a waiting caller; with zero retention no copy is kept after it
     (after the last caller `owed` it, see `retention.forget_delivered_response`)."""

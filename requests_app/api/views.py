@@ -30,6 +30,7 @@ from requests_app.api import ratelimit, selectors
 from requests_app.api.authentication import authenticate
 from requests_app.api.responses import (
     answer_accepted,
+    answer_has_body,
     deliver,
     deliver_final_response,
     in_thread,
@@ -437,7 +438,8 @@ class RequestListView(V1View):
         api_key = self.authenticate_and_peek(request)
         page, has_more = selectors.list_requests(api_key.project, request.query_params)
         data = [request_object(item) for item in page]
-        retention.forget_shown_responses(page)  # zero retention: shown once, then gone
+        if answer_has_body(request):
+            retention.forget_shown_responses(page)  # zero retention: shown once, then gone
         return Response(
             {
                 "object": "list",
@@ -469,13 +471,14 @@ class RequestDetailView(V1View):
             )
         if wait and not record.is_terminal:
             record = await wait_until_finished(record.pk, record.public_id, wait)
-        return Response(await in_thread(shown_once)(record))
+        return Response(await in_thread(shown_once)(record, request))
 
 
-def shown_once(record: Request) -> dict:
+def shown_once(record: Request, http_request) -> dict:
     """The request object; zero retention keeps an async result only until it is shown."""
     body = request_object(record)
-    retention.forget_delivered_response(record)
+    if answer_has_body(http_request):
+        retention.forget_delivered_response(record)
     return body
 
 
@@ -490,9 +493,9 @@ class RequestCancelView(V1View):
                 f"Request {request_id} already finished with status '{record.status}'; "
                 "there is nothing to cancel.",
                 param="id",
-                request_object=shown_once(record),
+                request_object=shown_once(record, request),
             )
-        return Response(shown_once(load_request(record.pk)))
+        return Response(shown_once(load_request(record.pk), request))
 
     async def post(self, request, request_id: str):
         return await in_thread(self.cancel)(request, request_id)

@@ -16,6 +16,7 @@ from accounts.selectors import current_membership, membership_in
 from projects.limits import limits_for
 from projects.selectors import has_provider_key, projects_of
 from projects.views.access import project_view
+from requests_app.api.responses import answer_has_body
 from requests_app.api.schema import SCHEMA_URL, reference
 from requests_app.dashboard import selectors
 from requests_app.dashboard.forms import PROXIED_ENDPOINTS, RequestFilterForm
@@ -78,7 +79,8 @@ def request_detail(request, membership, record):
         "response_kept": response_kept,
     }
     page = render(request, "requests_app/request_detail.html", context)
-    retention.forget_shown_responses([record])  # zero retention: shown once, then gone
+    if answer_has_body(request):
+        retention.forget_shown_responses([record])  # zero retention: shown once, then gone
     return page
 
 

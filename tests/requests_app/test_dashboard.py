@@ -363,6 +363,27 @@ def test_an_expired_response_body_is_not_shown(client, alice, project):
     assert "No longer kept" in page
 
 
+def test_zero_retention_keeps_an_answer_a_head_request_did_not_show(client, alice, project):
+    project.zero_retention = True
+    project.save()
+    record = RequestFactory(
+        project=project,
+        status="succeeded",
+        response_status_code=200,
+        response_body=encryption.encrypt(b'{"answer": "kept until first shown"}'),
+        response_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    client.force_login(alice)
+    url = reverse("request-detail", args=[record.public_id])
+
+    assert client.head(url).status_code == 200  # headers only: nothing shown
+    page = client.get(url).content.decode()
+
+    assert "kept until first shown" in page
+    record.refresh_from_db()
+    assert record.response_body is None  # shown once, then gone
+
+
 # ----- usage -------------------------------------------------------------------------
 
 

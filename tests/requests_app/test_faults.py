@@ -299,6 +299,22 @@ def test_zero_retention_forgets_an_answer_once_the_list_has_shown_it(tenant, liv
     assert Request.objects.get(public_id=public_id).response_body is None
 
 
+def test_zero_retention_keeps_an_answer_a_head_request_did_not_show(tenant, live_api):
+    # HEAD answers with headers only: the answer has reached nobody, so it is still owed.
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    public_id = accept_async(live_api, tenant)
+    wait_until(lambda: terminal(public_id), message="the request never ended")
+
+    for path in (f"/v1/requests/{public_id}", "/v1/requests"):
+        head = httpx.head(f"{live_api.url}{path}", headers=headers_for(tenant))
+        assert head.status_code == 200 and head.content == b""
+    shown = httpx.get(f"{live_api.url}/v1/requests/{public_id}", headers=headers_for(tenant))
+
+    assert shown.json()["response"]["status_code"] == 200
+    assert Request.objects.get(public_id=public_id).response_body is None  # shown: now gone
+
+
 def test_zero_retention_forgets_an_answer_once_a_replay_has_delivered_it(tenant, live_api):
     tenant.project.zero_retention = True
     tenant.project.save()
