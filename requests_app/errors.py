@@ -92,6 +92,13 @@ class BodyTooLarge(ApiError):
     code = "request_too_large"
 
 
+def body_too_large() -> BodyTooLarge:
+    return BodyTooLarge(
+        f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes, the most "
+        "ReqRun accepts. Send a smaller body: fewer or shorter messages, or smaller images."
+    )
+
+
 class IdempotencyMismatch(ApiError):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     code = "idempotency_key_reused"
@@ -162,7 +169,7 @@ def openai_exception_handler(exc, context):
     if isinstance(exc, Http404):
         exc = NotFound("No such object.")
     if isinstance(exc, RequestDataTooBig):
-        exc = BodyTooLarge("The request body is too large.")
+        exc = body_too_large()
     if isinstance(exc, TooManyFieldsSent):  # Django will not parse such a query string
         exc = InvalidRequest(
             f"The query string has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} "

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from django.template.response import SimpleTemplateResponse
 from drf_spectacular.utils import extend_schema
@@ -42,12 +43,12 @@ from requests_app.api.stream_relay import relay_stream
 from requests_app.engine import accept, cancel, retention, upstream
 from requests_app.engine.notifications import hub
 from requests_app.errors import (
-    BodyTooLarge,
     Conflict,
     InvalidRequest,
     NotFound,
     RateLimited,
     UpstreamError,
+    body_too_large,
     envelope,
 )
 from requests_app.models import Request
@@ -197,10 +198,7 @@ def parse_idempotency_key(request) -> str | None:
 
 def ensure_body_size(length: int) -> None:
     if length > settings.REQRUN_MAX_BODY_BYTES:
-        raise BodyTooLarge(
-            f"The request body is larger than {settings.REQRUN_MAX_BODY_BYTES} bytes, the most "
-            "ReqRun accepts. Send a smaller body: fewer or shorter messages, or smaller images."
-        )
+        raise body_too_large()
 
 
 def ensure_uncompressed(content_encoding: str) -> None:
@@ -318,8 +316,15 @@ class ProxyView(V1View):
         length = request.META.get("CONTENT_LENGTH") or ""
         size = int(length) if length.isdigit() else 0
         content_encoding = request.META.get("HTTP_CONTENT_ENCODING", "")
-        if size > settings.REQRUN_MAX_BODY_BYTES or is_compressed(content_encoding):
-            # Refused before its body is read; the key is checked first, as for any call.
+        refused = size > settings.REQRUN_MAX_BODY_BYTES or is_compressed(content_encoding)
+        body = b""
+        if not refused:
+            try:
+                body = request.body
+            except RequestDataTooBig:  # sent without a Content-Length: too large once read
+                refused, size = True, settings.REQRUN_MAX_BODY_BYTES + 1
+        if refused:
+            # Refused before its body is used; the key is checked first, as for any call.
             await in_thread(self.authenticate_and_peek)(request)
             ensure_body_size(size)
             ensure_uncompressed(content_encoding)
@@ -329,14 +334,12 @@ class ProxyView(V1View):
         completion_hub = await hub()
         notice = completion_hub.register(public_id)
         try:
-            return await self.respond(request, public_id, notice)
+            return await self.respond(request, body, public_id, notice)
         finally:
             completion_hub.unregister(public_id, notice)
 
-    async def respond(self, request, public_id: str, notice):
-        outcome, record, wait_seconds, owed = await in_thread(self.accept)(
-            request, request.body, public_id
-        )
+    async def respond(self, request, body: bytes, public_id: str, notice):
+        outcome, record, wait_seconds, owed = await in_thread(self.accept)(request, body, public_id)
         metrics.request_accepted(endpoint=self.endpoint, outcome=outcome)
         if record.stream and outcome != "replayed":
             return await relay_stream(record, wait_seconds)

@@ -262,6 +262,23 @@ def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, stat
     assert usage_row(tenant.account).accepted_requests == 0
 
 
+def test_a_body_too_large_sent_without_its_length_is_refused_like_one_with_it(tenant, live_api):
+    def chunked():  # no Content-Length: the size is known only once the body is read
+        yield b'{"model": "m", "pad": "'
+        yield b"x" * (10 * 1024 * 1024)
+        yield b'"}'
+
+    refused = post(live_api, tenant, content=chunked())
+    keyless = httpx.post(f"{live_api.url}/v1/chat/completions", content=chunked(), timeout=60)
+
+    assert_openai_error(refused, 413, "request_too_large")
+    assert "10485760 bytes" in refused.json()["error"]["message"]  # the limit, and what to do
+    assert "smaller body" in refused.json()["error"]["message"]
+    assert refused.headers["reqrun-ratelimit-limit"]
+    assert_openai_error(keyless, 401, "invalid_api_key")  # the key is checked first
+    assert not Request.objects.exists()
+
+
 def test_a_body_marked_with_the_identity_coding_is_read_as_it_is(tenant, live_api):
     headers = {"Content-Encoding": "Identity", "Prefer": "respond-async"}
     response = post(live_api, tenant, json=CHAT, headers=headers)
