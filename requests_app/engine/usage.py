@@ -9,11 +9,13 @@ from core.untrusted import parse_json
 from requests_app.engine import sse
 from requests_app.models import Status
 
-# Token counts come from the upstream's answer: sum only the ones that are whole numbers.
+# Token counts come from the upstream's answer: only whole numbers of at most this many
+# digits are kept and summed (a sum of them stays far inside a bigint).
+TOKEN_DIGITS = 15
 TOKENS = Coalesce(
     Sum(
         Cast(KT("usage__total_tokens"), BigIntegerField()),
-        filter=Q(usage__total_tokens__regex=r"^[0-9]{1,15}$"),
+        filter=Q(usage__total_tokens__regex=rf"^[0-9]{{1,{TOKEN_DIGITS}}}$"),
     ),
     0,
 )
@@ -37,8 +39,9 @@ def usage_from_body(body: bytes) -> dict | None:
 def normalise_usage(usage) -> dict | None:
     """Chat/completions report prompt/completion tokens; the Responses API input/output.
 
-    Only whole numbers are kept: a broken upstream's string (which may hold a NUL or a lone
-    surrogate, neither storable in PostgreSQL) or NaN must not fail the request's record.
+    Only whole numbers are kept (`_count`): a broken upstream's string (which may hold a NUL
+    or a lone surrogate, neither storable in PostgreSQL) or NaN must not fail the request's
+    record.
     """
     if not isinstance(usage, dict):
         return None
@@ -53,7 +56,11 @@ def normalise_usage(usage) -> dict | None:
 
 
 def _count(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A whole number the usage page can sum: not a bool, a negative or a count past
+    TOKEN_DIGITS digits, which a broken upstream may send and no total could count."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**TOKEN_DIGITS:
+        return value
+    return None
 
 
 def usage_from_event_stream(body: bytes) -> dict | None:

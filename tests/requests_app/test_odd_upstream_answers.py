@@ -111,6 +111,26 @@ def test_json_leading_whitespace_still_counts_as_json(live_api, tenant, fake_ups
     assert (request.status, request.usage["total_tokens"]) == ("succeeded", 3)
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        b'{"prompt_tokens": -5, "completion_tokens": 2, "total_tokens": -3}',
+        b'{"prompt_tokens": 10000000000000000, "total_tokens": 10000000000000002}',
+    ],
+    ids=["negative", "past what the usage page sums"],
+)
+def test_negative_or_enormous_token_counts_leave_the_usage_unknown(
+    live_api, tenant, fake_upstream, usage
+):
+    body = b'{"id":"c1","object":"chat.completion","choices":[],"usage":' + usage + b"}"
+    fake_upstream.answer_raw("raw", raw_answer(b"200 OK", b"application/json", body))
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert (response.status_code, response.content) == (200, body)  # relayed unchanged
+    assert (request.status, request.usage) == ("succeeded", None)
+
+
 def test_json_answered_to_a_stream_is_an_invalid_event_stream(live_api, tenant, fake_upstream):
     body = b'{"id":"c1","object":"chat.completion","choices":[]}'
     fake_upstream.answer_raw("raw", raw_answer(b"200 OK", b"application/json", body))
