@@ -81,7 +81,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "invalid_json",
         400,
         "invalid_request_error",
-        "The body is not valid JSON (`NaN` and `Infinity` are not JSON numbers either).",
+        "The body is not valid JSON in UTF-8 (`NaN` and `Infinity` are not JSON numbers "
+        "either, and UTF-16 or UTF-32 text is refused).",
         "Send a JSON object; check the encoding and quoting, and that every number is finite.",
     ),
     ErrorCode(

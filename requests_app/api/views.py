@@ -217,13 +217,15 @@ def is_compressed(content_encoding: str) -> bool:
 
 def parse_body(raw: bytes) -> dict:
     try:
-        # NaN and Infinity are refused: Python's parser takes them, but JSON has no such
-        # numbers and an upstream's parser may refuse the body after it was accepted and counted.
-        payload = parse_json(raw, allow_nan=False)
+        # Python's parser also takes NaN and Infinity, and UTF-16 or -32 text: JSON has no
+        # such numbers and is UTF-8 between systems (RFC 8259), so the upstream's parser
+        # could refuse such a body after it was accepted and counted. (A UTF-8 byte order
+        # mark is let through, as RFC 8259 allows.)
+        payload = parse_json(raw.decode("utf-8-sig"), allow_nan=False)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest(
-            "The request body is not valid JSON (or is nested too deeply to parse). Send a "
-            "JSON object with 'Content-Type: application/json'.",
+            "The request body is not valid JSON in UTF-8 (or is nested too deeply to parse). "
+            "Send a JSON object, encoded as UTF-8, with 'Content-Type: application/json'.",
             code="invalid_json",
         ) from None
     if not isinstance(payload, dict):

@@ -223,6 +223,9 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
         # Python's parser takes these, but JSON has no such numbers (RFC 8259).
         ({"content": b'{"model": "m", "messages": [], "temperature": NaN}'}, 400, "invalid_json"),
         ({"content": b'{"model": "m", "messages": [], "top_p": -Infinity}'}, 400, "invalid_json"),
+        # JSON between systems is UTF-8 (RFC 8259); Python's parser also takes UTF-16 and -32.
+        ({"content": json.dumps(CHAT).encode("utf-16")}, 400, "invalid_json"),
+        ({"content": json.dumps(CHAT).encode("utf-32-le")}, 400, "invalid_json"),
         (
             {"json": {"model": "e", "input": "x", "stream": True}, "path": "/v1/embeddings"},
             400,
