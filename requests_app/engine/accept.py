@@ -80,10 +80,14 @@ def remembered_call(
 
 
 def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
-    if existing.body_sha256 != body_sha256 or existing.endpoint != endpoint:
+    if existing.endpoint != endpoint or existing.body_sha256 != body_sha256:
+        used = (
+            f"for a call to {existing.endpoint}"
+            if existing.endpoint != endpoint
+            else "with a different request body"
+        )
         raise IdempotencyMismatch(
-            "This Idempotency-Key was already used with a different request body. "
-            "Use a new key for a different request.",
+            f"This Idempotency-Key was already used {used}. Use a new key for a different request.",
             param="Idempotency-Key",
         )
     return Accepted(existing, "replayed" if existing.is_terminal else "attached")

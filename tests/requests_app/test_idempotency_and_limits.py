@@ -149,6 +149,18 @@ def test_the_same_key_with_another_body_is_refused(tenant, live_api):
     assert Request.objects.count() == 1
 
 
+def test_the_same_key_and_body_on_another_endpoint_is_refused_naming_the_first(tenant, live_api):
+    body = {"model": "m", "input": "x"}
+    headers = {"Idempotency-Key": "k2", "Prefer": "respond-async"}
+    post(live_api, tenant, json=body, headers=headers, path="/v1/embeddings")
+    response = post(live_api, tenant, json=body, headers=headers, path="/v1/moderations")
+
+    assert_openai_error(response, 422, "idempotency_key_reused")
+    message = response.json()["error"]["message"]
+    assert "/v1/embeddings" in message and "body" not in message  # the body was the same
+    assert Request.objects.count() == 1
+
+
 def test_async_call_with_a_running_key_attaches_to_the_same_request(tenant, live_api):
     body = {**CHAT, "model": "script:sleep1500,200"}
     headers = {"Idempotency-Key": "attach", "Prefer": "respond-async"}
