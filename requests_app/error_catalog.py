@@ -228,8 +228,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         502,
         "upstream_error",
         "The upstream's answer was not in the `Content-Encoding` its headers named (a body "
-        "marked gzip that is not), so it could not be read. The call is not retried: the "
-        "same bytes would come again.",
+        "marked gzip that is not), or was in one ReqRun cannot decode (anything but gzip and "
+        "deflate: br, zstd…), so it could not be read. The call is not retried: the same "
+        "bytes would come again.",
         "Check the upstream URL, and any proxy in front of the provider that rewrites answers.",
     ),
     ErrorCode(

@@ -105,9 +105,24 @@ def _sent(method: str, url: str, *, headers: dict[str, str], body: bytes | None,
     response = transport().handle_request(request)
     response.request = request
     try:
+        ensure_readable_encoding(response.headers)
         yield response
     finally:
         response.close()
+
+
+# The content codings httpx decodes; it passes any other's bytes on as they came.
+READABLE_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+
+
+class UnreadableEncoding(Exception):
+    """The answer is in a compression ReqRun cannot decode (br, zstd…): not read at all."""
+
+
+def ensure_readable_encoding(headers: httpx.Headers) -> None:
+    codings = {coding.strip().lower() for coding in headers.get("content-encoding", "").split(",")}
+    if codings - READABLE_ENCODINGS - {""}:
+        raise UnreadableEncoding("the answer's Content-Encoding names a coding httpx cannot decode")
 
 
 def endpoint_url(base_url: str, endpoint: str) -> str:
@@ -233,6 +248,12 @@ CHECK_BASE_URL = (
     "where the API's paths begin (usually /v1)."
 )
 SHOWN_LOCATION_CHARS = 200
+IN_AN_UNREADABLE_ENCODING = (
+    "The upstream answered in a compression ReqRun cannot read: its Content-Encoding header "
+    "names a coding other than gzip or deflate (br or zstd, say). It was not retried, as the "
+    "same would come again. Check the project's upstream base URL and any proxy in front of "
+    "the provider that compresses answers."
+)
 NOT_IN_ITS_ENCODING = (
     "The upstream's answer was not in the compression its Content-Encoding header named, so "
     "it could not be read; it was not retried, as the same bytes would come again. Check the "
@@ -342,6 +363,12 @@ def classify(
             )
         if isinstance(error, httpx.TimeoutException):
             return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
+        if isinstance(error, UnreadableEncoding):
+            return AttemptResult(
+                Attempt.Outcome.FATAL_ERROR,
+                error_code="invalid_content_encoding",
+                message=IN_AN_UNREADABLE_ENCODING,
+            )
         if isinstance(error, httpx.DecodingError):
             # The body is not in the Content-Encoding its headers name: the same bytes would
             # come again, so retrying would only spend the caller's attempts and time.
