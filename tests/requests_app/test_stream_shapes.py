@@ -151,6 +151,23 @@ def test_a_compressed_stream_is_relayed_decoded(live_api, tenant, fake_upstream)
     assert (request.status, request.usage["total_tokens"]) == ("succeeded", 3)
 
 
+def call_answered_in(coding: bytes, body: bytes, live_api, tenant, fake_upstream, streamed):
+    """A call whose upstream answers 200 with `body` under `Content-Encoding: coding`; the
+    caller's answer and the request once it has finished."""
+    content_type = b"text/event-stream" if streamed else b"application/json"
+    head = HEAD.replace(b"text/event-stream", content_type).replace(
+        b"\r\n\r\n", b"\r\ncontent-encoding: " + coding + b"\r\n\r\n"
+    )
+    fake_upstream.answer_raw("raw", head + body)
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "raw", "stream": streamed, "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
+    return response, wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
+
+
 @pytest.mark.parametrize("streamed", [True, False])
 @pytest.mark.parametrize("coding", [b"br", b"zstd", b"gzip, br"])
 def test_an_answer_in_a_compression_reqrun_cannot_read_ends_at_once_with_a_502(
@@ -158,19 +175,9 @@ def test_an_answer_in_a_compression_reqrun_cannot_read_ends_at_once_with_a_502(
 ):
     # Without an Accept-Encoding HTTP lets an upstream pick these too; httpx would pass
     # their bytes on undecoded, read as a 2xx that is not JSON or not an event stream.
-    content_type = b"text/event-stream" if streamed else b"application/json"
-    head = HEAD.replace(b"text/event-stream", content_type).replace(
-        b"\r\n\r\n", b"\r\ncontent-encoding: " + coding + b"\r\n\r\n"
+    response, request = call_answered_in(
+        coding, b"\x1b\x10\x00\xf8\xa5\x86\x02", live_api, tenant, fake_upstream, streamed
     )
-    fake_upstream.answer_raw("raw", head + b"\x1b\x10\x00\xf8\xa5\x86\x02")
-
-    response = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json={"model": "raw", "stream": streamed, "messages": [{"role": "user", "content": "x"}]},
-        headers={"Authorization": f"Bearer {tenant.raw_key}"},
-        timeout=30,
-    )
-    request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
 
     assert response.status_code == 502, response.text
     error = response.json()["error"]
@@ -185,19 +192,9 @@ def test_an_answer_not_in_the_encoding_it_names_ends_at_once_with_a_502(
     live_api, tenant, fake_upstream, streamed
 ):
     # The same bytes would come again: retrying only spends the caller's attempts and time.
-    content_type = b"text/event-stream" if streamed else b"application/json"
-    head = HEAD.replace(b"text/event-stream", content_type).replace(
-        b"\r\n\r\n", b"\r\ncontent-encoding: gzip\r\n\r\n"
+    response, request = call_answered_in(
+        b"gzip", b'{"not": "gzip at all"}', live_api, tenant, fake_upstream, streamed
     )
-    fake_upstream.answer_raw("raw", head + b'{"not": "gzip at all"}')
-
-    response = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json={"model": "raw", "stream": streamed, "messages": [{"role": "user", "content": "x"}]},
-        headers={"Authorization": f"Bearer {tenant.raw_key}"},
-        timeout=30,
-    )
-    request = wait_until(lambda: Request.objects.filter(finished_at__isnull=False).first())
 
     assert response.status_code == 502, response.text
     error = response.json()["error"]
