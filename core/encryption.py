@@ -5,13 +5,24 @@ older key still decrypts; `manage.py rotate_encryption_keys` re-encrypts it all 
 primary so the old key can be dropped from the ring.
 """
 
+import logging
 from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models, transaction
 
-__all__ = ["InvalidToken", "decrypt", "encrypt", "newest_unreadable", "rotate", "rotate_stored"]
+__all__ = [
+    "InvalidToken",
+    "decrypt",
+    "decrypt_stored",
+    "encrypt",
+    "newest_unreadable",
+    "rotate",
+    "rotate_stored",
+]
+
+logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
@@ -29,6 +40,18 @@ def encrypt(plaintext: bytes) -> bytes:
 
 def decrypt(token: bytes) -> bytes:
     return key_ring().decrypt(bytes(token))
+
+
+def decrypt_stored(token: bytes | memoryview, **about: str) -> bytes | None:
+    """A stored value decrypted, or None when no key in the ring opens it: the key it was
+    encrypted under left REQRUN_ENCRYPTION_KEYS before `rotate_encryption_keys` re-encrypted
+    it, or an old backup was restored. The start-up check reads only the newest rows, so an
+    older one is met here; the warning names it by `about` (ids), never by the token."""
+    try:
+        return decrypt(token)
+    except InvalidToken:
+        logger.warning("stored value cannot be decrypted", extra=about)
+        return None
 
 
 def rotate(token: bytes) -> bytes:

@@ -58,6 +58,7 @@ FIELDS: dict[str, str] = {
     "sqlstate": "sqlstate",
     "down": "down",
     "view": "view",
+    "stored": "stored",
     # Accounts, projects, billing, privacy.
     "user_id": "user_id",
     "subject_id": "subject_id",

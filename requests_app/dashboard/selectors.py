@@ -103,17 +103,23 @@ def has_requests(project: Project) -> bool:
 
 @dataclass
 class Body:
-    """A stored body as the detail page shows it: pretty JSON, or text, possibly cut."""
+    """A stored body as the detail page shows it: pretty JSON, or text, possibly cut; or
+    `unreadable` when the encryption keys no longer open it."""
 
     text: str
     is_json: bool
     truncated: bool
+    unreadable: bool = False
 
 
-def readable_body(encrypted: bytes | memoryview | None) -> Body | None:
+def readable_body(
+    encrypted: bytes | memoryview | None, *, request_id: str, stored: str
+) -> Body | None:
     if encrypted is None:
         return None
-    raw = encryption.decrypt(bytes(encrypted))
+    raw = encryption.decrypt_stored(encrypted, request_id=request_id, stored=stored)
+    if raw is None:
+        return Body(text="", is_json=False, truncated=False, unreadable=True)
     try:
         text, is_json = json.dumps(parse_json_to_keep(raw), indent=2, ensure_ascii=False), True
     except (ValueError, RecursionError):  # not JSON we can show; too deep to indent

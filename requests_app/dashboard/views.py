@@ -74,8 +74,14 @@ def request_detail(request, membership, record):
         "project": record.project,
         "record": record,
         "timeline": selectors.attempt_timeline(record),
-        "request_body": selectors.readable_body(record.request_body),
-        "response_body": selectors.readable_body(record.response_body) if response_kept else None,
+        "request_body": selectors.readable_body(
+            record.request_body, request_id=record.public_id, stored="request_body"
+        ),
+        "response_body": selectors.readable_body(
+            record.response_body, request_id=record.public_id, stored="response_body"
+        )
+        if response_kept
+        else None,
         "response_kept": response_kept,
     }
     page = render(request, "requests_app/request_detail.html", context)

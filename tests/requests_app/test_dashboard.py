@@ -1,9 +1,11 @@
 """The dashboard's request and usage pages: tenancy, filters, pagination, retention notes."""
 
 import json
+import logging
 from datetime import timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -345,6 +347,30 @@ def test_an_answer_that_cannot_be_written_out_as_json_again_is_shown_as_text(
 
     assert response.status_code == 200
     assert "half \\ud83d" in response.content.decode()  # the stored text, as it came
+
+
+def test_bodies_the_encryption_keys_cannot_read_are_said_so(client, alice, project, caplog):
+    dropped = Fernet(Fernet.generate_key())  # a key no longer in REQRUN_ENCRYPTION_KEYS
+    record = RequestFactory(
+        project=project,
+        status="running",
+        request_body=dropped.encrypt(b'{"prompt": "sealed question"}'),
+        response_status_code=200,
+        response_body=dropped.encrypt(b'{"answer": "sealed answer"}'),
+        response_expires_at=timezone.now() + timedelta(minutes=1),
+    )
+    client.force_login(alice)
+
+    with caplog.at_level(logging.WARNING):
+        response = client.get(reverse("request-detail", args=[record.public_id]))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert page.count("cannot be read with the current encryption keys") == 2
+    assert "sealed" not in page
+    unreadable = [r for r in caplog.records if r.getMessage() == "stored value cannot be decrypted"]
+    assert [r.request_id for r in unreadable] == [record.public_id] * 2
+    assert "gAAAAA" not in caplog.text
 
 
 def test_an_expired_response_body_is_not_shown(client, alice, project):
