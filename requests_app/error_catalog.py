@@ -189,7 +189,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         410,
         "invalid_request_error",
         "The request finished but its response body is gone: kept 24 hours, or not kept past "
-        "delivery with zero retention. Status and usage remain.",
+        "delivery with zero retention. Status and usage remain. Also when the stored body "
+        "can no longer be decrypted (its encryption key was removed from ReqRun's key ring); "
+        "the message then says so.",
         "Store results on your side when you receive them.",
     ),
     ErrorCode(

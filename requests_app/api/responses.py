@@ -15,7 +15,6 @@ from django.http import HttpResponse
 from rest_framework import status
 from rest_framework.response import Response
 
-from core import encryption
 from core.outages import is_outage
 from core.prepared import PreparedGet
 from requests_app import metrics
@@ -85,7 +84,7 @@ def _error_status(error: dict) -> int:
 
 def _truncated_stream(request: Request) -> HttpResponse:
     """What was delivered of a stream that did not finish, ended by its recorded error."""
-    delivered = b"" if request.response_body is None else encryption.decrypt(request.response_body)
+    delivered = retention.stored_response_body(request) or b""  # kept no longer, or unreadable
     error = request.error or {
         "message": "The request was canceled while it streamed; the answer is incomplete.",
         "code": "request_canceled",
@@ -97,12 +96,22 @@ def _truncated_stream(request: Request) -> HttpResponse:
     return response
 
 
+RESPONSE_NOT_RETAINED = (
+    "The response is no longer kept (zero retention or older than 24 hours); the request's "
+    "status and usage remain available."
+)
+RESPONSE_UNREADABLE = (
+    "The stored response cannot be read with ReqRun's current encryption keys (the key it was "
+    "encrypted with has been removed), so it cannot be replayed; the request's status and "
+    "usage remain available."
+)
+
+
 def final_response(request: Request) -> HttpResponse:
     """How the request ended, as the caller (or a replay) gets it: the upstream's final
     answer as if the client had called it, a truncated stream ending in its error event, or
     ReqRun's own error. A replay never presents a failed or canceled request as a success."""
     error = request.error or {}
-    stored = request.response_body is not None and request.response_status_code is not None
     if request.stream and request.partial:
         response = _truncated_stream(request)
     elif request.status == Status.CANCELED:
@@ -117,18 +126,20 @@ def final_response(request: Request) -> HttpResponse:
             },
             status.HTTP_409_CONFLICT,
         )
-    elif stored:
-        response = _json(
-            encryption.decrypt(request.response_body),
-            request.response_status_code,
-            request.response_headers,
-        )
+    elif (
+        request.response_status_code is not None
+        and (body := retention.stored_response_body(request)) is not None
+    ):
+        response = _json(body, request.response_status_code, request.response_headers)
     elif request.status == Status.SUCCEEDED or (request.response_status_code and not error):
         response = _json(
             {
                 "error": {
-                    "message": "The response is no longer kept (zero retention or older than "
-                    "24 hours); the request's status and usage remain available.",
+                    # Still stored, yet not answered above: the keys no longer open it.
+                    "message": RESPONSE_UNREADABLE
+                    if request.response_status_code is not None
+                    and request.response_body is not None
+                    else RESPONSE_NOT_RETAINED,
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "response_not_retained",

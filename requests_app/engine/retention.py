@@ -19,6 +19,7 @@ from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
 
 from accounts.models import Account
+from core import encryption
 from core.outages import database_unavailable
 from projects.limits import limits_for
 from requests_app.engine.usage import REQUEST_TOTALS
@@ -110,6 +111,16 @@ def response_is_retained(request: Request) -> bool:
     purge has come round to drop it yet."""
     return request.response_body is not None and (
         request.response_expires_at is None or request.response_expires_at > timezone.now()
+    )
+
+
+def stored_response_body(request: Request) -> bytes | None:
+    """The stored answer, decrypted; None when none is stored, or when the encryption keys
+    no longer open it (then shown as if it had expired)."""
+    if request.response_body is None:
+        return None
+    return encryption.decrypt_stored(
+        request.response_body, request_id=request.public_id, stored="response_body"
     )
 
 
