@@ -477,14 +477,21 @@ def remove_upstream(
 
 
 def provider_key_of(target: Upstream | Project) -> str | None:
-    """The decrypted provider key of an upstream (of a project: its primary's)."""
+    """The decrypted provider key of an upstream (of a project: its primary's). None when it
+    has none, or when the encryption keys no longer open it (`has_provider_key` tells which)."""
     if isinstance(target, Project):
         target = primary_upstream(target)
         if target is None:
             return None
     if not target.provider_key_encrypted:
         return None
-    return encryption.decrypt(target.provider_key_encrypted).decode()
+    provider_key = encryption.decrypt_stored(
+        target.provider_key_encrypted,
+        project=target.project.public_id,
+        upstream=target.name,
+        stored="provider_key",
+    )
+    return None if provider_key is None else provider_key.decode()
 
 
 def rotate_provider_keys(*, batch_size: int = 500) -> int:

@@ -323,6 +323,18 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         retry=True,
     ),
     ErrorCode(
+        "encryption_key_missing",
+        503,
+        "server_error",
+        "ReqRun cannot decrypt what the call needs, the project's provider key or the "
+        "request's stored body: the encryption key it was stored under has been removed from "
+        "ReqRun's key ring (`REQRUN_ENCRYPTION_KEYS`). The request fails without reaching the "
+        "upstream; the message says which was unreadable.",
+        "Operators: put the removed key back in `REQRUN_ENCRYPTION_KEYS` (after the new "
+        "primary) and restart. Customers: entering the provider key again in the project's "
+        "settings stores it under the current key; then send the request again.",
+    ),
+    ErrorCode(
         "internal_error",
         500,
         "server_error",

@@ -125,6 +125,12 @@ class ServiceUnavailable(ApiError):
     code = "service_unavailable"
 
 
+class EncryptionKeyMissing(ApiError):
+    """A stored secret the key ring no longer opens (the error catalogue says what to do)."""
+
+    code = "encryption_key_missing"
+
+
 def outage_error(error: BaseException, *, request_id: str | None = None) -> ServiceUnavailable:
     """The 503 for an outage; with `request_id`, for a caller whose request was accepted."""
     which = "Redis" if is_redis_outage(error) else "database"

@@ -185,6 +185,14 @@ EVERY_CALL_ERRORS = {
     429: error(429, "too_many_auth_failures", note="with `Retry-After`"),
     503: error(503, "service_unavailable", note="with `Retry-After`"),
 }
+# A call that needs the project's provider key or a stored request body may also find the
+# key ring no longer opens it.
+UNAVAILABLE_OR_UNREADABLE = error(
+    503,
+    "service_unavailable",
+    "encryption_key_missing",
+    note="`service_unavailable` with `Retry-After`; `encryption_key_missing` needs the operator",
+)
 # An upstream's 4xx or 5xx is returned as it gave it (a redirect or an invalid status is a 502).
 UPSTREAM_ANSWERS = {
     "4XX": OpenApiResponse(
@@ -259,6 +267,7 @@ def proxy_schema(endpoint_path: str):
         ),
         (400, json_only): error(400, *bad_request),
         **{(status, json_only): answer for status, answer in EVERY_CALL_ERRORS.items()},
+        (503, json_only): UNAVAILABLE_OR_UNREADABLE,
         (409, json_only): error(409, "request_canceled", note="the request was canceled"),
         (410, json_only): error(
             410, "response_not_retained", note="a replay of a forgotten result"
@@ -509,6 +518,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                     200: ref("OpenAIResponse"),
                     400: error(400, "provider_key_missing"),
                     **EVERY_CALL_ERRORS,
+                    503: UNAVAILABLE_OR_UNREADABLE,
                     502: error(
                         502,
                         "upstream_unreachable",

@@ -41,9 +41,11 @@ from requests_app.api.responses import (
 from requests_app.api.serializers import request_object
 from requests_app.api.stream_relay import relay_stream
 from requests_app.engine import accept, cancel, retention, upstream
+from requests_app.engine.executor import UNREADABLE_PROVIDER_KEY
 from requests_app.engine.notifications import hub
 from requests_app.errors import (
     Conflict,
+    EncryptionKeyMissing,
     InvalidRequest,
     NotFound,
     RateLimited,
@@ -403,12 +405,14 @@ class ModelsView(V1View):
     def fetch(self, request, model_id: str | None):
         api_key = self.authenticate_and_peek(request)
         primary = primary_upstream(api_key.project)
-        provider_key = provider_key_of(primary) if primary else None
-        if provider_key is None:
+        if primary is None or not primary.has_provider_key:
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",
             )
+        provider_key = provider_key_of(primary)
+        if provider_key is None:
+            raise EncryptionKeyMissing(UNREADABLE_PROVIDER_KEY)
         path = "/v1/models" + (f"/{model_path(model_id)}" if model_id else "")
         try:
             answer = upstream.call(

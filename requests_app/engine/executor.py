@@ -293,15 +293,39 @@ def conclude_attempt(
     return True, None
 
 
+KEY_RING_ADVICE = (
+    "the encryption key it was stored under is no longer in REQRUN_ENCRYPTION_KEYS. The "
+    "operator must put that key back in REQRUN_ENCRYPTION_KEYS (after the current primary) and "
+    "restart ReqRun"
+)
+UNREADABLE_PROVIDER_KEY = (
+    f"ReqRun cannot decrypt the upstream's stored provider key: {KEY_RING_ADVICE}, or the "
+    "provider key must be entered again in the project's settings."
+)
+UNREADABLE_REQUEST_BODY = (
+    f"ReqRun cannot decrypt this request's stored request body, so it was not sent upstream: "
+    f"{KEY_RING_ADVICE} so that other requests stored under it can run. Send this one again."
+)
+
+
 def _call_upstream(
     request: Request, number: int, slot: str, route: failover.Route | None
 ) -> AttemptResult:
     """One attempt against the routed upstream, streamed or not."""
-    provider_key = provider_key_of(route.upstream) if route else None
-    if provider_key is None:
+    target = route.upstream if route else None
+    if target is None or not target.has_provider_key:
         return AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="provider_key_missing")
-    target = route.upstream
-    body = target.mapped_body(encryption.decrypt(request.request_body))
+    provider_key = provider_key_of(target)
+    stored_body = encryption.decrypt_stored(
+        request.request_body, request_id=request.public_id, stored="request_body"
+    )
+    if provider_key is None or stored_body is None:
+        return AttemptResult(
+            Attempt.Outcome.FATAL_ERROR,
+            error_code="encryption_key_missing",
+            message=UNREADABLE_PROVIDER_KEY if provider_key is None else UNREADABLE_REQUEST_BODY,
+        )
+    body = target.mapped_body(stored_body)
     url = upstream.endpoint_url(target.base_url, request.endpoint)
     if request.stream:
         return stream_attempt(
@@ -380,7 +404,7 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     else:
         # Refused, dropped before an answer, or cut partway through one.
         message = "The connection to the upstream failed or broke off on every attempt."
-    if code in ("internal_error",):
+    if code in ("internal_error", "encryption_key_missing"):
         return error_object(code, message)
     return {"message": message, "type": "upstream_error", "param": None, "code": code}
 

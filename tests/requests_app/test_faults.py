@@ -10,6 +10,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
+from core import encryption
 from projects.models import Upstream
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine import upstream
@@ -188,9 +189,11 @@ def test_the_answers_type_is_kept_whatever_the_upstream_sent_before_it():
 def test_an_exception_inside_an_attempt_is_a_recorded_outcome_not_a_stranded_request(
     tenant, live_api
 ):
-    # A provider key that no longer decrypts (a key ring set up wrong) makes the attempt
-    # raise inside the worker, before any upstream call.
-    Upstream.objects.filter(project=tenant.project).update(provider_key_encrypted=b"not-a-token")
+    # A provider key no HTTP header can carry (stored around the settings form's check)
+    # makes the attempt raise inside the worker, before any upstream call.
+    Upstream.objects.filter(project=tenant.project).update(
+        provider_key_encrypted=encryption.encrypt("sk-test-ключ-1234".encode())
+    )
     response = httpx.post(
         f"{live_api.url}/v1/chat/completions",
         json={"model": "gpt-test", "messages": CHAT},

@@ -6,10 +6,14 @@ import logging
 from datetime import timedelta
 
 import httpx
+import pytest
 from cryptography.fernet import Fernet
 from django.utils import timezone
 
+from core import encryption
+from projects.models import Upstream
 from requests_app.engine.accept import body_digest
+from requests_app.engine.executor import execute_request
 from tests.factories import RequestFactory
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -80,3 +84,51 @@ def test_a_replay_of_a_response_it_cannot_read_says_why_it_is_gone(tenant, live_
     assert "encryption keys" in error["message"]
     assert replay.headers["reqrun-request-id"] == record.public_id
     assert [w.request_id for w in unreadable_warnings(caplog)] == [record.public_id]
+
+
+def run_in_this_process(tenant, request_body: bytes):
+    record = RequestFactory(project=tenant.project, request_body=request_body, max_attempts=3)
+    execute_request(record.pk)
+    record.refresh_from_db()
+    return record
+
+
+@pytest.mark.parametrize("unreadable", ["request body", "provider key"])
+def test_an_attempt_that_cannot_read_what_it_sends_fails_saying_what_to_do(
+    tenant, fake_upstream, caplog, unreadable
+):
+    request_body = encryption.encrypt(json.dumps(CHAT).encode())
+    if unreadable == "provider key":
+        Upstream.objects.filter(project=tenant.project).update(
+            provider_key_encrypted=under_a_dropped_key(b"sk-test-provider-key-1234")
+        )
+    else:
+        request_body = under_a_dropped_key(json.dumps(CHAT).encode())
+
+    with caplog.at_level(logging.WARNING):
+        record = run_in_this_process(tenant, request_body)
+
+    assert record.status == "failed"
+    assert record.request_body is None
+    assert [a.error_code for a in record.attempts.all()] == ["encryption_key_missing"]
+    assert record.error["code"] == "encryption_key_missing"
+    assert unreadable in record.error["message"]
+    assert "REQRUN_ENCRYPTION_KEYS" in record.error["message"]
+    assert fake_upstream.count() == 0
+    stored = unreadable.replace(" ", "_")
+    assert [w.stored for w in unreadable_warnings(caplog)] == [stored]
+    assert "gAAAAA" not in caplog.text
+
+
+def test_models_says_the_provider_key_cannot_be_read(tenant, live_api, fake_upstream):
+    Upstream.objects.filter(project=tenant.project).update(
+        provider_key_encrypted=under_a_dropped_key(b"sk-test-provider-key-1234")
+    )
+
+    response = httpx.get(
+        f"{live_api.url}/v1/models", headers={"Authorization": f"Bearer {tenant.raw_key}"}
+    )
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "encryption_key_missing"
+    assert fake_upstream.count() == 0
