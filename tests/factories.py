@@ -197,6 +197,16 @@ class AttemptFactory(factory.django.DjangoModelFactory):
     status_code = 200
 
 
+class PendingCountFactory(factory.django.DjangoModelFactory):
+    """An account's pending counter, as its first accepted request leaves it once finished."""
+
+    class Meta:
+        model = "requests_app.PendingCount"
+
+    account = factory.SubFactory(AccountFactory)
+    pending = 0
+
+
 # ---------- privacy ----------
 
 
