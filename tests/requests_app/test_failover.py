@@ -22,6 +22,7 @@ from requests_app.models import Request
 from tests.conftest import wait_until
 from tests.factories import RequestFactory
 from tests.fake_upstream import FakeUpstream
+from tests.outage import finished_request
 from tests.requests_app.test_odd_upstream_answers import raw_answer
 
 CHAT = [{"role": "user", "content": "fail over"}]
@@ -70,7 +71,9 @@ def set_policy(tenant, **fields) -> None:
 
 
 def chain(public_id: str) -> list[tuple[str, str, int | None]]:
-    request = Request.objects.get(public_id=public_id)
+    """Each attempt's upstream, outcome and status code, once the request has finished: a
+    streamed answer reaches its end at the client before the worker records the attempt."""
+    request = finished_request(public_id, message=f"request {public_id} never finished")
     return [(a.upstream, a.outcome, a.status_code) for a in request.attempts.all()]
 
 
