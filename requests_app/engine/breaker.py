@@ -15,10 +15,11 @@ state is an audit event of the project's account, a log line and a metric.
 """
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 
 from accounts.models import Account
 from accounts.services import record_audit_event
@@ -81,9 +82,14 @@ def take_probe(upstream: Upstream, *, now: datetime, lease: timedelta, account: 
 
     The probe is held for `lease` (the attempt's own lease), so a probe whose worker died
     is given to another attempt afterwards."""
-    taken = _run(TAKE_PROBE, {"id": upstream.pk, "now": now, "probe_until": now + lease})
-    if taken:
-        _changed(upstream, account, HALF_OPEN, "one probe let through")
+    taken = _change(
+        TAKE_PROBE,
+        {"id": upstream.pk, "now": now, "probe_until": now + lease},
+        upstream=upstream,
+        account=account,
+        state=HALF_OPEN,
+        why=lambda row: "one probe let through",
+    )
     return bool(taken)
 
 
@@ -137,13 +143,20 @@ def record(
     """Count one attempt's result against `upstream`'s breaker (read when it was chosen)."""
     if result.outcome == Attempt.Outcome.SUCCESS:
         # Only a breaker that was not closed has anything to undo: no write otherwise.
-        if upstream.breaker_open_until is not None and _run(CLOSE_BREAKER, {"id": upstream.pk}):
-            _changed(upstream, account, CLOSED, "the upstream answered again")
+        if upstream.breaker_open_until is not None:
+            _change(
+                CLOSE_BREAKER,
+                {"id": upstream.pk},
+                upstream=upstream,
+                account=account,
+                state=CLOSED,
+                why=lambda row: "the upstream answered again",
+            )
         return
     if not counts_against(result):
         return
     if probe or upstream.breaker_open_until is not None:
-        reopened = _run(
+        _change(
             REOPEN_BREAKER,
             {
                 "id": upstream.pk,
@@ -151,38 +164,59 @@ def record(
                 "base": timedelta(seconds=settings.REQRUN_BREAKER_COOLDOWN_SECONDS),
                 "max": timedelta(seconds=settings.REQRUN_BREAKER_COOLDOWN_MAX_SECONDS),
             },
+            upstream=upstream,
+            account=account,
+            state=OPEN,
+            why=lambda row: f"the probe failed; open for {row[0]}",
         )
-        if reopened:
-            _changed(upstream, account, OPEN, f"the probe failed; open for {reopened[0]}")
         return
     window_start = now - timedelta(seconds=settings.REQRUN_BREAKER_WINDOW_SECONDS)
     counted = _run(COUNT_FAILURE, {"id": upstream.pk, "now": now, "window_start": window_start})
     if counted is None or counted[0] < settings.REQRUN_BREAKER_FAILURES:
         return
     cooldown = timedelta(seconds=settings.REQRUN_BREAKER_COOLDOWN_SECONDS)
-    if _run(OPEN_BREAKER, {"id": upstream.pk, "now": now, "until": now + cooldown}):
-        _changed(
-            upstream,
-            account,
-            OPEN,
-            f"{counted[0]} failures within {settings.REQRUN_BREAKER_WINDOW_SECONDS} s; "
-            f"open for {cooldown}",
-        )
-
-
-def _changed(upstream: Upstream, account: Account, state: str, why: str) -> None:
-    record_audit_event(
+    _change(
+        OPEN_BREAKER,
+        {"id": upstream.pk, "now": now, "until": now + cooldown},
+        upstream=upstream,
         account=account,
-        actor=None,
-        action=f"upstream_breaker_{state}",
-        target=f"{upstream.project.public_id} {upstream.name}: {why}"[:200],
+        state=OPEN,
+        why=lambda row: (
+            f"{counted[0]} failures within {settings.REQRUN_BREAKER_WINDOW_SECONDS} "
+            f"s; open for {cooldown}"
+        ),
     )
-    logger.warning(
-        "upstream breaker changed",
-        extra={
-            "project_id": upstream.project.public_id,
-            "upstream": upstream.name,
-            "breaker": state,
-        },
-    )
-    metrics.breaker_changed(state)
+
+
+def _change(
+    sql: str,
+    params: dict,
+    *,
+    upstream: Upstream,
+    account: Account,
+    state: str,
+    why: Callable[[tuple], str],
+) -> tuple | None:
+    """Run a statement that moves the breaker to `state` and, if it did (a row came back),
+    record the owners' audit event in the same transaction, so no change of state is left
+    without its event (a worker lost between two separate writes could)."""
+    with transaction.atomic():
+        row = _run(sql, params)
+        if row:
+            record_audit_event(
+                account=account,
+                actor=None,
+                action=f"upstream_breaker_{state}",
+                target=f"{upstream.project.public_id} {upstream.name}: {why(row)}"[:200],
+            )
+    if row:
+        logger.warning(
+            "upstream breaker changed",
+            extra={
+                "project_id": upstream.project.public_id,
+                "upstream": upstream.name,
+                "breaker": state,
+            },
+        )
+        metrics.breaker_changed(state)
+    return row

@@ -10,19 +10,23 @@ from datetime import timedelta
 import httpx
 import openai
 import pytest
+from django.db import IntegrityError, connection
 from django.utils import timezone
 
 from accounts.models import AuditEvent
 from core import encryption
 from projects.models import Upstream
 from projects.upstreams import add_upstream
+from requests_app.engine import breaker
 from requests_app.engine.executor import execute_request
+from requests_app.engine.outcomes import AttemptResult
 from requests_app.engine.recovery import sweep
-from requests_app.models import Request
+from requests_app.models import Attempt, Request
 from tests.conftest import wait_until
 from tests.factories import RequestFactory
 from tests.fake_upstream import FakeUpstream
 from tests.outage import finished_request
+from tests.requests_app.conftest import Tenant
 from tests.requests_app.test_odd_upstream_answers import raw_answer
 
 CHAT = [{"role": "user", "content": "fail over"}]
@@ -478,3 +482,35 @@ def test_a_worker_killed_mid_chain_is_finished_on_the_next_upstream_by_the_sweep
     assert replay.headers["reqrun-request-id"] == public_id
     assert replay.headers["reqrun-upstream"] == "fallback-1"
     assert Request.objects.filter(project=tenant.project).count() == 1
+
+
+def test_a_breaker_changes_state_only_together_with_its_audit_event(transactional_db):
+    """The state and its event are one transaction: when the event cannot be written (here
+    a constraint refuses it; a worker lost between two writes is the same gap), the
+    breaker stays as it was instead of changing without a trace in the security log."""
+    tenant = Tenant(email="breaker@example.com", upstream_url="http://127.0.0.1:9/v1")
+    primary = primary_of(tenant)
+    now = timezone.now()
+    Upstream.objects.filter(pk=primary.pk).update(breaker_open_until=now, breaker_failures=5)
+    primary.refresh_from_db()
+    primary.project = tenant.project
+    success = AttemptResult(Attempt.Outcome.SUCCESS, status_code=200)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE accounts_auditevent ADD CONSTRAINT no_breaker_events "
+            "CHECK (action NOT LIKE 'upstream_breaker_%%') NOT VALID"
+        )
+    try:
+        with pytest.raises(IntegrityError):
+            breaker.record(primary, success, now=now, probe=True, account=tenant.account)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE accounts_auditevent DROP CONSTRAINT no_breaker_events")
+
+    assert Upstream.objects.get(pk=primary.pk).breaker_open_until == now  # still open
+
+    breaker.record(primary, success, now=now, probe=True, account=tenant.account)
+
+    assert Upstream.objects.get(pk=primary.pk).breaker_open_until is None
+    events = AuditEvent.objects.filter(account=tenant.account, action="upstream_breaker_closed")
+    assert events.count() == 1
