@@ -17,6 +17,7 @@ __all__ = [
     "decrypt",
     "decrypt_stored",
     "encrypt",
+    "log_unreadable",
     "newest_unreadable",
     "rotate",
     "rotate_stored",
@@ -50,8 +51,13 @@ def decrypt_stored(token: bytes | memoryview, **about: str) -> bytes | None:
     try:
         return decrypt(token)
     except InvalidToken:
-        logger.warning("stored value cannot be decrypted", extra=about)
+        log_unreadable(**about)
         return None
+
+
+def log_unreadable(**about: object) -> None:
+    """The operator's warning for a stored value no key in the ring opens, by ids only."""
+    logger.warning("stored value cannot be decrypted", extra=about)
 
 
 def rotate(token: bytes) -> bytes:
