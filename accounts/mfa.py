@@ -1,12 +1,18 @@
 """Two-factor secrets at rest: allauth.mfa stores TOTP secrets and recovery-code seeds through
 this adapter, encrypted with the key ring, and `manage.py rotate_encryption_keys` re-encrypts
-them under its primary key."""
+them under its primary key. A secret under a key that has since left the ring (dropped before
+the rotation ran, or an old backup restored) is said so to the user and logged for the
+operator: accounts.forms for a code, accounts.middleware for the two-factor pages."""
 
 from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.models import Authenticator
 from django.db import transaction
 
 from core import encryption
+
+UNREADABLE_SECRET = (
+    "Two-factor sign-in cannot be checked right now. Please contact support@reqrun.com."
+)
 
 # Every Fernet token starts so (version byte 0x80, then the timestamp's high bytes). A TOTP
 # secret (base32, upper case) or a recovery-code seed (hex) never does, so a value written
@@ -18,7 +24,18 @@ def is_encrypted(text: str) -> bool:
     return text.startswith(TOKEN_PREFIX)
 
 
+class SecretUnreadable(Exception):
+    """No key in REQRUN_ENCRYPTION_KEYS opens a stored two-factor secret. allauth meets it deep
+    in its own code; whoever catches it knows the user and calls `log_unreadable`."""
+
+
+def log_unreadable(user_id: int) -> None:
+    encryption.log_unreadable(user_id=user_id, stored="two_factor_secret")
+
+
 class EncryptedMFAAdapter(DefaultMFAAdapter):
+    error_messages = {**DefaultMFAAdapter.error_messages, "secret_unreadable": UNREADABLE_SECRET}
+
     def encrypt(self, text: str) -> str:
         return encryption.encrypt(text.encode()).decode("ascii")
 
@@ -27,7 +44,10 @@ class EncryptedMFAAdapter(DefaultMFAAdapter):
             # Stored in the clear before this adapter: still works, and the next key
             # rotation encrypts it.
             return encrypted_text
-        return encryption.decrypt(encrypted_text.encode("ascii")).decode()
+        try:
+            return encryption.decrypt(encrypted_text.encode("ascii")).decode()
+        except encryption.InvalidToken:
+            raise SecretUnreadable from None
 
 
 def _rotated(text: str) -> str:

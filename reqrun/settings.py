@@ -78,6 +78,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
     "allauth.usersessions.middleware.UserSessionsMiddleware",
+    "accounts.middleware.TwoFactorSecretUnreadableMiddleware",
 ]
 
 # /v1 is served by its own handler (reqrun/asgi.py) with only these: an API call needs no
@@ -202,8 +203,13 @@ LOGIN_URL = "/accounts/login/"
 # (accounts/admin.py). Failed codes count against ACCOUNT_RATE_LIMITS["login_failed"].
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
 MFA_TOTP_ISSUER = "ReqRun"
-# TOTP secrets and recovery-code seeds are stored encrypted with REQRUN_ENCRYPTION_KEYS.
+# TOTP secrets and recovery-code seeds are stored encrypted with REQRUN_ENCRYPTION_KEYS; one
+# no key opens is a form error at the code step (these forms), a message on the 2FA pages.
 MFA_ADAPTER = "accounts.mfa.EncryptedMFAAdapter"
+MFA_FORMS = {
+    "authenticate": "accounts.forms.AuthenticateForm",
+    "reauthenticate": "accounts.forms.ReauthenticateForm",
+}
 
 if not DEBUG and not env.str("EMAIL_URL", default=""):
     raise ImproperlyConfigured(

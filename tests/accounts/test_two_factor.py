@@ -1,6 +1,7 @@
 """Two-factor sign-in: offered to every dashboard user, required of staff before the admin
 opens, and the admin's sign-in is allauth's (rate-limited) one."""
 
+import logging
 import time
 from io import StringIO
 
@@ -327,3 +328,77 @@ def test_turning_on_two_factor_signs_out_every_other_session(
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("account_login"))
     assert client.get(reverse("dashboard")).status_code == 200
+
+
+UNREADABLE = "Two-factor sign-in cannot be checked right now"
+
+
+def activate_under_a_dropped_key(user) -> str:
+    """`user`'s authenticator app and recovery codes as stored under a key that has since left
+    REQRUN_ENCRYPTION_KEYS; returns the app's secret, which the user's phone still has."""
+    dropped = Fernet(Fernet.generate_key())
+    secret = generate_totp_secret()
+    Authenticator.objects.create(
+        user=user,
+        type=Authenticator.Type.TOTP,
+        data={"secret": dropped.encrypt(secret.encode()).decode()},
+    )
+    seed = RecoveryCodes.generate_seed()
+    Authenticator.objects.create(
+        user=user,
+        type=Authenticator.Type.RECOVERY_CODES,
+        data={"seed": dropped.encrypt(seed.encode()).decode(), "used_mask": 0},
+    )
+    return secret
+
+
+def unreadable_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage() == "stored value cannot be decrypted"]
+
+
+def test_a_code_is_refused_with_why_when_the_secret_cannot_be_decrypted(
+    client, alice_account, alice, caplog
+):
+    secret = activate_under_a_dropped_key(alice)
+    assert sign_in_with_password(client, alice)["Location"] == reverse("mfa_authenticate")
+
+    with caplog.at_level(logging.WARNING):
+        response = client.post(reverse("mfa_authenticate"), {"code": current_code(secret)})
+
+    assert response.status_code == 200
+    assert UNREADABLE in response.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert client.get(reverse("dashboard"))["Location"].startswith(reverse("account_login"))
+    assert [(w.user_id, w.stored) for w in unreadable_warnings(caplog)] == [
+        (alice.pk, "two_factor_secret")
+    ]
+    assert "gAAAAA" not in caplog.text and alice.email not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        "mfa_index",
+        "mfa_view_recovery_codes",
+        "mfa_download_recovery_codes",
+        "mfa_generate_recovery_codes",
+        "mfa_reauthenticate",
+    ],
+)
+def test_two_factor_pages_say_the_secret_cannot_be_decrypted(
+    client, alice_account, alice, caplog, page
+):
+    secret = activate_under_a_dropped_key(alice)
+    client.force_login(alice)  # a session from before the key was dropped
+    confirm_password(client, next_url=reverse("account"))  # the recovery codes ask for it
+
+    with caplog.at_level(logging.WARNING):
+        if page == "mfa_reauthenticate":
+            response = client.post(reverse(page), {"code": current_code(secret)})
+        else:
+            response = client.get(reverse(page))
+
+    assert response.status_code == 200
+    assert UNREADABLE in response.content.decode()
+    assert [w.user_id for w in unreadable_warnings(caplog)] == [alice.pk]
+    assert "gAAAAA" not in caplog.text
