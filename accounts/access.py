@@ -114,11 +114,15 @@ def client_ip_of(meta: Mapping[str, str]) -> str | None:
     read from the right (each proxy appends the address it saw) and the first hop that is not
     a trusted proxy is the client. Hops left of it were written by the client and are never
     believed; a malformed hop ends the walk at the last address a trusted proxy vouched for.
+    With `*` every address would count as a proxy and the walk would end at the client's own
+    claim: the peer is the platform's router, and only the hop it wrote is believed.
     """
     address = parse_address(meta.get("REMOTE_ADDR", ""))
     if address is None:
         return None
     hops = meta.get("HTTP_X_FORWARDED_FOR", "").split(",")
+    if "*" in settings.REQRUN_TRUSTED_PROXIES:
+        hops = hops[-1:]
     for hop in reversed(hops):
         if not is_trusted_proxy(address):
             break

@@ -25,8 +25,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CSRF_FAILURE_VIEW = "core.csrf.csrf_failure"
 # Addresses or networks of the proxies in front (comma-separated; `*` trusts every peer, only
-# for platforms where nothing but their router can reach the app). Only these may tell us the
-# client's address in X-Forwarded-For; the Procfile passes the same list to uvicorn.
+# for platforms where nothing but their router can reach the app, whose hop alone is then
+# believed). Only these may tell us the client's address in X-Forwarded-For; the Procfile
+# passes the same list to uvicorn.
 REQRUN_TRUSTED_PROXIES = env.list("REQRUN_TRUSTED_PROXIES", default=["127.0.0.1"])
 # allauth's own X-Forwarded-For parsing counts hops without looking at the peer, so it stays
 # off: accounts.adapter hands allauth the address from accounts.access.client_ip instead.

@@ -53,6 +53,15 @@ def test_the_header_is_honoured_from_a_trusted_proxy(settings):
     assert address_of("::ffff:127.0.0.1", "198.51.100.8:80") == "198.51.100.8"
 
 
+def test_trusting_every_peer_believes_only_the_hop_the_router_wrote(settings):
+    """`*`: every peer is the platform's router, which appends the address it saw; the hops
+    left of that one are whatever the client sent."""
+    settings.REQRUN_TRUSTED_PROXIES = ["*"]
+    assert address_of("10.1.2.3", "198.51.100.7") == "198.51.100.7"
+    assert address_of("10.1.2.3", "6.6.6.6, 198.51.100.7") == "198.51.100.7"
+    assert address_of("10.1.2.3") == "10.1.2.3"
+
+
 @pytest.mark.parametrize(
     "header", ["not-an-address", "198.51.100.7, garbage", "", " , ", "[::1", "1.2.3.4.5", "%"]
 )
@@ -117,6 +126,16 @@ def test_behind_a_trusted_proxy_each_client_has_its_own_login_limit(client):
     assert not locked_out(
         sign_in(client, "b@example.com", "x", HTTP_X_FORWARDED_FOR="198.51.100.41")
     )
+
+
+def test_trusting_every_peer_a_forged_hop_does_not_escape_the_login_limit(client, settings):
+    settings.REQRUN_TRUSTED_PROXIES = ["*"]
+    # The router appends the client's real address; the client rotates the hop before it.
+    fail_logins(client, 10, HTTP_X_FORWARDED_FOR="192.0.2.1, 198.51.100.50")
+    response = sign_in(
+        client, "next@example.com", "x", HTTP_X_FORWARDED_FOR="192.0.2.2, 198.51.100.50"
+    )
+    assert locked_out(response)
 
 
 def test_a_malformed_header_is_not_a_server_error(client, gil):
