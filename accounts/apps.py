@@ -7,6 +7,3 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts import signals  # noqa: F401
-        from accounts.access import trusted_proxy_networks
-
-        trusted_proxy_networks()  # a mistyped proxy list stops the start, not a request

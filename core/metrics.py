@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from core import heartbeats
+from core.client_address import client_ip_of
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +33,24 @@ def _networks(entries: tuple[str, ...]) -> tuple:
 
 
 def may_scrape(request) -> bool:
-    """The peer's address is allow-listed (an address or a network), or it shows the token.
+    """The client's address is allow-listed (an address or a network), or it shows the token.
 
-    REMOTE_ADDR is the peer as the ASGI server saw it; uvicorn replaces it with the
-    forwarded client address only for proxies it trusts (--forwarded-allow-ips).
+    The client's address as the rate limits read it (core.client_address), not the peer: a
+    server that does not rewrite the peer from X-Forwarded-For sees 127.0.0.1 for everyone
+    behind a proxy on the same host, and uvicorn trusting every peer (`*`) makes the client's
+    own leftmost hop the peer.
     """
     token = settings.REQRUN_METRICS_TOKEN
     if token:
         presented = request.META.get("HTTP_AUTHORIZATION", "")
         if hmac.compare_digest(presented.encode(), f"Bearer {token}".encode()):
             return True
-    try:
-        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
+    address = client_ip_of(request.META)
+    if address is None:
         return False
-    return any(peer in network for network in _networks(tuple(settings.REQRUN_METRICS_ALLOWED_IPS)))
+    client = ipaddress.ip_address(address)
+    allowed = _networks(tuple(settings.REQRUN_METRICS_ALLOWED_IPS))
+    return any(client in network for network in allowed)
 
 
 class HeartbeatCollector(Collector):

@@ -2,7 +2,7 @@
 
 from rest_framework.authentication import BaseAuthentication
 
-from accounts.access import client_ip_of
+from core.client_address import client_ip_of
 from projects.limits import limits_for
 from projects.models import ApiKey
 from projects.services import authenticate_api_key, parse_api_key

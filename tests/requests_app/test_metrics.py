@@ -255,6 +255,21 @@ def test_the_allow_list_takes_addresses_and_networks(client, db, settings):
     assert refused.status_code == 404
 
 
+def test_a_client_forwarded_by_a_trusted_proxy_is_judged_by_its_own_address(client, db, settings):
+    """Behind a proxy on this host every peer is 127.0.0.1, the default allow-list: the
+    client's address is the one the proxy forwards, as the rate limits read it."""
+    settings.REQRUN_METRICS_TOKEN = ""
+    settings.REQRUN_METRICS_ALLOWED_IPS = ["127.0.0.1"]
+    assert client.get("/metrics", HTTP_X_FORWARDED_FOR="198.51.100.7").status_code == 404
+    assert client.get("/metrics").status_code == 200  # the proxy's (or the host's) own
+    # Trusting every peer, uvicorn makes the leftmost hop, the client's own claim, the peer.
+    settings.REQRUN_TRUSTED_PROXIES = ["*"]
+    forged = client.get(
+        "/metrics", REMOTE_ADDR="127.0.0.1", HTTP_X_FORWARDED_FOR="127.0.0.1, 198.51.100.7"
+    )
+    assert forged.status_code == 404
+
+
 def test_metrics_is_not_part_of_the_api_schema(client):
     schema = client.get(SCHEMA_URL).json()
     assert not any("metrics" in path for path in schema["paths"])
