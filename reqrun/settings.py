@@ -186,6 +186,10 @@ ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 # A new user gets their own account in the same transaction as the user row.
 ACCOUNT_FORMS = {"signup": "accounts.forms.SignupForm"}
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+# Adding, removing or making primary an email asks for the password again (allauth keeps it
+# for 5 minutes): a stolen session alone cannot move the account to an address whose
+# password-reset link its holder would read.
+ACCOUNT_REAUTHENTICATION_REQUIRED = True
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[ReqRun] "
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "http" if DEBUG else "https"
 ACCOUNT_RATE_LIMITS = {

@@ -19,7 +19,7 @@ from django.test import TransactionTestCase
 from psycopg.errors import DeadlockDetected
 
 from core import heartbeats
-from tests.factories import AccountFactory, MembershipFactory, UserFactory
+from tests.factories import PASSWORD, AccountFactory, MembershipFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = [sys.executable, "-m", "celery", "-A", "reqrun"]
@@ -338,6 +338,13 @@ def celery_worker(transactional_db):
     worker = WorkerProcess().start()
     yield worker
     worker.stop()
+
+
+def reauthenticate(client) -> None:
+    """Give the signed-in user's password again, as changing emails asks (allauth keeps it
+    for five minutes)."""
+    response = client.post("/accounts/reauthenticate/", {"password": PASSWORD})
+    assert response.status_code == 302, response.content.decode()[:500]
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from django.core import mail
 
 from accounts.models import User
 from tests.accounts.test_signup import STRONG
+from tests.conftest import reauthenticate
 
 pytestmark = pytest.mark.django_db
 
@@ -21,6 +22,7 @@ UNMAILABLE_ERROR = "No email can be sent to this address"
 
 def test_adding_an_email_that_is_too_long_is_a_form_error(client, alice):
     client.force_login(alice)
+    reauthenticate(client)
 
     response = client.post("/accounts/email/", {"action_add": "", "email": TOO_LONG})
 
@@ -31,6 +33,7 @@ def test_adding_an_email_that_is_too_long_is_a_form_error(client, alice):
 
 def test_adding_the_longest_email_that_fits_works(client, alice):
     client.force_login(alice)
+    reauthenticate(client)
 
     response = client.post("/accounts/email/", {"action_add": "", "email": LONGEST})
 
@@ -65,6 +68,7 @@ def test_resetting_a_password_for_an_email_that_is_too_long_is_a_form_error(clie
 
 def test_adding_an_email_no_mail_can_reach_is_a_form_error(client, alice):
     client.force_login(alice)
+    reauthenticate(client)
 
     response = client.post("/accounts/email/", {"action_add": "", "email": UNMAILABLE})
 
