@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
-from django.utils.dateparse import parse_datetime
 from paddle_billing import Client, Environment, Options
 from paddle_billing.Entities.Shared import CustomData
 from paddle_billing.Entities.Subscription import Subscription as PaddleSubscription
@@ -31,6 +30,8 @@ from paddle_billing.Resources.Subscriptions.Operations import (
 from paddle_billing.Resources.Subscriptions.Operations.Update import SubscriptionUpdateItem
 from paddle_billing.Resources.Transactions.Operations import CreateTransaction
 from paddle_billing.Resources.Transactions.Operations.Create import TransactionCreateItem
+
+from core.untrusted import aware_time
 
 logger = logging.getLogger(__name__)
 
@@ -146,17 +147,13 @@ def state_from_payload(data: dict[str, Any]) -> SubscriptionState:
         customer_id=str(data.get("customer_id") or ""),
         status=str(data["status"]),
         price_id=str(((items[0] or {}).get("price") or {}).get("id") or "") if items else "",
-        current_period_start=_datetime(period.get("starts_at")),
-        current_period_end=_datetime(period.get("ends_at")),
+        current_period_start=aware_time(period.get("starts_at")),
+        current_period_end=aware_time(period.get("ends_at")),
         scheduled_change_action=str(change.get("action") or ""),
-        scheduled_change_effective_at=_datetime(change.get("effective_at")),
-        canceled_at=_datetime(data.get("canceled_at")),
-        updated_at=_datetime(data.get("updated_at")),
+        scheduled_change_effective_at=aware_time(change.get("effective_at")),
+        canceled_at=aware_time(data.get("canceled_at")),
+        updated_at=aware_time(data.get("updated_at")),
     )
-
-
-def _datetime(value: Any) -> datetime | None:
-    return parse_datetime(value) if isinstance(value, str) and value else None
 
 
 def _call(action: str, operation, *args: Any):

@@ -3,6 +3,9 @@ answer, a stored copy of either), made safe to parse and to store."""
 
 import json
 import re
+from datetime import UTC, datetime
+
+from django.utils.dateparse import parse_datetime
 
 _NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
 _ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")  # \u0000 whose backslash is not escaped
@@ -22,6 +25,17 @@ def whole_number(raw: str, *, minimum: int, maximum: int) -> int | None:
         return None
     number = int(raw)
     return number if minimum <= number <= maximum else None
+
+
+def aware_time(raw: object) -> datetime | None:
+    """`raw`, an ISO 8601 time with its UTC offset, as a time in UTC; None when it is not a
+    string, not a valid time, has no offset, or falls before year 1 or after 9999 once in
+    UTC (PostgreSQL would store that, but loading the row back would fail on every read)."""
+    try:
+        moment = parse_datetime(raw) if isinstance(raw, str) else None
+        return moment.astimezone(UTC) if moment and moment.tzinfo else None
+    except (ValueError, OverflowError):
+        return None
 
 
 def _not_a_json_number(name: str):

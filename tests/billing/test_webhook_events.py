@@ -324,6 +324,21 @@ def test_transaction_completed_records_an_invoice(webhooks, alice_account, alice
     assert invoice.billed_at is not None
 
 
+def test_an_invoice_time_past_9999_in_utc_is_not_kept(
+    webhooks, alice_account, alice_checkout, client, alice
+):
+    data = payloads.transaction(
+        account_id=alice_account.public_id, transaction_id=alice_checkout.paddle_transaction_id
+    )
+    data["billed_at"] = "9999-12-31T23:00:00-05:00"  # year 10000 in UTC
+
+    webhooks.deliver(payloads.event("transaction.completed", data))
+
+    assert Invoice.objects.get().billed_at is None
+    client.force_login(alice)
+    assert client.get("/app/billing/").status_code == 200
+
+
 def test_a_renewal_without_custom_data_finds_the_account_by_subscription(webhooks, alice_account):
     deliver_subscription(webhooks, alice_account, "subscription.created")
     data = payloads.transaction(account_id=None, transaction_id="txn_01hv8renewal00000000000000")

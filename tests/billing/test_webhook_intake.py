@@ -117,6 +117,11 @@ def envelope(**fields) -> bytes:
         envelope(event_id=7),
         envelope(occurred_at="yesterday"),
         envelope(occurred_at="2024-04-12T10:18:49"),  # no time zone
+        envelope(occurred_at="2024-02-30T10:18:49Z"),
+        # Valid where written, but before year 1 or after 9999 in UTC: PostgreSQL would
+        # store it, and no row read could load it back.
+        envelope(occurred_at="0001-01-01T00:00:00+01:00"),
+        envelope(occurred_at="9999-12-31T23:00:00-05:00"),
         envelope(data=[]),
         b"\xff\xfe not utf-8",
         envelope(event_id="evt_\x00"),
@@ -132,6 +137,9 @@ def envelope(**fields) -> bytes:
         "numeric event id",
         "bad time",
         "naive time",
+        "no such day",
+        "before year 1 in UTC",
+        "after 9999 in UTC",
         "data not an object",
         "not utf-8",
         "nul in the id",
