@@ -69,6 +69,31 @@ def test_unsigned_or_malformed_signatures_are_refused(webhooks, signature):
     assert_nothing_stored()
 
 
+def test_a_signature_with_several_h1_values_passes_when_one_matches(webhooks):
+    body = payloads.encode(subscription_created())
+    timestamp, right = payloads.sign(body).split(";")
+    wrong = "h1=" + "0" * 64
+
+    accepted = webhooks.post(body=body, signature=f"{timestamp};{wrong};{right}")
+    refused = webhooks.post(body=body, signature=f"{timestamp};{wrong};{wrong}")
+
+    assert accepted.status_code == 200
+    assert refused.status_code == 403
+    assert WebhookEvent.objects.count() == 1
+
+
+@pytest.mark.parametrize("spacing", ["{ts}; {h1}", " {ts};{h1}", "{ts};{h1} "])
+def test_a_signature_header_with_spaces_is_refused(webhooks, spacing):
+    body = payloads.encode(subscription_created())
+    timestamp, digest = payloads.sign(body).split(";")
+
+    response = webhooks.post(body=body, signature=spacing.format(ts=timestamp, h1=digest))
+
+    assert response.status_code == 403
+    assert b"Traceback" not in response.content
+    assert_nothing_stored()
+
+
 def test_a_signature_made_with_another_secret_is_refused(webhooks):
     response = webhooks.post(subscription_created(), secret="pdl_ntfset_someone_else")
 
@@ -115,6 +140,11 @@ def envelope(**fields) -> bytes:
         b"[1, 2, 3]",
         envelope(event_id=None),
         envelope(event_id=7),
+        envelope(event_id="evt_" + "x" * 61),  # longer than the column
+        envelope(event_type=None),
+        envelope(occurred_at=None),
+        envelope(data=None),
+        b'"a JSON string"',
         envelope(occurred_at="yesterday"),
         envelope(occurred_at="2024-04-12T10:18:49"),  # no time zone
         envelope(occurred_at="2024-02-30T10:18:49Z"),
@@ -135,6 +165,11 @@ def envelope(**fields) -> bytes:
         "array",
         "no event id",
         "numeric event id",
+        "event id too long",
+        "no event type",
+        "no time",
+        "no data",
+        "a string",
         "bad time",
         "naive time",
         "no such day",
