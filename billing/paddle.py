@@ -2,6 +2,7 @@
 ReqRun makes. Every failure comes out as `PaddleError` with a message fit for the customer."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +32,7 @@ from paddle_billing.Resources.Subscriptions.Operations.Update import Subscriptio
 from paddle_billing.Resources.Transactions.Operations import CreateTransaction
 from paddle_billing.Resources.Transactions.Operations.Create import TransactionCreateItem
 
-from core.untrusted import aware_time
+from core.untrusted import aware_time, in_utc
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,10 @@ sdk_logger = logging.Logger("paddle_billing.client")
 sdk_logger.addHandler(logging.NullHandler())
 
 API_TIMEOUT_SECONDS = 10
+# What our columns keep of Paddle's ids, and of a subscription's status and scheduled change
+# (billing.models): an answer or event with longer ones cannot be recorded.
+ID_MAX_LENGTH = 64
+STATUS_MAX_LENGTH = 20
 UNREACHABLE = "Paddle could not be reached, so nothing was changed. Please try again in a minute."
 
 
@@ -119,6 +124,27 @@ class SubscriptionState:
     # before it describes an older state.
     updated_at: datetime | None
 
+    def __post_init__(self):
+        """ValueError when our copy could not keep it (an answer or event not understood)."""
+        ids = (self.subscription_id, self.customer_id, self.price_id)
+        statuses = (self.status, self.scheduled_change_action)
+        if any(len(value) > ID_MAX_LENGTH for value in ids) or any(
+            len(value) > STATUS_MAX_LENGTH for value in statuses
+        ):
+            raise ValueError("a subscription with ids or a status longer than ReqRun keeps")
+
+
+def _kept_id(value: Any) -> str:
+    """A Paddle id from an answer, as our columns keep it; ValueError when it cannot be."""
+    if not (isinstance(value, str) and 0 < len(value) <= ID_MAX_LENGTH):
+        raise ValueError("a Paddle id ReqRun cannot keep")
+    return value
+
+
+def _kept_time(moment: datetime | None) -> datetime | None:
+    """A time from an answer, empty when the database could not give it back (`in_utc`)."""
+    return in_utc(moment) if moment else None
+
 
 def state_from_entity(entity: PaddleSubscription) -> SubscriptionState:
     period = entity.current_billing_period
@@ -128,12 +154,12 @@ def state_from_entity(entity: PaddleSubscription) -> SubscriptionState:
         customer_id=entity.customer_id,
         status=str(entity.status.value),
         price_id=entity.items[0].price.id if entity.items else "",
-        current_period_start=period.starts_at if period else None,
-        current_period_end=period.ends_at if period else None,
+        current_period_start=_kept_time(period.starts_at) if period else None,
+        current_period_end=_kept_time(period.ends_at) if period else None,
         scheduled_change_action=str(change.action.value) if change else "",
-        scheduled_change_effective_at=change.effective_at if change else None,
-        canceled_at=entity.canceled_at,
-        updated_at=entity.updated_at,
+        scheduled_change_effective_at=_kept_time(change.effective_at) if change else None,
+        canceled_at=_kept_time(entity.canceled_at),
+        updated_at=_kept_time(entity.updated_at),
     )
 
 
@@ -156,12 +182,13 @@ def state_from_payload(data: dict[str, Any]) -> SubscriptionState:
     )
 
 
-def _call(action: str, operation, *args: Any):
-    """Run one SDK call; turn every way it can fail into a `PaddleError` (logged without body)."""
+def _call(action: str, operation, *args: Any, read: Callable[[Any], Any] = lambda answer: answer):
+    """Run one SDK call and `read` its answer; turn every way either can fail into a
+    `PaddleError` (logged without body)."""
     if not is_configured():
         raise PaddleError("Billing is not configured on this server.")
     try:
-        return operation(*args)
+        return read(operation(*args))
     except ApiError as error:
         status = error.response.status_code if error.response is not None else None
         logger.warning(
@@ -202,23 +229,27 @@ CUSTOMER_EXISTS = "customer_already_exists"
 def create_customer(*, email: str, account_id: str) -> str:
     """A new Paddle customer for one account; `PaddleError` with `error_code` CUSTOMER_EXISTS
     when Paddle already has a customer with this email."""
-    customer = _call(
+    return _call(
         "set up billing",
         client().customers.create,
         CreateCustomer(email=email, custom_data=CustomData({"account_id": account_id})),
+        read=lambda customer: _kept_id(customer.id),
     )
-    return customer.id
 
 
 def customer_ids_with_email(*, email: str) -> list[str]:
-    customers = _call("set up billing", client().customers.list, ListCustomers(emails=[email]))
-    return [customer.id for customer in customers.items]
+    return _call(
+        "set up billing",
+        client().customers.list,
+        ListCustomers(emails=[email]),
+        read=lambda customers: [_kept_id(customer.id) for customer in customers.items],
+    )
 
 
 def create_checkout_transaction(*, customer_id: str, price_id: str, account_id: str) -> str:
     """A transaction for one price, billed to the account's customer, with the account in
     `custom_data`; Paddle.js opens it by id. Returns the transaction id."""
-    created = _call(
+    return _call(
         "start the checkout",
         client().transactions.create,
         CreateTransaction(
@@ -226,19 +257,23 @@ def create_checkout_transaction(*, customer_id: str, price_id: str, account_id: 
             customer_id=customer_id,
             custom_data=CustomData({"account_id": account_id}),
         ),
+        read=lambda created: _kept_id(created.id),
     )
-    return created.id
 
 
 def get_subscription(*, subscription_id: str) -> SubscriptionState:
     """The subscription as Paddle has it now."""
-    entity = _call("read the subscription", client().subscriptions.get, subscription_id)
-    return state_from_entity(entity)
+    return _call(
+        "read the subscription",
+        client().subscriptions.get,
+        subscription_id,
+        read=state_from_entity,
+    )
 
 
 def cancel(*, subscription_id: str, at_once: bool = False) -> SubscriptionState:
     """At the end of the billing period, or `at_once` (which also ends a paused one)."""
-    entity = _call(
+    return _call(
         "cancel the subscription",
         client().subscriptions.cancel,
         subscription_id,
@@ -247,29 +282,29 @@ def cancel(*, subscription_id: str, at_once: bool = False) -> SubscriptionState:
             if at_once
             else SubscriptionEffectiveFrom.NextBillingPeriod
         ),
+        read=state_from_entity,
     )
-    return state_from_entity(entity)
 
 
 def remove_scheduled_change(*, subscription_id: str) -> SubscriptionState:
     """Withdraw a scheduled cancellation: Paddle's documented way is `scheduled_change: null`."""
-    entity = _call(
+    return _call(
         "keep the subscription",
         client().subscriptions.update,
         subscription_id,
         UpdateSubscription(scheduled_change=None),
+        read=state_from_entity,
     )
-    return state_from_entity(entity)
 
 
 def resume_paused(*, subscription_id: str) -> SubscriptionState:
-    entity = _call(
+    return _call(
         "resume the subscription",
         client().subscriptions.resume,
         subscription_id,
         ResumeSubscription(effective_from=SubscriptionResumeEffectiveFrom.Immediately),
+        read=state_from_entity,
     )
-    return state_from_entity(entity)
 
 
 def change_price(*, subscription_id: str, price_id: str, upgrade: bool) -> SubscriptionState:
@@ -280,7 +315,7 @@ def change_price(*, subscription_id: str, price_id: str, upgrade: bool) -> Subsc
         if upgrade
         else SubscriptionProrationBillingMode.DoNotBill
     )
-    entity = _call(
+    return _call(
         "change the plan",
         client().subscriptions.update,
         subscription_id,
@@ -288,8 +323,8 @@ def change_price(*, subscription_id: str, price_id: str, upgrade: bool) -> Subsc
             items=[SubscriptionUpdateItem(price_id=price_id, quantity=1)],
             proration_billing_mode=mode,
         ),
+        read=state_from_entity,
     )
-    return state_from_entity(entity)
 
 
 def customer_portal_url(*, customer_id: str, subscription_ids: list[str]) -> str:

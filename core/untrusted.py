@@ -28,13 +28,21 @@ def whole_number(raw: str, *, minimum: int, maximum: int) -> int | None:
 
 
 def aware_time(raw: object) -> datetime | None:
-    """`raw`, an ISO 8601 time with its UTC offset, as a time in UTC; None when it is not a
-    string, not a valid time, has no offset, or falls before year 1 or after 9999 once in
-    UTC (PostgreSQL would store that, but loading the row back would fail on every read)."""
+    """`raw`, an ISO 8601 time with its UTC offset, as a time in UTC (`in_utc`); None when
+    it is not a string or not a valid time."""
     try:
         moment = parse_datetime(raw) if isinstance(raw, str) else None
-        return moment.astimezone(UTC) if moment and moment.tzinfo else None
-    except (ValueError, OverflowError):
+    except ValueError:
+        return None
+    return in_utc(moment) if moment else None
+
+
+def in_utc(moment: datetime) -> datetime | None:
+    """`moment` in UTC; None when it has no offset or falls before year 1 or after 9999 once
+    in UTC (PostgreSQL would store that, but loading the row back would fail on every read)."""
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else None
+    except OverflowError:
         return None
 
 

@@ -1,6 +1,7 @@
 """Owner actions that call Paddle's API (a real HTTP stand-in on loopback): cancel at period
 end, keep, change plan, customer portal, invoice PDF — and what happens when Paddle fails."""
 
+import json
 from urllib.parse import urlsplit
 
 import pytest
@@ -521,6 +522,86 @@ def test_checkout_failures_answer_a_message_and_record_nothing(
 
     assert response.status_code == 400
     assert "Paddle" in response.json()["error"]
+    assert not CheckoutTransaction.objects.exists()
+    customers = BillingCustomer.objects.filter(account=alice_account).count()
+    assert customers == (1 if failing_call == "transaction" else 0)
+
+
+def answer(entity: dict, status: int = 200) -> Failure:
+    """Paddle's answer with `entity` as its data, scripted."""
+    return Failure(status, json.dumps({"data": entity, "meta": {}}).encode())
+
+
+TOO_LONG = "x" * 61  # with its prefix, longer than every Paddle id column
+# Valid where written, but year 10000 in UTC: PostgreSQL stores it and cannot load it back.
+PAST_9999_IN_UTC = "9999-12-31T23:00:00-05:00"
+
+
+@pytest.mark.parametrize("field", ["price", "customer"])
+def test_a_subscription_answer_with_an_id_too_long_to_keep_changes_nothing(
+    owner, subscribed, paddle_api, field
+):
+    entity = payloads.cancel_scheduled(paddle_api.subscriptions[payloads.SUBSCRIPTION_ID])
+    if field == "price":
+        entity["items"][0]["price"]["id"] = "pri_" + TOO_LONG
+    else:
+        entity["customer_id"] = "ctm_" + TOO_LONG
+    paddle_api.fail_next(answer(entity))
+    before = Subscription.objects.values().get()
+
+    response = owner.post("/app/billing/cancel")
+
+    assert response.status_code == 302
+    assert messages_of(response) == [
+        "Paddle's answer could not be read, so we could not cancel the subscription."
+    ]
+    assert Subscription.objects.values().get() == before
+
+
+def test_a_subscription_answer_with_times_past_9999_in_utc_keeps_them_empty(
+    owner, subscribed, paddle_api
+):
+    entity = payloads.cancel_scheduled(paddle_api.subscriptions[payloads.SUBSCRIPTION_ID])
+    entity["current_billing_period"]["ends_at"] = PAST_9999_IN_UTC
+    entity["scheduled_change"]["effective_at"] = PAST_9999_IN_UTC
+    entity["updated_at"] = PAST_9999_IN_UTC
+    paddle_api.fail_next(answer(entity))
+
+    response = owner.post("/app/billing/cancel")
+
+    assert response.status_code == 302
+    subscribed.refresh_from_db()
+    assert subscribed.cancel_scheduled
+    assert subscribed.current_period_end is None
+    assert owner.get("/app/billing/").status_code == 200
+
+
+@pytest.mark.parametrize("failing_call", ["customer", "transaction"])
+def test_checkout_answered_with_an_id_too_long_to_keep_records_nothing(
+    owner, alice, alice_account, paddle_settings, paddle_api, failing_call
+):
+    if failing_call == "transaction":
+        owner.post("/app/billing/checkout", {"plan": "pro"})  # the customer now exists
+        CheckoutTransaction.objects.all().delete()
+        entity = payloads.transaction(
+            account_id=None,
+            status="ready",
+            transaction_id="txn_" + TOO_LONG,
+            subscription_id=None,
+            invoice_number=None,
+        )
+    else:
+        entity = payloads.customer(customer_id="ctm_" + TOO_LONG, email=alice.email)
+    paddle_api.fail_next(answer(entity, 201))
+
+    response = owner.post("/app/billing/checkout", {"plan": "pro"})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "Paddle's answer could not be read, so we could not start the checkout."
+        if failing_call == "transaction"
+        else "Paddle's answer could not be read, so we could not set up billing."
+    )
     assert not CheckoutTransaction.objects.exists()
     customers = BillingCustomer.objects.filter(account=alice_account).count()
     assert customers == (1 if failing_call == "transaction" else 0)
