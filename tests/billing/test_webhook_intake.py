@@ -52,6 +52,20 @@ def test_a_redelivered_event_is_answered_200_and_stored_once(webhooks, alice_acc
     assert Subscription.objects.count() == 1
 
 
+def test_the_same_event_id_with_another_body_changes_nothing(webhooks, alice_account, check_out):
+    payload = subscription_created(alice_account.public_id)
+    payload["data"]["transaction_id"] = check_out(alice_account).paddle_transaction_id
+    webhooks.deliver(payload)
+    before = Subscription.objects.values().get()
+    altered = {**payload, "data": {**payload["data"], "status": "canceled"}}
+
+    response = webhooks.post(altered)
+
+    assert response.status_code == 200
+    assert WebhookEvent.objects.get().payload["data"]["status"] == "active"
+    assert Subscription.objects.values().get() == before
+
+
 @pytest.mark.parametrize(
     "signature",
     [
