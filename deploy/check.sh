@@ -103,6 +103,12 @@ polled = httpx.get(f"{base}/v1/requests/{request_id}?wait=30", headers=headers, 
 assert polled.json()["status"] == "succeeded", polled.text
 print(f"async: 202, then {request_id} succeeded after {len(polled.json()['attempts'])} attempt")
 
+# The pages and static files come from the image too (templates, collected static).
+for path in ("/", "/docs", "/pricing", "/legal/privacy", "/accounts/login/", "/static/css/app.css"):
+    page = httpx.get(f"{base}{path}", timeout=30)
+    assert page.status_code == 200, (path, page.status_code, page.text[:500])
+print("pages: /, /docs, /pricing, /legal/privacy, /accounts/login/ and a static file answer 200")
+
 # The worker's attempts, counted in its container, are in the web's /metrics.
 token = {"Authorization": f"Bearer {os.environ['REQRUN_METRICS_TOKEN']}"}
 scraped = httpx.get(f"{base}/metrics", headers=token, timeout=10).text
