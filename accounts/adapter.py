@@ -24,6 +24,7 @@ VERIFICATION_UNSENT = (
     "password in a few minutes and we will send a new link."
 )
 RESET_UNSENT = "We could not send the email just now. Please ask again in a few minutes."
+SENT_MESSAGE = "account/messages/email_confirmation_sent.txt"
 UNSENT_MESSAGES = {
     "verification": VERIFICATION_UNSENT,
     "account_already_exists": VERIFICATION_UNSENT,
@@ -80,3 +81,11 @@ class AccountAdapter(DefaultAccountAdapter):
             messages.error(
                 request, UNSENT_MESSAGES.get(kind, "We could not send the email just now.")
             )
+            request.reqrun_mail_unsent = True
+
+    def add_message(self, request, level, message_template=None, *args, **kwargs) -> None:
+        """allauth says "Confirmation email sent to …" after the send whatever became of it:
+        not after one that failed, whose page already says it could not be sent."""
+        if message_template == SENT_MESSAGE and getattr(request, "reqrun_mail_unsent", False):
+            return
+        super().add_message(request, level, message_template, *args, **kwargs)
