@@ -8,15 +8,16 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 engine=${CONTAINER_ENGINE:-$(command -v podman || command -v docker)}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# DEBIAN_MIRROR: an archive to take the packages from; unset, debootstrap's own default.
+mirror=(${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"})
 prefix=localhost/reqrun-standin
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 if ! "$engine" image exists "$prefix/bookworm:latest" 2>/dev/null; then
-    echo "[standins] debootstrap bookworm (minbase) from $mirror" >&2
-    debootstrap --variant=minbase bookworm "$work/rootfs" "$mirror" > "$work/debootstrap.log" \
+    echo "[standins] debootstrap bookworm (minbase)" >&2
+    debootstrap --variant=minbase bookworm "$work/rootfs" "${mirror[@]}" > "$work/debootstrap.log" \
         || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
     tar -C "$work/rootfs" -c . | "$engine" import - "$prefix/bookworm:latest" > /dev/null
 fi
