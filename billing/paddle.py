@@ -42,12 +42,16 @@ logger = logging.getLogger(__name__)
 sdk_logger = logging.Logger("paddle_billing.client")
 sdk_logger.addHandler(logging.NullHandler())
 
-API_TIMEOUT_SECONDS = 10
 # What our columns keep of Paddle's ids, and of a subscription's status and scheduled change
 # (billing.models): an answer or event with longer ones cannot be recorded.
 ID_MAX_LENGTH = 64
 STATUS_MAX_LENGTH = 20
 UNREACHABLE = "Paddle could not be reached, so nothing was changed. Please try again in a minute."
+# Sent, and not answered in time: Paddle may have made the change all the same.
+UNANSWERED = (
+    "Paddle did not answer in time, so ReqRun cannot tell whether the change was made. "
+    "Reload this page in a minute to see; try again only if it was not made."
+)
 
 
 class PaddleError(Exception):
@@ -102,7 +106,7 @@ def client() -> Client:
         settings.PADDLE_API_KEY,
         options=Options(sdk_environment),
         http_client=session,
-        timeout=API_TIMEOUT_SECONDS,
+        timeout=settings.PADDLE_API_TIMEOUT_SECONDS,
         logger=sdk_logger,
     )
 
@@ -206,6 +210,9 @@ def _call(action: str, operation, *args: Any, read: Callable[[Any], Any] = lambd
         if status is not None and status < 500:
             raise PaddleError(f"Paddle refused to {action} (HTTP {status}).") from error
         raise PaddleError(UNREACHABLE) from error
+    except requests.ReadTimeout as error:
+        logger.warning("paddle api did not answer in time", extra={"action": action})
+        raise PaddleError(UNANSWERED) from error
     except requests.RequestException as error:
         logger.warning(
             "paddle api unreachable", extra={"action": action, "error": type(error).__name__}

@@ -335,6 +335,8 @@ PADDLE_PRICES = dict(
     )
 )
 PADDLE_API_BASE_URL = env.str("PADDLE_API_BASE_URL", default="")
+# How long a call to Paddle's API may wait for each read of its answer.
+PADDLE_API_TIMEOUT_SECONDS = 10
 
 # Celery: JSON only, at-least-once delivery, the database is the source of truth.
 CELERY_BROKER_URL = REDIS_URL

@@ -2,6 +2,7 @@
 end, keep, change plan, customer portal, invoice PDF — and what happens when Paddle fails."""
 
 import json
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -605,3 +606,20 @@ def test_checkout_answered_with_an_id_too_long_to_keep_records_nothing(
     assert not CheckoutTransaction.objects.exists()
     customers = BillingCustomer.objects.filter(account=alice_account).count()
     assert customers == (1 if failing_call == "transaction" else 0)
+
+
+def test_a_cancel_paddle_answers_too_late_says_it_may_have_been_made(
+    owner, subscribed, paddle_api, settings
+):
+    """A read timeout comes after the call was sent: Paddle may have made the change, so the
+    owner is not told that nothing changed (the reload shows it once the webhook arrives)."""
+    settings.PADDLE_API_TIMEOUT_SECONDS = 0.3
+    paddle_api.on_call = lambda call: time.sleep(1)
+
+    response = owner.post("/app/billing/cancel")
+
+    [message] = messages_of(response)
+    assert "cannot tell whether the change was made" in message
+    assert "nothing was changed" not in message
+    subscribed.refresh_from_db()
+    assert not subscribed.cancel_scheduled  # ours is changed only by Paddle's answer or event
