@@ -62,14 +62,17 @@ say "building the image and starting the stack with ${compose[*]}"
     || { tail -30 "${TMPDIR:-/tmp}/reqrun-container-check.log" >&2; exit 1; }
 
 base=http://127.0.0.1:$REQRUN_PORT
+wait_ready() {  # /readyz answers 200 once migrated, with the sweeper and a worker seen
+    for _ in $(seq 180); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/readyz")" = 200 ] && return 0
+        sleep 1
+    done
+    say "never ready"
+    "${compose[@]}" logs --tail 20 >&2
+    exit 1
+}
 say "waiting for $base/readyz (migrated, sweeper and worker seen)"
-for _ in $(seq 180); do
-    if [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/readyz")" = 200 ]; then
-        break
-    fi
-    sleep 1
-done
-curl -sf "$base/readyz" > /dev/null || { say "never ready"; "${compose[@]}" logs --tail 20 >&2; exit 1; }
+wait_ready
 
 say "bootstrapping a project whose upstream is http://$host_address:$upstream_port/v1"
 created=$("${compose[@]}" exec web python manage.py bootstrap_project \
@@ -145,10 +148,7 @@ late=$(curl -sf -H "Authorization: Bearer $api_key" -H "Prefer: respond-async" \
 "$engine" exec -i "$postgres" pg_restore --no-owner -U reqrun -d reqrun < "$dump"
 rm -f "$dump"
 "$engine" start "${processes[@]}" > /dev/null
-for _ in $(seq 120); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/readyz")" = 200 ] && break
-    sleep 1
-done
+wait_ready
 BASE=$base API_KEY=$api_key LATE=$late "$python" - << 'PY'
 import os
 

@@ -112,6 +112,7 @@ def final_response(request: Request) -> HttpResponse:
     answer as if the client had called it, a truncated stream ending in its error event, or
     ReqRun's own error. A replay never presents a failed or canceled request as a success."""
     error = request.error or {}
+    stored = request.response_body is not None and request.response_status_code is not None
     if request.stream and request.partial:
         response = _truncated_stream(request)
     elif request.status == Status.CANCELED:
@@ -126,20 +127,14 @@ def final_response(request: Request) -> HttpResponse:
             },
             status.HTTP_409_CONFLICT,
         )
-    elif (
-        request.response_status_code is not None
-        and (body := retention.stored_response_body(request)) is not None
-    ):
+    elif stored and (body := retention.stored_response_body(request)) is not None:
         response = _json(body, request.response_status_code, request.response_headers)
     elif request.status == Status.SUCCEEDED or (request.response_status_code and not error):
         response = _json(
             {
                 "error": {
-                    # Still stored, yet not answered above: the keys no longer open it.
-                    "message": RESPONSE_UNREADABLE
-                    if request.response_status_code is not None
-                    and request.response_body is not None
-                    else RESPONSE_NOT_RETAINED,
+                    # Stored, yet not answered above: the keys no longer open it.
+                    "message": RESPONSE_UNREADABLE if stored else RESPONSE_NOT_RETAINED,
                     "type": "invalid_request_error",
                     "param": None,
                     "code": "response_not_retained",
