@@ -219,13 +219,15 @@ def accept_request(
             _enqueue_after_commit(request.pk)
         else:
             _accept_in_steps(request, limits)
-    except IntegrityError as error:
+    except (IntegrityError, QuotaExceeded, PendingQueueFull) as error:
         if isinstance(error.__cause__, pg_errors.ForeignKeyViolation):
             # The project (and with it this key) was deleted after the key authenticated.
             raise InvalidApiKey(INVALID_KEY_MESSAGE) from None
-        # Another web process inserted the same key first: attach to its request.
-        existing = _remembered(api_key=api_key, idempotency_key=idempotency_key or "")
-        if existing is None:
+        # Another web process accepted the same key first: its insert took the key's slot,
+        # or the last of the quota or the pending cap (it committed before our statement
+        # could take the lock it held). This call repeats that one: attach to its request.
+        existing = idempotency_key and _remembered(api_key=api_key, idempotency_key=idempotency_key)
+        if not existing:
             raise
         return _same_call(existing, body_sha256, endpoint)
     logger.info(

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -137,6 +138,28 @@ def test_concurrent_calls_with_one_key_execute_upstream_once(tenant, live_api, f
     assert len({r.content for r in responses}) == 1
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert Request.objects.count() == 1
+
+
+@pytest.mark.parametrize("limit", ["monthly_requests", "pending_requests"])
+def test_concurrent_calls_with_one_key_at_a_limit_all_attach(tenant, live_api, limit):
+    # The account has room for one more request: the caller whose accept takes it creates
+    # the request; the others, with the same key and body, repeat that call and attach to it.
+    tenant.override(**{limit: 1})
+    body = {**CHAT, "model": "sleep-1000"}
+    headers = {"Idempotency-Key": "at-the-limit", "Prefer": "respond-async"}
+    start = threading.Barrier(12)
+
+    def call(_):
+        start.wait()
+        return post(live_api, tenant, json=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(call, range(12)))
+
+    assert [r.status_code for r in responses] == [202] * 12, [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert Request.objects.count() == 1
+    assert usage_row(tenant.account).accepted_requests == 1
 
 
 def test_the_same_key_with_another_body_is_refused(tenant, live_api):
