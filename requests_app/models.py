@@ -123,6 +123,33 @@ class Request(models.Model):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    def attempts_as_read(self) -> list["Attempt"]:
+        """Its attempts as they stood when this row was read.
+
+        They are a second read (a prefetch, or a query now): a claim or a conclusion that
+        commits in between shows an attempt the row does not count yet, or ends the attempt
+        of a row still `running`. The engine opens and closes an attempt in the statement
+        that moves the request, so the row says how each attempt stood: one it does not
+        count is left out, and its running attempt is shown open, as it was."""
+        shown = []
+        for attempt in self.attempts.all():
+            if attempt.number > self.attempt_count:
+                continue
+            if (
+                self.status == Status.RUNNING
+                and attempt.number == self.attempt_count
+                and attempt.finished_at is not None
+            ):
+                attempt = Attempt(
+                    id=attempt.id,
+                    request_id=attempt.request_id,
+                    number=attempt.number,
+                    upstream=attempt.upstream,
+                    started_at=attempt.started_at,
+                )
+            shown.append(attempt)
+        return shown
+
 
 class Attempt(models.Model):
     class Outcome(models.TextChoices):

@@ -99,7 +99,7 @@ class AttemptListSerializer(serializers.ListSerializer):
     def get_attribute(self, instance: Request):
         # Attempts are opened by the claim that counts them: a request with none counted
         # (every new or queued one) has no rows to read.
-        return [] if instance.attempt_count == 0 else super().get_attribute(instance)
+        return [] if instance.attempt_count == 0 else instance.attempts_as_read()
 
 
 class AttemptSerializer(serializers.Serializer):

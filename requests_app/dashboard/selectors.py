@@ -138,7 +138,7 @@ class TimelineEntry:
 
 def attempt_timeline(request: Request) -> list[TimelineEntry]:
     entries, previous = [], None
-    for attempt in request.attempts.all():
+    for attempt in request.attempts_as_read():
         backoff = asked = None
         if previous is not None and previous.finished_at and attempt.started_at:
             waited = (attempt.started_at - previous.finished_at).total_seconds()

@@ -9,10 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from django.db import connection, transaction
+from django.utils import timezone
 
 from requests_app.engine import upstream
 from requests_app.models import Attempt, Request
-from tests.conftest import wait_until
+from tests.conftest import wait_until, waiting_for_a_lock
+from tests.factories import AttemptFactory, RequestFactory
 from tests.fake_upstream.payloads import ODD_TEXT
 
 CHAT = [{"role": "user", "content": "Say hello"}]
@@ -336,6 +339,33 @@ def test_async_mode_accepts_at_once_and_long_polls_to_the_result(tenant, live_ap
         "response",
         "error",
     }
+
+
+def test_a_request_read_while_its_attempt_ends_shows_one_moment_of_it(tenant, live_api):
+    # The request's row and its attempts are two reads: an attempt that ends between them
+    # must not show a request still `running` whose every attempt has finished.
+    record = RequestFactory(project=tenant.project, status="running", attempt_count=1)
+    AttemptFactory(request=record, number=1, outcome="", status_code=None)
+    url = f"{live_api.url}/v1/requests/{record.public_id}"
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    with ThreadPoolExecutor(max_workers=1) as pool, transaction.atomic():
+        # The attempts held back until the reader has read the row; then the attempt ends.
+        with connection.cursor() as cursor:
+            cursor.execute("LOCK TABLE requests_app_attempt IN ACCESS EXCLUSIVE MODE")
+        reading = pool.submit(httpx.get, url, headers=headers, timeout=30)
+        wait_until(waiting_for_a_lock, timeout=10)
+        Attempt.objects.filter(request=record).update(
+            finished_at=timezone.now(), outcome="retryable_error", status_code=503
+        )
+        Request.objects.filter(pk=record.pk).update(status="retrying")
+    polled = reading.result(timeout=30).json()
+
+    assert polled["status"] == "running"
+    assert [(a["number"], a["finished_at"], a["outcome"]) for a in polled["attempts"]] == [
+        (1, None, None)
+    ]
+    later = httpx.get(url, headers=headers, timeout=30).json()
+    assert (later["status"], later["attempts"][0]["outcome"]) == ("retrying", "retryable_error")
 
 
 def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, fake_upstream):
