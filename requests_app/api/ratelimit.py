@@ -1,5 +1,6 @@
 """ReqRun's own per-project rate limit: a fixed one-minute window counted in Redis."""
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ class RateLimitState:
 
 
 def _window() -> tuple[int, int]:
+    """This window's number and the whole seconds until the next one begins, rounded up: a
+    client that waits that long (`Retry-After`) is never refused again by the same window."""
     now = time.time()
     window = int(now // WINDOW_SECONDS)
-    reset = int((window + 1) * WINDOW_SECONDS - now) or 1
+    reset = math.ceil((window + 1) * WINDOW_SECONDS - now)
     return window, reset
 
 

@@ -14,6 +14,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
+from django.template.defaultfilters import pluralize
 from django.template.response import SimpleTemplateResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.renderers import JSONRenderer
@@ -269,10 +270,12 @@ class ProxyView(V1View):
                 project_id=api_key.project_id, limit=limits.requests_per_minute
             )
         if not self.rate_state.allowed:
+            reset = self.rate_state.reset_seconds
             raise RateLimited(
-                f"Rate limit of {limits.requests_per_minute} requests per minute reached for "
-                "this project. Retry after the reset.",
-                headers={"Retry-After": str(self.rate_state.reset_seconds)},
+                f"Rate limit of {limits.requests_per_minute:,} requests per minute reached for "
+                f"this project. Retry in {reset} second{pluralize(reset)}, when the next minute "
+                "starts; higher plans allow more.",
+                headers={"Retry-After": str(reset)},
             )
         ensure_body_size(len(body))
         payload = parse_body(body)

@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -247,6 +248,27 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
     assert_openai_error(response, 429, "rate_limit_exceeded")
     assert int(response.headers["retry-after"]) <= 60
     assert Request.objects.count() == 2
+
+
+def test_retry_after_a_rate_limit_refusal_lands_in_the_next_window(tenant, live_api):
+    # Whole seconds rounded up: a client that waits Retry-After (as the OpenAI SDKs do) comes
+    # back in a new window, never in the last fraction of a second of the one that refused it.
+    tenant.override(requests_per_minute=1)
+    while time.time() % 60 > 57:  # both calls in one window
+        time.sleep(0.5)
+    post(live_api, tenant, json=CHAT, headers={"Prefer": "respond-async"})
+    sent = time.time()
+
+    response = post(live_api, tenant, json=CHAT, headers={"Prefer": "respond-async"})
+    received = time.time()
+
+    assert_openai_error(response, 429, "rate_limit_exceeded")
+    window_ends = (sent // 60 + 1) * 60
+    retry_after = int(response.headers["retry-after"])
+    assert response.headers["reqrun-ratelimit-reset"] == str(retry_after)
+    assert response.headers["reqrun-ratelimit-remaining"] == "0"
+    assert received + retry_after >= window_ends
+    assert f"Retry in {retry_after} second" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(
