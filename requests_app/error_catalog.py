@@ -166,7 +166,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         429,
         "insufficient_quota",
         "The account has used this month's accepted requests (`x-should-retry: false`).",
-        "Upgrade the plan or wait for the next period; retrying does not help.",
+        "Upgrade the plan, or wait for the quota to reset on the 1st of the month at 00:00 UTC "
+        "(the message gives the date); retrying before then does not help.",
     ),
     ErrorCode(
         "request_already_finished",

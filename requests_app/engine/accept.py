@@ -15,7 +15,13 @@ from psycopg import errors as pg_errors
 from core import encryption
 from core.prepared import insert
 from core.untrusted import storable
-from projects.limits import Limits, count_accepted_request, current_period_start, limits_for
+from projects.limits import (
+    Limits,
+    count_accepted_request,
+    current_period_start,
+    limits_for,
+    next_period_start,
+)
 from projects.models import ApiKey, MonthlyUsage
 from requests_app.engine import sql
 from requests_app.engine.dispatch import publish_execute_request
@@ -138,9 +144,11 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
     with transaction.atomic():
         if not count_accepted_request(account=request.account, limit=limits.monthly_requests):
             monthly = limits.monthly_requests
+            resets = next_period_start(current_period_start())
             raise QuotaExceeded(
                 f"This account has used its {monthly:,} request{pluralize(monthly)} for this "
-                "month. Upgrade the plan or wait for the next period.",
+                "month. Upgrade the plan on the billing page, or wait: the quota resets on "
+                f"{resets:%B} {resets.day}, {resets.year} at 00:00 UTC.",
                 headers={"x-should-retry": "false"},
             )
         insert(request)

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import openai
@@ -15,6 +16,7 @@ from projects.limits import usage_row
 from projects.selectors import upstreams_of
 from projects.services import revoke_api_key
 from projects.upstreams import remove_upstream_key
+from requests_app.api.selectors import usage_report
 from requests_app.models import Request
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -202,7 +204,12 @@ def test_monthly_quota_refusal_counts_and_enqueues_nothing(tenant, live_api):
     response = post(live_api, tenant, json=CHAT)
 
     assert_openai_error(response, 429, "monthly_quota_exceeded")
-    assert "used its 1 request for this month" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "used its 1 request for this month" in message
+    resets = usage_report(tenant.account)["period_end"]
+    assert f"resets on {datetime.fromtimestamp(resets, UTC):%B} 1" in message  # when to retry
+    assert "00:00 UTC" in message
+    assert "Upgrade" in message
     assert response.headers["x-should-retry"] == "false"
     assert Request.objects.count() == 1
     assert usage_row(tenant.account).accepted_requests == 1
