@@ -9,7 +9,12 @@ from django.utils import timezone
 
 from accounts.models import Account
 from billing.models import Invoice, Subscription, WebhookEvent
-from projects.limits import current_period_start, limits_for, next_period_start
+from projects.limits import (
+    current_period_start,
+    limits_for,
+    next_period_start,
+    quota_percent,
+)
 from projects.models import MonthlyUsage, Plan
 
 # A stored event still unprocessed after this long lost its task (Redis restart, worker kill).
@@ -51,7 +56,7 @@ class Usage:
 
     @property
     def percent(self) -> int:
-        return min(100, self.used * 100 // self.quota) if self.quota else 100
+        return quota_percent(used=self.used, quota=self.quota)
 
 
 def purchasable_plan(code: str) -> tuple[Plan, str] | None:

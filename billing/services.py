@@ -23,6 +23,7 @@ from projects.limits import (
     current_period_start,
     next_period_start,
     plan_state_of,
+    quota_percent,
     set_plan,
 )
 from projects.models import MonthlyUsage, Plan
@@ -531,7 +532,7 @@ def email_owners_about_usage(
             "used": used,
             "quota": quota,
             "full": full,
-            "percent": min(100, used * 100 // quota),
+            "percent": quota_percent(used=used, quota=quota),
             "resets_on": next_period_start(row.period_start),
         },
         owner_ids=owner_ids,

@@ -130,6 +130,13 @@ def usage_row(account: Account, period_start: date | None = None) -> MonthlyUsag
     return row
 
 
+def quota_percent(*, used: int, quota: int) -> int:
+    """How much of a monthly quota is used, in whole percent rounded down and at most 100, as
+    every page and usage email shows it: 100 only once requests are refused, 80 only once
+    the 80 % notice is due. A quota of 0 is full."""
+    return min(100, used * 100 // quota) if quota else 100
+
+
 def count_accepted_request(*, account: Account, limit: int) -> bool:
     """Add one accepted request to this month's counter unless it is at `limit`.
 

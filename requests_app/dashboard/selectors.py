@@ -16,7 +16,13 @@ from django.utils import timezone
 from accounts.models import Account, User
 from core import encryption
 from core.untrusted import parse_json_to_keep
-from projects.limits import current_period_start, limits_for, next_period_start, usage_row
+from projects.limits import (
+    current_period_start,
+    limits_for,
+    next_period_start,
+    quota_percent,
+    usage_row,
+)
 from projects.models import DEADLINE_MAX_SECONDS, Project
 from requests_app.engine import breaker
 from requests_app.engine.usage import REQUEST_TOTALS, TOKENS
@@ -252,9 +258,7 @@ class UsageReport:
 
     @property
     def percent(self) -> int:
-        if not self.monthly_limit:
-            return 100
-        return min(100, round(100 * self.accepted_requests / self.monthly_limit))
+        return quota_percent(used=self.accepted_requests, quota=self.monthly_limit)
 
 
 def _period_bounds(period_start: date) -> tuple[datetime, datetime, date]:

@@ -468,6 +468,31 @@ def test_usage_still_counts_requests_whose_records_were_purged(
     assert (by_project["Batch jobs"]["requests"], by_project["Batch jobs"]["failed"]) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    ("used", "percent", "bar"),
+    [(7_999, 79, "quota-bar"), (8_000, 80, "quota-bar quota-bar-warning"), (9_999, 99, None)],
+)
+def test_the_quota_bar_agrees_with_the_billing_page_and_the_usage_emails(
+    client, alice, alice_account, project, used, percent, bar
+):
+    # Rounded down, as the billing page and the 80 % email count: 9,999 of 10,000 is not
+    # "100 %" while requests are still accepted, nor 7,999 "80 %" before the 80 % email.
+    RequestFactory(project=project)
+    row = usage_row(alice_account)
+    row.accepted_requests = used
+    row.save()
+    client.force_login(alice)
+
+    usage_page = client.get(reverse("usage")).content.decode()
+    billing_page = client.get("/app/billing/").content.decode()
+
+    assert f"<span>{percent} %</span>" in usage_page
+    assert f"<span>{percent}%</span>" in billing_page
+    assert "quota-bar-danger" not in usage_page + billing_page
+    if bar:
+        assert f'class="{bar}"' in usage_page and f'class="{bar}"' in billing_page
+
+
 def test_usage_without_requests_says_what_to_do(client, alice, project):
     client.force_login(alice)
 
