@@ -147,8 +147,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "rate_limit_exceeded",
         429,
         "requests",
-        "The project sent more requests this minute than the plan's rate limit. The upstream's "
-        "own 429s are returned unchanged with their own codes.",
+        "The account sent more requests this minute than its plan's rate limit (all its "
+        "projects and keys together). The upstream's own 429s are returned unchanged with "
+        "their own codes.",
         "Wait `Retry-After` seconds; watch `ReqRun-RateLimit-Remaining`. The OpenAI SDKs "
         "retry this for you.",
         retry=True,

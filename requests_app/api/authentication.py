@@ -81,7 +81,7 @@ def authenticate(
     """Authenticate a /v1 call, counting failures per address and per key prefix.
 
     An address with too many recent failures is refused whatever key it sends. For a
-    good key that check shares one Redis round trip with the project's rate limit:
+    good key that check shares one Redis round trip with the account's rate limit:
     `rate="hit"` counts this call, `rate="peek"` only reads the window, None leaves it.
     """
     address_key = _address_key(meta)
@@ -102,7 +102,7 @@ def authenticate(
         if rate is not None:
             state = ratelimit.queue(
                 pipe,
-                project_id=api_key.project_id,
+                account_id=api_key.project.account_id,
                 limit=limits_for(api_key.project.account, preloaded=True).requests_per_minute,
                 count=rate == "hit",
             )

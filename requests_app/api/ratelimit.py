@@ -1,4 +1,5 @@
-"""ReqRun's own per-project rate limit: a fixed one-minute window counted in Redis."""
+"""ReqRun's own rate limit: the plan's requests per minute for the whole account (all its
+projects and keys together, like its monthly quota), a fixed one-minute window in Redis."""
 
 import math
 import time
@@ -36,18 +37,18 @@ def _window() -> tuple[int, int]:
     return window, reset
 
 
-def _key(project_id: int, window: int) -> str:
-    return f"reqrun:ratelimit:{project_id}:{window}"
+def _key(account_id: int, window: int) -> str:
+    return f"reqrun:ratelimit:account:{account_id}:{window}"
 
 
 def queue(
-    pipe: Pipeline, *, project_id: int, limit: int, count: bool
+    pipe: Pipeline, *, account_id: int, limit: int, count: bool
 ) -> Callable[[list], RateLimitState]:
     """Put this window's count on `pipe` (counting one request, or only reading it), so the
     caller can send it with other commands in one round trip. Returns what turns the
     results of the commands queued here into the state."""
     window, reset = _window()
-    key = _key(project_id, window)
+    key = _key(account_id, window)
     if count:
         pipe.incr(key)
         pipe.expire(key, WINDOW_SECONDS + 5)  # the key is per window; no NX on Redis 6
@@ -66,16 +67,16 @@ def queue(
     return state
 
 
-def _one_round_trip(*, project_id: int, limit: int, count: bool) -> RateLimitState:
+def _one_round_trip(*, account_id: int, limit: int, count: bool) -> RateLimitState:
     with client().pipeline(transaction=False) as pipe:
-        state = queue(pipe, project_id=project_id, limit=limit, count=count)
+        state = queue(pipe, account_id=account_id, limit=limit, count=count)
         return state(pipe.execute())
 
 
-def hit(*, project_id: int, limit: int) -> RateLimitState:
+def hit(*, account_id: int, limit: int) -> RateLimitState:
     """Count one request in this window; shared by every web process through Redis."""
-    return _one_round_trip(project_id=project_id, limit=limit, count=True)
+    return _one_round_trip(account_id=account_id, limit=limit, count=True)
 
 
-def peek(*, project_id: int, limit: int) -> RateLimitState:
-    return _one_round_trip(project_id=project_id, limit=limit, count=False)
+def peek(*, account_id: int, limit: int) -> RateLimitState:
+    return _one_round_trip(account_id=account_id, limit=limit, count=False)

@@ -251,7 +251,7 @@ class ProxyView(V1View):
             idempotency_key = parse_idempotency_key(request)
         except InvalidRequest:  # refused like any bad input, with the limit's state shown
             self.rate_state = ratelimit.peek(
-                project_id=api_key.project_id, limit=limits.requests_per_minute
+                account_id=api_key.project.account_id, limit=limits.requests_per_minute
             )
             raise
         if idempotency_key:  # a client retry of a known call: no limit applies to it
@@ -260,20 +260,20 @@ class ProxyView(V1View):
             )
             if repeated is not None:
                 self.rate_state = ratelimit.peek(
-                    project_id=api_key.project_id, limit=limits.requests_per_minute
+                    account_id=api_key.project.account_id, limit=limits.requests_per_minute
                 )
                 wait_seconds = parse_wait_budget(request)
                 owed = owed_its_answer(repeated, api_key.project, wait_seconds)
                 return repeated.outcome, load_request(repeated.request.pk), wait_seconds, owed
         if self.rate_state is None:
             self.rate_state = ratelimit.hit(
-                project_id=api_key.project_id, limit=limits.requests_per_minute
+                account_id=api_key.project.account_id, limit=limits.requests_per_minute
             )
         if not self.rate_state.allowed:
             reset = self.rate_state.reset_seconds
             raise RateLimited(
                 f"Rate limit of {limits.requests_per_minute:,} requests per minute reached for "
-                f"this project. Retry in {reset} second{pluralize(reset)}, when the next minute "
+                f"this account. Retry in {reset} second{pluralize(reset)}, when the next minute "
                 "starts; higher plans allow more.",
                 headers={"Retry-After": str(reset)},
             )

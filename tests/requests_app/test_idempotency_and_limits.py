@@ -14,8 +14,8 @@ import pytest
 
 from projects.limits import usage_row
 from projects.selectors import upstreams_of
-from projects.services import revoke_api_key
-from projects.upstreams import remove_upstream_key
+from projects.services import create_api_key, create_project, revoke_api_key
+from projects.upstreams import remove_upstream_key, set_provider_key
 from requests_app.api.selectors import usage_report
 from requests_app.models import Request
 
@@ -255,6 +255,31 @@ def test_rate_limit_headers_and_refusal(tenant, live_api):
     assert_openai_error(response, 429, "rate_limit_exceeded")
     assert int(response.headers["retry-after"]) <= 60
     assert Request.objects.count() == 2
+
+
+def test_the_rate_limit_is_the_accounts_across_its_projects(tenant, live_api, fake_upstream):
+    # The plan's requests per minute, like its monthly quota and pending cap, is the
+    # account's: a second project is not a second allowance.
+    tenant.override(requests_per_minute=1)
+    second = create_project(
+        account=tenant.account, name="Second", upstream_base_url=fake_upstream.base_url
+    )
+    set_provider_key(project=second, provider_key="sk-test-provider-key-5678")
+    _, second_key = create_api_key(project=second, name="second")
+    async_call = {"Prefer": "respond-async"}
+    assert post(live_api, tenant, json=CHAT, headers=async_call).status_code == 202
+
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=CHAT,
+        timeout=60,
+        headers={"Authorization": f"Bearer {second_key}", **async_call},
+    )
+
+    assert_openai_error(response, 429, "rate_limit_exceeded")
+    assert "for this account" in response.json()["error"]["message"]
+    assert response.headers["reqrun-ratelimit-remaining"] == "0"
+    assert Request.objects.count() == 1
 
 
 def test_retry_after_a_rate_limit_refusal_lands_in_the_next_window(tenant, live_api):
