@@ -194,6 +194,8 @@ class DailyUsage(models.Model):
     tokens = models.PositiveBigIntegerField(default=0)
     succeeded = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
+    # Succeeded requests whose usage the upstream did not report (not in `tokens`).
+    unreported = models.PositiveIntegerField(default=0)
 
     class Meta:
         constraints = [

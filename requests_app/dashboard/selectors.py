@@ -325,5 +325,6 @@ def usage_report(account: Account) -> UsageReport:
         totals={
             "requests": sum(d.requests for d in days),
             "tokens": sum(d.tokens for d in days),
+            "unreported": sum(project["unreported"] for project in projects),
         },
     )

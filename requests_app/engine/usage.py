@@ -12,19 +12,20 @@ from requests_app.models import Status
 # Token counts come from the upstream's answer: only whole numbers of at most this many
 # digits are kept and summed (a sum of them stays far inside a bigint).
 TOKEN_DIGITS = 15
+TOKENS_REPORTED = Q(usage__total_tokens__regex=rf"^[0-9]{{1,{TOKEN_DIGITS}}}$")
 TOKENS = Coalesce(
-    Sum(
-        Cast(KT("usage__total_tokens"), BigIntegerField()),
-        filter=Q(usage__total_tokens__regex=rf"^[0-9]{{1,{TOKEN_DIGITS}}}$"),
-    ),
-    0,
+    Sum(Cast(KT("usage__total_tokens"), BigIntegerField()), filter=TOKENS_REPORTED), 0
 )
+SUCCEEDED = Q(status=Status.SUCCEEDED)
 
 REQUEST_TOTALS = {
     "requests": Count("pk"),
     "tokens": TOKENS,
-    "succeeded": Count("pk", filter=Q(status=Status.SUCCEEDED)),
+    "succeeded": Count("pk", filter=SUCCEEDED),
     "failed": Count("pk", filter=Q(status__in=[Status.FAILED, Status.EXPIRED])),
+    # Succeeded without a usage the totals could count (a stream without
+    # `stream_options.include_usage`, an upstream that sends none): tokens unknown, not 0.
+    "unreported": Count("pk", filter=SUCCEEDED) - Count("pk", filter=SUCCEEDED & TOKENS_REPORTED),
 }
 
 

@@ -72,7 +72,7 @@ def test_usage_shows_only_the_current_accounts_projects(client, charlie, project
 
     assert response.status_code == 200
     assert b"Chatbot" not in response.content
-    assert response.context["report"].totals == {"requests": 0, "tokens": 0}
+    assert response.context["report"].totals == {"requests": 0, "tokens": 0, "unreported": 0}
 
 
 def test_a_member_sees_requests_but_only_managers_cancel(client, bob, project):
@@ -433,7 +433,7 @@ def test_usage_counts_requests_and_tokens_per_day_and_project(
 
     today = next(day for day in report.days if day.day == timezone.now().date())
     assert (today.requests, today.tokens) == (4, 30)
-    assert report.totals == {"requests": 4, "tokens": 30}
+    assert report.totals == {"requests": 4, "tokens": 30, "unreported": 1}
     by_project = {row["project__name"]: row for row in report.projects}
     assert by_project["Chatbot"]["requests"] == 3 and by_project["Chatbot"]["tokens"] == 30
     assert by_project["Batch jobs"]["failed"] == 1
@@ -491,6 +491,24 @@ def test_the_quota_bar_agrees_with_the_billing_page_and_the_usage_emails(
     assert "quota-bar-danger" not in usage_page + billing_page
     if bar:
         assert f'class="{bar}"' in usage_page and f'class="{bar}"' in billing_page
+
+
+def test_usage_says_how_many_requests_had_no_usage_reported(client, alice, project):
+    # A stream without `stream_options.include_usage`, or an upstream that sends none: its
+    # tokens are unknown, not zero, and the token totals say they leave them out. Failed
+    # calls are not counted as unknown: an upstream's refusal uses no tokens.
+    RequestFactory(project=project, status="succeeded", usage={"total_tokens": 7})
+    RequestFactory(project=project, status="succeeded", usage=None)
+    RequestFactory(project=project, status="failed", usage=None)
+    purge_expired_data(timezone.now() + timedelta(days=4))  # kept as the day's totals
+    RequestFactory(project=project, status="succeeded", usage=None, stream=True)
+    client.force_login(alice)
+
+    response = client.get(reverse("usage"))
+
+    assert response.context["report"].totals["tokens"] == 7
+    page = " ".join(response.content.decode().split())
+    assert "2 succeeded requests had no usage reported" in page
 
 
 def test_usage_without_requests_says_what_to_do(client, alice, project):
