@@ -1,45 +1,169 @@
-"""Django settings. Every value that differs between environments comes from the environment."""
+"""Django settings. Every value that differs between environments comes from the environment.
 
+A value no process can run with stops whichever process loads these settings (web, worker,
+beat, manage.py) before it does anything: one line on standard error naming the variable and
+what to put there, exit status 78 (EX_CONFIG), never a traceback and never a process that
+starts and fails each request later.
+"""
+
+import ipaddress
+import math
+import os
 import ssl
+import sys
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
 
 import environ
+import redis
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from core.postgresql.pool import connection_given_up
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
+# sysexits.h EX_CONFIG: a process manager can tell "fix the configuration" from a crash.
+EXIT_MISCONFIGURED = 78
+DAY = 24 * 3600
 
-DEBUG = env.bool("DEBUG", default=False)
 
-SECRET_KEY = env.str("SECRET_KEY", default="")
+def refuse(message: str) -> NoReturn:
+    """Stop this process on a setting it cannot run with, in one line naming the variable."""
+    print(f"ReqRun not started: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_MISCONFIGURED)
+
+
+def text(name: str, default: str = "") -> str:
+    """The variable as written, less stray spaces; `default` when it is unset or blank (as
+    compose passes one it was given no value for). Not django-environ's reading, which takes a
+    value starting with `$` for the name of another variable to read instead: a secret may
+    start with `$` (Django's own get_random_secret_key() makes such keys)."""
+    return os.environ.get(name, "").strip() or default
+
+
+def names(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list, each entry without stray spaces, empty entries dropped."""
+    entries = [entry.strip() for entry in text(name).split(",")]
+    return [entry for entry in entries if entry] or default
+
+
+def choice(name: str, default: str, options: tuple[str, ...]) -> str:
+    value = text(name, default)
+    if value.lower() not in options:
+        refuse(f"{name} must be one of {', '.join(options)}, not {value!r}.")
+    return value.lower()
+
+
+def flag(name: str, *, default: bool) -> bool:
+    value = text(name).lower()
+    if not value:
+        return default
+    if value in ("true", "yes", "y", "on", "ok", "1"):
+        return True
+    if value in ("false", "no", "n", "off", "0"):
+        return False
+    refuse(f"{name} must be true or false, not {value!r}.")
+
+
+def count(name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    """A whole number from `minimum` to `maximum` (a size, a port, whole seconds)."""
+    value = text(name)
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        upto = f" and at most {maximum}" if maximum is not None else ""
+        refuse(
+            f"{name} must be a whole number of at least {minimum}{upto} "
+            f"(default {default}), not {value!r}."
+        )
+    return number
+
+
+def seconds(name: str, default: float, *, zero: bool = False) -> float:
+    """A duration in seconds, above 0 (or 0 too, with `zero`), at most a day."""
+    value = text(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (0 <= number <= DAY) or (number == 0 and not zero):
+        least = "0" if zero else "above 0"
+        refuse(
+            f"{name} must be a number of seconds, {least} and at most {DAY} "
+            f"(default {default:g}), not {value!r}."
+        )
+    return number
+
+
+def networks(name: str, default: list[str], *, anyone: bool = False) -> list[str]:
+    """Addresses or networks (`10.0.0.0/8`), and with `anyone`, `*` for every address."""
+    entries = names(name, default)
+    for entry in entries:
+        try:
+            if not (anyone and entry == "*"):
+                ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            star = ", or * behind a platform router" if anyone else ""
+            refuse(
+                f"{name}: {entry!r} is not an IP address or network "
+                f"(use e.g. 127.0.0.1,10.0.0.0/8{star})."
+            )
+    return entries
+
+
+DEBUG = flag("DEBUG", default=False)
+
+SECRET_KEY = text("SECRET_KEY")
 if not SECRET_KEY:
-    raise ImproperlyConfigured(
+    refuse(
         "SECRET_KEY is not set. `make run` and `make test` set development values; "
         "in production set SECRET_KEY to a long random string."
     )
 
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+ALLOWED_HOSTS = names("ALLOWED_HOSTS", ["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = names("CSRF_TRUSTED_ORIGINS", [])
+for origin in CSRF_TRUSTED_ORIGINS:
+    if "://" not in origin:
+        refuse(
+            f"CSRF_TRUSTED_ORIGINS: {origin!r} has no scheme; write the origin as the browser "
+            "sends it, e.g. https://reqrun.example.com."
+        )
 CSRF_FAILURE_VIEW = "core.csrf.csrf_failure"
 # Addresses or networks of the proxies in front (comma-separated; `*` trusts every peer, only
 # for platforms where nothing but their router can reach the app, whose hop alone is then
 # believed). Only these may tell us the client's address in X-Forwarded-For; the Procfile
 # passes the same list to uvicorn.
-REQRUN_TRUSTED_PROXIES = env.list("REQRUN_TRUSTED_PROXIES", default=["127.0.0.1"])
+REQRUN_TRUSTED_PROXIES = networks("REQRUN_TRUSTED_PROXIES", ["127.0.0.1"], anyone=True)
 # allauth's own X-Forwarded-For parsing counts hops without looking at the peer, so it stays
 # off: accounts.adapter hands allauth the address from accounts.access.client_ip instead.
 ALLAUTH_TRUSTED_PROXY_COUNT = 0
 ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
 
 for required in ("DATABASE_URL", "REDIS_URL"):
-    if not env.str(required, default=""):
-        raise ImproperlyConfigured(
+    if not text(required):
+        refuse(
             f"{required} is not set. `make run` and `make test` start embedded servers and set "
             f"it for you; to run a process by hand, see `python -m devstack env`."
         )
+# Checked before django-environ parses them: it warns with the whole parsed URL, password
+# included, about a scheme it does not know. Neither is ever repeated: both hold a password.
+if urlsplit(text("DATABASE_URL")).scheme not in ("postgres", "postgresql", "pgsql"):
+    refuse("DATABASE_URL must be a PostgreSQL URL: postgres://user:password@host:5432/reqrun.")
+try:
+    redis.connection.parse_url(text("REDIS_URL"))
+except ValueError:
+    refuse(
+        "REDIS_URL must be a Redis URL: redis://[:password@]host:6379/0 "
+        "(rediss:// for TLS, unix:///path/to/redis.sock)."
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -110,7 +234,10 @@ TEMPLATES = [
 WSGI_APPLICATION = "reqrun.wsgi.application"
 ASGI_APPLICATION = "reqrun.asgi.application"
 
-DATABASES = {"default": env.db_url("DATABASE_URL")}
+try:
+    DATABASES = {"default": environ.Env.db_url_config(text("DATABASE_URL"))}
+except ValueError:  # a port that is not a number
+    refuse("DATABASE_URL must be a PostgreSQL URL: postgres://user:password@host:5432/reqrun.")
 # Django's PostgreSQL backend, whose pool hands out no connection the server has closed.
 DATABASES["default"]["ENGINE"] = "core.postgresql"
 # A psycopg connection pool per process. Under ASGI, Django binds connections to the async
@@ -123,15 +250,19 @@ DATABASES["default"]["CONN_MAX_AGE"] = 0
 # Behind PgBouncer in transaction mode, prepared statements do not survive between
 # transactions: set DB_SERVER_SIDE_BINDING=false there (psycopg then binds on the client
 # and prepares nothing).
-if env.bool("DB_SERVER_SIDE_BINDING", default=True):
+if flag("DB_SERVER_SIDE_BINDING", default=True):
     DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
     DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 1
 else:
     DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+DB_POOL_MAX_SIZE = count("DB_POOL_MAX_SIZE", 40, minimum=1)
+DB_POOL_MIN_SIZE = count("DB_POOL_MIN_SIZE", min(2, DB_POOL_MAX_SIZE), minimum=0)
+if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
+    refuse(f"DB_POOL_MIN_SIZE must be at most DB_POOL_MAX_SIZE ({DB_POOL_MAX_SIZE}).")
 DATABASES["default"]["OPTIONS"]["pool"] = {
-    "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
-    "max_size": env.int("DB_POOL_MAX_SIZE", default=40),
-    "timeout": env.float("DB_POOL_TIMEOUT", default=30.0),
+    "min_size": DB_POOL_MIN_SIZE,
+    "max_size": DB_POOL_MAX_SIZE,
+    "timeout": seconds("DB_POOL_TIMEOUT", 30.0),
     # A connection the pool could not open (the server down, or out of connection slots)
     # is tried again with a doubling pause, for 5 minutes by psycopg_pool's default: after
     # an outage of N seconds a process would wait up to N more before its next try, still
@@ -146,7 +277,7 @@ DATABASES["default"]["OPTIONS"]["pool"] = {
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env.str("REDIS_URL")
+REDIS_URL = text("REDIS_URL")
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -216,18 +347,24 @@ MFA_FORMS = {
     "reauthenticate": "accounts.forms.ReauthenticateForm",
 }
 
-if not DEBUG and not env.str("EMAIL_URL", default=""):
-    raise ImproperlyConfigured(
+if not DEBUG and not text("EMAIL_URL"):
+    refuse(
         "EMAIL_URL is not set: with DEBUG off, verification and password-reset emails must be "
         "delivered, not written to the log. Set EMAIL_URL, e.g. "
         "smtp+tls://user:password@smtp.example.com:587 (DEBUG=true uses the console)."
     )
-EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+try:
+    EMAIL_CONFIG = environ.Env.email_url_config(text("EMAIL_URL", "consolemail://"))
+except (ImproperlyConfigured, ValueError):  # an unknown scheme, a port that is not a number
+    refuse(
+        "EMAIL_URL must be a mail server URL, e.g. smtp+tls://user:password@smtp.example.com:587 "
+        "(smtp://, smtp+tls:// or smtp+ssl://; consolemail:// prints the emails)."
+    )
 vars().update(EMAIL_CONFIG)
 # Django waits on the mail server forever by default: one that accepts and never answers would
 # hold the web or Celery worker sending the mail. A failed send is handled (docs/operations.md).
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
-DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="ReqRun <no-reply@reqrun.com>")
+EMAIL_TIMEOUT = count("EMAIL_TIMEOUT", 10, minimum=1, maximum=DAY)
+DEFAULT_FROM_EMAIL = text("DEFAULT_FROM_EMAIL", "ReqRun <no-reply@reqrun.com>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 
 LANGUAGE_CODE = "en-us"
@@ -236,7 +373,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
+STATIC_ROOT = Path(text("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -252,9 +389,9 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 # Security. Production sits behind a TLS-terminating proxy that sets X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_SSL_REDIRECT = flag("SECURE_SSL_REDIRECT", default=not DEBUG)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
-SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_SECONDS = count("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -286,55 +423,70 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 # Upstreams and secrets at rest.
-REQRUN_ENCRYPTION_KEYS = env.list("REQRUN_ENCRYPTION_KEYS", default=[])
+MAKE_A_FERNET_KEY = (
+    "Make one with: python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'"
+)
+REQRUN_ENCRYPTION_KEYS = names("REQRUN_ENCRYPTION_KEYS", [])
 if not REQRUN_ENCRYPTION_KEYS:
-    raise ImproperlyConfigured(
+    refuse(
         "REQRUN_ENCRYPTION_KEYS is not set: give one or more Fernet keys, primary first. "
-        "Make one with: python -c 'from cryptography.fernet import Fernet; "
-        "print(Fernet.generate_key().decode())'"
+        + MAKE_A_FERNET_KEY
     )
-REQRUN_ALLOW_PRIVATE_UPSTREAMS = env.bool("REQRUN_ALLOW_PRIVATE_UPSTREAMS", default=False)
+for position, key in enumerate(REQRUN_ENCRYPTION_KEYS, start=1):
+    try:
+        Fernet(key)
+    except ValueError:  # named by its place in the list, never repeated
+        refuse(
+            f"REQRUN_ENCRYPTION_KEYS: key {position} of {len(REQRUN_ENCRYPTION_KEYS)} is not a "
+            f"Fernet key (32 url-safe base64-encoded bytes). {MAKE_A_FERNET_KEY}"
+        )
+REQRUN_ALLOW_PRIVATE_UPSTREAMS = flag("REQRUN_ALLOW_PRIVATE_UPSTREAMS", default=False)
 REQRUN_DEFAULT_UPSTREAM_URL = "https://api.openai.com/v1"
 # A worker's claim on an attempt lasts the attempt timeout plus this grace; after that the
 # sweeper assumes the worker died and retries the request.
-REQRUN_LEASE_GRACE_SECONDS = env.int("REQRUN_LEASE_GRACE_SECONDS", default=30)
+REQRUN_LEASE_GRACE_SECONDS = count("REQRUN_LEASE_GRACE_SECONDS", 30, minimum=0, maximum=DAY)
 # Each upstream's circuit breaker (docs/failover.md): it opens after this many failures
 # within the window, stays open for the cooldown (doubled after each failed probe, up to
 # the maximum), then lets one probe through.
-REQRUN_BREAKER_FAILURES = env.int("REQRUN_BREAKER_FAILURES", default=5)
-REQRUN_BREAKER_WINDOW_SECONDS = env.int("REQRUN_BREAKER_WINDOW_SECONDS", default=60)
-REQRUN_BREAKER_COOLDOWN_SECONDS = env.int("REQRUN_BREAKER_COOLDOWN_SECONDS", default=30)
-REQRUN_BREAKER_COOLDOWN_MAX_SECONDS = env.int("REQRUN_BREAKER_COOLDOWN_MAX_SECONDS", default=300)
-REQRUN_MAX_BODY_BYTES = env.int("REQRUN_MAX_BODY_BYTES", default=10 * 1024 * 1024)
+REQRUN_BREAKER_FAILURES = count("REQRUN_BREAKER_FAILURES", 5, minimum=1)
+REQRUN_BREAKER_WINDOW_SECONDS = count("REQRUN_BREAKER_WINDOW_SECONDS", 60, minimum=1, maximum=DAY)
+REQRUN_BREAKER_COOLDOWN_SECONDS = count(
+    "REQRUN_BREAKER_COOLDOWN_SECONDS", 30, minimum=1, maximum=DAY
+)
+REQRUN_BREAKER_COOLDOWN_MAX_SECONDS = count(
+    "REQRUN_BREAKER_COOLDOWN_MAX_SECONDS", 300, minimum=1, maximum=DAY
+)
+REQRUN_MAX_BODY_BYTES = count("REQRUN_MAX_BODY_BYTES", 10 * 1024 * 1024, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = REQRUN_MAX_BODY_BYTES + 1
 # An upstream answer above this is dropped (502 upstream_response_too_large), not buffered.
-REQRUN_MAX_RESPONSE_BYTES = env.int("REQRUN_MAX_RESPONSE_BYTES", default=64 * 1024 * 1024)
+REQRUN_MAX_RESPONSE_BYTES = count("REQRUN_MAX_RESPONSE_BYTES", 64 * 1024 * 1024, minimum=1)
 
 # Prometheus at /metrics (core.metrics): for these addresses or networks, or with
 # `Authorization: Bearer <REQRUN_METRICS_TOKEN>` (unset: no token accepted).
-REQRUN_METRICS_ALLOWED_IPS = env.list("REQRUN_METRICS_ALLOWED_IPS", default=["127.0.0.1"])
-REQRUN_METRICS_TOKEN = env.str("REQRUN_METRICS_TOKEN", default="")
+REQRUN_METRICS_ALLOWED_IPS = networks("REQRUN_METRICS_ALLOWED_IPS", ["127.0.0.1"])
+REQRUN_METRICS_TOKEN = text("REQRUN_METRICS_TOKEN")
 # A directory shared by the processes of one host and emptied before they start: each
 # process writes its figures there, a scrape adds them up. Unset: per-process figures.
-PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+PROMETHEUS_MULTIPROC_DIR = text("PROMETHEUS_MULTIPROC_DIR")
 if PROMETHEUS_MULTIPROC_DIR and not Path(PROMETHEUS_MULTIPROC_DIR).is_dir():
-    raise ImproperlyConfigured("PROMETHEUS_MULTIPROC_DIR must name an existing directory.")
+    refuse(f"PROMETHEUS_MULTIPROC_DIR must name an existing directory: {PROMETHEUS_MULTIPROC_DIR}")
 
 # Paddle billing; unset means billing is not configured.
-PADDLE_ENVIRONMENT = env.str("PADDLE_ENVIRONMENT", default="sandbox")
-PADDLE_API_KEY = env.str("PADDLE_API_KEY", default="")
-PADDLE_CLIENT_TOKEN = env.str("PADDLE_CLIENT_TOKEN", default="")
-PADDLE_WEBHOOK_SECRET = env.str("PADDLE_WEBHOOK_SECRET", default="")
+PADDLE_ENVIRONMENT = choice("PADDLE_ENVIRONMENT", "sandbox", ("sandbox", "production"))
+PADDLE_API_KEY = text("PADDLE_API_KEY")
+PADDLE_CLIENT_TOKEN = text("PADDLE_CLIENT_TOKEN")
+PADDLE_WEBHOOK_SECRET = text("PADDLE_WEBHOOK_SECRET")
 # `pro:pri_…,team:pri_…` (the documented form; `pro=pri_…` works too) → {"pro": "pri_…"}.
 PADDLE_PRICES = dict(
     (plan.strip(), price.strip())
     for plan, _, price in (
         item.replace("=", ":", 1).partition(":")
-        for item in env.list("PADDLE_PRICES", default=[])
+        for item in names("PADDLE_PRICES", [])
         if ":" in item or "=" in item
     )
 )
-PADDLE_API_BASE_URL = env.str("PADDLE_API_BASE_URL", default="")
+PADDLE_API_BASE_URL = text("PADDLE_API_BASE_URL")
 # How long a call to Paddle's API may wait for each read of its answer.
 PADDLE_API_TIMEOUT_SECONDS = 10
 
@@ -396,16 +548,16 @@ REQRUN_BEAT_INLINE_TASKS = ["requests_app.tasks.sweep_requests"]
 # takes over this long after the leader died (at once when it stopped cleanly). Keep it
 # well under /readyz's 30 s for a stale sweeper (core.heartbeats), or a killed leader's
 # takeover makes every web unready for a moment.
-REQRUN_BEAT_LEASE_SECONDS = env.float("REQRUN_BEAT_LEASE_SECONDS", default=20.0)
+REQRUN_BEAT_LEASE_SECONDS = seconds("REQRUN_BEAT_LEASE_SECONDS", 20.0)
 # core.watchdog: every INTERVAL a worker sends itself a canary through Redis; one not consumed
 # within TIMEOUT means the worker's consumer is gone, and the process exits to be restarted.
-REQRUN_WATCHDOG_INTERVAL_SECONDS = env.float("REQRUN_WATCHDOG_INTERVAL_SECONDS", default=10.0)
-REQRUN_WATCHDOG_TIMEOUT_SECONDS = env.float("REQRUN_WATCHDOG_TIMEOUT_SECONDS", default=60.0)
+REQRUN_WATCHDOG_INTERVAL_SECONDS = seconds("REQRUN_WATCHDOG_INTERVAL_SECONDS", 10.0)
+REQRUN_WATCHDOG_TIMEOUT_SECONDS = seconds("REQRUN_WATCHDOG_TIMEOUT_SECONDS", 60.0)
 # core.shutdown: on SIGTERM a worker lets attempts in flight finish for this long, then exits.
-REQRUN_WORKER_GRACE_SECONDS = env.float("REQRUN_WORKER_GRACE_SECONDS", default=30.0)
+REQRUN_WORKER_GRACE_SECONDS = seconds("REQRUN_WORKER_GRACE_SECONDS", 30.0, zero=True)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ROUTES = {"requests_app.tasks.execute_request": {"queue": "requests"}}
-REQRUN_SWEEP_INTERVAL_SECONDS = env.float("REQRUN_SWEEP_INTERVAL_SECONDS", default=2.0)
+REQRUN_SWEEP_INTERVAL_SECONDS = seconds("REQRUN_SWEEP_INTERVAL_SECONDS", 2.0)
 CELERY_BEAT_SCHEDULE = {
     "worker-heartbeat": {"task": "core.tasks.record_worker_heartbeat", "schedule": 60.0},
     "billing-usage-notices": {"task": "billing.tasks.send_usage_notices", "schedule": 300.0},
@@ -445,11 +597,13 @@ SPECTACULAR_SETTINGS = {
 # Every process (web, worker, beat) logs through this: one JSON object per line (`json`, the
 # default with DEBUG off) or readable lines (`console`, the default with DEBUG on). Both carry
 # the allow-listed metadata fields of core/logs.py and nothing else.
-LOG_FORMAT = env.str("LOG_FORMAT", default="console" if DEBUG else "json")
-if LOG_FORMAT not in ("json", "console"):
-    raise ImproperlyConfigured(f"LOG_FORMAT must be json or console, not {LOG_FORMAT!r}.")
+LOG_FORMAT = choice("LOG_FORMAT", "console" if DEBUG else "json", ("json", "console"))
+LOG_LEVEL = choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")).upper()
 # uvicorn's line per HTTP request repeats what the request records say; off unless asked for.
-ACCESS_LOG = env.bool("ACCESS_LOG", default=False)
+ACCESS_LOG = flag("ACCESS_LOG", default=False)
+# The Procfile's web listens on PORT; checked here, as uvicorn would listen on another port
+# (PORT modulo 65536) than the one asked for.
+count("PORT", 8000, minimum=1, maximum=65535)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -473,7 +627,7 @@ LOGGING = {
             "filters": ["bound"],
         }
     },
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # Listed loggers lose the handlers Django and uvicorn gave them and propagate to the
         # root's one handler, so their lines have the same format as ours.

@@ -17,17 +17,18 @@ def test_the_readme_shows_the_procfile_lines_as_written():
 
 
 def settings_read_from_the_environment() -> set[str]:
-    """Every name `reqrun/settings.py` reads with `env(…)` / `env.<type>(…)`."""
+    """Every name `reqrun/settings.py` reads with one of its readers (`text(…)`,
+    `count(…)`, `flag(…)`…: the functions it defines, each taking the variable's name first)."""
     tree = ast.parse((ROOT / "reqrun" / "settings.py").read_text())
+    readers = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)} - {"refuse"}
     names = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call) or not node.args:
             continue
-        target = node.func.value if isinstance(node.func, ast.Attribute) else node.func
         first = node.args[0]
         if (
-            isinstance(target, ast.Name)
-            and target.id == "env"
+            isinstance(node.func, ast.Name)
+            and node.func.id in readers
             and isinstance(first, ast.Constant)
             and isinstance(first.value, str)
         ):
