@@ -6,6 +6,7 @@ exit; the web answers 503 meanwhile; once `migrate` has run they work (core/sche
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import httpx
@@ -123,3 +124,59 @@ def test_processes_started_before_migrate_wait_for_it_then_work(release, tmp_pat
         text = path.read_text(errors="replace")
         assert "Traceback" not in text, f"{name}: {text[-3000:]}"
         assert text.count(NOT_MIGRATED) == 1, f"{name}: {text[-3000:]}"
+
+
+OPERATOR_COMMANDS = {
+    "bootstrap_project": [
+        "--email",
+        "ops@example.com",
+        "--upstream-url",
+        "https://api.openai.com/v1",
+        "--upstream-key",
+        "sk-provider-key-zzz",
+    ],
+    "purge_expired_data": [],
+    "rotate_encryption_keys": [],
+}
+
+
+def run_commands(env: dict, commands: dict[str, list[str]]) -> dict:
+    def run(name: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", name, *commands[name]],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with ThreadPoolExecutor(max_workers=len(commands)) as side_by_side:
+        return dict(zip(commands, side_by_side.map(run, commands), strict=True))
+
+
+def test_operator_commands_on_an_unmigrated_database_say_so_in_one_line(release):
+    env, _ = release
+
+    for name, ran in run_commands(env, OPERATOR_COMMANDS).items():
+        assert ran.returncode == 1, (name, ran.stderr)
+        assert ran.stdout == "", name
+        said = ran.stderr.splitlines()
+        assert len(said) == 1 and NOT_MIGRATED in said[0] and FIX in said[0], (name, said)
+
+
+def test_operator_commands_on_a_database_that_does_not_answer_say_so_in_one_line():
+    from devstack.servers import free_port
+
+    port = free_port()
+    env = {"DATABASE_URL": f"postgres://reqrun:db-password-zzz@127.0.0.1:{port}/reqrun"}
+
+    ran = run_commands(env, {**OPERATOR_COMMANDS, "migrate": ["--no-input"]})
+    for name, result in ran.items():
+        assert result.returncode == 1, (name, result.stderr)
+        assert "Traceback" not in result.stderr and "zzz" not in result.stderr, name
+        # Beside it, psycopg's pool logs (from its own thread) why it could not connect.
+        assert (
+            f"CommandError: PostgreSQL at 127.0.0.1:{port} does not answer: check DATABASE_URL "
+            "and that the server is up, then run the command again."
+        ) in result.stderr.splitlines(), name

@@ -1,14 +1,13 @@
 """Re-encrypt every secret at rest under the primary key of REQRUN_ENCRYPTION_KEYS."""
 
-from django.core.management.base import BaseCommand
-
 from accounts.mfa import rotate_authenticator_secrets
+from core.commands import DatabaseCommand
 from privacy.services import rotate_exports
 from projects.upstreams import rotate_provider_keys
 from requests_app.engine.accept import rotate_request_bodies
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Re-encrypt provider keys, stored request/response bodies, export files and two-factor "
         "secrets under the first key of REQRUN_ENCRYPTION_KEYS. Afterwards older keys can be "

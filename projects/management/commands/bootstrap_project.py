@@ -3,8 +3,9 @@
 import json
 from contextlib import redirect_stdout
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
+from core.commands import DatabaseCommand
 from projects.errors import InvalidModelMap, InvalidProviderKey, NameNotAvailable, UpstreamRefused
 from projects.limits import LimitReached
 from projects.models import Plan
@@ -14,7 +15,7 @@ from projects.upstream_guard import UpstreamNotAllowed
 PLAN_CODES = ["free", "pro", "team", "enterprise"]
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = (
         "Create (or reuse) a verified user, their account on a plan, a project named "
         '"Default" with the given upstreams and provider keys, and a new API key. Prints '

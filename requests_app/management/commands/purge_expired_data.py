@@ -1,11 +1,10 @@
 """Run the retention purge by hand (beat runs it every few minutes)."""
 
-from django.core.management.base import BaseCommand
-
+from core.commands import DatabaseCommand
 from requests_app.engine.retention import purge_expired_data
 
 
-class Command(BaseCommand):
+class Command(DatabaseCommand):
     help = "Drop response bodies older than 24 h and request records past the plan's retention."
 
     def handle(self, *args, **options):
