@@ -67,10 +67,11 @@ def start_servers(
     stack: ExitStack, directory: Path, pg_port: int, redis_port: int, *, discard: bool = False
 ) -> dict:
     """Start whichever embedded server the environment does not already point at. With
-    `discard` (a throw-away directory, removed next) they stop without saving anything."""
+    `discard` (a throw-away directory, removed next) they stop without saving anything, and
+    PostgreSQL does not flush its commits to disk; otherwise it is as durable as production."""
     env: dict[str, str] = {}
     if not os.environ.get("DATABASE_URL"):
-        pg = EmbeddedPostgres(directory / "postgres", pg_port)
+        pg = EmbeddedPostgres(directory / "postgres", pg_port, durable=not discard)
         if pg.start():
             stack.callback(pg.stop, discard=discard)
             say(f"started PostgreSQL on 127.0.0.1:{pg_port}")
