@@ -1,5 +1,5 @@
 """Server-sent events as the engine reads them: whether an answer is an event stream, its
-data lines (where the usage is), and whether it ended as its endpoint's streams end."""
+events' data (where the usage is), and whether it ended as its endpoint's streams end."""
 
 import re
 
@@ -26,12 +26,19 @@ def starts_as_event_stream(received: bytes) -> bool:
 
 
 def data_values(body: bytes) -> list[bytes]:
-    """Each `data:` line's value in order, the one space SSE allows after the colon dropped."""
-    values = []
-    for line in _LINE_BREAK.split(body):
-        if line.startswith(b"data:"):
+    """Each event's data in order, as an SSE client reads it: the values of the event's
+    `data:` lines (the one space SSE allows after the colon dropped) joined by line breaks.
+    An event the stream ends inside, before its blank line, counts too."""
+    values, lines = [], []
+    for line in _LINE_BREAK.split(body.removeprefix(BOM)):
+        if not line and lines:  # a blank line ends the event
+            values.append(b"\n".join(lines))
+            lines = []
+        elif line.startswith(b"data:"):
             value = line[5:]
-            values.append(value[1:] if value.startswith(b" ") else value)
+            lines.append(value[1:] if value.startswith(b" ") else value)
+    if lines:
+        values.append(b"\n".join(lines))
     return values
 
 

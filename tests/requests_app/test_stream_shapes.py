@@ -19,6 +19,8 @@ USAGE = (
     b'"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n'
 )
 DONE = b"data: [DONE]\n\n"
+# One event's data over two `data:` lines: SSE joins them with a line break.
+USAGE_IN_TWO_LINES = USAGE.replace(b'"choices":[],', b'"choices":[],\ndata: ')
 INCOMPLETE = (  # how a Responses stream ends when it reached max_output_tokens
     b"event: response.incomplete\n"
     b'data: {"type":"response.incomplete","response":{"id":"resp_1","status":"incomplete",'
@@ -58,6 +60,7 @@ def stream(live_api, tenant, fake_upstream, *pieces, endpoint="/v1/chat/completi
             ),
         ),
         ("/v1/responses", (HEAD + INCOMPLETE,)),
+        ("/v1/chat/completions", (HEAD + CHUNK + USAGE_IN_TWO_LINES + DONE,)),
     ],
     ids=[
         "first line in two pieces",
@@ -67,6 +70,7 @@ def stream(live_api, tenant, fake_upstream, *pieces, endpoint="/v1/chat/completi
         "CRLF line endings",
         "an event whose response is a string",
         "a Responses stream ending incomplete",
+        "the usage event in two data lines",
     ],
 )
 def test_a_whole_stream_is_relayed_and_recorded_as_succeeded(
@@ -115,8 +119,17 @@ RESPONSES_FAILED = (
         ("/v1/chat/completions", (HEAD + CHUNK + CHAT_ERROR + DONE,)),
         ("/v1/chat/completions", (HEAD + CHAT_ERROR + DONE,)),
         ("/v1/responses", (HEAD + RESPONSES_ERROR + RESPONSES_FAILED,)),
+        (
+            "/v1/chat/completions",
+            (HEAD + CHUNK + CHAT_ERROR.replace(b'"type"', b'\ndata: "type"') + DONE,),
+        ),
     ],
-    ids=["after a chunk, then [DONE]", "as the only event", "a Responses stream that failed"],
+    ids=[
+        "after a chunk, then [DONE]",
+        "as the only event",
+        "a Responses stream that failed",
+        "in two data lines",
+    ],
 )
 def test_an_error_the_upstream_sends_inside_its_stream_is_recorded_as_a_failure(
     live_api, tenant, fake_upstream, endpoint, pieces
