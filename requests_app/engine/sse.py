@@ -12,6 +12,8 @@ RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "respons
 # Events by which a Responses stream says the answer failed.
 RESPONSE_ERRORS = frozenset({"error", "response.failed"})
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # SSE allows all three
+# A blank line, which ends an event: two line breaks in a row (CR LF being one).
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n){2}")
 
 
 def has_first_line(received: bytes) -> bool:
@@ -23,6 +25,16 @@ def starts_as_event_stream(received: bytes) -> bool:
     mark, read as SSE: blank, a field or a comment?"""
     line = _LINE_BREAK.split(received.removeprefix(BOM), maxsplit=1)[0]
     return line.strip() == b"" or line.lstrip().startswith(FIELD_PREFIXES)
+
+
+def whole_events_end(received: bytes, *, looked: int = 0) -> int:
+    """Where the last whole event in `received` ends (after its blank line), searching past
+    `looked` (less the three bytes a blank line split across pieces may start with); 0 when
+    no event ends there."""
+    end = 0
+    for match in _EVENT_END.finditer(received, max(0, looked - 3)):
+        end = match.end()
+    return end
 
 
 def data_values(body: bytes) -> list[bytes]:

@@ -138,27 +138,34 @@ class StreamRelay:
             return upstream.classify(answer=upstream.read_answer(response, deadline=deadline))
         self.headers = upstream.forwarded_headers(response.headers)
         # Nothing leaves before the first line has arrived whole (its bytes may come in
-        # pieces) and reads as an event stream.
-        received = b""
+        # pieces) and reads as an event stream, and then only whole events: a stream that
+        # breaks off leaves its callers no half event for the error event to run into.
+        pending = bytearray()  # read, not relayed yet: the event in progress
+        first_line_read = False
         for chunk in response.iter_bytes():  # decoded, if an upstream compressed it
-            if not self.started:
-                received += chunk
-                if not sse.has_first_line(received) and len(received) < FIRST_LINE_LIMIT:
+            looked = len(pending)
+            pending += chunk
+            if len(self.delivered) + len(pending) > settings.REQRUN_MAX_RESPONSE_BYTES:
+                return self.result(
+                    Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
+                )
+            if not first_line_read:
+                if not sse.has_first_line(pending) and len(pending) < FIRST_LINE_LIMIT:
                     continue
-                if not sse.starts_as_event_stream(received):
+                if not sse.starts_as_event_stream(pending):
                     return self.not_an_event_stream(response)
-                self._start(response)
-                chunk = received
-            if too_large := self.deliver(chunk):
-                return too_large
-        if not self.started:  # ended before a line break: all of it, or nothing, is the stream
-            if not received or not sse.starts_as_event_stream(received):
-                return self.not_an_event_stream(response)
-            self._start(response)
-            if too_large := self.deliver(received):
-                return too_large
+                first_line_read = True
+            if end := sse.whole_events_end(pending, looked=looked):
+                self.deliver(bytes(pending[:end]))
+                del pending[:end]
         if self.stop_reason:
             raise Stopped(self.stop_reason)
+        if not first_line_read and not (pending and sse.starts_as_event_stream(pending)):
+            return self.not_an_event_stream(response)  # nothing, or not SSE
+        if pending and sse.completed(self.request.endpoint, bytes(self.delivered) + pending):
+            self.deliver(bytes(pending))  # its last event, ended by the close, not a blank line
+        if not self.started:  # closed inside its first event: nothing reached a caller
+            return AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="stream_incomplete")
         if sse.reports_error(bytes(self.delivered)):
             # Relayed as the upstream sent it (too late to retry), but not a success.
             return self.result(Attempt.Outcome.FATAL_ERROR, error_code="upstream_stream_error")
@@ -167,15 +174,12 @@ class StreamRelay:
         self.publisher.send("end")
         return self.result(Attempt.Outcome.SUCCESS)
 
-    def deliver(self, chunk: bytes) -> AttemptResult | None:
-        """Relay `chunk`; the result instead when it would take the answer past the cap."""
-        if len(self.delivered) + len(chunk) > settings.REQRUN_MAX_RESPONSE_BYTES:
-            return self.result(
-                Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
-            )
-        self.delivered += chunk
-        self.publisher.chunk(chunk)
-        return None
+    def deliver(self, events: bytes) -> None:
+        """Relay whole `events`, the first of them after the start."""
+        if not self.started:
+            self._start(self.response)
+        self.delivered += events
+        self.publisher.chunk(events)
 
     @staticmethod
     def not_an_event_stream(response: httpx.Response) -> AttemptResult:

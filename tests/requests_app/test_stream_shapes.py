@@ -4,8 +4,10 @@ stream ends, what its events hold. The fake upstream's raw answers give the exac
 import gzip
 
 import httpx
+import openai
 import pytest
 
+from requests_app.engine import retention
 from requests_app.models import Request
 from tests.conftest import wait_until
 
@@ -141,6 +143,40 @@ def test_an_error_the_upstream_sends_inside_its_stream_is_recorded_as_a_failure(
     assert (request.status, request.partial) == ("failed", True)
     assert request.error["code"] == "upstream_stream_error"
     assert request.attempts.get().outcome == "fatal_error"
+
+
+def test_a_stream_cut_inside_an_event_ends_with_an_error_event_of_its_own(
+    live_api, tenant, fake_upstream
+):
+    # The upstream's connection breaks halfway through its second event: the half event
+    # never reaches the caller, so the error event cannot run into it.
+    cut = HEAD + CHUNK + CHUNK[:40]
+    response, request = stream(live_api, tenant, fake_upstream, cut)
+
+    assert response.content.startswith(CHUNK + b"event: error\ndata: {")
+    assert (request.status, request.partial) == ("failed", True)
+    assert retention.stored_response_body(request) == CHUNK  # what the caller got
+    fake_upstream.answer_raw("raw-sdk", cut)
+    received = []
+    with pytest.raises(openai.APIError) as raised:  # not a JSON error of a spliced event
+        for chunk in tenant.client(live_api.url, timeout=30).chat.completions.create(
+            model="raw-sdk", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            received.append(chunk)
+    assert len(received) == 1
+    assert "answer is incomplete" in raised.value.message
+
+
+def test_a_stream_that_closes_inside_its_first_event_relays_nothing(
+    live_api, tenant, fake_upstream
+):
+    tenant.project.max_attempts = 1
+    tenant.project.save()
+    response, request = stream(live_api, tenant, fake_upstream, HEAD + CHUNK[:40])
+
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "stream_incomplete"
+    assert (request.status, request.partial, request.first_byte_at) == ("failed", False, None)
 
 
 def test_an_empty_stream_is_a_502_not_an_empty_success(live_api, tenant, fake_upstream):
