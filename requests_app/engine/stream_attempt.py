@@ -146,9 +146,7 @@ class StreamRelay:
             looked = len(pending)
             pending += chunk
             if len(self.delivered) + len(pending) > settings.REQRUN_MAX_RESPONSE_BYTES:
-                return self.result(
-                    Attempt.Outcome.FATAL_ERROR, error_code="upstream_response_too_large"
-                )
+                return self.ended(Attempt.Outcome.FATAL_ERROR, "upstream_response_too_large")
             if not first_line_read:
                 if not sse.has_first_line(pending) and len(pending) < FIRST_LINE_LIMIT:
                     continue
@@ -164,13 +162,12 @@ class StreamRelay:
             return self.not_an_event_stream(response)  # nothing, or not SSE
         if pending and sse.completed(self.request.endpoint, bytes(self.delivered) + pending):
             self.deliver(bytes(pending))  # its last event, ended by the close, not a blank line
-        if not self.started:  # closed inside its first event: nothing reached a caller
-            return AttemptResult(Attempt.Outcome.CONNECTION_ERROR, error_code="stream_incomplete")
         if sse.reports_error(bytes(self.delivered)):
             # Relayed as the upstream sent it (too late to retry), but not a success.
             return self.result(Attempt.Outcome.FATAL_ERROR, error_code="upstream_stream_error")
         if not sse.completed(self.request.endpoint, bytes(self.delivered)):
-            return self.result(Attempt.Outcome.CONNECTION_ERROR, error_code="stream_incomplete")
+            # Closed early; if inside its first event, nothing reached a caller: retried.
+            return self.ended(Attempt.Outcome.CONNECTION_ERROR, "stream_incomplete")
         self.publisher.send("end")
         return self.result(Attempt.Outcome.SUCCESS)
 
@@ -204,14 +201,19 @@ class StreamRelay:
             client_gone=error_code == "client_disconnected",
         )
 
+    def ended(self, outcome: str, code: str) -> AttemptResult:
+        """An attempt that did not succeed: with what was delivered once bytes have left,
+        else an ordinary failed attempt (nothing reached a caller, so it may be retried)."""
+        if self.started:
+            return self.result(outcome, error_code=code)
+        return AttemptResult(outcome, error_code=code, client_gone=code == "client_disconnected")
+
     def stopped(self, code: str) -> AttemptResult:
         outcome = {
             "client_disconnected": Attempt.Outcome.FATAL_ERROR,
             "deadline_exceeded": Attempt.Outcome.TIMEOUT,
         }.get(code, Attempt.Outcome.CONNECTION_ERROR)
-        if self.started:
-            return self.result(outcome, error_code=code)
-        return AttemptResult(outcome, error_code=code, client_gone=code == "client_disconnected")
+        return self.ended(outcome, code)
 
 
 def stream_attempt(

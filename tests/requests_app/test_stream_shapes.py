@@ -9,7 +9,7 @@ import pytest
 
 from requests_app.engine import retention
 from requests_app.models import Request
-from tests.conftest import wait_until
+from tests.conftest import WorkerProcess, wait_until
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
 CHUNK = (
@@ -177,6 +177,39 @@ def test_a_stream_that_closes_inside_its_first_event_relays_nothing(
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "stream_incomplete"
     assert (request.status, request.partial, request.first_byte_at) == ("failed", False, None)
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_past_the_size_cap_ends_with_what_was_relayed_or_nothing(
+    live_api, tenant, fake_upstream, worker
+):
+    big = b'data: {"id":"c1","choices":[{"delta":{"content":"' + b"x" * 300 + b'"}}]}\n\n'
+    worker.stop()
+    capped = WorkerProcess(extra_env={"REQRUN_MAX_RESPONSE_BYTES": "300"}).start()
+    try:
+        later, later_request = stream(live_api, tenant, fake_upstream, HEAD + CHUNK, big)
+        fake_upstream.answer_raw("raw-first", HEAD + big)
+        first = httpx.post(
+            f"{live_api.url}/v1/chat/completions",
+            json={
+                "model": "raw-first",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            },
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+            timeout=30,
+        )
+    finally:
+        capped.stop()
+        worker.start()
+
+    assert later.content.startswith(CHUNK + b"event: error\n")  # what fitted, then the error
+    assert (later_request.status, later_request.partial) == ("failed", True)
+    assert later_request.error["code"] == "upstream_response_too_large"
+    assert first.status_code == 502, first.text  # nothing fitted: an answer like a plain call's
+    assert first.json()["error"]["code"] == "upstream_response_too_large"
+    first_request = Request.objects.get(public_id=first.headers["ReqRun-Request-Id"])
+    assert (first_request.status, first_request.partial) == ("failed", False)
 
 
 def test_an_empty_stream_is_a_502_not_an_empty_success(live_api, tenant, fake_upstream):
