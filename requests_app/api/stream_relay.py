@@ -21,7 +21,7 @@ from requests_app.api.responses import (
     in_thread,
     load_request,
 )
-from requests_app.engine import cancel
+from requests_app.engine import cancel, retention, sse
 from requests_app.engine.notifications import hub
 from requests_app.engine.streams import error_event, read_entries, reader_joined, reader_left
 from requests_app.models import Request, Status
@@ -67,6 +67,23 @@ class Reader:
             pass
 
 
+def rest_of_answer(record: Request, attempt: int, sent: int, last: bytes) -> bytes:
+    """What is still owed to a caller whose stream ended while it heard nothing: nothing if
+    the last bytes it got end the answer; else the end went missing from Redis (a caller
+    that reads too slowly finds its stream gone a minute after the end), so the rest of the
+    stored answer, or an error event where none is kept (zero retention)."""
+    if sse.completed(record.endpoint, last):
+        return b""
+    body = retention.stored_response_body(record) if record.attempt_count == attempt else None
+    if body is not None and len(body) >= sent:
+        return body[sent:]
+    return error_event(
+        f"Request {record.public_id} finished, but this connection read its stream too slowly "
+        "for ReqRun to keep the rest; the answer is incomplete.",
+        "stream_interrupted",
+    )
+
+
 def restarting_event(record: Request) -> bytes:
     return error_event(
         f"This ReqRun server is restarting; request {record.public_id} goes on. Read its "
@@ -81,6 +98,7 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
     record = reader.record
     loop = asyncio.get_running_loop()
     last_heard = loop.time()
+    sent, last = 0, b""  # how much of the attempt this caller has had, and its last chunk
     completion_hub = await hub()
     metrics.stream_opened()
     try:
@@ -98,7 +116,9 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
                 return
             if kind == b"chunk":
                 last_heard = loop.time()
-                yield entry["data"]
+                last = entry["data"]
+                sent += len(last)
+                yield last
             elif kind == b"end":
                 return
             elif kind in (b"final", b"idle"):
@@ -124,6 +144,9 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
                     return
                 if current.status != Status.SUCCEEDED:
                     yield stream_broken_event(current)
+                elif kind == b"idle":  # it ended while this caller heard nothing
+                    if rest := await in_thread(rest_of_answer)(current, int(attempt), sent, last):
+                        yield rest
                 return
     except asyncio.CancelledError:
         await reader.leave(abandoned=True)

@@ -2,6 +2,7 @@
 or a replay that hides how the request ended."""
 
 import json
+import socket
 import threading
 import uuid
 from datetime import timedelta
@@ -15,6 +16,8 @@ from projects.models import Upstream
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
 from requests_app.engine import upstream
 from requests_app.engine.recovery import sweep
+from requests_app.engine.redis_client import client as redis_client
+from requests_app.engine.streams import stream_key
 from requests_app.models import Attempt, Request
 from tests.conftest import WorkerProcess, wait_until
 
@@ -99,6 +102,40 @@ def test_a_worker_lost_after_the_first_byte_ends_the_stream_with_an_error_never_
     assert b"event: error" in reader.received
     assert b"[DONE]" not in reader.received
     assert fake_upstream.count("/v1/chat/completions") == 1  # never a second attempt
+
+
+@pytest.mark.timeout(90)
+def test_a_reader_left_behind_by_its_stream_in_redis_still_gets_the_whole_answer(
+    tenant, live_api, fake_upstream
+):
+    # Redis keeps a stream a minute past its end; a caller reading more slowly than that
+    # (here: reading nothing until the request has ended and its stream is gone) gets
+    # the rest from the stored answer, not a truncated stream that just closes.
+    event = b'data: {"object":"chat.completion.chunk","choices":[{"delta":{"content":"x"}}]}\n\n'
+    piece = event * 60_000  # 5 MB; the sockets between web and caller hold a few
+    fake_upstream.answer_raw(
+        "big",
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+        piece,
+        piece,
+        piece + b"data: [DONE]\n\n",
+    )
+    slow = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)])
+    with (
+        httpx.Client(transport=slow, timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": "big", "messages": CHAT, "stream": True},
+            headers=headers_for(tenant),
+        ) as response,
+    ):
+        request = wait_until(lambda: terminal(), timeout=60, message="the request never ended")
+        redis_client().delete(stream_key(request.public_id))  # what its expiry does
+        received = response.read()
+
+    assert request.status == "succeeded"
+    assert received == piece * 3 + b"data: [DONE]\n\n"
 
 
 def test_a_negative_retry_hint_on_a_success_is_clamped_not_stranded(sdk, fake_upstream):
