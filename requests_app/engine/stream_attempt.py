@@ -55,6 +55,7 @@ class StreamRelay:
         self.started = False
         self.stop_reason: str | None = None
         self.response: httpx.Response | None = None
+        self.pool = upstream.transport()  # this thread's, through which the call goes
         self.headers: dict[str, str] = {}  # the upstream's, as its readers get them
         self.finished = threading.Event()
 
@@ -98,6 +99,8 @@ class StreamRelay:
         self.stop_reason = reason
         if self.response is not None:
             self.response.close()
+        else:  # the upstream has not answered yet: cut the call that waits for it
+            upstream.interrupt(self.pool)
 
     def _renew_lease(self) -> bool:
         """Extend the lease while this attempt still owns the request; False if it does not."""

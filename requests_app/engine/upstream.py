@@ -7,6 +7,7 @@ hands a streamed one to the relay; whatever either returns or raises becomes an
 
 import logging
 import re
+import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -84,6 +85,21 @@ def transport() -> httpx.HTTPTransport:
         pool._pool._network_backend = GuardedBackend()
         _pools.transport = pool
     return pool
+
+
+def interrupt(pool: httpx.HTTPTransport) -> None:
+    """Cut, from another thread, the call that `pool`'s thread has in flight, even one still
+    waiting for the upstream's headers, where there is no response yet to close. A shutdown
+    wakes a read blocked on the socket, which closing it would not. (httpx has no public
+    way to it: the pool's connections, as httpcore 1.x keeps them.)"""
+    for connection in pool._pool.connections:
+        if connection.is_idle():
+            continue
+        stream = getattr(getattr(connection, "_connection", None), "_network_stream", None)
+        try:
+            stream.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            pass  # closed meanwhile, or not connected yet
 
 
 @contextmanager

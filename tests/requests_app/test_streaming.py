@@ -1,6 +1,8 @@
 """Streaming through ReqRun with the official SDK: chunks as they come, never a fake success."""
 
 import asyncio
+import json
+import socket
 
 import httpx
 import openai
@@ -164,6 +166,35 @@ def test_a_client_that_disconnects_cancels_the_upstream_call(tenant, live_api):
         message="the request was not canceled after the client left",
     )
     assert request.partial is True
+
+
+def test_a_keyless_stream_left_before_the_upstream_answers_stops_the_upstream_call(
+    tenant, live_api, fake_upstream
+):
+    # The upstream has not even sent its headers (a model still thinking): the call is
+    # stopped within moments, not held, slot and worker thread with it, to its timeout.
+    tenant.project.attempt_timeout_seconds = 30
+    tenant.project.save()
+    body = json.dumps({"model": "script:hang", "messages": CHAT, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", live_api.port)) as caller:
+        caller.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: reqrun\r\n"
+            + f"Authorization: Bearer {tenant.raw_key}\r\n".encode()
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        wait_until(lambda: fake_upstream.count("/v1/chat/completions") == 1)
+    # The caller has hung up; the upstream is still thinking.
+
+    request = wait_until(
+        lambda: Request.objects.filter(finished_at__isnull=False).first(),
+        timeout=10,
+        message="the upstream call went on after its only caller left",
+    )
+    assert (request.status, request.partial) == ("canceled", False)
+    attempt = request.attempts.get()
+    assert (attempt.outcome, attempt.error_code) == ("fatal_error", "client_disconnected")
+    assert attempt.latency_ms < 5000
 
 
 def test_a_keyed_stream_left_before_its_first_byte_is_kept_for_the_retry(
