@@ -96,7 +96,7 @@ def take_probe(upstream: Upstream, *, now: datetime, lease: timedelta, account: 
 def release_probe(upstream: Upstream) -> None:
     """A probe taken for an attempt that then did not start: let the next one probe."""
     _run(
-        "UPDATE projects_upstream SET breaker_probe_until = NULL WHERE id = %(id)s",
+        "UPDATE projects_upstream SET breaker_probe_until = NULL WHERE id = %(id)s RETURNING id",
         {"id": upstream.pk},
     )
 
@@ -154,6 +154,10 @@ def record(
             )
         return
     if not counts_against(result):
+        if probe:
+            # Neither way (the caller's own 4xx, a fault of ours): the breaker stays half-open
+            # and the next attempt probes, rather than skip the upstream for a whole lease.
+            release_probe(upstream)
         return
     if probe or upstream.breaker_open_until is not None:
         _change(

@@ -408,6 +408,20 @@ def queued_request(tenant, model: str) -> Request:
     )
 
 
+def open_the_primarys_breaker_here(tenant, fake_upstream, model: str) -> None:
+    """Five failures within the window, run by this process: the breaker is open at once."""
+    fake_upstream.script(model, ["503"])
+    for _ in range(5):
+        execute_request(queued_request(tenant, model).pk)
+    assert Upstream.objects.get(pk=primary_of(tenant).pk).breaker_open_until is not None
+
+
+def cooldown_over(tenant) -> None:
+    Upstream.objects.filter(pk=primary_of(tenant).pk).update(
+        breaker_open_until=timezone.now() - timedelta(seconds=1)
+    )
+
+
 def test_the_breaker_is_shared_by_the_worker_process_and_this_one(
     sdk, tenant, secondary, fake_upstream
 ):
@@ -425,15 +439,32 @@ def test_the_breaker_is_shared_by_the_worker_process_and_this_one(
 def test_the_breaker_opened_here_is_obeyed_by_the_worker_process(
     sdk, tenant, secondary, fake_upstream
 ):
-    fake_upstream.script("shared-back", ["503"])
-    for _ in range(5):
-        execute_request(queued_request(tenant, "shared-back").pk)
-    assert Upstream.objects.get(pk=primary_of(tenant).pk).breaker_open_until is not None
+    open_the_primarys_breaker_here(tenant, fake_upstream, "shared-back")
 
     _, public_id = create(sdk, "shared-back")
 
     assert chain(public_id) == [("fallback-1", "success", 200)]
     assert fake_upstream.count() == 5
+
+
+def test_a_probe_answered_with_the_callers_own_400_lets_the_next_request_probe(
+    tenant, secondary, fake_upstream
+):
+    # A 400 says nothing about the upstream's health: the breaker stays half-open, but the
+    # probe is handed back rather than held for a whole lease, skipping the upstream.
+    open_the_primarys_breaker_here(tenant, fake_upstream, "probe-400")
+    cooldown_over(tenant)
+
+    probe = queued_request(tenant, "script:400")
+    execute_request(probe.pk)
+    assert chain(probe.public_id) == [("primary", "fatal_error", 400)]
+    assert Upstream.objects.get(pk=primary_of(tenant).pk).breaker_probe_until is None
+
+    following = queued_request(tenant, "recovered")
+    execute_request(following.pk)
+
+    assert chain(following.public_id) == [("primary", "success", 200)]
+    assert Upstream.objects.get(pk=primary_of(tenant).pk).breaker_open_until is None
 
 
 def test_a_worker_killed_mid_chain_is_finished_on_the_next_upstream_by_the_sweeper(
