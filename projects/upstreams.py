@@ -70,6 +70,47 @@ def _upstream_target(upstream: Upstream, detail: str = "") -> str:
     return f"{upstream.project.public_id} {upstream.name}" + (f" {detail}" if detail else "")
 
 
+# A closed breaker with nothing counted (requests_app/engine/breaker.py).
+CLOSED_BREAKER = {
+    "breaker_failures": 0,
+    "breaker_window_started": None,
+    "breaker_opened_at": None,
+    "breaker_open_until": None,
+    "breaker_probe_until": None,
+}
+
+
+def _close_breaker(
+    upstream: Upstream, *, why: str, actor: User | None, ip_address: str | None
+) -> None:
+    """Forget `upstream`'s breaker: it judged the old provider key at the old base URL, and a
+    new one of either is not skipped for their failures. Read under the project's lock (or
+    just saved, in admin). Audited and logged like the engine's own changes of state."""
+    if upstream.breaker_open_until is None and not upstream.breaker_failures:
+        return  # closed, nothing counted: no write
+    was_open = upstream.breaker_open_until is not None
+    for field, value in CLOSED_BREAKER.items():
+        setattr(upstream, field, value)
+    upstream.save(update_fields=list(CLOSED_BREAKER))
+    if not was_open:
+        return
+    record_audit_event(
+        account=upstream.project.account,
+        actor=actor,
+        action="upstream_breaker_closed",
+        target=f"{_upstream_target(upstream)}: {why}",
+        ip_address=ip_address,
+    )
+    logger.warning(
+        "upstream breaker changed",
+        extra={
+            "project_id": upstream.project.public_id,
+            "upstream": upstream.name,
+            "breaker": "closed",
+        },
+    )
+
+
 def record_upstream_move(
     *,
     upstream: Upstream,
@@ -77,11 +118,12 @@ def record_upstream_move(
     actor: User | None = None,
     ip_address: str | None = None,
 ) -> bool:
-    """Audit a saved change of `upstream`'s base URL. A new host (scheme, name or port) clears
-    its stored provider key, so whoever may edit upstreams cannot have ReqRun send the key
-    to a server they control, and the account's owners are told by email (an email the mail
-    server refuses is retried by a task). True if it did."""
+    """Audit a saved change of `upstream`'s base URL, and close its breaker. A new host
+    (scheme, name or port) clears its stored provider key, so whoever may edit upstreams
+    cannot have ReqRun send the key to a server they control, and the account's owners are
+    told by email (an email the mail server refuses is retried by a task). True if it did."""
     project = upstream.project
+    _close_breaker(upstream, why="its base URL changed", actor=actor, ip_address=ip_address)
     old_origin, new_origin = upstream_origin(old_base_url), upstream_origin(upstream.base_url)
     if old_origin == new_origin:
         record_audit_event(
@@ -332,6 +374,7 @@ def set_upstream_key(
         target=_upstream_target(upstream),
         ip_address=ip_address,
     )
+    _close_breaker(upstream, why="its provider key changed", actor=actor, ip_address=ip_address)
     return upstream
 
 

@@ -5,6 +5,7 @@ primary is sent (model map)."""
 import html
 import json
 import re
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -12,6 +13,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import AuditEvent
 from core import encryption
@@ -107,6 +109,52 @@ def test_a_host_change_clears_only_that_upstreams_key(two_upstreams, alice):
     assert fallback.model_map == {"gpt-4o-mini": "their-mini"}  # None keeps the map
     event = AuditEvent.objects.get(action="upstream_host_changed")
     assert "fallback-1" in event.target and "provider key cleared" in event.target
+
+
+def open_breaker(upstream: Upstream) -> None:
+    now = timezone.now()
+    Upstream.objects.filter(pk=upstream.pk).update(
+        breaker_opened_at=now, breaker_open_until=now + timedelta(minutes=5), breaker_failures=0
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda fallback, alice: upstreams.set_upstream_key(
+            upstream=fallback, provider_key="sk-a-new-provider-key", actor=alice
+        ),
+        lambda fallback, alice: upstreams.update_upstream(
+            upstream=fallback, base_url="https://llm.example.net/openai/v1", actor=alice
+        ),
+    ],
+    ids=["a new provider key", "a new base URL"],
+)
+def test_a_new_key_or_base_url_closes_the_upstreams_open_breaker(two_upstreams, alice, change):
+    # The breaker judged the old key at the old URL: the new one is not skipped for them.
+    primary, fallback = two_upstreams
+    open_breaker(primary)
+    open_breaker(fallback)
+
+    change(fallback, alice)
+
+    fallback.refresh_from_db()
+    assert (fallback.breaker_open_until, fallback.breaker_opened_at) == (None, None)
+    assert Upstream.objects.get(pk=primary.pk).breaker_open_until is not None  # only its own
+    event = AuditEvent.objects.get(action="upstream_breaker_closed")
+    assert event.actor == alice and "fallback-1" in event.target
+
+
+def test_a_model_map_change_leaves_the_breaker_open(two_upstreams, alice):
+    _, fallback = two_upstreams
+    open_breaker(fallback)
+
+    upstreams.update_upstream(
+        upstream=fallback, base_url=fallback.base_url, model_map={"a": "b"}, actor=alice
+    )
+
+    assert Upstream.objects.get(pk=fallback.pk).breaker_open_until is not None
+    assert not AuditEvent.objects.filter(action="upstream_breaker_closed").exists()
 
 
 def test_the_primary_is_the_first_enabled_upstream(two_upstreams, alice):
