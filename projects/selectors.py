@@ -2,14 +2,12 @@
 tenant's objects are simply not in these querysets, so looking one up is a 404."""
 
 from django.db.models import (
-    BooleanField,
     Count,
-    ExpressionWrapper,
+    Exists,
     F,
     OuterRef,
     Q,
     QuerySet,
-    Subquery,
 )
 from django.utils import timezone
 
@@ -43,7 +41,7 @@ def projects_of(account: Account) -> QuerySet[Project]:
     return account.projects.annotate(
         active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
         upstream_count=Count("upstreams", distinct=True),
-        primary_has_provider_key=primary_has_provider_key(OuterRef("pk")),
+        upstream_has_provider_key=upstream_has_provider_key(OuterRef("pk")),
     ).order_by("created_at")
 
 
@@ -93,17 +91,16 @@ PRIMARY_UPSTREAM: PreparedGet[Upstream] = PreparedGet(
 )
 
 
-def primary_has_provider_key(project_ref: OuterRef) -> Subquery:
-    """Whether the project's primary upstream has a provider key, as an expression for
-    another query of the project (NULL when it has no enabled upstream): the accept path
-    learns it in the API key's own query instead of one of its own."""
-    has_key = ExpressionWrapper(
-        Q(provider_key_encrypted__isnull=False) & ~Q(provider_key_encrypted=b""),
-        output_field=BooleanField(),
-    )
-    return Subquery(
-        enabled_upstreams(project_ref).values_list(has_key)[:1], output_field=BooleanField()
-    )
+# An upstream with a stored provider key: the engine skips one without (engine/failover.py).
+WITH_PROVIDER_KEY = Q(provider_key_encrypted__isnull=False) & ~Q(provider_key_encrypted=b"")
+
+
+def upstream_has_provider_key(project_ref: OuterRef) -> Exists:
+    """Whether one of the project's enabled upstreams has a provider key, as an expression for
+    another query of the project: without one none of its requests can run; with one, they
+    run there even when the primary has none. The accept path learns it in the API key's own
+    query instead of one of its own."""
+    return Exists(enabled_upstreams(project_ref).filter(WITH_PROVIDER_KEY))
 
 
 def primary_upstream(project: Project) -> Upstream | None:
@@ -117,7 +114,6 @@ def primary_upstream(project: Project) -> Upstream | None:
 
 
 def has_provider_key(project: Project) -> bool:
-    """Whether the project's primary upstream has a provider key: without one, none of its
-    requests can run."""
-    primary = primary_upstream(project)
-    return primary is not None and primary.has_provider_key
+    """Whether one of the project's enabled upstreams has a provider key: without one, none of
+    its requests can run."""
+    return enabled_upstreams(project.pk).filter(WITH_PROVIDER_KEY).exists()

@@ -17,7 +17,7 @@ from core.prepared import PreparedGet
 from projects.errors import InvalidFailoverPolicy, NameNotAvailable, ProjectBusy
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
 from projects.models import FAILOVER_TRIES_MAX, ApiKey, FailoverOn, Project, Upstream
-from projects.selectors import primary_has_provider_key, unfinished_requests
+from projects.selectors import unfinished_requests, upstream_has_provider_key
 from projects.upstream_guard import validate_upstream_url
 from projects.upstreams import DEFAULT_UPSTREAM_URL, PRIMARY_NAME, lock_project
 
@@ -280,15 +280,15 @@ def parse_api_key(raw: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-# Every /v1 call starts here: the key with its project, account and plan, and whether the
-# project's primary upstream has a provider key (`primary_has_provider_key`, what an
-# accept checks), in one query compiled once (the prefix is unique).
+# Every /v1 call starts here: the key with its project, account and plan, and whether one
+# of the project's enabled upstreams has a provider key (`upstream_has_provider_key`, what
+# an accept checks), in one query compiled once (the prefix is unique).
 ACTIVE_KEY_BY_PREFIX: PreparedGet[ApiKey] = PreparedGet(
     lambda prefix: (
         ApiKey.objects.select_related(
             "project", "project__account", f"project__account__{PLAN_STATE_RELATED}"
         )
-        .annotate(primary_has_provider_key=primary_has_provider_key(OuterRef("project_id")))
+        .annotate(upstream_has_provider_key=upstream_has_provider_key(OuterRef("project_id")))
         .filter(prefix=prefix, revoked_at__isnull=True)
     ),
     prefix="",

@@ -298,7 +298,7 @@ class ProxyView(V1View):
                     param="stream",
                     code="stream_with_async",
                 )
-        if not api_key.primary_has_provider_key:  # read with the key; nothing to decrypt
+        if not api_key.upstream_has_provider_key:  # read with the key; nothing to decrypt
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",

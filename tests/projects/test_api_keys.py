@@ -110,16 +110,19 @@ def test_a_key_brings_its_project_account_and_current_limits_in_one_query(
     assert (limits.plan_code, limits.requests_per_minute) == ("free", 7)
 
 
-def test_the_keys_query_says_whether_the_primary_upstream_has_a_provider_key(alice_key):
+def test_the_keys_query_says_whether_an_enabled_upstream_has_a_provider_key(alice_key):
     project = alice_key.project
     primary = upstreams_of(project).get()
-    assert authenticate_api_key(alice_key.raw_key).primary_has_provider_key is True
+    assert authenticate_api_key(alice_key.raw_key).upstream_has_provider_key is True
 
     remove_upstream_key(upstream=primary)
-    assert authenticate_api_key(alice_key.raw_key).primary_has_provider_key is False
+    assert authenticate_api_key(alice_key.raw_key).upstream_has_provider_key is False
 
-    # The primary is the first enabled upstream: a disabled one with no key does not count.
+    # A fallback with a key is enough: the engine skips the primary without one.
     set_plan(account=project.account, plan_code="pro")
     add_upstream(project=project, base_url="https://second.example.com/v1", provider_key="sk-2" * 6)
-    set_upstream_enabled(upstream=primary, enabled=False)
-    assert authenticate_api_key(alice_key.raw_key).primary_has_provider_key is True
+    assert authenticate_api_key(alice_key.raw_key).upstream_has_provider_key is True
+
+    # A disabled upstream's key does not count.
+    set_upstream_enabled(upstream=upstreams_of(project).get(name="fallback-1"), enabled=False)
+    assert authenticate_api_key(alice_key.raw_key).upstream_has_provider_key is False

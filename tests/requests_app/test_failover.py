@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.models import AuditEvent
 from core import encryption
 from projects.models import Upstream
-from projects.upstreams import add_upstream
+from projects.upstreams import add_upstream, remove_upstream_key
 from requests_app.engine import breaker
 from requests_app.engine.executor import execute_request
 from requests_app.engine.outcomes import AttemptResult
@@ -109,6 +109,20 @@ def test_a_refused_connection_fails_over_to_the_secondary(sdk, tenant, secondary
     ]
     assert second_server.count("/v1/chat/completions") == 1
     assert attempt_upstreams(sdk, tenant, public_id) == ["primary", "fallback-1"]
+
+
+def test_a_primary_without_a_provider_key_is_skipped_not_refused(
+    sdk, tenant, secondary, fake_upstream, second_server
+):
+    # Moving the primary to another host clears its key: requests go on to the fallback
+    # rather than every one being refused for a missing key.
+    remove_upstream_key(upstream=primary_of(tenant))
+
+    raw, public_id = create(sdk, "keyless-primary")
+
+    assert raw.parse().choices[0].message.content
+    assert chain(public_id) == [("fallback-1", "success", 200)]
+    assert fake_upstream.count() == 0 and second_server.count("/v1/chat/completions") == 1
 
 
 def test_a_503_fails_over_at_once_and_the_model_map_applies_only_on_the_secondary(
