@@ -95,6 +95,23 @@ PRIMARY_UPSTREAM: PreparedGet[Upstream] = PreparedGet(
 WITH_PROVIDER_KEY = Q(provider_key_encrypted__isnull=False) & ~Q(provider_key_encrypted=b"")
 
 
+# The first upstream a request can be sent to, compiled once.
+FIRST_WITH_PROVIDER_KEY: PreparedGet[Upstream] = PreparedGet(
+    lambda project_id: enabled_upstreams(project_id).filter(WITH_PROVIDER_KEY)[:1], project_id=0
+)
+
+
+def first_upstream_with_provider_key(project: Project) -> Upstream | None:
+    """The project's first enabled upstream that has a provider key: the primary unless it
+    has none (the engine skips it then), or None."""
+    try:
+        upstream = FIRST_WITH_PROVIDER_KEY.get(project_id=project.pk)
+    except Upstream.DoesNotExist:
+        return None
+    upstream.project = project  # already loaded by the caller
+    return upstream
+
+
 def upstream_has_provider_key(project_ref: OuterRef) -> Exists:
     """Whether one of the project's enabled upstreams has a provider key, as an expression for
     another query of the project: without one none of its requests can run; with one, they
@@ -116,4 +133,4 @@ def primary_upstream(project: Project) -> Upstream | None:
 def has_provider_key(project: Project) -> bool:
     """Whether one of the project's enabled upstreams has a provider key: without one, none of
     its requests can run."""
-    return enabled_upstreams(project.pk).filter(WITH_PROVIDER_KEY).exists()
+    return first_upstream_with_provider_key(project) is not None

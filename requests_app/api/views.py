@@ -25,7 +25,7 @@ from core.ids import new_public_id
 from core.untrusted import parse_json, whole_number
 from projects.limits import limits_for
 from projects.models import ApiKey
-from projects.selectors import primary_upstream
+from projects.selectors import first_upstream_with_provider_key
 from projects.upstreams import provider_key_of
 from requests_app import metrics
 from requests_app.api import ratelimit, selectors
@@ -407,20 +407,20 @@ class ModelsView(V1View):
 
     def fetch(self, request, model_id: str | None):
         api_key = self.authenticate_and_peek(request)
-        primary = primary_upstream(api_key.project)
-        if primary is None or not primary.has_provider_key:
+        target = first_upstream_with_provider_key(api_key.project)
+        if target is None:
             raise InvalidRequest(
                 "This project has no provider key yet. Add one in the project's settings.",
                 code="provider_key_missing",
             )
-        provider_key = provider_key_of(primary)
+        provider_key = provider_key_of(target)
         if provider_key is None:
             raise EncryptionKeyMissing(UNREADABLE_PROVIDER_KEY)
         path = "/v1/models" + (f"/{model_path(model_id)}" if model_id else "")
         try:
             answer = upstream.call(
                 method="GET",
-                url=upstream.endpoint_url(primary.base_url, path),
+                url=upstream.endpoint_url(target.base_url, path),
                 provider_key=provider_key,
                 body=None,
                 timeout=api_key.project.attempt_timeout_seconds,

@@ -125,6 +125,15 @@ def test_a_primary_without_a_provider_key_is_skipped_not_refused(
     assert fake_upstream.count() == 0 and second_server.count("/v1/chat/completions") == 1
 
 
+def test_models_come_from_the_first_upstream_with_a_provider_key(
+    sdk, tenant, secondary, fake_upstream, second_server
+):
+    remove_upstream_key(upstream=primary_of(tenant))
+
+    assert [model.id for model in sdk.models.list()]
+    assert second_server.count("/v1/models") == 1 and fake_upstream.count() == 0
+
+
 def test_a_503_fails_over_at_once_and_the_model_map_applies_only_on_the_secondary(
     sdk, secondary, fake_upstream, second_server
 ):
