@@ -274,7 +274,11 @@ class Upstream(models.Model):
         if not isinstance(mapped, str) or not mapped:
             return body
         payload["model"] = mapped
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:
+            # An escaped lone surrogate (valid JSON, and accepted) has no UTF-8: kept escaped.
+            return json.dumps(payload, separators=(",", ":")).encode()
 
 
 class UpstreamMove(models.Model):

@@ -149,6 +149,30 @@ def test_a_503_fails_over_at_once_and_the_model_map_applies_only_on_the_secondar
     assert [r.body["model"] for r in second_server.requests] == ["second-model"]
 
 
+def test_the_model_map_keeps_an_escaped_lone_surrogate_in_the_body(
+    live_api, tenant, secondary, fake_upstream, second_server
+):
+    # Valid JSON that names no character UTF-8 can encode: mapping the model for the
+    # secondary must send it on as the caller wrote it, not fail as ReqRun's own error.
+    fake_upstream.script("gpt-4o-mini", ["503"])
+    body = (
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a\\ud800 \xc3\xa9"}]}'
+    )
+
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {tenant.raw_key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+    assert response.status_code == 200, response.text
+    assert chain(response.headers["reqrun-request-id"])[-1] == ("fallback-1", "success", 200)
+    (sent,) = second_server.requests
+    assert sent.body["model"] == "second-model"
+    assert sent.body["messages"][0]["content"] == "a\ud800 \u00e9"
+
+
 def test_insufficient_quota_fails_over(sdk, secondary, fake_upstream):
     fake_upstream.script("quota", ["429q"])
 
