@@ -361,9 +361,11 @@ def _response_fields(request: Request, result: AttemptResult) -> dict:
         usage = usage_from_event_stream(response.body)
     else:
         usage = usage_from_body(response.body)
-    # A stream has already reached its readers through Redis; with zero retention no copy
-    # of it is kept at all (a plain answer is kept until the waiting caller has it).
-    keep = not (request.stream and request.project.zero_retention)
+    # A stream that started has already reached its readers through Redis; with zero
+    # retention no copy of it is kept at all. An answer that never started streaming (the
+    # upstream refused it) reaches its caller from this record, so it is kept, like a plain
+    # answer, until that caller has it.
+    keep = not (result.stream_started and request.project.zero_retention)
     return {
         "response_status_code": response.status_code,
         "response_headers": upstream.with_upstream_header(response.headers, result.upstream),

@@ -163,6 +163,26 @@ def test_zero_retention_keeps_no_response_after_delivery(tenant, live_api):
     assert second["response"] is None
 
 
+def test_zero_retention_stream_the_upstream_refused_gets_the_upstreams_answer(tenant, live_api):
+    """Nothing of a refused stream went through Redis: its caller reads the answer from the
+    record, which zero retention forgets only once that caller has it."""
+    tenant.project.zero_retention = True
+    tenant.project.save()
+
+    with httpx.stream(
+        "POST",
+        f"{live_api.url}/v1/chat/completions",
+        json={**CHAT, "model": "script:400", "stream": True},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    ) as answer:
+        body = answer.read()
+
+    assert answer.status_code == 400, body
+    assert b"Scripted fake upstream failure (400)." in body
+    assert Request.objects.get().response_body is None
+
+
 def test_zero_retention_answers_every_caller_attached_before_the_end(tenant, live_api, tmp_path):
     """Two callers of one keyed call: the first created it, the second attached while it
     ran, through another web process. With zero retention the first delivery must not take
