@@ -639,6 +639,9 @@ LOGGING = {
         "django.request": {"level": "ERROR", "filters": ["api_answers"]},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # Under Paddle's SDK: at DEBUG it writes each URL, and the customer search's holds
+        # the owner's email (`GET /customers?email=…`).
+        "urllib3": {"level": "WARNING"},
         # Celery's two lines per task (received, succeeded) repeat what the executor's
         # "attempt finished" / "request finished" lines say with the request id.
         "celery.app.trace": {"level": "WARNING", "filters": ["task_failures"]},
