@@ -4,6 +4,8 @@ import logging
 from datetime import datetime
 from typing import Protocol
 
+from allauth.usersessions.adapter import get_adapter as get_usersessions_adapter
+from allauth.usersessions.models import UserSession
 from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
@@ -26,6 +28,15 @@ def default_account_name(email: str) -> str:
     part too long for the name is cut short with an ellipsis."""
     room = Account._meta.get_field("name").max_length - len(WORKSPACE_SUFFIX)
     return Truncator(email.rpartition("@")[0]).chars(room) + WORKSPACE_SUFFIX
+
+
+def end_sessions(*, user: User, keep_session_key: str | None = None) -> None:
+    """Sign `user` out of every browser (but the one holding `keep_session_key`): each
+    session is deleted, with what it keeps of the sign-in (the email it was made with)."""
+    sessions = UserSession.objects.filter(user=user)
+    if keep_session_key is not None:
+        sessions = sessions.exclude(session_key=keep_session_key)
+    get_usersessions_adapter().end_sessions(sessions)
 
 
 @transaction.atomic

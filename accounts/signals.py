@@ -6,15 +6,13 @@ accounts.forms.SignupForm, with the user.)"""
 from allauth.account.signals import email_confirmed, user_logged_in
 from allauth.mfa.models import Authenticator
 from allauth.mfa.signals import authenticator_added, authenticator_removed, authenticator_reset
-from allauth.usersessions.adapter import get_adapter as get_usersessions_adapter
-from allauth.usersessions.models import UserSession
 from django.dispatch import receiver
 
 from accounts import tasks
 from accounts.access import client_ip
 from accounts.emails import send_or_retry
 from accounts.selectors import memberships_of
-from accounts.services import record_audit_event, send_welcome_email
+from accounts.services import end_sessions, record_audit_event, send_welcome_email
 
 
 @receiver(email_confirmed)
@@ -71,5 +69,4 @@ def end_other_sessions_on_second_factor(sender, request, user, authenticator, **
     a second factor is being added) must not outlive it; this browser stays signed in."""
     if authenticator.type == Authenticator.Type.RECOVERY_CODES or request is None:
         return
-    others = UserSession.objects.filter(user=user).exclude(session_key=request.session.session_key)
-    get_usersessions_adapter().end_sessions(others)
+    end_sessions(user=user, keep_session_key=request.session.session_key)

@@ -6,8 +6,9 @@ checked and the account marked closing (no member joins, leaves or changes role 
 then the Paddle subscription is canceled, at once, and a Paddle error stops everything there
 (and clears the mark). Then, in one transaction, the API
 keys are revoked, pending invitations withdrawn, exports in progress stopped, every
-membership removed, and the owner's login deleted unless they belong to another account (an
-operator's closing keeps every login: the people may belong elsewhere, or come back).
+membership removed, and the owner's login deleted, with its sessions on every browser, unless
+they belong to another account (an operator's closing keeps every login: the people may
+belong elsewhere, or come back).
 
 A worker then purges: it cancels the account's requests, waits until no attempt is still
 running (an attempt already talking to the upstream finishes and its caller gets an answer,
@@ -26,7 +27,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Account, Membership, User
-from accounts.services import record_audit_event
+from accounts.services import end_sessions, record_audit_event
 from billing.models import Subscription
 from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
@@ -147,6 +148,7 @@ def close_account(
             _close(account, now=timezone.now())
             login_deleted = not Membership.objects.filter(user=user).exists()
             if login_deleted:
+                end_sessions(user=user)  # other browsers' sessions hold the email
                 user.delete()
     except BaseException:
         Account.objects.filter(pk=account.pk).update(closing_since=None)

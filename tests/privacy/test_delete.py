@@ -8,7 +8,10 @@ from datetime import timedelta
 
 import pytest
 from allauth.account.models import EmailAddress
+from allauth.usersessions.models import UserSession
+from django.contrib.sessions.models import Session
 from django.db import connection, transaction
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -46,6 +49,7 @@ from tests.privacy.conftest import fill
 pytestmark = pytest.mark.django_db
 
 DELETE_URL = reverse("privacy-delete-account")
+ALICE = "alice@example.com"
 
 
 def post_delete(client, account: Account, password: str = PASSWORD, **extra):
@@ -155,6 +159,20 @@ def test_deleting_an_account_end_to_end(
     assert record.account_id == alice_account.public_id
     assert record.requests_deleted == 2
     assert "alice@example.com" not in str(record.__dict__)
+
+
+def test_a_deleted_login_leaves_no_session_behind_on_other_browsers(alice_client, alice_account):
+    """Each sign-in session keeps how its user signed in, email included; once the login is
+    deleted, none of them is kept until it would have expired."""
+    laptop = Client()
+    signed_in = laptop.post(reverse("account_login"), {"login": ALICE, "password": PASSWORD})
+    assert signed_in.status_code == 302
+    assert ALICE in repr([session.get_decoded() for session in Session.objects.all()])
+
+    post_delete(alice_client, alice_account)
+
+    assert ALICE not in repr([session.get_decoded() for session in Session.objects.all()])
+    assert not UserSession.objects.exists()
 
 
 def test_a_login_in_other_accounts_is_kept(alice_client, alice, alice_account, charlie):
