@@ -26,7 +26,7 @@ from django.views.decorators.cache import never_cache
 
 from accounts.access import client_ip
 from accounts.models import Account, AuditEvent, Membership, User
-from accounts.services import suspend_account, unsuspend_account
+from accounts.services import end_sessions, suspend_account, unsuspend_account
 
 
 class SuspensionForm(forms.Form):
@@ -96,6 +96,37 @@ class UserAdmin(BaseUserAdmin):
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+
+    def get_deleted_objects(self, objs, request):
+        """An account's only owner is not deleted (here, or with the bulk action, which asks
+        this too): the account would be left with nobody to manage, export or delete it,
+        its keys working and its subscription billed. The page names it, to be closed first
+        (its "Close and delete" action) or given another owner."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        users = [user.pk for user in objs]
+        owners = Membership.objects.filter(role=Membership.Role.OWNER)
+        left_without_owner = Account.objects.filter(
+            memberships__in=owners.filter(user__in=users)
+        ).exclude(memberships__in=owners.exclude(user__in=users))
+        protected = [
+            *protected,
+            *(
+                f"Account {account}: this would leave it without an owner. Close it first, or "
+                "make another member an owner."
+                for account in left_without_owner.distinct().order_by("pk")
+            ),
+        ]
+        return deleted, counts, perms_needed, protected
+
+    # The sessions of a deleted login go with it: each keeps the email it signed in with.
+    def delete_model(self, request, obj):
+        end_sessions(user=obj)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for user in queryset:
+            end_sessions(user=user)
+        super().delete_queryset(request, queryset)
 
 
 class MembershipInline(admin.TabularInline):

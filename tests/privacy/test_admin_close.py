@@ -3,8 +3,11 @@ owner's own deletion (Paddle first, keys revoked, data purged once nothing runs)
 admin delete, which would skip all of that, is gone."""
 
 import pytest
+from allauth.usersessions.models import UserSession
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.models import LogEntry
+from django.contrib.sessions.models import Session
+from django.test import Client
 from django.urls import reverse
 
 from accounts.models import Account, AuditEvent, Membership, User
@@ -13,7 +16,7 @@ from privacy.models import AccountDeletion
 from projects.models import ApiKey
 from requests_app.models import Request
 from tests.billing.paddle_stub import paddle_error
-from tests.factories import RequestFactory
+from tests.factories import PASSWORD, RequestFactory
 from tests.privacy.conftest import fill
 from tests.privacy.test_delete import purge
 
@@ -101,3 +104,36 @@ def test_the_raw_admin_delete_is_gone(operator_client, alice, alice_account):
     assert delete_page.status_code == 403
     assert Account.objects.filter(pk=alice_account.pk).exists()
     assert Membership.objects.filter(account=alice_account, user=alice).exists()
+
+
+def delete_user(client, user: User):
+    return client.post(reverse("admin:accounts_user_delete", args=[user.pk]), {"post": "yes"})
+
+
+def test_an_accounts_only_owner_is_not_deleted_from_the_users_list(
+    operator_client, alice, alice_account, bob
+):
+    """The account would be left with nobody to manage, export or delete it, its keys
+    working and its subscription billed: the admin names it, to be closed first."""
+    users = reverse("admin:accounts_user_changelist")
+
+    asked = operator_client.get(reverse("admin:accounts_user_delete", args=[alice.pk]))
+    delete_user(operator_client, alice)
+    operator_client.post(
+        users, {"action": "delete_selected", ACTION_CHECKBOX_NAME: [alice.pk], "post": "yes"}
+    )
+
+    assert alice_account.public_id in asked.content.decode()
+    assert Membership.objects.filter(account=alice_account, user=alice, role="owner").exists()
+
+
+def test_a_user_deleted_in_the_admin_is_signed_out_everywhere(operator_client, alice_account, bob):
+    browser = Client()
+    browser.post(reverse("account_login"), {"login": bob.email, "password": PASSWORD})
+    assert UserSession.objects.filter(user=bob).exists()
+
+    assert delete_user(operator_client, bob).status_code == 302
+
+    assert not User.objects.filter(pk=bob.pk).exists()
+    assert not UserSession.objects.filter(session_key=browser.session.session_key).exists()
+    assert not Session.objects.filter(session_key=browser.session.session_key).exists()
