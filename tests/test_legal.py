@@ -133,6 +133,17 @@ def test_the_privacy_page_says_how_long_sessions_last(client, settings):
     assert "together with the IP address and browser recorded for it" in text
 
 
+def test_the_privacy_page_says_how_long_the_security_log_and_a_deleted_logins_sessions_stay(
+    client,
+):
+    """The security log keeps IP addresses; a deleted login's sessions go with it
+    (tests/privacy/test_delete.py and test_admin_close.py hold the code to it)."""
+    text = text_of(page(client, "/legal/privacy"))
+    assert "The security log" in text
+    assert "from which IP address, is kept while the account exists and deleted with it" in text
+    assert "When your login is deleted, its sessions on every device are deleted with it" in text
+
+
 def test_retention_windows_are_rendered_from_the_plan_table(client):
     text = text_of(page(client, "/legal/privacy"))
     for row in Plan.objects.all():
