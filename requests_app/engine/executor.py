@@ -363,9 +363,10 @@ def _response_fields(request: Request, result: AttemptResult) -> dict:
         usage = usage_from_body(response.body)
     # A stream that started has already reached its readers through Redis; with zero
     # retention no copy of it is kept at all. An answer that never started streaming (the
-    # upstream refused it) reaches its caller from this record, so it is kept, like a plain
-    # answer, until that caller has it.
-    keep = not (result.stream_started and request.project.zero_retention)
+    # upstream refused it), or streamed to nobody (its callers took their 202), reaches its
+    # caller from this record, so it is kept, like a plain answer, until a caller has it.
+    delivered = result.stream_started and not result.stream_unread
+    keep = not (delivered and request.project.zero_retention)
     return {
         "response_status_code": response.status_code,
         "response_headers": upstream.with_upstream_header(response.headers, result.upstream),

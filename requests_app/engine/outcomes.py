@@ -21,6 +21,9 @@ class AttemptResult:
     retry_after_ms: int | None = None
     response: UpstreamResponse | None = None
     stream_started: bool = False  # bytes reached the client: never retry
+    # A started stream nobody was reading when it ended (its callers had left with their
+    # 202 before the first bytes): its answer reached no one yet.
+    stream_unread: bool = False
     client_gone: bool = False  # every streaming reader disconnected: cancel
     upstream: str | None = None  # the name of the upstream this attempt went to
     message: str | None = None  # the error's message when it depends on the answer

@@ -171,8 +171,9 @@ class StreamRelay:
         if not sse.completed(self.request.endpoint, bytes(self.delivered)):
             # Closed early; if inside its first event, nothing reached a caller: retried.
             return self.ended(Attempt.Outcome.CONNECTION_ERROR, "stream_incomplete")
+        unread = self.publisher.unread()  # asked first: the end lets its readers go
         self.publisher.send("end")
-        return self.result(Attempt.Outcome.SUCCESS)
+        return self.result(Attempt.Outcome.SUCCESS, unread=unread)
 
     def deliver(self, events: bytes) -> None:
         """Relay whole `events`, the first of them after the start."""
@@ -190,8 +191,14 @@ class StreamRelay:
             error_code="invalid_event_stream",
         )
 
-    def result(self, outcome: str, *, error_code: str | None = None) -> AttemptResult:
-        """An outcome once bytes have left: what was delivered, never to be retried."""
+    def result(
+        self, outcome: str, *, error_code: str | None = None, unread: bool | None = None
+    ) -> AttemptResult:
+        """An outcome once bytes have left: what was delivered, never to be retried.
+        `unread`: whether nobody was reading it, when not asked already (readers who hung
+        up mid-stream had what was relayed: not unread)."""
+        if unread is None:
+            unread = error_code != "client_disconnected" and self.publisher.unread()
         body = bytes(self.delivered)
         # The headers the callers got with the first bytes, so a replay carries them too.
         headers = {"content-type": "text/event-stream", **self.headers}
@@ -201,6 +208,7 @@ class StreamRelay:
             error_code=error_code,
             response=UpstreamResponse(200, headers, body, httpx.Headers()),
             stream_started=self.started,
+            stream_unread=unread,
             client_gone=error_code == "client_disconnected",
         )
 

@@ -56,6 +56,7 @@ class StreamPublisher:
     def __init__(self, public_id: str, attempt: int):
         self.key = stream_key(public_id)
         self.abandoned = abandoned_key(public_id)
+        self.readers = readers_key(public_id)
         self.attempt = str(attempt)
         self.client = client()
 
@@ -78,6 +79,14 @@ class StreamPublisher:
 
     def client_gone(self) -> bool:
         return bool(self.client.exists(self.abandoned))
+
+    def unread(self) -> bool:
+        """No reader is registered: those who waited left before the first bytes (their
+        202). Any doubt (Redis away) counts as read."""
+        try:
+            return int(self.client.get(self.readers) or 0) <= 0
+        except redis.RedisError:
+            return False
 
 
 @dataclass(frozen=True)

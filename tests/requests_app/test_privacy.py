@@ -183,6 +183,32 @@ def test_zero_retention_stream_the_upstream_refused_gets_the_upstreams_answer(te
     assert Request.objects.get().response_body is None
 
 
+def test_zero_retention_stream_whose_caller_took_its_202_is_kept_until_fetched(tenant, live_api):
+    """Its wait budget ran out before the upstream's first bytes: the caller left with a
+    202, as an async caller would, and nobody read the stream. Its answer is kept until
+    fetched once, like any answer that reached nobody."""
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    auth = {"Authorization": f"Bearer {tenant.raw_key}"}
+
+    accepted = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={**CHAT, "model": "sleep-1500", "stream": True},
+        headers={**auth, "ReqRun-Wait": "1"},
+        timeout=30,
+    )
+    url = f"{live_api.url}/v1/requests/{accepted.headers['reqrun-request-id']}"
+    fetched = httpx.get(f"{url}?wait=20", headers=auth, timeout=30).json()
+    again = httpx.get(url, headers=auth).json()
+
+    assert accepted.status_code == 202
+    assert fetched["status"] == "succeeded"
+    assert fetched["response"]["status_code"] == 200
+    assert "data: [DONE]" in fetched["response"]["body"]
+    assert again["response"] is None
+    assert Request.objects.get().response_body is None
+
+
 def test_zero_retention_answers_every_caller_attached_before_the_end(tenant, live_api, tmp_path):
     """Two callers of one keyed call: the first created it, the second attached while it
     ran, through another web process. With zero retention the first delivery must not take
