@@ -18,8 +18,9 @@ from projects.upstreams import (
     remove_upstream,
     remove_upstream_key,
 )
+from requests_app.models import DailyUsage, Request
 from tests.conftest import raised_while_held
-from tests.factories import ProjectFactory, RequestFactory
+from tests.factories import MonthlyUsageFactory, ProjectFactory, RequestFactory
 from tests.markup import duplicate_ids
 from tests.projects.conftest import PROVIDER_KEY, messages_of, signed_in
 
@@ -257,6 +258,27 @@ def test_delete_asks_first(alice_client, alice_project, alice_key):
     assert not Project.objects.filter(pk=alice_project.pk).exists()
     assert "Project “Chatbot” and its API keys were deleted." in messages_of(response)
     assert AuditEvent.objects.filter(action="project_deleted").exists()
+
+
+def test_the_delete_page_says_the_request_history_goes_and_the_quota_keeps_it(
+    alice_client, alice_project
+):
+    finished = RequestFactory(project=alice_project, status="succeeded", finished_at=timezone.now())
+    DailyUsage.objects.create(
+        account=alice_project.account, project=alice_project, day=timezone.now().date()
+    )
+    used = MonthlyUsageFactory(account=alice_project.account, accepted_requests=7)
+    url = settings_url(alice_project, "project-delete")
+
+    page = " ".join(alice_client.get(url).content.decode().split())
+    alice_client.post(url)
+
+    assert "its request history (every request and its attempts) and its usage totals" in page
+    assert "still count toward this month's quota" in page
+    assert not Request.objects.filter(pk=finished.pk).exists()
+    assert not DailyUsage.objects.filter(project_id=alice_project.pk).exists()
+    used.refresh_from_db()
+    assert used.accepted_requests == 7
 
 
 @pytest.mark.parametrize("status", ["queued", "retrying", "running"])
