@@ -127,12 +127,24 @@ def _added(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:+,.1f}"
 
 
+def durability(results: dict) -> str:
+    """Whether the run's PostgreSQL waited for the disk on each commit, as production does.
+    Runs before stop 27 did not record it; their server skipped the flushes."""
+    settings = results.get("database")
+    if settings is None:
+        return "PostgreSQL durability not recorded (runs before stop 27 skipped the flushes)"
+    if all(settings[name] == "on" for name in ("fsync", "synchronous_commit")):
+        return "PostgreSQL flushes each commit to disk"
+    off = ", ".join(f"{name}={value}" for name, value in settings.items() if value != "on")
+    return f"PostgreSQL NOT durable ({off}): figures flatter than production"
+
+
 def _configuration(results: dict) -> str:
     config = results["config"]
     return (
         f"{results['machine']['cpus']} CPUs · web: uvicorn × {config['web_workers']} · worker: "
         f"{config.get('worker_processes', 1)} × {config['worker_concurrency']} threads · "
-        f"DB pool {config['db_pool_max_size']} per process"
+        f"DB pool {config['db_pool_max_size']} per process · {durability(results)}"
     )
 
 
@@ -179,6 +191,8 @@ def render_targets(results: dict, before: dict | None = None) -> str:
         )
     header = ("issue #17 target", "before" if before else "", "now", "target", "")
     lines = [f"Targets · {_configuration(results)}"]
+    if before and durability(before) != durability(results):
+        lines.append(f"Before: {durability(before)}")
     lines += _table(header, rows, right=(1, 2))
     return "\n".join(lines)
 

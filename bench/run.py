@@ -527,6 +527,7 @@ def main(argv: list[str]) -> int:
                 worker_concurrency=config.worker_concurrency,
                 db_pool_max_size=config.db_pool_max_size,
             )
+            database = stack.database_durability()
             try:
                 batches = Bench(config, stack, exit_stack).run()
             finally:
@@ -541,6 +542,7 @@ def main(argv: list[str]) -> int:
         results = {
             "config": asdict(config),
             "machine": report.machine(),
+            "database": database,
             "duration_s": time.monotonic() - began,
             "scenarios": scenarios,
             "errors": errors,

@@ -85,6 +85,14 @@ class Stack:
             received = client.info("stats")["total_connections_received"]
         return {"postgres": int(sessions or 0), "redis": int(received)}
 
+    def database_durability(self) -> dict[str, str]:
+        """PostgreSQL's settings that decide whether a commit is on disk when acknowledged."""
+        with psycopg.connect(self.env["DATABASE_URL"], autocommit=True) as conn:
+            return {
+                name: conn.execute(f"SHOW {name}").fetchone()[0]
+                for name in ("fsync", "synchronous_commit", "full_page_writes")
+            }
+
     def check_alive(self) -> None:
         for process in self.processes.values():
             if process.popen.poll() is not None:
