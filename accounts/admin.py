@@ -37,7 +37,9 @@ class SuspensionForm(forms.Form):
 
 
 class SuspensionActions:
-    """Admin actions "Suspend…" (asks for a reason) and "Lift suspension", both audited.
+    """Admin actions "Suspend…" (asks for a reason) and "Lift suspension", both audited, for
+    staff who may change the subject (Django offers an action to anyone who can view the list
+    unless it names the permissions it needs).
 
     Subclasses name the services and the keyword they take the subject by.
     """
@@ -47,7 +49,7 @@ class SuspensionActions:
     unsuspend_service: Callable[..., object]
     actions = ["suspend_selected", "unsuspend_selected"]
 
-    @admin.action(description="Suspend selected… (asks for a reason)")
+    @admin.action(description="Suspend selected… (asks for a reason)", permissions=["change"])
     def suspend_selected(self, request, queryset):
         form = SuspensionForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
@@ -71,7 +73,7 @@ class SuspensionActions:
         }
         return TemplateResponse(request, "accounts/admin/suspend.html", context)
 
-    @admin.action(description="Lift the suspension of selected")
+    @admin.action(description="Lift the suspension of selected", permissions=["change"])
     def unsuspend_selected(self, request, queryset):
         for subject in queryset:
             self.unsuspend_service(

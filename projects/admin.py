@@ -312,7 +312,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # created in the dashboard or by bootstrap_project: shown once, never here
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke_selected(self, request, queryset):
         for api_key in queryset.filter(revoked_at__isnull=True):
             revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))

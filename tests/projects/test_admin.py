@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import Permission
 from django.forms import modelform_factory
 from django.urls import reverse
 from django.utils import timezone
@@ -14,7 +15,8 @@ from projects.admin import ProjectAdminForm
 from projects.limits import limits_for
 from projects.models import AccountPlan, ApiKey, Plan, Project
 from requests_app.models import Request
-from tests.factories import MonthlyUsageFactory, RequestFactory
+from tests.conftest import sign_in_to_admin
+from tests.factories import MonthlyUsageFactory, RequestFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db
@@ -95,6 +97,39 @@ def test_an_action_on_an_id_that_names_no_row_is_a_400_and_changes_nothing(
     assert not AuditEvent.objects.filter(
         action__in=["suspended", "account_closed_by_operator"]
     ).exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "action"),
+    [
+        ("accounts.account", "suspend_selected"),
+        ("accounts.account", "close_selected"),
+        ("projects.project", "suspend_selected"),
+        ("projects.apikey", "revoke_selected"),
+    ],
+)
+def test_staff_who_may_only_view_cannot_run_an_action(
+    client, everything, alice_project, alice_key, model, action
+):
+    """Django offers an action without `permissions` to anyone who can see the list."""
+    viewer = UserFactory(email="viewer@reqrun.com", is_staff=True)
+    viewer.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_account", "view_project", "view_apikey"])
+    )
+    sign_in_to_admin(client, viewer)
+    row = {"accounts.account": everything, "projects.project": alice_project}.get(model, alice_key)
+    url = reverse(f"admin:{model.replace('.', '_')}_changelist")
+
+    listed = client.get(url).content.decode()
+    client.post(
+        url, {"action": action, ACTION_CHECKBOX_NAME: [row.pk], "apply": "1", "reason": "x"}
+    )
+
+    assert f'value="{action}"' not in listed
+    row.refresh_from_db()
+    assert not getattr(row, "is_suspended", False)
+    assert getattr(row, "revoked_at", None) is None
+    assert not AuditEvent.objects.filter(actor=viewer).exists()
 
 
 def test_secrets_are_never_displayed(operator_client, everything, alice_project, alice_key):
