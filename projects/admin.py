@@ -132,6 +132,9 @@ class MonthlyUsageAdmin(admin.ModelAdmin):
     date_hierarchy = "period_start"
     readonly_fields = ["account", "period_start"]
 
+    def has_add_permission(self, request):
+        return False  # a month's row is made by the first request accepted in it
+
 
 @admin.display(description="Key")
 def key_prefix(api_key: ApiKey) -> str:
@@ -334,3 +337,6 @@ class InvitationAdmin(admin.ModelAdmin):
     list_filter = ["role"]
     search_fields = ["email", "public_id", "account__public_id", "account__name"]
     readonly_fields = ["public_id", "account", "email", "invited_by", "created_at", "accepted_at"]
+
+    def has_add_permission(self, request):
+        return False  # sent from the dashboard, within the plan's seats, with its email

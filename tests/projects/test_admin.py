@@ -13,7 +13,7 @@ from django.utils import timezone
 from accounts.models import Account, AuditEvent
 from projects.admin import ProjectAdminForm
 from projects.limits import limits_for
-from projects.models import AccountPlan, ApiKey, Plan, Project
+from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
 from tests.conftest import sign_in_to_admin
 from tests.factories import MonthlyUsageFactory, RequestFactory, UserFactory
@@ -130,6 +130,23 @@ def test_staff_who_may_only_view_cannot_run_an_action(
     assert not getattr(row, "is_suspended", False)
     assert getattr(row, "revoked_at", None) is None
     assert not AuditEvent.objects.filter(actor=viewer).exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [
+        (MonthlyUsage, {"accepted_requests": "0"}),
+        (Invitation, {"role": "member"}),
+    ],
+)
+def test_rows_made_only_by_the_product_cannot_be_added_in_admin(operator_client, model, data):
+    """Their account (and email) are read-only in the form: an added row could only fail."""
+    url = reverse(f"admin:projects_{model._meta.model_name}_add")
+
+    response = operator_client.post(url, data)
+
+    assert response.status_code == 403
+    assert not model.objects.exists()
 
 
 def test_secrets_are_never_displayed(operator_client, everything, alice_project, alice_key):
