@@ -1,4 +1,4 @@
-"""Operators' admin for users, accounts, memberships and the audit trail, the
+"""Operators' admin for users, accounts and the audit trail, the
 suspension actions (with a reason, audited) shared with projects, and the admin's door:
 allauth's rate-limited sign-in plus a second factor passed in this session."""
 
@@ -132,9 +132,18 @@ class UserAdmin(BaseUserAdmin):
 
 
 class MembershipInline(admin.TabularInline):
+    """Who belongs to the account; a role changes, or a member is removed, on the
+    membership's own page, through the dashboard's rules (projects/admin.py)."""
+
     model = Membership
     extra = 0
-    autocomplete_fields = ["user"]
+    can_delete = False
+    show_change_link = True
+    fields = ["user", "role", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False  # members join by invitation, within the plan's seats
 
 
 @admin.register(Account)
@@ -159,13 +168,6 @@ class AccountAdmin(SuspensionActions, admin.ModelAdmin):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
         return actions
-
-
-@admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
-    list_display = ["user", "account", "role", "created_at"]
-    search_fields = ["user__email", "account__public_id", "account__name"]
-    list_filter = ["role"]
 
 
 @admin.register(AuditEvent)

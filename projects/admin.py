@@ -1,5 +1,5 @@
-"""Operators' admin for plans, account plans and overrides, usage, projects with their
-upstreams, API keys and invitations. Provider key ciphertext and API key hashes are never
+"""Operators' admin for plans, account plans and overrides, memberships, usage, projects
+with their upstreams, API keys and invitations. Provider key ciphertext and API key hashes are never
 displayed."""
 
 from django import forms
@@ -9,9 +9,10 @@ from django.utils import timezone
 from accounts.access import client_ip
 from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
-from accounts.models import Account
+from accounts.models import Account, Membership
 from projects.errors import InvalidModelMap
 from projects.limits import DEFAULT_PLAN_CODE, record_plan_change
+from projects.members import LAST_OWNER, change_role, is_last_owner, remove_member
 from projects.models import (
     LIMIT_FIELDS,
     AccountPlan,
@@ -115,6 +116,53 @@ class AccountPlanAdmin(admin.ModelAdmin):
         previous = _plan_before(form)
         super().save_model(request, obj, form, change)
         _audit_plan_change(request, obj, previous)
+
+
+class MembershipAdminForm(forms.ModelForm):
+    class Meta:
+        model = Membership
+        fields = ["role"]
+
+    def clean_role(self) -> str:
+        role = self.cleaned_data["role"]
+        if role != Membership.Role.OWNER and is_last_owner(self.instance):
+            raise forms.ValidationError(LAST_OWNER)
+        return role
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    """A role changes, and a member is removed, through the dashboard's services: audited,
+    and the account keeps an owner. Members join by invitation, within the plan's seats."""
+
+    form = MembershipAdminForm
+    list_display = ["user", "account", "role", "created_at"]
+    list_select_related = ["user", "account"]
+    search_fields = ["user__email", "account__public_id", "account__name"]
+    list_filter = ["role"]
+    readonly_fields = ["user", "account", "created_at"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is None or not is_last_owner(obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def save_model(self, request, obj, form, change):
+        change_role(
+            membership=obj,
+            role=form.cleaned_data["role"],
+            actor=request.user,
+            ip_address=client_ip(request),
+        )
+
+    def delete_model(self, request, obj):
+        remove_member(membership=obj, actor=request.user, ip_address=client_ip(request))
 
 
 @admin.register(MonthlyUsage)

@@ -217,14 +217,21 @@ def accept_invitation(*, token: str, user: User, ip_address: str | None = None) 
     return membership
 
 
-def _ensure_another_owner(membership: Membership) -> None:
-    if (
+LAST_OWNER = "An account needs at least one owner: make someone else owner first."
+
+
+def is_last_owner(membership: Membership) -> bool:
+    return (
         membership.is_owner
         and not membership.account.memberships.filter(role=Membership.Role.OWNER)
         .exclude(pk=membership.pk)
         .exists()
-    ):
-        raise MembershipError("An account needs at least one owner: make someone else owner first.")
+    )
+
+
+def _ensure_another_owner(membership: Membership) -> None:
+    if is_last_owner(membership):
+        raise MembershipError(LAST_OWNER)
 
 
 def _lock_membership(membership: Membership) -> None:

@@ -10,7 +10,7 @@ from django.forms import modelform_factory
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import Account, AuditEvent
+from accounts.models import Account, AuditEvent, Membership
 from projects.admin import ProjectAdminForm
 from projects.limits import limits_for
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
@@ -312,6 +312,57 @@ def test_suspended_project_shows_a_banner(operator_client, everything, alice_pro
     for name in ("project-detail", "api-key-list"):
         page = client.get(reverse(name, args=[alice_project.public_id])).content.decode()
         assert "This project is suspended: Abuse report #42" in page
+
+
+def test_a_role_changed_in_admin_goes_through_the_dashboards_rules(
+    operator_client, everything, alice, bob
+):
+    owner = Membership.objects.get(user=alice, account=everything)
+    member = Membership.objects.get(user=bob, account=everything)
+
+    demoted = operator_client.post(
+        reverse("admin:accounts_membership_change", args=[owner.pk]), {"role": "member"}
+    )
+    operator_client.post(  # the account's own form lists its members, read-only
+        reverse("admin:accounts_account_change", args=[everything.pk]),
+        account_form(everything) | {"memberships-0-role": "member"},
+    )
+    operator_client.post(
+        reverse("admin:accounts_membership_change", args=[member.pk]), {"role": "admin"}
+    )
+
+    assert demoted.status_code == 200
+    assert "An account needs at least one owner" in demoted.content.decode()
+    owner.refresh_from_db()
+    member.refresh_from_db()
+    assert (owner.role, member.role) == ("owner", "admin")
+    [event] = AuditEvent.objects.filter(account=everything, action="role_changed")
+    assert event.target == "bob@example.com: member → admin"
+    assert event.actor.email == "ops@reqrun.com"
+
+
+def test_a_member_removed_in_admin_is_audited_and_the_last_owner_stays(
+    operator_client, everything, alice, bob
+):
+    owner = Membership.objects.get(user=alice, account=everything)
+    member = Membership.objects.get(user=bob, account=everything)
+
+    refused = operator_client.post(
+        reverse("admin:accounts_membership_delete", args=[owner.pk]), {"post": "yes"}
+    )
+    operator_client.post(
+        reverse("admin:accounts_membership_delete", args=[member.pk]), {"post": "yes"}
+    )
+    added = operator_client.post(
+        reverse("admin:accounts_membership_add"),
+        {"user": bob.pk, "account": everything.pk, "role": "owner"},
+    )
+
+    assert refused.status_code == 403
+    assert added.status_code == 403  # members join by invitation, within the plan's seats
+    assert list(Membership.objects.filter(account=everything)) == [owner]
+    [event] = AuditEvent.objects.filter(account=everything, action="member_removed")
+    assert (event.target, event.actor.email) == ("bob@example.com", "ops@reqrun.com")
 
 
 def test_revoking_a_key_in_admin_is_audited(operator_client, everything, alice_key):
