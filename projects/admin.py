@@ -51,6 +51,14 @@ class PlanAdmin(admin.ModelAdmin):
     search_fields = ["code", "name", "paddle_price_id"]
     ordering = ["sort_order"]
 
+    # The code is how PADDLE_PRICES, `bootstrap_project --plan`, /v1/usage and the fallback
+    # to Free name a plan: set once, when the plan is added.
+    def get_readonly_fields(self, request, obj=None):
+        return ["code"] if obj else []
+
+    def has_delete_permission(self, request, obj=None):
+        return obj is None or obj.code != DEFAULT_PLAN_CODE
+
 
 class AccountPlanInline(admin.StackedInline):
     """The account's plan and any single limit overridden for it (empty: the plan's value)."""

@@ -7,7 +7,7 @@ from functools import partial
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -38,7 +38,17 @@ class Plan(models.Model):
     price_cents_monthly = models.PositiveIntegerField(
         null=True, blank=True, help_text="Empty for 'contact us' plans."
     )
-    paddle_price_id = models.CharField(max_length=64, blank=True)
+    paddle_price_id = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[
+            RegexValidator(
+                r"^pri_[a-z0-9]+\Z",
+                "Enter a Paddle price id: pri_ and lowercase letters or digits.",
+            )
+        ],
+        help_text="Paddle's price id (pri_…); PADDLE_PRICES, where it names this plan, wins.",
+    )
     self_serve = models.BooleanField(default=True, help_text="Can be bought from the pricing page.")
     sort_order = models.PositiveSmallIntegerField(default=0)
 
@@ -56,6 +66,15 @@ class Plan(models.Model):
 
     class Meta:
         ordering = ["sort_order"]
+        constraints = [
+            # A webhook's price id names one plan (billing.selectors.plan_for_price).
+            models.UniqueConstraint(
+                fields=["paddle_price_id"],
+                condition=~Q(paddle_price_id=""),
+                name="plan_price_id_unique",
+                violation_error_message="Another plan already has this Paddle price id.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -433,6 +433,56 @@ def test_a_project_is_deleted_in_the_admin_only_once_its_requests_have_finished(
     assert AuditEvent.objects.filter(action="project_deleted").exists()  # the service's
 
 
+def plan_form(plan: Plan, **changes: str) -> dict[str, str]:
+    """The plan's admin form as an operator posts it, with `changes`."""
+    data = {
+        field.name: "" if getattr(plan, field.name) is None else str(getattr(plan, field.name))
+        for field in Plan._meta.fields
+        if field.name not in ("id", "self_serve")
+    }
+    return data | ({"self_serve": "on"} if plan.self_serve else {}) | changes
+
+
+@pytest.mark.parametrize(
+    ("price_id", "error"),
+    [
+        ("price_123", "Paddle price id"),
+        ("pri_01HV8 TEAM", "Paddle price id"),
+        ("pri_01hv8team000000000000000", "already"),  # Team's
+    ],
+)
+def test_a_plan_price_id_must_be_paddles_and_its_own(operator_client, price_id, error):
+    Plan.objects.filter(code="team").update(paddle_price_id="pri_01hv8team000000000000000")
+    pro = Plan.objects.get(code="pro")
+
+    response = operator_client.post(
+        reverse("admin:projects_plan_change", args=[pro.pk]),
+        plan_form(pro, paddle_price_id=price_id, projects="6"),
+    )
+
+    assert response.status_code == 200
+    assert error in response.content.decode()
+    pro.refresh_from_db()
+    assert (pro.paddle_price_id, pro.projects) == ("", 5)
+
+
+def test_a_plans_code_stays_and_the_default_plan_cannot_be_deleted(operator_client):
+    free = Plan.objects.get(code="free")
+
+    changed = operator_client.post(
+        reverse("admin:projects_plan_change", args=[free.pk]),
+        plan_form(free, code="basic", projects="2"),
+    )
+    deleted = operator_client.post(
+        reverse("admin:projects_plan_delete", args=[free.pk]), {"post": "yes"}
+    )
+
+    assert changed.status_code == 302
+    assert deleted.status_code == 403
+    free.refresh_from_db()
+    assert (free.code, free.projects) == ("free", 2)
+
+
 @pytest.mark.parametrize("model", [Plan, AccountPlan])
 @pytest.mark.parametrize("field", ["concurrency", "max_attempts"])
 def test_a_limit_that_would_strand_requests_cannot_be_zero(everything, model, field):
