@@ -112,6 +112,12 @@ class AccountAdmin(BaseAccountAdmin):
             _audit_plan_change(request, state, previous)
 
 
+def account_once_saved(obj) -> list[str]:
+    """A saved row stays with its account: a project moved to another would leave its
+    requests, pending slots and usage behind; a plan row moved would hand over a plan."""
+    return ["account"] if obj is not None else []
+
+
 @admin.register(AccountPlan)
 class AccountPlanAdmin(admin.ModelAdmin):
     list_display = ["account", "plan", "changed_at"]
@@ -119,6 +125,9 @@ class AccountPlanAdmin(admin.ModelAdmin):
     list_select_related = ["account", "plan"]
     search_fields = ["account__public_id", "account__name", "account__memberships__user__email"]
     autocomplete_fields = ["account"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return account_once_saved(obj)
 
     def save_model(self, request, obj, form, change):
         previous = _plan_before(form)
@@ -294,6 +303,9 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
         "suspension_reason",
     ]
     inlines = [UpstreamInline, ApiKeyInline]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*self.readonly_fields, *account_once_saved(obj)]
 
     subject_keyword = "project"
     suspend_service = staticmethod(suspend_project)

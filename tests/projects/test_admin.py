@@ -264,6 +264,38 @@ def suspend(client, model, subject, reason):
     )
 
 
+def test_a_project_or_a_plan_row_stays_with_its_account(
+    operator_client, everything, alice_project, charlie
+):
+    """Moving a project would leave its requests, pending slots and usage with the old
+    account; moving a plan row would hand one account's plan to another, unaudited."""
+    other = Account.objects.get(memberships__user=charlie)
+    state = AccountPlan.objects.get(account=everything)
+    project_form = {
+        "account": str(other.pk),
+        "name": alice_project.name,
+        "attempt_timeout_seconds": "60",
+        "deadline_seconds": "900",
+        "failover_on": "timeout",
+        "failover_tries_per_upstream": "1",
+        "upstreams-TOTAL_FORMS": "0",
+        "upstreams-INITIAL_FORMS": "0",
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+    }
+
+    operator_client.post(
+        reverse("admin:projects_project_change", args=[alice_project.pk]), project_form
+    )
+    operator_client.post(
+        reverse("admin:projects_accountplan_change", args=[state.pk]),
+        {"account": str(other.pk), "plan": str(state.plan_id)},
+    )
+
+    assert Project.objects.get(pk=alice_project.pk).account_id == everything.pk
+    assert AccountPlan.objects.get(pk=state.pk).account_id == everything.pk
+
+
 def test_suspend_and_lift_an_account(operator_client, everything):
     account = everything
     response = operator_client.post(
