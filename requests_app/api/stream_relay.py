@@ -122,6 +122,10 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
             elif kind == b"end":
                 return
             elif kind in (b"final", b"idle"):
+                if sse.completed(record.endpoint, last):
+                    # The caller has the answer's end ([DONE]): nothing may follow it, and
+                    # nothing it lacks, whatever the record says of the attempt since.
+                    return
                 try:
                     current = await in_thread(load_request)(record.pk)
                 except DATABASE_UNAVAILABLE:

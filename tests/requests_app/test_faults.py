@@ -14,10 +14,10 @@ from django.utils import timezone
 from core import encryption
 from projects.models import Upstream
 from projects.suspension import SUSPENSION_CANCEL_AFTER_DAYS
-from requests_app.engine import upstream
+from requests_app.engine import sql, upstream
 from requests_app.engine.recovery import sweep
 from requests_app.engine.redis_client import client as redis_client
-from requests_app.engine.streams import stream_key
+from requests_app.engine.streams import StreamPublisher, announce_final, stream_key
 from requests_app.models import Attempt, Request
 from tests.conftest import WorkerProcess, wait_until
 
@@ -102,6 +102,49 @@ def test_a_worker_lost_after_the_first_byte_ends_the_stream_with_an_error_never_
     assert b"event: error" in reader.received
     assert b"[DONE]" not in reader.received
     assert fake_upstream.count("/v1/chat/completions") == 1  # never a second attempt
+
+
+def test_a_stream_whose_caller_has_the_end_gets_nothing_after_it(tenant, live_api, worker):
+    # The upstream's whole answer relayed, and then the attempt failed (make chaos saw it
+    # around a Redis kill): the request ends failed and partial, but the caller already
+    # has the whole answer, and nothing may follow [DONE] in an OpenAI stream.
+    worker.stop()  # the test plays the worker
+    try:
+        reader = StreamReader(
+            live_api, tenant, {"model": "gpt-test", "messages": CHAT, "stream": True}
+        )
+        reader.start()
+        request = wait_until(lambda: Request.objects.filter(stream=True).first())
+        now = timezone.now()
+        Request.objects.filter(pk=request.pk).update(
+            status="running", attempt_count=1, started_at=now, first_byte_at=now, lease_until=now
+        )
+        Attempt.objects.create(request=request, number=1, upstream="primary", started_at=now)
+        publisher = StreamPublisher(request.public_id, 1)
+        publisher.start(200, {"content-type": "text/event-stream"})
+        events = b'data: {"id":"c1","choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
+        publisher.chunk(events)
+        assert reader.first_chunk.wait(30), "no bytes reached the client"
+
+        error = {"message": "lost", "type": "upstream_error", "param": None, "code": "worker_lost"}
+        outcome = {"outcome": "connection_error", "error_code": "worker_lost"}
+        assert sql.conclude(
+            request_id=request.pk,
+            number=1,
+            now=timezone.now(),
+            attempt=outcome,
+            status="failed",
+            ends=True,
+            error=error,
+            partial=True,
+        )
+        announce_final(request.public_id)
+        reader.join(30)
+    finally:
+        worker.start()
+
+    assert reader.received == events
+    assert b"event: error" not in reader.received
 
 
 @pytest.mark.timeout(90)
