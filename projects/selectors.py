@@ -104,12 +104,7 @@ FIRST_WITH_PROVIDER_KEY: PreparedGet[Upstream] = PreparedGet(
 def first_upstream_with_provider_key(project: Project) -> Upstream | None:
     """The project's first enabled upstream that has a provider key: the primary unless it
     has none (the engine skips it then), or None."""
-    try:
-        upstream = FIRST_WITH_PROVIDER_KEY.get(project_id=project.pk)
-    except Upstream.DoesNotExist:
-        return None
-    upstream.project = project  # already loaded by the caller
-    return upstream
+    return _upstream_of(project, FIRST_WITH_PROVIDER_KEY)
 
 
 def upstream_has_provider_key(project_ref: OuterRef) -> Exists:
@@ -122,8 +117,12 @@ def upstream_has_provider_key(project_ref: OuterRef) -> Exists:
 
 def primary_upstream(project: Project) -> Upstream | None:
     """Where the project's requests go: its first enabled upstream by position, or None."""
+    return _upstream_of(project, PRIMARY_UPSTREAM)
+
+
+def _upstream_of(project: Project, lookup: PreparedGet[Upstream]) -> Upstream | None:
     try:
-        upstream = PRIMARY_UPSTREAM.get(project_id=project.pk)
+        upstream = lookup.get(project_id=project.pk)
     except Upstream.DoesNotExist:
         return None
     upstream.project = project  # already loaded by the caller
