@@ -110,15 +110,16 @@ class UserAdmin(BaseUserAdmin):
         left_without_owner = Account.objects.filter(
             memberships__in=owners.filter(user__in=users)
         ).exclude(memberships__in=owners.exclude(user__in=users))
-        protected = [
-            *protected,
-            *(
-                f"Account {account}: this would leave it without an owner. Close it first, or "
-                "make another member an owner."
-                for account in left_without_owner.distinct().order_by("pk")
-            ),
+        ownerless = [
+            f"Account {account}: this would leave it without an owner. Close it first, or "
+            "make another member an owner."
+            for account in left_without_owner.distinct().order_by("pk")
         ]
-        return deleted, counts, perms_needed, protected
+        if ownerless:
+            # The last owner's membership may not be deleted (its admin says so), which Django
+            # would report as a permission lacking and show instead of the reason above.
+            perms_needed = perms_needed - {Membership._meta.verbose_name}
+        return deleted, counts, perms_needed, [*protected, *ownerless]
 
     # The sessions of a deleted login go with it: each keeps the email it signed in with.
     def delete_model(self, request, obj):
