@@ -31,7 +31,9 @@ DAY = 24 * 3600
 
 def refuse(message: str) -> NoReturn:
     """Stop this process on a setting it cannot run with, in one line naming the variable."""
-    print(f"ReqRun not started: {message}", file=sys.stderr, flush=True)
+    # Logging is configured by these very settings, so this one line goes to stderr itself.
+    sys.stderr.write(f"ReqRun not started: {message}\n")
+    sys.stderr.flush()
     raise SystemExit(EXIT_MISCONFIGURED)
 
 
