@@ -10,12 +10,13 @@ from django.utils import timezone
 from accounts.models import Account
 from billing.models import Invoice, Subscription, WebhookEvent
 from projects.limits import (
+    accepted_requests,
     current_period_start,
     limits_for,
     next_period_start,
     quota_percent,
 )
-from projects.models import MonthlyUsage, Plan
+from projects.models import Plan
 
 # A stored event still unprocessed after this long lost its task (Redis restart, worker kill).
 LOST_EVENT_AFTER = timedelta(minutes=2)
@@ -131,9 +132,8 @@ def invoices_of(account: Account) -> QuerySet[Invoice]:
 
 def usage_of(account: Account) -> Usage:
     period = current_period_start()
-    row = MonthlyUsage.objects.filter(account=account, period_start=period).first()
     return Usage(
-        used=row.accepted_requests if row else 0,
+        used=accepted_requests(account, period),
         quota=limits_for(account).monthly_requests,
         period_start=period,
         period_end=next_period_start(period),

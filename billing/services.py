@@ -460,7 +460,8 @@ def send_usage_notices(*, now: datetime | None = None) -> int:
     period = current_period_start(now.date())
     free_quota = Plan.objects.filter(code=DEFAULT_PLAN_CODE).values("monthly_requests")[:1]
     rows = (
-        MonthlyUsage.objects.filter(period_start=period)
+        MonthlyUsage.objects.with_accepted()
+        .filter(period_start=period)
         .annotate(
             quota=Coalesce(
                 "account__plan_state__monthly_requests",

@@ -146,7 +146,7 @@ def projects_section(account: Account) -> list[dict]:
 def usage_section(account: Account) -> list[dict]:
     return [
         {"month": row.period_start.strftime("%Y-%m"), "accepted_requests": row.accepted_requests}
-        for row in account.monthly_usage.order_by("period_start")
+        for row in account.monthly_usage.with_accepted().order_by("period_start")
     ]
 
 

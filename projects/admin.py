@@ -195,10 +195,19 @@ class MonthlyUsageAdmin(admin.ModelAdmin):
     list_select_related = ["account"]
     search_fields = ["account__public_id", "account__name"]
     date_hierarchy = "period_start"
-    readonly_fields = ["account", "period_start"]
+    # The count is the sum of the month's stripes, kept by the accepts alone; an account's
+    # quota is changed with its limit overrides, not by editing what it used.
+    readonly_fields = ["account", "period_start", "accepted_requests"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).with_accepted()
 
     def has_add_permission(self, request):
         return False  # a month's row is made by the first request accepted in it
+
+    @admin.display(description="Accepted requests", ordering="accepted_requests")
+    def accepted_requests(self, usage: MonthlyUsage) -> int:
+        return usage.accepted_requests
 
 
 @admin.display(description="Key")

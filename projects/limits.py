@@ -4,11 +4,13 @@ from dataclasses import asdict, dataclass
 from datetime import date
 
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import Account, User
 from accounts.services import record_audit_event
-from projects.models import LIMIT_FIELDS, AccountPlan, MonthlyUsage, Plan
+from core import stripes
+from projects.models import LIMIT_FIELDS, AccountPlan, MonthlyUsage, Plan, UsageStripe
 
 DEFAULT_PLAN_CODE = "free"
 
@@ -124,10 +126,10 @@ def next_period_start(start: date) -> date:
 
 
 def usage_row(account: Account, period_start: date | None = None) -> MonthlyUsage:
-    row, _ = MonthlyUsage.objects.get_or_create(
-        account=account, period_start=period_start or current_period_start()
-    )
-    return row
+    """The account's row for the month, made if missing, with its `accepted_requests`."""
+    period = period_start or current_period_start()
+    MonthlyUsage.objects.get_or_create(account=account, period_start=period)
+    return MonthlyUsage.objects.with_accepted().get(account=account, period_start=period)
 
 
 def quota_percent(*, used: int, quota: int) -> int:
@@ -137,34 +139,65 @@ def quota_percent(*, used: int, quota: int) -> int:
     return min(100, used * 100 // quota) if quota else 100
 
 
-def count_accepted_request(*, account: Account, limit: int) -> bool:
-    """Add one accepted request to this month's counter unless it is at `limit`.
-
-    One conditional UPDATE, so concurrent web processes can never overshoot the quota.
-    Call inside the accepting transaction: a refused or rolled-back request is not counted.
-    """
-    period = current_period_start()
-    if _count_below(account.pk, period, limit):
-        return True
-    # Nothing was counted: the account is at the limit, or this month's row does not exist
-    # yet, or a concurrent first request is creating it. get_or_create waits for that
-    # insert, so the second UPDATE sees the committed row and answers for certain.
-    usage_row(account, period)
-    return _count_below(account.pk, period, limit)
+def take_quota_sql(*, start: str | None) -> str:
+    """SQL that counts one accept on a stripe of the account's month below its share of the
+    quota (`stripes.take_one`); its parameters are `quota_params`, then `start`'s."""
+    return stripes.take_one(
+        table=UsageStripe._meta.db_table,
+        column="accepted",
+        match="account_id = %s AND period_start = %s",
+        limit="%s",
+        start=start,
+    )
 
 
-# Runs on every accepted request: plain SQL, as the ORM would compile it on each call.
-COUNT_BELOW_LIMIT_SQL = (
-    f"UPDATE {MonthlyUsage._meta.db_table} "  # noqa: S608 - the table name from _meta
-    "SET accepted_requests = accepted_requests + 1 "
-    "WHERE account_id = %s AND period_start = %s AND accepted_requests < %s"
+def quota_params(account_id: int, limit: int) -> list:
+    return [account_id, current_period_start(), limit]
+
+
+COUNT_BELOW_LIMIT_SQL = take_quota_sql(start=None)
+CREATE_USAGE_STRIPES = stripes.create_rows(
+    table=UsageStripe._meta.db_table,
+    key_columns="account_id, period_start",
+    key_values="%s, %s",
+    column="accepted",
 )
 
 
-def _count_below(account_id: int, period: date, limit: int) -> bool:
+def count_accepted_request(*, account: Account, limit: int) -> bool:
+    """Add one accepted request to this month's count unless it is at `limit`.
+
+    One conditional UPDATE of one of the month's stripes, so concurrent web processes can
+    never overshoot the quota; it waits for a stripe another transaction holds. Call inside
+    the accepting transaction: a refused or rolled-back request is not counted.
+    """
+    params = quota_params(account.pk, limit)
+    if _count_below(params):
+        return True
+    # Nothing was counted: the account is at the limit, or this month's stripes do not
+    # exist yet, or a concurrent first request is making them. Making them waits for that
+    # insert, so the second UPDATE sees the committed rows and answers for certain.
+    period = params[1]
+    usage_row(account, period)  # the month's notices are kept on it
     with connection.cursor() as cursor:
-        cursor.execute(COUNT_BELOW_LIMIT_SQL, [account_id, period, limit])
+        cursor.execute(CREATE_USAGE_STRIPES, [account.pk, period])
+    return _count_below(params)
+
+
+def _count_below(params: list) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(COUNT_BELOW_LIMIT_SQL, params)
         return cursor.rowcount == 1
+
+
+def accepted_requests(account: Account, period_start: date | None = None) -> int:
+    """The account's accepted requests in the month (this one by default)."""
+    return (
+        UsageStripe.objects.filter(
+            account=account, period_start=period_start or current_period_start()
+        ).aggregate(total=Sum("accepted"))["total"]
+        or 0
+    )
 
 
 def ensure_below(limit_name: str, *, used: int, limit: int, noun: str, plan_name: str = "") -> None:

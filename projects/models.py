@@ -10,6 +10,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership
@@ -106,12 +107,30 @@ class AccountPlan(models.Model):
         return f"{self.account} on {self.plan}"
 
 
+class MonthlyUsageQuerySet(models.QuerySet):
+    def with_accepted(self) -> "MonthlyUsageQuerySet":
+        """Each row with `accepted_requests`: its month's accepts, the sum of its stripes."""
+        accepted = (
+            UsageStripe.objects.filter(
+                account=models.OuterRef("account"), period_start=models.OuterRef("period_start")
+            )
+            .values("account")
+            .annotate(total=models.Sum("accepted"))
+            .values("total")
+        )
+        return self.annotate(
+            accepted_requests=Coalesce(
+                models.Subquery(accepted, output_field=models.BigIntegerField()), 0
+            )
+        )
+
+
 class MonthlyUsage(models.Model):
-    """The account's accepted-request counter for one calendar month (UTC)."""
+    """One calendar month (UTC) of an account: the usage notices sent for it. Its accepted
+    requests are counted in its `UsageStripe` rows (`with_accepted()` sums them)."""
 
     account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="monthly_usage")
     period_start = models.DateField()
-    accepted_requests = models.PositiveBigIntegerField(default=0)
     notified_80_at = models.DateTimeField(null=True, blank=True)
     notified_100_at = models.DateTimeField(null=True, blank=True)
     notified_quota = models.PositiveBigIntegerField(
@@ -120,6 +139,8 @@ class MonthlyUsage(models.Model):
         help_text="The monthly quota the usage notices above were sent for; empty on rows "
         "notified before it was recorded (their notices count for the quota in force).",
     )
+
+    objects = MonthlyUsageQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -130,6 +151,27 @@ class MonthlyUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} in {self.period_start:%Y-%m}"
+
+
+class UsageStripe(models.Model):
+    """One of the counters whose sum is an account's accepted requests in a month: the
+    accept adds to any stripe with room, so one account's accepts do not queue at one row
+    (core/stripes.py)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    period_start = models.DateField()
+    stripe = models.PositiveSmallIntegerField()
+    accepted = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "period_start", "stripe"], name="one_usage_stripe"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} in {self.period_start:%Y-%m}, stripe {self.stripe}"
 
 
 class FailoverOn(models.TextChoices):

@@ -206,18 +206,25 @@ class DailyUsage(models.Model):
         return f"{self.project_id} on {self.day}"
 
 
-class PendingCount(models.Model):
-    """How many of an account's requests are queued, running or retrying.
+class PendingStripe(models.Model):
+    """One of the counters whose sum is how many of an account's requests are queued,
+    running or retrying.
 
-    Kept in the engine's own statements (engine/sql.py): +1 in the accept's transaction,
-    −1 in the statement that ends a request, so the pending cap is one conditional UPDATE
-    instead of a count of every unfinished request under the account's lock.
+    Kept in the engine's own statements (engine/sql.py): +1 on a stripe with room in the
+    accept's transaction, −1 on the request's own stripe (its id modulo `STRIPES`) in the
+    statement that ends it, so the pending cap is one conditional UPDATE instead of a count
+    of every unfinished request, and one account's accepts and conclusions do not queue at
+    one row (core/stripes.py).
     """
 
-    account = models.OneToOneField(
-        Account, on_delete=models.CASCADE, primary_key=True, related_name="+"
-    )
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="+")
+    stripe = models.PositiveSmallIntegerField()
     pending = models.IntegerField(default=0)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["account", "stripe"], name="one_pending_stripe"),
+        ]
+
     def __str__(self) -> str:
-        return f"{self.account_id}: {self.pending} pending"
+        return f"{self.account_id}, stripe {self.stripe}: {self.pending} pending"

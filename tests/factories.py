@@ -7,8 +7,17 @@ from allauth.account.models import EmailAddress
 from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership, User
+from core.stripes import STRIPES
 from projects.limits import current_period_start
-from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
+from projects.models import (
+    AccountPlan,
+    ApiKey,
+    Invitation,
+    MonthlyUsage,
+    Plan,
+    Project,
+    UsageStripe,
+)
 from projects.services import create_api_key
 
 PASSWORD = "correct horse battery staple 42"
@@ -75,10 +84,24 @@ class AccountPlanFactory(factory.django.DjangoModelFactory):
 class MonthlyUsageFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = MonthlyUsage
+        skip_postgeneration_save = True
 
     account = factory.SubFactory(AccountFactory)
     period_start = factory.LazyFunction(current_period_start)
-    accepted_requests = 0
+
+    @factory.post_generation
+    def accepted_requests(usage, create, count, **kwargs):
+        """`accepted_requests=N`: the month's count, kept in its first stripe."""
+        if count:
+            set_accepted_requests(usage.account, count, usage.period_start)
+
+
+def set_accepted_requests(account, count: int, period_start=None) -> None:
+    """As if `count` requests had been accepted in the month (this one by default)."""
+    period = period_start or current_period_start()
+    MonthlyUsage.objects.get_or_create(account=account, period_start=period)
+    UsageStripe.objects.filter(account=account, period_start=period).delete()
+    UsageStripe.objects.create(account=account, period_start=period, stripe=0, accepted=count)
 
 
 class ProjectFactory(factory.django.DjangoModelFactory):
@@ -197,14 +220,17 @@ class AttemptFactory(factory.django.DjangoModelFactory):
     status_code = 200
 
 
-class PendingCountFactory(factory.django.DjangoModelFactory):
-    """An account's pending counter, as its first accepted request leaves it once finished."""
+def make_counter_stripes(account) -> None:
+    """The account's counters as its first accepted request leaves them once it finished:
+    this month's row, and every stripe of the month's count and of the pending count at 0."""
+    from requests_app.models import PendingStripe
 
-    class Meta:
-        model = "requests_app.PendingCount"
-
-    account = factory.SubFactory(AccountFactory)
-    pending = 0
+    MonthlyUsage.objects.get_or_create(account=account, period_start=current_period_start())
+    for stripe in range(STRIPES):
+        UsageStripe.objects.get_or_create(
+            account=account, period_start=current_period_start(), stripe=stripe
+        )
+        PendingStripe.objects.get_or_create(account=account, stripe=stripe)
 
 
 # ---------- privacy ----------

@@ -98,7 +98,12 @@ def list_requests(project: Project, params) -> tuple[list[Request], bool]:
 
 def usage_report(account) -> dict:
     """The account's plan, limits and this period's use, for GET /v1/usage."""
-    from projects.limits import current_period_start, limits_for, next_period_start, usage_row
+    from projects.limits import (
+        accepted_requests,
+        current_period_start,
+        limits_for,
+        next_period_start,
+    )
 
     limits = limits_for(account)
     period = current_period_start()
@@ -110,7 +115,7 @@ def usage_report(account) -> dict:
         "period_end": int(datetime(period_end.year, period_end.month, 1, tzinfo=UTC).timestamp()),
         "limits": limits.as_dict(),
         "used": {
-            "accepted_requests": usage_row(account, period).accepted_requests,
+            "accepted_requests": accepted_requests(account, period),
             "pending": Request.objects.filter(
                 account=account, status__in=[Status.QUEUED, Status.RUNNING, Status.RETRYING]
             ).count(),

@@ -17,11 +17,11 @@ from accounts.models import Account, User
 from core import encryption
 from core.untrusted import parse_json_to_keep
 from projects.limits import (
+    accepted_requests,
     current_period_start,
     limits_for,
     next_period_start,
     quota_percent,
-    usage_row,
 )
 from projects.models import DEADLINE_MAX_SECONDS, Project
 from requests_app.engine import breaker
@@ -318,7 +318,7 @@ def usage_report(account: Account) -> UsageReport:
         period_end=period_end,
         days=days,
         projects=projects,
-        accepted_requests=usage_row(account, period_start).accepted_requests,
+        accepted_requests=accepted_requests(account, period_start),
         monthly_limit=limits.monthly_requests,
         plan_name=limits.plan_name,
         retention_days=limits.retention_days,

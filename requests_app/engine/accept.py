@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from psycopg import errors as pg_errors
 
-from core import encryption
+from core import encryption, stripes
 from core.prepared import insert
 from core.untrusted import storable
 from projects.limits import (
@@ -21,8 +21,10 @@ from projects.limits import (
     current_period_start,
     limits_for,
     next_period_start,
+    quota_params,
+    take_quota_sql,
 )
-from projects.models import ApiKey, MonthlyUsage
+from projects.models import ApiKey
 from requests_app.engine import sql
 from requests_app.engine.dispatch import publish_execute_request
 from requests_app.errors import (
@@ -32,7 +34,7 @@ from requests_app.errors import (
     PendingQueueFull,
     QuotaExceeded,
 )
-from requests_app.models import PendingCount, Request
+from requests_app.models import PendingStripe, Request
 
 logger = logging.getLogger(__name__)
 
@@ -100,33 +102,37 @@ def _same_call(existing: Request, body_sha256: str, endpoint: str) -> Accepted:
 
 
 # The quota, the pending slot and the insert in one statement: one round trip and no
-# BEGIN/COMMIT, and the account's rows are locked only while it runs. Locks are taken in
-# the transaction's order (the month's counter, then the pending count). The request's
-# account_id is the slot's RETURNING, so when there is no quota or slot to take (the
-# month's or the account's first request, a limit reached, a race at the cap) it is NULL
-# and the NOT NULL constraint aborts the whole statement: nothing is counted, and the
-# transaction in accept_request decides, with the errors a caller should see.
+# BEGIN/COMMIT. Each counter is a set of stripes (core/stripes.py): the statement adds one
+# to a stripe of this month's accepts and one to a stripe of the pending count that have
+# room and that no other transaction holds, so it never waits for another accept's commit.
+# The request's account_id is the slot's RETURNING, so when there is no stripe to take
+# (the month's or the account's first request, a limit reached, every stripe with room
+# held at that moment) it is NULL and the NOT NULL constraint aborts the whole statement:
+# nothing is counted, and the transaction in accept_request decides, with the errors a
+# caller should see.
+TAKE_SLOT = stripes.take_one(
+    table=PendingStripe._meta.db_table,
+    column="pending",
+    match="account_id = (SELECT account_id FROM quota)",
+    limit="%s",
+    start="%s",
+)
 IN_ONE_STATEMENT = f"""
-WITH quota AS (
-    UPDATE {MonthlyUsage._meta.db_table} SET accepted_requests = accepted_requests + 1
-    WHERE account_id = %s AND period_start = %s AND accepted_requests < %s
-    RETURNING account_id
-), slot AS (
-    UPDATE {PendingCount._meta.db_table} SET pending = pending + 1
-    WHERE account_id = (SELECT account_id FROM quota) AND pending < %s
-    RETURNING account_id
-)"""  # noqa: S608 - table names from _meta
+WITH quota AS ({take_quota_sql(start="%s")} RETURNING account_id
+), slot AS ({TAKE_SLOT} RETURNING account_id
+)"""  # noqa: S608 - built from constants, values bound
 SLOT_ACCOUNT = {"account_id": "(SELECT account_id FROM slot)"}
 
 
 def _insert_in_one_statement(request: Request, limits: Limits) -> bool:
     """Insert `request` with its quota and pending slot taken; False if either was not
     there to take (nothing was written then)."""
+    start = stripes.start()
     params = [
-        request.account_id,
-        current_period_start(),
-        limits.monthly_requests,
+        *quota_params(request.account_id, limits.monthly_requests),
+        start,
         limits.pending_requests,
+        start,
     ]
     # Inside a caller's transaction, a savepoint keeps a refused statement from breaking it.
     try:
@@ -140,7 +146,8 @@ def _insert_in_one_statement(request: Request, limits: Limits) -> bool:
 
 
 def _accept_in_steps(request: Request, limits: Limits) -> None:
-    """The accept as a transaction of its steps, each refusal with its own error."""
+    """The accept as a transaction of its steps, each refusal with its own error; it waits
+    for a stripe another transaction holds, and makes the stripes the first time."""
     with transaction.atomic():
         if not count_accepted_request(account=request.account, limit=limits.monthly_requests):
             monthly = limits.monthly_requests
@@ -151,9 +158,9 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
                 f"{resets:%B} {resets.day}, {resets.year} at 00:00 UTC.",
                 headers={"x-should-retry": "false"},
             )
-        insert(request)
-        # Last before the commit: the account's pending row, which the workers' own
-        # conclusions update too, is locked for as short a time as possible.
+        # Before the insert, as in the one statement: an insert can wait for a concurrent
+        # one of the same idempotency key, and must never do so holding a slot that
+        # statement waits for.
         if not sql.take_pending_slot(account_id=request.account_id, limit=limits.pending_requests):
             pending = limits.pending_requests
             raise PendingQueueFull(
@@ -161,6 +168,7 @@ def _accept_in_steps(request: Request, limits: Limits) -> None:
                 "running, its plan's limit. Retry when some have finished.",
                 headers={"Retry-After": str(PENDING_RETRY_AFTER_SECONDS)},
             )
+        insert(request)
         _enqueue_after_commit(request.pk)
 
 
@@ -186,10 +194,10 @@ def accept_request(
 ) -> Accepted:
     """Record a call before it is dispatched, within quota and the pending-queue cap.
 
-    One statement counts the request against the monthly quota (a conditional UPDATE
-    that also serialises this account's accepts), takes a pending slot and inserts the
-    request; when it cannot, one transaction does the same step by step and says which
-    limit refused. The task is enqueued only after commit, with the id alone.
+    One statement counts the request against the monthly quota, takes a pending slot
+    (each a conditional UPDATE of one of the counter's stripes) and inserts the request;
+    when it cannot, one transaction does the same step by step and says which limit
+    refused. The task is enqueued only after commit, with the id alone.
     """
     project = api_key.project
     account = project.account

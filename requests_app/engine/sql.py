@@ -1,8 +1,8 @@
 """The engine's SQL: every statement that moves a request between states, written out.
 
 Each is one statement, so each change is atomic without a transaction of its own, and
-each keeps the account's pending count (PendingCount) in step: +1 when a request is
-accepted, −1 in the same statement that ends it. Values are bound; JSON goes in as
+each keeps the account's pending count (its PendingStripe rows) in step: +1 when a
+request is accepted, −1 in the same statement that ends it. Values are bound; JSON goes in as
 `Jsonb`. Table names are the models' own (a rename fails the tests, not production).
 """
 
@@ -10,6 +10,9 @@ from datetime import datetime
 
 from django.db import connection
 from psycopg.types.json import Jsonb
+
+from core import stripes
+from requests_app.models import PendingStripe
 
 ACTIVE = "('queued', 'running', 'retrying')"
 WAITING = "('queued', 'retrying')"
@@ -22,33 +25,51 @@ def _jsonb(value):
 def _run(sql: str, params) -> tuple | None:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()
+        return cursor.fetchone() if cursor.description else None
 
 
-# The account's first slot is an INSERT, which must respect the cap too (a cap of 0).
-TAKE_PENDING_SLOT = """
-INSERT INTO requests_app_pendingcount (account_id, pending)
-SELECT %(account_id)s, 1 WHERE %(limit)s > 0
-ON CONFLICT (account_id) DO UPDATE SET pending = requests_app_pendingcount.pending + 1
-    WHERE requests_app_pendingcount.pending < %(limit)s
-RETURNING pending
-"""
+PENDING_TABLE = PendingStripe._meta.db_table
+TAKE_PENDING_SLOT = (
+    stripes.take_one(
+        table=PENDING_TABLE,
+        column="pending",
+        match="account_id = %(account_id)s",
+        limit="%(limit)s",
+        start=None,
+    )
+    + " RETURNING id"
+)
+CREATE_PENDING_STRIPES = stripes.create_rows(
+    table=PENDING_TABLE, key_columns="account_id", key_values="%s", column="pending"
+)
 
 
 def take_pending_slot(*, account_id: int, limit: int) -> bool:
-    """Count one more unfinished request for the account, unless it is at `limit`.
+    """Count one more unfinished request for the account, unless it is at `limit`; makes
+    the account's stripes the first time. Waits for a stripe another transaction holds.
 
     Runs inside the accept's transaction: if the insert of the request fails, so does this.
     """
-    return _run(TAKE_PENDING_SLOT, {"account_id": account_id, "limit": limit}) is not None
+    params = {"account_id": account_id, "limit": limit}
+    if _run(TAKE_PENDING_SLOT, params):
+        return True
+    _run(CREATE_PENDING_STRIPES, [account_id])
+    return _run(TAKE_PENDING_SLOT, params) is not None
 
 
-PENDING = "SELECT pending FROM requests_app_pendingcount WHERE account_id = %s"
+PENDING = f"SELECT COALESCE(sum(pending), 0) FROM {PENDING_TABLE} WHERE account_id = %s"  # noqa: S608
 
 
 def pending(account_id: int) -> int:
-    row = _run(PENDING, [account_id])
-    return row[0] if row else 0
+    return _run(PENDING, [account_id])[0]
+
+
+# A request gives its slot back to its own stripe, whichever it was taken from: the stripes'
+# sum is what counts (core/stripes.py), and ending requests spread over the stripes too.
+GIVE_BACK_SLOT = f"""
+    UPDATE {PENDING_TABLE} SET pending = pending - 1
+    WHERE account_id IN (SELECT account_id FROM {{ended}})
+        AND stripe = %(request_id)s %% {stripes.STRIPES}"""  # noqa: S608 - constants only
 
 
 CLAIM = """
@@ -86,7 +107,7 @@ def claim(
     return row[0] if row else None
 
 
-CONCLUDE = """
+CONCLUDE = f"""
 WITH closed AS (
     UPDATE requests_app_attempt
     SET finished_at = %(now)s, latency_ms = %(latency_ms)s, outcome = %(outcome)s,
@@ -113,12 +134,10 @@ WITH closed AS (
              OR lease_until < %(lease_expired_before)s::timestamptz)
         AND EXISTS (SELECT 1 FROM closed)
     RETURNING account_id
-), released AS (
-    UPDATE requests_app_pendingcount SET pending = pending - 1
-    WHERE %(ends)s AND account_id IN (SELECT account_id FROM concluded)
+), released AS ({GIVE_BACK_SLOT.format(ended="concluded")} AND %(ends)s
 )
 SELECT count(*) FROM concluded
-"""
+"""  # noqa: S608 - constants only
 
 
 def conclude(
@@ -185,9 +204,7 @@ WITH ended AS (
         AND (NOT %(only_if_due)s OR next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
         AND (NOT %(only_if_due)s OR NOT cancel_requested)
     RETURNING account_id
-), released AS (
-    UPDATE requests_app_pendingcount SET pending = pending - 1
-    WHERE account_id IN (SELECT account_id FROM ended)
+), released AS ({GIVE_BACK_SLOT.format(ended="ended")}
 )
 SELECT count(*) FROM ended
 """  # noqa: S608 - constants only
@@ -226,9 +243,9 @@ WITH marked AS (
         next_attempt_at = CASE WHEN status IN {WAITING} THEN NULL ELSE next_attempt_at END
     WHERE id = %(request_id)s AND status IN {ACTIVE}
     RETURNING account_id, status
-), released AS (
-    UPDATE requests_app_pendingcount SET pending = pending - 1
-    WHERE account_id IN (SELECT account_id FROM marked WHERE status = 'canceled')
+), canceled AS (
+    SELECT account_id FROM marked WHERE status = 'canceled'
+), released AS ({GIVE_BACK_SLOT.format(ended="canceled")}
 )
 SELECT status FROM marked
 """  # noqa: S608 - constants only

@@ -11,9 +11,8 @@ from django.utils import timezone
 from accounts.models import Membership
 from billing.models import Subscription
 from billing.services import enforce_past_due_grace, sync_account_plan
-from projects.limits import usage_row
 from tests.billing import payloads
-from tests.factories import InvoiceFactory, SubscriptionFactory
+from tests.factories import InvoiceFactory, SubscriptionFactory, set_accepted_requests
 
 pytestmark = pytest.mark.django_db
 
@@ -113,9 +112,7 @@ def test_owner_sees_plan_status_renewal_usage_and_invoices(
 ):
     subscription = SubscriptionFactory(account=alice_account)
     InvoiceFactory(account=alice_account, invoice_number="325-10566", amount_minor=2900)
-    row = usage_row(alice_account)
-    row.accepted_requests = 9_000
-    row.save()
+    set_accepted_requests(alice_account, 9_000)
     client.force_login(alice)
 
     html = client.get("/app/billing/").content.decode()

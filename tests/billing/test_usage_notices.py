@@ -11,15 +11,14 @@ from billing.tasks import send_usage_notices as send_usage_notices_task
 from projects.limits import current_period_start, limits_for, set_plan, usage_row
 from projects.models import MonthlyUsage
 from tests.billing import payloads
+from tests.factories import set_accepted_requests
 
 pytestmark = pytest.mark.django_db
 
 
 def use(account, requests: int, period_start=None) -> MonthlyUsage:
-    row = usage_row(account, period_start)
-    MonthlyUsage.objects.filter(pk=row.pk).update(accepted_requests=requests)
-    row.refresh_from_db()
-    return row
+    set_accepted_requests(account, requests, period_start)
+    return usage_row(account, period_start)
 
 
 def subjects() -> list[str]:

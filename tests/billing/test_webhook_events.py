@@ -11,10 +11,10 @@ from billing.models import CheckoutTransaction, Invoice, Subscription, WebhookEv
 from billing.selectors import webhook_event_ids_to_retry
 from billing.services import send_usage_notices
 from billing.webhooks import RETRY_DELAYS, process_event
-from projects.limits import limits_for, set_plan, usage_row
-from projects.models import MonthlyUsage
+from projects.limits import limits_for, set_plan
 from tests.billing import payloads
 from tests.billing.payloads import PRICES
+from tests.factories import set_accepted_requests
 
 pytestmark = pytest.mark.django_db
 
@@ -394,8 +394,7 @@ def test_billing_emails_show_the_account_name_as_written(webhooks, alice_account
         account_id=None, transaction_id="txn_01hv8renewal00000000000000", invoice_number=None
     )
     webhooks.deliver(payloads.event("transaction.payment_failed", failed))
-    use = usage_row(alice_account)
-    MonthlyUsage.objects.filter(pk=use.pk).update(accepted_requests=500_000)  # Pro's quota
+    set_accepted_requests(alice_account, 500_000)  # Pro's quota
     send_usage_notices()
 
     assert len(mail.outbox) == 3  # past due, payment failed, usage

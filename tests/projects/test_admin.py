@@ -135,7 +135,7 @@ def test_staff_who_may_only_view_cannot_run_an_action(
 @pytest.mark.parametrize(
     ("model", "data"),
     [
-        (MonthlyUsage, {"accepted_requests": "0"}),
+        (MonthlyUsage, {"notified_quota": "0"}),
         (Invitation, {"role": "member"}),
     ],
 )

@@ -1,6 +1,7 @@
 """The accept: quota, pending slot and insert in one statement once the account's counters
 exist, and the step-by-step transaction (with its errors) whenever that statement cannot."""
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -8,13 +9,15 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from projects.limits import limits_for, usage_row
+from core.stripes import STRIPES
+from projects.limits import accepted_requests, limits_for
 from projects.models import Project
 from requests_app.api.serializers import request_object
+from requests_app.engine import sql
 from requests_app.engine.accept import accept_request
 from requests_app.errors import InvalidApiKey, PendingQueueFull, QuotaExceeded
-from requests_app.models import PendingCount, Request
-from tests.factories import MonthlyUsageFactory, PendingCountFactory
+from requests_app.models import Request
+from tests.factories import make_counter_stripes
 from tests.requests_app.conftest import Tenant
 
 BODY = b'{"model": "gpt-4o-mini", "messages": []}'
@@ -49,8 +52,8 @@ def test_once_the_counters_exist_an_accept_is_one_statement(tenant):
     assert len(queries) == 1
     assert accepted.outcome == "created"
     assert Request.objects.get(pk=accepted.request.pk).account_id == tenant.account.pk
-    assert usage_row(tenant.account).accepted_requests == 2
-    assert PendingCount.objects.get(account=tenant.account).pending == 2
+    assert accepted_requests(tenant.account) == 2
+    assert sql.pending(tenant.account.pk) == 2
 
 
 def test_the_202_body_of_a_new_request_needs_no_query(tenant):
@@ -73,8 +76,8 @@ def test_a_full_pending_queue_refuses_and_counts_nothing(tenant):
         accept(tenant)
 
     assert Request.objects.count() == 2
-    assert usage_row(tenant.account).accepted_requests == 2
-    assert PendingCount.objects.get(account=tenant.account).pending == 2
+    assert accepted_requests(tenant.account) == 2
+    assert sql.pending(tenant.account.pk) == 2
 
 
 def test_a_pending_cap_of_zero_refuses_the_accounts_very_first_request(tenant):
@@ -84,8 +87,8 @@ def test_a_pending_cap_of_zero_refuses_the_accounts_very_first_request(tenant):
         accept(tenant)
 
     assert not Request.objects.exists()
-    assert usage_row(tenant.account).accepted_requests == 0
-    assert not PendingCount.objects.filter(account=tenant.account, pending__gt=0).exists()
+    assert accepted_requests(tenant.account) == 0
+    assert sql.pending(tenant.account.pk) == 0
 
 
 def test_a_used_up_quota_refuses_and_takes_no_slot(tenant):
@@ -96,7 +99,7 @@ def test_a_used_up_quota_refuses_and_takes_no_slot(tenant):
         accept(tenant)
 
     assert Request.objects.count() == 1
-    assert PendingCount.objects.get(account=tenant.account).pending == 1
+    assert sql.pending(tenant.account.pk) == 1
 
 
 def test_a_refusal_inside_a_callers_transaction_leaves_it_usable(tenant):
@@ -108,7 +111,7 @@ def test_a_refusal_inside_a_callers_transaction_leaves_it_usable(tenant):
             accept(tenant)
         assert Request.objects.count() == 1  # the transaction still answers
 
-    assert usage_row(tenant.account).accepted_requests == 1
+    assert accepted_requests(tenant.account) == 1
 
 
 def test_a_key_stays_with_its_request_past_24_hours_until_it_finishes(tenant):
@@ -142,12 +145,73 @@ def test_a_key_whose_project_was_deleted_after_it_authenticated_is_refused(tenan
         # Made as the account's first accept leaves them, but with no request: one accepted
         # here is published, and the session's worker could open an attempt on it while
         # this test deleted it (a foreign-key violation, in a run where it is up).
-        MonthlyUsageFactory(account=tenant.account)
-        PendingCountFactory(account=tenant.account)
+        make_counter_stripes(tenant.account)
     Project.objects.filter(pk=tenant.project.pk).delete()  # another process; ours keeps its copy
 
     with pytest.raises(InvalidApiKey):
         accept(tenant, limits)
 
     assert not Request.objects.exists()
-    assert not PendingCount.objects.filter(account=tenant.account, pending__gt=0).exists()
+    assert sql.pending(tenant.account.pk) == 0
+
+
+def accept_at_once(tenant: Tenant, calls: int) -> list[str]:
+    """`calls` accepts at the same moment, each on its own connection: what each became."""
+    limits = limits_for(tenant.account)
+    start = threading.Barrier(calls)
+    outcomes: list[str] = []
+
+    def one():
+        try:
+            start.wait()
+            try:
+                accept(tenant, limits)
+                outcomes.append("accepted")
+            except (PendingQueueFull, QuotaExceeded) as refused:
+                outcomes.append(refused.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one) for _ in range(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return sorted(outcomes)
+
+
+@pytest.mark.parametrize(
+    ("limit", "refusal"),
+    [("pending_requests", "pending_queue_full"), ("monthly_requests", "monthly_quota_exceeded")],
+)
+def test_concurrent_accepts_take_exactly_the_cap_however_it_is_striped(tenant, limit, refusal):
+    # 45 is not a multiple of the stripes: some stripes' shares are one larger than others'.
+    cap, calls = STRIPES + 13, STRIPES + 28
+    make_counter_stripes(tenant.account)
+    tenant.override(**{limit: cap})
+
+    outcomes = accept_at_once(tenant, calls)
+
+    assert outcomes == ["accepted"] * cap + [refusal] * (calls - cap)
+    assert Request.objects.count() == cap
+    assert accepted_requests(tenant.account) == cap
+    assert sql.pending(tenant.account.pk) == cap
+
+
+def test_slots_given_back_to_other_stripes_than_they_came_from_still_free_the_cap(tenant):
+    # A request gives its slot back to the stripe of its id, not the one it took: the
+    # stripes drift apart (some below zero) while their sum stays the count.
+    cap = STRIPES + 3
+    tenant.override(pending_requests=cap)
+    first = [accept(tenant).request for _ in range(cap)]
+    with pytest.raises(PendingQueueFull):
+        accept(tenant)
+
+    for request in first[:-1]:
+        assert sql.cancel(request_id=request.pk, now=timezone.now()) == "canceled"
+
+    assert sql.pending(tenant.account.pk) == 1
+    assert len([accept(tenant) for _ in range(cap - 1)]) == cap - 1
+    with pytest.raises(PendingQueueFull):
+        accept(tenant)
+    assert sql.pending(tenant.account.pk) == cap

@@ -10,10 +10,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from core import encryption
-from projects.limits import usage_row
 from requests_app.engine.retention import purge_expired_data
 from requests_app.models import Request
-from tests.factories import AttemptFactory, ProjectFactory, RequestFactory
+from tests.factories import (
+    AttemptFactory,
+    ProjectFactory,
+    RequestFactory,
+    set_accepted_requests,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -422,9 +426,7 @@ def test_usage_counts_requests_and_tokens_per_day_and_project(
             project=project, status="succeeded", usage={"total_tokens": tokens} if tokens else None
         )
     RequestFactory(project=other, status="failed", usage={"total_tokens": "lots"})
-    row = usage_row(alice_account)
-    row.accepted_requests = 9_000
-    row.save()
+    set_accepted_requests(alice_account, 9_000)
     client.force_login(alice)
 
     response = client.get(reverse("usage"))
@@ -478,9 +480,7 @@ def test_the_quota_bar_agrees_with_the_billing_page_and_the_usage_emails(
     # Rounded down, as the billing page and the 80 % email count: 9,999 of 10,000 is not
     # "100 %" while requests are still accepted, nor 7,999 "80 %" before the 80 % email.
     RequestFactory(project=project)
-    row = usage_row(alice_account)
-    row.accepted_requests = used
-    row.save()
+    set_accepted_requests(alice_account, used)
     client.force_login(alice)
 
     usage_page = client.get(reverse("usage")).content.decode()

@@ -550,8 +550,6 @@ def test_a_concurrency_slot_is_freed_only_by_the_attempt_that_took_it(db):
 
 
 def test_the_pending_count_follows_every_way_a_request_ends(tenant, live_api, worker):
-    from requests_app.models import PendingCount
-
     def send(model: str) -> str:
         return accept_async(live_api, tenant, model)
 
@@ -570,7 +568,7 @@ def test_the_pending_count_follows_every_way_a_request_ends(tenant, live_api, wo
 
     statuses = {Request.objects.get(public_id=public_id).status for public_id in ended}
     assert statuses == {"canceled", "expired", "succeeded", "failed"}
-    assert PendingCount.objects.get(account=tenant.account).pending == 0
+    assert sql.pending(tenant.account.pk) == 0
 
 
 def test_a_stream_longer_than_its_lease_keeps_it_and_is_never_recovered(tenant, live_api):

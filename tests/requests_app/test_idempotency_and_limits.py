@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from projects.limits import usage_row
+from projects.limits import accepted_requests
 from projects.selectors import upstreams_of
 from projects.services import create_api_key, create_project, revoke_api_key
 from projects.upstreams import remove_upstream_key, set_provider_key
@@ -50,7 +50,7 @@ def test_a_finished_request_is_replayed_byte_for_byte(tenant, live_api, fake_ups
     assert "idempotent-replayed" not in first.headers
     assert second.headers["reqrun-request-id"] == first.headers["reqrun-request-id"]
     assert fake_upstream.count("/v1/chat/completions") == 1
-    assert usage_row(tenant.account).accepted_requests == 1
+    assert accepted_requests(tenant.account) == 1
 
 
 def test_a_utf8_idempotency_key_is_kept_as_text_and_counted_in_characters(
@@ -107,7 +107,7 @@ def test_a_header_sent_twice_is_refused_not_joined(tenant, live_api, headers, co
     assert f"{name} header must be sent once" in error["message"]
     assert response.headers["reqrun-ratelimit-limit"]
     assert not Request.objects.exists()
-    assert usage_row(tenant.account).accepted_requests == 0
+    assert accepted_requests(tenant.account) == 0
 
 
 def test_the_stored_body_digest_is_keyed_and_a_retry_still_replays(tenant, live_api):
@@ -162,7 +162,7 @@ def test_concurrent_calls_with_one_key_at_a_limit_all_attach(tenant, live_api, l
     assert [r.status_code for r in responses] == [202] * 12, [r.text for r in responses]
     assert len({r.json()["id"] for r in responses}) == 1
     assert Request.objects.count() == 1
-    assert usage_row(tenant.account).accepted_requests == 1
+    assert accepted_requests(tenant.account) == 1
 
 
 def test_the_same_key_with_another_body_is_refused(tenant, live_api):
@@ -212,7 +212,7 @@ def test_monthly_quota_refusal_counts_and_enqueues_nothing(tenant, live_api):
     assert "Upgrade" in message
     assert response.headers["x-should-retry"] == "false"
     assert Request.objects.count() == 1
-    assert usage_row(tenant.account).accepted_requests == 1
+    assert accepted_requests(tenant.account) == 1
 
 
 def test_sdk_sees_quota_refusal_as_rate_limit_error_without_retrying(tenant, live_api):
@@ -239,7 +239,7 @@ def test_pending_queue_cap_refuses_with_retry_after(tenant, live_api):
     assert "already has 1 request waiting" in response.json()["error"]["message"]
     assert response.headers["retry-after"]
     assert Request.objects.count() == 1
-    assert usage_row(tenant.account).accepted_requests == 1
+    assert accepted_requests(tenant.account) == 1
 
 
 def test_rate_limit_headers_and_refusal(tenant, live_api):
@@ -351,7 +351,7 @@ def test_bad_input_is_refused_and_changes_nothing(tenant, live_api, kwargs, stat
     assert_openai_error(response, status, code)
     assert response.headers["reqrun-ratelimit-limit"]  # on every answer to a known key
     assert not Request.objects.exists()
-    assert usage_row(tenant.account).accepted_requests == 0
+    assert accepted_requests(tenant.account) == 0
 
 
 def test_a_body_too_large_sent_without_its_length_is_refused_like_one_with_it(tenant, live_api):
@@ -376,7 +376,7 @@ def test_a_body_marked_with_the_identity_coding_is_read_as_it_is(tenant, live_ap
     response = post(live_api, tenant, json=CHAT, headers=headers)
 
     assert response.status_code == 202, response.text
-    assert usage_row(tenant.account).accepted_requests == 1
+    assert accepted_requests(tenant.account) == 1
 
 
 def test_a_project_whose_primary_upstream_has_no_provider_key_is_refused(tenant, live_api):
@@ -387,7 +387,7 @@ def test_a_project_whose_primary_upstream_has_no_provider_key_is_refused(tenant,
     assert_openai_error(response, 400, "provider_key_missing")
     assert "Add one in the project's settings" in response.json()["error"]["message"]
     assert not Request.objects.exists()
-    assert usage_row(tenant.account).accepted_requests == 0
+    assert accepted_requests(tenant.account) == 0
 
 
 @pytest.mark.parametrize(

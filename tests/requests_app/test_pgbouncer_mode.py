@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from requests_app.engine import sql
 from requests_app.engine.recovery import sweep
-from requests_app.models import PendingCount, Request
+from requests_app.models import Request
 from tests.conftest import ROOT, ProcfileWeb, WorkerProcess
 
 CLIENT_SIDE = {"DB_SERVER_SIDE_BINDING": "false"}
@@ -79,4 +80,4 @@ def test_the_engine_runs_with_client_side_binding(tenant, worker, tmp_path):
     sweep()
     statuses = sorted(Request.objects.values_list("status", flat=True))
     assert statuses == ["canceled", "failed", "succeeded"]
-    assert PendingCount.objects.get(account=tenant.account).pending == 0
+    assert sql.pending(tenant.account.pk) == 0
