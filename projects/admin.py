@@ -10,8 +10,8 @@ from accounts.access import client_ip
 from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.models import Account, Membership
-from projects.errors import InvalidModelMap
-from projects.limits import DEFAULT_PLAN_CODE, record_plan_change
+from projects.errors import InvalidModelMap, NameNotAvailable
+from projects.limits import DEFAULT_PLAN_CODE, LimitReached, record_plan_change
 from projects.members import LAST_OWNER, change_role, is_last_owner, remove_member
 from projects.models import (
     LIMIT_FIELDS,
@@ -25,6 +25,8 @@ from projects.models import (
 )
 from projects.selectors import unfinished_requests
 from projects.services import (
+    check_new_project,
+    create_project,
     delete_project,
     revoke_api_key,
     suspend_project,
@@ -285,6 +287,30 @@ class ProjectAdminForm(forms.ModelForm):
         ]
 
 
+class ProjectAddForm(forms.ModelForm):
+    """A new project is its account and name, checked as the dashboard checks them (within
+    the plan's project limit, a name the account does not use yet); the rest is set on its
+    page once it exists."""
+
+    class Meta:
+        model = Project
+        fields = ["account", "name"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("account") is None or not cleaned.get("name"):
+            return cleaned
+        try:
+            cleaned["name"] = check_new_project(account=cleaned["account"], name=cleaned["name"])
+        except LimitReached as error:
+            raise forms.ValidationError(
+                f"{error} Raise the account's plan or its projects override first."
+            ) from error
+        except NameNotAvailable as error:
+            self.add_error("name", str(error))
+        return cleaned
+
+
 @admin.register(Project)
 class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
     form = ProjectAdminForm
@@ -314,7 +340,30 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
     inlines = [UpstreamInline, ApiKeyInline]
 
     def get_readonly_fields(self, request, obj=None):
-        return [*self.readonly_fields, *account_once_saved(obj)]
+        return [*self.readonly_fields, *account_once_saved(obj)] if obj else []
+
+    # Added as the dashboard adds one (create_project: the plan's limit, its primary upstream,
+    # audited); its upstreams and policies are edited on its page once it exists.
+    def get_fields(self, request, obj=None):
+        return super().get_fields(request, obj) if obj else ["account", "name"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = ProjectAddForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_inlines(self, request, obj):
+        return self.inlines if obj else []
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = create_project(
+            account=obj.account, name=obj.name, actor=request.user, ip_address=client_ip(request)
+        )
+        obj.pk = created.pk  # the admin goes on with its own instance: make it the new row
+        obj.refresh_from_db()
 
     subject_keyword = "project"
     suspend_service = staticmethod(suspend_project)

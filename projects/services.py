@@ -37,15 +37,11 @@ def _available_name(name: str, *, taken: QuerySet, noun: str) -> str:
     return name
 
 
-@transaction.atomic
-def create_project(
-    *,
-    account: Account,
-    name: str,
-    actor: User | None = None,
-    upstream_base_url: str = "",
-    ip_address: str | None = None,
-) -> Project:
+def check_new_project(*, account: Account, name: str) -> str:
+    """The name a new project of `account` would have, once the account's row is locked and
+    the plan has room for it; LimitReached or NameNotAvailable otherwise. The lock lasts until
+    the caller's transaction ends, so a form may check here first to show a refusal on its
+    own field, and `create_project` in the same transaction finds the same answer."""
     Account.objects.select_for_update().get(pk=account.pk)  # serialise the limit and name checks
     limits = limits_for(account)
     ensure_below(
@@ -55,9 +51,19 @@ def create_project(
         noun="project" if limits.projects == 1 else "projects",
         plan_name=limits.plan_name,
     )
-    project = Project(
-        account=account, name=_available_name(name, taken=account.projects.all(), noun="project")
-    )
+    return _available_name(name, taken=account.projects.all(), noun="project")
+
+
+@transaction.atomic
+def create_project(
+    *,
+    account: Account,
+    name: str,
+    actor: User | None = None,
+    upstream_base_url: str = "",
+    ip_address: str | None = None,
+) -> Project:
+    project = Project(account=account, name=check_new_project(account=account, name=name))
     # The default needs no check (and no DNS lookup): it is ours.
     base_url = validate_upstream_url(upstream_base_url) if upstream_base_url else None
     project.save()

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership
 from projects.admin import ProjectAdminForm
-from projects.limits import limits_for
+from projects.limits import limits_for, set_plan
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
 from tests.conftest import sign_in_to_admin
@@ -264,16 +264,11 @@ def suspend(client, model, subject, reason):
     )
 
 
-def test_a_project_or_a_plan_row_stays_with_its_account(
-    operator_client, everything, alice_project, charlie
-):
-    """Moving a project would leave its requests, pending slots and usage with the old
-    account; moving a plan row would hand one account's plan to another, unaudited."""
-    other = Account.objects.get(memberships__user=charlie)
-    state = AccountPlan.objects.get(account=everything)
-    project_form = {
-        "account": str(other.pk),
-        "name": alice_project.name,
+def project_form(account: Account, name: str) -> dict[str, str]:
+    """A project's admin form as an operator posts it, with no upstream or key rows."""
+    return {
+        "account": str(account.pk),
+        "name": name,
         "attempt_timeout_seconds": "60",
         "deadline_seconds": "900",
         "failover_on": "timeout",
@@ -284,8 +279,18 @@ def test_a_project_or_a_plan_row_stays_with_its_account(
         "api_keys-INITIAL_FORMS": "0",
     }
 
+
+def test_a_project_or_a_plan_row_stays_with_its_account(
+    operator_client, everything, alice_project, charlie
+):
+    """Moving a project would leave its requests, pending slots and usage with the old
+    account; moving a plan row would hand one account's plan to another, unaudited."""
+    other = Account.objects.get(memberships__user=charlie)
+    state = AccountPlan.objects.get(account=everything)
+
     operator_client.post(
-        reverse("admin:projects_project_change", args=[alice_project.pk]), project_form
+        reverse("admin:projects_project_change", args=[alice_project.pk]),
+        project_form(other, alice_project.name),
     )
     operator_client.post(
         reverse("admin:projects_accountplan_change", args=[state.pk]),
@@ -527,3 +532,34 @@ def test_a_limit_that_would_strand_requests_cannot_be_zero(everything, model, fi
     assert not form.is_valid()
     assert field in form.errors
     assert form_class(data={field: "1"}).is_valid()
+
+
+def test_a_project_added_in_admin_keeps_the_plans_limit(operator_client, everything, alice_project):
+    """Free allows one project and alice has it: the admin refuses a second, as the dashboard
+    does, and names the limit on the form."""
+    response = operator_client.post(
+        reverse("admin:projects_project_add"), project_form(everything, "Second")
+    )
+
+    assert response.status_code == 200
+    assert "The Free plan allows 1 project." in response.content.decode()
+    assert list(Project.objects.filter(account=everything)) == [alice_project]
+
+
+def test_a_project_added_in_admin_is_made_as_the_dashboard_makes_it(operator_client, charlie):
+    """With its primary upstream, under a name the account has not used in any case, and
+    in the account's security log."""
+    account = Account.objects.get(memberships__user=charlie)
+    set_plan(account=account, plan_code="pro")
+    Project.objects.create(account=account, name="Chatbot")
+    add = reverse("admin:projects_project_add")
+
+    taken = operator_client.post(add, project_form(account, "chatbot"))
+    response = operator_client.post(add, project_form(account, "Search"))
+
+    assert "Another project is already named “chatbot”" in taken.content.decode()
+    assert response.status_code == 302, response.content.decode()[:3000]
+    project = Project.objects.get(account=account, name="Search")
+    assert [upstream.name for upstream in project.upstreams.all()] == ["primary"]
+    event = AuditEvent.objects.get(account=account, action="project_created")
+    assert (event.target, event.actor.email) == (f"{project.public_id} Search", "ops@reqrun.com")
