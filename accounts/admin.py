@@ -119,7 +119,15 @@ class UserAdmin(BaseUserAdmin):
             # The last owner's membership may not be deleted (its admin says so), which Django
             # would report as a permission lacking and show instead of the reason above.
             perms_needed = perms_needed - {Membership._meta.verbose_name}
-        return deleted, counts, perms_needed, [*protected, *ownerless]
+        # Members do not change while an owner's deletion of the account is at Paddle.
+        closing = [
+            f"Account {account}: it is being deleted just now. Try again in a minute."
+            for account in Account.objects.filter(memberships__user__in=users)
+            .distinct()
+            .order_by("pk")
+            if account.is_closing
+        ]
+        return deleted, counts, perms_needed, [*protected, *ownerless, *closing]
 
     # The sessions of a deleted login go with it: each keeps the email it signed in with.
     def delete_model(self, request, obj):

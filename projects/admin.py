@@ -4,12 +4,14 @@ displayed."""
 
 from django import forms
 from django.contrib import admin
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.access import client_ip
 from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
-from accounts.models import Account, Membership
+from accounts.admin import UserAdmin as BaseUserAdmin
+from accounts.models import Account, Membership, User
 from projects.errors import InvalidModelMap, NameNotAvailable
 from projects.limits import DEFAULT_PLAN_CODE, LimitReached, record_plan_change
 from projects.members import LAST_OWNER, change_role, is_last_owner, remove_member
@@ -112,6 +114,31 @@ class AccountAdmin(BaseAccountAdmin):
         super().save_formset(request, form, formset, change)
         for state, previous in changes:
             _audit_plan_change(request, state, previous)
+
+
+# User's admin lives in accounts too: a login deleted there leaves each of its accounts as
+# the dashboard's removal of a member does, in the account's security log. (An account's only
+# owner is never deleted there: accounts/admin.py protects it.)
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            _remove_from_accounts(request, [obj])
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            _remove_from_accounts(request, queryset)
+            super().delete_queryset(request, queryset)
+
+
+def _remove_from_accounts(request, users) -> None:
+    memberships = Membership.objects.filter(user__in=users).select_related("user", "account")
+    for membership in memberships.order_by("pk"):
+        remove_member(membership=membership, actor=request.user, ip_address=client_ip(request))
 
 
 def account_once_saved(obj) -> list[str]:

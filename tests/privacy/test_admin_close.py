@@ -9,6 +9,7 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership, User
 from billing.models import Subscription
@@ -16,7 +17,7 @@ from privacy.models import AccountDeletion
 from projects.models import ApiKey
 from requests_app.models import Request
 from tests.billing.paddle_stub import paddle_error
-from tests.factories import PASSWORD, RequestFactory
+from tests.factories import PASSWORD, RequestFactory, UserFactory
 from tests.privacy.conftest import fill
 from tests.privacy.test_delete import purge
 
@@ -137,3 +138,36 @@ def test_a_user_deleted_in_the_admin_is_signed_out_everywhere(operator_client, a
     assert not User.objects.filter(pk=bob.pk).exists()
     assert not UserSession.objects.filter(session_key=browser.session.session_key).exists()
     assert not Session.objects.filter(session_key=browser.session.session_key).exists()
+
+
+def test_a_member_deleted_from_the_users_list_is_in_the_accounts_security_log(
+    operator_client, alice_account, bob
+):
+    """As the dashboard's removal: the owners see who removed whom, one page or in bulk."""
+    dana = UserFactory(email="dana@example.com")
+    Membership.objects.create(user=dana, account=alice_account, role="admin")
+
+    delete_user(operator_client, bob)
+    operator_client.post(
+        reverse("admin:accounts_user_changelist"),
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [dana.pk], "post": "yes"},
+    )
+
+    assert not User.objects.filter(pk__in=[bob.pk, dana.pk]).exists()
+    removed = AuditEvent.objects.filter(account=alice_account, action="member_removed")
+    assert sorted((event.target, event.actor.email) for event in removed) == [
+        ("bob@example.com", "ops@reqrun.com"),
+        ("dana@example.com", "ops@reqrun.com"),
+    ]
+
+
+def test_a_member_of_an_account_being_deleted_waits_until_it_is_gone(
+    operator_client, alice_account, bob
+):
+    Account.objects.filter(pk=alice_account.pk).update(closing_since=timezone.now())
+
+    asked = operator_client.get(reverse("admin:accounts_user_delete", args=[bob.pk]))
+    delete_user(operator_client, bob)
+
+    assert "it is being deleted just now" in asked.content.decode()
+    assert Membership.objects.filter(account=alice_account, user=bob).exists()
