@@ -14,7 +14,13 @@ from accounts.admin import UserAdmin as BaseUserAdmin
 from accounts.models import Account, Membership, User
 from projects.errors import InvalidModelMap, NameNotAvailable
 from projects.limits import DEFAULT_PLAN_CODE, LimitReached, record_plan_change
-from projects.members import LAST_OWNER, change_role, is_last_owner, remove_member
+from projects.members import (
+    LAST_OWNER,
+    change_role,
+    is_last_owner,
+    remove_member,
+    revoke_invitation,
+)
 from projects.models import (
     LIMIT_FIELDS,
     AccountPlan,
@@ -489,7 +495,29 @@ class InvitationAdmin(admin.ModelAdmin):
     list_select_related = ["account", "invited_by"]
     list_filter = ["role"]
     search_fields = ["email", "public_id", "account__public_id", "account__name"]
-    readonly_fields = ["public_id", "account", "email", "invited_by", "created_at", "accepted_at"]
+    # What the email offered, and whether its link still works, change only through the
+    # dashboard's services: a withdrawn invitation cleared by hand would work again.
+    fields = [
+        "public_id",
+        "account",
+        "email",
+        "role",
+        "invited_by",
+        "created_at",
+        "accepted_at",
+        "revoked_at",
+    ]
+    readonly_fields = fields
+    actions = ["withdraw_selected"]
 
     def has_add_permission(self, request):
         return False  # sent from the dashboard, within the plan's seats, with its email
+
+    @admin.action(description="Withdraw selected invitations", permissions=["change"])
+    def withdraw_selected(self, request, queryset):
+        pending = queryset.filter(accepted_at__isnull=True, revoked_at__isnull=True)
+        for invitation in pending:
+            revoke_invitation(
+                invitation=invitation, actor=request.user, ip_address=client_ip(request)
+            )
+        self.message_user(request, "Withdrawn; their links no longer work.")

@@ -13,6 +13,7 @@ from django.utils import timezone
 from accounts.models import Account, AuditEvent, Membership
 from projects.admin import ProjectAdminForm
 from projects.limits import limits_for, set_plan
+from projects.members import revoke_invitation
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
 from tests.conftest import sign_in_to_admin
@@ -563,3 +564,32 @@ def test_a_project_added_in_admin_is_made_as_the_dashboard_makes_it(operator_cli
     assert [upstream.name for upstream in project.upstreams.all()] == ["primary"]
     event = AuditEvent.objects.get(account=account, action="project_created")
     assert (event.target, event.actor.email) == (f"{project.public_id} Search", "ops@reqrun.com")
+
+
+def test_a_withdrawn_invitation_is_not_revived_in_admin(operator_client, alice, alice_invitation):
+    """Its fields are the product's: clearing "revoked at" would make a withdrawn link work
+    again, and a new role would not be the one the email offered."""
+    revoke_invitation(invitation=alice_invitation, actor=alice)
+
+    operator_client.post(
+        reverse("admin:projects_invitation_change", args=[alice_invitation.pk]),
+        {"role": "owner", "revoked_at_0": "", "revoked_at_1": ""},
+    )
+
+    alice_invitation.refresh_from_db()
+    assert alice_invitation.revoked_at is not None
+    assert alice_invitation.role == "member"
+
+
+def test_an_invitation_is_withdrawn_in_admin_as_in_the_dashboard(
+    operator_client, everything, alice_invitation
+):
+    operator_client.post(
+        reverse("admin:projects_invitation_changelist"),
+        {"action": "withdraw_selected", ACTION_CHECKBOX_NAME: [alice_invitation.pk]},
+    )
+
+    alice_invitation.refresh_from_db()
+    assert alice_invitation.revoked_at is not None
+    [event] = AuditEvent.objects.filter(account=everything, action="invitation_withdrawn")
+    assert (event.target, event.actor.email) == ("dana@example.com", "ops@reqrun.com")
