@@ -232,10 +232,13 @@ def cancel_subscription(
 ) -> Changed:
     """Cancel at the end of the billing period: the plan stays until then.
 
-    `at_once` is for an account being deleted: nothing is left to keep a plan for, and a
-    paused or already-ending subscription is ended too (a paused one could resume by
-    itself). No refund either way (Refund Policy).
+    A paused subscription ends at once, as Paddle ends one: no period runs while it is
+    paused, and the account is already on Free. `at_once` is for an account being deleted:
+    nothing is left to keep a plan for, and a paused or already-ending subscription is ended
+    too (a paused one could resume by itself). No refund either way (Refund Policy).
     """
+    if subscription is not None and subscription.status == Subscription.Status.PAUSED:
+        at_once = True
     if at_once:
         if subscription is None or subscription.status == Subscription.Status.CANCELED:
             raise BillingError("This subscription has already ended.")

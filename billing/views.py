@@ -142,6 +142,9 @@ def _plan_name(subscription: Subscription) -> str:
 
 
 def _canceled_message(subscription: Subscription, already: bool) -> str:
+    if subscription.status == Subscription.Status.CANCELED and not already:
+        # Only a paused subscription ends at once here (`cancel_subscription`).
+        return "Your paused subscription has ended; it will not resume or bill again."
     if subscription.status == Subscription.Status.CANCELED:
         return "Your subscription has already ended."
     stays = f"{_plan_name(subscription)} stays active until {_until(subscription)}."

@@ -251,6 +251,35 @@ def test_a_paused_subscription_is_resumed_not_bought_again(
     assert limits_for(alice_account).plan_code == "pro"
 
 
+def test_a_paused_subscription_is_canceled_from_the_billing_page_at_once(
+    owner, webhooks, subscribed, paddle_api, alice_account
+):
+    """Paddle ends a paused subscription at once (no period runs while paused, and the
+    account is already on Free); the billing page offers it beside Resume."""
+    pause(
+        paddle_api,
+        webhooks,
+        "subscription.paused",
+        status="paused",
+        paused_at=payloads.iso(payloads.now()),
+        current_billing_period=None,
+        next_billed_at=None,
+    )
+    assert "Cancel subscription" in owner.get("/app/billing/").content.decode()
+
+    response = owner.post("/app/billing/cancel")
+
+    call = paddle_api.calls[-1]
+    assert (call.method, call.path) == ("POST", f"/subscriptions/{payloads.SUBSCRIPTION_ID}/cancel")
+    assert call.body == {"effective_from": "immediately"}
+    assert Subscription.objects.get().status == "canceled"
+    assert limits_for(alice_account).plan_code == "free"
+    assert AuditEvent.objects.filter(action="subscription_canceled").count() == 1
+    assert messages_of(response) == [
+        "Your paused subscription has ended; it will not resume or bill again."
+    ]
+
+
 def test_a_scheduled_pause_offers_resume_not_checkout(
     owner, webhooks, subscribed, paddle_api, alice_account
 ):
