@@ -3,7 +3,7 @@
 read it here."""
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from django.conf import settings
@@ -13,25 +13,44 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@lru_cache(maxsize=8)
-def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+def parse_networks(
+    name: str, entries: Iterable[str], *, anyone: bool = False
+) -> tuple[IPNetwork, ...]:
+    """The setting `name`'s addresses or networks (`10.0.0.0/8`), and with `anyone`, `*` for
+    every address (left out here: `is_trusted_proxy` reads it). ValueError names the first
+    entry that is neither. settings.py refuses to start on it; met here, at a request, the
+    setting was changed since (as tests do)."""
     networks = []
     for entry in entries:
-        if entry == "*":
+        if anyone and entry == "*":
             continue
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError as error:
-            raise ImproperlyConfigured(
-                f"REQRUN_TRUSTED_PROXIES: {entry!r} is not an IP address or network "
-                "(use e.g. 127.0.0.1,10.0.0.0/8, or * behind a platform router)."
-            ) from error
+        except ValueError:
+            star = ", or * behind a platform router" if anyone else ""
+            raise ValueError(
+                f"{name}: {entry!r} is not an IP address or network "
+                f"(use e.g. 127.0.0.1,10.0.0.0/8{star})."
+            ) from None
     return tuple(networks)
 
 
+@lru_cache(maxsize=8)
+def _configured(name: str, entries: tuple[str, ...], anyone: bool) -> tuple[IPNetwork, ...]:
+    try:
+        return parse_networks(name, entries, anyone=anyone)
+    except ValueError as error:
+        raise ImproperlyConfigured(str(error)) from None
+
+
+def configured_networks(name: str, *, anyone: bool = False) -> tuple[IPNetwork, ...]:
+    """The list in setting `name` parsed (`parse_networks`); ImproperlyConfigured names an
+    entry that is not an address or network."""
+    return _configured(name, tuple(getattr(settings, name)), anyone)
+
+
 def trusted_proxy_networks() -> tuple[IPNetwork, ...]:
-    """REQRUN_TRUSTED_PROXIES parsed; ImproperlyConfigured names an entry that is not one."""
-    return _networks(tuple(settings.REQRUN_TRUSTED_PROXIES))
+    return configured_networks("REQRUN_TRUSTED_PROXIES", anyone=True)
 
 
 def is_trusted_proxy(address: IPAddress) -> bool:

@@ -11,7 +11,6 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Iterable
-from functools import lru_cache
 
 from django.conf import settings
 from django.http import Http404, HttpResponse
@@ -22,14 +21,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from core import heartbeats
-from core.client_address import client_ip_of
+from core.client_address import client_ip_of, configured_networks
 
 logger = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=8)
-def _networks(entries: tuple[str, ...]) -> tuple:
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries if entry)
 
 
 def may_scrape(request) -> bool:
@@ -49,7 +43,7 @@ def may_scrape(request) -> bool:
     if address is None:
         return False
     client = ipaddress.ip_address(address)
-    allowed = _networks(tuple(settings.REQRUN_METRICS_ALLOWED_IPS))
+    allowed = configured_networks("REQRUN_METRICS_ALLOWED_IPS")
     return any(client in network for network in allowed)
 
 

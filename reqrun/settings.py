@@ -6,7 +6,6 @@ what to put there, exit status 78 (EX_CONFIG), never a traceback and never a pro
 starts and fails each request later.
 """
 
-import ipaddress
 import math
 import os
 import ssl
@@ -20,6 +19,7 @@ import redis
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
+from core.client_address import parse_networks
 from core.postgresql.pool import connection_given_up
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -106,18 +106,13 @@ def seconds(name: str, default: float, *, zero: bool = False) -> float:
 
 
 def networks(name: str, default: list[str], *, anyone: bool = False) -> list[str]:
-    """Addresses or networks (`10.0.0.0/8`), and with `anyone`, `*` for every address."""
+    """Addresses or networks (`10.0.0.0/8`), and with `anyone`, `*` for every address: read
+    as core.client_address reads them at each request."""
     entries = names(name, default)
-    for entry in entries:
-        try:
-            if not (anyone and entry == "*"):
-                ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            star = ", or * behind a platform router" if anyone else ""
-            refuse(
-                f"{name}: {entry!r} is not an IP address or network "
-                f"(use e.g. 127.0.0.1,10.0.0.0/8{star})."
-            )
+    try:
+        parse_networks(name, entries, anyone=anyone)
+    except ValueError as error:
+        refuse(str(error))
     return entries
 
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
@@ -253,6 +254,29 @@ def test_the_allow_list_takes_addresses_and_networks(client, db, settings):
     # Without a configured token, no bearer is accepted, not even an empty one.
     refused = client.get("/metrics", REMOTE_ADDR="198.51.100.7", HTTP_AUTHORIZATION="Bearer ")
     assert refused.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "entries"),
+    [
+        ("REQRUN_METRICS_ALLOWED_IPS", ["127.0.0.1", "prometheus.internal"]),
+        ("REQRUN_TRUSTED_PROXIES", ["127.0.0.1", "prometheus.internal"]),
+    ],
+)
+def test_an_entry_that_is_no_network_is_named_as_the_start_names_it(
+    client, db, settings, name, entries
+):
+    """Both lists are read by one parser (settings.py refuses the same entry at start)."""
+    settings.REQRUN_METRICS_TOKEN = ""
+    setattr(settings, name, entries)
+
+    with pytest.raises(ImproperlyConfigured) as refused:
+        client.get("/metrics", REMOTE_ADDR="198.51.100.7")
+
+    assert str(refused.value) == (
+        f"{name}: 'prometheus.internal' is not an IP address or network (use e.g. "
+        f"127.0.0.1,10.0.0.0/8{', or * behind a platform router' if 'PROXIES' in name else ''})."
+    )
 
 
 def test_a_client_forwarded_by_a_trusted_proxy_is_judged_by_its_own_address(client, db, settings):
