@@ -267,7 +267,7 @@ class UpstreamAdminForm(forms.ModelForm):
 
     class Meta:
         model = Upstream
-        fields = ["name", "position", "base_url", "model_map", "enabled"]
+        fields = ["base_url", "model_map"]
 
     def clean_base_url(self) -> str:
         try:
@@ -283,13 +283,22 @@ class UpstreamAdminForm(forms.ModelForm):
 
 
 class UpstreamInline(admin.TabularInline):
-    """The project's upstreams in order; keys are set in the dashboard, shown as last 4."""
+    """The project's upstreams in order; keys are set in the dashboard, shown as last 4.
+
+    Here an upstream's host and model map change. It is added, removed, renamed, reordered,
+    enabled or disabled in the dashboard, whose services keep the plan's cap, names the
+    engine and the failover policy use, one row per position, and one enabled upstream at
+    least (the inline would have deleted or disabled the last one, or added past the cap)."""
 
     model = Upstream
     form = UpstreamAdminForm
     extra = 0
+    can_delete = False
     fields = ["name", "position", "base_url", "provider_key", "model_map", "enabled", "breaker"]
-    readonly_fields = ["provider_key", "breaker"]
+    readonly_fields = ["name", "position", "provider_key", "enabled", "breaker"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
     @admin.display(description="Provider key")
     def provider_key(self, upstream: Upstream) -> str:

@@ -593,3 +593,41 @@ def test_an_invitation_is_withdrawn_in_admin_as_in_the_dashboard(
     assert alice_invitation.revoked_at is not None
     [event] = AuditEvent.objects.filter(account=everything, action="invitation_withdrawn")
     assert (event.target, event.actor.email) == ("dana@example.com", "ops@reqrun.com")
+
+
+def test_a_projects_upstreams_keep_the_dashboards_rules_in_admin(operator_client, alice_project):
+    """Only the primary, on Free (one upstream): removing or disabling it would leave
+    requests nowhere to go, and a second is above the plan's cap. Upstreams are added,
+    removed, enabled and ordered in the dashboard; here their host and model map change."""
+    primary = alice_project.upstreams.get()
+    form = project_form(alice_project.account, alice_project.name) | {
+        "upstreams-TOTAL_FORMS": "2",
+        "upstreams-INITIAL_FORMS": "1",
+        "upstreams-0-id": str(primary.pk),
+        "upstreams-0-project": str(alice_project.pk),
+        "upstreams-0-name": "renamed",
+        "upstreams-0-position": "3",
+        "upstreams-0-base_url": primary.base_url,
+        "upstreams-0-model_map": '{"gpt-4o": "gpt-4o-mini"}',
+        "upstreams-0-DELETE": "on",
+        "upstreams-1-project": str(alice_project.pk),
+        "upstreams-1-name": "fallback-1",
+        "upstreams-1-position": "1",
+        "upstreams-1-base_url": "https://llm.example.net/v1",
+        "upstreams-1-model_map": "{}",
+        "upstreams-1-enabled": "on",
+    }
+
+    response = operator_client.post(
+        reverse("admin:projects_project_change", args=[alice_project.pk]), form
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    [upstream] = alice_project.upstreams.all()
+    assert (upstream.pk, upstream.name, upstream.position, upstream.enabled) == (
+        primary.pk,
+        "primary",
+        0,
+        True,
+    )
+    assert upstream.model_map == {"gpt-4o": "gpt-4o-mini"}
