@@ -11,8 +11,24 @@ from billing.models import (
 from billing.tasks import process_webhook_event
 
 
+class PaddleRecordAdmin(admin.ModelAdmin):
+    """Rows that copy Paddle, or bind its objects to an account, are read here: Paddle is
+    the source of truth, so they change there (and through its webhooks), never here. None
+    is added or deleted either: an account without its subscription row could buy a second
+    one, and without its customer or checkout transaction Paddle's events no longer bind."""
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(PaddleRecordAdmin):
     list_display = [
         "paddle_subscription_id",
         "account",
@@ -30,11 +46,6 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "account__name",
     ]
     list_select_related = ["account", "plan"]
-    # Paddle is the source of truth: change subscriptions there, never here.
-    readonly_fields = [field.name for field in Subscription._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
 
 
 class ProcessingFilter(admin.SimpleListFilter):
@@ -133,7 +144,7 @@ class WebhookEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(admin.ModelAdmin):
+class InvoiceAdmin(PaddleRecordAdmin):
     list_display = ["paddle_transaction_id", "invoice_number", "account", "amount", "billed_at"]
     search_fields = [
         "paddle_transaction_id",
@@ -142,26 +153,17 @@ class InvoiceAdmin(admin.ModelAdmin):
         "account__public_id",
     ]
     list_select_related = ["account"]
-    readonly_fields = [field.name for field in Invoice._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
 
 
 @admin.register(BillingCustomer)
-class BillingCustomerAdmin(admin.ModelAdmin):
+class BillingCustomerAdmin(PaddleRecordAdmin):
     list_display = ["paddle_customer_id", "account", "created_at"]
     search_fields = ["paddle_customer_id", "account__public_id", "account__name"]
     list_select_related = ["account"]
-    # Created by checkout only: a customer typed in here would bypass the binding.
-    readonly_fields = [field.name for field in BillingCustomer._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
 
 
 @admin.register(CheckoutTransaction)
-class CheckoutTransactionAdmin(admin.ModelAdmin):
+class CheckoutTransactionAdmin(PaddleRecordAdmin):
     list_display = [
         "paddle_transaction_id",
         "account",
@@ -177,7 +179,3 @@ class CheckoutTransactionAdmin(admin.ModelAdmin):
         "account__public_id",
     ]
     list_select_related = ["account"]
-    readonly_fields = [field.name for field in CheckoutTransaction._meta.fields]
-
-    def has_add_permission(self, request):
-        return False

@@ -1,11 +1,19 @@
 """Operators see subscriptions and raw events in admin, and can reprocess an event."""
 
 import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.urls import reverse
 
+from billing.models import BillingCustomer
 from billing.tasks import process_webhook_event
 from tests.billing import payloads
 from tests.conftest import sign_in_to_admin
-from tests.factories import SubscriptionFactory, UserFactory, WebhookEventFactory
+from tests.factories import (
+    InvoiceFactory,
+    SubscriptionFactory,
+    UserFactory,
+    WebhookEventFactory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -94,3 +102,28 @@ def test_reprocess_runs_a_failed_event_again(
     event.refresh_from_db()
     assert event.processed_at is not None
     assert event.account == alice_account
+
+
+def test_paddles_records_are_not_deleted_in_admin(operator, alice_account, check_out):
+    """Paddle is the source of truth: without its subscription row an account could buy a
+    second one; without its customer or checkout, Paddle's events would no longer bind."""
+    checkout = check_out(alice_account)
+    rows = [
+        SubscriptionFactory(account=alice_account),
+        checkout,
+        BillingCustomer.objects.get(account=alice_account),
+        InvoiceFactory(account=alice_account),
+    ]
+
+    for row in rows:
+        model = row._meta.model_name
+        one = operator.post(
+            reverse(f"admin:billing_{model}_delete", args=[row.pk]), {"post": "yes"}
+        )
+        operator.post(
+            reverse(f"admin:billing_{model}_changelist"),
+            {"action": "delete_selected", ACTION_CHECKBOX_NAME: [row.pk], "post": "yes"},
+        )
+
+        assert one.status_code == 403, model
+        assert type(row).objects.filter(pk=row.pk).exists(), model
