@@ -164,6 +164,10 @@ class AccountPlanAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         return account_once_saved(obj)
 
+    # Deleting the row would put the account on Free unaudited: choose Free instead.
+    def has_delete_permission(self, request, obj=None):
+        return False
+
     def save_model(self, request, obj, form, change):
         previous = _plan_before(form)
         super().save_model(request, obj, form, change)

@@ -631,3 +631,16 @@ def test_a_projects_upstreams_keep_the_dashboards_rules_in_admin(operator_client
         True,
     )
     assert upstream.model_map == {"gpt-4o": "gpt-4o-mini"}
+
+
+def test_an_accounts_plan_row_is_changed_not_deleted(operator_client, everything):
+    """Deleting it would move the account to Free with no entry in its security log."""
+    set_plan(account=everything, plan_code="pro")
+    state = AccountPlan.objects.get(account=everything)
+
+    response = operator_client.post(
+        reverse("admin:projects_accountplan_delete", args=[state.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 403
+    assert limits_for(everything).plan_code == "pro"
