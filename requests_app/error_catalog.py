@@ -286,8 +286,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "upstream_error",
         "No attempt could connect to the upstream. The code names the last transport error "
         "(`connecterror`, `readerror`, `remoteprotocolerror`, `worker_lost`, …; "
-        "`response_incomplete` when an answer only the connection's close could end was cut "
-        "off).",
+        "`response_incomplete` when an answer was cut off where only the connection's close "
+        "could end it, or sent more bytes than its Content-Length said).",
         "Check the upstream URL and the provider's status; retry later.",
         retry=True,
     ),

@@ -527,7 +527,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                         "upstream_not_json",
                         "invalid_content_encoding",
                         note="`response_incomplete` for an answer cut off where only the "
-                        "connection's close ends it",
+                        "connection's close ends it, or longer than its Content-Length",
                     ),
                     **UPSTREAM_ANSWERS,
                 },

@@ -125,6 +125,7 @@ def _sent(method: str, url: str, *, headers: dict[str, str], body: bytes | None,
         yield response
     finally:
         response.close()
+        went_past_its_end(response)  # its connection is not used again if it did
 
 
 # The content codings httpx decodes; it passes any other's bytes on as they came.
@@ -139,6 +140,27 @@ def ensure_readable_encoding(headers: httpx.Headers) -> None:
     codings = {coding.strip().lower() for coding in headers.get("content-encoding", "").split(",")}
     if codings - READABLE_ENCODINGS - {""}:
         raise UnreadableEncoding("the answer's Content-Encoding names a coding httpx cannot decode")
+
+
+class PastItsEnd(Exception):
+    """The upstream sent more than its Content-Length said: the answer as framed is cut."""
+
+
+def went_past_its_end(response: httpx.Response) -> bool:
+    """Whether the upstream sent bytes past the end of `response` (a Content-Length shorter
+    than the body that followed it). The answer read is then cut short, and the connection
+    is closed, lest the next call on it read those bytes as the start of its own answer.
+
+    Only h11 knows: it stops at the length and keeps the rest in its buffer. httpx has no
+    public way to it; this is the connection as httpcore 1.x keeps it.
+    """
+    stream = getattr(getattr(response.stream, "_httpcore_stream", None), "_stream", None)
+    connection = getattr(stream, "_connection", None)
+    state = getattr(connection, "_h11_state", None)
+    if state is None or not state.trailing_data[0]:
+        return False
+    connection.close()
+    return True
 
 
 def endpoint_url(base_url: str, endpoint: str) -> str:
@@ -233,6 +255,8 @@ def read_answer(response: httpx.Response, *, deadline: float) -> UpstreamRespons
                 "the answer did not finish within the attempt timeout", request=response.request
             )
         chunks.append(chunk)
+    if went_past_its_end(response):
+        raise PastItsEnd("the upstream sent more than its Content-Length")
     return UpstreamResponse(
         status_code=response.status_code,
         headers=forwarded_headers(response.headers),
@@ -269,6 +293,10 @@ IN_AN_UNREADABLE_ENCODING = (
     "names a coding other than gzip or deflate (br or zstd, say). It was not retried, as the "
     "same would come again. Check the project's upstream base URL and any proxy in front of "
     "the provider that compresses answers."
+)
+PAST_ITS_CONTENT_LENGTH = (
+    "The upstream's answer was cut short: it sent more bytes than its Content-Length header "
+    "said, so the answer that header framed is incomplete. It was neither kept nor relayed."
 )
 NOT_IN_ITS_ENCODING = (
     "The upstream's answer was not in the compression its Content-Encoding header named, so "
@@ -379,6 +407,12 @@ def classify(
             )
         if isinstance(error, httpx.TimeoutException):
             return AttemptResult(Attempt.Outcome.TIMEOUT, error_code="timeout")
+        if isinstance(error, PastItsEnd):
+            return AttemptResult(
+                Attempt.Outcome.CONNECTION_ERROR,
+                error_code="response_incomplete",
+                message=PAST_ITS_CONTENT_LENGTH,
+            )
         if isinstance(error, UnreadableEncoding):
             return AttemptResult(
                 Attempt.Outcome.FATAL_ERROR,

@@ -145,6 +145,10 @@ def test_json_answered_to_a_stream_is_an_invalid_event_stream(live_api, tenant, 
 # An answer whose end is the connection's close (no Content-Length, not chunked), as HTTP/1.0
 # servers and some proxies send it.
 CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n"
+COMPLETION = b'{"id":"c1","object":"chat.completion","choices":[],"usage":{"total_tokens":3}}'
+# A Content-Length that stops partway through the body sent after it.
+SHORT_LENGTH = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 30\r\n\r\n"
+SHORT_LENGTH_THEN_CLOSE = SHORT_LENGTH.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n")
 
 
 @pytest.mark.parametrize(
@@ -153,8 +157,16 @@ CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnect
         (b"HTTP/1.1 100 Continue\r\n\r\n", (None, "remoteprotocolerror")),
         (raw_answer(b"200 OK", b"application/json", b'{"id":')[:-3], (None, "remoteprotocolerror")),
         (CLOSE_DELIMITED + b'{"id":"c1","choices":[', (200, "response_incomplete")),
+        (SHORT_LENGTH + COMPLETION, (None, "response_incomplete")),
+        (SHORT_LENGTH_THEN_CLOSE + COMPLETION, (None, "response_incomplete")),
     ],
-    ids=["1xx only", "cut mid-body", "cut where only the close ends it"],
+    ids=[
+        "1xx only",
+        "cut mid-body",
+        "cut where only the close ends it",
+        "a Content-Length shorter than the body",
+        "the same, closing the connection",
+    ],
 )  # fmt: skip
 def test_an_answer_that_never_completes_is_retried(
     live_api, tenant, fake_upstream, answer, recorded
