@@ -171,20 +171,32 @@ def endpoint_url(base_url: str, endpoint: str) -> str:
 def forwarded_headers(headers: httpx.Headers) -> dict[str, str]:
     """The upstream's headers a caller gets (and a replay, and a stream's readers).
 
-    A header past the bounds above, or holding a character no server may send, is dropped,
-    never cut (a cut value would lie): the caller's client could not read the answer at all.
-    One warning names what was dropped, by name and size, never by value.
+    Only what reaches every client as the upstream sent it: a header past the bounds above,
+    holding a character no server may send, or a byte outside ASCII (which httpx guesses an
+    encoding for and Django writes out again as latin-1 or MIME-encoded: another value) is
+    dropped, never cut or re-encoded (a cut value would lie), as is one sent twice with two
+    values (the same value twice is relayed once). One warning names what was dropped, by
+    name and size, never by value.
     """
     kept, dropped, total = {}, [], 0
-    for name, value in headers.items():
+    seen: dict[str, bytes] = {}
+    for raw_name, raw_value in headers.raw:
+        name = raw_name.decode("ascii", "replace").lower()
         if not (name in FORWARDED_RESPONSE_HEADERS or name.startswith(FORWARDED_RESPONSE_PREFIXES)):
             continue
-        size = len(name.encode()) + len(value.encode())
+        if name in seen:
+            if raw_value != seen[name] and kept.pop(name, None) is not None:
+                dropped.append(f"{name[:64]} (sent twice)")
+            continue
+        seen[name] = raw_value
+        size = len(raw_name) + len(raw_value)
         # The answer's type is never crowded out by headers the upstream sent before it.
         budget = 0 if name == "content-type" else size
+        value = raw_value.decode("latin-1")
         if (
             size > MAX_FORWARDED_HEADER_BYTES
             or total + budget > MAX_FORWARDED_HEADERS_BYTES
+            or not raw_value.isascii()
             or UNSENDABLE_IN_HEADER.search(value)
         ):
             dropped.append(f"{name[:64]} ({size} bytes)")

@@ -272,3 +272,75 @@ def test_models_say_what_the_upstream_answered_rather_than_pass_it_on(
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("upstream_error", code)
     assert said in error["message"]
+
+
+STREAMED = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[]}\n\ndata: [DONE]\n\n'
+
+
+def answer_with_headers(content_type: bytes, body: bytes, *headers: bytes) -> bytes:
+    lines = [b"HTTP/1.1 200 OK", b"content-type: " + content_type, *headers]
+    lines += [b"content-length: %d" % len(body), b"connection: close"]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def relayed(response: httpx.Response) -> dict[bytes, list[bytes]]:
+    """The answer's headers as the bytes the caller received, each name's values in order."""
+    headers: dict[bytes, list[bytes]] = {}
+    for name, value in response.headers.raw:
+        headers.setdefault(name.lower(), []).append(value)
+    return headers
+
+
+# Values the upstream sent (as bytes) that no client reads alike: httpx guesses one
+# encoding for all of an answer's headers, and Django writes a value out again as latin-1,
+# MIME-encoding what latin-1 cannot hold.
+NOT_ASCII = {
+    "UTF-8": (b"x-request-id: req-\xc3\xa9", b"x-ratelimit-limit-tokens: \xe2\x82\xac5"),
+    "latin-1": (b"x-request-id: req-\xe9", b"x-ratelimit-limit-tokens: 9\xe9"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("encoding", NOT_ASCII)
+def test_header_values_that_are_not_ascii_are_dropped_never_mangled(
+    live_api, tenant, fake_upstream, stream, encoding
+):
+    content_type, body = (
+        (b"text/event-stream", STREAMED) if stream else (b"application/json", COMPLETION)
+    )
+    headers = (*NOT_ASCII[encoding], b"openai-processing-ms: 12")
+    fake_upstream.answer_raw("raw", answer_with_headers(content_type, body, *headers))
+
+    response, request = post(live_api, tenant, "raw", stream=stream)
+
+    assert (response.status_code, response.content) == (200, body)
+    headers = relayed(response)
+    assert headers[b"openai-processing-ms"] == [b"12"]
+    assert headers[b"content-type"] == [content_type]
+    assert b"x-request-id" not in headers and b"x-ratelimit-limit-tokens" not in headers
+    assert request.status == "succeeded"
+    assert request.response_headers == {
+        "content-type": content_type.decode(),
+        "openai-processing-ms": "12",
+        "ReqRun-Upstream": "primary",
+    }
+
+
+@pytest.mark.parametrize(
+    ("repeated", "kept"),
+    [
+        ((b"content-type: application/json",), [b"application/json"]),
+        ((b"content-type: text/html",), [b"application/json"]),
+    ],
+    ids=["the same twice", "two that differ"],
+)
+def test_a_content_type_sent_twice_is_relayed_once(live_api, tenant, fake_upstream, repeated, kept):
+    # Two that differ cannot be relayed as one faithfully: ReqRun's own application/json
+    # stands for them (the body was read as JSON), never "application/json, text/html".
+    fake_upstream.answer_raw("raw", answer_with_headers(b"application/json", COMPLETION, *repeated))
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert (response.status_code, response.content) == (200, COMPLETION)
+    assert relayed(response)[b"content-type"] == kept
+    assert request.status == "succeeded"
