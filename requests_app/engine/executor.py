@@ -324,6 +324,7 @@ def _call_upstream(
             Attempt.Outcome.FATAL_ERROR,
             error_code="encryption_key_missing",
             message=UNREADABLE_PROVIDER_KEY if provider_key is None else UNREADABLE_REQUEST_BODY,
+            key_unreadable=provider_key is None,
         )
     body = target.mapped_body(stored_body)
     url = upstream.endpoint_url(target.base_url, request.endpoint)

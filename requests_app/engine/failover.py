@@ -129,10 +129,13 @@ def next_upstream(
     tries = (request.upstream_tries if request.next_upstream == current else 0) + 1
     names = [row.name for row in chain]
     kind = failover_kind(result)
-    if kind is None or kind not in project.failover_on or len(names) < 2:
+    # An upstream whose provider key cannot be decrypted was not called: whatever the policy,
+    # the request moves on, as it skips an upstream that has no key at all (`chain_of`).
+    moves = result.key_unreadable or (kind is not None and kind in project.failover_on)
+    if not moves or len(names) < 2:
         return NextUpstream(current, tries)
-    # A final answer (`insufficient_quota`) would only come again from the same upstream:
-    # it moves on at once, whatever the tries per upstream.
+    # A final answer (`insufficient_quota`, an unreadable key) would only come again from the
+    # same upstream: it moves on at once, whatever the tries per upstream.
     final = result.outcome == Attempt.Outcome.FATAL_ERROR
     if tries < project.failover_tries_per_upstream and not final:
         return NextUpstream(current, tries)

@@ -10,6 +10,7 @@ from datetime import timedelta
 import httpx
 import openai
 import pytest
+from cryptography.fernet import Fernet
 from django.db import IntegrityError, connection
 from django.utils import timezone
 
@@ -592,3 +593,41 @@ def test_a_breaker_changes_state_only_together_with_its_audit_event(transactiona
     assert Upstream.objects.get(pk=primary.pk).breaker_open_until is None
     events = AuditEvent.objects.filter(account=tenant.account, action="upstream_breaker_closed")
     assert events.count() == 1
+
+
+def test_a_primary_whose_provider_key_cannot_be_read_fails_over(
+    tenant, secondary, fake_upstream, second_server
+):
+    # Its key was stored under an encryption key that has left the ring: nothing was sent,
+    # and the fallback's own key still opens.
+    Upstream.objects.filter(pk=primary_of(tenant).pk).update(
+        provider_key_encrypted=Fernet(Fernet.generate_key()).encrypt(b"sk-primary")
+    )
+    request = queued_request(tenant, "sealed-primary")
+
+    execute_request(request.pk)
+
+    assert chain(request.public_id) == [
+        ("primary", "fatal_error", None),
+        ("fallback-1", "success", 200),
+    ]
+    request.refresh_from_db()
+    assert (request.status, request.error) == ("succeeded", None)
+    assert fake_upstream.count() == 0 and second_server.count("/v1/chat/completions") == 1
+
+
+def test_a_request_body_that_cannot_be_read_fails_without_trying_the_fallback(
+    tenant, secondary, fake_upstream, second_server
+):
+    # Unlike a provider key, the request's own body is the same whichever upstream it goes to.
+    request = queued_request(tenant, "sealed-body")
+    Request.objects.filter(pk=request.pk).update(
+        request_body=Fernet(Fernet.generate_key()).encrypt(b'{"model": "sealed-body"}')
+    )
+
+    execute_request(request.pk)
+
+    assert chain(request.public_id) == [("primary", "fatal_error", None)]
+    request.refresh_from_db()
+    assert (request.status, request.error["code"]) == ("failed", "encryption_key_missing")
+    assert fake_upstream.count() == 0 and second_server.count() == 0
