@@ -231,7 +231,9 @@ def conclude_attempt(
     if result.outcome != Attempt.Outcome.SUCCESS:
         chain = failover.chain_of(request) if chain is None else chain
         step = failover.next_upstream(request.project, chain, request, result)
-    then = consequence_of(request, number, result, answered=bool(response), now=now, then=step)
+    then = consequence_of(
+        request, number, result, answered=result.response is not None, now=now, then=step
+    )
     following = then.next_upstream
     written = sql.conclude(
         request_id=request.pk,
@@ -352,10 +354,17 @@ def _call_upstream(
     return upstream.classify(answer=answer)
 
 
+# The stored answer's columns, as an attempt without an answer leaves them: the request's
+# answer is its last attempt's (sql.conclude).
+UNANSWERED = dict.fromkeys(
+    ("response_status_code", "response_headers", "response_body", "response_expires_at", "usage")
+)
+
+
 def _response_fields(request: Request, result: AttemptResult) -> dict:
     response = result.response
     if response is None:
-        return {}
+        return UNANSWERED
     if response.status_code >= 300:
         usage = None
     elif request.stream:
@@ -384,7 +393,7 @@ NO_RESPONSE_MESSAGES = {
     "internal_error": "ReqRun could not run this request because of an internal error; it has "
     "been logged. Retry, and write to support@reqrun.com with the ReqRun-Request-Id if it "
     "persists.",
-    "worker_lost": "The worker running this request was lost on every attempt.",
+    "worker_lost": "The worker running this request was lost on its last attempt.",
     "invalid_event_stream": "The upstream answered stream: true with something other than an "
     "event stream; nothing was relayed.",
 }
@@ -404,10 +413,10 @@ def _no_response_error(result: AttemptResult, *, expired: bool = False) -> dict:
     elif expired:
         message = "The request's deadline passed before the upstream answered."
     elif result.outcome == Attempt.Outcome.TIMEOUT:
-        message = "The upstream did not answer in time on any attempt."
+        message = "The upstream did not answer its last attempt in time."
     else:
         # Refused, dropped before an answer, or cut partway through one.
-        message = "The connection to the upstream failed or broke off on every attempt."
+        message = "The connection to the upstream failed or broke off on the last attempt."
     if code in ("internal_error", "encryption_key_missing"):
         return error_object(code, message)
     return {"message": message, "type": "upstream_error", "param": None, "code": code}

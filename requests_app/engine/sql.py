@@ -121,14 +121,9 @@ WITH closed AS (
         finished_at = %(finished_at)s, error = %(error)s, partial = %(partial)s,
         next_upstream = %(next_upstream)s, upstream_tries = %(upstream_tries)s,
         request_body = CASE WHEN %(ends)s THEN NULL ELSE request_body END,
-        response_status_code =
-            CASE WHEN %(answered)s THEN %(response_status_code)s ELSE response_status_code END,
-        response_headers =
-            CASE WHEN %(answered)s THEN %(response_headers)s ELSE response_headers END,
-        response_body = CASE WHEN %(answered)s THEN %(response_body)s ELSE response_body END,
-        response_expires_at =
-            CASE WHEN %(answered)s THEN %(response_expires_at)s ELSE response_expires_at END,
-        usage = CASE WHEN %(answered)s THEN %(usage)s ELSE usage END
+        response_status_code = %(response_status_code)s, response_headers = %(response_headers)s,
+        response_body = %(response_body)s, response_expires_at = %(response_expires_at)s,
+        usage = %(usage)s
     WHERE id = %(request_id)s AND attempt_count = %(number)s AND status = 'running'
         AND (%(lease_expired_before)s::timestamptz IS NULL
              OR lease_until < %(lease_expired_before)s::timestamptz)
@@ -162,8 +157,10 @@ def conclude(
     worker and the sweeper exactly one decides what the attempt was. The request's
     `next_upstream` / `upstream_tries` say where its next attempt is due (failover.py).
     `response` (the stored
-    answer's columns) replaces the previous attempt's only when given. The sweeper passes
-    `lease_expired_before`, so a lease renewed meanwhile is left alone.
+    answer's columns) replaces the previous attempt's, and an attempt without one clears it:
+    the request's answer is always its last attempt's, as its `error` is (an earlier
+    upstream's 503 is not the answer to a request whose last attempt found no upstream). The
+    sweeper passes `lease_expired_before`, so a lease renewed meanwhile is left alone.
     """
     response = response or {}
     params = {
@@ -183,7 +180,6 @@ def conclude(
         "finished_at": now if ends else None,
         "error": _jsonb(error),
         "partial": partial,
-        "answered": bool(response),
         "response_status_code": response.get("response_status_code"),
         "response_headers": _jsonb(response.get("response_headers")),
         "response_body": response.get("response_body"),

@@ -631,3 +631,34 @@ def test_a_request_body_that_cannot_be_read_fails_without_trying_the_fallback(
     request.refresh_from_db()
     assert (request.status, request.error["code"]) == ("failed", "encryption_key_missing")
     assert fake_upstream.count() == 0 and second_server.count() == 0
+
+
+@pytest.mark.parametrize("refused", ["fallback-1", "primary"])
+def test_the_answer_and_the_recorded_error_are_the_last_attempts(
+    live_api, tenant, secondary, fake_upstream, second_server, refused
+):
+    # One upstream answers 503, the other refuses the connection: whichever comes last, the
+    # caller's answer and the request's record tell its story, not one each.
+    set_policy(tenant, max_attempts=2)
+    Upstream.objects.filter(project=tenant.project, name=refused).update(base_url=refused_url())
+    for server in (fake_upstream, second_server):
+        server.script("one-each", ["503"])
+
+    response = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json={"model": "one-each", "messages": CHAT},
+        headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        timeout=30,
+    )
+
+    request = finished_request(response.headers["reqrun-request-id"], message="never finished")
+    assert [a.upstream for a in request.attempts.all()] == ["primary", "fallback-1"]
+    if refused == "fallback-1":  # the last attempt had no answer
+        assert response.status_code == 502, response.text
+        assert response.json()["error"] == request.error
+        assert request.error["code"] == "connecterror"
+        assert (request.response_status_code, request.response_body) == (None, None)
+    else:  # the last attempt's 503, as the fallback gave it
+        assert response.status_code == 503, response.text
+        assert response.headers["reqrun-upstream"] == "fallback-1"
+        assert request.error is None and request.response_status_code == 503
