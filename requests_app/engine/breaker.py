@@ -93,6 +93,21 @@ def take_probe(upstream: Upstream, *, now: datetime, lease: timedelta, account: 
     return bool(taken)
 
 
+RENEW_PROBE = """
+UPDATE projects_upstream SET breaker_probe_until = %(probe_until)s
+WHERE id = %(id)s AND breaker_open_until <= %(now)s AND breaker_probe_until IS NOT NULL
+RETURNING id
+"""
+
+
+def renew_probe(upstream: Upstream, *, now: datetime, lease: timedelta) -> None:
+    """Hold a probe that is still running for another `lease`: a streamed probe outlasts the
+    lease it was taken for, and a second probe must not start while it streams. Renewed with
+    its attempt's lease (stream_attempt.py), so a probe whose worker died is let go as one
+    that was never renewed; nothing changes once the breaker has closed or opened again."""
+    _run(RENEW_PROBE, {"id": upstream.pk, "now": now, "probe_until": now + lease})
+
+
 def release_probe(upstream: Upstream) -> None:
     """A probe taken for an attempt that then did not start: let the next one probe."""
     _run(

@@ -340,6 +340,7 @@ def _call_upstream(
             body=body,
             lease=lease_for(request),
             slot=slot,
+            probe=target if route.probe else None,
         )
     try:
         answer = upstream.call(

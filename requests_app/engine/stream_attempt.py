@@ -6,7 +6,8 @@ the size cap, the request's deadline, a lost lease or every reader gone ends the
 and the conclusion records what was delivered as partial.
 
 A watcher thread runs beside the relay from before the upstream answers: it renews the
-lease (and the concurrency slot) so a long stream is never mistaken for a dead worker,
+lease (and the concurrency slot, and the breaker's probe when the attempt is one) so a long
+stream is never mistaken for a dead worker, nor a half-open upstream probed twice at once,
 stops the relay when the renewal finds the lease taken (the sweeper recovered the request),
 and stops it when the last reader has left or the deadline has passed.
 """
@@ -21,7 +22,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from requests_app.engine import concurrency, sse, upstream
+from projects.models import Upstream
+from requests_app.engine import breaker, concurrency, sse, upstream
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Attempt, Request, Status
@@ -43,9 +45,17 @@ class Stopped(Exception):
 
 class StreamRelay:
     def __init__(
-        self, *, request: Request, number: int, upstream_name: str, lease: timedelta, slot: str
+        self,
+        *,
+        request: Request,
+        number: int,
+        upstream_name: str,
+        lease: timedelta,
+        slot: str,
+        probe: Upstream | None = None,
     ):
         self.request = request
+        self.probe = probe  # the half-open upstream this attempt probes, if it does
         self.number = number
         self.upstream_name = upstream_name
         self.lease = lease
@@ -104,15 +114,18 @@ class StreamRelay:
 
     def _renew_lease(self) -> bool:
         """Extend the lease while this attempt still owns the request; False if it does not."""
+        now = timezone.now()
         renewed = Request.objects.filter(
             pk=self.request.pk, attempt_count=self.number, status=Status.RUNNING
-        ).update(lease_until=timezone.now() + self.lease)
+        ).update(lease_until=now + self.lease)
         if renewed:
             concurrency.renew(
                 account_id=self.request.account_id,
                 token=self.slot,
                 lease_seconds=self.lease.total_seconds(),
             )
+            if self.probe is not None:
+                breaker.renew_probe(self.probe, now=now, lease=self.lease)
         return bool(renewed)
 
     # The relay -----------------------------------------------------------------------
@@ -237,10 +250,17 @@ def stream_attempt(
     body: bytes,
     lease: timedelta,
     slot: str,
+    probe: Upstream | None = None,
 ) -> AttemptResult:
-    """Run one streamed attempt to its result; never raises."""
+    """Run one streamed attempt to its result; never raises. `probe`: the half-open upstream
+    this attempt is the probe of, held as long as the stream runs."""
     relay = StreamRelay(
-        request=request, number=number, upstream_name=upstream_name, lease=lease, slot=slot
+        request=request,
+        number=number,
+        upstream_name=upstream_name,
+        lease=lease,
+        slot=slot,
+        probe=probe,
     )
     if relay.publisher.client_gone():
         return relay.stopped("client_disconnected")

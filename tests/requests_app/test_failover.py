@@ -5,6 +5,7 @@ upstreams of their own, each a real HTTP server on a loopback port.
 """
 
 import socket
+import threading
 from datetime import timedelta
 
 import httpx
@@ -662,3 +663,42 @@ def test_the_answer_and_the_recorded_error_are_the_last_attempts(
         assert response.status_code == 503, response.text
         assert response.headers["reqrun-upstream"] == "fallback-1"
         assert request.error is None and request.response_status_code == 503
+
+
+def test_a_streamed_probe_keeps_its_hold_while_it_streams(
+    tenant, live_api, worker, secondary, fake_upstream, second_server
+):
+    # The probe is held for one lease (1 s + the test worker's 1 s grace); the stream lasts
+    # longer than that, and no second attempt may probe the primary meanwhile.
+    open_the_primarys_breaker_here(tenant, fake_upstream, "long-probe")
+    set_policy(tenant, attempt_timeout_seconds=1)
+    cooldown_over(tenant)
+    fake_upstream.script("long-probe", ["slowchunks600"])
+    done = threading.Event()
+
+    def read_the_stream():
+        with httpx.stream(
+            "POST",
+            f"{live_api.url}/v1/chat/completions",
+            json={"model": "long-probe", "messages": CHAT, "stream": True},
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+            timeout=30,
+        ) as response:
+            response.read()
+        done.set()
+
+    reader = threading.Thread(target=read_the_stream, daemon=True)
+    reader.start()
+    primary = primary_of(tenant)
+    first_hold = wait_until(
+        lambda: Upstream.objects.get(pk=primary.pk).breaker_probe_until,
+        message="the stream never took the probe",
+    )
+    wait_until(lambda: timezone.now() > first_hold + timedelta(seconds=0.8), timeout=10)
+
+    assert not done.is_set(), "the stream ended before its first hold did"
+    held = Upstream.objects.get(pk=primary.pk).breaker_probe_until
+    assert held is not None and held > timezone.now()
+    reader.join(30)
+    assert done.is_set()
+    wait_until(lambda: Upstream.objects.get(pk=primary.pk).breaker_open_until is None)
