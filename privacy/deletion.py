@@ -31,6 +31,7 @@ from accounts.services import end_sessions, record_audit_event
 from billing.models import Subscription
 from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
+from core.batches import delete_in_batches
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
 from requests_app.engine.cancel import cancel_request
@@ -212,26 +213,6 @@ def attempt_running(account: Account, *, now: datetime) -> bool:
     ).exists()
 
 
-def _delete_requests(account: Account) -> int:
-    """In batches, so no statement holds locks on the requests table for long.
-
-    Each batch's requests are locked before their attempts are deleted, as the retention
-    purge locks its own: a batch both want is waited for, never half-held (a deadlock)."""
-    deleted = 0
-    while True:
-        with transaction.atomic():
-            pks = list(
-                Request.objects.select_for_update()
-                .filter(account=account)
-                .order_by("pk")
-                .values_list("pk", flat=True)[:PURGE_BATCH_SIZE]
-            )
-            if not pks:
-                return deleted
-            Request.objects.filter(pk__in=pks).delete()
-        deleted += len(pks)
-
-
 def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> bool:
     """Finish a deletion if nothing of the account still runs; True once the account is gone.
 
@@ -245,7 +226,11 @@ def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> b
     now = now or timezone.now()
     if now < deletion.purge_after or attempt_running(account, now=now):
         return False
-    requests = _delete_requests(account)
+    # Locked a batch at a time, as the retention purge locks its own: a batch both want is
+    # waited for, never half-held.
+    requests = delete_in_batches(
+        Request.objects.filter(account=account).order_by("pk"), batch_size=PURGE_BATCH_SIZE
+    )
     projects = account.projects.count()
     with transaction.atomic():
         account.delete()  # everything else of it goes with it (CASCADE)

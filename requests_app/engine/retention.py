@@ -13,13 +13,13 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 
-from django.db import transaction
 from django.db.models import BigIntegerField, BinaryField, Case, F, Value, When
 from django.db.models.functions import Greatest, TruncDate
 from django.utils import timezone
 
 from accounts.models import Account
 from core import encryption
+from core.batches import delete_in_batches
 from core.outages import database_unavailable
 from projects.limits import limits_for
 from requests_app.engine.usage import REQUEST_TOTALS
@@ -56,22 +56,11 @@ def purge_expired_records(account: Account, now=None) -> int:
     expired = Request.objects.filter(
         account=account, created_at__lt=cutoff, status__in=TERMINAL_STATUSES
     )
-    deleted = 0
-    while True:
-        with transaction.atomic():
-            # Locked, and skipped by a purge running at the same time (a long run overlaps
-            # the next one beat sends): each request's totals are kept once, by one of them.
-            pks = list(
-                expired.select_for_update(skip_locked=True).values_list("pk", flat=True)[
-                    :BATCH_SIZE
-                ]
-            )
-            if not pks:
-                return deleted
-            batch = Request.objects.filter(pk__in=pks)
-            keep_daily_totals(batch)
-            batch.delete()
-        deleted += len(pks)
+    # Skipped by a purge running at the same time (a long run overlaps the next one beat
+    # sends): each request's totals are kept once, by one of them.
+    return delete_in_batches(
+        expired, batch_size=BATCH_SIZE, skip_locked=True, before_delete=keep_daily_totals
+    )
 
 
 def keep_daily_totals(requests) -> None:
