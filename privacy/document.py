@@ -139,7 +139,7 @@ def project_entry(project: Project) -> dict:
 
 
 def projects_section(account: Account) -> list[dict]:
-    projects = account.projects.order_by("created_at")
+    projects = account.projects.not_deleted().order_by("created_at")
     return [project_entry(project) for project in projects]
 
 
@@ -190,7 +190,9 @@ def audit_events_section(account: Account) -> list[dict]:
 
 def daily_usage_section(account: Account) -> list[dict]:
     """Per-day totals kept for request records already past the retention window."""
-    rows = DailyUsage.objects.filter(account=account).select_related("project")
+    rows = DailyUsage.objects.filter(
+        account=account, project__deleted_at__isnull=True
+    ).select_related("project")
     return [
         {
             "day": row.day.isoformat(),
@@ -227,10 +229,13 @@ def sections(account: Account, *, generated_at: datetime) -> dict[str, Any]:
 
 
 def exported_requests(account: Account, *, now: datetime):
-    """The account's requests still inside its retention window, bodies never loaded."""
+    """The account's requests still inside its retention window, bodies never loaded; a
+    deleted project's are not, though a worker has yet to delete them."""
     cutoff = now - timedelta(days=limits_for(account).retention_days)
     return (
-        Request.objects.filter(account=account, created_at__gte=cutoff)
+        Request.objects.filter(
+            account=account, created_at__gte=cutoff, project__deleted_at__isnull=True
+        )
         .defer("request_body", "response_body", "response_headers")
         .select_related("project")
         .prefetch_related("attempts")

@@ -36,7 +36,7 @@ class DeletionSummary:
 def deletion_summary(membership: Membership) -> DeletionSummary:
     account = membership.account
     return DeletionSummary(
-        projects=account.projects.count(),
+        projects=account.projects.not_deleted().count(),
         active_api_keys=ApiKey.objects.filter(
             project__account=account, revoked_at__isnull=True
         ).count(),

@@ -4,6 +4,8 @@ from celery import shared_task
 
 from accounts.emails import MAIL_RETRIES, retry_refused
 from privacy import deletion, services
+from projects import services as project_services
+from projects.tasks import purge_deleted_project
 
 # Queued when an account is closed, the purge usually succeeds at once; while an attempt is
 # still running it is retried this often, a few times, and then left to the sweep (which
@@ -33,10 +35,12 @@ def purge_deleted_account(self, deletion_pk: int, follow_up: bool = True) -> Non
 @shared_task(time_limit=120, soft_time_limit=100)
 def sweep_privacy() -> None:
     """Expire old exports and sessions, queue again what the broker lost, finish pending
-    deletions."""
+    deletions (of accounts and of projects)."""
     services.expire_exports()
     services.forget_expired_sessions()
     for export_pk in services.recover_exports():
         build_export.delay(export_pk)
     for deletion_pk in deletion.due_deletions():
         purge_deleted_account.delay(deletion_pk, follow_up=False)
+    for project_pk in project_services.project_deletions_due():
+        purge_deleted_project.delay(project_pk, follow_up=False)

@@ -208,6 +208,12 @@ DEADLINE_MAX_SECONDS = 86_400
 FAILOVER_TRIES_MAX = 10
 
 
+class ProjectQuerySet(models.QuerySet):
+    def not_deleted(self) -> "ProjectQuerySet":
+        """The projects nobody deleted: the only ones a tenant sees or uses."""
+        return self.filter(deleted_at__isnull=True)
+
+
 class Project(models.Model):
     public_id = models.CharField(
         max_length=40, unique=True, editable=False, default=partial(new_public_id, "prj")
@@ -248,18 +254,38 @@ class Project(models.Model):
 
     suspended_at = models.DateTimeField(null=True, blank=True)
     suspension_reason = models.TextField(blank=True)
+    # Set when the project is deleted: from then on nobody sees or uses it (every lookup
+    # by a tenant skips it, its keys are revoked), and a worker deletes its requests in
+    # batches, then this row (projects.services.purge_deleted_project).
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # While a purge runs it holds this lease, renewed at each batch: another purge of the
+    # project (the sweep queues one every minute) leaves it alone until it runs out.
+    purging_until = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ProjectQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at"]
         constraints = [
+            # A deleted project's name is free again at once.
             models.UniqueConstraint(
-                fields=["account", "name"], name="project_name_unique_in_account"
+                fields=["account", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="project_name_unique_in_account",
             ),
             models.CheckConstraint(
                 condition=Q(attempt_timeout_seconds__gte=1), name="attempt_timeout_positive"
             ),
             models.CheckConstraint(
                 condition=Q(failover_tries_per_upstream__gte=1), name="failover_tries_positive"
+            ),
+        ]
+        indexes = [
+            # The few deletions still to purge, for the privacy sweep.
+            models.Index(
+                fields=["deleted_at"],
+                name="project_deleted",
+                condition=Q(deleted_at__isnull=False),
             ),
         ]
 

@@ -144,7 +144,7 @@ def bootstrap_project(
     account = membership.account if membership else create_account(owner=user)
     if plan_code:
         set_plan(account=account, plan_code=plan_code)
-    project = account.projects.filter(name=DEFAULT_PROJECT_NAME).first()
+    project = account.projects.not_deleted().filter(name=DEFAULT_PROJECT_NAME).first()
     if project is None:
         project = services.create_project(
             account=account, name=DEFAULT_PROJECT_NAME, upstream_base_url=upstreams[0].url

@@ -17,13 +17,17 @@ from projects.models import INVITATION_VALID_FOR, ApiKey, Invitation, Project, U
 
 
 def projects_visible_to(user: User) -> QuerySet[Project]:
-    return Project.objects.filter(account__memberships__user=user).select_related("account")
+    return (
+        Project.objects.not_deleted()
+        .filter(account__memberships__user=user)
+        .select_related("account")
+    )
 
 
 def api_keys_visible_to(user: User) -> QuerySet[ApiKey]:
-    return ApiKey.objects.filter(project__account__memberships__user=user).select_related(
-        "project__account", "created_by"
-    )
+    return ApiKey.objects.filter(
+        project__account__memberships__user=user, project__deleted_at__isnull=True
+    ).select_related("project__account", "created_by")
 
 
 def members_visible_to(user: User) -> QuerySet[Membership]:
@@ -38,11 +42,17 @@ def invitations_visible_to(user: User) -> QuerySet[Invitation]:
 
 def projects_of(account: Account) -> QuerySet[Project]:
     """The account's projects with how many active API keys and upstreams each has."""
-    return account.projects.annotate(
-        active_keys=Count("api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True),
-        upstream_count=Count("upstreams", distinct=True),
-        upstream_has_provider_key=upstream_has_provider_key(OuterRef("pk")),
-    ).order_by("created_at")
+    return (
+        account.projects.not_deleted()
+        .annotate(
+            active_keys=Count(
+                "api_keys", filter=Q(api_keys__revoked_at__isnull=True), distinct=True
+            ),
+            upstream_count=Count("upstreams", distinct=True),
+            upstream_has_provider_key=upstream_has_provider_key(OuterRef("pk")),
+        )
+        .order_by("created_at")
+    )
 
 
 def unfinished_requests(project: Project) -> int:

@@ -5,7 +5,7 @@ import hashlib
 import hmac
 import logging
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import OuterRef, Q, QuerySet
@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from accounts.models import Account, User
 from accounts.services import record_audit_event, set_suspension
+from core.batches import delete_in_batches
 from core.prepared import PreparedGet
 from projects.errors import InvalidFailoverPolicy, NameNotAvailable, ProjectBusy
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
@@ -26,6 +27,12 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX_BYTES = 6  # 12 hex characters, for lookup and display
 KEY_SECRET_BYTES = 24  # 192 bits of entropy
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# A deleted project's purge: in batches of this many requests, not before the grace is over
+# (an accept that read one of its keys just before the deletion inserts its request within
+# it), and under a lease renewed at each batch.
+PURGE_BATCH_SIZE = 1000
+PURGE_GRACE = timedelta(seconds=5)
+PURGE_LEASE = timedelta(minutes=2)
 
 
 def _available_name(name: str, *, taken: QuerySet, noun: str) -> str:
@@ -44,14 +51,15 @@ def check_new_project(*, account: Account, name: str) -> str:
     own field, and `create_project` in the same transaction finds the same answer."""
     Account.objects.select_for_update().get(pk=account.pk)  # serialise the limit and name checks
     limits = limits_for(account)
+    projects = account.projects.not_deleted()  # a deleted one's place is free at once
     ensure_below(
         "projects",
-        used=account.projects.count(),
+        used=projects.count(),
         limit=limits.projects,
         noun="project" if limits.projects == 1 else "projects",
         plan_name=limits.plan_name,
     )
-    return _available_name(name, taken=account.projects.all(), noun="project")
+    return _available_name(name, taken=projects, noun="project")
 
 
 @transaction.atomic
@@ -86,7 +94,7 @@ def rename_project(
 ) -> Project:
     lock_project(project)  # first, as a deletion of the project takes it before the account
     Account.objects.select_for_update().get(pk=project.account_id)
-    others = project.account.projects.exclude(pk=project.pk)
+    others = project.account.projects.not_deleted().exclude(pk=project.pk)
     project.name = _available_name(name, taken=others, noun="project")
     project.save(update_fields=["name"])
     record_audit_event(
@@ -101,30 +109,109 @@ def rename_project(
 
 @transaction.atomic
 def delete_project(*, project: Project, actor: User | None = None, ip_address: str | None = None):
-    """Delete a project whose requests have all finished. Deleting one with requests in
-    flight would take their rows past the engine, which alone frees a request's pending
-    slot: the account's count would stay taken for good.
+    """Delete a project whose requests have all finished: at once for everyone (it is
+    marked deleted, so no lookup finds it, and its keys are revoked), its rows later, by
+    `purge_deleted_project` in a worker, queued after commit; the privacy sweep queues
+    again a purge whose message was lost. Deleting one with requests in flight would take
+    their rows past the engine, which alone frees a request's pending slot: the account's
+    count would stay taken for good.
 
     The project's row is locked first: an accept whose insert is committing holds it (the
-    request's foreign key), so it is counted below; one that commits later finds the
-    project gone and is refused."""
-    with transaction.atomic():
-        lock_project(project)
-        unfinished = unfinished_requests(project)
-        if unfinished:
-            raise ProjectBusy(
-                f"{unfinished} of its requests {'has' if unfinished == 1 else 'have'} not "
-                "finished (queued, retrying or running). Cancel them on the project's "
-                "requests page, or wait for them to end, then delete the project."
-            )
-        record_audit_event(
-            account=project.account,
-            actor=actor,
-            action="project_deleted",
-            target=f"{project.public_id} {project.name}",
-            ip_address=ip_address,
+    request's foreign key), so it is counted below. One that read the key before this
+    commits and inserts after it runs as usual; the purge waits for it to finish."""
+    lock_project(project)
+    unfinished = unfinished_requests(project)
+    if unfinished:
+        raise ProjectBusy(
+            f"{unfinished} of its requests {'has' if unfinished == 1 else 'have'} not "
+            "finished (queued, retrying or running). Cancel them on the project's "
+            "requests page, or wait for them to end, then delete the project."
         )
-        project.delete()
+    record_audit_event(
+        account=project.account,
+        actor=actor,
+        action="project_deleted",
+        target=f"{project.public_id} {project.name}",
+        ip_address=ip_address,
+    )
+    now = timezone.now()
+    project.deleted_at = now
+    project.save(update_fields=["deleted_at"])
+    project.api_keys.filter(revoked_at__isnull=True).update(revoked_at=now)
+    transaction.on_commit(lambda: _enqueue_purge(project.pk))
+
+
+def _enqueue_purge(project_pk: int) -> None:
+    from projects.tasks import purge_deleted_project  # the task module imports this one
+
+    purge_deleted_project.delay(project_pk)
+
+
+def purge_deleted_project(*, project_pk: int, now: datetime | None = None) -> bool:
+    """Delete a deleted project's requests (with their attempts) in batches, then the
+    project row (with its upstreams, keys and usage totals); True once it is gone. False
+    while it must wait: in its first seconds (an accept that read a key just before the
+    deletion may still insert), while one of its requests has not finished (such an
+    accept's), or while another purge of it runs.
+
+    Safe to run any number of times, concurrently too: a second run finds less, nothing,
+    or the other's lease."""
+    now = now or timezone.now()
+    project = (
+        Project.objects.select_related("account")
+        .filter(pk=project_pk, deleted_at__isnull=False)
+        .first()
+    )
+    if project is None:
+        return True
+    if now < project.deleted_at + PURGE_GRACE or unfinished_requests(project):
+        return False
+    if not _hold_purge_lease(project):
+        return False
+    try:
+        requests = delete_in_batches(
+            project.requests.all(),
+            batch_size=PURGE_BATCH_SIZE,
+            before_delete=lambda batch: _hold_purge_lease(project, renew=True),
+        )
+        Project.objects.filter(pk=project.pk).delete()  # upstreams, keys, totals: a few rows
+    except BaseException:  # the next run need not wait for the lease to run out
+        Project.objects.filter(pk=project.pk, purging_until=project.purging_until).update(
+            purging_until=None
+        )
+        raise
+    logger.info(
+        "project deleted",
+        extra={
+            "project_id": project.public_id,
+            "account_id": project.account.public_id,
+            "deleted_at": project.deleted_at.isoformat(),
+            "requests_deleted": requests,
+        },
+    )
+    return True
+
+
+def _hold_purge_lease(project: Project, *, renew: bool = False) -> bool:
+    """Take the purge's lease if it is free or run out, or (`renew`) extend the one this
+    purge took; False if another purge holds it."""
+    now = timezone.now()
+    if renew:
+        held = Q(purging_until=project.purging_until)
+    else:
+        held = Q(purging_until__isnull=True) | Q(purging_until__lt=now)
+    taken = Project.objects.filter(held, pk=project.pk).update(purging_until=now + PURGE_LEASE)
+    project.purging_until = now + PURGE_LEASE
+    return bool(taken)
+
+
+def project_deletions_due() -> list[int]:
+    """Deleted projects not purged yet, oldest first."""
+    return list(
+        Project.objects.filter(deleted_at__isnull=False)
+        .order_by("deleted_at")
+        .values_list("pk", flat=True)[:100]
+    )
 
 
 @transaction.atomic

@@ -44,7 +44,7 @@ def lock_project(project: Project) -> None:
     """Take the project's row lock, under which its settings, upstreams and API keys change
     one at a time. Gone if the project was deleted while this waited (another admin, or the
     first click of a double click on Delete)."""
-    if not Project.objects.select_for_update().filter(pk=project.pk).exists():
+    if not Project.objects.not_deleted().select_for_update().filter(pk=project.pk).exists():
         raise Gone(f"The project “{project.name}” was deleted.")
 
 

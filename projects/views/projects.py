@@ -158,6 +158,10 @@ def project_delete(request, membership, project):
         except ProjectBusy as refusal:
             messages.error(request, f"Project “{project.name}” was not deleted: {refusal}")
             return redirect("project-delete", project_id=project.public_id)
-        messages.success(request, f"Project “{project.name}” and its API keys were deleted.")
+        messages.success(
+            request,
+            f"Project “{project.name}” was deleted. Its API keys no longer work; its request "
+            "history is being deleted in the background.",
+        )
         return redirect("project-list")
     return render(request, "projects/project_delete.html", {"project": project})

@@ -119,6 +119,6 @@ def usage_report(account) -> dict:
             "pending": Request.objects.filter(
                 account=account, status__in=[Status.QUEUED, Status.RUNNING, Status.RETRYING]
             ).count(),
-            "projects": account.projects.count(),
+            "projects": account.projects.not_deleted().count(),
         },
     }

@@ -50,7 +50,9 @@ LIST_COLUMNS = (
 def request_for_user(user: User, public_id: str) -> QuerySet[Request]:
     """The request with that id if the user is a member of its account (else empty)."""
     return (
-        Request.objects.filter(account__memberships__user=user, public_id=public_id)
+        Request.objects.filter(
+            account__memberships__user=user, public_id=public_id, project__deleted_at__isnull=True
+        )
         .select_related("project", "project__account")
         .prefetch_related("attempts")
     )
@@ -278,8 +280,17 @@ def usage_report(account: Account) -> UsageReport:
     """
     period_start = current_period_start()
     start, end, period_end = _period_bounds(period_start)
-    in_period = Request.objects.filter(account=account, created_at__gte=start, created_at__lt=end)
-    kept = DailyUsage.objects.filter(account=account, day__gte=period_start, day__lt=period_end)
+    # A deleted project's requests and totals go with it, at once, though a worker deletes
+    # their rows later.
+    in_period = Request.objects.filter(
+        account=account, created_at__gte=start, created_at__lt=end, project__deleted_at__isnull=True
+    )
+    kept = DailyUsage.objects.filter(
+        account=account,
+        day__gte=period_start,
+        day__lt=period_end,
+        project__deleted_at__isnull=True,
+    )
     per_day: dict[date, Day] = {}
     rows = [
         *in_period.annotate(day=TruncDate("created_at", tzinfo=UTC))

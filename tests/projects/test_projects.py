@@ -1,6 +1,8 @@
 """Projects in the dashboard: create within the plan, rename, settings, provider key, delete;
 bad input gets a clear message and changes nothing."""
 
+from datetime import timedelta
+
 import pytest
 from django.db import connection
 from django.test import Client
@@ -12,7 +14,12 @@ from accounts.models import AuditEvent
 from projects.errors import ProjectBusy
 from projects.limits import accepted_requests
 from projects.models import ApiKey, Project, Upstream
-from projects.services import create_project, delete_project, revoke_api_key
+from projects.services import (
+    create_project,
+    delete_project,
+    purge_deleted_project,
+    revoke_api_key,
+)
 from projects.upstreams import (
     add_upstream,
     provider_key_of,
@@ -256,8 +263,11 @@ def test_delete_asks_first(alice_client, alice_project, alice_key):
 
     response = alice_client.post(url, follow=True)
     assert response.redirect_chain[-1][0] == reverse("project-list")
-    assert not Project.objects.filter(pk=alice_project.pk).exists()
-    assert "Project “Chatbot” and its API keys were deleted." in messages_of(response)
+    assert Project.objects.get(pk=alice_project.pk).deleted_at is not None  # purged later
+    assert (
+        "Project “Chatbot” was deleted. Its API keys no longer work; its request history is "
+        "being deleted in the background."
+    ) in messages_of(response)
     assert AuditEvent.objects.filter(action="project_deleted").exists()
 
 
@@ -273,8 +283,11 @@ def test_the_delete_page_says_the_request_history_goes_and_the_quota_keeps_it(
 
     page = " ".join(alice_client.get(url).content.decode().split())
     alice_client.post(url)
+    later = timezone.now() + timedelta(minutes=1)
+    assert purge_deleted_project(project_pk=alice_project.pk, now=later)  # the worker's part
 
     assert "its request history (every request and its attempts) and its usage totals" in page
+    assert "deleted in the background, usually within a minute" in page
     assert "still count toward this month's quota" in page
     assert not Request.objects.filter(pk=finished.pk).exists()
     assert not DailyUsage.objects.filter(project_id=alice_project.pk).exists()
@@ -386,6 +399,15 @@ def test_a_change_to_a_project_deleted_meanwhile_is_a_404_and_changes_nothing(
     audited = AuditEvent.objects.count()
     answers = []
 
+    def rows():  # all but what the deletion itself changes (the project's mark, keys revoked)
+        return (
+            list(Project.objects.values_list("name", "max_attempts", "failover_on")),
+            list(Upstream.objects.order_by("pk").values_list("name", "position", "base_url")),
+            list(Upstream.objects.order_by("pk").values_list("enabled", "provider_key_last4")),
+            list(ApiKey.objects.order_by("pk").values_list("name", flat=True)),
+        )
+
+    before = rows()
     raised = raised_while_held(
         lambda: delete_project(project=Project.objects.get(pk=project.pk), actor=alice),
         lambda: answers.append(client.post(project_change_url(name, project, api_key), data)),
@@ -393,8 +415,8 @@ def test_a_change_to_a_project_deleted_meanwhile_is_a_404_and_changes_nothing(
 
     assert raised is None, raised
     assert answers[0].status_code == 404
-    assert not Project.objects.exists() and not Upstream.objects.exists()
-    assert not ApiKey.objects.exists()
+    assert Project.objects.get(pk=project.pk).deleted_at is not None  # its rows: a worker's job
+    assert rows() == before
     new_events = AuditEvent.objects.order_by("pk")[audited:]
     assert [event.action for event in new_events] == ["project_deleted"]
 

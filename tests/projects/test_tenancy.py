@@ -9,6 +9,7 @@ from accounts.models import AuditEvent, Membership
 from accounts.urls import urlpatterns as account_urls
 from privacy.models import AccountExport
 from projects.models import ApiKey, Invitation, Project, Upstream
+from projects.services import delete_project
 from projects.urls import urlpatterns as project_urls
 from tests.conftest import raised_while_held
 from tests.factories import AccountFactory, MembershipFactory, RequestFactory, UserFactory
@@ -178,6 +179,25 @@ def test_another_tenant_sees_only_their_own_account(charlie_client, alice_object
         assert "alice@example.com" not in page and "bob@example.com" not in page
     charlie_client.post(reverse("project-list"), {"name": "Charlie's"})
     assert list(account.projects.values_list("name", flat=True)) == ["Chatbot"]
+
+
+def names_a_project(name: str) -> bool:
+    pattern = next(p for p in [*project_urls, *account_urls] if p.name == name)
+    return "project_id" in pattern.pattern.converters
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "data"), [case for case in OBJECT_REQUESTS if names_a_project(case[0])]
+)
+def test_a_deleted_projects_urls_are_404_to_its_owner_and_change_nothing(
+    alice_client, alice, alice_objects, name, method, data
+):
+    project, api_key, invitation, account = alice_objects
+    delete_project(project=project, actor=alice)  # its rows stay until a worker purges them
+    before = snapshot(account)
+    response = send(alice_client, method, url_of(name, *alice_objects), data)
+    assert response.status_code == 404
+    assert snapshot(account) == before
 
 
 @pytest.mark.parametrize(("name", "shown"), READ_PAGES.items())

@@ -14,7 +14,7 @@ import pytest
 
 from projects.limits import accepted_requests
 from projects.selectors import upstreams_of
-from projects.services import create_api_key, create_project, revoke_api_key
+from projects.services import create_api_key, create_project, delete_project, revoke_api_key
 from projects.upstreams import remove_upstream_key, set_provider_key
 from requests_app.api.selectors import usage_report
 from requests_app.models import Request
@@ -429,6 +429,20 @@ def test_right_prefix_wrong_secret_and_revoked_keys_get_401(live_api, tenant, sd
     revoke_api_key(api_key=tenant.api_key)
     with pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(**CHAT)
+
+
+def test_a_deleted_projects_key_gets_401_at_once(live_api, tenant):
+    # The project's rows stay until a worker purges them; its keys stop with the click.
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    assert httpx.get(f"{live_api.url}/v1/usage", headers=headers).status_code == 200
+
+    delete_project(project=tenant.project)
+
+    assert_openai_error(
+        httpx.get(f"{live_api.url}/v1/usage", headers=headers), 401, "invalid_api_key"
+    )
+    assert_openai_error(post(live_api, tenant, json=CHAT), 401, "invalid_api_key")
+    assert not Request.objects.exists()
 
 
 def test_suspended_account_and_project_get_403(live_api, tenant):
