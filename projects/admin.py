@@ -366,8 +366,13 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
         "account",
         "created_at",
         "suspended_at",
+        "deleted_at",
     ]
-    list_filter = [("suspended_at", admin.EmptyFieldListFilter), "zero_retention"]
+    list_filter = [
+        ("suspended_at", admin.EmptyFieldListFilter),
+        ("deleted_at", admin.EmptyFieldListFilter),
+        "zero_retention",
+    ]
     list_select_related = ["account"]
     search_fields = [
         "public_id",
@@ -382,6 +387,7 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
         "created_at",
         "suspended_at",
         "suspension_reason",
+        "deleted_at",
     ]
     inlines = [UpstreamInline, ApiKeyInline]
 
@@ -417,9 +423,19 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
 
     # Deleted one at a time through the dashboard's service (audited), and only once its
     # requests have all finished: a cascade past the engine would keep their pending slots
-    # taken for good.
+    # taken for good. The service marks it deleted; a worker deletes its rows.
     def has_delete_permission(self, request, obj=None):
-        return obj is None or unfinished_requests(obj) == 0
+        return obj is None or (obj.deleted_at is None and unfinished_requests(obj) == 0)
+
+    def get_deleted_objects(self, objs, request):
+        """The confirmation page names the project alone: Django's list would read every
+        request and attempt of it (millions, for a big one) in this request."""
+        deleted = [
+            f"Project: {project}. Its API keys stop at once; its requests and attempts are "
+            "deleted by a worker afterwards, then its upstreams, keys and usage totals."
+            for project in objs
+        ]
+        return deleted, {}, set(), []
 
     def delete_model(self, request, obj):
         delete_project(project=obj, actor=request.user, ip_address=client_ip(request))

@@ -471,6 +471,23 @@ def test_a_project_is_deleted_in_the_admin_only_once_its_requests_have_finished(
     assert AuditEvent.objects.filter(action="project_deleted").exists()
 
 
+def test_the_admins_delete_page_neither_reads_nor_deletes_the_projects_requests(
+    operator_client, alice_project
+):
+    finished = RequestFactory.create_batch(
+        3, project=alice_project, status="succeeded", finished_at=timezone.now()
+    )
+    delete = reverse("admin:projects_project_delete", args=[alice_project.pk])
+
+    confirmation = operator_client.get(delete).content.decode()
+    operator_client.post(delete, {"post": "yes"})
+
+    assert not any(request.public_id in confirmation for request in finished)  # none read
+    assert "requests and attempts are deleted by a worker" in " ".join(confirmation.split())
+    assert Request.objects.filter(project=alice_project).count() == 3  # the worker's job
+    assert operator_client.get(delete).status_code == 403  # already being deleted
+
+
 def plan_form(plan: Plan, **changes: str) -> dict[str, str]:
     """The plan's admin form as an operator posts it, with `changes`."""
     data = {
