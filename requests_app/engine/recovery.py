@@ -7,7 +7,7 @@ when a stream had already sent bytes to a client, ending it with what the client
 """
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
 import httpx
@@ -19,10 +19,11 @@ from django.utils import timezone
 from core import heartbeats
 from core.outages import is_redis_outage
 from requests_app import metrics
-from requests_app.engine import sse, streams
+from requests_app.engine import streams
 from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
 from requests_app.engine.executor import conclude_attempt
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
+from requests_app.engine.stream_attempt import as_relayed
 from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,9 @@ def _dispatch(pks: list[int]) -> int:
 def lost_attempt(request: Request, *, upstream: str | None) -> AttemptResult:
     """The result of an attempt whose worker vanished. Before any byte reached a client it
     is a connection error, retried. After, the request can only end with what its readers
-    got: the whole answer if the upstream's end had been relayed (the worker died before
-    recording it), else a partial failure keeping the bytes delivered."""
+    got: the upstream's answer if its end had been relayed (the worker died before recording
+    it), else a partial failure keeping the bytes delivered (`as_relayed`, as the worker
+    itself decides a failure after the end)."""
     lost = AttemptResult(
         Attempt.Outcome.CONNECTION_ERROR,
         error_code="worker_lost",
@@ -66,9 +68,7 @@ def lost_attempt(request: Request, *, upstream: str | None) -> AttemptResult:
         return lost
     lost.status_code = 200
     lost.response = UpstreamResponse(200, relayed.headers, relayed.body, httpx.Headers())
-    if sse.completed(request.endpoint, relayed.body):
-        return replace(lost, outcome=Attempt.Outcome.SUCCESS, error_code=None)
-    return lost
+    return as_relayed(lost, request.endpoint)
 
 
 def recover_expired_leases(now) -> int:

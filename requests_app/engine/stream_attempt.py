@@ -15,6 +15,7 @@ and stops it when the last reader has left or the deadline has passed.
 import logging
 import threading
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import httpx
@@ -33,6 +34,23 @@ logger = logging.getLogger(__name__)
 WATCH_SECONDS = 0.25
 LEASE_RENEW_SECONDS = 5.0
 FIRST_LINE_LIMIT = 64 * 1024  # read this far for the first line break, then decide
+
+
+def as_relayed(result: AttemptResult, endpoint: str) -> AttemptResult:
+    """A started stream's failed attempt as its readers got it. Once the upstream's end
+    ([DONE], or the Responses API's last event) has been relayed, the readers have the whole
+    answer, so whatever failed after it (an upstream that does not close, a Redis that
+    refuses the `end` entry, a worker lost before recording it) ends the attempt as the
+    upstream's answer did: a success, or the error the upstream reported inside its stream.
+    The worker's relay and the sweeper (`recovery.lost_attempt`) both decide it here."""
+    body = result.response.body if result.response else b""
+    if result.outcome == Attempt.Outcome.SUCCESS or not sse.completed(endpoint, body):
+        return result
+    if sse.reports_error(body):
+        outcome, code = Attempt.Outcome.FATAL_ERROR, "upstream_stream_error"
+    else:
+        outcome, code = Attempt.Outcome.SUCCESS, None
+    return replace(result, outcome=outcome, error_code=code, client_gone=False)
 
 
 class Stopped(Exception):
@@ -207,15 +225,16 @@ class StreamRelay:
     def result(
         self, outcome: str, *, error_code: str | None = None, unread: bool | None = None
     ) -> AttemptResult:
-        """An outcome once bytes have left: what was delivered, never to be retried.
-        `unread`: whether nobody was reading it, when not asked already (readers who hung
-        up mid-stream had what was relayed: not unread)."""
+        """An outcome once bytes have left: what was delivered, never to be retried, and
+        what the readers got if the failure came after the end (`as_relayed`). `unread`:
+        whether nobody was reading it, when not asked already (readers who hung up
+        mid-stream had what was relayed: not unread)."""
         if unread is None:
             unread = error_code != "client_disconnected" and self.publisher.unread()
         body = bytes(self.delivered)
         # The headers the callers got with the first bytes, so a replay carries them too.
         headers = {"content-type": "text/event-stream", **self.headers}
-        return AttemptResult(
+        result = AttemptResult(
             outcome,
             status_code=200,
             error_code=error_code,
@@ -224,6 +243,7 @@ class StreamRelay:
             stream_unread=unread,
             client_gone=error_code == "client_disconnected",
         )
+        return as_relayed(result, self.request.endpoint)
 
     def ended(self, outcome: str, code: str) -> AttemptResult:
         """An attempt that did not succeed: with what was delivered once bytes have left,

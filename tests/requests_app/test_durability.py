@@ -114,6 +114,11 @@ COMPLETE_STREAM = (
     b'"total_tokens": 4}}\n\n',
     b"data: [DONE]\n\n",
 )
+REPORTED_ERROR_STREAM = (
+    COMPLETE_STREAM[0],
+    b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n',
+    b"data: [DONE]\n\n",
+)
 
 
 @pytest.mark.parametrize(
@@ -121,8 +126,10 @@ COMPLETE_STREAM = (
     [
         (COMPLETE_STREAM, ("succeeded", False, "success")),  # killed just before recording
         (COMPLETE_STREAM[:1], ("failed", True, "connection_error")),  # killed mid-stream
+        # The upstream said inside its stream that the answer failed: as the worker records it.
+        (REPORTED_ERROR_STREAM, ("failed", True, "fatal_error")),
     ],
-    ids=["whole", "cut"],
+    ids=["whole", "cut", "reported-error"],
 )
 def test_a_lost_stream_is_recorded_as_what_its_readers_got(db, relayed, outcome):
     # A worker killed after relaying the upstream's whole answer, before recording it: the

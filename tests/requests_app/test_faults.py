@@ -147,6 +147,33 @@ def test_a_stream_whose_caller_has_the_end_gets_nothing_after_it(tenant, live_ap
     assert b"event: error" not in reader.received
 
 
+def test_an_attempt_that_fails_after_relaying_the_whole_answer_is_recorded_as_delivered(
+    tenant, live_api, fake_upstream
+):
+    # The upstream sends its whole answer, [DONE] included, then holds the connection open
+    # until the attempt times out: the worker's own attempt fails after its callers have
+    # the complete answer. It is recorded as the sweeper records a worker lost at that
+    # point: a success with what was relayed, not a failed, partial request.
+    tenant.project.attempt_timeout_seconds = 1
+    tenant.project.save()
+    body = {
+        "model": "script:stall99",
+        "messages": CHAT,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    reader = StreamReader(live_api, tenant, body)
+    reader.run()
+
+    request = wait_until(lambda: terminal(), message="the request never ended")
+    assert reader.received.rstrip().endswith(b"data: [DONE]")
+    assert (request.status, request.partial, request.error) == ("succeeded", False, None)
+    assert [(a.outcome, a.error_code) for a in request.attempts.all()] == [("success", None)]
+    assert request.usage["total_tokens"] > 0
+    assert encryption.decrypt(request.response_body) == reader.received
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
 @pytest.mark.timeout(90)
 def test_a_reader_left_behind_by_its_stream_in_redis_still_gets_the_whole_answer(
     tenant, live_api, fake_upstream
