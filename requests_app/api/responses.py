@@ -167,6 +167,14 @@ def deliver_final_response(request: Request, *, owed: bool = False) -> HttpRespo
     return response
 
 
+async def release_if_owed(request: Request, owed: bool) -> None:
+    """Zero retention: a caller `owed` the answer that will not take it from the record
+    (it leaves with its 202 or hangs up, or its stream reaches it through Redis) releases
+    its debt, so the deliveries still owed decide when the answer is forgotten."""
+    if owed:
+        await in_thread(retention.release_answer)(request)
+
+
 def accepted_response(request: Request) -> Response:
     """The 202 for `request` as the caller holds it. The body of a new request needs no
     query; one with attempts reads them, and if the database is away just then the caller

@@ -20,6 +20,7 @@ from requests_app.api.responses import (
     deliver_final_response,
     in_thread,
     load_request,
+    release_if_owed,
 )
 from requests_app.engine import cancel, retention, sse
 from requests_app.engine.notifications import hub
@@ -160,8 +161,10 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
         await reader.leave(abandoned=False)
 
 
-async def relay_stream(record: Request, wait_seconds: int):
-    """Hold until the worker starts streaming, then relay; before that it is a normal wait."""
+async def relay_stream(record: Request, wait_seconds: int, *, owed: bool = False):
+    """Hold until the worker starts streaming, then relay; before that it is a normal wait.
+    `owed`: zero retention counts this caller among those owed the answer kept in the
+    record (`retention.owe_answer`), which only an answer that never streamed is."""
     reader = Reader(record)
     completion_hub = await hub()
     await reader.join()
@@ -180,15 +183,19 @@ async def relay_stream(record: Request, wait_seconds: int):
                 break
             if asyncio.get_running_loop().time() > deadline or completion_hub.stopping:
                 await reader.leave(abandoned=False)
+                await release_if_owed(current, owed)
                 return await answer_accepted(current)
     except asyncio.CancelledError:
         # Gone before the first byte. One who sent an Idempotency-Key retries with it (an
         # SDK whose timeout came first) and attaches; only a keyless request is given up.
         await reader.leave(abandoned=record.idempotency_key is None)
+        await release_if_owed(record, owed)
         raise
     if start is None:
         await reader.leave(abandoned=False)
-        return await in_thread(deliver_final_response)(await in_thread(load_request)(record.pk))
+        final = await in_thread(load_request)(record.pk)
+        return await in_thread(deliver_final_response)(final, owed=owed)
+    await release_if_owed(record, owed)  # its answer comes through Redis, not the record
     response = StreamingHttpResponse(
         relay_chunks(reader, entries, start["attempt"]),
         status=int(start["status"]),

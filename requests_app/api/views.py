@@ -37,6 +37,7 @@ from requests_app.api.responses import (
     deliver_final_response,
     in_thread,
     load_request,
+    release_if_owed,
     wait_until_finished,
 )
 from requests_app.api.serializers import request_object
@@ -349,7 +350,7 @@ class ProxyView(V1View):
         outcome, record, wait_seconds, owed = await in_thread(self.accept)(request, body, public_id)
         metrics.request_accepted(endpoint=self.endpoint, outcome=outcome)
         if record.stream and outcome != "replayed":
-            return await relay_stream(record, wait_seconds)
+            return await relay_stream(record, wait_seconds, owed=owed)
         if outcome == "replayed":
             # A delivery like any other: with zero retention no copy is kept after it.
             response = await in_thread(deliver_final_response)(record)
@@ -365,21 +366,20 @@ class ProxyView(V1View):
                     record=record,
                 )
         except asyncio.CancelledError:  # the caller hung up
-            if owed:
-                await in_thread(retention.release_answer)(record)
+            await release_if_owed(record, owed)
             raise
         if record.is_terminal:
             return await deliver(record, owed=owed)
-        if owed:  # its 202: it will fetch the answer like an async caller
-            await in_thread(retention.release_answer)(record)
+        await release_if_owed(record, owed)  # its 202: it fetches the answer like an async caller
         return await answer_accepted(record)
 
 
 def owed_its_answer(accepted: accept.Accepted, project, wait_seconds: int) -> bool:
     """Zero retention: a caller attaching to a running request to wait for it is owed its
-    answer, which the first caller's delivery must then not forget."""
+    answer, which the first caller's delivery must then not forget (a streamed one too: an
+    answer that never started streaming reaches it from the record)."""
     request = accepted.request
-    if accepted.outcome != "attached" or not wait_seconds or request.stream:
+    if accepted.outcome != "attached" or not wait_seconds:
         return False
     return project.zero_retention and retention.owe_answer(request.pk)
 

@@ -228,8 +228,9 @@ def accept_request(
             deadline_at=now + timedelta(seconds=project.deadline_seconds),
             max_attempts=min(project.max_attempts or limits.max_attempts, limits.max_attempts),
             dispatched_at=now,
-            # A streamed answer is not kept with zero retention: nothing to forget.
-            owed_deliveries=int(waiting and project.zero_retention and not stream),
+            # A stream's caller too: an answer that never started streaming (a refusal)
+            # reaches it from the record, like a plain answer.
+            owed_deliveries=int(waiting and project.zero_retention),
         )
         if _insert_in_one_statement(request, limits):
             _enqueue_after_commit(request.pk)

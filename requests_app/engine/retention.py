@@ -126,8 +126,9 @@ def owe_answer(request_pk: int) -> bool:
 
 
 def release_answer(request: Request) -> None:
-    """Zero retention: an owed caller left without the answer (its 202, a hang-up). The
-    answer stays until fetched once, as an async request's does. In an outage the count
+    """Zero retention: an owed caller left without the answer (its 202, a hang-up) or has
+    it through a stream's relay instead of the record. Unless another caller is still owed
+    it, the answer then stays until fetched once, as an async request's does. In an outage the count
     stays as it was: that only keeps the answer until fetched or its 24 hours end."""
     try:
         Request.objects.filter(pk=request.pk).update(

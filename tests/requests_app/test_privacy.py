@@ -14,9 +14,12 @@ from django.utils import timezone
 
 from core import encryption
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
+from requests_app.engine import sql
 from requests_app.engine.executor import execute_request
+from requests_app.engine.redis_client import client as redis_client
 from requests_app.engine.retention import purge_expired_data, purge_expired_records
-from requests_app.models import DailyUsage, Request
+from requests_app.engine.streams import readers_key
+from requests_app.models import Attempt, DailyUsage, Request
 from tests.conftest import ProcfileWeb, wait_until, waiting_for_a_lock
 from tests.factories import AccountPlanFactory, RequestFactory
 from tests.outage import database_read_only
@@ -181,6 +184,62 @@ def test_zero_retention_stream_the_upstream_refused_gets_the_upstreams_answer(te
     assert answer.status_code == 400, body
     assert b"Scripted fake upstream failure (400)." in body
     assert Request.objects.get().response_body is None
+
+
+def test_zero_retention_stream_the_upstream_refused_answers_every_caller_attached(
+    tenant, live_api, worker
+):
+    """Two streamed callers of one keyed call, the second attached while it waited; then
+    the upstream refuses it. Nothing went through Redis: both read the refusal from the
+    record, so the first caller's delivery must not forget it while the second is still
+    owed it. (The test plays the worker; the first caller's shorter wait budget makes it
+    read the record first.)"""
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    url = f"{live_api.url}/v1/chat/completions"
+    body = {**CHAT, "stream": True}
+    headers = {"Authorization": f"Bearer {tenant.raw_key}", "Idempotency-Key": "refused-2"}
+    answers: dict[str, httpx.Response] = {}
+
+    def call(name: str, **extra) -> threading.Thread:
+        def post():
+            answers[name] = httpx.post(url, json=body, headers={**headers, **extra}, timeout=30)
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        return thread
+
+    worker.stop()
+    try:
+        callers = [call("first", **{"ReqRun-Wait": "2"})]
+        request = wait_until(lambda: Request.objects.first())
+        callers.append(call("attached"))
+        wait_until(lambda: redis_client().get(readers_key(request.public_id)) == b"2")
+        now = timezone.now()
+        Request.objects.filter(pk=request.pk).update(status="running", attempt_count=1)
+        Attempt.objects.create(request=request, number=1, upstream="primary", started_at=now)
+        refusal = b'{"error": {"message": "refused", "type": "invalid_request_error"}}'
+        assert sql.conclude(
+            request_id=request.pk,
+            number=1,
+            now=now,
+            attempt={"outcome": "fatal_error", "status_code": 400},
+            status="failed",
+            ends=True,
+            response={
+                "response_status_code": 400,
+                "response_headers": {"content-type": "application/json"},
+                "response_body": encryption.encrypt(refusal),
+            },
+        )
+        for caller in callers:
+            caller.join(30)
+    finally:
+        worker.start()
+
+    assert [answers["first"].status_code, answers["attached"].status_code] == [400, 400]
+    assert answers["first"].content == answers["attached"].content == refusal
+    assert Request.objects.get().response_body is None  # and no copy kept after both
 
 
 def test_zero_retention_stream_whose_caller_took_its_202_is_kept_until_fetched(tenant, live_api):
