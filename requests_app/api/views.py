@@ -263,9 +263,7 @@ class ProxyView(V1View):
                 self.rate_state = ratelimit.peek(
                     account_id=api_key.project.account_id, limit=limits.requests_per_minute
                 )
-                wait_seconds = parse_wait_budget(request)
-                owed = owed_its_answer(repeated, api_key.project, wait_seconds)
-                return repeated.outcome, load_request(repeated.request.pk), wait_seconds, owed
+                return repeated_call(repeated, api_key.project, parse_wait_budget(request))
         if self.rate_state is None:
             self.rate_state = ratelimit.hit(
                 account_id=api_key.project.account_id, limit=limits.requests_per_minute
@@ -317,8 +315,7 @@ class ProxyView(V1View):
         if accepted.outcome == "created":  # fresh from the insert, project already loaded
             owed = accepted.request.owed_deliveries > 0
             return accepted.outcome, accepted.request, wait_seconds, owed
-        owed = owed_its_answer(accepted, api_key.project, wait_seconds)
-        return accepted.outcome, load_request(accepted.request.pk), wait_seconds, owed
+        return repeated_call(accepted, api_key.project, wait_seconds)
 
     async def post(self, request, *args, **kwargs):
         length = request.META.get("CONTENT_LENGTH") or ""
@@ -353,7 +350,7 @@ class ProxyView(V1View):
             return await relay_stream(record, wait_seconds, owed=owed)
         if outcome == "replayed":
             # A delivery like any other: with zero retention no copy is kept after it.
-            response = await in_thread(deliver_final_response)(record)
+            response = await in_thread(deliver_final_response)(record, owed=owed)
             response["Idempotent-Replayed"] = "true"
             return response
         try:
@@ -372,6 +369,17 @@ class ProxyView(V1View):
             return await deliver(record, owed=owed)
         await release_if_owed(record, owed)  # its 202: it fetches the answer like an async caller
         return await answer_accepted(record)
+
+
+def repeated_call(accepted: accept.Accepted, project, wait_seconds: int):
+    """A keyed call that repeats an earlier one: its outcome, the request as read now, the
+    wait budget, and whether it is owed the answer. Read after attaching: a request that
+    ended since it was found running is a replay (and says so), as it would be a moment
+    later, whichever way its answer then reaches the caller."""
+    owed = owed_its_answer(accepted, project, wait_seconds)
+    record = load_request(accepted.request.pk)
+    outcome = "replayed" if record.is_terminal else accepted.outcome
+    return outcome, record, wait_seconds, owed
 
 
 def owed_its_answer(accepted: accept.Accepted, project, wait_seconds: int) -> bool:

@@ -11,13 +11,19 @@ from datetime import UTC, datetime
 import httpx
 import openai
 import pytest
+from django.db import transaction
+from django.utils import timezone
 
+from core import encryption
 from projects.limits import accepted_requests
 from projects.selectors import upstreams_of
 from projects.services import create_api_key, create_project, delete_project, revoke_api_key
 from projects.upstreams import remove_upstream_key, set_provider_key
 from requests_app.api.selectors import usage_report
-from requests_app.models import Request
+from requests_app.engine import sql
+from requests_app.engine.notifications import announce_finished
+from requests_app.models import Attempt, Request
+from tests.conftest import wait_until, waiting_for_a_lock
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -51,6 +57,64 @@ def test_a_finished_request_is_replayed_byte_for_byte(tenant, live_api, fake_ups
     assert second.headers["reqrun-request-id"] == first.headers["reqrun-request-id"]
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert accepted_requests(tenant.account) == 1
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "streamed"])
+def test_a_keyed_call_whose_request_ends_while_it_is_accepted_is_a_replay(
+    tenant, live_api, worker, streamed
+):
+    # The retry found the request running, and it ended before the retry read it again:
+    # it gets the finished answer, so it is a replay and says so. With zero retention the
+    # retry's place among the callers owed the answer is taken under the row's lock, which
+    # the test holds while it records the end (it plays the worker).
+    tenant.project.zero_retention = True
+    tenant.project.save()
+    body = {**CHAT, "stream": streamed}
+    headers = {"Idempotency-Key": f"ending-{streamed}"}
+    answers: dict[str, httpx.Response] = {}
+
+    def call(name: str) -> threading.Thread:
+        def send():
+            answers[name] = post(live_api, tenant, json=body, headers=headers)
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        return thread
+
+    worker.stop()
+    try:
+        callers = [call("first")]
+        request = wait_until(lambda: Request.objects.first())
+        now = timezone.now()
+        Request.objects.filter(pk=request.pk).update(status="running", attempt_count=1)
+        Attempt.objects.create(request=request, number=1, upstream="primary", started_at=now)
+        refusal = b'{"error": {"message": "refused", "type": "invalid_request_error"}}'
+        with transaction.atomic():
+            assert sql.conclude(
+                request_id=request.pk,
+                number=1,
+                now=now,
+                attempt={"outcome": "fatal_error", "status_code": 400},
+                status="failed",
+                ends=True,
+                response={
+                    "response_status_code": 400,
+                    "response_headers": {"content-type": "application/json"},
+                    "response_body": encryption.encrypt(refusal),
+                },
+            )
+            callers.append(call("retry"))
+            wait_until(lambda: waiting_for_a_lock() == 1, message="the retry never waited")
+        announce_finished(request)
+        for caller in callers:
+            caller.join(30)
+    finally:
+        worker.start()
+
+    assert answers["retry"].status_code == answers["first"].status_code == 400
+    assert answers["retry"].content == answers["first"].content == refusal
+    assert answers["retry"].headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in answers["first"].headers
 
 
 def test_a_utf8_idempotency_key_is_kept_as_text_and_counted_in_characters(
