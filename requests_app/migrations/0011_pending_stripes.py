@@ -1,12 +1,12 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-# Every stripe of each account that has a pending count (core/stripes.py: 32), its count in
+# Every stripe of each account that has a pending count (core/stripes.py: 64), its count in
 # the first: the conclusions give slots back to any of them.
 COPY_COUNTS = """
 INSERT INTO requests_app_pendingstripe (account_id, stripe, pending)
 SELECT account_id, stripe, CASE WHEN stripe = 0 THEN pending ELSE 0 END
-FROM requests_app_pendingcount, generate_series(0, 31) AS stripe
+FROM requests_app_pendingcount, generate_series(0, 63) AS stripe
 """
 COPY_BACK = """
 INSERT INTO requests_app_pendingcount (account_id, pending)

@@ -11,12 +11,12 @@ from django.utils import timezone
 
 from core.stripes import STRIPES
 from projects.limits import accepted_requests, limits_for
-from projects.models import Project
+from projects.models import Project, UsageStripe
 from requests_app.api.serializers import request_object
 from requests_app.engine import sql
 from requests_app.engine.accept import accept_request
 from requests_app.errors import InvalidApiKey, PendingQueueFull, QuotaExceeded
-from requests_app.models import Request
+from requests_app.models import PendingStripe, Request
 from tests.factories import make_counter_stripes
 from tests.requests_app.conftest import Tenant
 
@@ -180,22 +180,37 @@ def accept_at_once(tenant: Tenant, calls: int) -> list[str]:
     return sorted(outcomes)
 
 
-@pytest.mark.parametrize(
-    ("limit", "refusal"),
-    [("pending_requests", "pending_queue_full"), ("monthly_requests", "monthly_quota_exceeded")],
-)
-def test_concurrent_accepts_take_exactly_the_cap_however_it_is_striped(tenant, limit, refusal):
-    # 45 is not a multiple of the stripes: some stripes' shares are one larger than others'.
-    cap, calls = STRIPES + 13, STRIPES + 28
+def fill_all_but(stripes, *, cap: int, room: dict[int, int], column: str) -> None:
+    """Each stripe of a count at its share of `cap`, but stripe k with room[k] units left."""
+    for row in stripes:
+        share = (cap + STRIPES - 1 - row.stripe) // STRIPES
+        setattr(row, column, share - room.get(row.stripe, 0))
+        row.save(update_fields=[column])
+
+
+@pytest.mark.parametrize("limit", ["pending_requests", "monthly_requests"])
+def test_concurrent_accepts_take_exactly_the_room_left_in_the_stripes(tenant, limit):
+    # Shares of 3 and 4 (the cap is no multiple of the stripes); 5 units left, in two
+    # stripes only, for 20 accepts at once: every one of them wants those two rows.
+    cap = 3 * STRIPES + 7
     make_counter_stripes(tenant.account)
     tenant.override(**{limit: cap})
+    if limit == "pending_requests":
+        counted = PendingStripe.objects.filter(account=tenant.account)
+        fill_all_but(counted, cap=cap, room={5: 2, STRIPES - 1: 3}, column="pending")
+    else:
+        counted = UsageStripe.objects.filter(account=tenant.account)
+        fill_all_but(counted, cap=cap, room={5: 2, STRIPES - 1: 3}, column="accepted")
 
-    outcomes = accept_at_once(tenant, calls)
+    outcomes = accept_at_once(tenant, 20)
 
-    assert outcomes == ["accepted"] * cap + [refusal] * (calls - cap)
-    assert Request.objects.count() == cap
-    assert accepted_requests(tenant.account) == cap
-    assert sql.pending(tenant.account.pk) == cap
+    refusal = "pending_queue_full" if limit == "pending_requests" else "monthly_quota_exceeded"
+    assert outcomes == ["accepted"] * 5 + [refusal] * 15
+    assert Request.objects.count() == 5
+    if limit == "pending_requests":
+        assert (sql.pending(tenant.account.pk), accepted_requests(tenant.account)) == (cap, 5)
+    else:
+        assert (accepted_requests(tenant.account), sql.pending(tenant.account.pk)) == (cap, 5)
 
 
 def test_slots_given_back_to_other_stripes_than_they_came_from_still_free_the_cap(tenant):
