@@ -23,13 +23,15 @@ and reads each to its end, SIGKILLs a random worker every few seconds, and SIGKI
 end and reports: accepted, succeeded, failed, lost (not terminal at the end), duplicate
 upstream executions with the explanation of each (an attempt in flight when its worker or
 Redis was killed), and streams that completed, ended with one error event, or were spliced
-from two attempts (their events carry more than one upstream id).
+from two attempts (their events carry more than one upstream id); and whether the account's
+counters (its accepts this month, its unfinished requests) still equal the rows they count.
 
 Exit code 0 means nothing was lost, every duplicate is explained, and every stream is
 either one attempt's complete answer ending `data: [DONE]` (its request `succeeded`) or
 ends with exactly one `event: error` and no `[DONE]` (its request `failed` with
-`partial: true`). Clients and servers use 127.0.0.1 (the web process binds as the Procfile
-says); everything started is stopped at the end, by process group, even on failure.
+`partial: true`), and neither counter drifted. Clients and servers use 127.0.0.1 (the web
+process binds as the Procfile says); everything started is stopped at the end, by process
+group, even on failure.
 """
 
 import argparse
@@ -356,6 +358,26 @@ def running_requests(database_url: str) -> int:
     return row[0]
 
 
+# What the account's counters say against the rows they count: the accepts this month (the
+# run's requests, all made in it) and the requests not finished. Kept by the accept and
+# the statements that end a request (core/stripes.py); any fault that made them drift
+# would refuse the account's calls early, or let it past its caps.
+COUNTER_DRIFT = """
+SELECT
+    (SELECT COALESCE(sum(accepted), 0) FROM projects_usagestripe)
+        - (SELECT count(*) FROM requests_app_request),
+    (SELECT COALESCE(sum(pending), 0) FROM requests_app_pendingstripe)
+        - (SELECT count(*) FROM requests_app_request
+           WHERE status IN ('queued', 'running', 'retrying'))
+"""
+
+
+def counter_drift(database_url: str) -> dict:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        accepted, pending = connection.execute(COUNTER_DRIFT).fetchone()
+    return {"accepted_requests": accepted, "pending": pending}
+
+
 class Chaos:
     """Worker SIGKILLs every `kill_every` seconds and Redis SIGKILLs while workers are busy."""
 
@@ -512,6 +534,7 @@ def run(
         report["worker_kills_during_streams"] = chaos.kills_during_streams
         report["redis_kills"] = chaos.redis_kills
         report["process_exits"] = processes.exits
+        report["counter_drift"] = counter_drift(pg.url)
     return report
 
 
@@ -637,11 +660,12 @@ def count_streams(results: list[StreamResult], final: dict[str, dict]) -> dict:
 
 
 def passed(report: dict) -> bool:
-    """Nothing lost, every duplicate explained, no stream spliced or malformed, and no
-    process that had to be restarted because it ended by itself (a Redis loss must not
-    take a worker down)."""
+    """Nothing lost, every duplicate explained, no stream spliced or malformed, no process
+    that had to be restarted because it ended by itself (a Redis loss must not take a
+    worker down), and the account's counters equal to what they count."""
     return (
         report.get("lost") == 0
+        and report.get("counter_drift") == {"accepted_requests": 0, "pending": 0}
         and report.get("unexplained_duplicates") == 0
         and report.get("streams_spliced") == 0
         and report.get("stream_problems") == []
@@ -662,6 +686,7 @@ def print_report(report: dict) -> None:
         "worker_kills_during_streams",
         "duplicate_executions",
         "unexplained_duplicates",
+        "counter_drift",
         "streams",
         "streams_complete",
         "streams_error",

@@ -23,6 +23,8 @@ def test_nothing_is_lost_or_spliced_when_workers_and_redis_die_under_load_and_st
     assert report["lost"] == 0
     assert report["process_exits"] == []  # the Redis kill took no worker down
     assert report["unexplained_duplicates"] == 0
+    # Every accept counted once on the account's month, every ended request's slot given back.
+    assert report["counter_drift"] == {"accepted_requests": 0, "pending": 0}
     # Every streaming client saw one attempt's whole answer or exactly one error event, and
     # each error stream's request is failed/partial (checked in stream_problems).
     assert report["streams"] >= 20
