@@ -12,8 +12,8 @@ from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.admin import UserAdmin as BaseUserAdmin
 from accounts.models import Account, Membership, User
-from projects.errors import InvalidModelMap, NameNotAvailable
-from projects.limits import DEFAULT_PLAN_CODE, LimitReached, record_plan_change
+from projects.errors import Gone, InvalidModelMap, NameNotAvailable
+from projects.limits import DEFAULT_PLAN_CODE, LimitReached, limits_for, record_plan_change
 from projects.members import (
     LAST_OWNER,
     change_role,
@@ -34,11 +34,15 @@ from projects.models import (
 from projects.selectors import unfinished_requests
 from projects.services import (
     check_new_project,
+    check_project_rename,
     create_project,
     delete_project,
+    rename_project,
     revoke_api_key,
     suspend_project,
     unsuspend_project,
+    update_failover_policy,
+    update_retry_policy,
 )
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
 from projects.upstreams import check_model_map, record_upstream_move
@@ -317,7 +321,24 @@ class UpstreamInline(admin.TabularInline):
         return "half-open (the next call probes)"
 
 
+RETRY_POLICY_FIELDS = {
+    "max_attempts",
+    "attempt_timeout_seconds",
+    "deadline_seconds",
+    "zero_retention",
+}
+FAILOVER_POLICY_FIELDS = {
+    "failover_on",
+    "failover_tries_per_upstream",
+    "failover_return_to_primary",
+}
+
+
 class ProjectAdminForm(forms.ModelForm):
+    """A project's name and policies, checked as the dashboard checks them (a name no other
+    live project of the account has, no more attempts than the plan allows) and saved
+    through its services (`save_project_settings`)."""
+
     class Meta:
         model = Project
         fields = [
@@ -331,6 +352,52 @@ class ProjectAdminForm(forms.ModelForm):
             "failover_tries_per_upstream",
             "failover_return_to_primary",
         ]
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if self.instance.pk is None or "name" not in self.changed_data:
+            return name
+        try:
+            return check_project_rename(project=self.instance, name=name)
+        except (NameNotAvailable, Gone) as error:  # Gone: deleted since the page was read
+            raise forms.ValidationError(str(error)) from error
+
+    def clean_max_attempts(self) -> int | None:
+        max_attempts = self.cleaned_data["max_attempts"]
+        limits = limits_for(self.instance.account)
+        if max_attempts and max_attempts > limits.max_attempts:
+            raise forms.ValidationError(
+                f"The {limits.plan_name} plan allows at most {limits.max_attempts} attempts. "
+                "Raise the account's plan or its max attempts override first."
+            )
+        return max_attempts
+
+
+def save_project_settings(request, form: ProjectAdminForm) -> None:
+    """Each part of the project's form that changed goes through the dashboard's service for
+    it: the rename (audited), the retry policy (within the plan's attempts), the failover
+    policy (audited; where requests start is reset as the service says)."""
+    project = Project.objects.get(pk=form.instance.pk)  # as saved: the services compare
+    changed, values = set(form.changed_data), form.cleaned_data
+    actor = {"actor": request.user, "ip_address": client_ip(request)}
+    if "name" in changed:
+        rename_project(project=project, name=values["name"], **actor)
+    if changed & RETRY_POLICY_FIELDS:
+        update_retry_policy(
+            project=project,
+            max_attempts=values["max_attempts"],
+            attempt_timeout_seconds=values["attempt_timeout_seconds"],
+            deadline_seconds=values["deadline_seconds"],
+            zero_retention=values["zero_retention"],
+        )
+    if changed & FAILOVER_POLICY_FIELDS:
+        update_failover_policy(
+            project=project,
+            failover_on=values["failover_on"],
+            tries_per_upstream=values["failover_tries_per_upstream"],
+            return_to_primary=values["failover_return_to_primary"],
+            **actor,
+        )
 
 
 class ProjectAddForm(forms.ModelForm):
@@ -409,7 +476,7 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            super().save_model(request, obj, form, change)
+            save_project_settings(request, form)
             return
         created = create_project(
             account=obj.account, name=obj.name, actor=request.user, ip_address=client_ip(request)
@@ -426,6 +493,13 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
     # taken for good. The service marks it deleted; a worker deletes its rows.
     def has_delete_permission(self, request, obj=None):
         return obj is None or (obj.deleted_at is None and unfinished_requests(obj) == 0)
+
+    # A deleted project waits for its purge: nobody changes it any more (the services
+    # refuse it, as it is gone for its account).
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and (
+            obj is None or obj.deleted_at is None
+        )
 
     def get_deleted_objects(self, objs, request):
         """The confirmation page names the project alone: Django's list would read every

@@ -88,14 +88,22 @@ def create_project(
     return project
 
 
+def check_project_rename(*, project: Project, name: str) -> str:
+    """The name `project` would have, once its row and its account's are locked, if no other
+    live project of the account has it (in any case); NameNotAvailable otherwise. As with
+    `check_new_project`, the locks last until the caller's transaction ends, so a form may
+    check here first and `rename_project` in the same transaction finds the same answer."""
+    lock_project(project)  # first, as a deletion of the project takes it before the account
+    Account.objects.select_for_update().get(pk=project.account_id)
+    others = project.account.projects.not_deleted().exclude(pk=project.pk)
+    return _available_name(name, taken=others, noun="project")
+
+
 @transaction.atomic
 def rename_project(
     *, project: Project, name: str, actor: User | None = None, ip_address: str | None = None
 ) -> Project:
-    lock_project(project)  # first, as a deletion of the project takes it before the account
-    Account.objects.select_for_update().get(pk=project.account_id)
-    others = project.account.projects.not_deleted().exclude(pk=project.pk)
-    project.name = _available_name(name, taken=others, noun="project")
+    project.name = check_project_rename(project=project, name=name)
     project.save(update_fields=["name"])
     record_audit_event(
         account=project.account,

@@ -661,3 +661,97 @@ def test_an_accounts_plan_row_is_changed_not_deleted(operator_client, everything
 
     assert response.status_code == 403
     assert limits_for(everything).plan_code == "pro"
+
+
+def project_change_form(project: Project, **changes: str | None) -> dict[str, str]:
+    """A project's admin change form as its page shows it, with `changes` (None: a box left
+    unticked)."""
+    data = project_form(project.account, project.name) | {
+        "max_attempts": "" if project.max_attempts is None else str(project.max_attempts),
+        "attempt_timeout_seconds": str(project.attempt_timeout_seconds),
+        "deadline_seconds": str(project.deadline_seconds),
+        "failover_on": ",".join(project.failover_on),
+        "failover_tries_per_upstream": str(project.failover_tries_per_upstream),
+        "zero_retention": "on" if project.zero_retention else None,
+        "failover_return_to_primary": "on" if project.failover_return_to_primary else None,
+    }
+    return {key: value for key, value in (data | changes).items() if value is not None}
+
+
+def test_a_project_renamed_in_admin_is_renamed_as_in_the_dashboard(
+    operator_client, everything, alice_project
+):
+    """Under a name no other live project of the account has, in any case, and in the
+    account's security log."""
+    set_plan(account=everything, plan_code="pro")
+    Project.objects.create(account=everything, name="Search")
+    change = reverse("admin:projects_project_change", args=[alice_project.pk])
+
+    taken = operator_client.post(change, project_change_form(alice_project, name="search"))
+    renamed = operator_client.post(change, project_change_form(alice_project, name="Support"))
+
+    assert "Another project is already named “search”" in taken.content.decode()
+    assert renamed.status_code == 302, renamed.content.decode()[:3000]
+    alice_project.refresh_from_db()
+    assert alice_project.name == "Support"
+    [event] = AuditEvent.objects.filter(account=everything, action="project_renamed")
+    assert (event.target, event.actor.email) == (
+        f"{alice_project.public_id} Support",
+        "ops@reqrun.com",
+    )
+
+
+def test_a_failover_policy_changed_in_admin_is_audited_and_starts_where_it_says(
+    operator_client, everything, alice_project
+):
+    """Switching "return to the primary" off forgets where an earlier request succeeded, as
+    the dashboard does: requests start on the primary until one succeeds elsewhere."""
+    Project.objects.filter(pk=alice_project.pk).update(failover_current="fallback-1")
+    alice_project.refresh_from_db()
+    change = reverse("admin:projects_project_change", args=[alice_project.pk])
+
+    response = operator_client.post(
+        change, project_change_form(alice_project, failover_return_to_primary=None)
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    alice_project.refresh_from_db()
+    assert (alice_project.failover_return_to_primary, alice_project.failover_current) == (
+        False,
+        "",
+    )
+    [event] = AuditEvent.objects.filter(account=everything, action="failover_policy_changed")
+    assert event.actor.email == "ops@reqrun.com"
+    assert "start at where the last request succeeded" in event.target
+
+
+def test_a_retry_policy_changed_in_admin_keeps_the_plans_attempts(
+    operator_client, everything, alice_project
+):
+    cap = limits_for(everything).max_attempts
+    change = reverse("admin:projects_project_change", args=[alice_project.pk])
+
+    above = operator_client.post(
+        change, project_change_form(alice_project, max_attempts=str(cap + 1))
+    )
+    within = operator_client.post(
+        change, project_change_form(alice_project, max_attempts=str(cap), deadline_seconds="600")
+    )
+
+    assert f"The Free plan allows at most {cap} attempts." in above.content.decode()
+    assert within.status_code == 302, within.content.decode()[:3000]
+    alice_project.refresh_from_db()
+    assert (alice_project.max_attempts, alice_project.deadline_seconds) == (cap, 600)
+
+
+def test_a_deleted_projects_settings_are_not_changed_in_admin(
+    operator_client, everything, alice_project
+):
+    """It waits for its purge; the services refuse it, as it is gone for its account."""
+    Project.objects.filter(pk=alice_project.pk).update(deleted_at=timezone.now())
+    change = reverse("admin:projects_project_change", args=[alice_project.pk])
+
+    response = operator_client.post(change, project_change_form(alice_project, name="Support"))
+
+    assert response.status_code == 403
+    assert Project.objects.get(pk=alice_project.pk).name == "Chatbot"
