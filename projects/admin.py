@@ -45,7 +45,7 @@ from projects.services import (
     update_retry_policy,
 )
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
-from projects.upstreams import check_model_map, record_upstream_move
+from projects.upstreams import check_model_map, update_upstream
 
 
 @admin.register(Plan)
@@ -520,24 +520,20 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
         return actions
 
     def save_formset(self, request, form, formset, change):
-        """Same rule as the dashboard: an upstream moved to another host loses its key."""
-        moved = [
-            (upstream_form.instance, upstream_form.initial["base_url"])
-            for upstream_form in formset.forms
-            if formset.model is Upstream
-            and upstream_form.instance.pk
-            and "base_url" in upstream_form.changed_data
-            and upstream_form.initial.get("base_url")
-        ]
-        super().save_formset(request, form, formset, change)
-        for upstream, old_base_url in moved:
-            if upstream.pk and upstream.base_url != old_base_url:
-                record_upstream_move(
-                    upstream=upstream,
-                    old_base_url=old_base_url,
-                    actor=request.user,
-                    ip_address=client_ip(request),
-                )
+        """An upstream's row is saved by the dashboard's service: a new host clears its
+        provider key and tells the owners, a new model map is audited."""
+        if formset.model is not Upstream:
+            super().save_formset(request, form, formset, change)
+            return
+        formset.save(commit=False)  # what changed, for the admin's history
+        for upstream, _ in formset.changed_objects:
+            update_upstream(
+                upstream=upstream,
+                base_url=upstream.base_url,
+                model_map=upstream.model_map,
+                actor=request.user,
+                ip_address=client_ip(request),
+            )
 
 
 @admin.register(ApiKey)

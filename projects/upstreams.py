@@ -84,8 +84,8 @@ def _close_breaker(
     upstream: Upstream, *, why: str, actor: User | None, ip_address: str | None
 ) -> None:
     """Forget `upstream`'s breaker: it judged the old provider key at the old base URL, and a
-    new one of either is not skipped for their failures. Read under the project's lock (or
-    just saved, in admin). Audited and logged like the engine's own changes of state."""
+    new one of either is not skipped for their failures. Read under the project's lock.
+    Audited and logged like the engine's own changes of state."""
     if upstream.breaker_open_until is None and not upstream.breaker_failures:
         return  # closed, nothing counted: no write
     was_open = upstream.breaker_open_until is not None

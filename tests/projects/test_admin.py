@@ -744,6 +744,32 @@ def test_a_retry_policy_changed_in_admin_keeps_the_plans_attempts(
     assert (alice_project.max_attempts, alice_project.deadline_seconds) == (cap, 600)
 
 
+def test_a_model_map_changed_in_admin_is_audited_as_in_the_dashboard(
+    operator_client, everything, alice_project
+):
+    primary = alice_project.upstreams.get()
+    form = project_change_form(alice_project) | {
+        "upstreams-TOTAL_FORMS": "1",
+        "upstreams-INITIAL_FORMS": "1",
+        "upstreams-0-id": str(primary.pk),
+        "upstreams-0-project": str(alice_project.pk),
+        "upstreams-0-base_url": primary.base_url,
+        "upstreams-0-model_map": '{"gpt-4o": "gpt-4o-mini"}',
+    }
+
+    response = operator_client.post(
+        reverse("admin:projects_project_change", args=[alice_project.pk]), form
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert alice_project.upstreams.get().model_map == {"gpt-4o": "gpt-4o-mini"}
+    [event] = AuditEvent.objects.filter(account=everything, action="upstream_changed")
+    assert (event.target, event.actor.email) == (
+        f"{alice_project.public_id} primary model map",
+        "ops@reqrun.com",
+    )
+
+
 def test_a_deleted_projects_settings_are_not_changed_in_admin(
     operator_client, everything, alice_project
 ):
