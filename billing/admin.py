@@ -15,7 +15,11 @@ class PaddleRecordAdmin(admin.ModelAdmin):
     """Rows that copy Paddle, or bind its objects to an account, are read here: Paddle is
     the source of truth, so they change there (and through its webhooks), never here. None
     is added or deleted either: an account without its subscription row could buy a second
-    one, and without its customer or checkout transaction Paddle's events no longer bind."""
+    one, without its customer or checkout transaction Paddle's events no longer bind, and
+    an event whose row is gone would be processed again when Paddle redelivers it (its
+    stored event_id is how a redelivery is known), emailing the owners about one failed
+    payment twice, say. The billing sweep purges events long after Paddle stops
+    redelivering them."""
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
@@ -78,7 +82,7 @@ class ProcessingFilter(admin.SimpleListFilter):
 
 
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+class WebhookEventAdmin(PaddleRecordAdmin):
     list_display = [
         "event_id",
         "event_type",
@@ -94,9 +98,6 @@ class WebhookEventAdmin(admin.ModelAdmin):
     list_select_related = ["account"]
     date_hierarchy = "received_at"
     actions = ["reprocess"]
-
-    def has_add_permission(self, request):
-        return False
 
     def has_change_permission(self, request, obj=None):
         return False

@@ -106,13 +106,15 @@ def test_reprocess_runs_a_failed_event_again(
 
 def test_paddles_records_are_not_deleted_in_admin(operator, alice_account, check_out):
     """Paddle is the source of truth: without its subscription row an account could buy a
-    second one; without its customer or checkout, Paddle's events would no longer bind."""
+    second one; without its customer or checkout, Paddle's events would no longer bind;
+    without an event's row, Paddle's redelivery of that event would be applied again."""
     checkout = check_out(alice_account)
     rows = [
         SubscriptionFactory(account=alice_account),
         checkout,
         BillingCustomer.objects.get(account=alice_account),
         InvoiceFactory(account=alice_account),
+        WebhookEventFactory(account=alice_account),
     ]
 
     for row in rows:
