@@ -92,12 +92,26 @@ class UserAdmin(BaseUserAdmin):
     list_display = ["email", "is_active", "is_staff", "date_joined"]
     search_fields = ["email"]
     fieldsets = [
-        (None, {"fields": ["email", "password"]}),
+        (
+            None,
+            {
+                "fields": ["email", "password"],
+                "description": "The user changes their email on their own Email page "
+                "(/accounts/email/): the new address is verified first and becomes the one "
+                "they sign in and reset their password with. Changed here, the old address "
+                "would still do both.",
+            },
+        ),
         ("Status", {"fields": ["is_active", "is_staff", "is_superuser", "welcomed_at"]}),
         ("Permissions", {"fields": ["groups", "user_permissions"]}),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
+
+    # allauth signs in and resets passwords by the user's addresses (EmailAddress), which
+    # a new email typed here would leave behind.
+    def get_readonly_fields(self, request, obj=None):
+        return ["email"] if obj else []
 
     def get_deleted_objects(self, objs, request):
         """An account's only owner is not deleted (here, or with the bulk action, which asks

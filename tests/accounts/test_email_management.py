@@ -4,6 +4,7 @@ password-reset link they would read."""
 
 import pytest
 from allauth.account.models import EmailAddress
+from django.urls import reverse
 
 from tests.conftest import reauthenticate
 
@@ -35,3 +36,29 @@ def test_making_another_address_primary_asks_for_it_too(client, alice):
 
     assert response["Location"].startswith("/accounts/reauthenticate/")
     assert EmailAddress.objects.get(email=alice.email).primary
+
+
+def test_an_operator_cannot_change_a_users_email_in_admin(operator_client, alice):
+    """allauth signs in and sends password resets by the user's addresses, which a new
+    email typed in the admin would leave behind: the old address would still reset the
+    password. The page says where the user changes it, verifying the new one first."""
+    change = reverse("admin:accounts_user_change", args=[alice.pk])
+
+    page = operator_client.get(change).content.decode()
+    response = operator_client.post(
+        change,
+        {
+            "email": NEW,
+            "is_active": "on",
+            "date_joined_0": "2025-01-01",
+            "date_joined_1": "00:00:00",
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    alice.refresh_from_db()
+    assert alice.email == "alice@example.com"
+    assert list(EmailAddress.objects.filter(user=alice).values_list("email", flat=True)) == [
+        "alice@example.com"
+    ]
+    assert "/accounts/email/" in page
