@@ -252,7 +252,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "The upstream answered with a redirect (3xx). ReqRun follows none (your provider key "
         "would go wherever it points) and does not retry: the same URL would be redirected "
         "again. The message says where it pointed (scheme, host and path; never the query), "
-        "or that it did not say.",
+        "or that it did not say. Another 3xx (304 Not Modified, say) is not a redirect but "
+        "carries no answer either, and ends the call the same way; its message names it.",
         "Correct the project's upstream base URL: `https` rather than `http`, the right host, "
         "and the path the API's routes start from (usually ending in `/v1`). With a fallback "
         "upstream, ticking “Answers no client can read” in the project's failover policy "

@@ -332,16 +332,35 @@ def redirect_target(location: str) -> str | None:
     return storable(shown)[:SHOWN_LOCATION_CHARS] or None
 
 
+# The 3xx statuses that send a client elsewhere (RFC 9110 15.4). 304 answers a conditional
+# request, which ReqRun never makes; 305 and 306 are retired; the rest are unassigned.
+REDIRECT_STATUSES = frozenset({300, 301, 302, 303, 307, 308})
+
+
 def redirected(status_code: int, headers: httpx.Headers) -> AttemptResult:
     """A 3xx: ReqRun follows no redirect (the provider key would go where it points), and
     the same URL would be redirected again, so it is not retried; the caller is told where it
-    pointed, so that the base URL can be put right."""
-    where = redirect_target(headers.get("location", ""))
-    message = (
-        f"The upstream answered with a redirect ({status_code}) "
-        f"{f'to {where}' if where else 'without saying where'}, which ReqRun does not "
-        f"follow. {CHECK_BASE_URL}"
-    )
+    pointed, so that the base URL can be put right. Any other 3xx (a 304, say) carries no
+    answer a client could read, and is said to be what it is."""
+    if status_code == 304:
+        message = (
+            "The upstream answered 304 Not Modified, the answer to a conditional request, "
+            "which ReqRun never makes; it has no body a client could read, and it was not "
+            f"retried, as the same would come again. {CHECK_BASE_URL}"
+        )
+    elif status_code not in REDIRECT_STATUSES:
+        message = (
+            f"The upstream answered with HTTP status {status_code}: a 3xx, but not a "
+            "redirect, and with no answer a client could read; it was not retried, as the "
+            f"same would come again. {CHECK_BASE_URL}"
+        )
+    else:
+        where = redirect_target(headers.get("location", ""))
+        message = (
+            f"The upstream answered with a redirect ({status_code}) "
+            f"{f'to {where}' if where else 'without saying where'}, which ReqRun does not "
+            f"follow. {CHECK_BASE_URL}"
+        )
     return AttemptResult(
         Attempt.Outcome.FATAL_ERROR,
         status_code=status_code,
@@ -405,10 +424,10 @@ def classify(
 
     2xx is a success if it is JSON (`not_json`; one only the connection's close ended is
     parsed, and retried as cut off unless whole; a stream's 2xx is the relay's to judge,
-    stream_attempt.py); a redirect fails (`redirected`); the retryable statuses and
-    transport faults may be retried; anything else, including an exception nobody foresaw,
-    ends the attempt as a fatal or internal error rather than leaving it running until its
-    lease runs out.
+    stream_attempt.py); a redirect, or any other 3xx, fails (`redirected`); the retryable
+    statuses and transport faults may be retried; anything else, including an exception
+    nobody foresaw, ends the attempt as a fatal or internal error rather than leaving it
+    running until its lease runs out.
     """
     if error is not None:
         if isinstance(error, UpstreamNotAllowed):

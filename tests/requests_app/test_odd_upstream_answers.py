@@ -72,6 +72,29 @@ def test_a_redirect_fails_at_once_saying_where_and_to_check_the_base_url(
 
 
 @pytest.mark.parametrize(
+    ("status", "said"),
+    [(b"304 Not Modified", "304 Not Modified"), (b"305 Use Proxy", "HTTP status 305")],
+    ids=["not modified", "another 3xx"],
+)
+def test_a_3xx_that_is_not_a_redirect_fails_at_once_without_being_called_one(
+    live_api, tenant, fake_upstream, status, said
+):
+    """A 304 answers a conditional request, which ReqRun never makes; a 305 or an unknown
+    3xx sends nobody anywhere. Neither carries an answer a client could read."""
+    fake_upstream.answer_raw("odd", raw_answer(status, b"application/json", b""))
+
+    response, request = post(live_api, tenant, "odd")
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_redirected")
+    assert said in error["message"] and "base URL" in error["message"]
+    assert "answered with a redirect" not in error["message"]
+    assert attempts(request) == [("fatal_error", int(status[:3]), "upstream_redirected")]
+    assert fake_upstream.count("/v1/chat/completions") == 1
+
+
+@pytest.mark.parametrize(
     ("content_type", "body", "said"),
     [
         (b"text/html; charset=utf-8", b"<!doctype html><h1>Log in</h1>" + SENTINEL, "text/html"),
