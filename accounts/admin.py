@@ -5,7 +5,9 @@ allauth's rate-limited sign-in plus a second factor passed in this session."""
 from collections.abc import Callable
 from functools import wraps
 
+from allauth.account.admin import EmailAddressAdmin as AllauthEmailAddressAdmin
 from allauth.account.authentication import get_authentication_records
+from allauth.account.models import EmailAddress
 from allauth.mfa.models import Authenticator
 from allauth.mfa.utils import is_mfa_enabled
 from allauth.usersessions.admin import UserSessionAdmin
@@ -304,6 +306,24 @@ def _refusing_unreadable_input(admin_view):
 
 
 admin.site.admin_view = _refusing_unreadable_input(admin.site.admin_view)
+
+# allauth's own admin edits a user's addresses freely: one changed, made primary or moved to
+# another user there would part from User.email, which the user's Email page keeps in step.
+# Here they are read, and an operator who may change them marks one verified.
+admin.site.unregister(EmailAddress)
+
+
+@admin.register(EmailAddress)
+class EmailAddressAdmin(AllauthEmailAddressAdmin):
+    readonly_fields = ["user", "email", "verified", "primary"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Mark selected email addresses as verified", permissions=["change"])
+    def make_verified(self, request, queryset):
+        super().make_verified(request, queryset)
+
 
 # allauth searches sessions by user__username; ReqRun's users have an email instead.
 admin.site.unregister(UserSession)

@@ -4,9 +4,12 @@ password-reset link they would read."""
 
 import pytest
 from allauth.account.models import EmailAddress
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import Permission
 from django.urls import reverse
 
-from tests.conftest import reauthenticate
+from tests.conftest import reauthenticate, sign_in_to_admin
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -62,3 +65,37 @@ def test_an_operator_cannot_change_a_users_email_in_admin(operator_client, alice
         "alice@example.com"
     ]
     assert "/accounts/email/" in page
+
+
+def test_an_operator_cannot_edit_a_users_addresses_in_admin(operator_client, alice):
+    """allauth's own admin would let an address change, or move to another user, apart from
+    User.email; there an operator reads them, and may mark one verified."""
+    address = EmailAddress.objects.get(user=alice)
+    unverified = EmailAddress.objects.create(user=alice, email=NEW, verified=False)
+
+    operator_client.post(
+        reverse("admin:account_emailaddress_change", args=[address.pk]),
+        {"user": str(alice.pk), "email": "mallory@example.com", "verified": "on"},
+    )
+    operator_client.post(
+        reverse("admin:account_emailaddress_changelist"),
+        {"action": "make_verified", ACTION_CHECKBOX_NAME: [unverified.pk]},
+    )
+
+    address.refresh_from_db()
+    assert (address.email, address.primary) == ("alice@example.com", True)
+    assert EmailAddress.objects.get(pk=unverified.pk).verified
+
+
+def test_staff_who_may_only_view_addresses_cannot_mark_one_verified(client, alice):
+    unverified = EmailAddress.objects.create(user=alice, email=NEW, verified=False)
+    viewer = UserFactory(email="viewer@reqrun.com", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_emailaddress"))
+    sign_in_to_admin(client, viewer)
+
+    client.post(
+        reverse("admin:account_emailaddress_changelist"),
+        {"action": "make_verified", ACTION_CHECKBOX_NAME: [unverified.pk]},
+    )
+
+    assert not EmailAddress.objects.get(pk=unverified.pk).verified
