@@ -19,6 +19,7 @@ from projects.errors import (
 from projects.limits import LimitReached
 from projects.members import MembershipError
 from projects.models import (
+    ATTEMPT_TIMEOUT_MAX_SECONDS,
     DEADLINE_MAX_SECONDS,
     FAILOVER_TRIES_MAX,
     FailoverOn,
@@ -81,7 +82,7 @@ class RetryPolicyForm(ServiceForm):
         required=False, min_value=1, help_text="Empty: your plan's maximum."
     )
     attempt_timeout_seconds = forms.IntegerField(
-        label="Timeout per attempt (seconds)", min_value=1, max_value=600
+        label="Timeout per attempt (seconds)", min_value=1, max_value=ATTEMPT_TIMEOUT_MAX_SECONDS
     )
     deadline_seconds = forms.IntegerField(
         label="Deadline (seconds)",

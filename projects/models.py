@@ -205,6 +205,7 @@ def default_failover_on() -> list[str]:
 # The longest deadline a project can be given: no attempt of a request starts later than
 # this after its acceptance (the dashboard's last-hour upstream figures rely on it).
 DEADLINE_MAX_SECONDS = 86_400
+ATTEMPT_TIMEOUT_MAX_SECONDS = 600  # the longest one attempt waits for its upstream
 FAILOVER_TRIES_MAX = 10
 
 
@@ -225,7 +226,10 @@ class Project(models.Model):
     max_attempts = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Empty: the plan's maximum."
     )
-    attempt_timeout_seconds = models.PositiveIntegerField(default=120)
+    attempt_timeout_seconds = models.PositiveIntegerField(
+        default=120,
+        validators=[MinValueValidator(1), MaxValueValidator(ATTEMPT_TIMEOUT_MAX_SECONDS)],
+    )
     deadline_seconds = models.PositiveIntegerField(
         default=900,
         validators=[MinValueValidator(1), MaxValueValidator(DEADLINE_MAX_SECONDS)],

@@ -431,7 +431,12 @@ def test_the_project_shows_each_upstreams_breaker_and_the_failover_policy(
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("failover_tries_per_upstream", 11), ("deadline_seconds", 86_401)]
+    ("field", "value"),
+    [
+        ("failover_tries_per_upstream", 11),
+        ("deadline_seconds", 86_401),
+        ("attempt_timeout_seconds", 601),
+    ],
 )
 def test_the_admin_form_keeps_the_dashboards_bounds(alice_project, field, value):
     data = {
