@@ -375,7 +375,7 @@ SELECT
 def counter_drift(database_url: str) -> dict:
     with psycopg.connect(database_url, autocommit=True) as connection:
         accepted, pending = connection.execute(COUNTER_DRIFT).fetchone()
-    return {"accepted_requests": accepted, "pending": pending}
+    return {"accepted_requests": int(accepted), "pending": int(pending)}  # sum() is numeric
 
 
 class Chaos:
