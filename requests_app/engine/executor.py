@@ -13,7 +13,7 @@ dispatched by the sweeper.
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -116,6 +116,21 @@ def claim_request(request: Request, *, upstream_name: str) -> Attempt | None:
 
 
 INTERNAL_ERROR = AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="internal_error")
+
+
+def as_internal_error(result: AttemptResult) -> AttemptResult:
+    """An attempt whose result could not be recorded, as our own error. A stream that had
+    started keeps what its callers were sent: it is never retried, ends `partial`, and a
+    replay sends the delivered events and then the error."""
+    if not result.stream_started:
+        return INTERNAL_ERROR
+    return replace(
+        INTERNAL_ERROR,
+        status_code=result.status_code,
+        response=result.response,
+        stream_started=True,
+        stream_unread=result.stream_unread,
+    )
 
 
 def perform_attempt(
@@ -557,7 +572,7 @@ def run_attempts(request_pk: int) -> None:
                     "attempt result not recorded",
                     extra={"request_id": row.public_id, "exception": type(error).__name__},
                 )
-                result = INTERNAL_ERROR
+                result = as_internal_error(result)
                 _, delay = conclude_attempt(
                     row, attempt.number, result, chain=chain, along=held.release
                 )

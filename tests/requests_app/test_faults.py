@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from core import encryption
@@ -343,6 +344,45 @@ def test_a_replayed_truncated_stream_ends_with_its_recorded_error(tenant, live_a
     assert Request.objects.count() == 1
     assert replay.headers["x-request-id"].startswith("req_fake")  # the upstream's, kept
     assert replay.headers["ReqRun-Upstream"] == "primary"
+
+
+def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(tenant, live_api):
+    """The result of a stream cut after its first bytes cannot be written (a constraint
+    refuses the attempt's outcome, as a value the database refuses would): the worker records
+    its own error instead, but keeps what its callers were sent. The request ends failed and
+    partial, and a replay sends the delivered events and an error event, not a 500."""
+    key = f"refused-{uuid.uuid4()}"
+    body = {"model": "script:cut2", "messages": CHAT, "stream": True}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE requests_app_attempt ADD CONSTRAINT no_connection_errors "
+            "CHECK (outcome <> 'connection_error') NOT VALID"
+        )
+    try:
+        first = StreamReader(live_api, tenant, body, key=key)
+        first.run()
+        request = wait_until(lambda: terminal(), message="the request never ended")
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE requests_app_attempt DROP CONSTRAINT no_connection_errors")
+
+    assert (request.status, request.partial) == ("failed", True)
+    assert request.error["code"] == "internal_error"
+    delivered = first.received.split(b"event: error")[0]
+    assert delivered.count(b"data:") == 2
+
+    replay = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=body,
+        headers=headers_for(tenant, **{"Idempotency-Key": key}),
+        timeout=30,
+    )
+
+    assert replay.status_code == 200, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.content.startswith(delivered)
+    assert b"event: error" in replay.content and b"internal_error" in replay.content
+    assert b"[DONE]" not in replay.content
 
 
 def test_a_replayed_canceled_request_says_it_was_canceled(tenant, live_api, worker):
