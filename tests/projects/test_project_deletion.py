@@ -3,6 +3,7 @@ everyone from then on (not listed, its pages 404, its keys refused, its place in
 free); a worker then deletes its requests in batches, and the privacy sweep finishes a
 deletion whose task was lost."""
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from accounts.models import AuditEvent
 from privacy.tasks import sweep_privacy
 from projects import services
 from projects.models import ApiKey, Project, Upstream
+from projects.selectors import unfinished_requests
 from projects.tasks import purge_deleted_project
 from requests_app.models import Attempt, DailyUsage, Request
 from tests.factories import AttemptFactory, RequestFactory
@@ -187,3 +189,29 @@ def test_the_purge_waits_out_the_grace_and_another_purges_lease(alice, alice_pro
     )
     assert purge(alice_project) is True
     assert not Project.objects.filter(pk=alice_project.pk).exists()
+
+
+def test_counting_a_projects_unfinished_requests_reads_no_finished_one(alice_project):
+    """The delete page and the admin count them: the count is an index's read of the
+    project's unfinished requests, not of its (maybe millions of) finished ones."""
+    Request.objects.bulk_create(
+        RequestFactory.build_batch(
+            2000, project=alice_project, status="succeeded", finished_at=timezone.now()
+        ),
+        batch_size=500,
+    )
+    RequestFactory(project=alice_project, status="queued")
+    RequestFactory(project=alice_project, status="running")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {Request._meta.db_table}")  # as autovacuum would
+
+    with CaptureQueriesContext(connection) as captured:
+        assert unfinished_requests(alice_project) == 2
+    [count] = captured.captured_queries
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, TIMING OFF, SUMMARY OFF) {count['sql']}")
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+
+    assert "Index" in plan and "Seq Scan" not in plan, plan
+    # Nothing read only to be thrown away: the index holds none of the finished ones.
+    assert re.findall(r"Rows Removed by \w+: [1-9]", plan) == [], plan
