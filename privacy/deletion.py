@@ -32,6 +32,7 @@ from billing.models import Subscription
 from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
 from core.batches import delete_in_batches
+from core.leases import Lease
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
 from requests_app.engine.cancel import cancel_request
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 # Callers woken by the cancellations read their answer in this time, before the rows go.
 PURGE_GRACE = timedelta(seconds=5)
 PURGE_BATCH_SIZE = 1000
+# A purge holds its account under a lease renewed at each batch of requests: one that died
+# lets the next take over once it runs out.
+PURGE_LEASE = timedelta(minutes=2)
 
 
 class DeletionRefused(Exception):
@@ -215,8 +219,10 @@ def attempt_running(account: Account, *, now: datetime) -> bool:
 
 def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> bool:
     """Finish a deletion if nothing of the account still runs; True once the account is gone.
+    False while it must wait, or while another purge of it runs (it holds the lease).
 
-    Safe to run any number of times, concurrently too: a second run finds less, or nothing.
+    Safe to run any number of times, concurrently too: a second run finds less, nothing, or
+    the other's lease.
     """
     deletion = AccountDeletion.objects.select_related("account").filter(pk=deletion_pk).first()
     if deletion is None:
@@ -226,14 +232,22 @@ def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> b
     now = now or timezone.now()
     if now < deletion.purge_after or attempt_running(account, now=now):
         return False
-    # Locked a batch at a time, as the retention purge locks its own: a batch both want is
-    # waited for, never half-held.
-    requests = delete_in_batches(
-        Request.objects.filter(account=account).order_by("pk"), batch_size=PURGE_BATCH_SIZE
+    lease = Lease(
+        AccountDeletion.objects.filter(pk=deletion.pk), field="purging_until", length=PURGE_LEASE
     )
-    projects = account.projects.count()
-    with transaction.atomic():
-        account.delete()  # everything else of it goes with it (CASCADE)
+    with lease.held() as taken:
+        if not taken:
+            return False
+        # Locked a batch at a time, as the retention purge locks its own: a batch both want
+        # is waited for, never half-held.
+        requests = delete_in_batches(
+            Request.objects.filter(account=account).order_by("pk"),
+            batch_size=PURGE_BATCH_SIZE,
+            before_delete=lambda batch: lease.renew(),
+        )
+        projects = account.projects.count()
+        with transaction.atomic():
+            account.delete()  # everything else of it goes with it (CASCADE)
     # The only record left of the account: metadata, no names or addresses.
     logger.info(
         "account deleted",

@@ -97,6 +97,9 @@ class AccountDeletion(models.Model):
     requested_at = models.DateTimeField(auto_now_add=True)
     # A short grace after the cancellations, so callers they woke read their answer first.
     purge_after = models.DateTimeField()
+    # The lease of the purge deleting it now (core.leases): another one queued meanwhile
+    # leaves the account to it.
+    purging_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     def __str__(self) -> str:
         return f"deletion of {self.account.public_id}"

@@ -14,6 +14,7 @@ from django.utils import timezone
 from accounts.models import Account, User
 from accounts.services import record_audit_event, set_suspension
 from core.batches import delete_in_batches
+from core.leases import Lease
 from core.prepared import PreparedGet
 from projects.errors import InvalidFailoverPolicy, NameNotAvailable, ProjectBusy
 from projects.limits import PLAN_STATE_RELATED, ensure_below, limits_for
@@ -174,20 +175,16 @@ def purge_deleted_project(*, project_pk: int, now: datetime | None = None) -> bo
         return True
     if now < project.deleted_at + PURGE_GRACE or unfinished_requests(project):
         return False
-    if not _hold_purge_lease(project):
-        return False
-    try:
+    lease = Lease(Project.objects.filter(pk=project.pk), field="purging_until", length=PURGE_LEASE)
+    with lease.held() as taken:
+        if not taken:
+            return False
         requests = delete_in_batches(
             project.requests.all(),
             batch_size=PURGE_BATCH_SIZE,
-            before_delete=lambda batch: _hold_purge_lease(project, renew=True),
+            before_delete=lambda batch: lease.renew(),
         )
         Project.objects.filter(pk=project.pk).delete()  # upstreams, keys, totals: a few rows
-    except BaseException:  # the next run need not wait for the lease to run out
-        Project.objects.filter(pk=project.pk, purging_until=project.purging_until).update(
-            purging_until=None
-        )
-        raise
     logger.info(
         "project deleted",
         extra={
@@ -198,19 +195,6 @@ def purge_deleted_project(*, project_pk: int, now: datetime | None = None) -> bo
         },
     )
     return True
-
-
-def _hold_purge_lease(project: Project, *, renew: bool = False) -> bool:
-    """Take the purge's lease if it is free or run out, or (`renew`) extend the one this
-    purge took; False if another purge holds it."""
-    now = timezone.now()
-    if renew:
-        held = Q(purging_until=project.purging_until)
-    else:
-        held = Q(purging_until__isnull=True) | Q(purging_until__lt=now)
-    taken = Project.objects.filter(held, pk=project.pk).update(purging_until=now + PURGE_LEASE)
-    project.purging_until = now + PURGE_LEASE
-    return bool(taken)
 
 
 def project_deletions_due() -> list[int]:

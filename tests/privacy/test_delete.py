@@ -435,6 +435,23 @@ def test_a_webhook_after_the_deletion_brings_nothing_back(
     assert WebhookEvent.objects.count() == 3
 
 
+class PurgeThread(threading.Thread):
+    """A purge run by another worker: what it returned, or the exception it raised."""
+
+    def __init__(self, purge, **kwargs):
+        super().__init__(daemon=True)
+        self.purge, self.kwargs = purge, kwargs
+        self.outcome: list = []
+
+    def run(self) -> None:
+        try:
+            self.outcome.append(self.purge(**self.kwargs))
+        except Exception as error:  # noqa: BLE001 - what the test reports
+            self.outcome.append(error)
+        finally:
+            connection.close()
+
+
 def test_the_purge_and_a_retention_purge_on_the_same_requests_do_not_deadlock(
     transactional_db,
 ):
@@ -444,30 +461,51 @@ def test_the_purge_and_a_retention_purge_on_the_same_requests_do_not_deadlock(
     expired = RequestFactory(status="succeeded", attempt_count=1)
     AttemptFactory(request=expired, number=1)
     closed = AccountDeletionFactory(account=expired.account)
-    outcome: list = []
+    purging = PurgeThread(deletion.purge_deleted_account, deletion_pk=closed.pk)
 
-    def purge_the_account() -> None:
-        try:
-            outcome.append(deletion.purge_deleted_account(deletion_pk=closed.pk))
-        except Exception as error:  # noqa: BLE001 - what the test reports
-            outcome.append(error)
-        finally:
-            connection.close()
-
-    purging = threading.Thread(target=purge_the_account)
     with transaction.atomic():  # the retention purge's batch
         list(Request.objects.select_for_update().filter(pk=expired.pk))
         purging.start()
         wait_until(
-            lambda: outcome or waiting_for_a_lock() == 1,
+            lambda: purging.outcome or waiting_for_a_lock() == 1,
             message="the account's purge never reached the locked batch",
         )
         Attempt.objects.filter(request=expired).delete()
         Request.objects.filter(pk=expired.pk).delete()
     purging.join(30)
 
-    assert outcome == [True]
+    assert purging.outcome == [True]
     assert not Account.objects.filter(pk=expired.account_id).exists()
+
+
+def test_a_purge_queued_again_while_one_runs_leaves_the_account_to_it(transactional_db):
+    """The privacy sweep queues the purge of a deletion not finished yet every minute: while
+    one purge is deleting, another finds its lease and returns at once, instead of piling
+    up behind it."""
+    request = RequestFactory(status="succeeded", attempt_count=1)
+    closed = AccountDeletionFactory(account=request.account)
+    first = PurgeThread(deletion.purge_deleted_account, deletion_pk=closed.pk)
+    again = PurgeThread(deletion.purge_deleted_account, deletion_pk=closed.pk)
+
+    with transaction.atomic():  # the first purge is held up deleting this request
+        list(Request.objects.select_for_update().filter(pk=request.pk))
+        first.start()
+        wait_until(
+            lambda: first.outcome or waiting_for_a_lock() == 1,
+            message="the first purge never reached the locked request",
+        )
+        again.start()
+        wait_until(
+            lambda: again.outcome or waiting_for_a_lock() == 2,
+            message="the second purge neither returned nor waited",
+        )
+        while_the_first_ran = list(again.outcome)
+    first.join(30)
+    again.join(30)
+
+    assert while_the_first_ran == [False]
+    assert first.outcome == [True]
+    assert not Account.objects.filter(pk=request.account_id).exists()
 
 
 def test_a_member_joining_while_paddle_cancels_cannot_leave_the_account_open_unbilled(
