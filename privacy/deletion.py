@@ -31,10 +31,10 @@ from accounts.services import end_sessions, record_audit_event
 from billing.models import Subscription
 from billing.paddle import PaddleError
 from billing.services import BillingError, cancel_subscription
-from core.batches import delete_in_batches
 from core.leases import Lease
 from privacy.models import AccountDeletion, AccountExport
 from projects.models import ApiKey
+from projects.services import delete_project_rows
 from requests_app.engine.cancel import cancel_request
 from requests_app.models import ACTIVE_STATUSES, Request, Status
 
@@ -238,14 +238,11 @@ def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> b
     with lease.held() as taken:
         if not taken:
             return False
-        # Locked a batch at a time, as the retention purge locks its own: a batch both want
-        # is waited for, never half-held.
-        requests = delete_in_batches(
-            Request.objects.filter(account=account).order_by("pk"),
-            batch_size=PURGE_BATCH_SIZE,
-            before_delete=lambda batch: lease.renew(),
+        # Project by project, as a project's own purge deletes it (the same order of locks).
+        projects = list(account.projects.order_by("pk"))
+        requests = sum(
+            delete_project_rows(project, between_batches=lease.renew) for project in projects
         )
-        projects = account.projects.count()
         with transaction.atomic():
             account.delete()  # everything else of it goes with it (CASCADE)
     # The only record left of the account: metadata, no names or addresses.
@@ -255,7 +252,7 @@ def purge_deleted_account(*, deletion_pk: int, now: datetime | None = None) -> b
             "account_id": account.public_id,
             "closed_at": deletion.requested_at.isoformat(),
             "requests_deleted": requests,
-            "projects_deleted": projects,
+            "projects_deleted": len(projects),
         },
     )
     return True

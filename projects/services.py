@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -179,12 +180,7 @@ def purge_deleted_project(*, project_pk: int, now: datetime | None = None) -> bo
     with lease.held() as taken:
         if not taken:
             return False
-        requests = delete_in_batches(
-            project.requests.all(),
-            batch_size=PURGE_BATCH_SIZE,
-            before_delete=lambda batch: lease.renew(),
-        )
-        Project.objects.filter(pk=project.pk).delete()  # upstreams, keys, totals: a few rows
+        requests = delete_project_rows(project, between_batches=lease.renew)
     logger.info(
         "project deleted",
         extra={
@@ -195,6 +191,22 @@ def purge_deleted_project(*, project_pk: int, now: datetime | None = None) -> bo
         },
     )
     return True
+
+
+def delete_project_rows(project: Project, *, between_batches: Callable[[], object]) -> int:
+    """Delete the project's requests (with their attempts) in batches, calling
+    `between_batches` in each, then its row (with its upstreams, keys and usage totals);
+    how many requests went. A project's purge and its account's both delete it so, newest
+    request first (the order of the (project, -public_id) index): two of them at once lock
+    its requests in the same order, so one waits for the other instead of each holding
+    what the other wants next (a deadlock)."""
+    requests = delete_in_batches(
+        project.requests.order_by("-public_id"),
+        batch_size=PURGE_BATCH_SIZE,
+        before_delete=lambda batch: between_batches(),
+    )
+    Project.objects.filter(pk=project.pk).delete()  # upstreams, keys, totals: a few rows
+    return requests
 
 
 def project_deletions_due() -> list[int]:

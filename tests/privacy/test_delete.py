@@ -19,6 +19,7 @@ from accounts.models import Account, AuditEvent, Membership, User
 from billing.models import Invoice, Subscription, WebhookEvent
 from privacy import deletion, services
 from privacy.models import AccountDeletion, AccountExport, AccountExportChunk
+from projects import services as project_services
 from projects.limits import set_plan
 from projects.members import (
     MembershipError,
@@ -41,6 +42,7 @@ from tests.factories import (
     AttemptFactory,
     InvitationFactory,
     MembershipFactory,
+    ProjectFactory,
     RequestFactory,
     UserFactory,
 )
@@ -506,6 +508,38 @@ def test_a_purge_queued_again_while_one_runs_leaves_the_account_to_it(transactio
     assert while_the_first_ran == [False]
     assert first.outcome == [True]
     assert not Account.objects.filter(pk=request.account_id).exists()
+
+
+def test_a_project_purge_and_its_accounts_purge_do_not_deadlock(transactional_db):
+    """A project being deleted while its account is: both purges lock the project's
+    requests in one order (newest first), so the one that comes second waits for the first
+    holding nothing of them, and PostgreSQL aborts neither as a deadlock. Here both meet a
+    request a third transaction holds, each having locked what came before it in its own
+    order."""
+    project = ProjectFactory(deleted_at=timezone.now() - timedelta(minutes=1))
+    oldest, middle, newest = (
+        RequestFactory(project=project, status="succeeded", public_id=f"req_{n:028x}")
+        for n in (1, 2, 3)
+    )
+    closed = AccountDeletionFactory(account=project.account)
+    project_purge = PurgeThread(project_services.purge_deleted_project, project_pk=project.pk)
+    account_purge = PurgeThread(deletion.purge_deleted_account, deletion_pk=closed.pk)
+
+    with transaction.atomic():  # a third party holds one request: both purges meet it
+        list(Request.objects.select_for_update().filter(pk=middle.pk))
+        for waiting, purge in enumerate((project_purge, account_purge), start=1):
+            purge.start()
+            wait_until(
+                lambda: purge.outcome or waiting_for_a_lock() == waiting,  # noqa: B023
+                message="a purge never reached the locked request",
+            )
+    project_purge.join(30)
+    account_purge.join(30)
+
+    assert project_purge.outcome == [True]
+    assert account_purge.outcome == [True]
+    assert not Request.objects.exists()
+    assert not Account.objects.filter(pk=project.account_id).exists()
 
 
 def test_a_member_joining_while_paddle_cancels_cannot_leave_the_account_open_unbilled(
