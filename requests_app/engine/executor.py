@@ -118,21 +118,6 @@ def claim_request(request: Request, *, upstream_name: str) -> Attempt | None:
 INTERNAL_ERROR = AttemptResult(Attempt.Outcome.FATAL_ERROR, error_code="internal_error")
 
 
-def as_internal_error(result: AttemptResult) -> AttemptResult:
-    """An attempt whose result could not be recorded, as our own error. A stream that had
-    started keeps what its callers were sent: it is never retried, ends `partial`, and a
-    replay sends the delivered events and then the error."""
-    if not result.stream_started:
-        return INTERNAL_ERROR
-    return replace(
-        INTERNAL_ERROR,
-        status_code=result.status_code,
-        response=result.response,
-        stream_started=True,
-        stream_unread=result.stream_unread,
-    )
-
-
 def perform_attempt(
     request: Request, attempt: Attempt, route: failover.Route | None, *, slot: str
 ) -> AttemptResult:
@@ -308,6 +293,33 @@ def conclude_attempt(
         setattr(request, field, value)
     announce_finished(request, answer=answer_of(request), along=along)
     return True, None
+
+
+def conclude_as_internal_error(
+    request: Request, number: int, result: AttemptResult, error: Exception, **options
+) -> tuple[AttemptResult, float | None]:
+    """Record attempt `number` as our own error, because `error` (not an outage: a value the
+    database refuses, relayed bytes no key opens, an answer shaped like nothing foreseen)
+    kept its `result` from being recorded: rather than leave the request running. A stream
+    that had started keeps what its callers were sent: it is never retried, ends
+    `partial`, and a replay sends the delivered events and then the error. `options` as
+    for `conclude_attempt`; returns the result recorded and the wait before a retry."""
+    logger.error(
+        "attempt result not recorded",
+        extra={"request_id": request.public_id, "exception": type(error).__name__},
+    )
+    if result.stream_started:
+        result = replace(
+            INTERNAL_ERROR,
+            status_code=result.status_code,
+            response=result.response,
+            stream_started=True,
+            stream_unread=result.stream_unread,
+        )
+    else:
+        result = INTERNAL_ERROR
+    _, delay = conclude_attempt(request, number, result, **options)
+    return result, delay
 
 
 KEY_RING_ADVICE = (
@@ -565,16 +577,9 @@ def run_attempts(request_pk: int) -> None:
             except Exception as error:  # noqa: BLE001 - recorded as our own error below
                 if database_unavailable(error):
                     raise  # for longer than a worker waits: the sweeper recovers the request
-                # The result itself could not be read or stored (a value the database refuses,
-                # an answer shaped like nothing foreseen): record the attempt as our own error
-                # rather than leave it running until its lease runs out.
-                logger.error(
-                    "attempt result not recorded",
-                    extra={"request_id": row.public_id, "exception": type(error).__name__},
-                )
-                result = as_internal_error(result)
-                _, delay = conclude_attempt(
-                    row, attempt.number, result, chain=chain, along=held.release
+                # Not left running until its lease runs out.
+                result, delay = conclude_as_internal_error(
+                    row, attempt.number, result, error, chain=chain, along=held.release
                 )
             if route:
                 _learn_from(route, result, row)

@@ -17,11 +17,11 @@ from django.db.models.functions import Coalesce, Greatest, Least
 from django.utils import timezone
 
 from core import heartbeats
-from core.outages import is_redis_outage
+from core.outages import database_unavailable, is_redis_outage
 from requests_app import metrics
 from requests_app.engine import streams
 from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
-from requests_app.engine.executor import conclude_attempt
+from requests_app.engine.executor import conclude_as_internal_error, conclude_attempt
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.stream_attempt import as_relayed
 from requests_app.models import Attempt, Request, Status
@@ -86,14 +86,33 @@ def recover_expired_leases(now) -> int:
     )
     recovered = 0
     for request in stale:
-        # The same one statement as the worker's own conclusion: if the worker recorded its
-        # result first, or renewed its lease meanwhile, this changes nothing.
-        conclude_attempt(
-            request,
-            request.attempt_count,
-            lost_attempt(request, upstream=sent_to.get(request.pk)),
-            lease_expired_before=now,
-        )
+        number, upstream = request.attempt_count, sent_to.get(request.pk)
+        try:
+            # The same one statement as the worker's own conclusion: if the worker recorded
+            # its result first, or renewed its lease meanwhile, this changes nothing.
+            conclude_attempt(
+                request,
+                number,
+                lost_attempt(request, upstream=upstream),
+                lease_expired_before=now,
+            )
+        except Exception as error:
+            if database_unavailable(error):
+                raise  # the next sweep recovers it, once the database answers
+            # Of this request alone (what its stream relayed no key opens, a value the
+            # database refuses): it must neither stay running nor stop every sweep after
+            # this one from reaching the other requests.
+            conclude_as_internal_error(
+                request,
+                number,
+                AttemptResult(
+                    Attempt.Outcome.CONNECTION_ERROR,
+                    stream_started=request.first_byte_at is not None,
+                    upstream=upstream,
+                ),
+                error,
+                lease_expired_before=now,
+            )
         recovered += 1
         logger.warning(
             "lease expired; attempt recovered",

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from django.core.cache import cache
 from django.utils import timezone
 
@@ -157,6 +158,41 @@ def test_a_lost_stream_is_recorded_as_what_its_readers_got(db, relayed, outcome)
     if outcome[0] == "succeeded":
         assert request.usage["total_tokens"] == 4
         assert request.response_headers["x-request-id"] == "req_up"
+
+
+def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(db, caplog):
+    # The bytes a lost stream relayed were encrypted under a key the operator has since
+    # removed from the ring, so the sweeper cannot read back what its readers got.
+    now = timezone.now()
+    sealed = RequestFactory(
+        status="running",
+        stream=True,
+        attempt_count=1,
+        first_byte_at=now - timedelta(seconds=5),
+        lease_until=now - timedelta(seconds=2),
+    )
+    AttemptFactory(request=sealed, number=1, outcome="", status_code=None, upstream="primary")
+    publisher = StreamPublisher(sealed.public_id, 1)
+    publisher.start(200, {"content-type": "text/event-stream"})
+    publisher.send("chunk", data=Fernet(Fernet.generate_key()).encrypt(COMPLETE_STREAM[0]))
+    # Another worker lost at the same time, whose recovery comes after it.
+    lost = RequestFactory(status="running", attempt_count=1, lease_until=now - timedelta(seconds=1))
+    AttemptFactory(request=lost, number=1, outcome="", status_code=None, upstream="primary")
+
+    with caplog.at_level(logging.ERROR):
+        report = sweep()
+
+    sealed.refresh_from_db()
+    lost.refresh_from_db()
+    # Never retried after its first byte, and not left running: our own error, partial.
+    assert (sealed.status, sealed.partial) == ("failed", True)
+    assert sealed.error["code"] == "internal_error"
+    assert lost.status == "retrying"
+    assert report.recovered == 2
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert [(record.getMessage(), record.request_id) for record in errors] == [
+        ("attempt result not recorded", sealed.public_id)
+    ]
 
 
 def test_a_task_lost_by_the_broker_is_dispatched_again(tenant, live_api, worker):
