@@ -8,6 +8,7 @@ from functools import wraps
 from allauth.account.admin import EmailAddressAdmin as AllauthEmailAddressAdmin
 from allauth.account.authentication import get_authentication_records
 from allauth.account.models import EmailAddress
+from allauth.mfa.admin import AuthenticatorAdmin as AllauthAuthenticatorAdmin
 from allauth.mfa.models import Authenticator
 from allauth.mfa.utils import is_mfa_enabled
 from allauth.usersessions.admin import UserSessionAdmin
@@ -28,7 +29,12 @@ from django.views.decorators.cache import never_cache
 
 from accounts.access import client_ip
 from accounts.models import Account, AuditEvent, Membership, User
-from accounts.services import end_sessions, suspend_account, unsuspend_account
+from accounts.services import (
+    end_sessions,
+    remove_second_factor,
+    suspend_account,
+    unsuspend_account,
+)
 
 
 class SuspensionForm(forms.Form):
@@ -332,3 +338,33 @@ admin.site.unregister(UserSession)
 @admin.register(UserSession)
 class SessionAdmin(UserSessionAdmin):
     search_fields = ["user__email", "ip"]
+
+
+# allauth's own admin shows an authenticator's data (the app's secret, the recovery codes'
+# seed) and edits it, and adds one or moves it to another user: a second factor its user
+# never set up. Here they are read; staff who may delete one remove it for a user who lost
+# their phone, through the service that audits it and signs the user out.
+admin.site.unregister(Authenticator)
+
+
+@admin.register(Authenticator)
+class AuthenticatorAdmin(AllauthAuthenticatorAdmin):
+    search_fields = ["user__email"]
+    list_select_related = ["user"]
+    fields = ["user", "type", "created_at", "last_used_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def delete_model(self, request, obj):
+        remove_second_factor(authenticator=obj, actor=request.user, ip_address=client_ip(request))
+
+    def delete_queryset(self, request, queryset):
+        for authenticator in queryset.select_related("user"):
+            remove_second_factor(
+                authenticator=authenticator, actor=request.user, ip_address=client_ip(request)
+            )

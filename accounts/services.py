@@ -4,6 +4,7 @@ import logging
 from datetime import datetime
 from typing import Protocol
 
+from allauth.mfa.models import Authenticator
 from allauth.usersessions.adapter import get_adapter as get_usersessions_adapter
 from allauth.usersessions.models import UserSession
 from django.conf import settings
@@ -15,7 +16,7 @@ from django.utils.text import Truncator
 
 from accounts.emails import MAIL_ERRORS, UsersStillOwed, kind_of, log_unsent, refused_for_good
 from accounts.models import Account, AuditEvent, Membership, User
-from accounts.selectors import owner_addresses
+from accounts.selectors import memberships_of, owner_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,69 @@ def record_audit_event(
     return AuditEvent.objects.create(
         account=account, actor=actor, action=action, target=target[:200], ip_address=ip_address
     )
+
+
+def record_in_every_account(
+    *,
+    user: User,
+    actor: User | None,
+    action: str,
+    target: str = "",
+    ip_address: str | None = None,
+) -> None:
+    """An event about `user`'s own sign-in (a sign-in, a second factor) goes into the
+    security log of each account they belong to: its owners see every change to it."""
+    for membership in memberships_of(user):
+        record_audit_event(
+            account=membership.account,
+            actor=actor,
+            action=action,
+            target=target,
+            ip_address=ip_address,
+        )
+
+
+SECOND_FACTOR_NAMES = {
+    Authenticator.Type.TOTP: "Authenticator app",
+    Authenticator.Type.RECOVERY_CODES: "Recovery codes",
+    Authenticator.Type.WEBAUTHN: "Security key",
+}
+
+
+def second_factor_name(authenticator: Authenticator) -> str:
+    return SECOND_FACTOR_NAMES.get(authenticator.type, authenticator.type)
+
+
+@transaction.atomic
+def remove_second_factor(
+    *, authenticator: Authenticator, actor: User, ip_address: str | None = None
+) -> None:
+    """An operator removes a user's authenticator (they lost their phone, say). As when the
+    user removes it, their recovery codes go with their last app or key (alone they are
+    no second factor), and each removal is in the security log of each of their accounts,
+    naming the operator. The user is signed out everywhere: a session whose sign-in passed
+    with the removed factor (the lost phone's own, perhaps) does not keep that standing."""
+    user = authenticator.user
+    # allauth regenerates recovery codes under this lock: none are left without an app.
+    User.objects.select_for_update().filter(pk=user.pk).exists()
+    removed, _ = Authenticator.objects.filter(pk=authenticator.pk).delete()
+    if not removed:
+        return  # removed meanwhile, and recorded by whoever removed it
+    gone = [authenticator]
+    left = Authenticator.objects.filter(user=user)
+    if not left.exclude(type=Authenticator.Type.RECOVERY_CODES).exists():
+        gone += list(left)
+        left.delete()
+    for each in gone:
+        record_in_every_account(
+            user=user,
+            actor=actor,
+            action="two_factor_removed",
+            target=second_factor_name(each),
+            ip_address=ip_address,
+        )
+    end_sessions(user=user)
+    logger.info("second factor removed by an operator", extra={"user_id": user.pk})
 
 
 class Suspendable(Protocol):

@@ -11,8 +11,12 @@ from django.dispatch import receiver
 from accounts import tasks
 from accounts.access import client_ip
 from accounts.emails import send_or_retry
-from accounts.selectors import memberships_of
-from accounts.services import end_sessions, record_audit_event, send_welcome_email
+from accounts.services import (
+    end_sessions,
+    record_in_every_account,
+    second_factor_name,
+    send_welcome_email,
+)
 
 
 @receiver(email_confirmed)
@@ -27,27 +31,17 @@ def welcome_after_verification(sender, request, email_address, **kwargs):
 
 
 def _audit_in_every_account(request, user, action: str, target: str = "") -> None:
+    """What the user did themselves, from this request."""
     ip_address = client_ip(request) if request else None
-    for membership in memberships_of(user):
-        record_audit_event(
-            account=membership.account,
-            actor=user,
-            action=action,
-            target=target,
-            ip_address=ip_address,
-        )
+    record_in_every_account(
+        user=user, actor=user, action=action, target=target, ip_address=ip_address
+    )
 
 
 @receiver(user_logged_in)
 def audit_sign_in(sender, request, user, **kwargs):
     _audit_in_every_account(request, user, "sign_in")
 
-
-SECOND_FACTOR_NAMES = {
-    "totp": "Authenticator app",
-    "recovery_codes": "Recovery codes",
-    "webauthn": "Security key",
-}
 
 SECOND_FACTOR_ACTIONS = {
     authenticator_added: "two_factor_added",
@@ -59,8 +53,9 @@ SECOND_FACTOR_ACTIONS = {
 @receiver(list(SECOND_FACTOR_ACTIONS))
 def audit_second_factor(signal, sender, request, user, authenticator, **kwargs):
     """Whoever holds a session could weaken the sign-in: owners see every change."""
-    name = SECOND_FACTOR_NAMES.get(authenticator.type, authenticator.type)
-    _audit_in_every_account(request, user, SECOND_FACTOR_ACTIONS[signal], name)
+    _audit_in_every_account(
+        request, user, SECOND_FACTOR_ACTIONS[signal], second_factor_name(authenticator)
+    )
 
 
 @receiver(authenticator_added)

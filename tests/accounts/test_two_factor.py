@@ -17,13 +17,15 @@ from allauth.mfa.totp.internal.auth import (
 )
 from allauth.mfa.utils import decrypt
 from cryptography.fernet import Fernet
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
+from accounts.mfa import TOKEN_PREFIX
 from accounts.models import AuditEvent
 from core import encryption
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import PASSWORD, AccountFactory, MembershipFactory, UserFactory
 
 ADMIN_INDEX_TITLE = "Site administration"
 
@@ -402,3 +404,86 @@ def test_two_factor_pages_say_the_secret_cannot_be_decrypted(
     assert UNREADABLE in response.content.decode()
     assert [w.user_id for w in unreadable_warnings(caplog)] == [alice.pk]
     assert "gAAAAA" not in caplog.text
+
+
+# ---------- the admin's authenticators ----------
+
+
+@pytest.fixture
+def alices_app(alice_account, alice) -> Authenticator:
+    """Alice's authenticator app, with the recovery codes allauth hands out with it."""
+    TOTP.activate(alice, generate_totp_secret())
+    RecoveryCodes.activate(alice)
+    return Authenticator.objects.get(user=alice, type=Authenticator.Type.TOTP)
+
+
+def test_an_operator_reads_an_authenticator_but_never_its_secrets_nor_changes_it(
+    operator_client, alice, charlie, alices_app
+):
+    """Its data is the app's secret and the recovery codes' seed (encrypted, but secrets
+    still); an authenticator added or moved to another user here would be a second factor
+    its user never set up."""
+    secret = stored_secret(alice)
+    change = reverse("admin:mfa_authenticator_change", args=[alices_app.pk])
+
+    pages = [
+        operator_client.get(change).content.decode(),
+        operator_client.get(reverse("admin:mfa_authenticator_changelist")).content.decode(),
+    ]
+    operator_client.post(change, {"user": charlie.pk, "type": "totp", "data": "{}"})
+    added = operator_client.post(
+        reverse("admin:mfa_authenticator_add"),
+        {"user": charlie.pk, "type": "totp", "data": '{"secret": "JBSWY3DPEHPK3PXP"}'},
+    )
+
+    assert all(TOKEN_PREFIX not in page for page in pages)
+    assert 'name="data"' not in pages[0]
+    assert added.status_code == 403
+    assert not Authenticator.objects.filter(user=charlie).exists()
+    assert Authenticator.objects.get(pk=alices_app.pk).user_id == alice.pk
+    assert stored_secret(alice) == secret
+
+
+def delete_on_its_page(client, authenticator):
+    return client.post(
+        reverse("admin:mfa_authenticator_delete", args=[authenticator.pk]),
+        {"post": "yes"},
+        REMOTE_ADDR="203.0.113.9",
+    )
+
+
+def delete_with_the_action(client, authenticator):
+    return client.post(
+        reverse("admin:mfa_authenticator_changelist"),
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [authenticator.pk], "post": "yes"},
+        REMOTE_ADDR="203.0.113.9",
+    )
+
+
+@pytest.mark.parametrize("delete", [delete_on_its_page, delete_with_the_action])
+def test_an_authenticator_removed_in_admin_is_in_the_security_log_and_signs_the_user_out(
+    operator_client, alice, alice_account, alices_app, delete
+):
+    """A user who lost their phone: their recovery codes go with the app, as when they
+    remove it themselves; each of their accounts' owners see who removed it; and every
+    session of theirs ends, the lost phone's too, whose sign-in passed with the app."""
+    other = AccountFactory()
+    MembershipFactory(user=alice, account=other, role="member")
+    phone = Client()  # the lost phone's browser, signed in with the app
+    sign_in_with_password(phone, alice)
+    phone.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(alice))})
+    assert phone.get(reverse("dashboard")).status_code == 200
+
+    response = delete(operator_client, alices_app)
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert not Authenticator.objects.filter(user=alice).exists()
+    events = AuditEvent.objects.filter(action="two_factor_removed").values_list(
+        "account", "actor__email", "target", "ip_address"
+    )
+    assert sorted(events) == sorted(
+        (account.pk, "ops@reqrun.com", name, "203.0.113.9")
+        for account in (alice_account, other)
+        for name in ("Authenticator app", "Recovery codes")
+    )
+    assert phone.get(reverse("dashboard"))["Location"].startswith(reverse("account_login"))

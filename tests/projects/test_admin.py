@@ -44,6 +44,7 @@ def everything(alice_account, alice_project, alice_key, alice_invitation, bob):
         "projects.apikey",
         "projects.invitation",
         "usersessions.usersession",
+        "mfa.authenticator",
     ],
 )
 def test_every_model_has_a_searchable_admin(operator_client, everything, model):
