@@ -567,13 +567,21 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "last_used_at",
         "revoked_at",
     ]
-    readonly_fields = [field for field in fields if field != "name"]  # revoke with the action
+    readonly_fields = fields
     actions = ["revoke_selected"]
 
     def has_add_permission(self, request):
         return False  # created in the dashboard or by bootstrap_project: shown once, never here
 
-    @admin.action(description="Revoke selected keys", permissions=["change"])
+    # A key is named once, in the dashboard, which keeps names unique among the project's
+    # active keys and renames none; the admin only revokes it (the action, audited).
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_revoke_permission(self, request) -> bool:
+        return request.user.has_perm("projects.change_apikey")
+
+    @admin.action(description="Revoke selected keys", permissions=["revoke"])
     def revoke_selected(self, request, queryset):
         for api_key in queryset.filter(revoked_at__isnull=True):
             revoke_api_key(api_key=api_key, actor=request.user, ip_address=client_ip(request))

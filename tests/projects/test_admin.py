@@ -787,3 +787,15 @@ def test_a_deleted_projects_settings_are_not_changed_in_admin(
 
     assert response.status_code == 403
     assert Project.objects.get(pk=alice_project.pk).name == "Chatbot"
+
+
+def test_a_keys_name_is_not_changed_in_admin(operator_client, alice_key):
+    """The dashboard names a key once, unique among the project's active keys; the admin
+    only revokes it."""
+    response = operator_client.post(
+        reverse("admin:projects_apikey_change", args=[alice_key.pk]), {"name": "staging"}
+    )
+
+    assert response.status_code == 403
+    alice_key.refresh_from_db()
+    assert alice_key.name == "production"
