@@ -117,9 +117,10 @@ class UserAdmin(BaseUserAdmin):
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
 
     # allauth signs in and resets passwords by the user's addresses (EmailAddress), which
-    # a new email typed here would leave behind.
+    # a new email typed here would leave behind. The welcome is sent once, claimed by
+    # setting welcomed_at: cleared, it would go out again at the next verification.
     def get_readonly_fields(self, request, obj=None):
-        return ["email"] if obj else []
+        return ["email", "welcomed_at"] if obj else []
 
     def get_deleted_objects(self, objs, request):
         """An account's only owner is not deleted (here, or with the bulk action, which asks

@@ -248,6 +248,15 @@ class MonthlyUsageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # a month's row is made by the first request accepted in it
 
+    # The month's notices are claimed by its notified_* fields, which the usage-notice
+    # service alone sets: cleared, or the row deleted, its 80% and 100% emails would go
+    # out again.
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
     @admin.display(description="Accepted requests", ordering="accepted_requests")
     def accepted_requests(self, usage: MonthlyUsage) -> int:
         return usage.accepted_requests

@@ -7,7 +7,9 @@ from allauth.account.models import EmailAddress
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.urls import reverse
+from django.utils import timezone
 
+from accounts.models import User
 from tests.conftest import reauthenticate, sign_in_to_admin
 from tests.factories import UserFactory
 
@@ -65,6 +67,28 @@ def test_an_operator_cannot_change_a_users_email_in_admin(operator_client, alice
         "alice@example.com"
     ]
     assert "/accounts/email/" in page
+
+
+def test_an_operator_cannot_clear_a_users_welcome_in_admin(operator_client, alice):
+    """Cleared, the welcome email would go out again at the user's next verification."""
+    welcomed_at = timezone.now()
+    User.objects.filter(pk=alice.pk).update(welcomed_at=welcomed_at)
+    change = reverse("admin:accounts_user_change", args=[alice.pk])
+
+    response = operator_client.post(
+        change,
+        {
+            "is_active": "on",
+            "welcomed_at_0": "",
+            "welcomed_at_1": "",
+            "date_joined_0": "2025-01-01",
+            "date_joined_1": "00:00:00",
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    alice.refresh_from_db()
+    assert alice.welcomed_at == welcomed_at
 
 
 def test_an_operator_cannot_edit_a_users_addresses_in_admin(operator_client, alice):

@@ -799,3 +799,33 @@ def test_a_keys_name_is_not_changed_in_admin(operator_client, alice_key):
     assert response.status_code == 403
     alice_key.refresh_from_db()
     assert alice_key.name == "production"
+
+
+def test_the_usage_notices_sent_are_not_cleared_in_admin(operator_client, everything):
+    """Cleared (or the month's row deleted), the same notices would go out again."""
+    usage = MonthlyUsage.objects.get(account=everything)
+    sent_at = timezone.now()
+    MonthlyUsage.objects.filter(pk=usage.pk).update(
+        notified_80_at=sent_at, notified_100_at=sent_at, notified_quota=1000
+    )
+
+    changed = operator_client.post(
+        reverse("admin:projects_monthlyusage_change", args=[usage.pk]),
+        {
+            "notified_80_at_0": "",
+            "notified_80_at_1": "",
+            "notified_100_at_0": "",
+            "notified_100_at_1": "",
+        },
+    )
+    deleted = operator_client.post(
+        reverse("admin:projects_monthlyusage_delete", args=[usage.pk]), {"post": "yes"}
+    )
+
+    assert (changed.status_code, deleted.status_code) == (403, 403)
+    usage = MonthlyUsage.objects.get(pk=usage.pk)
+    assert (usage.notified_80_at, usage.notified_100_at, usage.notified_quota) == (
+        sent_at,
+        sent_at,
+        1000,
+    )
