@@ -13,6 +13,7 @@ from accounts.admin import SuspensionActions
 from accounts.admin import UserAdmin as BaseUserAdmin
 from accounts.models import Account, Membership, User
 from projects.errors import Gone, InvalidModelMap, NameNotAvailable
+from projects.forms import check_deadline_covers_an_attempt
 from projects.limits import DEFAULT_PLAN_CODE, LimitReached, limits_for, record_plan_change
 from projects.members import (
     LAST_OWNER,
@@ -345,8 +346,9 @@ FAILOVER_POLICY_FIELDS = {
 
 class ProjectAdminForm(forms.ModelForm):
     """A project's name and policies, checked as the dashboard checks them (a name no other
-    live project of the account has, no more attempts than the plan allows) and saved
-    through its services (`save_project_settings`)."""
+    live project of the account has, no more attempts than the plan allows, a deadline of
+    one attempt's timeout at least) and saved through its services
+    (`save_project_settings`)."""
 
     class Meta:
         model = Project
@@ -380,6 +382,11 @@ class ProjectAdminForm(forms.ModelForm):
                 "Raise the account's plan or its max attempts override first."
             )
         return max_attempts
+
+    def clean(self):
+        cleaned = super().clean()
+        check_deadline_covers_an_attempt(self)
+        return cleaned
 
 
 def save_project_settings(request, form: ProjectAdminForm) -> None:

@@ -77,6 +77,16 @@ class ApiKeyForm(NameForm):
     name = forms.CharField(max_length=80, help_text="Where the key is used, e.g. “production”.")
 
 
+def check_deadline_covers_an_attempt(form: forms.BaseForm) -> None:
+    """A retry policy's deadline is at least one attempt's timeout: said on the deadline
+    field of `form` (the dashboard's retry policy, the project's admin form), once both
+    fields are valid."""
+    timeout = form.cleaned_data.get("attempt_timeout_seconds")
+    deadline = form.cleaned_data.get("deadline_seconds")
+    if timeout and deadline and deadline < timeout:
+        form.add_error("deadline_seconds", "The deadline must be at least one attempt's timeout.")
+
+
 class RetryPolicyForm(ServiceForm):
     max_attempts = forms.IntegerField(
         required=False, min_value=1, help_text="Empty: your plan's maximum."
@@ -119,11 +129,7 @@ class RetryPolicyForm(ServiceForm):
 
     def clean(self):
         cleaned = super().clean()
-        timeout, deadline = cleaned.get("attempt_timeout_seconds"), cleaned.get("deadline_seconds")
-        if timeout and deadline and deadline < timeout:
-            self.add_error(
-                "deadline_seconds", "The deadline must be at least one attempt's timeout."
-            )
+        check_deadline_covers_an_attempt(self)
         return cleaned
 
 

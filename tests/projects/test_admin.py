@@ -437,6 +437,7 @@ def test_the_project_shows_each_upstreams_breaker_and_the_failover_policy(
         ("failover_tries_per_upstream", 11),
         ("deadline_seconds", 86_401),
         ("attempt_timeout_seconds", 601),
+        ("deadline_seconds", 30),  # shorter than one attempt's timeout (60)
     ],
 )
 def test_the_admin_form_keeps_the_dashboards_bounds(alice_project, field, value):
