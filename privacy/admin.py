@@ -43,6 +43,11 @@ class AccountDeletionAdmin(ReadOnlyAdmin):
     search_fields = ["account__public_id"]
     list_select_related = ["account"]
 
+    # The worker purges a closed account by this row: deleted, the account's data would
+    # stay for good after its owner deleted it.
+    def has_delete_permission(self, request, obj=None):
+        return False
+
 
 class CloseAccountForm(forms.Form):
     reason = forms.CharField(

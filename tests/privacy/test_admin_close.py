@@ -17,7 +17,7 @@ from privacy.models import AccountDeletion
 from projects.models import ApiKey
 from requests_app.models import Request
 from tests.billing.paddle_stub import paddle_error
-from tests.factories import PASSWORD, RequestFactory, UserFactory
+from tests.factories import PASSWORD, AccountDeletionFactory, RequestFactory, UserFactory
 from tests.privacy.conftest import fill
 from tests.privacy.test_delete import purge
 
@@ -171,3 +171,20 @@ def test_a_member_of_an_account_being_deleted_waits_until_it_is_gone(
 
     assert "it is being deleted just now" in asked.content.decode()
     assert Membership.objects.filter(account=alice_account, user=bob).exists()
+
+
+def test_an_accounts_deletion_is_not_undone_in_admin(operator_client, alice_account):
+    """Its row is what the worker purges the account by: deleted, the account's data would
+    stay for good, after its owner (or an operator) deleted it."""
+    deletion = AccountDeletionFactory(account=alice_account)
+
+    refused = operator_client.post(
+        reverse("admin:privacy_accountdeletion_delete", args=[deletion.pk]), {"post": "yes"}
+    )
+    operator_client.post(
+        reverse("admin:privacy_accountdeletion_changelist"),
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [deletion.pk], "post": "yes"},
+    )
+
+    assert refused.status_code == 403
+    assert AccountDeletion.objects.filter(pk=deletion.pk).exists()

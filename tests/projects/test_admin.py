@@ -17,7 +17,7 @@ from projects.members import revoke_invitation
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
 from tests.conftest import sign_in_to_admin
-from tests.factories import MonthlyUsageFactory, RequestFactory, UserFactory
+from tests.factories import AuditEventFactory, MonthlyUsageFactory, RequestFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db
@@ -830,3 +830,19 @@ def test_the_usage_notices_sent_are_not_cleared_in_admin(operator_client, everyt
         sent_at,
         1000,
     )
+
+
+def test_the_audit_trail_is_not_deleted_in_admin(operator_client, everything):
+    """It is the owners' evidence of who did what: operators read it."""
+    event = AuditEventFactory(account=everything)
+
+    refused = operator_client.post(
+        reverse("admin:accounts_auditevent_delete", args=[event.pk]), {"post": "yes"}
+    )
+    operator_client.post(
+        reverse("admin:accounts_auditevent_changelist"),
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [event.pk], "post": "yes"},
+    )
+
+    assert refused.status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
