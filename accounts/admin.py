@@ -11,6 +11,7 @@ from allauth.account.models import EmailAddress
 from allauth.mfa.admin import AuthenticatorAdmin as AllauthAuthenticatorAdmin
 from allauth.mfa.models import Authenticator
 from allauth.mfa.utils import is_mfa_enabled
+from allauth.usersessions.adapter import get_adapter as get_usersessions_adapter
 from allauth.usersessions.admin import UserSessionAdmin
 from allauth.usersessions.models import UserSession
 from django import forms
@@ -335,13 +336,29 @@ class EmailAddressAdmin(AllauthEmailAddressAdmin):
         super().make_verified(request, queryset)
 
 
-# allauth searches sessions by user__username; ReqRun's users have an email instead.
+# allauth searches sessions by user__username; ReqRun's users have an email instead. Its
+# admin also adds, edits and deletes the rows by which a user's sessions are found and
+# ended (a second factor turned on or removed, a login deleted): one moved to another user,
+# or deleted while its browser stays signed in, would outlive those. Here they are read,
+# and deleting one ends the session itself, signing its browser out.
 admin.site.unregister(UserSession)
 
 
 @admin.register(UserSession)
 class SessionAdmin(UserSessionAdmin):
     search_fields = ["user__email", "ip"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def delete_model(self, request, obj):
+        get_usersessions_adapter().end_sessions([obj])
+
+    def delete_queryset(self, request, queryset):
+        get_usersessions_adapter().end_sessions(queryset)
 
 
 # allauth's own admin shows an authenticator's data (the app's secret, the recovery codes'

@@ -188,3 +188,37 @@ def test_an_accounts_deletion_is_not_undone_in_admin(operator_client, alice_acco
 
     assert refused.status_code == 403
     assert AccountDeletion.objects.filter(pk=deletion.pk).exists()
+
+
+def test_a_session_is_ended_in_admin_never_moved_or_forgotten(
+    operator_client, alice_account, bob, charlie
+):
+    """A user's sessions are ended by these rows (a second factor turned on or removed, a
+    login deleted): one moved to another user, added, or deleted while its browser stays
+    signed in would outlive that. Deleting one signs its browser out."""
+    browser = Client()
+    browser.post(reverse("account_login"), {"login": bob.email, "password": PASSWORD})
+    row = UserSession.objects.get(user=bob)
+    form = {
+        "user": str(charlie.pk),
+        "created_at_0": "2025-01-01",
+        "created_at_1": "12:00",
+        "ip": "203.0.113.7",
+        "last_seen_at_0": "2025-01-01",
+        "last_seen_at_1": "12:00",
+        "user_agent": "Firefox",
+        "data": '{"by": "hand"}',
+    }
+
+    moved = operator_client.post(
+        reverse("admin:usersessions_usersession_change", args=[row.pk]), form
+    )
+    added = operator_client.post(reverse("admin:usersessions_usersession_add"), form)
+    assert UserSession.objects.get(pk=row.pk).user_id == bob.pk
+    ended = operator_client.post(
+        reverse("admin:usersessions_usersession_delete", args=[row.pk]), {"post": "yes"}
+    )
+
+    assert (moved.status_code, added.status_code, ended.status_code) == (403, 403, 302)
+    assert not UserSession.objects.filter(user=charlie).exists()
+    assert browser.get(reverse("dashboard"))["Location"].startswith(reverse("account_login"))
