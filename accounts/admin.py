@@ -185,7 +185,16 @@ class AccountAdmin(SuspensionActions, admin.ModelAdmin):
     list_filter = [("suspended_at", admin.EmptyFieldListFilter)]
     search_fields = ["public_id", "name", "memberships__user__email"]
     # Suspension changes only through the actions, so each one is audited with a reason.
-    readonly_fields = ["public_id", "created_at", "suspended_at", "suspension_reason"]
+    # closing_since is the deletion's own lock while Paddle answers (privacy.deletion): set
+    # here it would hold membership changes for nothing, cleared it would let them run in
+    # the middle of a deletion.
+    readonly_fields = [
+        "public_id",
+        "created_at",
+        "suspended_at",
+        "suspension_reason",
+        "closing_since",
+    ]
     inlines = [MembershipInline]
 
     subject_keyword = "account"

@@ -846,3 +846,15 @@ def test_the_audit_trail_is_not_deleted_in_admin(operator_client, everything):
 
     assert refused.status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_an_accounts_closing_mark_is_not_set_in_admin(operator_client, everything):
+    """The mark holds membership changes while an owner's deletion is at Paddle: set by
+    hand it would hold them (and the deletion) for nothing; cleared, it would let them run
+    in the middle of one."""
+    operator_client.post(
+        reverse("admin:accounts_account_change", args=[everything.pk]),
+        account_form(everything) | {"closing_since_0": "2025-01-01", "closing_since_1": "12:00"},
+    )
+
+    assert Account.objects.get(pk=everything.pk).closing_since is None
