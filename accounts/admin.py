@@ -329,18 +329,24 @@ admin.site.admin_view = _refusing_unreadable_input(admin.site.admin_view)
 
 # allauth's own admin edits a user's addresses freely: one changed, made primary or moved to
 # another user there would part from User.email, which the user's Email page keeps in step.
-# Here they are read, and an operator who may change them marks one verified.
+# Here they are read, and not saved either (a save writes the whole row back as the request
+# read it, undoing the user's own change landing meanwhile); an operator who may change
+# them marks one verified.
 admin.site.unregister(EmailAddress)
 
 
 @admin.register(EmailAddress)
 class EmailAddressAdmin(AllauthEmailAddressAdmin):
-    readonly_fields = ["user", "email", "verified", "primary"]
-
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Mark selected email addresses as verified", permissions=["change"])
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_verify_permission(self, request) -> bool:
+        return request.user.has_perm("account.change_emailaddress")
+
+    @admin.action(description="Mark selected email addresses as verified", permissions=["verify"])
     def make_verified(self, request, queryset):
         super().make_verified(request, queryset)
 

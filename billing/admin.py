@@ -19,12 +19,13 @@ class PaddleRecordAdmin(admin.ModelAdmin):
     an event whose row is gone would be processed again when Paddle redelivers it (its
     stored event_id is how a redelivery is known), emailing the owners about one failed
     payment twice, say. The billing sweep purges events long after Paddle stops
-    redelivering them."""
-
-    def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
+    redelivering them. Nor are they saved: a save writes the whole row back as the request
+    read it, undoing a webhook's write landing meanwhile (a subscription's new status)."""
 
     def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
 
     def has_delete_permission(self, request, obj=None):
@@ -99,9 +100,6 @@ class WebhookEventAdmin(PaddleRecordAdmin):
     date_hierarchy = "received_at"
     actions = ["reprocess"]
 
-    def has_change_permission(self, request, obj=None):
-        return False
-
     def get_fields(self, request, obj=None):
         fields = [
             "event_id",
@@ -117,9 +115,6 @@ class WebhookEventAdmin(PaddleRecordAdmin):
         ]
         # Unprocessed payloads carry customers' names, emails and addresses.
         return [*fields, "payload"] if request.user.is_superuser else fields
-
-    def get_readonly_fields(self, request, obj=None):
-        return self.get_fields(request, obj)
 
     @admin.display(description="error")
     def reason(self, event: WebhookEvent) -> str:

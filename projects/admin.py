@@ -636,7 +636,15 @@ class InvitationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # sent from the dashboard, within the plan's seats, with its email
 
-    @admin.action(description="Withdraw selected invitations", permissions=["change"])
+    # Nor saved: a save writes the whole row back as the request read it, undoing an
+    # acceptance or a withdrawal landing meanwhile. The admin only withdraws (the action).
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_withdraw_permission(self, request) -> bool:
+        return request.user.has_perm("projects.change_invitation")
+
+    @admin.action(description="Withdraw selected invitations", permissions=["withdraw"])
     def withdraw_selected(self, request, queryset):
         pending = queryset.filter(accepted_at__isnull=True, revoked_at__isnull=True)
         for invitation in pending:

@@ -97,7 +97,7 @@ def test_an_operator_cannot_edit_a_users_addresses_in_admin(operator_client, ali
     address = EmailAddress.objects.get(user=alice)
     unverified = EmailAddress.objects.create(user=alice, email=NEW, verified=False)
 
-    operator_client.post(
+    changed = operator_client.post(
         reverse("admin:account_emailaddress_change", args=[address.pk]),
         {"user": str(alice.pk), "email": "mallory@example.com", "verified": "on"},
     )
@@ -106,6 +106,9 @@ def test_an_operator_cannot_edit_a_users_addresses_in_admin(operator_client, ali
         {"action": "make_verified", ACTION_CHECKBOX_NAME: [unverified.pk]},
     )
 
+    # Not saved either: a save writes back the row as read, undoing the user's own change
+    # of their primary address landing meanwhile.
+    assert changed.status_code == 403
     address.refresh_from_db()
     assert (address.email, address.primary) == ("alice@example.com", True)
     assert EmailAddress.objects.get(pk=unverified.pk).verified

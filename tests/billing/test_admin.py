@@ -104,12 +104,11 @@ def test_reprocess_runs_a_failed_event_again(
     assert event.account == alice_account
 
 
-def test_paddles_records_are_not_deleted_in_admin(operator, alice_account, check_out):
-    """Paddle is the source of truth: without its subscription row an account could buy a
-    second one; without its customer or checkout, Paddle's events would no longer bind;
-    without an event's row, Paddle's redelivery of that event would be applied again."""
+@pytest.fixture
+def paddle_records(alice_account, check_out):
+    """A row of each model that copies Paddle, for alice's account."""
     checkout = check_out(alice_account)
-    rows = [
+    return [
         SubscriptionFactory(account=alice_account),
         checkout,
         BillingCustomer.objects.get(account=alice_account),
@@ -117,7 +116,12 @@ def test_paddles_records_are_not_deleted_in_admin(operator, alice_account, check
         WebhookEventFactory(account=alice_account),
     ]
 
-    for row in rows:
+
+def test_paddles_records_are_not_deleted_in_admin(operator, paddle_records):
+    """Paddle is the source of truth: without its subscription row an account could buy a
+    second one; without its customer or checkout, Paddle's events would no longer bind;
+    without an event's row, Paddle's redelivery of that event would be applied again."""
+    for row in paddle_records:
         model = row._meta.model_name
         one = operator.post(
             reverse(f"admin:billing_{model}_delete", args=[row.pk]), {"post": "yes"}
@@ -129,3 +133,18 @@ def test_paddles_records_are_not_deleted_in_admin(operator, alice_account, check
 
         assert one.status_code == 403, model
         assert type(row).objects.filter(pk=row.pk).exists(), model
+
+
+def test_paddles_records_are_read_not_saved_in_admin(operator, paddle_records):
+    """Every field is read-only there, yet a save would write the whole row back as the
+    request read it: a webhook's write landing meanwhile (a subscription's new status, say)
+    would be undone."""
+    for row in paddle_records:
+        change = reverse(f"admin:billing_{row._meta.model_name}_change", args=[row.pk])
+
+        page = operator.get(change)
+        saved = operator.post(change, {})
+
+        assert page.status_code == 200, row
+        assert 'name="_save"' not in page.content.decode(), row
+        assert saved.status_code == 403, row

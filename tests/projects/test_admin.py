@@ -595,11 +595,14 @@ def test_a_withdrawn_invitation_is_not_revived_in_admin(operator_client, alice, 
     again, and a new role would not be the one the email offered."""
     revoke_invitation(invitation=alice_invitation, actor=alice)
 
-    operator_client.post(
+    response = operator_client.post(
         reverse("admin:projects_invitation_change", args=[alice_invitation.pk]),
         {"role": "owner", "revoked_at_0": "", "revoked_at_1": ""},
     )
 
+    # Read-only, and not saved either: a save writes back the row as read, undoing an
+    # acceptance or a withdrawal landing meanwhile.
+    assert response.status_code == 403
     alice_invitation.refresh_from_db()
     assert alice_invitation.revoked_at is not None
     assert alice_invitation.role == "member"
