@@ -54,6 +54,7 @@ ACTION_LABELS = {
     "suspended": "Suspended",
     "unsuspended": "Suspension lifted",
     "plan_changed": "Plan changed",
+    "limit_changed": "Limit changed",
     "subscription_plan_changed": "Subscription plan changed",
     "subscription_cancel_scheduled": "Subscription set to end",
     "subscription_resumed": "Subscription resumed",

@@ -14,7 +14,7 @@ from accounts.admin import UserAdmin as BaseUserAdmin
 from accounts.models import Account, Membership, User
 from projects.errors import Gone, InvalidModelMap, NameNotAvailable
 from projects.forms import check_deadline_covers_an_attempt
-from projects.limits import DEFAULT_PLAN_CODE, LimitReached, limits_for, record_plan_change
+from projects.limits import DEFAULT_PLAN_CODE, LimitReached, change_account_plan, limits_for
 from projects.members import (
     LAST_OWNER,
     change_role,
@@ -86,30 +86,24 @@ class AccountPlanInline(admin.StackedInline):
     fields = ["plan", *LIMIT_FIELDS]
 
 
+def save_plan_state(request, account: Account, form: forms.ModelForm) -> AccountPlan:
+    """An AccountPlan form is saved by `change_account_plan`: only the fields the operator
+    changed, onto the row as it is now (a plan billing set meanwhile stays), each change in
+    the owners' security log."""
+    return change_account_plan(
+        account=account,
+        changes={
+            field: form.cleaned_data[field]
+            for field in form.changed_data
+            if field in AccountPlanInline.fields
+        },
+        actor=request.user,
+        ip_address=client_ip(request),
+    )
+
+
 # Account's admin lives in accounts, which cannot know about plans; add the plan inline here.
 admin.site.unregister(Account)
-
-
-def _plan_before(form: forms.ModelForm) -> Plan | None:
-    """The plan an AccountPlan form moves its account from (Free when the account has no
-    row yet, as `plan_state_of` would make it), or None when the plan stays."""
-    if form.instance.pk is None:
-        return Plan.objects.filter(code=DEFAULT_PLAN_CODE).first()
-    if "plan" not in form.changed_data:
-        return None
-    return Plan.objects.filter(pk=form.initial.get("plan")).first()
-
-
-def _audit_plan_change(request, state: AccountPlan, previous: Plan | None) -> None:
-    """After the save: a form left empty saved nothing and changed no plan."""
-    if previous is not None and state.pk is not None:
-        record_plan_change(
-            account=state.account,
-            previous=previous,
-            new=state.plan,
-            actor=request.user,
-            ip_address=client_ip(request),
-        )
 
 
 @admin.register(Account)
@@ -117,14 +111,13 @@ class AccountAdmin(BaseAccountAdmin):
     inlines = [AccountPlanInline, *BaseAccountAdmin.inlines]
 
     def save_formset(self, request, form, formset, change):
-        changes = (
-            [(plan_form.instance, _plan_before(plan_form)) for plan_form in formset.forms]
-            if formset.model is AccountPlan
-            else []
-        )
-        super().save_formset(request, form, formset, change)
-        for state, previous in changes:
-            _audit_plan_change(request, state, previous)
+        if formset.model is not AccountPlan:
+            super().save_formset(request, form, formset, change)
+            return
+        formset.save(commit=False)  # what changed, for the admin's history
+        for plan_form in formset.forms:
+            if plan_form.has_changed():
+                save_plan_state(request, form.instance, plan_form)
 
 
 # User's admin lives in accounts too: a login deleted there leaves each of its accounts as
@@ -174,9 +167,9 @@ class AccountPlanAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request, obj, form, change):
-        previous = _plan_before(form)
-        super().save_model(request, obj, form, change)
-        _audit_plan_change(request, obj, previous)
+        state = save_plan_state(request, obj.account, form)
+        obj.pk = state.pk  # the admin goes on with its own instance: make it the row as saved
+        obj.refresh_from_db()
 
 
 class MembershipAdminForm(forms.ModelForm):

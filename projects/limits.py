@@ -86,14 +86,56 @@ def set_plan(
     ip_address: str | None = None,
 ) -> AccountPlan:
     """Move the account to another plan; limits apply at once. Existing objects are kept."""
-    state = plan_state_of(account)
+    return change_account_plan(
+        account=account,
+        changes={"plan": Plan.objects.get(code=plan_code)},
+        actor=actor,
+        ip_address=ip_address,
+    )
+
+
+@transaction.atomic
+def change_account_plan(
+    *,
+    account: Account,
+    changes: dict[str, Plan | int | None],
+    actor: User | None = None,
+    ip_address: str | None = None,
+) -> AccountPlan:
+    """Set the account's plan and the limit overrides named in `changes` (a limit None: the
+    plan's own value) on its row as it is now, under the row's lock: a field not named keeps
+    what its last writer (billing, another operator) set. Owners see each change in the
+    security log: the plan's, and each limit's with its old and new value."""
+    plan_state_of(account)  # made, on Free, if the account has none yet
+    state = AccountPlan.objects.select_for_update().select_related("plan").get(account=account)
+    before = {field: getattr(state, field) for field in changes}
     previous = state.plan
-    state.plan = Plan.objects.get(code=plan_code)
-    state.save(update_fields=["plan", "changed_at"])
+    for field, value in changes.items():
+        setattr(state, field, value)
+    changed = [field for field in changes if getattr(state, field) != before[field]]
+    if not changed:
+        return state
+    state.save(update_fields=[*changed, "changed_at"])
     record_plan_change(
         account=account, previous=previous, new=state.plan, actor=actor, ip_address=ip_address
     )
+    for field in changed:
+        if field in LIMIT_FIELDS:
+            old = _limit_shown(before[field], previous, field)
+            new = _limit_shown(getattr(state, field), state.plan, field)
+            record_audit_event(
+                account=account,
+                actor=actor,
+                action="limit_changed",
+                target=f"{AccountPlan._meta.get_field(field).verbose_name}: {old} → {new}",
+                ip_address=ip_address,
+            )
     return state
+
+
+def _limit_shown(override: int | None, plan: Plan, field: str) -> str:
+    """A limit as the security log names it: the override, or the plan's own value."""
+    return str(override) if override is not None else f"{getattr(plan, field)} ({plan.name} plan)"
 
 
 def record_plan_change(

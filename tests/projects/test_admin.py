@@ -7,6 +7,7 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
 from django.forms import modelform_factory
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
@@ -237,6 +238,37 @@ def test_a_plan_an_operator_assigns_is_in_the_owners_security_log(operator_clien
         ("Free → Pro", "ops@reqrun.com"),
         ("Pro → Team", "ops@reqrun.com"),
     ]
+
+
+def test_a_limit_an_operator_overrides_is_in_the_owners_security_log(
+    operator_client, everything, alice
+):
+    """Owners see every change of their account's limits, old and new value, as they see a
+    plan change: from the account's page and from the plan row's own."""
+    state = AccountPlan.objects.get(account=everything)
+
+    inline = operator_client.post(
+        reverse("admin:accounts_account_change", args=[everything.pk]),
+        account_form(everything, projects="7"),
+    )
+    own_page = operator_client.post(
+        reverse("admin:projects_accountplan_change", args=[state.pk]),
+        {"plan": str(state.plan_id), "projects": "", "members": "4"},
+    )
+
+    assert inline.status_code == 302, inline.content.decode()[:3000]
+    assert own_page.status_code == 302, own_page.content.decode()[:3000]
+    limits = limits_for(everything)
+    assert (limits.projects, limits.members) == (1, 4)
+    changes = AuditEvent.objects.filter(account=everything, action="limit_changed")
+    assert [(event.target, event.actor.email) for event in changes.order_by("pk")] == [
+        ("projects: 1 (Free plan) → 7", "ops@reqrun.com"),
+        ("projects: 7 → 1 (Free plan)", "ops@reqrun.com"),
+        ("members: 1 (Free plan) → 4", "ops@reqrun.com"),
+    ]
+    owner = Client()
+    owner.force_login(alice)
+    assert "Limit changed" in owner.get(reverse("security-log")).content.decode()
 
 
 def test_a_plan_row_an_operator_adds_is_audited_as_a_change_from_free(operator_client, charlie):
