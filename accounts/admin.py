@@ -33,6 +33,7 @@ from accounts.models import Account, AuditEvent, Membership, User
 from accounts.services import (
     end_sessions,
     remove_second_factor,
+    rename_account,
     suspend_account,
     unsuspend_account,
 )
@@ -200,6 +201,20 @@ class AccountAdmin(SuspensionActions, admin.ModelAdmin):
     subject_keyword = "account"
     suspend_service = staticmethod(suspend_account)
     unsuspend_service = staticmethod(unsuspend_account)
+
+    # A rename is audited, as every change owners see in their security log. The rest of the
+    # row is read-only here: saved whole, it would be written back as this request read it,
+    # undoing a suspension or a deletion's closing mark set meanwhile.
+    def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+        elif "name" in form.changed_data:
+            rename_account(
+                account=obj,
+                name=form.cleaned_data["name"],
+                actor=request.user,
+                ip_address=client_ip(request),
+            )
 
     # A raw delete would leave a live Paddle subscription and running requests behind: an
     # account is deleted only through privacy's "Close and delete" action, as its owner would.

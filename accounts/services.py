@@ -63,6 +63,25 @@ def start_account(*, user: User) -> Account | None:
     return create_account(owner=user)
 
 
+@transaction.atomic
+def rename_account(
+    *, account: Account, name: str, actor: User | None = None, ip_address: str | None = None
+) -> Account:
+    """Give the account another name; its owners see the change in the security log."""
+    previous = Account.objects.select_for_update().values_list("name", flat=True).get(pk=account.pk)
+    account.name = name
+    if name != previous:
+        account.save(update_fields=["name"])
+        record_audit_event(
+            account=account,
+            actor=actor,
+            action="account_renamed",
+            target=f"{previous} → {name}",
+            ip_address=ip_address,
+        )
+    return account
+
+
 def record_audit_event(
     *,
     account: Account,

@@ -23,6 +23,7 @@ SECURITY_LOG_PAGE_SIZE = 50
 ACTION_LABELS = {
     "sign_in": "Signed in",
     "account_closed_by_operator": "Account closed by ReqRun",
+    "account_renamed": "Account renamed",
     "two_factor_added": "Two-factor sign-in added",
     "two_factor_removed": "Two-factor sign-in removed",
     "two_factor_reset": "Two-factor codes regenerated",

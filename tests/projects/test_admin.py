@@ -271,6 +271,23 @@ def test_a_limit_an_operator_overrides_is_in_the_owners_security_log(
     assert "Limit changed" in owner.get(reverse("security-log")).content.decode()
 
 
+def test_an_account_renamed_in_admin_is_in_the_owners_security_log(
+    operator_client, everything, alice
+):
+    response = operator_client.post(
+        reverse("admin:accounts_account_change", args=[everything.pk]),
+        account_form(everything) | {"name": "Acme"},
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert Account.objects.get(pk=everything.pk).name == "Acme"
+    [event] = AuditEvent.objects.filter(account=everything, action="account_renamed")
+    assert (event.target, event.actor.email) == ("Alice's workspace → Acme", "ops@reqrun.com")
+    owner = Client()
+    owner.force_login(alice)
+    assert "Account renamed" in owner.get(reverse("security-log")).content.decode()
+
+
 def test_a_plan_row_an_operator_adds_is_audited_as_a_change_from_free(operator_client, charlie):
     account = Account.objects.get(memberships__user=charlie)
     AccountPlan.objects.filter(account=account).delete()  # made on first use, not yet here
