@@ -124,6 +124,18 @@ class UserAdmin(BaseUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         return ["email", "welcomed_at"] if obj else []
 
+    # Only what the operator changed is saved: the rest of the row, written back as this
+    # request read it, would undo what the user's own pages changed meanwhile (a new
+    # password, the email their Email page moved, the welcome claimed and sent).
+    def save_model(self, request, obj, form, change):
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        columns = {field.name for field in User._meta.concrete_fields}
+        changed = [name for name in form.changed_data if name in columns]
+        if changed:
+            obj.save(update_fields=changed)
+
     def get_deleted_objects(self, objs, request):
         """An account's only owner is not deleted (here, or with the bulk action, which asks
         this too): the account would be left with nobody to manage, export or delete it,

@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import psutil
@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection, transaction
+from django.db.models.signals import pre_save
 from django.test import TransactionTestCase
 from psycopg.errors import DeadlockDetected
 
@@ -407,6 +408,22 @@ def sign_in_to_admin(client, user) -> None:
     TOTP.activate(user, generate_totp_secret())
     sign_in_with_password(client, user, next_url="/admin/")
     client.post(reverse("mfa_authenticate"), {"code": current_code(stored_secret(user))})
+
+
+@contextmanager
+def written_meanwhile(model, pk, **values):
+    """Another writer's UPDATE of a row (a webhook's, the user's own), landing while the code
+    under test saves it: after that code read the row, just before its write."""
+
+    def write(sender, instance, **kwargs):
+        if instance.pk == pk:
+            model.objects.filter(pk=pk).update(**values)
+
+    pre_save.connect(write, sender=model, weak=False)
+    try:
+        yield
+    finally:
+        pre_save.disconnect(write, sender=model)
 
 
 @pytest.fixture

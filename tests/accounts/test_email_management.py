@@ -5,12 +5,13 @@ password-reset link they would read."""
 import pytest
 from allauth.account.models import EmailAddress
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from tests.conftest import reauthenticate, sign_in_to_admin
+from tests.conftest import reauthenticate, sign_in_to_admin, written_meanwhile
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +89,27 @@ def test_an_operator_cannot_clear_a_users_welcome_in_admin(operator_client, alic
 
     assert response.status_code == 302, response.content.decode()[:3000]
     alice.refresh_from_db()
+    assert alice.welcomed_at == welcomed_at
+
+
+def test_a_user_saved_in_admin_keeps_what_the_user_changed_meanwhile(operator_client, alice):
+    """The page saves what the operator changed: the rest of the row, written back as the
+    request read it, would undo a new password or a welcome claimed meanwhile (the old
+    password working again, the welcome sent twice)."""
+    welcomed_at = timezone.now()
+
+    with written_meanwhile(
+        User, alice.pk, password=make_password("a-new-secret"), welcomed_at=welcomed_at
+    ):
+        response = operator_client.post(
+            reverse("admin:accounts_user_change", args=[alice.pk]),
+            {"is_active": "on", "date_joined_0": "2025-01-01", "date_joined_1": "00:00:00"},
+        )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    alice = User.objects.get(pk=alice.pk)
+    assert alice.date_joined.year == 2025
+    assert alice.check_password("a-new-secret")
     assert alice.welcomed_at == welcomed_at
 
 
