@@ -17,7 +17,7 @@ from projects.limits import limits_for, set_plan
 from projects.members import revoke_invitation
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
-from tests.conftest import sign_in_to_admin
+from tests.conftest import sign_in_to_admin, written_meanwhile
 from tests.factories import AuditEventFactory, MonthlyUsageFactory, RequestFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY
 
@@ -286,6 +286,41 @@ def test_an_account_renamed_in_admin_is_in_the_owners_security_log(
     owner = Client()
     owner.force_login(alice)
     assert "Account renamed" in owner.get(reverse("security-log")).content.decode()
+
+
+def test_an_override_saved_in_admin_keeps_a_plan_billing_set_meanwhile(operator_client, everything):
+    state = AccountPlan.objects.get(account=everything)
+    pro = Plan.objects.get(code="pro")
+
+    with written_meanwhile(AccountPlan, state.pk, plan=pro):
+        response = operator_client.post(
+            reverse("admin:projects_accountplan_change", args=[state.pk]),
+            {"plan": str(state.plan_id), "members": "4"},
+        )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    limits = limits_for(everything)
+    assert (limits.plan_code, limits.members) == ("pro", 4)
+
+
+def test_an_account_renamed_in_admin_keeps_a_suspension_set_meanwhile(operator_client, everything):
+    suspended_at = timezone.now()
+
+    with written_meanwhile(
+        Account, everything.pk, suspended_at=suspended_at, suspension_reason="Abuse"
+    ):
+        response = operator_client.post(
+            reverse("admin:accounts_account_change", args=[everything.pk]),
+            account_form(everything) | {"name": "Acme"},
+        )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    account = Account.objects.get(pk=everything.pk)
+    assert (account.name, account.suspended_at, account.suspension_reason) == (
+        "Acme",
+        suspended_at,
+        "Abuse",
+    )
 
 
 def test_a_plan_row_an_operator_adds_is_audited_as_a_change_from_free(operator_client, charlie):
