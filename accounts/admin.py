@@ -37,6 +37,7 @@ from accounts.services import (
     suspend_account,
     unsuspend_account,
 )
+from core.admin import KeptRecord, ViewOnly
 
 
 class SuspensionForm(forms.Form):
@@ -240,22 +241,13 @@ class AccountAdmin(SuspensionActions, admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    """The trail is evidence: operators read it, nobody edits it."""
+class AuditEventAdmin(KeptRecord, admin.ModelAdmin):
+    """The trail is evidence: operators read it, nobody edits or deletes it."""
 
     list_display = ["created_at", "account", "actor", "action", "target", "ip_address"]
     search_fields = ["account__public_id", "actor__email", "action", "target"]
     list_filter = ["action"]
     list_select_related = ["account", "actor"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # Recovery codes alone are not a second factor: allauth deletes them with the last one.
@@ -363,13 +355,7 @@ admin.site.unregister(EmailAddress)
 
 
 @admin.register(EmailAddress)
-class EmailAddressAdmin(AllauthEmailAddressAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
+class EmailAddressAdmin(ViewOnly, AllauthEmailAddressAdmin):
     def has_verify_permission(self, request) -> bool:
         return request.user.has_perm("account.change_emailaddress")
 
@@ -387,14 +373,8 @@ admin.site.unregister(UserSession)
 
 
 @admin.register(UserSession)
-class SessionAdmin(UserSessionAdmin):
+class SessionAdmin(ViewOnly, UserSessionAdmin):
     search_fields = ["user__email", "ip"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def delete_model(self, request, obj):
         get_usersessions_adapter().end_sessions([obj])
@@ -411,17 +391,11 @@ admin.site.unregister(Authenticator)
 
 
 @admin.register(Authenticator)
-class AuthenticatorAdmin(AllauthAuthenticatorAdmin):
+class AuthenticatorAdmin(ViewOnly, AllauthAuthenticatorAdmin):
     search_fields = ["user__email"]
     list_select_related = ["user"]
     fields = ["user", "type", "created_at", "last_used_at"]
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def delete_model(self, request, obj):
         remove_second_factor(authenticator=obj, actor=request.user, ip_address=client_ip(request))

@@ -9,9 +9,10 @@ from billing.models import (
     WebhookEvent,
 )
 from billing.tasks import process_webhook_event
+from core.admin import KeptRecord
 
 
-class PaddleRecordAdmin(admin.ModelAdmin):
+class PaddleRecordAdmin(KeptRecord, admin.ModelAdmin):
     """Rows that copy Paddle, or bind its objects to an account, are read here: Paddle is
     the source of truth, so they change there (and through its webhooks), never here. None
     is added or deleted either: an account without its subscription row could buy a second
@@ -21,15 +22,6 @@ class PaddleRecordAdmin(admin.ModelAdmin):
     payment twice, say. The billing sweep purges events long after Paddle stops
     redelivering them. Nor are they saved: a save writes the whole row back as the request
     read it, undoing a webhook's write landing meanwhile (a subscription's new status)."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Subscription)

@@ -9,20 +9,13 @@ from django.template.response import TemplateResponse
 
 from accounts.access import client_ip
 from accounts.models import Account
+from core.admin import KeptRecord, ViewOnly
 from privacy import deletion
 from privacy.models import AccountDeletion, AccountExport
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(AccountExport)
-class AccountExportAdmin(ReadOnlyAdmin):
+class AccountExportAdmin(ViewOnly, admin.ModelAdmin):
     list_display = [
         "public_id",
         "account",
@@ -38,15 +31,13 @@ class AccountExportAdmin(ReadOnlyAdmin):
 
 
 @admin.register(AccountDeletion)
-class AccountDeletionAdmin(ReadOnlyAdmin):
+class AccountDeletionAdmin(KeptRecord, admin.ModelAdmin):
+    """The worker purges a closed account by this row: deleted, the account's data would
+    stay for good after its owner deleted it."""
+
     list_display = ["account", "requested_at", "purge_after"]
     search_fields = ["account__public_id"]
     list_select_related = ["account"]
-
-    # The worker purges a closed account by this row: deleted, the account's data would
-    # stay for good after its owner deleted it.
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class CloseAccountForm(forms.Form):

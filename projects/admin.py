@@ -12,6 +12,7 @@ from accounts.admin import AccountAdmin as BaseAccountAdmin
 from accounts.admin import SuspensionActions
 from accounts.admin import UserAdmin as BaseUserAdmin
 from accounts.models import Account, Membership, User
+from core.admin import KeptRecord, ViewOnly
 from projects.errors import Gone, InvalidModelMap, NameNotAvailable
 from projects.forms import check_deadline_covers_an_attempt
 from projects.limits import DEFAULT_PLAN_CODE, LimitReached, change_account_plan, limits_for
@@ -220,7 +221,11 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(MonthlyUsage)
-class MonthlyUsageAdmin(admin.ModelAdmin):
+class MonthlyUsageAdmin(KeptRecord, admin.ModelAdmin):
+    """A month's row is made by the first request accepted in it. Its notices are claimed by
+    its notified_* fields, which the usage-notice service alone sets: cleared, or the row
+    deleted, its 80% and 100% emails would go out again."""
+
     list_display = [
         "account",
         "period_start",
@@ -238,18 +243,6 @@ class MonthlyUsageAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).with_accepted()
-
-    def has_add_permission(self, request):
-        return False  # a month's row is made by the first request accepted in it
-
-    # The month's notices are claimed by its notified_* fields, which the usage-notice
-    # service alone sets: cleared, or the row deleted, its 80% and 100% emails would go
-    # out again.
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="Accepted requests", ordering="accepted_requests")
     def accepted_requests(self, usage: MonthlyUsage) -> int:
@@ -546,7 +539,11 @@ class ProjectAdmin(SuspensionActions, admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(ViewOnly, admin.ModelAdmin):
+    """A key is made in the dashboard or by bootstrap_project (shown once, never here), and
+    named once there, which keeps names unique among the project's active keys and renames
+    none; the admin only revokes it (the action, audited)."""
+
     list_display = [
         "public_id",
         "name",
@@ -579,14 +576,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     readonly_fields = fields
     actions = ["revoke_selected"]
 
-    def has_add_permission(self, request):
-        return False  # created in the dashboard or by bootstrap_project: shown once, never here
-
-    # A key is named once, in the dashboard, which keeps names unique among the project's
-    # active keys and renames none; the admin only revokes it (the action, audited).
-    def has_change_permission(self, request, obj=None):
-        return False
-
     def has_revoke_permission(self, request) -> bool:
         return request.user.has_perm("projects.change_apikey")
 
@@ -598,7 +587,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(ViewOnly, admin.ModelAdmin):
+    """Sent from the dashboard, within the plan's seats, with its email. Nor saved here: a
+    save writes the whole row back as the request read it, undoing an acceptance or a
+    withdrawal landing meanwhile. The admin only withdraws (the action)."""
+
     list_display = [
         "email",
         "account",
@@ -625,14 +618,6 @@ class InvitationAdmin(admin.ModelAdmin):
     ]
     readonly_fields = fields
     actions = ["withdraw_selected"]
-
-    def has_add_permission(self, request):
-        return False  # sent from the dashboard, within the plan's seats, with its email
-
-    # Nor saved: a save writes the whole row back as the request read it, undoing an
-    # acceptance or a withdrawal landing meanwhile. The admin only withdraws (the action).
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_withdraw_permission(self, request) -> bool:
         return request.user.has_perm("projects.change_invitation")
