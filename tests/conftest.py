@@ -85,6 +85,27 @@ def waiting_for_a_lock() -> int:
 FLUSH_ATTEMPTS = 3
 
 
+def at_once(count: int, call):
+    """`call()` from `count` threads released at the same moment, each on its own database
+    connection (closed after): what each returned."""
+    start = threading.Barrier(count)
+    results = []
+
+    def one():
+        try:
+            start.wait()
+            results.append(call())
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
 def caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     """Whether `error`, or an exception it was raised from or while handling, is a `kind`."""
     while error is not None:

@@ -1,8 +1,6 @@
 """The monthly counter under concurrency: a month's first burst is counted, never refused;
 and the migration that split the counters into stripes."""
 
-import threading
-
 import pytest
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
@@ -11,6 +9,7 @@ from core.stripes import STRIPES
 from projects.limits import count_accepted_request, current_period_start, usage_row
 from requests_app.engine import sql
 from requests_app.models import PendingStripe
+from tests.conftest import at_once
 from tests.factories import AccountFactory
 
 THREADS = 8
@@ -19,23 +18,12 @@ ROUNDS = 15
 
 def burst(account, *, limit: int) -> list[bool]:
     """THREADS transactions that each count one request for `account` at the same moment."""
-    start = threading.Barrier(THREADS)
-    results: list[bool] = []
 
-    def one():
-        try:
-            start.wait()
-            with transaction.atomic():
-                results.append(count_accepted_request(account=account, limit=limit))
-        finally:
-            connection.close()
+    def one() -> bool:
+        with transaction.atomic():
+            return count_accepted_request(account=account, limit=limit)
 
-    threads = [threading.Thread(target=one) for _ in range(THREADS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    return results
+    return at_once(THREADS, one)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -3,16 +3,21 @@
 import asyncio
 import socket
 import threading
+from datetime import datetime
 
 import openai
 import pytest
 import uvicorn
+from django.utils import timezone
 
 from accounts.services import create_account
+from core import encryption
 from projects.limits import set_plan
 from projects.models import AccountPlan
 from projects.services import create_api_key, create_project
 from projects.upstreams import set_provider_key
+from requests_app.engine import sql
+from requests_app.models import Attempt, Request
 from tests.conftest import WorkerProcess
 from tests.factories import UserFactory
 from tests.fake_upstream import FakeUpstream
@@ -119,3 +124,33 @@ def other_tenant(transactional_db, fake_upstream):
 @pytest.fixture
 def sdk(tenant, live_api) -> openai.OpenAI:
     return tenant.client(live_api.url, timeout=60)
+
+
+def start_first_attempt(request: Request, **columns) -> datetime:
+    """Play the worker: `request` claimed for its first attempt (with `columns` set too) and
+    that attempt's row opened; when."""
+    now = timezone.now()
+    Request.objects.filter(pk=request.pk).update(status="running", attempt_count=1, **columns)
+    Attempt.objects.create(request=request, number=1, upstream="primary", started_at=now)
+    return now
+
+
+REFUSAL = b'{"error": {"message": "refused", "type": "invalid_request_error"}}'
+
+
+def end_first_attempt_refused(request: Request, now: datetime) -> bool:
+    """Play the worker: the upstream refused the first attempt with a 400, which ends the
+    request with that answer; whether the conclusion applied."""
+    return sql.conclude(
+        request_id=request.pk,
+        number=1,
+        now=now,
+        attempt={"outcome": "fatal_error", "status_code": 400},
+        status="failed",
+        ends=True,
+        response={
+            "response_status_code": 400,
+            "response_headers": {"content-type": "application/json"},
+            "response_body": encryption.encrypt(REFUSAL),
+        },
+    )

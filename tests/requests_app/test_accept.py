@@ -1,7 +1,6 @@
 """The accept: quota, pending slot and insert in one statement once the account's counters
 exist, and the step-by-step transaction (with its errors) whenever that statement cannot."""
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -17,6 +16,7 @@ from requests_app.engine import sql
 from requests_app.engine.accept import accept_request
 from requests_app.errors import InvalidApiKey, PendingQueueFull, QuotaExceeded
 from requests_app.models import PendingStripe, Request
+from tests.conftest import at_once
 from tests.factories import make_counter_stripes
 from tests.requests_app.conftest import Tenant
 
@@ -158,26 +158,15 @@ def test_a_key_whose_project_was_deleted_after_it_authenticated_is_refused(tenan
 def accept_at_once(tenant: Tenant, calls: int) -> list[str]:
     """`calls` accepts at the same moment, each on its own connection: what each became."""
     limits = limits_for(tenant.account)
-    start = threading.Barrier(calls)
-    outcomes: list[str] = []
 
-    def one():
+    def one() -> str:
         try:
-            start.wait()
-            try:
-                accept(tenant, limits)
-                outcomes.append("accepted")
-            except (PendingQueueFull, QuotaExceeded) as refused:
-                outcomes.append(refused.code)
-        finally:
-            connection.close()
+            accept(tenant, limits)
+        except (PendingQueueFull, QuotaExceeded) as refused:
+            return refused.code
+        return "accepted"
 
-    threads = [threading.Thread(target=one) for _ in range(calls)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return sorted(outcomes)
+    return sorted(at_once(calls, one))
 
 
 def fill_all_but(stripes, *, cap: int, room: dict[int, int], column: str) -> None:

@@ -14,16 +14,19 @@ import pytest
 from django.db import transaction
 from django.utils import timezone
 
-from core import encryption
 from projects.limits import accepted_requests
 from projects.selectors import upstreams_of
 from projects.services import create_api_key, create_project, delete_project, revoke_api_key
 from projects.upstreams import remove_upstream_key, set_provider_key
 from requests_app.api.selectors import usage_report
-from requests_app.engine import sql
 from requests_app.engine.notifications import announce_finished
-from requests_app.models import Attempt, Request
+from requests_app.models import Request
 from tests.conftest import wait_until, waiting_for_a_lock
+from tests.requests_app.conftest import (
+    REFUSAL,
+    end_first_attempt_refused,
+    start_first_attempt,
+)
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -85,24 +88,9 @@ def test_a_keyed_call_whose_request_ends_while_it_is_accepted_is_a_replay(
     try:
         callers = [call("first")]
         request = wait_until(lambda: Request.objects.first())
-        now = timezone.now()
-        Request.objects.filter(pk=request.pk).update(status="running", attempt_count=1)
-        Attempt.objects.create(request=request, number=1, upstream="primary", started_at=now)
-        refusal = b'{"error": {"message": "refused", "type": "invalid_request_error"}}'
+        now = start_first_attempt(request)
         with transaction.atomic():
-            assert sql.conclude(
-                request_id=request.pk,
-                number=1,
-                now=now,
-                attempt={"outcome": "fatal_error", "status_code": 400},
-                status="failed",
-                ends=True,
-                response={
-                    "response_status_code": 400,
-                    "response_headers": {"content-type": "application/json"},
-                    "response_body": encryption.encrypt(refusal),
-                },
-            )
+            assert end_first_attempt_refused(request, now)
             callers.append(call("retry"))
             wait_until(lambda: waiting_for_a_lock() == 1, message="the retry never waited")
         announce_finished(request)
@@ -112,7 +100,7 @@ def test_a_keyed_call_whose_request_ends_while_it_is_accepted_is_a_replay(
         worker.start()
 
     assert answers["retry"].status_code == answers["first"].status_code == 400
-    assert answers["retry"].content == answers["first"].content == refusal
+    assert answers["retry"].content == answers["first"].content == REFUSAL
     assert answers["retry"].headers["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in answers["first"].headers
 
@@ -510,7 +498,6 @@ def test_a_deleted_projects_key_gets_401_at_once(live_api, tenant):
 
 
 def test_suspended_account_and_project_get_403(live_api, tenant):
-    from django.utils import timezone
 
     tenant.project.suspended_at = timezone.now()
     tenant.project.save()

@@ -14,15 +14,19 @@ from django.utils import timezone
 
 from core import encryption
 from projects.upstream_guard import UpstreamNotAllowed, validate_upstream_url
-from requests_app.engine import sql
 from requests_app.engine.executor import execute_request
 from requests_app.engine.redis_client import client as redis_client
 from requests_app.engine.retention import purge_expired_data, purge_expired_records
 from requests_app.engine.streams import readers_key
-from requests_app.models import Attempt, DailyUsage, Request
+from requests_app.models import DailyUsage, Request
 from tests.conftest import ProcfileWeb, wait_until, waiting_for_a_lock
 from tests.factories import AccountPlanFactory, RequestFactory
 from tests.outage import database_read_only
+from tests.requests_app.conftest import (
+    REFUSAL,
+    end_first_attempt_refused,
+    start_first_attempt,
+)
 from tests.tcp_proxy import FreezingProxy
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "keep it private"}]}
@@ -215,30 +219,14 @@ def test_zero_retention_stream_the_upstream_refused_answers_every_caller_attache
         request = wait_until(lambda: Request.objects.first())
         callers.append(call("attached"))
         wait_until(lambda: redis_client().get(readers_key(request.public_id)) == b"2")
-        now = timezone.now()
-        Request.objects.filter(pk=request.pk).update(status="running", attempt_count=1)
-        Attempt.objects.create(request=request, number=1, upstream="primary", started_at=now)
-        refusal = b'{"error": {"message": "refused", "type": "invalid_request_error"}}'
-        assert sql.conclude(
-            request_id=request.pk,
-            number=1,
-            now=now,
-            attempt={"outcome": "fatal_error", "status_code": 400},
-            status="failed",
-            ends=True,
-            response={
-                "response_status_code": 400,
-                "response_headers": {"content-type": "application/json"},
-                "response_body": encryption.encrypt(refusal),
-            },
-        )
+        assert end_first_attempt_refused(request, start_first_attempt(request))
         for caller in callers:
             caller.join(30)
     finally:
         worker.start()
 
     assert [answers["first"].status_code, answers["attached"].status_code] == [400, 400]
-    assert answers["first"].content == answers["attached"].content == refusal
+    assert answers["first"].content == answers["attached"].content == REFUSAL
     assert Request.objects.get().response_body is None  # and no copy kept after both
 
 
