@@ -419,6 +419,21 @@ def _plans(request):
             seed_plans(Plan)
 
 
+def delete_in_admin(client, row) -> int:
+    """Try to delete `row` in the admin, on its delete page and with the list's bulk action;
+    the status the delete page answered."""
+    from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+    from django.urls import reverse
+
+    admin_name = f"admin:{row._meta.app_label}_{row._meta.model_name}"
+    page = client.post(reverse(f"{admin_name}_delete", args=[row.pk]), {"post": "yes"})
+    client.post(
+        reverse(f"{admin_name}_changelist"),
+        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [row.pk], "post": "yes"},
+    )
+    return page.status_code
+
+
 def sign_in_to_admin(client, user) -> None:
     """Password, then an authenticator code: what the admin requires of staff."""
     from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret

@@ -1,13 +1,12 @@
 """Operators see subscriptions and raw events in admin, and can reprocess an event."""
 
 import pytest
-from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.urls import reverse
 
 from billing.models import BillingCustomer
 from billing.tasks import process_webhook_event
 from tests.billing import payloads
-from tests.conftest import sign_in_to_admin
+from tests.conftest import delete_in_admin, sign_in_to_admin
 from tests.factories import (
     InvoiceFactory,
     SubscriptionFactory,
@@ -122,17 +121,8 @@ def test_paddles_records_are_not_deleted_in_admin(operator, paddle_records):
     second one; without its customer or checkout, Paddle's events would no longer bind;
     without an event's row, Paddle's redelivery of that event would be applied again."""
     for row in paddle_records:
-        model = row._meta.model_name
-        one = operator.post(
-            reverse(f"admin:billing_{model}_delete", args=[row.pk]), {"post": "yes"}
-        )
-        operator.post(
-            reverse(f"admin:billing_{model}_changelist"),
-            {"action": "delete_selected", ACTION_CHECKBOX_NAME: [row.pk], "post": "yes"},
-        )
-
-        assert one.status_code == 403, model
-        assert type(row).objects.filter(pk=row.pk).exists(), model
+        assert delete_in_admin(operator, row) == 403, row._meta.model_name
+        assert type(row).objects.filter(pk=row.pk).exists(), row._meta.model_name
 
 
 def test_paddles_records_are_read_not_saved_in_admin(operator, paddle_records):

@@ -17,6 +17,7 @@ from privacy.models import AccountDeletion
 from projects.models import ApiKey
 from requests_app.models import Request
 from tests.billing.paddle_stub import paddle_error
+from tests.conftest import delete_in_admin
 from tests.factories import PASSWORD, AccountDeletionFactory, RequestFactory, UserFactory
 from tests.privacy.conftest import fill
 from tests.privacy.test_delete import purge
@@ -178,15 +179,7 @@ def test_an_accounts_deletion_is_not_undone_in_admin(operator_client, alice_acco
     stay for good, after its owner (or an operator) deleted it."""
     deletion = AccountDeletionFactory(account=alice_account)
 
-    refused = operator_client.post(
-        reverse("admin:privacy_accountdeletion_delete", args=[deletion.pk]), {"post": "yes"}
-    )
-    operator_client.post(
-        reverse("admin:privacy_accountdeletion_changelist"),
-        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [deletion.pk], "post": "yes"},
-    )
-
-    assert refused.status_code == 403
+    assert delete_in_admin(operator_client, deletion) == 403
     assert AccountDeletion.objects.filter(pk=deletion.pk).exists()
 
 

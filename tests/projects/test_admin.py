@@ -17,7 +17,7 @@ from projects.limits import limits_for, set_plan
 from projects.members import revoke_invitation
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
-from tests.conftest import sign_in_to_admin, written_meanwhile
+from tests.conftest import delete_in_admin, sign_in_to_admin, written_meanwhile
 from tests.factories import AuditEventFactory, MonthlyUsageFactory, RequestFactory, UserFactory
 from tests.projects.conftest import PROVIDER_KEY
 
@@ -923,15 +923,7 @@ def test_the_audit_trail_is_not_deleted_in_admin(operator_client, everything):
     """It is the owners' evidence of who did what: operators read it."""
     event = AuditEventFactory(account=everything)
 
-    refused = operator_client.post(
-        reverse("admin:accounts_auditevent_delete", args=[event.pk]), {"post": "yes"}
-    )
-    operator_client.post(
-        reverse("admin:accounts_auditevent_changelist"),
-        {"action": "delete_selected", ACTION_CHECKBOX_NAME: [event.pk], "post": "yes"},
-    )
-
-    assert refused.status_code == 403
+    assert delete_in_admin(operator_client, event) == 403
     assert AuditEvent.objects.filter(pk=event.pk).exists()
 
 
