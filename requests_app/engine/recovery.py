@@ -86,39 +86,56 @@ def recover_expired_leases(now) -> int:
     )
     recovered = 0
     for request in stale:
-        number, upstream = request.attempt_count, sent_to.get(request.pk)
-        try:
-            # The same one statement as the worker's own conclusion: if the worker recorded
-            # its result first, or renewed its lease meanwhile, this changes nothing.
-            conclude_attempt(
-                request,
-                number,
-                lost_attempt(request, upstream=upstream),
-                lease_expired_before=now,
+        if _recover(request, upstream=sent_to.get(request.pk), now=now):
+            recovered += 1
+            logger.warning(
+                "lease expired; attempt recovered",
+                extra={"request_id": request.public_id, "attempt": request.attempt_count},
             )
-        except Exception as error:
-            if database_unavailable(error):
-                raise  # the next sweep recovers it, once the database answers
-            # Of this request alone (what its stream relayed no key opens, a value the
-            # database refuses): it must neither stay running nor stop every sweep after
-            # this one from reaching the other requests.
-            conclude_as_internal_error(
-                request,
-                number,
-                AttemptResult(
-                    Attempt.Outcome.CONNECTION_ERROR,
-                    stream_started=request.first_byte_at is not None,
-                    upstream=upstream,
-                ),
-                error,
-                lease_expired_before=now,
-            )
-        recovered += 1
-        logger.warning(
-            "lease expired; attempt recovered",
-            extra={"request_id": request.public_id, "attempt": request.attempt_count},
-        )
     return recovered
+
+
+def _recover(request: Request, *, upstream: str | None, now) -> bool:
+    """Record `request`'s lost attempt; False if not even our own error could be written.
+
+    A failure of this request alone (what its stream relayed no key opens, a value the
+    database refuses) must neither leave it running nor stop the sweep from reaching the
+    requests after it: it is recorded as our own error, and if that is refused too, logged
+    and tried again by the next sweep. A database that is away stops the sweep: the next
+    one recovers it once the database answers."""
+    number = request.attempt_count
+    try:
+        # The same one statement as the worker's own conclusion: if the worker recorded
+        # its result first, or renewed its lease meanwhile, this changes nothing.
+        conclude_attempt(
+            request, number, lost_attempt(request, upstream=upstream), lease_expired_before=now
+        )
+        return True
+    except Exception as error:
+        if database_unavailable(error):
+            raise
+        failure = error
+    try:
+        conclude_as_internal_error(
+            request,
+            number,
+            AttemptResult(
+                Attempt.Outcome.CONNECTION_ERROR,
+                stream_started=request.first_byte_at is not None,
+                upstream=upstream,
+            ),
+            failure,
+            lease_expired_before=now,
+        )
+        return True
+    except Exception as error:
+        if database_unavailable(error):
+            raise
+        logger.error(
+            "lost attempt not recorded",
+            extra={"request_id": request.public_id, "exception": type(error).__name__},
+        )
+        return False
 
 
 # A published task that no worker has claimed may have been lost (a Redis restart, a worker

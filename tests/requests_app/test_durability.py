@@ -11,6 +11,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from django.core.cache import cache
+from django.db import connection
 from django.utils import timezone
 
 from core import encryption, heartbeats
@@ -193,6 +194,41 @@ def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(
     assert [(record.getMessage(), record.request_id) for record in errors] == [
         ("attempt result not recorded", sealed.public_id)
     ]
+
+
+def test_a_lost_attempt_that_cannot_be_recorded_at_all_does_not_stop_the_sweep(
+    transactional_db, caplog
+):
+    # Neither the lost attempt's result nor our own error can be written for this request
+    # (a constraint the database keeps refuses both): it is logged and tried again by the
+    # next sweep, and the requests after it are still recovered.
+    now = timezone.now()
+    stuck = RequestFactory(
+        status="running", attempt_count=1, lease_until=now - timedelta(seconds=2)
+    )
+    AttemptFactory(request=stuck, number=1, outcome="", status_code=None, upstream="primary")
+    lost = RequestFactory(status="running", attempt_count=1, lease_until=now - timedelta(seconds=1))
+    AttemptFactory(request=lost, number=1, outcome="", status_code=None, upstream="primary")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE requests_app_attempt ADD CONSTRAINT stuck_attempt_stays_open "
+            f"CHECK (request_id <> {stuck.pk} OR outcome = '') NOT VALID"
+        )
+    try:
+        with caplog.at_level(logging.ERROR):
+            report = sweep()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "ALTER TABLE requests_app_attempt DROP CONSTRAINT stuck_attempt_stays_open"
+            )
+
+    stuck.refresh_from_db()
+    lost.refresh_from_db()
+    assert (stuck.status, lost.status) == ("running", "retrying")
+    assert report.recovered == 1
+    errors = [(record.getMessage(), record.request_id) for record in caplog.records]
+    assert ("lost attempt not recorded", stuck.public_id) in errors
 
 
 def test_a_task_lost_by_the_broker_is_dispatched_again(tenant, live_api, worker):
