@@ -215,13 +215,16 @@ class AccountAdmin(SuspensionActions, admin.ModelAdmin):
     suspend_service = staticmethod(suspend_account)
     unsuspend_service = staticmethod(unsuspend_account)
 
+    # An account is made at sign-up, or by bootstrap_project, with its owner: one added here
+    # would have none, and nobody could ever sign in to it.
+    def has_add_permission(self, request):
+        return False
+
     # A rename is audited, as every change owners see in their security log. The rest of the
     # row is read-only here: saved whole, it would be written back as this request read it,
     # undoing a suspension or a deletion's closing mark set meanwhile.
     def save_model(self, request, obj, form, change):
-        if not change:
-            super().save_model(request, obj, form, change)
-        elif "name" in form.changed_data:
+        if "name" in form.changed_data:
             rename_account(
                 account=obj,
                 name=form.cleaned_data["name"],
