@@ -123,6 +123,20 @@ REPORTED_ERROR_STREAM = (
 )
 
 
+def seconds_ago(seconds: float):
+    return timezone.now() - timedelta(seconds=seconds)
+
+
+def lost_request(*, lease_ran_out: float, **fields) -> Request:
+    """A request whose worker was lost in its first attempt: `running`, its attempt's row
+    open, its lease run out `lease_ran_out` seconds ago (the sweeper takes the oldest first)."""
+    request = RequestFactory(
+        status="running", attempt_count=1, lease_until=seconds_ago(lease_ran_out), **fields
+    )
+    AttemptFactory(request=request, number=1, outcome="", status_code=None, upstream="primary")
+    return request
+
+
 @pytest.mark.parametrize(
     ("relayed", "outcome"),
     [
@@ -136,15 +150,7 @@ REPORTED_ERROR_STREAM = (
 def test_a_lost_stream_is_recorded_as_what_its_readers_got(db, relayed, outcome):
     # A worker killed after relaying the upstream's whole answer, before recording it: the
     # callers have the complete answer, so the record must not call it failed and partial.
-    now = timezone.now()
-    request = RequestFactory(
-        status="running",
-        stream=True,
-        attempt_count=1,
-        first_byte_at=now - timedelta(seconds=5),
-        lease_until=now - timedelta(seconds=1),
-    )
-    AttemptFactory(request=request, number=1, outcome="", status_code=None, upstream="primary")
+    request = lost_request(lease_ran_out=1, stream=True, first_byte_at=seconds_ago(5))
     publisher = StreamPublisher(request.public_id, 1)
     publisher.start(200, {"content-type": "text/event-stream", "x-request-id": "req_up"})
     for chunk in relayed:
@@ -164,21 +170,12 @@ def test_a_lost_stream_is_recorded_as_what_its_readers_got(db, relayed, outcome)
 def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(db, caplog):
     # The bytes a lost stream relayed were encrypted under a key the operator has since
     # removed from the ring, so the sweeper cannot read back what its readers got.
-    now = timezone.now()
-    sealed = RequestFactory(
-        status="running",
-        stream=True,
-        attempt_count=1,
-        first_byte_at=now - timedelta(seconds=5),
-        lease_until=now - timedelta(seconds=2),
-    )
-    AttemptFactory(request=sealed, number=1, outcome="", status_code=None, upstream="primary")
+    sealed = lost_request(lease_ran_out=2, stream=True, first_byte_at=seconds_ago(5))
     publisher = StreamPublisher(sealed.public_id, 1)
     publisher.start(200, {"content-type": "text/event-stream"})
     publisher.send("chunk", data=Fernet(Fernet.generate_key()).encrypt(COMPLETE_STREAM[0]))
     # Another worker lost at the same time, whose recovery comes after it.
-    lost = RequestFactory(status="running", attempt_count=1, lease_until=now - timedelta(seconds=1))
-    AttemptFactory(request=lost, number=1, outcome="", status_code=None, upstream="primary")
+    lost = lost_request(lease_ran_out=1)
 
     with caplog.at_level(logging.ERROR):
         report = sweep()
@@ -202,13 +199,8 @@ def test_a_lost_attempt_that_cannot_be_recorded_at_all_does_not_stop_the_sweep(
     # Neither the lost attempt's result nor our own error can be written for this request
     # (a constraint the database keeps refuses both): it is logged and tried again by the
     # next sweep, and the requests after it are still recovered.
-    now = timezone.now()
-    stuck = RequestFactory(
-        status="running", attempt_count=1, lease_until=now - timedelta(seconds=2)
-    )
-    AttemptFactory(request=stuck, number=1, outcome="", status_code=None, upstream="primary")
-    lost = RequestFactory(status="running", attempt_count=1, lease_until=now - timedelta(seconds=1))
-    AttemptFactory(request=lost, number=1, outcome="", status_code=None, upstream="primary")
+    stuck = lost_request(lease_ran_out=2)
+    lost = lost_request(lease_ran_out=1)
     with connection.cursor() as cursor:
         cursor.execute(
             "ALTER TABLE requests_app_attempt ADD CONSTRAINT stuck_attempt_stays_open "
