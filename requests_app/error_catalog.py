@@ -332,7 +332,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "ReqRun cannot decrypt what the call needs, the project's provider key or the "
         "request's stored body: the encryption key it was stored under has been removed from "
         "ReqRun's key ring (`REQRUN_ENCRYPTION_KEYS`). The request fails without reaching the "
-        "upstream; the message says which was unreadable.",
+        "upstream; the message says which was unreadable. Sent as an SSE `event: error` when "
+        "the stream being relayed cannot be decrypted (a web and a worker with different "
+        "keys): the request fails, `partial`.",
         "Operators: put the removed key back in `REQRUN_ENCRYPTION_KEYS` (after the new "
         "primary) and restart. Customers: entering the provider key again in the project's "
         "settings stores it under the current key; then send the request again.",

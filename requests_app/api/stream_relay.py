@@ -23,8 +23,16 @@ from requests_app.api.responses import (
     release_if_owed,
 )
 from requests_app.engine import cancel, retention, sse
+from requests_app.engine.executor import UNREADABLE_STREAM
 from requests_app.engine.notifications import hub
-from requests_app.engine.streams import error_event, read_entries, reader_joined, reader_left
+from requests_app.engine.streams import (
+    CHUNK_UNREADABLE,
+    error_event,
+    read_entries,
+    reader_cannot_decrypt,
+    reader_joined,
+    reader_left,
+)
 from requests_app.models import Request, Status
 
 STREAM_STALLED = "stream_stalled"
@@ -108,7 +116,10 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
                 yield restarting_event(record)  # SIGTERM: end it now, naming the request
                 return
             kind = entry["kind"]
-            if kind in (b"start", b"chunk", b"end") and entry.get("attempt") != attempt:
+            if (
+                kind in (b"start", b"chunk", b"unreadable", b"end")
+                and entry.get("attempt") != attempt
+            ):
                 yield error_event(
                     f"The stream of request {record.public_id} was interrupted; the answer "
                     "is incomplete.",
@@ -120,6 +131,12 @@ async def relay_chunks(reader: Reader, entries, attempt: bytes):
                 last = entry["data"]
                 sent += len(last)
                 yield last
+            elif kind == b"unreadable":
+                # This process's key ring does not open the stream: the rest of the answer
+                # cannot reach this caller, so its upstream call stops and the request fails.
+                await reader_cannot_decrypt(record.public_id)
+                yield error_event(UNREADABLE_STREAM, CHUNK_UNREADABLE, "server_error")
+                return
             elif kind == b"end":
                 return
             elif kind in (b"final", b"idle"):

@@ -170,6 +170,10 @@ def consequence_of(
     the streaming rule. `then` is where the next attempt would go (failover.py)."""
     if result.client_gone:
         return Consequence(Status.CANCELED, partial=result.stream_started)
+    if result.stream_started and result.error_code == "encryption_key_missing":
+        return Consequence(
+            Status.FAILED, error=error_object(result.error_code, UNREADABLE_STREAM), partial=True
+        )
     if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
         what = (
             "The upstream reported an error inside its stream"
@@ -299,11 +303,11 @@ def conclude_as_internal_error(
     request: Request, number: int, result: AttemptResult, error: Exception, **options
 ) -> tuple[AttemptResult, float | None]:
     """Record attempt `number` as our own error, because `error` (not an outage: a value the
-    database refuses, relayed bytes no key opens, an answer shaped like nothing foreseen)
-    kept its `result` from being recorded: rather than leave the request running. A stream
-    that had started keeps what its callers were sent: it is never retried, ends
-    `partial`, and a replay sends the delivered events and then the error. `options` as
-    for `conclude_attempt`; returns the result recorded and the wait before a retry."""
+    database refuses, an answer shaped like nothing foreseen) kept its `result` from being
+    recorded: rather than leave the request running. A stream that had started keeps what
+    its callers were sent: it is never retried, ends `partial`, and a replay sends the
+    delivered events and then the error. `options` as for `conclude_attempt`; returns the
+    result recorded and the wait before a retry."""
     logger.error(
         "attempt result not recorded",
         extra={"request_id": request.public_id, "exception": type(error).__name__},
@@ -334,6 +338,11 @@ UNREADABLE_PROVIDER_KEY = (
 UNREADABLE_REQUEST_BODY = (
     f"ReqRun cannot decrypt this request's stored request body, so it was not sent upstream: "
     f"{KEY_RING_ADVICE} so that other requests stored under it can run. Send this one again."
+)
+UNREADABLE_STREAM = (
+    "ReqRun could not decrypt this request's stream while relaying it, so the answer is "
+    f"incomplete: {KEY_RING_ADVICE}. Every web and worker process must have the same "
+    "REQRUN_ENCRYPTION_KEYS. Send the request again."
 )
 
 

@@ -51,7 +51,8 @@ def lost_attempt(request: Request, *, upstream: str | None) -> AttemptResult:
     is a connection error, retried. After, the request can only end with what its readers
     got: the upstream's answer if its end had been relayed (the worker died before recording
     it), else a partial failure keeping the bytes delivered (`as_relayed`, as the worker
-    itself decides a failure after the end)."""
+    itself decides a failure after the end). Bytes no key in the ring opens (logged by
+    `relayed_by`) are as good as lost: a partial failure with nothing to show."""
     lost = AttemptResult(
         Attempt.Outcome.CONNECTION_ERROR,
         error_code="worker_lost",
@@ -64,7 +65,7 @@ def lost_attempt(request: Request, *, upstream: str | None) -> AttemptResult:
         relayed = streams.relayed_by(request.public_id, request.attempt_count)
     except redis.RedisError:
         return lost  # Redis lost it too: a partial failure, with nothing to show
-    if relayed is None:
+    if relayed is None or relayed.body is None:
         return lost
     lost.status_code = 200
     lost.response = UpstreamResponse(200, relayed.headers, relayed.body, httpx.Headers())
@@ -98,8 +99,8 @@ def recover_expired_leases(now) -> int:
 def _recover(request: Request, *, upstream: str | None, now) -> bool:
     """Record `request`'s lost attempt; False if not even our own error could be written.
 
-    A failure of this request alone (what its stream relayed no key opens, a value the
-    database refuses) must neither leave it running nor stop the sweep from reaching the
+    A failure of this request alone (a value the database refuses, an answer shaped like
+    nothing foreseen) must neither leave it running nor stop the sweep from reaching the
     requests after it: it is recorded as our own error, and if that is refused too, logged
     and tried again by the next sweep. A database that is away stops the sweep: the next
     one recovers it once the database answers."""

@@ -2,14 +2,16 @@
 
 Before the first bytes leave, a failure is an ordinary attempt outcome and may be retried.
 After that, nothing is retried: a cut, a stall past the inter-chunk timeout, an answer over
-the size cap, the request's deadline, a lost lease or every reader gone ends the attempt,
-and the conclusion records what was delivered as partial.
+the size cap, the request's deadline, a lost lease, every reader gone or a reader that
+cannot decrypt the stream ends the attempt, and the conclusion records what was delivered
+as partial.
 
 A watcher thread runs beside the relay from before the upstream answers: it renews the
 lease (and the concurrency slot, and the breaker's probe when the attempt is one) so a long
 stream is never mistaken for a dead worker, nor a half-open upstream probed twice at once,
 stops the relay when the renewal finds the lease taken (the sweeper recovered the request),
-and stops it when the last reader has left or the deadline has passed.
+and stops it when the readers ask (the last has left, or one cannot decrypt the stream) or
+the deadline has passed.
 """
 
 import logging
@@ -26,7 +28,7 @@ from django.utils import timezone
 from projects.models import Upstream
 from requests_app.engine import breaker, concurrency, sse, upstream
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
-from requests_app.engine.streams import StreamPublisher
+from requests_app.engine.streams import CHUNK_UNREADABLE, READERS_LEFT, StreamPublisher
 from requests_app.models import Attempt, Request, Status
 
 logger = logging.getLogger(__name__)
@@ -105,8 +107,8 @@ class StreamRelay:
                         if not owned:
                             self._stop("lease_lost")
                             return
-                    if self.publisher.client_gone():
-                        self._stop("client_disconnected")
+                    if reason := self.publisher.stopped_by_readers():
+                        self._stop(reason)
                         return
                 except Exception as error:  # noqa: BLE001 - an outage must not end the watch
                     # The database or Redis is unreachable: the stream goes on, and the
@@ -227,10 +229,11 @@ class StreamRelay:
     ) -> AttemptResult:
         """An outcome once bytes have left: what was delivered, never to be retried, and
         what the readers got if the failure came after the end (`as_relayed`). `unread`:
-        whether nobody was reading it, when not asked already (readers who hung up
+        whether nobody was reading it, when not asked already (readers who stopped it
         mid-stream had what was relayed: not unread)."""
         if unread is None:
-            unread = error_code != "client_disconnected" and self.publisher.unread()
+            stopped_by_readers = error_code in (READERS_LEFT, CHUNK_UNREADABLE)
+            unread = not stopped_by_readers and self.publisher.unread()
         body = bytes(self.delivered)
         # The headers the callers got with the first bytes, so a replay carries them too.
         headers = {"content-type": "text/event-stream", **self.headers}
@@ -241,7 +244,7 @@ class StreamRelay:
             response=UpstreamResponse(200, headers, body, httpx.Headers()),
             stream_started=self.started,
             stream_unread=unread,
-            client_gone=error_code == "client_disconnected",
+            client_gone=error_code == READERS_LEFT,
         )
         return as_relayed(result, self.request.endpoint)
 
@@ -250,11 +253,12 @@ class StreamRelay:
         else an ordinary failed attempt (nothing reached a caller, so it may be retried)."""
         if self.started:
             return self.result(outcome, error_code=code)
-        return AttemptResult(outcome, error_code=code, client_gone=code == "client_disconnected")
+        return AttemptResult(outcome, error_code=code, client_gone=code == READERS_LEFT)
 
     def stopped(self, code: str) -> AttemptResult:
         outcome = {
-            "client_disconnected": Attempt.Outcome.FATAL_ERROR,
+            READERS_LEFT: Attempt.Outcome.FATAL_ERROR,
+            CHUNK_UNREADABLE: Attempt.Outcome.FATAL_ERROR,
             "deadline_exceeded": Attempt.Outcome.TIMEOUT,
         }.get(code, Attempt.Outcome.CONNECTION_ERROR)
         return self.ended(outcome, code)
@@ -282,8 +286,8 @@ def stream_attempt(
         slot=slot,
         probe=probe,
     )
-    if relay.publisher.client_gone():
-        return relay.stopped("client_disconnected")
+    if reason := relay.publisher.stopped_by_readers():
+        return relay.stopped(reason)
     watcher = threading.Thread(target=relay.watch, daemon=True)
     watcher.start()
     try:

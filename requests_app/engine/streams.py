@@ -11,7 +11,9 @@ The stream is capped (MAXLEN), its expiry is refreshed on every write and shorte
 the request has ended, and its bytes are ciphertext, so Redis never holds a readable answer.
 
 Readers register while they read: a streaming request is abandoned (its upstream call
-stopped, the request canceled) only when the last of its readers has left.
+stopped, the request canceled) only when the last of its readers has left. A reader that
+cannot decrypt a chunk (no key in its ring opens it) stops the upstream call as well: no
+caller of that process can be given the answer, so the request fails, partial.
 """
 
 import asyncio
@@ -42,7 +44,13 @@ def readers_key(public_id: str) -> str:
 
 
 def abandoned_key(public_id: str) -> str:
+    """Holds why the readers stopped the upstream call: READERS_LEFT or CHUNK_UNREADABLE."""
     return f"reqrun:stream-abandoned:{public_id}"
+
+
+# Why the readers stopped the call, as the attempt's error code.
+READERS_LEFT = "client_disconnected"
+CHUNK_UNREADABLE = "encryption_key_missing"
 
 
 def error_event(message: str, code: str, error_type: str = "upstream_error") -> bytes:
@@ -77,8 +85,14 @@ class StreamPublisher:
     def chunk(self, data: bytes) -> None:
         self.send("chunk", data=encryption.encrypt(data))
 
-    def client_gone(self) -> bool:
-        return bool(self.client.exists(self.abandoned))
+    def stopped_by_readers(self) -> str | None:
+        """Why the readers asked for the upstream call to stop (READERS_LEFT or
+        CHUNK_UNREADABLE), or None while they read on."""
+        reason = self.client.get(self.abandoned)
+        if reason is None:
+            return None
+        # Any other value: a web process from before the reason was written (it wrote 1).
+        return CHUNK_UNREADABLE if reason == CHUNK_UNREADABLE.encode() else READERS_LEFT
 
     def unread(self) -> bool:
         """No reader is registered: those who waited left before the first bytes (their
@@ -92,15 +106,16 @@ class StreamPublisher:
 @dataclass(frozen=True)
 class Relayed:
     """What one attempt relayed to its readers: the headers sent with the first bytes, and
-    the bytes."""
+    the bytes (None when no key in this process's ring opens some of them)."""
 
     headers: dict[str, str]
-    body: bytes
+    body: bytes | None
 
 
 def relayed_by(public_id: str, attempt: int) -> Relayed | None:
     """One attempt's share of its request's stream as Redis keeps it (for a worker lost
-    mid-stream, what its readers got); None when Redis holds no start of it."""
+    mid-stream, what its readers got); None when Redis holds no start of it. A chunk no key
+    in the ring opens is logged by the request's id, and leaves the body unknown."""
     wanted = str(attempt).encode()
     headers, body = None, bytearray()
     for _, fields in client().xrange(stream_key(public_id)):
@@ -108,9 +123,12 @@ def relayed_by(public_id: str, attempt: int) -> Relayed | None:
             continue
         if fields[b"kind"] == b"start":
             headers = json.loads(fields[b"headers"])
-        elif fields[b"kind"] == b"chunk":
-            body += encryption.decrypt(fields[b"data"])
-    return None if headers is None else Relayed(headers, bytes(body))
+        elif fields[b"kind"] == b"chunk" and body is not None:
+            data = encryption.decrypt_stored(fields[b"data"], request_id=public_id, stored="stream")
+            body = None if data is None else body + data
+    if headers is None:
+        return None
+    return Relayed(headers, None if body is None else bytes(body))
 
 
 def announce_final(public_id: str) -> None:
@@ -141,7 +159,8 @@ def async_client() -> aioredis.Redis:
 
 
 async def read_entries(public_id: str, *, start_by: float | None = None):
-    """Web side: yield each entry as a dict of str → bytes (chunks decrypted);
+    """Web side: yield each entry as a dict of str → bytes (chunks decrypted; one no key in
+    the ring opens comes as kind `unreadable`, logged by the request's id);
     {"kind": b"idle"} on silence. Until a `start` entry, silence is reported by `start_by`
     (the event loop's clock) at the latest, so a caller's wait budget is kept."""
     key = stream_key(public_id)
@@ -168,7 +187,11 @@ async def read_entries(public_id: str, *, start_by: float | None = None):
             if entry["kind"] == b"start":
                 start_by = None
             if entry["kind"] == b"chunk":
-                entry["data"] = encryption.decrypt(entry["data"])
+                entry["data"] = encryption.decrypt_stored(
+                    entry["data"], request_id=public_id, stored="stream"
+                )
+                if entry["data"] is None:
+                    entry["kind"] = b"unreadable"
             yield entry
 
 
@@ -185,5 +208,16 @@ async def reader_left(public_id: str, *, abandoned: bool) -> bool:
     remaining = await async_client().decr(readers_key(public_id))
     if remaining > 0 or not abandoned:
         return False
-    await async_client().set(abandoned_key(public_id), 1, ex=STREAM_TTL_SECONDS)
+    # nx: a reader that could not decrypt the stream has already said why it stops.
+    await async_client().set(abandoned_key(public_id), READERS_LEFT, ex=STREAM_TTL_SECONDS, nx=True)
     return True
+
+
+async def reader_cannot_decrypt(public_id: str) -> None:
+    """Stop the upstream call: this reader's key ring does not open the stream, so the
+    answer cannot reach its callers, and the request fails (partial) rather than succeed
+    unseen. Best effort: with Redis away the attempt runs on, and only this caller is told."""
+    try:
+        await async_client().set(abandoned_key(public_id), CHUNK_UNREADABLE, ex=STREAM_TTL_SECONDS)
+    except (redis.RedisError, OSError):
+        pass

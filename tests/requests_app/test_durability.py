@@ -167,7 +167,7 @@ def test_a_lost_stream_is_recorded_as_what_its_readers_got(db, relayed, outcome)
         assert request.response_headers["x-request-id"] == "req_up"
 
 
-def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(db, caplog):
+def test_a_lost_stream_whose_relayed_bytes_no_key_opens_fails_partial(db, caplog):
     # The bytes a lost stream relayed were encrypted under a key the operator has since
     # removed from the ring, so the sweeper cannot read back what its readers got.
     sealed = lost_request(lease_ran_out=2, stream=True, first_byte_at=seconds_ago(5))
@@ -177,8 +177,45 @@ def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(
     # Another worker lost at the same time, whose recovery comes after it.
     lost = lost_request(lease_ran_out=1)
 
-    with caplog.at_level(logging.ERROR):
+    with caplog.at_level(logging.WARNING):
         report = sweep()
+
+    sealed.refresh_from_db()
+    lost.refresh_from_db()
+    # Never retried after its first byte, and not left running: the lost worker's stream
+    # broke off, with no copy of what no key here opens.
+    assert (sealed.status, sealed.partial) == ("failed", True)
+    assert sealed.error["code"] == "worker_lost"
+    assert sealed.response_body is None
+    assert lost.status == "retrying"
+    assert report.recovered == 2
+    # The operator's warning names the request and the key ring's trouble, not a bug of ours.
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    unreadable = [r for r in caplog.records if r.getMessage() == "stored value cannot be decrypted"]
+    assert [(r.request_id, r.stored) for r in unreadable] == [(sealed.public_id, "stream")]
+    assert "gAAAAA" not in caplog.text
+
+
+def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(
+    transactional_db, caplog
+):
+    # The database refuses the lost attempt's own record for this request (a constraint
+    # against `worker_lost`), but not our own error.
+    sealed = lost_request(lease_ran_out=2, stream=True, first_byte_at=seconds_ago(5))
+    lost = lost_request(lease_ran_out=1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE requests_app_attempt ADD CONSTRAINT sealed_attempt_not_lost "
+            f"CHECK (request_id <> {sealed.pk} OR error_code <> 'worker_lost') NOT VALID"
+        )
+    try:
+        with caplog.at_level(logging.ERROR):
+            report = sweep()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "ALTER TABLE requests_app_attempt DROP CONSTRAINT sealed_attempt_not_lost"
+            )
 
     sealed.refresh_from_db()
     lost.refresh_from_db()

@@ -14,6 +14,8 @@ from core import encryption
 from projects.models import Upstream
 from requests_app.engine.accept import body_digest
 from requests_app.engine.executor import execute_request
+from requests_app.models import Request
+from tests.conftest import wait_until
 from tests.factories import RequestFactory
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -132,3 +134,43 @@ def test_models_says_the_provider_key_cannot_be_read(tenant, live_api, fake_upst
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "encryption_key_missing"
     assert fake_upstream.count() == 0
+
+
+def test_a_stream_the_web_cannot_decrypt_ends_with_an_error_event_and_fails(
+    tenant, live_api, settings, caplog
+):
+    # The operator dropped the key the worker still encrypts with and restarted the web
+    # while the stream ran: the web cannot open the chunks that follow.
+    chat = {**CHAT, "model": "script:slowchunks700", "stream": True}
+    with (
+        caplog.at_level(logging.WARNING),
+        httpx.Client(timeout=30) as client,
+        client.stream(
+            "POST",
+            f"{live_api.url}/v1/chat/completions",
+            json=chat,
+            headers={"Authorization": f"Bearer {tenant.raw_key}"},
+        ) as response,
+    ):
+        pieces = response.iter_raw()
+        first = next(pieces)
+        settings.REQRUN_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+        rest = b"".join(pieces)
+
+    assert first.startswith(b"data: ")
+    assert b"[DONE]" not in rest  # never a clean end on a truncated answer
+    event = json.loads(rest.split(b"event: error\ndata: ", 1)[1])["error"]
+    assert event["code"] == "encryption_key_missing"
+    assert "REQRUN_ENCRYPTION_KEYS" in event["message"]
+    public_id = response.headers["reqrun-request-id"]
+    record = wait_until(
+        lambda: Request.objects.filter(public_id=public_id, finished_at__isnull=False).first(),
+        message="the request never ended",
+    )
+    assert (record.status, record.partial) == ("failed", True)
+    assert record.error["code"] == "encryption_key_missing"
+    assert "REQRUN_ENCRYPTION_KEYS" in record.error["message"]
+    assert [a.error_code for a in record.attempts.all()] == ["encryption_key_missing"]
+    warnings = unreadable_warnings(caplog)
+    assert [(w.request_id, w.stored) for w in warnings] == [(public_id, "stream")]
+    assert "gAAAAA" not in caplog.text
