@@ -50,14 +50,20 @@ def _not_a_json_number(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+class NestedTooDeeply(ValueError):
+    """JSON nested deeper than the parser goes: not read, which says nothing of whether it
+    is valid."""
+
+
 def parse_json(raw: bytes | str, *, allow_nan: bool = True):
     """`json.loads`, except that JSON nested deeper than the parser goes raises ValueError
-    like any other invalid JSON, not RecursionError. With `allow_nan=False`, NaN, Infinity
-    and -Infinity, which Python's parser takes but JSON does not have, raise ValueError too."""
+    (`NestedTooDeeply`) like any other invalid JSON, not RecursionError. With
+    `allow_nan=False`, NaN, Infinity and -Infinity, which Python's parser takes but JSON does
+    not have, raise ValueError too."""
     try:
         return json.loads(raw, parse_constant=None if allow_nan else _not_a_json_number)
     except RecursionError:
-        raise ValueError("JSON nested too deeply to parse") from None
+        raise NestedTooDeeply("JSON nested too deeply to parse") from None
 
 
 def parse_json_to_keep(raw: bytes | str):

@@ -287,8 +287,9 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "upstream_error",
         "No attempt could connect to the upstream. The code names the last transport error "
         "(`connecterror`, `readerror`, `remoteprotocolerror`, `worker_lost`, …; "
-        "`response_incomplete` when an answer was cut off where only the connection's close "
-        "could end it, or sent more bytes than its Content-Length said).",
+        "`response_incomplete` when a 2xx's JSON was not whole where its Content-Length, its "
+        "chunks or the connection's close ended it, or an answer sent more bytes than its "
+        "Content-Length said).",
         "Check the upstream URL and the provider's status; retry later.",
         retry=True,
     ),

@@ -526,8 +526,8 @@ class ModelsViewSchema(OpenApiViewExtension):
                         "upstream_redirected",
                         "upstream_not_json",
                         "invalid_content_encoding",
-                        note="`response_incomplete` for an answer cut off where only the "
-                        "connection's close ends it, or longer than its Content-Length",
+                        note="`response_incomplete` for an answer whose JSON was cut off, or "
+                        "one longer than its Content-Length",
                     ),
                     **UPSTREAM_ANSWERS,
                 },

@@ -33,7 +33,7 @@ from requests_app.engine.holds import defer_for_capacity, hold_if_suspended
 from requests_app.engine.notifications import Along, announce_finished, answer_of
 from requests_app.engine.outcomes import AttemptResult
 from requests_app.engine.stream_attempt import stream_attempt
-from requests_app.engine.usage import usage_from_body, usage_from_event_stream
+from requests_app.engine.usage import usage_from_event_stream
 from requests_app.error_catalog import error_object
 from requests_app.models import TERMINAL_STATUSES, Attempt, Request, Status
 
@@ -407,7 +407,7 @@ def _response_fields(request: Request, result: AttemptResult) -> dict:
     elif request.stream:
         usage = usage_from_event_stream(response.body)
     else:
-        usage = usage_from_body(response.body)
+        usage = result.usage
     # A stream that started has already reached its readers through Redis; with zero
     # retention no copy of it is kept at all. An answer that never started streaming (the
     # upstream refused it), or streamed to nobody (its callers took their 202), reaches its

@@ -27,6 +27,8 @@ class AttemptResult:
     client_gone: bool = False  # every streaming reader disconnected: cancel
     upstream: str | None = None  # the name of the upstream this attempt went to
     message: str | None = None  # the error's message when it depends on the answer
+    # A plain call's token usage, from the parse that found its answer whole (classify).
+    usage: dict | None = None
     # The upstream's own provider key could not be decrypted: nothing was sent, and another
     # upstream, with a key that opens, may take the call (failover.next_upstream).
     key_unreadable: bool = False

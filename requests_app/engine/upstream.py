@@ -19,10 +19,11 @@ import redis
 from django.conf import settings
 
 from core.endpoints import upstream_path
-from core.untrusted import parse_json, storable
+from core.untrusted import NestedTooDeeply, parse_json, storable
 from projects.upstream_guard import UpstreamNotAllowed, check_address
 from requests_app.engine import retry_policy
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
+from requests_app.engine.usage import normalise_usage
 from requests_app.models import Attempt
 
 logger = logging.getLogger(__name__)
@@ -310,6 +311,11 @@ PAST_ITS_CONTENT_LENGTH = (
     "The upstream's answer was cut short: it sent more bytes than its Content-Length header "
     "said, so the answer that header framed is incomplete. It was neither kept nor relayed."
 )
+CUT_OFF = (
+    "The upstream's answer was cut off: it ended, where its Content-Length, its chunks or its "
+    "connection's close said, before the JSON it had begun was whole. It was neither kept nor "
+    "relayed."
+)
 NOT_IN_ITS_ENCODING = (
     "The upstream's answer was not in the compression its Content-Encoding header named, so "
     "it could not be read; it was not retried, as the same bytes would come again. Check the "
@@ -375,23 +381,6 @@ JSON_OBJECT_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*\{")
 MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,60}/[a-z0-9!#$&^_.+-]{1,60}")
 
 
-def ended_by_close(headers: httpx.Headers) -> bool:
-    """An answer with neither a Content-Length nor chunking (HTTP/1.0 servers, some proxies)
-    ends where the connection closes, so one cut partway reads as a whole, shorter answer."""
-    return (
-        "content-length" not in headers
-        and "chunked" not in headers.get("transfer-encoding", "").lower()
-    )
-
-
-def is_json(body: bytes) -> bool:
-    try:
-        parse_json(body)
-    except ValueError:
-        return False
-    return True
-
-
 def not_json(answer: UpstreamResponse) -> AttemptResult:
     """A plain call's 2xx that is no JSON object: a captive proxy's login page, an empty
     body, an event stream sent although `stream` was not asked for. Not a success (the
@@ -422,12 +411,14 @@ def classify(
 ) -> AttemptResult:
     """Any answer or exception of one attempt as its recorded result; never raises.
 
-    2xx is a success if it is JSON (`not_json`; one only the connection's close ended is
-    parsed, and retried as cut off unless whole; a stream's 2xx is the relay's to judge,
-    stream_attempt.py); a redirect, or any other 3xx, fails (`redirected`); the retryable
-    statuses and transport faults may be retried; anything else, including an exception
-    nobody foresaw, ends the attempt as a fatal or internal error rather than leaving it
-    running until its lease runs out.
+    2xx is a success if it is one whole JSON object: one that does not begin as JSON is not
+    an API's answer (`not_json`), one that begins so but does not parse whole was cut off
+    wherever its framing ended it (a Content-Length shorter than the body, whose rest came
+    in a later TCP segment, leaves nothing else to see), and is retried; a stream's 2xx is
+    the relay's to judge, stream_attempt.py. A redirect, or any other 3xx, fails
+    (`redirected`); the retryable statuses and transport faults may be retried; anything
+    else, including an exception nobody foresaw, ends the attempt as a fatal or internal
+    error rather than leaving it running until its lease runs out.
     """
     if error is not None:
         if isinstance(error, UpstreamNotAllowed):
@@ -484,19 +475,24 @@ def classify(
     if 200 <= answer.status_code < 300:
         if not JSON_OBJECT_START.match(answer.body):
             return not_json(answer)
-        if ended_by_close(answer.all_headers) and not is_json(answer.body):
+        try:
+            # The one parse of the answer: it shows the answer whole and gives its usage.
+            usage = normalise_usage(parse_json(answer.body).get("usage"))
+        except NestedTooDeeply:
+            usage = None  # whole or not, the parser cannot tell: relayed as it came
+        except ValueError:
             return AttemptResult(
                 Attempt.Outcome.CONNECTION_ERROR,
                 status_code=answer.status_code,
                 error_code="response_incomplete",
-                message="The upstream's answer was cut off: its connection closed before the "
-                "JSON it had begun was complete.",
+                message=CUT_OFF,
             )
         return AttemptResult(
             Attempt.Outcome.SUCCESS,
             status_code=answer.status_code,
             retry_after_ms=retry_after,
             response=answer,
+            usage=usage,
         )
     retryable = retry_policy.is_retryable_status(answer.status_code, answer.body)
     return AttemptResult(

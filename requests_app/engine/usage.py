@@ -5,7 +5,6 @@ from django.db.models import BigIntegerField, Count, Q, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce
 
-from core.untrusted import parse_json
 from requests_app.engine import sse
 from requests_app.models import Status
 
@@ -27,14 +26,6 @@ REQUEST_TOTALS = {
     # `stream_options.include_usage`, an upstream that sends none): tokens unknown, not 0.
     "unreported": Count("pk", filter=SUCCEEDED) - Count("pk", filter=SUCCEEDED & TOKENS_REPORTED),
 }
-
-
-def usage_from_body(body: bytes) -> dict | None:
-    try:
-        usage = parse_json(body).get("usage")
-    except (ValueError, AttributeError):
-        return None
-    return normalise_usage(usage)
 
 
 def normalise_usage(usage) -> dict | None:

@@ -207,6 +207,35 @@ def test_an_answer_that_never_completes_is_retried(
     assert attempts(request) == [("connection_error", status_code, code)] * 2
 
 
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        (SHORT_LENGTH + COMPLETION[:30], COMPLETION[30:]),
+        (raw_answer(b"200 OK", b"application/json", COMPLETION[:30]),),
+    ],
+    ids=["its rest in a later TCP segment", "framed whole"],
+)
+def test_a_success_whose_json_stops_where_its_framing_ends_is_retried_as_cut_off(
+    live_api, tenant, fake_upstream, pieces
+):
+    """A Content-Length shorter than the body, whose rest the upstream sends after a pause,
+    leaves nothing past the length for the client to see when it reads the answer: only the
+    JSON, unfinished where the framing ends, shows the answer was cut. It is never passed on
+    as a success."""
+    tenant.project.max_attempts = 2
+    tenant.project.save()
+    fake_upstream.answer_raw("raw", *pieces)
+
+    response, request = post(live_api, tenant, "raw")
+
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("upstream_error", "response_incomplete")
+    assert "cut off" in error["message"]
+    assert (request.status, request.response_body, request.usage) == ("failed", None, None)
+    assert attempts(request) == [("connection_error", 200, "response_incomplete")] * 2
+
+
 def test_a_whole_answer_ended_by_the_close_succeeds(live_api, tenant, fake_upstream):
     body = b'{"id":"c1","object":"chat.completion","choices":[],"usage":{"total_tokens":3}}'
     fake_upstream.answer_raw("raw", CLOSE_DELIMITED + body)
