@@ -153,7 +153,8 @@ def went_past_its_end(response: httpx.Response) -> bool:
     is closed, lest the next call on it read those bytes as the start of its own answer.
 
     Only h11 knows: it stops at the length and keeps the rest in its buffer. httpx has no
-    public way to it; this is the connection as httpcore 1.x keeps it.
+    public way to it; this is the connection as httpcore 1.x keeps it (pyproject holds
+    httpcore to 1.x, and a test fails if the path moves, rather than this finding nothing).
     """
     stream = getattr(getattr(response.stream, "_httpcore_stream", None), "_stream", None)
     connection = getattr(stream, "_connection", None)

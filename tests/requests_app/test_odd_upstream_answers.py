@@ -8,6 +8,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
+from requests_app.engine import upstream
 from requests_app.models import Request
 from tests.conftest import wait_until
 
@@ -205,6 +206,24 @@ def test_an_answer_that_never_completes_is_retried(
     assert response.json()["error"]["code"] == code
     assert request.status == "failed"
     assert attempts(request) == [("connection_error", status_code, code)] * 2
+
+
+def test_the_client_still_sees_bytes_past_an_answers_content_length(fake_upstream):
+    """`went_past_its_end` reaches h11's buffer through httpcore 1.x's internals (httpx has
+    no public way to it) and finds nothing if they move: an overrun sent in the same TCP
+    segment would then go unseen and its connection, the extra bytes in its buffer, back to
+    the pool. An httpcore that keeps them elsewhere fails here, not silently in production
+    (pyproject bounds httpcore to the major version checked)."""
+    fake_upstream.answer_raw("raw", SHORT_LENGTH + COMPLETION)
+
+    with pytest.raises(upstream.PastItsEnd):
+        upstream.call(
+            method="POST",
+            url=upstream.endpoint_url(fake_upstream.base_url, "/v1/chat/completions"),
+            provider_key="sk-test",
+            body=b'{"model": "raw"}',
+            timeout=10,
+        )
 
 
 @pytest.mark.parametrize(
