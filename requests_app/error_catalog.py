@@ -252,10 +252,23 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "The upstream answered with a redirect (3xx). ReqRun follows none (your provider key "
         "would go wherever it points) and does not retry: the same URL would be redirected "
         "again. The message says where it pointed (scheme, host and path; never the query), "
-        "or that it did not say. Another 3xx (304 Not Modified, say) is not a redirect but "
-        "carries no answer either, and ends the call the same way; its message names it.",
+        "or that it did not say.",
         "Correct the project's upstream base URL: `https` rather than `http`, the right host, "
         "and the path the API's routes start from (usually ending in `/v1`). With a fallback "
+        "upstream, ticking “Answers no client can read” in the project's failover policy "
+        "sends such calls on to it meanwhile.",
+    ),
+    ErrorCode(
+        "upstream_unexpected_status",
+        502,
+        "upstream_error",
+        "The upstream answered with a 3xx that is not a redirect: a 304 Not Modified (the "
+        "answer to a conditional request, which ReqRun never makes), a retired 305 or 306, or "
+        "an unassigned code. It carries no answer a client could read, so it is neither "
+        "stored nor relayed, and the call is not retried: the same would come again. The "
+        "message names the status.",
+        "Check that the project's upstream base URL points at the API itself (usually ending "
+        "in `/v1`), and what any proxy or cache in front of it answers. With a fallback "
         "upstream, ticking “Answers no client can read” in the project's failover policy "
         "sends such calls on to it meanwhile.",
     ),

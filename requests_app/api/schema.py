@@ -289,6 +289,7 @@ def proxy_schema(endpoint_path: str):
             "upstream_response_too_large",
             "invalid_status",
             "upstream_redirected",
+            "upstream_unexpected_status",
             "upstream_not_json",
             "invalid_content_encoding",
             "connecterror",
@@ -524,6 +525,7 @@ class ModelsViewSchema(OpenApiViewExtension):
                         "upstream_unreachable",
                         "invalid_status",
                         "upstream_redirected",
+                        "upstream_unexpected_status",
                         "upstream_not_json",
                         "invalid_content_encoding",
                         note="`response_incomplete` for an answer whose JSON was cut off, or "

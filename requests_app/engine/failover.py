@@ -42,7 +42,13 @@ STAYS_ON_FAULTS_OF_OURS = breaker.NOT_THE_UPSTREAMS_FAULT - {"worker_lost"}
 # Answers no client can read (upstream.classify, stream_attempt.py): a wrong base URL or a
 # captive proxy, cured by another upstream. Final: never retried on the one that gave them.
 UNREADABLE_ANSWERS = frozenset(
-    {"upstream_redirected", "upstream_not_json", "invalid_status", "invalid_event_stream"}
+    {
+        "upstream_redirected",
+        "upstream_unexpected_status",
+        "upstream_not_json",
+        "invalid_status",
+        "invalid_event_stream",
+    }
 )
 
 

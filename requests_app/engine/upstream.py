@@ -348,7 +348,8 @@ def redirected(status_code: int, headers: httpx.Headers) -> AttemptResult:
     """A 3xx: ReqRun follows no redirect (the provider key would go where it points), and
     the same URL would be redirected again, so it is not retried; the caller is told where it
     pointed, so that the base URL can be put right. Any other 3xx (a 304, say) carries no
-    answer a client could read, and is said to be what it is."""
+    answer a client could read, and is said, and recorded, to be what it is: not a redirect
+    (`upstream_unexpected_status`)."""
     if status_code == 304:
         message = (
             "The upstream answered 304 Not Modified, the answer to a conditional request, "
@@ -371,7 +372,9 @@ def redirected(status_code: int, headers: httpx.Headers) -> AttemptResult:
     return AttemptResult(
         Attempt.Outcome.FATAL_ERROR,
         status_code=status_code,
-        error_code="upstream_redirected",
+        error_code="upstream_redirected"
+        if status_code in REDIRECT_STATUSES
+        else "upstream_unexpected_status",
         message=message,
     )
 

@@ -74,24 +74,30 @@ def test_a_redirect_fails_at_once_saying_where_and_to_check_the_base_url(
 
 @pytest.mark.parametrize(
     ("status", "said"),
-    [(b"304 Not Modified", "304 Not Modified"), (b"305 Use Proxy", "HTTP status 305")],
-    ids=["not modified", "another 3xx"],
+    [
+        (b"304 Not Modified", "304 Not Modified"),
+        (b"305 Use Proxy", "HTTP status 305"),
+        (b"399 Odd", "HTTP status 399"),
+    ],
+    ids=["not modified", "a retired 3xx", "an unassigned 3xx"],
 )
 def test_a_3xx_that_is_not_a_redirect_fails_at_once_without_being_called_one(
     live_api, tenant, fake_upstream, status, said
 ):
     """A 304 answers a conditional request, which ReqRun never makes; a 305 or an unknown
-    3xx sends nobody anywhere. Neither carries an answer a client could read."""
+    3xx sends nobody anywhere. Neither carries an answer a client could read, and neither is
+    recorded as a redirect."""
     fake_upstream.answer_raw("odd", raw_answer(status, b"application/json", b""))
 
     response, request = post(live_api, tenant, "odd")
 
     assert response.status_code == 502, response.text
     error = response.json()["error"]
-    assert (error["type"], error["code"]) == ("upstream_error", "upstream_redirected")
+    assert (error["type"], error["code"]) == ("upstream_error", "upstream_unexpected_status")
     assert said in error["message"] and "base URL" in error["message"]
-    assert "answered with a redirect" not in error["message"]
-    assert attempts(request) == [("fatal_error", int(status[:3]), "upstream_redirected")]
+    assert "redirect" not in error["message"].replace("not a redirect", "")
+    assert request.status == "failed" and request.error == error
+    assert attempts(request) == [("fatal_error", int(status[:3]), "upstream_unexpected_status")]
     assert fake_upstream.count("/v1/chat/completions") == 1
 
 
