@@ -15,7 +15,14 @@ from accounts.models import Account, Membership, User
 from core.admin import KeptRecord, ViewOnly
 from projects.errors import Gone, InvalidModelMap, NameNotAvailable
 from projects.forms import check_deadline_covers_an_attempt
-from projects.limits import DEFAULT_PLAN_CODE, LimitReached, change_account_plan, limits_for
+from projects.limits import (
+    DEFAULT_PLAN_CODE,
+    LimitReached,
+    change_account_plan,
+    limit_shown,
+    limits_for,
+    locked_plan_state,
+)
 from projects.members import (
     LAST_OWNER,
     change_role,
@@ -76,27 +83,77 @@ class PlanAdmin(admin.ModelAdmin):
         return obj is None or obj.code != DEFAULT_PLAN_CODE
 
 
+# What an operator edits of an account's plan row, on the account's page and on the row's own.
+PLAN_STATE_FIELDS = ["plan", *LIMIT_FIELDS]
+
+
+class AccountPlanForm(forms.ModelForm):
+    """The plan row as the page showed it: each field posts back the value shown (a hidden
+    initial), so only what the operator changed counts as changed, and a plan billing set
+    meanwhile is not posted back over. A change saved from a page the row has moved on since
+    (billing's plan, another operator's limit) is refused: it was chosen over a value the
+    operator never saw. Compared under the row's lock, which the admin's transaction holds
+    until the save."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in PLAN_STATE_FIELDS:
+            self.fields[name].show_hidden_initial = True
+
+    def clean(self):
+        cleaned_data = super().clean()
+        if self.instance.pk is None or not self.has_changed():
+            return cleaned_data
+        current = locked_plan_state(self.instance.account)
+        for name in PLAN_STATE_FIELDS:
+            if self._shown(name) != getattr(current, name):
+                raise forms.ValidationError(
+                    f"This account's {_moved(current, name)} while you had this page open; "
+                    "reload it."
+                )
+        return cleaned_data
+
+    def _shown(self, name: str):
+        """The field's value as the page showed it; a value unreadable as one is none the row
+        can hold."""
+        field = self[name]
+        shown = field.field.hidden_widget().value_from_datadict(
+            self.data, self.files, field.html_initial_name
+        )
+        try:
+            return field.field.to_python(shown)
+        except forms.ValidationError:
+            return object()
+
+
+def _moved(state: AccountPlan, field: str) -> str:
+    if field == "plan":
+        return f"plan was changed to {state.plan.name}"
+    limit = AccountPlan._meta.get_field(field).verbose_name
+    return f"{limit} limit was changed to {limit_shown(getattr(state, field), state.plan, field)}"
+
+
 class AccountPlanInline(admin.StackedInline):
     """The account's plan and any single limit overridden for it (empty: the plan's value)."""
 
     model = AccountPlan
+    form = AccountPlanForm
     can_delete = False
     extra = 0
     min_num = 0
     max_num = 1
-    fields = ["plan", *LIMIT_FIELDS]
+    fields = PLAN_STATE_FIELDS
 
 
 def save_plan_state(request, account: Account, form: forms.ModelForm) -> AccountPlan:
-    """An AccountPlan form is saved by `change_account_plan`: only the fields the operator
-    changed, onto the row as it is now (a plan billing set meanwhile stays), each change in
-    the owners' security log."""
+    """An AccountPlanForm is saved by `change_account_plan`: only the fields the operator
+    changed, each change in the owners' security log."""
     return change_account_plan(
         account=account,
         changes={
             field: form.cleaned_data[field]
             for field in form.changed_data
-            if field in AccountPlanInline.fields
+            if field in PLAN_STATE_FIELDS
         },
         actor=request.user,
         ip_address=client_ip(request),
@@ -154,6 +211,7 @@ def account_once_saved(obj) -> list[str]:
 
 @admin.register(AccountPlan)
 class AccountPlanAdmin(admin.ModelAdmin):
+    form = AccountPlanForm
     list_display = ["account", "plan", "changed_at"]
     list_filter = ["plan"]
     list_select_related = ["account", "plan"]

@@ -94,6 +94,15 @@ def set_plan(
     )
 
 
+def locked_plan_state(account: Account) -> AccountPlan:
+    """The account's plan row (made, on Free, if it has none yet), locked until the caller's
+    transaction ends. The account's row is locked first, in the order billing takes them
+    (`sync_account_plan`), so two writers never each wait on the other."""
+    Account.objects.select_for_update().filter(pk=account.pk).exists()
+    plan_state_of(account)
+    return AccountPlan.objects.select_for_update().select_related("plan").get(account=account)
+
+
 @transaction.atomic
 def change_account_plan(
     *,
@@ -106,8 +115,7 @@ def change_account_plan(
     plan's own value) on its row as it is now, under the row's lock: a field not named keeps
     what its last writer (billing, another operator) set. Owners see each change in the
     security log: the plan's, and each limit's with its old and new value."""
-    plan_state_of(account)  # made, on Free, if the account has none yet
-    state = AccountPlan.objects.select_for_update().select_related("plan").get(account=account)
+    state = locked_plan_state(account)
     before = {field: getattr(state, field) for field in changes}
     previous = state.plan
     for field, value in changes.items():
@@ -121,8 +129,8 @@ def change_account_plan(
     )
     for field in changed:
         if field in LIMIT_FIELDS:
-            old = _limit_shown(before[field], previous, field)
-            new = _limit_shown(getattr(state, field), state.plan, field)
+            old = limit_shown(before[field], previous, field)
+            new = limit_shown(getattr(state, field), state.plan, field)
             record_audit_event(
                 account=account,
                 actor=actor,
@@ -133,7 +141,7 @@ def change_account_plan(
     return state
 
 
-def _limit_shown(override: int | None, plan: Plan, field: str) -> str:
+def limit_shown(override: int | None, plan: Plan, field: str) -> str:
     """A limit as the security log names it: the override, or the plan's own value."""
     return str(override) if override is not None else f"{getattr(plan, field)} ({plan.name} plan)"
 

@@ -2,23 +2,25 @@
 never displayed, and suspension with a reason (audited, nothing deleted)."""
 
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission
-from django.forms import modelform_factory
+from django.forms import model_to_dict, modelform_factory
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import Account, AuditEvent, Membership
-from projects.admin import ProjectAdminForm
+from projects.admin import PLAN_STATE_FIELDS, ProjectAdminForm
 from projects.limits import limits_for, set_plan
 from projects.members import revoke_invitation
 from projects.models import AccountPlan, ApiKey, Invitation, MonthlyUsage, Plan, Project
 from requests_app.models import Request
 from tests.conftest import delete_in_admin, sign_in_to_admin, written_meanwhile
 from tests.factories import AuditEventFactory, MonthlyUsageFactory, RequestFactory, UserFactory
+from tests.markup import form_data
 from tests.projects.conftest import PROVIDER_KEY
 
 pytestmark = pytest.mark.django_db
@@ -176,6 +178,19 @@ def test_secrets_are_never_displayed(operator_client, everything, alice_project,
     )
 
 
+def plan_row_form(account: Account, prefix: str = "", **changes: str) -> dict[str, str]:
+    """The account's plan row as its admin form posts it, each field with the value the page
+    showed (and that again in its hidden initial), with `changes`."""
+    state = AccountPlan.objects.get(account=account)
+    shown = {
+        field: "" if value is None else str(value)
+        for field, value in model_to_dict(state, fields=PLAN_STATE_FIELDS).items()
+    }
+    return {f"{prefix}{field}": value for field, value in (shown | changes).items()} | {
+        f"initial-{prefix}{field}": value for field, value in shown.items()
+    }
+
+
 def account_form(account: Account, **plan_state: str) -> dict[str, str]:
     """The account's admin form as an operator posts it, with `plan_state` fields changed."""
     state = AccountPlan.objects.get(account=account)
@@ -188,7 +203,6 @@ def account_form(account: Account, **plan_state: str) -> dict[str, str]:
         "plan_state-MAX_NUM_FORMS": "1",
         "plan_state-0-id": str(state.pk),
         "plan_state-0-account": str(account.pk),
-        "plan_state-0-plan": str(state.plan.pk),
         "memberships-TOTAL_FORMS": str(len(memberships)),
         "memberships-INITIAL_FORMS": str(len(memberships)),
         "memberships-MIN_NUM_FORMS": "0",
@@ -201,7 +215,7 @@ def account_form(account: Account, **plan_state: str) -> dict[str, str]:
             f"memberships-{number}-user": str(membership.user_id),
             f"memberships-{number}-role": membership.role,
         }
-    return data | {f"plan_state-0-{field}": value for field, value in plan_state.items()}
+    return data | plan_row_form(account, "plan_state-0-", **plan_state)
 
 
 def test_plan_and_overrides_are_edited_inline_on_the_account(operator_client, everything, bob):
@@ -230,7 +244,7 @@ def test_a_plan_an_operator_assigns_is_in_the_owners_security_log(operator_clien
     state = AccountPlan.objects.get(account=account)
     response = operator_client.post(
         reverse("admin:projects_accountplan_change", args=[state.pk]),
-        {"account": str(account.pk), "plan": str(team.pk)},
+        plan_row_form(account, plan=str(team.pk)),
     )
     assert response.status_code == 302, response.content.decode()[:3000]
 
@@ -255,7 +269,7 @@ def test_a_limit_an_operator_overrides_is_in_the_owners_security_log(
     )
     own_page = operator_client.post(
         reverse("admin:projects_accountplan_change", args=[state.pk]),
-        {"plan": str(state.plan_id), "projects": "", "members": "4"},
+        plan_row_form(everything, projects="", members="4"),
     )
 
     assert inline.status_code == 302, inline.content.decode()[:3000]
@@ -297,12 +311,87 @@ def test_an_override_saved_in_admin_keeps_a_plan_billing_set_meanwhile(operator_
     with written_meanwhile(AccountPlan, state.pk, plan=pro):
         response = operator_client.post(
             reverse("admin:projects_accountplan_change", args=[state.pk]),
-            {"plan": str(state.plan_id), "members": "4"},
+            plan_row_form(everything, members="4"),
         )
 
     assert response.status_code == 302, response.content.decode()[:3000]
     limits = limits_for(everything)
     assert (limits.plan_code, limits.members) == ("pro", 4)
+
+
+def plan_pages(account: Account) -> dict[str, tuple[str, str, str]]:
+    """The two admin pages that edit the account's plan row: url, form id, fields' prefix."""
+    state = AccountPlan.objects.get(account=account)
+    return {
+        "account": (
+            reverse("admin:accounts_account_change", args=[account.pk]),
+            "account_form",
+            "plan_state-0-",
+        ),
+        "plan row": (
+            reverse("admin:projects_accountplan_change", args=[state.pk]),
+            "accountplan_form",
+            "",
+        ),
+    }
+
+
+@pytest.mark.parametrize("page", ["account", "plan row"])
+@pytest.mark.parametrize(("field", "value"), [("projects", "7"), ("plan", "team")])
+def test_a_plan_row_saved_from_a_page_opened_before_billing_changed_it_is_refused(
+    operator_client, everything, page, field, value
+):
+    """The page showed Free; Paddle's webhook moved the account to Pro meanwhile. A limit
+    chosen for Free, or a plan chosen over one the operator never saw, is not saved onto Pro:
+    the operator is told to reload."""
+    url, form_id, prefix = plan_pages(everything)[page]
+    shown = form_data(operator_client.get(url).content.decode(), form_id)
+    set_plan(account=everything, plan_code="pro")  # billing, while the page is open
+    posted = str(Plan.objects.get(code=value).pk) if field == "plan" else value
+
+    response = operator_client.post(url, shown | {prefix + field: [posted]})
+
+    assert response.status_code == 200
+    assert (
+        "This account's plan was changed to Pro while you had this page open; reload it."
+        in unescape(response.content.decode())
+    )
+    state = AccountPlan.objects.get(account=everything)
+    assert (state.plan.code, state.projects) == ("pro", None)
+    assert not AuditEvent.objects.filter(actor__email="ops@reqrun.com").exists()
+
+
+def test_a_limit_set_by_another_operator_while_the_page_was_open_is_named(
+    operator_client, everything
+):
+    url, form_id, prefix = plan_pages(everything)["plan row"]
+    shown = form_data(operator_client.get(url).content.decode(), form_id)
+    AccountPlan.objects.filter(account=everything).update(members=4)  # another operator's
+
+    response = operator_client.post(url, shown | {prefix + "projects": ["7"]})
+
+    assert (
+        "This account's members limit was changed to 4 while you had this page open; reload it."
+        in unescape(response.content.decode())
+    )
+    assert AccountPlan.objects.get(account=everything).projects is None
+
+
+def test_an_account_renamed_on_a_page_opened_before_billing_changed_its_plan_keeps_the_plan(
+    operator_client, everything
+):
+    """The plan the page showed is posted back untouched: it is not a change of the
+    operator's, and is not written over the one billing set."""
+    url, form_id, _ = plan_pages(everything)["account"]
+    shown = form_data(operator_client.get(url).content.decode(), form_id)
+    set_plan(account=everything, plan_code="pro")
+
+    response = operator_client.post(url, shown | {"name": ["Acme"]})
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    assert Account.objects.get(pk=everything.pk).name == "Acme"
+    assert limits_for(everything).plan_code == "pro"
+    assert not AuditEvent.objects.filter(actor__email="ops@reqrun.com", action="plan_changed")
 
 
 def test_an_account_renamed_in_admin_keeps_a_suspension_set_meanwhile(operator_client, everything):
@@ -382,7 +471,7 @@ def test_a_project_or_a_plan_row_stays_with_its_account(
     )
     operator_client.post(
         reverse("admin:projects_accountplan_change", args=[state.pk]),
-        {"account": str(other.pk), "plan": str(state.plan_id)},
+        plan_row_form(everything) | {"account": str(other.pk)},
     )
 
     assert Project.objects.get(pk=alice_project.pk).account_id == everything.pk
