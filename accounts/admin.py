@@ -389,7 +389,7 @@ class SessionAdmin(ViewOnly, UserSessionAdmin):
 # allauth's own admin shows an authenticator's data (the app's secret, the recovery codes'
 # seed) and edits it, and adds one or moves it to another user: a second factor its user
 # never set up. Here they are read; staff who may delete one remove it for a user who lost
-# their phone, through the service that audits it and signs the user out.
+# their phone, through the service that audits it, signs the user out and emails them.
 admin.site.unregister(Authenticator)
 
 
@@ -404,7 +404,12 @@ class AuthenticatorAdmin(ViewOnly, AllauthAuthenticatorAdmin):
         remove_second_factor(authenticator=obj, actor=request.user, ip_address=client_ip(request))
 
     def delete_queryset(self, request, queryset):
-        for authenticator in queryset.select_related("user"):
+        # Apps and keys first: the last one takes the user's recovery codes with it, so an
+        # app selected with its codes is one removal, and one email to the user.
+        selected = queryset.select_related("user")
+        for authenticator in sorted(
+            selected, key=lambda each: each.type == Authenticator.Type.RECOVERY_CODES
+        ):
             remove_second_factor(
                 authenticator=authenticator, actor=request.user, ip_address=client_ip(request)
             )

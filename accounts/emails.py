@@ -41,6 +41,13 @@ EMAIL_KINDS: dict[str, EmailKind] = {
         "the new user",
         "once, after the address is verified",
     ),
+    "second_factor_removed": EmailKind(
+        "Two-factor sign-in removed",
+        ("accounts/email/second_factor_removed.txt",),
+        "the user whose second factor was removed",
+        "when ReqRun support removes your authenticator app or recovery codes (after you lost "
+        "your phone, say), saying when and what to do if you did not ask for it",
+    ),
     "invitation": EmailKind(
         "Team invitation",
         ("projects/email/invitation.txt",),

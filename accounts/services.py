@@ -1,7 +1,7 @@
 """State changes for users, accounts and memberships."""
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from allauth.mfa.models import Authenticator
@@ -14,7 +14,14 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from accounts.emails import MAIL_ERRORS, UsersStillOwed, kind_of, log_unsent, refused_for_good
+from accounts.emails import (
+    MAIL_ERRORS,
+    UsersStillOwed,
+    kind_of,
+    log_unsent,
+    refused_for_good,
+    send_or_retry_on_commit,
+)
 from accounts.models import Account, AuditEvent, Membership, User
 from accounts.selectors import memberships_of, owner_addresses
 
@@ -134,7 +141,9 @@ def remove_second_factor(
     user removes it, their recovery codes go with their last app or key (alone they are
     no second factor), and each removal is in the security log of each of their accounts,
     naming the operator. The user is signed out everywhere: a session whose sign-in passed
-    with the removed factor (the lost phone's own, perhaps) does not keep that standing."""
+    with the removed factor (the lost phone's own, perhaps) does not keep that standing.
+    The user is emailed: someone else changed how they sign in. (Their own removal, in the
+    dashboard, sends none: they made it.)"""
     user = authenticator.user
     # allauth regenerates recovery codes under this lock: none are left without an app.
     User.objects.select_for_update().filter(pk=user.pk).exists()
@@ -143,7 +152,8 @@ def remove_second_factor(
         return  # removed meanwhile, and recorded by whoever removed it
     gone = [authenticator]
     left = Authenticator.objects.filter(user=user)
-    if not left.exclude(type=Authenticator.Type.RECOVERY_CODES).exists():
+    second_factor_left = left.exclude(type=Authenticator.Type.RECOVERY_CODES).exists()
+    if not second_factor_left:
         gone += list(left)
         left.delete()
     for each in gone:
@@ -156,6 +166,40 @@ def remove_second_factor(
         )
     end_sessions(user=user)
     logger.info("second factor removed by an operator", extra={"user_id": user.pk})
+    from accounts import tasks  # the task module imports this one
+
+    removed_at = int(timezone.now().timestamp())
+    send_or_retry_on_commit(
+        lambda: send_second_factor_removed_email(
+            user=user, removed_at=removed_at, second_factor_left=second_factor_left
+        ),
+        task=tasks.send_second_factor_removed_email,
+        ids=(user.pk, removed_at, int(second_factor_left)),
+    )
+
+
+def send_second_factor_removed_email(
+    *, user: User, removed_at: int, second_factor_left: bool
+) -> None:
+    """Tell the user ReqRun support removed their second factor at `removed_at` (a Unix
+    time): all of it, or, with `second_factor_left`, their recovery codes alone (a user has
+    one authenticator app, security keys are not offered, and the codes go with the app). A
+    send the mail server refused raises (MAIL_ERRORS)."""
+    context = {
+        "removed_at": datetime.fromtimestamp(removed_at, tz=UTC),
+        "second_factor_left": second_factor_left,
+    }
+    try:
+        send_mail(
+            subject="[ReqRun] Two-factor sign-in removed from your account",
+            message=render_to_string("accounts/email/second_factor_removed.txt", context),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[user.email],
+        )
+    except MAIL_ERRORS as error:
+        log_unsent(kind="second_factor_removed", error=error)
+        raise
+    logger.info("second factor removal emailed", extra={"user_id": user.pk})
 
 
 class Suspendable(Protocol):

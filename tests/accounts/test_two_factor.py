@@ -18,14 +18,18 @@ from allauth.mfa.totp.internal.auth import (
 from allauth.mfa.utils import decrypt
 from cryptography.fernet import Fernet
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core import mail
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.mfa import TOKEN_PREFIX
 from accounts.models import AuditEvent
+from accounts.tasks import send_second_factor_removed_email
 from core import encryption
 from tests.factories import PASSWORD, AccountFactory, MembershipFactory, UserFactory
+from tests.mail_faults import closed_port, published_tasks, use_smtp
 
 ADMIN_INDEX_TITLE = "Site administration"
 
@@ -487,3 +491,96 @@ def test_an_authenticator_removed_in_admin_is_in_the_security_log_and_signs_the_
         for name in ("Authenticator app", "Recovery codes")
     )
     assert phone.get(reverse("dashboard"))["Location"].startswith(reverse("account_login"))
+
+
+REMOVED_SUBJECT = "[ReqRun] Two-factor sign-in removed from your account"
+
+
+@pytest.mark.parametrize("delete", [delete_on_its_page, delete_with_the_action])
+def test_the_user_is_emailed_once_when_an_operator_removes_their_second_factor(
+    operator_client, alice, alices_app, delete, mailoutbox, django_capture_on_commit_callbacks
+):
+    """Someone else changed how they sign in: they are told who (ReqRun support, not which
+    operator), when, and what to do if they did not ask for it; never a secret."""
+    secret = stored_secret(alice)
+    codes = RecoveryCodes(
+        Authenticator.objects.get(user=alice, type=Authenticator.Type.RECOVERY_CODES)
+    ).get_unused_codes()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = delete(operator_client, alices_app)
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    [message] = mailoutbox
+    assert (message.to, message.subject) == (["alice@example.com"], REMOVED_SUBJECT)
+    body = " ".join(message.body.split())
+    assert "ReqRun support removed two-factor sign-in from your ReqRun account" in body
+    assert f"on {timezone.now():%Y-%m-%d} at " in body and " UTC" in body
+    assert "you sign in with your password alone" in body
+    assert "support@reqrun.com" in body
+    assert "ops@reqrun.com" not in body
+    assert secret not in message.body
+    assert not any(code in message.body for code in codes)
+
+
+def test_an_app_and_its_codes_removed_together_send_one_email(
+    operator_client, alice, alices_app, mailoutbox, django_capture_on_commit_callbacks
+):
+    codes = Authenticator.objects.get(user=alice, type=Authenticator.Type.RECOVERY_CODES)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        operator_client.post(
+            reverse("admin:mfa_authenticator_changelist"),
+            {"action": "delete_selected", ACTION_CHECKBOX_NAME: [codes.pk, alices_app.pk]}
+            | {"post": "yes"},
+        )
+
+    assert not Authenticator.objects.filter(user=alice).exists()
+    [message] = mailoutbox
+    assert "removed two-factor sign-in from your ReqRun account" in " ".join(message.body.split())
+
+
+def test_recovery_codes_removed_alone_are_named_and_the_app_still_works(
+    operator_client, alice, alices_app, mailoutbox, django_capture_on_commit_callbacks
+):
+    codes = Authenticator.objects.get(user=alice, type=Authenticator.Type.RECOVERY_CODES)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_on_its_page(operator_client, codes)
+
+    [message] = mailoutbox
+    body = " ".join(message.body.split())
+    assert "ReqRun support removed your two-factor recovery codes" in body
+    assert "Your authenticator app still works" in body
+    assert "support@reqrun.com" in body
+    assert Authenticator.objects.filter(pk=alices_app.pk).exists()
+
+
+def test_a_second_factor_removed_with_mail_down_is_removed_and_the_email_follows(
+    operator_client, alice, alices_app, settings, caplog, django_capture_on_commit_callbacks
+):
+    """The removal stands (the user may have lost their phone); the email is queued again
+    with ids and the removal's time only, and says when it was removed, not when sent."""
+    removed_on = f"{timezone.now():%Y-%m-%d}"
+    use_smtp(settings, closed_port())
+    with (
+        published_tasks() as published,
+        caplog.at_level(logging.WARNING),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = delete_on_its_page(operator_client, alices_app)
+
+    assert response.status_code == 302
+    assert not Authenticator.objects.filter(user=alice).exists()
+    unsent = [r for r in caplog.records if r.getMessage() == "email not sent"]
+    assert [r.kind for r in unsent] == ["second_factor_removed"]
+    assert "alice@example.com" not in caplog.text
+    [retry] = published
+    assert all(isinstance(arg, int) for arg in retry.args)
+    assert "@" not in retry.message
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    send_second_factor_removed_email.apply(args=retry.args)
+    [message] = mail.outbox
+    assert (message.to, message.subject) == (["alice@example.com"], REMOVED_SUBJECT)
+    assert f"on {removed_on} at " in message.body
