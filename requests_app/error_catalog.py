@@ -208,7 +208,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "deadline_exceeded",
         504,
         "upstream_error",
-        "The project's overall deadline passed before an attempt succeeded (request `expired`).",
+        "The project's overall deadline passed before an attempt succeeded (request `expired`) "
+        "and its last attempt got no answer; if it got one (a 503), that answer is returned.",
         "Raise the deadline in the project's settings, or retry later.",
         retry=True,
     ),

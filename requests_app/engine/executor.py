@@ -64,7 +64,11 @@ def lease_for(request: Request) -> timedelta:
 
 
 def expired_if_overdue(request: Request, *, now: datetime) -> bool:
-    """Whether the request's deadline has passed; a waiting one then ends as `expired`."""
+    """Whether the request's deadline has passed; a waiting one then ends as `expired`.
+
+    One whose last attempt got an answer (a 503 it was waiting to retry) ends with that
+    answer, as when its attempts run out (`consequence_of`); one without, with
+    `deadline_exceeded`."""
     if request.deadline_at > now:
         return False
     if sql.end_waiting(
@@ -72,6 +76,7 @@ def expired_if_overdue(request: Request, *, now: datetime) -> bool:
         status=Status.EXPIRED,
         now=now,
         only_if_due=True,
+        keep_answer=True,
         error={
             "message": "The request's deadline passed before it could be run.",
             "type": "upstream_error",

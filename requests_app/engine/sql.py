@@ -194,7 +194,9 @@ END_WAITING = f"""
 WITH ended AS (
     UPDATE requests_app_request
     SET status = %(status)s, finished_at = %(now)s, request_body = NULL,
-        next_attempt_at = NULL, error = %(error)s
+        next_attempt_at = NULL,
+        error = CASE WHEN %(keep_answer)s AND response_status_code IS NOT NULL THEN NULL
+                     ELSE %(error)s::jsonb END
     WHERE id = %(request_id)s AND status IN {WAITING}
         AND (NOT %(only_if_requested)s OR cancel_requested)
         AND (NOT %(only_if_due)s OR next_attempt_at IS NULL OR next_attempt_at <= %(now)s)
@@ -214,15 +216,19 @@ def end_waiting(
     error: dict | None = None,
     only_if_requested: bool = False,
     only_if_due: bool = False,
+    keep_answer: bool = False,
 ) -> bool:
     """End a request that is waiting to run (queued or retrying) as `status` (canceled or
     expired); with `only_if_requested`, only if a cancel was asked for; with `only_if_due`,
-    only if it is due and nobody asked to cancel it."""
+    only if it is due and nobody asked to cancel it. With `keep_answer`, a request whose last
+    attempt got an upstream answer ends with that answer and no `error`, as one whose
+    attempts ran out does (`conclude`): never an answer and an error side by side."""
     params = {
         "request_id": request_id,
         "status": status,
         "now": now,
         "error": _jsonb(error),
+        "keep_answer": keep_answer,
         "only_if_requested": only_if_requested,
         "only_if_due": only_if_due,
     }

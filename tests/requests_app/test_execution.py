@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from requests_app.engine import upstream
+from requests_app.engine.recovery import sweep
 from requests_app.models import Attempt, Request
 from tests.conftest import wait_until, waiting_for_a_lock
 from tests.factories import AttemptFactory, RequestFactory
@@ -387,6 +388,38 @@ def test_a_cancelled_retrying_request_runs_no_further_attempt(tenant, live_api, 
     assert again.json()["status"] == "canceled"
     assert fake_upstream.count("/v1/chat/completions") == 1
     assert Attempt.objects.count() == 1
+
+
+def test_a_request_expiring_before_its_retry_answers_with_its_last_upstream_answer(
+    tenant, live_api
+):
+    # Its attempt got a 503 and a retry 30 s later, but the deadline passes first. As when
+    # attempts run out, the caller gets the upstream's last answer, and the request object
+    # shows that answer with no error beside it (one outcome, not two).
+    headers = {"Authorization": f"Bearer {tenant.raw_key}"}
+    body = {"model": "script:503ra30,200", "messages": CHAT}
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(
+            httpx.post,
+            f"{live_api.url}/v1/chat/completions",
+            json=body,
+            headers=headers,
+            timeout=60,
+        )
+        wait_until(lambda: Request.objects.filter(status="retrying").exists())
+        now = timezone.now()
+        Request.objects.filter(status="retrying").update(deadline_at=now, next_attempt_at=now)
+        sweep()  # publishes the due retry; the worker finds the deadline passed
+        answer = call.result(timeout=60)
+
+    assert answer.status_code == 503
+    assert answer.json()["error"]["type"] == "server_error"  # the upstream's own body
+    assert answer.headers["x-should-retry"] == "false"
+    url = f"{live_api.url}/v1/requests/{answer.headers['ReqRun-Request-Id']}"
+    shown = httpx.get(url, headers=headers).json()
+    assert shown["status"] == "expired"
+    assert (shown["response"]["status_code"], shown["error"]) == (503, None)
+    assert [a["outcome"] for a in shown["attempts"]] == ["retryable_error"]
 
 
 def test_a_waiter_whose_request_is_canceled_is_told_not_to_retry(tenant, live_api):
