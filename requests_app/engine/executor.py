@@ -500,6 +500,29 @@ def conclude_when_the_database_answers(request: Request, number: int, result, **
             pause = min(pause * 2, 5.0)
 
 
+def _conclude_as_ours(
+    request: Request, number: int, result: AttemptResult, error: Exception, **options
+) -> tuple[AttemptResult, float | None]:
+    """`conclude_as_internal_error`, for the worker. If the database refuses that too (for
+    a reason of this request's own, not an outage), the attempt stays open and the request
+    is left to the sweeper, which recovers it once its lease runs out, as a lost worker's:
+    one error in the log, not a failed task with its traceback."""
+    try:
+        return conclude_as_internal_error(request, number, result, error, **options)
+    except Exception as refused:
+        if database_unavailable(refused):
+            raise
+        logger.error(
+            "attempt not recorded; left for the sweeper",
+            extra={
+                "request_id": request.public_id,
+                "attempt": number,
+                "exception": type(refused).__name__,
+            },
+        )
+        return INTERNAL_ERROR, None
+
+
 @contextmanager
 def redis_outage_logged(request: Request, event: str):
     """A Redis outage inside ends the block as one warning, `event`, and nothing more: the
@@ -592,7 +615,7 @@ def run_attempts(request_pk: int) -> None:
                 if database_unavailable(error):
                     raise  # for longer than a worker waits: the sweeper recovers the request
                 # Not left running until its lease runs out.
-                result, delay = conclude_as_internal_error(
+                result, delay = _conclude_as_ours(
                     row, attempt.number, result, error, chain=chain, along=held.release
                 )
             if route:

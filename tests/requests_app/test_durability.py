@@ -5,6 +5,7 @@ import os
 import signal
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
@@ -15,6 +16,8 @@ from django.db import connection
 from django.utils import timezone
 
 from core import encryption, heartbeats
+from requests_app import tasks
+from requests_app.engine import concurrency
 from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
 from requests_app.engine.recovery import sweep
 from requests_app.engine.redis_client import client
@@ -22,6 +25,8 @@ from requests_app.engine.streams import StreamPublisher
 from requests_app.models import Request
 from tests.conftest import BeatProcess, ProcfileWeb, WorkerProcess, wait_until
 from tests.factories import AttemptFactory, RequestFactory
+from tests.requests_app.conftest import Tenant
+from tests.requests_app.test_failover import queued_request
 from tests.tcp_proxy import FreezingProxy
 
 CHAT = [{"role": "user", "content": "durable"}]
@@ -230,6 +235,24 @@ def test_a_lost_attempt_whose_recovery_fails_stops_neither_itself_nor_the_sweep(
     ]
 
 
+@contextmanager
+def outcomes_refused(request: Request):
+    """The database refuses every outcome of `request`'s attempts (a constraint it keeps),
+    so neither an attempt's result nor our own error can be written for it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE requests_app_attempt ADD CONSTRAINT stuck_attempt_stays_open "
+            f"CHECK (request_id <> {request.pk} OR outcome = '') NOT VALID"
+        )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "ALTER TABLE requests_app_attempt DROP CONSTRAINT stuck_attempt_stays_open"
+            )
+
+
 def test_a_lost_attempt_that_cannot_be_recorded_at_all_does_not_stop_the_sweep(
     transactional_db, caplog
 ):
@@ -238,19 +261,8 @@ def test_a_lost_attempt_that_cannot_be_recorded_at_all_does_not_stop_the_sweep(
     # next sweep, and the requests after it are still recovered.
     stuck = lost_request(lease_ran_out=2)
     lost = lost_request(lease_ran_out=1)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "ALTER TABLE requests_app_attempt ADD CONSTRAINT stuck_attempt_stays_open "
-            f"CHECK (request_id <> {stuck.pk} OR outcome = '') NOT VALID"
-        )
-    try:
-        with caplog.at_level(logging.ERROR):
-            report = sweep()
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "ALTER TABLE requests_app_attempt DROP CONSTRAINT stuck_attempt_stays_open"
-            )
+    with outcomes_refused(stuck), caplog.at_level(logging.ERROR):
+        report = sweep()
 
     stuck.refresh_from_db()
     lost.refresh_from_db()
@@ -258,6 +270,44 @@ def test_a_lost_attempt_that_cannot_be_recorded_at_all_does_not_stop_the_sweep(
     assert report.recovered == 1
     errors = [(record.getMessage(), record.request_id) for record in caplog.records]
     assert ("lost attempt not recorded", stuck.public_id) in errors
+
+
+def test_an_attempt_whose_own_error_is_refused_too_is_left_for_the_sweeper(
+    transactional_db, fake_upstream, caplog
+):
+    # The upstream answered, but neither its answer nor our own error can be written for
+    # this request: the worker's task logs it and leaves the request to the sweeper, as a
+    # lost worker's (not a failed task with a traceback). Its concurrency slot and the
+    # breaker's probe it held are handed back.
+    fake_upstream.reset()
+    tenant = Tenant(email="refused@example.com", upstream_url=fake_upstream.base_url)
+    tenant.project.upstreams.update(breaker_open_until=seconds_ago(1))  # this one probes
+    request = queued_request(tenant, "gpt-test")
+
+    with outcomes_refused(request), caplog.at_level(logging.ERROR):
+        tasks.execute_request(request.pk)
+
+    assert fake_upstream.count("/v1/chat/completions") == 1
+    errors = [
+        (record.getMessage(), record.request_id, record.exception)
+        for record in caplog.records
+        if record.levelno >= logging.ERROR
+    ]
+    assert errors == [
+        ("attempt result not recorded", request.public_id, "IntegrityError"),
+        ("attempt not recorded; left for the sweeper", request.public_id, "IntegrityError"),
+    ]
+    request.refresh_from_db()
+    assert (request.status, request.attempt_count) == ("running", 1)
+    assert request.attempts.get().outcome == ""  # still open: nothing half-written
+    assert concurrency.in_use(tenant.account.pk) == 0
+    assert tenant.project.upstreams.get().breaker_probe_until is None
+
+    Request.objects.filter(pk=request.pk).update(lease_until=seconds_ago(1))
+    assert sweep().recovered == 1
+    request.refresh_from_db()
+    assert request.status == "retrying"
+    assert request.attempts.get().error_code == "worker_lost"
 
 
 def test_a_task_lost_by_the_broker_is_dispatched_again(tenant, live_api, worker):
