@@ -19,7 +19,7 @@ from core.outages import is_outage
 from core.prepared import PreparedGet
 from requests_app import metrics
 from requests_app.api.serializers import request_object
-from requests_app.engine import retention
+from requests_app.engine import retention, sse
 from requests_app.engine.notifications import (
     ANSWER_IN_NOTICE_MAX_BYTES,
     RESTARTING,
@@ -83,8 +83,13 @@ def _error_status(error: dict) -> int:
 
 
 def _truncated_stream(request: Request) -> HttpResponse:
-    """What was delivered of a stream that did not finish, ended by its recorded error."""
-    delivered = retention.stored_response_body(request) or b""  # kept no longer, or unreadable
+    """What was delivered of a stream that did not finish, ended by its recorded error.
+
+    Nothing follows a stream's end: of one whose end was delivered yet which failed (its
+    success could not be recorded, or the upstream reported an error inside it), the error
+    event takes the end's place."""
+    stored = retention.stored_response_body(request) or b""  # kept no longer, or unreadable
+    delivered = sse.before_end(request.endpoint, stored)
     error = request.error or {
         "message": "The request was canceled while it streamed; the answer is incomplete.",
         "code": "request_canceled",

@@ -83,6 +83,15 @@ def completed(endpoint: str, body: bytes) -> bool:
     return bool(values) and values[-1].strip() == b"[DONE]"
 
 
+def before_end(endpoint: str, body: bytes) -> bytes:
+    """`body` (whole events) without the events that end it as its endpoint's streams end
+    ([DONE], a Responses stream's last event), so that an error event may follow: an SSE
+    client stops reading at the end, and would never see it."""
+    while completed(endpoint, body):
+        body = body[: whole_events_end(body.rstrip(b"\r\n"))]
+    return body
+
+
 def reports_error(body: bytes) -> bool:
     """Did the upstream say inside its stream that the answer failed? A chat or completions
     stream sends an object with an `error`, a Responses stream an `error` event or ends

@@ -5,6 +5,7 @@ import json
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import timedelta
 
 import httpx
@@ -346,6 +347,22 @@ def test_a_replayed_truncated_stream_ends_with_its_recorded_error(tenant, live_a
     assert replay.headers["ReqRun-Upstream"] == "primary"
 
 
+@contextmanager
+def outcome_refused(outcome: str):
+    """The database refuses to record an attempt as `outcome` (a constraint it keeps), as it
+    would a value it cannot take."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "ALTER TABLE requests_app_attempt ADD CONSTRAINT outcome_refused "
+            f"CHECK (outcome <> '{outcome}') NOT VALID"
+        )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE requests_app_attempt DROP CONSTRAINT outcome_refused")
+
+
 def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(tenant, live_api):
     """The result of a stream cut after its first bytes cannot be written (a constraint
     refuses the attempt's outcome, as a value the database refuses would): the worker records
@@ -353,18 +370,10 @@ def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(t
     partial, and a replay sends the delivered events and an error event, not a 500."""
     key = f"refused-{uuid.uuid4()}"
     body = {"model": "script:cut2", "messages": CHAT, "stream": True}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "ALTER TABLE requests_app_attempt ADD CONSTRAINT no_connection_errors "
-            "CHECK (outcome <> 'connection_error') NOT VALID"
-        )
-    try:
+    with outcome_refused("connection_error"):
         first = StreamReader(live_api, tenant, body, key=key)
         first.run()
         request = wait_until(lambda: terminal(), message="the request never ended")
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE requests_app_attempt DROP CONSTRAINT no_connection_errors")
 
     assert (request.status, request.partial) == ("failed", True)
     assert request.error["code"] == "internal_error"
@@ -383,6 +392,35 @@ def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(t
     assert replay.content.startswith(delivered)
     assert b"event: error" in replay.content and b"internal_error" in replay.content
     assert b"[DONE]" not in replay.content
+
+
+def test_a_replay_of_a_whole_stream_whose_success_was_refused_sends_nothing_after_its_end(
+    tenant, live_api
+):
+    # The stream reached its caller whole, [DONE] included, but its success cannot be
+    # written: the request is recorded failed as our own error. Its replay says so with an
+    # error event, and so leaves out the [DONE] an SSE client would stop reading at.
+    key = f"whole-{uuid.uuid4()}"
+    body = {"model": "gpt-test", "messages": CHAT, "stream": True}
+    with outcome_refused("success"):
+        first = StreamReader(live_api, tenant, body, key=key)
+        first.run()
+        request = wait_until(lambda: terminal(), message="the request never ended")
+
+    assert first.received.rstrip().endswith(b"data: [DONE]")  # the live caller's, whole
+    assert (request.status, request.error["code"]) == ("failed", "internal_error")
+    replay = httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=body,
+        headers=headers_for(tenant, **{"Idempotency-Key": key}),
+        timeout=30,
+    )
+
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert b"[DONE]" not in replay.content
+    delivered, error = replay.content.split(b"event: error")
+    assert first.received.startswith(delivered) and delivered.count(b"data:") >= 2
+    assert b"internal_error" in error
 
 
 def test_a_replayed_canceled_request_says_it_was_canceled(tenant, live_api, worker):

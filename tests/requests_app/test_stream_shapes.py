@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from requests_app.engine import retention
+from requests_app.engine import retention, sse
 from requests_app.models import Request
 from tests.conftest import WorkerProcess, wait_until
 
@@ -143,6 +143,37 @@ def test_an_error_the_upstream_sends_inside_its_stream_is_recorded_as_a_failure(
     assert (request.status, request.partial) == ("failed", True)
     assert request.error["code"] == "upstream_stream_error"
     assert request.attempts.get().outcome == "fatal_error"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "delivered", "replayed"),
+    [
+        ("/v1/chat/completions", CHUNK + USAGE + DONE, CHUNK + USAGE),
+        (
+            "/v1/chat/completions",
+            (CHUNK + DONE).replace(b"\n", b"\r\n"),
+            CHUNK.replace(b"\n", b"\r\n"),
+        ),
+        ("/v1/chat/completions", CHUNK + CHAT_ERROR + DONE, CHUNK + CHAT_ERROR),
+        ("/v1/chat/completions", CHUNK, CHUNK),
+        ("/v1/responses", RESPONSES_ERROR + RESPONSES_FAILED, RESPONSES_ERROR),
+        ("/v1/responses", INCOMPLETE + DONE, b""),
+    ],
+    ids=[
+        "[DONE]",
+        "CRLF line endings",
+        "an error inside, then [DONE]",
+        "cut: no end",
+        "a Responses stream that failed",
+        "a Responses stream's last event and a [DONE]",
+    ],
+)
+def test_a_failed_streams_replay_leaves_out_its_end_for_the_error_event(
+    endpoint, delivered, replayed
+):
+    # An SSE client stops reading at the end ([DONE], a Responses stream's last event), so
+    # the replay's error event takes its place rather than follow it unread.
+    assert sse.before_end(endpoint, delivered) == replayed
 
 
 def test_a_stream_cut_inside_an_event_ends_with_an_error_event_of_its_own(
