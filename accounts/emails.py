@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from celery import Task
 from django.conf import settings
+from django.core.mail import send_mail
 from django.db import transaction
+from django.template.loader import render_to_string
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +158,22 @@ class UsersStillOwed(OSError):
 def log_unsent(*, kind: str, error: BaseException) -> None:
     """Metadata only: the kind and the error's class. The error's text can hold the address."""
     logger.warning("email not sent", extra={"kind": kind, "error": type(error).__name__})
+
+
+def send_email(*, to: str, subject: str, template: str, context: dict) -> None:
+    """One plain email from one of our `template`s to one address, "[ReqRun]" before its
+    subject. A send the mail server refused is logged by its kind (`kind_of`) and raises
+    (MAIL_ERRORS), for the caller to undo what it must and for a retry."""
+    try:
+        send_mail(
+            subject=f"[ReqRun] {subject}",
+            message=render_to_string(template, context),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            recipient_list=[to],
+        )
+    except MAIL_ERRORS as error:
+        log_unsent(kind=kind_of(template), error=error)
+        raise
 
 
 # An email the mail server refused is retried by its task after 1, 2, 4 … minutes, at most an

@@ -20,6 +20,7 @@ from accounts.emails import (
     kind_of,
     log_unsent,
     refused_for_good,
+    send_email,
     send_or_retry_on_commit,
 )
 from accounts.models import Account, AuditEvent, Membership, User
@@ -189,16 +190,12 @@ def send_second_factor_removed_email(
         "removed_at": datetime.fromtimestamp(removed_at, tz=UTC),
         "second_factor_left": second_factor_left,
     }
-    try:
-        send_mail(
-            subject="[ReqRun] Two-factor sign-in removed from your account",
-            message=render_to_string("accounts/email/second_factor_removed.txt", context),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=[user.email],
-        )
-    except MAIL_ERRORS as error:
-        log_unsent(kind="second_factor_removed", error=error)
-        raise
+    send_email(
+        to=user.email,
+        subject="Two-factor sign-in removed from your account",
+        template="accounts/email/second_factor_removed.txt",
+        context=context,
+    )
     logger.info("second factor removal emailed", extra={"user_id": user.pk})
 
 
@@ -308,15 +305,14 @@ def send_welcome_email(*, user: User) -> bool:
         return False
     context = {"user": user, "site_name": "ReqRun"}
     try:
-        send_mail(
-            subject="[ReqRun] Welcome to ReqRun",
-            message=render_to_string("accounts/email/welcome.txt", context),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=[user.email],
+        send_email(
+            to=user.email,
+            subject="Welcome to ReqRun",
+            template="accounts/email/welcome.txt",
+            context=context,
         )
-    except MAIL_ERRORS as error:
+    except MAIL_ERRORS:
         User.objects.filter(pk=user.pk).update(welcomed_at=None)
-        log_unsent(kind="welcome", error=error)
         raise
     logger.info("welcome email sent", extra={"user_id": user.pk})
     return True

@@ -15,15 +15,12 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 
 from allauth.usersessions.models import UserSession
-from django.conf import settings
 from django.contrib.sessions.models import Session
-from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.emails import MAIL_ERRORS, log_unsent, send_or_retry
+from accounts.emails import send_email, send_or_retry
 from accounts.models import Account, User
 from accounts.services import record_audit_event
 from core import encryption
@@ -255,16 +252,12 @@ def send_ready_email(*, export_pk: int) -> bool:
         "account": export.account,
         "link": export.site_url.rstrip("/") + path,
     }
-    try:
-        send_mail(
-            subject="[ReqRun] Your account export is ready",
-            message=render_to_string("privacy/email/export_ready.txt", context),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=[export.requested_by.email],
-        )
-    except MAIL_ERRORS as error:
-        log_unsent(kind="export_ready", error=error)
-        raise
+    send_email(
+        to=export.requested_by.email,
+        subject="Your account export is ready",
+        template="privacy/email/export_ready.txt",
+        context=context,
+    )
     logger.info("export email sent", extra={"export_id": export.public_id})
     return True
 

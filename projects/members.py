@@ -2,15 +2,12 @@
 
 from collections.abc import Callable
 
-from django.conf import settings
 from django.core import signing
 from django.core.cache import cache
-from django.core.mail import send_mail
 from django.db import transaction
-from django.template.loader import render_to_string
 from django.utils import timezone
 
-from accounts.emails import MAIL_ERRORS, log_unsent
+from accounts.emails import MAIL_ERRORS, send_email
 from accounts.models import Account, Membership, User
 from accounts.services import record_audit_event
 from projects.limits import ensure_below, limits_for
@@ -107,16 +104,15 @@ def invite_member(
     link = link_for(invitation_token(invitation))
     context = {"invitation": invitation, "link": link, "account": account, "inviter": actor}
     try:
-        send_mail(
-            subject=f"[ReqRun] You are invited to {account.name}",
-            message=render_to_string("projects/email/invitation.txt", context),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=[email],
+        send_email(
+            to=email,
+            subject=f"You are invited to {account.name}",
+            template="projects/email/invitation.txt",
+            context=context,
         )
-    except MAIL_ERRORS as error:
+    except MAIL_ERRORS:
         # An invitation exists only once its email went out: the refusal rolls it back, so
         # the owner's retry is not told the address "already has a pending invitation".
-        log_unsent(kind="invitation", error=error)
         _uncount_invitation(account)
         raise MembershipError(
             "We could not send the invitation email just now, so no invitation was made. "
