@@ -38,6 +38,16 @@ def headers_for(tenant, **extra) -> dict:
     return {"Authorization": f"Bearer {tenant.raw_key}", **extra}
 
 
+def send_again(live_api, tenant, body: dict, *, key: str) -> httpx.Response:
+    """The same chat call, with the same Idempotency-Key: a replay or an attach."""
+    return httpx.post(
+        f"{live_api.url}/v1/chat/completions",
+        json=body,
+        headers=headers_for(tenant, **{"Idempotency-Key": key}),
+        timeout=30,
+    )
+
+
 def accept_async(live_api, tenant, model: str = "gpt-test", **headers) -> str:
     """Send a call in async mode; its request id."""
     response = httpx.post(
@@ -332,12 +342,7 @@ def test_a_replayed_truncated_stream_ends_with_its_recorded_error(tenant, live_a
     assert b"event: error" in first.received
     wait_until(lambda: terminal(), message="the request never ended")
 
-    replay = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json=body,
-        headers=headers_for(tenant, **{"Idempotency-Key": key}),
-        timeout=30,
-    )
+    replay = send_again(live_api, tenant, body, key=key)
 
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert b"event: error" in replay.content
@@ -380,12 +385,7 @@ def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(t
     delivered = first.received.split(b"event: error")[0]
     assert delivered.count(b"data:") == 2
 
-    replay = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json=body,
-        headers=headers_for(tenant, **{"Idempotency-Key": key}),
-        timeout=30,
-    )
+    replay = send_again(live_api, tenant, body, key=key)
 
     assert replay.status_code == 200, replay.text
     assert replay.headers["Idempotent-Replayed"] == "true"
@@ -409,12 +409,7 @@ def test_a_replay_of_a_whole_stream_whose_success_was_refused_sends_nothing_afte
 
     assert first.received.rstrip().endswith(b"data: [DONE]")  # the live caller's, whole
     assert (request.status, request.error["code"]) == ("failed", "internal_error")
-    replay = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json=body,
-        headers=headers_for(tenant, **{"Idempotency-Key": key}),
-        timeout=30,
-    )
+    replay = send_again(live_api, tenant, body, key=key)
 
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert b"[DONE]" not in replay.content
@@ -436,12 +431,7 @@ def test_a_replayed_canceled_request_says_it_was_canceled(tenant, live_api, work
     finally:
         worker.start()
 
-    replay = httpx.post(
-        f"{live_api.url}/v1/chat/completions",
-        json=body,
-        headers=headers_for(tenant, **{"Idempotency-Key": key}),
-        timeout=30,
-    )
+    replay = send_again(live_api, tenant, body, key=key)
 
     assert replay.status_code == 409
     assert replay.json()["error"]["code"] == "request_canceled"
