@@ -175,9 +175,10 @@ def consequence_of(
     the streaming rule. `then` is where the next attempt would go (failover.py)."""
     if result.client_gone:
         return Consequence(Status.CANCELED, partial=result.stream_started)
-    if result.stream_started and result.error_code == "encryption_key_missing":
+    if result.stream_started and result.error_code in OUR_STREAM_FAULTS:
+        message = OUR_STREAM_FAULTS[result.error_code]
         return Consequence(
-            Status.FAILED, error=error_object(result.error_code, UNREADABLE_STREAM), partial=True
+            Status.FAILED, error=error_object(result.error_code, message), partial=True
         )
     if result.stream_started and result.outcome != Attempt.Outcome.SUCCESS:
         what = (
@@ -349,6 +350,15 @@ UNREADABLE_STREAM = (
     f"incomplete: {KEY_RING_ADVICE}. Every web and worker process must have the same "
     "REQRUN_ENCRYPTION_KEYS. Send the request again."
 )
+# A started stream ended by a fault of ReqRun's, not the upstream's: said as ours.
+OUR_STREAM_FAULTS = {
+    "encryption_key_missing": UNREADABLE_STREAM,
+    "internal_error": (
+        "ReqRun could not record this request's stream after it had started (a bug in ReqRun; "
+        "it has been logged), so it is kept as incomplete. Discard the answer and send the "
+        "request again."
+    ),
+}
 
 
 def _call_upstream(
