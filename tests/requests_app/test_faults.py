@@ -368,6 +368,15 @@ def outcome_refused(outcome: str):
             cursor.execute("ALTER TABLE requests_app_attempt DROP CONSTRAINT outcome_refused")
 
 
+def stream_refused(live_api, tenant, body: dict, *, key: str, outcome: str):
+    """A keyed stream read to its end while the database refuses its attempt's `outcome`:
+    what its caller received, and the request as it ended."""
+    with outcome_refused(outcome):
+        first = StreamReader(live_api, tenant, body, key=key)
+        first.run()
+        return first, wait_until(lambda: terminal(), message="the request never ended")
+
+
 def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(tenant, live_api):
     """The result of a stream cut after its first bytes cannot be written (a constraint
     refuses the attempt's outcome, as a value the database refuses would): the worker records
@@ -375,10 +384,7 @@ def test_a_started_stream_whose_result_the_database_refuses_still_ends_partial(t
     partial, and a replay sends the delivered events and an error event, not a 500."""
     key = f"refused-{uuid.uuid4()}"
     body = {"model": "script:cut2", "messages": CHAT, "stream": True}
-    with outcome_refused("connection_error"):
-        first = StreamReader(live_api, tenant, body, key=key)
-        first.run()
-        request = wait_until(lambda: terminal(), message="the request never ended")
+    first, request = stream_refused(live_api, tenant, body, key=key, outcome="connection_error")
 
     assert (request.status, request.partial) == ("failed", True)
     # Our fault, said as ours: not the upstream's broken stream.
@@ -404,10 +410,7 @@ def test_a_replay_of_a_whole_stream_whose_success_was_refused_sends_nothing_afte
     # error event, and so leaves out the [DONE] an SSE client would stop reading at.
     key = f"whole-{uuid.uuid4()}"
     body = {"model": "gpt-test", "messages": CHAT, "stream": True}
-    with outcome_refused("success"):
-        first = StreamReader(live_api, tenant, body, key=key)
-        first.run()
-        request = wait_until(lambda: terminal(), message="the request never ended")
+    first, request = stream_refused(live_api, tenant, body, key=key, outcome="success")
 
     assert first.received.rstrip().endswith(b"data: [DONE]")  # the live caller's, whole
     assert (request.status, request.error["code"]) == ("failed", "internal_error")
