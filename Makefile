@@ -29,8 +29,15 @@ check: $(STAMP)
 
 # Not a test: starts a throw-away stack, measures it against direct upstream calls, prints a
 # table and writes bench/results/<time>.json. `make bench BENCH_ARGS="--quick"` for a smoke run.
+# Then the same scenarios again on top of 1,000,000 finished requests, and the retention purge
+# while accepts run (issue #17's history-size run); `BENCH_HISTORY_ARGS=` skips it.
+BENCH_HISTORY_ARGS ?= --history 1000000
+
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run $(BENCH_ARGS)
+	@if [ -n "$(strip $(BENCH_HISTORY_ARGS))" ]; then \
+		PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run $(BENCH_ARGS) $(BENCH_HISTORY_ARGS); \
+	fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.streams $(BENCH_STREAM_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.failover $(BENCH_FAILOVER_ARGS)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.counters $(BENCH_COUNTERS_ARGS)
