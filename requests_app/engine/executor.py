@@ -510,27 +510,34 @@ def conclude_when_the_database_answers(request: Request, number: int, result, **
             pause = min(pause * 2, 5.0)
 
 
-def _conclude_as_ours(
-    request: Request, number: int, result: AttemptResult, error: Exception, **options
-) -> tuple[AttemptResult, float | None]:
-    """`conclude_as_internal_error`, for the worker. If the database refuses that too (for
-    a reason of this request's own, not an outage), the attempt stays open and the request
-    is left to the sweeper, which recovers it once its lease runs out, as a lost worker's:
-    one error in the log, not a failed task with its traceback."""
+def record_own_error(
+    request: Request,
+    number: int,
+    result: AttemptResult,
+    error: Exception,
+    *,
+    unrecorded: str,
+    **options,
+) -> tuple[AttemptResult, float | None] | None:
+    """`conclude_as_internal_error`, for the worker and the sweeper alike. If the database
+    refuses that too (for a reason of this request's own, not an outage), None, logged as
+    `unrecorded` by ids: the attempt stays open and the sweeper tries again once its lease
+    runs out, rather than a failed task with its traceback or a sweep stopped at this
+    request."""
     try:
         return conclude_as_internal_error(request, number, result, error, **options)
     except Exception as refused:
         if database_unavailable(refused):
             raise
         logger.error(
-            "attempt not recorded; left for the sweeper",
+            unrecorded,
             extra={
                 "request_id": request.public_id,
                 "attempt": number,
                 "exception": type(refused).__name__,
             },
         )
-        return INTERNAL_ERROR, None
+        return None
 
 
 @contextmanager
@@ -625,9 +632,16 @@ def run_attempts(request_pk: int) -> None:
                 if database_unavailable(error):
                     raise  # for longer than a worker waits: the sweeper recovers the request
                 # Not left running until its lease runs out.
-                result, delay = _conclude_as_ours(
-                    row, attempt.number, result, error, chain=chain, along=held.release
+                recorded = record_own_error(
+                    row,
+                    attempt.number,
+                    result,
+                    error,
+                    unrecorded="attempt not recorded; left for the sweeper",
+                    chain=chain,
+                    along=held.release,
                 )
+                result, delay = recorded or (INTERNAL_ERROR, None)
             if route:
                 _learn_from(route, result, row)
         finally:

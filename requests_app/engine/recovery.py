@@ -21,7 +21,7 @@ from core.outages import database_unavailable, is_redis_outage
 from requests_app import metrics
 from requests_app.engine import streams
 from requests_app.engine.dispatch import oldest_waiting_request, publish_execute_request
-from requests_app.engine.executor import conclude_as_internal_error, conclude_attempt
+from requests_app.engine.executor import conclude_attempt, record_own_error
 from requests_app.engine.outcomes import AttemptResult, UpstreamResponse
 from requests_app.engine.stream_attempt import as_relayed
 from requests_app.models import Attempt, Request, Status
@@ -116,27 +116,19 @@ def _recover(request: Request, *, upstream: str | None, now) -> bool:
         if database_unavailable(error):
             raise
         failure = error
-    try:
-        conclude_as_internal_error(
-            request,
-            number,
-            AttemptResult(
-                Attempt.Outcome.CONNECTION_ERROR,
-                stream_started=request.first_byte_at is not None,
-                upstream=upstream,
-            ),
-            failure,
-            lease_expired_before=now,
-        )
-        return True
-    except Exception as error:
-        if database_unavailable(error):
-            raise
-        logger.error(
-            "lost attempt not recorded",
-            extra={"request_id": request.public_id, "exception": type(error).__name__},
-        )
-        return False
+    recorded = record_own_error(
+        request,
+        number,
+        AttemptResult(
+            Attempt.Outcome.CONNECTION_ERROR,
+            stream_started=request.first_byte_at is not None,
+            upstream=upstream,
+        ),
+        failure,
+        unrecorded="lost attempt not recorded",
+        lease_expired_before=now,
+    )
+    return recorded is not None
 
 
 # A published task that no worker has claimed may have been lost (a Redis restart, a worker
