@@ -425,23 +425,20 @@ class ModelsView(V1View):
         if provider_key is None:
             raise EncryptionKeyMissing(UNREADABLE_PROVIDER_KEY)
         path = "/v1/models" + (f"/{model_path(model_id)}" if model_id else "")
-        try:
-            answer = upstream.call(
-                method="GET",
-                url=upstream.endpoint_url(target.base_url, path),
-                provider_key=provider_key,
-                body=None,
-                timeout=api_key.project.attempt_timeout_seconds,
-            )
-        except Exception as error:
-            failure = upstream.classify(error=error)  # says more than "unreachable" if it can
+        verdict = upstream.call(
+            method="GET",
+            url=upstream.endpoint_url(target.base_url, path),
+            provider_key=provider_key,
+            body=None,
+            timeout=api_key.project.attempt_timeout_seconds,
+        )
+        if verdict.response is None:  # no answer to pass on: unreachable, a redirect, not JSON
+            # A fault's own message says more than "unreachable" where it has one.
             raise UpstreamError(
-                failure.message or "Could not reach the upstream to list models.",
-                code=failure.error_code if failure.message else "upstream_unreachable",
-            ) from error
-        verdict = upstream.classify(answer=answer)
-        if verdict.response is None:  # no answer to pass on: a redirect, not JSON, no status
-            raise UpstreamError(verdict.message, code=verdict.error_code)
+                verdict.message or "Could not reach the upstream to list models.",
+                code=verdict.error_code if verdict.message else "upstream_unreachable",
+            )
+        answer = verdict.response
         response = HttpResponse(
             answer.body, status=answer.status_code, content_type="application/json"
         )

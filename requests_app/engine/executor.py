@@ -393,17 +393,13 @@ def _call_upstream(
             slot=slot,
             probe=target if route.probe else None,
         )
-    try:
-        answer = upstream.call(
-            method="POST",
-            url=url,
-            provider_key=provider_key,
-            body=body,
-            timeout=request.project.attempt_timeout_seconds,
-        )
-    except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
-        return upstream.classify(error=error)
-    return upstream.classify(answer=answer)
+    return upstream.call(
+        method="POST",
+        url=url,
+        provider_key=provider_key,
+        body=body,
+        timeout=request.project.attempt_timeout_seconds,
+    )
 
 
 # The stored answer's columns, as an attempt without an answer leaves them: the request's

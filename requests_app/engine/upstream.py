@@ -1,7 +1,7 @@
 """The one HTTP client that calls upstream providers, and the one `classify()` of what it got.
 
-Pooled, no redirects, guarded at connect time. `call()` reads a whole answer, `open_stream()`
-hands a streamed one to the relay; whatever either returns or raises becomes an
+Pooled, no redirects, guarded at connect time. `call()` reads a whole answer and judges it,
+`open_stream()` hands a streamed one to the relay; whatever either gets or raises becomes an
 `AttemptResult` through `classify()`, so plain and streamed attempts judge answers alike.
 """
 
@@ -156,13 +156,24 @@ def went_past_its_end(response: httpx.Response) -> bool:
     public way to it; this is the connection as httpcore 1.x keeps it (pyproject holds
     httpcore to 1.x, and a test fails if the path moves, rather than this finding nothing).
     """
-    stream = getattr(getattr(response.stream, "_httpcore_stream", None), "_stream", None)
-    connection = getattr(stream, "_connection", None)
-    state = getattr(connection, "_h11_state", None)
+    state = getattr(_connection(response), "_h11_state", None)
     if state is None or not state.trailing_data[0]:
         return False
-    connection.close()
+    _close_connection(response)
     return True
+
+
+def _connection(response: httpx.Response):
+    """The connection `response` came on, as httpcore 1.x keeps it (None if that moved)."""
+    stream = getattr(getattr(response.stream, "_httpcore_stream", None), "_stream", None)
+    return getattr(stream, "_connection", None)
+
+
+def _close_connection(response: httpx.Response) -> None:
+    """Close the connection `response` came on, so that the pool never hands it out again."""
+    connection = _connection(response)
+    if connection is not None:
+        connection.close()
 
 
 def endpoint_url(base_url: str, endpoint: str) -> str:
@@ -238,17 +249,25 @@ def _timeout(seconds: float) -> httpx.Timeout:
 
 def call(
     *, method: str, url: str, provider_key: str, body: bytes | None, timeout: float
-) -> UpstreamResponse:
-    """One call, its answer read whole (`read_answer`)."""
+) -> AttemptResult:
+    """One call, its answer read whole (`read_answer`) and judged (`classify`); never raises."""
     deadline = time.monotonic() + timeout
-    with _sent(
-        method,
-        url,
-        headers=_headers(provider_key, body, "application/json"),
-        body=body,
-        timeout=timeout,
-    ) as response:
-        return read_answer(response, deadline=deadline)
+    try:
+        with _sent(
+            method,
+            url,
+            headers=_headers(provider_key, body, "application/json"),
+            body=body,
+            timeout=timeout,
+        ) as response:
+            result = classify(answer=read_answer(response, deadline=deadline))
+            if result.error_code == "response_incomplete":
+                # Cut where its framing ended: the rest may still be on its way, and the next
+                # call on this connection would read it as the start of its own answer.
+                _close_connection(response)
+            return result
+    except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
+        return classify(error=error)
 
 
 def read_answer(response: httpx.Response, *, deadline: float) -> UpstreamResponse:

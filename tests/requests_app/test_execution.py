@@ -121,14 +121,15 @@ def test_an_answer_trickling_past_the_attempt_timeout_is_cut_off_and_retried(sdk
 def test_an_oversized_answer_is_refused_without_buffering_it(fake_upstream, settings):
     settings.REQRUN_MAX_RESPONSE_BYTES = 100  # any chat completion is longer
 
-    with pytest.raises(upstream.ResponseTooLarge):
-        upstream.call(
-            method="POST",
-            url=f"{fake_upstream.base_url}/chat/completions",
-            provider_key="sk-test",
-            body=b'{"model": "gpt-test", "messages": []}',
-            timeout=5,
-        )
+    result = upstream.call(
+        method="POST",
+        url=f"{fake_upstream.base_url}/chat/completions",
+        provider_key="sk-test",
+        body=b'{"model": "gpt-test", "messages": []}',
+        timeout=5,
+    )
+
+    assert result.error_code == "upstream_response_too_large"
 
 
 def test_a_streamed_calls_error_answer_is_held_to_the_size_cap_too(fake_upstream, settings):
@@ -151,14 +152,14 @@ def test_each_thread_calls_upstreams_through_a_pool_of_its_own(fake_upstream):
     def call_twice():
         for _ in range(2):
             pools.setdefault(threading.get_ident(), []).append(upstream.transport())
-            answer = upstream.call(
+            result = upstream.call(
                 method="POST",
                 url=f"{fake_upstream.base_url}/chat/completions",
                 provider_key="sk-test",
                 body=b'{"model": "gpt-test", "messages": []}',
                 timeout=5,
             )
-            statuses.append(answer.status_code)
+            statuses.append(result.status_code)
 
     threads = [threading.Thread(target=call_twice) for _ in range(3)]
     for thread in threads:

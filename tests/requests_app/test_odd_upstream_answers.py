@@ -222,14 +222,18 @@ def test_the_client_still_sees_bytes_past_an_answers_content_length(fake_upstrea
     (pyproject bounds httpcore to the major version checked)."""
     fake_upstream.answer_raw("raw", SHORT_LENGTH + COMPLETION)
 
-    with pytest.raises(upstream.PastItsEnd):
-        upstream.call(
-            method="POST",
-            url=upstream.endpoint_url(fake_upstream.base_url, "/v1/chat/completions"),
-            provider_key="sk-test",
-            body=b'{"model": "raw"}',
-            timeout=10,
-        )
+    result = upstream.call(
+        method="POST",
+        url=upstream.endpoint_url(fake_upstream.base_url, "/v1/chat/completions"),
+        provider_key="sk-test",
+        body=b'{"model": "raw"}',
+        timeout=10,
+    )
+
+    assert (result.error_code, result.message) == (
+        "response_incomplete",
+        upstream.PAST_ITS_CONTENT_LENGTH,
+    )
 
 
 @pytest.mark.parametrize(
@@ -259,6 +263,26 @@ def test_a_success_whose_json_stops_where_its_framing_ends_is_retried_as_cut_off
     assert "cut off" in error["message"]
     assert (request.status, request.response_body, request.usage) == ("failed", None, None)
     assert attempts(request) == [("connection_error", 200, "response_incomplete")] * 2
+
+
+def test_the_next_call_never_reads_the_rest_of_a_cut_answer(fake_upstream):
+    """A success cut where its Content-Length ended, whose rest is still on its way, leaves a
+    connection that looks idle. A retry sent on it at once (full jitter may wait ~0 s) would
+    read that rest as the start of its own answer: the connection is never used again (the
+    same httpcore internals as above)."""
+    fake_upstream.answer_raw("raw", SHORT_LENGTH + COMPLETION[:30], COMPLETION[30:])
+
+    def call(model: bytes) -> upstream.AttemptResult:
+        return upstream.call(
+            method="POST",
+            url=upstream.endpoint_url(fake_upstream.base_url, "/v1/chat/completions"),
+            provider_key="sk-test",
+            body=b'{"model": "%s", "messages": []}' % model,
+            timeout=10,
+        )
+
+    assert call(b"raw").error_code == "response_incomplete"
+    assert call(b"gpt-test").outcome == "success"
 
 
 def test_a_whole_answer_ended_by_the_close_succeeds(live_api, tenant, fake_upstream):
