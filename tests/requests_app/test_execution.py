@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from requests_app.engine import upstream
+from requests_app.engine.outcomes import AttemptResult
 from requests_app.engine.recovery import sweep
 from requests_app.models import Attempt, Request
 from tests.conftest import wait_until, waiting_for_a_lock
@@ -118,16 +119,21 @@ def test_an_answer_trickling_past_the_attempt_timeout_is_cut_off_and_retried(sdk
     assert second.outcome == "success"
 
 
-def test_an_oversized_answer_is_refused_without_buffering_it(fake_upstream, settings):
-    settings.REQRUN_MAX_RESPONSE_BYTES = 100  # any chat completion is longer
-
-    result = upstream.call(
+def call_chat(fake_upstream) -> AttemptResult:
+    """One chat completion straight through the upstream client, as a worker makes it."""
+    return upstream.call(
         method="POST",
         url=f"{fake_upstream.base_url}/chat/completions",
         provider_key="sk-test",
         body=b'{"model": "gpt-test", "messages": []}',
         timeout=5,
     )
+
+
+def test_an_oversized_answer_is_refused_without_buffering_it(fake_upstream, settings):
+    settings.REQRUN_MAX_RESPONSE_BYTES = 100  # any chat completion is longer
+
+    result = call_chat(fake_upstream)
 
     assert result.error_code == "upstream_response_too_large"
 
@@ -152,13 +158,7 @@ def test_each_thread_calls_upstreams_through_a_pool_of_its_own(fake_upstream):
     def call_twice():
         for _ in range(2):
             pools.setdefault(threading.get_ident(), []).append(upstream.transport())
-            result = upstream.call(
-                method="POST",
-                url=f"{fake_upstream.base_url}/chat/completions",
-                provider_key="sk-test",
-                body=b'{"model": "gpt-test", "messages": []}',
-                timeout=5,
-            )
+            result = call_chat(fake_upstream)
             statuses.append(result.status_code)
 
     threads = [threading.Thread(target=call_twice) for _ in range(3)]

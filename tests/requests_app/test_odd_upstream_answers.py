@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from requests_app.engine import upstream
+from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Request
 from tests.conftest import wait_until
 
@@ -272,7 +273,7 @@ def test_the_next_call_never_reads_the_rest_of_a_cut_answer(fake_upstream):
     same httpcore internals as above)."""
     fake_upstream.answer_raw("raw", SHORT_LENGTH + COMPLETION[:30], COMPLETION[30:])
 
-    def call(model: bytes) -> upstream.AttemptResult:
+    def call(model: bytes) -> AttemptResult:
         return upstream.call(
             method="POST",
             url=upstream.endpoint_url(fake_upstream.base_url, "/v1/chat/completions"),
