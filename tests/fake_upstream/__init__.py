@@ -77,6 +77,9 @@ from tests.fake_upstream.payloads import (
 __all__ = ["FakeUpstream", "RecordedRequest", "Step", "parse_step"]
 
 MAX_HOLD_SECONDS = 600.0
+# Among `answer_raw`'s pieces: send the rest only when the client writes to this connection
+# again (the next request it sends on it), or close if it closes the connection first.
+WHEN_ASKED_AGAIN = b"<when asked again>"
 _STEP_RE = re.compile(
     r"(?P<status>[2-9]\d\d)(?:(?P<quota>q)|(?P<oddity>odd|deep)|ra(?P<ms>m?)(?P<after>-?\d+))?"
     r"|(?P<action>sleep|cut|stall|slowchunks)(?P<n>\d+)|(?P<bare>drop|hang|garbage)"
@@ -303,9 +306,10 @@ class FakeUpstream:
 
     def answer_raw(self, key: str, *pieces: bytes) -> None:
         """POSTs for model ``key`` (GETs of path ``key``: "/v1/models") get exactly
-        ``pieces`` (status line, headers and body, each piece flushed 50 ms after the last),
-        then the connection closes: for answers no step describes, down to where the TCP
-        pieces split."""
+        ``pieces`` (status line, headers and body, each piece flushed 50 ms after the last;
+        after ``WHEN_ASKED_AGAIN``, once the client sends on the connection again), then the
+        connection closes: for answers no step describes, down to where the TCP pieces
+        split."""
         with self._lock:
             self._raw[key] = pieces
 
@@ -410,6 +414,10 @@ class FakeUpstream:
         if raw is not None:
             self._record(request, body, "raw")
             for index, piece in enumerate(raw):
+                if piece is WHEN_ASKED_AGAIN:
+                    if not await reader.read(1):  # closed: the client wants nothing more
+                        return False
+                    continue
                 if index:
                     await asyncio.sleep(0.05)
                 writer.write(piece)

@@ -12,6 +12,7 @@ from requests_app.engine import upstream
 from requests_app.engine.outcomes import AttemptResult
 from requests_app.models import Request
 from tests.conftest import wait_until
+from tests.fake_upstream import WHEN_ASKED_AGAIN
 
 CHAT = [{"role": "user", "content": "x"}]
 SENTINEL = b"SENTINEL-BODY-TEXT"
@@ -241,9 +242,10 @@ def test_the_client_still_sees_bytes_past_an_answers_content_length(fake_upstrea
     "pieces",
     [
         (SHORT_LENGTH + COMPLETION[:30], COMPLETION[30:]),
+        (SHORT_LENGTH + COMPLETION[:30], WHEN_ASKED_AGAIN, COMPLETION[30:]),
         (raw_answer(b"200 OK", b"application/json", COMPLETION[:30]),),
     ],
-    ids=["its rest in a later TCP segment", "framed whole"],
+    ids=["its rest in a later TCP segment", "its rest sent when asked again", "framed whole"],
 )
 def test_a_success_whose_json_stops_where_its_framing_ends_is_retried_as_cut_off(
     live_api, tenant, fake_upstream, pieces
@@ -268,10 +270,12 @@ def test_a_success_whose_json_stops_where_its_framing_ends_is_retried_as_cut_off
 
 def test_the_next_call_never_reads_the_rest_of_a_cut_answer(fake_upstream):
     """A success cut where its Content-Length ended, whose rest is still on its way, leaves a
-    connection that looks idle. A retry sent on it at once (full jitter may wait ~0 s) would
-    read that rest as the start of its own answer: the connection is never used again (the
-    same httpcore internals as above)."""
-    fake_upstream.answer_raw("raw", SHORT_LENGTH + COMPLETION[:30], COMPLETION[30:])
+    connection that looks idle. A retry sent on it (full jitter may wait ~0 s) would read that
+    rest as the start of its own answer: the connection is never used again (the same
+    httpcore internals as above)."""
+    fake_upstream.answer_raw(
+        "raw", SHORT_LENGTH + COMPLETION[:30], WHEN_ASKED_AGAIN, COMPLETION[30:]
+    )
 
     def call(model: bytes) -> AttemptResult:
         return upstream.call(
