@@ -202,7 +202,9 @@ class StreamRelay:
             # Relayed as the upstream sent it (too late to retry), but not a success.
             return self.result(Attempt.Outcome.FATAL_ERROR, error_code="upstream_stream_error")
         if not sse.completed(self.request.endpoint, bytes(self.delivered)):
-            # Closed early; if inside its first event, nothing reached a caller: retried.
+            # Closed early; if inside its first event, nothing reached a caller: retried. Not
+            # on this connection if its framing ended it: the rest may still be on its way.
+            upstream.close_connection(response)
             return self.ended(Attempt.Outcome.CONNECTION_ERROR, "stream_incomplete")
         unread = self.publisher.unread()  # asked first: the end lets its readers go
         self.publisher.send("end")

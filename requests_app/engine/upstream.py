@@ -159,7 +159,7 @@ def went_past_its_end(response: httpx.Response) -> bool:
     state = getattr(_connection(response), "_h11_state", None)
     if state is None or not state.trailing_data[0]:
         return False
-    _close_connection(response)
+    close_connection(response)
     return True
 
 
@@ -169,7 +169,7 @@ def _connection(response: httpx.Response):
     return getattr(stream, "_connection", None)
 
 
-def _close_connection(response: httpx.Response) -> None:
+def close_connection(response: httpx.Response) -> None:
     """Close the connection `response` came on, so that the pool never hands it out again."""
     connection = _connection(response)
     if connection is not None:
@@ -264,7 +264,7 @@ def call(
             if result.error_code == "response_incomplete":
                 # Cut where its framing ended: the rest may still be on its way, and the next
                 # call on this connection would read it as the start of its own answer.
-                _close_connection(response)
+                close_connection(response)
             return result
     except Exception as error:  # noqa: BLE001 - classify() records it as an outcome
         return classify(error=error)

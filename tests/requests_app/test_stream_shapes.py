@@ -10,6 +10,7 @@ import pytest
 from requests_app.engine import retention, sse
 from requests_app.models import Request
 from tests.conftest import WorkerProcess, wait_until
+from tests.fake_upstream import WHEN_ASKED_AGAIN
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
 CHUNK = (
@@ -208,6 +209,24 @@ def test_a_stream_that_closes_inside_its_first_event_relays_nothing(
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "stream_incomplete"
     assert (request.status, request.partial, request.first_byte_at) == ("failed", False, None)
+
+
+def test_a_stream_ended_inside_its_first_event_by_its_length_is_retried_on_a_new_connection(
+    live_api, tenant, fake_upstream
+):
+    """Its Content-Length ends it inside its first event and the rest comes later: the
+    retry must not be sent on that connection, where it would read the rest as its answer."""
+    tenant.project.max_attempts = 2
+    tenant.project.save()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 40\r\n\r\n"
+
+    response, request = stream(
+        live_api, tenant, fake_upstream, head + CHUNK[:40], WHEN_ASKED_AGAIN, CHUNK[40:] + DONE
+    )
+
+    assert response.json()["error"]["code"] == "stream_incomplete"
+    codes = [attempt.error_code for attempt in request.attempts.all()]
+    assert codes == ["stream_incomplete"] * 2
 
 
 @pytest.mark.timeout(120)
