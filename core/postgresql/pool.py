@@ -20,8 +20,8 @@ class ConnectionsRefused(psycopg.OperationalError):
 
 
 def connection_given_up(pool: ConnectionPool) -> None:
-    """psycopg_pool's `reconnect_failed` callback: every caller waiting for a connection
-    gets the outage error now (a 503 within about 2 s), not at the end of DB_POOL_TIMEOUT,
+    """psycopg_pool's `reconnect_failed` callback: the callers waiting for a connection
+    get the outage error now (a 503 within about 2 s), not at the end of DB_POOL_TIMEOUT,
     unless the database takes connections again by now.
 
     A caller that finds no idle connection waits for one the pool opens. While PostgreSQL
@@ -40,17 +40,22 @@ def connection_given_up(pool: ConnectionPool) -> None:
     on, up to DB_POOL_TIMEOUT, while the pool starts another round of tries, and the first
     connection that opens goes to them.
 
+    Only the callers already waiting when the last try began are told: one who came while
+    it was under way (as the database freed slots, say) did not wait through the refusals,
+    and gets a round of tries of its own.
+
     psycopg_pool has no public way to end the waits or to add a connection it opened
     outside its own tasks: this does what its close() and its connection tasks do, under
     its lock (psycopg_pool 3.3; `tests/requests_app/test_connections_refused.py` covers
     each way through)."""
+    with pool._lock:
+        waited_through_it = list(pool._waiting)
     try:
         conn = pool._connect()
     except Exception as refusal:  # psycopg_pool's own tries catch any exception too
-        if _callers_wait:
-            keep_trying(pool)
-        else:
-            fail_callers(pool, f"{type(refusal).__name__} on a last try")
+        if not _callers_wait:
+            fail_callers(pool, waited_through_it, f"{type(refusal).__name__} on a last try")
+        keep_trying(pool)
         return
     with pool._lock:
         # Counted again, as psycopg_pool counted the given up one out: unless the pool grew
@@ -64,11 +69,12 @@ def connection_given_up(pool: ConnectionPool) -> None:
         conn.close()
 
 
-def fail_callers(pool: ConnectionPool, reason: str) -> None:
-    """Every caller waiting on `pool` gets ConnectionsRefused now."""
+def fail_callers(pool: ConnectionPool, callers: list, reason: str) -> None:
+    """Those of `callers` still waiting on `pool` get ConnectionsRefused now."""
     with pool._lock:
-        waiting = list(pool._waiting)
-        pool._waiting.clear()
+        waiting = [caller for caller in callers if caller in pool._waiting]
+        for caller in waiting:
+            pool._waiting.remove(caller)
     message = (
         f"the pool {pool.name!r} could not open a connection in "
         f"{pool.reconnect_timeout:g} s ({reason})"

@@ -11,12 +11,15 @@ import time
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 
+import psycopg
 import pytest
 from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from psycopg_pool import ConnectionPool
 
+from core.postgresql.pool import ConnectionsRefused, connection_given_up
 from requests_app.engine.accept import accept_request
 from requests_app.engine.recovery import sweep
 from requests_app.models import Request
@@ -176,6 +179,65 @@ def test_a_page_waiting_when_the_pool_gives_up_just_as_slots_free_is_served(cust
     assert response.status_code == 200, response.status_code
     assert waited < PROMPTLY, f"the page waited {waited:.1f} s for a connection"
     assert not unavailable_warnings(caplog)
+
+
+def test_a_caller_who_came_after_the_pools_last_try_began_is_not_failed_by_it(db):
+    """The pool gives up with a last try; a caller who starts waiting while that try is under
+    way (as the database frees slots) did not wait through the refusals: the try's failure
+    fails those who did, and the newcomer gets a round of tries of its own, and a connection.
+
+    The refusal comes from the pool's `configure` hook, which runs inside each of its tries
+    to open a connection: it holds the last try until the newcomer waits."""
+    refusing, last_try, in_last_try, newcomer_waits = (threading.Event() for _ in range(4))
+    refusing.set()
+
+    def refuse_while_told(conn) -> None:
+        if not refusing.is_set():
+            return
+        if last_try.is_set() and not in_last_try.is_set():
+            in_last_try.set()
+            newcomer_waits.wait(10)
+            refusing.clear()  # the database takes connections from now on
+        conn.close()
+        raise psycopg.OperationalError("sorry, too many clients already")
+
+    def given_up(pool: ConnectionPool) -> None:
+        last_try.set()
+        connection_given_up(pool)
+
+    pool = ConnectionPool(
+        kwargs=connection.get_connection_params(),
+        min_size=0,
+        max_size=2,
+        timeout=10,
+        reconnect_timeout=0.5,
+        reconnect_failed=given_up,
+        configure=refuse_while_told,
+        open=True,
+    )
+    got: dict[str, object] = {}
+
+    def wait_for_a_connection(who: str) -> None:
+        try:
+            got[who] = pool.getconn()
+        except Exception as error:  # noqa: BLE001 - what each caller got is the outcome
+            got[who] = error
+
+    first = threading.Thread(target=wait_for_a_connection, args=("first",))
+    newcomer = threading.Thread(target=wait_for_a_connection, args=("newcomer",))
+    try:
+        first.start()
+        assert in_last_try.wait(10)
+        newcomer.start()
+        wait_until(lambda: len(pool._waiting) == 2)  # psycopg_pool's queue of callers
+        newcomer_waits.set()
+        first.join(15)
+        newcomer.join(15)
+    finally:
+        pool.close()
+
+    assert isinstance(got["first"], ConnectionsRefused), got["first"]
+    assert isinstance(got["newcomer"], psycopg.Connection), got["newcomer"]
 
 
 def test_readyz_names_postgres_while_connections_are_refused_and_healthz_stays_up(
