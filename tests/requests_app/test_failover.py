@@ -669,7 +669,8 @@ def test_a_streamed_probe_keeps_its_hold_while_it_streams(
     tenant, live_api, worker, secondary, fake_upstream, second_server
 ):
     # The probe is held for one lease (1 s + the test worker's 1 s grace); the stream lasts
-    # longer than that, and no second attempt may probe the primary meanwhile.
+    # longer than that (3.6 s: six pauses of 0.6 s, each within the 1 s attempt timeout),
+    # and no second attempt may probe the primary meanwhile.
     open_the_primarys_breaker_here(tenant, fake_upstream, "long-probe")
     set_policy(tenant, attempt_timeout_seconds=1)
     cooldown_over(tenant)
@@ -680,7 +681,12 @@ def test_a_streamed_probe_keeps_its_hold_while_it_streams(
         with httpx.stream(
             "POST",
             f"{live_api.url}/v1/chat/completions",
-            json={"model": "long-probe", "messages": CHAT, "stream": True},
+            json={
+                "model": "long-probe",
+                "messages": CHAT,
+                "stream": True,
+                "stream_options": {"include_usage": True},  # one more event, one more pause
+            },
             headers={"Authorization": f"Bearer {tenant.raw_key}"},
             timeout=30,
         ) as response:
@@ -694,7 +700,9 @@ def test_a_streamed_probe_keeps_its_hold_while_it_streams(
         lambda: Upstream.objects.get(pk=primary.pk).breaker_probe_until,
         message="the stream never took the probe",
     )
-    wait_until(lambda: timezone.now() > first_hold + timedelta(seconds=0.8), timeout=10)
+    # Past the first hold, yet well before the stream's end (the hold seen first may already
+    # be a renewed one, 0.7 s later, on a loaded machine).
+    wait_until(lambda: timezone.now() > first_hold + timedelta(seconds=0.2), timeout=10)
 
     assert not done.is_set(), "the stream ended before its first hold did"
     held = Upstream.objects.get(pk=primary.pk).breaker_probe_until
