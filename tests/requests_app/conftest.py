@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import threading
+import time
 from datetime import datetime
 
 import openai
@@ -16,6 +17,7 @@ from projects.limits import set_plan
 from projects.models import AccountPlan
 from projects.services import create_api_key, create_project
 from projects.upstreams import set_provider_key
+from requests_app.api.ratelimit import WINDOW_SECONDS
 from requests_app.engine import sql
 from requests_app.models import Attempt, Request
 from tests.conftest import WorkerProcess
@@ -124,6 +126,13 @@ def other_tenant(transactional_db, fake_upstream):
 @pytest.fixture
 def sdk(tenant, live_api) -> openai.OpenAI:
     return tenant.client(live_api.url, timeout=60)
+
+
+def in_one_rate_limit_window(seconds: float = 5) -> None:
+    """Wait, if need be, until the rate limit's window (a minute by the clock) has `seconds`
+    left: the calls a test makes within them are all counted in that one window."""
+    while time.time() % WINDOW_SECONDS > WINDOW_SECONDS - seconds:
+        time.sleep(0.1)
 
 
 def start_first_attempt(request: Request, **columns) -> datetime:

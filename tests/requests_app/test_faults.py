@@ -22,6 +22,7 @@ from requests_app.engine.redis_client import client as redis_client
 from requests_app.engine.streams import StreamPublisher, announce_final, stream_key
 from requests_app.models import Attempt, Request
 from tests.conftest import WorkerProcess, wait_until
+from tests.requests_app.conftest import in_one_rate_limit_window
 
 CHAT = [{"role": "user", "content": "faults"}]
 
@@ -613,6 +614,7 @@ def test_a_request_held_past_the_suspension_period_is_canceled_with_its_reason(
 
 def test_a_keyed_retry_at_the_rate_limit_is_replayed_not_refused(tenant, live_api):
     tenant.override(requests_per_minute=1)
+    in_one_rate_limit_window()
     call = {
         "url": f"{live_api.url}/v1/chat/completions",
         "json": {"model": "gpt-test", "messages": CHAT},

@@ -25,6 +25,7 @@ from tests.conftest import wait_until, waiting_for_a_lock
 from tests.requests_app.conftest import (
     REFUSAL,
     end_first_attempt_refused,
+    in_one_rate_limit_window,
     start_first_attempt,
 )
 
@@ -296,6 +297,7 @@ def test_pending_queue_cap_refuses_with_retry_after(tenant, live_api):
 
 def test_rate_limit_headers_and_refusal(tenant, live_api):
     tenant.override(requests_per_minute=2)
+    in_one_rate_limit_window()
     first = post(live_api, tenant, json=CHAT, headers={"Prefer": "respond-async"})
     assert first.headers["reqrun-ratelimit-limit"] == "2"
     assert first.headers["reqrun-ratelimit-remaining"] == "1"
@@ -319,6 +321,7 @@ def test_the_rate_limit_is_the_accounts_across_its_projects(tenant, live_api, fa
     set_provider_key(project=second, provider_key="sk-test-provider-key-5678")
     _, second_key = create_api_key(project=second, name="second")
     async_call = {"Prefer": "respond-async"}
+    in_one_rate_limit_window()
     assert post(live_api, tenant, json=CHAT, headers=async_call).status_code == 202
 
     response = httpx.post(
@@ -338,8 +341,7 @@ def test_retry_after_a_rate_limit_refusal_lands_in_the_next_window(tenant, live_
     # Whole seconds rounded up: a client that waits Retry-After (as the OpenAI SDKs do) comes
     # back in a new window, never in the last fraction of a second of the one that refused it.
     tenant.override(requests_per_minute=1)
-    while time.time() % 60 > 57:  # both calls in one window
-        time.sleep(0.5)
+    in_one_rate_limit_window()
     post(live_api, tenant, json=CHAT, headers={"Prefer": "respond-async"})
     sent = time.time()
 
