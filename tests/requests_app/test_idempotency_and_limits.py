@@ -87,16 +87,19 @@ def test_a_keyed_call_whose_request_ends_while_it_is_accepted_is_a_replay(
 
     worker.stop()
     try:
-        callers = [call("first")]
+        first = call("first")
         request = wait_until(lambda: Request.objects.first())
         now = start_first_attempt(request)
         with transaction.atomic():
             assert end_first_attempt_refused(request, now)
-            callers.append(call("retry"))
+            retry = call("retry")
             wait_until(lambda: waiting_for_a_lock() == 1, message="the retry never waited")
+        # Its place among the callers owed the answer came after the end: the retry, owed
+        # nothing, is answered before the first caller is woken. Woken first, that caller's
+        # delivery would forget the answer and leave the retry the 410 any later replay gets.
+        retry.join(30)
         announce_finished(request)
-        for caller in callers:
-            caller.join(30)
+        first.join(30)
     finally:
         worker.start()
 
