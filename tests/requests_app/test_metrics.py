@@ -184,8 +184,12 @@ def test_waiting_callers_and_open_streams_are_gauges_of_now(tenant, metered):
         timeout=20,
         message="the waiting caller was not counted",
     )
-    during = scrape(web)
-    assert figure(during, "reqrun_requests_active", status="running") == 1
+    # The caller waits from its accept on; its request runs once the worker has claimed it.
+    wait_until(
+        lambda: figure(scrape(web), "reqrun_requests_active", status="running") == 1,
+        timeout=20,
+        message="the waiting caller's request was not counted running",
+    )
     waiting.join(30)
     wait_until(lambda: figure(scrape(web), "reqrun_waiting_callers") == 0, timeout=10)
 
