@@ -36,10 +36,12 @@ def accept(tenant: Tenant, limits=None):
 
 @pytest.fixture
 def tenant(transactional_db):
-    # No worker of its own: accepted requests stay queued (pending) unless the session's
-    # worker is up (another module started it), and then it may run them at any moment
-    # (their upstream refuses connections): a test here never deletes one it accepted.
-    return Tenant(email="accept@example.com", upstream_url="http://127.0.0.1:9/v1")
+    # No worker of its own, but the session's is up if another module started it: with no
+    # concurrency slot for the account it starts none of the requests accepted here, which
+    # stay queued (pending) whatever the tests do with them (cancel, change, count them).
+    tenant = Tenant(email="accept@example.com", upstream_url="http://127.0.0.1:9/v1")
+    tenant.override(concurrency=0)
+    return tenant
 
 
 def test_once_the_counters_exist_an_accept_is_one_statement(tenant):
